@@ -1,0 +1,38 @@
+"""TLS trust from the standard CA environment.
+
+aiohttp builds its default context when it is imported, and azure-core's aiohttp transport only reads
+a CA file it is given, so the connector reads ``SSL_CERT_FILE`` (then ``REQUESTS_CA_BUNDLE``) itself
+and hands the result to every client. Verification is always on: there is no setting to turn it off.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+__all__ = ["azure_client_kwargs", "ca_file", "ssl_context"]
+
+
+def ca_file() -> str | None:
+    """The CA bundle named by the environment, if any."""
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def ssl_context() -> ssl.SSLContext:
+    """A verifying context: the environment's CA bundle, else the system's trust store."""
+    cafile = ca_file()
+    context = ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def azure_client_kwargs() -> dict[str, Any]:
+    """Keyword arguments for azure-core based clients and credentials."""
+    cafile = ca_file()
+    return {"connection_verify": cafile} if cafile else {}

@@ -1,0 +1,170 @@
+"""Tokens for the Management Activity API: msal for a client secret or certificate, azure-identity for
+the function's managed identity. Tokens for Azure resources (Logs Ingestion, identity-based storage)
+come from :func:`azure_credential`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import msal
+import requests
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ClientAuthenticationError
+from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from ._tls import azure_client_kwargs, ca_file
+from .errors import AuthenticationError, SettingsError
+from .settings import Settings
+
+__all__ = ["ManagementTokenProvider", "azure_credential", "management_token_provider"]
+
+
+class ManagementTokenProvider(Protocol):
+    """Gives bearer tokens for the Management Activity API."""
+
+    async def get_token(self, *, refresh: bool = False) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+class MsalTokenProvider:
+    """Client credentials through msal (secret or certificate). msal caches the token in the application
+    object, so one provider is kept per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._scope = f"{settings.api_audience}/.default"
+        session = requests.Session()
+        cafile = ca_file()
+        if cafile:
+            session.verify = cafile
+        self._app = msal.ConfidentialClientApplication(
+            settings.client_id,
+            client_credential=_client_credential(settings),
+            authority=f"{settings.authority_host}/{settings.tenant_id}",
+            # A custom authority host (sovereign proxy, tests) is not in Microsoft's instance list.
+            instance_discovery=not settings.authority_overridden,
+            http_client=session,
+            timeout=30,
+        )
+        self._lock = asyncio.Lock()
+
+    async def get_token(self, *, refresh: bool = False) -> str:
+        async with self._lock:
+            result = await asyncio.to_thread(self._acquire, refresh)
+        token = result.get("access_token")
+        if isinstance(token, str) and token:
+            return token
+        error = str(result.get("error", "unknown_error"))
+        description = str(result.get("error_description", "")).splitlines()[0:1]
+        raise AuthenticationError(
+            self._scope.removesuffix("/.default"),
+            f"{error}: {description[0] if description else 'no description'} - check O365_CLIENT_ID, the "
+            "secret or certificate, and that ActivityFeed.Read is granted with admin consent",
+        )
+
+    def _acquire(self, refresh: bool) -> dict[str, Any]:
+        try:
+            if refresh:
+                # msal serves from its cache; a token the API refused must be replaced.
+                self._app.remove_tokens_for_client()
+            result = self._app.acquire_token_for_client(scopes=[self._scope])
+        except (requests.RequestException, ValueError) as exc:
+            return {"error": type(exc).__name__, "error_description": _safe(str(exc))}
+        return dict(result)
+
+    async def close(self) -> None:
+        return None
+
+
+class IdentityTokenProvider:
+    """The function's managed identity (``AZURE_CLIENT_ID`` picks a user-assigned one)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._scope = f"{settings.api_audience}/.default"
+        client_id = os.environ.get("AZURE_CLIENT_ID") or None
+        self._credential = ManagedIdentityCredential(client_id=client_id, **azure_client_kwargs())
+
+    async def get_token(self, *, refresh: bool = False) -> str:
+        try:
+            token = await self._credential.get_token(self._scope)
+        except ClientAuthenticationError as exc:
+            raise AuthenticationError(
+                self._scope.removesuffix("/.default"),
+                f"managed identity failed ({_safe(exc.message or type(exc).__name__)}); grant the identity the "
+                "ActivityFeed.Read app role (scripts/grant-activityfeed-permission.sh)",
+            ) from exc
+        return str(token.token)
+
+    async def close(self) -> None:
+        await self._credential.close()
+
+
+def management_token_provider(settings: Settings) -> ManagementTokenProvider:
+    if settings.auth_mode == "managed_identity":
+        return IdentityTokenProvider(settings)
+    return MsalTokenProvider(settings)
+
+
+def azure_credential(client_id: str | None = None, *, managed_identity_only: bool = False) -> AsyncTokenCredential:
+    """The credential for Azure resources: in Azure, the function's managed identity."""
+    kwargs = azure_client_kwargs()
+    if managed_identity_only:
+        return ManagedIdentityCredential(client_id=client_id or os.environ.get("AZURE_CLIENT_ID") or None, **kwargs)
+    mi_client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None
+    return DefaultAzureCredential(
+        managed_identity_client_id=mi_client_id, exclude_interactive_browser_credential=True, **kwargs
+    )
+
+
+def _safe(text: str) -> str:
+    """First line only, bounded: SDK messages can echo request details."""
+    line = text.splitlines()[0] if text else ""
+    return line[:300]
+
+
+def _client_credential(settings: Settings) -> str | dict[str, str]:
+    if settings.auth_mode == "secret":
+        return settings.client_secret
+    setting = "O365_CLIENT_CERTIFICATE_PATH" if settings.certificate_path else "O365_CLIENT_CERTIFICATE"
+    raw = Path(settings.certificate_path).read_bytes() if settings.certificate_path else _cert_bytes(settings)
+    password = settings.certificate_password.encode() or None
+    try:
+        if b"-----BEGIN" in raw:
+            key: Any = serialization.load_pem_private_key(raw, password=password)
+            cert: x509.Certificate | None = x509.load_pem_x509_certificate(raw)
+        else:
+            key, cert, _ = pkcs12.load_key_and_certificates(raw, password)
+    except (ValueError, TypeError) as exc:
+        raise SettingsError(
+            setting,
+            f"is not a PEM file with the private key and certificate, nor a PFX that "
+            f"O365_CLIENT_CERTIFICATE_PASSWORD opens ({type(exc).__name__})",
+        ) from None
+    if key is None or cert is None:
+        raise SettingsError(setting, "holds no private key or no certificate")
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    return {
+        "private_key": key_pem,
+        "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - the x5t thumbprint Entra asks for
+        "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+
+
+def _cert_bytes(settings: Settings) -> bytes:
+    text = settings.certificate_data
+    if "-----BEGIN" in text:
+        return text.encode()
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("O365_CLIENT_CERTIFICATE", "is neither PEM text nor base64 (a PFX)") from None

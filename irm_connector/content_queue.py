@@ -1,0 +1,132 @@
+"""The content queue: one message per content blob, between the poller and the processor.
+
+Messages are written base64-encoded, which is what the Functions queue trigger reads by default.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from .errors import BadMessageError, StateError
+from .management_api import ContentBlob, parse_api_time
+
+__all__ = ["MAX_MESSAGE_BYTES", "ContentMessage", "ContentQueue"]
+
+log = logging.getLogger(__name__)
+
+#: 64 KiB after base64 leaves about 48 KiB of JSON.
+MAX_MESSAGE_BYTES = 48 * 1024
+_REQUIRED = ("contentUri", "contentId", "contentType", "contentCreated", "contentExpiration", "tenantId")
+
+
+@dataclass(frozen=True)
+class ContentMessage:
+    """What the processor needs to fetch one blob, plus the trace context of the poller that queued it."""
+
+    tenant_id: str
+    blob: ContentBlob
+    traceparent: str = ""
+
+    def encode(self) -> str:
+        data: dict[str, Any] = {
+            "v": 1,
+            "tenantId": self.tenant_id,
+            "contentType": self.blob.content_type,
+            "contentId": self.blob.content_id,
+            "contentUri": self.blob.content_uri,
+            "contentCreated": _iso(self.blob.content_created),
+            "contentExpiration": _iso(self.blob.content_expiration),
+        }
+        if self.traceparent:
+            data["traceparent"] = self.traceparent
+        return orjson.dumps(data).decode()
+
+    @classmethod
+    def decode(cls, text: str | bytes) -> ContentMessage:
+        """Parse a message body; raises :class:`BadMessageError` saying what is wrong with it."""
+        raw = text.encode("utf-8", "replace") if isinstance(text, str) else text
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise BadMessageError(f"message of {len(raw)} bytes is larger than a content notification can be")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadMessageError("message is not JSON") from None
+        if not isinstance(data, dict):
+            raise BadMessageError("message is JSON but not an object")
+        missing = [k for k in _REQUIRED if not isinstance(data.get(k), str) or not data.get(k)]
+        if missing:
+            raise BadMessageError(f"message lacks {', '.join(missing)}")
+        try:
+            blob = ContentBlob(
+                content_type=data["contentType"],
+                content_id=data["contentId"],
+                content_uri=data["contentUri"],
+                content_created=parse_api_time(data["contentCreated"]),
+                content_expiration=parse_api_time(data["contentExpiration"]),
+            )
+        except ValueError:
+            raise BadMessageError("message has an unreadable contentCreated or contentExpiration") from None
+        trace = data.get("traceparent")
+        return cls(tenant_id=data["tenantId"], blob=blob, traceparent=trace if isinstance(trace, str) else "")
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+class ContentQueue:
+    """The content queue and its poison queue, created on first use."""
+
+    def __init__(self, main: QueueClient, poison: QueueClient) -> None:
+        self._main = main
+        self._poison = poison
+        self._ready: set[str] = set()
+        self.sent = 0
+
+    @classmethod
+    def from_clients(cls, main: QueueClient, poison: QueueClient) -> ContentQueue:
+        return cls(main, poison)
+
+    @staticmethod
+    def encode_policy() -> TextBase64EncodePolicy:
+        return TextBase64EncodePolicy()
+
+    async def _ensure(self, client: QueueClient) -> None:
+        if client.queue_name in self._ready:
+            return
+        try:
+            await client.create_queue()
+        except ResourceExistsError:
+            pass
+        except AzureError as exc:
+            raise StateError(f"cannot create queue {client.queue_name}: {type(exc).__name__}") from exc
+        self._ready.add(client.queue_name)
+
+    async def put(self, message: ContentMessage) -> None:
+        await self._send(self._main, message.encode())
+        self.sent += 1
+
+    async def put_poison(self, text: str) -> None:
+        """Park a message that cannot be processed where an operator finds it."""
+        await self._send(self._poison, text)
+
+    async def _send(self, client: QueueClient, text: str) -> None:
+        await self._ensure(client)
+        try:
+            # -1: never expire. A message left to the default 7 days could outlive nothing useful,
+            # but a poison message must wait for an operator however long that takes.
+            await client.send_message(text, time_to_live=-1)
+        except AzureError as exc:
+            raise StateError(f"cannot write to queue {client.queue_name}: {type(exc).__name__}") from exc
+
+    async def close(self) -> None:
+        await self._main.close()
+        await self._poison.close()

@@ -1,0 +1,369 @@
+"""Talking to the Office 365 Management Activity API.
+
+Every call goes through :meth:`ManagementActivityClient._request`, which holds the rules that matter:
+the per-tenant request budget, retries with exponential backoff and jitter that honour ``Retry-After``,
+dispatch on the body's ``AFxxxxx`` code as well as the status (throttling arrives as 429 *or* as 403 with
+``AF429``), one token refresh on a 401, and a refusal to send the bearer token to any URL that is not
+HTTPS under the configured API root and tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiolimiter import AsyncLimiter
+from multidict import CIMultiDictProxy
+
+from .auth import ManagementTokenProvider
+from .errors import (
+    ContentUnavailable,
+    InvalidPage,
+    InvalidWindow,
+    ManagementApiError,
+    OperatorActionRequired,
+    SubscriptionMissing,
+    TransientApiError,
+    UntrustedUrlError,
+)
+from .windows import Window
+
+__all__ = ["ContentBlob", "ManagementActivityClient", "RequestStats", "RetryPolicy", "parse_api_time"]
+
+log = logging.getLogger(__name__)
+
+_OPERATOR_CODES = {
+    "AF10001": "the app lacks ActivityFeed.Read (or admin consent): grant it in Entra ID and consent",
+    "AF20010": "the token's tenant is not O365_TENANT_ID: check O365_TENANT_ID and the app registration",
+    "AF20011": "the tenant is unknown to the API: check O365_TENANT_ID and that unified audit logging is on",
+    "AF20012": "the tenant is not set up for the API: turn on unified audit logging in Microsoft Purview",
+    "AF20013": "O365_TENANT_ID is not a valid tenant GUID",
+    "AF20020": "the content type is not valid: check O365_CONTENT_TYPES",
+    "AF20021": "the webhook is not validated",
+    "AF20023": "an administrator disabled the subscription for this content type: re-enable it deliberately "
+    "(irm-connector subscriptions start); the connector will not restart it in a loop",
+}
+_CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
+_TRANSIENT_STATUS = {408, 500, 502, 503, 504}
+
+
+def parse_api_time(text: str) -> datetime:
+    """The API's timestamps (``2026-06-29T20:03:19.123Z``, or without the zone): UTC."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ContentBlob:
+    """One entry of a content listing."""
+
+    content_type: str
+    content_id: str
+    content_uri: str
+    content_created: datetime
+    content_expiration: datetime
+
+    @classmethod
+    def from_api(cls, item: dict[str, Any]) -> ContentBlob:
+        return cls(
+            content_type=str(item["contentType"]),
+            content_id=str(item["contentId"]),
+            content_uri=str(item["contentUri"]),
+            content_created=parse_api_time(str(item["contentCreated"])),
+            content_expiration=parse_api_time(str(item["contentExpiration"])),
+        )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff for throttled and transient calls: ``base * 2**attempt`` with full jitter, capped;
+    ``Retry-After`` wins when the service sends it, up to ``max_retry_after``."""
+
+    attempts: int = 6
+    base: float = 0.5
+    cap: float = 30.0
+    max_retry_after: float = 120.0
+    timeout: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+
+@dataclass
+class RequestStats:
+    """What the client did, for logs, metrics and the benchmark."""
+
+    requests: int = 0
+    throttled: int = 0
+    retried: int = 0
+    by_operation: dict[str, int] = field(default_factory=dict)
+
+
+class ManagementActivityClient:
+    """An async client of one tenant's activity feed. Use it with ``async with``; it does not own the
+    aiohttp session or the token provider it is given."""
+
+    def __init__(
+        self,
+        *,
+        api_root: str,
+        tenant_id: str,
+        publisher_id: str,
+        tokens: ManagementTokenProvider,
+        session: aiohttp.ClientSession,
+        limiter: AsyncLimiter,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        self._root = api_root.rstrip("/")
+        self._host = urlsplit(self._root).netloc.lower()
+        self._tenant = tenant_id.lower()
+        self._base = f"{self._root}/api/v1.0/{tenant_id}/activity/feed"
+        self._publisher = publisher_id
+        self._tokens = tokens
+        self._session = session
+        self._limiter = limiter
+        self._retry = retry or RetryPolicy()
+        self._sleep = sleep
+        self.stats = RequestStats()
+
+    async def __aenter__(self) -> ManagementActivityClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    # -- public operations -------------------------------------------------------------------------
+
+    async def start_subscription(self, content_type: str) -> str:
+        """Start (or confirm) the subscription; returns its status. AF20024 "already enabled" is success."""
+        try:
+            body, _ = await self._request(
+                "POST",
+                f"{self._base}/subscriptions/start",
+                operation="start",
+                content_type=content_type,
+                params={"contentType": content_type},
+            )
+        except ManagementApiError as exc:
+            if exc.code == "AF20024":
+                return "enabled"
+            raise
+        data = _json(body, "start", content_type)
+        return str(data.get("status", "enabled")) if isinstance(data, dict) else "enabled"
+
+    async def stop_subscription(self, content_type: str) -> None:
+        await self._request(
+            "POST",
+            f"{self._base}/subscriptions/stop",
+            operation="stop",
+            content_type=content_type,
+            params={"contentType": content_type},
+        )
+
+    async def list_subscriptions(self) -> list[dict[str, Any]]:
+        body, _ = await self._request("GET", f"{self._base}/subscriptions/list", operation="subscriptions")
+        data = _json(body, "subscriptions", "")
+        if not isinstance(data, list):
+            raise TransientApiError("subscription list is not a JSON array", operation="subscriptions")
+        return [d for d in data if isinstance(d, dict)]
+
+    async def list_content(self, content_type: str, window: Window) -> AsyncIterator[list[ContentBlob]]:
+        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end."""
+        url: str | None = f"{self._base}/subscriptions/content"
+        params: dict[str, str] | None = {"contentType": content_type, **window.params()}
+        while url is not None:
+            body, headers = await self._request("GET", url, operation="list", content_type=content_type, params=params)
+            data = _json(body, "list", content_type)
+            if not isinstance(data, list):
+                raise TransientApiError(
+                    "content listing is not a JSON array", operation="list", content_type=content_type
+                )
+            page: list[ContentBlob] = []
+            for item in data:
+                try:
+                    page.append(ContentBlob.from_api(item))
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    raise TransientApiError(
+                        "content listing has an entry without contentId/contentUri/contentCreated/contentExpiration",
+                        operation="list",
+                        content_type=content_type,
+                    ) from None
+            yield page
+            next_url = headers.get("NextPageUri") or headers.get("NextPageUrl")
+            url, params = (next_url.strip(), None) if next_url and next_url.strip() else (None, None)
+
+    async def get_content(self, content_uri: str, *, content_type: str = "") -> bytes:
+        """Download one content blob: the raw JSON array."""
+        body, _ = await self._request("GET", content_uri, operation="content", content_type=content_type)
+        return body
+
+    def check_url(self, url: str, what: str = "URL") -> None:
+        """Refuse any URL that is not HTTPS on the API root under this tenant's feed."""
+        parts = urlsplit(url)
+        path = parts.path.lower()
+        if (
+            parts.scheme != "https"
+            or parts.netloc.lower() != self._host
+            or parts.username is not None
+            or "/../" in path + "/"
+            or "\\" in url
+            or not (
+                path.startswith(f"/api/v1.0/{self._tenant}/activity/feed/")
+                or path.startswith(f"/api/v1/{self._tenant}/activity/feed/")
+            )
+        ):
+            raise UntrustedUrlError(what, url)
+
+    # -- the one place that talks HTTP ---------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        operation: str,
+        content_type: str = "",
+        params: dict[str, str] | None = None,
+    ) -> tuple[bytes, CIMultiDictProxy[str]]:
+        self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
+        query = dict(params or {})
+        if "publisheridentifier" not in urlsplit(url).query.lower():
+            query["PublisherIdentifier"] = self._publisher
+        policy = self._retry
+        refreshed = False
+        last: ManagementApiError | None = None
+        attempt = 0
+        while attempt < policy.attempts:
+            await self._limiter.acquire()
+            token = await self._tokens.get_token(refresh=refreshed and attempt > 0)
+            self.stats.requests += 1
+            self.stats.by_operation[operation] = self.stats.by_operation.get(operation, 0) + 1
+            retry_after: float | None = None
+            try:
+                async with self._session.request(
+                    method,
+                    url,
+                    params=query,
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=policy.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    headers = response.headers
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = TransientApiError(
+                    f"{type(exc).__name__} talking to the Management API",
+                    operation=operation,
+                    content_type=content_type,
+                )
+            else:
+                if 200 <= status < 300:
+                    return body, headers
+                code, message = _error(body)
+                if status == 429 or code == "AF429":
+                    self.stats.throttled += 1
+                    retry_after = _retry_after(headers)
+                    last = TransientApiError(
+                        "throttled", status=status, code=code or "AF429", operation=operation, content_type=content_type
+                    )
+                elif status in _TRANSIENT_STATUS or code.startswith("AF5"):
+                    retry_after = _retry_after(headers)
+                    last = TransientApiError(
+                        f"server fault: {message}",
+                        status=status,
+                        code=code,
+                        operation=operation,
+                        content_type=content_type,
+                    )
+                elif status == 401 and not code.startswith("AF") and not refreshed:
+                    # An expired or revoked token: one fresh token, then it is a real refusal.
+                    refreshed = True
+                    last = None
+                    continue
+                else:
+                    raise _classify(status, code, message, operation, content_type)
+            attempt += 1
+            if attempt >= policy.attempts:
+                break
+            self.stats.retried += 1
+            delay = policy.delay(attempt - 1, retry_after)
+            log.warning(
+                "Management API %s retry %d/%d in %.1fs: %s",
+                operation,
+                attempt,
+                policy.attempts - 1,
+                delay,
+                last,
+                extra={"content_type": content_type, "operation": operation},
+            )
+            await self._sleep(delay)
+        assert last is not None
+        raise last
+
+
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+
+
+def _error(body: bytes) -> tuple[str, str]:
+    """``(code, message)`` of an ``{"error":{"code","message"}}`` body; empty strings when absent."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    code = error.get("code")
+    message = error.get("message")
+    return (str(code) if code else "", str(message)[:300] if message else "")
+
+
+def _classify(status: int, code: str, message: str, operation: str, content_type: str) -> ManagementApiError:
+    kwargs: dict[str, Any] = {"status": status, "code": code, "operation": operation, "content_type": content_type}
+    if code in _OPERATOR_CODES:
+        return OperatorActionRequired(_OPERATOR_CODES[code], **kwargs)
+    if code == "AF20022":
+        return SubscriptionMissing("no subscription for the content type", **kwargs)
+    if code in ("AF20030", "AF20055"):
+        return InvalidWindow(f"the API refused the listing window: {message}", **kwargs)
+    if code == "AF20031":
+        return InvalidPage("the API refused the NextPageUri", **kwargs)
+    if code in _CONTENT_GONE or (operation == "content" and status == 404):
+        return ContentUnavailable(f"content is not available: {message or 'not found'}", **kwargs)
+    if status in (401, 403):
+        return OperatorActionRequired(
+            "the API refused the token: check ActivityFeed.Read, admin consent, and O365_TENANT_ID", **kwargs
+        )
+    return ManagementApiError(f"unexpected answer: {message or 'no error body'}", **kwargs)
+
+
+def _json(body: bytes, operation: str, content_type: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TransientApiError(
+            "the API answered with a body that is not JSON", operation=operation, content_type=content_type
+        ) from None

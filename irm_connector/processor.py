@@ -1,0 +1,133 @@
+"""The processor: one queue message, one content blob, rows in Sentinel exactly once.
+
+Order matters: download, normalize, claim the records (dropping those already sent or being sent by
+another blob), upload, mark each accepted body's records sent. Anything transient raises so the host
+retries the message (and after ``maxDequeueCount`` moves it to ``<queue>-poison``); anything that no
+retry can fix completes the message after one clear log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .content_queue import ContentMessage
+from .errors import BadMessageError, ContentUnavailable, UntrustedUrlError
+from .normalize import BadContentError, ContentRef, Routing, Row, normalize_blob, parse_blob
+from .runtime import Runtime
+
+__all__ = ["ProcessResult", "process_message"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProcessResult:
+    """What one message led to."""
+
+    outcome: str = "ingested"  # ingested | expired | unavailable | bad-message | untrusted-url
+    content_id: str = ""
+    records: int = 0
+    alerts: int = 0
+    rows_sent: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+    claimed_elsewhere: int = 0
+    problems: dict[str, int] = field(default_factory=dict)
+    content_lag_seconds: float = 0.0
+
+
+async def process_message(rt: Runtime, body: str | bytes, *, dequeue_count: int = 1) -> ProcessResult:
+    """Process one content message; raises to make the host retry."""
+    settings = rt.settings
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        message = ContentMessage.decode(text)
+        if message.tenant_id.lower() != settings.tenant_id.lower():
+            raise BadMessageError("message is for another tenant than O365_TENANT_ID")
+        rt.management.check_url(message.blob.content_uri, "contentUri")
+    except (BadMessageError, UntrustedUrlError) as exc:
+        outcome = "untrusted-url" if isinstance(exc, UntrustedUrlError) else "bad-message"
+        log.error(
+            "Content message refused and moved to %s: %s. Message text (first 200 characters): %r",
+            settings.poison_queue,
+            exc,
+            text[:200],
+            extra={"outcome": outcome},
+        )
+        await rt.queue.put_poison(text)
+        return ProcessResult(outcome=outcome)
+
+    blob = message.blob
+    dims = {"content_type": blob.content_type, "content_id": blob.content_id, "tenant_id": settings.tenant_id}
+    result = ProcessResult(content_id=blob.content_id)
+    now = datetime.now(UTC)
+    if blob.content_expiration <= now:
+        log.warning(
+            "Content %s expired at %s before it was processed; its records can no longer be fetched",
+            blob.content_id,
+            blob.content_expiration.isoformat(),
+            extra=dims,
+        )
+        result.outcome = "expired"
+        return result
+
+    try:
+        raw = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
+    except ContentUnavailable as exc:
+        log.warning("Content %s skipped: %s", blob.content_id, exc, extra=dims)
+        result.outcome = "unavailable"
+        return result
+
+    try:
+        records = parse_blob(raw)
+    except BadContentError as exc:
+        # Usually a cut transfer: retrying fetches it again; a blob that stays broken ends in the poison queue.
+        raise BadContentError(f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried") from None
+    del raw
+    ref = ContentRef(blob.content_id, blob.content_type, blob.content_created)
+    routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
+    rows = normalize_blob(records, ref, routing)
+    del records
+    result.records, result.alerts = rows.records, rows.alerts
+    result.duplicates_dropped = rows.duplicates_in_blob
+    result.problems = dict(rows.problems)
+    if rows.problems:
+        log.warning(
+            "Content %s had records that needed repair: %s",
+            blob.content_id,
+            "; ".join(f"{k}: {v}" for k, v in sorted(rows.problems.items())),
+            extra=dims,
+        )
+
+    await asyncio.gather(
+        *(_send_stream(rt, stream, stream_rows, blob.content_id, result) for stream, stream_rows in rows.rows.items())
+    )
+    result.content_lag_seconds = time.time() - blob.content_created.timestamp()
+    log.info(
+        "Content %s: %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",
+        blob.content_id,
+        result.records,
+        result.alerts,
+        result.rows_sent or "{}",
+        result.duplicates_dropped,
+        dequeue_count,
+        extra={**dims, "records": result.records, "alerts": result.alerts},
+    )
+    return result
+
+
+async def _send_stream(rt: Runtime, stream: str, rows: list[Row], content_id: str, result: ProcessResult) -> None:
+    claim = await rt.state.claim_records(stream, rows, content_id)
+    result.duplicates_dropped += claim.already_sent
+    result.claimed_elsewhere += claim.claimed_elsewhere
+    if not claim.mine:
+        return
+
+    async def mark(sent: list[Row]) -> None:
+        await rt.state.mark_sent(stream, sent)
+        result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
+
+    await rt.ingestor.upload(stream, claim.mine, on_sent=mark)

@@ -1,0 +1,125 @@
+"""The long-lived clients of one worker process, built on first use and reused across invocations.
+
+msal caches tokens in its application object, aiohttp and the Azure SDKs pool connections, and the
+request budget must be shared by every invocation of the process: so these are kept, one set per
+event loop and settings. Building them does no network work; the first call does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+from azure.data.tables.aio import TableServiceClient
+from azure.monitor.ingestion.aio import LogsIngestionClient
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from ._tls import azure_client_kwargs, ssl_context
+from .auth import ManagementTokenProvider, azure_credential, management_token_provider
+from .content_queue import ContentQueue
+from .ingestion import SentinelIngestor
+from .management_api import ManagementActivityClient, RetryPolicy
+from .settings import Settings, StorageSettings
+from .state import StateStore
+
+__all__ = ["Runtime", "close_runtimes", "get_runtime"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything an invocation talks to."""
+
+    settings: Settings
+    session: aiohttp.ClientSession
+    tokens: ManagementTokenProvider
+    management: ManagementActivityClient
+    state: StateStore
+    queue: ContentQueue
+    ingestor: SentinelIngestor
+
+    async def close(self) -> None:
+        for closer in (self.queue.close, self.state.close, self.ingestor.close, self.tokens.close, self.session.close):
+            try:
+                await closer()
+            except Exception:
+                log.debug("closing a client failed", exc_info=True)
+
+
+# Keyed by loop id; the loop itself is kept beside it so a new loop that reuses a dead one's id is noticed.
+_runtimes: dict[int, tuple[asyncio.AbstractEventLoop, Runtime]] = {}
+
+
+def _storage_clients(
+    storage: StorageSettings, settings: Settings
+) -> tuple[TableServiceClient, QueueClient, QueueClient]:
+    queue_kwargs = {"message_encode_policy": TextBase64EncodePolicy(), **azure_client_kwargs()}
+    if storage.connection_string:
+        tables = TableServiceClient.from_connection_string(storage.connection_string, **azure_client_kwargs())
+        main = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **queue_kwargs)
+        poison = QueueClient.from_connection_string(storage.connection_string, settings.poison_queue, **queue_kwargs)
+        return tables, main, poison
+    assert storage.table_service_uri is not None
+    assert storage.queue_service_uri is not None
+    credential = azure_credential(storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity")
+    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **azure_client_kwargs())
+    main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **queue_kwargs)
+    poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=credential, **queue_kwargs)
+    return tables, main, poison
+
+
+def build_runtime(settings: Settings, *, retry: RetryPolicy | None = None) -> Runtime:
+    """Build the clients for ``settings``; no network or token work happens here."""
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
+        raise_for_status=False,
+    )
+    tokens = management_token_provider(settings)
+    management = ManagementActivityClient(
+        api_root=settings.api_root,
+        tenant_id=settings.tenant_id,
+        publisher_id=settings.publisher_id,
+        tokens=tokens,
+        session=session,
+        limiter=AsyncLimiter(settings.max_requests_per_minute, 60),
+        retry=retry,
+    )
+    tables, main, poison = _storage_clients(settings.storage, settings)
+    ingestion = LogsIngestionClient(
+        endpoint=settings.ingestion_endpoint, credential=azure_credential(), **azure_client_kwargs()
+    )
+    return Runtime(
+        settings=settings,
+        session=session,
+        tokens=tokens,
+        management=management,
+        state=StateStore(tables, retention_days=settings.dedupe_retention_days),
+        queue=ContentQueue(main, poison),
+        ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
+    )
+
+
+async def get_runtime(settings: Settings) -> Runtime:
+    """The runtime of the running event loop for ``settings``, built on first use."""
+    loop = asyncio.get_running_loop()
+    entry = _runtimes.get(id(loop))
+    if entry is not None and entry[0] is loop:
+        if entry[1].settings == settings:
+            return entry[1]
+        await entry[1].close()
+    runtime = build_runtime(settings)
+    _runtimes[id(loop)] = (loop, runtime)
+    return runtime
+
+
+async def close_runtimes() -> None:
+    """Close the runtime of the running loop (tests, the CLI, shutdown)."""
+    loop = asyncio.get_running_loop()
+    entry = _runtimes.pop(id(loop), None)
+    if entry is not None and entry[0] is loop:
+        await entry[1].close()

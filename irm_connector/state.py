@@ -1,0 +1,435 @@
+"""State in Table Storage: the poller's watermark and lease, which blobs are queued, which records are sent.
+
+Tables (``irm`` is the prefix):
+
+- ``irmstate``: one entity per (tenant, content type): the watermark, a lease so two pollers never list
+  the same content type at once, and when a subscription was last started. Written with ETags, so a
+  poller that lost its lease cannot move the watermark.
+- ``irmblobsYYYYMMDD``: one marker per queued blob, by the blob's ``contentCreated`` day; keeps the
+  listing overlap from queuing a blob twice.
+- ``irmrecYYYYMMDD``: one marker per (stream, record ``Id``), by the record's ``CreationTime`` day
+  (duplicates of a record share it), partitioned by hour so one query reads what a blob needs.
+
+Record markers have two states. A processor first *claims* the records it will send (entity-group
+inserts of up to 100, which fail as a whole if another processor claimed one first), then uploads, then
+marks each successfully uploaded chunk's records *sent*. A crash between upload and mark re-sends that
+blob's rows when the host retries the message: duplicates are possible there, loss is not. A claim
+older than :data:`CLAIM_TTL` whose owner never finished may be taken over by another blob with the same
+record. Day tables older than the retention are dropped whole, which costs one request a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.data.tables import TableTransactionError, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from .errors import StateError
+from .management_api import ContentBlob
+from .normalize import Row
+
+__all__ = ["CLAIM_TTL", "ClaimResult", "LeaseLost", "PollerState", "StateStore"]
+
+log = logging.getLogger(__name__)
+
+#: A claim older than this belongs to a processor that died or whose message was poisoned.
+CLAIM_TTL = timedelta(hours=1)
+_BATCH = 100
+_BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_SENT = "s"
+_PENDING = "p"
+
+
+def _key(value: str) -> str:
+    """A valid PartitionKey/RowKey: the value itself when it can be, else its hash."""
+    if len(value) <= 255 and not _BAD_KEY.search(value):
+        return value
+    return "h-" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
+
+
+def _owner(content_id: str) -> str:
+    return hashlib.sha256(content_id.encode("utf-8", "replace")).hexdigest()[:24]
+
+
+def _iso(moment: datetime | None) -> str:
+    return moment.astimezone(UTC).isoformat() if moment else ""
+
+
+def _parse(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class LeaseLost(StateError):
+    """Another poller took this content type's lease; this run stops for it."""
+
+
+@dataclass(frozen=True)
+class PollerState:
+    """The state entity of one (tenant, content type)."""
+
+    tenant_id: str
+    content_type: str
+    watermark: datetime | None = None
+    lease_owner: str = ""
+    lease_until: datetime | None = None
+    subscription_started: datetime | None = None
+    last_error: str = ""
+    last_error_at: datetime | None = None
+    last_run: datetime | None = None
+    etag: str | None = None
+
+    def leased_by_other(self, owner: str, now: datetime) -> bool:
+        return bool(self.lease_owner) and self.lease_owner != owner and (self.lease_until or now) > now
+
+    def entity(self) -> dict[str, Any]:
+        return {
+            "PartitionKey": _key(self.tenant_id),
+            "RowKey": _key(self.content_type),
+            "Watermark": _iso(self.watermark),
+            "LeaseOwner": self.lease_owner,
+            "LeaseUntil": _iso(self.lease_until),
+            "SubscriptionStarted": _iso(self.subscription_started),
+            "LastError": self.last_error[:2000],
+            "LastErrorAt": _iso(self.last_error_at),
+            "LastRun": _iso(self.last_run),
+        }
+
+    @classmethod
+    def from_entity(cls, tenant_id: str, content_type: str, entity: dict[str, Any], etag: str | None) -> PollerState:
+        return cls(
+            tenant_id=tenant_id,
+            content_type=content_type,
+            watermark=_parse(entity.get("Watermark")),
+            lease_owner=str(entity.get("LeaseOwner") or ""),
+            lease_until=_parse(entity.get("LeaseUntil")),
+            subscription_started=_parse(entity.get("SubscriptionStarted")),
+            last_error=str(entity.get("LastError") or ""),
+            last_error_at=_parse(entity.get("LastErrorAt")),
+            last_run=_parse(entity.get("LastRun")),
+            etag=etag,
+        )
+
+
+@dataclass
+class ClaimResult:
+    """The rows this processor now owns and must upload, and what was left out and why."""
+
+    mine: list[Row] = field(default_factory=list)
+    already_sent: int = 0
+    claimed_elsewhere: int = 0
+    taken_over: int = 0
+
+
+@dataclass
+class StoreStats:
+    """Storage transactions, for the benchmark and the logs."""
+
+    reads: int = 0
+    writes: int = 0
+
+
+class StateStore:
+    """The connector's tables. Use with ``async with``; it owns the service client it is given."""
+
+    def __init__(self, service: TableServiceClient, *, prefix: str = "irm", retention_days: int = 10) -> None:
+        self._service = service
+        self._prefix = prefix
+        self._retention = timedelta(days=retention_days)
+        self._tables: dict[str, TableClient] = {}
+        self._created: set[str] = set()
+        self._create_lock = asyncio.Lock()
+        self.stats = StoreStats()
+
+    async def __aenter__(self) -> StateStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for table in self._tables.values():
+            await table.close()
+        self._tables.clear()
+        await self._service.close()
+
+    # -- tables ------------------------------------------------------------------------------------
+
+    async def _table(self, name: str, *, create: bool = True) -> TableClient:
+        client = self._tables.get(name)
+        if client is None:
+            client = self._tables[name] = self._service.get_table_client(name)
+        if create and name not in self._created:
+            async with self._create_lock:
+                if name not in self._created:
+                    try:
+                        self.stats.writes += 1
+                        await self._service.create_table(name)
+                    except ResourceExistsError:
+                        pass
+                    except AzureError as exc:
+                        raise StateError(f"cannot create table {name}: {_reason(exc)}") from exc
+                    self._created.add(name)
+        return client
+
+    def _state_table(self) -> str:
+        return f"{self._prefix}state"
+
+    def _blob_table(self, day: str) -> str:
+        return f"{self._prefix}blobs{day}"
+
+    def _record_table(self, day: str) -> str:
+        return f"{self._prefix}rec{day}"
+
+    # -- poller state ------------------------------------------------------------------------------
+
+    async def get_poller_state(self, tenant_id: str, content_type: str) -> PollerState:
+        table = await self._table(self._state_table())
+        self.stats.reads += 1
+        try:
+            entity = await table.get_entity(_key(tenant_id), _key(content_type))
+        except ResourceNotFoundError:
+            return PollerState(tenant_id, content_type)
+        except AzureError as exc:
+            raise StateError(f"cannot read the poller state: {_reason(exc)}") from exc
+        return PollerState.from_entity(tenant_id, content_type, dict(entity), entity.metadata.get("etag"))
+
+    async def save_poller_state(self, state: PollerState) -> PollerState:
+        """Write ``state`` if nobody wrote since it was read (ETag); raises :class:`LeaseLost` otherwise."""
+        table = await self._table(self._state_table())
+        self.stats.writes += 1
+        try:
+            if state.etag is None:
+                result = await table.create_entity(state.entity())
+            else:
+                result = await table.update_entity(
+                    state.entity(),
+                    mode=UpdateMode.REPLACE,
+                    etag=state.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise LeaseLost(f"another poller changed the state of {state.content_type}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                raise LeaseLost(f"another poller changed the state of {state.content_type}") from exc
+            raise StateError(f"cannot write the poller state: {_reason(exc)}") from exc
+        except AzureError as exc:
+            raise StateError(f"cannot write the poller state: {_reason(exc)}") from exc
+        return replace(state, etag=result.get("etag"))
+
+    async def list_poller_states(self, tenant_id: str) -> list[PollerState]:
+        table = await self._table(self._state_table())
+        self.stats.reads += 1
+        out = []
+        try:
+            async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": _key(tenant_id)}):
+                out.append(
+                    PollerState.from_entity(tenant_id, str(entity["RowKey"]), dict(entity), entity.metadata.get("etag"))
+                )
+        except AzureError as exc:
+            raise StateError(f"cannot read the poller state: {_reason(exc)}") from exc
+        return out
+
+    # -- queued blobs ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _blob_slot(content_type: str, created: datetime) -> tuple[str, str]:
+        created = created.astimezone(UTC)
+        return created.strftime("%Y%m%d"), f"{_key(content_type)}_{created:%H}"
+
+    async def is_queued(self, content_type: str, blob: ContentBlob, cache: dict[tuple[str, str], set[str]]) -> bool:
+        """Whether ``blob`` was queued before; ``cache`` keeps the partitions read in this run."""
+        slot = self._blob_slot(content_type, blob.content_created)
+        if slot not in cache:
+            cache[slot] = {str(e["RowKey"]) for e in await self._read_partition(self._blob_table(slot[0]), slot[1])}
+        return _key(blob.content_id) in cache[slot]
+
+    async def mark_blobs_queued(
+        self, content_type: str, blobs: Iterable[ContentBlob], cache: dict[tuple[str, str], set[str]]
+    ) -> None:
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for blob in blobs:
+            slot = self._blob_slot(content_type, blob.content_created)
+            groups[slot].append({"PartitionKey": slot[1], "RowKey": _key(blob.content_id)})
+        for (day, pk), entities in groups.items():
+            await self._write_batches(self._blob_table(day), [("upsert", e) for e in entities])
+            cache.setdefault((day, pk), set()).update(e["RowKey"] for e in entities)
+
+    # -- record markers ----------------------------------------------------------------------------
+
+    async def claim_records(self, stream: str, rows: Sequence[Row], owner_content_id: str) -> ClaimResult:
+        """Claim ``rows`` of ``stream`` for the blob ``owner_content_id``; see the module docstring."""
+        owner = _owner(owner_content_id)
+        result = ClaimResult()
+        groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
+        for row in rows:
+            groups[(row.hour[:8], f"{_key(stream)}_{row.hour[8:]}")].append(row)
+        for (day, pk), group in groups.items():
+            await self._claim_partition(self._record_table(day), pk, group, owner, result)
+        return result
+
+    async def _claim_partition(
+        self, table_name: str, pk: str, rows: list[Row], owner: str, result: ClaimResult
+    ) -> None:
+        pending = rows
+        for _ in range(5):
+            existing = {str(e["RowKey"]): e for e in await self._read_partition(table_name, pk)}
+            to_create: list[Row] = []
+            for row in pending:
+                entity = existing.get(_key(row.record_id))
+                if entity is None:
+                    to_create.append(row)
+                elif entity.get("S") == _SENT:
+                    result.already_sent += 1
+                elif entity.get("O") == owner:
+                    result.mine.append(row)  # our own claim from an attempt that did not finish
+                elif await self._take_over(table_name, entity, owner):
+                    result.taken_over += 1
+                    result.mine.append(row)
+                else:
+                    result.claimed_elsewhere += 1
+            now = int(time.time())
+            conflicted: list[Row] = []
+            for start in range(0, len(to_create), _BATCH):
+                batch = to_create[start : start + _BATCH]
+                ops = [
+                    ("create", {"PartitionKey": pk, "RowKey": _key(r.record_id), "S": _PENDING, "O": owner, "C": now})
+                    for r in batch
+                ]
+                try:
+                    await self._submit(table_name, ops)
+                except ResourceExistsError:
+                    conflicted.extend(batch)  # someone claimed one of these since we read: look again
+                else:
+                    result.mine.extend(batch)
+            if not conflicted:
+                return
+            pending = conflicted
+        raise StateError(f"could not claim records in {table_name}/{pk}: claims keep conflicting")
+
+    async def _take_over(self, table_name: str, entity: Any, owner: str) -> bool:
+        claimed_at = entity.get("C")
+        if not isinstance(claimed_at, int) or time.time() - claimed_at < CLAIM_TTL.total_seconds():
+            return False
+        table = await self._table(table_name)
+        self.stats.writes += 1
+        try:
+            await table.update_entity(
+                {
+                    "PartitionKey": entity["PartitionKey"],
+                    "RowKey": entity["RowKey"],
+                    "S": _PENDING,
+                    "O": owner,
+                    "C": int(time.time()),
+                },
+                mode=UpdateMode.REPLACE,
+                etag=entity.metadata.get("etag"),
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        except HttpResponseError as exc:
+            if exc.status_code in (404, 409, 412):
+                return False
+            raise StateError(f"cannot take over a stale claim: {_reason(exc)}") from exc
+        return True
+
+    async def mark_sent(self, stream: str, rows: Sequence[Row]) -> None:
+        """Mark rows sent after their upload succeeded."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            pk = f"{_key(stream)}_{row.hour[8:]}"
+            groups[(row.hour[:8], pk)].append({"PartitionKey": pk, "RowKey": _key(row.record_id), "S": _SENT})
+        for (day, _), entities in groups.items():
+            await self._write_batches(
+                self._record_table(day), [("upsert", e, {"mode": UpdateMode.MERGE}) for e in entities]
+            )
+
+    # -- housekeeping ------------------------------------------------------------------------------
+
+    async def drop_expired_tables(self, now: datetime) -> list[str]:
+        """Drop day tables older than the retention: one query, and one delete per expired day."""
+        cutoff = (now - self._retention).astimezone(UTC).strftime("%Y%m%d")
+        dropped: list[str] = []
+        pattern = re.compile(rf"^{re.escape(self._prefix)}(?:blobs|rec)(\d{{8}})$")
+        self.stats.reads += 1
+        try:
+            names = [
+                t.name
+                async for t in self._service.query_tables(
+                    "TableName ge @lo and TableName lt @hi", parameters={"lo": self._prefix, "hi": self._prefix + "~"}
+                )
+            ]
+            for name in names:
+                match = pattern.match(name)
+                if match and match.group(1) < cutoff:
+                    self.stats.writes += 1
+                    await self._service.delete_table(name)
+                    self._created.discard(name)
+                    dropped.append(name)
+        except AzureError as exc:
+            raise StateError(f"cannot drop expired tables: {_reason(exc)}") from exc
+        return dropped
+
+    # -- primitives --------------------------------------------------------------------------------
+
+    async def _read_partition(self, table_name: str, pk: str) -> list[Any]:
+        table = await self._table(table_name)
+        out = []
+        try:
+            pages = table.query_entities(
+                "PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey", "S", "O", "C"], results_per_page=1000
+            ).by_page()
+            async for page in pages:
+                self.stats.reads += 1
+                async for entity in page:
+                    out.append(entity)
+        except AzureError as exc:
+            raise StateError(f"cannot read {table_name}: {_reason(exc)}") from exc
+        return out
+
+    async def _write_batches(self, table_name: str, ops: list[Any]) -> None:
+        for start in range(0, len(ops), _BATCH):
+            await self._submit(table_name, ops[start : start + _BATCH])
+
+    async def _submit(self, table_name: str, ops: list[Any]) -> None:
+        """One entity-group transaction; :class:`ResourceExistsError` when a create met an existing entity."""
+        table = await self._table(table_name)
+        self.stats.writes += 1
+        try:
+            await table.submit_transaction(ops)
+        except TableTransactionError as exc:
+            if getattr(exc, "error_code", None) == "EntityAlreadyExists" or "EntityAlreadyExists" in str(exc):
+                raise ResourceExistsError(message="entity already exists") from exc
+            raise StateError(f"table transaction on {table_name} failed: {_reason(exc)}") from exc
+        except AzureError as exc:
+            raise StateError(f"table transaction on {table_name} failed: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
