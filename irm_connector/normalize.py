@@ -13,6 +13,7 @@ in :class:`BlobRows` so the caller can log one line per blob, without record con
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections import Counter
@@ -294,8 +295,14 @@ def _dumps(value: Any, *, sort: bool = False) -> bytes:
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
+    """What orjson refused, made writable: unpaired surrogates replaced; NaN, infinities and integers
+    beyond 64 bits (which the standard library's reader lets through) written as strings."""
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
     if depth > 200:
         return _dumps_flat(value)
     if isinstance(value, dict):

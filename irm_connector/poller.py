@@ -143,13 +143,20 @@ async def _poll_content_type(
             if time.monotonic() >= deadline:
                 log.info("Time budget used; %s continues from %s next run", content_type, window.start, extra=dims)
                 break
-            await _list_window(rt, content_type, window, now, cache, report)
+            try:
+                await _list_window(rt, content_type, window, now, cache, report)
+            except SubscriptionMissing:
+                state, report.subscription = await _start_subscription(rt, state, now, dims)
+                if report.subscription == "waiting":
+                    break
+                await _list_window(rt, content_type, window, now, cache, report)
             state = await rt.state.save_poller_state(replace(state, watermark=window.end))
             report.windows_listed += 1
         else:
             report.finished = True
-    except SubscriptionMissing:
-        state, report.subscription = await _start_subscription(rt, state, now, dims)
+    except SubscriptionMissing as exc:
+        error = str(exc)
+        log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
     except InvalidWindow as exc:
         error = str(exc)
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
@@ -245,7 +252,7 @@ async def _start_subscription(
         log.info(
             "No subscription for %s yet; started at %s, waiting", content_type, state.subscription_started, extra=dims
         )
-        return state, "starting"
+        return state, "waiting"
     status = await rt.management.start_subscription(content_type)
     log.warning(
         "Started the subscription for %s (status %s). The first content can take up to 12 hours to appear.",

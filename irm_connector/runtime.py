@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiolimiter import AsyncLimiter
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.data.tables.aio import TableServiceClient
 from azure.monitor.ingestion.aio import LogsIngestionClient
 from azure.storage.queue import TextBase64EncodePolicy
@@ -42,9 +43,12 @@ class Runtime:
     state: StateStore
     queue: ContentQueue
     ingestor: SentinelIngestor
+    credentials: list[AsyncTokenCredential]
 
     async def close(self) -> None:
-        for closer in (self.queue.close, self.state.close, self.ingestor.close, self.tokens.close, self.session.close):
+        closers = [self.queue.close, self.state.close, self.ingestor.close, self.tokens.close, self.session.close]
+        closers += [c.close for c in self.credentials]
+        for closer in closers:
             try:
                 await closer()
             except Exception:
@@ -56,7 +60,7 @@ _runtimes: dict[int, tuple[asyncio.AbstractEventLoop, Runtime]] = {}
 
 
 def _storage_clients(
-    storage: StorageSettings, settings: Settings
+    storage: StorageSettings, settings: Settings, credentials: list[AsyncTokenCredential]
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
     queue_kwargs = {"message_encode_policy": TextBase64EncodePolicy(), **azure_client_kwargs()}
     if storage.connection_string:
@@ -67,6 +71,7 @@ def _storage_clients(
     assert storage.table_service_uri is not None
     assert storage.queue_service_uri is not None
     credential = azure_credential(storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity")
+    credentials.append(credential)
     tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **azure_client_kwargs())
     main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **queue_kwargs)
     poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=credential, **queue_kwargs)
@@ -89,18 +94,20 @@ def build_runtime(settings: Settings, *, retry: RetryPolicy | None = None) -> Ru
         limiter=AsyncLimiter(settings.max_requests_per_minute, 60),
         retry=retry,
     )
-    tables, main, poison = _storage_clients(settings.storage, settings)
+    credentials: list[AsyncTokenCredential] = [azure_credential()]
+    tables, main, poison = _storage_clients(settings.storage, settings, credentials)
     ingestion = LogsIngestionClient(
-        endpoint=settings.ingestion_endpoint, credential=azure_credential(), **azure_client_kwargs()
+        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs()
     )
     return Runtime(
         settings=settings,
         session=session,
         tokens=tokens,
         management=management,
-        state=StateStore(tables, retention_days=settings.dedupe_retention_days),
+        state=StateStore(tables, prefix=settings.table_prefix, retention_days=settings.dedupe_retention_days),
         queue=ContentQueue(main, poison),
         ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
+        credentials=credentials,
     )
 
 

@@ -139,6 +139,7 @@ class Settings:
     health_stream: str = "Custom-IRMConnectorHealth"
     max_requests_per_minute: int = 1000
     dedupe_retention_days: int = 10
+    table_prefix: str = "irm"
 
     @property
     def api_audience(self) -> str:
@@ -261,6 +262,11 @@ class Settings:
         if health_stream:
             _stream(health_stream, "LOGS_HEALTH_STREAM")
 
+        prefix = get("STATE_TABLE_PREFIX", "irm")
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,29}", prefix):
+            raise SettingsError(
+                "STATE_TABLE_PREFIX", f"{prefix!r} must be 1-30 letters and digits, starting with a letter"
+            )
         rpm = _int(get("O365_MAX_REQUESTS_PER_MINUTE", "1000"), "O365_MAX_REQUESTS_PER_MINUTE", 1, 60000)
         retention = _int(get("DEDUPE_RETENTION_DAYS", "10"), "DEDUPE_RETENTION_DAYS", 8, 90)
 
@@ -291,6 +297,7 @@ class Settings:
             health_stream=health_stream,
             max_requests_per_minute=rpm,
             dedupe_retention_days=retention,
+            table_prefix=prefix.lower(),
         )
 
 

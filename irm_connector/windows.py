@@ -85,7 +85,7 @@ def plan_windows(
         unreachable = None
     else:
         watermark = _floor_second(watermark)
-        start = watermark - overlap
+        start = _floor_second(watermark - overlap)
         unreachable = Window(watermark, earliest) if watermark < earliest else None
     start = max(start, earliest)
 

@@ -1,0 +1,190 @@
+"""Working the content queue the way the Functions host does, for running without the host (the CLI,
+the demo, the benchmark and the tests).
+
+The host keeps ``batchSize`` messages in flight and fetches more when fewer than ``newBatchThreshold``
+remain, so up to ``batchSize + newBatchThreshold`` run at once. A message whose handler raises becomes
+visible again after ``visibilityTimeout``; one that has failed ``maxDequeueCount`` times moves to
+``<queue>-poison``. The options come from ``host.json`` so both paths behave alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.core.exceptions import ResourceExistsError
+from azure.functions.queue import QueueMessage as FunctionQueueMessage
+from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+__all__ = ["HostQueueOptions", "QueueWorker", "WorkerStats"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[func.QueueMessage], Awaitable[Any]]
+
+
+def _timespan(text: str) -> float:
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", text.strip())
+    if not match:
+        raise ValueError(f"not a timespan: {text!r}")
+    days, hours, minutes, seconds = match.groups()
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+@dataclass(frozen=True)
+class HostQueueOptions:
+    """``extensions.queues`` of host.json, with the host's defaults."""
+
+    batch_size: int = 16
+    new_batch_threshold: int = 8
+    max_dequeue_count: int = 5
+    visibility_timeout: float = 0.0
+
+    @property
+    def concurrency(self) -> int:
+        return self.batch_size + self.new_batch_threshold
+
+    @classmethod
+    def from_host_json(cls, path: Path | str | None = None) -> HostQueueOptions:
+        file = Path(path) if path else Path(__file__).resolve().parent.parent / "host.json"
+        try:
+            queues = json.loads(file.read_text(encoding="utf-8")).get("extensions", {}).get("queues", {})
+        except FileNotFoundError:
+            return cls()
+        batch = int(queues.get("batchSize", 16))
+        return cls(
+            batch_size=batch,
+            new_batch_threshold=int(queues.get("newBatchThreshold", batch // 2)),
+            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
+            visibility_timeout=_timespan(queues.get("visibilityTimeout", "00:00:00")),
+        )
+
+
+@dataclass
+class WorkerStats:
+    processed: int = 0
+    failed_attempts: int = 0
+    poisoned: int = 0
+
+
+class QueueWorker:
+    """Runs ``handler`` for the messages of ``queue`` with the host's concurrency, retry and poison rules."""
+
+    def __init__(
+        self,
+        queue: QueueClient,
+        poison: QueueClient,
+        handler: Handler,
+        options: HostQueueOptions | None = None,
+        *,
+        lock_seconds: int = 600,
+    ) -> None:
+        self._queue = queue
+        self._poison = poison
+        self._handler = handler
+        self._options = options or HostQueueOptions.from_host_json()
+        self._lock = lock_seconds
+        self.stats = WorkerStats()
+
+    @staticmethod
+    def encode_policy() -> TextBase64EncodePolicy:
+        return TextBase64EncodePolicy()
+
+    async def run(
+        self, *, max_messages: int | None = None, until_empty: bool = True, stop: asyncio.Event | None = None
+    ) -> WorkerStats:
+        """Process messages until the queue is empty (or ``max_messages`` were handled, or ``stop`` is set)."""
+        gate = asyncio.Semaphore(self._options.concurrency)
+        in_flight: set[asyncio.Task[None]] = set()
+        handled = 0
+        while not (stop and stop.is_set()):
+            if max_messages is not None and handled >= max_messages:
+                break
+            room = self._options.concurrency - len(in_flight)
+            want = min(32, room, (max_messages - handled) if max_messages is not None else 32)
+            messages = []
+            if want > 0:
+                messages = [
+                    m
+                    async for m in self._queue.receive_messages(
+                        messages_per_page=want, max_messages=want, visibility_timeout=self._lock
+                    )
+                ]
+            for message in messages:
+                handled += 1
+                await gate.acquire()
+                task = asyncio.create_task(self._one(message))
+                in_flight.add(task)
+
+                def finished(done: asyncio.Task[None]) -> None:
+                    in_flight.discard(done)
+                    gate.release()
+
+                task.add_done_callback(finished)
+            if messages:
+                continue
+            if in_flight:
+                await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            properties = await self._queue.get_queue_properties()
+            if not properties.approximate_message_count and until_empty:
+                break
+            await asyncio.sleep(min(1.0, max(0.05, self._options.visibility_timeout / 4)))
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        return self.stats
+
+    async def _one(self, message: Any) -> None:
+        body = message.content
+        function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]
+            id=message.id,
+            body=body.encode("utf-8") if isinstance(body, str) else body,
+            dequeue_count=message.dequeue_count,
+            pop_receipt=message.pop_receipt,
+            insertion_time=message.inserted_on,
+            expiration_time=message.expires_on,
+        )
+        started = time.perf_counter()
+        try:
+            await self._handler(function_message)
+        except Exception as exc:
+            self.stats.failed_attempts += 1
+            if message.dequeue_count >= self._options.max_dequeue_count:
+                log.error(
+                    "Message %s failed %d times; moved to %s: %s",
+                    message.id,
+                    message.dequeue_count,
+                    self._poison.queue_name,
+                    exc,
+                )
+                await self._send_poison(body)
+                await self._queue.delete_message(message)
+                self.stats.poisoned += 1
+            else:
+                log.warning(
+                    "Message %s failed (attempt %d of %d), retried: %s",
+                    message.id,
+                    message.dequeue_count,
+                    self._options.max_dequeue_count,
+                    exc,
+                )
+                await self._queue.update_message(message, visibility_timeout=int(self._options.visibility_timeout))
+            return
+        await self._queue.delete_message(message)
+        self.stats.processed += 1
+        log.debug("Message %s done in %.2fs", message.id, time.perf_counter() - started)
+
+    async def _send_poison(self, body: str) -> None:
+        with contextlib.suppress(ResourceExistsError):
+            await self._poison.create_queue()
+        await self._poison.send_message(body, time_to_live=-1)

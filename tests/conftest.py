@@ -1,0 +1,58 @@
+"""Shared fixtures: one Azurite and one test CA per session; stand-ins and a connector per test.
+
+Everything here is real: Azurite is the storage, the stand-ins are HTTPS servers, and the connector
+runs through the function entry points of ``function_app.py`` as the Functions host calls them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from standins import Azurite, StandIns
+from standins.tls import TestCA
+from tests.harness import ConnectorHarness
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestCA]:
+    ca = TestCA(tmp_path_factory.mktemp("ca"))
+    yield ca
+    ca.cleanup()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    with Azurite(location=tmp_path_factory.mktemp("azurite")) as server:
+        yield server
+
+
+@pytest.fixture
+def standins(test_ca: TestCA) -> Iterator[StandIns]:
+    with StandIns(ca=test_ca) as services:
+        yield services
+
+
+@pytest.fixture
+async def connector(
+    standins: StandIns, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ConnectorHarness]:
+    suffix = uuid.uuid4().hex[:10]
+    env = {
+        **standins.settings_env(),
+        "AzureWebJobsStorage": azurite.connection_string,
+        "CONTENT_QUEUE": f"irm-{suffix}",
+        "STATE_TABLE_PREFIX": f"t{suffix}",
+        "POLL_SCHEDULE": "0 */5 * * * *",
+    }
+    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    harness = ConnectorHarness(standins=standins, azurite=azurite, env=env, monkeypatch=monkeypatch)
+    try:
+        yield harness
+    finally:
+        await harness.close()

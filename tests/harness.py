@@ -1,0 +1,103 @@
+"""Drives the connector through its function entry points, the way the Functions host does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.timer import TimerRequest
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from irm_connector.runtime import close_runtimes
+from irm_connector.worker import HostQueueOptions, QueueWorker, WorkerStats
+from standins import Azurite, StandIns
+
+_FUNCTIONS: dict[str, Any] | None = None
+
+
+def functions() -> dict[str, Any]:
+    """The app's functions, indexed once as the host does (``get_functions`` may run once per app)."""
+    global _FUNCTIONS
+    if _FUNCTIONS is None:
+        from function_app import app
+
+        _FUNCTIONS = {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+    return _FUNCTIONS
+
+
+@dataclass
+class ConnectorHarness:
+    standins: StandIns
+    azurite: Azurite
+    env: dict[str, str]
+    monkeypatch: pytest.MonkeyPatch
+
+    @property
+    def queue_name(self) -> str:
+        return self.env["CONTENT_QUEUE"]
+
+    def set(self, **settings: str) -> None:
+        for name, value in settings.items():
+            self.env[name] = value
+            self.monkeypatch.setenv(name, value)
+
+    async def poll(self, *, past_due: bool = False) -> Any:
+        return await functions()["poller"](TimerRequest(past_due=past_due))
+
+    async def process(self, body: str | bytes, *, dequeue_count: int = 1) -> Any:
+        raw = body.encode() if isinstance(body, str) else body
+        message = func.queue.QueueMessage(id="m", body=raw, dequeue_count=dequeue_count)  # type: ignore[attr-defined]
+        return await functions()["processor"](message)
+
+    def queue_client(self, name: str | None = None) -> QueueClient:
+        return QueueClient.from_connection_string(
+            self.azurite.connection_string,
+            name or self.queue_name,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+
+    async def drain(self, *, max_messages: int | None = None, max_dequeue_count: int | None = None) -> WorkerStats:
+        """Work the queue as the host would until it is empty; failed messages come back at once."""
+        host = HostQueueOptions.from_host_json()
+        options = HostQueueOptions(
+            batch_size=host.batch_size,
+            new_batch_threshold=host.new_batch_threshold,
+            max_dequeue_count=max_dequeue_count or host.max_dequeue_count,
+            visibility_timeout=0,
+        )
+        async with self.queue_client() as main, self.queue_client(self.queue_name + "-poison") as poison:
+            with contextlib.suppress(Exception):
+                await main.create_queue()
+            worker = QueueWorker(main, poison, functions()["processor"], options)
+            return await worker.run(max_messages=max_messages)
+
+    async def messages(self, name: str | None = None) -> list[str]:
+        """Peek the texts of up to 32 messages."""
+        async with self.queue_client(name) as client:
+            try:
+                return [m.content for m in await client.peek_messages(max_messages=32)]
+            except Exception:
+                return []
+
+    async def queue_length(self, name: str | None = None) -> int:
+        async with self.queue_client(name) as client:
+            try:
+                return int((await client.get_queue_properties()).approximate_message_count or 0)
+            except Exception:
+                return 0
+
+    def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
+        return self.standins.ingestion.rows(stream)
+
+    async def close(self) -> None:
+        await close_runtimes()
+
+
+def env(name: str) -> str:
+    return os.environ[name]

@@ -1,0 +1,165 @@
+"""End to end through the function entry points: Management API stand-in → Azurite queue → Sentinel stand-in."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from irm_connector.schema import stream_schema
+from standins.workload import generate_workload
+from tests.harness import ConnectorHarness
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_simulated_day_arrives_exactly_once(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    workload = generate_workload(
+        seed=7,
+        total_records=6000,
+        blob_size=(200, 1200),
+        irm_share=0.02,
+        duplicate_share=0.05,
+        tenant_id=sim.tenant_id,
+        span=timedelta(hours=20),
+    )
+    workload.publish(sim.management)
+    connector.set(LOGS_AUDIT_STREAM="Custom-O365Audit")
+
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs)
+    stats = await connector.drain()
+    assert stats.poisoned == 0
+
+    alerts = connector.rows("Custom-IRMAlerts")
+    audit = connector.rows("Custom-O365Audit")
+    assert Counter(r["RecordId"] for r in alerts) == Counter(workload.irm_alert_record_ids)
+    assert Counter(r["RecordId"] for r in audit) == Counter(workload.record_ids)
+    expected = workload.expected_alerts()
+    types = {c.name: c.type for c in stream_schema("alerts").columns}
+    for row in alerts:
+        want = expected[row["RecordId"]]
+        assert row["TimeGenerated"] == row["CreationTime"]
+        for column, value in want.items():
+            if types[column] == "datetime":
+                assert _utc(row[column]) == _utc(value), (column, row["RecordId"])
+            else:
+                assert row[column] == value, (column, row["RecordId"])
+
+    # A second run re-lists the overlap and queues nothing new; nothing arrives twice.
+    await connector.poll()
+    assert await connector.queue_length() == 0
+    await connector.drain()
+    assert len(connector.rows("Custom-O365Audit")) == len(workload.record_ids)
+
+
+async def test_late_listed_blob_is_picked_up_by_the_overlap(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    now = datetime.now(UTC)
+    early = generate_workload(
+        seed=1,
+        total_records=300,
+        blob_size=(300, 300),
+        irm_share=0.05,
+        tenant_id=sim.tenant_id,
+        start=now - timedelta(hours=3),
+        span=timedelta(hours=1),
+    )
+    early.publish(sim.management)
+    await connector.poll()
+    await connector.drain()
+    first = len(connector.rows())
+
+    # A blob created 20 minutes ago that the API lists only now: inside the window already listed.
+    late = generate_workload(
+        seed=2,
+        total_records=200,
+        blob_size=(200, 200),
+        irm_share=0.05,
+        tenant_id=sim.tenant_id,
+        start=now - timedelta(minutes=20),
+        span=timedelta(minutes=1),
+    )
+    sim.management.add_blob(
+        "Audit.General",
+        late.blobs[0].records,
+        content_created=now - timedelta(minutes=20),
+        available_at=now + timedelta(seconds=1),
+    )
+    sim.clock.advance(timedelta(seconds=5))
+    await connector.poll()
+    assert await connector.queue_length() == 1
+    await connector.drain()
+    ids = [r["RecordId"] for r in connector.rows()]
+    assert len(ids) == len(set(ids)) == first + len(late.irm_alert_record_ids)
+
+
+async def test_two_pollers_at_once_queue_each_blob_once(connector: ConnectorHarness) -> None:
+    import asyncio
+
+    workload = generate_workload(
+        seed=3, total_records=4000, blob_size=(100, 200), tenant_id=connector.standins.tenant_id
+    )
+    workload.publish(connector.standins.management)
+    await asyncio.gather(connector.poll(), connector.poll())
+    assert await connector.queue_length() == len(workload.blobs)
+    # and the one that found the lease taken leaves nothing behind: a third run queues nothing new
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs)
+
+
+async def test_bad_messages_go_to_the_poison_queue_and_are_not_retried(connector: ConnectorHarness, caplog) -> None:
+    await connector.process("this is not json")
+    forged = (
+        '{"v":1,"tenantId":"%s","contentType":"Audit.General","contentId":"x","contentUri":"https://evil.example/steal",'
+        '"contentCreated":"2026-11-27T00:00:00Z","contentExpiration":"2099-01-01T00:00:00Z"}'
+        % connector.standins.tenant_id
+    )
+    await connector.process(forged)
+    poison = await connector.messages(connector.queue_name + "-poison")
+    assert poison == ["this is not json", forged]
+    assert "not JSON" in caplog.text and "refused" in caplog.text
+    # The forged URL never saw a request with our token: the stand-in logged no content call at all.
+    assert connector.standins.management.count("content") == 0
+
+
+async def test_expired_and_missing_content_complete_with_a_warning(connector: ConnectorHarness, caplog) -> None:
+    sim = connector.standins
+    now = datetime.now(UTC)
+    content_id = sim.management.add_blob("Audit.General", [], content_created=now - timedelta(hours=1))
+    sim.management.remove_blob(content_id)
+    body = (
+        '{"v":1,"tenantId":"%s","contentType":"Audit.General","contentId":"%s","contentUri":"%s",'
+        '"contentCreated":"%s","contentExpiration":"%s"}'
+        % (
+            sim.tenant_id,
+            content_id,
+            sim.management.content_uri(content_id),
+            (now - timedelta(hours=1)).isoformat(),
+            (now + timedelta(days=6)).isoformat(),
+        )
+    )
+    await connector.process(body)
+    assert "skipped" in caplog.text and content_id in caplog.text
+    expired = body.replace((now + timedelta(days=6)).isoformat(), (now - timedelta(minutes=1)).isoformat())
+    await connector.process(expired)
+    assert "expired" in caplog.text
+    # Neither is an error the host should retry, and neither is parked in the poison queue.
+    assert await connector.queue_length(connector.queue_name + "-poison") == 0
+
+
+async def test_missing_subscription_is_started(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", None)
+    workload = generate_workload(seed=4, total_records=200, blob_size=(200, 200), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
+    await connector.poll()
+    assert sim.management.subscription("Audit.General") == "enabled"
+    assert await connector.queue_length() == 1
+
+
+def _utc(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

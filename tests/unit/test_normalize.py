@@ -1,0 +1,228 @@
+"""Normalization: the rows a SOC sees, from the records the API sends, whatever their shape."""
+
+import json
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from irm_connector.normalize import (
+    FIELD_LIMIT,
+    ROW_LIMIT,
+    BadContentError,
+    ContentRef,
+    Routing,
+    extract_upn,
+    normalize_blob,
+    parse_blob,
+)
+from irm_connector.schema import stream_schema
+
+REF = ContentRef("blob-1", "Audit.General", datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+ALERTS = Routing("Custom-IRMAlerts")
+BOTH = Routing("Custom-IRMAlerts", "Custom-O365Audit")
+
+
+def irm_alert(**over):
+    record = {
+        "Id": "0f9a1c7e-0000-4000-8000-000000000001",
+        "RecordType": 40,
+        "CreationTime": "2026-11-27T09:15:02",
+        "Operation": "AlertTriggered",
+        "OrganizationId": "11111111-2222-3333-4444-555555555555",
+        "UserType": 4,
+        "UserKey": "SecurityComplianceAlerts",
+        "Workload": "SecurityComplianceCenter",
+        "UserId": "SecurityComplianceAlerts",
+        "AlertId": "a-1",
+        "AlertType": "Custom",
+        "Name": "Data leaks by departing users",
+        "PolicyId": "p-1",
+        "Status": "Active",
+        "Severity": "High",
+        "Category": "InsiderRiskManagement",
+        "Source": "Office 365 Security & Compliance",
+        "Comments": "New Alert",
+        "Data": json.dumps({"userPrincipalName": "alex@contoso.com", "ts": "2026-11-27T09:00:00"}),
+    }
+    record.update(over)
+    return record
+
+
+def rows(blob, key="Custom-IRMAlerts"):
+    return [orjson.loads(r.body) for r in blob.rows.get(key, [])]
+
+
+def test_irm_alert_becomes_one_alert_row_with_the_documented_columns():
+    out = normalize_blob([irm_alert()], REF, ALERTS)
+    [row] = rows(out)
+    assert row["TimeGenerated"] == "2026-11-27T09:15:02Z"
+    assert row["RecordId"] == "0f9a1c7e-0000-4000-8000-000000000001"
+    assert row["AlertId"] == "a-1" and row["Severity"] == "High" and row["Status"] == "Active"
+    assert row["RecordType"] == 40
+    assert row["UserPrincipalName"] == "alex@contoso.com"
+    assert row["Data"] == {"userPrincipalName": "alex@contoso.com", "ts": "2026-11-27T09:00:00"}
+    assert row["ContentId"] == "blob-1" and row["ContentType"] == "Audit.General"
+    assert set(row) <= set(stream_schema("alerts").names)
+    assert out.alerts == 1 and out.records == 1
+
+
+def test_every_declared_alert_column_is_filled_from_a_full_record():
+    [row] = rows(normalize_blob([irm_alert()], REF, ALERTS))
+    assert set(row) == set(stream_schema("alerts").names)
+
+
+def test_every_declared_audit_column_is_filled_from_a_full_record():
+    record = irm_alert(ClientIP="10.1.2.3", ObjectId="obj", ResultStatus="Succeeded")
+    [row] = rows(normalize_blob([record], REF, BOTH), "Custom-O365Audit")
+    assert set(row) == set(stream_schema("audit").names)
+    assert row["Record"] == record and row["UserType"] == 4
+
+
+@pytest.mark.parametrize(
+    ("data", "upn"),
+    [
+        (json.dumps({"upn": "a@x.com"}), "a@x.com"),
+        (json.dumps({"f3u": "b@x.com", "uid": "1"}), "b@x.com"),
+        (json.dumps({"UserPrincipalName": "c@x.com"}), "c@x.com"),
+        ("not json at all", ""),
+        (json.dumps(["a", "list"]), ""),
+        (None, ""),
+        ("", ""),
+    ],
+)
+def test_upn_is_read_from_the_spellings_seen_in_the_wild(data, upn):
+    [row] = rows(normalize_blob([irm_alert(Data=data)], REF, ALERTS))
+    assert row["UserPrincipalName"] == upn
+
+
+def test_data_that_does_not_parse_is_kept_as_the_raw_string():
+    [row] = rows(normalize_blob([irm_alert(Data="{broken")], REF, ALERTS))
+    assert row["Data"] == "{broken"
+
+
+def test_other_records_and_other_alert_categories_stay_out_of_the_alerts_stream():
+    records = [
+        irm_alert(Id="1", Category="ThreatManagement"),
+        {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00", "Operation": "UserLoggedIn"},
+        irm_alert(Id="3"),
+    ]
+    out = normalize_blob(records, REF, ALERTS)
+    assert [r["RecordId"] for r in rows(out)] == ["3"]
+    assert "Custom-O365Audit" not in out.rows
+    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", alert_categories=frozenset({"*"})))
+    assert [r["RecordId"] for r in rows(out)] == ["1", "3"]
+
+
+def test_audit_stream_gets_every_record_when_on():
+    records = [irm_alert(Id="1"), {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00"}]
+    out = normalize_blob(records, REF, BOTH)
+    assert [r["RecordId"] for r in rows(out, "Custom-O365Audit")] == ["1", "2"]
+    assert [r["RecordId"] for r in rows(out)] == ["1"]
+
+
+def test_same_id_twice_in_a_blob_is_one_row():
+    out = normalize_blob([irm_alert(), irm_alert()], REF, ALERTS)
+    assert len(rows(out)) == 1 and out.duplicates_in_blob == 1
+
+
+def test_alert_updates_share_alert_id_but_are_separate_rows():
+    out = normalize_blob([irm_alert(Id="1"), irm_alert(Id="2", Status="Investigating")], REF, ALERTS)
+    assert [(r["AlertId"], r["Status"]) for r in rows(out)] == [("a-1", "Active"), ("a-1", "Investigating")]
+
+
+def test_record_without_id_gets_a_stable_synthetic_id():
+    record = irm_alert()
+    del record["Id"]
+    a = rows(normalize_blob([record], REF, ALERTS))[0]["RecordId"]
+    b = rows(normalize_blob([dict(record)], REF, ALERTS))[0]["RecordId"]
+    assert a == b and len(a) == 36
+
+
+@pytest.mark.parametrize("creation", [None, "yesterday", "2026-13-45T99:00:00", 12345])
+def test_unreadable_creation_time_falls_back_to_content_created(creation):
+    out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS)
+    assert rows(out)[0]["TimeGenerated"].startswith("2026-11-27T10:00:00")
+    assert sum(out.problems.values()) == 1
+
+
+def test_record_type_as_string_still_routes():
+    [row] = rows(normalize_blob([irm_alert(RecordType="40")], REF, ALERTS))
+    assert row["RecordType"] == 40
+
+
+def test_non_object_records_are_counted_and_the_rest_kept():
+    out = normalize_blob([1, "x", None, irm_alert()], REF, ALERTS)
+    assert len(rows(out)) == 1 and out.problems["record is not a JSON object"] == 3
+
+
+def test_huge_values_are_cut_below_the_limits():
+    out = normalize_blob([irm_alert(Name="n" * 200_000, Data=json.dumps({"blob": "d" * 300_000}))], REF, BOTH)
+    for stream in ("Custom-IRMAlerts", "Custom-O365Audit"):
+        [r] = out.rows[stream]
+        assert len(r.body) <= ROW_LIMIT
+        row = orjson.loads(r.body)
+        for value in row.values():
+            size = len(value.encode()) if isinstance(value, str) else len(orjson.dumps(value))
+            assert size <= FIELD_LIMIT
+    assert any("64 KB" in p for p in out.problems)
+
+
+def test_parse_blob_refuses_what_is_not_an_array():
+    with pytest.raises(BadContentError, match="not an array"):
+        parse_blob(b'{"a": 1}')
+    with pytest.raises(BadContentError, match="not JSON"):
+        parse_blob(b"[{")
+
+
+def test_unpaired_surrogates_are_read_and_written_safely():
+    body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name"}]'
+    out = normalize_blob(parse_blob(body), REF, ALERTS)
+    assert orjson.loads(out.rows["Custom-IRMAlerts"][0].body)["Name"].startswith("bad ")
+
+
+def test_extract_upn_ignores_non_strings():
+    assert extract_upn({"upn": 5, "f3u": "z@x.com"}) == "z@x.com"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            json_values,
+            st.dictionaries(
+                st.sampled_from(
+                    ["Id", "RecordType", "CreationTime", "Category", "Data", "UserType", "Name", "Operation"]
+                ),
+                json_values,
+            ),
+        ),
+        max_size=8,
+    )
+)
+def test_normalization_never_raises_and_rows_fit_the_declared_columns(records):
+    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", "Custom-O365Audit", frozenset({"*"})))
+    for stream, key in (("Custom-IRMAlerts", "alerts"), ("Custom-O365Audit", "audit")):
+        schema = {c.name: c.type for c in stream_schema(key).columns}
+        for r in out.rows.get(stream, []):
+            assert len(r.body) <= ROW_LIMIT
+            row = orjson.loads(r.body)
+            assert set(row) <= set(schema)
+            assert isinstance(row["TimeGenerated"], str) and row["TimeGenerated"].endswith("Z")
+            for name, value in row.items():
+                if value is None:
+                    continue
+                kind = schema[name]
+                if kind == "string":
+                    assert isinstance(value, str)
+                elif kind == "int":
+                    assert isinstance(value, int) and -(2**31) <= value < 2**31

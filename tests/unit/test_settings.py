@@ -1,0 +1,103 @@
+"""Settings: defaults, every documented form, and errors that name the setting."""
+
+import pytest
+
+from irm_connector.errors import SettingsError
+from irm_connector.settings import Settings, parse_duration
+
+TENANT = "11111111-2222-3333-4444-555555555555"
+CLIENT = "99999999-8888-7777-6666-555555555555"
+BASE = {
+    "O365_TENANT_ID": TENANT,
+    "O365_CLIENT_ID": CLIENT,
+    "O365_CLIENT_SECRET": "s3cr3t-value",
+    "LOGS_INGESTION_ENDPOINT": "https://dcr-1.westeurope-1.ingest.monitor.azure.com",
+    "LOGS_DCR_IMMUTABLE_ID": "dcr-" + "a" * 32,
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+
+
+def test_defaults():
+    s = Settings.from_env(BASE)
+    assert s.api_root == "https://manage.office.com"
+    assert s.authority_host == "https://login.microsoftonline.com"
+    assert s.content_types == ("Audit.General",)
+    assert s.publisher_id == TENANT
+    assert s.auth_mode == "secret"
+    assert s.content_queue == "irm-content" and s.poison_queue == "irm-content-poison"
+    assert s.alert_categories == frozenset({"InsiderRiskManagement"})
+    assert s.alerts_stream == "Custom-IRMAlerts" and s.audit_stream == ""
+    assert s.initial_lookback.total_seconds() == 86400
+
+
+@pytest.mark.parametrize(
+    ("cloud", "api", "login"),
+    [
+        ("GCC", "https://manage-gcc.office.com", "https://login.microsoftonline.com"),
+        ("GCCHigh", "https://manage.office365.us", "https://login.microsoftonline.us"),
+        ("dod", "https://manage.protection.apps.mil", "https://login.microsoftonline.us"),
+    ],
+)
+def test_clouds(cloud, api, login):
+    s = Settings.from_env({**BASE, "O365_CLOUD": cloud})
+    assert (s.api_root, s.authority_host) == (api, login)
+
+
+def test_secret_is_not_in_repr():
+    assert "s3cr3t-value" not in repr(Settings.from_env(BASE))
+
+
+@pytest.mark.parametrize(
+    ("change", "setting"),
+    [
+        ({"O365_TENANT_ID": ""}, "O365_TENANT_ID"),
+        ({"O365_TENANT_ID": "contoso.onmicrosoft.com"}, "O365_TENANT_ID"),
+        ({"O365_CLIENT_SECRET": ""}, "O365_CLIENT_SECRET"),
+        ({"O365_AUTH_MODE": "password"}, "O365_AUTH_MODE"),
+        ({"O365_AUTH_MODE": "certificate"}, "O365_CLIENT_CERTIFICATE_PATH"),
+        ({"O365_CLOUD": "Mars"}, "O365_CLOUD"),
+        ({"O365_API_ROOT": "http://manage.office.com"}, "O365_API_ROOT"),
+        ({"O365_CONTENT_TYPES": "Audit.General,Audit.Nope"}, "O365_CONTENT_TYPES"),
+        ({"INITIAL_LOOKBACK": "8d"}, "INITIAL_LOOKBACK"),
+        ({"INITIAL_LOOKBACK": "soon"}, "INITIAL_LOOKBACK"),
+        ({"CONTENT_QUEUE": "Bad_Queue"}, "CONTENT_QUEUE"),
+        ({"LOGS_INGESTION_ENDPOINT": ""}, "LOGS_INGESTION_ENDPOINT"),
+        ({"LOGS_DCR_IMMUTABLE_ID": "my-dcr"}, "LOGS_DCR_IMMUTABLE_ID"),
+        ({"LOGS_AUDIT_STREAM": "O365Audit"}, "LOGS_AUDIT_STREAM"),
+        ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
+        ({"O365_PUBLISHER_ID": "me"}, "O365_PUBLISHER_ID"),
+    ],
+)
+def test_bad_settings_name_the_setting(change, setting):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, **change})
+    assert info.value.setting == setting
+    assert str(info.value).startswith(f"setting {setting}:")
+
+
+def test_managed_identity_needs_no_client_id():
+    s = Settings.from_env(
+        {**BASE, "O365_AUTH_MODE": "managed_identity", "O365_CLIENT_ID": "", "O365_CLIENT_SECRET": ""}
+    )
+    assert s.auth_mode == "managed_identity"
+
+
+def test_identity_based_storage():
+    env = {
+        **BASE,
+        "AzureWebJobsStorage": "",
+        "AzureWebJobsStorage__accountName": "stirm",
+        "AzureWebJobsStorage__credential": "managedidentity",
+        "AzureWebJobsStorage__clientId": CLIENT,
+    }
+    s = Settings.from_env(env).storage
+    assert s.queue_service_uri == "https://stirm.queue.core.windows.net"
+    assert s.table_service_uri == "https://stirm.table.core.windows.net"
+    assert (s.credential_kind, s.client_id) == ("managedidentity", CLIENT)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("7d", 604800), ("45", 45)]
+)
+def test_durations(text, seconds):
+    assert parse_duration(text, setting="X").total_seconds() == seconds

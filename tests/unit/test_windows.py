@@ -1,0 +1,80 @@
+"""Window planning: contiguous, at most 24 hours, never past the API's 7 days, overlap behind the watermark."""
+
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from irm_connector.windows import MAX_WINDOW, RETENTION, RETENTION_MARGIN, plan_windows
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+
+
+def plan(watermark, now=NOW, overlap=HOUR, lookback=timedelta(hours=24)):
+    return plan_windows(watermark=watermark, now=now, overlap=overlap, initial_lookback=lookback)
+
+
+def test_first_run_starts_initial_lookback_back_in_one_window():
+    p = plan(None)
+    assert [(w.start, w.end) for w in p.windows] == [(NOW - timedelta(hours=24), NOW)]
+    assert p.unreachable is None
+
+
+def test_regular_run_relists_the_overlap_behind_the_watermark():
+    p = plan(NOW - timedelta(minutes=5))
+    assert [(w.start, w.end) for w in p.windows] == [(NOW - timedelta(minutes=65), NOW)]
+
+
+def test_catch_up_splits_into_24_hour_windows_inside_the_7_days():
+    p = plan(NOW - timedelta(days=3))
+    assert len(p.windows) == 4
+    assert p.windows[0].start == NOW - timedelta(days=3) - HOUR
+    assert all(w.span <= MAX_WINDOW for w in p.windows)
+    assert p.windows[-1].end == NOW
+
+
+def test_watermark_older_than_7_days_reports_the_unreachable_stretch():
+    watermark = NOW - timedelta(days=9)
+    p = plan(watermark)
+    earliest = NOW - RETENTION + RETENTION_MARGIN
+    assert p.unreachable is not None
+    assert p.unreachable.start == watermark
+    assert p.unreachable.end == earliest
+    assert p.windows[0].start == earliest
+
+
+def test_api_time_format_has_whole_seconds_and_no_zone():
+    w = plan(None, now=datetime(2026, 11, 27, 12, 0, 0, 999999, tzinfo=UTC)).windows[0]
+    assert w.params() == {"startTime": "2026-11-26T12:00:00", "endTime": "2026-11-27T12:00:00"}
+
+
+moments = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 1, 1), timezones=st.just(UTC))
+
+
+@given(
+    now=moments,
+    behind=st.one_of(st.none(), st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30))),
+    overlap=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=24)),
+    lookback=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=7)),
+)
+def test_windows_never_leave_a_gap_or_break_the_api_rules(now, behind, overlap, lookback):
+    watermark = None if behind is None else now - behind
+    p = plan(watermark, now=now, overlap=overlap, lookback=lookback)
+    earliest = now - RETENTION + RETENTION_MARGIN
+    for a, b in zip(p.windows, p.windows[1:], strict=False):
+        assert a.end == b.start  # contiguous
+    for w in p.windows:
+        assert w.start < w.end
+        assert w.span <= MAX_WINDOW
+        assert w.start >= earliest - timedelta(seconds=1)
+        assert w.start.microsecond == 0 and w.end.microsecond == 0
+    if p.windows:
+        assert p.windows[-1].end == now.replace(microsecond=0)
+        if watermark is not None:
+            # The first window starts at or before the watermark unless the 7 days forbid it, and then
+            # the stretch that cannot be listed is reported.
+            wm = watermark.replace(microsecond=0)
+            assert p.windows[0].start <= wm or p.unreachable is not None
+            if p.unreachable is not None:
+                assert p.unreachable.start == wm and p.unreachable.end >= p.windows[0].start
