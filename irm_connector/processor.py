@@ -125,9 +125,17 @@ async def _send_stream(rt: Runtime, stream: str, rows: list[Row], content_id: st
     result.claimed_elsewhere += claim.claimed_elsewhere
     if not claim.mine:
         return
+    sent: list[Row] = []
 
-    async def mark(sent: list[Row]) -> None:
-        await rt.state.mark_sent(stream, sent)
-        result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
+    async def accepted(chunk: list[Row]) -> None:
+        sent.extend(chunk)
 
-    await rt.ingestor.upload(stream, claim.mine, on_sent=mark)
+    try:
+        await rt.ingestor.upload(stream, claim.mine, on_sent=accepted)
+    except Exception:
+        # Keep what did arrive from being sent again when the host retries the message.
+        if sent:
+            await rt.state.mark_sent(claim, sent)
+        raise
+    await rt.state.mark_sent(claim)
+    result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)

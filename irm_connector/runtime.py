@@ -16,7 +16,7 @@ from aiolimiter import AsyncLimiter
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.data.tables.aio import TableServiceClient
 from azure.monitor.ingestion.aio import LogsIngestionClient
-from azure.storage.queue import TextBase64EncodePolicy
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from ._tls import azure_client_kwargs, ssl_context
@@ -62,7 +62,11 @@ _runtimes: dict[int, tuple[asyncio.AbstractEventLoop, Runtime]] = {}
 def _storage_clients(
     storage: StorageSettings, settings: Settings, credentials: list[AsyncTokenCredential]
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
-    queue_kwargs = {"message_encode_policy": TextBase64EncodePolicy(), **azure_client_kwargs()}
+    queue_kwargs = {
+        "message_encode_policy": TextBase64EncodePolicy(),
+        "message_decode_policy": TextBase64DecodePolicy(),
+        **azure_client_kwargs(),
+    }
     if storage.connection_string:
         tables = TableServiceClient.from_connection_string(storage.connection_string, **azure_client_kwargs())
         main = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **queue_kwargs)

@@ -24,7 +24,6 @@ import asyncio
 import hashlib
 import logging
 import re
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,13 +45,17 @@ from .errors import StateError
 from .management_api import ContentBlob
 from .normalize import Row
 
-__all__ = ["CLAIM_TTL", "ClaimResult", "LeaseLost", "PollerState", "StateStore"]
+__all__ = ["CLAIM_TTL", "Claim", "LeaseLost", "PollerState", "StateStore"]
 
 log = logging.getLogger(__name__)
 
 #: A claim older than this belongs to a processor that died or whose message was poisoned.
 CLAIM_TTL = timedelta(hours=1)
 _BATCH = 100
+#: Record keys are stored as 16-byte digests, packed into binary properties of an entity per blob and hour.
+_DIGEST = 16
+_PROPERTY_BYTES = 60_000 - 60_000 % _DIGEST
+_SHARD_PROPERTIES = 15
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _SENT = "s"
 _PENDING = "p"
@@ -135,13 +138,41 @@ class PollerState:
 
 
 @dataclass
-class ClaimResult:
-    """The rows this processor now owns and must upload, and what was left out and why."""
+class Claim:
+    """The rows of one stream this processor now owns and must upload, and what was left out and why."""
 
+    stream: str
+    owner: str
     mine: list[Row] = field(default_factory=list)
     already_sent: int = 0
     claimed_elsewhere: int = 0
     taken_over: int = 0
+    partial: int = 0
+    slots: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One entity of record keys: a blob's claim (pending) or its confirmation (sent)."""
+
+    row_key: str
+    owner: str
+    sent: bool
+    #: (when the owner first claimed, RowKey): the earliest claim of a record wins.
+    rank: tuple[datetime, str]
+    stale: bool
+    ids: set[bytes]
+
+
+def _digest(record_id: str) -> bytes:
+    return hashlib.blake2b(record_id.encode("utf-8", "replace"), digest_size=_DIGEST).digest()
+
+
+def _union(sets: Iterable[set[bytes]]) -> set[bytes]:
+    out: set[bytes] = set()
+    for one in sets:
+        out |= one
+    return out
 
 
 @dataclass
@@ -281,93 +312,117 @@ class StateStore:
 
     # -- record markers ----------------------------------------------------------------------------
 
-    async def claim_records(self, stream: str, rows: Sequence[Row], owner_content_id: str) -> ClaimResult:
+    async def claim_records(self, stream: str, rows: Sequence[Row], owner_content_id: str) -> Claim:
         """Claim ``rows`` of ``stream`` for the blob ``owner_content_id``; see the module docstring."""
-        owner = _owner(owner_content_id)
-        result = ClaimResult()
+        claim = Claim(stream=stream, owner=_owner(owner_content_id))
         groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
         for row in rows:
             groups[(row.hour[:8], f"{_key(stream)}_{row.hour[8:]}")].append(row)
-        for (day, pk), group in groups.items():
-            await self._claim_partition(self._record_table(day), pk, group, owner, result)
-        return result
+        for slot, group in groups.items():
+            await self._claim_slot(slot, group, claim)
+        return claim
 
-    async def _claim_partition(
-        self, table_name: str, pk: str, rows: list[Row], owner: str, result: ClaimResult
-    ) -> None:
-        pending = rows
-        for _ in range(5):
-            existing = {str(e["RowKey"]): e for e in await self._read_partition(table_name, pk)}
-            to_create: list[Row] = []
-            for row in pending:
-                entity = existing.get(_key(row.record_id))
-                if entity is None:
-                    to_create.append(row)
-                elif entity.get("S") == _SENT:
-                    result.already_sent += 1
-                elif entity.get("O") == owner:
-                    result.mine.append(row)  # our own claim from an attempt that did not finish
-                elif await self._take_over(table_name, entity, owner):
-                    result.taken_over += 1
-                    result.mine.append(row)
-                else:
-                    result.claimed_elsewhere += 1
-            now = int(time.time())
-            conflicted: list[Row] = []
-            for start in range(0, len(to_create), _BATCH):
-                batch = to_create[start : start + _BATCH]
-                ops = [
-                    ("create", {"PartitionKey": pk, "RowKey": _key(r.record_id), "S": _PENDING, "O": owner, "C": now})
-                    for r in batch
-                ]
-                try:
-                    await self._submit(table_name, ops)
-                except ResourceExistsError:
-                    conflicted.extend(batch)  # someone claimed one of these since we read: look again
-                else:
-                    result.mine.extend(batch)
-            if not conflicted:
-                return
-            pending = conflicted
-        raise StateError(f"could not claim records in {table_name}/{pk}: claims keep conflicting")
-
-    async def _take_over(self, table_name: str, entity: Any, owner: str) -> bool:
-        claimed_at = entity.get("C")
-        if not isinstance(claimed_at, int) or time.time() - claimed_at < CLAIM_TTL.total_seconds():
-            return False
-        table = await self._table(table_name)
-        self.stats.writes += 1
-        try:
-            await table.update_entity(
-                {
-                    "PartitionKey": entity["PartitionKey"],
-                    "RowKey": entity["RowKey"],
-                    "S": _PENDING,
-                    "O": owner,
-                    "C": int(time.time()),
-                },
-                mode=UpdateMode.REPLACE,
-                etag=entity.metadata.get("etag"),
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        except HttpResponseError as exc:
-            if exc.status_code in (404, 409, 412):
-                return False
-            raise StateError(f"cannot take over a stale claim: {_reason(exc)}") from exc
-        return True
-
-    async def mark_sent(self, stream: str, rows: Sequence[Row]) -> None:
-        """Mark rows sent after their upload succeeded."""
-        groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    async def _claim_slot(self, slot: tuple[str, str], rows: list[Row], claim: Claim) -> None:
+        table, pk = self._record_table(slot[0]), slot[1]
+        shards = await self._read_shards(table, pk)
+        sent = _union(s.ids for s in shards if s.sent)
+        own = [s for s in shards if not s.sent and s.owner == claim.owner]
+        own_ids = _union(s.ids for s in own)
+        others = _union(s.ids for s in shards if not s.sent and s.owner != claim.owner and not s.stale)
+        stale = _union(s.ids for s in shards if not s.sent and s.owner != claim.owner and s.stale)
+        mine: list[Row] = []
         for row in rows:
-            pk = f"{_key(stream)}_{row.hour[8:]}"
-            groups[(row.hour[:8], pk)].append({"PartitionKey": pk, "RowKey": _key(row.record_id), "S": _SENT})
-        for (day, _), entities in groups.items():
-            await self._write_batches(
-                self._record_table(day), [("upsert", e, {"mode": UpdateMode.MERGE}) for e in entities]
+            digest = _digest(row.record_id)
+            if digest in sent:
+                claim.already_sent += 1
+            elif digest in own_ids:
+                mine.append(row)  # our own claim from an attempt that did not finish
+            elif digest in others:
+                claim.claimed_elsewhere += 1
+            else:
+                claim.taken_over += digest in stale
+                mine.append(row)
+        if not mine:
+            return
+        # A retry keeps the rank of its first claim, so a rewrite never loses a race it had won.
+        first = min((s.rank for s in own), default=None)
+        await self._write_shard(table, pk, claim.owner, mine, sent=False, first=first[0] if first else None)
+        # Two processors can claim one record between the read and the write above. Read again: the
+        # earliest first claim wins, every side ranks the shards alike, so exactly one keeps each record.
+        after = await self._read_shards(table, pk)
+        rank = min((s.rank for s in after if s.owner == claim.owner and not s.sent), default=None)
+        if rank is None:
+            raise StateError(f"the claim just written to {table}/{pk} cannot be read back")
+        beaten = _union(s.ids for s in after if s.owner != claim.owner and (s.sent or (not s.stale and s.rank < rank)))
+        if beaten:
+            kept = [r for r in mine if _digest(r.record_id) not in beaten]
+            claim.claimed_elsewhere += len(mine) - len(kept)
+            mine = kept
+            await self._write_shard(table, pk, claim.owner, mine, sent=False, first=rank[0])
+        claim.slots[slot] = mine
+        claim.mine.extend(mine)
+
+    async def mark_sent(self, claim: Claim, rows: Sequence[Row] | None = None) -> None:
+        """Record rows as sent after their upload succeeded: all the claim's rows when ``rows`` is None
+        (one write per hour slot), else just ``rows`` (a separate sent shard, for a partial failure)."""
+        wanted = None if rows is None else {id(r) for r in rows}
+        for slot, slot_rows in claim.slots.items():
+            table = self._record_table(slot[0])
+            if wanted is None:
+                await self._write_shard(table, slot[1], claim.owner, slot_rows, sent=True)
+            else:
+                part = [r for r in slot_rows if id(r) in wanted]
+                if part:
+                    claim.partial += 1
+                    await self._write_shard(table, slot[1], f"{claim.owner}s{claim.partial}", part, sent=True)
+
+    async def _write_shard(
+        self, table_name: str, pk: str, owner: str, rows: Sequence[Row], *, sent: bool, first: datetime | None = None
+    ) -> None:
+        digests = b"".join(_digest(r.record_id) for r in rows)
+        per_entity = _SHARD_PROPERTIES * _PROPERTY_BYTES
+        pieces = [digests[i : i + per_entity] for i in range(0, len(digests), per_entity)] or [b""]
+        for n, piece in enumerate(pieces):
+            entity: dict[str, Any] = {
+                "PartitionKey": pk,
+                "RowKey": f"{owner}-{n}",
+                "Owner": owner,
+                "S": _SENT if sent else _PENDING,
+            }
+            if first is not None:
+                entity["First"] = first.isoformat()
+            for k in range(0, len(piece), _PROPERTY_BYTES):
+                entity[f"I{k // _PROPERTY_BYTES}"] = piece[k : k + _PROPERTY_BYTES]
+            table = await self._table(table_name)
+            self.stats.writes += 1
+            try:
+                await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            except AzureError as exc:
+                raise StateError(f"cannot write dedupe keys to {table_name}: {_reason(exc)}") from exc
+
+    async def _read_shards(self, table_name: str, pk: str) -> list[_Shard]:
+        now = datetime.now(UTC)
+        shards = []
+        for entity in await self._read_partition(table_name, pk, select=None):
+            ids = {
+                bytes(block[i : i + _DIGEST])
+                for name, block in entity.items()
+                if name.startswith("I") and isinstance(block, bytes | bytearray)
+                for i in range(0, len(block), _DIGEST)
+            }
+            stamp = entity.metadata.get("timestamp") or now
+            first = _parse(entity.get("First")) or stamp
+            shards.append(
+                _Shard(
+                    row_key=str(entity["RowKey"]),
+                    owner=str(entity.get("Owner", "")),
+                    sent=entity.get("S") == _SENT,
+                    rank=(first, str(entity["RowKey"])),
+                    stale=now - stamp > CLAIM_TTL,
+                    ids=ids,
+                )
             )
+        return shards
 
     # -- housekeeping ------------------------------------------------------------------------------
 
@@ -397,12 +452,12 @@ class StateStore:
 
     # -- primitives --------------------------------------------------------------------------------
 
-    async def _read_partition(self, table_name: str, pk: str) -> list[Any]:
+    async def _read_partition(self, table_name: str, pk: str, select: list[str] | None = ["RowKey"]) -> list[Any]:  # noqa: B006
         table = await self._table(table_name)
         out = []
         try:
             pages = table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": pk}, select=["RowKey", "S", "O", "C"], results_per_page=1000
+                "PartitionKey eq @pk", parameters={"pk": pk}, select=select, results_per_page=1000
             ).by_page()
             async for page in pages:
                 self.stats.reads += 1
@@ -417,16 +472,12 @@ class StateStore:
             await self._submit(table_name, ops[start : start + _BATCH])
 
     async def _submit(self, table_name: str, ops: list[Any]) -> None:
-        """One entity-group transaction; :class:`ResourceExistsError` when a create met an existing entity."""
+        """One entity-group transaction (up to 100 entities of one partition)."""
         table = await self._table(table_name)
         self.stats.writes += 1
         try:
             await table.submit_transaction(ops)
-        except TableTransactionError as exc:
-            if getattr(exc, "error_code", None) == "EntityAlreadyExists" or "EntityAlreadyExists" in str(exc):
-                raise ResourceExistsError(message="entity already exists") from exc
-            raise StateError(f"table transaction on {table_name} failed: {_reason(exc)}") from exc
-        except AzureError as exc:
+        except (TableTransactionError, AzureError) as exc:
             raise StateError(f"table transaction on {table_name} failed: {_reason(exc)}") from exc
 
 
