@@ -1,0 +1,200 @@
+// The Sentinel side, deployed into the workspace's resource group: (optionally) the workspace and its
+// Sentinel onboarding, the three custom tables, the Direct DCR with its streams and data flows, and
+// the connector identity's Monitoring Metrics Publisher role on that DCR only.
+// Tables and streams come from irm_connector/columns.json (passed in as outputColumns) so they cannot drift.
+param workspaceName string
+@description('Create the workspace and onboard Sentinel (trial); false = use the existing workspace.')
+param createWorkspace bool = false
+@description('Region of a new workspace.')
+param location string
+param tags object = {}
+param dcrName string
+@description('Contents of irm_connector/columns.json.')
+param outputColumns object
+param tableRetentionInDays int = 90
+@description('Principal id of the connector identity.')
+param principalId string
+
+var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
+var alerts = outputColumns.streams.alerts
+var audit = outputColumns.streams.audit
+var health = outputColumns.streams.health
+
+resource newWorkspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = if (createWorkspace) {
+  name: workspaceName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: tableRetentionInDays
+  }
+}
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: workspaceName
+}
+
+resource onboarding 'Microsoft.SecurityInsights/onboardingStates@2024-03-01' = if (createWorkspace) {
+  name: 'default'
+  scope: workspace
+  properties: {}
+  dependsOn: [
+    newWorkspace
+  ]
+}
+
+resource alertsTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = {
+  parent: workspace
+  name: alerts.table
+  properties: {
+    plan: 'Analytics'
+    retentionInDays: tableRetentionInDays
+    schema: {
+      name: alerts.table
+      description: alerts.description
+      columns: [for c in alerts.columns: {
+        name: c.name
+        type: c.type
+        description: c.description
+      }]
+    }
+  }
+  dependsOn: [
+    newWorkspace
+  ]
+}
+
+resource auditTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = {
+  parent: workspace
+  name: audit.table
+  properties: {
+    plan: 'Analytics'
+    retentionInDays: tableRetentionInDays
+    schema: {
+      name: audit.table
+      description: audit.description
+      columns: [for c in audit.columns: {
+        name: c.name
+        type: c.type
+        description: c.description
+      }]
+    }
+  }
+  dependsOn: [
+    newWorkspace
+  ]
+}
+
+resource healthTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = {
+  parent: workspace
+  name: health.table
+  properties: {
+    plan: 'Analytics'
+    retentionInDays: tableRetentionInDays
+    schema: {
+      name: health.table
+      description: health.description
+      columns: [for c in health.columns: {
+        name: c.name
+        type: c.type
+        description: c.description
+      }]
+    }
+  }
+  dependsOn: [
+    newWorkspace
+  ]
+}
+
+resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
+  name: dcrName
+  location: workspace.location
+  tags: tags
+  kind: 'Direct'
+  properties: {
+    description: 'IRM connector: Insider Risk Management alerts, optional audit records and connector health into Sentinel.'
+    streamDeclarations: {
+      '${alerts.stream}': {
+        columns: [for c in alerts.columns: {
+          name: c.name
+          type: c.type
+        }]
+      }
+      '${audit.stream}': {
+        columns: [for c in audit.columns: {
+          name: c.name
+          type: c.type
+        }]
+      }
+      '${health.stream}': {
+        columns: [for c in health.columns: {
+          name: c.name
+          type: c.type
+        }]
+      }
+    }
+    destinations: {
+      logAnalytics: [
+        {
+          name: 'sentinel'
+          workspaceResourceId: workspace.id
+        }
+      ]
+    }
+    dataFlows: [
+      {
+        streams: [
+          alerts.stream
+        ]
+        destinations: [
+          'sentinel'
+        ]
+        transformKql: 'source'
+        outputStream: 'Custom-${alerts.table}'
+      }
+      {
+        streams: [
+          audit.stream
+        ]
+        destinations: [
+          'sentinel'
+        ]
+        transformKql: 'source'
+        outputStream: 'Custom-${audit.table}'
+      }
+      {
+        streams: [
+          health.stream
+        ]
+        destinations: [
+          'sentinel'
+        ]
+        transformKql: 'source'
+        outputStream: 'Custom-${health.table}'
+      }
+    ]
+  }
+  dependsOn: [
+    alertsTable
+    auditTable
+    healthTable
+  ]
+}
+
+resource dcrPublisherRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dcr.id, principalId, monitoringMetricsPublisher)
+  scope: dcr
+  properties: {
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringMetricsPublisher)
+  }
+}
+
+output workspaceId string = workspace.id
+output workspaceLocation string = workspace.location
+output dcrId string = dcr.id
+output dcrImmutableId string = dcr.properties.immutableId
+output logsIngestionEndpoint string = dcr.properties.endpoints.logsIngestion

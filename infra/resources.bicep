@@ -1,0 +1,182 @@
+// Everything of the connector inside one resource group. Deployable on its own:
+//   az deployment group create -g <rg> -f infra/resources.bicep -p environmentName=<name> ...
+targetScope = 'resourceGroup'
+
+param environmentName string
+param location string = resourceGroup().location
+param tags object = {}
+
+param o365TenantId string = tenant().tenantId
+@allowed([
+  'managed_identity'
+  'secret'
+  'certificate'
+])
+param o365AuthMode string = 'managed_identity'
+param o365ClientId string = ''
+@secure()
+param o365ClientSecret string = ''
+param o365CertificateName string = 'o365-client-certificate'
+@secure()
+param o365ClientCertificatePassword string = ''
+@allowed([
+  'Commercial'
+  'GCC'
+  'GCCHigh'
+  'DoD'
+])
+param o365Cloud string = 'Commercial'
+param o365ContentTypes string = 'Audit.General'
+param o365PublisherId string = ''
+param ingestAllAuditRecords bool = false
+param initialLookback string = '24h'
+param pollSchedule string = '0 */5 * * * *'
+param contentQueue string = 'irm-content'
+param alertCategories string = 'InsiderRiskManagement'
+param listingOverlap string = '1h'
+param pollTimeBudget string = '4m'
+
+param sentinelWorkspaceResourceId string = ''
+param sentinelWorkspaceName string = ''
+param sentinelWorkspaceResourceGroup string = ''
+param sentinelWorkspaceSubscriptionId string = ''
+param tableRetentionInDays int = 90
+param deploySentinelContent bool = true
+param maximumInstanceCount int = 40
+param instanceMemoryMB int = 2048
+
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
+
+// The output tables, the DCR streams and the columns: one file, shared with the Python connector.
+var outputColumns = loadJsonContent('../irm_connector/columns.json')
+
+// Which Sentinel workspace: an existing one (resource id, or name + resource group) or a new one here.
+var useWorkspaceId = !empty(sentinelWorkspaceResourceId)
+var createWorkspace = !useWorkspaceId && empty(sentinelWorkspaceName)
+var wsSubscriptionId = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[2] : (empty(sentinelWorkspaceSubscriptionId) ? subscription().subscriptionId : sentinelWorkspaceSubscriptionId)
+var wsResourceGroup = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[4] : (createWorkspace ? resourceGroup().name : sentinelWorkspaceResourceGroup)
+var wsName = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[8] : (createWorkspace ? 'log-sentinel-${resourceToken}' : sentinelWorkspaceName)
+
+resource uami 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-irm-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+module storage 'modules/storage.bicep' = {
+  name: 'irm-storage'
+  params: {
+    name: 'stirm${resourceToken}'
+    location: location
+    tags: tags
+    principalId: uami.properties.principalId
+    contentQueue: contentQueue
+    deploymentContainerName: 'app-package-${resourceToken}'
+  }
+}
+
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'irm-monitoring'
+  params: {
+    workspaceName: 'log-irm-${resourceToken}'
+    appInsightsName: 'appi-irm-${resourceToken}'
+    location: location
+    tags: tags
+    principalId: uami.properties.principalId
+  }
+}
+
+module keyVault 'modules/keyvault.bicep' = {
+  name: 'irm-keyvault'
+  params: {
+    name: 'kv-irm-${resourceToken}'
+    location: location
+    tags: tags
+    principalId: uami.properties.principalId
+    clientSecret: o365ClientSecret
+    certificatePassword: o365ClientCertificatePassword
+  }
+}
+
+module sentinelWorkspace 'modules/sentinel-workspace.bicep' = {
+  name: 'irm-sentinel-workspace'
+  scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
+  params: {
+    workspaceName: wsName
+    createWorkspace: createWorkspace
+    location: location
+    tags: tags
+    dcrName: 'dcr-irm-${resourceToken}'
+    outputColumns: outputColumns
+    tableRetentionInDays: tableRetentionInDays
+    principalId: uami.properties.principalId
+  }
+}
+
+module sentinelContent 'modules/sentinel-content.bicep' = if (deploySentinelContent) {
+  name: 'irm-sentinel-content'
+  scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
+  params: {
+    workspaceName: wsName
+    location: sentinelWorkspace.outputs.workspaceLocation
+  }
+}
+
+var vaultUri = keyVault.outputs.vaultUri
+var authSettings = o365AuthMode == 'secret' ? {
+  O365_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${keyVault.outputs.clientSecretName})'
+} : (o365AuthMode == 'certificate' ? {
+  O365_CLIENT_CERTIFICATE: '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${o365CertificateName})'
+  O365_CLIENT_CERTIFICATE_PASSWORD: empty(o365ClientCertificatePassword) ? '' : '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${keyVault.outputs.certificatePasswordName})'
+} : {})
+
+module functionApp 'modules/functionapp.bicep' = {
+  name: 'irm-functionapp'
+  params: {
+    name: 'func-irm-${resourceToken}'
+    planName: 'plan-irm-${resourceToken}'
+    location: location
+    tags: union(tags, {
+      'azd-service-name': 'connector'
+    })
+    identityId: uami.id
+    identityClientId: uami.properties.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerUrl: storage.outputs.deploymentContainerUrl
+    maximumInstanceCount: maximumInstanceCount
+    instanceMemoryMB: instanceMemoryMB
+    appSettings: union({
+      AzureWebJobsStorage__accountName: storage.outputs.name
+      AzureWebJobsStorage__credential: 'managedidentity'
+      AzureWebJobsStorage__clientId: uami.properties.clientId
+      AZURE_CLIENT_ID: uami.properties.clientId
+      APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
+      APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${uami.properties.clientId};Authorization=AAD'
+      O365_TENANT_ID: o365TenantId
+      O365_CLIENT_ID: o365AuthMode == 'managed_identity' ? uami.properties.clientId : o365ClientId
+      O365_AUTH_MODE: o365AuthMode
+      O365_CLOUD: o365Cloud
+      O365_CONTENT_TYPES: o365ContentTypes
+      O365_PUBLISHER_ID: empty(o365PublisherId) ? o365TenantId : o365PublisherId
+      INITIAL_LOOKBACK: initialLookback
+      POLL_SCHEDULE: pollSchedule
+      CONTENT_QUEUE: contentQueue
+      ALERT_CATEGORIES: alertCategories
+      LOGS_INGESTION_ENDPOINT: sentinelWorkspace.outputs.logsIngestionEndpoint
+      LOGS_DCR_IMMUTABLE_ID: sentinelWorkspace.outputs.dcrImmutableId
+      LOGS_ALERTS_STREAM: outputColumns.streams.alerts.stream
+      LOGS_AUDIT_STREAM: ingestAllAuditRecords ? outputColumns.streams.audit.stream : ''
+      LOGS_HEALTH_STREAM: outputColumns.streams.health.stream
+      LISTING_OVERLAP: listingOverlap
+      POLL_TIME_BUDGET: pollTimeBudget
+    }, authSettings)
+  }
+}
+
+output functionAppName string = functionApp.outputs.name
+output uamiPrincipalId string = uami.properties.principalId
+output uamiClientId string = uami.properties.clientId
+output dcrId string = sentinelWorkspace.outputs.dcrId
+output logsIngestionEndpoint string = sentinelWorkspace.outputs.logsIngestionEndpoint
+output workspaceId string = sentinelWorkspace.outputs.workspaceId
+output keyVaultName string = keyVault.outputs.name

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Grants the IRM connector read access to the Office 365 Management Activity API (ActivityFeed.Read).
+# Needs an Entra ID role that may grant application permissions (Privileged Role Administrator or
+# Global Administrator) and the Azure CLI logged in to the Microsoft 365 tenant (`az login --tenant ...`).
+# Idempotent: running it again changes nothing.
+set -euo pipefail
+
+O365_MGMT_APP_ID="c5393580-f805-4401-95e8-94b7a6ef2fc2"   # "Office 365 Management APIs"
+ROLE_VALUE="ActivityFeed.Read"
+GRAPH="https://graph.microsoft.com/v1.0"
+
+usage() {
+  cat <<'USAGE'
+Usage:
+  grant-activityfeed-permission.sh managed_identity --principal-id <UAMI principal (object) id>
+  grant-activityfeed-permission.sh secret [--app-name <name>] [--years <n>]
+  grant-activityfeed-permission.sh --help
+
+managed_identity  Assigns the ActivityFeed.Read app role of "Office 365 Management APIs" to the
+                  connector's user-assigned managed identity (azd output UAMI_PRINCIPAL_ID) via
+                  Microsoft Graph appRoleAssignments. Nothing else to consent.
+secret            Creates (or reuses) an app registration "<app-name>" (default irm-connector) with the
+                  ActivityFeed.Read application permission, grants admin consent, and creates a client
+                  secret (printed once; put it in Key Vault or pass it as O365_CLIENT_SECRET to azd).
+
+Environment: AZD users can run `azd env get-values` first; UAMI_PRINCIPAL_ID is read when
+--principal-id is not given.
+USAGE
+}
+
+die() { echo "error: $*" >&2; exit 1; }
+
+need_az() {
+  command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
+  az account show >/dev/null 2>&1 || die "run 'az login --tenant <Microsoft 365 tenant>' first"
+}
+
+mgmt_sp() {
+  local sp_id
+  sp_id=$(az ad sp list --filter "appId eq '${O365_MGMT_APP_ID}'" --query "[0].id" -o tsv)
+  if [[ -z "${sp_id}" ]]; then
+    sp_id=$(az ad sp create --id "${O365_MGMT_APP_ID}" --query id -o tsv)
+  fi
+  echo "${sp_id}"
+}
+
+role_id() {
+  local sp_id=$1 rid
+  rid=$(az ad sp show --id "${sp_id}" --query "appRoles[?value=='${ROLE_VALUE}' && contains(allowedMemberTypes, 'Application')].id | [0]" -o tsv)
+  [[ -n "${rid}" ]] || die "${ROLE_VALUE} app role not found on the Office 365 Management APIs service principal"
+  echo "${rid}"
+}
+
+grant_managed_identity() {
+  local principal_id=${1:-${UAMI_PRINCIPAL_ID:-}}
+  [[ -n "${principal_id}" ]] || die "--principal-id is required (azd env get-values: UAMI_PRINCIPAL_ID)"
+  need_az
+  local sp_id rid existing
+  sp_id=$(mgmt_sp)
+  rid=$(role_id "${sp_id}")
+  existing=$(az rest --method GET \
+    --url "${GRAPH}/servicePrincipals/${principal_id}/appRoleAssignments" \
+    --query "value[?appRoleId=='${rid}' && resourceId=='${sp_id}'].id | [0]" -o tsv)
+  if [[ -n "${existing}" ]]; then
+    echo "ok: ${principal_id} already has ${ROLE_VALUE} (assignment ${existing})"
+    return
+  fi
+  az rest --method POST \
+    --url "${GRAPH}/servicePrincipals/${principal_id}/appRoleAssignments" \
+    --headers "Content-Type=application/json" \
+    --body "{\"principalId\":\"${principal_id}\",\"resourceId\":\"${sp_id}\",\"appRoleId\":\"${rid}\"}" \
+    --output none
+  echo "granted: ${ROLE_VALUE} to ${principal_id}. Tokens issued before now do not carry it: restart the function app if it already ran."
+}
+
+grant_secret() {
+  local app_name=$1 years=$2
+  need_az
+  local sp_id rid app_id
+  sp_id=$(mgmt_sp)
+  rid=$(role_id "${sp_id}")
+  app_id=$(az ad app list --display-name "${app_name}" --query "[0].appId" -o tsv)
+  if [[ -z "${app_id}" ]]; then
+    app_id=$(az ad app create --display-name "${app_name}" --sign-in-audience AzureADMyOrg --query appId -o tsv)
+    echo "created app registration ${app_name} (${app_id})"
+  else
+    echo "reusing app registration ${app_name} (${app_id})"
+  fi
+  if ! az ad app permission list --id "${app_id}" \
+      --query "[?resourceAppId=='${O365_MGMT_APP_ID}'].resourceAccess[] | [?id=='${rid}']" -o tsv | grep -q .; then
+    az ad app permission add --id "${app_id}" --api "${O365_MGMT_APP_ID}" --api-permissions "${rid}=Role" --output none
+  fi
+  az ad sp show --id "${app_id}" >/dev/null 2>&1 || az ad sp create --id "${app_id}" --output none
+  # Admin consent (needs Privileged Role Administrator / Global Administrator). If it fails, consent in the
+  # portal: Entra ID > App registrations > ${app_name} > API permissions > Grant admin consent.
+  az ad app permission admin-consent --id "${app_id}" \
+    || die "admin consent failed: grant it in the portal (App registrations > ${app_name} > API permissions)"
+  local secret
+  secret=$(az ad app credential reset --id "${app_id}" --append --display-name "irm-connector" \
+    --years "${years}" --query password -o tsv)
+  echo "O365_CLIENT_ID=${app_id}"
+  echo "O365_CLIENT_SECRET=${secret}"
+  echo "Store it: azd env set O365_AUTH_MODE secret; azd env set O365_CLIENT_ID ${app_id}; azd env set O365_CLIENT_SECRET '<secret>'; azd provision"
+  echo "(or: az keyvault secret set --vault-name <KEY_VAULT_NAME> --name o365-client-secret --value '<secret>')"
+}
+
+main() {
+  [[ $# -ge 1 ]] || { usage; exit 2; }
+  local mode=$1; shift
+  case "${mode}" in
+    -h|--help) usage ;;
+    managed_identity)
+      local principal_id=""
+      while [[ $# -gt 0 ]]; do
+        case "$1" in
+          --principal-id) principal_id=${2:?}; shift 2 ;;
+          -h|--help) usage; exit 0 ;;
+          *) die "unknown argument $1" ;;
+        esac
+      done
+      grant_managed_identity "${principal_id}" ;;
+    secret)
+      local app_name="irm-connector" years=1
+      while [[ $# -gt 0 ]]; do
+        case "$1" in
+          --app-name) app_name=${2:?}; shift 2 ;;
+          --years) years=${2:?}; shift 2 ;;
+          -h|--help) usage; exit 0 ;;
+          *) die "unknown argument $1" ;;
+        esac
+      done
+      grant_secret "${app_name}" "${years}" ;;
+    *) usage; exit 2 ;;
+  esac
+}
+
+main "$@"

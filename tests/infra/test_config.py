@@ -1,0 +1,168 @@
+"""App settings, parameters, outputs, azd wiring and the permission script."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+from .conftest import INFRA, REPO_ROOT, bicep_files
+
+REQUIRED_SETTINGS = [
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__credential",
+    "AzureWebJobsStorage__clientId",
+    "O365_TENANT_ID",
+    "O365_CLIENT_ID",
+    "O365_CLIENT_SECRET",
+    "O365_CLIENT_CERTIFICATE",
+    "O365_CLIENT_CERTIFICATE_PASSWORD",
+    "O365_AUTH_MODE",
+    "O365_CLOUD",
+    "O365_CONTENT_TYPES",
+    "O365_PUBLISHER_ID",
+    "INITIAL_LOOKBACK",
+    "POLL_SCHEDULE",
+    "CONTENT_QUEUE",
+    "ALERT_CATEGORIES",
+    "LOGS_INGESTION_ENDPOINT",
+    "LOGS_DCR_IMMUTABLE_ID",
+    "LOGS_ALERTS_STREAM",
+    "LOGS_AUDIT_STREAM",
+    "LOGS_HEALTH_STREAM",
+    "LISTING_OVERLAP",
+    "POLL_TIME_BUDGET",
+    "AZURE_CLIENT_ID",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+]
+
+
+def _params(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^param (\w+) \w+(?: = (.*))?$", text, re.MULTILINE))
+
+
+def test_every_connector_setting_is_deployed() -> None:
+    text = (INFRA / "resources.bicep").read_text()
+    for name in REQUIRED_SETTINGS:
+        assert re.search(rf"^\s+{name}: ", text, re.MULTILINE), f"app setting {name} missing"
+    assert "AzureWebJobsStorage__credential: 'managedidentity'" in text
+    assert "APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${uami.properties.clientId};Authorization=AAD'" in text
+    assert "@Microsoft.KeyVault(SecretUri=" in text
+    assert "LOGS_AUDIT_STREAM: ingestAllAuditRecords ? outputColumns.streams.audit.stream : ''" in text
+    assert "LOGS_ALERTS_STREAM: outputColumns.streams.alerts.stream" in text
+    assert "LOGS_HEALTH_STREAM: outputColumns.streams.health.stream" in text
+    # Defaults the bindings need (%POLL_SCHEDULE%, %CONTENT_QUEUE%).
+    main = _params((INFRA / "main.bicep").read_text())
+    assert main["pollSchedule"] == "'0 */5 * * * *'"
+    assert main["contentQueue"] == "'irm-content'"
+    assert main["o365ContentTypes"] == "'Audit.General'"
+    assert main["initialLookback"] == "'24h'"
+    assert main["listingOverlap"] == "'1h'"
+    assert main["pollTimeBudget"] == "'4m'"
+    assert main["alertCategories"] == "'InsiderRiskManagement'"
+
+
+def test_function_app_shape() -> None:
+    fa = (INFRA / "modules" / "functionapp.bicep").read_text()
+    for needle in (
+        "kind: 'functionapp,linux'",
+        "name: 'FC1'",
+        "tier: 'FlexConsumption'",
+        "httpsOnly: true",
+        "type: 'UserAssignedIdentity'",
+        "name: 'python'",
+        "version: '3.11'",
+        "scaleAndConcurrency",
+        "keyVaultReferenceIdentity: identityId",
+        "type: 'UserAssigned'",
+    ):
+        assert needle in fa, needle
+    st = (INFRA / "modules" / "storage.bicep").read_text()
+    for needle in ("allowSharedKeyAccess: false", "minimumTlsVersion: 'TLS1_2'", "allowBlobPublicAccess: false"):
+        assert needle in st, needle
+    kv = (INFRA / "modules" / "keyvault.bicep").read_text()
+    assert "enableRbacAuthorization: true" in kv
+    assert "enableSoftDelete: true" in kv
+    assert "DisableLocalAuth: true" in (INFRA / "modules" / "monitoring.bicep").read_text()
+    ws = (INFRA / "modules" / "sentinel-workspace.bicep").read_text()
+    assert "kind: 'Direct'" in ws
+    assert "Microsoft.SecurityInsights/onboardingStates" in ws
+
+
+def test_role_assignments() -> None:
+    roles = {
+        "storage.bicep": {
+            "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+            "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+            "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+        },
+        "monitoring.bicep": {"3913510d-42f4-4e42-8a64-420c390055eb"},
+        "sentinel-workspace.bicep": {"3913510d-42f4-4e42-8a64-420c390055eb"},
+        "keyvault.bicep": {"4633458b-17de-408a-b874-0445c86b69e6"},
+    }
+    for f in bicep_files():
+        found = set(re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", f.read_text()))
+        assert found == roles.get(f.name, set()), f"{f.name}: {found}"
+    # Monitoring Metrics Publisher on the DCR only (scope), and on App Insights.
+    assert "scope: dcr" in (INFRA / "modules" / "sentinel-workspace.bicep").read_text()
+    assert "scope: appInsights" in (INFRA / "modules" / "monitoring.bicep").read_text()
+
+
+def test_no_secret_in_outputs_or_defaults() -> None:
+    for f in bicep_files():
+        text = f.read_text()
+        secure = re.findall(r"@secure\(\)\s*(?:@description\([^\n]*\)\s*)?param (\w+) string(?: = (.*))?", text)
+        for name, default in secure:
+            assert default in ("", "''"), f"{f.name}: secure param {name} has a default"
+        for line in re.findall(r"^output .*$", text, re.MULTILINE):
+            assert (
+                not re.search(
+                    r"(?i)secret\b(?!Name)|password\b(?!Name)|connectionString\b|key\b",
+                    line.replace("KEY_VAULT_NAME", ""),
+                )
+                or "connectionString string = appInsights" in line
+            ), f"{f.name}: {line}"
+        for name, _ in secure:
+            assert not re.search(rf"^output .*\b{name}\b", text, re.MULTILINE), name
+    outputs = re.findall(r"^output (\w+)", (INFRA / "main.bicep").read_text(), re.MULTILINE)
+    for needed in (
+        "FUNCTION_APP_NAME",
+        "UAMI_PRINCIPAL_ID",
+        "UAMI_CLIENT_ID",
+        "DCR_ID",
+        "LOGS_INGESTION_ENDPOINT",
+        "SENTINEL_WORKSPACE_ID",
+        "KEY_VAULT_NAME",
+    ):
+        assert needed in outputs
+
+
+def test_parameters_file_and_azure_yaml() -> None:
+    params = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    declared = _params((INFRA / "main.bicep").read_text())
+    assert set(params) <= set(declared), set(params) - set(declared)
+    assert params["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert params["location"]["value"] == "${AZURE_LOCATION}"
+    azure_yaml = (REPO_ROOT / "azure.yaml").read_text()
+    for needle in ("connector:", "language: python", "host: function", "project: .", "path: infra"):
+        assert needle in azure_yaml
+    assert "'azd-service-name': 'connector'" in (INFRA / "resources.bicep").read_text()
+
+
+def test_grant_script() -> None:
+    script = REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh"
+    text = script.read_text()
+    assert "set -euo pipefail" in text
+    assert "c5393580-f805-4401-95e8-94b7a6ef2fc2" in text
+    assert "appRoleAssignments" in text
+    assert "admin-consent" in text
+    bash = shutil.which("bash")
+    assert bash, "bash is required"
+    assert subprocess.run([bash, "-n", str(script)], check=False).returncode == 0
+    out = subprocess.run([bash, str(script), "--help"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0
+    assert "managed_identity" in out.stdout
+    bad = subprocess.run([bash, str(script), "bogus"], capture_output=True, text=True, check=False)
+    assert bad.returncode != 0
