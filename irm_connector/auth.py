@@ -19,12 +19,16 @@ from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
+from msal.exceptions import MsalError
 
 from ._tls import azure_client_kwargs, ca_file
 from .errors import AuthenticationError, SettingsError
 from .settings import Settings
 
 __all__ = ["ManagementTokenProvider", "azure_credential", "management_token_provider"]
+
+#: OAuth error codes that a retry can cure (RFC 6749 temporarily_unavailable; throttling; server faults).
+_TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error", "throttled", "request_throttled"}
 
 
 class ManagementTokenProvider(Protocol):
@@ -64,6 +68,12 @@ class MsalTokenProvider:
             return token
         error = str(result.get("error", "unknown_error"))
         description = str(result.get("error_description", "")).splitlines()[0:1]
+        if error in _TRANSIENT_ERRORS:
+            raise AuthenticationError(
+                self._scope.removesuffix("/.default"),
+                f"Entra ID is unavailable or throttling ({error}); retried",
+                transient=True,
+            )
         raise AuthenticationError(
             self._scope.removesuffix("/.default"),
             f"{error}: {description[0] if description else 'no description'} - check O365_CLIENT_ID, the "
@@ -76,7 +86,10 @@ class MsalTokenProvider:
                 # msal serves from its cache; a token the API refused must be replaced.
                 self._app.remove_tokens_for_client()
             result = self._app.acquire_token_for_client(scopes=[self._scope])
-        except (requests.RequestException, ValueError) as exc:
+        except (requests.RequestException, MsalError) as exc:
+            # Network faults and Entra's 5xx answers (msal raises MsalServiceError for those).
+            return {"error": "temporarily_unavailable", "error_description": type(exc).__name__}
+        except ValueError as exc:
             return {"error": type(exc).__name__, "error_description": _safe(str(exc))}
         return dict(result)
 
@@ -96,6 +109,12 @@ class IdentityTokenProvider:
         try:
             token = await self._credential.get_token(self._scope)
         except ClientAuthenticationError as exc:
+            if exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429:
+                raise AuthenticationError(
+                    self._scope.removesuffix("/.default"),
+                    "the managed identity endpoint is unavailable; retried",
+                    transient=True,
+                ) from exc
             raise AuthenticationError(
                 self._scope.removesuffix("/.default"),
                 f"managed identity failed ({_safe(exc.message or type(exc).__name__)}); grant the identity the "

@@ -55,12 +55,16 @@ class SettingsError(ConnectorError):
 
 
 class AuthenticationError(ConnectorError):
-    """A token for ``audience`` could not be obtained (wrong secret, missing consent, no identity)."""
+    """A token for ``audience`` could not be obtained (wrong secret, missing consent, no identity).
 
-    def __init__(self, audience: str, detail: str) -> None:
+    ``transient`` is true when Entra ID itself failed (network, throttling, 5xx): a retry may cure it.
+    """
+
+    def __init__(self, audience: str, detail: str, *, transient: bool = False) -> None:
         super().__init__(f"could not get a token for {audience}: {detail}")
         self.audience = audience
         self.detail = detail
+        self.transient = transient
 
 
 class ManagementApiError(ConnectorError):

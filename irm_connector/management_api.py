@@ -26,6 +26,7 @@ from multidict import CIMultiDictProxy
 
 from .auth import ManagementTokenProvider
 from .errors import (
+    AuthenticationError,
     ContentUnavailable,
     InvalidPage,
     InvalidWindow,
@@ -241,77 +242,94 @@ class ManagementActivityClient:
         query = dict(params or {})
         if "publisheridentifier" not in urlsplit(url).query.lower():
             query["PublisherIdentifier"] = self._publisher
+        call = _Call(method, url, query, operation, content_type)
         policy = self._retry
-        refreshed = False
-        last: ManagementApiError | None = None
-        attempt = 0
-        while attempt < policy.attempts:
-            await self._limiter.acquire()
-            token = await self._tokens.get_token(refresh=refreshed and attempt > 0)
-            self.stats.requests += 1
-            self.stats.by_operation[operation] = self.stats.by_operation.get(operation, 0) + 1
-            retry_after: float | None = None
-            try:
-                async with self._session.request(
-                    method,
-                    url,
-                    params=query,
-                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                    timeout=aiohttp.ClientTimeout(total=policy.timeout),
-                    allow_redirects=False,
-                ) as response:
-                    body = await response.read()
-                    status = response.status
-                    headers = response.headers
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = TransientApiError(
-                    f"{type(exc).__name__} talking to the Management API",
-                    operation=operation,
-                    content_type=content_type,
-                )
-            else:
-                if 200 <= status < 300:
-                    return body, headers
-                code, message = _error(body)
-                if status == 429 or code == "AF429":
-                    self.stats.throttled += 1
-                    retry_after = _retry_after(headers)
-                    last = TransientApiError(
-                        "throttled", status=status, code=code or "AF429", operation=operation, content_type=content_type
-                    )
-                elif status in _TRANSIENT_STATUS or code.startswith("AF5"):
-                    retry_after = _retry_after(headers)
-                    last = TransientApiError(
-                        f"server fault: {message}",
-                        status=status,
-                        code=code,
-                        operation=operation,
-                        content_type=content_type,
-                    )
-                elif status == 401 and not code.startswith("AF") and not refreshed:
-                    # An expired or revoked token: one fresh token, then it is a real refusal.
-                    refreshed = True
-                    last = None
-                    continue
-                else:
-                    raise _classify(status, code, message, operation, content_type)
-            attempt += 1
-            if attempt >= policy.attempts:
-                break
+        refresh_used = False
+        for attempt in range(policy.attempts):
+            outcome = await self._attempt(call, refresh=False)
+            if isinstance(outcome, _Unauthorized) and not refresh_used:
+                # An expired or revoked token looks like any refusal (the API may even say AF10001):
+                # one fresh token, then it is a real refusal.
+                refresh_used = True
+                outcome = await self._attempt(call, refresh=True)
+            if isinstance(outcome, _Unauthorized):
+                raise outcome.error
+            if isinstance(outcome, tuple):
+                return outcome
+            if attempt + 1 >= policy.attempts:
+                raise outcome.error
             self.stats.retried += 1
-            delay = policy.delay(attempt - 1, retry_after)
+            delay = policy.delay(attempt, outcome.retry_after)
             log.warning(
                 "Management API %s retry %d/%d in %.1fs: %s",
-                operation,
-                attempt,
-                policy.attempts - 1,
-                delay,
-                last,
+                operation, attempt + 1, policy.attempts - 1, delay, outcome.error,
                 extra={"content_type": content_type, "operation": operation},
-            )
+            )  # fmt: skip
             await self._sleep(delay)
-        assert last is not None
-        raise last
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, call: _Call, *, refresh: bool
+    ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
+        """One try: the answer, a retryable failure, or a 401; any other refusal raises."""
+        await self._limiter.acquire()
+        try:
+            token = await self._tokens.get_token(refresh=refresh)
+        except AuthenticationError as exc:
+            if not exc.transient:
+                raise
+            return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
+        self.stats.requests += 1
+        self.stats.by_operation[call.operation] = self.stats.by_operation.get(call.operation, 0) + 1
+        try:
+            async with self._session.request(
+                call.method,
+                call.url,
+                params=call.query,
+                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=self._retry.timeout),
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                status, headers = response.status, response.headers
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return _Retry(
+                TransientApiError(f"{type(exc).__name__} talking to the Management API",
+                                  operation=call.operation, content_type=call.content_type)
+            )  # fmt: skip
+        if 200 <= status < 300:
+            return body, headers
+        code, message = _error(body)
+        where: dict[str, Any] = {"status": status, "operation": call.operation, "content_type": call.content_type}
+        if status == 429 or code == "AF429":
+            self.stats.throttled += 1
+            return _Retry(TransientApiError("throttled", code=code or "AF429", **where), _retry_after(headers))
+        if status in _TRANSIENT_STATUS or code.startswith("AF5"):
+            return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), _retry_after(headers))
+        error = _classify(status, code, message, call.operation, call.content_type)
+        if status == 401:
+            return _Unauthorized(error)
+        raise error
+
+
+@dataclass(frozen=True)
+class _Call:
+    method: str
+    url: str
+    query: dict[str, str]
+    operation: str
+    content_type: str
+
+
+@dataclass(frozen=True)
+class _Retry:
+    error: ManagementApiError
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class _Unauthorized:
+    error: ManagementApiError
 
 
 def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:

@@ -1,0 +1,324 @@
+"""Azure Monitor Logs Ingestion API stand-in.
+
+Why: the processor's upload path (gzip, 1 MiB limits, the declared columns, retries on
+429/503) must meet the rules the real endpoint enforces, and tests must see exactly which
+rows arrived. ``POST /dataCollectionRules/{dcrImmutableId}/streams/{stream}?api-version=2023-01-01``
+[fault-injection route ``ingest``] answers 204 and keeps the rows.
+
+Limits: aiohttp's server would inflate a gzip body by itself and check its ``client_max_size``
+on the inflated size, so the app is built with ``auto_decompress=False`` and a large
+``client_max_size``; this module inflates (capped) and enforces both limits itself: the body as
+sent (compressed) and the inflated JSON must each be at most 1,048,576 bytes, else 413
+``ContentLengthLimitExceeded``.
+
+Validation is stricter than the real service (which drops unknown columns and coerces values)
+on purpose: an undeclared column or a mistyped value is a connector bug a test should see.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from standins.base import CLIENT_ID, ApiError, ServiceStandIn
+from standins.server import CLIENT_MAX_SIZE
+from standins.tokens import TokenRegistry
+
+MAX_BODY = 1_048_576
+API_VERSIONS = frozenset({"2023-01-01", "2021-11-01-preview"})
+COLUMN_TYPES = frozenset({"string", "int", "long", "real", "boolean", "dynamic", "datetime"})
+DEFAULT_COLUMNS_PATH = Path(__file__).resolve().parent.parent / "irm_connector" / "columns.json"
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class IngestStat:
+    """One upload request as received."""
+
+    stream: str
+    status: int
+    gzip: bool
+    compressed_bytes: int  # bytes on the wire (== uncompressed_bytes without gzip)
+    uncompressed_bytes: int  # -1 when the body could not be inflated
+    rows: int
+    error_code: str | None
+    client_id: str | None
+
+
+def load_streams(columns_path: Path | str = DEFAULT_COLUMNS_PATH) -> dict[str, list[Column]]:
+    """Stream name → declared columns, read from the connector's ``columns.json``."""
+    data = json.loads(Path(columns_path).read_text(encoding="utf-8"))
+    streams: dict[str, list[Column]] = {}
+    for spec in data["streams"].values():
+        columns = [Column(c["name"], c["type"]) for c in spec["columns"]]
+        unknown = [c.type for c in columns if c.type not in COLUMN_TYPES]
+        if unknown:
+            raise ValueError(f"{spec['stream']}: unknown column types {unknown}")
+        streams[spec["stream"]] = columns
+    return streams
+
+
+def _is_datetime(value: Any) -> bool:
+    if not isinstance(value, str) or len(value) < 10:
+        return False
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    # Python < 3.11 could not parse 7-digit fractions; Azure sends them. Trim to 6.
+    if "." in text:
+        head, _, tail = text.partition(".")
+        digits = len(tail) - len(tail.lstrip("0123456789"))
+        tail = tail[: min(digits, 6)] + tail[digits:]
+        text = f"{head}.{tail}" if digits else head + tail
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_value(column_type: str, value: Any) -> bool:
+    """Does ``value`` (decoded JSON) fit a column of ``column_type``? ``null`` fits any."""
+    if value is None or column_type == "dynamic":
+        return True
+    if column_type == "string":
+        return isinstance(value, str)
+    if column_type in ("int", "long"):
+        low, high = INT32 if column_type == "int" else INT64
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    if column_type == "real":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if column_type == "boolean":
+        return isinstance(value, bool)
+    if column_type == "datetime":
+        return _is_datetime(value)
+    return False
+
+
+def _too_large(what: str, size: int) -> ApiError:
+    return ApiError(
+        413,
+        "ContentLengthLimitExceeded",
+        f"Maximum allowed content length: {MAX_BODY} bytes ({MAX_BODY // 1024} KiB). "
+        f"Provided {what} content length: {size} bytes.",
+    )
+
+
+class IngestionStandIn(ServiceStandIn):
+    """A data collection rule (one immutable id) with the connector's streams."""
+
+    routes = frozenset({"ingest"})
+
+    def __init__(
+        self,
+        tokens: TokenRegistry,
+        *,
+        dcr_immutable_id: str = "dcr-00000000000000000000000000000000",
+        streams: dict[str, list[Column]] | None = None,
+        audience: str = "https://monitor.azure.com",
+        rows_dir: Path | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.dcr_immutable_id = dcr_immutable_id
+        self.streams = streams if streams is not None else load_streams()
+        self.audience = audience
+        #: When set, accepted rows are also appended to ``{rows_dir}/{stream}.jsonl``.
+        self.rows_dir = Path(rows_dir) if rows_dir else None
+        self._rows: dict[str, list[dict[str, Any]]] = {name: [] for name in self.streams}
+        self._stats: list[IngestStat] = []
+        self._denied: set[str] = set()
+        self._deny_all = False
+        self._file_lock = threading.Lock()
+
+    # ---- knobs and results -------------------------------------------------------------
+    def deny_role(self, client_id: str | None = None, denied: bool = True) -> None:
+        """Without "Monitoring Metrics Publisher" (one client, or everyone): 403."""
+        with self._lock:
+            if client_id is None:
+                self._deny_all = denied
+            elif denied:
+                self._denied.add(client_id)
+            else:
+                self._denied.discard(client_id)
+
+    def rows(self, stream: str) -> list[dict[str, Any]]:
+        """Rows accepted so far for ``stream`` (a copy of the list)."""
+        with self._lock:
+            return list(self._rows.get(stream, []))
+
+    def all_rows(self) -> dict[str, list[dict[str, Any]]]:
+        with self._lock:
+            return {name: list(rows) for name, rows in self._rows.items()}
+
+    def clear_rows(self) -> None:
+        with self._lock:
+            for rows in self._rows.values():
+                rows.clear()
+
+    def stats(self) -> list[IngestStat]:
+        with self._lock:
+            return list(self._stats)
+
+    def rejected(self) -> list[IngestStat]:
+        return [s for s in self.stats() if s.status >= 300]
+
+    def rows_file(self, stream: str) -> Path | None:
+        return self.rows_dir / f"{stream}.jsonl" if self.rows_dir else None
+
+    # ---- HTTP --------------------------------------------------------------------------
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=CLIENT_MAX_SIZE, handler_args={"auto_decompress": False})
+        app.router.add_post("/dataCollectionRules/{dcr}/streams/{stream}", self.routed("ingest", self._ingest))
+        return app
+
+    def default_fault_code(self, status: int) -> str:
+        return {429: "TooManyRequests", 503: "ServiceUnavailable", 500: "InternalServerError"}.get(
+            status, f"Http{status}"
+        )
+
+    def _authorize(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        info = self.tokens.validate(token, self.audience) if token else None
+        if info is None:
+            raise ApiError(
+                401,
+                "InvalidToken",
+                f"The authentication token is missing, expired or not issued for audience {self.audience}.",
+                headers={"WWW-Authenticate": f'Bearer authorization_uri="", resource="{self.audience}"'},
+            )
+        request[CLIENT_ID] = info.client_id
+        with self._lock:
+            denied = self._deny_all or info.client_id in self._denied
+        if denied:
+            raise ApiError(
+                403,
+                "OperationFailed",
+                "The authentication token provided does not have access to ingest data for the data "
+                f"collection rule with immutable Id '{self.dcr_immutable_id}'.",
+            )
+
+    async def _ingest(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        gzipped = "gzip" in request.headers.get("Content-Encoding", "").lower()
+        stat: dict[str, Any] = {
+            "stream": request.match_info["stream"],
+            "gzip": gzipped,
+            "compressed_bytes": len(raw),
+            "uncompressed_bytes": -1 if gzipped else len(raw),
+            "rows": 0,
+        }
+        try:
+            rows = self._accept(request, raw, gzipped, stat)
+        except ApiError as err:
+            self._add_stat(stat, err.status, err.code, request)
+            raise
+        self._store(stat["stream"], rows)
+        self._add_stat(stat, 204, None, request)
+        return web.Response(status=204)
+
+    def _add_stat(self, stat: dict[str, Any], status: int, code: str | None, request: web.Request) -> None:
+        with self._lock:
+            self._stats.append(IngestStat(status=status, error_code=code, client_id=self.client_of(request), **stat))
+
+    def _accept(self, request: web.Request, raw: bytes, gzipped: bool, stat: dict[str, Any]) -> list[dict[str, Any]]:
+        self._authorize(request)
+        if request.match_info["dcr"] != self.dcr_immutable_id:
+            raise ApiError(
+                404,
+                "NotFound",
+                f"Data collection rule with immutable Id '{request.match_info['dcr']}' not found.",
+            )
+        if request.query.get("api-version") not in API_VERSIONS:
+            raise ApiError(
+                400,
+                "InvalidApiVersion",
+                f"The api-version '{request.query.get('api-version')}' is not supported.",
+            )
+        stream = stat["stream"]
+        columns = self.streams.get(stream)
+        if columns is None:
+            raise ApiError(
+                400,
+                "InvalidStream",
+                f"Stream '{stream}' is not declared in data collection rule '{self.dcr_immutable_id}'.",
+            )
+        if request.content_type != "application/json":
+            raise ApiError(415, "UnsupportedMediaType", "Content-Type must be application/json.")
+        if len(raw) > MAX_BODY:
+            raise _too_large("compressed" if gzipped else "", len(raw))
+        body = self._inflate(raw) if gzipped else raw
+        stat["uncompressed_bytes"] = len(body)
+        if len(body) > MAX_BODY:
+            raise _too_large("uncompressed", len(body))
+        try:
+            rows = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, "InvalidContent", f"The request body is not valid JSON: {exc}.") from exc
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ApiError(400, "InvalidContent", "The request body must be a JSON array of objects.")
+        stat["rows"] = len(rows)
+        self._validate(stream, columns, rows)
+        return rows
+
+    @staticmethod
+    def _inflate(raw: bytes) -> bytes:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            body = inflater.decompress(raw, MAX_BODY + 1)
+        except zlib.error as exc:
+            raise ApiError(400, "InvalidContent", f"The gzip body could not be decompressed: {exc}.") from exc
+        if len(body) > MAX_BODY:
+            # Keep going (capped) only to report a size; a zip bomb stops at 64 MiB.
+            rest = inflater.decompress(inflater.unconsumed_tail, CLIENT_MAX_SIZE)
+            body += rest
+        return body
+
+    @staticmethod
+    def _validate(stream: str, columns: list[Column], rows: list[dict[str, Any]]) -> None:
+        types = {c.name: c.type for c in columns}
+        for index, row in enumerate(rows):
+            if row.get("TimeGenerated") is None:
+                raise ApiError(
+                    400,
+                    "InvalidContent",
+                    f"Row {index} of stream '{stream}' has no TimeGenerated; it is required.",
+                )
+            for key, value in row.items():
+                column_type = types.get(key)
+                if column_type is None:
+                    raise ApiError(
+                        400,
+                        "InvalidContent",
+                        f"Row {index}: column '{key}' is not declared in stream '{stream}'.",
+                    )
+                if not check_value(column_type, value):
+                    raise ApiError(
+                        400,
+                        "InvalidContent",
+                        f"Row {index}: column '{key}' is declared {column_type} but got "
+                        f"{type(value).__name__} {json.dumps(value)[:80]}.",
+                    )
+
+    def _store(self, stream: str, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self._rows.setdefault(stream, []).extend(rows)
+        path = self.rows_file(stream)
+        if path is not None and rows:
+            with self._file_lock:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.writelines(json.dumps(row) + "\n" for row in rows)

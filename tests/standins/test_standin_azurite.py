@@ -1,0 +1,54 @@
+"""The Azurite launcher: free ports, data kept across stop/start, nothing left running."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from azure.data.tables import TableServiceClient
+
+from standins import Azurite
+from standins.azurite import find_azurite
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_restart_keeps_data_and_close_leaves_nothing(tmp_path: Path) -> None:
+    with Azurite(tmp_path / "azurite") as azurite:
+        ports = (azurite.blob_port, azurite.queue_port, azurite.table_port)
+        assert f"TableEndpoint=http://127.0.0.1:{azurite.table_port}/devstoreaccount1;" in (azurite.connection_string)
+        service = TableServiceClient.from_connection_string(azurite.connection_string)
+        service.create_table("state").upsert_entity({"PartitionKey": "p", "RowKey": "r", "Watermark": "w1"})
+        first_pid = azurite.pid
+
+        azurite.stop()
+        assert not any(port_open(p) for p in ports)
+        assert not pid_alive(first_pid)
+        azurite.start()
+
+        assert (azurite.blob_port, azurite.queue_port, azurite.table_port) == ports
+        again = TableServiceClient.from_connection_string(azurite.connection_string)
+        assert again.get_table_client("state").get_entity("p", "r")["Watermark"] == "w1"
+        pid = azurite.pid
+    assert not pid_alive(pid)
+    assert not any(port_open(p) for p in ports)
+
+
+def test_missing_install_says_npm_ci(tmp_path: Path) -> None:
+    (tmp_path / "package.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="npm ci"):
+        find_azurite(tmp_path)
