@@ -5,13 +5,9 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from irm_connector.schema import stream_schema
 from standins.workload import generate_workload
 from tests.harness import ConnectorHarness
-
-pytestmark = pytest.mark.asyncio
 
 
 async def test_simulated_day_arrives_exactly_once(connector: ConnectorHarness) -> None:

@@ -1,0 +1,194 @@
+"""Faults the connector must ride out, and the failures it must surface, through the function entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from irm_connector.errors import SettingsError
+from standins.workload import generate_workload
+from tests.harness import ConnectorHarness
+
+
+def _publish(connector: ConnectorHarness, seed: int, records: int = 2000, **kw):
+    kw.setdefault("blob_size", (200, 600))
+    workload = generate_workload(seed=seed, total_records=records, irm_share=0.05,
+                                 tenant_id=connector.standins.tenant_id, **kw)
+    workload.publish(connector.standins.management)
+    return workload
+
+
+def _assert_exactly_once(connector: ConnectorHarness, workload) -> None:
+    got = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
+    assert got == Counter(workload.irm_alert_record_ids)
+
+
+async def test_throttling_and_transient_faults_are_ridden_out(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    workload = _publish(connector, seed=11)
+    mgmt = sim.management
+    mgmt.add_fault("list", "status", status=429, retry_after=1)
+    mgmt.add_fault("list", "status", status=403, code="AF429")
+    mgmt.add_fault("list", "reset", count=2)
+    mgmt.add_fault("content", "status", status=503, count=2)
+    mgmt.add_fault("content", "status", status=500, code="AF50000")
+    mgmt.add_fault("content", "delay", seconds=0.5)
+    sim.ingestion.add_fault("ingest", "status", status=429, retry_after=1)
+    sim.ingestion.add_fault("ingest", "status", status=503)
+
+    await connector.poll()
+    stats = await connector.drain()
+    assert stats.poisoned == 0
+    _assert_exactly_once(connector, workload)
+    assert mgmt.pending_faults() == 0 and sim.ingestion.pending_faults() == 0
+    assert mgmt.count("list", status=429) == 1 and mgmt.count("list", error_code="AF429") >= 2
+    # Every call carried the PublisherIdentifier (the tenant id by default), content downloads too.
+    assert set(mgmt.publisher_identifiers()) == {sim.tenant_id}
+
+
+async def test_failing_blob_is_retried_then_poisoned_and_arrives_after_requeue(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    workload = _publish(connector, seed=12, records=600, blob_size=(600, 600))
+    await connector.poll()
+    sim.ingestion.deny_role(denied=True)  # 403 from Logs Ingestion: the role assignment is missing
+    stats = await connector.drain()
+    assert stats.poisoned == 1
+    assert stats.failed_attempts == 5  # host.json maxDequeueCount
+    assert connector.rows("Custom-IRMAlerts") == []
+    [poisoned] = await connector.messages(connector.queue_name + "-poison")
+
+    sim.ingestion.deny_role(denied=False)
+    await connector.process(poisoned)  # what `poison requeue` leads to
+    _assert_exactly_once(connector, workload)
+
+
+async def test_crash_between_upload_and_commit_resends_never_loses(connector: ConnectorHarness) -> None:
+    """The upload succeeds, then storage goes away before the rows are marked sent: the invocation fails,
+    the host retries it, and the blob's rows are sent again. Nothing is lost; the only duplicates are
+    that one blob's."""
+    sim = connector.standins
+    workload = _publish(connector, seed=13, records=500, blob_size=(500, 500))
+    await connector.poll()
+    [message] = await connector.messages()
+    sim.ingestion.set_latency(2.0, route="ingest")
+    stopper = threading.Timer(0.6, connector.azurite.stop)
+    stopper.start()
+    with pytest.raises(Exception):
+        await connector.process(message)
+    stopper.join()
+    delivered_once = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
+    assert delivered_once == Counter(workload.irm_alert_record_ids)  # the upload itself went through
+
+    connector.azurite.start()
+    sim.ingestion.set_latency(0.0, route="ingest")
+    await connector.process(message, dequeue_count=2)
+    got = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
+    assert set(got) == workload.irm_alert_record_ids  # nothing lost
+    assert set(got.values()) == {2}  # re-sent once: that blob's rows, and only those
+
+    # Once committed, a third delivery of the same message sends nothing.
+    await connector.process(message, dequeue_count=3)
+    assert Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts")) == got
+
+
+async def test_poller_stops_on_its_time_budget_and_the_next_run_continues(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    connector.set(INITIAL_LOOKBACK="3d", POLL_TIME_BUDGET="10s")
+    workload = _publish(connector, seed=14, records=900, blob_size=(300, 300), span=timedelta(days=2, hours=12))
+    sim.management.set_latency(5.5, route="list")
+    await connector.poll()
+    first = await connector.queue_length()
+    assert 0 < first < len(workload.blobs) or sim.management.count("list") < 4
+    sim.management.set_latency(0.0, route="list")
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
+async def test_paging_follows_next_page_with_either_spelling(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    sim.management.page_size = 2
+    sim.management.next_page_header = "NextPageUrl"
+    workload = _publish(connector, seed=15, records=1400, blob_size=(200, 200))
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs) == 7
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
+@pytest.mark.parametrize("mode", ["certificate", "managed_identity"])
+async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode: str) -> None:
+    sim = connector.standins
+    if mode == "certificate":
+        connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
+                      O365_CLIENT_CERTIFICATE_PATH=str(sim.certificate_path))
+    else:
+        connector.set(O365_AUTH_MODE="managed_identity", O365_CLIENT_SECRET="", O365_CLIENT_ID="")
+    workload = _publish(connector, seed=16, records=400, blob_size=(400, 400))
+    await connector.poll()
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+    kind = {"certificate": "client_certificate", "managed_identity": "managed_identity"}[mode]
+    assert sim.tokens.issued(kind) > 0
+
+
+async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog) -> None:
+    sim = connector.standins
+    sim.management.set_admin_disabled("Audit.General", True)
+    with pytest.raises(Exception, match="AF20023"):
+        await connector.poll()
+    assert "administrator disabled the subscription" in caplog.text
+    sim.management.set_admin_disabled("Audit.General", False)
+    sim.management.revoke_permission(sim.client_id, True)
+    with pytest.raises(Exception, match=r"ActivityFeed\.Read"):
+        await connector.poll()
+    # A refusal is not retried in a tight loop: one refresh of the token, then it stops.
+    assert sim.management.count("list", status=401) <= 2
+
+
+async def test_missing_setting_fails_at_once_naming_it(connector: ConnectorHarness, caplog) -> None:
+    connector.monkeypatch.delenv("LOGS_DCR_IMMUTABLE_ID")
+    with pytest.raises(SettingsError) as info:
+        await connector.poll()
+    assert info.value.setting == "LOGS_DCR_IMMUTABLE_ID"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "LOGS_DCR_IMMUTABLE_ID" in errors[0].getMessage()
+    assert connector.standins.management.count() == 0  # nothing was called
+
+
+def test_function_app_indexes_on_a_bare_machine() -> None:
+    """Importing function_app.py needs no settings and makes no connection (the host indexes it anywhere)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("O365_", "LOGS_", "AzureWebJobs", "IDENTITY"))}
+    code = (
+        "import function_app, json\n"
+        "fs = function_app.app.get_functions()\n"
+        "print(json.dumps({f.get_function_name(): f.get_raw_bindings() for f in fs}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert out.returncode == 0, out.stderr
+    bindings = {name: [json.loads(b) for b in raw] for name, raw in json.loads(out.stdout.splitlines()[-1]).items()}
+    assert bindings["poller"][0]["schedule"] == "%POLL_SCHEDULE%"
+    assert bindings["processor"][0]["queueName"] == "%CONTENT_QUEUE%"
+    assert bindings["processor"][0]["connection"] == "AzureWebJobsStorage"
+
+
+async def test_two_processors_on_the_same_duplicates_send_each_record_once(connector: ConnectorHarness) -> None:
+    connector.set(LOGS_AUDIT_STREAM="Custom-O365Audit")
+    workload = _publish(connector, seed=17, records=3000, blob_size=(300, 300), duplicate_share=0.3)
+    await connector.poll()
+    messages = []
+    async with connector.queue_client() as q:
+        messages = [m.content async for m in q.receive_messages(max_messages=32, messages_per_page=32)]
+    await asyncio.gather(*(connector.process(m) for m in messages))
+    got = Counter(r["RecordId"] for r in connector.rows("Custom-O365Audit"))
+    assert got == Counter(workload.record_ids)
