@@ -25,9 +25,12 @@ need_venv() {  # need_venv DIR REQUIREMENTS...
   if [[ ! -x "$dir/bin/python" || "$(cat "$dir/.stamp" 2>/dev/null)" != "$want" ]]; then
     say "Installing Python packages into $dir (once)"
     [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null
     local args=(); for req in "$@"; do args+=(-r "$req"); done
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "${args[@]}"
+    local log="$dir/pip-install.log"
+    if ! "$dir/bin/python" -m pip install --disable-pip-version-check "${args[@]}" >"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      die "pip install into $dir failed (full log: $log)"
+    fi
     echo "$want" > "$dir/.stamp"
   fi
 }
@@ -41,7 +44,7 @@ fi
 lock_stamp="$(stamp package-lock.json)"
 if [[ ! -d node_modules || "$(cat node_modules/.stamp 2>/dev/null)" != "$lock_stamp" ]]; then
   say "Installing Node packages (Azurite, Kusto language service) into node_modules (once)"
-  npm ci --no-audit --no-fund --loglevel=error >/dev/null
+  npm ci --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed: Node packages could not be installed"
   echo "$lock_stamp" > node_modules/.stamp
 fi
 
