@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = ["azure_client_kwargs", "ca_file", "ssl_context"]
 
@@ -32,7 +35,14 @@ def ssl_context() -> ssl.SSLContext:
     return context
 
 
-def azure_client_kwargs() -> dict[str, Any]:
-    """Keyword arguments for azure-core based clients and credentials."""
+def azure_client_kwargs(settings: Settings | None = None) -> dict[str, Any]:
+    """Keyword arguments for azure-core based clients and credentials: the CA bundle and timeouts."""
+    kwargs: dict[str, Any] = {}
     cafile = ca_file()
-    return {"connection_verify": cafile} if cafile else {}
+    if cafile:
+        kwargs["connection_verify"] = cafile
+    if settings is not None:
+        seconds = settings.http_timeout.total_seconds()
+        kwargs["connection_timeout"] = min(seconds, 20.0)
+        kwargs["read_timeout"] = seconds
+    return kwargs

@@ -56,7 +56,7 @@ class MsalTokenProvider:
             # A custom authority host (sovereign proxy, tests) is not in Microsoft's instance list.
             instance_discovery=not settings.authority_overridden,
             http_client=session,
-            timeout=30,
+            timeout=settings.http_timeout.total_seconds(),
         )
         self._lock = asyncio.Lock()
 
@@ -86,11 +86,10 @@ class MsalTokenProvider:
                 # msal serves from its cache; a token the API refused must be replaced.
                 self._app.remove_tokens_for_client()
             result = self._app.acquire_token_for_client(scopes=[self._scope])
-        except (requests.RequestException, MsalError) as exc:
-            # Network faults and Entra's 5xx answers (msal raises MsalServiceError for those).
+        except (requests.RequestException, MsalError, ValueError) as exc:
+            # Network faults, Entra's 5xx answers (msal raises MsalServiceError for those) and answers
+            # that are not JSON (ValueError): all worth another try.
             return {"error": "temporarily_unavailable", "error_description": type(exc).__name__}
-        except ValueError as exc:
-            return {"error": type(exc).__name__, "error_description": _safe(str(exc))}
         return dict(result)
 
     async def close(self) -> None:
@@ -103,7 +102,7 @@ class IdentityTokenProvider:
     def __init__(self, settings: Settings) -> None:
         self._scope = f"{settings.api_audience}/.default"
         client_id = os.environ.get("AZURE_CLIENT_ID") or None
-        self._credential = ManagedIdentityCredential(client_id=client_id, **azure_client_kwargs())
+        self._credential = ManagedIdentityCredential(client_id=client_id, **azure_client_kwargs(settings))
 
     async def get_token(self, *, refresh: bool = False) -> str:
         try:
@@ -132,9 +131,11 @@ def management_token_provider(settings: Settings) -> ManagementTokenProvider:
     return MsalTokenProvider(settings)
 
 
-def azure_credential(client_id: str | None = None, *, managed_identity_only: bool = False) -> AsyncTokenCredential:
+def azure_credential(
+    settings: Settings, client_id: str | None = None, *, managed_identity_only: bool = False
+) -> AsyncTokenCredential:
     """The credential for Azure resources: in Azure, the function's managed identity."""
-    kwargs = azure_client_kwargs()
+    kwargs = azure_client_kwargs(settings)
     if managed_identity_only:
         return ManagedIdentityCredential(client_id=client_id or os.environ.get("AZURE_CLIENT_ID") or None, **kwargs)
     mi_client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None

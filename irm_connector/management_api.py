@@ -94,6 +94,7 @@ class RetryPolicy:
     cap: float = 30.0
     max_retry_after: float = 120.0
     timeout: float = 60.0
+    token_retry_floor: float = 1.5
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -260,6 +261,9 @@ class ManagementActivityClient:
                 raise outcome.error
             self.stats.retried += 1
             delay = policy.delay(attempt, outcome.retry_after)
+            if outcome.error.operation == "token":
+                # msal replays a failed token answer from its cache for a few seconds: wait that out.
+                delay = max(delay, policy.token_retry_floor)
             log.warning(
                 "Management API %s retry %d/%d in %.1fs: %s",
                 operation, attempt + 1, policy.attempts - 1, delay, outcome.error,

@@ -62,27 +62,37 @@ _runtimes: dict[int, tuple[asyncio.AbstractEventLoop, Runtime]] = {}
 def _storage_clients(
     storage: StorageSettings, settings: Settings, credentials: list[AsyncTokenCredential]
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
+    common = azure_client_kwargs(settings)
+    # The storage SDKs' default backoff starts at 15 s (queues); a short outage should cost seconds.
+    table_kwargs = {**common, "retry_total": 5, "retry_backoff_factor": 0.5, "retry_backoff_max": 20}
     queue_kwargs = {
+        **common,
         "message_encode_policy": TextBase64EncodePolicy(),
         "message_decode_policy": TextBase64DecodePolicy(),
-        **azure_client_kwargs(),
+        # Read by the client's own ExponentialRetry: waits 1 s, 3 s, 5 s, 9 s, 17 s.
+        "initial_backoff": 1,
+        "increment_base": 2,
+        "retry_total": 5,
     }
     if storage.connection_string:
-        tables = TableServiceClient.from_connection_string(storage.connection_string, **azure_client_kwargs())
-        main = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **queue_kwargs)
-        poison = QueueClient.from_connection_string(storage.connection_string, settings.poison_queue, **queue_kwargs)
+        conn = storage.connection_string
+        tables = TableServiceClient.from_connection_string(conn, **table_kwargs)
+        main = QueueClient.from_connection_string(conn, settings.content_queue, **queue_kwargs)
+        poison = QueueClient.from_connection_string(conn, settings.poison_queue, **queue_kwargs)
         return tables, main, poison
     assert storage.table_service_uri is not None
     assert storage.queue_service_uri is not None
-    credential = azure_credential(storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity")
+    credential = azure_credential(
+        settings, storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity"
+    )
     credentials.append(credential)
-    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **azure_client_kwargs())
+    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **table_kwargs)
     main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **queue_kwargs)
     poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=credential, **queue_kwargs)
     return tables, main, poison
 
 
-def build_runtime(settings: Settings, *, retry: RetryPolicy | None = None) -> Runtime:
+def build_runtime(settings: Settings) -> Runtime:
     """Build the clients for ``settings``; no network or token work happens here."""
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
@@ -96,12 +106,12 @@ def build_runtime(settings: Settings, *, retry: RetryPolicy | None = None) -> Ru
         tokens=tokens,
         session=session,
         limiter=AsyncLimiter(settings.max_requests_per_minute, 60),
-        retry=retry,
+        retry=RetryPolicy(timeout=settings.http_timeout.total_seconds()),
     )
-    credentials: list[AsyncTokenCredential] = [azure_credential()]
+    credentials: list[AsyncTokenCredential] = [azure_credential(settings)]
     tables, main, poison = _storage_clients(settings.storage, settings, credentials)
     ingestion = LogsIngestionClient(
-        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs()
+        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs(settings)
     )
     return Runtime(
         settings=settings,

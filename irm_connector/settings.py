@@ -140,6 +140,7 @@ class Settings:
     max_requests_per_minute: int = 1000
     dedupe_retention_days: int = 10
     table_prefix: str = "irm"
+    http_timeout: timedelta = timedelta(seconds=60)
 
     @property
     def api_audience(self) -> str:
@@ -262,6 +263,9 @@ class Settings:
         if health_stream:
             _stream(health_stream, "LOGS_HEALTH_STREAM")
 
+        http_timeout = parse_duration(get("HTTP_TIMEOUT", "60s"), setting="HTTP_TIMEOUT")
+        if not timedelta(seconds=1) <= http_timeout <= timedelta(minutes=10):
+            raise SettingsError("HTTP_TIMEOUT", "must be between 1s and 10m")
         prefix = get("STATE_TABLE_PREFIX", "irm")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,29}", prefix):
             raise SettingsError(
@@ -298,6 +302,7 @@ class Settings:
             max_requests_per_minute=rpm,
             dedupe_retention_days=retention,
             table_prefix=prefix.lower(),
+            http_timeout=http_timeout,
         )
 
 
