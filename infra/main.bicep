@@ -65,6 +65,18 @@ param alertCategories string = 'InsiderRiskManagement'
 param listingOverlap string = '1h'
 param pollTimeBudget string = '4m'
 
+@description('Requests per minute the connector allows itself against the Management API (per worker).')
+param maxRequestsPerMinute int = 1000
+
+@description('Timeout of one call to Entra ID, the Management API, Storage or Logs Ingestion.')
+param httpTimeout string = '60s'
+
+@description('Prefix of the connector state tables in the storage account.')
+param stateTablePrefix string = 'irm'
+
+@description('Days the dedupe keys are kept (the API keeps content 7 days).')
+param dedupeRetentionDays int = 10
+
 @description('Resource id of the existing Sentinel workspace (preferred way to name it).')
 param sentinelWorkspaceResourceId string = ''
 
@@ -130,6 +142,10 @@ module resources 'resources.bicep' = {
     alertCategories: alertCategories
     listingOverlap: listingOverlap
     pollTimeBudget: pollTimeBudget
+    maxRequestsPerMinute: maxRequestsPerMinute
+    httpTimeout: httpTimeout
+    stateTablePrefix: stateTablePrefix
+    dedupeRetentionDays: dedupeRetentionDays
     sentinelWorkspaceResourceId: sentinelWorkspaceResourceId
     sentinelWorkspaceName: sentinelWorkspaceName
     sentinelWorkspaceResourceGroup: sentinelWorkspaceResourceGroup

@@ -36,6 +36,18 @@ param alertCategories string = 'InsiderRiskManagement'
 param listingOverlap string = '1h'
 param pollTimeBudget string = '4m'
 
+@description('Requests per minute the connector allows itself against the Management API (per worker).')
+param maxRequestsPerMinute int = 1000
+
+@description('Timeout of one call to Entra ID, the Management API, Storage or Logs Ingestion.')
+param httpTimeout string = '60s'
+
+@description('Prefix of the connector state tables in the storage account.')
+param stateTablePrefix string = 'irm'
+
+@description('Days the dedupe keys are kept (the API keeps content 7 days).')
+param dedupeRetentionDays int = 10
+
 param sentinelWorkspaceResourceId string = ''
 param sentinelWorkspaceName string = ''
 param sentinelWorkspaceResourceGroup string = ''
@@ -152,6 +164,8 @@ module functionApp 'modules/functionapp.bicep' = {
       AZURE_CLIENT_ID: uami.properties.clientId
       APPLICATIONINSIGHTS_CONNECTION_STRING: monitoring.outputs.connectionString
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${uami.properties.clientId};Authorization=AAD'
+      // The Python worker streams its OpenTelemetry logs and traces itself (host.json telemetryMode).
+      PYTHON_ENABLE_OPENTELEMETRY: 'true'
       O365_TENANT_ID: o365TenantId
       O365_CLIENT_ID: o365AuthMode == 'managed_identity' ? uami.properties.clientId : o365ClientId
       O365_AUTH_MODE: o365AuthMode
@@ -169,6 +183,10 @@ module functionApp 'modules/functionapp.bicep' = {
       LOGS_HEALTH_STREAM: outputColumns.streams.health.stream
       LISTING_OVERLAP: listingOverlap
       POLL_TIME_BUDGET: pollTimeBudget
+      O365_MAX_REQUESTS_PER_MINUTE: string(maxRequestsPerMinute)
+      HTTP_TIMEOUT: httpTimeout
+      STATE_TABLE_PREFIX: stateTablePrefix
+      DEDUPE_RETENTION_DAYS: string(dedupeRetentionDays)
     }, authSettings)
   }
 }

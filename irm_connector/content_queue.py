@@ -11,14 +11,14 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import TextBase64EncodePolicy
+from azure.core.exceptions import AzureError, DecodeError, ResourceExistsError
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from .errors import BadMessageError, StateError
 from .management_api import ContentBlob, parse_api_time
 
-__all__ = ["MAX_MESSAGE_BYTES", "ContentMessage", "ContentQueue"]
+__all__ = ["MAX_MESSAGE_BYTES", "ContentMessage", "ContentQueue", "LenientBase64DecodePolicy", "UndecodableMessage"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,21 @@ class ContentMessage:
         return cls(tenant_id=data["tenantId"], blob=blob, traceparent=trace if isinstance(trace, str) else "")
 
 
+class UndecodableMessage(str):
+    """The raw text of a queue message that is not base64, as :class:`LenientBase64DecodePolicy` hands it on."""
+
+
+class LenientBase64DecodePolicy(TextBase64DecodePolicy):
+    """Base64 decoding that marks a bad message instead of failing the whole receive call: one message
+    someone wrote without encoding must not stop every other message behind it."""
+
+    def decode(self, content: str, response: Any) -> str:
+        try:
+            return super().decode(content, response)
+        except DecodeError:
+            return UndecodableMessage(content)
+
+
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
@@ -115,7 +130,10 @@ class ContentQueue:
         self.sent += 1
 
     async def put_poison(self, text: str) -> None:
-        """Park a message that cannot be processed where an operator finds it."""
+        """Park a message that cannot be processed where an operator finds it. A text too large for a
+        queue message (it can only have come from elsewhere) is parked cut, saying so."""
+        if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
+            text = text.encode("utf-8")[: MAX_MESSAGE_BYTES - 64].decode("utf-8", "ignore") + " [cut: over 48 KiB]"
         await self._send(self._poison, text)
 
     async def _send(self, client: QueueClient, text: str) -> None:

@@ -17,6 +17,7 @@ import math
 import re
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "Routing",
     "Row",
     "extract_upn",
+    "iter_blob",
     "normalize_blob",
     "parse_blob",
 ]
@@ -109,7 +111,7 @@ class BlobRows:
         return sum(len(r) for r in self.rows.values())
 
 
-def parse_blob(body: bytes) -> list[Any]:
+def parse_blob(body: bytes | bytearray) -> list[Any]:
     """Parse a blob body; raises :class:`BadContentError` when it is not a JSON array."""
     try:
         data = orjson.loads(body)
@@ -125,11 +127,56 @@ def parse_blob(body: bytes) -> list[Any]:
     return data
 
 
+#: A blob larger than twice this is parsed a segment of about this size at a time (see :func:`iter_blob`).
+SEGMENT_BYTES = 4 * 1024 * 1024
+#: Where one record may end and the next begin: ``}`` ``,`` ``{`` at the array's top level (or not: see below).
+_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
+_MAX_TRIES = 16
+
+
+def iter_blob(body: bytes | bytearray) -> Iterator[Any]:
+    """The records of a blob, parsed a segment at a time so a large blob's records never all exist at once
+    (a 50 MB blob is about 120,000 records: some 300 MB as Python objects). Same result and errors as
+    :func:`parse_blob`, which small blobs go straight to; an error may surface after earlier records.
+
+    A segment runs from the start of one record to a ``},{`` about :data:`SEGMENT_BYTES` further on. Such a
+    place can also lie inside a string or a nested array; then ``[`` + segment + ``]`` is not valid JSON
+    (an open string, or brackets left open), so the parse fails and the next candidate is tried. A segment
+    that parses ends exactly where a top-level record does."""
+    if len(body) <= 2 * SEGMENT_BYTES:
+        yield from parse_blob(body)
+        return
+    start = len(body) - len(body.lstrip())
+    if body[start : start + 1] != b"[":
+        yield from parse_blob(body)  # raises with the usual message
+        return
+    pos = start + 1
+    while len(body) - pos > 2 * SEGMENT_BYTES:
+        search_from = pos + SEGMENT_BYTES
+        parsed: list[Any] | None = None
+        for _ in range(_MAX_TRIES):
+            match = _BOUNDARY.search(body, search_from)
+            if match is None:
+                break
+            try:
+                parsed = orjson.loads(b"[" + body[pos : match.start() + 1] + b"]")
+            except orjson.JSONDecodeError:
+                search_from = match.start() + 1
+                continue
+            pos = match.end() - 1  # the next record's "{"
+            break
+        if parsed is None:
+            break  # no boundary that parses (or text orjson refuses): the rest in one piece
+        yield from parsed
+        del parsed
+    yield from parse_blob(b"[" + body[pos:])
+
+
 def _pos(exc: BaseException) -> int:
     return int(getattr(exc, "pos", -1) or -1)
 
 
-def normalize_blob(records: list[Any], ref: ContentRef, routing: Routing) -> BlobRows:
+def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing) -> BlobRows:
     """Build the rows of every stream from the parsed records of one blob."""
     out = BlobRows()
     alerts: list[Row] = []
@@ -138,6 +185,7 @@ def normalize_blob(records: list[Any], ref: ContentRef, routing: Routing) -> Blo
     fallback_time = ref.content_created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     fallback_hour = ref.content_created.astimezone(UTC).strftime("%Y%m%d%H")
     problems = out.problems
+    audit_on = bool(routing.audit_stream)
     for record in records:
         out.records += 1
         if not isinstance(record, dict):
@@ -152,19 +200,23 @@ def normalize_blob(records: list[Any], ref: ContentRef, routing: Routing) -> Blo
             continue
         seen.add(record_id)
 
+        raw_type = record.get("RecordType")
+        record_type = raw_type if type(raw_type) is int and -(2**31) <= raw_type < 2**31 else _as_int(raw_type)
+        if record_type is None and raw_type is not None:
+            problems["RecordType is not a whole number"] += 1
+        is_alert = routing.is_alert(record, record_type)
+        if not is_alert and not audit_on:
+            continue  # alerts only: a record that is not one costs no more than this
+
         time_text, hour = _creation_time(record.get("CreationTime"))
         if time_text is None:
             time_text, hour = fallback_time, fallback_hour
             problems["missing or unreadable CreationTime (contentCreated used)"] += 1
 
-        record_type = _as_int(record.get("RecordType"))
-        if record_type is None and record.get("RecordType") is not None:
-            problems["RecordType is not a whole number"] += 1
-
-        if routing.is_alert(record, record_type):
+        if is_alert:
             out.alerts += 1
             alerts.append(Row(record_id, hour, _alert_row(record, record_id, record_type, time_text, ref, problems)))
-        if routing.audit_stream:
+        if audit_on:
             audit.append(Row(record_id, hour, _audit_row(record, record_id, record_type, time_text, ref, problems)))
 
     if alerts:
@@ -189,11 +241,22 @@ def _synthetic_id(record: dict[str, Any]) -> str:
     return str(uuid.uuid5(_SYNTHETIC_ID_NAMESPACE, _dumps(record, sort=True).decode()))
 
 
+#: ``YYYY-MM-DDTHH`` -> ``YYYYMMDDHH`` for the hours already checked to be real dates (a blob's records
+#: share a few hours: the regex and the date check then run once per hour, not once per record).
+_HOURS: dict[str, str] = {}
+
+
 def _creation_time(value: Any) -> tuple[str | None, str]:
     """``(TimeGenerated text, YYYYMMDDHH)``; ``(None, "")`` when unreadable. The API's times carry no
     zone and are UTC."""
     if not isinstance(value, str):
         return None, ""
+    # The API's own shape, ``2026-06-29T20:03:19``: check the hour once, minutes and seconds here.
+    if len(value) == 19 and value[13] == ":" and value[16] == ":":
+        hour_key = _HOURS.get(value[:13])
+        minute, second = value[14:16], value[17:19]
+        if hour_key is not None and minute.isdigit() and second.isdigit() and minute < "60" and second < "60":
+            return value + "Z", hour_key
     match = _CREATION.fullmatch(value.strip())
     if match is None:
         return None, ""
@@ -203,7 +266,11 @@ def _creation_time(value: Any) -> tuple[str | None, str]:
     except ValueError:
         return None, ""
     text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction or ''}Z"
-    return text, f"{year}{month}{day}{hour}"
+    hour_key = f"{year}{month}{day}{hour}"
+    if len(_HOURS) > 4096:
+        _HOURS.clear()
+    _HOURS[f"{year}-{month}-{day}T{hour}"] = hour_key
+    return text, hour_key
 
 
 def _as_int(value: Any) -> int | None:
@@ -274,11 +341,13 @@ def _audit_row(
         "RecordType": record_type,
     }
     for name in _AUDIT_INTS:
-        row[name] = _as_int(record.get(name))
+        number = record.get(name)
+        row[name] = number if type(number) is int and -(2**31) <= number < 2**31 else _as_int(number)
     for name in _AUDIT_TEXT:
-        value = _text(record.get(name))
-        if value is not None:
-            row[name] = value
+        value = record.get(name)
+        if value is None:
+            continue
+        row[name] = value if type(value) is str else _text(value)
     row["ContentType"] = ref.content_type
     row["ContentId"] = ref.content_id
     row["Record"] = record

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -35,9 +36,10 @@ from .management_api import ContentBlob
 from .normalize import Row
 from .runtime import Runtime
 from .state import LeaseLost, PollerState
-from .windows import Window, plan_windows
+from .telemetry import producer_span, traceparent
+from .windows import MAX_WINDOW, RETENTION, RETENTION_MARGIN, Window, plan_windows
 
-__all__ = ["ContentTypeReport", "PollReport", "run_poller"]
+__all__ = ["BackfillProgress", "ContentTypeReport", "PollFailed", "PollReport", "backfill", "run_poller"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,14 @@ class PollReport:
         return [f"{r.content_type}: {r.error}" for r in self.content_types if r.error]
 
 
+class PollFailed(ConnectorError):
+    """A poller run in which a content type failed; ``report`` holds what every content type did."""
+
+    def __init__(self, message: str, report: PollReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
 async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timedelta | None = None) -> PollReport:
     """One poller run over every configured content type. Raises :class:`ConnectorError` at the end if a
     content type failed, after the others had their turn."""
@@ -100,7 +110,7 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
             log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
         await _write_health(rt, ct_report)
     if report.errors:
-        raise ConnectorError("poller run failed for " + "; ".join(report.errors))
+        raise PollFailed("poller run failed for " + "; ".join(report.errors), report)
     return report
 
 
@@ -116,7 +126,9 @@ async def _poll_content_type(
         report.watermark = state.watermark
         log.info("Skipping %s: %s", content_type, report.skipped, extra=dims)
         return
-    lease_span = timedelta(seconds=max(0.0, deadline - time.monotonic())) + timedelta(minutes=2)
+    # A run may overrun its budget by one window's listing; the lease covers twice the budget and is
+    # renewed with every watermark write, so a crashed poller blocks its content type only briefly.
+    lease_span = 2 * timedelta(seconds=max(5.0, deadline - time.monotonic()))
     try:
         state = await rt.state.save_poller_state(replace(state, lease_owner=owner, lease_until=now + lease_span))
     except LeaseLost:
@@ -150,7 +162,9 @@ async def _poll_content_type(
                 if report.subscription == "waiting":
                     break
                 await _list_window(rt, content_type, window, now, cache, report)
-            state = await rt.state.save_poller_state(replace(state, watermark=window.end))
+            state = await rt.state.save_poller_state(
+                replace(state, watermark=window.end, lease_until=datetime.now(UTC) + lease_span)
+            )
             report.windows_listed += 1
         else:
             report.finished = True
@@ -237,7 +251,10 @@ async def _queue_page(
 
     async def put(blob: ContentBlob) -> None:
         async with gate:
-            await rt.queue.put(ContentMessage(settings.tenant_id, blob))
+            # One trace per blob: the processor that takes the message continues it (traceparent).
+            attributes = {**dims, "content_id": blob.content_id}
+            with producer_span("irm.queue_blob", attributes):
+                await rt.queue.put(ContentMessage(settings.tenant_id, blob, traceparent()))
 
     await asyncio.gather(*(put(b) for b in fresh))
     await rt.state.mark_blobs_queued(content_type, fresh, cache)
@@ -289,3 +306,88 @@ async def _write_health(rt: Runtime, report: ContentTypeReport) -> None:
         await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))])
     except IngestionError as exc:
         log.warning("Could not write the health row for %s: %s", report.content_type, exc)
+
+
+#: Called after each page and each window of a backfill: (the content type's report, windows planned).
+BackfillProgress = Callable[[ContentTypeReport, int], None]
+
+
+def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
+    """The windows of a backfill over ``[start, end)``: at most 24 hours each, inside the API's 7 days.
+
+    A start up to 7 days back is moved inside the retention margin; raises :class:`ValueError` when the range
+    is empty or starts more than 7 days back (that content can no longer be listed)."""
+    start, end, now = start.astimezone(UTC), end.astimezone(UTC), now.astimezone(UTC)
+    if start < now - RETENTION - timedelta(minutes=5):  # a little slack for --since 7d
+        raise ValueError(
+            f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
+        )
+    end = min(end, now).replace(microsecond=0)
+    earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
+    start = max(start.replace(microsecond=0), earliest)
+    if end <= start:
+        raise ValueError("the range is empty: --end must be after --start (and not in the future)")
+    windows: list[Window] = []
+    while start < end:
+        stop = min(start + MAX_WINDOW, end)
+        windows.append(Window(start, stop))
+        start = stop
+    return tuple(windows)
+
+
+async def backfill(
+    rt: Runtime,
+    start: datetime,
+    end: datetime,
+    *,
+    content_types: tuple[str, ...] | None = None,
+    now: datetime | None = None,
+    on_progress: BackfillProgress | None = None,
+) -> PollReport:
+    """List ``[start, end)`` again and queue the blobs not queued before, without touching the watermark or
+    the lease: the live poller goes on as it was. Raises :class:`ValueError` for a range the API cannot
+    list, :class:`PollFailed` (with the report) when a content type failed."""
+    moment = now or datetime.now(UTC)
+    windows = plan_backfill(start, end, moment)
+    report = PollReport()
+    for content_type in content_types or rt.settings.content_types:
+        ct_report = ContentTypeReport(content_type)
+        report.content_types.append(ct_report)
+        cache: dict[tuple[str, str], set[str]] = {}
+        dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
+        try:
+            for window in windows:
+                for attempt in (1, 2):  # as _list_window, telling on_progress after each page
+                    try:
+                        async for page in rt.management.list_content(content_type, window):
+                            await _queue_page(rt, content_type, page, moment, cache, ct_report)
+                            if on_progress is not None:
+                                on_progress(ct_report, len(windows))
+                        break
+                    except InvalidPage:
+                        if attempt == 2:
+                            raise
+                        log.warning("NextPageUri refused; listing %s again from its start", window, extra=dims)
+                ct_report.windows_listed += 1
+                if on_progress is not None:
+                    on_progress(ct_report, len(windows))
+            ct_report.finished = True
+        except SubscriptionMissing as exc:
+            ct_report.error = f"{exc} - start it with `irm-connector subscriptions start {content_type}`"
+        except (OperatorActionRequired, StateError, ConnectorError) as exc:
+            ct_report.error = str(exc)
+        if ct_report.error:
+            log.error("Backfill of %s failed: %s", content_type, ct_report.error, extra=dims)
+        else:
+            log.info(
+                "Backfill of %s: %d windows, %d blobs listed, %d queued, %d already queued",
+                content_type,
+                ct_report.windows_listed,
+                ct_report.blobs_listed,
+                ct_report.blobs_queued,
+                ct_report.blobs_already_queued,
+                extra=dims,
+            )
+    if report.errors:
+        raise PollFailed("backfill failed for " + "; ".join(report.errors), report)
+    return report

@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .content_queue import ContentMessage
-from .errors import BadMessageError, ContentUnavailable, UntrustedUrlError
-from .normalize import BadContentError, ContentRef, Routing, Row, normalize_blob, parse_blob
+from .errors import BadMessageError, ContentUnavailable, TransientApiError, UntrustedUrlError
+from .normalize import BadContentError, ContentRef, Routing, Row, iter_blob, normalize_blob
 from .runtime import Runtime
+from .state import BlobBusy, Claim
+from .telemetry import metrics_facade
 
 __all__ = ["ProcessResult", "process_message"]
 
@@ -39,7 +41,9 @@ class ProcessResult:
     content_lag_seconds: float = 0.0
 
 
-async def process_message(rt: Runtime, body: str | bytes, *, dequeue_count: int = 1) -> ProcessResult:
+async def process_message(
+    rt: Runtime, body: str | bytes, *, dequeue_count: int = 1, message_id: str = ""
+) -> ProcessResult:
     """Process one content message; raises to make the host retry."""
     settings = rt.settings
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
@@ -80,17 +84,20 @@ async def process_message(rt: Runtime, body: str | bytes, *, dequeue_count: int 
         log.warning("Content %s skipped: %s", blob.content_id, exc, extra=dims)
         result.outcome = "unavailable"
         return result
+    except TransientApiError as exc:
+        log.warning("Content %s could not be downloaded (attempt %d): %s", blob.content_id, dequeue_count, exc,
+                    extra=dims)  # fmt: skip
+        raise
 
+    ref = ContentRef(blob.content_id, blob.content_type, blob.content_created)
+    routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
     try:
-        records = parse_blob(raw)
+        # A large blob is parsed a segment at a time while it is normalized: its records never all exist.
+        rows = normalize_blob(iter_blob(raw), ref, routing)
     except BadContentError as exc:
         # Usually a cut transfer: retrying fetches it again; a blob that stays broken ends in the poison queue.
         raise BadContentError(f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried") from None
     del raw
-    ref = ContentRef(blob.content_id, blob.content_type, blob.content_created)
-    routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
-    rows = normalize_blob(records, ref, routing)
-    del records
     result.records, result.alerts = rows.records, rows.alerts
     result.duplicates_dropped = rows.duplicates_in_blob
     result.problems = dict(rows.problems)
@@ -103,7 +110,10 @@ async def process_message(rt: Runtime, body: str | bytes, *, dequeue_count: int 
         )
 
     await asyncio.gather(
-        *(_send_stream(rt, stream, stream_rows, blob.content_id, result) for stream, stream_rows in rows.rows.items())
+        *(
+            _send_stream(rt, stream, stream_rows, blob.content_id, message_id, result)
+            for stream, stream_rows in rows.rows.items()
+        )
     )
     result.content_lag_seconds = time.time() - blob.content_created.timestamp()
     log.info(
@@ -119,8 +129,10 @@ async def process_message(rt: Runtime, body: str | bytes, *, dequeue_count: int 
     return result
 
 
-async def _send_stream(rt: Runtime, stream: str, rows: list[Row], content_id: str, result: ProcessResult) -> None:
-    claim = await rt.state.claim_records(stream, rows, content_id)
+async def _send_stream(
+    rt: Runtime, stream: str, rows: list[Row], content_id: str, message_id: str, result: ProcessResult
+) -> None:
+    claim = await _claim(rt, stream, rows, content_id, message_id)
     result.duplicates_dropped += claim.already_sent
     result.claimed_elsewhere += claim.claimed_elsewhere
     if not claim.mine:
@@ -130,12 +142,34 @@ async def _send_stream(rt: Runtime, stream: str, rows: list[Row], content_id: st
     async def accepted(chunk: list[Row]) -> None:
         sent.extend(chunk)
 
+    started = time.perf_counter()
     try:
         await rt.ingestor.upload(stream, claim.mine, on_sent=accepted)
     except Exception:
-        # Keep what did arrive from being sent again when the host retries the message.
+        # Keep what did arrive from being sent again, and free the rest for the host's retry.
         if sent:
             await rt.state.mark_sent(claim, sent)
+        await rt.state.release(claim)
         raise
+    metrics_facade.upload_duration.record(time.perf_counter() - started, {"stream": stream})
     await rt.state.mark_sent(claim)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
+
+
+#: How long a delivery waits for another delivery of the same blob before handing back to the host.
+BUSY_WAIT = 90.0
+
+
+async def _claim(rt: Runtime, stream: str, rows: list[Row], content_id: str, message_id: str) -> Claim:
+    waited = 0.0
+    delay = 0.5
+    while True:
+        try:
+            return await rt.state.claim_records(stream, rows, content_id, message_id)
+        except BlobBusy:
+            if waited >= BUSY_WAIT:
+                raise
+            log.info("Content %s is being sent by another delivery; waiting %.1fs", content_id, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 8.0)

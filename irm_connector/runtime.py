@@ -16,12 +16,12 @@ from aiolimiter import AsyncLimiter
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.data.tables.aio import TableServiceClient
 from azure.monitor.ingestion.aio import LogsIngestionClient
-from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from ._tls import azure_client_kwargs, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
-from .content_queue import ContentQueue
+from .content_queue import ContentQueue, LenientBase64DecodePolicy
 from .ingestion import SentinelIngestor
 from .management_api import ManagementActivityClient, RetryPolicy
 from .settings import Settings, StorageSettings
@@ -68,7 +68,7 @@ def _storage_clients(
     queue_kwargs = {
         **common,
         "message_encode_policy": TextBase64EncodePolicy(),
-        "message_decode_policy": TextBase64DecodePolicy(),
+        "message_decode_policy": LenientBase64DecodePolicy(),
         # Read by the client's own ExponentialRetry: waits 1 s, 3 s, 5 s, 9 s, 17 s.
         "initial_backoff": 1,
         "increment_base": 2,

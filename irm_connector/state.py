@@ -10,12 +10,15 @@ Tables (``irm`` is the prefix):
 - ``irmrecYYYYMMDD``: one marker per (stream, record ``Id``), by the record's ``CreationTime`` day
   (duplicates of a record share it), partitioned by hour so one query reads what a blob needs.
 
-Record markers have two states. A processor first *claims* the records it will send (entity-group
-inserts of up to 100, which fail as a whole if another processor claimed one first), then uploads, then
-marks each successfully uploaded chunk's records *sent*. A crash between upload and mark re-sends that
-blob's rows when the host retries the message: duplicates are possible there, loss is not. A claim
-older than :data:`CLAIM_TTL` whose owner never finished may be taken over by another blob with the same
-record. Day tables older than the retention are dropped whole, which costs one request a day.
+Record keys are 16-byte digests of the record ``Id``, packed into one entity per delivery (blob and queue
+message) and hour: a few table requests per blob instead of one per record. A processor first *claims*
+the records it will send (a *pending* entity), reads the partition back — of two deliveries claiming one
+record the earlier claim wins, and both sides see the same order — uploads, then rewrites its entity as
+*sent*. A crash between upload and that rewrite re-sends the blob's rows when the host redelivers the
+message (the same message finds its own claim): duplicates are possible there, loss is not. A failed
+attempt releases its claim; a claim whose owner died expires after :data:`CLAIM_TTL` and is taken over.
+Another blob holding the same record skips it while it is claimed; another *message* for the same blob
+waits (:class:`BlobBusy`). Day tables older than the retention are dropped whole: one request a day.
 """
 
 from __future__ import annotations
@@ -45,12 +48,13 @@ from .errors import StateError
 from .management_api import ContentBlob
 from .normalize import Row
 
-__all__ = ["CLAIM_TTL", "Claim", "LeaseLost", "PollerState", "StateStore"]
+__all__ = ["CLAIM_TTL", "BlobBusy", "Claim", "LeaseLost", "PollerState", "StateStore"]
 
 log = logging.getLogger(__name__)
 
-#: A claim older than this belongs to a processor that died or whose message was poisoned.
-CLAIM_TTL = timedelta(hours=1)
+#: A claim lives this long: longer than one invocation may run (host.json functionTimeout), so a live
+#: processor never loses it, and short enough that a dead one's rows are taken over soon after.
+CLAIM_TTL = timedelta(minutes=10)
 _BATCH = 100
 #: Record keys are stored as 16-byte digests, packed into binary properties of an entity per blob and hour.
 _DIGEST = 16
@@ -84,6 +88,11 @@ def _parse(text: Any) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class BlobBusy(StateError):
+    """Another delivery of the same blob is sending these rows; wait for it to finish or for its claim to
+    expire."""
 
 
 class LeaseLost(StateError):
@@ -142,6 +151,8 @@ class Claim:
     """The rows of one stream this processor now owns and must upload, and what was left out and why."""
 
     stream: str
+    #: the blob's key, and this delivery's (the blob's key and the queue message's)
+    blob: str
     owner: str
     mine: list[Row] = field(default_factory=list)
     already_sent: int = 0
@@ -149,6 +160,8 @@ class Claim:
     taken_over: int = 0
     partial: int = 0
     slots: dict[tuple[str, str], list[Row]] = field(default_factory=dict)
+    #: how many entities the claim of each slot took (more than one only past ~60,000 records)
+    shards: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,7 @@ class _Shard:
 
     row_key: str
     owner: str
+    blob: str
     sent: bool
     #: (when the owner first claimed, RowKey): the earliest claim of a record wins.
     rank: tuple[datetime, str]
@@ -186,8 +200,16 @@ class StoreStats:
 class StateStore:
     """The connector's tables. Use with ``async with``; it owns the service client it is given."""
 
-    def __init__(self, service: TableServiceClient, *, prefix: str = "irm", retention_days: int = 10) -> None:
+    def __init__(
+        self,
+        service: TableServiceClient,
+        *,
+        prefix: str = "irm",
+        retention_days: int = 10,
+        claim_ttl: timedelta = CLAIM_TTL,
+    ) -> None:
         self._service = service
+        self._claim_ttl = claim_ttl
         self._prefix = prefix
         self._retention = timedelta(days=retention_days)
         self._tables: dict[str, TableClient] = {}
@@ -312,9 +334,12 @@ class StateStore:
 
     # -- record markers ----------------------------------------------------------------------------
 
-    async def claim_records(self, stream: str, rows: Sequence[Row], owner_content_id: str) -> Claim:
-        """Claim ``rows`` of ``stream`` for the blob ``owner_content_id``; see the module docstring."""
-        claim = Claim(stream=stream, owner=_owner(owner_content_id))
+    async def claim_records(self, stream: str, rows: Sequence[Row], content_id: str, message_id: str = "") -> Claim:
+        """Claim ``rows`` of ``stream`` for one delivery of the blob ``content_id``; see the module docstring.
+
+        Raises :class:`BlobBusy` when another delivery of the same blob holds a live claim on these rows."""
+        blob = _owner(content_id)
+        claim = Claim(stream=stream, blob=blob, owner=blob + _owner(message_id)[:8])
         groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
         for row in rows:
             groups[(row.hour[:8], f"{_key(stream)}_{row.hour[8:]}")].append(row)
@@ -325,28 +350,37 @@ class StateStore:
     async def _claim_slot(self, slot: tuple[str, str], rows: list[Row], claim: Claim) -> None:
         table, pk = self._record_table(slot[0]), slot[1]
         shards = await self._read_shards(table, pk)
+        live = [s for s in shards if not s.sent and not s.stale]
         sent = _union(s.ids for s in shards if s.sent)
-        own = [s for s in shards if not s.sent and s.owner == claim.owner]
+        own = [s for s in live if s.owner == claim.owner]
         own_ids = _union(s.ids for s in own)
-        others = _union(s.ids for s in shards if not s.sent and s.owner != claim.owner and not s.stale)
-        stale = _union(s.ids for s in shards if not s.sent and s.owner != claim.owner and s.stale)
+        same_blob = _union(s.ids for s in live if s.owner != claim.owner and s.blob == claim.blob)
+        others = _union(s.ids for s in live if s.blob != claim.blob)
+        expired = _union(s.ids for s in shards if not s.sent and s.stale)
         mine: list[Row] = []
         for row in rows:
             digest = _digest(row.record_id)
             if digest in sent:
                 claim.already_sent += 1
             elif digest in own_ids:
-                mine.append(row)  # our own claim from an attempt that did not finish
+                mine.append(row)  # this delivery's own claim from an attempt that did not finish
+            elif digest in same_blob:
+                # Another delivery of this very blob (a second message for it) is sending these rows.
+                # If it dies, its claim expires; until then this delivery must not decide for it.
+                raise BlobBusy(f"another delivery of this blob holds claims in {table}/{pk}")
             elif digest in others:
-                claim.claimed_elsewhere += 1
+                claim.claimed_elsewhere += 1  # another blob with the same record sends it
             else:
-                claim.taken_over += digest in stale
+                claim.taken_over += digest in expired
                 mine.append(row)
         if not mine:
             return
         # A retry keeps the rank of its first claim, so a rewrite never loses a race it had won.
         first = min((s.rank for s in own), default=None)
-        await self._write_shard(table, pk, claim.owner, mine, sent=False, first=first[0] if first else None)
+        claim.shards[slot] = await self._write_shard(
+            table, pk, claim.owner, mine, sent=False, blob=claim.blob, first=first[0] if first else None
+        )
+        claim.slots[slot] = mine
         # Two processors can claim one record between the read and the write above. Read again: the
         # earliest first claim wins, every side ranks the shards alike, so exactly one keeps each record.
         after = await self._read_shards(table, pk)
@@ -358,8 +392,8 @@ class StateStore:
             kept = [r for r in mine if _digest(r.record_id) not in beaten]
             claim.claimed_elsewhere += len(mine) - len(kept)
             mine = kept
-            await self._write_shard(table, pk, claim.owner, mine, sent=False, first=rank[0])
-        claim.slots[slot] = mine
+            claim.slots[slot] = mine
+            await self._write_shard(table, pk, claim.owner, mine, sent=False, first=rank[0], blob=claim.blob)
         claim.mine.extend(mine)
 
     async def mark_sent(self, claim: Claim, rows: Sequence[Row] | None = None) -> None:
@@ -369,25 +403,54 @@ class StateStore:
         for slot, slot_rows in claim.slots.items():
             table = self._record_table(slot[0])
             if wanted is None:
-                await self._write_shard(table, slot[1], claim.owner, slot_rows, sent=True)
+                await self._write_shard(table, slot[1], claim.owner, slot_rows, sent=True, blob=claim.blob)
             else:
                 part = [r for r in slot_rows if id(r) in wanted]
                 if part:
                     claim.partial += 1
-                    await self._write_shard(table, slot[1], f"{claim.owner}s{claim.partial}", part, sent=True)
+                    await self._write_shard(
+                        table, slot[1], f"{claim.owner}s{claim.partial}", part, sent=True, blob=claim.blob
+                    )
+
+    async def release(self, claim: Claim) -> None:
+        """Give up the claim's unsent rows after a failure, so the host's retry of the message — or any
+        other blob with the same records — can take them at once instead of after CLAIM_TTL."""
+        for slot in claim.slots:
+            table = await self._table(self._record_table(slot[0]))
+            for n in range(claim.shards.get(slot, 1)):
+                self.stats.writes += 1
+                try:
+                    await table.delete_entity(slot[1], f"{claim.owner}-{n}")
+                except ResourceNotFoundError:
+                    pass
+                except AzureError as exc:
+                    log.warning("Could not release a claim (it expires by itself): %s", _reason(exc))
+                    return
 
     async def _write_shard(
-        self, table_name: str, pk: str, owner: str, rows: Sequence[Row], *, sent: bool, first: datetime | None = None
-    ) -> None:
+        self,
+        table_name: str,
+        pk: str,
+        owner: str,
+        rows: Sequence[Row],
+        *,
+        sent: bool,
+        blob: str,
+        first: datetime | None = None,
+    ) -> int:
+        """Write the digests of ``rows`` as one entity (or more, past ~60,000 rows); returns how many."""
         digests = b"".join(_digest(r.record_id) for r in rows)
         per_entity = _SHARD_PROPERTIES * _PROPERTY_BYTES
         pieces = [digests[i : i + per_entity] for i in range(0, len(digests), per_entity)] or [b""]
+        expires = datetime.now(UTC) + self._claim_ttl
         for n, piece in enumerate(pieces):
             entity: dict[str, Any] = {
                 "PartitionKey": pk,
                 "RowKey": f"{owner}-{n}",
                 "Owner": owner,
+                "Blob": blob,
                 "S": _SENT if sent else _PENDING,
+                "Expires": expires.isoformat(),
             }
             if first is not None:
                 entity["First"] = first.isoformat()
@@ -399,6 +462,7 @@ class StateStore:
                 await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
             except AzureError as exc:
                 raise StateError(f"cannot write dedupe keys to {table_name}: {_reason(exc)}") from exc
+        return len(pieces)
 
     async def _read_shards(self, table_name: str, pk: str) -> list[_Shard]:
         now = datetime.now(UTC)
@@ -412,13 +476,15 @@ class StateStore:
             }
             stamp = entity.metadata.get("timestamp") or now
             first = _parse(entity.get("First")) or stamp
+            expires = _parse(entity.get("Expires")) or stamp + self._claim_ttl
             shards.append(
                 _Shard(
                     row_key=str(entity["RowKey"]),
                     owner=str(entity.get("Owner", "")),
+                    blob=str(entity.get("Blob", "")),
                     sent=entity.get("S") == _SENT,
                     rank=(first, str(entity["RowKey"])),
-                    stale=now - stamp > CLAIM_TTL,
+                    stale=now > expires,
                     ids=ids,
                 )
             )

@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import azure.functions as func
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
+
+from .content_queue import UndecodableMessage
 
 __all__ = ["HostQueueOptions", "QueueWorker", "WorkerStats"]
 
@@ -114,12 +116,18 @@ class QueueWorker:
             want = min(32, room, (max_messages - handled) if max_messages is not None else 32)
             messages = []
             if want > 0:
-                messages = [
-                    m
-                    async for m in self._queue.receive_messages(
-                        messages_per_page=want, max_messages=want, visibility_timeout=self._lock
-                    )
-                ]
+                try:
+                    messages = [
+                        m
+                        async for m in self._queue.receive_messages(
+                            messages_per_page=want, max_messages=want, visibility_timeout=self._lock
+                        )
+                    ]
+                except AzureError as exc:
+                    # Storage unreachable: the host keeps polling too; so do we, bounded by stop/until_empty.
+                    log.warning("Could not read the queue (%s); trying again", type(exc).__name__)
+                    await asyncio.sleep(1.0)
+                    continue
             for message in messages:
                 handled += 1
                 await gate.acquire()
@@ -136,7 +144,12 @@ class QueueWorker:
             if in_flight:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            properties = await self._queue.get_queue_properties()
+            try:
+                properties = await self._queue.get_queue_properties()
+            except AzureError as exc:
+                log.warning("Could not read the queue length (%s); trying again", type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
             if not properties.approximate_message_count and until_empty:
                 break
             await asyncio.sleep(min(1.0, max(0.05, self._options.visibility_timeout / 4)))
@@ -146,6 +159,14 @@ class QueueWorker:
 
     async def _one(self, message: Any) -> None:
         body = message.content
+        if isinstance(body, UndecodableMessage):
+            # The host would fail this message on every delivery; park it at once, saying why.
+            log.error("Message %s is not base64 (written without encoding?); moved to %s. First 200 characters: %r",
+                      message.id, self._poison.queue_name, str(body)[:200])  # fmt: skip
+            await self._send_poison(str(body))
+            await self._queue.delete_message(message)
+            self.stats.poisoned += 1
+            return
         function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]
             id=message.id,
             body=body.encode("utf-8") if isinstance(body, str) else body,
@@ -180,7 +201,12 @@ class QueueWorker:
                 )
                 await self._queue.update_message(message, visibility_timeout=int(self._options.visibility_timeout))
             return
-        await self._queue.delete_message(message)
+        try:
+            await self._queue.delete_message(message)
+        except AzureError as exc:
+            # The message comes back when its lock expires and is processed again: its rows are
+            # already marked sent, so that costs a download, not a duplicate.
+            log.warning("Could not delete message %s (%s); it will be seen again", message.id, type(exc).__name__)
         self.stats.processed += 1
         log.debug("Message %s done in %.2fs", message.id, time.perf_counter() - started)
 

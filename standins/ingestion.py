@@ -141,9 +141,19 @@ class IngestionStandIn(ServiceStandIn):
         self._stats: list[IngestStat] = []
         self._denied: set[str] = set()
         self._deny_all = False
+        #: Streams that take any JSON array of objects up to their own body limit (see accept_raw).
+        self._raw_streams: dict[str, int] = {}
         self._file_lock = threading.Lock()
 
     # ---- knobs and results -------------------------------------------------------------
+    def accept_raw(self, stream: str, max_body: int = 30 * 1024 * 1024) -> None:
+        """Declare ``stream`` as raw: any JSON array of objects up to ``max_body`` bytes, no column
+        checks, no gzip needed; the HTTP Data Collector API the seed's Logic App posts to (30 MB a post).
+        The benchmark's seed-style baseline sends blobs here as they come."""
+        with self._lock:
+            self._raw_streams[stream] = max_body
+            self._rows.setdefault(stream, [])
+
     def deny_role(self, client_id: str | None = None, denied: bool = True) -> None:
         """Without "Monitoring Metrics Publisher" (one client, or everyone): 403."""
         with self._lock:
@@ -250,6 +260,10 @@ class IngestionStandIn(ServiceStandIn):
             )
         stream = stat["stream"]
         columns = self.streams.get(stream)
+        with self._lock:
+            raw_limit = self._raw_streams.get(stream)
+        if columns is None and raw_limit is not None:
+            return self._accept_raw(raw, gzipped, raw_limit, stat)
         if columns is None:
             raise ApiError(
                 400,
@@ -272,6 +286,20 @@ class IngestionStandIn(ServiceStandIn):
             raise ApiError(400, "InvalidContent", "The request body must be a JSON array of objects.")
         stat["rows"] = len(rows)
         self._validate(stream, columns, rows)
+        return rows
+
+    def _accept_raw(self, raw: bytes, gzipped: bool, limit: int, stat: dict[str, Any]) -> list[dict[str, Any]]:
+        body = zlib.decompress(raw, wbits=16 + zlib.MAX_WBITS) if gzipped else raw
+        stat["uncompressed_bytes"] = len(body)
+        if len(body) > limit:
+            raise ApiError(413, "ContentLengthLimitExceeded", f"Maximum allowed content length: {limit} bytes.")
+        try:
+            rows = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ApiError(400, "InvalidContent", f"The request body is not valid JSON: {exc}.") from exc
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ApiError(400, "InvalidContent", "The request body must be a JSON array of objects.")
+        stat["rows"] = len(rows)
         return rows
 
     @staticmethod

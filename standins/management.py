@@ -66,6 +66,10 @@ class Blob:
     expiration: datetime
     records: list[dict[str, Any]]
     body: bytes
+    #: extra response headers of the content GET (e.g. a Content-Encoding that lies)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: a contentUri to list instead of the real one (hostile-listing tests)
+    content_uri: str | None = None
 
     def sort_key(self) -> tuple[datetime, str]:
         return (self.content_created, self.content_id)
@@ -116,6 +120,8 @@ class ManagementStandIn(ServiceStandIn):
         self.page_size = page_size
         #: ``NextPageUri`` (most docs) or ``NextPageUrl`` (one page of the docs).
         self.next_page_header = next_page_header
+        #: a NextPageUri to send instead of the real one (hostile-listing tests)
+        self.next_page_override: str | None = None
         #: Starting an enabled subscription: 200 (documented) or 400 AF20024 (observed).
         self.already_enabled_status = already_enabled_status
         #: Only the three documented time formats; False accepts any ISO-8601 (with zone).
@@ -186,8 +192,12 @@ class ManagementStandIn(ServiceStandIn):
         expiration: datetime | None = None,
         tenant: str | None = None,
         content_id: str | None = None,
+        raw_body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        content_uri: str | None = None,
     ) -> str:
-        """Publish a blob; returns its contentId. Times default to "now" on :attr:`clock`."""
+        """Publish a blob; returns its contentId. Times default to "now" on :attr:`clock`.
+        ``raw_body`` serves those bytes instead of the records (broken or hostile content)."""
         created = _aware(content_created) if content_created else self.clock.now()
         available = _aware(available_at) if available_at else created
         expires = _aware(expiration) if expiration else created + RETENTION
@@ -203,7 +213,9 @@ class ManagementStandIn(ServiceStandIn):
                 available_at=available,
                 expiration=expires,
                 records=records,
-                body=json.dumps(records, separators=(",", ":")).encode(),
+                body=raw_body if raw_body is not None else json.dumps(records, separators=(",", ":")).encode(),
+                headers=dict(headers or {}),
+                content_uri=content_uri,
             )
         return content_id
 
@@ -440,14 +452,15 @@ class ManagementStandIn(ServiceStandIn):
                         "nextPage": next_token,
                     }
                 )
-                headers[self.next_page_header] = (
+                headers[self.next_page_header] = self.next_page_override or (
                     f"{self.api_root}/api/v1/{state.tenant_id}/activity/feed/subscriptions/content?{query}"
                 )
         items = [
             {
                 "contentType": b.content_type,
                 "contentId": b.content_id,
-                "contentUri": f"{self.api_root}/api/v1.0/{b.tenant_id}/activity/feed/audit/{b.content_id}",
+                "contentUri": b.content_uri
+                or f"{self.api_root}/api/v1.0/{b.tenant_id}/activity/feed/audit/{b.content_id}",
                 "contentCreated": format_timestamp(b.content_created),
                 "contentExpiration": format_timestamp(b.expiration),
             }
@@ -471,4 +484,4 @@ class ManagementStandIn(ServiceStandIn):
                 f"Content requested with the key {content_id} has already expired. "
                 "Content older than 7 days cannot be retrieved.",
             )
-        return web.Response(body=blob.body, content_type="application/json", charset="utf-8")
+        return web.Response(body=blob.body, content_type="application/json", charset="utf-8", headers=blob.headers)

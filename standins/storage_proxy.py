@@ -52,6 +52,8 @@ class Hold:
     released: threading.Event = field(default_factory=threading.Event)
     #: after release: forward the held request (True) or drop its connection (False)
     forward: bool = False
+    #: matching requests to let through before holding one
+    skip: int = 0
 
     def matches(self, route: str, path: str, body: bytes) -> bool:
         return (
@@ -193,9 +195,10 @@ class StorageProxy:
     def count(self, route: str, **filters: Any) -> int:
         return self.forwarder(route).count(route, **filters)
 
-    def hold(self, route: str, *, path: str | None = None, body: str | None = None) -> Hold:
-        """Hold the next request of ``route`` matching the regexes until :meth:`Hold.release`."""
-        hold = Hold(route, re.compile(path) if path else None, re.compile(body.encode()) if body else None)
+    def hold(self, route: str, *, path: str | None = None, body: str | None = None, skip: int = 0) -> Hold:
+        """Hold the next request of ``route`` matching the regexes (after letting ``skip`` of them through)
+        until :meth:`Hold.release`."""
+        hold = Hold(route, re.compile(path) if path else None, re.compile(body.encode()) if body else None, skip=skip)
         with self._lock:
             self._holds.append(hold)
         return hold
@@ -204,5 +207,8 @@ class StorageProxy:
         with self._lock:
             for hold in self._holds:
                 if not hold.arrived.is_set() and hold.matches(route, path, body):
+                    if hold.skip > 0:
+                        hold.skip -= 1
+                        return None
                     return hold
         return None

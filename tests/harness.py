@@ -10,9 +10,10 @@ from typing import Any
 import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
-from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from irm_connector.content_queue import LenientBase64DecodePolicy
 from irm_connector.runtime import close_runtimes
 from irm_connector.worker import HostQueueOptions, QueueWorker, WorkerStats
 from standins import Azurite, StandIns
@@ -59,7 +60,7 @@ class ConnectorHarness:
             self.azurite.connection_string,
             name or self.queue_name,
             message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
+            message_decode_policy=LenientBase64DecodePolicy(),
         )
 
     async def drain(self, *, max_messages: int | None = None, max_dequeue_count: int | None = None) -> WorkerStats:

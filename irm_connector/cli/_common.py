@@ -1,0 +1,205 @@
+"""What every command shares: exit codes, output (readable or ``--json``), logging, error mapping, storage
+clients, durations and times."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+from azure.data.tables.aio import TableServiceClient
+from azure.storage.queue.aio import QueueClient
+
+from irm_connector import telemetry
+from irm_connector.errors import (
+    AuthenticationError,
+    ConnectorError,
+    IngestionError,
+    SettingsError,
+    StateError,
+    TransientApiError,
+)
+from irm_connector.runtime import _storage_clients
+from irm_connector.settings import Settings
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "Storage",
+    "UsageError",
+    "emit",
+    "exit_code",
+    "format_age",
+    "iso",
+    "load_settings",
+    "parse_moment",
+    "setup_logging",
+    "storage",
+]
+
+#: The work was done and all is healthy.
+EXIT_OK = 0
+#: Unhealthy (status) or the work failed (a content type, a poisoned message, an ID not found).
+EXIT_FAILED = 1
+#: Bad command line or settings: nothing was attempted.
+EXIT_USAGE = 2
+#: A dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
+EXIT_UNREACHABLE = 3
+
+log = logging.getLogger("irm_connector.cli")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (it may be replaced, as under pytest)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+_handler: _StderrHandler | None = None
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out (exit 2)."""
+
+
+def load_settings() -> Settings:
+    telemetry.configure()
+    return Settings.from_env()
+
+
+def setup_logging(verbose: int) -> None:
+    """Log lines to stderr (warnings by default, ``-v`` info, ``-vv`` debug), secrets redacted."""
+    global _handler
+    level = logging.WARNING if verbose <= 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    root = logging.getLogger()
+    if _handler is None:
+        _handler = _StderrHandler()
+        _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(_handler)
+    handler = _handler
+    handler.setLevel(level)
+    root.setLevel(min(level, root.level) if root.level else level)
+    for noisy in ("azure", "msal", "urllib3", "opentelemetry"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    telemetry.install_redaction(handlers=[handler])
+
+
+def exit_code(exc: BaseException) -> int:
+    """The exit code an error means."""
+    if isinstance(exc, SettingsError | UsageError):
+        return EXIT_USAGE
+    if isinstance(exc, AuthenticationError | TransientApiError | StateError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, IngestionError):
+        return EXIT_UNREACHABLE if exc.status == 0 else EXIT_FAILED
+    if isinstance(exc, ServiceRequestError | aiohttp.ClientConnectionError | ConnectionError | TimeoutError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, ConnectorError):
+        return EXIT_FAILED
+    return EXIT_FAILED
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+def emit(args: argparse.Namespace, document: dict[str, Any], text: str) -> None:
+    """Print the result: one JSON document with ``--json``, else the readable text."""
+    if getattr(args, "json", False):
+        print(json.dumps(_plain(document), indent=2, sort_keys=False))
+    else:
+        print(text)
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def format_age(seconds: float | None) -> str:
+    """``3d4h``, ``2h05m``, ``12m``, ``40s``."""
+    if seconds is None:
+        return "-"
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def parse_moment(text: str, name: str) -> datetime:
+    """An ISO time (``2026-06-01``, ``2026-06-01T12:00``, ``...Z``); naive means UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{name} {text!r} is not a time; write e.g. 2026-06-01T12:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Storage:
+    """The storage clients of the CLI: the tables, the content queue and its poison queue."""
+
+    def __init__(self, tables: TableServiceClient, main: QueueClient, poison: QueueClient) -> None:
+        self.tables = tables
+        self.main = main
+        self.poison = poison
+
+    async def depth(self, client: QueueClient) -> int:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = await client.get_queue_properties()
+        except ResourceNotFoundError:
+            return 0
+        return int(properties.approximate_message_count or 0)
+
+    async def ensure(self, client: QueueClient) -> None:
+        with suppress(ResourceExistsError):
+            await client.create_queue()
+
+
+@asynccontextmanager
+async def storage(settings: Settings) -> AsyncIterator[Storage]:
+    """Storage clients built as the runtime builds them (connection string or identity)."""
+    credentials: list[AsyncTokenCredential] = []
+    tables, main, poison = _storage_clients(settings.storage, settings, credentials)
+    try:
+        yield Storage(tables, main, poison)
+    finally:
+        for closer in (main.close, poison.close, tables.close, *(c.close for c in credentials)):
+            try:
+                await closer()
+            except Exception:
+                log.debug("closing a storage client failed", exc_info=True)

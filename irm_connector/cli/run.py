@@ -1,0 +1,132 @@
+"""run: the function app without the Functions host. Polls on ``POLL_SCHEDULE`` (NCRONTAB, six fields with
+seconds first, as the timer trigger reads it) and works the content queue continuously with the host's
+concurrency, retry and poison rules. SIGTERM or Ctrl-C stops it: the poll and the messages in flight finish,
+then it exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from datetime import UTC, datetime
+
+from azure.functions.timer import TimerRequest
+from croniter import croniter
+
+from irm_connector import handlers
+from irm_connector.errors import ConnectorError, SettingsError
+from irm_connector.settings import Settings
+from irm_connector.worker import HostQueueOptions, QueueWorker
+
+from ._common import EXIT_OK, emit, iso, storage
+
+__all__ = ["Schedule", "run"]
+
+log = logging.getLogger("irm_connector.cli")
+
+DEFAULT_SCHEDULE = "0 */5 * * * *"
+
+
+class Schedule:
+    """An NCRONTAB expression: ``{second} {minute} {hour} {day} {month} {day-of-week}`` (or the five fields
+    of classic cron, without seconds)."""
+
+    def __init__(self, expression: str) -> None:
+        self.expression = expression.strip()
+        fields = self.expression.split()
+        if len(fields) not in (5, 6) or not croniter.is_valid(self.expression, second_at_beginning=len(fields) == 6):
+            raise SettingsError(
+                "POLL_SCHEDULE",
+                f"{expression!r} is not an NCRONTAB expression (six fields, seconds first, e.g. '0 */5 * * * *')",
+            )
+        self._seconds_first = len(fields) == 6
+
+    def next_after(self, moment: datetime) -> datetime:
+        it = croniter(self.expression, moment, second_at_beginning=self._seconds_first)
+        value = it.get_next(datetime)
+        assert isinstance(value, datetime)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, counts: dict[str, int]) -> None:
+    first = poll_now
+    while not stop.is_set():
+        if not first:
+            due = schedule.next_after(datetime.now(UTC))
+            wait = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            log.info("Next poll at %s", iso(due))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+            if stop.is_set():
+                return
+        first = False
+        try:
+            report = await handlers.poll(TimerRequest(past_due=False))
+            counts["polls"] += 1
+            counts["queued"] += report.blobs_queued
+        except ConnectorError as exc:
+            counts["polls"] += 1
+            counts["poll_errors"] += 1
+            log.error("Poll failed (the next one is on schedule): %s", exc)
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    schedule = Schedule(args.schedule or os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
+    host = HostQueueOptions.from_host_json()
+    options = (
+        host
+        if args.retry_delay is None
+        else HostQueueOptions(
+            batch_size=host.batch_size,
+            new_batch_threshold=host.new_batch_threshold,
+            max_dequeue_count=host.max_dequeue_count,
+            visibility_timeout=args.retry_delay,
+        )
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # not on this platform or not the main thread
+            pass
+    counts = {"polls": 0, "poll_errors": 0, "queued": 0}
+    print(
+        f"running: polling on '{schedule.expression}', working {settings.content_queue}; Ctrl-C or SIGTERM stops",
+        flush=True,
+    )
+    try:
+        async with storage(settings) as store:
+            await store.ensure(store.main)
+            worker = QueueWorker(store.main, store.poison, handlers.process, options)
+
+            async def work() -> None:
+                try:
+                    await worker.run(until_empty=False, stop=stop)
+                finally:
+                    stop.set()  # a worker that died stops the poller too: the exit code says why
+
+            await asyncio.gather(_poll_loop(schedule, stop, args.poll_now, counts), work())
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    stats = worker.stats
+    document = {
+        "stopped": True,
+        **counts,
+        "processed": stats.processed,
+        "failed_attempts": stats.failed_attempts,
+        "poisoned": stats.poisoned,
+    }
+    emit(
+        args,
+        document,
+        f"stopped: {counts['polls']} poll(s) ({counts['poll_errors']} failed), {counts['queued']} blob(s) queued, "
+        f"{stats.processed} message(s) processed, {stats.poisoned} poisoned",
+    )
+    return EXIT_OK

@@ -1,0 +1,146 @@
+"""The CLI against Azurite and the HTTPS stand-ins: ``main([...])`` in-process with capsys, or as a
+subprocess with the same environment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from irm_connector.cli import main
+from standins import Azurite, StandIns
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Cli:
+    standins: StandIns
+    azurite: Azurite
+    env: dict[str, str]
+    capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch
+
+    @property
+    def queue(self) -> str:
+        return self.env["CONTENT_QUEUE"]
+
+    @property
+    def poison(self) -> str:
+        return self.env["CONTENT_QUEUE"] + "-poison"
+
+    def set(self, **settings: str) -> None:
+        for name, value in settings.items():
+            self.env[name] = value
+            self.monkeypatch.setenv(name, value)
+
+    def run(self, *argv: str) -> tuple[int, str, str]:
+        """``irm-connector ARGV`` in this process: (exit code, stdout, stderr)."""
+        self.capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = int(exc.code or 0)
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def json(self, *argv: str) -> tuple[int, Any]:
+        code, out, err = self.run(*argv, "--json")
+        try:
+            return code, json.loads(out)
+        except json.JSONDecodeError:
+            raise AssertionError(f"not one JSON document (exit {code}):\n{out}\nstderr:\n{err}") from None
+
+    def subprocess(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "irm_connector", *argv],
+            env=self.process_env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def process_env(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = str(REPO)
+        return env
+
+    # -- storage ------------------------------------------------------------------------------------
+
+    def _client(self, name: str) -> QueueClient:
+        return QueueClient.from_connection_string(
+            self.azurite.connection_string,
+            name,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+
+    def messages(self, name: str | None = None) -> list[str]:
+        async def peek() -> list[str]:
+            async with self._client(name or self.queue) as client:
+                try:
+                    return [m.content for m in await client.peek_messages(max_messages=32)]
+                except Exception:
+                    return []
+
+        return asyncio.run(peek())
+
+    def depth(self, name: str | None = None) -> int:
+        async def count() -> int:
+            async with self._client(name or self.queue) as client:
+                try:
+                    return int((await client.get_queue_properties()).approximate_message_count or 0)
+                except Exception:
+                    return 0
+
+        return asyncio.run(count())
+
+    def put(self, text: str, name: str | None = None) -> None:
+        async def send() -> None:
+            async with self._client(name or self.queue) as client:
+                with contextlib.suppress(Exception):
+                    await client.create_queue()
+                await client.send_message(text)
+
+        asyncio.run(send())
+
+    def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
+        return self.standins.ingestion.rows(stream)
+
+
+@pytest.fixture
+def cli(
+    standins: StandIns, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    suffix = uuid.uuid4().hex[:10]
+    env = {
+        **standins.settings_env(),
+        "AzureWebJobsStorage": azurite.connection_string,
+        "CONTENT_QUEUE": f"irm-{suffix}",
+        "STATE_TABLE_PREFIX": f"t{suffix}",
+        "POLL_SCHEDULE": "0 */5 * * * *",
+    }
+    for name in (
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_TENANT_ID",
+        "MSI_ENDPOINT",
+        "MSI_SECRET",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Cli(standins=standins, azurite=azurite, env=env, capsys=capsys, monkeypatch=monkeypatch)

@@ -1,0 +1,268 @@
+"""Every command of ``irm-connector`` against Azurite and the stand-ins: output and exit code."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from standins.workload import generate_workload
+from tests.cli.conftest import Cli
+
+COMMANDS = [
+    ["status"],
+    ["poll"],
+    ["process"],
+    ["run"],
+    ["backfill"],
+    ["poison"],
+    ["poison", "list"],
+    ["poison", "requeue"],
+    ["poison", "purge"],
+    ["subscriptions"],
+    ["subscriptions", "list"],
+    ["subscriptions", "start"],
+    ["subscriptions", "stop"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
+    code, out, _ = cli.run(*command, "--help")
+    assert code == 0
+    assert out.startswith("usage: irm-connector " + " ".join(command))
+    if command not in (["poison"], ["subscriptions"]):
+        assert "exit codes:" in out
+
+
+def test_top_level_help_lists_the_commands(cli: Cli) -> None:
+    code, out, _ = cli.run("--help")
+    assert code == 0
+    for name in ("status", "poll", "process", "run", "backfill", "poison", "subscriptions", "demo"):
+        assert f"    {name}" in out
+    code, _, err = cli.run("no-such-command")
+    assert code == 2 and "invalid choice" in err
+
+
+def test_settings_error_names_the_setting_and_exits_2(cli: Cli) -> None:
+    cli.monkeypatch.delenv("LOGS_DCR_IMMUTABLE_ID")
+    code, out, err = cli.run("status")
+    assert code == 2
+    assert out == ""
+    assert "LOGS_DCR_IMMUTABLE_ID" in err and "Traceback" not in err
+
+
+def test_poll_process_status_round_trip(cli: Cli) -> None:
+    sim = cli.standins
+    workload = generate_workload(
+        seed=11, total_records=1200, blob_size=(200, 400), irm_share=0.05, tenant_id=sim.tenant_id
+    )
+    workload.publish(sim.management)
+
+    # Never polled: unhealthy, and says why.
+    code, doc = cli.json("status")
+    assert code == 1 and doc["healthy"] is False
+    assert {p["code"] for p in doc["problems"]} >= {"never-polled", "subscription-not-enabled"}
+
+    code, doc = cli.json("poll")
+    assert code == 0, doc
+    assert doc["ok"] is True and doc["blobs_queued"] == len(workload.blobs)
+    assert cli.depth() == len(workload.blobs)
+
+    code, doc = cli.json("status")
+    assert code == 0, doc["problems"]
+    assert doc["healthy"] is True and doc["problems"] == []
+    (row,) = doc["content_types"]
+    assert row["content_type"] == "Audit.General" and row["subscription"] == "enabled"
+    assert row["lag_seconds"] < 120 and row["watermark"].endswith("Z")
+    assert doc["queue"] == {"name": cli.queue, "depth": len(workload.blobs)}
+    assert doc["poison_queue"]["depth"] == 0
+
+    code, doc = cli.json("process", "--max", "1")
+    assert code == 0 and doc["processed"] == 1 and doc["remaining"] == len(workload.blobs) - 1
+
+    code, out, _ = cli.run("process")
+    assert code == 0
+    assert f"{len(workload.blobs) - 1} message(s) processed" in out and "0 left on the queue" in out
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+
+    code, out, _ = cli.run("status")
+    assert code == 0
+    assert "HEALTHY" in out and "UNHEALTHY" not in out and "Audit.General" in out
+
+    # A subscription an admin disabled, and a watermark older than --max-lag: unhealthy, exit 1.
+    sim.management.set_subscription("Audit.General", "disabled")
+    code, doc = cli.json("status", "--max-lag", "0s")
+    assert code == 1
+    assert {p["code"] for p in doc["problems"]} == {"subscription-not-enabled", "lagging"}
+    code, out, _ = cli.run("status", "--max-lag", "0s")
+    assert code == 1 and "UNHEALTHY" in out and "[lagging]" in out and "[subscription-not-enabled]" in out
+
+
+def test_status_reports_the_last_error_and_an_unreachable_api(cli: Cli) -> None:
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    cli.standins.management.set_audit_enabled(False)  # every call: AF20011, an operator must act
+    code, doc = cli.json("poll")
+    assert code == 1 and doc["ok"] is False
+    assert "AF20011" in doc["content_types"][0]["error"]
+    code, doc = cli.json("status")
+    assert code == 1
+    assert {p["code"] for p in doc["problems"]} == {"never-polled", "last-error", "api-error"}
+    assert "AF20011" in doc["content_types"][0]["last_error"]
+
+    # The Management API not answering at all: exit 3.
+    cli.standins.management.set_audit_enabled(True)
+    cli.set(O365_API_ROOT="https://127.0.0.1:1")
+    code, doc = cli.json("status")
+    assert code == 3
+    assert "api-unreachable" in {p["code"] for p in doc["problems"]}
+    assert doc["content_types"][0]["subscription"] == "unknown"
+
+
+def test_storage_unreachable_exits_3(cli: Cli) -> None:
+    cli.set(
+        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;TableEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    )
+    code, out, err = cli.run("status")
+    assert code == 3, err
+    assert out == "" and err.startswith("error:") and "Traceback" not in err
+
+
+def test_status_as_a_subprocess(cli: Cli) -> None:
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    done = cli.subprocess("poll")
+    assert done.returncode == 0, done.stderr
+    done = cli.subprocess("status", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["healthy"] is True and doc["tenant_id"] == cli.standins.tenant_id
+
+
+def test_poison_list_requeue_and_purge(cli: Cli) -> None:
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(
+        seed=5, total_records=300, blob_size=(300, 300), irm_share=0.1, tenant_id=sim.tenant_id
+    )
+    (content_id,) = workload.publish(sim.management)
+    code, doc = cli.json("poll")
+    assert code == 0 and doc["blobs_queued"] == 1
+
+    # The blob answers with a body that is not JSON, five times: the fifth failure poisons the message.
+    sim.management.add_fault("content", "malformed", count=5)
+    code, doc = cli.json("process", "--retry-delay", "0")
+    assert code == 1
+    assert doc["poisoned"] == 1 and doc["failed_attempts"] == 5 and doc["max_dequeue_count"] == 5
+    assert cli.depth() == 0 and cli.depth(cli.poison) == 1
+
+    code, doc = cli.json("status")
+    assert code == 1 and "poison-messages" in {p["code"] for p in doc["problems"]}
+
+    code, doc = cli.json("poison", "list")
+    assert code == 0 and doc["depth"] == 1
+    (item,) = doc["messages"]
+    assert item["content_id"] == content_id and item["content_type"] == "Audit.General"
+    assert item["reason"].startswith("BadContentError:") and item["attempts"] == 5
+    code, out, _ = cli.run("poison", "list")
+    assert code == 0 and content_id in out and "BadContentError" in out and "5 attempt(s)" in out
+
+    code, out, err = cli.run("poison", "requeue")
+    assert code == 2 and "--all" in err
+    code, doc = cli.json("poison", "requeue", "no-such-id")
+    assert code == 1 and doc["not_found"] == ["no-such-id"] and doc["requeued"] == []
+    assert cli.depth(cli.poison) == 1  # what was not asked for stays
+
+    code, doc = cli.json("poison", "requeue", item["id"])
+    assert code == 0 and [r["content_id"] for r in doc["requeued"]] == [content_id]
+    assert cli.depth(cli.poison) == 0 and cli.depth() == 1
+    assert json.loads(cli.messages()[0])["contentId"] == content_id  # base64 on the wire, readable again
+
+    code, doc = cli.json("process")
+    assert code == 0 and doc["processed"] == 1 and doc["poisoned"] == 0
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+
+    # A message that is not a content notification is parked at once, with the reason.
+    cli.put("this is not a content message")
+    code, doc = cli.json("process")
+    assert code == 0 and cli.depth(cli.poison) == 1
+    code, doc = cli.json("poison", "list")
+    assert doc["messages"][0]["reason"] == "BadMessageError: message is not JSON"
+
+    code, out, err = cli.run("poison", "purge")  # no terminal under pytest: refused without --yes
+    assert code == 2 and "--yes" in err and cli.depth(cli.poison) == 1
+    code, doc = cli.json("poison", "purge", "--yes")
+    assert code == 0 and doc["purged"] == 1 and cli.depth(cli.poison) == 0
+
+
+def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) -> None:
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    now = datetime.now(UTC)
+    old = generate_workload(
+        seed=9,
+        total_records=900,
+        blob_size=(300, 300),
+        irm_share=0.05,
+        tenant_id=sim.tenant_id,
+        start=now - timedelta(days=3),
+        span=timedelta(hours=30),
+    )
+    old.publish(sim.management)
+    cli.set(INITIAL_LOOKBACK="1h")
+    code, doc = cli.json("poll")
+    assert code == 0 and doc["blobs_queued"] == 0
+    _, before = cli.json("status")
+    watermark = before["content_types"][0]["watermark"]
+
+    code, doc = cli.json("backfill", "--since", "4d")
+    assert code == 0, doc
+    assert doc["windows"] == 4 and doc["blobs_queued"] == len(old.blobs)
+    assert doc["processing"]["processed"] == len(old.blobs) and doc["processing"]["poisoned"] == 0
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(old.irm_alert_record_ids))
+    _, after = cli.json("status")
+    assert after["content_types"][0]["watermark"] == watermark
+
+    # Again: every blob is already queued; nothing is sent twice.
+    code, out, _ = cli.run("backfill", "--start", (now - timedelta(days=4)).strftime("%Y-%m-%dT%H:%MZ"), "--no-process")
+    assert code == 0
+    assert "the live watermark was not moved" in out and f"{len(old.blobs)} already queued" in out
+    assert cli.depth() == 0
+
+    for bad in (["--since", "8d"], ["--start", "2026-01-02", "--end", "2026-01-01"], ["--since", "soon"], []):
+        code, _, err = cli.run("backfill", *bad)
+        assert code == 2, (bad, err)
+        assert err.startswith("settings error:")
+
+
+def test_subscriptions_list_start_stop(cli: Cli) -> None:
+    sim = cli.standins
+    code, doc = cli.json("subscriptions", "list")
+    assert code == 0
+    assert doc["subscriptions"] == [{"content_type": "Audit.General", "status": "none", "configured": True}]
+
+    code, doc = cli.json("subscriptions", "start")
+    assert code == 0 and doc["subscriptions"] == [{"content_type": "Audit.General", "status": "enabled"}]
+    assert sim.management.subscription("Audit.General") == "enabled"
+    code, out, _ = cli.run("subscriptions", "list")
+    assert code == 0 and "Audit.General" in out and "enabled" in out
+
+    code, _, err = cli.run("subscriptions", "stop", "Audit.General")
+    assert code == 2 and "--yes" in err
+    assert sim.management.subscription("Audit.General") == "enabled"
+    code, out, _ = cli.run("subscriptions", "stop", "Audit.General", "--yes")
+    assert code == 0 and "Audit.General: disabled" in out
+    assert sim.management.subscription("Audit.General") == "disabled"
+
+    sim.management.set_admin_disabled("Audit.General")
+    code, _, err = cli.run("subscriptions", "start")
+    assert code == 1 and "AF20023" in err
+
+
+def test_demo_without_the_standins_says_so(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "standins.demo", None)
+    code, _out, err = cli.run("demo")
+    assert code == 2 and "standins" in err

@@ -1,0 +1,88 @@
+"""``run`` and ``demo`` as subprocesses: the stand-ins serve from this process over HTTPS."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from irm_connector.cli.run import Schedule
+from irm_connector.errors import SettingsError
+from standins.workload import generate_workload
+from tests.cli.conftest import REPO, Cli
+
+
+def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(
+        seed=21, total_records=800, blob_size=(200, 200), irm_share=0.05, tenant_id=sim.tenant_id
+    )
+    workload.publish(sim.management)
+    expected = sorted(set(workload.irm_alert_record_ids))
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "irm_connector", "run", "--schedule", "*/2 * * * * *", "--json"],
+        env=cli.process_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and sorted(r["RecordId"] for r in cli.rows()) != expected:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.5)
+        assert sorted(r["RecordId"] for r in cli.rows()) == expected
+        # At least one more scheduled poll (every 2 seconds) that finds nothing new.
+        time.sleep(2.5)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    doc = json.loads(out[out.index("{") :])
+    assert doc["stopped"] is True and doc["polls"] >= 2 and doc["poll_errors"] == 0
+    assert doc["queued"] == len(workload.blobs) and doc["processed"] == len(workload.blobs)
+    assert cli.depth() == 0
+    assert sorted(r["RecordId"] for r in cli.rows()) == expected  # nothing twice
+
+
+def test_schedule_is_ncrontab_with_seconds() -> None:
+    from datetime import UTC, datetime
+
+    start = datetime(2026, 6, 1, 12, 0, 1, tzinfo=UTC)
+    assert Schedule("0 */5 * * * *").next_after(start) == datetime(2026, 6, 1, 12, 5, 0, tzinfo=UTC)
+    assert Schedule("*/10 * * * * *").next_after(start) == datetime(2026, 6, 1, 12, 0, 10, tzinfo=UTC)
+    assert Schedule("*/5 * * * *").next_after(start) == datetime(2026, 6, 1, 12, 5, 0, tzinfo=UTC)
+    with pytest.raises(SettingsError, match="POLL_SCHEDULE"):
+        Schedule("every five minutes")
+
+
+def test_run_with_a_bad_schedule_exits_2(cli: Cli) -> None:
+    cli.set(POLL_SCHEDULE="not a schedule")
+    code, _, err = cli.run("run")
+    assert code == 2 and "POLL_SCHEDULE" in err
+
+
+def test_demo_runs_the_quick_start(cli: Cli, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "irm_connector", "demo", "--records", "2000", "--out", str(tmp_path / "demo")],
+        env=cli.process_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "every alert exactly once: yes" in done.stdout
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["rows"]["Custom-IRMAlerts"] > 0

@@ -1,0 +1,45 @@
+"""A connector process the crash tests can SIGKILL: the function entry points, as the host calls them.
+
+    python -m tests.faults.child poll
+    python -m tests.faults.child process FILE     # FILE holds one queue message body
+    python -m tests.faults.child work LOCK MAXDQ  # work the queue (lock seconds, maxDequeueCount)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from azure.functions.timer import TimerRequest
+
+
+async def main(argv: list[str]) -> None:
+    from irm_connector.runtime import close_runtimes
+    from irm_connector.worker import HostQueueOptions, QueueWorker
+    from tests.harness import functions
+
+    fns = functions()
+    try:
+        if argv[0] == "poll":
+            await fns["poller"](TimerRequest(past_due=False))
+        elif argv[0] == "process":
+            import azure.functions as func
+
+            body = Path(argv[1]).read_bytes()
+            await fns["processor"](func.queue.QueueMessage(id="m", body=body, dequeue_count=1))  # type: ignore[attr-defined]
+        elif argv[0] == "work":
+            from irm_connector.runtime import get_runtime
+            from irm_connector.settings import Settings
+
+            rt = await get_runtime(Settings.from_env())
+            options = HostQueueOptions(batch_size=1, new_batch_threshold=0, max_dequeue_count=int(argv[2]))
+            worker = QueueWorker(rt.queue._main, rt.queue._poison, fns["processor"], options, lock_seconds=int(argv[1]))
+            await worker.run()
+    finally:
+        await close_runtimes()
+    print("child finished", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))

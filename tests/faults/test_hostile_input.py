@@ -1,0 +1,233 @@
+"""Broken and hostile input: each has its defined outcome and a clear log line, nothing else in the same
+blob is lost, no bearer token goes anywhere but the API, and no record content reaches the logs."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from standins.workload import generate_workload
+from tests.faults import report
+from tests.harness import ConnectorHarness
+
+MARKER = "RECORD-CONTENT-MARKER-7f3a"  # appears in hostile records; must never appear in a log line
+ALERTS = "Custom-IRMAlerts"
+AUDIT = "Custom-O365Audit"
+DELIVERED = "delivered; the repair is counted in one warning line"
+PARKED = "unreadable: retried, then parked in the poison queue with an error line; requeue once it is fixed"
+
+
+def _hostile(**fields: Any) -> dict[str, Any]:
+    base = {
+        "Id": "9d7c0000-0000-4000-8000-00000000beef", "RecordType": 40, "CreationTime": "2026-11-27T06:00:00",
+        "Operation": "AlertTriggered", "Category": "InsiderRiskManagement", "Name": MARKER, "Severity": "High",
+        "Status": "Active", "AlertId": "hostile-alert", "Workload": "SecurityComplianceCenter",
+        "Data": json.dumps({"userPrincipalName": "mallory@contoso.com", "note": MARKER}),
+    }  # fmt: skip
+    base.update(fields)
+    return {k: v for k, v in base.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@dataclass(frozen=True)
+class BlobCase:
+    name: str
+    expected: str
+    records: Callable[[], list[Any]] | None = None  # hostile records mixed into good ones
+    body: Callable[[bytes], bytes] | None = None  # or: the good body, spoiled
+    headers: dict[str, str] | None = None
+    hostile_id: str | None = "9d7c0000-0000-4000-8000-00000000beef"  # expected to arrive, when delivered
+
+    @property
+    def parked(self) -> bool:
+        return self.expected == PARKED
+
+
+BLOB_CASES = [
+    BlobCase("not JSON", PARKED, body=lambda good: b"<html><body>Service Unavailable</body></html>"),
+    BlobCase("JSON that is not an array", PARKED, body=lambda good: b'{"records": []}'),
+    BlobCase("truncated body", PARKED, body=lambda good: good[: len(good) // 2]),
+    BlobCase("gzip that is not", PARKED, body=lambda good: good, headers={"Content-Encoding": "gzip"}),
+    BlobCase("a record over 1 MB", DELIVERED, records=lambda: [_hostile(ObjectId="x" * 1_200_000)]),
+    BlobCase("a field over 64 KB", DELIVERED, records=lambda: [_hostile(Comments="c" * 70_000)]),
+    BlobCase("a record without Id", DELIVERED, records=lambda: [_hostile(Id=_DROP)], hostile_id=None),
+    BlobCase("a record without CreationTime", DELIVERED, records=lambda: [_hostile(CreationTime=_DROP)]),
+    BlobCase("an unparsable CreationTime", DELIVERED, records=lambda: [_hostile(CreationTime="27/11/2026 06:00")]),
+    BlobCase("RecordType as a string", DELIVERED, records=lambda: [_hostile(RecordType="40")]),
+    BlobCase("NUL and unpaired surrogates", DELIVERED, body=lambda good: good.replace(
+        b'"Name":"' + MARKER.encode(), b'"Name":"nul\\u0000 and \\ud800 lone ' + MARKER.encode()),
+        records=lambda: [_hostile()]),  # fmt: skip
+    BlobCase("deeply nested Data", DELIVERED, records=lambda: [_hostile(Data=_nested(5000))]),
+    BlobCase("Data of 10,000 keys", DELIVERED,
+             records=lambda: [_hostile(Data=json.dumps({f"k{i}": i for i in range(10_000)}))]),  # fmt: skip
+    BlobCase("the same Id twice in one blob", DELIVERED, records=lambda: [_hostile(), _hostile()]),
+    BlobCase("a record that is not an object", DELIVERED, records=lambda: [MARKER, 42, None], hostile_id=None),
+]
+
+
+def _logged_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("irm_connector") and r.levelno >= logging.WARNING]
+
+
+@pytest.mark.reports_outcome
+@pytest.mark.parametrize("case", BLOB_CASES, ids=[c.name for c in BLOB_CASES])
+async def test_hostile_blob(connector: ConnectorHarness, case: BlobCase, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM=AUDIT)
+    sim.management.set_subscription("Audit.General", "enabled")
+    good = generate_workload(seed=51, total_records=150, blob_size=(150, 150), irm_share=0.1, tenant_id=sim.tenant_id)
+    records: list[Any] = list(good.blobs[0].records)
+    if case.records is not None:
+        records[10:10] = case.records()
+    raw = json.dumps(records, separators=(",", ":")).encode()
+    body = case.body(raw) if case.body is not None else raw
+    created = datetime.now(UTC) - timedelta(hours=1)
+    content_id = sim.management.add_blob("Audit.General", records, content_created=created, raw_body=body,
+                                         headers=case.headers)  # fmt: skip
+    await connector.poll()
+    stats = await connector.drain()
+
+    audit = {r["RecordId"]: r for r in connector.rows(AUDIT)}
+    alerts = {r["RecordId"]: r for r in connector.rows(ALERTS)}
+    lines = [r.getMessage() for r in _logged_records(caplog)]
+    if case.parked:
+        lost = 0  # nothing in the blob could be read; it waits in the poison queue
+        observed = f"parked after {stats.failed_attempts} attempts"
+        assert stats.poisoned == 1
+        assert not audit
+        assert any(content_id in line for line in lines)
+    else:
+        lost = len(good.record_ids - set(audit)) + len(good.irm_alert_record_ids - set(alerts))
+        if case.hostile_id is not None:
+            lost += case.hostile_id not in audit
+            lost += case.hostile_id not in alerts
+        repairs = [line for line in lines if "needed repair" in line]
+        observed = "delivered" + (f"; {repairs[0].split(': ', 1)[1]}" if repairs else "")
+        assert stats.poisoned == 0
+        assert len(repairs) <= 1
+        if case.name != "the same Id twice in one blob":
+            assert repairs, "a repaired blob says so in one warning line"
+    duplicates = len(connector.rows(AUDIT)) - len(audit) + len(connector.rows(ALERTS)) - len(alerts)
+    report.record(report.Outcome("Hostile input", "content blob", case.name, case.expected, observed, lost, duplicates))
+    assert lost == 0
+    assert duplicates == 0
+    assert MARKER not in caplog.text, "record content reached the logs"
+    for row in connector.rows(AUDIT) + connector.rows(ALERTS):
+        assert len(json.dumps(row, ensure_ascii=False).encode()) < 1024 * 1024
+
+
+def _message(sim, uri: str, tenant: str | None = None) -> str:
+    now = datetime.now(UTC)
+    return json.dumps({
+        "v": 1, "tenantId": tenant or sim.tenant_id, "contentType": "Audit.General", "contentId": "forged",
+        "contentUri": uri, "contentCreated": (now - timedelta(hours=1)).isoformat(),
+        "contentExpiration": (now + timedelta(days=1)).isoformat(),
+    })  # fmt: skip
+
+
+MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str]] = [
+    ("not JSON", lambda sim: "hello", "refused: logged with its text and moved to the poison queue"),
+    ("over 48 KiB", lambda sim: json.dumps({"pad": "p" * 50_000}), "refused: too large for a content notification"),
+    ("JSON without the content fields", lambda sim: '{"contentId": 1}', "refused: names the missing fields"),
+    ("contentUri on another host", lambda sim: _message(sim, "https://attacker.example/api/v1.0/x/activity/feed/audit/1"),
+     "refused before any request: the token never leaves for that host"),
+    ("contentUri over plain HTTP", lambda sim: _message(sim, sim.api_root.replace("https", "http") + "/api/v1.0/"
+                                                       + sim.tenant_id + "/activity/feed/audit/1"),
+     "refused before any request"),
+    ("contentUri of another tenant", lambda sim: _message(
+        sim, f"{sim.api_root}/api/v1.0/00000000-0000-0000-0000-000000000001/activity/feed/audit/1"),
+     "refused before any request"),
+    ("contentUri with a path escape", lambda sim: _message(
+        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/../../../../other"), "refused before any request"),
+    ("message for another tenant", lambda sim: _message(
+        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1", "00000000-0000-0000-0000-000000000001"),
+     "refused: not for O365_TENANT_ID"),
+]  # fmt: skip
+
+
+@pytest.mark.reports_outcome
+@pytest.mark.parametrize(("name", "build", "expected"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
+async def test_hostile_message(connector: ConnectorHarness, name: str, build, expected: str, caplog) -> None:
+    sim = connector.standins
+    await connector.process(build(sim))
+    poison = await connector.messages(connector.queue_name + "-poison")
+    errors = [r.getMessage() for r in _logged_records(caplog) if r.levelno >= logging.ERROR]
+    report.record(report.Outcome("Hostile input", "queue message", name, expected,
+                                 f"poisoned, {len(errors)} error line", 0, 0))  # fmt: skip
+    assert len(poison) == 1
+    assert len(errors) == 1
+    assert sim.management.count("content") == 0  # no request carried the token anywhere
+
+
+@pytest.mark.reports_outcome
+async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog) -> None:
+    from azure.storage.queue.aio import QueueClient
+
+    async with QueueClient.from_connection_string(connector.azurite.connection_string, connector.queue_name) as raw:
+        await raw.create_queue()
+        await raw.send_message("{not base64 at all}")  # written without the base64 the trigger expects
+    stats = await connector.drain()
+    poison = await connector.messages(connector.queue_name + "-poison")
+    report.record(report.Outcome("Hostile input", "queue message", "not base64",
+                                 "parked at once with an error line (the host would fail it on every delivery)",
+                                 f"poisoned after {stats.failed_attempts} failed attempts", 0, 0))  # fmt: skip
+    assert poison == ["{not base64 at all}"]
+    assert stats.poisoned == 1 and stats.failed_attempts == 0
+    assert "not base64" in caplog.text
+
+
+@pytest.mark.reports_outcome
+async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog) -> None:
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    good = generate_workload(seed=52, total_records=200, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id)
+    good.publish(sim.management)
+    sim.management.add_blob("Audit.General", [], content_created=datetime.now(UTC) - timedelta(minutes=30),
+                            content_uri="https://attacker.example/steal")  # fmt: skip
+    await connector.poll()
+    await connector.drain()
+    lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
+    report.record(report.Outcome("Hostile input", "listing", "a listed contentUri on another host",
+                                 "that entry is refused and logged; the others are queued", "refused", lost, 0))
+    assert lost == 0
+    assert "refused" in caplog.text and "attacker.example" in caplog.text
+
+
+@pytest.mark.reports_outcome
+async def test_hostile_next_page_is_refused(connector: ConnectorHarness, caplog) -> None:
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.page_size = 1
+    sim.management.next_page_override = "https://attacker.example/api/v1/next"
+    generate_workload(seed=53, total_records=200, blob_size=(100, 100), tenant_id=sim.tenant_id).publish(sim.management)
+    with pytest.raises(Exception, match="refused"):
+        await connector.poll()
+    report.record(report.Outcome("Hostile input", "listing", "a NextPageUri on another host",
+                                 "the run fails before following it; the watermark stays; nothing is sent there",
+                                 "refused", 0, 0))  # fmt: skip
+    assert "attacker.example" in caplog.text
+    # Fixed, the next run lists the window again from the unmoved watermark.
+    sim.management.next_page_override = None
+    await connector.poll()
+    assert await connector.queue_length() == 2
+
+
+def test_gzip_case_really_is_not_gzip() -> None:
+    with pytest.raises(OSError):
+        gzip.decompress(b"[{}]")
+    assert base64.b64encode(b"x")  # the not-base64 case above relies on the SDK's base64 policy

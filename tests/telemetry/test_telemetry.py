@@ -1,0 +1,240 @@
+"""Telemetry: configured only with a connection string (and then it really sends), secrets never logged,
+one trace from the poller to the processor, and the health row of each poller run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from irm_connector import __version__, telemetry
+from standins import StandIns
+from standins.workload import generate_workload
+from tests.harness import ConnectorHarness
+from tests.telemetry.conftest import AppInsightsStandIn
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Configures telemetry in a fresh process (the distro sets process-wide providers), uses it, flushes, reports.
+_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, os
+    from irm_connector import telemetry
+    configured = telemetry.configure()
+    from opentelemetry import metrics, trace
+    from opentelemetry._logs import get_logger_provider
+    log = logging.getLogger("irm_connector.poller")
+    with telemetry.producer_span("irm.queue_blob", {"content_type": "Audit.General", "content_id": "blob-1"}):
+        parent = telemetry.traceparent()
+        log.warning("queued blob %s (and, by mistake, the secret %s)", "blob-1", os.environ["O365_CLIENT_SECRET"],
+                    extra={"content_type": "Audit.General", "content_id": "blob-1", "tenant_id": "t-1"})
+    telemetry.metrics_facade.blobs_queued.add(3, {"content_type": "Audit.General"})
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
+        if hasattr(provider, "force_flush"):
+            provider.force_flush()
+    print(json.dumps({
+        "configured": configured,
+        "again": telemetry.configure(),
+        "tracer_provider": type(trace.get_tracer_provider()).__name__,
+        "meter_provider": type(metrics.get_meter_provider()).__name__,
+        "handlers": [type(h).__name__ for h in logging.getLogger("irm_connector").handlers],
+        "traceparent": parent,
+    }))
+    os._exit(0)  # skip the exporters' exit-time retries against endpoints that do not exist here
+    """
+)
+
+
+def _run_script(env: dict[str, str]) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _base_env(secret: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLICATIONINSIGHTS_")}
+    env.update({"PYTHONPATH": REPO, "O365_CLIENT_SECRET": secret, "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
+    return env
+
+
+def test_without_a_connection_string_nothing_is_configured() -> None:
+    report = _run_script(_base_env("s3cr3t-value-not-sent"))
+    assert report["configured"] is False and report["again"] is False
+    assert report["tracer_provider"] == "ProxyTracerProvider"
+    assert report["meter_provider"] == "_ProxyMeterProvider"
+    assert report["traceparent"] == ""  # no trace context is written into queue messages either
+    assert "LoggingHandler" not in report["handlers"]
+
+
+def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insights(
+    appinsights: AppInsightsStandIn, test_ca
+) -> None:
+    secret = "s3cr3t-" + os.urandom(8).hex()
+    env = _base_env(secret)
+    env.update(
+        {
+            "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-4000-8000-000000000001;"
+            f"IngestionEndpoint={appinsights.base_url};LiveEndpoint={appinsights.base_url}",
+            "REQUESTS_CA_BUNDLE": str(test_ca.ca_path),
+            "SSL_CERT_FILE": str(test_ca.ca_path),
+        }
+    )
+    report = _run_script(env)
+    assert report["configured"] is True and report["again"] is True
+    assert report["tracer_provider"] == "TracerProvider" and report["meter_provider"] == "MeterProvider"
+    assert "LoggingHandler" in report["handlers"]
+    assert str(report["traceparent"]).startswith("00-")
+
+    envelopes = appinsights.envelopes()
+    kinds = {e.get("data", {}).get("baseType") for e in envelopes}
+    assert {"RemoteDependencyData", "MessageData", "MetricData"} <= kinds, kinds
+    (message,) = [
+        e for e in envelopes if e["data"]["baseType"] == "MessageData" and "blob-1" in e["data"]["baseData"]["message"]
+    ]
+    dims = message["data"]["baseData"]["properties"]
+    assert dims["content_type"] == "Audit.General" and dims["content_id"] == "blob-1" and dims["tenant_id"] == "t-1"
+    assert "***" in message["data"]["baseData"]["message"]
+    metrics = [
+        m["name"] for e in envelopes if e["data"]["baseType"] == "MetricData" for m in e["data"]["baseData"]["metrics"]
+    ]
+    assert "irm.blobs.queued" in metrics
+    assert any(
+        e["data"]["baseData"].get("name") == "irm.queue_blob"
+        for e in envelopes
+        if e["data"]["baseType"] == "RemoteDependencyData"
+    )
+    assert secret not in appinsights.raw()
+
+
+def test_authentication_string_gives_a_managed_identity_credential() -> None:
+    from azure.identity import ManagedIdentityCredential
+
+    credential = telemetry._credential("ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD")
+    assert isinstance(credential, ManagedIdentityCredential)
+    assert telemetry._credential("") is None and telemetry._credential("Authorization=Key") is None
+
+
+def test_redacting_filter() -> None:
+    f = telemetry.RedactingFilter(["my-very-secret"])
+    record = logging.LogRecord(
+        "irm_connector",
+        logging.INFO,
+        __file__,
+        1,
+        "auth %s then %s",
+        ("my-very-secret", "Bearer eyJ0eXAi.abc.def"),
+        None,
+    )
+    assert f.filter(record)
+    assert record.getMessage() == "auth *** then Bearer ***"
+    assert (
+        f.redact('{"access_token": "eyJabc", "client_secret": "x1"}')
+        == '{"access_token": "***", "client_secret": "***"}'
+    )
+
+
+@pytest.mark.asyncio
+async def test_the_secret_never_appears_in_logs(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sim = connector.standins
+    secret = sim.client_secret
+    assert os.environ["O365_CLIENT_SECRET"] == secret
+    workload = generate_workload(
+        seed=8, total_records=600, blob_size=(200, 300), irm_share=0.05, tenant_id=sim.tenant_id
+    )
+    workload.publish(sim.management)
+    # Failures on the way, so the error paths log too: a refused token, throttling, a refused upload.
+    sim.entra.add_fault("token", "status", count=1, status=401, code="invalid_client")
+    with pytest.raises(Exception):
+        await connector.poll()
+    sim.management.add_fault("list", "status", count=1, status=429, retry_after=0)
+    sim.ingestion.add_fault("ingest", "status", count=1, status=500)
+    await connector.poll()
+    stats = await connector.drain()
+    assert stats.processed == len(workload.blobs)
+    assert len(connector.rows()) == len(set(workload.irm_alert_record_ids))
+    out, err = capsys.readouterr()
+    captured = caplog.text + out + err
+    assert "Management API list retry" in captured  # the logs were captured at all
+    assert secret not in captured
+    tokens = list(sim.tokens._tokens)  # every token the stand-ins issued in this test
+    assert tokens and not [t for t in tokens if t in captured]
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    yield exporter
+    processor.shutdown()
+
+
+@pytest.mark.asyncio
+async def test_one_trace_follows_a_blob_from_poller_to_processor(
+    connector: ConnectorHarness, spans: InMemorySpanExporter
+) -> None:
+    sim = connector.standins
+    workload = generate_workload(
+        seed=12, total_records=600, blob_size=(200, 200), irm_share=0.05, tenant_id=sim.tenant_id
+    )
+    workload.publish(sim.management)
+    await connector.poll()
+    messages = [json.loads(m) for m in await connector.messages()]
+    assert len(messages) == len(workload.blobs) and all(m["traceparent"].startswith("00-") for m in messages)
+    await connector.drain()
+
+    finished = spans.get_finished_spans()
+    queued = {s.context.span_id: s for s in finished if s.name == "irm.queue_blob"}
+    processed = [s for s in finished if s.name == "irm.process_blob"]
+    assert len(queued) == len(processed) == len(workload.blobs)
+    for span in processed:
+        parent = queued[span.parent.span_id]
+        assert span.context.trace_id == parent.context.trace_id
+        assert span.attributes["content_id"] == parent.attributes["content_id"]
+        assert span.attributes["outcome"] == "ingested"
+    assert len({s.context.trace_id for s in processed}) == len(workload.blobs)  # one trace per blob
+
+
+@pytest.mark.asyncio
+async def test_each_poll_writes_a_health_row(connector: ConnectorHarness) -> None:
+    sim: StandIns = connector.standins
+    workload = generate_workload(seed=13, total_records=400, blob_size=(200, 200), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
+    before = datetime.now(UTC)
+    await connector.poll()
+    (row,) = connector.rows("Custom-IRMConnectorHealth")
+    assert row["O365TenantId"] == sim.tenant_id and row["ContentType"] == "Audit.General"
+    assert row["BlobsListed"] == row["BlobsQueued"] == len(workload.blobs)
+    assert row["BlobsExpired"] == 0 and row["Errors"] == 0 and row["LastError"] == ""
+    assert row["ConnectorVersion"] == __version__
+    watermark = datetime.fromisoformat(row["Watermark"].replace("Z", "+00:00"))
+    assert before - timedelta(seconds=5) <= watermark <= datetime.now(UTC)
+    assert 0 <= row["LagSeconds"] < 60
+
+    # A failing run writes its row too, with the error.
+    sim.management.set_audit_enabled(False)
+    with pytest.raises(Exception, match="AF20011"):
+        await connector.poll()
+    rows = connector.rows("Custom-IRMConnectorHealth")
+    assert len(rows) == 2
+    assert rows[1]["Errors"] == 1 and "AF20011" in rows[1]["LastError"] and rows[1]["BlobsQueued"] == 0
