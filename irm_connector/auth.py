@@ -27,8 +27,12 @@ from .settings import Settings
 
 __all__ = ["ManagementTokenProvider", "azure_credential", "management_token_provider"]
 
-#: OAuth error codes that a retry can cure (RFC 6749 temporarily_unavailable; throttling; server faults).
-_TRANSIENT_ERRORS = {"temporarily_unavailable", "server_error", "throttled", "request_throttled"}
+#: OAuth errors only a person can fix (RFC 6749 §5.2, and Entra's invalid_resource). Anything else —
+#: temporarily_unavailable, server_error, throttling, a 5xx page that is not OAuth at all — is retried.
+_PERMANENT_ERRORS = {
+    "invalid_client", "unauthorized_client", "invalid_request", "invalid_grant", "invalid_scope",
+    "unsupported_grant_type", "access_denied", "invalid_resource",
+}  # fmt: skip
 
 
 class ManagementTokenProvider(Protocol):
@@ -68,7 +72,7 @@ class MsalTokenProvider:
             return token
         error = str(result.get("error", "unknown_error"))
         description = str(result.get("error_description", "")).splitlines()[0:1]
-        if error in _TRANSIENT_ERRORS:
+        if error not in _PERMANENT_ERRORS:
             raise AuthenticationError(
                 self._scope.removesuffix("/.default"),
                 f"Entra ID is unavailable or throttling ({error}); retried",

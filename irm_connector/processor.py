@@ -109,12 +109,18 @@ async def process_message(
             extra=dims,
         )
 
-    await asyncio.gather(
+    # Every stream finishes (and commits what it sent) before a failure goes back to the host: a retry
+    # that starts while a sibling stream is still committing would send that stream's rows again.
+    finished = await asyncio.gather(
         *(
             _send_stream(rt, stream, stream_rows, blob.content_id, message_id, result)
             for stream, stream_rows in rows.rows.items()
-        )
+        ),
+        return_exceptions=True,
     )
+    for failure in finished:
+        if isinstance(failure, BaseException):
+            raise failure
     result.content_lag_seconds = time.time() - blob.content_created.timestamp()
     log.info(
         "Content %s: %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",

@@ -64,7 +64,11 @@ def _storage_clients(
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
     common = azure_client_kwargs(settings)
     # The storage SDKs' default backoff starts at 15 s (queues); a short outage should cost seconds.
-    table_kwargs = {**common, "retry_total": 5, "retry_backoff_factor": 0.5, "retry_backoff_max": 20}
+    # Connection failures get as many tries as the rest: a storage restart takes a few seconds, and a
+    # commit lost to it means the blob's rows are sent again.
+    table_kwargs = {
+        **common, "retry_total": 6, "retry_connect": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
+    }  # fmt: skip
     queue_kwargs = {
         **common,
         "message_encode_policy": TextBase64EncodePolicy(),
@@ -73,6 +77,7 @@ def _storage_clients(
         "initial_backoff": 1,
         "increment_base": 2,
         "retry_total": 5,
+        "retry_connect": 5,
     }
     if storage.connection_string:
         conn = storage.connection_string

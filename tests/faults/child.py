@@ -1,8 +1,8 @@
 """A connector process the crash tests can SIGKILL: the function entry points, as the host calls them.
 
-    python -m tests.faults.child poll
-    python -m tests.faults.child process FILE     # FILE holds one queue message body
-    python -m tests.faults.child work LOCK MAXDQ  # work the queue (lock seconds, maxDequeueCount)
+python -m tests.faults.child poll
+python -m tests.faults.child process FILE     # FILE holds one queue message body
+python -m tests.faults.child work LOCK MAXDQ  # work the queue (lock seconds, maxDequeueCount)
 """
 
 from __future__ import annotations

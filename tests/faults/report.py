@@ -52,7 +52,8 @@ def render(outcomes: list[Outcome]) -> str:
         "",
         f"**{len(outcomes)} cases; records lost: {sum(o.lost for o in outcomes)}; "
         f"duplicate rows: {sum(o.duplicates for o in outcomes)}** "
-        "(duplicates are expected only where a process is killed between an accepted upload and its commit).",
+        "(duplicates arise only where an upload was accepted but its answer or its commit was lost: a process "
+        "killed in between, a storage outage at that moment, an answer cut off in transit — never otherwise).",
         "",
     ]
     for section in sections:

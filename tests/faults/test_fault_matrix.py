@@ -44,8 +44,8 @@ class Case:
         return f"{self.route}-{self.fault}".replace(" ", "_")
 
 
-RETRY = "retried with backoff; every record arrives"
-HOST = "the invocation fails and the host retries it; every record arrives"
+RETRY = "retried with backoff (inside the call, or by the host); every record arrives"
+HOST = "retried (inside the call, or the invocation fails and the host retries it); every record arrives"
 POISON = "fails without a tight loop; after the fault clears the next run / requeue delivers every record"
 
 _FAULTS: list[tuple[str, str, dict[str, Any], int, str]] = [

@@ -68,12 +68,20 @@ BLOB_CASES = [
     BlobCase("a record without CreationTime", DELIVERED, records=lambda: [_hostile(CreationTime=_DROP)]),
     BlobCase("an unparsable CreationTime", DELIVERED, records=lambda: [_hostile(CreationTime="27/11/2026 06:00")]),
     BlobCase("RecordType as a string", DELIVERED, records=lambda: [_hostile(RecordType="40")]),
-    BlobCase("NUL and unpaired surrogates", DELIVERED, body=lambda good: good.replace(
-        b'"Name":"' + MARKER.encode(), b'"Name":"nul\\u0000 and \\ud800 lone ' + MARKER.encode()),
-        records=lambda: [_hostile()]),  # fmt: skip
+    BlobCase(
+        "NUL and unpaired surrogates",
+        DELIVERED,
+        body=lambda good: good.replace(
+            b'"Name":"' + MARKER.encode(), b'"Name":"nul\\u0000 and \\ud800 lone ' + MARKER.encode()
+        ),
+        records=lambda: [_hostile()],
+    ),
     BlobCase("deeply nested Data", DELIVERED, records=lambda: [_hostile(Data=_nested(5000))]),
-    BlobCase("Data of 10,000 keys", DELIVERED,
-             records=lambda: [_hostile(Data=json.dumps({f"k{i}": i for i in range(10_000)}))]),  # fmt: skip
+    BlobCase(
+        "Data of 10,000 keys",
+        DELIVERED,
+        records=lambda: [_hostile(Data=json.dumps({f"k{i}": i for i in range(10_000)}))],
+    ),
     BlobCase("the same Id twice in one blob", DELIVERED, records=lambda: [_hostile(), _hostile()]),
     BlobCase("a record that is not an object", DELIVERED, records=lambda: [MARKER, 42, None], hostile_id=None),
 ]
@@ -202,8 +210,17 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog) -
     await connector.poll()
     await connector.drain()
     lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
-    report.record(report.Outcome("Hostile input", "listing", "a listed contentUri on another host",
-                                 "that entry is refused and logged; the others are queued", "refused", lost, 0))
+    report.record(
+        report.Outcome(
+            "Hostile input",
+            "listing",
+            "a listed contentUri on another host",
+            "that entry is refused and logged; the others are queued",
+            "refused",
+            lost,
+            0,
+        )
+    )
     assert lost == 0
     assert "refused" in caplog.text and "attacker.example" in caplog.text
 
