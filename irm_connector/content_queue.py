@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from azure.core.exceptions import AzureError, ResourceExistsError
-from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from .errors import BadMessageError, StateError
@@ -108,13 +108,13 @@ class ContentQueue:
         self._ready: set[str] = set()
         self.sent = 0
 
-    @classmethod
-    def from_clients(cls, main: QueueClient, poison: QueueClient) -> ContentQueue:
-        return cls(main, poison)
+    @property
+    def main(self) -> QueueClient:
+        return self._main
 
-    @staticmethod
-    def encode_policy() -> TextBase64EncodePolicy:
-        return TextBase64EncodePolicy()
+    @property
+    def poison(self) -> QueueClient:
+        return self._poison
 
     async def _ensure(self, client: QueueClient) -> None:
         if client.queue_name in self._ready:
@@ -141,8 +141,8 @@ class ContentQueue:
     async def _send(self, client: QueueClient, text: str) -> None:
         await self._ensure(client)
         try:
-            # -1: never expire. A message left to the default 7 days could outlive nothing useful,
-            # but a poison message must wait for an operator however long that takes.
+            # -1: never expire. The queue's default of 7 days would silently drop a poison message
+            # nobody looked at in time; an operator must be able to find it however late.
             await client.send_message(text, time_to_live=-1)
         except AzureError as exc:
             raise StateError(f"cannot write to queue {client.queue_name}: {type(exc).__name__}") from exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,19 +21,13 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from .content_queue import ContentMessage
 from .errors import BadMessageError, StateError
+from .state import table_key
 
 __all__ = ["Failure", "FailureStore", "describe", "message_key"]
 
 log = logging.getLogger(__name__)
 
-_BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _MAX_REASON = 2000
-
-
-def _key(value: str) -> str:
-    if value and len(value) <= 255 and not _BAD_KEY.search(value):
-        return value
-    return "h-" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
 
 
 def message_key(text: str | bytes) -> tuple[str, str]:
@@ -45,7 +38,7 @@ def message_key(text: str | bytes) -> tuple[str, str]:
     except BadMessageError:
         raw = text if isinstance(text, bytes) else text.encode("utf-8", "replace")
         return "msg-" + hashlib.sha256(raw).hexdigest()[:40], ""
-    return _key(message.blob.content_id), message.blob.content_id
+    return table_key(message.blob.content_id), message.blob.content_id
 
 
 def describe(exc: BaseException) -> str:
@@ -71,7 +64,7 @@ class FailureStore:
     def __init__(self, service: TableServiceClient, *, prefix: str, tenant_id: str) -> None:
         self._service = service
         self._name = f"{prefix}failures"
-        self._tenant = _key(tenant_id)
+        self._tenant = table_key(tenant_id)
         self._created = False
 
     async def _table(self) -> TableClient:

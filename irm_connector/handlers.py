@@ -14,7 +14,7 @@ import azure.functions as func
 from . import telemetry
 from .content_queue import ContentMessage
 from .errors import BadMessageError, SettingsError, StateError
-from .failures import FailureStore, message_key
+from .failures import message_key
 from .poller import PollFailed, PollReport, run_poller
 from .processor import ProcessResult, process_message
 from .runtime import Runtime, get_runtime
@@ -98,23 +98,15 @@ async def _record_failure(
     rt: Runtime, body: bytes | str, exc: BaseException | None, attempts: int, *, reason: str = ""
 ) -> None:
     """Remember why the message failed, for ``irm-connector poison list``; never fails the invocation."""
-    service = getattr(rt.state, "_service", None)
-    if service is None:
-        return
-    store = FailureStore(service, prefix=rt.settings.table_prefix, tenant_id=rt.settings.tenant_id)
     try:
-        await store.record(body, exc or RuntimeError(reason), attempts=attempts, reason=reason)
+        await rt.failures.record(body, exc or RuntimeError(reason), attempts=attempts, reason=reason)
     except StateError as error:
         log.warning("Could not record the failure reason: %s", error)
 
 
 async def _forget_failure(rt: Runtime, body: bytes | str) -> None:
-    service = getattr(rt.state, "_service", None)
-    if service is None:
-        return
-    store = FailureStore(service, prefix=rt.settings.table_prefix, tenant_id=rt.settings.tenant_id)
     try:
-        await store.forget(message_key(body)[0])
+        await rt.failures.forget(message_key(body)[0])
     except StateError as error:
         log.debug("Could not forget the failure reason: %s", error)
 

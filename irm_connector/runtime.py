@@ -22,12 +22,13 @@ from azure.storage.queue.aio import QueueClient
 from ._tls import azure_client_kwargs, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
+from .failures import FailureStore
 from .ingestion import SentinelIngestor
 from .management_api import ManagementActivityClient, RetryPolicy
 from .settings import Settings, StorageSettings
 from .state import StateStore
 
-__all__ = ["Runtime", "close_runtimes", "get_runtime"]
+__all__ = ["Runtime", "build_runtime", "close_runtimes", "get_runtime", "storage_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Runtime:
     state: StateStore
     queue: ContentQueue
     ingestor: SentinelIngestor
+    failures: FailureStore
     credentials: list[AsyncTokenCredential]
 
     async def close(self) -> None:
@@ -59,7 +61,7 @@ class Runtime:
 _runtimes: dict[int, tuple[asyncio.AbstractEventLoop, Runtime]] = {}
 
 
-def _storage_clients(
+def storage_clients(
     storage: StorageSettings, settings: Settings, credentials: list[AsyncTokenCredential]
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
     common = azure_client_kwargs(settings)
@@ -114,7 +116,7 @@ def build_runtime(settings: Settings) -> Runtime:
         retry=RetryPolicy(timeout=settings.http_timeout.total_seconds()),
     )
     credentials: list[AsyncTokenCredential] = [azure_credential(settings)]
-    tables, main, poison = _storage_clients(settings.storage, settings, credentials)
+    tables, main, poison = storage_clients(settings.storage, settings, credentials)
     ingestion = LogsIngestionClient(
         endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs(settings)
     )
@@ -124,6 +126,7 @@ def build_runtime(settings: Settings) -> Runtime:
         tokens=tokens,
         management=management,
         state=StateStore(tables, prefix=settings.table_prefix, retention_days=settings.dedupe_retention_days),
+        failures=FailureStore(tables, prefix=settings.table_prefix, tenant_id=settings.tenant_id),
         queue=ContentQueue(main, poison),
         ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
         credentials=credentials,

@@ -48,7 +48,7 @@ from .errors import StateError
 from .management_api import ContentBlob
 from .normalize import Row
 
-__all__ = ["CLAIM_TTL", "BlobBusy", "Claim", "LeaseLost", "PollerState", "StateStore"]
+__all__ = ["CLAIM_TTL", "BlobBusy", "Claim", "LeaseLost", "PollerState", "StateStore", "table_key"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ _SENT = "s"
 _PENDING = "p"
 
 
-def _key(value: str) -> str:
+def table_key(value: str) -> str:
     """A valid PartitionKey/RowKey: the value itself when it can be, else its hash."""
     if len(value) <= 255 and not _BAD_KEY.search(value):
         return value
@@ -119,8 +119,8 @@ class PollerState:
 
     def entity(self) -> dict[str, Any]:
         return {
-            "PartitionKey": _key(self.tenant_id),
-            "RowKey": _key(self.content_type),
+            "PartitionKey": table_key(self.tenant_id),
+            "RowKey": table_key(self.content_type),
             "Watermark": _iso(self.watermark),
             "LeaseOwner": self.lease_owner,
             "LeaseUntil": _iso(self.lease_until),
@@ -217,6 +217,11 @@ class StateStore:
         self._create_lock = asyncio.Lock()
         self.stats = StoreStats()
 
+    @property
+    def service(self) -> TableServiceClient:
+        """The table service client, for other tables of the connector (the failure reasons)."""
+        return self._service
+
     async def __aenter__(self) -> StateStore:
         return self
 
@@ -263,7 +268,7 @@ class StateStore:
         table = await self._table(self._state_table())
         self.stats.reads += 1
         try:
-            entity = await table.get_entity(_key(tenant_id), _key(content_type))
+            entity = await table.get_entity(table_key(tenant_id), table_key(content_type))
         except ResourceNotFoundError:
             return PollerState(tenant_id, content_type)
         except AzureError as exc:
@@ -299,7 +304,7 @@ class StateStore:
         self.stats.reads += 1
         out = []
         try:
-            async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": _key(tenant_id)}):
+            async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": table_key(tenant_id)}):
                 out.append(
                     PollerState.from_entity(tenant_id, str(entity["RowKey"]), dict(entity), entity.metadata.get("etag"))
                 )
@@ -312,14 +317,14 @@ class StateStore:
     @staticmethod
     def _blob_slot(content_type: str, created: datetime) -> tuple[str, str]:
         created = created.astimezone(UTC)
-        return created.strftime("%Y%m%d"), f"{_key(content_type)}_{created:%H}"
+        return created.strftime("%Y%m%d"), f"{table_key(content_type)}_{created:%H}"
 
     async def is_queued(self, content_type: str, blob: ContentBlob, cache: dict[tuple[str, str], set[str]]) -> bool:
         """Whether ``blob`` was queued before; ``cache`` keeps the partitions read in this run."""
         slot = self._blob_slot(content_type, blob.content_created)
         if slot not in cache:
             cache[slot] = {str(e["RowKey"]) for e in await self._read_partition(self._blob_table(slot[0]), slot[1])}
-        return _key(blob.content_id) in cache[slot]
+        return table_key(blob.content_id) in cache[slot]
 
     async def mark_blobs_queued(
         self, content_type: str, blobs: Iterable[ContentBlob], cache: dict[tuple[str, str], set[str]]
@@ -327,7 +332,7 @@ class StateStore:
         groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for blob in blobs:
             slot = self._blob_slot(content_type, blob.content_created)
-            groups[slot].append({"PartitionKey": slot[1], "RowKey": _key(blob.content_id)})
+            groups[slot].append({"PartitionKey": slot[1], "RowKey": table_key(blob.content_id)})
         for (day, pk), entities in groups.items():
             await self._write_batches(self._blob_table(day), [("upsert", e) for e in entities])
             cache.setdefault((day, pk), set()).update(e["RowKey"] for e in entities)
@@ -342,7 +347,7 @@ class StateStore:
         claim = Claim(stream=stream, blob=blob, owner=blob + _owner(message_id)[:8])
         groups: dict[tuple[str, str], list[Row]] = defaultdict(list)
         for row in rows:
-            groups[(row.hour[:8], f"{_key(stream)}_{row.hour[8:]}")].append(row)
+            groups[(row.hour[:8], f"{table_key(stream)}_{row.hour[8:]}")].append(row)
         for slot, group in groups.items():
             await self._claim_slot(slot, group, claim)
         return claim

@@ -23,7 +23,6 @@ from typing import Any
 import azure.functions as func
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
-from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from .content_queue import UndecodableMessage
@@ -97,10 +96,6 @@ class QueueWorker:
         self._options = options or HostQueueOptions.from_host_json()
         self._lock = lock_seconds
         self.stats = WorkerStats()
-
-    @staticmethod
-    def encode_policy() -> TextBase64EncodePolicy:
-        return TextBase64EncodePolicy()
 
     async def run(
         self, *, max_messages: int | None = None, until_empty: bool = True, stop: asyncio.Event | None = None

@@ -59,10 +59,8 @@ async def _run(records: int, audit: bool, out_dir: Path) -> dict[str, Any]:
             )
         _print("==> Processor: working the queue as the Functions host would (host.json concurrency)")
         started = time.perf_counter()
-        main = rt.queue._main
-        poison = rt.queue._poison
         options = HostQueueOptions.from_host_json()
-        stats = await QueueWorker(main, poison, process, options).run()
+        stats = await QueueWorker(rt.queue.main, rt.queue.poison, process, options).run()
         elapsed = time.perf_counter() - started
         _print(f"    {stats.processed} messages processed in {elapsed:.1f}s, {stats.poisoned} poisoned")
         _print("==> Poller again: the overlap is re-listed, nothing is queued twice")

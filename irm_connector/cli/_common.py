@@ -28,7 +28,7 @@ from irm_connector.errors import (
     StateError,
     TransientApiError,
 )
-from irm_connector.runtime import _storage_clients
+from irm_connector.runtime import storage_clients
 from irm_connector.settings import Settings
 
 __all__ = [
@@ -194,7 +194,7 @@ class Storage:
 async def storage(settings: Settings) -> AsyncIterator[Storage]:
     """Storage clients built as the runtime builds them (connection string or identity)."""
     credentials: list[AsyncTokenCredential] = []
-    tables, main, poison = _storage_clients(settings.storage, settings, credentials)
+    tables, main, poison = storage_clients(settings.storage, settings, credentials)
     try:
         yield Storage(tables, main, poison)
     finally:

@@ -34,7 +34,7 @@ async def main(argv: list[str]) -> None:
 
             rt = await get_runtime(Settings.from_env())
             options = HostQueueOptions(batch_size=1, new_batch_threshold=0, max_dequeue_count=int(argv[2]))
-            worker = QueueWorker(rt.queue._main, rt.queue._poison, fns["processor"], options, lock_seconds=int(argv[1]))
+            worker = QueueWorker(rt.queue.main, rt.queue.poison, fns["processor"], options, lock_seconds=int(argv[1]))
             await worker.run()
     finally:
         await close_runtimes()
