@@ -1,0 +1,231 @@
+"""The connector, measured in a fresh process: the poller and the processor through the function
+entry points of ``function_app.py``, the queue worked with host.json's concurrency.
+
+CPU time and peak RSS are the process's own (``getrusage``: every thread, gzip included); the stand-ins
+and Azurite run elsewhere. Storage transactions are counted twice: by the connector's own counters
+(``StateStore.stats``, ``ContentQueue.sent``) and at the HTTP level (:class:`RequestCounter`), where
+the host's own queue calls (receive, delete) are told apart from the connector's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import threading
+import time
+import traceback
+from collections import Counter
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class RequestCounter:
+    """Counts every HTTP request the process's azure-core clients send (each retry too), by
+    ``(host:port, kind)``: patched into ``AioHttpTransport.send``, which every async Azure client
+    (tables, queues, ingestion, identity) goes through."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def install(self) -> None:
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        original = AioHttpTransport.send
+        counts = self.counts
+
+        async def send(transport: Any, request: Any, **kwargs: Any) -> Any:
+            parts = urlsplit(request.url)
+            counts[(parts.netloc, _queue_kind(request.method, parts.path, parts.query))] += 1
+            return await original(transport, request, **kwargs)
+
+        AioHttpTransport.send = send  # type: ignore[method-assign]
+
+
+def _queue_kind(method: str, path: str, query: str) -> str:
+    """For queue requests: "own" (put a message, create a queue: the connector) or "host" (receive,
+    delete, update, properties: what the Functions host does around each invocation)."""
+    if path.endswith("/messages") and method == "POST":
+        return "own"
+    if method == "PUT" and "/messages" not in path:
+        return "own"  # create queue
+    return "host"
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class RssSampler:
+    """Samples this process's RSS (psutil) to report it over time, beside ``ru_maxrss``."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _functions() -> dict[str, Any]:
+    from function_app import app
+
+    return {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Child entry point. ``cfg``: env (settings), mode ("pipeline" or "message"), message (for "message")."""
+    try:
+        return _run(cfg)
+    except BaseException:
+        return {"error": traceback.format_exc()}
+
+
+def _run(cfg: dict[str, Any]) -> dict[str, Any]:
+    import logging
+
+    os.environ.update(cfg["env"])
+    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
+        os.environ.pop(name, None)
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("azure").setLevel(logging.ERROR)
+    logging.getLogger("irm_connector").setLevel(logging.ERROR)
+
+    functions = _functions()
+    counter = RequestCounter()
+    counter.install()
+    import psutil
+
+    rss_before = psutil.Process().memory_info().rss / 2**20
+    with RssSampler() as sampler:
+        cpu0, wall0 = _cpu(), time.perf_counter()
+        if cfg.get("mode", "pipeline") == "pipeline":
+            result = asyncio.run(_pipeline(functions))
+        else:
+            try:
+                result = asyncio.run(_one_message(functions, cfg["message"]))
+            except Exception as exc:  # reported with the memory it took to get there
+                result = {"failed": f"{type(exc).__name__}: {exc}"[:400]}
+        result["seconds"] = time.perf_counter() - wall0
+        result["cpu_seconds"] = _cpu() - cpu0
+    result["peak_rss_mb"] = _peak_rss_mb()
+    result["sampled_peak_rss_mb"] = sampler.peak / 2**20
+    result["rss_after_imports_mb"] = rss_before
+    result["http_requests"] = _by_service(counter.counts, cfg["env"])
+    return result
+
+
+def _by_service(counts: Counter[tuple[str, str]], env: dict[str, str]) -> dict[str, int]:
+    """Requests per service: table, queue (the connector's own), host_queue, ingestion, identity."""
+    names = {}
+    for part in env["AzureWebJobsStorage"].split(";"):
+        key, _, value = part.partition("=")
+        if key in ("TableEndpoint", "QueueEndpoint", "BlobEndpoint"):
+            names[urlsplit(value).netloc] = key.removesuffix("Endpoint").lower()
+    names[urlsplit(env["LOGS_INGESTION_ENDPOINT"]).netloc] = "ingestion"
+    out: Counter[str] = Counter()
+    for (host, kind), count in counts.items():
+        service = names.get(host, "identity")
+        if service == "queue" and kind == "host":
+            service = "host_queue"
+        out[service] += count
+    return dict(out)
+
+
+async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
+    from azure.functions.timer import TimerRequest
+    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    from irm_connector.runtime import close_runtimes, get_runtime
+    from irm_connector.settings import Settings
+    from irm_connector.worker import HostQueueOptions, QueueWorker
+
+    settings = Settings.from_env()
+    def queue(name: str) -> QueueClient:
+        return QueueClient.from_connection_string(
+            os.environ["AzureWebJobsStorage"],  # noqa: SIM112 - the Functions setting is spelled so
+            name,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+
+    options = HostQueueOptions.from_host_json()
+    try:
+        started = time.perf_counter()
+        await functions["poller"](TimerRequest(past_due=False))  # the binding returns nothing
+        poll_seconds = time.perf_counter() - started
+        async with queue(settings.content_queue) as main, queue(settings.poison_queue) as poison:
+            with contextlib.suppress(Exception):
+                await main.create_queue()
+            stats = await QueueWorker(main, poison, functions["processor"], options).run()
+        rt = await get_runtime(settings)
+        out = {
+            "poll_seconds": poll_seconds,
+            "blobs_queued": rt.queue.sent,
+            "processed": stats.processed,
+            "failed_attempts": stats.failed_attempts,
+            "poisoned": stats.poisoned,
+            "concurrency": options.concurrency,
+            "table_reads": rt.state.stats.reads,
+            "table_writes": rt.state.stats.writes,
+            "queue_puts": rt.queue.sent,
+            "management": {"requests": rt.management.stats.requests, **rt.management.stats.by_operation},
+            "ingestion": {
+                "requests": rt.ingestor.stats.requests,
+                "rows": rt.ingestor.stats.rows,
+                "raw_bytes": rt.ingestor.stats.raw_bytes,
+                "sent_bytes": rt.ingestor.stats.sent_bytes,
+                "splits": rt.ingestor.stats.splits,
+            },
+        }
+    finally:
+        await close_runtimes()
+    return out
+
+
+async def _one_message(functions: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
+    """The processor entry point for one queue message (the 50 MB blob)."""
+    import azure.functions as func
+
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.management_api import ContentBlob, parse_api_time
+    from irm_connector.runtime import close_runtimes
+
+    body = ContentMessage(
+        tenant_id=os.environ["O365_TENANT_ID"],
+        blob=ContentBlob(
+            content_type=message["content_type"],
+            content_id=message["content_id"],
+            content_uri=message["content_uri"],
+            content_created=parse_api_time(message["content_created"]),
+            content_expiration=parse_api_time(message["content_expiration"]),
+        ),
+    ).encode()
+    try:
+        queue_message = func.queue.QueueMessage(id="big", body=body.encode(), dequeue_count=1)  # type: ignore[attr-defined]
+        await functions["processor"](queue_message)  # the binding returns nothing; the stand-in counts rows
+    finally:
+        await close_runtimes()
+    return {"records": message["records"], "bytes": message["bytes"]}

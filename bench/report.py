@@ -1,0 +1,318 @@
+"""Figures, targets, and the three outputs: ``latest.json``, ``latest.md`` and ``latest.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LIMIT = 1024 * 1024
+ALERTS_STREAM = "Custom-IRMAlerts"
+AUDIT_STREAM = "Custom-O365Audit"
+CONFIG_NAMES = {"alerts": "alerts only", "audit": "alerts + audit", "any": "(forwards blobs)"}
+
+
+def _find(runs: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
+    for run in runs:
+        if all(run.get(k) == v for k, v in want.items()):
+            return run
+    return None
+
+
+def figures(run: dict[str, Any]) -> dict[str, Any]:
+    """The per-run figures the table and the targets use."""
+    records = run["records"]
+    fig: dict[str, Any] = {
+        "records_per_s": records / run["seconds"] if run["seconds"] else 0.0,
+        "cpu_s_per_million": run["cpu_seconds"] / records * 1e6 if records else 0.0,
+        "seconds": run["seconds"],
+        "cpu_seconds": run["cpu_seconds"],
+    }
+    if run["kind"] == "connector":
+        http = run.get("http_requests", {})
+        own = http.get("table", 0) + http.get("queue", 0)
+        fig["storage_tx_per_1k"] = own / records * 1000
+        fig["storage_tx"] = {
+            "table_http": http.get("table", 0),
+            "queue_http": http.get("queue", 0),
+            "table_reads_counted": run.get("table_reads", 0),
+            "table_writes_counted": run.get("table_writes", 0),
+            "queue_puts_counted": run.get("queue_puts", 0),
+            "host_queue_http": http.get("host_queue", 0),
+        }
+        fig["storage_tx_with_host_per_1k"] = (own + http.get("host_queue", 0)) / records * 1000
+        fig["peak_rss_mb"] = run["peak_rss_mb"]
+        fig["infra_cpu_seconds"] = {
+            "standins": run["arrived"].get("standins_cpu_seconds", 0.0),
+            "azurite": run.get("azurite_cpu_seconds", 0.0),
+        }
+        requests = [r for s, r in run["arrived"]["requests"].items() if s in (ALERTS_STREAM, AUDIT_STREAM)]
+        total = sum(r["requests"] for r in requests)
+        rows = sum(r["rows"] for r in requests)
+        fig["ingestion_requests"] = total
+        fig["ingestion_rows"] = rows
+        fig["ingestion_requests_per_1k_rows"] = total / rows * 1000 if rows else 0.0
+        fig["ingestion_over_limit"] = sum(r["over_limit"] for r in requests)
+        fig["ingestion_rejected"] = sum(r["rejected"] for r in requests)
+        fig["max_request_json_bytes"] = max((r["max_json_bytes"] for r in requests), default=0)
+        fig["max_request_wire_bytes"] = max((r["max_wire_bytes"] for r in requests), default=0)
+        per_stream = {}
+        for stream, r in run["arrived"]["requests"].items():
+            if r["accepted"]:
+                per_stream[stream] = {
+                    "requests": r["requests"],
+                    "rows": r["rows"],
+                    "avg_json_fill": r["json_bytes"] / r["accepted"] / LIMIT,
+                    "avg_wire_bytes": r["wire_bytes"] / r["accepted"],
+                }
+        fig["ingestion_by_stream"] = per_stream
+        fig["exactly_once"] = all(s.get("exactly_once", False) for s in run["arrived"]["streams"].values())
+    elif run["kind"] == "baseline":
+        raw = run["arrived"]["streams"].get("Custom-SeedRaw", {}).get("rows", 0)
+        fig["rows_forwarded"] = raw
+        fig["peak_rss_mb"] = run["peak_rss_mb"]
+        fig["ingestion_requests"] = run["ingestion_requests"]
+        fig["avg_request_bytes"] = run["bytes"] / max(1, run["ingestion_requests"])
+        fig["requests_over_1mib"] = run["arrived"]["requests"].get("Custom-SeedRaw", {}).get("over_limit", 0)
+    else:  # bare
+        fig["peak_rss_mb"] = run["peak_rss_mb"]
+        fig["ingestion_requests"] = run["requests"]
+        fig["ingestion_requests_per_1k_rows"] = run["requests"] / run["rows"] * 1000 if run["rows"] else 0.0
+        fig["phases"] = run["phases"]
+    return fig
+
+
+def targets(runs: list[dict[str, Any]], big: list[dict[str, Any]], configs: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, measured: float | None, limit: float, higher_is_better: bool, unit: str = "") -> None:
+        if measured is None:
+            return
+        met = measured >= limit if higher_is_better else measured <= limit
+        out.append({"target": name, "measured": measured, "limit": limit, "unit": unit, "met": met})
+
+    for config in configs:
+        conn = _find(runs, kind="connector", config=config, profile="none", scale=1.0)
+        bare = _find(runs, kind="bare", config=config)
+        slow = _find(runs, kind="connector", config=config, profile="realistic", scale=1.0)
+        label = CONFIG_NAMES[config]
+        if conn and bare:
+            add(f"no latency, {label}: connector / bare work (records/s)",
+                figures(conn)["records_per_s"] / figures(bare)["records_per_s"], 0.5, True, "ratio")
+        if conn and slow:
+            add(f"realistic latency, {label}: connector / its no-latency records/s",
+                figures(slow)["records_per_s"] / figures(conn)["records_per_s"], 0.8, True, "ratio")
+        if conn:
+            add(f"{label}: storage transactions (queue + table) per 1,000 records",
+                figures(conn)["storage_tx_per_1k"], 15.0 if config == "alerts" else 30.0, False)
+    audit = _find(runs, kind="connector", config="audit", profile="none", scale=1.0)
+    if audit:
+        fill = figures(audit)["ingestion_by_stream"].get(AUDIT_STREAM, {}).get("avg_json_fill")
+        add("alerts + audit: average audit request size / 1 MiB (all requests)", fill, 0.8, True, "ratio")
+    bare_audit = _find(runs, kind="bare", config="audit")
+    if bare_audit and bare_audit.get("full_fill") is not None:
+        add("alerts + audit: average size / 1 MiB of requests with rows enough to fill them",
+            bare_audit["full_fill"], 0.8, True, "ratio")
+    over = sum(figures(r).get("ingestion_over_limit", 0) for r in runs if r["kind"] == "connector")
+    over += sum(_over(b) for b in big)
+    add("ingestion requests over 1 MiB (any run)", float(over), 0.0, False, "requests")
+    for config in configs:
+        series = sorted(
+            (r["scale"], r["peak_rss_mb"]) for r in runs
+            if r["kind"] == "connector" and r["config"] == config and r["profile"] == "none"
+        )
+        if len(series) >= 2:
+            add(f"{CONFIG_NAMES[config]}: peak RSS at {series[-1][0]:g}x / at {series[0][0]:g}x volume (flat: <= 1.25)",
+                series[-1][1] / series[0][1], 1.25, False, "ratio")
+    for one in big:
+        failed = " (the run failed: see below)" if one.get("failed") else ""
+        add(f"{CONFIG_NAMES[one['config']]}: peak RSS processing one {one['blob_mb']:.0f} MB blob{failed}",
+            one["peak_rss_mb"], 400.0, False, "MB")
+        if failed:
+            out[-1]["met"] = False
+    return out
+
+
+def _over(run: dict[str, Any]) -> int:
+    return sum(
+        r["over_limit"] for s, r in run["arrived"]["requests"].items() if s in (ALERTS_STREAM, AUDIT_STREAM)
+    )
+
+
+def write_reports(results: dict[str, Any], out_dir: Path, *, chart: bool = True) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = results["runs"]
+    configs = sorted({r["config"] for r in runs if r["kind"] != "baseline"}, key=["alerts", "audit"].index)
+    for run in runs:
+        run["figures"] = figures(run)
+    results["targets"] = targets(runs, results["big_blob"], configs)
+    results["correct"] = {
+        "connector_exactly_once": all(r["figures"]["exactly_once"] for r in runs if r["kind"] == "connector"),
+        "big_blob_exactly_once": all(
+            not b.get("failed")
+            and bool(b["arrived"]["streams"])
+            and all(s.get("exactly_once") is not False for s in b["arrived"]["streams"].values())
+            for b in results["big_blob"]
+        ),
+    }
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    (out_dir / "latest.md").write_text(markdown(results), encoding="utf-8")
+    if chart:
+        write_chart(results, out_dir / "latest.png")
+
+
+def _n(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    runs = results["runs"]
+    m = results["machine"]
+    w = results["workload"]
+    lines = [
+        f"Workload: {w.get('records', 0):,} records in {w.get('blobs', 0)} blobs of "
+        f"{w.get('smallest_blob_records', 0):,}–{w.get('largest_blob_records', 0):,} records "
+        f"({w.get('bytes', 0) / 1e6:.0f} MB of JSON), {w.get('irm_alerts', 0):,} IRM alerts, "
+        f"{w.get('duplicate_appearances', 0):,} records duplicated across blobs. "
+        f"Realistic network: 100 ms per Management API call, 50 ms per ingestion call.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}. "
+        f"Run {results['generated']}, {results['total_seconds']:.0f} s in all.",
+        "",
+        "| run | configuration | network | records/s | CPU s per 1M records | peak RSS MB "
+        "| storage tx per 1k records | ingestion requests per 1k rows | avg request (of 1 MiB) "
+        "| × baseline | × bare work |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for run in runs:
+        if run["scale"] != 1.0:
+            continue
+        f = run["figures"]
+        base = _find(runs, kind="baseline", profile=run["profile"] if run["kind"] != "bare" else "none")
+        bare = _find(runs, kind="bare", config=run["config"])
+        vs_base = vs_bare = ""
+        if run["kind"] == "connector":
+            if base:
+                vs_base = f"{f['records_per_s'] / base['figures']['records_per_s']:.2f}"
+            if bare:
+                vs_bare = f"{f['records_per_s'] / bare['figures']['records_per_s']:.2f}"
+            fills = f["ingestion_by_stream"]
+            fill = fills.get(AUDIT_STREAM, fills.get(ALERTS_STREAM, {})).get("avg_json_fill", 0.0)
+            tx = _n(f["storage_tx_per_1k"], 1)
+            per_rows = _n(f["ingestion_requests_per_1k_rows"], 2)
+            avg = f"{fill:.0%}"
+        elif run["kind"] == "baseline":
+            tx, per_rows = "0", "—"
+            avg = f"{f['avg_request_bytes'] / LIMIT:.0%} (raw, {f['requests_over_1mib']} over 1 MiB)"
+        else:
+            tx, per_rows, avg = "—", _n(f["ingestion_requests_per_1k_rows"], 2), "same packing"
+        name = {"connector": "**connector**", "baseline": "seed-style baseline", "bare": "bare work"}[run["kind"]]
+        lines.append(
+            f"| {name} | {CONFIG_NAMES[run['config']]} | {run['profile']} | {_n(f['records_per_s'])} "
+            f"| {_n(f['cpu_s_per_million'], 1)} | {_n(f['peak_rss_mb'])} | {tx} | {per_rows} | {avg} "
+            f"| {vs_base} | {vs_bare} |"
+        )
+    scaled = [r for r in runs if r["kind"] == "connector" and r["profile"] == "none"]
+    if len({r["scale"] for r in scaled}) > 1:
+        lines += ["", "Peak RSS of the connector as the volume grows (no latency):", "",
+                  "| volume | records | alerts only: records/s | peak RSS MB "
+                  "| alerts + audit: records/s | peak RSS MB |",
+                  "|--:|--:|--:|--:|--:|--:|"]
+        for scale in sorted({r["scale"] for r in scaled}):
+            a = _find(scaled, scale=scale, config="alerts")
+            b = _find(scaled, scale=scale, config="audit")
+            records = (a or b or {}).get("records", 0)
+            cells = []
+            for r in (a, b):
+                cells += [_n(r["figures"]["records_per_s"]), _n(r["peak_rss_mb"])] if r else ["", ""]
+            lines.append(f"| {scale:g}x | {records:,} | " + " | ".join(cells) + " |")
+    if results["big_blob"]:
+        lines += ["", "One large blob through the processor entry point (fresh process):", "",
+                  "| configuration | blob | records | seconds | peak RSS MB | exactly once |",
+                  "|---|--:|--:|--:|--:|---|"]
+        for b in results["big_blob"]:
+            ok = not b.get("failed") and all(s.get("exactly_once") for s in b["arrived"]["streams"].values())
+            state = "yes" if ok else ("**failed**: " + b["failed"] if b.get("failed") else "NO")
+            lines.append(
+                f"| {CONFIG_NAMES[b['config']]} | {b['blob_mb']:.1f} MB | {b['records']:,} | {b['seconds']:.1f} "
+                f"| {_n(b['peak_rss_mb'])} | {state} |"
+            )
+    if results.get("sdk_upload"):
+        lines += ["", "Uploading the same audit rows through one LogsIngestionClient (fresh process each):", "",
+                  "| way | network | rows | seconds | CPU s | chunks refused (413) |", "|---|---|--:|--:|--:|--:|"]
+        for u in results["sdk_upload"]:
+            way = ("SDK `upload(logs=dicts)`: json.dumps, chunks one after another" if u["way"] == "sdk"
+                   else "connector: orjson rows packed < 1 MiB, gzip in threads, 16 in flight")
+            lines.append(f"| {way} | {u['profile']} | {u['rows']:,} | {u['seconds']:.2f} | {u['cpu_seconds']:.2f} "
+                         f"| {u['failed_chunks']} |")
+    lines += ["", "Targets:", "", "| target | measured | limit | met |", "|---|--:|--:|---|"]
+    for t in results["targets"]:
+        unit = t["unit"]
+        value = f"{t['measured']:.2f}" if unit == "ratio" else _n(t["measured"], 1 if unit == "" else 0)
+        limit = f"{t['limit']:g}"
+        sign = "≥" if t["unit"] == "ratio" and "RSS" not in t["target"] else "≤"
+        lines.append(f"| {t['target']} | {value} | {sign} {limit} | {'yes' if t['met'] else '**no**'} |")
+    c = results["correct"]
+    failed = [b for b in results["big_blob"] if b.get("failed")]
+    pipeline_ok = "yes" if c["connector_exactly_once"] else "**NO**"
+    lines += ["", f"Every record arrived exactly once in every pipeline run: {pipeline_ok}"
+              f"; in the one-blob runs: {'yes' if c['big_blob_exactly_once'] else '**NO**'}"
+              + (f" ({len(failed)} failed, see above)" if failed else "") + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results["runs"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    groups = []
+    for config in ("alerts", "audit"):
+        for profile in ("none", "realistic"):
+            if _find(runs, kind="connector", config=config, profile=profile, scale=1.0):
+                groups.append((config, profile))
+    kinds = [("connector", "connector", "#1f77b4"), ("baseline", "seed-style baseline", "#ff7f0e"),
+             ("bare", "bare work (no I/O)", "#7f7f7f")]
+    width = 0.26
+    for i, (kind, label, color) in enumerate(kinds):
+        values = []
+        for config, profile in groups:
+            if kind == "connector":
+                run = _find(runs, kind=kind, config=config, profile=profile, scale=1.0)
+            elif kind == "baseline":
+                run = _find(runs, kind=kind, profile=profile)
+            else:
+                run = _find(runs, kind=kind, config=config)
+            values.append(run["figures"]["records_per_s"] if run else 0)
+        xs = [g + (i - 1) * width for g in range(len(groups))]
+        bars = left.bar(xs, values, width, label=label, color=color)
+        left.bar_label(bars, labels=[f"{v / 1000:.0f}k" if v else "" for v in values], fontsize=7)
+    left.set_xticks(range(len(groups)))
+    left.set_xticklabels([f"{CONFIG_NAMES[c]}\nnetwork: {p}" for c, p in groups], fontsize=8)
+    left.set_ylabel("records per second")
+    left.set_title(f"Throughput, {results['workload'].get('records', 0):,} records")
+    left.legend(fontsize=8)
+    for config, marker in (("alerts", "o"), ("audit", "s")):
+        series = sorted(
+            (r["records"], r["peak_rss_mb"]) for r in runs
+            if r["kind"] == "connector" and r["config"] == config and r["profile"] == "none"
+        )
+        if series:
+            right.plot([s[0] for s in series], [s[1] for s in series], marker=marker, label=CONFIG_NAMES[config])
+    for b in results["big_blob"]:
+        right.axhline(b["peak_rss_mb"], linestyle=":", color="#2ca02c" if b["config"] == "alerts" else "#d62728",
+                      label=f"one {b['blob_mb']:.0f} MB blob, {CONFIG_NAMES[b['config']]}")
+    right.axhline(400, color="black", linewidth=0.8, linestyle="--", label="400 MB")
+    right.set_xlabel("records in the tenant")
+    right.set_ylabel("connector peak RSS (MB)")
+    right.set_ylim(bottom=0)
+    right.set_title("Memory")
+    right.legend(fontsize=7)
+    m = results["machine"]
+    fig.suptitle(f"IRM connector benchmark — {m['cpu']}, {m['cores']} cores, Python {m['python']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

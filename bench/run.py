@@ -1,0 +1,268 @@
+"""The benchmark's orchestrator: one command runs every scenario and writes JSON, Markdown and a PNG.
+
+Processes: Azurite (node), the stand-ins (a child, :mod:`bench.standin_proc`), and one fresh child per
+measured run (:mod:`bench.connector_proc`, :mod:`bench.baseline`, :mod:`bench.bare`), so each run's CPU
+time and peak RSS are its own and nothing it measures shares a GIL with the services it talks to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import bare, baseline, connector_proc, sdk_upload, standin_proc
+from bench.machine import machine_info
+from bench.report import write_reports
+
+PROFILES = {"none": (0.0, 0.0), "realistic": (0.1, 0.05)}
+CONFIGS = {"alerts": "", "audit": standin_proc.AUDIT_STREAM}
+_CTX = multiprocessing.get_context("spawn")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _child(fn: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run ``fn(cfg)`` in a fresh process and return its result."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=_CTX) as pool:
+        result: dict[str, Any] = pool.submit(fn, cfg).result()
+    if "error" in result:
+        raise RuntimeError(f"{fn.__module__}.{fn.__name__} failed:\n{result['error']}")
+    return result
+
+
+class StandInSession:
+    """The stand-ins child with one published workload."""
+
+    def __init__(self, workdir: Path, params: dict[str, Any]) -> None:
+        self._conn, child = _CTX.Pipe()
+        self._proc = _CTX.Process(
+            target=standin_proc.serve, args=(child, {**params, "workdir": str(workdir)}), daemon=True
+        )
+        self._proc.start()
+        self.info: dict[str, Any] = self._recv()
+
+    def _recv(self) -> dict[str, Any]:
+        reply: dict[str, Any] = self._conn.recv()
+        if "error" in reply:
+            raise RuntimeError(f"stand-ins failed:\n{reply['error']}")
+        return reply
+
+    def call(self, command: str, args: Any = None) -> dict[str, Any]:
+        self._conn.send((command, args))
+        return self._recv()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError, RuntimeError):
+            self.call("stop")
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+class AzuriteCpu:
+    """CPU seconds Azurite spent between two marks."""
+
+    def __init__(self, pid: int | None) -> None:
+        import psutil
+
+        self._proc = psutil.Process(pid) if pid else None
+
+    def now(self) -> float:
+        if self._proc is None:
+            return 0.0
+        total = 0.0
+        for proc in [self._proc, *self._proc.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+            except Exception:
+                continue
+            total += times.user + times.system
+        return total
+
+
+def _connector_env(session: StandInSession, azurite_conn: str, audit_stream: str) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return {
+        **session.info["env"],
+        "AzureWebJobsStorage": azurite_conn,
+        "CONTENT_QUEUE": f"bench-{tag}",
+        "STATE_TABLE_PREFIX": f"b{tag}",
+        "POLL_SCHEDULE": "0 */5 * * * *",
+        "LOGS_AUDIT_STREAM": audit_stream,
+    }
+
+
+def _measure_connector(
+    session: StandInSession, azurite: Any, azurite_cpu: AzuriteCpu, config: str, profile: str, scale: float
+) -> dict[str, Any]:
+    session.call("reset")
+    mark = azurite_cpu.now()
+    result = _child(connector_proc.run, {"env": _connector_env(session, azurite.connection_string, CONFIGS[config])})
+    result["azurite_cpu_seconds"] = azurite_cpu.now() - mark
+    expect = ["alerts"] + (["audit"] if config == "audit" else [])
+    result["arrived"] = session.call("collect", {"expect": expect})
+    result.update(kind="connector", config=config, profile=profile, scale=scale)
+    result["records"] = session.info["workload"]["records"]
+    return result
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    from standins.azurite import Azurite
+
+    out_dir = Path(args.out)
+    workdir = Path(tempfile.mkdtemp(prefix="irm-bench-"))
+    runs: list[dict[str, Any]] = []
+    big: list[dict[str, Any]] = []
+    sdk: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    configs = [c for c in args.configs.split(",") if c]
+    profiles = [p for p in args.profiles.split(",") if p]
+    scales = [float(s) for s in args.scales.split(",") if s]
+    params = {"records": args.records, "seed": args.seed}
+    workload: dict[str, Any] = {}
+    try:
+        with Azurite(location=workdir / "azurite") as azurite:
+            azurite_cpu = AzuriteCpu(azurite.pid)
+            _say(f"==> Stand-ins: publishing a simulated tenant of {args.records:,} records")
+            session = StandInSession(workdir / "main", params)
+            try:
+                workload = session.info["workload"]
+                _say(
+                    f"    {workload['blobs']} blobs, {workload['records']:,} records "
+                    f"({workload['duplicate_appearances']:,} duplicated across blobs), "
+                    f"{workload['irm_alerts']:,} IRM alerts, {workload['bytes'] / 1e6:.1f} MB"
+                )
+                for config in configs:
+                    _say(f"==> Bare work, {config}")
+                    result = _child(
+                        bare.run, {"blob_file": session.info["blob_file"], "audit_stream": CONFIGS[config]}
+                    )
+                    result.update(kind="bare", config=config, profile="-", scale=1.0)
+                    runs.append(result)
+                    _say(f"    {_rate(result)}")
+                for profile in profiles:
+                    session.call("latency", PROFILES[profile])
+                    for config in configs:
+                        _say(f"==> Connector, {config}, network {profile}")
+                        result = _measure_connector(session, azurite, azurite_cpu, config, profile, 1.0)
+                        runs.append(result)
+                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB")
+                    if not args.skip_baseline:
+                        _say(f"==> Seed-style baseline, network {profile}")
+                        session.call("reset")
+                        result = _child(baseline.run, {"env": session.info["env"]})
+                        result["arrived"] = session.call("collect", {"expect": []})
+                        result.update(kind="baseline", config="any", profile=profile, scale=1.0)
+                        result["records"] = workload["records"]
+                        runs.append(result)
+                        _say(f"    {_rate(result)}")
+                if args.sdk_blobs > 0:
+                    for profile in profiles:
+                        session.call("latency", PROFILES[profile])
+                        for way in ("sdk", "connector"):
+                            session.call("reset")
+                            cfg = {"env": session.info["env"], "blob_file": session.info["blob_file"],
+                                   "blobs": args.sdk_blobs, "way": way}
+                            result = _child(sdk_upload.run, cfg)
+                            result["profile"] = profile
+                            sdk.append(result)
+                            _say(f"==> Upload of {result['rows']:,} audit rows, {way} way, network {profile}: "
+                                 f"{result['seconds']:.2f}s, {result['cpu_seconds']:.2f} CPU s, "
+                                 f"{result['failed_chunks']} chunks refused")
+                session.call("latency", (0.0, 0.0))
+                if args.big_blob_mb > 0:
+                    for config in configs:
+                        _say(f"==> One {args.big_blob_mb:g} MB blob through the processor, {config}")
+                        message = session.call("big_blob", {"mb": args.big_blob_mb})
+                        session.call("reset")
+                        env = _connector_env(session, azurite.connection_string, CONFIGS[config])
+                        result = _child(connector_proc.run, {"env": env, "mode": "message", "message": message})
+                        expect = ["alerts"] + (["audit"] if config == "audit" else [])
+                        result["arrived"] = session.call("collect", {"expect": expect, "truth": "big"})
+                        result.update(config=config, blob_mb=message["bytes"] / 1e6, records=message["records"])
+                        big.append(result)
+                        _say(
+                            f"    {message['records']:,} records, {message['bytes'] / 1e6:.1f} MB: "
+                            f"peak RSS {result['peak_rss_mb']:.0f} MB in {result['seconds']:.1f}s"
+                            + (f"; FAILED: {result['failed']}" if result.get("failed") else "")
+                        )
+            finally:
+                session.close()
+            for scale in scales:
+                records = int(args.records * scale)
+                _say(f"==> Volume {scale:g}x: {records:,} records")
+                session = StandInSession(workdir / f"scale{scale:g}", {**params, "records": records})
+                try:
+                    for config in configs:
+                        result = _measure_connector(session, azurite, azurite_cpu, config, "none", scale)
+                        runs.append(result)
+                        _say(f"    {config}: {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB")
+                finally:
+                    session.close()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    results = {
+        "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "scripts/bench.sh " + " ".join(args.argv),
+        "machine": machine_info(),
+        "parameters": {
+            "records": args.records,
+            "seed": args.seed,
+            "blob_records": [200, 5000],
+            "irm_share": 0.01,
+            "duplicate_share": 0.02,
+            "profiles": {p: {"management_s": PROFILES[p][0], "ingestion_s": PROFILES[p][1]} for p in profiles},
+            "scales": [1.0, *scales],
+        },
+        "workload": workload,
+        "runs": runs,
+        "big_blob": big,
+        "sdk_upload": sdk,
+        "total_seconds": time.perf_counter() - started,
+    }
+    write_reports(results, out_dir, chart=not args.no_chart)
+    return results
+
+
+def _rate(result: dict[str, Any]) -> str:
+    return (
+        f"{result['records'] / result['seconds']:,.0f} records/s "
+        f"({result['seconds']:.2f}s, {result['cpu_seconds']:.2f} CPU s)"
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--records", type=int, default=200_000, help="records in the simulated tenant (1x)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--configs", default="alerts,audit", help="alerts (default settings), audit (every record)")
+    parser.add_argument("--profiles", default="none,realistic", help="network profiles: none, realistic")
+    parser.add_argument("--scales", default="0.5,2", help="extra volumes (x records) for the RSS series; '' = none")
+    parser.add_argument("--big-blob-mb", type=float, default=50.0, help="size of the one-blob RSS run; 0 = skip")
+    parser.add_argument("--sdk-blobs", type=int, default=20, help="blobs of audit rows for the SDK upload comparison")
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--no-chart", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    results = run_benchmark(args)
+    _say(f"==> Done in {results['total_seconds']:.0f}s; results in {args.out}/latest.json, latest.md, latest.png")
+    print((Path(args.out) / "latest.md").read_text(), flush=True)
+    return 0

@@ -1,0 +1,200 @@
+"""The stand-ins (Entra ID, Management Activity API, Logs Ingestion) in a process of their own.
+
+Why a process: the stand-ins serve from a thread, and in the measured process their work (TLS, the
+ingestion stand-in's JSON parsing and column checks) would share the GIL and the CPU figures with the
+connector. Here they run in a child the orchestrator drives through a pipe; it also holds the workload
+and its ground truth, so it checks "every record exactly once" itself.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import traceback
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ALERTS_STREAM = "Custom-IRMAlerts"
+AUDIT_STREAM = "Custom-O365Audit"
+#: Where the seed-style baseline posts raw blobs (a stream without column checks; see accept_raw).
+RAW_STREAM = "Custom-SeedRaw"
+REQUEST_LIMIT = 1024 * 1024
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def serve(conn: Connection, params: dict[str, Any]) -> None:
+    """Child entry point: start the stand-ins, publish the workload, then answer commands."""
+    try:
+        _serve(conn, params)
+    except BaseException:
+        conn.send({"error": traceback.format_exc()})
+        raise
+
+
+def _serve(conn: Connection, params: dict[str, Any]) -> None:
+    from standins.harness import StandIns
+    from standins.workload import generate_workload
+
+    workdir = Path(params["workdir"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    with StandIns(directory=workdir / "ca", page_size=200) as sim:
+        sim.ingestion.accept_raw(RAW_STREAM)
+        sim.management.set_subscription("Audit.General", "enabled")
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=23)
+        workload = generate_workload(
+            seed=params.get("seed", 2026),
+            total_records=params["records"],
+            blob_size=tuple(params.get("blob_size", (200, 5000))),
+            irm_share=params.get("irm_share", 0.01),
+            duplicate_share=params.get("duplicate_share", 0.02),
+            tenant_id=sim.tenant_id,
+            start=start,
+            span=timedelta(hours=22),
+        )
+        workload.publish(sim.management)
+        blobs = sim.management.blobs()
+        blob_file = workdir / "blobs.bin"
+        with blob_file.open("wb") as out:  # for the bare work: the very bytes the Management API serves
+            for blob in blobs:
+                head = {
+                    "content_id": blob.content_id,
+                    "content_type": blob.content_type,
+                    "content_created": blob.content_created.isoformat(),
+                    "length": len(blob.body),
+                }
+                out.write(json.dumps(head).encode() + b"\n")
+                out.write(blob.body)
+        truths = {
+            "main": {"audit": Counter(workload.record_ids), "alerts": Counter(workload.irm_alert_record_ids)}
+        }
+        info = {
+            "env": sim.settings_env(),
+            "tenant_id": sim.tenant_id,
+            "blob_file": str(blob_file),
+            "workload": {
+                "unique_records": len(workload.record_ids),
+                "records": workload.total_appearances,
+                "duplicate_appearances": workload.duplicate_appearances,
+                "irm_alerts": len(workload.irm_alert_record_ids),
+                "blobs": len(blobs),
+                "bytes": sum(len(b.body) for b in blobs),
+                "largest_blob_records": max(len(b.records) for b in blobs),
+                "smallest_blob_records": min(len(b.records) for b in blobs),
+            },
+        }
+        del workload
+        conn.send(info)
+        cpu_mark = _cpu()
+        while True:
+            command, args = conn.recv()
+            if command == "stop":
+                conn.send({"ok": True})
+                return
+            try:
+                if command == "latency":
+                    management, ingestion = args
+                    sim.management.set_latency(management)
+                    sim.ingestion.set_latency(ingestion)
+                    reply: dict[str, Any] = {"ok": True}
+                elif command == "reset":
+                    sim.ingestion.clear_rows()
+                    sim.ingestion.clear_log()
+                    with sim.ingestion._lock:
+                        sim.ingestion._stats.clear()
+                    sim.management.clear_log()
+                    cpu_mark = _cpu()
+                    reply = {"ok": True}
+                elif command == "collect":
+                    reply = _collect(sim, truths[args.get("truth", "main")], args)
+                    reply["standins_cpu_seconds"] = _cpu() - cpu_mark
+                elif command == "big_blob":
+                    reply = _big_blob(sim, args, truths)
+                else:
+                    reply = {"error": f"unknown command {command}"}
+            except Exception:
+                reply = {"error": traceback.format_exc()}
+            conn.send(reply)
+
+
+def _collect(sim: Any, truth: dict[str, Counter[str]], args: dict[str, Any]) -> dict[str, Any]:
+    """What arrived: exactly-once checks against the ground truth, and the ingestion requests."""
+    out: dict[str, Any] = {"streams": {}, "requests": {}}
+    for stream, key in ((ALERTS_STREAM, "alerts"), (AUDIT_STREAM, "audit")):
+        rows = sim.ingestion.rows(stream)
+        if not rows and key not in args.get("expect", ()):
+            continue
+        seen = Counter(r.get("RecordId") for r in rows)
+        want = truth[key]
+        out["streams"][stream] = {
+            "rows": len(rows),
+            "expected": sum(want.values()),
+            "duplicates": sum(n - 1 for n in seen.values() if n > 1),
+            "missing": sum(1 for rid in want if rid not in seen),
+            "unexpected": sum(1 for rid in seen if rid not in want),
+            "exactly_once": seen == want,
+        }
+    raw_rows = sim.ingestion.rows(RAW_STREAM)
+    if raw_rows:
+        out["streams"][RAW_STREAM] = {"rows": len(raw_rows)}
+    stats = sim.ingestion.stats()
+    for stream in sorted({s.stream for s in stats}):
+        mine = [s for s in stats if s.stream == stream]
+        ok = [s for s in mine if s.status < 300]
+        out["requests"][stream] = {
+            "requests": len(mine),
+            "accepted": len(ok),
+            "rejected": len(mine) - len(ok),
+            "rows": sum(s.rows for s in ok),
+            "gzip": all(s.gzip for s in mine),
+            "wire_bytes": sum(s.compressed_bytes for s in ok),
+            "json_bytes": sum(s.uncompressed_bytes for s in ok),
+            "max_wire_bytes": max((s.compressed_bytes for s in mine), default=0),
+            "max_json_bytes": max((s.uncompressed_bytes for s in mine), default=0),
+            "over_limit": sum(
+                1 for s in mine if s.compressed_bytes > REQUEST_LIMIT or s.uncompressed_bytes > REQUEST_LIMIT
+            ),
+        }
+    management = sim.management.requests()
+    out["management_requests"] = dict(Counter(r.route for r in management))
+    return out
+
+
+def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counter[str]]]) -> dict[str, Any]:
+    """Publish one blob of about ``args['mb']`` MB and return a queue message for it."""
+    from standins.workload import generate_workload
+
+    target = int(args["mb"] * 1_000_000)
+    probe = generate_workload(seed=99, total_records=2000, blob_size=(2000, 2000), tenant_id=sim.tenant_id)
+    per_record = len(json.dumps(probe.blobs[0].records, separators=(",", ":"))) / 2000
+    count = max(1, int(target / per_record))
+    created = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    workload = generate_workload(
+        seed=args.get("seed", 4242),
+        total_records=count,
+        blob_size=(count, count),
+        irm_share=0.01,
+        duplicate_share=0.0,
+        tenant_id=sim.tenant_id,
+        start=created,
+        span=timedelta(seconds=1),
+    )
+    blob = workload.blobs[0]
+    truths["big"] = {"audit": Counter(workload.record_ids), "alerts": Counter(workload.irm_alert_record_ids)}
+    content_id = sim.management.add_blob(blob.content_type, blob.records, content_created=blob.content_created)
+    served = next(b for b in sim.management.blobs() if b.content_id == content_id)
+    return {
+        "content_id": content_id,
+        "content_type": blob.content_type,
+        "content_uri": sim.management.content_uri(content_id),
+        "content_created": served.content_created.isoformat(),
+        "content_expiration": served.expiration.isoformat(),
+        "records": len(blob.records),
+        "bytes": len(served.body),
+    }

@@ -1,0 +1,53 @@
+"""The benchmark's small mode, run in CI to keep it working: no timing assertions, only that it runs
+end to end, that every record arrived exactly once, that no ingestion request passed 1 MiB, and that
+the JSON, the Markdown table and the chart were written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.run import parse_args, run_benchmark
+
+
+@pytest.mark.timeout(240)
+def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    args = parse_args(
+        ["--records", "5000", "--profiles", "none", "--scales", "", "--big-blob-mb", "2", "--out", str(tmp_path)]
+    )
+    results = run_benchmark(args)
+
+    assert {(r["kind"], r["config"]) for r in results["runs"]} == {
+        ("bare", "alerts"),
+        ("bare", "audit"),
+        ("connector", "alerts"),
+        ("connector", "audit"),
+        ("baseline", "any"),
+    }
+    records = results["workload"]["records"]
+    for run in results["runs"]:
+        assert run["records"] == records
+        if run["kind"] == "connector":
+            streams = run["arrived"]["streams"]
+            assert streams["Custom-IRMAlerts"]["exactly_once"]
+            if run["config"] == "audit":
+                assert streams["Custom-O365Audit"]["exactly_once"]
+                assert streams["Custom-O365Audit"]["rows"] == results["workload"]["unique_records"]
+            assert run["figures"]["ingestion_over_limit"] == 0
+            assert run["figures"]["ingestion_rejected"] == 0
+            assert run["poisoned"] == 0
+        if run["kind"] == "baseline":
+            assert run["arrived"]["streams"]["Custom-SeedRaw"]["rows"] == records
+    assert len(results["big_blob"]) == 2
+    for one in results["big_blob"]:
+        assert one["arrived"]["streams"]["Custom-IRMAlerts"]["exactly_once"]
+        assert all(r["over_limit"] == 0 for r in one["arrived"]["requests"].values() if r["gzip"])
+    assert results["correct"]["connector_exactly_once"]
+
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["machine"]["cores"] and saved["targets"]
+    table = (tmp_path / "latest.md").read_text()
+    assert "| **connector** |" in table and "Targets:" in table
+    assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
