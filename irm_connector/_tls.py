@@ -11,10 +11,13 @@ import os
 import ssl
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+from azure.core.pipeline.transport import AioHttpTransport
+
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["azure_client_kwargs", "ca_file", "ssl_context"]
+__all__ = ["azure_client_kwargs", "azure_session", "ca_file", "ssl_context"]
 
 
 def ca_file() -> str | None:
@@ -35,14 +38,28 @@ def ssl_context() -> ssl.SSLContext:
     return context
 
 
-def azure_client_kwargs(settings: Settings | None = None) -> dict[str, Any]:
-    """Keyword arguments for azure-core based clients and credentials: the CA bundle and timeouts."""
+def azure_session() -> aiohttp.ClientSession:
+    """One connection pool for every Azure SDK client of a process, verifying with :func:`ssl_context`.
+
+    Given a CA *path*, azure-core builds a new SSL context for every request, and aiohttp then reuses no
+    connection (the context is part of its pool key): a shared session with one context avoids both.
+    ``auto_decompress`` is off because azure-core decompresses bodies itself.
+    """
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=100), auto_decompress=False)
+
+
+def azure_client_kwargs(
+    settings: Settings | None = None, session: aiohttp.ClientSession | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for azure-core based clients and credentials: transport (or CA bundle) and timeouts."""
     kwargs: dict[str, Any] = {}
-    cafile = ca_file()
-    if cafile:
-        kwargs["connection_verify"] = cafile
     if settings is not None:
         seconds = settings.http_timeout.total_seconds()
         kwargs["connection_timeout"] = min(seconds, 20.0)
         kwargs["read_timeout"] = seconds
+    if session is not None:
+        return {"transport": AioHttpTransport(session=session, session_owner=False, **kwargs)}
+    cafile = ca_file()
+    if cafile:
+        kwargs["connection_verify"] = cafile
     return kwargs

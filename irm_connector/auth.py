@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import msal
 import requests
 from azure.core.credentials_async import AsyncTokenCredential
@@ -103,10 +104,10 @@ class MsalTokenProvider:
 class IdentityTokenProvider:
     """The function's managed identity (``AZURE_CLIENT_ID`` picks a user-assigned one)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
         self._scope = f"{settings.api_audience}/.default"
         client_id = os.environ.get("AZURE_CLIENT_ID") or None
-        self._credential = ManagedIdentityCredential(client_id=client_id, **azure_client_kwargs(settings))
+        self._credential = ManagedIdentityCredential(client_id=client_id, **azure_client_kwargs(settings, session))
 
     async def get_token(self, *, refresh: bool = False) -> str:
         try:
@@ -129,17 +130,23 @@ class IdentityTokenProvider:
         await self._credential.close()
 
 
-def management_token_provider(settings: Settings) -> ManagementTokenProvider:
+def management_token_provider(
+    settings: Settings, session: aiohttp.ClientSession | None = None
+) -> ManagementTokenProvider:
     if settings.auth_mode == "managed_identity":
-        return IdentityTokenProvider(settings)
+        return IdentityTokenProvider(settings, session)
     return MsalTokenProvider(settings)
 
 
 def azure_credential(
-    settings: Settings, client_id: str | None = None, *, managed_identity_only: bool = False
+    settings: Settings,
+    client_id: str | None = None,
+    *,
+    managed_identity_only: bool = False,
+    session: aiohttp.ClientSession | None = None,
 ) -> AsyncTokenCredential:
     """The credential for Azure resources: in Azure, the function's managed identity."""
-    kwargs = azure_client_kwargs(settings)
+    kwargs = azure_client_kwargs(settings, session)
     if managed_identity_only:
         return ManagedIdentityCredential(client_id=client_id or os.environ.get("AZURE_CLIENT_ID") or None, **kwargs)
     mi_client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiolimiter import AsyncLimiter
@@ -19,7 +20,7 @@ from azure.monitor.ingestion.aio import LogsIngestionClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from ._tls import azure_client_kwargs, ssl_context
+from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
 from .failures import FailureStore
@@ -39,6 +40,8 @@ class Runtime:
 
     settings: Settings
     session: aiohttp.ClientSession
+    #: the connection pool of the Azure SDK clients and credentials
+    azure_session: aiohttp.ClientSession
     tokens: ManagementTokenProvider
     management: ManagementActivityClient
     state: StateStore
@@ -50,6 +53,7 @@ class Runtime:
     async def close(self) -> None:
         closers = [self.queue.close, self.state.close, self.ingestor.close, self.tokens.close, self.session.close]
         closers += [c.close for c in self.credentials]
+        closers.append(self.azure_session.close)
         for closer in closers:
             try:
                 await closer()
@@ -62,40 +66,45 @@ _runtimes: dict[int, tuple[asyncio.AbstractEventLoop, Runtime]] = {}
 
 
 def storage_clients(
-    storage: StorageSettings, settings: Settings, credentials: list[AsyncTokenCredential]
+    storage: StorageSettings,
+    settings: Settings,
+    credentials: list[AsyncTokenCredential],
+    session: aiohttp.ClientSession | None = None,
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
-    common = azure_client_kwargs(settings)
-    # The storage SDKs' default backoff starts at 15 s (queues); a short outage should cost seconds.
-    # Connection failures get as many tries as the rest: a storage restart takes a few seconds, and a
-    # commit lost to it means the blob's rows are sent again.
-    table_kwargs = {
-        **common, "retry_total": 6, "retry_connect": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
-    }  # fmt: skip
-    queue_kwargs = {
-        **common,
-        "message_encode_policy": TextBase64EncodePolicy(),
-        "message_decode_policy": LenientBase64DecodePolicy(),
-        # Read by the client's own ExponentialRetry: waits 1 s, 3 s, 5 s, 9 s, 17 s.
-        "initial_backoff": 1,
-        "increment_base": 2,
-        "retry_total": 5,
-        "retry_connect": 5,
-    }
+    """The table service and the two queue clients, from a connection string or identity-based settings."""
+
+    def tables_kwargs() -> dict[str, Any]:
+        # The SDKs' default backoff is slow (queues: from 15 s); a short outage should cost seconds. Connection
+        # failures get as many tries as the rest: a commit lost to a storage restart means rows sent again.
+        return {
+            **azure_client_kwargs(settings, session),
+            "retry_total": 6, "retry_connect": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
+        }  # fmt: skip
+
+    def queue_kwargs() -> dict[str, Any]:
+        return {
+            **azure_client_kwargs(settings, session),
+            "message_encode_policy": TextBase64EncodePolicy(),
+            "message_decode_policy": LenientBase64DecodePolicy(),
+            # Read by the client's own ExponentialRetry: waits 1 s, 3 s, 5 s, 9 s, 17 s.
+            "initial_backoff": 1, "increment_base": 2, "retry_total": 5, "retry_connect": 5,
+        }  # fmt: skip
+
     if storage.connection_string:
         conn = storage.connection_string
-        tables = TableServiceClient.from_connection_string(conn, **table_kwargs)
-        main = QueueClient.from_connection_string(conn, settings.content_queue, **queue_kwargs)
-        poison = QueueClient.from_connection_string(conn, settings.poison_queue, **queue_kwargs)
+        tables = TableServiceClient.from_connection_string(conn, **tables_kwargs())
+        main = QueueClient.from_connection_string(conn, settings.content_queue, **queue_kwargs())
+        poison = QueueClient.from_connection_string(conn, settings.poison_queue, **queue_kwargs())
         return tables, main, poison
     assert storage.table_service_uri is not None
     assert storage.queue_service_uri is not None
     credential = azure_credential(
-        settings, storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity"
+        settings, storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity", session=session
     )
     credentials.append(credential)
-    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **table_kwargs)
-    main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **queue_kwargs)
-    poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=credential, **queue_kwargs)
+    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **tables_kwargs())
+    main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **queue_kwargs())
+    poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=credential, **queue_kwargs())
     return tables, main, poison
 
 
@@ -105,7 +114,8 @@ def build_runtime(settings: Settings) -> Runtime:
         connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
         raise_for_status=False,
     )
-    tokens = management_token_provider(settings)
+    azure = azure_session()
+    tokens = management_token_provider(settings, azure)
     management = ManagementActivityClient(
         api_root=settings.api_root,
         tenant_id=settings.tenant_id,
@@ -115,14 +125,15 @@ def build_runtime(settings: Settings) -> Runtime:
         limiter=AsyncLimiter(settings.max_requests_per_minute, 60),
         retry=RetryPolicy(timeout=settings.http_timeout.total_seconds()),
     )
-    credentials: list[AsyncTokenCredential] = [azure_credential(settings)]
-    tables, main, poison = storage_clients(settings.storage, settings, credentials)
+    credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
+    tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
     ingestion = LogsIngestionClient(
-        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs(settings)
+        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs(settings, azure)
     )
     return Runtime(
         settings=settings,
         session=session,
+        azure_session=azure,
         tokens=tokens,
         management=management,
         state=StateStore(tables, prefix=settings.table_prefix, retention_days=settings.dedupe_retention_days),

@@ -27,7 +27,7 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -59,7 +59,12 @@ _BATCH = 100
 #: Record keys are stored as 16-byte digests, packed into binary properties of an entity per blob and hour.
 _DIGEST = 16
 _PROPERTY_BYTES = 60_000 - 60_000 % _DIGEST
-_SHARD_PROPERTIES = 15
+#: 11 x 60,000 bytes: under the 1 MiB entity limit even where binary is counted base64-encoded (Azurite).
+_SHARD_PROPERTIES = 11
+#: Sent keys a process keeps (about 80 bytes each in memory); older partitions are dropped first.
+_CACHE_KEYS = 1_000_000
+#: How far before the newest Timestamp seen the next incremental read starts, against commit skew.
+_CACHE_OVERLAP = timedelta(minutes=5)
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _SENT = "s"
 _PENDING = "p"
@@ -178,6 +183,31 @@ class _Shard:
     ids: set[bytes]
 
 
+@dataclass
+class _SentKeys:
+    """What a process knows of one partition's sent shards: their row keys, their record keys, and the
+    newest Timestamp seen (the next read asks only for what is newer)."""
+
+    rows: set[str] = field(default_factory=set)
+    ids: set[bytes] = field(default_factory=set)
+    high_water: datetime | None = None
+
+
+@dataclass(frozen=True)
+class _View:
+    sent: set[bytes]
+    pending: list[_Shard]
+
+
+def _ids(entity: Any) -> set[bytes]:
+    return {
+        bytes(block[i : i + _DIGEST])
+        for name, block in entity.items()
+        if name.startswith("I") and isinstance(block, bytes | bytearray)
+        for i in range(0, len(block), _DIGEST)
+    }
+
+
 def _digest(record_id: str) -> bytes:
     return hashlib.blake2b(record_id.encode("utf-8", "replace"), digest_size=_DIGEST).digest()
 
@@ -215,6 +245,7 @@ class StateStore:
         self._tables: dict[str, TableClient] = {}
         self._created: set[str] = set()
         self._create_lock = asyncio.Lock()
+        self._sent_cache: OrderedDict[tuple[str, str], _SentKeys] = OrderedDict()
         self.stats = StoreStats()
 
     @property
@@ -354,18 +385,17 @@ class StateStore:
 
     async def _claim_slot(self, slot: tuple[str, str], rows: list[Row], claim: Claim) -> None:
         table, pk = self._record_table(slot[0]), slot[1]
-        shards = await self._read_shards(table, pk)
-        live = [s for s in shards if not s.sent and not s.stale]
-        sent = _union(s.ids for s in shards if s.sent)
+        view = await self._read_view(table, pk)
+        live = [s for s in view.pending if not s.stale]
         own = [s for s in live if s.owner == claim.owner]
         own_ids = _union(s.ids for s in own)
         same_blob = _union(s.ids for s in live if s.owner != claim.owner and s.blob == claim.blob)
         others = _union(s.ids for s in live if s.blob != claim.blob)
-        expired = _union(s.ids for s in shards if not s.sent and s.stale)
+        expired = _union(s.ids for s in view.pending if s.stale)
         mine: list[Row] = []
         for row in rows:
             digest = _digest(row.record_id)
-            if digest in sent:
+            if digest in view.sent:
                 claim.already_sent += 1
             elif digest in own_ids:
                 mine.append(row)  # this delivery's own claim from an attempt that did not finish
@@ -388,13 +418,13 @@ class StateStore:
         claim.slots[slot] = mine
         # Two processors can claim one record between the read and the write above. Read again: the
         # earliest first claim wins, every side ranks the shards alike, so exactly one keeps each record.
-        after = await self._read_shards(table, pk)
-        rank = min((s.rank for s in after if s.owner == claim.owner and not s.sent), default=None)
+        after = await self._read_view(table, pk)
+        rank = min((s.rank for s in after.pending if s.owner == claim.owner), default=None)
         if rank is None:
             raise StateError(f"the claim just written to {table}/{pk} cannot be read back")
-        beaten = _union(s.ids for s in after if s.owner != claim.owner and (s.sent or (not s.stale and s.rank < rank)))
-        if beaten:
-            kept = [r for r in mine if _digest(r.record_id) not in beaten]
+        rivals = _union(s.ids for s in after.pending if s.owner != claim.owner and not s.stale and s.rank < rank)
+        kept = [r for r in mine if (d := _digest(r.record_id)) not in rivals and d not in after.sent]
+        if len(kept) < len(mine):
             claim.claimed_elsewhere += len(mine) - len(kept)
             mine = kept
             claim.slots[slot] = mine
@@ -469,31 +499,54 @@ class StateStore:
                 raise StateError(f"cannot write dedupe keys to {table_name}: {_reason(exc)}") from exc
         return len(pieces)
 
-    async def _read_shards(self, table_name: str, pk: str) -> list[_Shard]:
+    async def _read_view(self, table_name: str, pk: str) -> _View:
+        """The partition as a claim needs it: every sent key, and the pending shards as they are now.
+
+        Sent shards never change, so each process keeps their keys per partition and afterwards reads
+        only what was written since (plus the pending shards, which can change or vanish): a blob's claim
+        then costs the delta, not the whole hour again.
+        """
+        key = (table_name, pk)
+        cache = self._sent_cache.pop(key, None) or _SentKeys()
+        self._sent_cache[key] = cache  # most recently used last
+        query = "PartitionKey eq @pk"
+        parameters: dict[str, Any] = {"pk": pk}
+        if cache.high_water is not None:
+            query += " and ( Timestamp ge @since or S eq @pending )"  # spaces: the SDK splits on them
+            parameters |= {"since": cache.high_water - _CACHE_OVERLAP, "pending": _PENDING}
         now = datetime.now(UTC)
-        shards = []
-        for entity in await self._read_partition(table_name, pk, select=None):
-            ids = {
-                bytes(block[i : i + _DIGEST])
-                for name, block in entity.items()
-                if name.startswith("I") and isinstance(block, bytes | bytearray)
-                for i in range(0, len(block), _DIGEST)
-            }
+        pending: list[_Shard] = []
+        for entity in await self._read_partition(table_name, pk, select=None, query=query, parameters=parameters):
             stamp = entity.metadata.get("timestamp") or now
+            if cache.high_water is None or stamp > cache.high_water:
+                cache.high_water = stamp
+            ids = _ids(entity)
+            if entity.get("S") == _SENT:
+                if str(entity["RowKey"]) not in cache.rows:
+                    cache.rows.add(str(entity["RowKey"]))
+                    cache.ids |= ids
+                continue
             first = _parse(entity.get("First")) or stamp
             expires = _parse(entity.get("Expires")) or stamp + self._claim_ttl
-            shards.append(
+            pending.append(
                 _Shard(
                     row_key=str(entity["RowKey"]),
                     owner=str(entity.get("Owner", "")),
                     blob=str(entity.get("Blob", "")),
-                    sent=entity.get("S") == _SENT,
+                    sent=False,
                     rank=(first, str(entity["RowKey"])),
                     stale=now > expires,
                     ids=ids,
                 )
             )
-        return shards
+        self._trim_cache()
+        return _View(sent=cache.ids, pending=pending)
+
+    def _trim_cache(self) -> None:
+        total = sum(len(c.ids) for c in self._sent_cache.values())
+        while total > _CACHE_KEYS and len(self._sent_cache) > 1:
+            _, oldest = self._sent_cache.popitem(last=False)
+            total -= len(oldest.ids)
 
     # -- housekeeping ------------------------------------------------------------------------------
 
@@ -523,12 +576,19 @@ class StateStore:
 
     # -- primitives --------------------------------------------------------------------------------
 
-    async def _read_partition(self, table_name: str, pk: str, select: list[str] | None = ["RowKey"]) -> list[Any]:  # noqa: B006
+    async def _read_partition(
+        self,
+        table_name: str,
+        pk: str,
+        select: list[str] | None = ["RowKey"],  # noqa: B006 - never mutated
+        query: str = "PartitionKey eq @pk",
+        parameters: dict[str, Any] | None = None,
+    ) -> list[Any]:
         table = await self._table(table_name)
         out = []
         try:
             pages = table.query_entities(
-                "PartitionKey eq @pk", parameters={"pk": pk}, select=select, results_per_page=1000
+                query, parameters=parameters or {"pk": pk}, select=select, results_per_page=1000
             ).by_page()
             async for page in pages:
                 self.stats.reads += 1

@@ -237,14 +237,15 @@ async def test_azurite_stopped_mid_run_and_started_again(connector: ConnectorHar
 @pytest.mark.reports_outcome
 async def test_tokens_expire_and_refresh_during_a_long_run(connector: ConnectorHarness) -> None:
     sim = connector.standins
-    # Tokens that live 4 s: each library must notice expiry and fetch anew while the run goes on.
-    sim.tokens.lifetime = 4.0
+    # Tokens that live 2 s in a run of several: each library must notice expiry and fetch anew.
+    sim.tokens.lifetime = 2.0
     connector.set(LOGS_AUDIT_STREAM=AUDIT)
-    workload = generate_workload(seed=37, total_records=4000, blob_size=(200, 200), irm_share=0.05,
+    workload = generate_workload(seed=37, total_records=4000, blob_size=(100, 100), irm_share=0.05,
                                  tenant_id=sim.tenant_id)  # fmt: skip
     sim.management.set_subscription("Audit.General", "enabled")
     workload.publish(sim.management)
     sim.management.set_latency(0.4, route="content")
+    sim.ingestion.set_latency(0.5)
     await connector.poll()
     stats = await connector.drain()
     lost, duplicates = _tally(connector, workload)
