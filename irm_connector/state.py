@@ -63,8 +63,9 @@ _PROPERTY_BYTES = 60_000 - 60_000 % _DIGEST
 _SHARD_PROPERTIES = 11
 #: Sent keys a process keeps (about 80 bytes each in memory); older partitions are dropped first.
 _CACHE_KEYS = 1_000_000
-#: How far before the newest Timestamp seen the next incremental read starts, against commit skew.
-_CACHE_OVERLAP = timedelta(minutes=5)
+#: How far before the newest Timestamp seen the next incremental read starts: Timestamps are assigned at
+#: commit by the partition's server, so a small margin covers the skew of writes in flight.
+_CACHE_OVERLAP = timedelta(seconds=2)
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _SENT = "s"
 _PENDING = "p"
@@ -181,6 +182,8 @@ class _Shard:
     rank: tuple[datetime, str]
     stale: bool
     ids: set[bytes]
+    stamp: datetime | None = None
+    expires: datetime | None = None
 
 
 @dataclass
@@ -191,12 +194,16 @@ class _SentKeys:
     rows: set[str] = field(default_factory=set)
     ids: set[bytes] = field(default_factory=set)
     high_water: datetime | None = None
+    #: pending shards as last read, by row key (parsed once per version)
+    pending: dict[str, _Shard] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _View:
     sent: set[bytes]
     pending: list[_Shard]
+    #: the newest (server) Timestamp known after this read: anything written later is at least as new
+    read_from: datetime | None
 
 
 def _ids(entity: Any) -> set[bytes]:
@@ -418,7 +425,8 @@ class StateStore:
         claim.slots[slot] = mine
         # Two processors can claim one record between the read and the write above. Read again: the
         # earliest first claim wins, every side ranks the shards alike, so exactly one keeps each record.
-        after = await self._read_view(table, pk)
+        # Only what was written since the first read can have raced with this claim.
+        after = await self._read_view(table, pk, written_since=view.read_from, delta=True)
         rank = min((s.rank for s in after.pending if s.owner == claim.owner), default=None)
         if rank is None:
             raise StateError(f"the claim just written to {table}/{pk} cannot be read back")
@@ -499,48 +507,64 @@ class StateStore:
                 raise StateError(f"cannot write dedupe keys to {table_name}: {_reason(exc)}") from exc
         return len(pieces)
 
-    async def _read_view(self, table_name: str, pk: str) -> _View:
-        """The partition as a claim needs it: every sent key, and the pending shards as they are now.
+    async def _read_view(
+        self, table_name: str, pk: str, *, written_since: datetime | None = None, delta: bool = False
+    ) -> _View:
+        """The partition as a claim needs it: every sent key, and the pending shards.
 
         Sent shards never change, so each process keeps their keys per partition and afterwards reads
-        only what was written since (plus the pending shards, which can change or vanish): a blob's claim
-        then costs the delta, not the whole hour again.
+        only what was written since (plus every pending shard, which can change or vanish): a blob's claim
+        costs the delta, not the whole hour again. With ``written_since`` only shards written from then
+        on are read — what could have raced with a claim — and ``pending`` holds just those.
         """
         key = (table_name, pk)
         cache = self._sent_cache.pop(key, None) or _SentKeys()
         self._sent_cache[key] = cache  # most recently used last
         query = "PartitionKey eq @pk"
         parameters: dict[str, Any] = {"pk": pk}
-        if cache.high_water is not None:
+        if delta and written_since is not None:
+            query += " and Timestamp ge @since"
+            parameters["since"] = written_since - _CACHE_OVERLAP
+        elif cache.high_water is not None:
             query += " and ( Timestamp ge @since or S eq @pending )"  # spaces: the SDK splits on them
             parameters |= {"since": cache.high_water - _CACHE_OVERLAP, "pending": _PENDING}
         now = datetime.now(UTC)
         pending: list[_Shard] = []
+        parsed: dict[str, _Shard] = {}
         for entity in await self._read_partition(table_name, pk, select=None, query=query, parameters=parameters):
             stamp = entity.metadata.get("timestamp") or now
             if cache.high_water is None or stamp > cache.high_water:
                 cache.high_water = stamp
-            ids = _ids(entity)
+            row_key = str(entity["RowKey"])
             if entity.get("S") == _SENT:
-                if str(entity["RowKey"]) not in cache.rows:
-                    cache.rows.add(str(entity["RowKey"]))
-                    cache.ids |= ids
+                if row_key not in cache.rows:
+                    cache.rows.add(row_key)
+                    cache.ids |= _ids(entity)
                 continue
-            first = _parse(entity.get("First")) or stamp
-            expires = _parse(entity.get("Expires")) or stamp + self._claim_ttl
-            pending.append(
-                _Shard(
-                    row_key=str(entity["RowKey"]),
+            known = cache.pending.get(row_key)
+            if known is None or known.stamp != stamp:  # a pending shard is parsed once per version
+                first = _parse(entity.get("First")) or stamp
+                expires = _parse(entity.get("Expires")) or stamp + self._claim_ttl
+                known = _Shard(
+                    row_key=row_key,
                     owner=str(entity.get("Owner", "")),
                     blob=str(entity.get("Blob", "")),
                     sent=False,
-                    rank=(first, str(entity["RowKey"])),
-                    stale=now > expires,
-                    ids=ids,
+                    rank=(first, row_key),
+                    stale=False,
+                    ids=_ids(entity),
+                    stamp=stamp,
+                    expires=expires,
                 )
-            )
+            parsed[row_key] = known
+            stale = known.expires is not None and now > known.expires
+            pending.append(replace(known, stale=True) if stale else known)
+        if not delta:
+            cache.pending = parsed  # the full set of pending shards as of this read
+        else:
+            cache.pending.update(parsed)
         self._trim_cache()
-        return _View(sent=cache.ids, pending=pending)
+        return _View(sent=cache.ids, pending=pending, read_from=cache.high_water)
 
     def _trim_cache(self) -> None:
         total = sum(len(c.ids) for c in self._sent_cache.values())
