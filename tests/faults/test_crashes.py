@@ -178,7 +178,7 @@ async def test_kill_after_the_upload_before_the_commit(faulty: ConnectorHarness,
     )
     report.record(report.Outcome(
         "Crashes", "processor", "killed after an accepted upload, before its commit",
-        "the redelivered message sends the uncommitted rows again: duplicates, at most one blob's rows",
+        "the redelivered message sends the uncommitted rows again (duplicates allowed: at most one blob's rows)",
         f"{uploaded_before} rows uploaded before the kill", lost, duplicates))  # fmt: skip
     assert uploaded_before > 0
     assert lost == 0
@@ -232,7 +232,8 @@ async def test_azurite_stopped_mid_run_and_started_again(connector: ConnectorHar
     lost, duplicates = _tally(connector, workload)
     report.record(report.Outcome(
         "Crashes", "Azurite", "storage stopped for 3 s mid-run, then started",
-        "the SDK retries and the host's redelivery carry the run through; no operator action",
+        "the SDK retries and the host's redelivery carry the run through, no operator action; a commit the "
+        "outage catches re-sends that blob's rows (duplicates allowed, never loss)",
         "recovered" if stats.poisoned == 0 else f"{stats.poisoned} poisoned", lost, duplicates))  # fmt: skip
     assert stats.poisoned == 0
     assert lost == 0

@@ -74,7 +74,7 @@ _DEPENDENCIES = [
 
 LOST_ANSWER = (
     "the service accepted the body but its answer was lost: the invocation fails, the host retries, and "
-    "that body's rows arrive twice (the documented at-least-once window); nothing is lost"
+    "that body's rows arrive twice (the documented at-least-once window; duplicates allowed); nothing is lost"
 )
 BLOB_ROWS = 200 + 200 // 10  # one blob's audit rows and, at most, its alert rows
 
