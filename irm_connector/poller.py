@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import orjson
 
@@ -201,11 +202,15 @@ async def _list_window(
     now: datetime,
     cache: dict[tuple[str, str], set[str]],
     report: ContentTypeReport,
+    on_page: Callable[[], None] | None = None,
 ) -> None:
+    """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once."""
     for attempt in (1, 2):
         try:
             async for page in rt.management.list_content(content_type, window):
                 await _queue_page(rt, content_type, page, now, cache, report)
+                if on_page is not None:
+                    on_page()
             return
         except InvalidPage:
             if attempt == 2:
@@ -356,18 +361,9 @@ async def backfill(
         cache: dict[tuple[str, str], set[str]] = {}
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
         try:
+            progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
             for window in windows:
-                for attempt in (1, 2):  # as _list_window, telling on_progress after each page
-                    try:
-                        async for page in rt.management.list_content(content_type, window):
-                            await _queue_page(rt, content_type, page, moment, cache, ct_report)
-                            if on_progress is not None:
-                                on_progress(ct_report, len(windows))
-                        break
-                    except InvalidPage:
-                        if attempt == 2:
-                            raise
-                        log.warning("NextPageUri refused; listing %s again from its start", window, extra=dims)
+                await _list_window(rt, content_type, window, moment, cache, ct_report, progress)
                 ct_report.windows_listed += 1
                 if on_progress is not None:
                     on_progress(ct_report, len(windows))
