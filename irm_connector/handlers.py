@@ -70,7 +70,9 @@ async def process(message: func.QueueMessage) -> ProcessResult:
     # The poller's span for this blob is the parent: one trace from listing to ingestion.
     with telemetry.consumer_span("irm.process_blob", parsed.traceparent if parsed else "", dims) as span:
         try:
-            result = await process_message(rt, body, dequeue_count=dequeue_count, message_id=message.id or "")
+            result = await process_message(
+                rt, body, dequeue_count=dequeue_count, message_id=message.id or "", decoded=parsed
+            )
         except Exception as exc:
             telemetry.metrics_facade.failures.add(1, dims)
             record_request_metrics(rt)
@@ -80,18 +82,10 @@ async def process(message: func.QueueMessage) -> ProcessResult:
         span.set_attribute("outcome", result.outcome)
     record_process_metrics(rt, result, dims)
     if result.outcome in ("bad-message", "untrusted-url"):
-        await _record_failure(rt, body, None, dequeue_count, reason=_refusal(body, result))
+        await _record_failure(rt, body, None, dequeue_count, reason=result.detail)
     elif dequeue_count > 1:
         await _forget_failure(rt, body)  # an earlier attempt failed; this one did not
     return result
-
-
-def _refusal(body: bytes | str, result: ProcessResult) -> str:
-    try:
-        ContentMessage.decode(body)
-    except BadMessageError as exc:
-        return f"BadMessageError: {exc}"
-    return f"{result.outcome}: the message was refused without retries (see the connector log)"
 
 
 async def _record_failure(

@@ -39,16 +39,24 @@ class ProcessResult:
     claimed_elsewhere: int = 0
     problems: dict[str, int] = field(default_factory=dict)
     content_lag_seconds: float = 0.0
+    #: why a message was refused (bad-message, untrusted-url)
+    detail: str = ""
 
 
 async def process_message(
-    rt: Runtime, body: str | bytes, *, dequeue_count: int = 1, message_id: str = ""
+    rt: Runtime,
+    body: str | bytes,
+    *,
+    dequeue_count: int = 1,
+    message_id: str = "",
+    decoded: ContentMessage | None = None,
 ) -> ProcessResult:
-    """Process one content message; raises to make the host retry."""
+    """Process one content message (``decoded``: the caller already parsed it); raises to make the host
+    retry."""
     settings = rt.settings
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
-        message = ContentMessage.decode(text)
+        message = decoded or ContentMessage.decode(text)
         if message.tenant_id.lower() != settings.tenant_id.lower():
             raise BadMessageError("message is for another tenant than O365_TENANT_ID")
         rt.management.check_url(message.blob.content_uri, "contentUri")
@@ -62,7 +70,7 @@ async def process_message(
             extra={"outcome": outcome},
         )
         await rt.queue.put_poison(text)
-        return ProcessResult(outcome=outcome)
+        return ProcessResult(outcome=outcome, detail=f"{type(exc).__name__}: {exc}")
 
     blob = message.blob
     dims = {"content_type": blob.content_type, "content_id": blob.content_id, "tenant_id": settings.tenant_id}
