@@ -7,7 +7,7 @@ Tables (``irm`` is the prefix):
   poller that lost its lease cannot move the watermark.
 - ``irmblobsYYYYMMDD``: one marker per queued blob, by the blob's ``contentCreated`` day; keeps the
   listing overlap from queuing a blob twice.
-- ``irmrecYYYYMMDD``: one marker per (stream, record ``Id``), by the record's ``CreationTime`` day
+- ``irmrecYYYYMMDD``: the keys of the records sent, per stream, by the record's ``CreationTime`` day
   (duplicates of a record share it), partitioned by hour so one query reads what a blob needs.
 
 Record keys are 16-byte digests of the record ``Id``, packed into one entity per delivery (blob and queue
@@ -18,7 +18,9 @@ record the earlier claim wins, and both sides see the same order — uploads, th
 message (the same message finds its own claim): duplicates are possible there, loss is not. A failed
 attempt releases its claim; a claim whose owner died expires after :data:`CLAIM_TTL` and is taken over.
 Another blob holding the same record skips it while it is claimed; another *message* for the same blob
-waits (:class:`BlobBusy`). Day tables older than the retention are dropped whole: one request a day.
+waits (:class:`BlobBusy`). Sent entities never change, so a process caches their keys per partition and
+later reads ask only for what was written since. Day tables older than the retention are dropped whole:
+one request a day.
 """
 
 from __future__ import annotations
