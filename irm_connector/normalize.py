@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from .schema import column_names, stream_schema
+from .schema import stream_schema
 
 __all__ = [
     "FIELD_LIMIT",
@@ -427,8 +427,3 @@ def _serialize(row: dict[str, Any], problems: Counter[str]) -> bytes:
         problems["row over 1 MB cut to fit (column " + name + ")"] += 1
         body = _dumps(row)
     return body
-
-
-def allowed_columns(stream_key: str) -> frozenset[str]:
-    """Column names the stream declares (used by tests and the ingestion self-check)."""
-    return frozenset(column_names(stream_key))

@@ -174,12 +174,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class _Shard:
-    """One entity of record keys: a blob's claim (pending) or its confirmation (sent)."""
+    """A pending claim as read: one delivery's record keys in one hour slot (sent keys live in
+    :class:`_SentKeys` instead)."""
 
     row_key: str
     owner: str
     blob: str
-    sent: bool
     #: (when the owner first claimed, RowKey): the earliest claim of a record wins.
     rank: tuple[datetime, str]
     stale: bool
@@ -551,7 +551,6 @@ class StateStore:
                     row_key=row_key,
                     owner=str(entity.get("Owner", "")),
                     blob=str(entity.get("Blob", "")),
-                    sent=False,
                     rank=(first, row_key),
                     stale=False,
                     ids=_ids(entity),
