@@ -94,16 +94,23 @@ async def _watermark_moved(connector: ConnectorHarness) -> bool:
     return state.watermark is not None and not state.lease_owner
 
 
-@pytest.mark.reports_outcome
-async def test_kill_after_enqueue_before_the_watermark_write(faulty: ConnectorHarness) -> None:
-    connector = faulty
-    workload = _workload(connector, seed=31)
-    hold = connector.proxy.hold("table.write", path="state", body=r'"Watermark": ?"\d')  # type: ignore[attr-defined]
+async def _kill_poller_then_restart(connector: ConnectorHarness, hold) -> tuple[int, int]:
+    """Kill a polling child at ``hold``, let the next ticks run and the queue drain; returns the queue
+    length before and after the restart."""
     await _kill_when_held(_start_child(connector, "poll"), hold)
     queued_before = await connector.queue_length()
     await _poll_after_lease(connector)
     queued_after = await connector.queue_length()
     await connector.drain()
+    return queued_before, queued_after
+
+
+@pytest.mark.reports_outcome
+async def test_kill_after_enqueue_before_the_watermark_write(faulty: ConnectorHarness) -> None:
+    connector = faulty
+    workload = _workload(connector, seed=31)
+    hold = connector.proxy.hold("table.write", path="state", body=r'"Watermark": ?"\d')  # type: ignore[attr-defined]
+    queued_before, queued_after = await _kill_poller_then_restart(connector, hold)
     lost, duplicates = _tally(connector, workload)
     report.record(report.Outcome(
         "Crashes", "poller", "killed after enqueue, before the watermark write",
@@ -119,11 +126,7 @@ async def test_kill_after_enqueue_before_the_blob_markers(faulty: ConnectorHarne
     connector = faulty
     workload = _workload(connector, seed=32)
     hold = connector.proxy.hold("table.batch")  # type: ignore[attr-defined]
-    await _kill_when_held(_start_child(connector, "poll"), hold)
-    queued_before = await connector.queue_length()
-    await _poll_after_lease(connector)
-    queued_after = await connector.queue_length()
-    await connector.drain()
+    queued_before, queued_after = await _kill_poller_then_restart(connector, hold)
     lost, duplicates = _tally(connector, workload)
     report.record(report.Outcome(
         "Crashes", "poller", "killed after enqueue, before the blob markers",
