@@ -42,8 +42,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(cfg: dict[str, Any]) -> dict[str, Any]:
+    from irm_connector.blob_parse import parse_blob
     from irm_connector.ingestion import COMPRESS_LEVEL, pack_rows
-    from irm_connector.normalize import ContentRef, Routing, normalize_blob, parse_blob
+    from irm_connector.normalize import ContentRef, Routing, normalize_blob
 
     blobs = load_blobs(cfg["blob_file"])
     routing = Routing("Custom-IRMAlerts", cfg.get("audit_stream", ""))

@@ -210,7 +210,7 @@ async def _one_message(functions: dict[str, Any], message: dict[str, Any]) -> di
     import azure.functions as func
 
     from irm_connector.content_queue import ContentMessage
-    from irm_connector.management_api import ContentBlob, parse_api_time
+    from irm_connector.models import ContentBlob, parse_api_time
     from irm_connector.runtime import close_runtimes
 
     body = ContentMessage(

@@ -37,8 +37,9 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     from azure.monitor.ingestion.aio import LogsIngestionClient
 
     from bench.bare import load_blobs
+    from irm_connector.blob_parse import parse_blob
     from irm_connector.ingestion import SentinelIngestor
-    from irm_connector.normalize import ContentRef, Routing, normalize_blob, parse_blob
+    from irm_connector.normalize import ContentRef, Routing, normalize_blob
 
     env = cfg["env"]
     os.environ.update(env)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -17,9 +16,17 @@ from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from .errors import BadMessageError, StateError
-from .management_api import ContentBlob, parse_api_time
+from .models import ContentBlob
 
-__all__ = ["MAX_MESSAGE_BYTES", "ContentMessage", "ContentQueue", "LenientBase64DecodePolicy", "UndecodableMessage"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "ContentMessage",
+    "ContentQueue",
+    "Delivery",
+    "LenientBase64DecodePolicy",
+    "UndecodableMessage",
+    "ensure_queue",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +44,7 @@ class ContentMessage:
     traceparent: str = ""
 
     def encode(self) -> str:
-        data: dict[str, Any] = {
-            "v": 1,
-            "tenantId": self.tenant_id,
-            "contentType": self.blob.content_type,
-            "contentId": self.blob.content_id,
-            "contentUri": self.blob.content_uri,
-            "contentCreated": _iso(self.blob.content_created),
-            "contentExpiration": _iso(self.blob.content_expiration),
-        }
+        data: dict[str, Any] = {"v": 1, "tenantId": self.tenant_id, **self.blob.to_api()}
         if self.traceparent:
             data["traceparent"] = self.traceparent
         return orjson.dumps(data).decode()
@@ -66,17 +65,30 @@ class ContentMessage:
         if missing:
             raise BadMessageError(f"message lacks {', '.join(missing)}")
         try:
-            blob = ContentBlob(
-                content_type=data["contentType"],
-                content_id=data["contentId"],
-                content_uri=data["contentUri"],
-                content_created=parse_api_time(data["contentCreated"]),
-                content_expiration=parse_api_time(data["contentExpiration"]),
-            )
+            blob = ContentBlob.from_api(data)
         except ValueError:
             raise BadMessageError("message has an unreadable contentCreated or contentExpiration") from None
         trace = data.get("traceparent")
         return cls(tenant_id=data["tenantId"], blob=blob, traceparent=trace if isinstance(trace, str) else "")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One queue message as the trigger hands it over, decoded once: the content message, or why it is not
+    one. Every step after (the processor, the failure record, the CLI) reads this, never the text again."""
+
+    text: str
+    message: ContentMessage | None
+    #: why the text is not a content message; None when ``message`` is set
+    problem: BadMessageError | None = None
+
+    @classmethod
+    def decode(cls, body: str | bytes) -> Delivery:
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            return cls(text, ContentMessage.decode(body))
+        except BadMessageError as exc:
+            return cls(text, None, exc)
 
 
 class UndecodableMessage(str):
@@ -95,8 +107,14 @@ class LenientBase64DecodePolicy(TextBase64DecodePolicy):
             return UndecodableMessage(content)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+async def ensure_queue(client: QueueClient) -> None:
+    """Create the queue unless it exists."""
+    try:
+        await client.create_queue()
+    except ResourceExistsError:
+        pass
+    except AzureError as exc:
+        raise StateError(f"cannot create queue {client.queue_name}: {type(exc).__name__}") from exc
 
 
 class ContentQueue:
@@ -117,15 +135,9 @@ class ContentQueue:
         return self._poison
 
     async def _ensure(self, client: QueueClient) -> None:
-        if client.queue_name in self._ready:
-            return
-        try:
-            await client.create_queue()
-        except ResourceExistsError:
-            pass
-        except AzureError as exc:
-            raise StateError(f"cannot create queue {client.queue_name}: {type(exc).__name__}") from exc
-        self._ready.add(client.queue_name)
+        if client.queue_name not in self._ready:
+            await ensure_queue(client)
+            self._ready.add(client.queue_name)
 
     async def put(self, message: ContentMessage) -> None:
         await self._send(self._main, message.encode())

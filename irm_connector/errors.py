@@ -1,43 +1,59 @@
-"""Exceptions raised by the connector.
+"""Every exception the connector raises, and what the Management API's error codes mean.
 
 The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
 
     ConnectorError
     ├── SettingsError                 a setting is missing or malformed
+    ├── UsageError                    a command line that cannot be carried out (the CLI)
     ├── AuthenticationError           no token could be obtained for a service
     ├── ManagementApiError            the Management Activity API answered with an error
-    │   ├── OperatorActionRequired    only a person can fix it (permission, tenant, disabled subscription)
-    │   ├── SubscriptionMissing       AF20022: the content type has no subscription yet
-    │   ├── InvalidWindow             AF20030 / AF20055: the listing window was refused
-    │   ├── InvalidPage               AF20031: a NextPageUri token was refused
-    │   ├── ContentUnavailable        AF20050 / AF20051 / AF20052 / 404: the blob is gone
+    │   ├── OperatorActionError       only a person can fix it (permission, tenant, disabled subscription)
+    │   ├── SubscriptionMissingError  AF20022: the content type has no subscription yet
+    │   ├── InvalidWindowError        AF20030 / AF20055: the listing window was refused
+    │   ├── InvalidPageError          AF20031: a NextPageUri token was refused
+    │   ├── ContentUnavailableError   AF20050 / AF20051 / AF20052 / 404: the blob is gone
     │   └── TransientApiError         throttling or a server fault that outlived the retries
     ├── UntrustedUrlError             a URL outside the configured API root and tenant
     ├── BadMessageError               a queue message that is not a content notification
+    ├── BadContentError               a content blob that is not a JSON array of records
     ├── IngestionError                the Logs Ingestion API refused rows
-    └── StateError                    Table Storage or the queue failed
+    ├── StateError                    Table Storage or the queue failed
+    │   ├── LeaseLostError            another poller took the content type's lease
+    │   └── BlobBusyError             another delivery of the same blob is sending its rows
+    └── PollError                     a poller run or backfill in which a content type failed
 
-Every error's message names what was wrong and what to do; none carries a token, a secret or
-record content, so they can be logged as they are.
+Every name ends in ``Error``. Every error's message names what was wrong and what to do; none carries
+a token, a secret or record content, so they can be logged as they are.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .poller import PollReport
+
 __all__ = [
     "AuthenticationError",
+    "BadContentError",
     "BadMessageError",
+    "BlobBusyError",
     "ConnectorError",
-    "ContentUnavailable",
+    "ContentUnavailableError",
     "IngestionError",
-    "InvalidPage",
-    "InvalidWindow",
+    "InvalidPageError",
+    "InvalidWindowError",
+    "LeaseLostError",
     "ManagementApiError",
-    "OperatorActionRequired",
+    "OperatorActionError",
+    "PollError",
     "SettingsError",
     "StateError",
-    "SubscriptionMissing",
+    "SubscriptionMissingError",
     "TransientApiError",
     "UntrustedUrlError",
+    "UsageError",
+    "management_api_error",
 ]
 
 
@@ -52,6 +68,10 @@ class SettingsError(ConnectorError):
         super().__init__(f"setting {setting}: {problem}")
         self.setting = setting
         self.problem = problem
+
+
+class UsageError(ConnectorError):
+    """A command line that cannot be carried out (the CLI exits 2)."""
 
 
 class AuthenticationError(ConnectorError):
@@ -103,32 +123,32 @@ class ManagementApiError(ConnectorError):
         self.content_type = content_type
 
 
-class OperatorActionRequired(ManagementApiError):
+class OperatorActionError(ManagementApiError):
     """Only a person can fix this: grant ActivityFeed.Read, fix the tenant id, turn on auditing,
     re-enable a subscription an admin disabled. Retrying in a loop would not help."""
 
     hint = "an administrator must act; the README's troubleshooting table says what to do for this code"
 
 
-class SubscriptionMissing(ManagementApiError):
+class SubscriptionMissingError(ManagementApiError):
     """AF20022: the content type has no subscription; the poller starts one and tries again later."""
 
     hint = "the poller starts the subscription itself (at most once per 15 minutes)"
 
 
-class InvalidWindow(ManagementApiError):
+class InvalidWindowError(ManagementApiError):
     """AF20030 / AF20055: the listing window was refused (clock skew or the 7-day limit)."""
 
     hint = "the poller re-plans the window on its next run; check the machine clock if this repeats"
 
 
-class InvalidPage(ManagementApiError):
+class InvalidPageError(ManagementApiError):
     """AF20031: a NextPageUri was refused; the poller lists the whole window again."""
 
     hint = "the window is listed again from its start"
 
 
-class ContentUnavailable(ManagementApiError):
+class ContentUnavailableError(ManagementApiError):
     """The content blob is gone (expired after 7 days, missing, or a bad id); it is skipped and counted."""
 
     hint = "the blob cannot be fetched any more; its records are lost to the API"
@@ -160,6 +180,10 @@ class BadMessageError(ConnectorError):
     """A queue message that is not a content notification; it is moved to the poison queue."""
 
 
+class BadContentError(ConnectorError):
+    """The blob as a whole is not a JSON array of records."""
+
+
 class IngestionError(ConnectorError):
     """The Logs Ingestion API refused rows (``status``, ``code`` of its error body, ``stream``)."""
 
@@ -172,3 +196,57 @@ class IngestionError(ConnectorError):
 
 class StateError(ConnectorError):
     """Table Storage or the storage queue failed; the invocation fails and the host retries it."""
+
+
+class LeaseLostError(StateError):
+    """Another poller took this content type's lease; this run stops for it."""
+
+
+class BlobBusyError(StateError):
+    """Another delivery of the same blob is sending these rows; wait for it to finish or for its claim to
+    expire."""
+
+
+class PollError(ConnectorError):
+    """A poller run (or backfill) in which a content type failed; ``report`` holds what every content type
+    did."""
+
+    def __init__(self, message: str, report: PollReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+# -- what the Management API's error codes mean ----------------------------------------------------------
+
+_OPERATOR_CODES = {
+    "AF10001": "the app lacks ActivityFeed.Read (or admin consent): grant it in Entra ID and consent",
+    "AF20010": "the token's tenant is not O365_TENANT_ID: check O365_TENANT_ID and the app registration",
+    "AF20011": "the tenant is unknown to the API: check O365_TENANT_ID and that unified audit logging is on",
+    "AF20012": "the tenant is not set up for the API: turn on unified audit logging in Microsoft Purview",
+    "AF20013": "O365_TENANT_ID is not a valid tenant GUID",
+    "AF20020": "the content type is not valid: check O365_CONTENT_TYPES",
+    "AF20021": "the webhook is not validated",
+    "AF20023": "an administrator disabled the subscription for this content type: re-enable it deliberately "
+    "(irm-connector subscriptions start); the connector will not restart it in a loop",
+}
+_CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
+
+
+def management_api_error(status: int, code: str, message: str, operation: str, content_type: str) -> ManagementApiError:
+    """The error an answer that is neither success nor retryable means (see ``apis.md``'s code table)."""
+    kwargs: dict[str, Any] = {"status": status, "code": code, "operation": operation, "content_type": content_type}
+    if code in _OPERATOR_CODES:
+        return OperatorActionError(_OPERATOR_CODES[code], **kwargs)
+    if code == "AF20022":
+        return SubscriptionMissingError("no subscription for the content type", **kwargs)
+    if code in ("AF20030", "AF20055"):
+        return InvalidWindowError(f"the API refused the listing window: {message}", **kwargs)
+    if code == "AF20031":
+        return InvalidPageError("the API refused the NextPageUri", **kwargs)
+    if code in _CONTENT_GONE or (operation == "content" and status == 404):
+        return ContentUnavailableError(f"content is not available: {message or 'not found'}", **kwargs)
+    if status in (401, 403):
+        return OperatorActionError(
+            "the API refused the token: check ActivityFeed.Read, admin consent, and O365_TENANT_ID", **kwargs
+        )
+    return ManagementApiError(f"unexpected answer: {message or 'no error body'}", **kwargs)

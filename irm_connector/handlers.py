@@ -7,18 +7,18 @@ same code.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 
 import azure.functions as func
 
 from . import telemetry
-from .content_queue import ContentMessage
-from .errors import BadMessageError, SettingsError, StateError
-from .failures import message_key
-from .poller import PollFailed, PollReport, run_poller
+from .content_queue import Delivery
+from .errors import PollError, SettingsError, StateError
+from .metrics import metrics, record_poll, record_process
+from .poller import PollReport, run_poller
 from .processor import ProcessResult, process_message
 from .runtime import Runtime, get_runtime
 from .settings import Settings
+from .state import describe, message_key
 
 __all__ = ["poll", "process"]
 
@@ -42,10 +42,10 @@ async def poll(timer: func.TimerRequest) -> PollReport:
     rt = await get_runtime(settings)
     try:
         report = await run_poller(rt)
-    except PollFailed as exc:
-        record_poll_metrics(rt, exc.report)
+    except PollError as exc:
+        record_poll(exc.report, settings.tenant_id)
         raise
-    record_poll_metrics(rt, report)
+    record_poll(report, settings.tenant_id)
     log.info(
         "Poller run: %d blobs queued (%s)",
         report.blobs_queued,
@@ -59,95 +59,40 @@ async def process(message: func.QueueMessage) -> ProcessResult:
     settings = _settings()
     dequeue_count = message.dequeue_count or 1
     rt = await get_runtime(settings)
-    body = message.get_body()
-    try:
-        parsed: ContentMessage | None = ContentMessage.decode(body)
-    except BadMessageError:
-        parsed = None  # process_message says why and parks it
+    delivery = Delivery.decode(message.get_body())
     dims = {"tenant_id": settings.tenant_id}
-    if parsed is not None:
-        dims |= {"content_type": parsed.blob.content_type, "content_id": parsed.blob.content_id}
+    if delivery.message is not None:
+        blob = delivery.message.blob
+        dims |= {"content_type": blob.content_type, "content_id": blob.content_id}
     # The poller's span for this blob is the parent: one trace from listing to ingestion.
-    with telemetry.consumer_span("irm.process_blob", parsed.traceparent if parsed else "", dims) as span:
+    parent = delivery.message.traceparent if delivery.message is not None else ""
+    with telemetry.consumer_span("irm.process_blob", parent, dims) as span:
         try:
-            result = await process_message(
-                rt, body, dequeue_count=dequeue_count, message_id=message.id or "", decoded=parsed
-            )
+            result = await process_message(rt, delivery, dequeue_count=dequeue_count, message_id=message.id or "")
         except Exception as exc:
-            telemetry.metrics_facade.failures.add(1, dims)
-            record_request_metrics(rt)
+            metrics.failures.add(1, dims)
             span.record_exception(exc)
-            await _record_failure(rt, body, exc, dequeue_count)
+            await _record_failure(rt, delivery, describe(exc), dequeue_count)
             raise
         span.set_attribute("outcome", result.outcome)
-    record_process_metrics(rt, result, dims)
+    record_process(result, dims)
     if result.outcome in ("bad-message", "untrusted-url"):
-        await _record_failure(rt, body, None, dequeue_count, reason=result.detail)
+        await _record_failure(rt, delivery, result.detail, dequeue_count)
     elif dequeue_count > 1:
-        await _forget_failure(rt, body)  # an earlier attempt failed; this one did not
+        await _forget_failure(rt, delivery)  # an earlier attempt failed; this one did not
     return result
 
 
-async def _record_failure(
-    rt: Runtime, body: bytes | str, exc: BaseException | None, attempts: int, *, reason: str = ""
-) -> None:
+async def _record_failure(rt: Runtime, delivery: Delivery, reason: str, attempts: int) -> None:
     """Remember why the message failed, for ``irm-connector poison list``; never fails the invocation."""
     try:
-        await rt.failures.record(body, exc or RuntimeError(reason), attempts=attempts, reason=reason)
+        await rt.state.failures.upsert_failure(delivery, reason, attempts=attempts)
     except StateError as error:
         log.warning("Could not record the failure reason: %s", error)
 
 
-async def _forget_failure(rt: Runtime, body: bytes | str) -> None:
+async def _forget_failure(rt: Runtime, delivery: Delivery) -> None:
     try:
-        await rt.failures.forget(message_key(body)[0])
+        await rt.state.failures.delete_failure(message_key(delivery))
     except StateError as error:
         log.debug("Could not forget the failure reason: %s", error)
-
-
-# -- metrics -----------------------------------------------------------------------------------------
-
-
-def record_request_metrics(rt: Runtime) -> None:
-    """Throttled and retried Management API requests since the last call (the client keeps running totals)."""
-    m = telemetry.metrics_facade
-    stats = rt.management.stats
-    dims = {"tenant_id": rt.settings.tenant_id}
-    throttled = m.delta(stats, "throttled", stats.throttled)
-    retried = m.delta(stats, "retried", stats.retried)
-    if throttled:
-        m.requests_throttled.add(throttled, dims)
-    if retried:
-        m.requests_retried.add(retried, dims)
-
-
-def record_poll_metrics(rt: Runtime, report: PollReport) -> None:
-    m = telemetry.metrics_facade
-    now = datetime.now(UTC)
-    for ct in report.content_types:
-        dims = {"content_type": ct.content_type, "tenant_id": rt.settings.tenant_id}
-        m.blobs_listed.add(ct.blobs_listed, dims)
-        m.blobs_queued.add(ct.blobs_queued, dims)
-        if ct.blobs_expired:
-            m.blobs_expired.add(ct.blobs_expired, {**dims, "stage": "poller"})
-        if ct.watermark is not None:
-            m.poller_lag.record(max(0.0, (now - ct.watermark).total_seconds()), dims)
-    record_request_metrics(rt)
-
-
-def record_process_metrics(rt: Runtime, result: ProcessResult, dims: dict[str, str]) -> None:
-    m = telemetry.metrics_facade
-    base = {k: v for k, v in dims.items() if k != "content_id"}  # content ids would explode the cardinality
-    m.blobs_processed.add(1, {**base, "outcome": result.outcome})
-    if result.outcome == "expired":
-        m.blobs_expired.add(1, {**base, "stage": "processor"})
-    if result.records:
-        m.records_received.add(result.records, base)
-    for stream, rows in result.rows_sent.items():
-        m.rows_ingested.add(rows, {**base, "stream": stream})
-    dropped = result.duplicates_dropped + result.claimed_elsewhere
-    if dropped:
-        m.duplicates_dropped.add(dropped, base)
-    if result.outcome == "ingested":
-        m.content_lag.record(result.content_lag_seconds, base)
-    record_request_metrics(rt)

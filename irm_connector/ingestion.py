@@ -1,7 +1,7 @@
 """Sending rows to Sentinel through the Logs Ingestion API.
 
 azure-monitor-ingestion's ``upload`` serializes with the standard library and sends its chunks one
-after another. The rows here are already serialized (see :mod:`.normalize`), so this module packs them
+after another. The rows here are already serialized (see :mod:`.row_writer`), so this module packs them
 into bodies as close to the 1 MiB limit as they fit, gzips each in a worker thread (zlib releases the
 GIL), and sends the prepared bodies concurrently through the same client, which then only adds the
 headers, its retry policy and the token. A body's bytes are joined only when its turn to be sent comes,
@@ -23,11 +23,14 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from .errors import IngestionError
-from .normalize import REQUEST_LIMIT, Row
+from .models import Row
 
-__all__ = ["PACK_LIMIT", "UPLOAD_CONCURRENCY", "Chunk", "SentinelIngestor", "UploadStats", "pack_rows"]
+__all__ = ["PACK_LIMIT", "REQUEST_LIMIT", "UPLOAD_CONCURRENCY", "Chunk", "SentinelIngestor", "UploadStats", "pack_rows"]
 
 log = logging.getLogger(__name__)
+
+#: The Logs Ingestion API refuses a request body above 1 MiB (compressed or not).
+REQUEST_LIMIT = 1024 * 1024
 
 #: Bodies are packed to this many bytes before compression; the API's limit is REQUEST_LIMIT.
 PACK_LIMIT = REQUEST_LIMIT - 4096

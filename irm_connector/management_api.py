@@ -27,61 +27,20 @@ from multidict import CIMultiDictProxy
 from .auth import ManagementTokenProvider
 from .errors import (
     AuthenticationError,
-    ContentUnavailable,
-    InvalidPage,
-    InvalidWindow,
     ManagementApiError,
-    OperatorActionRequired,
-    SubscriptionMissing,
     TransientApiError,
     UntrustedUrlError,
+    management_api_error,
 )
+from .metrics import metrics
+from .models import ContentBlob
 from .windows import Window
 
-__all__ = ["ContentBlob", "ManagementActivityClient", "RequestStats", "RetryPolicy", "parse_api_time"]
+__all__ = ["ManagementActivityClient", "RequestStats", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
-_OPERATOR_CODES = {
-    "AF10001": "the app lacks ActivityFeed.Read (or admin consent): grant it in Entra ID and consent",
-    "AF20010": "the token's tenant is not O365_TENANT_ID: check O365_TENANT_ID and the app registration",
-    "AF20011": "the tenant is unknown to the API: check O365_TENANT_ID and that unified audit logging is on",
-    "AF20012": "the tenant is not set up for the API: turn on unified audit logging in Microsoft Purview",
-    "AF20013": "O365_TENANT_ID is not a valid tenant GUID",
-    "AF20020": "the content type is not valid: check O365_CONTENT_TYPES",
-    "AF20021": "the webhook is not validated",
-    "AF20023": "an administrator disabled the subscription for this content type: re-enable it deliberately "
-    "(irm-connector subscriptions start); the connector will not restart it in a loop",
-}
-_CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
 _TRANSIENT_STATUS = {408, 500, 502, 503, 504}
-
-
-def parse_api_time(text: str) -> datetime:
-    """The API's timestamps (``2026-06-29T20:03:19.123Z``, or without the zone): UTC."""
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class ContentBlob:
-    """One entry of a content listing."""
-
-    content_type: str
-    content_id: str
-    content_uri: str
-    content_created: datetime
-    content_expiration: datetime
-
-    @classmethod
-    def from_api(cls, item: dict[str, Any]) -> ContentBlob:
-        return cls(
-            content_type=str(item["contentType"]),
-            content_id=str(item["contentId"]),
-            content_uri=str(item["contentUri"]),
-            content_created=parse_api_time(str(item["contentCreated"])),
-            content_expiration=parse_api_time(str(item["contentExpiration"])),
-        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +90,7 @@ class ManagementActivityClient:
         self._root = api_root.rstrip("/")
         self._host = urlsplit(self._root).netloc.lower()
         self._tenant = tenant_id.lower()
+        self._dims = {"tenant_id": tenant_id}
         self._base = f"{self._root}/api/v1.0/{tenant_id}/activity/feed"
         self._publisher = publisher_id
         self._tokens = tokens
@@ -260,6 +220,7 @@ class ManagementActivityClient:
             if attempt + 1 >= policy.attempts:
                 raise outcome.error
             self.stats.retried += 1
+            metrics.requests_retried.add(1, self._dims)
             delay = policy.delay(attempt, outcome.retry_after)
             if outcome.error.operation == "token":
                 # msal replays a failed token answer from its cache for a few seconds: wait that out.
@@ -307,10 +268,11 @@ class ManagementActivityClient:
         where: dict[str, Any] = {"status": status, "operation": call.operation, "content_type": call.content_type}
         if status == 429 or code == "AF429":
             self.stats.throttled += 1
+            metrics.requests_throttled.add(1, self._dims)
             return _Retry(TransientApiError("throttled", code=code or "AF429", **where), _retry_after(headers))
         if status in _TRANSIENT_STATUS or code.startswith("AF5"):
             return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), _retry_after(headers))
-        error = _classify(status, code, message, call.operation, call.content_type)
+        error = management_api_error(status, code, message, call.operation, call.content_type)
         if status == 401:
             return _Unauthorized(error)
         raise error
@@ -361,25 +323,6 @@ def _error(body: bytes) -> tuple[str, str]:
     code = error.get("code")
     message = error.get("message")
     return (str(code) if code else "", str(message)[:300] if message else "")
-
-
-def _classify(status: int, code: str, message: str, operation: str, content_type: str) -> ManagementApiError:
-    kwargs: dict[str, Any] = {"status": status, "code": code, "operation": operation, "content_type": content_type}
-    if code in _OPERATOR_CODES:
-        return OperatorActionRequired(_OPERATOR_CODES[code], **kwargs)
-    if code == "AF20022":
-        return SubscriptionMissing("no subscription for the content type", **kwargs)
-    if code in ("AF20030", "AF20055"):
-        return InvalidWindow(f"the API refused the listing window: {message}", **kwargs)
-    if code == "AF20031":
-        return InvalidPage("the API refused the NextPageUri", **kwargs)
-    if code in _CONTENT_GONE or (operation == "content" and status == 404):
-        return ContentUnavailable(f"content is not available: {message or 'not found'}", **kwargs)
-    if status in (401, 403):
-        return OperatorActionRequired(
-            "the API refused the token: check ActivityFeed.Read, admin consent, and O365_TENANT_ID", **kwargs
-        )
-    return ManagementApiError(f"unexpected answer: {message or 'no error body'}", **kwargs)
 
 
 def _json(body: bytes, operation: str, content_type: str) -> Any:

@@ -1,8 +1,8 @@
-"""Turning a content blob into output rows: pure, no I/O.
+"""Turning a blob's records into output rows: pure, no I/O.
 
-A blob is a JSON array of audit records. Each record becomes at most one row per stream: the alerts
-stream for RecordType 40 alerts of the configured categories, and, when it is on, the audit stream for
-every record. Rows are serialized here, once, so the ingestion step only packs bytes.
+Each record becomes at most one row per stream: the alerts stream for RecordType 40 alerts of the
+configured categories, and, when it is on, the audit stream for every record. The row values come from
+``columns.json``; :mod:`.row_writer` serializes them, once, so the ingestion step only packs bytes.
 
 Nothing in a blob stops the rest of it: a record that is not an object is counted and skipped; a record
 without ``Id`` gets a stable synthetic one; an unreadable ``CreationTime`` falls back to the blob's
@@ -13,40 +13,21 @@ in :class:`BlobRows` so the caller can log one line per blob, without record con
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
+from .models import Row
+from .row_writer import dumps, serialize_row
 from .schema import stream_schema
 
-__all__ = [
-    "FIELD_LIMIT",
-    "REQUEST_LIMIT",
-    "ROW_LIMIT",
-    "BadContentError",
-    "BlobRows",
-    "ContentRef",
-    "Routing",
-    "Row",
-    "extract_upn",
-    "iter_blob",
-    "normalize_blob",
-    "parse_blob",
-]
-
-#: Azure Monitor truncates a value above 64 KB; cap below it, leaving room for JSON escaping.
-FIELD_LIMIT = 64 * 1024 - 256
-#: The Logs Ingestion API refuses a request body above 1 MiB (compressed or not).
-REQUEST_LIMIT = 1024 * 1024
-#: A row must fit in one request with room for the array around it.
-ROW_LIMIT = REQUEST_LIMIT - 8192
+__all__ = ["BlobRows", "ContentRef", "Routing", "extract_upn", "normalize_blob"]
 
 UPN_KEYS = ("userPrincipalName", "UserPrincipalName", "upn", "Upn", "UPN", "f3u")
 ALERT_RECORD_TYPE = 40
@@ -57,10 +38,6 @@ _CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,7})?(
 _ALERT_TEXT = stream_schema("alerts").copied("string")
 _AUDIT_TEXT = stream_schema("audit").copied("string")
 _AUDIT_INTS = tuple(n for n in stream_schema("audit").copied("int") if n != "RecordType")
-
-
-class BadContentError(ValueError):
-    """The blob as a whole is not a JSON array of records."""
 
 
 @dataclass(frozen=True)
@@ -86,16 +63,6 @@ class Routing:
         return "*" in self.alert_categories or record.get("Category") in self.alert_categories
 
 
-@dataclass(slots=True)
-class Row:
-    """One serialized output row and the keys its dedupe marker lives under."""
-
-    record_id: str
-    #: ``YYYYMMDDHH`` of the record's CreationTime: duplicates of a record share it.
-    hour: str
-    body: bytes
-
-
 @dataclass
 class BlobRows:
     """The rows of one blob per stream name, and what was noticed on the way."""
@@ -106,74 +73,6 @@ class BlobRows:
     duplicates_in_blob: int = 0
     #: problem -> count, e.g. ``{"missing Id": 2, "value cut to 64 KB": 1}``.
     problems: Counter[str] = field(default_factory=Counter)
-
-    def total_rows(self) -> int:
-        return sum(len(r) for r in self.rows.values())
-
-
-def parse_blob(body: bytes | bytearray) -> list[Any]:
-    """Parse a blob body; raises :class:`BadContentError` when it is not a JSON array."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        # orjson refuses unpaired surrogates that the service can emit inside \\u escapes;
-        # the standard library reads them and the writer below replaces them.
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None
-    if not isinstance(data, list):
-        raise BadContentError(f"content is JSON but not an array (a {type(data).__name__})")
-    return data
-
-
-#: A blob larger than twice this is parsed a segment of about this size at a time (see :func:`iter_blob`).
-SEGMENT_BYTES = 4 * 1024 * 1024
-#: Where one record may end and the next begin: ``}`` ``,`` ``{`` at the array's top level (or not: see below).
-_BOUNDARY = re.compile(rb"\}\s*,\s*\{")
-_MAX_TRIES = 16
-
-
-def iter_blob(body: bytes | bytearray) -> Iterator[Any]:
-    """The records of a blob, parsed a segment at a time so a large blob's records never all exist at once
-    (a 50 MB blob is about 120,000 records: some 300 MB as Python objects). Same result and errors as
-    :func:`parse_blob`, which small blobs go straight to; an error may surface after earlier records.
-
-    A segment runs from the start of one record to a ``},{`` about :data:`SEGMENT_BYTES` further on. Such a
-    place can also lie inside a string or a nested array; then ``[`` + segment + ``]`` is not valid JSON
-    (an open string, or brackets left open), so the parse fails and the next candidate is tried. A segment
-    that parses ends exactly where a top-level record does."""
-    if len(body) <= 2 * SEGMENT_BYTES:
-        yield from parse_blob(body)
-        return
-    start = len(body) - len(body.lstrip())
-    if body[start : start + 1] != b"[":
-        yield from parse_blob(body)  # raises with the usual message
-        return
-    pos = start + 1
-    while len(body) - pos > 2 * SEGMENT_BYTES:
-        search_from = pos + SEGMENT_BYTES
-        parsed: list[Any] | None = None
-        for _ in range(_MAX_TRIES):
-            match = _BOUNDARY.search(body, search_from)
-            if match is None:
-                break
-            try:
-                parsed = orjson.loads(b"[" + body[pos : match.start() + 1] + b"]")
-            except orjson.JSONDecodeError:
-                search_from = match.start() + 1
-                continue
-            pos = match.end() - 1  # the next record's "{"
-            break
-        if parsed is None:
-            break  # no boundary that parses (or text orjson refuses): the rest in one piece
-        yield from parsed
-        del parsed
-    yield from parse_blob(b"[" + body[pos:])
-
-
-def _pos(exc: BaseException) -> int:
-    return int(getattr(exc, "pos", -1) or -1)
 
 
 def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing) -> BlobRows:
@@ -240,7 +139,7 @@ def extract_upn(data: Any) -> str:
 
 def _synthetic_id(record: dict[str, Any]) -> str:
     # Stable across blobs, so a duplicated record without Id still dedupes.
-    return str(uuid.uuid5(_SYNTHETIC_ID_NAMESPACE, _dumps(record, sort=True).decode()))
+    return str(uuid.uuid5(_SYNTHETIC_ID_NAMESPACE, dumps(record, sort=True).decode()))
 
 
 #: ``YYYY-MM-DDTHH`` -> ``YYYYMMDDHH`` for the hours already checked to be real dates (a blob's records
@@ -292,7 +191,7 @@ def _text(value: Any) -> str | None:
         return value
     if isinstance(value, bool | int | float):
         return json.dumps(value)
-    return _dumps(value).decode("utf-8")
+    return dumps(value).decode("utf-8")
 
 
 def _parse_data(value: Any, problems: Counter[str]) -> Any:
@@ -326,7 +225,7 @@ def _alert_row(
         row["Data"] = data
     row["ContentId"] = ref.content_id
     row["ContentType"] = ref.content_type
-    return _serialize(row, problems)
+    return serialize_row(row, problems)
 
 
 def _audit_row(
@@ -354,76 +253,6 @@ def _audit_row(
     row["ContentType"] = ref.content_type
     row["ContentId"] = ref.content_id
     row["Record"] = record
-    return _serialize(row, problems)
+    return serialize_row(row, problems)
 
 
-def _dumps(value: Any, *, sort: bool = False) -> bytes:
-    option = orjson.OPT_SORT_KEYS if sort else 0
-    try:
-        return orjson.dumps(value, option=option)
-    except (TypeError, orjson.JSONEncodeError):
-        # Unpaired surrogates (orjson refuses them) or nesting beyond orjson's limit.
-        return json.dumps(_clean(value), sort_keys=sort, ensure_ascii=False).encode("utf-8", "replace")
-
-
-def _clean(value: Any, depth: int = 0) -> Any:
-    """What orjson refused, made writable: unpaired surrogates replaced; NaN, infinities and integers
-    beyond 64 bits (which the standard library's reader lets through) written as strings."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
-        return str(value)
-    if depth > 200:
-        return _dumps_flat(value)
-    if isinstance(value, dict):
-        return {_clean(k, depth + 1): _clean(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v, depth + 1) for v in value]
-    return value
-
-
-def _dumps_flat(value: Any) -> str:
-    try:
-        text = json.dumps(value, ensure_ascii=True)
-    except RecursionError:
-        text = repr(type(value))
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _cut(text: str, limit: int) -> str:
-    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
-
-
-def _serialize(row: dict[str, Any], problems: Counter[str]) -> bytes:
-    try:
-        body = orjson.dumps(row)
-    except (TypeError, orjson.JSONEncodeError):
-        problems["text that is not valid Unicode, or nesting too deep, rewritten"] += 1
-        body = _dumps(row)
-    if len(body) <= FIELD_LIMIT:
-        # No field of a row this small can pass the per-value limit: the common, fast path. The copy is
-        # exactly the row's size: orjson's own bytes object keeps the block it grew into (~8 KB for a 1 KB
-        # row), so kept as is, a 50 MB blob's 120,000 audit rows held about 1 GB instead of 120 MB.
-        return memoryview(body).tobytes()
-    changed = False
-    sizes: dict[str, int] = {}
-    for name, value in row.items():
-        size = len(_dumps(value))
-        if size > FIELD_LIMIT:
-            row[name] = _cut(value if isinstance(value, str) else _dumps(value).decode("utf-8"), FIELD_LIMIT)
-            size = FIELD_LIMIT
-            changed = True
-            problems["value over 64 KB cut to fit (column " + name + ")"] += 1
-        sizes[name] = size
-    body = _dumps(row) if changed else body
-    while len(body) > ROW_LIMIT:
-        name = max(sizes, key=lambda n: sizes[n])
-        keep = max(0, sizes[name] - (len(body) - ROW_LIMIT) - 64)
-        value = row[name]
-        row[name] = _cut(value if isinstance(value, str) else _dumps(value).decode("utf-8"), keep)
-        sizes[name] = keep
-        problems["row over 1 MB cut to fit (column " + name + ")"] += 1
-        body = _dumps(row)
-    return body

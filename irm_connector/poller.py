@@ -17,30 +17,26 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import partial
 
-import orjson
-
-from . import __version__
 from .content_queue import ContentMessage
 from .errors import (
     ConnectorError,
-    IngestionError,
-    InvalidPage,
-    InvalidWindow,
-    OperatorActionRequired,
+    InvalidPageError,
+    InvalidWindowError,
+    LeaseLostError,
+    PollError,
     StateError,
-    SubscriptionMissing,
+    SubscriptionMissingError,
     UntrustedUrlError,
 )
-from .management_api import ContentBlob
-from .normalize import Row
+from .health import write_health
+from .models import ContentBlob
 from .runtime import Runtime
-from .state import LeaseLost, PollerState
+from .state import PollerState, SeenPartitions
 from .telemetry import producer_span, traceparent
-from .windows import MAX_WINDOW, RETENTION, RETENTION_MARGIN, Window, plan_windows
+from .windows import Window, plan_windows
 
-__all__ = ["BackfillProgress", "ContentTypeReport", "PollFailed", "PollReport", "backfill", "run_poller"]
+__all__ = ["ContentTypeReport", "PollReport", "list_window", "run_poller"]
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +74,8 @@ class PollReport:
         return [f"{r.content_type}: {r.error}" for r in self.content_types if r.error]
 
 
-class PollFailed(ConnectorError):
-    """A poller run in which a content type failed; ``report`` holds what every content type did."""
-
-    def __init__(self, message: str, report: PollReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
 async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timedelta | None = None) -> PollReport:
-    """One poller run over every configured content type. Raises :class:`ConnectorError` at the end if a
+    """One poller run over every configured content type. Raises :class:`PollError` at the end if a
     content type failed, after the others had their turn."""
     settings = rt.settings
     started = time.monotonic()
@@ -106,12 +94,12 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
         report.content_types.append(ct_report)
         try:
             await _poll_content_type(rt, content_type, owner, deadline, ct_report, now)
-        except (OperatorActionRequired, StateError, ConnectorError) as exc:
+        except ConnectorError as exc:
             ct_report.error = str(exc)
             log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
-        await _write_health(rt, ct_report)
+        await write_health(rt, ct_report)
     if report.errors:
-        raise PollFailed("poller run failed for " + "; ".join(report.errors), report)
+        raise PollError("poller run failed for " + "; ".join(report.errors), report)
     return report
 
 
@@ -121,7 +109,7 @@ async def _poll_content_type(
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
     now = fixed_now or datetime.now(UTC)
-    state = await rt.state.get_poller_state(settings.tenant_id, content_type)
+    state = await rt.state.watermarks.get_state(settings.tenant_id, content_type)
     if state.leased_by_other(owner, now):
         report.skipped = f"another poller holds the lease until {state.lease_until}"
         report.watermark = state.watermark
@@ -131,8 +119,8 @@ async def _poll_content_type(
     # renewed with every watermark write, so a crashed poller blocks its content type only briefly.
     lease_span = 2 * timedelta(seconds=max(5.0, deadline - time.monotonic()))
     try:
-        state = await rt.state.save_poller_state(replace(state, lease_owner=owner, lease_until=now + lease_span))
-    except LeaseLost:
+        state = await rt.state.watermarks.upsert_state(replace(state, lease_owner=owner, lease_until=now + lease_span))
+    except LeaseLostError:
         report.skipped = "another poller took the lease first"
         return
 
@@ -149,7 +137,7 @@ async def _poll_content_type(
             plan.unreachable,
             extra=dims,
         )
-    cache: dict[tuple[str, str], set[str]] = {}
+    seen: SeenPartitions = {}
     error = ""
     try:
         for window in plan.windows:
@@ -157,22 +145,22 @@ async def _poll_content_type(
                 log.info("Time budget used; %s continues from %s next run", content_type, window.start, extra=dims)
                 break
             try:
-                await _list_window(rt, content_type, window, now, cache, report)
-            except SubscriptionMissing:
+                await list_window(rt, content_type, window, now, seen, report)
+            except SubscriptionMissingError:
                 state, report.subscription = await _start_subscription(rt, state, now, dims)
                 if report.subscription == "waiting":
                     break
-                await _list_window(rt, content_type, window, now, cache, report)
-            state = await rt.state.save_poller_state(
+                await list_window(rt, content_type, window, now, seen, report)
+            state = await rt.state.watermarks.upsert_state(
                 replace(state, watermark=window.end, lease_until=datetime.now(UTC) + lease_span)
             )
             report.windows_listed += 1
         else:
             report.finished = True
-    except SubscriptionMissing as exc:
+    except SubscriptionMissingError as exc:
         error = str(exc)
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
-    except InvalidWindow as exc:
+    except InvalidWindowError as exc:
         error = str(exc)
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
     except ConnectorError as exc:
@@ -181,7 +169,7 @@ async def _poll_content_type(
     finally:
         report.watermark = state.watermark
         try:
-            await rt.state.save_poller_state(
+            await rt.state.watermarks.upsert_state(
                 replace(
                     state,
                     lease_owner="",
@@ -195,12 +183,12 @@ async def _poll_content_type(
             log.warning("Could not release the lease of %s (it expires by itself): %s", content_type, exc, extra=dims)
 
 
-async def _list_window(
+async def list_window(
     rt: Runtime,
     content_type: str,
     window: Window,
     now: datetime,
-    cache: dict[tuple[str, str], set[str]],
+    seen: SeenPartitions,
     report: ContentTypeReport,
     on_page: Callable[[], None] | None = None,
 ) -> None:
@@ -208,11 +196,11 @@ async def _list_window(
     for attempt in (1, 2):
         try:
             async for page in rt.management.list_content(content_type, window):
-                await _queue_page(rt, content_type, page, now, cache, report)
+                await _queue_page(rt, content_type, page, now, seen, report)
                 if on_page is not None:
                     on_page()
             return
-        except InvalidPage:
+        except InvalidPageError:
             if attempt == 2:
                 raise
             log.warning("NextPageUri refused; listing %s again from its start", window)
@@ -223,7 +211,7 @@ async def _queue_page(
     content_type: str,
     page: list[ContentBlob],
     now: datetime,
-    cache: dict[tuple[str, str], set[str]],
+    seen: SeenPartitions,
     report: ContentTypeReport,
 ) -> None:
     settings = rt.settings
@@ -246,7 +234,7 @@ async def _queue_page(
                 extra=dims,
             )
             continue
-        if await rt.state.is_queued(content_type, blob, cache):
+        if await rt.state.queued_blobs.is_queued(content_type, blob, seen):
             report.blobs_already_queued += 1
             continue
         fresh.append(blob)
@@ -262,7 +250,7 @@ async def _queue_page(
                 await rt.queue.put(ContentMessage(settings.tenant_id, blob, traceparent()))
 
     await asyncio.gather(*(put(b) for b in fresh))
-    await rt.state.mark_blobs_queued(content_type, fresh, cache)
+    await rt.state.queued_blobs.mark_queued(content_type, fresh, seen)
     report.blobs_queued += len(fresh)
 
 
@@ -282,108 +270,5 @@ async def _start_subscription(
         status,
         extra=dims,
     )
-    state = await rt.state.save_poller_state(replace(state, subscription_started=now))
+    state = await rt.state.watermarks.upsert_state(replace(state, subscription_started=now))
     return state, status
-
-
-async def _write_health(rt: Runtime, report: ContentTypeReport) -> None:
-    """One health row per run and content type, through the same ingestion path, so Sentinel itself can
-    tell when the connector goes quiet. A failure here never fails the run."""
-    settings = rt.settings
-    if not settings.health_stream:
-        return
-    now = datetime.now(UTC)
-    row = {
-        "TimeGenerated": now.isoformat().replace("+00:00", "Z"),
-        "O365TenantId": settings.tenant_id,
-        "ContentType": report.content_type,
-        "Watermark": report.watermark.isoformat().replace("+00:00", "Z") if report.watermark else None,
-        "LagSeconds": int((now - report.watermark).total_seconds()) if report.watermark else None,
-        "BlobsListed": report.blobs_listed,
-        "BlobsQueued": report.blobs_queued,
-        "BlobsExpired": report.blobs_expired,
-        "Errors": 1 if report.error else 0,
-        "LastError": report.error[:1000],
-        "SubscriptionStatus": report.subscription or ("skipped" if report.skipped else "enabled"),
-        "ConnectorVersion": __version__,
-    }
-    try:
-        await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))])
-    except IngestionError as exc:
-        log.warning("Could not write the health row for %s: %s", report.content_type, exc)
-
-
-#: Called after each page and each window of a backfill: (the content type's report, windows planned).
-BackfillProgress = Callable[[ContentTypeReport, int], None]
-
-
-def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
-    """The windows of a backfill over ``[start, end)``: at most 24 hours each, inside the API's 7 days.
-
-    A start up to 7 days back is moved inside the retention margin; raises :class:`ValueError` when the range
-    is empty or starts more than 7 days back (that content can no longer be listed)."""
-    start, end, now = start.astimezone(UTC), end.astimezone(UTC), now.astimezone(UTC)
-    if start < now - RETENTION - timedelta(minutes=5):  # a little slack for --since 7d
-        raise ValueError(
-            f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
-        )
-    end = min(end, now).replace(microsecond=0)
-    earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
-    start = max(start.replace(microsecond=0), earliest)
-    if end <= start:
-        raise ValueError("the range is empty: --end must be after --start (and not in the future)")
-    windows: list[Window] = []
-    while start < end:
-        stop = min(start + MAX_WINDOW, end)
-        windows.append(Window(start, stop))
-        start = stop
-    return tuple(windows)
-
-
-async def backfill(
-    rt: Runtime,
-    start: datetime,
-    end: datetime,
-    *,
-    content_types: tuple[str, ...] | None = None,
-    now: datetime | None = None,
-    on_progress: BackfillProgress | None = None,
-) -> PollReport:
-    """List ``[start, end)`` again and queue the blobs not queued before, without touching the watermark or
-    the lease: the live poller goes on as it was. Raises :class:`ValueError` for a range the API cannot
-    list, :class:`PollFailed` (with the report) when a content type failed."""
-    moment = now or datetime.now(UTC)
-    windows = plan_backfill(start, end, moment)
-    report = PollReport()
-    for content_type in content_types or rt.settings.content_types:
-        ct_report = ContentTypeReport(content_type)
-        report.content_types.append(ct_report)
-        cache: dict[tuple[str, str], set[str]] = {}
-        dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
-        try:
-            progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
-            for window in windows:
-                await _list_window(rt, content_type, window, moment, cache, ct_report, progress)
-                ct_report.windows_listed += 1
-                if on_progress is not None:
-                    on_progress(ct_report, len(windows))
-            ct_report.finished = True
-        except SubscriptionMissing as exc:
-            ct_report.error = f"{exc} - start it with `irm-connector subscriptions start {content_type}`"
-        except (OperatorActionRequired, StateError, ConnectorError) as exc:
-            ct_report.error = str(exc)
-        if ct_report.error:
-            log.error("Backfill of %s failed: %s", content_type, ct_report.error, extra=dims)
-        else:
-            log.info(
-                "Backfill of %s: %d windows, %d blobs listed, %d queued, %d already queued",
-                content_type,
-                ct_report.windows_listed,
-                ct_report.blobs_listed,
-                ct_report.blobs_queued,
-                ct_report.blobs_already_queued,
-                extra=dims,
-            )
-    if report.errors:
-        raise PollFailed("backfill failed for " + "; ".join(report.errors), report)
-    return report

@@ -13,24 +13,39 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
-from .content_queue import ContentMessage
-from .errors import BadMessageError, ContentUnavailable, TransientApiError, UntrustedUrlError
-from .normalize import BadContentError, ContentRef, Routing, Row, iter_blob, normalize_blob
+from .blob_parse import iter_blob
+from .content_queue import Delivery
+from .errors import (
+    BadContentError,
+    BadMessageError,
+    BlobBusyError,
+    ContentUnavailableError,
+    TransientApiError,
+    UntrustedUrlError,
+)
+from .metrics import metrics
+from .models import Row
+from .normalize import ContentRef, Routing, normalize_blob
 from .runtime import Runtime
-from .state import BlobBusy, Claim
-from .telemetry import metrics_facade
+from .state import Claim
 
-__all__ = ["ProcessResult", "process_message"]
+__all__ = ["Outcome", "ProcessResult", "process_message"]
 
 log = logging.getLogger(__name__)
+
+
+#: ingested: every row is in Sentinel (or was already); expired/unavailable: the API no longer has the blob;
+#: bad-message/untrusted-url: the message was refused and parked in the poison queue.
+Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url"]
 
 
 @dataclass
 class ProcessResult:
     """What one message led to."""
 
-    outcome: str = "ingested"  # ingested | expired | unavailable | bad-message | untrusted-url
+    outcome: Outcome = "ingested"
     content_id: str = ""
     records: int = 0
     alerts: int = 0
@@ -44,24 +59,20 @@ class ProcessResult:
 
 
 async def process_message(
-    rt: Runtime,
-    body: str | bytes,
-    *,
-    dequeue_count: int = 1,
-    message_id: str = "",
-    decoded: ContentMessage | None = None,
+    rt: Runtime, delivery: Delivery, *, dequeue_count: int = 1, message_id: str = ""
 ) -> ProcessResult:
-    """Process one content message (``decoded``: the caller already parsed it); raises to make the host
-    retry."""
+    """Process one content message; raises to make the host retry."""
     settings = rt.settings
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = delivery.text
     try:
-        message = decoded or ContentMessage.decode(text)
+        message = delivery.message
+        if message is None:
+            raise delivery.problem or BadMessageError("message is not a content notification")
         if message.tenant_id.lower() != settings.tenant_id.lower():
             raise BadMessageError("message is for another tenant than O365_TENANT_ID")
         rt.management.check_url(message.blob.content_uri, "contentUri")
     except (BadMessageError, UntrustedUrlError) as exc:
-        outcome = "untrusted-url" if isinstance(exc, UntrustedUrlError) else "bad-message"
+        outcome: Outcome = "untrusted-url" if isinstance(exc, UntrustedUrlError) else "bad-message"
         log.error(
             "Content message refused and moved to %s: %s. Message text (first 200 characters): %r",
             settings.poison_queue,
@@ -88,7 +99,7 @@ async def process_message(
 
     try:
         raw = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
-    except ContentUnavailable as exc:
+    except ContentUnavailableError as exc:
         log.warning("Content %s skipped: %s", blob.content_id, exc, extra=dims)
         result.outcome = "unavailable"
         return result
@@ -162,11 +173,11 @@ async def _send_stream(
     except Exception:
         # Keep what did arrive from being sent again, and free the rest for the host's retry.
         if sent:
-            await rt.state.mark_sent(claim, sent)
-        await rt.state.release(claim)
+            await rt.state.claims.mark_sent(claim, sent)
+        await rt.state.claims.release(claim)
         raise
-    metrics_facade.upload_duration.record(time.perf_counter() - started, {"stream": stream})
-    await rt.state.mark_sent(claim)
+    metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
+    await rt.state.claims.mark_sent(claim)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 
@@ -179,8 +190,8 @@ async def _claim(rt: Runtime, stream: str, rows: list[Row], content_id: str, mes
     delay = 0.5
     while True:
         try:
-            return await rt.state.claim_records(stream, rows, content_id, message_id)
-        except BlobBusy:
+            return await rt.state.claims.claim_records(stream, rows, content_id, message_id)
+        except BlobBusyError:
             if waited >= BUSY_WAIT:
                 raise
             log.info("Content %s is being sent by another delivery; waiting %.1fs", content_id, delay)

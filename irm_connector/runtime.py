@@ -23,7 +23,6 @@ from azure.storage.queue.aio import QueueClient
 from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
-from .failures import FailureStore
 from .ingestion import SentinelIngestor
 from .management_api import ManagementActivityClient, RetryPolicy
 from .settings import Settings, StorageSettings
@@ -47,7 +46,6 @@ class Runtime:
     state: StateStore
     queue: ContentQueue
     ingestor: SentinelIngestor
-    failures: FailureStore
     credentials: list[AsyncTokenCredential]
 
     async def close(self) -> None:
@@ -136,8 +134,12 @@ def build_runtime(settings: Settings) -> Runtime:
         azure_session=azure,
         tokens=tokens,
         management=management,
-        state=StateStore(tables, prefix=settings.table_prefix, retention_days=settings.dedupe_retention_days),
-        failures=FailureStore(tables, prefix=settings.table_prefix, tenant_id=settings.tenant_id),
+        state=StateStore(
+            tables,
+            tenant_id=settings.tenant_id,
+            prefix=settings.table_prefix,
+            retention_days=settings.dedupe_retention_days,
+        ),
         queue=ContentQueue(main, poison),
         ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
         credentials=credentials,

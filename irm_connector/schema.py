@@ -8,7 +8,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-__all__ = ["Column", "StreamSchema", "column_names", "stream_schema", "streams"]
+__all__ = ["Column", "StreamSchema", "stream_schema", "streams"]
 
 COLUMN_TYPES = frozenset({"string", "int", "long", "real", "boolean", "dynamic", "datetime"})
 
@@ -60,7 +60,3 @@ def streams() -> dict[str, StreamSchema]:
 
 def stream_schema(key: str) -> StreamSchema:
     return streams()[key]
-
-
-def column_names(key: str) -> tuple[str, ...]:
-    return stream_schema(key).names

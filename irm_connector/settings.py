@@ -13,6 +13,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from .errors import SettingsError
+from .windows import RETENTION
 
 __all__ = ["CLOUDS", "Cloud", "Settings", "StorageSettings", "parse_duration"]
 
@@ -41,9 +42,6 @@ KNOWN_CONTENT_TYPES = (
     "Audit.General",
     "DLP.All",
 )
-
-#: The API's own limit: content older than this cannot be listed.
-API_RETENTION = timedelta(days=7)
 
 _DURATION = re.compile(r"(\d+)\s*([dhms])", re.IGNORECASE)
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -148,16 +146,8 @@ class Settings:
         return self.api_root
 
     @property
-    def tenant_api_base(self) -> str:
-        """``{api_root}/api/v1.0/{tenant}/activity/feed``."""
-        return f"{self.api_root}/api/v1.0/{self.tenant_id}/activity/feed"
-
-    @property
     def poison_queue(self) -> str:
         return f"{self.content_queue}-poison"
-
-    def all_categories(self) -> bool:
-        return "*" in self.alert_categories
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -218,7 +208,7 @@ class Settings:
         publisher = _guid(get("O365_PUBLISHER_ID", tenant_id), "O365_PUBLISHER_ID")
 
         lookback = parse_duration(get("INITIAL_LOOKBACK", "24h"), setting="INITIAL_LOOKBACK")
-        if lookback > API_RETENTION or lookback <= timedelta(0):
+        if lookback > RETENTION or lookback <= timedelta(0):
             raise SettingsError("INITIAL_LOOKBACK", "must be more than 0 and at most 7d (the API's limit)")
         overlap = parse_duration(get("LISTING_OVERLAP", "1h"), setting="LISTING_OVERLAP")
         if overlap > timedelta(hours=24):

@@ -12,9 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["MAX_WINDOW", "RETENTION", "RETENTION_MARGIN", "Window", "WindowPlan", "format_api_time", "plan_windows"]
+__all__ = [
+    "MAX_WINDOW",
+    "RETENTION",
+    "RETENTION_MARGIN",
+    "Window",
+    "WindowPlan",
+    "format_api_time",
+    "plan_backfill",
+    "plan_windows",
+    "split_windows",
+]
 
 MAX_WINDOW = timedelta(hours=24)
+#: The API's own limit: content older than this cannot be listed.
 RETENTION = timedelta(days=7)
 #: Start a little inside the 7 days so clock skew and the time a run takes never push a start over the edge.
 RETENTION_MARGIN = timedelta(minutes=15)
@@ -87,11 +98,32 @@ def plan_windows(
         watermark = _floor_second(watermark)
         start = _floor_second(watermark - overlap)
         unreachable = Window(watermark, earliest) if watermark < earliest else None
-    start = max(start, earliest)
+    return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable)
 
+
+def split_windows(start: datetime, end: datetime, max_window: timedelta = MAX_WINDOW) -> tuple[Window, ...]:
+    """``[start, end)`` as contiguous windows of at most ``max_window``; empty when ``end <= start``."""
     windows: list[Window] = []
     while start < end:
         stop = min(start + max_window, end)
         windows.append(Window(start, stop))
         start = stop
-    return WindowPlan(tuple(windows), unreachable)
+    return tuple(windows)
+
+
+def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
+    """The windows of a backfill over ``[start, end)``: at most 24 hours each, inside the API's 7 days.
+
+    A start up to 7 days back is moved inside the retention margin; raises :class:`ValueError` when the range
+    is empty or starts more than 7 days back (that content can no longer be listed)."""
+    start, end, now = start.astimezone(UTC), end.astimezone(UTC), now.astimezone(UTC)
+    if start < now - RETENTION - timedelta(minutes=5):  # a little slack for --since 7d
+        raise ValueError(
+            f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
+        )
+    end = min(end, now).replace(microsecond=0)
+    earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
+    start = max(start.replace(microsecond=0), earliest)
+    if end <= start:
+        raise ValueError("the range is empty: --end must be after --start (and not in the future)")
+    return split_windows(start, end)

@@ -28,6 +28,7 @@ from irm_connector.errors import (
     StateError,
     TransientApiError,
 )
+from irm_connector.redaction import install_redaction
 from irm_connector.runtime import storage_clients
 from irm_connector.settings import Settings
 
@@ -96,7 +97,7 @@ def setup_logging(verbose: int) -> None:
     root.setLevel(min(level, root.level) if root.level else level)
     for noisy in ("azure", "msal", "urllib3", "opentelemetry"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    telemetry.install_redaction(handlers=[handler])
+    install_redaction(handlers=[handler])
 
 
 def exit_code(exc: BaseException) -> int:

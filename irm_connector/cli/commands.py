@@ -14,11 +14,14 @@ from azure.functions.timer import TimerRequest
 from tqdm import tqdm
 
 from irm_connector import handlers
+from irm_connector.backfill import backfill
 from irm_connector.errors import ConnectorError, SettingsError
-from irm_connector.poller import ContentTypeReport, PollFailed, PollReport, backfill, plan_backfill
+from irm_connector.errors import PollError as PollFailed
+from irm_connector.poller import ContentTypeReport, PollReport
 from irm_connector.processor import ProcessResult
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings, parse_duration
+from irm_connector.windows import plan_backfill
 from irm_connector.worker import HostQueueOptions, QueueWorker
 
 from ._common import (
@@ -43,7 +46,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     max_lag = parse_duration(args.max_lag, setting="--max-lag")
     rt = await get_runtime(settings)
     async with storage(settings) as store:
-        states = {s.content_type: s for s in await rt.state.list_poller_states(settings.tenant_id)}
+        states = {s.content_type: s for s in await rt.state.watermarks.list_states(settings.tenant_id)}
         queue_depth = await store.depth(store.main)
         poison_depth = await store.depth(store.poison)
 

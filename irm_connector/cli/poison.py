@@ -8,10 +8,9 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from irm_connector.content_queue import ContentMessage
-from irm_connector.errors import BadMessageError
-from irm_connector.failures import Failure, FailureStore, message_key
+from irm_connector.content_queue import Delivery
 from irm_connector.settings import Settings
+from irm_connector.state import Failure, FailureStore, Tables, message_key
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, emit, iso, storage
 from .commands import confirm
@@ -24,13 +23,12 @@ _LOCK_SECONDS = 60
 
 def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
     text = message.content if isinstance(message.content, str) else str(message.content)
-    key, content_id = message_key(text)
-    content_type = created = ""
-    try:
-        parsed = ContentMessage.decode(text)
-        content_type, created = parsed.blob.content_type, iso(parsed.blob.content_created) or ""
-    except BadMessageError:
-        pass
+    delivery = Delivery.decode(text)
+    key = message_key(delivery)
+    content_id = content_type = created = ""
+    if delivery.message is not None:
+        blob = delivery.message.blob
+        content_id, content_type, created = blob.content_id, blob.content_type, iso(blob.content_created) or ""
     failure = failures.get(key)
     return {
         "id": message.id,
@@ -54,7 +52,7 @@ async def _list(args: argparse.Namespace, settings: Settings, store: Storage, fa
             messages = list(await store.poison.peek_messages(max_messages=limit))
         except ResourceNotFoundError:
             messages = []
-    known = await failures.all() if messages else {}
+    known = await failures.list_failures() if messages else {}
     items = [_describe(m, known) for m in messages]
     lines = [f"{settings.poison_queue}: {depth} message(s)" + (f", showing {len(items)}" if depth > len(items) else "")]
     for item in items:
@@ -85,7 +83,8 @@ async def _drain(store: Storage, wanted: set[str] | None) -> tuple[list[QueueMes
                 break
             for message in page:
                 text = message.content if isinstance(message.content, str) else str(message.content)
-                _, content_id = message_key(text)
+                parsed = Delivery.decode(text).message
+                content_id = parsed.blob.content_id if parsed is not None else ""
                 if wanted is None or message.id in wanted or (content_id and content_id in wanted):
                     matched.append(message)
                 else:
@@ -109,8 +108,9 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         # The main queue client base64-encodes, as the runtime's ContentQueue does and the trigger expects.
         await store.main.send_message(text, time_to_live=-1)
         await store.poison.delete_message(message)
-        key, content_id = message_key(text)
-        await failures.forget(key)
+        delivery = Delivery.decode(text)
+        await failures.delete_failure(message_key(delivery))
+        content_id = delivery.message.blob.content_id if delivery.message is not None else ""
         done.append({"id": message.id, "content_id": content_id})
     for message in others:  # give back at once what was not asked for
         await store.poison.update_message(message, visibility_timeout=0)
@@ -134,14 +134,14 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
     for message in matched:
         await store.poison.delete_message(message)
         text = message.content if isinstance(message.content, str) else str(message.content)
-        await failures.forget(message_key(text)[0])
+        await failures.delete_failure(message_key(Delivery.decode(text)))
     emit(args, {"purged": len(matched)}, f"{len(matched)} message(s) deleted from {settings.poison_queue}")
     return EXIT_OK
 
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:
     async with storage(settings) as store:
-        failures = FailureStore(store.tables, prefix=settings.table_prefix, tenant_id=settings.tenant_id)
+        failures = FailureStore(Tables(store.tables, prefix=settings.table_prefix), tenant_id=settings.tenant_id)
         if args.action == "list":
             return await _list(args, settings, store, failures)
         if args.action == "requeue":

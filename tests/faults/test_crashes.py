@@ -90,7 +90,7 @@ async def _watermark_moved(connector: ConnectorHarness) -> bool:
 
     settings = Settings.from_env()
     rt = await get_runtime(settings)
-    state = await rt.state.get_poller_state(settings.tenant_id, "Audit.General")
+    state = await rt.state.watermarks.get_state(settings.tenant_id, "Audit.General")
     return state.watermark is not None and not state.lease_owner
 
 

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from irm_connector import __version__, telemetry
+from irm_connector.redaction import RedactingFilter
 from standins import StandIns
 from standins.workload import generate_workload
 from tests.harness import ConnectorHarness
@@ -31,6 +32,7 @@ _SCRIPT = textwrap.dedent(
     """
     import json, logging, os
     from irm_connector import telemetry
+    from irm_connector.metrics import metrics as irm_metrics
     configured = telemetry.configure()
     from opentelemetry import metrics, trace
     from opentelemetry._logs import get_logger_provider
@@ -39,7 +41,7 @@ _SCRIPT = textwrap.dedent(
         parent = telemetry.traceparent()
         log.warning("queued blob %s (and, by mistake, the secret %s)", "blob-1", os.environ["O365_CLIENT_SECRET"],
                     extra={"content_type": "Audit.General", "content_id": "blob-1", "tenant_id": "t-1"})
-    telemetry.metrics_facade.blobs_queued.add(3, {"content_type": "Audit.General"})
+    irm_metrics.blobs_queued.add(3, {"content_type": "Audit.General"})
     for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
         if hasattr(provider, "force_flush"):
             provider.force_flush()
@@ -128,7 +130,7 @@ def test_authentication_string_gives_a_managed_identity_credential() -> None:
 
 
 def test_redacting_filter() -> None:
-    f = telemetry.RedactingFilter(["my-very-secret"])
+    f = RedactingFilter(["my-very-secret"])
     record = logging.LogRecord(
         "irm_connector",
         logging.INFO,

@@ -8,16 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from irm_connector.normalize import (
-    FIELD_LIMIT,
-    ROW_LIMIT,
-    BadContentError,
-    ContentRef,
-    Routing,
-    extract_upn,
-    normalize_blob,
-    parse_blob,
-)
+from irm_connector.blob_parse import parse_blob
+from irm_connector.errors import BadContentError
+from irm_connector.normalize import ContentRef, Routing, extract_upn, normalize_blob
+from irm_connector.row_writer import FIELD_LIMIT, ROW_LIMIT
 from irm_connector.schema import stream_schema
 
 REF = ContentRef("blob-1", "Audit.General", datetime(2026, 11, 27, 10, 0, tzinfo=UTC))

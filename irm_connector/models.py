@@ -1,0 +1,81 @@
+"""The data types every layer shares, and the one way to read and write the times they carry.
+
+Nothing here talks to a service: the Management API client, the queue, the state tables, the
+normalizer and the ingestor all build on these types instead of on each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["ContentBlob", "Row", "parse_api_time", "parse_utc", "utc_text"]
+
+
+def parse_api_time(text: str) -> datetime:
+    """The API's timestamps (``2026-06-29T20:03:19.123Z``, or without the zone): UTC.
+
+    Raises :class:`ValueError` for text that is not an ISO time."""
+    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_utc(text: Any) -> datetime | None:
+    """A time this connector wrote (or any ISO time), UTC; ``None`` for anything unreadable."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return parse_api_time(text)
+    except ValueError:
+        return None
+
+
+def utc_text(moment: datetime, *, timespec: str = "auto") -> str:
+    """ISO 8601 in UTC with a ``Z``: what the queue messages, the state and the output rows carry."""
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class ContentBlob:
+    """One content blob as the API lists it."""
+
+    content_type: str
+    content_id: str
+    content_uri: str
+    content_created: datetime
+    content_expiration: datetime
+
+    @classmethod
+    def from_api(cls, item: Any) -> ContentBlob:
+        """From the API's camelCase object (a listing entry or a queue message).
+
+        Raises :class:`KeyError`, :class:`TypeError` or :class:`ValueError`; callers turn those into
+        their own error."""
+        return cls(
+            content_type=str(item["contentType"]),
+            content_id=str(item["contentId"]),
+            content_uri=str(item["contentUri"]),
+            content_created=parse_api_time(str(item["contentCreated"])),
+            content_expiration=parse_api_time(str(item["contentExpiration"])),
+        )
+
+    def to_api(self) -> dict[str, str]:
+        """The API's camelCase object again (what a queue message carries)."""
+        return {
+            "contentType": self.content_type,
+            "contentId": self.content_id,
+            "contentUri": self.content_uri,
+            "contentCreated": utc_text(self.content_created),
+            "contentExpiration": utc_text(self.content_expiration),
+        }
+
+
+@dataclass(slots=True)
+class Row:
+    """One serialized output row and the keys its dedupe marker lives under."""
+
+    record_id: str
+    #: ``YYYYMMDDHH`` of the record's CreationTime: duplicates of a record share it.
+    hour: str
+    body: bytes

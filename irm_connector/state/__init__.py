@@ -1,0 +1,76 @@
+"""State in Table Storage: the poller's watermarks, which blobs are queued, which records are sent, and why
+messages failed. Each kind lives in a module of its own, all over one :class:`Tables`:
+
+- :mod:`.watermarks`: ``irmstate``, the watermark and lease per (tenant, content type);
+- :mod:`.queued_blobs`: ``irmblobsYYYYMMDD``, a marker per queued blob, by ``contentCreated`` day;
+- :mod:`.claims`: ``irmrecYYYYMMDD``, the claim protocol over the record keys, by ``CreationTime`` day;
+- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``.
+
+(``irm`` is ``STATE_TABLE_PREFIX``.) Day tables older than the retention are dropped whole: one request a day.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from azure.data.tables.aio import TableServiceClient
+
+from .claims import CLAIM_TTL, Claim, Claims
+from .failures import Failure, FailureStore, describe, message_key
+from .queued_blobs import QueuedBlobs, SeenPartitions
+from .tables import StoreStats, Tables, table_key
+from .watermarks import PollerState, Watermarks
+
+__all__ = [
+    "CLAIM_TTL",
+    "Claim",
+    "Claims",
+    "Failure",
+    "FailureStore",
+    "PollerState",
+    "QueuedBlobs",
+    "SeenPartitions",
+    "StateStore",
+    "StoreStats",
+    "Tables",
+    "Watermarks",
+    "describe",
+    "message_key",
+    "table_key",
+]
+
+
+class StateStore:
+    """The connector's tables. Use with ``async with`` (or :meth:`close`); it owns the service client."""
+
+    def __init__(
+        self,
+        service: TableServiceClient,
+        *,
+        tenant_id: str,
+        prefix: str = "irm",
+        retention_days: int = 10,
+        claim_ttl: timedelta = CLAIM_TTL,
+    ) -> None:
+        self.tables = Tables(service, prefix=prefix, retention_days=retention_days)
+        self.watermarks = Watermarks(self.tables)
+        self.queued_blobs = QueuedBlobs(self.tables)
+        self.claims = Claims(self.tables, claim_ttl=claim_ttl)
+        self.failures = FailureStore(self.tables, tenant_id=tenant_id)
+
+    @property
+    def stats(self) -> StoreStats:
+        return self.tables.stats
+
+    async def drop_expired_tables(self, now: datetime) -> list[str]:
+        """Drop the day tables (queued blobs, record keys) older than the retention."""
+        return await self.tables.drop_expired_tables(now, (QueuedBlobs.KIND, Claims.KIND))
+
+    async def __aenter__(self) -> StateStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.tables.close()
