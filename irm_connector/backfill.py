@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from functools import partial
 
 from .errors import ConnectorError, PollError, SubscriptionMissingError
-from .poller import ContentTypeReport, PollReport, list_window
+from .models import ContentTypeReport, PollReport
+from .poller import list_window
 from .runtime import Runtime
 from .state import SeenPartitions
 from .windows import plan_backfill

@@ -28,10 +28,9 @@ a token, a secret or record content, so they can be logged as they are.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .poller import PollReport
+from .models import PollReport
 
 __all__ = [
     "AuthenticationError",

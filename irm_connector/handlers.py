@@ -14,8 +14,9 @@ from . import telemetry
 from .content_queue import Delivery
 from .errors import PollError, SettingsError, StateError
 from .metrics import metrics, record_poll, record_process
-from .poller import PollReport, run_poller
-from .processor import ProcessResult, process_message
+from .models import PollReport, ProcessResult
+from .poller import run_poller
+from .processor import process_message
 from .runtime import Runtime, get_runtime
 from .settings import Settings
 from .state import describe, message_key

@@ -12,10 +12,9 @@ import orjson
 
 from . import __version__
 from .errors import IngestionError
-from .models import Row, utc_text
+from .models import ContentTypeReport, Row, utc_text
 
 if TYPE_CHECKING:
-    from .poller import ContentTypeReport
     from .runtime import Runtime
 
 __all__ = ["write_health"]

@@ -10,15 +10,11 @@ add what a whole run or blob amounted to.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from opentelemetry import metrics as otel_metrics
 
 from . import __version__
-
-if TYPE_CHECKING:
-    from .poller import PollReport
-    from .processor import ProcessResult
+from .models import PollReport, ProcessResult
 
 __all__ = ["Metrics", "metrics", "record_poll", "record_process"]
 

@@ -6,11 +6,21 @@ normalizer and the ingestor all build on these types instead of on each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["ContentBlob", "Row", "parse_api_time", "parse_utc", "utc_text"]
+__all__ = [
+    "ContentBlob",
+    "ContentTypeReport",
+    "Outcome",
+    "PollReport",
+    "ProcessResult",
+    "Row",
+    "parse_api_time",
+    "parse_utc",
+    "utc_text",
+]
 
 
 def parse_api_time(text: str) -> datetime:
@@ -79,3 +89,58 @@ class Row:
     #: ``YYYYMMDDHH`` of the record's CreationTime: duplicates of a record share it.
     hour: str
     body: bytes
+
+
+@dataclass
+class ContentTypeReport:
+    """What one poller run (or backfill) did for one content type."""
+
+    content_type: str
+    windows_listed: int = 0
+    blobs_listed: int = 0
+    blobs_queued: int = 0
+    blobs_already_queued: int = 0
+    blobs_expired: int = 0
+    blobs_refused: int = 0
+    watermark: datetime | None = None
+    skipped: str = ""
+    error: str = ""
+    subscription: str = ""
+    finished: bool = False
+
+
+@dataclass
+class PollReport:
+    """What one poller run (or backfill) did, per content type."""
+
+    content_types: list[ContentTypeReport] = field(default_factory=list)
+
+    @property
+    def blobs_queued(self) -> int:
+        return sum(r.blobs_queued for r in self.content_types)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{r.content_type}: {r.error}" for r in self.content_types if r.error]
+
+
+#: ingested: every row is in Sentinel (or was already); expired/unavailable: the API no longer has the blob;
+#: bad-message/untrusted-url: the message was refused and parked in the poison queue.
+Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url"]
+
+
+@dataclass
+class ProcessResult:
+    """What one message led to."""
+
+    outcome: Outcome = "ingested"
+    content_id: str = ""
+    records: int = 0
+    alerts: int = 0
+    rows_sent: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
+    claimed_elsewhere: int = 0
+    problems: dict[str, int] = field(default_factory=dict)
+    content_lag_seconds: float = 0.0
+    #: why a message was refused (bad-message, untrusted-url)
+    detail: str = ""

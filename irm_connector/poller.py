@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from .content_queue import ContentMessage
@@ -30,48 +30,19 @@ from .errors import (
     UntrustedUrlError,
 )
 from .health import write_health
-from .models import ContentBlob
+from .models import ContentBlob, ContentTypeReport, PollReport
 from .runtime import Runtime
 from .state import PollerState, SeenPartitions
 from .telemetry import producer_span, traceparent
 from .windows import Window, plan_windows
 
-__all__ = ["ContentTypeReport", "PollReport", "list_window", "run_poller"]
+__all__ = ["list_window", "run_poller"]
 
 log = logging.getLogger(__name__)
 
 #: Leave this between subscription starts, as the API asks.
 SUBSCRIPTION_START_INTERVAL = timedelta(minutes=15)
 _ENQUEUE_CONCURRENCY = 16
-
-
-@dataclass
-class ContentTypeReport:
-    content_type: str
-    windows_listed: int = 0
-    blobs_listed: int = 0
-    blobs_queued: int = 0
-    blobs_already_queued: int = 0
-    blobs_expired: int = 0
-    blobs_refused: int = 0
-    watermark: datetime | None = None
-    skipped: str = ""
-    error: str = ""
-    subscription: str = ""
-    finished: bool = False
-
-
-@dataclass
-class PollReport:
-    content_types: list[ContentTypeReport] = field(default_factory=list)
-
-    @property
-    def blobs_queued(self) -> int:
-        return sum(r.blobs_queued for r in self.content_types)
-
-    @property
-    def errors(self) -> list[str]:
-        return [f"{r.content_type}: {r.error}" for r in self.content_types if r.error]
 
 
 async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timedelta | None = None) -> PollReport:

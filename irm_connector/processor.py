@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
 
 from .blob_parse import iter_blob
 from .content_queue import Delivery
@@ -26,36 +24,14 @@ from .errors import (
     UntrustedUrlError,
 )
 from .metrics import metrics
-from .models import Row
+from .models import Outcome, ProcessResult, Row
 from .normalize import ContentRef, Routing, normalize_blob
 from .runtime import Runtime
 from .state import Claim
 
-__all__ = ["Outcome", "ProcessResult", "process_message"]
+__all__ = ["process_message"]
 
 log = logging.getLogger(__name__)
-
-
-#: ingested: every row is in Sentinel (or was already); expired/unavailable: the API no longer has the blob;
-#: bad-message/untrusted-url: the message was refused and parked in the poison queue.
-Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url"]
-
-
-@dataclass
-class ProcessResult:
-    """What one message led to."""
-
-    outcome: Outcome = "ingested"
-    content_id: str = ""
-    records: int = 0
-    alerts: int = 0
-    rows_sent: dict[str, int] = field(default_factory=dict)
-    duplicates_dropped: int = 0
-    claimed_elsewhere: int = 0
-    problems: dict[str, int] = field(default_factory=dict)
-    content_lag_seconds: float = 0.0
-    #: why a message was refused (bad-message, untrusted-url)
-    detail: str = ""
 
 
 async def process_message(

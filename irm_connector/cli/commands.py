@@ -17,8 +17,7 @@ from irm_connector import handlers
 from irm_connector.backfill import backfill
 from irm_connector.errors import ConnectorError, SettingsError
 from irm_connector.errors import PollError as PollFailed
-from irm_connector.poller import ContentTypeReport, PollReport
-from irm_connector.processor import ProcessResult
+from irm_connector.models import ContentTypeReport, PollReport, ProcessResult
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings, parse_duration
 from irm_connector.windows import plan_backfill
