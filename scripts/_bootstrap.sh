@@ -1,5 +1,6 @@
-# Sourced by scripts/test.sh and scripts/demo.sh: makes sure the tools are installed, quietly, once.
-# - .venv          Python 3.11+ virtual environment with requirements-dev.txt
+# Sourced by the scripts/*.sh commands: makes sure the tools are installed, quietly, once.
+# - .venv          Python 3.11+ virtual environment with requirements-dev.txt and the package (editable:
+#                  .venv/bin/irm-connector)
 # - .venv-checkov  checkov in its own environment (it pins an old 'packaging' that pytest refuses)
 # - node_modules   Azurite and the Kusto language service, from package-lock.json
 set -euo pipefail
@@ -7,7 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Bold only on a terminal: captured logs (CI, a test's output) get no escape codes.
+if [[ -t 2 ]]; then say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }; else say() { printf '==> %s\n' "$*" >&2; }; fi
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
 PYTHON="${PYTHON:-python3}"
@@ -19,9 +21,15 @@ command -v npm >/dev/null || die "npm is required (it comes with Node.js)"
 
 stamp() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
-need_venv() {  # need_venv DIR REQUIREMENTS...
+need_venv() {  # need_venv DIR REQUIREMENTS... [-- EDITABLE]
   local dir="$1"; shift
-  local want; want="$(stamp "$@")"
+  local reqs=() editable=""
+  while [[ $# -gt 0 ]]; do
+    if [[ "$1" == "--" ]]; then editable="$2"; shift 2; else reqs+=("$1"); shift; fi
+  done
+  set -- "${reqs[@]}"
+  # The editable install records the checkout's path: a moved checkout installs again.
+  local want; want="$(stamp "$@" ${editable:+"$editable/pyproject.toml"})${editable:+ $editable}"
   if [[ ! -x "$dir/bin/python" || "$(cat "$dir/.stamp" 2>/dev/null)" != "$want" ]]; then
     say "Installing Python packages into $dir (once)"
     [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
@@ -31,11 +39,17 @@ need_venv() {  # need_venv DIR REQUIREMENTS...
       tail -n 40 "$log" >&2
       die "pip install into $dir failed (full log: $log)"
     fi
+    # The package itself, editable, so `.venv/bin/irm-connector` exists and works from any directory.
+    if [[ -n "$editable" ]] && ! "$dir/bin/python" -m pip install --disable-pip-version-check --no-deps \
+        -e "$editable" >>"$log" 2>&1; then
+      tail -n 40 "$log" >&2
+      die "pip install -e $editable into $dir failed (full log: $log)"
+    fi
     echo "$want" > "$dir/.stamp"
   fi
 }
 
-need_venv .venv requirements.txt requirements-dev.txt
+need_venv .venv requirements.txt requirements-dev.txt -- "$ROOT"
 if [[ "${SKIP_CHECKOV:-0}" != "1" ]]; then
   need_venv .venv-checkov requirements-checkov.txt
   export CHECKOV_BIN="$ROOT/.venv-checkov/bin/checkov"
@@ -44,7 +58,13 @@ fi
 lock_stamp="$(stamp package-lock.json)"
 if [[ ! -d node_modules || "$(cat node_modules/.stamp 2>/dev/null)" != "$lock_stamp" ]]; then
   say "Installing Node packages (Azurite, Kusto language service) into node_modules (once)"
-  npm ci --no-audit --no-fund --loglevel=error >/dev/null || die "npm ci failed: Node packages could not be installed"
+  npm_log="$(mktemp)"
+  if ! npm ci --no-audit --no-fund --no-update-notifier --loglevel=error >"$npm_log" 2>&1; then
+    tail -n 40 "$npm_log" >&2
+    rm -f "$npm_log"
+    die "npm ci failed: Node packages could not be installed"
+  fi
+  rm -f "$npm_log"
   echo "$lock_stamp" > node_modules/.stamp
 fi
 

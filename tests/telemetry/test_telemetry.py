@@ -52,7 +52,7 @@ _SCRIPT = textwrap.dedent(
         "meter_provider": type(metrics.get_meter_provider()).__name__,
         "handlers": [type(h).__name__ for h in logging.getLogger("irm_connector").handlers],
         "traceparent": parent,
-    }))
+    }), flush=True)  # os._exit skips the interpreter's flush: without this a piped stdout arrives empty
     os._exit(0)  # skip the exporters' exit-time retries against endpoints that do not exist here
     """
 )

@@ -1,0 +1,87 @@
+"""The scripts a user runs. ``scripts/azurite.sh``: the Azurite that README's local run (``func start``) uses: it starts, the SDKs the
+connector uses can work against it with the development connection string's account, and Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueClient
+
+from standins.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_open(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read().decode() if process.stdout else "exited"
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"port {port} never opened")
+
+
+def test_azurite_script_serves_queues_and_tables_with_the_sdks_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    blob, queue, table = _free_port(), _free_port(), _free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", str(tmp_path)),
+        "AZURITE_BLOB_PORT": str(blob),
+        "AZURITE_QUEUE_PORT": str(queue),
+        "AZURITE_TABLE_PORT": str(table),
+        "AZURITE_LOCATION": str(tmp_path / "data"),
+    }
+    process = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "azurite.sh")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        for port in (queue, table):
+            _wait_open(port, process)
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
+            f"QueueEndpoint=http://127.0.0.1:{queue}/{ACCOUNT_NAME};TableEndpoint=http://127.0.0.1:{table}/{ACCOUNT_NAME};"
+        )
+        # The SDK versions the connector ships with: an Azurite without --skipApiVersionCheck refuses them.
+        with QueueClient.from_connection_string(conn, "scripttest") as client:
+            client.create_queue()
+            client.send_message("hello")
+            assert [m.content for m in client.receive_messages()] == ["hello"]
+        with TableServiceClient.from_connection_string(conn) as tables:
+            tables.create_table("scripttest")
+            assert [t.name for t in tables.list_tables()] == ["scripttest"]
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=30) is not None
+        output = process.stdout.read().decode() if process.stdout else ""
+        assert f"queue {queue}" in output and "\x1b[" not in output  # no colour codes when not on a terminal
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_the_bootstrap_installs_the_command_that_works_from_any_directory(tmp_path: Path) -> None:
+    import sys
+
+    command = Path(sys.executable).parent / "irm-connector"
+    result = subprocess.run(
+        [str(command), "--version"], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and result.stdout.startswith("irm-connector "), result.stderr
