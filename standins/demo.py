@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from standins.azurite import Azurite, find_repo_root
-from standins.harness import StandIns
+from standins.services import StandIns
 from standins.workload import generate_workload
 
 AUDIT_STREAM = "Custom-O365Audit"
