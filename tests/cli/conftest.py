@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,25 +121,10 @@ class Cli:
 
 @pytest.fixture
 def cli(
-    standins: StandIns, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    standins: StandIns,
+    azurite: Azurite,
+    connector_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> Cli:
-    suffix = uuid.uuid4().hex[:10]
-    env = {
-        **standins.settings_env(),
-        "AzureWebJobsStorage": azurite.connection_string,
-        "CONTENT_QUEUE": f"irm-{suffix}",
-        "STATE_TABLE_PREFIX": f"t{suffix}",
-        "POLL_SCHEDULE": "0 */5 * * * *",
-    }
-    for name in (
-        "AZURE_CLIENT_ID",
-        "AZURE_CLIENT_SECRET",
-        "AZURE_TENANT_ID",
-        "MSI_ENDPOINT",
-        "MSI_SECRET",
-        "APPLICATIONINSIGHTS_CONNECTION_STRING",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return Cli(standins=standins, azurite=azurite, env=env, capsys=capsys, monkeypatch=monkeypatch)
+    return Cli(standins=standins, azurite=azurite, env=connector_env, capsys=capsys, monkeypatch=monkeypatch)
