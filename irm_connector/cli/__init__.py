@@ -150,16 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("content_types", nargs="*", metavar="TYPE")
     q.add_argument("--yes", action="store_true", help="do not ask")
 
-    p = sub.add_parser(
-        "demo",
-        help="the Quick start demo: the stand-ins plus Azurite (source checkout only)",
-        description="Run the Quick start demo (standins.demo); arguments after `demo` go to it, e.g. "
-        "`irm-connector demo --records 5000`. Needs a source checkout with requirements-dev.txt and npm ci.",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-        add_help=False,
-    )
-    p.add_argument("demo_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -187,13 +177,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["demo"]:  # everything after `demo` is the demo's own (argparse would eat --options)
-        from .commands import demo
-
-        return demo(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(arguments)
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
         settings = load_settings()

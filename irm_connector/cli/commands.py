@@ -1,4 +1,4 @@
-"""status, poll, process, backfill, subscriptions and demo."""
+"""status, poll, process, backfill and subscriptions."""
 
 from __future__ import annotations
 
@@ -384,20 +384,4 @@ def confirm(args: argparse.Namespace, question: str) -> bool:
     return False
 
 
-# -- demo ----------------------------------------------------------------------------------------------------
-
-
-def demo(argv: list[str]) -> int:
-    try:
-        from standins import demo as demo_module
-    except ImportError:
-        print(
-            "error: the demo needs the stand-ins (the `standins` package of a source checkout, with "
-            "requirements-dev.txt installed and `npm ci` run for Azurite); a deployed app does not have them",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    return int(demo_module.main(argv))
-
-
-__all__ = ["backfill_command", "confirm", "demo", "poll", "process", "status", "subscriptions", "work_queue"]
+__all__ = ["backfill_command", "confirm", "poll", "process", "status", "subscriptions", "work_queue"]

@@ -39,7 +39,7 @@ def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
 def test_top_level_help_lists_the_commands(cli: Cli) -> None:
     code, out, _ = cli.run("--help")
     assert code == 0
-    for name in ("status", "poll", "process", "run", "backfill", "poison", "subscriptions", "demo"):
+    for name in ("status", "poll", "process", "run", "backfill", "poison", "subscriptions"):
         assert f"    {name}" in out
     code, _, err = cli.run("no-such-command")
     assert code == 2 and "invalid choice" in err
@@ -259,10 +259,3 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     code, _, err = cli.run("subscriptions", "start")
     assert code == 1 and "AF20023" in err
 
-
-def test_demo_without_the_standins_says_so(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "standins.demo", None)
-    code, _out, err = cli.run("demo")
-    assert code == 2 and "standins" in err
