@@ -154,16 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command(args: argparse.Namespace) -> Command:
-    from . import commands, poison, run
+    from . import backfill, poison, poll, process, run, status, subscriptions
 
     table: dict[str, Command] = {
-        "status": commands.status,
-        "poll": commands.poll,
-        "process": commands.process,
-        "backfill": commands.backfill_command,
-        "subscriptions": commands.subscriptions,
-        "poison": poison.poison,
+        "status": status.status,
+        "poll": poll.poll,
+        "process": process.process,
         "run": run.run,
+        "backfill": backfill.backfill_command,
+        "poison": poison.poison,
+        "subscriptions": subscriptions.subscriptions,
     }
     return table[str(args.command)]
 

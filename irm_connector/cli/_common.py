@@ -1,5 +1,5 @@
-"""What every command shares: exit codes, output (readable or ``--json``), logging, error mapping, storage
-clients, durations and times."""
+"""What the commands share: exit codes, output (readable or ``--json``), logging, error mapping, asking
+before a destructive step, storage clients, durations and times."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ __all__ = [
     "EXIT_USAGE",
     "Storage",
     "UsageError",
+    "confirm",
     "emit",
     "exit_code",
     "format_age",
@@ -157,6 +158,20 @@ def format_age(seconds: float | None) -> str:
     if minutes:
         return f"{minutes}m"
     return f"{secs}s"
+
+
+def confirm(args: argparse.Namespace, question: str) -> bool:
+    """``--yes``, or a yes at the terminal; never without a terminal."""
+    if getattr(args, "yes", False):
+        return True
+    if not sys.stdin.isatty():
+        print(f"error: {question.split('?')[0]}? Refused: pass --yes (no terminal to ask)", file=sys.stderr)
+        return False
+    answer = input(f"{question} [y/N] ")
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("aborted", file=sys.stderr)
+    return False
 
 
 def parse_moment(text: str, name: str) -> datetime:

@@ -13,8 +13,7 @@ from irm_connector.errors import BadMessageError
 from irm_connector.failures import Failure, FailureStore, message_key
 from irm_connector.settings import Settings
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, emit, iso, storage
-from .commands import confirm
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, confirm, emit, iso, storage
 
 __all__ = ["poison"]
 
