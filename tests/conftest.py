@@ -6,6 +6,7 @@ runs through the function entry points of ``function_app.py`` as the Functions h
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -36,7 +37,8 @@ def standins(test_ca: TestCA) -> Iterator[StandIns]:
 
 
 #: Settings of the machine running the tests that would point the connector elsewhere: azure-identity
-#: reads the first five, and a connection string would send the connector's telemetry to Azure.
+#: reads the first five, and a connection string would send the connector's telemetry to Azure. Host
+#: settings (``AzureFunctionsJobHost__…``) would change how the tests' queue worker retries.
 FOREIGN_SETTINGS = (
     "AZURE_CLIENT_ID",
     "AZURE_CLIENT_SECRET",
@@ -52,6 +54,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """This test's environment without :data:`FOREIGN_SETTINGS` (they come back after it)."""
     for name in FOREIGN_SETTINGS:
         monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.lower().startswith("azurefunctionsjobhost__")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

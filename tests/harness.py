@@ -13,9 +13,9 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker, WorkerStats
 from irm_connector.content_queue import LenientBase64DecodePolicy
 from irm_connector.runtime import close_runtimes
-from irm_connector.worker import HostQueueOptions, QueueWorker, WorkerStats
 from standins import Azurite, StandIns
 
 _FUNCTIONS: dict[str, Any] | None = None
@@ -65,7 +65,7 @@ class ConnectorHarness:
 
     async def drain(self, *, max_messages: int | None = None, max_dequeue_count: int | None = None) -> WorkerStats:
         """Work the queue as the host would until it is empty; failed messages come back at once."""
-        host = HostQueueOptions.from_host_json()
+        host = HostQueueOptions.from_environment()
         options = HostQueueOptions(
             batch_size=host.batch_size,
             new_batch_threshold=host.new_batch_threshold,

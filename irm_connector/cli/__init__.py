@@ -26,7 +26,9 @@ _EPILOG = """exit codes:
   3  a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached
 
 Settings are read from the environment, as the function app reads its app settings
-(see local.settings.sample.json)."""
+(see local.settings.sample.json). process, run and backfill work the queue with host.json's
+queue settings; an app setting AzureFunctionsJobHost__extensions__queues__<name> overrides
+one, as it does for the Functions host."""
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 

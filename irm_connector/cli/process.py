@@ -14,9 +14,9 @@ from tqdm import tqdm
 from irm_connector import handlers
 from irm_connector.processor import ProcessResult
 from irm_connector.settings import Settings
-from irm_connector.worker import HostQueueOptions, QueueWorker
 
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, storage
+from .queue_trigger import HostQueueOptions, QueueWorker
 
 __all__ = ["process", "process_lines", "work_queue"]
 
@@ -42,7 +42,7 @@ async def work_queue(
     settings: Settings, *, max_messages: int | None, retry_delay: float | None, desc: str = "processed"
 ) -> tuple[dict[str, Any], int]:
     """Work the content queue until it is empty (or ``max_messages``), as the host would."""
-    host = HostQueueOptions.from_host_json()
+    host = HostQueueOptions.from_environment()
     options = HostQueueOptions(
         batch_size=host.batch_size,
         new_batch_threshold=host.new_batch_threshold,

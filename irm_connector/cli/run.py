@@ -19,9 +19,9 @@ from croniter import croniter
 from irm_connector import handlers
 from irm_connector.errors import ConnectorError, SettingsError
 from irm_connector.settings import Settings
-from irm_connector.worker import HostQueueOptions, QueueWorker
 
 from ._common import EXIT_OK, emit, iso, storage
+from .queue_trigger import HostQueueOptions, QueueWorker
 
 __all__ = ["Schedule", "run"]
 
@@ -75,7 +75,7 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     schedule = Schedule(args.schedule or os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
-    host = HostQueueOptions.from_host_json()
+    host = HostQueueOptions.from_environment()
     options = (
         host
         if args.retry_delay is None
