@@ -215,6 +215,7 @@ def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> 
     assert code == 2 and out == ""
     assert err.startswith("settings error:") and "AzureFunctionsJobHost__extensions__queues__batchSize" in err
 
+
 def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")
@@ -277,4 +278,3 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     sim.management.set_admin_disabled("Audit.General")
     code, _, err = cli.run("subscriptions", "start")
     assert code == 1 and "AF20023" in err
-

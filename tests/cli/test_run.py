@@ -70,4 +70,3 @@ def test_run_with_a_bad_schedule_exits_2(cli: Cli) -> None:
     cli.set(POLL_SCHEDULE="not a schedule")
     code, _, err = cli.run("run")
     assert code == 2 and "POLL_SCHEDULE" in err
-
