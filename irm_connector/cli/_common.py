@@ -8,14 +8,14 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, is_dataclass
+from contextlib import asynccontextmanager
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ResourceExistsError, ServiceRequestError
+from azure.core.exceptions import ServiceRequestError
 from azure.data.tables.aio import TableServiceClient
 from azure.storage.queue.aio import QueueClient
 
@@ -31,6 +31,8 @@ from irm_connector.errors import (
 from irm_connector.runtime import storage_clients
 from irm_connector.settings import Settings
 
+from .queue_trigger import HostQueueOptions
+
 __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
@@ -45,6 +47,7 @@ __all__ = [
     "iso",
     "load_settings",
     "parse_moment",
+    "queue_options",
     "setup_logging",
     "storage",
 ]
@@ -183,6 +186,12 @@ def parse_moment(text: str, name: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def queue_options(retry_delay: float | None) -> HostQueueOptions:
+    """The host's queue settings; ``--retry-delay``, when given, for ``visibilityTimeout``."""
+    options = HostQueueOptions.from_environment()
+    return options if retry_delay is None else replace(options, visibility_timeout=retry_delay)
+
+
 class Storage:
     """The storage clients of the CLI: the tables, the content queue and its poison queue."""
 
@@ -199,10 +208,6 @@ class Storage:
         except ResourceNotFoundError:
             return 0
         return int(properties.approximate_message_count or 0)
-
-    async def ensure(self, client: QueueClient) -> None:
-        with suppress(ResourceExistsError):
-            await client.create_queue()
 
 
 @asynccontextmanager

@@ -14,6 +14,7 @@ from irm_connector.failures import Failure, FailureStore, message_key
 from irm_connector.settings import Settings
 
 from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, confirm, emit, iso, storage
+from .queue_trigger import create_queue_if_missing
 
 __all__ = ["poison"]
 
@@ -101,7 +102,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         raise UsageError("give IDs or --all, not both")
     wanted = None if args.all else set(args.ids)
     matched, others = await _drain(store, wanted)
-    await store.ensure(store.main)
+    await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     for message in matched:
         text = message.content if isinstance(message.content, str) else str(message.content)

@@ -15,8 +15,8 @@ from irm_connector import handlers
 from irm_connector.processor import ProcessResult
 from irm_connector.settings import Settings
 
-from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, storage
-from .queue_trigger import HostQueueOptions, QueueWorker
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, queue_options, storage
+from .queue_trigger import QueueWorker, create_queue_if_missing
 
 __all__ = ["process", "process_lines", "work_queue"]
 
@@ -42,16 +42,10 @@ async def work_queue(
     settings: Settings, *, max_messages: int | None, retry_delay: float | None, desc: str = "processed"
 ) -> tuple[dict[str, Any], int]:
     """Work the content queue until it is empty (or ``max_messages``), as the host would."""
-    host = HostQueueOptions.from_environment()
-    options = HostQueueOptions(
-        batch_size=host.batch_size,
-        new_batch_threshold=host.new_batch_threshold,
-        max_dequeue_count=host.max_dequeue_count,
-        visibility_timeout=host.visibility_timeout if retry_delay is None else retry_delay,
-    )
+    options = queue_options(retry_delay)
     done = Processed()
     async with storage(settings) as store:
-        await store.ensure(store.main)
+        await create_queue_if_missing(store.main)
         total = await store.depth(store.main)
         bar = tqdm(
             total=total if max_messages is None else min(total, max_messages),

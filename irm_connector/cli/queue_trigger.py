@@ -39,6 +39,7 @@ __all__ = [
     "HostSetting",
     "QueueWorker",
     "WorkerStats",
+    "create_queue_if_missing",
     "parse_timespan",
 ]
 
@@ -246,6 +247,11 @@ class QueueWorker:
         log.debug("Message %s done in %.2fs", message.id, time.perf_counter() - started)
 
     async def _send_poison(self, body: str) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            await self._poison.create_queue()
+        await create_queue_if_missing(self._poison)
         await self._poison.send_message(body, time_to_live=-1)
+
+
+async def create_queue_if_missing(client: QueueClient) -> None:
+    """The host creates the queues it needs on first use (the poison queue above all), and so does the worker."""
+    with contextlib.suppress(ResourceExistsError):
+        await client.create_queue()

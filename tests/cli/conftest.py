@@ -4,7 +4,6 @@ subprocess with the same environment."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector.cli import main
+from irm_connector.cli.queue_trigger import create_queue_if_missing
 from standins import Azurite, StandIns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,8 +109,7 @@ class Cli:
     def put(self, text: str, name: str | None = None) -> None:
         async def send() -> None:
             async with self._client(name or self.queue) as client:
-                with contextlib.suppress(Exception):
-                    await client.create_queue()
+                await create_queue_if_missing(client)
                 await client.send_message(text)
 
         asyncio.run(send())
