@@ -49,12 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"irm-connector {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str, description: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name, help=help_text, description=description or help_text, epilog=_EPILOG, formatter_class=formatter
-        )
+    def action(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        help_text: str,
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help_text, description=description, epilog=_EPILOG, formatter_class=formatter)
         _common(p)
         return p
+
+    def command(name: str, help_text: str, description: str = "") -> argparse.ArgumentParser:
+        return action(sub, name, help_text, description or help_text)
 
     p = command(
         "status",
@@ -109,49 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
     retry_delay(p)
 
     p = command("poison", "inspect dead messages with the reason each failed, requeue or purge them")
-    poison_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = poison_sub.add_parser(
-        "list", help="the dead messages and why each failed", formatter_class=formatter, epilog=_EPILOG
-    )
-    _common(q)
+    poison = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = action(poison, "list", "the dead messages and why each failed")
     q.add_argument("--limit", type=int, default=32, help="show at most this many (1-32, default 32)")
-    q = poison_sub.add_parser(
-        "requeue", help="send dead messages back to the content queue", formatter_class=formatter, epilog=_EPILOG
-    )
-    _common(q)
+    q = action(poison, "requeue", "send dead messages back to the content queue")
     q.add_argument("ids", nargs="*", metavar="ID", help="message id or content id")
     q.add_argument("--all", action="store_true", help="every message of the poison queue")
-    q = poison_sub.add_parser(
-        "purge",
-        help="delete every dead message (asks; --yes without a terminal)",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-    )
-    _common(q)
+    q = action(poison, "purge", "delete every dead message (asks; --yes without a terminal)")
     q.add_argument("--yes", action="store_true", help="do not ask")
 
     p = command("subscriptions", "list, start or stop the Management API subscriptions")
-    subs = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = subs.add_parser("list", help="every subscription of the tenant", formatter_class=formatter, epilog=_EPILOG)
-    _common(q)
-    q = subs.add_parser(
-        "start",
-        help="start subscriptions (default: the configured content types)",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-    )
-    _common(q)
+    subscriptions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    action(subscriptions, "list", "every subscription of the tenant")
+    q = action(subscriptions, "start", "start subscriptions (default: the configured content types)")
     q.add_argument("content_types", nargs="*", metavar="TYPE")
-    q = subs.add_parser(
-        "stop",
-        help="stop subscriptions (content published while stopped is lost)",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-    )
-    _common(q)
+    q = action(subscriptions, "stop", "stop subscriptions (content published while stopped is lost)")
     q.add_argument("content_types", nargs="*", metavar="TYPE")
     q.add_argument("--yes", action="store_true", help="do not ask")
-
     return parser
 
 
