@@ -7,9 +7,9 @@ visible again after ``visibilityTimeout``; one that has failed ``maxDequeueCount
 ``<queue>-poison``.
 
 Those settings are host.json's ``extensions.queues``. host.json sits beside the package, not in it, so
-:class:`HostQueueOptions` carries its values as defaults (a test keeps the two equal) and takes the app
-settings that override host.json in Azure, ``AzureFunctionsJobHost__extensions__queues__<name>``, from
-the environment: both paths behave alike, with or without the host.
+:class:`HostQueueOptions` carries its values as defaults (``tests/unit/test_host_queue_options.py``
+keeps the two equal) and reads from the environment the app settings that override host.json in Azure,
+``AzureFunctionsJobHost__extensions__queues__<name>``: with or without the host, the queue is worked alike.
 """
 
 from __future__ import annotations
@@ -62,9 +62,12 @@ def parse_timespan(text: str) -> float:
 
 
 class HostSetting(NamedTuple):
-    field: str  # of HostQueueOptions
+    """One queue setting of host.json: the :class:`HostQueueOptions` field it sets, how an app setting's text
+    is read (``form`` says what it must look like), and the least value accepted."""
+
+    field: str
     parse: Callable[[str], float]
-    form: str  # what parse takes, for the error message
+    form: str
     least: float
 
 
