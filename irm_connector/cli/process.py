@@ -39,7 +39,7 @@ class Processed:
 
 
 async def work_queue(
-    settings: Settings, *, max_messages: int | None, retry_delay: float | None, desc: str = "processed"
+    settings: Settings, *, max_messages: int | None, retry_delay: float | None
 ) -> tuple[dict[str, Any], int]:
     """Work the content queue until it is empty (or ``max_messages``), as the host would."""
     options = queue_options(retry_delay)
@@ -49,7 +49,7 @@ async def work_queue(
         total = await store.depth(store.main)
         bar = tqdm(
             total=total if max_messages is None else min(total, max_messages),
-            desc=desc,
+            desc="processed",
             unit="blob",
             file=sys.stderr,
             disable=None,
