@@ -158,9 +158,9 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
     from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
     from azure.storage.queue.aio import QueueClient
 
+    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
     from irm_connector.runtime import close_runtimes, get_runtime
     from irm_connector.settings import Settings
-    from irm_connector.worker import HostQueueOptions, QueueWorker
 
     settings = Settings.from_env()
     def queue(name: str) -> QueueClient:
@@ -171,7 +171,7 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
             message_decode_policy=TextBase64DecodePolicy(),
         )
 
-    options = HostQueueOptions.from_host_json()
+    options = HostQueueOptions.from_environment()
     try:
         started = time.perf_counter()
         await functions["poller"](TimerRequest(past_due=False))  # the binding returns nothing

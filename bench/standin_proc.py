@@ -39,7 +39,7 @@ def serve(conn: Connection, params: dict[str, Any]) -> None:
 
 
 def _serve(conn: Connection, params: dict[str, Any]) -> None:
-    from standins.harness import StandIns
+    from standins.services import StandIns
     from standins.workload import generate_workload
 
     workdir = Path(params["workdir"])

@@ -25,7 +25,7 @@ __all__ = [
     "Delivery",
     "LenientBase64DecodePolicy",
     "UndecodableMessage",
-    "ensure_queue",
+    "create_queue_if_missing",
 ]
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class LenientBase64DecodePolicy(TextBase64DecodePolicy):
             return UndecodableMessage(content)
 
 
-async def ensure_queue(client: QueueClient) -> None:
+async def create_queue_if_missing(client: QueueClient) -> None:
     """Create the queue unless it exists."""
     try:
         await client.create_queue()
@@ -136,7 +136,7 @@ class ContentQueue:
 
     async def _ensure(self, client: QueueClient) -> None:
         if client.queue_name not in self._ready:
-            await ensure_queue(client)
+            await create_queue_if_missing(client)
             self._ready.add(client.queue_name)
 
     async def put(self, message: ContentMessage) -> None:

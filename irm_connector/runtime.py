@@ -134,12 +134,7 @@ def build_runtime(settings: Settings) -> Runtime:
         azure_session=azure,
         tokens=tokens,
         management=management,
-        state=StateStore(
-            tables,
-            tenant_id=settings.tenant_id,
-            prefix=settings.table_prefix,
-            retention_days=settings.dedupe_retention_days,
-        ),
+        state=StateStore.from_settings(tables, settings),
         queue=ContentQueue(main, poison),
         ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
         credentials=credentials,

@@ -9,9 +9,9 @@ Azurite and a deterministic workload generator. See standins/README.md.
 from standins.azurite import Azurite
 from standins.base import ApiError, Clock, RequestRecord
 from standins.entra import EntraStandIn
-from standins.harness import StandIns
 from standins.ingestion import IngestionStandIn, IngestStat, load_streams
 from standins.management import ManagementStandIn
+from standins.services import StandIns
 from standins.tls import ClientCertificate, TestCA
 from standins.tokens import TokenInfo, TokenRegistry
 from standins.workload import Workload, WorkloadBlob, generate_workload

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from standins.azurite import Azurite, find_repo_root
-from standins.harness import StandIns
+from standins.services import StandIns
 from standins.workload import generate_workload
 
 AUDIT_STREAM = "Custom-O365Audit"
@@ -39,9 +39,9 @@ async def _run(records: int, audit: bool, out_dir: Path) -> dict[str, Any]:
     from azure.functions.timer import TimerRequest
 
     from irm_connector import handlers
+    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
     from irm_connector.runtime import close_runtimes, get_runtime
     from irm_connector.settings import Settings
-    from irm_connector.worker import HostQueueOptions, QueueWorker
 
     rt = await get_runtime(Settings.from_env())
     results: list[Any] = []
@@ -59,7 +59,7 @@ async def _run(records: int, audit: bool, out_dir: Path) -> dict[str, Any]:
             )
         _print("==> Processor: working the queue as the Functions host would (host.json concurrency)")
         started = time.perf_counter()
-        options = HostQueueOptions.from_host_json()
+        options = HostQueueOptions.from_environment()
         stats = await QueueWorker(rt.queue.main, rt.queue.poison, process, options).run()
         elapsed = time.perf_counter() - started
         _print(f"    {stats.processed} messages processed in {elapsed:.1f}s, {stats.poisoned} poisoned")

@@ -6,6 +6,7 @@ runs through the function entry points of ``function_app.py`` as the Functions h
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -35,10 +36,34 @@ def standins(test_ca: TestCA) -> Iterator[StandIns]:
         yield services
 
 
+#: Settings of the machine running the tests that would point the connector elsewhere: azure-identity
+#: reads the first five, and a connection string would send the connector's telemetry to Azure. Host
+#: settings (``AzureFunctionsJobHost__…``) would change how the tests' queue worker retries.
+FOREIGN_SETTINGS = (
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_TENANT_ID",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+)
+
+
 @pytest.fixture
-async def connector(
-    standins: StandIns, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[ConnectorHarness]:
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This test's environment without :data:`FOREIGN_SETTINGS` (they come back after it)."""
+    for name in FOREIGN_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    for name in [n for n in os.environ if n.lower().startswith("azurefunctionsjobhost__")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def connector_env(
+    clean_environment: None, standins: StandIns, azurite: Azurite, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    """The connector's settings, set in this test's environment: the stand-ins, Azurite, and a queue and
+    tables of this test's own. The connector and the CLI fixtures share it."""
     suffix = uuid.uuid4().hex[:10]
     env = {
         **standins.settings_env(),
@@ -47,11 +72,16 @@ async def connector(
         "STATE_TABLE_PREFIX": f"t{suffix}",
         "POLL_SCHEDULE": "0 */5 * * * *",
     }
-    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
-        monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    harness = ConnectorHarness(standins=standins, azurite=azurite, env=env, monkeypatch=monkeypatch)
+    return env
+
+
+@pytest.fixture
+async def connector(
+    standins: StandIns, azurite: Azurite, connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[ConnectorHarness]:
+    harness = ConnectorHarness(standins=standins, azurite=azurite, env=connector_env, monkeypatch=monkeypatch)
     try:
         yield harness
     finally:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import azure.functions as func
@@ -13,9 +12,9 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from irm_connector.content_queue import LenientBase64DecodePolicy
+from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker, WorkerStats
+from irm_connector.content_queue import LenientBase64DecodePolicy, create_queue_if_missing
 from irm_connector.runtime import close_runtimes
-from irm_connector.worker import HostQueueOptions, QueueWorker, WorkerStats
 from standins import Azurite, StandIns
 
 _FUNCTIONS: dict[str, Any] | None = None
@@ -65,16 +64,10 @@ class ConnectorHarness:
 
     async def drain(self, *, max_messages: int | None = None, max_dequeue_count: int | None = None) -> WorkerStats:
         """Work the queue as the host would until it is empty; failed messages come back at once."""
-        host = HostQueueOptions.from_host_json()
-        options = HostQueueOptions(
-            batch_size=host.batch_size,
-            new_batch_threshold=host.new_batch_threshold,
-            max_dequeue_count=max_dequeue_count or host.max_dequeue_count,
-            visibility_timeout=0,
-        )
+        host = HostQueueOptions.from_environment()
+        options = replace(host, max_dequeue_count=max_dequeue_count or host.max_dequeue_count, visibility_timeout=0)
         async with self.queue_client() as main, self.queue_client(self.queue_name + "-poison") as poison:
-            with contextlib.suppress(Exception):
-                await main.create_queue()
+            await create_queue_if_missing(main)
             worker = QueueWorker(main, poison, functions()["processor"], options)
             return await worker.run(max_messages=max_messages)
 

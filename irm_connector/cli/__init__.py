@@ -26,7 +26,9 @@ _EPILOG = """exit codes:
   3  a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached
 
 Settings are read from the environment, as the function app reads its app settings
-(see local.settings.sample.json)."""
+(see local.settings.sample.json). process, run and backfill work the queue with host.json's
+queue settings; an app setting AzureFunctionsJobHost__extensions__queues__<name> overrides
+one, as it does for the Functions host."""
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
@@ -47,12 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"irm-connector {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, help_text: str, description: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(
-            name, help=help_text, description=description or help_text, epilog=_EPILOG, formatter_class=formatter
-        )
+    def action(
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        help_text: str,
+        description: str | None = None,
+    ) -> argparse.ArgumentParser:
+        p = group.add_parser(name, help=help_text, description=description, epilog=_EPILOG, formatter_class=formatter)
         _common(p)
         return p
+
+    def command(name: str, help_text: str, description: str = "") -> argparse.ArgumentParser:
+        return action(sub, name, help_text, description or help_text)
 
     p = command(
         "status",
@@ -107,73 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
     retry_delay(p)
 
     p = command("poison", "inspect dead messages with the reason each failed, requeue or purge them")
-    poison_sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = poison_sub.add_parser(
-        "list", help="the dead messages and why each failed", formatter_class=formatter, epilog=_EPILOG
-    )
-    _common(q)
+    poison = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = action(poison, "list", "the dead messages and why each failed")
     q.add_argument("--limit", type=int, default=32, help="show at most this many (1-32, default 32)")
-    q = poison_sub.add_parser(
-        "requeue", help="send dead messages back to the content queue", formatter_class=formatter, epilog=_EPILOG
-    )
-    _common(q)
+    q = action(poison, "requeue", "send dead messages back to the content queue")
     q.add_argument("ids", nargs="*", metavar="ID", help="message id or content id")
     q.add_argument("--all", action="store_true", help="every message of the poison queue")
-    q = poison_sub.add_parser(
-        "purge",
-        help="delete every dead message (asks; --yes without a terminal)",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-    )
-    _common(q)
+    q = action(poison, "purge", "delete every dead message (asks; --yes without a terminal)")
     q.add_argument("--yes", action="store_true", help="do not ask")
 
     p = command("subscriptions", "list, start or stop the Management API subscriptions")
-    subs = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = subs.add_parser("list", help="every subscription of the tenant", formatter_class=formatter, epilog=_EPILOG)
-    _common(q)
-    q = subs.add_parser(
-        "start",
-        help="start subscriptions (default: the configured content types)",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-    )
-    _common(q)
+    subscriptions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    action(subscriptions, "list", "every subscription of the tenant")
+    q = action(subscriptions, "start", "start subscriptions (default: the configured content types)")
     q.add_argument("content_types", nargs="*", metavar="TYPE")
-    q = subs.add_parser(
-        "stop",
-        help="stop subscriptions (content published while stopped is lost)",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-    )
-    _common(q)
+    q = action(subscriptions, "stop", "stop subscriptions (content published while stopped is lost)")
     q.add_argument("content_types", nargs="*", metavar="TYPE")
     q.add_argument("--yes", action="store_true", help="do not ask")
-
-    p = sub.add_parser(
-        "demo",
-        help="the Quick start demo: the stand-ins plus Azurite (source checkout only)",
-        description="Run the Quick start demo (standins.demo); arguments after `demo` go to it, e.g. "
-        "`irm-connector demo --records 5000`. Needs a source checkout with requirements-dev.txt and npm ci.",
-        formatter_class=formatter,
-        epilog=_EPILOG,
-        add_help=False,
-    )
-    p.add_argument("demo_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def _command(args: argparse.Namespace) -> Command:
-    from . import commands, poison, run
+    from . import backfill, poison, poll, process, run, status, subscriptions
 
     table: dict[str, Command] = {
-        "status": commands.status,
-        "poll": commands.poll,
-        "process": commands.process,
-        "backfill": commands.backfill_command,
-        "subscriptions": commands.subscriptions,
-        "poison": poison.poison,
+        "status": status.status,
+        "poll": poll.poll,
+        "process": process.process,
         "run": run.run,
+        "backfill": backfill.backfill_command,
+        "poison": poison.poison,
+        "subscriptions": subscriptions.subscriptions,
     }
     return table[str(args.command)]
 
@@ -187,13 +159,8 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["demo"]:  # everything after `demo` is the demo's own (argparse would eat --options)
-        from .commands import demo
-
-        return demo(arguments[1:])
     parser = build_parser()
-    args = parser.parse_args(arguments)
+    args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
         settings = load_settings()

@@ -1,5 +1,5 @@
-"""What every command shares: exit codes, output (readable or ``--json``), logging, error mapping, storage
-clients, durations and times."""
+"""What the commands share: exit codes, output (readable or ``--json``), logging, error mapping, asking
+before a destructive step, storage clients, durations and times."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import json
 import logging
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, is_dataclass
+from contextlib import asynccontextmanager
+from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ResourceExistsError, ServiceRequestError
-from azure.data.tables.aio import TableServiceClient
+from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector import telemetry
@@ -27,10 +26,15 @@ from irm_connector.errors import (
     SettingsError,
     StateError,
     TransientApiError,
+    UsageError,
 )
+from irm_connector.models import utc_text
 from irm_connector.redaction import install_redaction
 from irm_connector.runtime import storage_clients
 from irm_connector.settings import Settings
+from irm_connector.state import StateStore
+
+from .queue_trigger import HostQueueOptions
 
 __all__ = [
     "EXIT_FAILED",
@@ -39,12 +43,14 @@ __all__ = [
     "EXIT_USAGE",
     "Storage",
     "UsageError",
+    "confirm",
     "emit",
     "exit_code",
     "format_age",
     "iso",
     "load_settings",
     "parse_moment",
+    "queue_options",
     "setup_logging",
     "storage",
 ]
@@ -72,10 +78,6 @@ class _StderrHandler(logging.Handler):
 
 
 _handler: _StderrHandler | None = None
-
-
-class UsageError(Exception):
-    """A command line that cannot be carried out (exit 2)."""
 
 
 def load_settings() -> Settings:
@@ -138,9 +140,8 @@ def emit(args: argparse.Namespace, document: dict[str, Any], text: str) -> None:
 
 
 def iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """A time as the CLI shows it: UTC to the second, or None."""
+    return utc_text(moment, timespec="seconds") if moment is not None else None
 
 
 def format_age(seconds: float | None) -> str:
@@ -160,6 +161,20 @@ def format_age(seconds: float | None) -> str:
     return f"{secs}s"
 
 
+def confirm(args: argparse.Namespace, question: str) -> bool:
+    """``--yes``, or a yes at the terminal; never without a terminal."""
+    if getattr(args, "yes", False):
+        return True
+    if not sys.stdin.isatty():
+        print(f"error: {question.split('?')[0]}? Refused: pass --yes (no terminal to ask)", file=sys.stderr)
+        return False
+    answer = input(f"{question} [y/N] ")
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("aborted", file=sys.stderr)
+    return False
+
+
 def parse_moment(text: str, name: str) -> datetime:
     """An ISO time (``2026-06-01``, ``2026-06-01T12:00``, ``...Z``); naive means UTC."""
     try:
@@ -169,11 +184,17 @@ def parse_moment(text: str, name: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Storage:
-    """The storage clients of the CLI: the tables, the content queue and its poison queue."""
+def queue_options(retry_delay: float | None) -> HostQueueOptions:
+    """The host's queue settings; ``--retry-delay``, when given, for ``visibilityTimeout``."""
+    options = HostQueueOptions.from_environment()
+    return options if retry_delay is None else replace(options, visibility_timeout=retry_delay)
 
-    def __init__(self, tables: TableServiceClient, main: QueueClient, poison: QueueClient) -> None:
-        self.tables = tables
+
+class Storage:
+    """The storage clients of the CLI: the state tables, the content queue and its poison queue."""
+
+    def __init__(self, state: StateStore, main: QueueClient, poison: QueueClient) -> None:
+        self.state = state
         self.main = main
         self.poison = poison
 
@@ -186,20 +207,17 @@ class Storage:
             return 0
         return int(properties.approximate_message_count or 0)
 
-    async def ensure(self, client: QueueClient) -> None:
-        with suppress(ResourceExistsError):
-            await client.create_queue()
-
 
 @asynccontextmanager
 async def storage(settings: Settings) -> AsyncIterator[Storage]:
     """Storage clients built as the runtime builds them (connection string or identity)."""
     credentials: list[AsyncTokenCredential] = []
     tables, main, poison = storage_clients(settings.storage, settings, credentials)
+    state = StateStore.from_settings(tables, settings)
     try:
-        yield Storage(tables, main, poison)
+        yield Storage(state, main, poison)
     finally:
-        for closer in (main.close, poison.close, tables.close, *(c.close for c in credentials)):
+        for closer in (main.close, poison.close, state.close, *(c.close for c in credentials)):
             try:
                 await closer()
             except Exception:

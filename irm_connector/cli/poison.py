@@ -8,12 +8,11 @@ from typing import Any
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
-from irm_connector.content_queue import Delivery
+from irm_connector.content_queue import Delivery, create_queue_if_missing
 from irm_connector.settings import Settings
-from irm_connector.state import Failure, FailureStore, Tables, message_key
+from irm_connector.state import Failure, FailureStore, message_key
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, emit, iso, storage
-from .commands import confirm
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, confirm, emit, iso, storage
 
 __all__ = ["poison"]
 
@@ -101,7 +100,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         raise UsageError("give IDs or --all, not both")
     wanted = None if args.all else set(args.ids)
     matched, others = await _drain(store, wanted)
-    await store.ensure(store.main)
+    await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     for message in matched:
         text = message.content if isinstance(message.content, str) else str(message.content)
@@ -141,7 +140,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:
     async with storage(settings) as store:
-        failures = FailureStore(Tables(store.tables, prefix=settings.table_prefix), tenant_id=settings.tenant_id)
+        failures = store.state.failures
         if args.action == "list":
             return await _list(args, settings, store, failures)
         if args.action == "requeue":

@@ -17,11 +17,12 @@ from azure.functions.timer import TimerRequest
 from croniter import croniter
 
 from irm_connector import handlers
+from irm_connector.content_queue import create_queue_if_missing
 from irm_connector.errors import ConnectorError, SettingsError
 from irm_connector.settings import Settings
-from irm_connector.worker import HostQueueOptions, QueueWorker
 
-from ._common import EXIT_OK, emit, iso, storage
+from ._common import EXIT_OK, emit, iso, queue_options, storage
+from .queue_trigger import QueueWorker
 
 __all__ = ["Schedule", "run"]
 
@@ -75,17 +76,7 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     schedule = Schedule(args.schedule or os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
-    host = HostQueueOptions.from_host_json()
-    options = (
-        host
-        if args.retry_delay is None
-        else HostQueueOptions(
-            batch_size=host.batch_size,
-            new_batch_threshold=host.new_batch_threshold,
-            max_dequeue_count=host.max_dequeue_count,
-            visibility_timeout=args.retry_delay,
-        )
-    )
+    options = queue_options(args.retry_delay)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -102,7 +93,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         async with storage(settings) as store:
-            await store.ensure(store.main)
+            await create_queue_if_missing(store.main)
             worker = QueueWorker(store.main, store.poison, handlers.process, options)
 
             async def work() -> None:

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 
 from azure.data.tables.aio import TableServiceClient
 
+from irm_connector.settings import Settings
+
 from .claims import CLAIM_TTL, Claim, Claims
 from .failures import Failure, FailureStore, describe, message_key
 from .queued_blobs import QueuedBlobs, SeenPartitions
@@ -57,6 +59,16 @@ class StateStore:
         self.queued_blobs = QueuedBlobs(self.tables)
         self.claims = Claims(self.tables, claim_ttl=claim_ttl)
         self.failures = FailureStore(self.tables, tenant_id=tenant_id)
+
+    @classmethod
+    def from_settings(cls, service: TableServiceClient, settings: Settings) -> StateStore:
+        """The tables of the connector that ``settings`` describe (prefix, tenant, retention)."""
+        return cls(
+            service,
+            tenant_id=settings.tenant_id,
+            prefix=settings.table_prefix,
+            retention_days=settings.dedupe_retention_days,
+        )
 
     @property
     def stats(self) -> StoreStats:

@@ -4,12 +4,10 @@ subprocess with the same environment."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector.cli import main
+from irm_connector.content_queue import create_queue_if_missing
 from standins import Azurite, StandIns
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,8 +109,7 @@ class Cli:
     def put(self, text: str, name: str | None = None) -> None:
         async def send() -> None:
             async with self._client(name or self.queue) as client:
-                with contextlib.suppress(Exception):
-                    await client.create_queue()
+                await create_queue_if_missing(client)
                 await client.send_message(text)
 
         asyncio.run(send())
@@ -122,25 +120,10 @@ class Cli:
 
 @pytest.fixture
 def cli(
-    standins: StandIns, azurite: Azurite, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    standins: StandIns,
+    azurite: Azurite,
+    connector_env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> Cli:
-    suffix = uuid.uuid4().hex[:10]
-    env = {
-        **standins.settings_env(),
-        "AzureWebJobsStorage": azurite.connection_string,
-        "CONTENT_QUEUE": f"irm-{suffix}",
-        "STATE_TABLE_PREFIX": f"t{suffix}",
-        "POLL_SCHEDULE": "0 */5 * * * *",
-    }
-    for name in (
-        "AZURE_CLIENT_ID",
-        "AZURE_CLIENT_SECRET",
-        "AZURE_TENANT_ID",
-        "MSI_ENDPOINT",
-        "MSI_SECRET",
-        "APPLICATIONINSIGHTS_CONNECTION_STRING",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return Cli(standins=standins, azurite=azurite, env=env, capsys=capsys, monkeypatch=monkeypatch)
+    return Cli(standins=standins, azurite=azurite, env=connector_env, capsys=capsys, monkeypatch=monkeypatch)

@@ -39,7 +39,7 @@ def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
 def test_top_level_help_lists_the_commands(cli: Cli) -> None:
     code, out, _ = cli.run("--help")
     assert code == 0
-    for name in ("status", "poll", "process", "run", "backfill", "poison", "subscriptions", "demo"):
+    for name in ("status", "poll", "process", "run", "backfill", "poison", "subscriptions"):
         assert f"    {name}" in out
     code, _, err = cli.run("no-such-command")
     assert code == 2 and "invalid choice" in err
@@ -196,6 +196,26 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     assert code == 0 and doc["purged"] == 1 and cli.depth(cli.poison) == 0
 
 
+def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> None:
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=6, total_records=200, blob_size=(200, 200), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
+    assert cli.json("poll")[0] == 0
+
+    cli.set(AzureFunctionsJobHost__extensions__queues__maxDequeueCount="2")
+    sim.management.add_fault("content", "malformed", count=2)
+    code, doc = cli.json("process", "--retry-delay", "0")
+    assert code == 1
+    assert doc["max_dequeue_count"] == 2 and doc["failed_attempts"] == 2 and doc["poisoned"] == 1
+    assert cli.depth(cli.poison) == 1
+
+    cli.set(AzureFunctionsJobHost__extensions__queues__batchSize="many")
+    code, out, err = cli.run("process")
+    assert code == 2 and out == ""
+    assert err.startswith("settings error:") and "AzureFunctionsJobHost__extensions__queues__batchSize" in err
+
+
 def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")
@@ -258,11 +278,3 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     sim.management.set_admin_disabled("Audit.General")
     code, _, err = cli.run("subscriptions", "start")
     assert code == 1 and "AF20023" in err
-
-
-def test_demo_without_the_standins_says_so(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "standins.demo", None)
-    code, _out, err = cli.run("demo")
-    assert code == 2 and "standins" in err

@@ -1,4 +1,4 @@
-"""``run`` and ``demo`` as subprocesses: the stand-ins serve from this process over HTTPS."""
+"""``run`` as a subprocess: the stand-ins serve from this process over HTTPS."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -71,18 +70,3 @@ def test_run_with_a_bad_schedule_exits_2(cli: Cli) -> None:
     cli.set(POLL_SCHEDULE="not a schedule")
     code, _, err = cli.run("run")
     assert code == 2 and "POLL_SCHEDULE" in err
-
-
-def test_demo_runs_the_quick_start(cli: Cli, tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "irm_connector", "demo", "--records", "2000", "--out", str(tmp_path / "demo")],
-        env=cli.process_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "every alert exactly once: yes" in done.stdout
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["rows"]["Custom-IRMAlerts"] > 0

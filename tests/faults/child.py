@@ -15,8 +15,8 @@ from azure.functions.timer import TimerRequest
 
 
 async def main(argv: list[str]) -> None:
+    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
     from irm_connector.runtime import close_runtimes
-    from irm_connector.worker import HostQueueOptions, QueueWorker
     from tests.harness import functions
 
     fns = functions()
@@ -33,7 +33,9 @@ async def main(argv: list[str]) -> None:
             from irm_connector.settings import Settings
 
             rt = await get_runtime(Settings.from_env())
-            options = HostQueueOptions(batch_size=1, new_batch_threshold=0, max_dequeue_count=int(argv[2]))
+            options = HostQueueOptions(
+                batch_size=1, new_batch_threshold=0, max_dequeue_count=int(argv[2]), visibility_timeout=0
+            )
             worker = QueueWorker(rt.queue.main, rt.queue.poison, fns["processor"], options, lock_seconds=int(argv[1]))
             await worker.run()
     finally:

@@ -1,6 +1,6 @@
 """``StandIns``: Entra ID, the Management Activity API and Logs Ingestion, ready to use.
 
-Why one object: the lead's tests, the demo and the benchmark all need the same wiring — one
+Why one object: the tests, the demo and the benchmark all need the same wiring — one
 test CA, one token registry shared by the issuer and the checkers, a registered app with a
 secret and a certificate, a tenant known to every service — and the connector settings that
 point at it all (:meth:`StandIns.settings_env`). The three HTTPS servers run in one background

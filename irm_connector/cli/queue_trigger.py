@@ -1,40 +1,57 @@
-"""Working the content queue the way the Functions host does, for running without the host (the CLI,
-the demo, the benchmark and the tests).
+"""The Functions host's queue trigger, imitated: working the content queue without the host (the CLI's
+``process``, ``run`` and ``backfill``, the demo, the benchmark and the tests).
 
 The host keeps ``batchSize`` messages in flight and fetches more when fewer than ``newBatchThreshold``
 remain, so up to ``batchSize + newBatchThreshold`` run at once. A message whose handler raises becomes
 visible again after ``visibilityTimeout``; one that has failed ``maxDequeueCount`` times moves to
-``<queue>-poison``. The options come from ``host.json`` so both paths behave alike.
+``<queue>-poison``.
+
+Those settings are host.json's ``extensions.queues``. host.json sits beside the package, not in it, so
+:class:`HostQueueOptions` carries its values as defaults (``tests/unit/test_host_queue_options.py``
+keeps the two equal) and reads from the environment the app settings that override host.json in Azure,
+``AzureFunctionsJobHost__extensions__queues__<name>``: with or without the host, the queue is worked alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
+import os
 import re
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import azure.functions as func
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue.aio import QueueClient
 
-from .content_queue import UndecodableMessage
+from irm_connector.content_queue import UndecodableMessage, create_queue_if_missing
+from irm_connector.errors import SettingsError
 
-__all__ = ["HostQueueOptions", "QueueWorker", "WorkerStats"]
+__all__ = [
+    "HOST_SETTINGS",
+    "OVERRIDE_PREFIX",
+    "HostQueueOptions",
+    "HostSetting",
+    "QueueWorker",
+    "WorkerStats",
+    "parse_timespan",
+]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[func.QueueMessage], Awaitable[Any]]
 
 
-def _timespan(text: str) -> float:
+#: The app settings that override host.json's queue settings: ``AzureFunctionsJobHost__extensions__queues__batchSize``.
+OVERRIDE_PREFIX = "AzureFunctionsJobHost__extensions__queues__"
+
+
+def parse_timespan(text: str) -> float:
+    """A .NET TimeSpan as host.json writes it, ``[d.]hh:mm:ss[.fff]``, in seconds."""
     match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", text.strip())
     if not match:
         raise ValueError(f"not a timespan: {text!r}")
@@ -42,33 +59,58 @@ def _timespan(text: str) -> float:
     return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+class HostSetting(NamedTuple):
+    """One queue setting of host.json: the :class:`HostQueueOptions` field it sets, how an app setting's text
+    is read (``form`` says what it must look like), and the least value accepted."""
+
+    field: str
+    parse: Callable[[str], float]
+    form: str
+    least: float
+
+
+#: The queue settings of host.json that the worker imitates, by their name there.
+HOST_SETTINGS = {
+    "batchSize": HostSetting("batch_size", int, "a whole number", 1),
+    "newBatchThreshold": HostSetting("new_batch_threshold", int, "a whole number", 0),
+    "maxDequeueCount": HostSetting("max_dequeue_count", int, "a whole number", 1),
+    "visibilityTimeout": HostSetting("visibility_timeout", parse_timespan, "a timespan such as 00:00:30", 0),
+}
+
+
 @dataclass(frozen=True)
 class HostQueueOptions:
-    """``extensions.queues`` of host.json, with the host's defaults."""
+    """``extensions.queues`` of host.json: the defaults are its values."""
 
-    batch_size: int = 16
-    new_batch_threshold: int = 8
+    batch_size: int = 8
+    new_batch_threshold: int = 4
     max_dequeue_count: int = 5
-    visibility_timeout: float = 0.0
+    visibility_timeout: float = 30.0
 
     @property
     def concurrency(self) -> int:
         return self.batch_size + self.new_batch_threshold
 
     @classmethod
-    def from_host_json(cls, path: Path | str | None = None) -> HostQueueOptions:
-        file = Path(path) if path else Path(__file__).resolve().parent.parent / "host.json"
-        try:
-            queues = json.loads(file.read_text(encoding="utf-8")).get("extensions", {}).get("queues", {})
-        except FileNotFoundError:
-            return cls()
-        batch = int(queues.get("batchSize", 16))
-        return cls(
-            batch_size=batch,
-            new_batch_threshold=int(queues.get("newBatchThreshold", batch // 2)),
-            max_dequeue_count=int(queues.get("maxDequeueCount", 5)),
-            visibility_timeout=_timespan(queues.get("visibilityTimeout", "00:00:00")),
-        )
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> HostQueueOptions:
+        """host.json's values with the ``AzureFunctionsJobHost__extensions__queues__<name>`` app settings over
+        them. Names match in any case, as the host's configuration matches them; the settings the worker
+        does not imitate (``maxPollingInterval``, ``messageEncoding``) are ignored."""
+        prefix = OVERRIDE_PREFIX.lower()
+        by_name = {prefix + name.lower(): setting for name, setting in HOST_SETTINGS.items()}
+        overrides: dict[str, Any] = {}
+        for name, text in (os.environ if environ is None else environ).items():
+            setting = by_name.get(name.lower())
+            if setting is None:
+                continue
+            try:
+                value = setting.parse(text)
+            except ValueError:
+                raise SettingsError(name, f"{text!r} is not {setting.form}") from None
+            if value < setting.least:
+                raise SettingsError(name, f"{text!r} is less than {setting.least:g}")
+            overrides[setting.field] = value
+        return replace(cls(), **overrides)
 
 
 @dataclass
@@ -86,14 +128,14 @@ class QueueWorker:
         queue: QueueClient,
         poison: QueueClient,
         handler: Handler,
-        options: HostQueueOptions | None = None,
+        options: HostQueueOptions,
         *,
         lock_seconds: int = 600,
     ) -> None:
         self._queue = queue
         self._poison = poison
         self._handler = handler
-        self._options = options or HostQueueOptions.from_host_json()
+        self._options = options
         self._lock = lock_seconds
         self.stats = WorkerStats()
 
@@ -206,6 +248,5 @@ class QueueWorker:
         log.debug("Message %s done in %.2fs", message.id, time.perf_counter() - started)
 
     async def _send_poison(self, body: str) -> None:
-        with contextlib.suppress(ResourceExistsError):
-            await self._poison.create_queue()
+        await create_queue_if_missing(self._poison)
         await self._poison.send_message(body, time_to_live=-1)

@@ -1,0 +1,97 @@
+"""backfill: list a past range again and queue what was never queued, without moving the live watermark."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tqdm import tqdm
+
+from irm_connector.backfill import backfill
+from irm_connector.errors import PollError, SettingsError
+from irm_connector.models import ContentTypeReport
+from irm_connector.runtime import get_runtime
+from irm_connector.settings import Settings, parse_duration
+from irm_connector.windows import plan_backfill
+
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, iso, parse_moment
+from .poll import report_lines
+from .process import process_lines, work_queue
+
+__all__ = ["backfill_command"]
+
+
+async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(UTC)
+    if args.since and (args.start or args.end):
+        raise UsageError("give --since or --start/--end, not both")
+    if args.since:
+        try:
+            start = now - parse_duration(args.since, setting="--since")
+        except SettingsError as exc:
+            raise UsageError(str(exc)) from None
+        end = now
+    elif args.start:
+        start = parse_moment(args.start, "--start")
+        end = parse_moment(args.end, "--end") if args.end else now
+    else:
+        raise UsageError("give --since (e.g. 3d) or --start (and optionally --end)")
+    content_types = tuple(args.content_type or settings.content_types)
+    unknown = [ct for ct in content_types if ct not in settings.content_types]
+    if unknown:
+        raise UsageError(f"{', '.join(unknown)} not in O365_CONTENT_TYPES ({', '.join(settings.content_types)})")
+    try:
+        windows = plan_backfill(start, end, now)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    rt = await get_runtime(settings)
+    bar = tqdm(
+        total=len(windows) * len(content_types),
+        desc="windows listed",
+        unit="window",
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+    )
+    seen: dict[str, int] = {}
+
+    def progress(report: ContentTypeReport, planned: int) -> None:
+        key = report.content_type
+        if report.windows_listed != seen.get(key, 0):
+            bar.update(report.windows_listed - seen.get(key, 0))
+            seen[key] = report.windows_listed
+        bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed, refresh=False)
+
+    failed = False
+    try:
+        report = await backfill(rt, start, end, content_types=content_types, now=now, on_progress=progress)
+    except PollError as exc:
+        report, failed = exc.report, True
+    finally:
+        bar.close()
+    document: dict[str, Any] = {
+        "ok": not failed,
+        "range": {"start": windows[0].start, "end": windows[-1].end},
+        "requested": {"start": start, "end": end},
+        "windows": len(windows),
+        "blobs_queued": report.blobs_queued,
+        "content_types": report.content_types,
+    }
+    lines = [
+        f"backfill of [{iso(windows[0].start)}, {iso(windows[-1].end)}) in {len(windows)} window(s); "
+        "the live watermark was not moved"
+    ]
+    if windows[0].start > start + timedelta(seconds=1):
+        lines.append(f"(start moved to {iso(windows[0].start)}: the API lists at most 7 days back)")
+    lines += report_lines(report)
+    code = EXIT_FAILED if failed else EXIT_OK
+    if not args.no_process and report.blobs_queued:
+        processed, process_code = await work_queue(settings, max_messages=None, retry_delay=args.retry_delay)
+        document["processing"] = processed
+        lines += process_lines(processed, settings.poison_queue)
+        code = max(code, process_code)
+    emit(args, document, "\n".join(lines))
+    return code

@@ -1,0 +1,100 @@
+"""process: work the content queue until it is empty, as the Functions host would."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import azure.functions as func
+from tqdm import tqdm
+
+from irm_connector import handlers
+from irm_connector.content_queue import create_queue_if_missing
+from irm_connector.models import ProcessResult
+from irm_connector.settings import Settings
+
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, queue_options, storage
+from .queue_trigger import QueueWorker
+
+__all__ = ["process", "process_lines", "work_queue"]
+
+
+@dataclass
+class Processed:
+    results: list[ProcessResult] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        rows: Counter[str] = Counter()
+        for r in self.results:
+            rows.update(r.rows_sent)
+        return {
+            "outcomes": dict(Counter(r.outcome for r in self.results)),
+            "records": sum(r.records for r in self.results),
+            "alerts": sum(r.alerts for r in self.results),
+            "rows_sent": dict(rows),
+            "duplicates_dropped": sum(r.duplicates_dropped + r.claimed_elsewhere for r in self.results),
+        }
+
+
+async def work_queue(
+    settings: Settings, *, max_messages: int | None, retry_delay: float | None
+) -> tuple[dict[str, Any], int]:
+    """Work the content queue until it is empty (or ``max_messages``), as the host would."""
+    options = queue_options(retry_delay)
+    done = Processed()
+    async with storage(settings) as store:
+        await create_queue_if_missing(store.main)
+        total = await store.depth(store.main)
+        bar = tqdm(
+            total=total if max_messages is None else min(total, max_messages),
+            desc="processed",
+            unit="blob",
+            file=sys.stderr,
+            disable=None,
+            leave=False,
+        )
+
+        async def handler(message: func.QueueMessage) -> None:
+            try:
+                done.results.append(await handlers.process(message))
+            finally:
+                bar.update(1)
+
+        try:
+            stats = await QueueWorker(store.main, store.poison, handler, options).run(max_messages=max_messages)
+        finally:
+            bar.close()
+        remaining = await store.depth(store.main)
+    document = {
+        "processed": stats.processed,
+        "failed_attempts": stats.failed_attempts,
+        "poisoned": stats.poisoned,
+        "remaining": remaining,
+        "max_dequeue_count": options.max_dequeue_count,
+        **done.summary(),
+    }
+    return document, EXIT_FAILED if stats.poisoned else EXIT_OK
+
+
+def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
+    lines = [
+        f"{doc['processed']} message(s) processed, {doc['failed_attempts']} failed attempt(s), "
+        f"{doc['poisoned']} moved to {poison_queue}, {doc['remaining']} left on the queue",
+        f"{doc['records']} record(s) received, {doc['alerts']} alert record(s), "
+        f"{doc['duplicates_dropped']} duplicate(s) dropped",
+    ]
+    lines += [f"rows sent to {stream}: {n}" for stream, n in sorted(doc["rows_sent"].items())]
+    if doc["poisoned"]:
+        lines.append("see why with `irm-connector poison list`")
+    return lines
+
+
+async def process(args: argparse.Namespace, settings: Settings) -> int:
+    if args.max is not None and args.max < 1:
+        raise UsageError("--max must be at least 1")
+    document, code = await work_queue(settings, max_messages=args.max, retry_delay=args.retry_delay)
+    emit(args, document, "\n".join(process_lines(document, settings.poison_queue)))
+    return code

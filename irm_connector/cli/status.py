@@ -1,0 +1,112 @@
+"""status: whether the connector keeps up, per content type, and what to do when it does not."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+from irm_connector.errors import ConnectorError
+from irm_connector.runtime import get_runtime
+from irm_connector.settings import Settings, parse_duration
+
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, emit, exit_code, format_age, iso, storage
+
+__all__ = ["status"]
+
+
+async def status(args: argparse.Namespace, settings: Settings) -> int:
+    now = datetime.now(UTC)
+    max_lag = parse_duration(args.max_lag, setting="--max-lag")
+    rt = await get_runtime(settings)
+    async with storage(settings) as store:
+        states = {s.content_type: s for s in await rt.state.watermarks.list_states(settings.tenant_id)}
+        queue_depth = await store.depth(store.main)
+        poison_depth = await store.depth(store.poison)
+
+    subscriptions: dict[str, str] = {}
+    api_error = ""
+    api_unreachable = False
+    try:
+        subscriptions = {
+            str(s.get("contentType")): str(s.get("status", "")) for s in await rt.management.list_subscriptions()
+        }
+    except ConnectorError as exc:
+        api_error = str(exc)
+        api_unreachable = exit_code(exc) == EXIT_UNREACHABLE
+
+    problems: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    for content_type in settings.content_types:
+        state = states.get(content_type)
+        watermark = state.watermark if state else None
+        lag = (now - watermark).total_seconds() if watermark else None
+        subscription = subscriptions.get(content_type, "none") if not api_error else "unknown"
+        row: dict[str, Any] = {
+            "content_type": content_type,
+            "watermark": watermark,
+            "lag_seconds": int(lag) if lag is not None else None,
+            "last_run": state.last_run if state else None,
+            "last_error": state.last_error if state else "",
+            "last_error_at": state.last_error_at if state else None,
+            "lease_until": state.lease_until if state and state.lease_until and state.lease_until > now else None,
+            "subscription": subscription,
+        }
+        rows.append(row)
+
+        def problem(code: str, detail: str, content_type: str = content_type) -> None:
+            problems.append({"code": code, "content_type": content_type, "detail": detail})
+
+        if watermark is None:
+            problem("never-polled", "no watermark yet: no poller run has listed a window to its end")
+        elif lag is not None and lag > max_lag.total_seconds():
+            problem("lagging", f"watermark {format_age(lag)} behind now (more than {args.max_lag})")
+        if state and state.last_error:
+            problem("last-error", state.last_error)
+        if not api_error and subscription != "enabled":
+            problem("subscription-not-enabled", f"subscription is {subscription}")
+    if poison_depth:
+        problems.append(
+            {
+                "code": "poison-messages",
+                "content_type": "",
+                "detail": f"{poison_depth} message(s) in {settings.poison_queue}: see `irm-connector poison list`",
+            }
+        )
+    if api_error:
+        code_name = "api-unreachable" if api_unreachable else "api-error"
+        problems.append({"code": code_name, "content_type": "", "detail": api_error})
+
+    healthy = not problems
+    code = EXIT_OK if healthy else EXIT_UNREACHABLE if api_unreachable else EXIT_FAILED
+    document = {
+        "healthy": healthy,
+        "tenant_id": settings.tenant_id,
+        "checked_at": now,
+        "max_lag_seconds": int(max_lag.total_seconds()),
+        "content_types": rows,
+        "queue": {"name": settings.content_queue, "depth": queue_depth},
+        "poison_queue": {"name": settings.poison_queue, "depth": poison_depth},
+        "problems": problems,
+    }
+    lines = [f"IRM connector, tenant {settings.tenant_id}: {'HEALTHY' if healthy else 'UNHEALTHY'}", ""]
+    header = f"{'content type':<28} {'watermark (UTC)':<21} {'behind':>8}  {'subscription':<13} {'last run (UTC)':<21}"
+    lines.append(header)
+    for row in rows:
+        lines.append(
+            f"{row['content_type']:<28} {iso(row['watermark']) or '-':<21} {format_age(row['lag_seconds']):>8}  "
+            f"{row['subscription']:<13} {iso(row['last_run']) or '-':<21}"
+        )
+        if row["last_error"]:
+            lines.append(f"    last error ({iso(row['last_error_at']) or '?'}): {row['last_error']}")
+    lines.append("")
+    lines.append(f"queue {settings.content_queue}: {queue_depth} message(s)")
+    lines.append(f"poison queue {settings.poison_queue}: {poison_depth} message(s)")
+    if problems:
+        lines.append("")
+        lines.append("Problems (README, Operations: what to do for each):")
+        for p in problems:
+            where = f"{p['content_type']}: " if p["content_type"] else ""
+            lines.append(f"  - [{p['code']}] {where}{p['detail']}")
+    emit(args, document, "\n".join(lines))
+    return code

@@ -1,0 +1,51 @@
+"""subscriptions list | start | stop: the Management Activity API subscriptions of the tenant."""
+
+from __future__ import annotations
+
+import argparse
+
+from irm_connector.runtime import get_runtime
+from irm_connector.settings import Settings
+
+from ._common import EXIT_OK, EXIT_USAGE, UsageError, confirm, emit
+
+__all__ = ["subscriptions"]
+
+
+async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
+    rt = await get_runtime(settings)
+    if args.action == "list":
+        items = await rt.management.list_subscriptions()
+        listed = {str(s.get("contentType")): str(s.get("status", "")) for s in items}
+        rows = [
+            {"content_type": ct, "status": status, "configured": ct in settings.content_types}
+            for ct, status in sorted(listed.items())
+        ]
+        rows += [
+            {"content_type": ct, "status": "none", "configured": True}
+            for ct in settings.content_types
+            if ct not in listed
+        ]
+        text = "\n".join(
+            [f"{'content type':<28} {'status':<10} configured"]
+            + [f"{r['content_type']:<28} {r['status']:<10} {'yes' if r['configured'] else 'no'}" for r in rows]
+        )
+        emit(args, {"subscriptions": rows}, text)
+        return EXIT_OK
+    content_types = tuple(args.content_types or (settings.content_types if args.action == "start" else ()))
+    if not content_types:
+        raise UsageError("name the content type(s) to stop, e.g. `subscriptions stop Audit.General --yes`")
+    if args.action == "stop" and not confirm(
+        args, f"Stop the subscription(s) {', '.join(content_types)}? Content published while stopped is never available"
+    ):
+        return EXIT_USAGE
+    results = []
+    for ct in content_types:
+        if args.action == "start":
+            status_text = await rt.management.start_subscription(ct)
+        else:
+            await rt.management.stop_subscription(ct)
+            status_text = "disabled"
+        results.append({"content_type": ct, "status": status_text})
+    emit(args, {"subscriptions": results}, "\n".join(f"{r['content_type']}: {r['status']}" for r in results))
+    return EXIT_OK
