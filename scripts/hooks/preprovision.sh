@@ -11,6 +11,7 @@ die() { printf 'preprovision: %s\n' "$*" >&2; exit 1; }
 # Entra ID directory roles that may grant an application permission to a service principal.
 GLOBAL_ADMINISTRATOR=62e90394-69f5-4237-9190-012177145e10
 PRIVILEGED_ROLE_ADMINISTRATOR=e8611ab8-c189-46e8-94e1-60213ab1f814
+O365_MANAGEMENT_API_APP_ID=c5393580-f805-4401-95e8-94b7a6ef2fc2   # "Office 365 Management APIs"
 
 check_workspace() {
   local id=${SENTINEL_WORKSPACE_RESOURCE_ID:-} create=${CREATE_SENTINEL_WORKSPACE:-false}
@@ -56,6 +57,10 @@ decide_grant() {
     return 0
   fi
   if [[ "${AZURE_PRINCIPAL_TYPE:-User}" == "User" ]] && deployer_may_grant; then
+    # The deployment reads the API's service principal as an existing resource; a tenant that never used the
+    # Management API has none yet.
+    az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv >/dev/null 2>&1 \
+      || az ad sp create --id "${O365_MANAGEMENT_API_APP_ID}" --output none
     azd env set GRANT_ACTIVITYFEED_PERMISSION true
     say "You hold an Entra ID role that may grant ActivityFeed.Read: the deployment grants it to the connector"
     say "identity before the Function App exists (GRANT_ACTIVITYFEED_PERMISSION=true)."

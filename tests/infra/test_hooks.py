@@ -99,6 +99,10 @@ def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Pat
     )
     assert done.returncode == 0, done.stderr
     assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "true"]]
+    # The deployment reads the Management API's service principal as existing: the hook made sure it is there.
+    assert ["ad", "sp", "show", "--id", "c5393580-f805-4401-95e8-94b7a6ef2fc2", "--query", "id", "-o", "tsv"] in calls(
+        fakes, "az"
+    )
 
 
 def test_preprovision_leaves_the_grant_to_an_admin_otherwise(fakes: Path) -> None:
