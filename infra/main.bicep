@@ -2,6 +2,7 @@
 // Subscription scope (azd's default): creates the resource group, then deploys resources.bicep into it.
 // Without azd: az deployment sub create -l <region> -f infra/main.bicep -p environmentName=<name> location=<region> ...
 // Into an existing resource group instead: az deployment group create -g <rg> -f infra/resources.bicep -p ...
+// Needs Bicep 0.36.1 or newer (the Microsoft Graph extension of modules/graph); azd 1.17.1 or newer brings one.
 targetScope = 'subscription'
 
 @minLength(1)
@@ -9,15 +10,67 @@ targetScope = 'subscription'
 @description('Name of the environment (azd: AZURE_ENV_NAME); seeds resource names.')
 param environmentName string
 
+// Flex Consumption exists only in some regions: the list of the Azure-Samples Flex Consumption azd templates
+// (functions-quickstart-python-http-azd, May 2025), without the canary region. The Sentinel workspace can be in
+// any region: its tables and data collection rule go to the workspace's region.
 @minLength(1)
-@description('Azure region of the connector resources.')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
+@metadata({
+  azd: {
+    type: 'location'
+  }
+})
+@description('Azure region of the connector resources (a region with Flex Consumption).')
 param location string
 
 @description('Resource group for the connector; empty = rg-<environmentName>.')
 param resourceGroupName string = ''
 
-@description('Microsoft 365 (Entra ID) tenant whose audit log is read. Default: the deployment tenant.')
-param o365TenantId string = tenant().tenantId
+@description('Object id of the person (or pipeline) deploying (azd: AZURE_PRINCIPAL_ID). Gets Key Vault Secrets Officer and Certificates Officer, and Storage Queue and Table Data Contributor, so the client secret or certificate can be stored and the irm-connector CLI can read the state. Empty = no role for the deployer.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+@description('Type of principalId (azd: AZURE_PRINCIPAL_TYPE).')
+param principalType string = 'User'
+
+@description('Microsoft 365 (Entra ID) tenant whose audit log is read. Empty = the deployment tenant (azd passes an unset O365_TENANT_ID as empty).')
+param o365TenantId string = ''
 
 @allowed([
   'managed_identity'
@@ -27,11 +80,14 @@ param o365TenantId string = tenant().tenantId
 @description('How the connector authenticates to the Office 365 Management Activity API.')
 param o365AuthMode string = 'managed_identity'
 
+@description('Grant the connector identity ActivityFeed.Read in this deployment, before the Function App exists (managed_identity mode; the deployer needs Privileged Role Administrator or Global Administrator in Entra ID). false = an admin grants it afterwards and the first token may lack it for up to 24 hours.')
+param grantActivityFeedPermission bool = false
+
 @description('App registration (client) id for secret or certificate mode; ignored in managed_identity mode.')
 param o365ClientId string = ''
 
 @secure()
-@description('Client secret of the app registration (secret mode). Stored in Key Vault only when given.')
+@description('Client secret of the app registration (secret mode). Stored in Key Vault only when given. azd never passes it: its hook writes the secret into Key Vault instead.')
 param o365ClientSecret string = ''
 
 @description('Name of the Key Vault certificate (certificate mode); its secret (base64 PFX) is referenced by O365_CLIENT_CERTIFICATE.')
@@ -57,6 +113,13 @@ param o365PublisherId string = ''
 
 @description('Also send every audit record of the polled content types to O365Audit_CL (much more data).')
 param ingestAllAuditRecords bool = false
+
+@allowed([
+  'Analytics'
+  'Basic'
+])
+@description('Table plan of O365Audit_CL. Basic costs a fraction per GB but keeps 30 days interactive, answers single-table queries only (charged per GB scanned) and cannot feed analytics rules. IRMAlerts_CL and IRMConnectorHealth_CL stay Analytics: the rules run on them.')
+param auditTablePlan string = 'Analytics'
 
 param initialLookback string = '24h'
 param pollSchedule string = '0 */5 * * * *'
@@ -89,12 +152,20 @@ param sentinelWorkspaceResourceGroup string = ''
 @description('Subscription of the existing Sentinel workspace (with sentinelWorkspaceName); default: this one.')
 param sentinelWorkspaceSubscriptionId string = ''
 
+@description('Create a new Log Analytics workspace with Sentinel (a trial) in the connector resource group instead of using an existing one. Only when no existing workspace is named.')
+param createSentinelWorkspace bool = false
+
+@minValue(30)
+@maxValue(730)
+@description('Retention of a workspace created by this deployment, in days (PerGB2018 needs 30 or more; Sentinel includes 90).')
+param newWorkspaceRetentionInDays int = 90
+
 @minValue(4)
 @maxValue(730)
-@description('Interactive retention of the three custom tables, in days.')
+@description('Interactive retention of the Analytics tables, in days (a Basic O365Audit_CL keeps 30 days interactive and this many in total, at least 30).')
 param tableRetentionInDays int = 90
 
-@description('Deploy the Sentinel functions, hunting queries, analytics rules and workbook.')
+@description('Deploy the Sentinel data connector definition, functions, hunting queries, analytics rules and workbook.')
 param deploySentinelContent bool = true
 
 @minValue(1)
@@ -126,8 +197,11 @@ module resources 'resources.bicep' = {
     environmentName: environmentName
     location: location
     tags: tags
-    o365TenantId: o365TenantId
+    principalId: principalId
+    principalType: principalType
+    o365TenantId: empty(o365TenantId) ? tenant().tenantId : o365TenantId
     o365AuthMode: o365AuthMode
+    grantActivityFeedPermission: grantActivityFeedPermission
     o365ClientId: o365ClientId
     o365ClientSecret: o365ClientSecret
     o365CertificateName: o365CertificateName
@@ -136,6 +210,7 @@ module resources 'resources.bicep' = {
     o365ContentTypes: o365ContentTypes
     o365PublisherId: o365PublisherId
     ingestAllAuditRecords: ingestAllAuditRecords
+    auditTablePlan: auditTablePlan
     initialLookback: initialLookback
     pollSchedule: pollSchedule
     contentQueue: contentQueue
@@ -150,6 +225,8 @@ module resources 'resources.bicep' = {
     sentinelWorkspaceName: sentinelWorkspaceName
     sentinelWorkspaceResourceGroup: sentinelWorkspaceResourceGroup
     sentinelWorkspaceSubscriptionId: sentinelWorkspaceSubscriptionId
+    createSentinelWorkspace: createSentinelWorkspace
+    newWorkspaceRetentionInDays: newWorkspaceRetentionInDays
     tableRetentionInDays: tableRetentionInDays
     deploySentinelContent: deploySentinelContent
     maximumInstanceCount: maximumInstanceCount
@@ -167,3 +244,5 @@ output DCR_ID string = resources.outputs.dcrId
 output LOGS_INGESTION_ENDPOINT string = resources.outputs.logsIngestionEndpoint
 output SENTINEL_WORKSPACE_ID string = resources.outputs.workspaceId
 output KEY_VAULT_NAME string = resources.outputs.keyVaultName
+output STORAGE_ACCOUNT_NAME string = resources.outputs.storageAccountName
+output ACTIVITYFEED_GRANTED_IN_DEPLOYMENT bool = resources.outputs.activityFeedGranted

@@ -6,6 +6,15 @@ param environmentName string
 param location string = resourceGroup().location
 param tags object = {}
 
+@description('Object id of the deployer; empty = no data-plane roles for the deployer.')
+param principalId string = ''
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param principalType string = 'User'
+
 param o365TenantId string = tenant().tenantId
 @allowed([
   'managed_identity'
@@ -13,6 +22,7 @@ param o365TenantId string = tenant().tenantId
   'certificate'
 ])
 param o365AuthMode string = 'managed_identity'
+param grantActivityFeedPermission bool = false
 param o365ClientId string = ''
 @secure()
 param o365ClientSecret string = ''
@@ -29,6 +39,11 @@ param o365Cloud string = 'Commercial'
 param o365ContentTypes string = 'Audit.General'
 param o365PublisherId string = ''
 param ingestAllAuditRecords bool = false
+@allowed([
+  'Analytics'
+  'Basic'
+])
+param auditTablePlan string = 'Analytics'
 param initialLookback string = '24h'
 param pollSchedule string = '0 */5 * * * *'
 param contentQueue string = 'irm-content'
@@ -52,6 +67,12 @@ param sentinelWorkspaceResourceId string = ''
 param sentinelWorkspaceName string = ''
 param sentinelWorkspaceResourceGroup string = ''
 param sentinelWorkspaceSubscriptionId string = ''
+param createSentinelWorkspace bool = false
+@minValue(30)
+@maxValue(730)
+param newWorkspaceRetentionInDays int = 90
+@minValue(4)
+@maxValue(730)
 param tableRetentionInDays int = 90
 param deploySentinelContent bool = true
 param maximumInstanceCount int = 40
@@ -62,17 +83,41 @@ var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, 
 // The output tables, the DCR streams and the columns: one file, shared with the Python connector.
 var outputColumns = loadJsonContent('../irm_connector/columns.json')
 
-// Which Sentinel workspace: an existing one (resource id, or name + resource group) or a new one here.
+// Which Sentinel workspace: an existing one (resource id, or name + resource group), or a new one here when asked
+// for explicitly. With neither the deployment stops: ARM reports a missing resource group by its name, and these
+// names say what to set (the azd preprovision hook says it before anything is deployed).
 var useWorkspaceId = !empty(sentinelWorkspaceResourceId)
-var createWorkspace = !useWorkspaceId && empty(sentinelWorkspaceName)
+var useWorkspaceName = !useWorkspaceId && !empty(sentinelWorkspaceName)
+var createWorkspace = !useWorkspaceId && !useWorkspaceName && createSentinelWorkspace
 var wsSubscriptionId = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[2] : (empty(sentinelWorkspaceSubscriptionId) ? subscription().subscriptionId : sentinelWorkspaceSubscriptionId)
-var wsResourceGroup = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[4] : (createWorkspace ? resourceGroup().name : sentinelWorkspaceResourceGroup)
-var wsName = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[8] : (createWorkspace ? 'log-sentinel-${resourceToken}' : sentinelWorkspaceName)
+var wsResourceGroupForName = empty(sentinelWorkspaceResourceGroup) ? 'missing-sentinelWorkspaceResourceGroup-next-to-sentinelWorkspaceName' : sentinelWorkspaceResourceGroup
+var wsResourceGroup = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[4] : (useWorkspaceName ? wsResourceGroupForName : (createWorkspace ? resourceGroup().name : 'no-workspace-set-sentinelWorkspaceResourceId-or-createSentinelWorkspace'))
+var wsName = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[8] : (useWorkspaceName ? sentinelWorkspaceName : 'log-sentinel-${resourceToken}')
+
+// A managed identity cannot get tokens for another tenant, so the grant only makes sense in its own tenant.
+var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission && o365TenantId == tenant().tenantId
 
 resource uami 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-irm-${resourceToken}'
   location: location
   tags: tags
+}
+
+// Before the Function App exists, so the identity's first token already carries the role: managed identity
+// tokens are cached for up to 24 hours, and a token issued before the grant keeps being refused (AF10001).
+// After storage, Key Vault and monitoring only to give Entra ID the minutes it needs to replicate the new identity:
+// a grant right after the identity is created can fail with "Not a valid reference update"
+// (microsoftgraph/msgraph-bicep-types#193).
+module activityFeedGrant 'modules/graph/activityfeed-grant.bicep' = if (grantInDeployment) {
+  name: 'irm-activityfeed-grant'
+  params: {
+    principalId: uami.properties.principalId
+  }
+  dependsOn: [
+    storage
+    keyVault
+    monitoring
+  ]
 }
 
 module storage 'modules/storage.bicep' = {
@@ -82,6 +127,8 @@ module storage 'modules/storage.bicep' = {
     location: location
     tags: tags
     principalId: uami.properties.principalId
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
     contentQueue: contentQueue
     deploymentContainerName: 'app-package-${resourceToken}'
   }
@@ -105,9 +152,35 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     principalId: uami.properties.principalId
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
     clientSecret: o365ClientSecret
     certificatePassword: o365ClientCertificatePassword
   }
+}
+
+module newWorkspace 'modules/sentinel-new-workspace.bicep' = if (createWorkspace) {
+  name: 'irm-sentinel-new-workspace'
+  scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
+  params: {
+    workspaceName: wsName
+    location: location
+    tags: tags
+    retentionInDays: newWorkspaceRetentionInDays
+  }
+}
+
+// The workspace's region, read in a deployment of its own: a resource needs its location when the deployment
+// starts, and the region of an existing workspace is only known once it has been read (Bicep BCP120).
+module workspaceInfo 'modules/workspace-info.bicep' = {
+  name: 'irm-sentinel-workspace-info'
+  scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
+  params: {
+    workspaceName: wsName
+  }
+  dependsOn: [
+    newWorkspace
+  ]
 }
 
 module sentinelWorkspace 'modules/sentinel-workspace.bicep' = {
@@ -115,23 +188,27 @@ module sentinelWorkspace 'modules/sentinel-workspace.bicep' = {
   scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
   params: {
     workspaceName: wsName
-    createWorkspace: createWorkspace
-    location: location
+    location: workspaceInfo.outputs.location
     tags: tags
     dcrName: 'dcr-irm-${resourceToken}'
     outputColumns: outputColumns
     tableRetentionInDays: tableRetentionInDays
+    auditTablePlan: auditTablePlan
     principalId: uami.properties.principalId
   }
 }
 
+// After the tables and the DCR: Sentinel checks a rule's query when the rule is created.
 module sentinelContent 'modules/sentinel-content.bicep' = if (deploySentinelContent) {
   name: 'irm-sentinel-content'
   scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
   params: {
     workspaceName: wsName
-    location: sentinelWorkspace.outputs.workspaceLocation
+    location: workspaceInfo.outputs.location
   }
+  dependsOn: [
+    sentinelWorkspace
+  ]
 }
 
 var vaultUri = keyVault.outputs.vaultUri
@@ -189,6 +266,9 @@ module functionApp 'modules/functionapp.bicep' = {
       DEDUPE_RETENTION_DAYS: string(dedupeRetentionDays)
     }, authSettings)
   }
+  dependsOn: [
+    activityFeedGrant
+  ]
 }
 
 output functionAppName string = functionApp.outputs.name
@@ -196,5 +276,7 @@ output uamiPrincipalId string = uami.properties.principalId
 output uamiClientId string = uami.properties.clientId
 output dcrId string = sentinelWorkspace.outputs.dcrId
 output logsIngestionEndpoint string = sentinelWorkspace.outputs.logsIngestionEndpoint
-output workspaceId string = sentinelWorkspace.outputs.workspaceId
+output workspaceId string = workspaceInfo.outputs.id
 output keyVaultName string = keyVault.outputs.name
+output storageAccountName string = storage.outputs.name
+output activityFeedGranted bool = grantInDeployment

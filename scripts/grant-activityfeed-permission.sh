@@ -13,15 +13,17 @@ usage() {
   cat <<'USAGE'
 Usage:
   grant-activityfeed-permission.sh managed_identity --principal-id <UAMI principal (object) id>
-  grant-activityfeed-permission.sh secret [--app-name <name>] [--years <n>]
+  grant-activityfeed-permission.sh secret [--app-name <name>] [--years <n>] [--key-vault <KEY_VAULT_NAME>]
   grant-activityfeed-permission.sh --help
 
 managed_identity  Assigns the ActivityFeed.Read app role of "Office 365 Management APIs" to the
                   connector's user-assigned managed identity (azd output UAMI_PRINCIPAL_ID) via
-                  Microsoft Graph appRoleAssignments. Nothing else to consent.
+                  Microsoft Graph appRoleAssignments. Nothing else to consent. (azd up can make this
+                  grant itself, before the Function App exists: GRANT_ACTIVITYFEED_PERMISSION=true.)
 secret            Creates (or reuses) an app registration "<app-name>" (default irm-connector) with the
                   ActivityFeed.Read application permission, grants admin consent, and creates a client
-                  secret (printed once; put it in Key Vault or pass it as O365_CLIENT_SECRET to azd).
+                  secret. With --key-vault the secret goes straight into that vault (never printed);
+                  without it the secret is printed once: store it with scripts/store-client-secret.sh.
 
 Environment: AZD users can run `azd env get-values` first; UAMI_PRINCIPAL_ID is read when
 --principal-id is not given.
@@ -70,11 +72,13 @@ grant_managed_identity() {
     --headers "Content-Type=application/json" \
     --body "{\"principalId\":\"${principal_id}\",\"resourceId\":\"${sp_id}\",\"appRoleId\":\"${rid}\"}" \
     --output none
-  echo "granted: ${ROLE_VALUE} to ${principal_id}. Tokens issued before now do not carry it: restart the function app if it already ran."
+  echo "granted: ${ROLE_VALUE} to ${principal_id}."
+  echo "If the Function App already asked for a token, that token lacks the role and Azure caches managed identity"
+  echo "tokens for up to 24 hours (restarting the app does not clear it): AF10001 errors can go on until it expires."
 }
 
 grant_secret() {
-  local app_name=$1 years=$2
+  local app_name=$1 years=$2 key_vault=$3
   need_az
   local sp_id rid app_id
   sp_id=$(mgmt_sp)
@@ -99,9 +103,13 @@ grant_secret() {
   secret=$(az ad app credential reset --id "${app_id}" --append --display-name "irm-connector" \
     --years "${years}" --query password -o tsv)
   echo "O365_CLIENT_ID=${app_id}"
-  echo "O365_CLIENT_SECRET=${secret}"
-  echo "Store it: azd env set O365_AUTH_MODE secret; azd env set O365_CLIENT_ID ${app_id}; azd env set O365_CLIENT_SECRET '<secret>'; azd provision"
-  echo "(or: az keyvault secret set --vault-name <KEY_VAULT_NAME> --name o365-client-secret --value '<secret>')"
+  echo "Then: azd env set O365_AUTH_MODE secret; azd env set O365_CLIENT_ID ${app_id}; azd provision"
+  if [[ -n "${key_vault}" ]]; then
+    printf '%s' "${secret}" | "$(dirname "$0")/store-client-secret.sh" --vault "${key_vault}"
+  else
+    echo "O365_CLIENT_SECRET=${secret}"
+    echo "Store it in Key Vault, not in a file: scripts/store-client-secret.sh --vault <KEY_VAULT_NAME> (it asks for it)."
+  fi
 }
 
 main() {
@@ -120,16 +128,17 @@ main() {
       done
       grant_managed_identity "${principal_id}" ;;
     secret)
-      local app_name="irm-connector" years=1
+      local app_name="irm-connector" years=1 key_vault=""
       while [[ $# -gt 0 ]]; do
         case "$1" in
           --app-name) app_name=${2:?}; shift 2 ;;
           --years) years=${2:?}; shift 2 ;;
+          --key-vault) key_vault=${2:?}; shift 2 ;;
           -h|--help) usage; exit 0 ;;
           *) die "unknown argument $1" ;;
         esac
       done
-      grant_secret "${app_name}" "${years}" ;;
+      grant_secret "${app_name}" "${years}" "${key_vault}" ;;
     *) usage; exit 2 ;;
   esac
 }

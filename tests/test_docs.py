@@ -46,3 +46,20 @@ def test_quick_start_has_exactly_the_two_commands_and_ci_runs_the_test_one():
     commands = [line.split("#")[0].strip() for line in block.group(1).splitlines() if line.strip()]
     assert commands == ["scripts/demo.sh", "scripts/test.sh"]
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_deploy_section_documents_every_parameter_and_azd_variable():
+    section = README.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    main = (ROOT / "infra" / "main.bicep").read_text(encoding="utf-8")
+    params = re.findall(r"^param (\w+) ", main, re.MULTILINE)
+    assert len(params) > 30
+    missing = [p for p in params if f"`{p}`" not in section]
+    assert not missing, f"parameters missing from README's Deploy section: {missing}"
+    mapped = json.loads((ROOT / "infra" / "main.parameters.json").read_text())["parameters"]
+    variables = {v for p in mapped.values() for v in re.findall(r"\$\{(\w+)", p["value"])}
+    missing = sorted(v for v in variables if f"`{v}`" not in section)
+    assert not missing, f"azd variables missing from README's Deploy section: {missing}"
+    outputs = re.findall(r"^output (\w+) ", main, re.MULTILINE)
+    assert not [o for o in outputs if f"`{o}`" not in section], outputs
+    for script in re.findall(r"scripts/[\w/-]+\.sh", section):
+        assert (ROOT / script).is_file(), script

@@ -1,9 +1,19 @@
-// Key Vault (RBAC mode) for the Management API credentials. The connector identity may only read secrets.
+// Key Vault (RBAC mode) for the Management API credentials. The connector identity may only read secrets; the
+// deployer (optional) may write secrets and certificates, so the client secret or certificate goes straight into
+// the vault (azd postprovision hook, az keyvault certificate import) and never into a file.
 param name string
 param location string
 param tags object = {}
 @description('Principal id of the connector identity.')
 param principalId string
+@description('Object id of the deployer: Key Vault Secrets Officer and Certificates Officer. Empty = none.')
+param deployerPrincipalId string = ''
+@allowed([
+  'User'
+  'ServicePrincipal'
+  'Group'
+])
+param deployerPrincipalType string = 'User'
 @secure()
 @description('Management API client secret; stored only when given.')
 param clientSecret string = ''
@@ -16,6 +26,8 @@ param enablePurgeProtection bool = false
 var clientSecretName = 'o365-client-secret'
 var certificatePasswordName = 'o365-client-certificate-password'
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
+var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+var keyVaultCertificatesOfficer = 'a4417e6f-fecd-4de8-b567-7b0420556985'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: Flex Consumption without VNet integration resolves Key Vault references over the public endpoint; access is Entra ID + RBAC only.
@@ -72,6 +84,26 @@ resource secretsUserRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
     principalId: principalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+  }
+}
+
+resource deployerSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(vault.id, deployerPrincipalId, keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+  }
+}
+
+resource deployerCertificatesRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(vault.id, deployerPrincipalId, keyVaultCertificatesOfficer)
+  scope: vault
+  properties: {
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultCertificatesOfficer)
   }
 }
 

@@ -1,215 +1,157 @@
-// Sentinel content for the IRM connector, deployed into the workspace's resource group.
-// The KQL and the workbook live as plain files under sentinel/ (one copy): loaded here with loadTextContent.
+// Sentinel content for the IRM connector, deployed into the workspace's resource group: the data connector
+// definition (Sentinel's Data connectors gallery), the KQL functions (parsers), the hunting queries, the analytics
+// rules and the workbook. One copy: everything is loaded from the files under sentinel/, which keep Azure-Sentinel's
+// formats (YAML for rules, hunting queries and parsers; JSON for the workbook and the connector's UI definition).
+// loadYamlContent/loadJsonContent read them when the Bicep is compiled. tests/infra/test_sentinel_content.py
+// fails when a file under sentinel/ is not loaded here, or loaded twice.
 param workspaceName string
 @description('Region of the workbook (the workspace region).')
 param location string
 
-resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+resource workspace 'Microsoft.OperationalInsights/workspaces@2025-07-01' existing = {
   name: workspaceName
 }
 
-// ---- KQL functions ----
-resource fnIrmAlerts 'Microsoft.OperationalInsights/workspaces/savedSearches@2020-08-01' = {
-  parent: workspace
-  name: 'irm-function-irmalerts'
+var parsers = [
+  loadYamlContent('../../sentinel/parsers/IRMAlerts.yaml')
+  loadYamlContent('../../sentinel/parsers/Compliance_IRM_AuditGeneral.yaml')
+]
+
+var huntingQueries = [
+  loadYamlContent('../../sentinel/hunting/irm-alerted-user-auditlogs.yaml')
+  loadYamlContent('../../sentinel/hunting/irm-alerted-user-signins.yaml')
+]
+
+var analyticsRules = [
+  loadYamlContent('../../sentinel/analytics/irm-high-severity-alert.yaml')
+  loadYamlContent('../../sentinel/analytics/irm-connector-stale.yaml')
+  loadYamlContent('../../sentinel/analytics/irm-connector-poison-queue.yaml')
+  loadYamlContent('../../sentinel/analytics/irm-connector-backlog-age.yaml')
+  loadYamlContent('../../sentinel/analytics/irm-connector-ingestion-refused.yaml')
+]
+
+var connectorUi = loadJsonContent('../../sentinel/dataconnectors/IRMConnector.json')
+
+// Azure-Sentinel YAML writes trigger operators short (gt) and durations as <n>m, <n>h or <n>d; the alertRules
+// API wants the long operator names and ISO 8601 durations (PT5M, PT1H, P14D).
+var triggerOperators = {
+  gt: 'GreaterThan'
+  lt: 'LessThan'
+  eq: 'Equal'
+  ne: 'NotEqual'
+  GreaterThan: 'GreaterThan'
+  LessThan: 'LessThan'
+  Equal: 'Equal'
+  NotEqual: 'NotEqual'
+}
+
+resource connectorDefinition 'Microsoft.SecurityInsights/dataConnectorDefinitions@2025-09-01' = {
+  name: connectorUi.id
+  scope: workspace
+  kind: 'Customizable'
   properties: {
-    category: 'IRM connector'
-    displayName: 'IRMAlerts: one row per IRM alert with its latest state'
-    functionAlias: 'IRMAlerts'
-    query: loadTextContent('../../sentinel/functions/IRMAlerts.kql')
-    version: 2
-    tags: [
-      {
-        name: 'description'
-        value: 'IRMAlerts_CL without duplicate records, one row per AlertId with its latest status, first seen and resolution time.'
-      }
-    ]
+    connectorUiConfig: {
+      id: connectorUi.id
+      title: connectorUi.title
+      publisher: connectorUi.publisher
+      descriptionMarkdown: connectorUi.descriptionMarkdown
+      graphQueries: connectorUi.graphQueries
+      dataTypes: connectorUi.dataTypes
+      connectivityCriteria: connectorUi.connectivityCriteria
+      availability: connectorUi.availability
+      permissions: connectorUi.permissions
+      instructionSteps: connectorUi.instructionSteps
+    }
   }
 }
 
-resource fnCompliance 'Microsoft.OperationalInsights/workspaces/savedSearches@2020-08-01' = {
+// Saved searches one at a time: the workspace answers 409 NewerDataExists to parallel writes
+// (Azure/Azure-Sentinel#10481).
+@batchSize(1)
+resource functions 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-07-01' = [for parser in parsers: {
   parent: workspace
-  name: 'irm-function-compliance-irm-auditgeneral'
+  name: parser.id
   properties: {
-    category: 'IRM connector'
-    displayName: 'Compliance_IRM_AuditGeneral: old Logic App column names on IRMAlerts_CL'
-    functionAlias: 'Compliance_IRM_AuditGeneral'
-    query: loadTextContent('../../sentinel/functions/Compliance_IRM_AuditGeneral.kql')
+    category: parser.Category
+    displayName: parser.Function.Title
+    functionAlias: parser.FunctionAlias
+    query: parser.FunctionQuery
     version: 2
     tags: [
       {
-        name: 'description'
-        value: 'Compatibility view with the column names of Compliance_IRM_AuditGeneral_CL (AlertType_s, Status_s, Data_s, ...).'
+        name: 'version'
+        value: parser.Function.Version
       }
     ]
   }
-}
+}]
 
-// ---- hunting queries ----
-resource huntAuditLogs 'Microsoft.OperationalInsights/workspaces/savedSearches@2020-08-01' = {
+@batchSize(1)
+resource hunting 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-07-01' = [for query in huntingQueries: {
   parent: workspace
-  name: 'irm-hunting-alerted-user-auditlogs'
+  name: query.id
   properties: {
     category: 'Hunting Queries'
-    displayName: 'IRM alerted user: operations and results in Entra ID audit logs'
-    query: loadTextContent('../../sentinel/hunting/irm-alerted-user-auditlogs.kql')
+    displayName: query.name
+    query: query.query
     version: 2
     tags: [
       {
         name: 'description'
-        value: 'Directory operations initiated by users with an Insider Risk Management alert, with their results.'
+        value: query.description
       }
       {
         name: 'tactics'
-        value: 'Exfiltration,Persistence'
+        value: join(query.tactics, ',')
+      }
+      {
+        name: 'techniques'
+        value: join(query.relevantTechniques, ',')
       }
     ]
   }
   dependsOn: [
-    fnIrmAlerts
+    functions
   ]
-}
+}]
 
-resource huntSignins 'Microsoft.OperationalInsights/workspaces/savedSearches@2020-08-01' = {
-  parent: workspace
-  name: 'irm-hunting-alerted-user-signins'
-  properties: {
-    category: 'Hunting Queries'
-    displayName: 'IRM alerted user: sign-in locations and IP addresses'
-    query: loadTextContent('../../sentinel/hunting/irm-alerted-user-signins.kql')
-    version: 2
-    tags: [
-      {
-        name: 'description'
-        value: 'Sign-in locations, IP addresses, applications and failures of users with an Insider Risk Management alert.'
-      }
-      {
-        name: 'tactics'
-        value: 'InitialAccess,Exfiltration'
-      }
-    ]
-  }
-  dependsOn: [
-    fnIrmAlerts
-  ]
-}
-
-// ---- analytics rules ----
-resource ruleHighSeverity 'Microsoft.SecurityInsights/alertRules@2024-03-01' = {
-  name: guid(workspace.id, 'irm-connector', 'high-severity-irm-alert')
+resource rules 'Microsoft.SecurityInsights/alertRules@2025-09-01' = [for rule in analyticsRules: {
+  name: rule.id
   scope: workspace
   kind: 'Scheduled'
   properties: {
-    displayName: 'New or escalated High-severity Insider Risk Management alert'
-    description: 'An Insider Risk Management alert is new with High severity, was raised to High, was confirmed (Active to Investigating) or was reopened. Incidents are grouped by AlertId, so later updates of one alert join its incident.'
-    severity: 'High'
+    displayName: rule.name
+    description: rule.description
+    severity: rule.severity
     enabled: true
-    query: loadTextContent('../../sentinel/analytics/irm-high-severity-alert.kql')
-    queryFrequency: 'PT15M'
-    queryPeriod: 'P2D'
-    triggerOperator: 'GreaterThan'
-    triggerThreshold: 0
-    suppressionDuration: 'PT1H'
+    query: rule.query
+    queryFrequency: endsWith(rule.queryFrequency, 'd') ? 'P${toUpper(rule.queryFrequency)}' : 'PT${toUpper(rule.queryFrequency)}'
+    queryPeriod: endsWith(rule.queryPeriod, 'd') ? 'P${toUpper(rule.queryPeriod)}' : 'PT${toUpper(rule.queryPeriod)}'
+    triggerOperator: triggerOperators[rule.triggerOperator]
+    triggerThreshold: rule.triggerThreshold
+    suppressionDuration: 'PT5H'
     suppressionEnabled: false
-    tactics: [
-      'Exfiltration'
-      'Collection'
-    ]
-    eventGroupingSettings: {
-      aggregationKind: 'AlertPerResult'
-    }
-    alertDetailsOverride: {
-      alertDisplayNameFormat: 'IRM alert {{Name}} ({{Change}})'
-      alertDescriptionFormat: 'Insider Risk Management alert {{AlertId}} for {{UserPrincipalName}}: {{Change}}, status {{Status}}.'
-    }
-    customDetails: {
-      AlertId: 'AlertId'
-      AlertName: 'Name'
-      AlertStatus: 'Status'
-      AlertChange: 'Change'
-      PolicyId: 'PolicyId'
-      AlertCreated: 'CreationTime'
-    }
-    entityMappings: [
-      {
-        entityType: 'Account'
-        fieldMappings: [
-          {
-            identifier: 'FullName'
-            columnName: 'UserPrincipalName'
-          }
-          {
-            identifier: 'Name'
-            columnName: 'AccountName'
-          }
-          {
-            identifier: 'UPNSuffix'
-            columnName: 'AccountUPNSuffix'
-          }
-        ]
-      }
-    ]
+    tactics: rule.tactics
+    techniques: rule.relevantTechniques
+    entityMappings: rule.?entityMappings
+    customDetails: rule.?customDetails
+    alertDetailsOverride: rule.?alertDetailsOverride
+    eventGroupingSettings: rule.eventGroupingSettings
     incidentConfiguration: {
-      createIncident: true
+      createIncident: rule.incidentConfiguration.createIncident
       groupingConfiguration: {
-        enabled: true
-        reopenClosedIncident: false
-        lookbackDuration: 'P7D'
-        matchingMethod: 'Selected'
-        groupByEntities: []
-        groupByAlertDetails: []
-        groupByCustomDetails: [
-          'AlertId'
-        ]
+        enabled: rule.incidentConfiguration.groupingConfiguration.enabled
+        reopenClosedIncident: rule.incidentConfiguration.groupingConfiguration.reopenClosedIncident
+        lookbackDuration: endsWith(rule.incidentConfiguration.groupingConfiguration.lookbackDuration, 'd') ? 'P${toUpper(rule.incidentConfiguration.groupingConfiguration.lookbackDuration)}' : 'PT${toUpper(rule.incidentConfiguration.groupingConfiguration.lookbackDuration)}'
+        matchingMethod: rule.incidentConfiguration.groupingConfiguration.matchingMethod
+        groupByEntities: rule.incidentConfiguration.groupingConfiguration.groupByEntities
+        groupByAlertDetails: rule.incidentConfiguration.groupingConfiguration.groupByAlertDetails
+        groupByCustomDetails: rule.incidentConfiguration.groupingConfiguration.groupByCustomDetails
       }
     }
   }
-}
+}]
 
-resource ruleConnectorStale 'Microsoft.SecurityInsights/alertRules@2024-03-01' = {
-  name: guid(workspace.id, 'irm-connector', 'connector-stale')
-  scope: workspace
-  kind: 'Scheduled'
-  properties: {
-    displayName: 'IRM connector stale for more than 2 hours'
-    description: 'The IRM connector wrote no health row for 2 hours, or its Management API watermark is more than 2 hours behind: Insider Risk Management alerts are not reaching Sentinel.'
-    severity: 'Medium'
-    enabled: true
-    query: loadTextContent('../../sentinel/analytics/irm-connector-stale.kql')
-    queryFrequency: 'PT30M'
-    queryPeriod: 'PT3H'
-    triggerOperator: 'GreaterThan'
-    triggerThreshold: 0
-    suppressionDuration: 'PT1H'
-    suppressionEnabled: false
-    tactics: [
-      'DefenseEvasion'
-    ]
-    eventGroupingSettings: {
-      aggregationKind: 'SingleAlert'
-    }
-    customDetails: {
-      Reason: 'Reason'
-      ContentType: 'ContentType'
-      LagSeconds: 'LagSeconds'
-      LastError: 'LastError'
-    }
-    incidentConfiguration: {
-      createIncident: true
-      groupingConfiguration: {
-        enabled: true
-        reopenClosedIncident: false
-        lookbackDuration: 'P1D'
-        matchingMethod: 'AnyAlert'
-        groupByEntities: []
-        groupByAlertDetails: []
-        groupByCustomDetails: []
-      }
-    }
-  }
-}
-
-// ---- workbook ----
 resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
   name: guid(workspace.id, 'irm-connector-workbook')
   location: location
@@ -218,9 +160,15 @@ resource workbook 'Microsoft.Insights/workbooks@2023-06-01' = {
     displayName: 'Insider Risk Management alerts (IRM connector)'
     category: 'sentinel'
     sourceId: workspace.id
-    serializedData: loadTextContent('../../sentinel/workbooks/irm-connector.workbook.json')
+    // The workspace the workbook opens on when it is opened without one (from the Workbooks gallery).
+    serializedData: string(union(loadJsonContent('../../sentinel/workbooks/irm-connector.workbook.json'), {
+      fallbackResourceIds: [
+        workspace.id
+      ]
+    }))
     version: 'Notebook/1.0'
   }
 }
 
 output workbookId string = workbook.id
+output connectorDefinitionId string = connectorDefinition.id

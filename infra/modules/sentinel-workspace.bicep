@@ -1,17 +1,23 @@
-// The Sentinel side, deployed into the workspace's resource group: (optionally) the workspace and its
-// Sentinel onboarding, the three custom tables, the Direct DCR with its streams and data flows, and
-// the connector identity's Monitoring Metrics Publisher role on that DCR only.
+// The Sentinel side, deployed into the workspace's resource group: the three custom tables, the Direct DCR with
+// its streams and data flows, and the connector identity's Monitoring Metrics Publisher role on that DCR only.
 // Tables and streams come from irm_connector/columns.json (passed in as outputColumns) so they cannot drift.
+// The workspace exists already (an existing one, or the one sentinel-new-workspace.bicep created).
 param workspaceName string
-@description('Create the workspace and onboard Sentinel (trial); false = use the existing workspace.')
-param createWorkspace bool = false
-@description('Region of a new workspace.')
+@description('Region of the workspace: a DCR that sends to a workspace must be in its region.')
 param location string
 param tags object = {}
 param dcrName string
 @description('Contents of irm_connector/columns.json.')
 param outputColumns object
+@minValue(4)
+@maxValue(730)
 param tableRetentionInDays int = 90
+@allowed([
+  'Analytics'
+  'Basic'
+])
+@description('Plan of O365Audit_CL; the alerts and health tables stay Analytics because the analytics rules read them.')
+param auditTablePlan string = 'Analytics'
 @description('Principal id of the connector identity.')
 param principalId string
 
@@ -20,32 +26,11 @@ var alerts = outputColumns.streams.alerts
 var audit = outputColumns.streams.audit
 var health = outputColumns.streams.health
 
-resource newWorkspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' = if (createWorkspace) {
-  name: workspaceName
-  location: location
-  tags: tags
-  properties: {
-    sku: {
-      name: 'PerGB2018'
-    }
-    retentionInDays: tableRetentionInDays
-  }
-}
-
-resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+resource workspace 'Microsoft.OperationalInsights/workspaces@2025-07-01' existing = {
   name: workspaceName
 }
 
-resource onboarding 'Microsoft.SecurityInsights/onboardingStates@2024-03-01' = if (createWorkspace) {
-  name: 'default'
-  scope: workspace
-  properties: {}
-  dependsOn: [
-    newWorkspace
-  ]
-}
-
-resource alertsTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = {
+resource alertsTable 'Microsoft.OperationalInsights/workspaces/tables@2025-07-01' = {
   parent: workspace
   name: alerts.table
   properties: {
@@ -61,17 +46,17 @@ resource alertsTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01
       }]
     }
   }
-  dependsOn: [
-    newWorkspace
-  ]
 }
 
-resource auditTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = {
+resource auditTable 'Microsoft.OperationalInsights/workspaces/tables@2025-07-01' = {
   parent: workspace
   name: audit.table
   properties: {
-    plan: 'Analytics'
-    retentionInDays: tableRetentionInDays
+    plan: auditTablePlan
+    // A Basic table keeps 30 days interactive by itself (its retentionInDays is read-only); what is set is the
+    // total, at least those 30 days.
+    retentionInDays: auditTablePlan == 'Analytics' ? tableRetentionInDays : null
+    totalRetentionInDays: auditTablePlan == 'Analytics' ? null : max(30, tableRetentionInDays)
     schema: {
       name: audit.table
       description: audit.description
@@ -82,12 +67,9 @@ resource auditTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01'
       }]
     }
   }
-  dependsOn: [
-    newWorkspace
-  ]
 }
 
-resource healthTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01' = {
+resource healthTable 'Microsoft.OperationalInsights/workspaces/tables@2025-07-01' = {
   parent: workspace
   name: health.table
   properties: {
@@ -103,14 +85,11 @@ resource healthTable 'Microsoft.OperationalInsights/workspaces/tables@2022-10-01
       }]
     }
   }
-  dependsOn: [
-    newWorkspace
-  ]
 }
 
 resource dcr 'Microsoft.Insights/dataCollectionRules@2023-03-11' = {
   name: dcrName
-  location: workspace.location
+  location: location
   tags: tags
   kind: 'Direct'
   properties: {
@@ -194,7 +173,6 @@ resource dcrPublisherRole 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 }
 
 output workspaceId string = workspace.id
-output workspaceLocation string = workspace.location
 output dcrId string = dcr.id
 output dcrImmutableId string = dcr.properties.immutableId
 output logsIngestionEndpoint string = dcr.properties.endpoints.logsIngestion

@@ -4,15 +4,17 @@ Tools are required, never optional: a missing tool FAILS the test with a message
 - checkov: env CHECKOV_BIN, else <repo>/.venv-checkov/bin/checkov
   (python3.11 -m venv .venv-checkov && .venv-checkov/bin/pip install checkov;
   its own venv because it pins packaging<24).
-- node (>= 20): env NODE_BIN, else `node` on PATH; plus `npm ci` for @kusto/language-service-next.
+- node (>= 20): env NODE_BIN, else `node` on PATH; plus `npm ci` for @kusto/language-service-next and yaml.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +112,23 @@ def run_kql_check(node: str, *args: str) -> tuple[int, dict[str, Any], str]:
     except json.JSONDecodeError:
         report = {}
     return proc.returncode, report, proc.stderr
+
+
+@cache
+def _content(node: str, root: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [node, str(REPO_ROOT / "tools" / "kql" / "sentinel-content.mjs"), "--root", root],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"the Sentinel content does not load:\n{proc.stderr}"
+    content: dict[str, Any] = json.loads(proc.stdout)
+    return content
+
+
+def sentinel_content(node: str, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The files under sentinel/ as {kind: [{file, doc}]}, read by tools/kql/sentinel-content.mjs (the same YAML
+    reader the KQL check uses). Kinds: analytics, hunting, parsers (YAML), workbooks, dataconnectors (JSON)."""
+    return copy.deepcopy(_content(node, str(root)))

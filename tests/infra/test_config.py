@@ -97,23 +97,32 @@ def test_function_app_shape() -> None:
     assert "DisableLocalAuth: true" in (INFRA / "modules" / "monitoring.bicep").read_text()
     ws = (INFRA / "modules" / "sentinel-workspace.bicep").read_text()
     assert "kind: 'Direct'" in ws
-    assert "Microsoft.SecurityInsights/onboardingStates" in ws
+    assert (
+        "Microsoft.SecurityInsights/onboardingStates"
+        in (INFRA / "modules" / "sentinel-new-workspace.bicep").read_text()
+    )
 
 
 def test_role_assignments() -> None:
-    roles = {
+    guids = {
         "storage.bicep": {
-            "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
-            "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
-            "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+            "974c5e8b-45b9-4653-ba55-5f855dd0fb88",  # Storage Queue Data Contributor (identity, deployer)
+            "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",  # Storage Table Data Contributor (identity, deployer)
+            "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",  # Storage Blob Data Owner (identity: deployment package)
         },
         "monitoring.bicep": {"3913510d-42f4-4e42-8a64-420c390055eb"},
         "sentinel-workspace.bicep": {"3913510d-42f4-4e42-8a64-420c390055eb"},
-        "keyvault.bicep": {"4633458b-17de-408a-b874-0445c86b69e6"},
+        "keyvault.bicep": {
+            "4633458b-17de-408a-b874-0445c86b69e6",  # Key Vault Secrets User (identity)
+            "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",  # Key Vault Secrets Officer (deployer)
+            "a4417e6f-fecd-4de8-b567-7b0420556985",  # Key Vault Certificates Officer (deployer)
+        },
+        # Not a role: the application id of "Office 365 Management APIs", whose ActivityFeed.Read is granted.
+        "activityfeed-grant.bicep": {"c5393580-f805-4401-95e8-94b7a6ef2fc2"},
     }
     for f in bicep_files():
         found = set(re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", f.read_text()))
-        assert found == roles.get(f.name, set()), f"{f.name}: {found}"
+        assert found == guids.get(f.name, set()), f"{f.name}: {found}"
     # Monitoring Metrics Publisher on the DCR only (scope), and on App Insights.
     assert "scope: dcr" in (INFRA / "modules" / "sentinel-workspace.bicep").read_text()
     assert "scope: appInsights" in (INFRA / "modules" / "monitoring.bicep").read_text()

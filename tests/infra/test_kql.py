@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
-from .conftest import INFRA, REPO_ROOT, bicep_files, run_kql_check
-
-SENTINEL = REPO_ROOT / "sentinel"
+from .conftest import REPO_ROOT, bicep_files, run_kql_check, sentinel_content
 
 
 def test_all_project_kql_binds_without_errors(node_bin: str) -> None:
@@ -18,14 +15,22 @@ def test_all_project_kql_binds_without_errors(node_bin: str) -> None:
     assert rc == 0, f"rc={rc} {stderr}\n{json.dumps(failing, indent=2)}"
     assert report.get("errorCount") == 0, failing
     names = {r["name"] for r in report["report"]}
-    # Every KQL file and every workbook query was checked, and the DCR transformations.
-    for f in [*SENTINEL.glob("functions/*.kql"), *SENTINEL.glob("hunting/*.kql"), *SENTINEL.glob("analytics/*.kql")]:
-        assert str(f.relative_to(REPO_ROOT)) in names, f
-    for wb in SENTINEL.glob("workbooks/*.json"):
-        queries = [i for i in json.loads(wb.read_text())["items"] if i.get("type") == 3]
+    # Every query of every content file was checked, and the DCR transformations.
+    content = sentinel_content(node_bin)
+    for p in content["parsers"]:
+        assert f"{p['file']}#FunctionQuery" in names, p["file"]
+    for kind in ("analytics", "hunting"):
+        assert content[kind], kind
+        for r in content[kind]:
+            assert f"{r['file']}#query" in names, r["file"]
+    for wb in content["workbooks"]:
+        queries = [i for i in wb["doc"]["items"] if i.get("type") == 3]
         assert queries
         for q in queries:
-            assert f"{wb.relative_to(REPO_ROOT)}#{q['name']}" in names
+            assert f"{wb['file']}#{q['name']}" in names
+    [dc] = content["dataconnectors"]
+    connector_queries = [n for n in names if n.startswith(dc["file"] + "#")]
+    assert len(connector_queries) == 2 * len(dc["doc"]["dataTypes"]) + 1, connector_queries
     transforms = sum(f.read_text().count("transformKql:") for f in bicep_files())
     assert transforms >= 3
     assert sum(":transformKql@" in n for n in names) == transforms * 3  # each bound against each stream
@@ -75,34 +80,40 @@ def test_renamed_column_breaks_the_queries(node_bin: str, tmp_path: Path) -> Non
     rc, report, _ = run_kql_check(node_bin, "--columns", str(copy))
     assert rc == 1
     failing = [r["name"] for r in report["report"] if r["errors"]]
-    assert "sentinel/functions/IRMAlerts.kql" in failing
+    assert "sentinel/parsers/IRMAlerts.yaml#FunctionQuery" in failing
+    # The analytics rules still bind: their empty placeholder datatable declares the column. That placeholder is
+    # held to columns.json by test_sentinel_content.py::test_rules_tolerate_a_table_that_is_not_queryable_yet.
 
 
-def test_error_inside_a_function_file_is_reported(node_bin: str, tmp_path: Path) -> None:
+def test_error_inside_a_parser_file_is_reported(node_bin: str, tmp_path: Path) -> None:
     root = tmp_path / "repo"
     for d in ("sentinel", "schemas", "irm_connector"):
         shutil.copytree(REPO_ROOT / d, root / d)
     (root / "package.json").write_text("{}")
     (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
-    f = root / "sentinel" / "functions" / "IRMAlerts.kql"
-    f.write_text(f.read_text().replace("FirstSeen = min(CreationTime)", "FirstSeen = min(CreationTimee)"))
+    f = root / "sentinel" / "parsers" / "IRMAlerts.yaml"
+    text = f.read_text()
+    assert "FirstSeen = min(CreationTime)" in text
+    f.write_text(text.replace("FirstSeen = min(CreationTime)", "FirstSeen = min(CreationTimee)"))
     rc, report, _ = run_kql_check(node_bin, "--root", str(root))
     assert rc == 1
     failing = {r["name"] for r in report["report"] if r["errors"]}
-    assert "sentinel/functions/IRMAlerts.kql" in failing
+    assert "sentinel/parsers/IRMAlerts.yaml#FunctionQuery" in failing
 
 
-def test_bicep_loads_every_sentinel_file_once() -> None:
-    """One copy: the Bicep loads the plain files under sentinel/; every one of them is deployed."""
-    loaded: list[Path] = []
-    for f in bicep_files():
-        for rel in re.findall(r"loadTextContent\('([^']+)'\)", f.read_text()):
-            p = (f.parent / rel).resolve()
-            assert p.is_file(), f"{f}: {rel} does not exist"
-            loaded.append(p)
-    files = sorted(p.resolve() for p in SENTINEL.rglob("*") if p.suffix in {".kql", ".json"})
-    assert sorted(loaded) == files
-    content = (INFRA / "modules" / "sentinel-content.bicep").read_text()
-    for fn in ("IRMAlerts", "Compliance_IRM_AuditGeneral"):
-        assert f"functionAlias: '{fn}'" in content
-        assert (SENTINEL / "functions" / f"{fn}.kql").is_file()
+def test_error_inside_a_data_connector_query_is_reported(node_bin: str, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    for d in ("sentinel", "schemas", "irm_connector"):
+        shutil.copytree(REPO_ROOT / d, root / d)
+    (root / "package.json").write_text("{}")
+    (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+    f = root / "sentinel" / "dataconnectors" / "IRMConnector.json"
+    dc = json.loads(f.read_text())
+    dc["connectivityCriteria"][0]["value"][0] = dc["connectivityCriteria"][0]["value"][0].replace(
+        "IRMConnectorHealth_CL", "IRMConnectorHealth"
+    )
+    f.write_text(json.dumps(dc))
+    rc, report, _ = run_kql_check(node_bin, "--root", str(root))
+    assert rc == 1
+    failing = {r["name"] for r in report["report"] if r["errors"]}
+    assert failing == {"sentinel/dataconnectors/IRMConnector.json#connectivityCriteria[0][0]"}

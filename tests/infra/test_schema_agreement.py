@@ -64,6 +64,7 @@ def bicep_schemas(infra: Path = INFRA) -> dict[str, Any]:
     assert set(streams.values()) == set(data["streams"]), streams
 
     tables: dict[str, list[dict[str, Any]]] = {}
+    plans: dict[str, str] = {}
     for t in re.finditer(
         r"^resource \w+ 'Microsoft\.OperationalInsights/workspaces/tables@[^']+' = \{", ws, re.MULTILINE
     ):
@@ -71,12 +72,13 @@ def bicep_schemas(infra: Path = INFRA) -> dict[str, Any]:
         name_var = re.search(r"^  name: (\w+)\.table$", body, re.MULTILINE)
         assert name_var, body[:200]
         assert re.search(rf"schema: \{{\s*name: {name_var.group(1)}\.table", body)
-        assert "plan: 'Analytics'" in body
+        plan = re.search(r"^    plan: (.+)$", body, re.MULTILINE)
+        assert plan, f"{name_var.group(1)}: table without a plan"
         cols = re.search(r"columns: ", body)
         assert cols
-        tables[data["streams"][streams[name_var.group(1)]]["table"]] = _for_columns(
-            _block(body, cols.end()), streams, data
-        )
+        table = data["streams"][streams[name_var.group(1)]]["table"]
+        tables[table] = _for_columns(_block(body, cols.end()), streams, data)
+        plans[table] = plan.group(1).strip()
 
     decl_start = ws.index("streamDeclarations:")
     decl = _block(ws, decl_start)
@@ -104,7 +106,7 @@ def bicep_schemas(infra: Path = INFRA) -> dict[str, Any]:
             }
         )
     assert flows_text.count("outputStream") == len(flows)
-    return {"tables": tables, "streamDeclarations": declarations, "dataFlows": flows}
+    return {"tables": tables, "plans": plans, "streamDeclarations": declarations, "dataFlows": flows}
 
 
 def check_agreement(columns: dict[str, Any], deployed: dict[str, Any]) -> None:

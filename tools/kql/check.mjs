@@ -4,11 +4,14 @@
 //
 // Schemas:  the custom tables from irm_connector/columns.json (IRMAlerts_CL, O365Audit_CL,
 //           IRMConnectorHealth_CL), every schemas/*.json (AuditLogs, SigninLogs), and the KQL
-//           functions in sentinel/functions/*.kql (function name = file name), so queries calling
+//           functions of sentinel/parsers/*.yaml (FunctionAlias, FunctionQuery), so queries calling
 //           IRMAlerts / IRMAlerts() bind.
-// Checked:  sentinel/functions/*.kql, sentinel/hunting/*.kql, sentinel/analytics/*.kql, every query of
-//           sentinel/workbooks/*.json (workbook parameters such as {TimeRange} substituted), and every
-//           `transformKql: '...'` in infra/**/*.bicep (bound against `source` = each DCR stream).
+// Checked:  the FunctionQuery of every parser, the query of every analytics rule and hunting query
+//           (sentinel/analytics, sentinel/hunting: Azure-Sentinel YAML, read by sentinel-content.mjs), every
+//           query of sentinel/workbooks/*.json (workbook parameters such as {TimeRange} substituted), every
+//           query of the data connector definition (sentinel/dataconnectors/*.json: lastDataReceivedQuery,
+//           graph baseQuery, connectivity criteria), and every `transformKql: '...'` in infra/**/*.bicep (bound
+//           against `source` = each DCR stream).
 //
 // Usage: node tools/kql/check.mjs [--root DIR] [--columns FILE] [--file F.kql]... [--query NAME=KQL]...
 //          [--only-extra] [--json]
@@ -22,6 +25,7 @@ import { createRequire } from 'node:module';
 import { readFileSync, readdirSync, existsSync, statSync } from 'node:fs';
 import { join, basename, dirname, resolve, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { loadContent } from './sentinel-content.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
@@ -106,8 +110,9 @@ function listFiles(dir, ext) {
   return out;
 }
 
-const functionFiles = listFiles(join(root, 'sentinel', 'functions'), '.kql');
-const functions = functionFiles.map(f => new S.FunctionSymbol.$ctor16(basename(f, '.kql'), '()', `{\n${readFileSync(f, 'utf8')}\n}`, null));
+const { content, errors: contentErrors } = loadContent(root);
+if (contentErrors.length) usage(`Sentinel content does not load:\n${contentErrors.join('\n')}`);
+const functions = content.parsers.map(p => new S.FunctionSymbol.$ctor16(p.doc.FunctionAlias, '()', `{\n${p.doc.FunctionQuery}\n}`, null));
 
 const globals = K.GlobalState.Default.WithDatabase(new S.DatabaseSymbol.ctor('workspace', [...tables, ...functions]));
 
@@ -115,11 +120,11 @@ const globals = K.GlobalState.Default.WithDatabase(new S.DatabaseSymbol.ctor('wo
 const items = [];
 const rel = p => relative(root, p);
 if (!onlyExtra) {
-  for (const sub of ['functions', 'hunting', 'analytics']) {
-    for (const f of listFiles(join(root, 'sentinel', sub), '.kql')) items.push({ name: rel(f), text: readFileSync(f, 'utf8') });
+  for (const p of content.parsers) items.push({ name: `${p.file}#FunctionQuery`, text: p.doc.FunctionQuery });
+  for (const kind of ['analytics', 'hunting']) {
+    for (const r of content[kind]) items.push({ name: `${r.file}#query`, text: r.doc.query });
   }
-  for (const f of listFiles(join(root, 'sentinel', 'workbooks'), '.json')) {
-    const wb = JSON.parse(readFileSync(f, 'utf8'));
+  for (const { file, doc: wb } of content.workbooks) {
     const walk = (list, path) => {
       for (const it of list ?? []) {
         if (it.type === 3 && it.content?.query) {
@@ -128,13 +133,19 @@ if (!onlyExtra) {
             .replace(/\{TimeRange:start\}/g, 'ago(30d)')
             .replace(/\{TimeRange:end\}/g, 'now()')
             .replace(/\{TimeRange\}/g, '> ago(30d)');
-          if (/\{[A-Za-z_][A-Za-z0-9_:]*\}/.test(q)) items.push({ name: `${rel(f)}#${path}${it.name}`, text: q, forceError: 'unsubstituted workbook parameter' });
-          else items.push({ name: `${rel(f)}#${path}${it.name}`, text: q });
+          if (/\{[A-Za-z_][A-Za-z0-9_:]*\}/.test(q)) items.push({ name: `${file}#${path}${it.name}`, text: q, forceError: 'unsubstituted workbook parameter' });
+          else items.push({ name: `${file}#${path}${it.name}`, text: q });
         }
         if (it.type === 12) walk(it.content?.items, `${path}${it.name}/`);
       }
     };
     walk(wb.items, '');
+  }
+  for (const { file, doc: dc } of content.dataconnectors) {
+    (dc.dataTypes ?? []).forEach((d, i) => items.push({ name: `${file}#dataTypes[${i}]`, text: d.lastDataReceivedQuery }));
+    (dc.graphQueries ?? []).forEach((g, i) => items.push({ name: `${file}#graphQueries[${i}]`, text: g.baseQuery }));
+    (dc.connectivityCriteria ?? []).forEach((c, i) => (c.value ?? []).forEach((v, j) =>
+      items.push({ name: `${file}#connectivityCriteria[${i}][${j}]`, text: v })));
   }
   // DCR transformations: each is bound against a `source` table with a DCR stream's columns.
   for (const f of listFiles(join(root, 'infra'), '.bicep')) {
@@ -177,7 +188,7 @@ for (const it of items) {
 }
 
 if (jsonOut) {
-  process.stdout.write(JSON.stringify({ checked: report.length, errorCount, functions: functionFiles.map(f => basename(f, '.kql')), tables: tables.map(t => t.Name), report }, null, 2) + '\n');
+  process.stdout.write(JSON.stringify({ checked: report.length, errorCount, functions: content.parsers.map(p => p.doc.FunctionAlias), tables: tables.map(t => t.Name), report }, null, 2) + '\n');
 } else {
   for (const r of report) {
     process.stdout.write(`${r.errors.length ? 'FAIL' : 'ok  '} ${r.name}\n`);

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# azd preprovision hook (azure.yaml): stops a deployment that would go wrong before anything is created, and
+# decides whether the deployment itself grants the connector identity ActivityFeed.Read.
+# azd passes the environment's values (.azure/<env>/.env) as environment variables.
+set -euo pipefail
+cd "$(dirname "$0")/../.."   # newer azd starts hooks in the script's folder; the paths below are from the root
+
+say() { printf 'preprovision: %s\n' "$*"; }
+die() { printf 'preprovision: %s\n' "$*" >&2; exit 1; }
+
+# Entra ID directory roles that may grant an application permission to a service principal.
+GLOBAL_ADMINISTRATOR=62e90394-69f5-4237-9190-012177145e10
+PRIVILEGED_ROLE_ADMINISTRATOR=e8611ab8-c189-46e8-94e1-60213ab1f814
+O365_MANAGEMENT_API_APP_ID=c5393580-f805-4401-95e8-94b7a6ef2fc2   # "Office 365 Management APIs"
+
+check_workspace() {
+  local id=${SENTINEL_WORKSPACE_RESOURCE_ID:-} create=${CREATE_SENTINEL_WORKSPACE:-false}
+  if [[ -z "${id}" && "${create,,}" != "true" ]]; then
+    die "no Sentinel workspace chosen. Name the existing one:
+  azd env set SENTINEL_WORKSPACE_RESOURCE_ID /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.OperationalInsights/workspaces/<name>
+or create a new workspace with Microsoft Sentinel (a trial) in the connector's resource group:
+  azd env set CREATE_SENTINEL_WORKSPACE true"
+  fi
+  if [[ -n "${id}" ]]; then
+    local pattern='^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.operationalinsights/workspaces/[^/]+$'
+    [[ "${id,,}" =~ ${pattern} ]] \
+      || die "SENTINEL_WORKSPACE_RESOURCE_ID is not a Log Analytics workspace resource id: ${id}"
+    if [[ "${create,,}" == "true" ]]; then
+      say "SENTINEL_WORKSPACE_RESOURCE_ID is set: that workspace is used and CREATE_SENTINEL_WORKSPACE is ignored."
+    fi
+  fi
+}
+
+check_secret() {
+  # The secret belongs in Key Vault only; .azure/<env>/.env is a plain-text file. postprovision moves it.
+  if [[ -n "${O365_CLIENT_SECRET:-}" ]]; then
+    say "O365_CLIENT_SECRET is in the azd environment (.azure/${AZURE_ENV_NAME:-<env>}/.env, plain text)."
+    say "It is not passed to the deployment; the postprovision hook moves it into Key Vault and clears it there."
+  fi
+}
+
+deployer_may_grant() {
+  command -v az >/dev/null 2>&1 || return 1
+  az account show >/dev/null 2>&1 || return 1
+  local roles
+  roles=$(az rest --method GET \
+    --url "https://graph.microsoft.com/v1.0/me/transitiveMemberOf/microsoft.graph.directoryRole?\$select=roleTemplateId" \
+    --query "value[].roleTemplateId" -o tsv 2>/dev/null) || return 1
+  grep -qiE "^(${GLOBAL_ADMINISTRATOR}|${PRIVILEGED_ROLE_ADMINISTRATOR})$" <<<"${roles}"
+}
+
+decide_grant() {
+  local mode=${O365_AUTH_MODE:-managed_identity}
+  [[ "${mode}" == "managed_identity" ]] || return 0
+  if [[ -n "${GRANT_ACTIVITYFEED_PERMISSION:-}" ]]; then
+    say "GRANT_ACTIVITYFEED_PERMISSION=${GRANT_ACTIVITYFEED_PERMISSION} (set in the azd environment)."
+    return 0
+  fi
+  if [[ "${AZURE_PRINCIPAL_TYPE:-User}" == "User" ]] && deployer_may_grant; then
+    # The deployment reads the API's service principal as an existing resource; a tenant that never used the
+    # Management API has none yet.
+    az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv >/dev/null 2>&1 \
+      || az ad sp create --id "${O365_MANAGEMENT_API_APP_ID}" --output none
+    azd env set GRANT_ACTIVITYFEED_PERMISSION true
+    say "You hold an Entra ID role that may grant ActivityFeed.Read: the deployment grants it to the connector"
+    say "identity before the Function App exists (GRANT_ACTIVITYFEED_PERMISSION=true)."
+  else
+    azd env set GRANT_ACTIVITYFEED_PERMISSION false
+    say "The deployment will not grant ActivityFeed.Read (no Privileged Role Administrator or Global Administrator"
+    say "role found for the signed-in az user). The postprovision hook prints the grant command for an admin."
+    say "To have the deployment grant it instead, run azd provision as such an admin with"
+    say "  azd env set GRANT_ACTIVITYFEED_PERMISSION true"
+  fi
+}
+
+check_workspace
+check_secret
+decide_grant

@@ -1,0 +1,196 @@
+"""What `azd up` deploys and how: parameters and their azd wiring, the deployer's roles, the in-deployment grant,
+the order of the Sentinel steps, the table plans, the hooks and host.json."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from .conftest import INFRA, REPO_ROOT
+
+MAIN = (INFRA / "main.bicep").read_text()
+RESOURCES = (INFRA / "resources.bicep").read_text()
+PARAMS = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+MODULES = INFRA / "modules"
+
+
+def decorators(text: str, param: str) -> str:
+    """The decorator lines written right above `param <name>` (with their indented continuation lines)."""
+    m = re.search(rf"^param {param} ", text, re.MULTILINE)
+    assert m, param
+    block: list[str] = []
+    for line in reversed(text[: m.start()].splitlines()):
+        if not line.startswith(("@", " ", ")", "]", "}")):
+            break
+        block.insert(0, line)
+    return "\n".join(block)
+
+
+def allowed(text: str, param: str) -> list[str]:
+    m = re.search(r"@allowed\(\[(.*?)\]\)", decorators(text, param), re.DOTALL)
+    assert m, f"{param} has no @allowed list"
+    return [quoted or number for quoted, number in re.findall(r"'([^']*)'|(\d+)", m.group(1))]
+
+
+def default(text: str, param: str) -> str | None:
+    m = re.search(rf"^param {param} \w+(?: = (.*))?$", text, re.MULTILINE)
+    assert m, param
+    return m.group(1)
+
+
+def test_location_is_limited_to_flex_consumption_regions_and_picked_by_azd() -> None:
+    regions = allowed(MAIN, "location")
+    assert len(regions) >= 25 and {"westeurope", "eastus", "swedencentral"} <= set(regions)
+    assert "eastus2euap" not in regions  # a canary region, not open to customers
+    assert re.search(r"@metadata\(\{\s*azd: \{\s*type: 'location'\s*\}\s*\}\)", decorators(MAIN, "location"))
+    assert PARAMS["location"]["value"] == "${AZURE_LOCATION}"
+
+
+def test_the_deployer_gets_key_vault_and_state_roles_when_named() -> None:
+    assert default(MAIN, "principalId") == "''"
+    assert PARAMS["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+    assert PARAMS["principalType"]["value"] == "${AZURE_PRINCIPAL_TYPE=User}"
+    assert allowed(MAIN, "principalType") == ["User", "ServicePrincipal", "Group"]
+    kv = (MODULES / "keyvault.bicep").read_text()
+    st = (MODULES / "storage.bicep").read_text()
+    for text, roles in ((kv, ("keyVaultSecretsOfficer", "keyVaultCertificatesOfficer")),
+                        (st, ("roles.queueDataContributor", "roles.tableDataContributor"))):  # fmt: skip
+        for role in roles:
+            decl = re.search(
+                rf"resource \w+ 'Microsoft\.Authorization/roleAssignments@[^']+' = if \(!empty\(deployerPrincipalId\)\) \{{\n"
+                rf"  name: guid\((vault|storage)\.id, deployerPrincipalId, {re.escape(role)}\)\n"
+                rf"  scope: (vault|storage)\n"
+                rf"  properties: \{{\n    principalId: deployerPrincipalId\n    principalType: deployerPrincipalType\n",
+                text,
+            )
+            assert decl, role
+    for module in ("keyVault", "storage"):
+        body = RESOURCES[RESOURCES.index(f"module {module} ") :]
+        body = body[: body.index("\n}\n")]
+        assert "deployerPrincipalId: principalId" in body and "deployerPrincipalType: principalType" in body
+
+
+def test_no_secret_goes_through_the_azd_environment() -> None:
+    secure = re.findall(r"@secure\(\)\n(?:@description\([^\n]*\)\n)?param (\w+) ", MAIN)
+    assert set(secure) == {"o365ClientSecret", "o365ClientCertificatePassword"}
+    assert not set(secure) & set(PARAMS), "a @secure parameter is mapped from .azure/<env>/.env"
+    for name, p in PARAMS.items():
+        assert not re.search(r"SECRET|PASSWORD|KEY\b", p["value"], re.IGNORECASE), name
+    declared = set(re.findall(r"^param (\w+) ", MAIN, re.MULTILINE))
+    assert set(PARAMS) <= declared
+
+
+def test_connector_inputs_and_choices_are_azd_settings() -> None:
+    expected = {
+        "o365TenantId": "${O365_TENANT_ID}",
+        "o365AuthMode": "${O365_AUTH_MODE=managed_identity}",
+        "o365ClientId": "${O365_CLIENT_ID}",
+        "o365Cloud": "${O365_CLOUD=Commercial}",
+        "o365ContentTypes": "${O365_CONTENT_TYPES=Audit.General}",
+        "o365PublisherId": "${O365_PUBLISHER_ID}",
+        "alertCategories": "${ALERT_CATEGORIES=InsiderRiskManagement}",
+        "ingestAllAuditRecords": "${INGEST_ALL_AUDIT_RECORDS=false}",
+        "auditTablePlan": "${AUDIT_TABLE_PLAN=Analytics}",
+        "sentinelWorkspaceResourceId": "${SENTINEL_WORKSPACE_RESOURCE_ID}",
+        "createSentinelWorkspace": "${CREATE_SENTINEL_WORKSPACE=false}",
+        "grantActivityFeedPermission": "${GRANT_ACTIVITYFEED_PERMISSION=false}",
+        "tableRetentionInDays": "${TABLE_RETENTION_IN_DAYS=90}",
+        "deploySentinelContent": "${DEPLOY_SENTINEL_CONTENT=true}",
+    }
+    for name, value in expected.items():
+        assert PARAMS[name]["value"] == value, name
+    # azd passes an unset variable as an empty string: the tenant then falls back to the deployment's own.
+    assert default(MAIN, "o365TenantId") == "''"
+    assert "o365TenantId: empty(o365TenantId) ? tenant().tenantId : o365TenantId" in MAIN
+
+
+def test_a_new_workspace_is_an_explicit_choice_with_enough_retention() -> None:
+    assert default(MAIN, "createSentinelWorkspace") == "false"
+    assert "var createWorkspace = !useWorkspaceId && !useWorkspaceName && createSentinelWorkspace" in RESOURCES
+    # Neither an existing workspace nor createSentinelWorkspace: the deployment stops with a name that says why.
+    assert "'no-workspace-set-sentinelWorkspaceResourceId-or-createSentinelWorkspace'" in RESOURCES
+    assert re.search(
+        r"@minValue\(30\)\n@maxValue\(730\)\n(?:@description\([^\n]*\)\n)?param newWorkspaceRetentionInDays int = 90",
+        MAIN,
+    )
+    ws = (MODULES / "sentinel-new-workspace.bicep").read_text()
+    assert "retentionInDays: retentionInDays" in ws and "@minValue(30)" in ws
+    assert "name: 'PerGB2018'" in ws
+    assert "retentionInDays: tableRetentionInDays" not in ws
+
+
+def test_the_grant_happens_before_the_function_app_exists() -> None:
+    grant = (MODULES / "graph" / "activityfeed-grant.bicep").read_text()
+    assert "resource o365ManagementApi 'Microsoft.Graph/servicePrincipals@v1.0' existing = {" in grant
+    assert "appId: o365ManagementApiAppId" in grant
+    assert "resource activityFeedRead 'Microsoft.Graph/appRoleAssignedTo@v1.0' = {" in grant
+    assert "role.value == 'ActivityFeed.Read'" in grant
+    assert "resourceId: o365ManagementApi.id" in grant and "principalId: principalId" in grant
+    # The Graph extension comes from this folder's bicepconfig.json (pycep, in checkov and bicep-typecheck,
+    # cannot parse an `extension` statement).
+    config = json.loads((MODULES / "graph" / "bicepconfig.json").read_text())
+    assert config["extensions"]["microsoftGraphV1"] == "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:1.0.0"
+    assert {"az", "microsoftGraphV1"} == set(config["implicitExtensions"])
+    assert not re.search(r"^extension ", grant, re.MULTILINE)
+    assert "module activityFeedGrant 'modules/graph/activityfeed-grant.bicep' = if (grantInDeployment) {" in RESOURCES
+    assert (
+        "var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission"
+        " && o365TenantId == tenant().tenantId" in RESOURCES
+    )
+    app = RESOURCES[RESOURCES.index("module functionApp ") :]
+    assert re.search(r"dependsOn: \[\s*activityFeedGrant\s*\]", app)
+    assert "principalId: uami.properties.principalId" in RESOURCES[RESOURCES.index("module activityFeedGrant") :]
+    assert "output ACTIVITYFEED_GRANTED_IN_DEPLOYMENT bool = resources.outputs.activityFeedGranted" in MAIN
+
+
+def test_sentinel_content_comes_after_the_tables_and_learns_the_workspace_region_from_a_module() -> None:
+    content = RESOURCES[RESOURCES.index("module sentinelContent ") :]
+    content = content[: content.index("\n}\n")]
+    assert re.search(r"dependsOn: \[\s*sentinelWorkspace\s*\]", content)
+    assert "location: workspaceInfo.outputs.location" in content
+    ws = RESOURCES[RESOURCES.index("module sentinelWorkspace ") :]
+    assert "location: workspaceInfo.outputs.location" in ws[: ws.index("\n}\n")]
+    info = (MODULES / "workspace-info.bicep").read_text()
+    assert "existing = {" in info and "output location string = workspace.location" in info
+    dcr = (MODULES / "sentinel-workspace.bicep").read_text()
+    assert "location: workspace.location" not in dcr
+
+
+def test_table_plans() -> None:
+    """O365Audit_CL's plan is a deployment choice (Analytics or Basic); the rules need the other two Analytics."""
+    for text in (MAIN, RESOURCES, (MODULES / "sentinel-workspace.bicep").read_text()):
+        assert allowed(text, "auditTablePlan") == ["Analytics", "Basic"]
+        assert default(text, "auditTablePlan") == "'Analytics'"
+    assert "auditTablePlan: auditTablePlan" in MAIN and "auditTablePlan: auditTablePlan" in RESOURCES
+    from .test_schema_agreement import bicep_schemas
+
+    plans = bicep_schemas()["plans"]
+    assert plans == {
+        "IRMAlerts_CL": "'Analytics'",
+        "IRMConnectorHealth_CL": "'Analytics'",
+        "O365Audit_CL": "auditTablePlan",
+    }
+    ws = (MODULES / "sentinel-workspace.bicep").read_text()
+    audit = ws[ws.index("resource auditTable ") : ws.index("resource healthTable ")]
+    # A Basic table's interactive retention is fixed at 30 days (retentionInDays is read-only there).
+    assert "retentionInDays: auditTablePlan == 'Analytics' ? tableRetentionInDays : null" in audit
+    assert "totalRetentionInDays: auditTablePlan == 'Analytics' ? null : max(30, tableRetentionInDays)" in audit
+    assert "workspaces/tables@2025-07-01" in audit
+
+
+def test_azure_yaml_hooks_and_azd_version() -> None:
+    azure_yaml = (REPO_ROOT / "azure.yaml").read_text()
+    assert re.search(r'^requiredVersions:\n  azd: ">= 1\.17\.1"$', azure_yaml, re.MULTILINE)
+    for hook in ("preprovision", "postprovision"):
+        m = re.search(rf"^  {hook}:\n    shell: sh\n    run: (\S+)$", azure_yaml, re.MULTILINE)
+        assert m, hook
+        script = REPO_ROOT / m.group(1)
+        assert script.is_file() and script.stat().st_mode & 0o111, script
+    assert re.search(r"^  postprovision:\n(?:    .*\n)*    interactive: true$", azure_yaml, re.MULTILINE)
+
+
+def test_host_json_has_no_sampling_that_opentelemetry_ignores() -> None:
+    host = json.loads((REPO_ROOT / "host.json").read_text())
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert "samplingSettings" not in json.dumps(host)
+    assert "applicationInsights" not in host.get("logging", {})

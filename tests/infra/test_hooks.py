@@ -1,0 +1,227 @@
+"""The azd hooks, run for real against stand-ins of the `az` and `azd` commands that record every call.
+
+What matters: a deployment without a chosen workspace stops before anything is created; the grant is made by the
+deployment when the deployer may make it; the client secret reaches Key Vault without ever being a command-line
+argument and leaves .azure/<env>/.env; the admin steps that remain are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import REPO_ROOT
+
+HOOKS = REPO_ROOT / "scripts" / "hooks"
+WORKSPACE = "/subscriptions/0000/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/soc"
+PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
+
+# A stand-in `az`: records its arguments, answers what the hooks and scripts ask.
+FAKE_AZ = r"""#!/usr/bin/env bash
+printf '%s\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/az.log"
+case "$1 $2" in
+  "account show") [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] ;;
+  "rest --method")
+    if [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
+    elif [[ "$3" == GET ]]; then echo ""
+    else echo "{}"; fi ;;
+  "ad sp") if [[ "$3" == list ]]; then echo sp-o365; else echo role-activityfeed; fi ;;
+  "keyvault secret")
+    if [[ "$3" == set ]]; then
+      failed=$(cat "$FAKE_DIR/set-failures" 2>/dev/null || echo 0)
+      if (( failed < ${FAKE_AZ_SET_FAILS:-0} )); then echo $((failed + 1)) > "$FAKE_DIR/set-failures"; exit 1; fi
+      while [[ $# -gt 0 ]]; do [[ "$1" == --file ]] && cp "$2" "$FAKE_DIR/stored-secret"; shift; done
+    else [[ -f "$FAKE_DIR/stored-secret" ]]; fi ;;
+  "keyvault certificate") exit 1 ;;
+  *) exit 0 ;;
+esac
+"""
+FAKE_AZD = r"""#!/usr/bin/env bash
+printf '%s\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/azd.log"
+"""
+
+
+@pytest.fixture
+def fakes(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("az", FAKE_AZ), ("azd", FAKE_AZD)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return tmp_path
+
+
+def run(hook: str, fakes: Path, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    bash = shutil.which("bash")
+    assert bash, "bash is required"
+    base = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR")}
+    base.update(PATH=f"{fakes / 'bin'}:/usr/bin:/bin", FAKE_DIR=str(fakes), AZURE_ENV_NAME="test")
+    return subprocess.run(
+        [bash, str(HOOKS / hook)], env={**base, **env}, input=stdin, capture_output=True, text=True, timeout=60
+    )
+
+
+def calls(fakes: Path, tool: str) -> list[list[Any]]:
+    log = fakes / f"{tool}.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_preprovision_stops_without_a_chosen_workspace(fakes: Path) -> None:
+    done = run("preprovision.sh", fakes, {})
+    assert done.returncode != 0
+    assert "SENTINEL_WORKSPACE_RESOURCE_ID" in done.stderr and "CREATE_SENTINEL_WORKSPACE true" in done.stderr
+    assert calls(fakes, "azd") == []
+
+    bad = run("preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": "/subscriptions/0000/resourceGroups/rg"})
+    assert bad.returncode != 0 and "not a Log Analytics workspace resource id" in bad.stderr
+
+    chosen = run(
+        "preprovision.sh", fakes, {"CREATE_SENTINEL_WORKSPACE": "true", "GRANT_ACTIVITYFEED_PERMISSION": "false"}
+    )
+    assert chosen.returncode == 0, chosen.stderr
+
+
+def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Path) -> None:
+    done = run(
+        "preprovision.sh",
+        fakes,
+        {
+            "SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE,
+            "FAKE_AZ_LOGGED_IN": "1",
+            "FAKE_AZ_ROLES": PRIVILEGED_ROLE_ADMINISTRATOR,
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "true"]]
+    # The deployment reads the Management API's service principal as existing: the hook made sure it is there.
+    assert ["ad", "sp", "show", "--id", "c5393580-f805-4401-95e8-94b7a6ef2fc2", "--query", "id", "-o", "tsv"] in calls(
+        fakes, "az"
+    )
+
+
+def test_preprovision_leaves_the_grant_to_an_admin_otherwise(fakes: Path) -> None:
+    done = run("preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "FAKE_AZ_LOGGED_IN": "1"})
+    assert done.returncode == 0, done.stderr
+    assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "false"]]
+    assert "GRANT_ACTIVITYFEED_PERMISSION true" in done.stdout
+
+    (fakes / "azd.log").unlink()
+    kept = run(
+        "preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "GRANT_ACTIVITYFEED_PERMISSION": "true"}
+    )
+    assert kept.returncode == 0 and calls(fakes, "azd") == []  # an explicit choice is kept
+    secret = run("preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "O365_AUTH_MODE": "secret"})
+    assert secret.returncode == 0 and calls(fakes, "azd") == []  # no managed identity, no grant decision
+
+
+def test_postprovision_moves_the_secret_into_key_vault_and_out_of_the_env_file(fakes: Path) -> None:
+    secret = "s3cr3t~value with spaces"
+    done = run(
+        "postprovision.sh",
+        fakes,
+        {
+            "O365_AUTH_MODE": "secret",
+            "O365_CLIENT_ID": "app-1",
+            "O365_CLIENT_SECRET": secret,
+            "KEY_VAULT_NAME": "kv-irm-x",
+            "FAKE_AZ_LOGGED_IN": "1",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert (fakes / "stored-secret").read_text() == secret
+    [stored] = [c for c in calls(fakes, "az") if c[:3] == ["keyvault", "secret", "set"]]
+    assert stored[stored.index("--vault-name") + 1] == "kv-irm-x"
+    assert stored[stored.index("--name") + 1] == "o365-client-secret"
+    assert all(secret not in json.dumps(c) for c in calls(fakes, "az") + calls(fakes, "azd"))
+    assert ["env", "set", "O365_CLIENT_SECRET", ""] in calls(fakes, "azd")
+    assert secret not in done.stdout + done.stderr
+    assert "Export alerts > On" in done.stdout and "IRMConnectorHealth_CL" in done.stdout
+    assert "admin consent" in done.stdout
+
+
+def test_postprovision_asks_for_the_secret_when_it_cannot_store_it(fakes: Path) -> None:
+    done = run(
+        "postprovision.sh",
+        fakes,
+        {"O365_AUTH_MODE": "secret", "O365_CLIENT_SECRET": "kept", "KEY_VAULT_NAME": "kv-irm-x"},
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (fakes / "stored-secret").exists()
+    assert calls(fakes, "azd") == []  # not cleared: it is not in Key Vault yet
+    assert "still in plain text" in done.stdout and "scripts/store-client-secret.sh --vault kv-irm-x" in done.stdout
+
+
+def test_postprovision_after_a_grant_in_the_deployment(fakes: Path) -> None:
+    done = run(
+        "postprovision.sh",
+        fakes,
+        {"ACTIVITYFEED_GRANTED_IN_DEPLOYMENT": "true", "UAMI_PRINCIPAL_ID": "uami-1", "FAKE_AZ_LOGGED_IN": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    # Later provisions need no directory role and do not create the assignment twice.
+    assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "false"]]
+    assert not [c for c in calls(fakes, "az") if c[:1] == ["rest"]]
+    assert "nothing to wait for" in done.stdout
+
+
+def test_postprovision_grants_or_prints_the_grant_with_its_wait(fakes: Path) -> None:
+    granted = run("postprovision.sh", fakes, {"UAMI_PRINCIPAL_ID": "uami-1", "FAKE_AZ_LOGGED_IN": "1"})
+    assert granted.returncode == 0, granted.stderr
+    [post] = [c for c in calls(fakes, "az") if c[:3] == ["rest", "--method", "POST"]]
+    assert json.loads(post[post.index("--body") + 1]) == {
+        "principalId": "uami-1",
+        "resourceId": "sp-o365",
+        "appRoleId": "role-activityfeed",
+    }
+    assert "24 hours" in granted.stdout
+
+    (fakes / "az.log").unlink()
+    printed = run("postprovision.sh", fakes, {"UAMI_PRINCIPAL_ID": "uami-1"})  # az not signed in
+    assert printed.returncode == 0, printed.stderr
+    assert "scripts/grant-activityfeed-permission.sh managed_identity --principal-id uami-1" in printed.stdout
+    assert "24 hours" in printed.stdout
+    assert not [c for c in calls(fakes, "az") if c[:1] == ["rest"]]
+
+
+def test_store_client_secret_reads_stdin_and_refuses_nothing(fakes: Path) -> None:
+    bash = shutil.which("bash")
+    assert bash
+    env = {"PATH": f"{fakes / 'bin'}:/usr/bin:/bin", "FAKE_DIR": str(fakes), "HOME": os.environ.get("HOME", "/tmp")}
+    script = str(REPO_ROOT / "scripts" / "store-client-secret.sh")
+    empty = subprocess.run([bash, script, "--vault", "kv"], env=env, input="", capture_output=True, text=True)
+    assert empty.returncode != 0 and "empty secret" in empty.stderr
+    assert not (fakes / "stored-secret").exists()
+    ok = subprocess.run([bash, script, "--vault", "kv"], env=env, input="abc", capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert (fakes / "stored-secret").read_text() == "abc"
+    assert subprocess.run([bash, script], env=env, input="abc", capture_output=True, text=True).returncode != 0
+
+
+def test_store_client_secret_waits_for_a_new_key_vault_role(fakes: Path) -> None:
+    """Right after provisioning, the deployer's Key Vault role may not apply yet (403): the store is retried."""
+    bash = shutil.which("bash")
+    assert bash
+    env = {
+        "PATH": f"{fakes / 'bin'}:/usr/bin:/bin",
+        "FAKE_DIR": str(fakes),
+        "FAKE_AZ_SET_FAILS": "2",
+        "STORE_SECRET_RETRY_SECONDS": "0",
+    }
+    script = str(REPO_ROOT / "scripts" / "store-client-secret.sh")
+    short = subprocess.run(
+        [bash, script, "--vault", "kv", "--attempts", "2"], env=env, input="abc", capture_output=True, text=True
+    )
+    assert short.returncode != 0 and "could not store the secret" in short.stderr
+    (fakes / "set-failures").unlink()
+    enough = subprocess.run(
+        [bash, script, "--vault", "kv", "--attempts", "3"], env=env, input="abc", capture_output=True, text=True
+    )
+    assert enough.returncode == 0, enough.stderr
+    assert (fakes / "stored-secret").read_text() == "abc"
+    assert len([c for c in calls(fakes, "az") if c[:3] == ["keyvault", "secret", "set"]]) == 5
