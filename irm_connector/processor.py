@@ -25,7 +25,7 @@ from .errors import (
 )
 from .metrics import metrics
 from .models import Outcome, ProcessResult, Row
-from .normalize import ContentRef, Routing, normalize_blob
+from .normalize import ContentRef, Routing, blob_ref, normalize_blob
 from .runtime import Runtime
 from .state import Claim
 
@@ -60,7 +60,13 @@ async def process_message(
         return ProcessResult(outcome=outcome, detail=f"{type(exc).__name__}: {exc}")
 
     blob = message.blob
-    dims = {"content_type": blob.content_type, "content_id": blob.content_id, "tenant_id": settings.tenant_id}
+    dims = {
+        "content_type": blob.content_type,
+        "content_id": blob.content_id,
+        # what the audit rows carry instead of the content id (O365Audit_CL.BlobRef): the way back to the blob
+        "blob_ref": blob_ref(blob.content_type, blob.content_id),
+        "tenant_id": settings.tenant_id,
+    }
     result = ProcessResult(content_id=blob.content_id)
     now = datetime.now(UTC)
     if blob.content_expiration <= now:
@@ -88,7 +94,7 @@ async def process_message(
     routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
     try:
         # A large blob is parsed a segment at a time while it is normalized: its records never all exist.
-        rows = normalize_blob(iter_blob(raw), ref, routing)
+        rows = normalize_blob(iter_blob(raw), ref, routing, sent_at=datetime.now(UTC))
     except BadContentError as exc:
         # Usually a cut transfer: retrying fetches it again; a blob that stays broken ends in the poison queue.
         raise BadContentError(f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried") from None
@@ -118,8 +124,9 @@ async def process_message(
             raise failure
     result.content_lag_seconds = time.time() - blob.content_created.timestamp()
     log.info(
-        "Content %s: %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",
+        "Content %s (BlobRef %s): %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",
         blob.content_id,
+        dims["blob_ref"],
         result.records,
         result.alerts,
         result.rows_sent or "{}",
