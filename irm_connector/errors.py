@@ -180,7 +180,15 @@ class BadMessageError(ConnectorError):
 
 
 class BadContentError(ConnectorError):
-    """The blob as a whole is not a JSON array of records."""
+    """The blob as a whole is not a JSON array of records.
+
+    ``cut`` is true when the body stops before its array is complete, as a transfer cut short does: another
+    download may bring it whole. Otherwise the body is whole but wrong, and the API serves the same bytes
+    every time."""
+
+    def __init__(self, message: str, *, cut: bool = False) -> None:
+        super().__init__(message)
+        self.cut = cut
 
 
 class IngestionError(ConnectorError):

@@ -77,7 +77,7 @@ async def process(message: func.QueueMessage) -> ProcessResult:
             raise
         span.set_attribute("outcome", result.outcome)
     record_process(result, dims)
-    if result.outcome in ("bad-message", "untrusted-url"):
+    if result.outcome in ("bad-message", "untrusted-url", "bad-content"):
         await _record_failure(rt, delivery, result.detail, dequeue_count)
     elif dequeue_count > 1:
         await _forget_failure(rt, delivery)  # an earlier attempt failed; this one did not

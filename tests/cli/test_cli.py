@@ -150,8 +150,8 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     code, doc = cli.json("poll")
     assert code == 0 and doc["blobs_queued"] == 1
 
-    # The blob answers with a body that is not JSON, five times: the fifth failure poisons the message.
-    sim.management.add_fault("content", "malformed", count=5)
+    # The blob answers with a body cut short, five times: the fifth failure poisons the message.
+    sim.management.add_fault("content", "truncated", count=5)
     code, doc = cli.json("process", "--retry-delay", "0")
     assert code == 1
     assert doc["poisoned"] == 1 and doc["failed_attempts"] == 5 and doc["max_dequeue_count"] == 5
