@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -19,6 +24,7 @@ from irm_connector.worker import HostQueueOptions, QueueWorker, WorkerStats
 from standins import Azurite, StandIns
 
 _FUNCTIONS: dict[str, Any] | None = None
+REPO = Path(__file__).resolve().parents[1]
 
 
 def functions() -> dict[str, Any]:
@@ -92,6 +98,20 @@ class ConnectorHarness:
                 return int((await client.get_queue_properties()).approximate_message_count or 0)
             except Exception:
                 return 0
+
+    async def cli(self, *argv: str) -> Any:
+        """``irm-connector ARGV --json`` as an operator runs it: a process of its own, with these settings."""
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "irm_connector", *argv, "--json"],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.stdout, done.stderr
+        return json.loads(done.stdout)
 
     def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
         return self.standins.ingestion.rows(stream)

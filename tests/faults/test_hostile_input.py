@@ -7,13 +7,9 @@ import base64
 import gzip
 import json
 import logging
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +18,6 @@ from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
 
-REPO = Path(__file__).resolve().parents[2]
 MARKER = "RECORD-CONTENT-MARKER-7f3a"  # appears in hostile records; must never appear in a log line
 ALERTS = "Custom-IRMAlerts"
 AUDIT = "Custom-O365Audit"
@@ -137,7 +132,7 @@ async def test_hostile_blob(connector: ConnectorHarness, case: BlobCase, caplog:
         assert not audit
         assert any(content_id in line for line in lines)
         if case.expected == REFUSED:
-            (listed,) = _poison_list()
+            (listed,) = (await connector.cli("poison", "list"))["messages"]
             observed = f"parked at the first delivery ({stats.failed_attempts} failed attempts); poison list: " + (
                 listed["reason"].split(": ", 1)[0]
             )
@@ -165,16 +160,6 @@ async def test_hostile_blob(connector: ConnectorHarness, case: BlobCase, caplog:
     assert MARKER not in caplog.text, "record content reached the logs"
     for row in connector.rows(AUDIT) + connector.rows(ALERTS):
         assert len(json.dumps(row, ensure_ascii=False).encode()) < 1024 * 1024
-
-
-def _poison_list() -> list[dict[str, Any]]:
-    """``irm-connector poison list --json``, run as an operator would, with the test's settings."""
-    done = subprocess.run(
-        [sys.executable, "-m", "irm_connector", "poison", "list", "--json"],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return list(json.loads(done.stdout)["messages"])
 
 
 def _message(sim, uri: str, tenant: str | None = None) -> str:
