@@ -3,7 +3,8 @@
 Order matters: download, normalize, claim the records (dropping those already sent or being sent by
 another blob), upload, mark each accepted body's records sent. Anything transient raises so the host
 retries the message (and after ``maxDequeueCount`` moves it to ``<queue>-poison``); anything that no
-retry can fix completes the message after one clear log line.
+retry can fix completes the message after one clear log line, or, when someone must look at it (a refused
+message, a blob whose body is whole but not a JSON array), parks it in the poison queue at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from .blob_parse import iter_blob
@@ -24,7 +26,7 @@ from .errors import (
     UntrustedUrlError,
 )
 from .metrics import metrics
-from .models import Outcome, ProcessResult, Row
+from .models import ContentBlob, Outcome, ProcessResult, Row
 from .normalize import ContentRef, Routing, blob_ref, normalize_blob
 from .runtime import Runtime
 from .state import Claim
@@ -92,13 +94,19 @@ async def process_message(
 
     ref = ContentRef(blob.content_id, blob.content_type, blob.content_created)
     routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
+    parser_repairs: Counter[str] = Counter()
     try:
         # A large blob is parsed a segment at a time while it is normalized: its records never all exist.
-        rows = normalize_blob(iter_blob(raw), ref, routing, sent_at=datetime.now(UTC))
+        rows = normalize_blob(iter_blob(raw, parser_repairs), ref, routing, sent_at=datetime.now(UTC))
     except BadContentError as exc:
-        # Usually a cut transfer: retrying fetches it again; a blob that stays broken ends in the poison queue.
-        raise BadContentError(f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried") from None
+        if not exc.cut:
+            return await _refuse_content(rt, text, blob, raw, exc)
+        # Cut short: another download may bring it whole; a blob that stays cut ends in the poison queue.
+        raise BadContentError(
+            f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried", cut=True
+        ) from None
     del raw
+    rows.problems.update(parser_repairs)
     result.records, result.alerts = rows.records, rows.alerts
     result.duplicates_dropped = rows.duplicates_in_blob
     result.problems = dict(rows.problems)
@@ -135,6 +143,30 @@ async def process_message(
         extra={**dims, "records": result.records, "alerts": result.alerts},
     )
     return result
+
+
+async def _refuse_content(
+    rt: Runtime, text: str, blob: ContentBlob, raw: bytes, problem: BadContentError
+) -> ProcessResult:
+    """A body that arrived whole but is not a JSON array: the API serves the same bytes every time, so no retry
+    can help and the message is parked at once. A second download checks that first: a one-off answer from
+    something on the way (an error page) is retried instead."""
+    again = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
+    if again != raw:
+        raise TransientApiError(
+            "two downloads of the content gave different bodies; the message is retried",
+            operation="content",
+            content_type=blob.content_type,
+        )
+    reason = f"content {blob.content_id} ({len(raw)} bytes, the same in two downloads): {problem}"
+    log.error(
+        "Content message refused and moved to %s: %s",
+        rt.settings.poison_queue,
+        reason,
+        extra={"outcome": "bad-content", "content_type": blob.content_type, "content_id": blob.content_id},
+    )
+    await rt.queue.put_poison(text)
+    return ProcessResult(outcome="bad-content", content_id=blob.content_id, detail=f"BadContentError: {reason}")
 
 
 async def _send_stream(

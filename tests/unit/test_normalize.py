@@ -1,6 +1,7 @@
 """Normalization: the rows a SOC sees, from the records the API sends, whatever their shape."""
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
@@ -8,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from irm_connector.blob_parse import parse_blob
+from irm_connector.blob_parse import DEEP_REPAIR, MAX_DEPTH, parse_blob
 from irm_connector.errors import BadContentError
 from irm_connector.normalize import ContentRef, Routing, blob_ref, extract_upn, normalize_blob
 from irm_connector.row_writer import FIELD_LIMIT, ROW_LIMIT
@@ -214,10 +215,13 @@ def test_huge_values_are_cut_below_the_limits():
 
 
 def test_parse_blob_refuses_what_is_not_an_array():
-    with pytest.raises(BadContentError, match="not an array"):
-        parse_blob(b'{"a": 1}')
-    with pytest.raises(BadContentError, match="not JSON"):
+    for whole in (b'{"a": 1}', b"<html>", b'[{"a": 1]', b'[{"a": 1}, <br>{"b": 2}]', b"[1, 2] and more"):
+        with pytest.raises(BadContentError, match=r"not an array|not JSON") as refused:
+            parse_blob(whole)
+        assert not refused.value.cut, whole  # whole but wrong: the API would serve the same bytes again
+    with pytest.raises(BadContentError, match="stops before") as refused:
         parse_blob(b"[{")
+    assert refused.value.cut
 
 
 def test_unpaired_surrogates_are_read_and_written_safely():
@@ -269,3 +273,29 @@ def test_normalization_never_raises_and_rows_fit_the_declared_columns(records):
                     assert isinstance(value, str)
                 elif kind == "int":
                     assert isinstance(value, int) and -(2**31) <= value < 2**31
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(json_values, max_size=4))
+def test_every_body_cut_short_is_told_from_a_wrong_one(records):
+    # One lone surrogate (orjson refuses it; the standard library reads it) and text of 1 to 3 UTF-8 bytes.
+    last = b'{"Name": "h\xc3\xa9 \\ud800 \xe2\x98\x83", "v": [1, 2.5, null, true]}]'
+    raw = json.dumps(records, ensure_ascii=False).encode()[:-1] + (b", " if records else b"") + last
+    for end in range(1, len(raw)):
+        with pytest.raises(BadContentError) as refused:
+            parse_blob(raw[:end])
+        assert refused.value.cut, raw[:end]
+
+
+def test_a_record_too_deep_to_parse_keeps_its_deep_part_as_text():
+    deep = b"[" * 5000 + b'"x"' + b"]" * 5000
+    body = b'[{"Id": "a"}, {"Id": "b", "Deep": ' + deep + b', "Name": "\\ud800"}, {"Id": "c"}]'
+    problems: Counter[str] = Counter()
+    records = parse_blob(body, problems)
+    assert [r["Id"] for r in records] == ["a", "b", "c"]
+    assert problems == {DEEP_REPAIR: 1}
+    kept = records[1]["Deep"]
+    for _ in range(MAX_DEPTH - 1):  # the record itself is the first level
+        (kept,) = kept
+    below = 5000 - MAX_DEPTH + 1
+    assert kept == "[" * below + '"x"' + "]" * below  # the deeper part, as the JSON text it was
