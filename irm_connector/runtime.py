@@ -126,7 +126,11 @@ def build_runtime(settings: Settings) -> Runtime:
     credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
     tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
     ingestion = LogsIngestionClient(
-        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs(settings, azure)
+        endpoint=settings.ingestion_endpoint,
+        credential=credentials[0],
+        # The SDK asks for the public cloud's audience unless told: every upload fails in the other clouds.
+        credential_scopes=[f"{settings.azure_cloud.monitor_audience}/.default"],
+        **azure_client_kwargs(settings, azure),
     )
     return Runtime(
         settings=settings,

@@ -15,28 +15,13 @@ from datetime import timedelta
 from typing import Literal
 from urllib.parse import SplitResult, urlsplit
 
+from .clouds import AZURE_CLOUDS, CLOUDS, AzureCloud, Cloud, azure_cloud
 from .errors import SettingsError
 from .windows import RETENTION
 
 __all__ = ["CLOUDS", "Cloud", "Settings", "StorageSettings", "parse_duration"]
 
 AuthMode = Literal["secret", "certificate", "managed_identity"]
-
-
-@dataclass(frozen=True)
-class Cloud:
-    """Where a Microsoft 365 cloud's Management API and login live."""
-
-    api_host: str
-    authority_host: str
-
-
-CLOUDS: dict[str, Cloud] = {
-    "Commercial": Cloud("manage.office.com", "login.microsoftonline.com"),
-    "GCC": Cloud("manage-gcc.office.com", "login.microsoftonline.com"),
-    "GCCHigh": Cloud("manage.office365.us", "login.microsoftonline.us"),
-    "DoD": Cloud("manage.protection.apps.mil", "login.microsoftonline.us"),
-}
 
 KNOWN_CONTENT_TYPES = (
     "Audit.AzureActiveDirectory",
@@ -142,6 +127,7 @@ class Settings:
     dedupe_retention_days: int = 10
     table_prefix: str = "irm"
     http_timeout: timedelta = timedelta(seconds=60)
+    azure_cloud: AzureCloud = AZURE_CLOUDS["AzurePublic"]
 
     @property
     def api_audience(self) -> str:
@@ -300,6 +286,7 @@ class Settings:
             dedupe_retention_days=retention,
             table_prefix=prefix.lower(),
             http_timeout=http_timeout,
+            azure_cloud=azure_cloud(get("AZURE_CLOUD", "AzurePublic")),
         )
 
 
