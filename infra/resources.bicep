@@ -267,6 +267,8 @@ module functionApp 'modules/functionapp.bicep' = {
       STATE_TABLE_PREFIX: stateTablePrefix
       DEDUPE_RETENTION_DAYS: string(dedupeRetentionDays)
       AZURE_CLOUD: azureCloud
+      // Blob bodies in flight per worker: each costs about 3 times its size at peak (bench/: 12 x 25 MB at once).
+      MAX_BLOB_MB_IN_FLIGHT: string(instanceMemoryMB / 16)
     }, authSettings)
   }
   dependsOn: [

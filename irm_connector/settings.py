@@ -128,6 +128,7 @@ class Settings:
     table_prefix: str = "irm"
     http_timeout: timedelta = timedelta(seconds=60)
     azure_cloud: AzureCloud = AZURE_CLOUDS["AzurePublic"]
+    max_blob_bytes_in_flight: int = 128 * 2**20
 
     @property
     def api_audience(self) -> str:
@@ -287,6 +288,7 @@ class Settings:
             table_prefix=prefix.lower(),
             http_timeout=http_timeout,
             azure_cloud=azure_cloud(get("AZURE_CLOUD", "AzurePublic")),
+            max_blob_bytes_in_flight=_int(get("MAX_BLOB_MB_IN_FLIGHT", "128"), "MAX_BLOB_MB_IN_FLIGHT", 1, 65536) << 20,
         )
 
 
