@@ -141,12 +141,17 @@ class ManagementActivityClient:
             raise TransientApiError("subscription list is not a JSON array", operation="subscriptions")
         return [d for d in data if isinstance(d, dict)]
 
-    async def list_content(self, content_type: str, window: Window) -> AsyncIterator[list[ContentBlob]]:
-        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end."""
+    async def list_content(
+        self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
+    ) -> AsyncIterator[list[ContentBlob]]:
+        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
+        before every request, retries included, and may raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
         while url is not None:
-            body, headers = await self._request("GET", url, operation="list", content_type=content_type, params=params)
+            body, headers = await self._request(
+                "GET", url, operation="list", content_type=content_type, params=params, guard=guard
+            )
             data = _json(body, "list", content_type)
             if not isinstance(data, list):
                 raise TransientApiError(
@@ -198,6 +203,7 @@ class ManagementActivityClient:
         operation: str,
         content_type: str = "",
         params: dict[str, str] | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
         query = dict(params or {})
@@ -207,6 +213,8 @@ class ManagementActivityClient:
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
+            if guard is not None:
+                guard()
             outcome = await self._attempt(call, refresh=False)
             if isinstance(outcome, _Unauthorized) and not refresh_used:
                 # An expired or revoked token looks like any refusal (the API may even say AF10001):
