@@ -16,12 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
 
 from .auth import ManagementTokenProvider
@@ -36,11 +35,17 @@ from .metrics import metrics
 from .models import ContentBlob
 from .windows import Window
 
-__all__ = ["ManagementActivityClient", "RequestStats", "RetryPolicy"]
+__all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 500, 502, 503, 504}
+
+
+class RequestGate(Protocol):
+    """The request budget: ``acquire`` returns when one request may be sent (request_budget.py)."""
+
+    async def acquire(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class ManagementActivityClient:
         publisher_id: str,
         tokens: ManagementTokenProvider,
         session: aiohttp.ClientSession,
-        limiter: AsyncLimiter,
+        limiter: RequestGate,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
@@ -245,13 +250,14 @@ class ManagementActivityClient:
         self, call: _Call, *, refresh: bool
     ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
         """One try: the answer, a retryable failure, or a 401; any other refusal raises."""
-        await self._limiter.acquire()
         try:
             token = await self._tokens.get_token(refresh=refresh)
         except AuthenticationError as exc:
             if not exc.transient:
                 raise
             return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
+        # After the token: the budget's slot must still be running when the request goes out.
+        await self._limiter.acquire()
         self.stats.requests += 1
         self.stats.by_operation[call.operation] = self.stats.by_operation.get(call.operation, 0) + 1
         try:

@@ -4,7 +4,8 @@ messages failed. Each kind lives in a module of its own, all over one :class:`Ta
 - :mod:`.watermarks`: ``irmstate``, the watermark and lease per (tenant, content type);
 - :mod:`.queued_blobs`: ``irmblobsYYYYMMDD``, a marker per queued blob, by ``contentCreated`` day;
 - :mod:`.claims`: ``irmrecYYYYMMDD``, the claim protocol over the record keys, by ``CreationTime`` day;
-- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``.
+- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``;
+- :mod:`.request_slots`: ``irmbudget``, the Management API requests reserved per slot, per tenant.
 
 (``irm`` is ``STATE_TABLE_PREFIX``.) Day tables older than the retention are dropped whole: one request a day.
 """
@@ -18,6 +19,7 @@ from azure.data.tables.aio import TableServiceClient
 from .claims import CLAIM_TTL, Claim, Claims
 from .failures import Failure, FailureStore, describe, message_key
 from .queued_blobs import QueuedBlobs, SeenPartitions
+from .request_slots import RequestSlots
 from .tables import StoreStats, Tables, table_key
 from .watermarks import PollerState, Watermarks
 
@@ -29,6 +31,7 @@ __all__ = [
     "FailureStore",
     "PollerState",
     "QueuedBlobs",
+    "RequestSlots",
     "SeenPartitions",
     "StateStore",
     "StoreStats",
