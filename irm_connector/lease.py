@@ -80,7 +80,11 @@ class PollerLease:
     def check(self) -> None:
         """Raise :class:`LeaseLostError` once the lease may have run out: nothing more may be listed."""
         if self.lost:
-            raise LeaseLostError(self._lost or f"the lease of {self._state.content_type} ran out (no renewal)")
+            raise LeaseLostError(
+                f"lost the lease of {self._state.content_type} ({self._lost or 'not renewed in time'}); another "
+                "poller continues from the watermark. If this repeats, check the storage account's availability "
+                "and latency"
+            )
 
     async def write(self, **changes: Any) -> PollerState:
         """Write the state with ``changes``, renewing the lease; refused once the lease may have run out."""
@@ -91,6 +95,7 @@ class PollerLease:
                 self._state = await self._watermarks.upsert_state(_lease_of(replace(self._state, **changes)))
             except LeaseLostError as exc:
                 self._lost = str(exc)
+                self.check()  # raises, saying what to do
                 raise
             self._renewed = sent
             return self._state
@@ -106,8 +111,11 @@ class PollerLease:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+                failure = heartbeat.exception()
+                if failure is not None:
+                    raise failure
+                self._lost = self._lost or "not renewed in time"
                 self.check()
-                raise LeaseLostError(f"the lease of {self._state.content_type} was lost")
             return task.result()
         finally:
             for pending in (task, heartbeat):
@@ -118,10 +126,8 @@ class PollerLease:
     async def release(self, **changes: Any) -> None:
         """Give the lease up with a last write of ``changes``; a lost lease is left to run out."""
         if self.lost:
-            log.warning(
-                "Lost the lease of %s; leaving the state to the poller that has it: %s",
-                self._state.content_type, self._lost or "no renewal in time", extra=self._dims,
-            )  # fmt: skip
+            # The run's failure says so; the state belongs to whoever holds the lease now.
+            log.info("Not releasing the lease of %s: it was lost", self._state.content_type, extra=self._dims)
             return
         try:
             await self.write(lease_owner="", lease_until=None, lease_seconds=0, **changes)
@@ -139,12 +145,9 @@ class PollerLease:
             await asyncio.sleep(max(wait, 0.0))
             try:
                 await self.write()
-            except LeaseLostError as exc:
-                log.error(
-                    "Stopped polling %s: its lease was lost (%s). Another poller continues from the watermark; "
-                    "if this repeats, storage writes are too slow or failing.",
-                    self._state.content_type, exc, extra=self._dims,
-                )  # fmt: skip
+            except LeaseLostError:
+                # The run is cancelled next; its failure is the one line that reports this.
+                self._lost = self._lost or "not renewed in time"
                 return
             except StateError as exc:
                 # Storage hiccup: try again until the deadline; the next write may go through.
