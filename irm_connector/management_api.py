@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -29,21 +28,24 @@ from .errors import (
     AuthenticationError,
     ManagementApiError,
     TransientApiError,
-    UntrustedUrlError,
     management_api_error,
 )
+from .feed_urls import FeedUrls
 from .metrics import metrics
 from .models import ContentBlob
 from .windows import Window
 
-__all__ = ["ManagementActivityClient", "RequestStats", "RetryPolicy"]
+__all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 500, 502, 503, 504}
-#: Percent-escapes yarl leaves encoded that a server may still decode into a path separator or a second
-#: round of escapes: a URL carrying one could leave the checked folder on the server's side.
-_PATH_ESCAPES = ("%2f", "%5c", "%25")
+
+
+class RequestGate(Protocol):
+    """The request budget: ``acquire`` returns when one request may be sent (request_budget.py)."""
+
+    async def acquire(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -86,17 +88,12 @@ class ManagementActivityClient:
         publisher_id: str,
         tokens: ManagementTokenProvider,
         session: aiohttp.ClientSession,
-        limiter: AsyncLimiter,
+        limiter: RequestGate,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._root = api_root.rstrip("/")
-        root = URL(self._root)
-        self._origin = (root.host or "", root.port)
-        tenant = tenant_id.lower()
-        # NextPageUri may read /api/v1/ rather than /api/v1.0/ (apis.md); both name the same feed.
-        self._feed = tuple(f"/api/{version}/{tenant}/activity/feed/" for version in ("v1.0", "v1"))
-        self._audit = tuple(prefix + "audit/" for prefix in self._feed)
+        self._urls = FeedUrls(self._root, tenant_id)
         self._dims = {"tenant_id": tenant_id}
         self._base = f"{self._root}/api/v1.0/{tenant_id}/activity/feed"
         self._publisher = publisher_id
@@ -148,12 +145,17 @@ class ManagementActivityClient:
             raise TransientApiError("subscription list is not a JSON array", operation="subscriptions")
         return [d for d in data if isinstance(d, dict)]
 
-    async def list_content(self, content_type: str, window: Window) -> AsyncIterator[list[ContentBlob]]:
-        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end."""
+    async def list_content(
+        self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
+    ) -> AsyncIterator[list[ContentBlob]]:
+        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
+        before every request, retries included, and may raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
         while url is not None:
-            body, headers = await self._request("GET", url, operation="list", content_type=content_type, params=params)
+            body, headers = await self._request(
+                "GET", url, operation="list", content_type=content_type, params=params, guard=guard
+            )
             data = _json(body, "list", content_type)
             if not isinstance(data, list):
                 raise TransientApiError(
@@ -179,29 +181,9 @@ class ManagementActivityClient:
         return body
 
     def check_url(self, url: str, what: str = "URL") -> URL:
-        """``url`` as the request will be made, if it may carry the token: HTTPS on the API root, under this
-        tenant's feed, and for a ``contentUri`` under its ``audit/`` folder. Anything else, including text
-        that does not parse as a URL, raises :class:`UntrustedUrlError`.
-
-        The check judges the URL after yarl's normalization (percent-decoding, dot segments), which is what
-        aiohttp requests, and :meth:`_request` sends that same object: what was checked is what is sent."""
-        try:
-            parsed = URL(url)
-            origin = ((parsed.host or "").lower(), parsed.port)
-        except (ValueError, TypeError):  # "https://[", a port out of range: yarl refuses to parse them
-            raise UntrustedUrlError(what, url) from None
-        path = parsed.raw_path.lower()
-        folders = self._audit if what == "contentUri" else self._feed
-        if (
-            parsed.scheme != "https"
-            or origin != self._origin
-            or parsed.user is not None
-            or parsed.password is not None
-            or not any(path.startswith(folder) and len(path) > len(folder) for folder in folders)
-            or any(escape in path for escape in _PATH_ESCAPES)
-        ):
-            raise UntrustedUrlError(what, url)
-        return parsed
+        """``url`` as the request will be made, if it may carry the token (see :class:`FeedUrls`); raises
+        :class:`UntrustedUrlError` otherwise."""
+        return self._urls.check(url, what)
 
     # -- the one place that talks HTTP ---------------------------------------------------------------
 
@@ -213,6 +195,7 @@ class ManagementActivityClient:
         operation: str,
         content_type: str = "",
         params: dict[str, str] | None = None,
+        guard: Callable[[], None] | None = None,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         target = self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
         query = dict(params or {})
@@ -222,6 +205,8 @@ class ManagementActivityClient:
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
+            if guard is not None:
+                guard()
             outcome = await self._attempt(call, refresh=False)
             if isinstance(outcome, _Unauthorized) and not refresh_used:
                 # An expired or revoked token looks like any refusal (the API may even say AF10001):
@@ -252,13 +237,14 @@ class ManagementActivityClient:
         self, call: _Call, *, refresh: bool
     ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
         """One try: the answer, a retryable failure, or a 401; any other refusal raises."""
-        await self._limiter.acquire()
         try:
             token = await self._tokens.get_token(refresh=refresh)
         except AuthenticationError as exc:
             if not exc.transient:
                 raise
             return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
+        # After the token: the budget's slot must still be running when the request goes out.
+        await self._limiter.acquire()
         self.stats.requests += 1
         self.stats.by_operation[call.operation] = self.stats.by_operation.get(call.operation, 0) + 1
         try:

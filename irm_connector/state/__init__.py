@@ -7,7 +7,8 @@ messages failed. Each kind lives in a module of its own, all over one :class:`Ta
   (:mod:`.slots` places them, :mod:`.shards` encodes them, :mod:`.partitions` reads and caches them);
   ``irmrecother`` for the records whose day has no table inside the retention (no ``CreationTime``, or
   one far off);
-- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``.
+- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``;
+- :mod:`.request_slots`: ``irmbudget``, the Management API requests reserved per slot, per tenant.
 
 (``irm`` is ``STATE_TABLE_PREFIX``.) Day tables older than the retention are dropped whole: one request a day;
 ``irmrecother``'s keys are purged a retention after their last write.
@@ -24,6 +25,7 @@ from irm_connector.settings import Settings
 from .claims import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT, Claim, Claims
 from .failures import Failure, FailureStore, describe, message_key
 from .queued_blobs import QueuedBlobs, SeenPartitions
+from .request_slots import RequestSlots
 from .tables import StoreStats, Tables, table_key
 from .watermarks import PollerState, Watermarks
 
@@ -37,6 +39,7 @@ __all__ = [
     "FailureStore",
     "PollerState",
     "QueuedBlobs",
+    "RequestSlots",
     "SeenPartitions",
     "StateStore",
     "StoreStats",

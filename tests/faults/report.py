@@ -23,7 +23,7 @@ OUTPUT_ENV = "RELIABILITY_REPORT"
 
 @dataclass(frozen=True)
 class Outcome:
-    section: str  # "Faults", "Crashes", "Hostile input"
+    section: str  # "Faults", "Crashes", "Load", "Hostile input"
     subject: str  # the dependency, the crash point, or the input
     case: str  # the fault kind, or the expected outcome's name
     expected: str  # what the connector is meant to do
@@ -44,7 +44,7 @@ def rows() -> list[Outcome]:
 
 
 def render(outcomes: list[Outcome]) -> str:
-    sections = ["Faults", "Crashes", "Hostile input"]
+    sections = ["Faults", "Crashes", "Load", "Hostile input"]
     out = [
         "# Reliability report",
         "",
