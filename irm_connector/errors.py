@@ -20,7 +20,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     ├── IngestionError                the Logs Ingestion API refused rows
     ├── StateError                    Table Storage or the queue failed
     │   ├── LeaseLostError            another poller took the content type's lease
-    │   └── BlobBusyError             another delivery of the same blob is sending its rows
+    │   └── BlobBusyError             another delivery still holds claims on this blob's records
     ├── PollError                     a poller run or backfill in which a content type failed
     └── RedactedError                 stands in for an exception whose text had to be redacted
 
@@ -229,8 +229,8 @@ class LeaseLostError(StateError):
 
 
 class BlobBusyError(StateError):
-    """Another delivery of the same blob is sending these rows; wait for it to finish or for its claim to
-    expire."""
+    """Another delivery (of this blob or another) still holds claims on records of this blob after the wait;
+    the message is retried until they are sent, given up, or expired."""
 
 
 class PollError(ConnectorError):

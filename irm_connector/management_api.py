@@ -14,37 +14,41 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
 
 import aiohttp
-from aiolimiter import AsyncLimiter
+import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from .api_answers import error_fields, json_body, retry_after
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
 from .errors import (
     AuthenticationError,
     ManagementApiError,
     TransientApiError,
-    UntrustedUrlError,
     management_api_error,
 )
+from .feed_urls import FeedUrls
 from .metrics import metrics
 from .models import ContentBlob
 from .windows import Window
 
-__all__ = ["ManagementActivityClient", "RequestStats", "RetryPolicy"]
+__all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPolicy"]
 
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 500, 502, 503, 504}
 #: A response's body read whole; the processor reads blobs through its body budget instead (body_budget.py).
 _READ: BodyReader = aiohttp.ClientResponse.read
-#: Percent-escapes yarl leaves encoded that a server may still decode into a path separator or a second
-#: round of escapes: a URL carrying one could leave the checked folder on the server's side.
-_PATH_ESCAPES = ("%2f", "%5c", "%25")
+
+
+class RequestGate(Protocol):
+    """The request budget: ``acquire`` returns when one request may be sent (request_budget.py)."""
+
+    async def acquire(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -87,17 +91,12 @@ class ManagementActivityClient:
         publisher_id: str,
         tokens: ManagementTokenProvider,
         session: aiohttp.ClientSession,
-        limiter: AsyncLimiter,
+        limiter: RequestGate,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._root = api_root.rstrip("/")
-        root = URL(self._root)
-        self._origin = (root.host or "", root.port)
-        tenant = tenant_id.lower()
-        # NextPageUri may read /api/v1/ rather than /api/v1.0/ (apis.md); both name the same feed.
-        self._feed = tuple(f"/api/{version}/{tenant}/activity/feed/" for version in ("v1.0", "v1"))
-        self._audit = tuple(prefix + "audit/" for prefix in self._feed)
+        self._urls = FeedUrls(self._root, tenant_id)
         self._dims = {"tenant_id": tenant_id}
         self._base = f"{self._root}/api/v1.0/{tenant_id}/activity/feed"
         self._publisher = publisher_id
@@ -130,7 +129,7 @@ class ManagementActivityClient:
             if exc.code == "AF20024":
                 return "enabled"
             raise
-        data = json_body(body, "start", content_type)
+        data = _json(body, "start", content_type)
         return str(data.get("status", "enabled")) if isinstance(data, dict) else "enabled"
 
     async def stop_subscription(self, content_type: str) -> None:
@@ -144,18 +143,23 @@ class ManagementActivityClient:
 
     async def list_subscriptions(self) -> list[dict[str, Any]]:
         body, _ = await self._request("GET", f"{self._base}/subscriptions/list", operation="subscriptions")
-        data = json_body(body, "subscriptions", "")
+        data = _json(body, "subscriptions", "")
         if not isinstance(data, list):
             raise TransientApiError("subscription list is not a JSON array", operation="subscriptions")
         return [d for d in data if isinstance(d, dict)]
 
-    async def list_content(self, content_type: str, window: Window) -> AsyncIterator[list[ContentBlob]]:
-        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end."""
+    async def list_content(
+        self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
+    ) -> AsyncIterator[list[ContentBlob]]:
+        """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
+        before every request, retries included, and may raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
         while url is not None:
-            body, headers = await self._request("GET", url, operation="list", content_type=content_type, params=params)
-            data = json_body(body, "list", content_type)
+            body, headers = await self._request(
+                "GET", url, operation="list", content_type=content_type, params=params, guard=guard
+            )
+            data = _json(body, "list", content_type)
             if not isinstance(data, list):
                 raise TransientApiError(
                     "content listing is not a JSON array", operation="list", content_type=content_type
@@ -180,29 +184,9 @@ class ManagementActivityClient:
         return body
 
     def check_url(self, url: str, what: str = "URL") -> URL:
-        """``url`` as the request will be made, if it may carry the token: HTTPS on the API root, under this
-        tenant's feed, and for a ``contentUri`` under its ``audit/`` folder. Anything else, including text
-        that does not parse as a URL, raises :class:`UntrustedUrlError`.
-
-        The check judges the URL after yarl's normalization (percent-decoding, dot segments), which is what
-        aiohttp requests, and :meth:`_request` sends that same object: what was checked is what is sent."""
-        try:
-            parsed = URL(url)
-            origin = ((parsed.host or "").lower(), parsed.port)
-        except (ValueError, TypeError):  # "https://[", a port out of range: yarl refuses to parse them
-            raise UntrustedUrlError(what, url) from None
-        path = parsed.raw_path.lower()
-        folders = self._audit if what == "contentUri" else self._feed
-        if (
-            parsed.scheme != "https"
-            or origin != self._origin
-            or parsed.user is not None
-            or parsed.password is not None
-            or not any(path.startswith(folder) and len(path) > len(folder) for folder in folders)
-            or any(escape in path for escape in _PATH_ESCAPES)
-        ):
-            raise UntrustedUrlError(what, url)
-        return parsed
+        """``url`` as the request will be made, if it may carry the token (see :class:`FeedUrls`); raises
+        :class:`UntrustedUrlError` otherwise."""
+        return self._urls.check(url, what)
 
     # -- the one place that talks HTTP ---------------------------------------------------------------
 
@@ -214,6 +198,7 @@ class ManagementActivityClient:
         operation: str,
         content_type: str = "",
         params: dict[str, str] | None = None,
+        guard: Callable[[], None] | None = None,
         read: BodyReader = _READ,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         target = self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
@@ -224,6 +209,8 @@ class ManagementActivityClient:
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
+            if guard is not None:
+                guard()
             outcome = await self._attempt(call, refresh=False)
             if isinstance(outcome, _Unauthorized) and not refresh_used:
                 # An expired or revoked token looks like any refusal (the API may even say AF10001):
@@ -254,13 +241,14 @@ class ManagementActivityClient:
         self, call: _Call, *, refresh: bool
     ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
         """One try: the answer, a retryable failure, or a 401; any other refusal raises."""
-        await self._limiter.acquire()
         try:
             token = await self._tokens.get_token(refresh=refresh)
         except AuthenticationError as exc:
             if not exc.transient:
                 raise
             return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
+        # After the token: the budget's slot must still be running when the request goes out.
+        await self._limiter.acquire()
         self.stats.requests += 1
         self.stats.by_operation[call.operation] = self.stats.by_operation.get(call.operation, 0) + 1
         try:
@@ -281,14 +269,14 @@ class ManagementActivityClient:
             )  # fmt: skip
         if 200 <= status < 300:
             return body, headers
-        code, message = error_fields(body)
+        code, message = _error(body)
         where: dict[str, Any] = {"status": status, "operation": call.operation, "content_type": call.content_type}
         if status == 429 or code == "AF429":
             self.stats.throttled += 1
             metrics.requests_throttled.add(1, self._dims)
-            return _Retry(TransientApiError("throttled", code=code or "AF429", **where), retry_after(headers))
+            return _Retry(TransientApiError("throttled", code=code or "AF429", **where), _retry_after(headers))
         if status in _TRANSIENT_STATUS or code.startswith("AF5"):
-            return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), retry_after(headers))
+            return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), _retry_after(headers))
         error = management_api_error(status, code, message, call.operation, call.content_type)
         if status == 401:
             return _Unauthorized(error)
@@ -314,3 +302,39 @@ class _Retry:
 @dataclass(frozen=True)
 class _Unauthorized:
     error: ManagementApiError
+
+
+def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+
+
+def _error(body: bytes) -> tuple[str, str]:
+    """``(code, message)`` of an ``{"error":{"code","message"}}`` body; empty strings when absent."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    code = error.get("code")
+    message = error.get("message")
+    return (str(code) if code else "", str(message)[:300] if message else "")
+
+
+def _json(body: bytes, operation: str, content_type: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TransientApiError(
+            "the API answered with a body that is not JSON", operation=operation, content_type=content_type
+        ) from None

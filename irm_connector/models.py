@@ -86,7 +86,7 @@ class Row:
     """One serialized output row and the keys its dedupe marker lives under."""
 
     record_id: str
-    #: ``YYYYMMDDHH`` of the record's CreationTime: duplicates of a record share it.
+    #: ``YYYYMMDDHH`` of the record's CreationTime, empty without a readable one: duplicates of a record share it.
     hour: str
     body: bytes
 

@@ -6,8 +6,9 @@ configured categories, and, when it is on, the audit stream for every record. Th
 
 Nothing in a blob stops the rest of it: a record that is not an object is counted and skipped; a record
 without ``Id`` gets a stable synthetic one; an unreadable ``CreationTime`` falls back to the blob's
-``contentCreated``; a value too large for Azure Monitor is cut to fit and counted. The counts come back
-in :class:`BlobRows` so the caller can log one line per blob, without record content.
+``contentCreated`` for the row (not for its dedupe key); a value too large for Azure Monitor is cut to fit
+and counted. The counts come back in :class:`BlobRows` so the caller can log one line per blob, without
+record content.
 """
 
 from __future__ import annotations
@@ -98,7 +99,6 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
     audit: list[Row] = []
     seen: set[str] = set()
     fallback_time = ref.content_created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    fallback_hour = ref.content_created.astimezone(UTC).strftime("%Y%m%d%H")
     problems = out.problems
     audit_on = bool(routing.audit_stream)
     audit_context = _AuditContext.of(ref, sent_at) if audit_on else None
@@ -128,7 +128,9 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
 
         time_text, hour = _creation_time(record.get("CreationTime"))
         if time_text is None:
-            time_text, hour = fallback_time, fallback_hour
+            # The row shows the blob's time; the dedupe key gets no hour (""), so its place does not depend
+            # on which blob brought the record.
+            time_text = fallback_time
             problems["missing or unreadable CreationTime (contentCreated used)"] += 1
 
         if is_alert:

@@ -1,9 +1,11 @@
 """The poller: list what is new for each content type and queue one message per blob.
 
-Per content type it takes a lease (so two pollers never list the same content type at once), plans
-the windows from the watermark, lists each window to its last page, queues the blobs not queued before,
-and only then moves the watermark to the window's end. It stops after ``POLL_TIME_BUDGET``; the next
-tick continues from the watermark, so a 7-day catch-up never runs into the function timeout.
+Every configured content type is polled in every run, side by side. Per content type it takes a lease
+(:mod:`.lease`: two pollers never list the same content type at once, and a dead poller's lease runs out
+within 40 s), plans the windows from the watermark, lists each window to its last page, queues the blobs
+not queued before, and only then moves the watermark to the window's end. It stops after
+``POLL_TIME_BUDGET``; the next tick continues from the watermark, so a 7-day catch-up never runs into the
+function timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from .content_queue import ContentMessage
@@ -23,7 +24,6 @@ from .errors import (
     ConnectorError,
     InvalidPageError,
     InvalidWindowError,
-    LeaseLostError,
     PollError,
     RefusedListingError,
     StateError,
@@ -31,10 +31,11 @@ from .errors import (
     UntrustedUrlError,
 )
 from .health import write_health
+from .lease import PollerLease
 from .models import ContentBlob, ContentTypeReport, PollReport
 from .redaction import redact
 from .runtime import Runtime
-from .state import PollerState, SeenPartitions
+from .state import SeenPartitions
 from .telemetry import producer_span, traceparent
 from .windows import Window, plan_windows
 
@@ -54,7 +55,7 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
     started = time.monotonic()
     deadline = started + (budget or settings.poll_time_budget).total_seconds()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    report = PollReport()
+    report = PollReport([ContentTypeReport(content_type) for content_type in settings.content_types])
     try:
         dropped = await rt.state.drop_expired_tables(now or datetime.now(UTC))
         if dropped:
@@ -62,18 +63,24 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
     except StateError as exc:
         log.warning("Could not drop expired dedupe tables (tried again next run): %s", exc)
 
-    for content_type in settings.content_types:
-        ct_report = ContentTypeReport(content_type)
-        report.content_types.append(ct_report)
-        try:
-            await _poll_content_type(rt, content_type, owner, deadline, ct_report, now)
-        except ConnectorError as exc:
-            ct_report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
-            log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
-        await write_health(rt, ct_report)
+    # Every content type is polled in every run, side by side, each with the whole budget: one catching up
+    # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.
+    await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now) for r in report.content_types))
     if report.errors:
         raise PollError("poller run failed for " + "; ".join(report.errors), report)
     return report
+
+
+async def _poll_and_report(
+    rt: Runtime, report: ContentTypeReport, owner: str, deadline: float, now: datetime | None
+) -> None:
+    content_type = report.content_type
+    try:
+        await _poll_content_type(rt, content_type, owner, deadline, report, now)
+    except ConnectorError as exc:
+        report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
+        log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
+    await write_health(rt, report)
 
 
 async def _poll_content_type(
@@ -82,54 +89,16 @@ async def _poll_content_type(
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
     now = fixed_now or datetime.now(UTC)
-    state = await rt.state.watermarks.get_state(settings.tenant_id, content_type)
-    if state.leased_by_other(owner, now):
-        report.skipped = f"another poller holds the lease until {state.lease_until}"
-        report.watermark = state.watermark
+    lease = await PollerLease.take(rt.state.watermarks, settings.tenant_id, content_type, owner)
+    if isinstance(lease, str):
+        report.skipped = lease
+        report.watermark = (await rt.state.watermarks.get_state(settings.tenant_id, content_type)).watermark
         log.info("Skipping %s: %s", content_type, report.skipped, extra=dims)
         return
-    # A run may overrun its budget by one window's listing; the lease covers twice the budget and is
-    # renewed with every watermark write, so a crashed poller blocks its content type only briefly.
-    lease_span = 2 * timedelta(seconds=max(5.0, deadline - time.monotonic()))
-    try:
-        state = await rt.state.watermarks.upsert_state(replace(state, lease_owner=owner, lease_until=now + lease_span))
-    except LeaseLostError:
-        report.skipped = "another poller took the lease first"
-        return
 
-    plan = plan_windows(
-        watermark=state.watermark,
-        now=now,
-        overlap=settings.listing_overlap,
-        initial_lookback=settings.initial_lookback,
-    )
-    if plan.unreachable is not None:
-        log.error(
-            "Content created in %s can no longer be listed: the API keeps 7 days and the connector was behind "
-            "by more. Those blobs are lost to the API.",
-            plan.unreachable,
-            extra=dims,
-        )
-    seen: SeenPartitions = {}
     error = ""
     try:
-        for window in plan.windows:
-            if time.monotonic() >= deadline:
-                log.info("Time budget used; %s continues from %s next run", content_type, window.start, extra=dims)
-                break
-            try:
-                await list_window(rt, content_type, window, now, seen, report)
-            except SubscriptionMissingError:
-                state, report.subscription = await _start_subscription(rt, state, now, dims)
-                if report.subscription == "waiting":
-                    break
-                await list_window(rt, content_type, window, now, seen, report)
-            state = await rt.state.watermarks.upsert_state(
-                replace(state, watermark=window.end, lease_until=datetime.now(UTC) + lease_span)
-            )
-            report.windows_listed += 1
-        else:
-            report.finished = True
+        await lease.run(_list_windows(rt, lease, deadline, report, now, dims))
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
@@ -140,20 +109,44 @@ async def _poll_content_type(
         error = redact(str(exc))
         raise
     finally:
-        report.watermark = state.watermark
+        report.watermark = lease.state.watermark
+        await lease.release(last_run=now, last_error=error, last_error_at=now if error else lease.state.last_error_at)
+
+
+async def _list_windows(
+    rt: Runtime, lease: PollerLease, deadline: float, report: ContentTypeReport, now: datetime, dims: dict[str, str]
+) -> None:
+    """List the planned windows in order, moving the watermark after each, until the budget is used."""
+    content_type = lease.state.content_type
+    plan = plan_windows(
+        watermark=lease.state.watermark,
+        now=now,
+        overlap=rt.settings.listing_overlap,
+        initial_lookback=rt.settings.initial_lookback,
+    )
+    if plan.unreachable is not None:
+        log.error(
+            "Content created in %s can no longer be listed: the API keeps 7 days and the connector was behind "
+            "by more. Those blobs are lost to the API.",
+            plan.unreachable,
+            extra=dims,
+        )
+    seen: SeenPartitions = {}
+    for window in plan.windows:
+        if time.monotonic() >= deadline:
+            log.info("Time budget used; %s continues from %s next run", content_type, window.start, extra=dims)
+            return
+        lease.check()
         try:
-            await rt.state.watermarks.upsert_state(
-                replace(
-                    state,
-                    lease_owner="",
-                    lease_until=None,
-                    last_run=now,
-                    last_error=error,
-                    last_error_at=now if error else state.last_error_at,
-                )
-            )
-        except StateError as exc:
-            log.warning("Could not release the lease of %s (it expires by itself): %s", content_type, exc, extra=dims)
+            await list_window(rt, content_type, window, now, seen, report, guard=lease.check)
+        except SubscriptionMissingError:
+            report.subscription = await _start_subscription(rt, lease, now, dims)
+            if report.subscription == "waiting":
+                return
+            await list_window(rt, content_type, window, now, seen, report, guard=lease.check)
+        await lease.write(watermark=window.end)
+        report.windows_listed += 1
+    report.finished = True
 
 
 async def list_window(
@@ -164,11 +157,14 @@ async def list_window(
     seen: SeenPartitions,
     report: ContentTypeReport,
     on_page: Callable[[], None] | None = None,
+    *,
+    guard: Callable[[], None] | None = None,
 ) -> None:
-    """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once."""
+    """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
+    ``guard`` runs before every listing request and may raise to stop (the poller's lease check)."""
     for attempt in (1, 2):
         try:
-            async for page in rt.management.list_content(content_type, window):
+            async for page in rt.management.list_content(content_type, window, guard=guard):
                 await _queue_page(rt, content_type, page, now, seen, report)
                 if on_page is not None:
                     on_page()
@@ -243,15 +239,15 @@ async def _queue_blobs(
     report.blobs_queued += len(fresh)
 
 
-async def _start_subscription(
-    rt: Runtime, state: PollerState, now: datetime, dims: dict[str, str]
-) -> tuple[PollerState, str]:
+async def _start_subscription(rt: Runtime, lease: PollerLease, now: datetime, dims: dict[str, str]) -> str:
+    state = lease.state
     content_type = state.content_type
     if state.subscription_started and now - state.subscription_started < SUBSCRIPTION_START_INTERVAL:
         log.info(
             "No subscription for %s yet; started at %s, waiting", content_type, state.subscription_started, extra=dims
         )
-        return state, "waiting"
+        return "waiting"
+    lease.check()
     status = await rt.management.start_subscription(content_type)
     log.warning(
         "Started the subscription for %s (status %s). The first content can take up to 12 hours to appear.",
@@ -259,5 +255,5 @@ async def _start_subscription(
         status,
         extra=dims,
     )
-    state = await rt.state.watermarks.upsert_state(replace(state, subscription_started=now))
-    return state, status
+    await lease.write(subscription_started=now)
+    return status

@@ -1,7 +1,8 @@
 """The processor: one queue message, one content blob, rows in Sentinel exactly once.
 
-Order matters: download, normalize, claim the records (dropping those already sent or being sent by
-another blob), upload, mark each accepted body's records sent. Anything transient raises so the host
+Order matters: download, normalize, claim the records (dropping those already sent), upload, mark each
+accepted body's records sent; then wait for the records another delivery was sending, and send those it
+gave up. Anything transient raises so the host
 retries the message (and after ``maxDequeueCount`` moves it to ``<queue>-poison``); anything that no
 retry can fix completes the message after one clear log line, or, when someone must look at it (a refused
 message, a blob whose body is whole but not a JSON array), parks it in the poison queue at once.
@@ -195,11 +196,31 @@ async def _refuse_content(
 async def _send_stream(
     rt: Runtime, stream: str, rows: list[Row], content_id: str, message_id: str, result: ProcessResult
 ) -> None:
-    claim = await _claim(rt, stream, rows, content_id, message_id)
+    claims = rt.state.claims
+    claim = await claims.claim_records(stream, rows, content_id, message_id)
+    waited, pause = 0.0, HELD_FIRST_PAUSE
+    while True:
+        if claim.mine:
+            await _upload(rt, stream, claim, result)
+        if not claim.held:
+            break
+        # Another delivery holds some of these records. It may yet fail, so this message completes only
+        # once they are sent (by it) or given up and sent from here.
+        if waited >= HELD_WAIT:
+            raise BlobBusyError(
+                f"{len(claim.held)} records of content {content_id} are still claimed by another delivery after "
+                f"{waited:.0f}s; the message is retried"
+            )
+        if not waited:
+            log.info("Content %s: %d records are being sent by another delivery; waiting", content_id, len(claim.held))
+        await asyncio.sleep(pause)
+        waited, pause = waited + pause, min(pause * 2, 8.0)
+        await claims.claim_held(claim)
     result.duplicates_dropped += claim.already_sent
     result.claimed_elsewhere += claim.claimed_elsewhere
-    if not claim.mine:
-        return
+
+
+async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult) -> None:
     sent: list[Row] = []
 
     async def accepted(chunk: list[Row]) -> None:
@@ -219,20 +240,9 @@ async def _send_stream(
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 
-#: How long a delivery waits for another delivery of the same blob before handing back to the host.
-BUSY_WAIT = 90.0
-
-
-async def _claim(rt: Runtime, stream: str, rows: list[Row], content_id: str, message_id: str) -> Claim:
-    waited = 0.0
-    delay = 0.5
-    while True:
-        try:
-            return await rt.state.claims.claim_records(stream, rows, content_id, message_id)
-        except BlobBusyError:
-            if waited >= BUSY_WAIT:
-                raise
-            log.info("Content %s is being sent by another delivery; waiting %.1fs", content_id, delay)
-            await asyncio.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 8.0)
+#: How long a delivery waits for records another delivery holds before handing back to the host, which
+#: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
+HELD_WAIT = 240.0
+#: The first pause; it doubles up to 8 s. Short, because the other delivery has usually finished by the time
+#: this one's own rows are uploaded: a look costs a read per hour slot with held records, a pause only time.
+HELD_FIRST_PAUSE = 0.25

@@ -1,8 +1,8 @@
 """The long-lived clients of one worker process, built on first use and reused across invocations.
 
 msal caches tokens in its application object, aiohttp and the Azure SDKs pool connections, and the
-request budget must be shared by every invocation of the process: so these are kept, one set per
-event loop and settings. Building them does no network work; the first call does.
+request budget's reservations are shared by every invocation of the process: so these are kept, one set
+per event loop and settings. Building them does no network work; the first call does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiolimiter import AsyncLimiter
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.data.tables.aio import TableServiceClient
 from azure.monitor.ingestion.aio import LogsIngestionClient
@@ -26,8 +25,9 @@ from .body_budget import BodyBudget
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
 from .ingestion import SentinelIngestor
 from .management_api import ManagementActivityClient, RetryPolicy
+from .request_budget import SharedRequestBudget
 from .settings import Settings, StorageSettings
-from .state import StateStore
+from .state import RequestSlots, StateStore
 
 __all__ = ["Runtime", "build_runtime", "close_runtimes", "get_runtime", "storage_clients"]
 
@@ -117,17 +117,20 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     azure = azure_session()
     tokens = management_token_provider(settings, azure)
+    credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
+    tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
+    state = StateStore.from_settings(tables, settings)
+    # One request budget for every instance of the tenant, kept in Table Storage.
+    budget = SharedRequestBudget(RequestSlots(state.tables), settings.tenant_id, settings.max_requests_per_minute)
     management = ManagementActivityClient(
         api_root=settings.api_root,
         tenant_id=settings.tenant_id,
         publisher_id=settings.publisher_id,
         tokens=tokens,
         session=session,
-        limiter=AsyncLimiter(settings.max_requests_per_minute, 60),
+        limiter=budget,
         retry=RetryPolicy(timeout=settings.http_timeout.total_seconds()),
     )
-    credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
-    tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
     ingestion = LogsIngestionClient(
         endpoint=settings.ingestion_endpoint,
         credential=credentials[0],
@@ -141,7 +144,7 @@ def build_runtime(settings: Settings) -> Runtime:
         azure_session=azure,
         tokens=tokens,
         management=management,
-        state=StateStore.from_settings(tables, settings),
+        state=state,
         queue=ContentQueue(main, poison),
         ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
         credentials=credentials,

@@ -3,10 +3,15 @@ messages failed. Each kind lives in a module of its own, all over one :class:`Ta
 
 - :mod:`.watermarks`: ``irmstate``, the watermark and lease per (tenant, content type);
 - :mod:`.queued_blobs`: ``irmblobsYYYYMMDD``, a marker per queued blob, by ``contentCreated`` day;
-- :mod:`.claims`: ``irmrecYYYYMMDD``, the claim protocol over the record keys, by ``CreationTime`` day;
-- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``.
+- :mod:`.claims`: ``irmrecYYYYMMDD``, the claim protocol over the record keys, by ``CreationTime`` day
+  (:mod:`.slots` places them, :mod:`.shards` encodes them, :mod:`.partitions` reads and caches them);
+  ``irmrecother`` for the records whose day has no table inside the retention (no ``CreationTime``, or
+  one far off);
+- :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``;
+- :mod:`.request_slots`: ``irmbudget``, the Management API requests reserved per slot, per tenant.
 
-(``irm`` is ``STATE_TABLE_PREFIX``.) Day tables older than the retention are dropped whole: one request a day.
+(``irm`` is ``STATE_TABLE_PREFIX``.) Day tables older than the retention are dropped whole: one request a day;
+``irmrecother``'s keys are purged a retention after their last write.
 """
 
 from __future__ import annotations
@@ -17,20 +22,24 @@ from azure.data.tables.aio import TableServiceClient
 
 from irm_connector.settings import Settings
 
-from .claims import CLAIM_TTL, Claim, Claims
+from .claims import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT, Claim, Claims
 from .failures import Failure, FailureStore, describe, message_key
 from .queued_blobs import QueuedBlobs, SeenPartitions
+from .request_slots import RequestSlots
 from .tables import StoreStats, Tables, table_key
 from .watermarks import PollerState, Watermarks
 
 __all__ = [
+    "CLAIM_MARGIN",
     "CLAIM_TTL",
+    "FUNCTION_TIMEOUT",
     "Claim",
     "Claims",
     "Failure",
     "FailureStore",
     "PollerState",
     "QueuedBlobs",
+    "RequestSlots",
     "SeenPartitions",
     "StateStore",
     "StoreStats",
@@ -75,8 +84,11 @@ class StateStore:
         return self.tables.stats
 
     async def drop_expired_tables(self, now: datetime) -> list[str]:
-        """Drop the day tables (queued blobs, record keys) older than the retention."""
-        return await self.tables.drop_expired_tables(now, (QueuedBlobs.KIND, Claims.KIND))
+        """Drop the day tables (queued blobs, record keys) older than the retention, and purge the record
+        keys kept outside day tables that are as old."""
+        dropped = await self.tables.drop_expired_tables(now, (QueuedBlobs.KIND, Claims.KIND))
+        await self.claims.purge_expired(now)
+        return dropped
 
     async def __aenter__(self) -> StateStore:
         return self

@@ -3,27 +3,41 @@ entity-group batches, and dropping the day tables that passed the retention.
 
 The connector's tables are named ``{prefix}state``, ``{prefix}failures`` and ``{prefix}{kind}YYYYMMDD``
 (day tables, e.g. ``irmblobs20260629``), so expiring a day's keys costs one request, not one per key.
+
+A table can vanish under a process that created it earlier: the poller of another instance drops a day
+table, or someone deletes it by hand. Every operation that finds its table gone creates it again and runs
+once more; Azure refuses that for about 40 s after a delete (409 ``TableBeingDeleted``), so creating waits
+that out. Reads that must not create a table (a day table that may be on its way out) read it as empty.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector.errors import StateError
 
-__all__ = ["BATCH", "StoreStats", "Tables", "reason", "table_key"]
+__all__ = ["BATCH", "PartitionRead", "StoreStats", "Tables", "reason", "table_key"]
+
+log = logging.getLogger(__name__)
 
 #: An entity-group transaction holds at most 100 entities of one partition.
 BATCH = 100
+#: How long creating a table waits out ``TableBeingDeleted`` (Azure needs about 40 s after a delete).
+BEING_DELETED_WAIT = 90.0
 _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+_T = TypeVar("_T")
 
 
 def table_key(value: str) -> str:
@@ -39,12 +53,34 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 
 
+def _code(exc: AzureError) -> str:
+    code = getattr(exc, "error_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+def _table_missing(exc: AzureError) -> bool:
+    return isinstance(exc, ResourceNotFoundError) and _code(exc) == "TableNotFound"
+
+
+def _being_deleted(exc: AzureError) -> bool:
+    return isinstance(exc, HttpResponseError) and _code(exc) == "TableBeingDeleted"
+
+
 @dataclass
 class StoreStats:
     """Storage transactions, for the benchmark and the logs."""
 
     reads: int = 0
     writes: int = 0
+
+
+@dataclass
+class PartitionRead:
+    """The entities a query returned, and the storage service's time when it answered (its ``Date``
+    header): what a claim's age is judged by, never a local clock."""
+
+    entities: list[Any] = field(default_factory=list)
+    server_time: datetime | None = None
 
 
 class Tables:
@@ -69,23 +105,95 @@ class Tables:
         self._clients.clear()
         await self._service.close()
 
-    async def table(self, name: str) -> TableClient:
-        """The client of table ``name``, which is created the first time this process asks for it."""
+    def _client(self, name: str) -> TableClient:
         client = self._clients.get(name)
         if client is None:
             client = self._clients[name] = self._service.get_table_client(name)
+        return client
+
+    async def table(self, name: str) -> TableClient:
+        """The client of table ``name``, which is created the first time this process asks for it."""
+        client = self._client(name)
         if name not in self._created:
             async with self._create_lock:
                 if name not in self._created:
-                    try:
-                        self.stats.writes += 1
-                        await self._service.create_table(name)
-                    except ResourceExistsError:
-                        pass
-                    except AzureError as exc:
-                        raise StateError(f"cannot create table {name}: {reason(exc)}") from exc
+                    await self._create(name)
                     self._created.add(name)
         return client
+
+    async def _create(self, name: str) -> None:
+        waited, delay = 0.0, 1.0
+        while True:
+            self.stats.writes += 1
+            try:
+                await self._service.create_table(name)
+                return
+            except AzureError as exc:
+                if _being_deleted(exc) and waited < BEING_DELETED_WAIT:
+                    if not waited:
+                        log.warning("Table %s is being deleted; waiting to create it again", name)
+                    await asyncio.sleep(delay)
+                    waited, delay = waited + delay, min(delay * 2, 8.0)
+                    continue
+                if isinstance(exc, ResourceExistsError) and not _being_deleted(exc):
+                    return
+                hint = "; Azure refuses it for about 40 s after a delete" if _being_deleted(exc) else ""
+                raise StateError(f"cannot create table {name}: {reason(exc)}{hint}; the invocation is retried") from exc
+
+    async def _run(self, name: str, what: str, op: Callable[[TableClient], Awaitable[_T]]) -> _T:
+        """``op`` on table ``name``; a table deleted under this process is created again and ``op`` runs once
+        more. Storage errors become :class:`StateError` naming ``what`` failed."""
+        for attempt in (1, 2):
+            client = await self.table(name)
+            try:
+                return await op(client)
+            except AzureError as exc:
+                if attempt == 1 and _table_missing(exc):
+                    log.warning(
+                        "Table %s was deleted while in use (a retention cleanup, or by hand); creating it again", name
+                    )
+                    self._created.discard(name)
+                    continue
+                raise StateError(f"{what} {name} failed: {reason(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def query(
+        self,
+        table_name: str,
+        query: str,
+        parameters: dict[str, Any],
+        *,
+        select: list[str] | None = None,
+        create: bool = True,
+    ) -> PartitionRead:
+        """Every entity matching ``query``, a page of 1,000 at a time, and the service's time. With
+        ``create=False`` a missing table reads as empty and is not created."""
+        dates: list[str] = []
+
+        def server_date(response: Any) -> None:
+            dates.append(response.http_response.headers.get("Date") or "")
+
+        async def run(table: TableClient) -> list[Any]:
+            out = []
+            pages = table.query_entities(
+                query, parameters=parameters, select=select, results_per_page=1000, raw_response_hook=server_date
+            ).by_page()
+            async for page in pages:
+                self.stats.reads += 1
+                async for entity in page:
+                    out.append(entity)
+            return out
+
+        if create:
+            entities = await self._run(table_name, "reading", run)
+        else:
+            try:
+                entities = await run(self._client(table_name))
+            except AzureError as exc:
+                if not _table_missing(exc):
+                    raise StateError(f"reading {table_name} failed: {reason(exc)}") from exc
+                entities = []
+        return PartitionRead(entities, _http_date(dates[-1]) if dates else None)
 
     async def read_partition(
         self,
@@ -97,34 +205,41 @@ class Tables:
         parameters: dict[str, Any] | None = None,
     ) -> list[Any]:
         """Every entity of one partition matching ``query`` (default: all), read a page of 1,000 at a time."""
-        table = await self.table(table_name)
-        out = []
+        return (await self.query(table_name, query, parameters or {"pk": pk}, select=select)).entities
+
+    async def upsert(self, table_name: str, entity: dict[str, Any]) -> None:
+        """Write ``entity`` whole (REPLACE)."""
+
+        async def run(table: TableClient) -> None:
+            self.stats.writes += 1
+            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+        await self._run(table_name, "writing to", run)
+
+    async def delete(self, table_name: str, pk: str, row_key: str) -> None:
+        """Delete one entity; one already gone (or a table already gone) is fine."""
+        self.stats.writes += 1
         try:
-            pages = table.query_entities(
-                query, parameters=parameters or {"pk": pk}, select=select, results_per_page=1000
-            ).by_page()
-            async for page in pages:
-                self.stats.reads += 1
-                async for entity in page:
-                    out.append(entity)
+            await self._client(table_name).delete_entity(pk, row_key)
+        except ResourceNotFoundError:
+            pass
         except AzureError as exc:
-            raise StateError(f"cannot read {table_name}: {reason(exc)}") from exc
-        return out
+            raise StateError(f"deleting from {table_name} failed: {reason(exc)}") from exc
 
     async def write_batches(self, table_name: str, ops: list[Any]) -> None:
         """Entity-group transactions of up to :data:`BATCH` operations on one partition each."""
-        table = await self.table(table_name)
         for start in range(0, len(ops), BATCH):
-            self.stats.writes += 1
-            try:
-                await table.submit_transaction(ops[start : start + BATCH])
-            except AzureError as exc:  # TableTransactionError is one too
-                raise StateError(f"table transaction on {table_name} failed: {reason(exc)}") from exc
+
+            async def run(table: TableClient, batch: list[Any] = ops[start : start + BATCH]) -> None:
+                self.stats.writes += 1
+                await table.submit_transaction(batch)
+
+            await self._run(table_name, "a table transaction on", run)  # TableTransactionError is an AzureError
 
     async def drop_expired_tables(self, now: datetime, kinds: tuple[str, ...]) -> list[str]:
         """Drop the day tables of ``kinds`` older than the retention: one query, and one delete per expired
         day. Only the kinds named: another connector's prefix may start with this one's."""
-        cutoff = (now - self.retention).astimezone(UTC).strftime("%Y%m%d")
+        cutoff = self.cutoff_day(now)
         dropped: list[str] = []
         alternatives = "|".join(re.escape(kind) for kind in kinds)
         pattern = re.compile(rf"^{re.escape(self.prefix)}(?:{alternatives})(\d{{8}})$")
@@ -146,3 +261,29 @@ class Tables:
         except AzureError as exc:
             raise StateError(f"cannot drop expired tables: {reason(exc)}") from exc
         return dropped
+
+    def cutoff_day(self, now: datetime) -> str:
+        """``YYYYMMDD`` of the oldest day table the retention keeps at ``now``; older ones are dropped."""
+        return (now - self.retention).astimezone(UTC).strftime("%Y%m%d")
+
+    async def purge_entities(self, table_name: str, before: datetime) -> int:
+        """Delete the entities of ``table_name`` last written before ``before`` (by the service's
+        Timestamp), in entity-group batches per partition; a missing table has none. Returns how many."""
+        read = await self.query(
+            table_name, "Timestamp lt @before", {"before": before}, select=["PartitionKey", "RowKey"], create=False
+        )
+        by_partition: dict[str, list[Any]] = {}
+        for entity in read.entities:
+            key = {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}
+            by_partition.setdefault(str(entity["PartitionKey"]), []).append(("delete", key))
+        for ops in by_partition.values():
+            await self.write_batches(table_name, ops)
+        return len(read.entities)
+
+
+def _http_date(text: str) -> datetime | None:
+    try:
+        value = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)

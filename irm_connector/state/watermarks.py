@@ -3,12 +3,18 @@ started and how the last run went.
 
 One entity per content type in ``{prefix}state``, written with ETags: a poller that lost its lease (another
 wrote since it read) cannot move the watermark, it gets :class:`LeaseLostError` instead.
+
+A lease is held for ``LeaseSeconds`` after the entity's last write, judged by the storage service's clock
+(the entity's ``Timestamp`` against the ``Date`` of the read), so clock skew between instances does not
+matter. ``LeaseUntil`` (the holder's clock) is for people reading the table, and for entities written
+before ``LeaseSeconds`` existed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from azure.core import MatchConditions
@@ -46,10 +52,29 @@ class PollerState:
     last_error: str = ""
     last_error_at: datetime | None = None
     last_run: datetime | None = None
+    #: how long the lease lasts after the entity's last write
+    lease_seconds: int = 0
     etag: str | None = None
+    #: the entity's ``Timestamp``: the storage service's time of the last write
+    written_at: datetime | None = None
+    #: the storage service's time when this state was read (the response's ``Date``)
+    read_at: datetime | None = None
 
-    def leased_by_other(self, owner: str, now: datetime) -> bool:
-        return bool(self.lease_owner) and self.lease_owner != owner and (self.lease_until or now) > now
+    def leased_by_other(self, owner: str) -> bool:
+        """Whether another poller holds the lease, by the storage service's clock."""
+        if not self.lease_owner or self.lease_owner == owner:
+            return False
+        if self.lease_seconds and self.written_at is not None and self.read_at is not None:
+            return self.read_at < self.written_at + timedelta(seconds=self.lease_seconds)
+        # Written by a version without LeaseSeconds: its own clock's LeaseUntil is all there is.
+        now = self.read_at or datetime.now(UTC)
+        return (self.lease_until or now) > now
+
+    def lease_expires(self) -> datetime | None:
+        """When the lease runs out, by the storage service's clock (None: no lease, or an old entity)."""
+        if not self.lease_owner or not self.lease_seconds or self.written_at is None:
+            return self.lease_until if self.lease_owner else None
+        return self.written_at + timedelta(seconds=self.lease_seconds)
 
     def entity(self) -> dict[str, Any]:
         return {
@@ -62,10 +87,11 @@ class PollerState:
             "LastError": self.last_error[:2000],
             "LastErrorAt": _text(self.last_error_at),
             "LastRun": _text(self.last_run),
+            "LeaseSeconds": self.lease_seconds,
         }
 
     @classmethod
-    def from_entity(cls, tenant_id: str, content_type: str, entity: dict[str, Any], etag: str | None) -> PollerState:
+    def from_entity(cls, tenant_id: str, content_type: str, entity: Any, etag: str | None) -> PollerState:
         return cls(
             tenant_id=tenant_id,
             content_type=content_type,
@@ -76,8 +102,30 @@ class PollerState:
             last_error=str(entity.get("LastError") or ""),
             last_error_at=parse_utc(entity.get("LastErrorAt")),
             last_run=parse_utc(entity.get("LastRun")),
+            lease_seconds=_int(entity.get("LeaseSeconds")),
             etag=etag,
+            written_at=_timestamp(entity),
         )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _timestamp(entity: Any) -> datetime | None:
+    stamp = getattr(entity, "metadata", {}).get("timestamp")
+    return stamp if isinstance(stamp, datetime) else None
+
+
+def _date(headers: Any) -> datetime | None:
+    """The ``Date`` of a storage response: the service's clock, to the second."""
+    try:
+        return parsedate_to_datetime(headers.get("Date")).astimezone(UTC)
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 class Watermarks:
@@ -90,13 +138,19 @@ class Watermarks:
     async def get_state(self, tenant_id: str, content_type: str) -> PollerState:
         table = await self._tables.table(self._name)
         self._tables.stats.reads += 1
+        seen: dict[str, datetime | None] = {}
+
+        def date_of(response: Any) -> None:
+            seen["date"] = _date(response.http_response.headers)
+
         try:
-            entity = await table.get_entity(table_key(tenant_id), table_key(content_type))
+            entity = await table.get_entity(table_key(tenant_id), table_key(content_type), raw_response_hook=date_of)
         except ResourceNotFoundError:
             return PollerState(tenant_id, content_type)
         except AzureError as exc:
             raise StateError(f"cannot read the poller state: {reason(exc)}") from exc
-        return PollerState.from_entity(tenant_id, content_type, dict(entity), entity.metadata.get("etag"))
+        state = PollerState.from_entity(tenant_id, content_type, entity, entity.metadata.get("etag"))
+        return replace(state, read_at=seen.get("date"))
 
     async def upsert_state(self, state: PollerState) -> PollerState:
         """Write ``state`` if nobody wrote since it was read (ETag); raises :class:`LeaseLostError` otherwise."""
@@ -121,7 +175,7 @@ class Watermarks:
             raise StateError(f"cannot write the poller state: {reason(exc)}") from exc
         except AzureError as exc:
             raise StateError(f"cannot write the poller state: {reason(exc)}") from exc
-        return replace(state, etag=result.get("etag"))
+        return replace(state, etag=result.get("etag"), written_at=result.get("date"), read_at=None)
 
     async def list_states(self, tenant_id: str) -> list[PollerState]:
         table = await self._tables.table(self._name)
@@ -129,9 +183,8 @@ class Watermarks:
         out = []
         try:
             async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": table_key(tenant_id)}):
-                out.append(
-                    PollerState.from_entity(tenant_id, str(entity["RowKey"]), dict(entity), entity.metadata.get("etag"))
-                )
+                etag = entity.metadata.get("etag")
+                out.append(PollerState.from_entity(tenant_id, str(entity["RowKey"]), entity, etag))
         except AzureError as exc:
             raise StateError(f"cannot read the poller state: {reason(exc)}") from exc
         return out

@@ -3,12 +3,16 @@
 python -m tests.faults.child poll
 python -m tests.faults.child process FILE     # FILE holds one queue message body
 python -m tests.faults.child work LOCK MAXDQ  # work the queue (lock seconds, maxDequeueCount)
+python -m tests.faults.child ticks INTERVAL FILE  # tick the poller every INTERVAL s until killed; each
+                                                # tick's start (epoch seconds) is appended to FILE
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+import time
 from pathlib import Path
 
 from azure.functions.timer import TimerRequest
@@ -38,6 +42,15 @@ async def main(argv: list[str]) -> None:
             )
             worker = QueueWorker(rt.queue.main, rt.queue.poison, fns["processor"], options, lock_seconds=int(argv[1]))
             await worker.run()
+        elif argv[0] == "ticks":
+            interval, ticks = float(argv[1]), Path(argv[2])
+            while True:
+                started = time.time()
+                with ticks.open("a") as out:
+                    out.write(f"{started}\n")
+                with contextlib.suppress(Exception):  # a failed run is the host's to log; the timer goes on
+                    await fns["poller"](TimerRequest(past_due=False))
+                await asyncio.sleep(max(0.0, started + interval - time.time()))
     finally:
         await close_runtimes()
     print("child finished", flush=True)

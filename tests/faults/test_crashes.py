@@ -74,8 +74,9 @@ def _workload(connector: ConnectorHarness, seed: int, blobs: int = 3):
 
 
 async def _poll_after_lease(connector: ConnectorHarness) -> None:
-    """The next timer ticks: the dead poller's lease (twice the 10 s budget) runs out first."""
-    for _ in range(30):
+    """The next timer ticks: the dead poller's lease (40 s after its last write) runs out first."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
         await connector.poll()
         state = connector.standins.management.count("list")
         await asyncio.sleep(1.0)

@@ -1,0 +1,168 @@
+"""The poller's lease on one content type: short, kept alive by a heartbeat while the run works.
+
+A poller that dies (kill -9, a recycled instance, a deployment) stops writing, and its lease runs out
+:data:`LEASE` after its last write, judged by the storage service's clock (the entity's ``Timestamp``
+against the ``Date`` of the reader's response), so clock skew between instances does not matter. The
+first tick that starts 60 s or more after the death therefore finds the lease free.
+
+The heartbeat and the run's own writes (watermark, subscription start, release) go through one lock and
+write the same ETag-checked entity, so each write carries the ETag of the one before. The holder also
+keeps its own deadline: :data:`LEASE` less :data:`MARGIN` after the *sending* of its last successful write
+(by the monotonic clock). The service's ``Timestamp`` of that write is later than its sending, so the holder
+gives up before anybody else may take over. Once the deadline passes, the holder writes nothing more (it
+cannot move the watermark) and its run is cancelled, in-flight requests and retry waits included; every
+listing page is also gated on the deadline, for a process that was frozen and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from .errors import LeaseLostError, StateError
+from .state import PollerState, Watermarks
+
+__all__ = ["HEARTBEAT", "LEASE", "MARGIN", "PollerLease"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: How long a lease lasts after its holder's last write. Well under 60 s: the service's Date has whole
+#: seconds and the takeover must happen on the first tick 60 s after a death.
+LEASE = timedelta(seconds=40)
+#: How often the holder renews while it works: several renewals fit in a lease, so a slow or failed
+#: storage write or two does not lose it.
+HEARTBEAT = timedelta(seconds=8)
+#: The holder gives up this much before the lease could run out for the others.
+MARGIN = timedelta(seconds=5)
+
+
+class PollerLease:
+    """A held lease; build it with :meth:`take`. Write the state only through :meth:`write`."""
+
+    def __init__(self, watermarks: Watermarks, state: PollerState, sent_at: float, dims: dict[str, str]) -> None:
+        self._watermarks = watermarks
+        self._state = state
+        self._renewed = sent_at
+        self._lock = asyncio.Lock()
+        self._lost = ""
+        self._dims = dims
+
+    @classmethod
+    async def take(cls, watermarks: Watermarks, tenant_id: str, content_type: str, owner: str) -> PollerLease | str:
+        """The lease, or why it could not be had (another poller holds it or took it first)."""
+        dims = {"content_type": content_type, "tenant_id": tenant_id}
+        state = await watermarks.get_state(tenant_id, content_type)
+        if state.leased_by_other(owner):
+            return f"another poller holds the lease until {state.lease_expires()}"
+        sent = time.monotonic()
+        try:
+            state = await watermarks.upsert_state(_lease_of(state, owner))
+        except LeaseLostError:
+            return "another poller took the lease first"
+        return cls(watermarks, state, sent, dims)
+
+    @property
+    def state(self) -> PollerState:
+        return self._state
+
+    @property
+    def lost(self) -> bool:
+        return bool(self._lost) or time.monotonic() >= self._deadline()
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLostError` once the lease may have run out: nothing more may be listed."""
+        if self.lost:
+            raise LeaseLostError(
+                f"lost the lease of {self._state.content_type} ({self._lost or 'not renewed in time'}); another "
+                "poller continues from the watermark. If this repeats, check the storage account's availability "
+                "and latency"
+            )
+
+    async def write(self, **changes: Any) -> PollerState:
+        """Write the state with ``changes``, renewing the lease; refused once the lease may have run out."""
+        async with self._lock:
+            self.check()
+            sent = time.monotonic()
+            try:
+                self._state = await self._watermarks.upsert_state(_lease_of(replace(self._state, **changes)))
+            except LeaseLostError as exc:
+                self._lost = str(exc)
+                self.check()  # raises, saying what to do
+                raise
+            self._renewed = sent
+            return self._state
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run ``work`` while a heartbeat renews the lease; if the lease is lost, ``work`` is cancelled and
+        :class:`LeaseLostError` raised."""
+        task = asyncio.ensure_future(work)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await asyncio.wait({task, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                failure = heartbeat.exception()
+                if failure is not None:
+                    raise failure
+                self._lost = self._lost or "not renewed in time"
+                self.check()
+            return task.result()
+        finally:
+            for pending in (task, heartbeat):
+                pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.gather(task, heartbeat, return_exceptions=True)
+
+    async def release(self, **changes: Any) -> None:
+        """Give the lease up with a last write of ``changes``; a lost lease is left to run out."""
+        if self.lost:
+            # The run's failure says so; the state belongs to whoever holds the lease now.
+            log.info("Not releasing the lease of %s: it was lost", self._state.content_type, extra=self._dims)
+            return
+        try:
+            await self.write(lease_owner="", lease_until=None, lease_seconds=0, **changes)
+        except StateError as exc:
+            log.warning("Could not release the lease of %s (it runs out by itself): %s",
+                        self._state.content_type, exc, extra=self._dims)  # fmt: skip
+
+    def _deadline(self) -> float:
+        return self._renewed + (LEASE - MARGIN).total_seconds()
+
+    async def _heartbeat(self) -> None:
+        """Renew every :data:`HEARTBEAT`; return when the lease is lost (the run is then cancelled)."""
+        while True:
+            wait = min(HEARTBEAT.total_seconds(), self._deadline() - time.monotonic())
+            await asyncio.sleep(max(wait, 0.0))
+            try:
+                await self.write()
+            except LeaseLostError:
+                # The run is cancelled next; its failure is the one line that reports this.
+                self._lost = self._lost or "not renewed in time"
+                return
+            except StateError as exc:
+                # Storage hiccup: try again until the deadline; the next write may go through.
+                log.warning("Could not renew the lease of %s: %s", self._state.content_type, exc, extra=self._dims)
+
+
+def _lease_of(state: PollerState, owner: str | None = None) -> PollerState:
+    """``state`` held (by ``owner``, or by its current owner), for :data:`LEASE` from this write."""
+    holder = state.lease_owner if owner is None else owner
+    if not holder:
+        return state
+    # LeaseUntil by this instance's clock: for people and for older versions; the lease is LeaseSeconds.
+    return replace(
+        state,
+        lease_owner=holder,
+        lease_until=datetime.now(UTC) + LEASE,
+        lease_seconds=int(LEASE.total_seconds()),
+    )

@@ -1,0 +1,187 @@
+"""One Management API request budget for every instance of the connector, per tenant.
+
+The API counts requests per tenant in any 60-second window, and Flex Consumption runs many instances, so
+a limiter per process cannot keep ``O365_MAX_REQUESTS_PER_MINUTE``. Instead every instance reserves
+blocks of requests in :data:`SLOT`-second slots of the storage service's clock, with ETag-checked writes of
+one entity per tenant (:mod:`.state.request_slots`), and sends a reserved request only while its slot lasts.
+
+Why every sliding window holds: a request of slot ``k`` reaches the API between ``k*SLOT - SKEW`` and
+``(k+1)*SLOT + SKEW``, where :data:`SKEW` covers the error of an instance's reading of the storage clock
+and the request's transit. Any 60 s window therefore meets the requests of at most :data:`SLOTS_PER_WINDOW`
+consecutive slots, and a reservation is granted only while every run of that many slots around its slot
+stays within the budget. Instances read the time from the ``Date`` of the storage answers, bounded from
+both sides by when they sent and received them, so their own clocks may be as wrong as they like.
+
+Cost: an instance under steady demand writes about once per slot (6 a minute): it reserves what it is
+waiting for or twice what it used the slot before, and a burst within a slot doubles the block with each
+further write. A conflict with another instance's write costs a read and a second write; an idle instance
+costs nothing. No instance takes more than a fair share of a slot (budget / slots per window), so one
+cannot take a whole minute's budget at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from datetime import UTC, datetime
+
+from .state.request_slots import Observed, RequestSlots, SlotRing, SlotsChangedError
+
+__all__ = ["SKEW", "SLOT", "SLOTS_PER_WINDOW", "ServerClock", "SharedRequestBudget", "room"]
+
+log = logging.getLogger(__name__)
+
+#: The API's window.
+WINDOW = 60.0
+#: Length of a slot, in seconds of the storage clock: the reservations' unit of time.
+SLOT = 10.0
+#: The most a request may land away from its slot: reading error of the storage clock plus transit.
+SKEW = 4.0
+#: How many slots' requests one 60 s window can meet.
+SLOTS_PER_WINDOW = math.ceil((WINDOW + 2 * SKEW) / SLOT + 1)
+#: A reading of the storage clock more uncertain than this is improved (another read) before it is used.
+_CLOCK_SLACK = 1.5
+_CONFLICT_TRIES = 5
+
+
+def room(used: dict[int, int], slot: int, budget: int) -> int:
+    """How many more requests ``slot`` may take while every run of :data:`SLOTS_PER_WINDOW` consecutive
+    slots that contains it stays within ``budget``."""
+    n = SLOTS_PER_WINDOW
+    free = budget
+    for last in range(slot, slot + n):
+        free = min(free, budget - sum(used.get(s, 0) for s in range(last - n + 1, last + 1)))
+    return max(free, 0)
+
+
+def next_slot_with_room(used: dict[int, int], slot: int, budget: int) -> int:
+    for later in range(slot + 1, slot + 2 * SLOTS_PER_WINDOW):
+        if room(used, later, budget) > 0:
+            return later
+    return slot + 1
+
+
+class ServerClock:
+    """The storage service's time, read from the ``Date`` of its answers.
+
+    ``Date`` has whole seconds (truncated or rounded), and the service wrote it somewhere between sending
+    and receiving, so each answer bounds the offset between the service's clock and this process's
+    monotonic clock from both sides; the bounds of all answers are intersected."""
+
+    def __init__(self) -> None:
+        self._low = -math.inf
+        self._high = math.inf
+
+    def observe(self, seen: Observed) -> None:
+        if seen.date is None:
+            return
+        date = seen.date.timestamp()
+        low, high = date - 0.5 - seen.received, date + 1.0 - seen.sent
+        if low > self._high or high < self._low:
+            # The bounds disagree: this machine's clock jumped (a suspended instance). Start again.
+            self._low, self._high = low, high
+        else:
+            self._low, self._high = max(self._low, low), min(self._high, high)
+
+    @property
+    def uncertainty(self) -> float:
+        return (self._high - self._low) / 2
+
+    def now(self) -> float:
+        """The storage service's time (epoch seconds); valid once an answer was observed."""
+        return time.monotonic() + (self._low + self._high) / 2
+
+
+class SharedRequestBudget:
+    """``O365_MAX_REQUESTS_PER_MINUTE`` for all instances of a tenant: :meth:`acquire` before each request."""
+
+    def __init__(self, slots: RequestSlots, tenant_id: str, per_minute: int) -> None:
+        self._slots = slots
+        self._tenant = tenant_id
+        self._budget = per_minute
+        self._share = max(1, math.ceil(per_minute / SLOTS_PER_WINDOW))
+        self._clock = ServerClock()
+        self._ring: SlotRing | None = None
+        self._lock = asyncio.Lock()
+        self._waiting = 0
+        self._block_slot = -1
+        self._block_left = 0
+        self._block_used = 0
+        self._block_granted = 0
+        self._next_clock_read = 0.0
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent now; raises :class:`~irm_connector.errors.StateError` when
+        storage cannot be reached."""
+        self._waiting += 1
+        try:
+            async with self._lock:
+                await self._take()
+        finally:
+            self._waiting -= 1
+
+    async def _take(self) -> None:
+        while True:
+            unsure = self._clock.uncertainty > _CLOCK_SLACK and time.monotonic() > self._next_clock_read
+            if self._ring is None or unsure:
+                self._next_clock_read = time.monotonic() + SLOT
+                await self._read()
+            slot = self._slot_now()
+            if slot == self._block_slot:
+                if self._block_left > 0:
+                    self._block_left -= 1
+                    self._block_used += 1
+                    return
+                if self._block_granted >= self._share:
+                    await self._sleep_until(slot + 1)  # this instance had its share of the slot
+                    continue
+                # More demand in the same slot: each further block doubles, so a burst costs few writes.
+                want = min(self._share - self._block_granted, max(self._waiting, self._block_used))
+            else:
+                last_used = self._block_used if slot == self._block_slot + 1 else 0
+                self._block_slot, self._block_left, self._block_used, self._block_granted = slot, 0, 0, 0
+                want = min(self._share, max(self._waiting, 2 * last_used, 1))
+            granted, next_slot = await self._reserve(slot, want)
+            if not granted:
+                await self._sleep_until(next_slot)
+                continue
+            self._block_granted += granted
+            self._block_left += granted
+            # A block is good only in its own slot; if the slot ended while writing, the loop starts anew.
+
+    async def _reserve(self, slot: int, want: int) -> tuple[int, int]:
+        """``(granted, slot)``, or ``(0, the next slot that may have room)``."""
+        for _ in range(_CONFLICT_TRIES):
+            ring = self._ring or SlotRing(self._tenant)
+            free = room(ring.used, slot, self._budget)
+            wanted = ring.adding(slot, min(want, free)) if free > 0 else None
+            if wanted is None:
+                return 0, next_slot_with_room(ring.used, slot, self._budget)
+            try:
+                self._ring, seen = await self._slots.write(wanted)
+            except SlotsChangedError:
+                await self._read()
+                if self._slot_now() != slot:
+                    return 0, self._slot_now()
+                continue
+            self._clock.observe(seen)
+            return min(want, free), slot
+        return 0, slot + 1
+
+    async def _read(self) -> None:
+        self._ring, seen = await self._slots.read(self._tenant)
+        if seen.date is None:
+            # Storage answers carry a Date; if a proxy drops it, this machine's clock is the next best.
+            seen = Observed(seen.sent, seen.received, datetime.now(UTC))
+        self._clock.observe(seen)
+
+    def _slot_now(self) -> int:
+        return math.floor(self._clock.now() / SLOT)
+
+    async def _sleep_until(self, slot: int) -> None:
+        # A little jitter so instances waiting for the same slot do not all write at its first instant.
+        wait = slot * SLOT - self._clock.now() + random.uniform(0.0, 0.3)  # noqa: S311 - jitter, not crypto
+        await asyncio.sleep(max(wait, 0.0))

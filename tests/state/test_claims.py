@@ -1,0 +1,260 @@
+"""The claim protocol, one rule at a time, against the real Azurite: each ``Claims`` here is one processor
+(its own tables client and sent-key cache), as in two Function instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from azure.data.tables.aio import TableServiceClient
+
+from irm_connector.models import Row
+from irm_connector.state import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT
+from irm_connector.state.shards import SHARD_KEYS
+from standins.storage_proxy import Hold, StorageProxy
+from tests.clock import skew_local_clock
+from tests.state.conftest import MakeClaims
+
+STREAM = "Custom-IRMAlerts"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hour(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).strftime("%Y%m%d%H")
+
+
+def _rows(ids: range, hour: str | None = None) -> list[Row]:
+    hour = _hour() if hour is None else hour
+    return [Row(f"record-{i}", hour, b"{}") for i in ids]
+
+
+def _ids(rows: list[Row]) -> set[str]:
+    return {r.record_id for r in rows}
+
+
+async def _arrived(hold: Hold) -> None:
+    for _ in range(600):
+        if hold.arrived.is_set():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the held request never came")
+
+
+async def _entities(service: TableServiceClient, table: str) -> list[dict]:
+    async with service.get_table_client(table) as client:
+        return [dict(e) async for e in client.list_entities()]
+
+
+# -- claim, then read back: the earlier claim wins, both sides agree -------------------------------------
+
+
+async def test_the_earlier_claim_wins_and_both_sides_agree(make_claims: MakeClaims, proxy: StorageProxy) -> None:
+    late = make_claims(via=proxy)
+    early = make_claims()
+    # ``late`` reads an empty partition, then its claim write is held: ``early`` reads, claims and reads
+    # back before it, seeing nothing of ``late``. Both claimed records 50-99.
+    hold = proxy.hold("table.write", path="rec", body=r'"S": ?"p"')
+    racing = asyncio.create_task(late.claim_records(STREAM, _rows(range(0, 100)), "blob-late"))
+    await _arrived(hold)
+    won = await early.claim_records(STREAM, _rows(range(50, 150)), "blob-early")
+    hold.release(forward=True)
+    lost = await racing
+
+    assert _ids(won.mine) == _ids(_rows(range(50, 150)))
+    assert _ids(lost.mine) == _ids(_rows(range(0, 50)))
+    assert _ids(lost.held) == _ids(_rows(range(50, 100)))  # not final: the winner may still fail
+    await early.mark_sent(won)
+    await late.mark_sent(lost)
+    await late.claim_held(lost)
+    assert lost.held == [] and lost.mine == [] and lost.claimed_elsewhere == 50
+
+
+# -- takeover of an expired claim, judged by the service's clock -----------------------------------------
+
+
+async def test_an_expired_claim_is_taken_over(make_claims: MakeClaims) -> None:
+    ttl = timedelta(seconds=2)
+    dead, other = make_claims(ttl=ttl), make_claims(ttl=ttl)
+    rows = _rows(range(20))
+    await dead.claim_records(STREAM, rows, "blob-dead")  # and never marks or releases: its process died
+    waiting = await other.claim_records(STREAM, rows, "blob-other")
+    assert waiting.mine == [] and len(waiting.held) == 20
+    await asyncio.sleep(ttl.total_seconds() + 1.5)  # the service's Date has one-second resolution
+    await other.claim_held(waiting)
+    assert _ids(waiting.mine) == _ids(rows) and waiting.taken_over == 20
+
+
+async def test_a_live_claim_is_not_taken_over_whatever_the_local_clock_says(
+    make_claims: MakeClaims, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alive, other = make_claims(), make_claims()
+    rows = _rows(range(20))
+    await alive.claim_records(STREAM, rows, "blob-alive")
+    skew_local_clock(monkeypatch, CLAIM_TTL + timedelta(hours=1))
+    waiting = await other.claim_records(STREAM, rows, "blob-other")
+    assert waiting.mine == [] and waiting.taken_over == 0 and len(waiting.held) == 20
+
+
+def test_the_claim_ttl_outlasts_the_function_timeout_by_a_margin() -> None:
+    host = json.loads((ROOT / "host.json").read_text())
+    match = re.fullmatch(r"(\d+):(\d+):(\d+)", host["functionTimeout"])
+    assert match is not None
+    hours, minutes, seconds = (int(x) for x in match.groups())
+    timeout, ttl, margin = FUNCTION_TIMEOUT, CLAIM_TTL, CLAIM_MARGIN
+    assert timeout == timedelta(hours=hours, minutes=minutes, seconds=seconds)
+    assert margin >= timedelta(minutes=1)
+    assert ttl == timeout + margin
+
+
+# -- busy: another delivery's live claim holds its records -------------------------------------------------
+
+
+async def test_records_another_delivery_holds_wait_until_it_has_sent_them(make_claims: MakeClaims) -> None:
+    first, second, same_blob = make_claims(), make_claims(), make_claims()
+    rows = _rows(range(30))
+    holder = await first.claim_records(STREAM, rows, "blob-a", "message-1")
+    other_blob = await second.claim_records(STREAM, _rows(range(20, 40)), "blob-b", "message-9")
+    again = await same_blob.claim_records(STREAM, rows, "blob-a", "message-2")  # a second message, same blob
+    assert _ids(other_blob.mine) == _ids(_rows(range(30, 40)))
+    assert _ids(other_blob.held) == _ids(_rows(range(20, 30)))
+    assert again.mine == [] and _ids(again.held) == _ids(rows)
+
+    await first.mark_sent(holder)
+    await second.mark_sent(other_blob)
+    await second.claim_held(other_blob)
+    await same_blob.claim_held(again)
+    assert other_blob.held == [] and other_blob.mine == [] and other_blob.claimed_elsewhere == 10
+    assert again.held == [] and again.mine == [] and again.claimed_elsewhere == 30
+
+
+# -- release: a failed attempt's records are free at once -------------------------------------------------
+
+
+async def test_released_records_are_claimed_at_once(make_claims: MakeClaims) -> None:
+    failing, waiting = make_claims(), make_claims()
+    rows = _rows(range(25))
+    claim = await failing.claim_records(STREAM, rows, "blob-failing")
+    held = await waiting.claim_records(STREAM, rows, "blob-waiting")
+    assert held.mine == []
+    await failing.mark_sent(claim, claim.mine[:5])  # five arrived before the failure
+    await failing.release(claim)
+    await waiting.claim_held(held)
+    assert _ids(held.mine) == _ids(rows[5:]) and held.claimed_elsewhere == 5 and held.taken_over == 0
+
+
+# -- partial sent marks accumulate, in storage and in every cache ----------------------------------------
+
+
+async def test_partial_sent_marks_of_successive_attempts_all_count(make_claims: MakeClaims) -> None:
+    warm, cold = make_claims(), make_claims()
+    rows = _rows(range(100))
+    first = await warm.claim_records(STREAM, rows, "blob", "message")
+    await warm.mark_sent(first, first.mine[:50])
+    await warm.release(first)
+    second = await warm.claim_records(STREAM, rows, "blob", "message")  # the host retries the message
+    assert second.already_sent == 50 and _ids(second.mine) == _ids(rows[50:])
+    await warm.mark_sent(second, second.mine[:25])
+    await warm.release(second)
+
+    third = await warm.claim_records(STREAM, rows, "blob", "message")
+    assert third.already_sent == 75 and _ids(third.mine) == _ids(rows[75:])
+    elsewhere = await cold.claim_records(STREAM, rows, "another-blob")
+    assert elsewhere.already_sent == 75 and _ids(elsewhere.held) == _ids(rows[75:])
+
+
+# -- sharding past one entity's size ---------------------------------------------------------------------
+
+
+async def test_a_claim_larger_than_one_entity_takes_several(
+    make_claims: MakeClaims, service: TableServiceClient, prefix: str
+) -> None:
+    big, other, cold = make_claims(), make_claims(), make_claims()
+    count = 2 * SHARD_KEYS + 1000
+    rows = _rows(range(count))
+    # Another blob already holds a run of records in the middle.
+    holder = await other.claim_records(STREAM, rows[SHARD_KEYS - 10 : SHARD_KEYS + 10], "blob-other")
+    claim = await big.claim_records(STREAM, rows, "blob-big")
+    assert len(claim.mine) == count - 20 and len(claim.held) == 20
+
+    table = f"{prefix}rec{rows[0].hour[:8]}"
+    pending = [e for e in await _entities(service, table) if e["S"] == "p" and e["Blob"] != holder.blob]
+    assert len(pending) == 3  # 41,250 keys an entity
+    await big.mark_sent(claim)
+    await other.mark_sent(holder)
+    seen = await cold.claim_records(STREAM, rows, "blob-third")
+    assert seen.already_sent == count and seen.mine == []
+
+
+# -- where keys live -------------------------------------------------------------------------------------
+
+
+async def test_outlying_and_missing_creation_times_stay_inside_the_retention(
+    make_claims: MakeClaims, service: TableServiceClient, prefix: str
+) -> None:
+    now = datetime.now(UTC)
+    hours = {
+        "1970": "1970010100",
+        "30 days old": _hour(now - timedelta(days=30)),
+        "a day ahead": _hour(now + timedelta(days=1)),
+        "a year ahead": _hour(now + timedelta(days=365)),
+        "none": "",
+    }
+    claims = make_claims()
+    rows = [Row(f"record-{name}", hour, b"{}") for name, hour in hours.items()]
+    claim = await claims.claim_records(STREAM, rows, "blob")
+    await claims.mark_sent(claim)
+    mine = {"lo": prefix, "hi": prefix + "~"}
+    names = {t.name async for t in service.query_tables("TableName ge @lo and TableName lt @hi", parameters=mine)}
+    assert names == {f"{prefix}rec{hours['a day ahead'][:8]}", f"{prefix}recother"}
+
+    # The same records in another blob, in another process: every one is found sent.
+    again = await make_claims().claim_records(STREAM, rows, "another-blob")
+    assert again.already_sent == len(rows)
+
+
+async def test_a_record_on_its_last_day_is_checked_against_its_day_table(make_claims: MakeClaims) -> None:
+    last_day = (datetime.now(UTC) - timedelta(days=10)).strftime("%Y%m%d")
+    rows = [Row("on-its-last-day", last_day + "12", b"{}")]
+    # A day earlier its day table was the place for it: a retention a day longer puts it there today.
+    younger = make_claims(retention_days=11)
+    sent = await younger.claim_records(STREAM, rows, "blob")
+    await younger.mark_sent(sent)
+    again = await make_claims().claim_records(STREAM, rows, "another-blob")
+    assert again.already_sent == 1 and again.mine == []
+
+
+async def test_expired_keys_outside_day_tables_are_purged(make_claims: MakeClaims) -> None:
+    claims = make_claims()
+    rows = [Row("from-1970", "1970010100", b"{}")]
+    claim = await claims.claim_records(STREAM, rows, "blob")
+    await claims.mark_sent(claim)
+    assert await claims.purge_expired(datetime.now(UTC)) == 0  # written just now
+    later = make_claims()
+    assert await later.purge_expired(datetime.now(UTC) + timedelta(days=11)) == 1
+    fresh = await make_claims().claim_records(STREAM, rows, "another-blob")
+    assert _ids(fresh.mine) == {"from-1970"}
+
+
+# -- a table deleted under a warm process ----------------------------------------------------------------
+
+
+async def test_a_day_table_deleted_under_a_warm_process_is_created_again(
+    make_claims: MakeClaims, service: TableServiceClient, proxy: StorageProxy, prefix: str
+) -> None:
+    warm = make_claims(via=proxy)
+    first = await warm.claim_records(STREAM, _rows(range(10)), "blob-1")
+    await warm.mark_sent(first)
+    await service.delete_table(f"{prefix}rec{_hour()[:8]}")  # another instance's cleanup, or an operator
+    # Azure refuses to create a table again for about 40 s after a delete.
+    proxy.add_fault("table.write", "status", 2, status=409, code="TableBeingDeleted",
+                    message="The specified table is being deleted. Try operation later.")  # fmt: skip
+    second = await warm.claim_records(STREAM, _rows(range(10, 20)), "blob-2")
+    await warm.mark_sent(second)
+    assert _ids(second.mine) == _ids(_rows(range(10, 20)))
+    assert proxy.pending_faults() == 0
+    check = await make_claims().claim_records(STREAM, _rows(range(10, 20)), "blob-3")
+    assert check.already_sent == 10
