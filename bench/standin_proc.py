@@ -243,13 +243,16 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counter[s
     records = workload.blobs[0].records
     originals = [r["Id"] for r in records]
     irm = workload.irm_alert_record_ids
+    sizes = _record_bytes(workload)  # a new Id is as long as the one it replaces
     audit: Counter[str] = Counter()
     alerts: Counter[str] = Counter()
+    record_bytes: dict[str, int] = {}
     messages = []
     for number in range(args["blobs"]):
         for record, original in zip(records, originals, strict=True):
             record["Id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"burst/{number}/{original}"))
             audit[record["Id"]] += 1
+            record_bytes[record["Id"]] = sizes[original]
             if original in irm:
                 alerts[record["Id"]] += 1
         body = json.dumps(records, separators=(",", ":")).encode()
@@ -266,5 +269,5 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counter[s
             "records": len(records),
             "bytes": len(body),
         })  # fmt: skip
-    truths["burst"] = {"audit": audit, "alerts": alerts}
+    truths["burst"] = {"audit": audit, "alerts": alerts, "bytes": record_bytes}
     return {"messages": messages}
