@@ -6,6 +6,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     ├── SettingsError                 a setting is missing or malformed
     ├── UsageError                    a command line that cannot be carried out (the CLI)
     ├── AuthenticationError           no token could be obtained for a service
+    │   └── NotInAzureError           managed identity asked for where there is none (not in Azure)
     ├── ManagementApiError            the Management Activity API answered with an error
     │   ├── OperatorActionError       only a person can fix it (permission, tenant, disabled subscription)
     │   ├── SubscriptionMissingError  AF20022: the content type has no subscription yet
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidWindowError",
     "LeaseLostError",
     "ManagementApiError",
+    "NotInAzureError",
     "OperatorActionError",
     "PollError",
     "SettingsError",
@@ -84,6 +86,16 @@ class AuthenticationError(ConnectorError):
         self.audience = audience
         self.detail = detail
         self.transient = transient
+
+
+class NotInAzureError(AuthenticationError):
+    """Managed identity was asked for, but no managed identity endpoint exists here: the process does not
+    run in Azure (a laptop, a build agent). Retrying cannot help; ``hint`` says what works instead."""
+
+    def __init__(self, audience: str, detail: str, hint: str) -> None:
+        super().__init__(audience, f"{detail}; {hint}")
+        self.detail = detail
+        self.hint = hint
 
 
 class ManagementApiError(ConnectorError):

@@ -17,6 +17,7 @@ from irm_connector.settings import Settings, parse_duration
 from irm_connector.windows import plan_backfill
 
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, iso, parse_moment
+from ._preflight import ready
 from .poll import report_lines
 from .process import process_lines, work_queue
 
@@ -47,6 +48,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
+    await ready(settings, management=True, ingestion=not args.no_process)
     rt = await get_runtime(settings)
     bar = tqdm(
         total=len(windows) * len(content_types),

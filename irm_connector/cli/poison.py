@@ -12,7 +12,8 @@ from irm_connector.content_queue import Delivery, create_queue_if_missing
 from irm_connector.settings import Settings
 from irm_connector.state import Failure, FailureStore, message_key
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, confirm, emit, iso, storage
+from ._common import EXIT_FAILED, EXIT_OK, Storage, UsageError, confirm, emit, iso, storage
+from ._preflight import ready
 
 __all__ = ["poison"]
 
@@ -127,8 +128,8 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
 
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     depth = await store.depth(store.poison)
-    if depth and not confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?"):
-        return EXIT_USAGE
+    if depth:
+        confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?")
     matched, _ = await _drain(store, None)
     for message in matched:
         await store.poison.delete_message(message)
@@ -139,6 +140,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
 
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:
+    await ready(settings)
     async with storage(settings) as store:
         failures = store.state.failures
         if args.action == "list":
