@@ -12,7 +12,7 @@ import resource
 import time
 import traceback
 import zlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -57,7 +57,7 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
         parsed = parse_blob(body)
         t1 = clock()
         ref = ContentRef(head["content_id"], head["content_type"], datetime.fromisoformat(head["content_created"]))
-        out = normalize_blob(parsed, ref, routing)
+        out = normalize_blob(parsed, ref, routing, sent_at=datetime.now(UTC))
         t2 = clock()
         records += out.records
         phases["parse"] += t1 - t0

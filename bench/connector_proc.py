@@ -10,7 +10,6 @@ the host's own queue calls (receive, delete) are told apart from the connector's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import resource
 import threading
@@ -159,6 +158,7 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
     from azure.storage.queue.aio import QueueClient
 
     from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
+    from irm_connector.content_queue import create_queue_if_missing
     from irm_connector.runtime import close_runtimes, get_runtime
     from irm_connector.settings import Settings
 
@@ -172,14 +172,24 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
         )
 
     options = HostQueueOptions.from_environment()
-    try:
+    poll_done = asyncio.Event()
+    poll_seconds = 0.0
+
+    async def poll() -> None:
+        # As on Azure: the queue trigger takes each message as soon as the poller has queued it.
+        nonlocal poll_seconds
         started = time.perf_counter()
-        await functions["poller"](TimerRequest(past_due=False))  # the binding returns nothing
-        poll_seconds = time.perf_counter() - started
+        try:
+            await functions["poller"](TimerRequest(past_due=False))  # the binding returns nothing
+        finally:
+            poll_seconds = time.perf_counter() - started
+            poll_done.set()
+
+    try:
         async with queue(settings.content_queue) as main, queue(settings.poison_queue) as poison:
-            with contextlib.suppress(Exception):
-                await main.create_queue()
-            stats = await QueueWorker(main, poison, functions["processor"], options).run()
+            await create_queue_if_missing(main)
+            worker = QueueWorker(main, poison, functions["processor"], options)
+            _, stats = await asyncio.gather(poll(), worker.run(until_empty=poll_done))
         rt = await get_runtime(settings)
         out = {
             "poll_seconds": poll_seconds,

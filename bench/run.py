@@ -224,6 +224,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "duplicate_share": 0.02,
             "profiles": {p: {"management_s": PROFILES[p][0], "ingestion_s": PROFILES[p][1]} for p in profiles},
             "scales": [1.0, *scales],
+            "daily_records": args.daily_records,
         },
         "workload": workload,
         "runs": runs,
@@ -252,6 +253,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--big-blob-mb", type=float, default=50.0, help="size of the one-blob RSS run; 0 = skip")
     parser.add_argument("--sdk-blobs", type=int, default=20, help="blobs of audit rows for the SDK upload comparison")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--daily-records", type=int, default=1_000_000,
+                        help="audit records a day of the tenant the monthly cost estimate is for")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)

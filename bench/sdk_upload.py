@@ -14,7 +14,7 @@ import os
 import resource
 import time
 import traceback
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -47,7 +47,8 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for head, body in load_blobs(cfg["blob_file"])[: cfg["blobs"]]:
         ref = ContentRef(head["content_id"], head["content_type"], datetime.fromisoformat(head["content_created"]))
-        rows.extend(normalize_blob(parse_blob(body), ref, Routing("Custom-IRMAlerts", stream)).rows[stream])
+        out = normalize_blob(parse_blob(body), ref, Routing("Custom-IRMAlerts", stream), sent_at=datetime.now(UTC))
+        rows.extend(out.rows[stream])
     credential = ClientSecretCredential(
         env["O365_TENANT_ID"],
         env["O365_CLIENT_ID"],

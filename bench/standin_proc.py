@@ -72,7 +72,11 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
                 out.write(json.dumps(head).encode() + b"\n")
                 out.write(blob.body)
         truths = {
-            "main": {"audit": Counter(workload.record_ids), "alerts": Counter(workload.irm_alert_record_ids)}
+            "main": {
+                "audit": Counter(workload.record_ids),
+                "alerts": Counter(workload.irm_alert_record_ids),
+                "bytes": _record_bytes(workload),
+            }
         }
         info = {
             "env": sim.settings_env(),
@@ -123,8 +127,18 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
             conn.send(reply)
 
 
-def _collect(sim: Any, truth: dict[str, Counter[str]], args: dict[str, Any]) -> dict[str, Any]:
-    """What arrived: exactly-once checks against the ground truth, and the ingestion requests."""
+def _record_bytes(workload: Any) -> dict[str, int]:
+    """Each record's size as the API serves it (compact JSON): what stored bytes are compared with."""
+    import orjson
+
+    return {r["Id"]: len(orjson.dumps(r)) for blob in workload.blobs for r in blob.records}
+
+
+def _collect(sim: Any, truth: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
+    """What arrived: exactly-once checks against the ground truth, the bytes stored, and the ingestion
+    requests."""
+    import orjson
+
     out: dict[str, Any] = {"streams": {}, "requests": {}}
     for stream, key in ((ALERTS_STREAM, "alerts"), (AUDIT_STREAM, "audit")):
         rows = sim.ingestion.rows(stream)
@@ -139,6 +153,9 @@ def _collect(sim: Any, truth: dict[str, Counter[str]], args: dict[str, Any]) -> 
             "missing": sum(1 for rid in want if rid not in seen),
             "unexpected": sum(1 for rid in seen if rid not in want),
             "exactly_once": seen == want,
+            # What a table stores, approximated by the rows' compact JSON, against the API's records.
+            "stored_bytes": sum(len(orjson.dumps(r)) for r in rows),
+            "api_record_bytes": sum(truth["bytes"].get(rid, 0) for rid in seen),
         }
     raw_rows = sim.ingestion.rows(RAW_STREAM)
     if raw_rows:
@@ -186,7 +203,11 @@ def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counte
         span=timedelta(seconds=1),
     )
     blob = workload.blobs[0]
-    truths["big"] = {"audit": Counter(workload.record_ids), "alerts": Counter(workload.irm_alert_record_ids)}
+    truths["big"] = {
+        "audit": Counter(workload.record_ids),
+        "alerts": Counter(workload.irm_alert_record_ids),
+        "bytes": _record_bytes(workload),
+    }
     content_id = sim.management.add_blob(blob.content_type, blob.records, content_created=blob.content_created)
     served = next(b for b in sim.management.blobs() if b.content_id == content_id)
     return {

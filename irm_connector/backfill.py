@@ -13,6 +13,7 @@ from functools import partial
 from .errors import ConnectorError, PollError, SubscriptionMissingError
 from .models import ContentTypeReport, PollReport
 from .poller import list_window
+from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
 from .windows import plan_backfill
@@ -58,6 +59,7 @@ async def backfill(
         except ConnectorError as exc:
             ct_report.error = str(exc)
         if ct_report.error:
+            ct_report.error = redact(ct_report.error)  # it reaches the PollError, outside the logging filter
             log.error("Backfill of %s failed: %s", content_type, ct_report.error, extra=dims)
         else:
             log.info(

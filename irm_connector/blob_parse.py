@@ -1,11 +1,18 @@
 """Content blob bodies to records: a blob is a JSON array of audit records, parsed whole when small and a
 segment at a time when large, so a large blob's records never all exist as Python objects at once.
+
+What the fast parser refuses is read more slowly rather than lost: text with unpaired surrogates by the
+standard library's reader, and a record nested deeper than any parser here goes (orjson stops at 1,024
+levels, the standard library at its recursion limit) record by record, its part below :data:`MAX_DEPTH`
+levels kept as JSON text and counted. A body that is not a JSON array says whether it stops early (cut
+short: another download may bring it whole) or is whole but wrong (:attr:`BadContentError.cut`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,20 +20,22 @@ import orjson
 
 from .errors import BadContentError
 
-__all__ = ["SEGMENT_BYTES", "iter_blob", "parse_blob"]
+__all__ = ["DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "iter_blob", "parse_blob"]
+
+#: A record nested deeper than a parser goes keeps what lies below this many levels as JSON text (the row
+#: writer flattens values nested about this deep too, so the row is written as it is).
+MAX_DEPTH = 200
+#: The repair count's name, in the blob's "needed repair" line.
+DEEP_REPAIR = f"record nested deeper than {MAX_DEPTH} levels (the deeper part kept as JSON text)"
 
 
-def parse_blob(body: bytes | bytearray) -> list[Any]:
-    """Parse a blob body; raises :class:`BadContentError` when it is not a JSON array."""
+def parse_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> list[Any]:
+    """Parse a blob body, counting repairs in ``problems``; raises :class:`BadContentError` when it is not
+    a JSON array."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        # orjson refuses unpaired surrogates that the service can emit inside \\u escapes;
-        # the standard library reads them and the writer below replaces them.
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None
+        data = _parse_slowly(bytes(body), problems)
     if not isinstance(data, list):
         raise BadContentError(f"content is JSON but not an array (a {type(data).__name__})")
     return data
@@ -39,7 +48,7 @@ _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _MAX_TRIES = 16
 
 
-def iter_blob(body: bytes | bytearray) -> Iterator[Any]:
+def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> Iterator[Any]:
     """The records of a blob, parsed a segment at a time so a large blob's records never all exist at once
     (a 50 MB blob is about 120,000 records: some 300 MB as Python objects). Same result and errors as
     :func:`parse_blob`, which small blobs go straight to; an error may surface after earlier records.
@@ -49,11 +58,11 @@ def iter_blob(body: bytes | bytearray) -> Iterator[Any]:
     (an open string, or brackets left open), so the parse fails and the next candidate is tried. A segment
     that parses ends exactly where a top-level record does."""
     if len(body) <= 2 * SEGMENT_BYTES:
-        yield from parse_blob(body)
+        yield from parse_blob(body, problems)
         return
     start = len(body) - len(body.lstrip())
     if body[start : start + 1] != b"[":
-        yield from parse_blob(body)  # raises with the usual message
+        yield from parse_blob(body, problems)  # raises with the usual message
         return
     pos = start + 1
     while len(body) - pos > 2 * SEGMENT_BYTES:
@@ -74,8 +83,114 @@ def iter_blob(body: bytes | bytearray) -> Iterator[Any]:
             break  # no boundary that parses (or text orjson refuses): the rest in one piece
         yield from parsed
         del parsed
-    yield from parse_blob(b"[" + body[pos:])
+    yield from parse_blob(b"[" + body[pos:], problems)
+
+
+def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
+    """What orjson refused: unpaired surrogates (the service can emit them inside ``\\u`` escapes; the
+    standard library reads them and the row writer replaces them), nesting too deep, or no JSON at all."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        return _record_by_record(body, problems)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        if body.lstrip()[:1] == b"[":
+            _elements(body)  # raises if the array stops early or its brackets do not match
+        raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None
+
+
+def _record_by_record(body: bytes, problems: Counter[str] | None) -> list[Any]:
+    """A body too deep to parse whole, one record at a time: only a record too deep itself is repaired."""
+    records: list[Any] = []
+    for number, element in enumerate(_elements(body), 1):
+        try:
+            records.append(_parse_one(element, number))
+        except RecursionError:
+            records.append(_parse_one(_shallow(element), number))
+            if problems is not None:
+                problems[DEEP_REPAIR] += 1
+    return records
+
+
+def _parse_one(element: bytes, number: int) -> Any:
+    try:
+        return orjson.loads(element)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(element)  # unpaired surrogates, as above; RecursionError goes to the caller
+    except ValueError as exc:
+        raise BadContentError(f"content is not JSON ({type(exc).__name__} in record {number})") from None
+
+
+#: A JSON string (skipped whole), or one structural character. A lone quote is a string that never ends.
+_TOKEN = re.compile(rb'"(?:[^"\\]++|\\.)*+"|[\[\]{},"]', re.DOTALL)
+_CLOSER = {ord("["): ord("]"), ord("{"): ord("}")}
+_QUOTE, _COMMA = ord('"'), ord(",")
+
+
+def _elements(body: bytes) -> list[bytes]:
+    """The top-level array's elements as bytes, found without parsing them: strings are skipped and
+    brackets matched, so nesting depth costs nothing. Raises :class:`BadContentError`, with ``cut`` when the
+    text ends inside a string or an open bracket (a transfer cut short), without when it is whole but wrong."""
+    start = len(body) - len(body.lstrip())
+    if body[start : start + 1] != b"[":
+        raise BadContentError("content is not a JSON array (it does not start with '[')")
+    closers: list[int] = []
+    elements: list[bytes] = []
+    begin = start + 1
+    for match in _TOKEN.finditer(body, start):
+        at = match.start()
+        char = body[at]
+        if char == _QUOTE:
+            if match.end() - at == 1:
+                break  # a string that never ends
+            continue
+        if char in _CLOSER:
+            closers.append(_CLOSER[char])
+            continue
+        if char == _COMMA:
+            if len(closers) == 1:
+                elements.append(body[begin:at])
+                begin = at + 1
+            continue
+        if not closers or closers.pop() != char:
+            raise BadContentError(f"content is not JSON (a misplaced {chr(char)!r} at byte {at})")
+        if not closers:
+            if elements or body[begin:at].strip():
+                elements.append(body[begin:at])
+            if body[at + 1 :].strip():
+                raise BadContentError(f"content is not JSON (more text after the array, at byte {at + 1})")
+            return elements
+    raise BadContentError("content stops before its JSON array is complete (cut short)", cut=True)
+
+
+def _shallow(element: bytes) -> bytes:
+    """``element`` (one record, brackets already matched) with each value nested deeper than
+    :data:`MAX_DEPTH` levels replaced by its JSON text as a string."""
+    parts: list[bytes] = []
+    depth = 0
+    copied = 0
+    deep_from = 0
+    for match in _TOKEN.finditer(element):
+        at = match.start()
+        char = element[at]
+        if char in _CLOSER:
+            depth += 1
+            if depth == MAX_DEPTH + 1:
+                deep_from = at
+        elif char != _QUOTE and char != _COMMA:
+            if depth == MAX_DEPTH + 1:
+                deep = element[deep_from : at + 1].decode("utf-8", "replace")
+                parts += [element[copied:deep_from], orjson.dumps(deep)]
+                copied = at + 1
+            depth -= 1
+    parts.append(element[copied:])
+    return b"".join(parts)
 
 
 def _pos(exc: BaseException) -> int:
-    return int(getattr(exc, "pos", -1) or -1)
+    position = getattr(exc, "pos", None)
+    if position is None:
+        position = getattr(exc, "start", -1)  # UnicodeDecodeError
+    return int(position if position is not None else -1)

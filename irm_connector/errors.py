@@ -21,7 +21,8 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     ├── StateError                    Table Storage or the queue failed
     │   ├── LeaseLostError            another poller took the content type's lease
     │   └── BlobBusyError             another delivery of the same blob is sending its rows
-    └── PollError                     a poller run or backfill in which a content type failed
+    ├── PollError                     a poller run or backfill in which a content type failed
+    └── RedactedError                 stands in for an exception whose text had to be redacted
 
 Every name ends in ``Error``. Every error's message names what was wrong and what to do; none carries
 a token, a secret or record content, so they can be logged as they are.
@@ -48,6 +49,7 @@ __all__ = [
     "NotInAzureError",
     "OperatorActionError",
     "PollError",
+    "RedactedError",
     "SettingsError",
     "StateError",
     "SubscriptionMissingError",
@@ -192,7 +194,15 @@ class BadMessageError(ConnectorError):
 
 
 class BadContentError(ConnectorError):
-    """The blob as a whole is not a JSON array of records."""
+    """The blob as a whole is not a JSON array of records.
+
+    ``cut`` is true when the body stops before its array is complete, as a transfer cut short does: another
+    download may bring it whole. Otherwise the body is whole but wrong, and the API serves the same bytes
+    every time."""
+
+    def __init__(self, message: str, *, cut: bool = False) -> None:
+        super().__init__(message)
+        self.cut = cut
 
 
 class IngestionError(ConnectorError):
@@ -225,6 +235,15 @@ class PollError(ConnectorError):
     def __init__(self, message: str, report: PollReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class RedactedError(ConnectorError):
+    """Stands in for an exception whose text held a secret and could not be redacted in place (its ``str()``
+    does not come from its arguments): the original's class name and its text, redacted."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        super().__init__(f"{kind}: {text}")
+        self.kind = kind
 
 
 # -- what the Management API's error codes mean ----------------------------------------------------------

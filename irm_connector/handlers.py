@@ -6,7 +6,10 @@ same code.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from typing import ParamSpec, TypeVar
 
 import azure.functions as func
 
@@ -17,6 +20,7 @@ from .metrics import metrics, record_poll, record_process
 from .models import PollReport, ProcessResult
 from .poller import run_poller
 from .processor import process_message
+from .redaction import redact, redact_exception
 from .runtime import Runtime, get_runtime
 from .settings import Settings
 from .state import describe, message_key
@@ -24,6 +28,25 @@ from .state import describe, message_key
 __all__ = ["poll", "process"]
 
 log = logging.getLogger("irm_connector")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _for_the_host(handler: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """What a handler raises goes to the Functions host, which logs its text and traceback where the logging
+    filter does not reach: redact it, and every exception it chains, first."""
+
+    @functools.wraps(handler)
+    async def run(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await handler(*args, **kwargs)
+        except Exception as exc:
+            failure = redact_exception(exc)
+        # Raised outside the except block, so Python does not chain the unredacted original to a stand-in.
+        raise failure
+
+    return run
 
 
 def _settings() -> Settings:
@@ -35,6 +58,7 @@ def _settings() -> Settings:
         raise
 
 
+@_for_the_host
 async def poll(timer: func.TimerRequest) -> PollReport:
     """Timer trigger: one poller run."""
     settings = _settings()
@@ -55,6 +79,7 @@ async def poll(timer: func.TimerRequest) -> PollReport:
     return report
 
 
+@_for_the_host
 async def process(message: func.QueueMessage) -> ProcessResult:
     """Queue trigger: one content blob."""
     settings = _settings()
@@ -67,17 +92,21 @@ async def process(message: func.QueueMessage) -> ProcessResult:
         dims |= {"content_type": blob.content_type, "content_id": blob.content_id}
     # The poller's span for this blob is the parent: one trace from listing to ingestion.
     parent = delivery.message.traceparent if delivery.message is not None else ""
+    failure: BaseException | None = None
     with telemetry.consumer_span("irm.process_blob", parent, dims) as span:
         try:
             result = await process_message(rt, delivery, dequeue_count=dequeue_count, message_id=message.id or "")
         except Exception as exc:
+            failure = redact_exception(exc)
             metrics.failures.add(1, dims)
-            span.record_exception(exc)
-            await _record_failure(rt, delivery, describe(exc), dequeue_count)
-            raise
-        span.set_attribute("outcome", result.outcome)
+            telemetry.record_failure(span, failure)
+            await _record_failure(rt, delivery, describe(failure), dequeue_count)
+        else:
+            span.set_attribute("outcome", result.outcome)
+    if failure is not None:
+        raise failure  # outside the span, which would record it again, and outside the except block
     record_process(result, dims)
-    if result.outcome in ("bad-message", "untrusted-url"):
+    if result.outcome in ("bad-message", "untrusted-url", "bad-content"):
         await _record_failure(rt, delivery, result.detail, dequeue_count)
     elif dequeue_count > 1:
         await _forget_failure(rt, delivery)  # an earlier attempt failed; this one did not
@@ -87,7 +116,7 @@ async def process(message: func.QueueMessage) -> ProcessResult:
 async def _record_failure(rt: Runtime, delivery: Delivery, reason: str, attempts: int) -> None:
     """Remember why the message failed, for ``irm-connector poison list``; never fails the invocation."""
     try:
-        await rt.state.failures.upsert_failure(delivery, reason, attempts=attempts)
+        await rt.state.failures.upsert_failure(delivery, redact(reason), attempts=attempts)
     except StateError as error:
         log.warning("Could not record the failure reason: %s", error)
 

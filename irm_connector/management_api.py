@@ -4,7 +4,7 @@ Every call goes through :meth:`ManagementActivityClient._request`, which holds t
 the per-tenant request budget, retries with exponential backoff and jitter that honour ``Retry-After``,
 dispatch on the body's ``AFxxxxx`` code as well as the status (throttling arrives as 429 *or* as 403 with
 ``AF429``), one token refresh on a 401, and a refusal to send the bearer token to any URL that is not
-HTTPS under the configured API root and tenant.
+HTTPS under the configured API root and tenant (:meth:`ManagementActivityClient.check_url`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiolimiter import AsyncLimiter
 from multidict import CIMultiDictProxy
+from yarl import URL
 
 from .auth import ManagementTokenProvider
 from .errors import (
@@ -41,6 +41,9 @@ __all__ = ["ManagementActivityClient", "RequestStats", "RetryPolicy"]
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 500, 502, 503, 504}
+#: Percent-escapes yarl leaves encoded that a server may still decode into a path separator or a second
+#: round of escapes: a URL carrying one could leave the checked folder on the server's side.
+_PATH_ESCAPES = ("%2f", "%5c", "%25")
 
 
 @dataclass(frozen=True)
@@ -88,8 +91,12 @@ class ManagementActivityClient:
         sleep: Callable[[float], Any] = asyncio.sleep,
     ) -> None:
         self._root = api_root.rstrip("/")
-        self._host = urlsplit(self._root).netloc.lower()
-        self._tenant = tenant_id.lower()
+        root = URL(self._root)
+        self._origin = (root.host or "", root.port)
+        tenant = tenant_id.lower()
+        # NextPageUri may read /api/v1/ rather than /api/v1.0/ (apis.md); both name the same feed.
+        self._feed = tuple(f"/api/{version}/{tenant}/activity/feed/" for version in ("v1.0", "v1"))
+        self._audit = tuple(prefix + "audit/" for prefix in self._feed)
         self._dims = {"tenant_id": tenant_id}
         self._base = f"{self._root}/api/v1.0/{tenant_id}/activity/feed"
         self._publisher = publisher_id
@@ -171,22 +178,30 @@ class ManagementActivityClient:
         body, _ = await self._request("GET", content_uri, operation="content", content_type=content_type)
         return body
 
-    def check_url(self, url: str, what: str = "URL") -> None:
-        """Refuse any URL that is not HTTPS on the API root under this tenant's feed."""
-        parts = urlsplit(url)
-        path = parts.path.lower()
+    def check_url(self, url: str, what: str = "URL") -> URL:
+        """``url`` as the request will be made, if it may carry the token: HTTPS on the API root, under this
+        tenant's feed, and for a ``contentUri`` under its ``audit/`` folder. Anything else, including text
+        that does not parse as a URL, raises :class:`UntrustedUrlError`.
+
+        The check judges the URL after yarl's normalization (percent-decoding, dot segments), which is what
+        aiohttp requests, and :meth:`_request` sends that same object: what was checked is what is sent."""
+        try:
+            parsed = URL(url)
+            origin = ((parsed.host or "").lower(), parsed.port)
+        except (ValueError, TypeError):  # "https://[", a port out of range: yarl refuses to parse them
+            raise UntrustedUrlError(what, url) from None
+        path = parsed.raw_path.lower()
+        folders = self._audit if what == "contentUri" else self._feed
         if (
-            parts.scheme != "https"
-            or parts.netloc.lower() != self._host
-            or parts.username is not None
-            or "/../" in path + "/"
-            or "\\" in url
-            or not (
-                path.startswith(f"/api/v1.0/{self._tenant}/activity/feed/")
-                or path.startswith(f"/api/v1/{self._tenant}/activity/feed/")
-            )
+            parsed.scheme != "https"
+            or origin != self._origin
+            or parsed.user is not None
+            or parsed.password is not None
+            or not any(path.startswith(folder) and len(path) > len(folder) for folder in folders)
+            or any(escape in path for escape in _PATH_ESCAPES)
         ):
             raise UntrustedUrlError(what, url)
+        return parsed
 
     # -- the one place that talks HTTP ---------------------------------------------------------------
 
@@ -199,11 +214,11 @@ class ManagementActivityClient:
         content_type: str = "",
         params: dict[str, str] | None = None,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
-        self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
+        target = self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
         query = dict(params or {})
-        if "publisheridentifier" not in urlsplit(url).query.lower():
+        if not any(name.lower() == "publisheridentifier" for name in target.query):
             query["PublisherIdentifier"] = self._publisher
-        call = _Call(method, url, query, operation, content_type)
+        call = _Call(method, target, query, operation, content_type)
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
@@ -281,7 +296,7 @@ class ManagementActivityClient:
 @dataclass(frozen=True)
 class _Call:
     method: str
-    url: str
+    url: URL
     query: dict[str, str]
     operation: str
     content_type: str

@@ -125,8 +125,9 @@ class PollReport:
 
 
 #: ingested: every row is in Sentinel (or was already); expired/unavailable: the API no longer has the blob;
-#: bad-message/untrusted-url: the message was refused and parked in the poison queue.
-Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url"]
+#: bad-message/untrusted-url: the message was refused and parked in the poison queue; bad-content: so was a
+#: message whose blob arrived whole but is not a JSON array.
+Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url", "bad-content"]
 
 
 @dataclass
@@ -142,5 +143,5 @@ class ProcessResult:
     claimed_elsewhere: int = 0
     problems: dict[str, int] = field(default_factory=dict)
     content_lag_seconds: float = 0.0
-    #: why a message was refused (bad-message, untrusted-url)
+    #: why a message was refused (bad-message, untrusted-url, bad-content)
     detail: str = ""

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .health import write_health
 from .models import ContentBlob, ContentTypeReport, PollReport
+from .redaction import redact
 from .runtime import Runtime
 from .state import PollerState, SeenPartitions
 from .telemetry import producer_span, traceparent
@@ -66,7 +67,7 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
         try:
             await _poll_content_type(rt, content_type, owner, deadline, ct_report, now)
         except ConnectorError as exc:
-            ct_report.error = str(exc)
+            ct_report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
             log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
         await write_health(rt, ct_report)
     if report.errors:
@@ -129,13 +130,13 @@ async def _poll_content_type(
         else:
             report.finished = True
     except SubscriptionMissingError as exc:
-        error = str(exc)
+        error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
     except InvalidWindowError as exc:
-        error = str(exc)
+        error = redact(str(exc))
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
     except ConnectorError as exc:
-        error = str(exc)
+        error = redact(str(exc))
         raise
     finally:
         report.watermark = state.watermark

@@ -3,7 +3,8 @@
 Order matters: download, normalize, claim the records (dropping those already sent or being sent by
 another blob), upload, mark each accepted body's records sent. Anything transient raises so the host
 retries the message (and after ``maxDequeueCount`` moves it to ``<queue>-poison``); anything that no
-retry can fix completes the message after one clear log line.
+retry can fix completes the message after one clear log line, or, when someone must look at it (a refused
+message, a blob whose body is whole but not a JSON array), parks it in the poison queue at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from datetime import UTC, datetime
 
 from .blob_parse import iter_blob
@@ -24,8 +26,8 @@ from .errors import (
     UntrustedUrlError,
 )
 from .metrics import metrics
-from .models import Outcome, ProcessResult, Row
-from .normalize import ContentRef, Routing, normalize_blob
+from .models import ContentBlob, Outcome, ProcessResult, Row
+from .normalize import ContentRef, Routing, blob_ref, normalize_blob
 from .runtime import Runtime
 from .state import Claim
 
@@ -60,7 +62,13 @@ async def process_message(
         return ProcessResult(outcome=outcome, detail=f"{type(exc).__name__}: {exc}")
 
     blob = message.blob
-    dims = {"content_type": blob.content_type, "content_id": blob.content_id, "tenant_id": settings.tenant_id}
+    dims = {
+        "content_type": blob.content_type,
+        "content_id": blob.content_id,
+        # what the audit rows carry instead of the content id (O365Audit_CL.BlobRef): the way back to the blob
+        "blob_ref": blob_ref(blob.content_type, blob.content_id),
+        "tenant_id": settings.tenant_id,
+    }
     result = ProcessResult(content_id=blob.content_id)
     now = datetime.now(UTC)
     if blob.content_expiration <= now:
@@ -86,13 +94,19 @@ async def process_message(
 
     ref = ContentRef(blob.content_id, blob.content_type, blob.content_created)
     routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
+    parser_repairs: Counter[str] = Counter()
     try:
         # A large blob is parsed a segment at a time while it is normalized: its records never all exist.
-        rows = normalize_blob(iter_blob(raw), ref, routing)
+        rows = normalize_blob(iter_blob(raw, parser_repairs), ref, routing, sent_at=datetime.now(UTC))
     except BadContentError as exc:
-        # Usually a cut transfer: retrying fetches it again; a blob that stays broken ends in the poison queue.
-        raise BadContentError(f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried") from None
+        if not exc.cut:
+            return await _refuse_content(rt, text, blob, raw, exc)
+        # Cut short: another download may bring it whole; a blob that stays cut ends in the poison queue.
+        raise BadContentError(
+            f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried", cut=True
+        ) from None
     del raw
+    rows.problems.update(parser_repairs)
     result.records, result.alerts = rows.records, rows.alerts
     result.duplicates_dropped = rows.duplicates_in_blob
     result.problems = dict(rows.problems)
@@ -118,8 +132,9 @@ async def process_message(
             raise failure
     result.content_lag_seconds = time.time() - blob.content_created.timestamp()
     log.info(
-        "Content %s: %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",
+        "Content %s (BlobRef %s): %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",
         blob.content_id,
+        dims["blob_ref"],
         result.records,
         result.alerts,
         result.rows_sent or "{}",
@@ -128,6 +143,30 @@ async def process_message(
         extra={**dims, "records": result.records, "alerts": result.alerts},
     )
     return result
+
+
+async def _refuse_content(
+    rt: Runtime, text: str, blob: ContentBlob, raw: bytes, problem: BadContentError
+) -> ProcessResult:
+    """A body that arrived whole but is not a JSON array: the API serves the same bytes every time, so no retry
+    can help and the message is parked at once. A second download checks that first: a one-off answer from
+    something on the way (an error page) is retried instead."""
+    again = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
+    if again != raw:
+        raise TransientApiError(
+            "two downloads of the content gave different bodies; the message is retried",
+            operation="content",
+            content_type=blob.content_type,
+        )
+    reason = f"content {blob.content_id} ({len(raw)} bytes, the same in two downloads): {problem}"
+    log.error(
+        "Content message refused and moved to %s: %s",
+        rt.settings.poison_queue,
+        reason,
+        extra={"outcome": "bad-content", "content_type": blob.content_type, "content_id": blob.content_id},
+    )
+    await rt.queue.put_poison(text)
+    return ProcessResult(outcome="bad-content", content_id=blob.content_id, detail=f"BadContentError: {reason}")
 
 
 async def _send_stream(

@@ -1,5 +1,7 @@
 """Keeping secrets out of the logs: a filter on every log handler that masks the configured secret values,
-bearer tokens and token fields in each formatted record.
+bearer tokens and token fields in each formatted record, and :func:`redact_exception` for the exception
+text that leaves by other paths (what a function raises to the Functions host, which logs it with its
+traceback; exceptions recorded on spans; failure reasons kept in the state tables).
 
 The connector's own messages never carry secrets; this is the net under them, for a library that echoes a
 request or a value pasted into the wrong setting.
@@ -7,12 +9,15 @@ request or a value pasted into the wrong setting.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 from collections.abc import Mapping
 
-__all__ = ["LOGGER_NAME", "SECRET_SETTINGS", "RedactingFilter", "install_redaction"]
+from .errors import RedactedError
+
+__all__ = ["LOGGER_NAME", "SECRET_SETTINGS", "RedactingFilter", "install_redaction", "redact", "redact_exception"]
 
 LOGGER_NAME = "irm_connector"
 #: App settings whose values must never appear in a log line.
@@ -56,14 +61,60 @@ class RedactingFilter(logging.Filter):
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            text = str(exc)
-            if self.redact(text) != text:
-                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            # The whole traceback: the exceptions it chains carry text of their own.
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
         return True
 
 
 _filter = RedactingFilter()
+
+
+def redact(text: str) -> str:
+    """``text`` with the configured secret values, bearer tokens and token fields masked."""
+    return _filter.redact(text)
+
+
+def redact_exception(exc: BaseException) -> BaseException:
+    """``exc`` fit to leave by a path the logging filter does not see: its text, and the text of every
+    exception it chains (``__cause__``, ``__context__``: a traceback prints them all), redacted. In place
+    where ``str()`` reads the exception's arguments, as it does for every error of the connector, so the
+    class stays; otherwise a :class:`RedactedError` with the same traceback and chain stands in for it."""
+    return _redacted(exc, set())
+
+
+def _redacted(exc: BaseException, seen: set[int]) -> BaseException:
+    if id(exc) in seen:
+        return exc
+    seen.add(id(exc))
+    text = _text(exc)
+    clean = redact(text)
+    if clean != text:
+        exc = _rewritten(exc, clean)
+    suppress = exc.__suppress_context__  # setting __cause__ sets it: keep what the raise said
+    if exc.__cause__ is not None:
+        exc.__cause__ = _redacted(exc.__cause__, seen)
+    if exc.__context__ is not None:
+        exc.__context__ = _redacted(exc.__context__, seen)
+    exc.__suppress_context__ = suppress
+    return exc
+
+
+def _rewritten(exc: BaseException, clean: str) -> BaseException:
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.args = (clean,)
+    if _text(exc) == clean:
+        return exc
+    stand_in = RedactedError(type(exc).__name__, clean).with_traceback(exc.__traceback__)
+    stand_in.__cause__, stand_in.__context__ = exc.__cause__, exc.__context__
+    stand_in.__suppress_context__ = exc.__suppress_context__
+    return stand_in
+
+
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__: nothing of it can be shown anyway
+        return type(exc).__name__
 
 
 def _secrets(env: Mapping[str, str]) -> list[str]:

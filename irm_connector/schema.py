@@ -19,6 +19,8 @@ class Column:
     type: str
     #: The record field it comes from; equal to ``name`` for fields copied as they are.
     source: str = ""
+    #: An audit column that holds a record field: the field is then not repeated inside ``Record``.
+    promoted: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class StreamSchema:
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 
+    def promoted(self) -> tuple[Column, ...]:
+        """The columns that hold a record field (``source``) taken out of ``Record``."""
+        return tuple(c for c in self.columns if c.promoted)
+
     def copied(self, column_type: str) -> tuple[str, ...]:
         """Columns of ``column_type`` copied from the same-named record field."""
         return tuple(c.name for c in self.columns if c.source == c.name and c.type == column_type)
@@ -43,7 +49,9 @@ class StreamSchema:
 def _load(raw: dict[str, Any]) -> dict[str, StreamSchema]:
     out: dict[str, StreamSchema] = {}
     for key, spec in raw["streams"].items():
-        cols = tuple(Column(c["name"], c["type"], c.get("source", "")) for c in spec["columns"])
+        cols = tuple(
+            Column(c["name"], c["type"], c.get("source", ""), bool(c.get("promoted", False))) for c in spec["columns"]
+        )
         for col in cols:
             if col.type not in COLUMN_TYPES:
                 raise ValueError(f"columns.json: {key}.{col.name} has unknown type {col.type!r}")

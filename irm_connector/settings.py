@@ -1,5 +1,8 @@
 """Settings: read once per invocation from the environment (app settings in Azure, local.settings.json
-locally), validated up front so a bad value fails with one message naming the setting."""
+locally), validated up front so a bad value fails with one message naming the setting.
+
+That message says what is wrong and never shows the value: it is logged, and a secret pasted into the wrong
+setting (the client id's field sits next to the secret's) must not reach the logs with it."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from .errors import SettingsError
 from .windows import RETENTION
@@ -62,7 +65,7 @@ def parse_duration(text: str, *, setting: str) -> timedelta:
         seconds += int(match.group(1)) * _UNITS[match.group(2).lower()]
         pos = match.end()
     if not raw or pos != len(raw) or raw[pos:].strip():
-        raise SettingsError(setting, f"{text!r} is not a duration; write e.g. 24h, 90m, 1h30m or 7d")
+        raise SettingsError(setting, "is not a duration; write e.g. 24h, 90m, 1h30m or 7d")
     return timedelta(seconds=seconds)
 
 
@@ -97,8 +100,8 @@ class StorageSettings:
                 f"{prefix}__accountName (or {prefix}__queueServiceUri and {prefix}__tableServiceUri)",
             )
         for name, uri in ((f"{prefix}__queueServiceUri", queue_uri), (f"{prefix}__tableServiceUri", table_uri)):
-            if urlsplit(uri).scheme != "https":
-                raise SettingsError(name, f"{uri!r} must be an https:// URL")
+            if _split_url(uri, name).scheme != "https":
+                raise SettingsError(name, "must be an https:// URL")
         return cls(
             queue_service_uri=queue_uri,
             table_service_uri=table_uri,
@@ -162,7 +165,7 @@ class Settings:
         cloud_name = get("O365_CLOUD", "Commercial")
         cloud = {k.lower(): k for k in CLOUDS}.get(cloud_name.lower())
         if cloud is None:
-            raise SettingsError("O365_CLOUD", f"{cloud_name!r} is not one of {', '.join(CLOUDS)}")
+            raise SettingsError("O365_CLOUD", f"is not one of {', '.join(CLOUDS)}")
         api_root = _https_root(get("O365_API_ROOT", f"https://{CLOUDS[cloud].api_host}"), "O365_API_ROOT")
         authority_override = get("O365_AUTHORITY_HOST")
         authority_host = _https_root(
@@ -176,7 +179,7 @@ class Settings:
         mode_raw = get("O365_AUTH_MODE") or ("certificate" if cert_path or cert_data else "secret")
         mode = mode_raw.lower().replace("-", "_")
         if mode not in ("secret", "certificate", "managed_identity"):
-            raise SettingsError("O365_AUTH_MODE", f"{mode_raw!r} is not secret, certificate or managed_identity")
+            raise SettingsError("O365_AUTH_MODE", "is not secret, certificate or managed_identity")
         if mode in ("secret", "certificate"):
             _guid(client_id, "O365_CLIENT_ID")
         if mode == "secret" and not secret:
@@ -192,15 +195,21 @@ class Settings:
                     "PEM text or base64 PFX, e.g. a Key Vault reference)",
                 )
             if cert_path and not os.path.isfile(cert_path):
-                raise SettingsError("O365_CLIENT_CERTIFICATE_PATH", f"no file at {cert_path!r}")
+                raise SettingsError(
+                    "O365_CLIENT_CERTIFICATE_PATH",
+                    "names no file (a path; the PEM text or base64 PFX itself goes in O365_CLIENT_CERTIFICATE)",
+                )
 
         content_types = tuple(dict.fromkeys(t.strip() for t in get("O365_CONTENT_TYPES", "Audit.General").split(",")))
         content_types = tuple(t for t in content_types if t)
         by_lower = {t.lower(): t for t in KNOWN_CONTENT_TYPES}
         normalized: list[str] = []
-        for ct in content_types:
+        for number, ct in enumerate(content_types, 1):
             if ct.lower() not in by_lower:
-                raise SettingsError("O365_CONTENT_TYPES", f"{ct!r} is not one of {', '.join(KNOWN_CONTENT_TYPES)}")
+                raise SettingsError(
+                    "O365_CONTENT_TYPES",
+                    f"entry {number} of {len(content_types)} is not one of {', '.join(KNOWN_CONTENT_TYPES)}",
+                )
             normalized.append(by_lower[ct.lower()])
         if not normalized:
             raise SettingsError("O365_CONTENT_TYPES", "names no content type")
@@ -221,7 +230,7 @@ class Settings:
         if not _QUEUE.match(queue) or len(queue) > 56:
             raise SettingsError(
                 "CONTENT_QUEUE",
-                f"{queue!r} is not a valid queue name (3-56 lowercase letters, digits and single hyphens; "
+                "is not a valid queue name (3-56 lowercase letters, digits and single hyphens; "
                 "the poison queue adds -poison)",
             )
 
@@ -240,7 +249,7 @@ class Settings:
                 "LOGS_DCR_IMMUTABLE_ID",
                 "is required: the DCR's immutable id, 'dcr-' and 32 hex digits"
                 if not dcr
-                else f"{dcr!r} is not dcr-<32 hex>",
+                else "is not the DCR's immutable id, 'dcr-' and 32 hex digits",
             )
 
         alerts_stream = _stream(get("LOGS_ALERTS_STREAM", "Custom-IRMAlerts"), "LOGS_ALERTS_STREAM")
@@ -258,9 +267,7 @@ class Settings:
             raise SettingsError("HTTP_TIMEOUT", "must be between 1s and 10m")
         prefix = get("STATE_TABLE_PREFIX", "irm")
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,29}", prefix):
-            raise SettingsError(
-                "STATE_TABLE_PREFIX", f"{prefix!r} must be 1-30 letters and digits, starting with a letter"
-            )
+            raise SettingsError("STATE_TABLE_PREFIX", "must be 1-30 letters and digits, starting with a letter")
         rpm = _int(get("O365_MAX_REQUESTS_PER_MINUTE", "1000"), "O365_MAX_REQUESTS_PER_MINUTE", 1, 60000)
         retention = _int(get("DEDUPE_RETENTION_DAYS", "10"), "DEDUPE_RETENTION_DAYS", 8, 90)
 
@@ -302,21 +309,30 @@ def _guid(value: str, setting: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise SettingsError(setting, f"{value!r} is not a GUID") from None
+        raise SettingsError(
+            setting, f"is not a GUID (36 characters like 00000000-0000-0000-0000-000000000000; it has {len(value)})"
+        ) from None
 
 
 def _https_root(value: str, setting: str) -> str:
-    parts = urlsplit(value)
+    parts = _split_url(value, setting)
     if parts.scheme != "https" or not parts.netloc:
-        raise SettingsError(setting, f"{value!r} must be an https:// URL")
+        raise SettingsError(setting, "must be an https:// URL")
     if parts.query or parts.fragment or parts.path.strip("/"):
-        raise SettingsError(setting, f"{value!r} must be a root URL without path or query")
+        raise SettingsError(setting, "must be a root URL (https://host) without path or query")
     return f"https://{parts.netloc.lower()}"
+
+
+def _split_url(value: str, setting: str) -> SplitResult:
+    try:
+        return urlsplit(value)
+    except ValueError:  # "https://[" and the like
+        raise SettingsError(setting, "is not a URL") from None
 
 
 def _stream(value: str, setting: str) -> str:
     if not _STREAM.match(value):
-        raise SettingsError(setting, f"{value!r} is not a stream name (Custom- followed by letters, digits, _)")
+        raise SettingsError(setting, "is not a stream name (Custom- followed by letters, digits, _)")
     return value
 
 
@@ -324,7 +340,7 @@ def _int(value: str, setting: str, low: int, high: int) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise SettingsError(setting, f"{value!r} is not a whole number") from None
+        raise SettingsError(setting, "is not a whole number") from None
     if not low <= number <= high:
         raise SettingsError(setting, f"must be between {low} and {high}")
     return number

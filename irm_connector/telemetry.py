@@ -23,17 +23,18 @@ from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import __version__
-from .redaction import LOGGER_NAME, install_redaction
+from .redaction import LOGGER_NAME, install_redaction, redact_exception
 
 __all__ = [
     "configure",
     "consumer_span",
     "is_configured",
     "producer_span",
+    "record_failure",
     "traceparent",
 ]
 
@@ -141,6 +142,13 @@ def traceparent() -> str:
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)
     return carrier.get("traceparent", "")
+
+
+def record_failure(span: Span, exc: BaseException) -> None:
+    """Mark ``span`` failed with ``exc``, its text redacted: what a span records bypasses the logging filter."""
+    exc = redact_exception(exc)
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 @contextmanager

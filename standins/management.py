@@ -12,6 +12,7 @@ Routes, under both ``/api/v1.0/{tenant}/activity/feed`` and ``/api/v1/{tenant}/a
   [``notifications``] (always empty: no webhooks here)
 - ``GET /subscriptions/content?contentType=&startTime=&endTime=&nextPage=`` [``list``]
 - ``GET /audit/{contentId}`` [``content``]
+- any other path [``other``]: 404, logged (so a test sees a token sent where it should not go)
 
 Time: listing and expiry follow :attr:`ManagementStandIn.clock` (settable) so tests can move
 through days; token expiry stays on real time (msal and azure-identity cache on real time).
@@ -100,7 +101,7 @@ def _af(status: int, code: str, message: str, headers: dict[str, str] | None = N
 class ManagementStandIn(ServiceStandIn):
     """The Management Activity API for one or more simulated tenants."""
 
-    routes = frozenset({"start", "stop", "subscriptions", "notifications", "list", "content"})
+    routes = frozenset({"start", "stop", "subscriptions", "notifications", "list", "content", "other"})
 
     def __init__(
         self,
@@ -262,6 +263,9 @@ class ManagementStandIn(ServiceStandIn):
         )
         r.add_get(f"{base}/subscriptions/content", self.routed("list", self._content_list))
         r.add_get(f"{base}/audit/{{content_id}}", self.routed("content", self._content))
+        # Any other path, logged as route "other": a test can see a request (and its token) that went
+        # outside the API's routes, e.g. after the client normalized a hostile URL.
+        r.add_route("*", "/{tail:.*}", self.routed("other", self._unknown))
         return app
 
     def default_fault_code(self, status: int) -> str:
@@ -317,6 +321,9 @@ class ManagementStandIn(ServiceStandIn):
             if state is None or not state.audit_enabled:
                 raise _af(400, "AF20011", f"Tenant {tenant} does not exist.")
             return state
+
+    async def _unknown(self, request: web.Request) -> web.Response:
+        raise _af(404, "", f"No route for {request.path}.")
 
     @staticmethod
     def _content_type(request: web.Request) -> str:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -18,6 +23,7 @@ from irm_connector.runtime import close_runtimes
 from standins import Azurite, StandIns
 
 _FUNCTIONS: dict[str, Any] | None = None
+REPO = Path(__file__).resolve().parents[1]
 
 
 def functions() -> dict[str, Any]:
@@ -85,6 +91,20 @@ class ConnectorHarness:
                 return int((await client.get_queue_properties()).approximate_message_count or 0)
             except Exception:
                 return 0
+
+    async def cli(self, *argv: str) -> Any:
+        """``irm-connector ARGV --json`` as an operator runs it: a process of its own, with these settings."""
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "irm_connector", *argv, "--json"],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.stdout, done.stderr
+        return json.loads(done.stdout)
 
     def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
         return self.standins.ingestion.rows(stream)

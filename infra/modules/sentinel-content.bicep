@@ -15,11 +15,13 @@ resource workspace 'Microsoft.OperationalInsights/workspaces@2025-07-01' existin
 var parsers = [
   loadYamlContent('../../sentinel/parsers/IRMAlerts.yaml')
   loadYamlContent('../../sentinel/parsers/Compliance_IRM_AuditGeneral.yaml')
+  loadYamlContent('../../sentinel/parsers/O365Audit.yaml')
 ]
 
 var huntingQueries = [
   loadYamlContent('../../sentinel/hunting/irm-alerted-user-auditlogs.yaml')
   loadYamlContent('../../sentinel/hunting/irm-alerted-user-signins.yaml')
+  loadYamlContent('../../sentinel/hunting/irm-alerted-user-m365-activity.yaml')
 ]
 
 var analyticsRules = [

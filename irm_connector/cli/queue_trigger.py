@@ -120,6 +120,12 @@ class WorkerStats:
     poisoned: int = 0
 
 
+#: How long an idle worker waits before it looks at the queue again, at first and at most (the host backs off
+#: likewise, up to maxPollingInterval).
+_IDLE_FIRST = 0.05
+_IDLE_LAST = 1.0
+
+
 class QueueWorker:
     """Runs ``handler`` for the messages of ``queue`` with the host's concurrency, retry and poison rules."""
 
@@ -140,12 +146,20 @@ class QueueWorker:
         self.stats = WorkerStats()
 
     async def run(
-        self, *, max_messages: int | None = None, until_empty: bool = True, stop: asyncio.Event | None = None
+        self,
+        *,
+        max_messages: int | None = None,
+        until_empty: bool | asyncio.Event = True,
+        stop: asyncio.Event | None = None,
     ) -> WorkerStats:
-        """Process messages until the queue is empty (or ``max_messages`` were handled, or ``stop`` is set)."""
+        """Process messages until the queue is empty (or ``max_messages`` were handled, or ``stop`` is set).
+
+        ``until_empty`` as an event: keep waiting on an empty queue until it is set (something is still
+        filling the queue, as a poller running beside the worker), then stop when the queue is empty."""
         gate = asyncio.Semaphore(self._options.concurrency)
         in_flight: set[asyncio.Task[None]] = set()
         handled = 0
+        idle = _IDLE_FIRST
         while not (stop and stop.is_set()):
             if max_messages is not None and handled >= max_messages:
                 break
@@ -177,6 +191,7 @@ class QueueWorker:
 
                 task.add_done_callback(finished)
             if messages:
+                idle = _IDLE_FIRST
                 continue
             if in_flight:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -187,9 +202,12 @@ class QueueWorker:
                 log.warning("Could not read the queue length (%s); trying again", type(exc).__name__)
                 await asyncio.sleep(1.0)
                 continue
-            if not properties.approximate_message_count and until_empty:
+            done = until_empty.is_set() if isinstance(until_empty, asyncio.Event) else until_empty
+            if not properties.approximate_message_count and done:
                 break
-            await asyncio.sleep(min(1.0, max(0.05, self._options.visibility_timeout / 4)))
+            # As the host does on an empty queue: poll again soon, then less and less often.
+            await asyncio.sleep(idle)
+            idle = min(idle * 2, _IDLE_LAST)
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
         return self.stats

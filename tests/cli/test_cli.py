@@ -150,8 +150,8 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     code, doc = cli.json("poll")
     assert code == 0 and doc["blobs_queued"] == 1
 
-    # The blob answers with a body that is not JSON, five times: the fifth failure poisons the message.
-    sim.management.add_fault("content", "malformed", count=5)
+    # The blob answers with a body cut short, five times: the fifth failure poisons the message.
+    sim.management.add_fault("content", "truncated", count=5)
     code, doc = cli.json("process", "--retry-delay", "0")
     assert code == 1
     assert doc["poisoned"] == 1 and doc["failed_attempts"] == 5 and doc["max_dequeue_count"] == 5
@@ -204,7 +204,7 @@ def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> 
     assert cli.json("poll")[0] == 0
 
     cli.set(AzureFunctionsJobHost__extensions__queues__maxDequeueCount="2")
-    sim.management.add_fault("content", "malformed", count=2)
+    sim.management.add_fault("content", "truncated", count=2)
     code, doc = cli.json("process", "--retry-delay", "0")
     assert code == 1
     assert doc["max_dequeue_count"] == 2 and doc["failed_attempts"] == 2 and doc["poisoned"] == 1

@@ -77,12 +77,18 @@ LOST_ANSWER = (
     "that body's rows arrive twice (the documented at-least-once window; duplicates allowed); nothing is lost"
 )
 BLOB_ROWS = 200 + 200 // 10  # one blob's audit rows and, at most, its alert rows
+NOT_JSON = (
+    "a body that is not JSON is downloaded again at once: a one-off is retried, the same bytes twice park the "
+    "message at its first delivery with the reason; after the fault clears the requeue delivers every record"
+)
 
 
 def _case(dep: str, service: str, route: str, name: str, kind: str, params: dict[str, Any], count: int,
           expected: str) -> Case:  # fmt: skip
     if route == "ingest" and kind in ("malformed", "truncated"):
         return Case(dep, service, route, name, kind, params, count, LOST_ANSWER, count * BLOB_ROWS)
+    if route == "content" and kind == "malformed":
+        return Case(dep, service, route, name, kind, params, count, NOT_JSON)
     return Case(dep, service, route, name, kind, params, count, expected)
 
 

@@ -23,6 +23,11 @@ ALERTS = "Custom-IRMAlerts"
 AUDIT = "Custom-O365Audit"
 DELIVERED = "delivered; the repair is counted in one warning line"
 PARKED = "unreadable: retried, then parked in the poison queue with an error line; requeue once it is fixed"
+REFUSED = (
+    "whole but not a JSON array: a second download gives the same bytes, so it is parked in the poison queue at "
+    "the first delivery with an error line and the reason `poison list` shows; requeue once it is fixed"
+)
+DEEP = "DEEP-PLACEHOLDER"
 
 
 def _hostile(**fields: Any) -> dict[str, Any]:
@@ -54,12 +59,13 @@ class BlobCase:
 
     @property
     def parked(self) -> bool:
-        return self.expected == PARKED
+        return self.expected in (PARKED, REFUSED)
 
 
 BLOB_CASES = [
-    BlobCase("not JSON", PARKED, body=lambda good: b"<html><body>Service Unavailable</body></html>"),
-    BlobCase("JSON that is not an array", PARKED, body=lambda good: b'{"records": []}'),
+    BlobCase("not JSON", REFUSED, body=lambda good: b"<html><body>Service Unavailable</body></html>"),
+    BlobCase("JSON that is not an array", REFUSED, body=lambda good: b'{"records": []}'),
+    BlobCase("an array broken in the middle", REFUSED, body=lambda good: good.replace(b"},{", b"},<br>{", 1)),
     BlobCase("truncated body", PARKED, body=lambda good: good[: len(good) // 2]),
     BlobCase("gzip that is not", PARKED, body=lambda good: good, headers={"Content-Encoding": "gzip"}),
     BlobCase("a record over 1 MB", DELIVERED, records=lambda: [_hostile(ObjectId="x" * 1_200_000)]),
@@ -77,6 +83,12 @@ BLOB_CASES = [
         records=lambda: [_hostile()],
     ),
     BlobCase("deeply nested Data", DELIVERED, records=lambda: [_hostile(Data=_nested(5000))]),
+    BlobCase(
+        "a record nested 5,000 deep",
+        DELIVERED,
+        records=lambda: [_hostile(Extra=DEEP)],
+        body=lambda good: good.replace(f'"{DEEP}"'.encode(), _nested(5000).encode()),
+    ),
     BlobCase(
         "Data of 10,000 keys",
         DELIVERED,
@@ -115,10 +127,21 @@ async def test_hostile_blob(connector: ConnectorHarness, case: BlobCase, caplog:
     lines = [r.getMessage() for r in _logged_records(caplog)]
     if case.parked:
         lost = 0  # nothing in the blob could be read; it waits in the poison queue
-        observed = f"parked after {stats.failed_attempts} attempts"
-        assert stats.poisoned == 1
+        poison = await connector.messages(connector.queue_name + "-poison")
+        assert len(poison) == 1 and content_id in poison[0]
         assert not audit
         assert any(content_id in line for line in lines)
+        if case.expected == REFUSED:
+            (listed,) = (await connector.cli("poison", "list"))["messages"]
+            observed = f"parked at the first delivery ({stats.failed_attempts} failed attempts); poison list: " + (
+                listed["reason"].split(": ", 1)[0]
+            )
+            assert stats.failed_attempts == 0 and sim.management.count("content") == 2
+            assert listed["content_id"] == content_id and listed["attempts"] == 1
+            assert "BadContentError" in listed["reason"] and "not" in listed["reason"]
+        else:
+            observed = f"parked after {stats.failed_attempts} attempts"
+            assert stats.poisoned == 1
     else:
         lost = len(good.record_ids - set(audit)) + len(good.irm_alert_record_ids - set(alerts))
         if case.hostile_id is not None:

@@ -34,7 +34,7 @@ def test_all_project_kql_binds_without_errors(node_bin: str) -> None:
     transforms = sum(f.read_text().count("transformKql:") for f in bicep_files())
     assert transforms >= 3
     assert sum(":transformKql@" in n for n in names) == transforms * 3  # each bound against each stream
-    assert set(report["functions"]) == {"IRMAlerts", "Compliance_IRM_AuditGeneral"}
+    assert set(report["functions"]) == {"IRMAlerts", "Compliance_IRM_AuditGeneral", "O365Audit"}
     assert {"IRMAlerts_CL", "O365Audit_CL", "IRMConnectorHealth_CL", "AuditLogs", "SigninLogs"} <= set(report["tables"])
 
 

@@ -176,3 +176,4 @@ def test_a_hand_written_type_in_the_bicep_fails(tmp_path: Path) -> None:
     (infra / "modules" / "sentinel-workspace.bicep").write_text(ws.replace("type: c.type", "type: 'string'", 1))
     with pytest.raises(AssertionError):
         check_agreement(json.loads(COLUMNS_JSON.read_text()), bicep_schemas(infra))
+

@@ -445,3 +445,23 @@ def test_workbook_alert_tiles_read_a_long_fixed_range_and_filter_inside(content:
     for column in ("BlobsRefused", "QueueDepth", "OldestQueuedSeconds", "PoisonDepth", "IngestionState"):
         assert column in health_text, column
     assert "fallbackResourceIds: [\n        workspace.id\n      ]" in CONTENT_BICEP.read_text()
+
+
+def test_the_o365audit_function_puts_back_every_promoted_column_under_its_record_field_name(
+    content: dict[str, Any],
+) -> None:
+    """columns.json's promoted audit columns are exactly what the function packs into Record: a column added or
+    renamed there and not here would silently drop a field from the whole record."""
+    [parser] = [p["doc"] for p in content["parsers"] if p["doc"]["FunctionAlias"] == "O365Audit"]
+    query = parser["FunctionQuery"]
+    first = query[query.index("| project") : query.index("| extend Record")]
+    packed = {}
+    for item in re.split(r",\s*(?![^()]*\))", first.removeprefix("| project").strip()):
+        name, _, expr = (part.strip() for part in item.partition("="))
+        packed[name] = expr or name
+    packed = {k: v for k, v in packed.items() if k not in ("TimeGenerated", "BlobRef", "Rest")}
+    columns = json.loads((REPO_ROOT / "irm_connector" / "columns.json").read_text())["streams"]["audit"]["columns"]
+    promoted = [c for c in columns if c.get("promoted")]
+    assert {c["source"] for c in promoted} == set(packed)
+    for column in promoted:
+        assert column["name"] in packed[column["source"]], (column, packed[column["source"]])

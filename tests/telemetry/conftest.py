@@ -10,6 +10,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from standins.base import ServiceStandIn, json_response
 from standins.server import ServerThread
@@ -72,3 +76,17 @@ def appinsights(test_ca: TestCA) -> Iterator[AppInsightsStandIn]:
         yield service
     finally:
         server.stop()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The spans this process records (the tracer provider is process-wide: set once, shared by the tests)."""
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    processor = SimpleSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    yield exporter
+    processor.shutdown()

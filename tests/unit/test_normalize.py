@@ -1,6 +1,7 @@
 """Normalization: the rows a SOC sees, from the records the API sends, whatever their shape."""
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 
 import orjson
@@ -8,13 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from irm_connector.blob_parse import parse_blob
+from irm_connector.blob_parse import DEEP_REPAIR, MAX_DEPTH, parse_blob
 from irm_connector.errors import BadContentError
-from irm_connector.normalize import ContentRef, Routing, extract_upn, normalize_blob
+from irm_connector.normalize import ContentRef, Routing, blob_ref, extract_upn, normalize_blob
 from irm_connector.row_writer import FIELD_LIMIT, ROW_LIMIT
 from irm_connector.schema import stream_schema
+from standins.workload import generate_workload
 
 REF = ContentRef("blob-1", "Audit.General", datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
+#: When the rows are sent: shortly after the records of these tests happened.
+SENT = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ALERTS = Routing("Custom-IRMAlerts")
 BOTH = Routing("Custom-IRMAlerts", "Custom-O365Audit")
 
@@ -50,7 +54,7 @@ def rows(blob, key="Custom-IRMAlerts"):
 
 
 def test_irm_alert_becomes_one_alert_row_with_the_documented_columns():
-    out = normalize_blob([irm_alert()], REF, ALERTS)
+    out = normalize_blob([irm_alert()], REF, ALERTS, sent_at=SENT)
     [row] = rows(out)
     assert row["TimeGenerated"] == "2026-11-27T09:15:02Z"
     assert row["RecordId"] == "0f9a1c7e-0000-4000-8000-000000000001"
@@ -64,15 +68,61 @@ def test_irm_alert_becomes_one_alert_row_with_the_documented_columns():
 
 
 def test_every_declared_alert_column_is_filled_from_a_full_record():
-    [row] = rows(normalize_blob([irm_alert()], REF, ALERTS))
+    [row] = rows(normalize_blob([irm_alert()], REF, ALERTS, sent_at=SENT))
     assert set(row) == set(stream_schema("alerts").names)
 
 
-def test_every_declared_audit_column_is_filled_from_a_full_record():
+def whole_record(row: dict) -> dict:
+    """What the KQL function O365Audit gives back from an audit row: the promoted columns under their record
+    field names (empty ones left out, as pack_all(true) does), with Record's own fields winning."""
+    record = {}
+    for column in stream_schema("audit").promoted():
+        value = row.get(column.name)
+        if value is None or value == "":
+            continue
+        record[column.source] = value.removesuffix("Z") if column.source == "CreationTime" else value
+    return record | row["Record"]
+
+
+def test_every_declared_audit_column_is_filled_from_a_full_record_and_each_byte_is_stored_once():
     record = irm_alert(ClientIP="10.1.2.3", ObjectId="obj", ResultStatus="Succeeded")
-    [row] = rows(normalize_blob([record], REF, BOTH), "Custom-O365Audit")
+    [row] = rows(normalize_blob([record], REF, BOTH, sent_at=SENT), "Custom-O365Audit")
     assert set(row) == set(stream_schema("audit").names)
-    assert row["Record"] == record and row["UserType"] == 4
+    assert row["UserType"] == 4 and row["ClientIP"] == "10.1.2.3" and row["TimeGenerated"] == record["CreationTime"] + "Z"
+    promoted = {c.source for c in stream_schema("audit").promoted()}
+    assert not promoted & set(row["Record"]), "a promoted field is stored twice"
+    assert whole_record(row) == record
+    assert row["BlobRef"] == blob_ref("Audit.General", "blob-1") and row["BlobRef"].startswith("G")
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"RecordType": "40"},  # read as a number: the column holds 40, the record's text stays in Record
+        {"UserType": "4"},
+        {"ObjectId": 12345, "ClientIP": ["10.0.0.1"]},  # made text for the column; the original stays
+        {"ClientIP": ""},  # an empty column reads as absent in KQL: the empty value stays in Record
+        {"CreationTime": "2026-11-27T09:15:02.1234567"},  # not the API's shape: kept as it came
+        {"CreationTime": "2026-11-24T06:00:00"},  # too old for Azure Monitor to keep as TimeGenerated
+        {"CreationTime": "2026-11-28T06:00:00"},  # too far ahead, likewise
+    ],
+)
+def test_an_audit_row_gives_back_the_whole_record_whatever_its_shape(changes):
+    record = irm_alert(**{"ClientIP": "10.1.2.3", "ObjectId": "obj", "ResultStatus": "Succeeded", **changes})
+    [row] = rows(normalize_blob([record], REF, BOTH, sent_at=SENT), "Custom-O365Audit")
+    assert whole_record(row) == record
+
+
+def test_audit_rows_of_the_benchmark_workload_are_at_most_115_percent_of_the_records():
+    workload = generate_workload(seed=2026, total_records=20_000, blob_size=(200, 5000), tenant_id="t")
+    row_bytes = record_bytes = 0
+    for blob in workload.blobs:
+        ref = ContentRef(f"{blob.content_created:%Y%m%d%H%M%S}000$audit_general$Audit_General$emea0026" * 2,
+                         blob.content_type, blob.content_created)
+        out = normalize_blob(blob.records, ref, BOTH, sent_at=blob.content_created)
+        row_bytes += sum(len(r.body) for r in out.rows["Custom-O365Audit"])
+        record_bytes += sum(len(orjson.dumps(r)) for r in blob.records)
+    assert row_bytes <= 1.15 * record_bytes
 
 
 @pytest.mark.parametrize(
@@ -88,12 +138,12 @@ def test_every_declared_audit_column_is_filled_from_a_full_record():
     ],
 )
 def test_upn_is_read_from_the_spellings_seen_in_the_wild(data, upn):
-    [row] = rows(normalize_blob([irm_alert(Data=data)], REF, ALERTS))
+    [row] = rows(normalize_blob([irm_alert(Data=data)], REF, ALERTS, sent_at=SENT))
     assert row["UserPrincipalName"] == upn
 
 
 def test_data_that_does_not_parse_is_kept_as_the_raw_string():
-    [row] = rows(normalize_blob([irm_alert(Data="{broken")], REF, ALERTS))
+    [row] = rows(normalize_blob([irm_alert(Data="{broken")], REF, ALERTS, sent_at=SENT))
     assert row["Data"] == "{broken"
 
 
@@ -103,57 +153,57 @@ def test_other_records_and_other_alert_categories_stay_out_of_the_alerts_stream(
         {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00", "Operation": "UserLoggedIn"},
         irm_alert(Id="3"),
     ]
-    out = normalize_blob(records, REF, ALERTS)
+    out = normalize_blob(records, REF, ALERTS, sent_at=SENT)
     assert [r["RecordId"] for r in rows(out)] == ["3"]
     assert "Custom-O365Audit" not in out.rows
-    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", alert_categories=frozenset({"*"})))
+    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", alert_categories=frozenset({"*"})), sent_at=SENT)
     assert [r["RecordId"] for r in rows(out)] == ["1", "3"]
 
 
 def test_audit_stream_gets_every_record_when_on():
     records = [irm_alert(Id="1"), {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00"}]
-    out = normalize_blob(records, REF, BOTH)
+    out = normalize_blob(records, REF, BOTH, sent_at=SENT)
     assert [r["RecordId"] for r in rows(out, "Custom-O365Audit")] == ["1", "2"]
     assert [r["RecordId"] for r in rows(out)] == ["1"]
 
 
 def test_same_id_twice_in_a_blob_is_one_row():
-    out = normalize_blob([irm_alert(), irm_alert()], REF, ALERTS)
+    out = normalize_blob([irm_alert(), irm_alert()], REF, ALERTS, sent_at=SENT)
     assert len(rows(out)) == 1 and out.duplicates_in_blob == 1
 
 
 def test_alert_updates_share_alert_id_but_are_separate_rows():
-    out = normalize_blob([irm_alert(Id="1"), irm_alert(Id="2", Status="Investigating")], REF, ALERTS)
+    out = normalize_blob([irm_alert(Id="1"), irm_alert(Id="2", Status="Investigating")], REF, ALERTS, sent_at=SENT)
     assert [(r["AlertId"], r["Status"]) for r in rows(out)] == [("a-1", "Active"), ("a-1", "Investigating")]
 
 
 def test_record_without_id_gets_a_stable_synthetic_id():
     record = irm_alert()
     del record["Id"]
-    a = rows(normalize_blob([record], REF, ALERTS))[0]["RecordId"]
-    b = rows(normalize_blob([dict(record)], REF, ALERTS))[0]["RecordId"]
+    a = rows(normalize_blob([record], REF, ALERTS, sent_at=SENT))[0]["RecordId"]
+    b = rows(normalize_blob([dict(record)], REF, ALERTS, sent_at=SENT))[0]["RecordId"]
     assert a == b and len(a) == 36
 
 
 @pytest.mark.parametrize("creation", [None, "yesterday", "2026-13-45T99:00:00", 12345])
 def test_unreadable_creation_time_falls_back_to_content_created(creation):
-    out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS)
+    out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS, sent_at=SENT)
     assert rows(out)[0]["TimeGenerated"].startswith("2026-11-27T10:00:00")
     assert sum(out.problems.values()) == 1
 
 
 def test_record_type_as_string_still_routes():
-    [row] = rows(normalize_blob([irm_alert(RecordType="40")], REF, ALERTS))
+    [row] = rows(normalize_blob([irm_alert(RecordType="40")], REF, ALERTS, sent_at=SENT))
     assert row["RecordType"] == 40
 
 
 def test_non_object_records_are_counted_and_the_rest_kept():
-    out = normalize_blob([1, "x", None, irm_alert()], REF, ALERTS)
+    out = normalize_blob([1, "x", None, irm_alert()], REF, ALERTS, sent_at=SENT)
     assert len(rows(out)) == 1 and out.problems["record is not a JSON object"] == 3
 
 
 def test_huge_values_are_cut_below_the_limits():
-    out = normalize_blob([irm_alert(Name="n" * 200_000, Data=json.dumps({"blob": "d" * 300_000}))], REF, BOTH)
+    out = normalize_blob([irm_alert(Name="n" * 200_000, Data=json.dumps({"blob": "d" * 300_000}))], REF, BOTH, sent_at=SENT)
     for stream in ("Custom-IRMAlerts", "Custom-O365Audit"):
         [r] = out.rows[stream]
         assert len(r.body) <= ROW_LIMIT
@@ -165,15 +215,18 @@ def test_huge_values_are_cut_below_the_limits():
 
 
 def test_parse_blob_refuses_what_is_not_an_array():
-    with pytest.raises(BadContentError, match="not an array"):
-        parse_blob(b'{"a": 1}')
-    with pytest.raises(BadContentError, match="not JSON"):
+    for whole in (b'{"a": 1}', b"<html>", b'[{"a": 1]', b'[{"a": 1}, <br>{"b": 2}]', b"[1, 2] and more"):
+        with pytest.raises(BadContentError, match=r"not an array|not JSON") as refused:
+            parse_blob(whole)
+        assert not refused.value.cut, whole  # whole but wrong: the API would serve the same bytes again
+    with pytest.raises(BadContentError, match="stops before") as refused:
         parse_blob(b"[{")
+    assert refused.value.cut
 
 
 def test_unpaired_surrogates_are_read_and_written_safely():
     body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name"}]'
-    out = normalize_blob(parse_blob(body), REF, ALERTS)
+    out = normalize_blob(parse_blob(body), REF, ALERTS, sent_at=SENT)
     assert orjson.loads(out.rows["Custom-IRMAlerts"][0].body)["Name"].startswith("bad ")
 
 
@@ -204,7 +257,7 @@ json_values = st.recursive(
     )
 )
 def test_normalization_never_raises_and_rows_fit_the_declared_columns(records):
-    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", "Custom-O365Audit", frozenset({"*"})))
+    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", "Custom-O365Audit", frozenset({"*"})), sent_at=SENT)
     for stream, key in (("Custom-IRMAlerts", "alerts"), ("Custom-O365Audit", "audit")):
         schema = {c.name: c.type for c in stream_schema(key).columns}
         for r in out.rows.get(stream, []):
@@ -220,3 +273,29 @@ def test_normalization_never_raises_and_rows_fit_the_declared_columns(records):
                     assert isinstance(value, str)
                 elif kind == "int":
                     assert isinstance(value, int) and -(2**31) <= value < 2**31
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(json_values, max_size=4))
+def test_every_body_cut_short_is_told_from_a_wrong_one(records):
+    # One lone surrogate (orjson refuses it; the standard library reads it) and text of 1 to 3 UTF-8 bytes.
+    last = b'{"Name": "h\xc3\xa9 \\ud800 \xe2\x98\x83", "v": [1, 2.5, null, true]}]'
+    raw = json.dumps(records, ensure_ascii=False).encode()[:-1] + (b", " if records else b"") + last
+    for end in range(1, len(raw)):
+        with pytest.raises(BadContentError) as refused:
+            parse_blob(raw[:end])
+        assert refused.value.cut, raw[:end]
+
+
+def test_a_record_too_deep_to_parse_keeps_its_deep_part_as_text():
+    deep = b"[" * 5000 + b'"x"' + b"]" * 5000
+    body = b'[{"Id": "a"}, {"Id": "b", "Deep": ' + deep + b', "Name": "\\ud800"}, {"Id": "c"}]'
+    problems: Counter[str] = Counter()
+    records = parse_blob(body, problems)
+    assert [r["Id"] for r in records] == ["a", "b", "c"]
+    assert problems == {DEEP_REPAIR: 1}
+    kept = records[1]["Deep"]
+    for _ in range(MAX_DEPTH - 1):  # the record itself is the first level
+        (kept,) = kept
+    below = 5000 - MAX_DEPTH + 1
+    assert kept == "[" * below + '"x"' + "]" * below  # the deeper part, as the JSON text it was

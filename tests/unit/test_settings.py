@@ -101,3 +101,42 @@ def test_identity_based_storage():
 )
 def test_durations(text, seconds):
     assert parse_duration(text, setting="X").total_seconds() == seconds
+
+
+#: What a client secret looks like, pasted by mistake into the wrong setting: invalid for every setting below.
+PASTED_SECRET = "Qx8~sEcReT.vaLue_9f3kD2-aB7cE~p0"
+IDENTITY_STORAGE = {"AzureWebJobsStorage": "", "AzureWebJobsStorage__tableServiceUri": "https://st.table.example"}
+SETTINGS_WITH_A_FORM = [
+    "O365_TENANT_ID", "O365_CLIENT_ID", "O365_PUBLISHER_ID", "O365_CLOUD", "O365_API_ROOT", "O365_AUTHORITY_HOST",
+    "O365_AUTH_MODE", "O365_CLIENT_CERTIFICATE_PATH", "O365_CONTENT_TYPES", "INITIAL_LOOKBACK", "LISTING_OVERLAP",
+    "POLL_TIME_BUDGET", "HTTP_TIMEOUT", "CONTENT_QUEUE", "LOGS_INGESTION_ENDPOINT", "LOGS_DCR_IMMUTABLE_ID",
+    "LOGS_ALERTS_STREAM", "LOGS_AUDIT_STREAM", "LOGS_HEALTH_STREAM", "STATE_TABLE_PREFIX",
+    "O365_MAX_REQUESTS_PER_MINUTE", "DEDUPE_RETENTION_DAYS", "AzureWebJobsStorage",
+    "AzureWebJobsStorage__queueServiceUri",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("setting", SETTINGS_WITH_A_FORM)
+def test_a_settings_error_never_shows_the_value(setting):
+    env = {**BASE, **(IDENTITY_STORAGE if setting.startswith("AzureWebJobsStorage__") else {})}
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**env, setting: PASTED_SECRET})
+    assert info.value.setting == setting
+    assert PASTED_SECRET not in str(info.value)
+    assert PASTED_SECRET[4:-4] not in str(info.value)  # nor a part of it
+    assert len(info.value.problem) > 10  # but it says what is wrong
+
+
+@pytest.mark.parametrize("setting", ["O365_API_ROOT", "LOGS_INGESTION_ENDPOINT", "AzureWebJobsStorage__queueServiceUri"])
+def test_a_url_that_does_not_parse_is_a_settings_error(setting):
+    env = {**BASE, **(IDENTITY_STORAGE if setting.startswith("AzureWebJobsStorage__") else {})}
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**env, setting: "https://["})
+    assert info.value.setting == setting
+
+
+@pytest.mark.parametrize("setting", ["O365_TENANT_ID", "O365_CLIENT_ID"])
+def test_a_guid_setting_says_it_is_not_a_guid(setting):
+    with pytest.raises(SettingsError, match=rf"^setting {setting}: is not a GUID") as info:
+        Settings.from_env({**BASE, setting: PASTED_SECRET})
+    assert PASTED_SECRET not in str(info.value)

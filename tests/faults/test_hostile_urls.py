@@ -1,0 +1,146 @@
+"""Hostile URLs: a ``contentUri`` (in a queue message or a listing) or a ``NextPageUri`` that leaves the tenant's
+feed once the HTTP client has normalized it (percent-decoding, dot segments), or that does not parse at all, is
+refused at the first delivery, before any request carries the token. The stand-in logs every request, routed or
+not, so "no request went there" is observed, not assumed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from irm_connector.errors import PollError
+from standins import StandIns
+from standins.workload import generate_workload
+from tests.faults import report
+from tests.harness import ConnectorHarness
+
+ALERTS = "Custom-IRMAlerts"
+OTHER_TENANT = "00000000-0000-0000-0000-000000000001"
+UP = "%2e%2e/"  # a dot segment, percent-encoded: yarl decodes it and resolves it before the request
+
+
+def _feed(sim: StandIns, version: str = "v1.0") -> str:
+    return f"{sim.api_root}/api/{version}/{sim.tenant_id}/activity/feed"
+
+
+def _outside(sim: StandIns) -> list[str]:
+    """Requests that reached the Management API stand-in outside this tenant's feed (with the token)."""
+    tenant = sim.tenant_id.lower()
+    feed = (f"/api/v1.0/{tenant}/activity/feed/", f"/api/v1/{tenant}/activity/feed/")
+    return [r.path for r in sim.management.requests() if r.route == "other" or not r.path.lower().startswith(feed)]
+
+
+def _message(sim: StandIns, uri: str) -> str:
+    now = datetime.now(UTC)
+    return json.dumps({
+        "v": 1, "tenantId": sim.tenant_id, "contentType": "Audit.General", "contentId": "forged", "contentUri": uri,
+        "contentCreated": (now - timedelta(hours=1)).isoformat(), "contentExpiration": (now + timedelta(days=1)).isoformat(),
+    })  # fmt: skip
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("irm_connector") and r.levelno >= logging.ERROR]
+
+
+REFUSED = "refused at the first delivery, before any request: the token never leaves the tenant's audit folder"
+
+MESSAGE_CASES: list[tuple[str, Callable[[StandIns], str]]] = [
+    ("contentUri escaping the feed through %2e%2e", lambda sim: f"{_feed(sim)}/{UP * 5}other"),
+    ("contentUri into another tenant's feed through %2e%2e",
+     lambda sim: f"{_feed(sim)}/audit/{UP * 4}{OTHER_TENANT}/activity/feed/audit/1"),
+    ("contentUri in the feed but outside audit/",
+     lambda sim: f"{_feed(sim)}/subscriptions/content?contentType=Audit.General"),
+    ("contentUri that does not parse", lambda sim: "https://["),
+]  # fmt: skip
+
+
+@pytest.mark.reports_outcome
+@pytest.mark.parametrize(("name", "uri"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
+async def test_hostile_content_uri_in_a_message(
+    connector: ConnectorHarness, name: str, uri: Callable[[StandIns], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    await connector.process(_message(sim, uri(sim)), dequeue_count=1)  # completes: no retry by the host
+    poison = await connector.messages(connector.queue_name + "-poison")
+    errors = _errors(caplog)
+    report.record(report.Outcome("Hostile input", "queue message", name, REFUSED,
+                                 f"poisoned, {len(errors)} error line, {len(sim.management.requests())} requests",
+                                 0, 0))  # fmt: skip
+    assert len(poison) == 1 and json.loads(poison[0])["contentUri"] == uri(sim)
+    assert len(errors) == 1 and "refused" in errors[0]
+    assert sim.management.requests() == []
+
+
+LISTED_CASES: list[tuple[str, Callable[[StandIns], str]]] = [
+    ("a listed contentUri that does not parse", lambda sim: "https://["),
+    ("a listed contentUri escaping the feed through %2e%2e", lambda sim: f"{_feed(sim)}/audit/{UP * 6}other"),
+]
+
+
+@pytest.mark.reports_outcome
+@pytest.mark.parametrize(("name", "uri"), LISTED_CASES, ids=[c[0] for c in LISTED_CASES])
+async def test_hostile_content_uri_in_a_listing(
+    connector: ConnectorHarness, name: str, uri: Callable[[StandIns], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    good = generate_workload(seed=54, total_records=200, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id)
+    good.publish(sim.management)
+    sim.management.add_blob("Audit.General", [], content_created=datetime.now(UTC) - timedelta(minutes=30),
+                            content_uri=uri(sim))  # fmt: skip
+    await connector.poll()  # the run does not fail: one refused entry is not the window's fault
+    await connector.drain()
+    (health,) = connector.rows("Custom-IRMConnectorHealth")
+    refused = health["BlobsListed"] - health["BlobsQueued"]
+    lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
+    report.record(report.Outcome("Hostile input", "listing", name,
+                                 "that entry is refused and logged; the others are queued and delivered",
+                                 f"{refused} refused, {health['BlobsQueued']} queued", lost, 0))  # fmt: skip
+    assert lost == 0
+    assert refused == 1 and health["BlobsQueued"] == len(good.blobs) and health["Errors"] == 0
+    assert any("refused" in line for line in _errors(caplog))
+    assert _outside(sim) == []
+
+
+NEXT_PAGE_CASES: list[tuple[str, Callable[[StandIns], str]]] = [
+    ("a NextPageUri into another tenant's feed through %2e%2e",
+     lambda sim: f"{_feed(sim, 'v1')}/{UP * 3}{OTHER_TENANT}/activity/feed/subscriptions/content?contentType=Audit.General"),
+    ("a NextPageUri that does not parse", lambda sim: "https://["),
+]  # fmt: skip
+
+
+@pytest.mark.reports_outcome
+@pytest.mark.parametrize(("name", "uri"), NEXT_PAGE_CASES, ids=[c[0] for c in NEXT_PAGE_CASES])
+async def test_hostile_next_page_uri(
+    connector: ConnectorHarness, name: str, uri: Callable[[StandIns], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = connector.standins
+    connector.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
+    for content_type in ("Audit.General", "Audit.Exchange"):
+        sim.management.set_subscription(content_type, "enabled")
+    sim.management.page_size = 1
+    sim.management.next_page_override = uri(sim)
+    generate_workload(seed=55, total_records=200, blob_size=(100, 100), tenant_id=sim.tenant_id).publish(sim.management)
+    records: list[dict[str, Any]] = []
+    sim.management.add_blob("Audit.Exchange", records, content_created=datetime.now(UTC) - timedelta(minutes=30))
+
+    with pytest.raises(PollError, match="refused NextPageUri") as failed:
+        await connector.poll()
+    by_type = {r.content_type: r for r in failed.value.report.content_types}
+    report.record(report.Outcome("Hostile input", "listing", name,
+                                 "that content type's run fails before following it (the watermark stays) and the "
+                                 "other content types are listed; nothing is sent there",
+                                 "refused; the other content type listed", 0, 0))  # fmt: skip
+    assert _outside(sim) == []
+    assert by_type["Audit.Exchange"].blobs_queued == 1 and not by_type["Audit.Exchange"].error
+    assert await connector.queue_length() == 2  # Audit.General's first page and Audit.Exchange's blob
+    # Fixed, the next run lists Audit.General's window again from the unmoved watermark.
+    sim.management.next_page_override = None
+    await connector.poll()
+    assert await connector.queue_length() == 3
