@@ -30,6 +30,7 @@ a token, a secret or record content, so they can be logged as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .models import PollReport
@@ -65,12 +66,20 @@ class ConnectorError(Exception):
 
 
 class SettingsError(ConnectorError):
-    """A setting is missing or malformed; ``setting`` names it."""
+    """A setting is missing or malformed; ``setting`` names it. When several are (settings are checked all at
+    once), ``problems`` holds each ``(setting, problem)``; ``setting`` and ``problem`` are the first."""
 
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(f"setting {setting}: {problem}")
+    def __init__(self, setting: str, problem: str, *, more: Sequence[tuple[str, str]] = ()) -> None:
+        self.problems = [(setting, problem), *more]
+        super().__init__("; ".join(f"setting {name}: {text}" for name, text in self.problems))
         self.setting = setting
         self.problem = problem
+
+    @classmethod
+    def combine(cls, errors: Sequence[SettingsError]) -> SettingsError:
+        """One error for every problem of ``errors`` (at least one), in order."""
+        problems = [problem for error in errors for problem in error.problems]
+        return cls(*problems[0], more=problems[1:])
 
 
 class UsageError(ConnectorError):

@@ -17,11 +17,11 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector import telemetry
-from irm_connector.errors import UsageError
+from irm_connector.errors import SettingsError, UsageError
 from irm_connector.models import utc_text
 from irm_connector.redaction import install_redaction
 from irm_connector.runtime import storage_clients
-from irm_connector.settings import Settings
+from irm_connector.settings import DURATION_FORMS, Settings, parse_duration
 from irm_connector.state import StateStore
 
 from ._failures import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, describe
@@ -35,6 +35,7 @@ __all__ = [
     "Storage",
     "UsageError",
     "confirm",
+    "duration_option",
     "emit",
     "exit_code",
     "format_age",
@@ -154,6 +155,14 @@ def parse_moment(text: str, name: str) -> datetime:
     except ValueError:
         raise UsageError(f"{name} {text!r} is not a time; write e.g. 2026-06-01T12:00Z") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def duration_option(text: str, option: str) -> timedelta:
+    """A duration option (``--since 3d``); a usage error, naming the accepted forms, when it is not one."""
+    try:
+        return parse_duration(text, setting=option)
+    except SettingsError:
+        raise UsageError(f"{option} {text!r} is not a duration; write {DURATION_FORMS}") from None
 
 
 def queue_options(retry_delay: float | None) -> HostQueueOptions:

@@ -6,10 +6,10 @@ what to do, and the exit code. Printed as ``error: …`` on stderr, and with ``-
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
@@ -26,7 +26,7 @@ from irm_connector.errors import (
     TransientApiError,
     UsageError,
 )
-from irm_connector.redaction import SECRET_SETTINGS, RedactingFilter
+from irm_connector.redaction import install_redaction, redact
 
 __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Failure", "OperatorError", "describe", "report"]
 
@@ -56,10 +56,22 @@ class Failure:
     message: str
     hint: str
     exit_code: int
+    #: every ``(setting, problem)`` of a settings error (all bad settings are reported at once)
+    settings: tuple[tuple[str, str], ...] = ()
 
     def line(self) -> str:
+        """What stderr shows: one line, or one per bad setting."""
+        if self.settings:
+            return "\n".join(f"settings error: setting {name}: {problem}" for name, problem in self.settings)
         prefix = {"settings": "settings error", "usage": "usage error"}.get(self.code, "error")
         return f"{prefix}: {self.message}" + (f"; {self.hint}" if self.hint else "")
+
+    def document(self) -> dict[str, Any]:
+        """What stdout shows with ``--json``."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message, "hint": self.hint}
+        if self.settings:
+            error["settings"] = [{"setting": name, "problem": problem} for name, problem in self.settings]
+        return {"error": error}
 
 
 class OperatorError(ConnectorError):
@@ -70,9 +82,9 @@ class OperatorError(ConnectorError):
         self.failure = failure
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: str, limit: int = 400) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= 400 else line[:397] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 #: How the connector's messages begin their advice: ``…(connection refused): check O365_AUTHORITY_HOST``.
@@ -89,11 +101,14 @@ def _split_hint(text: str, default: str = "") -> tuple[str, str]:
 
 def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
     """The failure ``exc`` means (see the module docstring); ``command`` for the usage hint."""
-    text = _first_line(str(exc))
+    text = _first_line(str(exc), 4000 if isinstance(exc, SettingsError) else 400)
     if isinstance(exc, OperatorError):
         return exc.failure
     if isinstance(exc, SettingsError):
-        return Failure("settings", text, "", EXIT_USAGE)
+        count = len(exc.problems)
+        message = text if count == 1 else f"{count} settings are not usable: {text}"
+        hint = "fix them where the settings live: the app settings in Azure, the environment or local.settings.json"
+        return Failure("settings", message, hint, EXIT_USAGE, tuple(exc.problems))
     if isinstance(exc, UsageError):
         return Failure("usage", text, f"see `irm-connector {command} --help`", EXIT_USAGE)
     if isinstance(exc, NotInAzureError):
@@ -127,11 +142,9 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
 
 
 def report(failure: Failure, *, as_json: bool) -> None:
-    """The one line on stderr; with ``as_json`` the JSON document on stdout too. Secrets are masked in both,
-    the same way as in the log (a library's message may echo a value)."""
-    mask = RedactingFilter([os.environ.get(name, "").strip() for name in SECRET_SETTINGS]).redact
-    line = mask(failure.line())
-    print(line, file=sys.stderr)
+    """The line on stderr; with ``as_json`` the JSON document on stdout too. Secrets are masked in both, the
+    same way as in the log (a library's message may echo a value)."""
+    install_redaction()  # learns the configured secrets, if logging was not set up before the failure
+    print(redact(failure.line()), file=sys.stderr)
     if as_json:
-        document = {"error": {"code": failure.code, "message": mask(failure.message), "hint": mask(failure.hint)}}
-        print(json.dumps(document, indent=2))
+        print(redact(json.dumps(failure.document(), indent=2)))

@@ -8,9 +8,9 @@ from typing import Any
 
 from irm_connector.errors import ConnectorError
 from irm_connector.runtime import get_runtime
-from irm_connector.settings import Settings, parse_duration
+from irm_connector.settings import Settings
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, emit, format_age, iso, storage
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, duration_option, emit, format_age, iso, storage
 from ._failures import describe
 from ._preflight import check_management_token, check_storage
 
@@ -19,7 +19,7 @@ __all__ = ["status"]
 
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
-    max_lag = parse_duration(args.max_lag, setting="--max-lag")
+    max_lag = duration_option(args.max_lag, "--max-lag")
     await check_storage(settings)
     rt = await get_runtime(settings)
     async with storage(settings) as store:
