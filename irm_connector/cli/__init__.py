@@ -18,7 +18,7 @@ from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
 from ._common import load_settings, setup_logging
-from ._failures import Failure, describe, report
+from ._failures import EXIT_USAGE, Failure, describe, report
 
 __all__ = ["build_parser", "main"]
 
@@ -49,7 +49,7 @@ class _Parser(argparse.ArgumentParser):
         if not self.json_errors:
             super().error(message)
         self.print_usage(sys.stderr)
-        report(Failure("usage", f"{self.prog}: {message}", f"see `{self.prog} --help`", 2), as_json=True)
+        report(Failure("usage", f"{self.prog}: {message}", f"see `{self.prog} --help`", EXIT_USAGE), as_json=True)
         sys.exit(2)
 
 

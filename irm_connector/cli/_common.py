@@ -24,7 +24,7 @@ from irm_connector.runtime import storage_clients
 from irm_connector.settings import DURATION_FORMS, Settings, parse_duration
 from irm_connector.state import StateStore
 
-from ._failures import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, describe
+from ._failures import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from .queue_trigger import HostQueueOptions
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "confirm",
     "duration_option",
     "emit",
-    "exit_code",
     "format_age",
     "iso",
     "load_settings",
@@ -86,11 +85,6 @@ def setup_logging(verbose: int) -> None:
     # CLI's own error line says what failed and what to do. -vv shows them.
     logging.getLogger("azure.identity").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
     install_redaction(handlers=[handler])
-
-
-def exit_code(exc: BaseException) -> int:
-    """The exit code an error means."""
-    return describe(exc).exit_code
 
 
 def _plain(value: Any) -> Any:
