@@ -17,6 +17,7 @@ from irm_connector.models import ProcessResult
 from irm_connector.settings import Settings
 
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, queue_options, storage
+from ._preflight import ready
 from .queue_trigger import QueueWorker
 
 __all__ = ["process", "process_lines", "work_queue"]
@@ -95,6 +96,7 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
 async def process(args: argparse.Namespace, settings: Settings) -> int:
     if args.max is not None and args.max < 1:
         raise UsageError("--max must be at least 1")
+    await ready(settings, management=True, ingestion=True)
     document, code = await work_queue(settings, max_messages=args.max, retry_delay=args.retry_delay)
     emit(args, document, "\n".join(process_lines(document, settings.poison_queue)))
     return code
