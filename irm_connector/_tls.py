@@ -49,14 +49,20 @@ def azure_session() -> aiohttp.ClientSession:
 
 
 def azure_client_kwargs(
-    settings: Settings | None = None, session: aiohttp.ClientSession | None = None
+    settings: Settings | None = None,
+    session: aiohttp.ClientSession | None = None,
+    *,
+    connection_timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for azure-core based clients and credentials: transport (or CA bundle) and timeouts."""
+    """Keyword arguments for azure-core based clients and credentials: transport (or CA bundle) and timeouts
+    (``connection_timeout`` overrides the one derived from ``HTTP_TIMEOUT``)."""
     kwargs: dict[str, Any] = {}
     if settings is not None:
         seconds = settings.http_timeout.total_seconds()
         kwargs["connection_timeout"] = min(seconds, 20.0)
         kwargs["read_timeout"] = seconds
+    if connection_timeout is not None:
+        kwargs["connection_timeout"] = connection_timeout
     if session is not None:
         return {"transport": AioHttpTransport(session=session, session_owner=False, **kwargs)}
     cafile = ca_file()

@@ -10,6 +10,7 @@ import binascii
 import os
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import msal
@@ -22,12 +23,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from msal.exceptions import MsalError
 
+from ._network import network_cause
 from ._tls import azure_client_kwargs, ca_file
 from .clouds import identity_authority
-from .errors import AuthenticationError, SettingsError
+from .errors import AuthenticationError, NotInAzureError, SettingsError
 from .settings import Settings
 
-__all__ = ["ManagementTokenProvider", "azure_credential", "management_token_provider"]
+__all__ = [
+    "IDENTITY_ENVIRONMENT",
+    "ManagementTokenProvider",
+    "azure_credential",
+    "identity_endpoint_known",
+    "management_token_provider",
+]
 
 #: OAuth errors only a person can fix (RFC 6749 §5.2, and Entra's invalid_resource). Anything else —
 #: temporarily_unavailable, server_error, throttling, a 5xx page that is not OAuth at all — is retried.
@@ -47,24 +55,39 @@ class ManagementTokenProvider(Protocol):
 
 class MsalTokenProvider:
     """Client credentials through msal (secret or certificate). msal caches the token in the application
-    object, so one provider is kept per process."""
+    object, so one provider is kept per process.
+
+    The msal application is built on the first token request, not here: msal reads the tenant's OpenID
+    configuration from Entra ID when it is built, and that network call belongs where its failure is
+    reported (an :class:`AuthenticationError` naming the host), not in building the runtime. The credential
+    itself is read here, so a certificate that does not load is a settings error before any call."""
 
     def __init__(self, settings: Settings) -> None:
         self._scope = f"{settings.api_audience}/.default"
+        self._settings = settings
+        self._credential = _client_credential(settings)
+        self._app: msal.ConfidentialClientApplication | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def _audience(self) -> str:
+        return self._scope.removesuffix("/.default")
+
+    def _build(self) -> msal.ConfidentialClientApplication:
+        settings = self._settings
         session = requests.Session()
         cafile = ca_file()
         if cafile:
             session.verify = cafile
-        self._app = msal.ConfidentialClientApplication(
+        return msal.ConfidentialClientApplication(
             settings.client_id,
-            client_credential=_client_credential(settings),
+            client_credential=self._credential,
             authority=f"{settings.authority_host}/{settings.tenant_id}",
             # A custom authority host (sovereign proxy, tests) is not in Microsoft's instance list.
             instance_discovery=not settings.authority_overridden,
             http_client=session,
             timeout=settings.http_timeout.total_seconds(),
         )
-        self._lock = asyncio.Lock()
 
     async def get_token(self, *, refresh: bool = False) -> str:
         async with self._lock:
@@ -74,32 +97,70 @@ class MsalTokenProvider:
             return token
         error = str(result.get("error", "unknown_error"))
         description = str(result.get("error_description", "")).splitlines()[0:1]
+        if error == "unreachable":
+            raise AuthenticationError(self._audience, description[0], transient=True)
+        if error == "no_tenant":
+            raise AuthenticationError(self._audience, description[0])
         if error not in _PERMANENT_ERRORS:
             raise AuthenticationError(
-                self._scope.removesuffix("/.default"),
-                f"Entra ID is unavailable or throttling ({error}); retried",
-                transient=True,
+                self._audience, f"Entra ID is unavailable or throttling ({error}); retried", transient=True
             )
         raise AuthenticationError(
-            self._scope.removesuffix("/.default"),
+            self._audience,
             f"{error}: {description[0] if description else 'no description'} - check O365_CLIENT_ID, the "
             "secret or certificate, and that ActivityFeed.Read is granted with admin consent",
         )
 
     def _acquire(self, refresh: bool) -> dict[str, Any]:
+        host = urlsplit(self._settings.authority_host).netloc
         try:
+            if self._app is None:
+                self._app = self._build()
             if refresh:
                 # msal serves from its cache; a token the API refused must be replaced.
                 self._app.remove_tokens_for_client()
             result = self._app.acquire_token_for_client(scopes=[self._scope])
-        except (requests.RequestException, MsalError, ValueError) as exc:
-            # Network faults, Entra's 5xx answers (msal raises MsalServiceError for those) and answers
-            # that are not JSON (ValueError): all worth another try.
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            return {
+                "error": "unreachable",
+                "error_description": f"cannot reach Entra ID at {host} ({network_cause(exc)}): check "
+                "O365_AUTHORITY_HOST (or O365_CLOUD) and the network",
+            }
+        except ValueError as exc:
+            if self._app is None:
+                # msal could not read the tenant's OpenID configuration: Entra answered, without the tenant.
+                return {
+                    "error": "no_tenant",
+                    "error_description": f"Entra ID at {host} has no OpenID configuration for tenant "
+                    f"{self._settings.tenant_id} ({type(exc).__name__}): check O365_TENANT_ID, "
+                    "O365_AUTHORITY_HOST and O365_CLOUD",
+                }
+            return {"error": "temporarily_unavailable", "error_description": type(exc).__name__}
+        except (requests.RequestException, MsalError) as exc:
+            # Entra's 5xx answers (msal raises MsalServiceError for those) and other HTTP faults: worth
+            # another try.
             return {"error": "temporarily_unavailable", "error_description": type(exc).__name__}
         return dict(result)
 
     async def close(self) -> None:
         return None
+
+
+#: Where Azure gives code a managed identity, it says so in the environment: App Service and Functions
+#: (IDENTITY_ENDPOINT), Cloud Shell (MSI_ENDPOINT), AKS workload identity (AZURE_FEDERATED_TOKEN_FILE).
+#: Without one of these only an Azure VM's instance metadata service (IMDS) can give a token.
+IDENTITY_ENVIRONMENT = ("IDENTITY_ENDPOINT", "MSI_ENDPOINT", "AZURE_FEDERATED_TOKEN_FILE")
+
+NOT_IN_AZURE = (
+    "not running in Azure: O365_AUTH_MODE=managed_identity needs the function app's identity, which exists only "
+    "in Azure (no IDENTITY_ENDPOINT or MSI_ENDPOINT here, and no Azure instance metadata service gave a token)"
+)
+NOT_IN_AZURE_HINT = "off Azure, use an app registration's credential (O365_AUTH_MODE=secret or certificate)"
+
+
+def identity_endpoint_known() -> bool:
+    """Whether the environment names a managed identity endpoint (see :data:`IDENTITY_ENVIRONMENT`)."""
+    return any(os.environ.get(name, "").strip() for name in IDENTITY_ENVIRONMENT)
 
 
 class IdentityTokenProvider:
@@ -108,20 +169,27 @@ class IdentityTokenProvider:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
         self._scope = f"{settings.api_audience}/.default"
         client_id = os.environ.get("AZURE_CLIENT_ID") or None
-        self._credential = ManagedIdentityCredential(client_id=client_id, **azure_client_kwargs(settings, session))
+        self._imds_only = not identity_endpoint_known()
+        kwargs = azure_client_kwargs(settings, session)
+        if self._imds_only:
+            # An Azure VM's metadata service answers at once; elsewhere nothing does, and the SDK's retries
+            # of 169.254.169.254 take 25-40 s to say so.
+            kwargs = {**azure_client_kwargs(settings, session, connection_timeout=2.0), "retry_total": 0}
+        self._credential = ManagedIdentityCredential(client_id=client_id, **kwargs)
 
     async def get_token(self, *, refresh: bool = False) -> str:
+        audience = self._scope.removesuffix("/.default")
         try:
             token = await self._credential.get_token(self._scope)
         except ClientAuthenticationError as exc:
+            if self._imds_only:
+                raise NotInAzureError(audience, NOT_IN_AZURE, NOT_IN_AZURE_HINT) from exc
             if exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429:
                 raise AuthenticationError(
-                    self._scope.removesuffix("/.default"),
-                    "the managed identity endpoint is unavailable; retried",
-                    transient=True,
+                    audience, "the managed identity endpoint is unavailable; retried", transient=True
                 ) from exc
             raise AuthenticationError(
-                self._scope.removesuffix("/.default"),
+                audience,
                 f"managed identity failed ({_safe(exc.message or type(exc).__name__)}); grant the identity the "
                 "ActivityFeed.Read app role (scripts/grant-activityfeed-permission.sh)",
             ) from exc
@@ -146,9 +214,14 @@ def azure_credential(
     managed_identity_only: bool = False,
     session: aiohttp.ClientSession | None = None,
 ) -> AsyncTokenCredential:
-    """The credential for Azure resources: in Azure, the function's managed identity."""
+    """The credential for Azure resources: in Azure, the function's managed identity; elsewhere whoever
+    ``DefaultAzureCredential`` finds (``az login``, environment variables).
+
+    ``managed_identity_only`` (``AzureWebJobsStorage__credential=managedidentity``) holds only where a
+    managed identity endpoint exists: an operator who runs the CLI off Azure with the app's settings
+    reaches storage with their own identity instead of failing on an identity that is not there."""
     kwargs = azure_client_kwargs(settings, session)
-    if managed_identity_only:
+    if managed_identity_only and identity_endpoint_known():
         return ManagedIdentityCredential(client_id=client_id or os.environ.get("AZURE_CLIENT_ID") or None, **kwargs)
     mi_client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None
     return DefaultAzureCredential(

@@ -1,11 +1,11 @@
-"""The clouds: the Microsoft 365 cloud of the tenant being read (``O365_CLOUD``), and the Azure cloud of the
-function's identity and the Sentinel workspace (``AZURE_CLOUD``).
+"""The Azure cloud of the function's identity and the Sentinel workspace (``AZURE_CLOUD``).
 
-They are two settings because they can differ: a GCC tenant (a Microsoft 365 cloud) may well send to a
-workspace in commercial Azure. The Microsoft 365 cloud decides the Management API's host and login. The
-Azure cloud decides the audience of Logs Ingestion tokens (azure-monitor-ingestion asks for the public
-cloud's unless told) and the authority azure-identity signs in at when the identity is not a managed
-identity (a service principal from ``AZURE_CLIENT_SECRET``, workload identity, a developer's sign-in).
+It is a setting of its own, apart from the Microsoft 365 cloud of the tenant being read (``O365_CLOUD``, see
+:mod:`.setting_forms`), because they can differ: a GCC tenant may well send to a workspace in commercial
+Azure. The Microsoft 365 cloud decides the Management API's host and login. The Azure cloud decides the
+audience of Logs Ingestion tokens (azure-monitor-ingestion asks for the public cloud's unless told) and the
+authority azure-identity signs in at when the identity is not a managed identity (a service principal from
+``AZURE_CLIENT_SECRET``, workload identity, a developer's sign-in).
 """
 
 from __future__ import annotations
@@ -15,23 +15,7 @@ from dataclasses import dataclass
 
 from .errors import SettingsError
 
-__all__ = ["AZURE_CLOUDS", "CLOUDS", "AzureCloud", "Cloud", "azure_cloud", "identity_authority"]
-
-
-@dataclass(frozen=True)
-class Cloud:
-    """Where a Microsoft 365 cloud's Management API and login live."""
-
-    api_host: str
-    authority_host: str
-
-
-CLOUDS: dict[str, Cloud] = {
-    "Commercial": Cloud("manage.office.com", "login.microsoftonline.com"),
-    "GCC": Cloud("manage-gcc.office.com", "login.microsoftonline.com"),
-    "GCCHigh": Cloud("manage.office365.us", "login.microsoftonline.us"),
-    "DoD": Cloud("manage.protection.apps.mil", "login.microsoftonline.us"),
-}
+__all__ = ["AZURE_CLOUDS", "AzureCloud", "azure_cloud", "identity_authority"]
 
 
 @dataclass(frozen=True)

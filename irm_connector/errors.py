@@ -6,6 +6,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     ├── SettingsError                 a setting is missing or malformed
     ├── UsageError                    a command line that cannot be carried out (the CLI)
     ├── AuthenticationError           no token could be obtained for a service
+    │   └── NotInAzureError           managed identity asked for where there is none (not in Azure)
     ├── ManagementApiError            the Management Activity API answered with an error
     │   ├── OperatorActionError       only a person can fix it (permission, tenant, disabled subscription)
     │   ├── SubscriptionMissingError  AF20022: the content type has no subscription yet
@@ -30,6 +31,7 @@ a token, a secret or record content, so they can be logged as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .models import PollReport
@@ -46,6 +48,7 @@ __all__ = [
     "InvalidWindowError",
     "LeaseLostError",
     "ManagementApiError",
+    "NotInAzureError",
     "OperatorActionError",
     "PollError",
     "RedactedError",
@@ -65,12 +68,20 @@ class ConnectorError(Exception):
 
 
 class SettingsError(ConnectorError):
-    """A setting is missing or malformed; ``setting`` names it."""
+    """A setting is missing or malformed; ``setting`` names it. When several are (settings are checked all at
+    once), ``problems`` holds each ``(setting, problem)``; ``setting`` and ``problem`` are the first."""
 
-    def __init__(self, setting: str, problem: str) -> None:
-        super().__init__(f"setting {setting}: {problem}")
+    def __init__(self, setting: str, problem: str, *, more: Sequence[tuple[str, str]] = ()) -> None:
+        self.problems = [(setting, problem), *more]
+        super().__init__("; ".join(f"setting {name}: {text}" for name, text in self.problems))
         self.setting = setting
         self.problem = problem
+
+    @classmethod
+    def combine(cls, errors: Sequence[SettingsError]) -> SettingsError:
+        """One error for every problem of ``errors`` (at least one), in order."""
+        problems = [problem for error in errors for problem in error.problems]
+        return cls(*problems[0], more=problems[1:])
 
 
 class UsageError(ConnectorError):
@@ -88,6 +99,16 @@ class AuthenticationError(ConnectorError):
         self.audience = audience
         self.detail = detail
         self.transient = transient
+
+
+class NotInAzureError(AuthenticationError):
+    """Managed identity was asked for, but no managed identity endpoint exists here: the process does not
+    run in Azure (a laptop, a build agent). Retrying cannot help; ``hint`` says what works instead."""
+
+    def __init__(self, audience: str, detail: str, hint: str) -> None:
+        super().__init__(audience, f"{detail}; {hint}")
+        self.detail = detail
+        self.hint = hint
 
 
 class ManagementApiError(ConnectorError):

@@ -19,9 +19,10 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from azure.core.exceptions import AzureError, HttpResponseError
+from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
+from .auth import identity_endpoint_known
 from .errors import IngestionError
 from .models import Row
 
@@ -133,6 +134,16 @@ class SentinelIngestor:
             started = time.perf_counter()
             try:
                 await self._client.upload(rule_id=self._dcr, stream_name=stream, logs=io.BytesIO(body))
+            except ClientAuthenticationError as exc:
+                if exc.status_code:
+                    raise _ingestion_error(stream, exc) from exc
+                # No answer from Logs Ingestion at all: the credential gave no token (it is an HttpResponseError
+                # without a status, which would read as "refused rows (HTTP 0)").
+                raise IngestionError(
+                    f"could not get a token for Logs Ingestion ({stream}): "
+                    f"{(exc.message or type(exc).__name__).splitlines()[0][:200].rstrip('.')}; {_token_hint()}",
+                    stream=stream,
+                ) from exc
             except HttpResponseError as exc:
                 if exc.status_code == 413 and len(chunk.rows) > 1:
                     self.stats.splits += 1
@@ -156,6 +167,12 @@ class SentinelIngestor:
                 return
         for piece in pieces:  # outside the gate: each piece takes its own place
             await self._send(stream, piece, on_sent)
+
+
+def _token_hint() -> str:
+    if identity_endpoint_known():
+        return "check AZURE_CLIENT_ID (the function app's identity); the message is retried"
+    return "off Azure this is your own identity: sign in with `az login` (DefaultAzureCredential)"
 
 
 def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:

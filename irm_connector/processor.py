@@ -244,5 +244,5 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult)
 #: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0
 #: The first pause; it doubles up to 8 s. Short, because the other delivery has usually finished by the time
-#: this one's own rows are uploaded: a look costs a read per hour slot with held records, a pause only time.
+#: this one's own rows are uploaded: a look costs a read per partition with held records, a pause only time.
 HELD_FIRST_PAUSE = 0.25

@@ -111,12 +111,14 @@ def storage_clients(
 
 def build_runtime(settings: Settings) -> Runtime:
     """Build the clients for ``settings``; no network or token work happens here."""
+    # A certificate that does not load raises here, before a connection pool exists that nothing would close.
+    msal_tokens = None if settings.auth_mode == "managed_identity" else management_token_provider(settings)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
         raise_for_status=False,
     )
     azure = azure_session()
-    tokens = management_token_provider(settings, azure)
+    tokens = msal_tokens or management_token_provider(settings, azure)
     credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
     tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
     state = StateStore.from_settings(tables, settings)

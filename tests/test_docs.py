@@ -13,8 +13,8 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def settings_read_by_the_code() -> set[str]:
-    text = (ROOT / "irm_connector" / "settings.py").read_text(encoding="utf-8")
-    names = set(re.findall(r'get\("([A-Z][A-Z0-9_]+)"', text)) | set(re.findall(r'env\.get\("([A-Z][A-Z0-9_]+)"', text))
+    text = "".join((ROOT / "irm_connector" / name).read_text(encoding="utf-8") for name in ("settings.py", "setting_forms.py"))
+    names = set(re.findall(r'(?:get|duration|number)\("([A-Z][A-Z0-9_]+)"', text))
     names |= set(re.findall(r'SettingsError\(\s*"([A-Z][A-Z0-9_]+)"', text))
     assert len(names) > 20, names
     return names

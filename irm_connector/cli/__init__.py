@@ -1,7 +1,8 @@
 """``irm-connector`` (``python -m irm_connector``): operate the connector with the function app's settings.
 
-Exit codes: 0 ok; 1 unhealthy or the work failed; 2 usage or settings error; 3 a dependency (Storage,
-Entra ID, the Management API, Logs Ingestion) could not be reached.
+Exit codes: 0 ok; 1 unhealthy or the work failed; 2 usage or settings error, or a command that cannot work
+where it runs; 3 a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
+With ``--json`` stdout holds one JSON document whatever happens: the result, or ``{"error": {...}}``.
 """
 
 from __future__ import annotations
@@ -10,20 +11,26 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
 
 from irm_connector import __version__
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
-from ._common import EXIT_USAGE, exit_code, load_settings, setup_logging
+from ._common import load_settings, setup_logging
+from ._failures import EXIT_USAGE, Failure, describe, report
 
 __all__ = ["build_parser", "main"]
 
 _EPILOG = """exit codes:
   0  ok (status: healthy)
   1  unhealthy (status), or the work failed (a content type, a poisoned message, an ID not found)
-  2  usage or settings error (the message names the setting); nothing was done
+  2  usage or settings error (the message names the setting), or managed identity asked for outside
+     Azure; nothing was done
   3  a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached
+
+--json (before or after the command): stdout is one JSON document, also on errors:
+{"error": {"code", "message", "hint"}}.
 
 Settings are read from the environment, as the function app reads its app settings
 (see local.settings.sample.json). process, run and backfill work the queue with host.json's
@@ -33,33 +40,52 @@ one, as it does for the Functions host."""
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-v info, -vv debug)")
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are JSON documents too when ``--json`` is on the command line."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if not self.json_errors:
+            super().error(message)
+        self.print_usage(sys.stderr)
+        report(Failure("usage", f"{self.prog}: {message}", f"see `{self.prog} --help`", EXIT_USAGE), as_json=True)
+        sys.exit(2)
+
+
+def _common(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    # Each level may carry the options (``poison --json list``, ``--json status``): a level that was not given
+    # one must not reset what another level set, hence SUPPRESS below the top.
+    parser.add_argument("--json", action="store_true", default=default, help="print one JSON document instead of text")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0 if default is False else default,
+        help="log to stderr (-v info, -vv debug)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="irm-connector",
         description="Operate the IRM connector: health, polling, processing, backfill, poison messages, subscriptions.",
         epilog=_EPILOG,
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"irm-connector {__version__}")
+    _common(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def action(
-        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        group: argparse._SubParsersAction[_Parser],
         name: str,
         help_text: str,
         description: str | None = None,
-    ) -> argparse.ArgumentParser:
+    ) -> _Parser:
         p = group.add_parser(name, help=help_text, description=description, epilog=_EPILOG, formatter_class=formatter)
         _common(p)
         return p
 
-    def command(name: str, help_text: str, description: str = "") -> argparse.ArgumentParser:
+    def command(name: str, help_text: str, description: str = "") -> _Parser:
         return action(sub, name, help_text, description or help_text)
 
     p = command(
@@ -157,26 +183,33 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         await close_runtimes()
 
 
+def _wants_json(argv: Sequence[str]) -> bool:
+    options = argv[: list(argv).index("--")] if "--" in argv else argv
+    return "--json" in options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = _wants_json(argv)
+    _Parser.json_errors = as_json
+    args = build_parser().parse_args(argv)
+    verbose = int(getattr(args, "verbose", 0) or 0)
+    setup_logging(verbose)
     try:
         settings = load_settings()
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        report(Failure("interrupted", "interrupted", "", 130), as_json=as_json)
         return 130
     except Exception as exc:
-        code = exit_code(exc)
-        kind = "settings error" if code == EXIT_USAGE else "error"
-        print(f"{kind}: {exc}", file=sys.stderr)
-        if args.verbose >= 2:
+        failure = describe(exc, " ".join(str(v) for v in (args.command, getattr(args, "action", None)) if v))
+        report(failure, as_json=as_json)
+        if verbose >= 2:
             import traceback
 
             traceback.print_exc()
-        return code
+        return failure.exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

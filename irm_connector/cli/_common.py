@@ -13,27 +13,18 @@ from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector import telemetry
-from irm_connector.errors import (
-    AuthenticationError,
-    ConnectorError,
-    IngestionError,
-    SettingsError,
-    StateError,
-    TransientApiError,
-    UsageError,
-)
+from irm_connector.errors import SettingsError, UsageError
 from irm_connector.models import utc_text
 from irm_connector.redaction import install_redaction
 from irm_connector.runtime import storage_clients
-from irm_connector.settings import Settings
+from irm_connector.settings import DURATION_FORMS, Settings, parse_duration
 from irm_connector.state import StateStore
 
+from ._failures import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from .queue_trigger import HostQueueOptions
 
 __all__ = [
@@ -44,8 +35,8 @@ __all__ = [
     "Storage",
     "UsageError",
     "confirm",
+    "duration_option",
     "emit",
-    "exit_code",
     "format_age",
     "iso",
     "load_settings",
@@ -54,15 +45,6 @@ __all__ = [
     "setup_logging",
     "storage",
 ]
-
-#: The work was done and all is healthy.
-EXIT_OK = 0
-#: Unhealthy (status) or the work failed (a content type, a poisoned message, an ID not found).
-EXIT_FAILED = 1
-#: Bad command line or settings: nothing was attempted.
-EXIT_USAGE = 2
-#: A dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
-EXIT_UNREACHABLE = 3
 
 log = logging.getLogger("irm_connector.cli")
 
@@ -99,22 +81,10 @@ def setup_logging(verbose: int) -> None:
     root.setLevel(min(level, root.level) if root.level else level)
     for noisy in ("azure", "msal", "urllib3", "opentelemetry"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # DefaultAzureCredential warns with a dozen lines per failed token (one per credential it tried); the
+    # CLI's own error line says what failed and what to do. -vv shows them.
+    logging.getLogger("azure.identity").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
     install_redaction(handlers=[handler])
-
-
-def exit_code(exc: BaseException) -> int:
-    """The exit code an error means."""
-    if isinstance(exc, SettingsError | UsageError):
-        return EXIT_USAGE
-    if isinstance(exc, AuthenticationError | TransientApiError | StateError):
-        return EXIT_UNREACHABLE
-    if isinstance(exc, IngestionError):
-        return EXIT_UNREACHABLE if exc.status == 0 else EXIT_FAILED
-    if isinstance(exc, ServiceRequestError | aiohttp.ClientConnectionError | ConnectionError | TimeoutError):
-        return EXIT_UNREACHABLE
-    if isinstance(exc, ConnectorError):
-        return EXIT_FAILED
-    return EXIT_FAILED
 
 
 def _plain(value: Any) -> Any:
@@ -161,18 +131,15 @@ def format_age(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def confirm(args: argparse.Namespace, question: str) -> bool:
-    """``--yes``, or a yes at the terminal; never without a terminal."""
+def confirm(args: argparse.Namespace, question: str) -> None:
+    """``--yes``, or a yes at the terminal; without either a :class:`UsageError` (nothing was done)."""
     if getattr(args, "yes", False):
-        return True
+        return
     if not sys.stdin.isatty():
-        print(f"error: {question.split('?')[0]}? Refused: pass --yes (no terminal to ask)", file=sys.stderr)
-        return False
+        raise UsageError(f"{question.split('?')[0]}? Refused: pass --yes (no terminal to ask)")
     answer = input(f"{question} [y/N] ")
-    if answer.strip().lower() in ("y", "yes"):
-        return True
-    print("aborted", file=sys.stderr)
-    return False
+    if answer.strip().lower() not in ("y", "yes"):
+        raise UsageError("aborted at the prompt; nothing was done")
 
 
 def parse_moment(text: str, name: str) -> datetime:
@@ -182,6 +149,14 @@ def parse_moment(text: str, name: str) -> datetime:
     except ValueError:
         raise UsageError(f"{name} {text!r} is not a time; write e.g. 2026-06-01T12:00Z") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def duration_option(text: str, option: str) -> timedelta:
+    """A duration option (``--since 3d``); a usage error, naming the accepted forms, when it is not one."""
+    try:
+        return parse_duration(text, setting=option)
+    except SettingsError:
+        raise UsageError(f"{option} {text!r} is not a duration; write {DURATION_FORMS}") from None
 
 
 def queue_options(retry_delay: float | None) -> HostQueueOptions:

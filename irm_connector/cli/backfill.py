@@ -10,13 +10,14 @@ from typing import Any
 from tqdm import tqdm
 
 from irm_connector.backfill import backfill
-from irm_connector.errors import PollError, SettingsError
+from irm_connector.errors import PollError
 from irm_connector.models import ContentTypeReport
 from irm_connector.runtime import get_runtime
-from irm_connector.settings import Settings, parse_duration
+from irm_connector.settings import Settings
 from irm_connector.windows import plan_backfill
 
-from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, iso, parse_moment
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
+from ._preflight import ready
 from .poll import report_lines
 from .process import process_lines, work_queue
 
@@ -28,10 +29,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.since and (args.start or args.end):
         raise UsageError("give --since or --start/--end, not both")
     if args.since:
-        try:
-            start = now - parse_duration(args.since, setting="--since")
-        except SettingsError as exc:
-            raise UsageError(str(exc)) from None
+        start = now - duration_option(args.since, "--since")
         end = now
     elif args.start:
         start = parse_moment(args.start, "--start")
@@ -47,6 +45,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
+    await ready(settings, management=True, ingestion=not args.no_process)
     rt = await get_runtime(settings)
     bar = tqdm(
         total=len(windows) * len(content_types),

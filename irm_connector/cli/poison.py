@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
 from irm_connector.content_queue import Delivery, create_queue_if_missing
 from irm_connector.settings import Settings
 from irm_connector.state import Failure, FailureStore, message_key
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Storage, UsageError, confirm, emit, iso, storage
+from ._common import EXIT_FAILED, EXIT_OK, Storage, UsageError, confirm, emit, iso, storage
+from ._preflight import ready
 
 __all__ = ["poison"]
 
-#: Messages being requeued or purged are hidden this long from other readers.
-_LOCK_SECONDS = 60
+#: How long a poison message being requeued or purged is hidden from other readers (renewed when needed).
+LOCK_SECONDS = 60
+
+log = logging.getLogger("irm_connector.cli")
 
 
 def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
@@ -65,80 +72,159 @@ async def _list(args: argparse.Namespace, settings: Settings, store: Storage, fa
     return EXIT_OK
 
 
-async def _drain(store: Storage, wanted: set[str] | None) -> tuple[list[QueueMessage], list[QueueMessage]]:
-    """Receive every poison message once: ``(matched, others)``; ``wanted`` None matches all. Each match is
-    invisible for a minute; the caller deletes it or gives the others back."""
-    matched: list[QueueMessage] = []
-    others: list[QueueMessage] = []
-    try:
-        while True:
-            page = [
+class _Walk:
+    """Receives every poison message once and hands each match to ``act`` while this run holds it.
+
+    A message is hidden for ``lock_seconds`` when it is received. Acting on each match in the page that
+    received it (and renewing the hold of one whose turn comes late) means a queue of any length never shows
+    this run a message it already sent: the whole queue is not held at once. A message that comes back all
+    the same (its delete was refused) is deleted, never sent twice. Others are skipped, and given back at the
+    end; the walk stops when the queue is empty, or when every message it holds back came round again without
+    a new one.
+    """
+
+    def __init__(self, store: Storage, lock_seconds: int) -> None:
+        self.store = store
+        self.lock = lock_seconds
+        self.others: dict[str, QueueMessage] = {}
+        self.acted: set[str] = set()
+        self.undeleted: list[str] = []
+
+    async def run(
+        self, matches: Callable[[QueueMessage], bool], act: Callable[[QueueMessage], Awaitable[None]]
+    ) -> None:
+        stale = 0  # messages received again since the last one seen for the first time
+        try:
+            while True:
+                page = await self._receive()
+                received = time.monotonic()
+                fresh = [m for m in page if m.id not in self.others and m.id not in self.acted]
+                for message in page:
+                    if message.id in self.others:
+                        self.others[message.id] = message  # the latest receipt gives it back at the end
+                    elif message.id not in self.acted and not matches(message):
+                        self.others[message.id] = message
+                    else:
+                        await self._handle(message, received, act)
+                stale = 0 if fresh else stale + len(page)
+                # Done when nothing is left, or when every message held back came round again without a
+                # new one among them (a long walk outlives the holds; what comes back first is no sign).
+                if not page or (not fresh and stale >= len(self.others) + len(self.undeleted)):
+                    return
+        finally:
+            for message in self.others.values():
+                # Refused when its hold ran out and someone received it since: it is visible anyway.
+                with contextlib.suppress(HttpResponseError):
+                    await self.store.poison.update_message(message, visibility_timeout=0)
+
+    async def _receive(self) -> list[QueueMessage]:
+        try:
+            return [
                 m
-                async for m in store.poison.receive_messages(
-                    messages_per_page=32, max_messages=32, visibility_timeout=_LOCK_SECONDS
+                async for m in self.store.poison.receive_messages(
+                    messages_per_page=32, max_messages=32, visibility_timeout=self.lock
                 )
             ]
-            if not page:
-                break
-            for message in page:
-                text = message.content if isinstance(message.content, str) else str(message.content)
-                parsed = Delivery.decode(text).message
-                content_id = parsed.blob.content_id if parsed is not None else ""
-                if wanted is None or message.id in wanted or (content_id and content_id in wanted):
-                    matched.append(message)
-                else:
-                    others.append(message)
-    except ResourceNotFoundError:
-        pass
-    return matched, others
+        except ResourceNotFoundError:
+            return []  # no poison queue: nothing to do
+
+    async def _handle(
+        self, message: QueueMessage, received: float, act: Callable[[QueueMessage], Awaitable[None]]
+    ) -> None:
+        if time.monotonic() - received > self.lock / 2:
+            # Its turn came late in a slow page: hold it again (a fresh receipt) before acting on it.
+            try:
+                message = await self.store.poison.update_message(message, visibility_timeout=self.lock)
+            except HttpResponseError:
+                return  # someone else received it meanwhile; it is theirs now
+        if message.id not in self.acted:
+            await act(message)
+            self.acted.add(message.id)
+        try:
+            await self.store.poison.delete_message(message)
+        except HttpResponseError as exc:
+            log.warning(
+                "Could not delete poison message %s after acting on it (HTTP %s): purge it, do not requeue it again",
+                message.id,
+                exc.status_code,
+            )
+            self.undeleted.append(message.id)
+        else:
+            if message.id in self.undeleted:
+                self.undeleted.remove(message.id)
+
+
+def _text(message: QueueMessage) -> str:
+    return message.content if isinstance(message.content, str) else str(message.content)
+
+
+def _content_id(message: QueueMessage) -> str:
+    parsed = Delivery.decode(_text(message)).message
+    return parsed.blob.content_id if parsed is not None else ""
 
 
 async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
-    if not args.all and not args.ids:
-        raise UsageError("name the message IDs (or content ids) to requeue, or pass --all")
-    if args.all and args.ids:
-        raise UsageError("give IDs or --all, not both")
     wanted = None if args.all else set(args.ids)
-    matched, others = await _drain(store, wanted)
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
-    for message in matched:
-        text = message.content if isinstance(message.content, str) else str(message.content)
+
+    def matches(message: QueueMessage) -> bool:
+        if wanted is None or message.id in wanted:
+            return True
+        content_id = _content_id(message)
+        return bool(content_id) and content_id in wanted
+
+    async def send_back(message: QueueMessage) -> None:
+        text = _text(message)
         # The main queue client base64-encodes, as the runtime's ContentQueue does and the trigger expects.
         await store.main.send_message(text, time_to_live=-1)
-        await store.poison.delete_message(message)
         delivery = Delivery.decode(text)
         await failures.delete_failure(message_key(delivery))
-        content_id = delivery.message.blob.content_id if delivery.message is not None else ""
-        done.append({"id": message.id, "content_id": content_id})
-    for message in others:  # give back at once what was not asked for
-        await store.poison.update_message(message, visibility_timeout=0)
+        done.append({"id": message.id, "content_id": _content_id(message)})
+
+    walk = _Walk(store, LOCK_SECONDS)
+    await walk.run(matches, send_back)
     found = {d["id"] for d in done} | {d["content_id"] for d in done}
     missing = sorted(wanted - found) if wanted is not None else []
     lines = [f"{len(done)} message(s) sent back to {settings.content_queue}"]
     lines += [f"  {d['id']}  {d['content_id']}" for d in done]
     if missing:
         lines.append(f"not found in {settings.poison_queue}: {', '.join(missing)}")
+    if walk.undeleted:
+        lines.append(f"sent back but still in {settings.poison_queue} (delete refused): {', '.join(walk.undeleted)}")
     if done:
         lines.append("process them with `irm-connector process` (or let the function app pick them up)")
-    emit(args, {"requeued": done, "not_found": missing}, "\n".join(lines))
-    return EXIT_FAILED if missing else EXIT_OK
+    emit(args, {"requeued": done, "not_found": missing, "not_deleted": walk.undeleted}, "\n".join(lines))
+    return EXIT_FAILED if missing or walk.undeleted else EXIT_OK
 
 
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     depth = await store.depth(store.poison)
-    if depth and not confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?"):
-        return EXIT_USAGE
-    matched, _ = await _drain(store, None)
-    for message in matched:
-        await store.poison.delete_message(message)
-        text = message.content if isinstance(message.content, str) else str(message.content)
-        await failures.delete_failure(message_key(Delivery.decode(text)))
-    emit(args, {"purged": len(matched)}, f"{len(matched)} message(s) deleted from {settings.poison_queue}")
-    return EXIT_OK
+    if depth:
+        confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?")
+    purged = 0
+
+    async def forget(message: QueueMessage) -> None:
+        nonlocal purged
+        await failures.delete_failure(message_key(Delivery.decode(_text(message))))
+        purged += 1
+
+    walk = _Walk(store, LOCK_SECONDS)
+    await walk.run(lambda _: True, forget)
+    emit(
+        args,
+        {"purged": purged, "not_deleted": walk.undeleted},
+        f"{purged - len(walk.undeleted)} message(s) deleted from {settings.poison_queue}",
+    )
+    return EXIT_FAILED if walk.undeleted else EXIT_OK
 
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "requeue" and not args.all and not args.ids:
+        raise UsageError("name the message IDs (or content ids) to requeue, or pass --all")
+    if args.action == "requeue" and args.all and args.ids:
+        raise UsageError("give IDs or --all, not both")
+    await ready(settings)
     async with storage(settings) as store:
         failures = store.state.failures
         if args.action == "list":

@@ -12,6 +12,7 @@ from irm_connector.models import PollReport
 from irm_connector.settings import Settings
 
 from ._common import EXIT_FAILED, EXIT_OK, emit, iso
+from ._preflight import ready
 
 __all__ = ["poll", "report_lines"]
 
@@ -30,6 +31,7 @@ def report_lines(report: PollReport) -> list[str]:
 
 
 async def poll(args: argparse.Namespace, settings: Settings) -> int:
+    await ready(settings, management=True)
     try:
         report = await handlers.poll(TimerRequest(past_due=False))
     except PollError as exc:

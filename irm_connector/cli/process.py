@@ -17,6 +17,7 @@ from irm_connector.models import ProcessResult
 from irm_connector.settings import Settings
 
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, queue_options, storage
+from ._preflight import ready
 from .queue_trigger import QueueWorker
 
 __all__ = ["process", "process_lines", "work_queue"]
@@ -68,15 +69,17 @@ async def work_queue(
         finally:
             bar.close()
         remaining = await store.depth(store.main)
+    # The host moves a message that failed too often; the processor parks one no retry could help at once.
+    poisoned = stats.poisoned + sum(r.parked for r in done.results)
     document = {
         "processed": stats.processed,
         "failed_attempts": stats.failed_attempts,
-        "poisoned": stats.poisoned,
+        "poisoned": poisoned,
         "remaining": remaining,
         "max_dequeue_count": options.max_dequeue_count,
         **done.summary(),
     }
-    return document, EXIT_FAILED if stats.poisoned else EXIT_OK
+    return document, EXIT_FAILED if poisoned else EXIT_OK
 
 
 def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
@@ -95,6 +98,7 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
 async def process(args: argparse.Namespace, settings: Settings) -> int:
     if args.max is not None and args.max < 1:
         raise UsageError("--max must be at least 1")
+    await ready(settings, management=True, ingestion=True)
     document, code = await work_queue(settings, max_messages=args.max, retry_delay=args.retry_delay)
     emit(args, document, "\n".join(process_lines(document, settings.poison_queue)))
     return code

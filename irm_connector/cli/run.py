@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 from datetime import UTC, datetime
 
 from azure.functions.timer import TimerRequest
@@ -22,6 +23,7 @@ from irm_connector.errors import ConnectorError, SettingsError
 from irm_connector.settings import Settings
 
 from ._common import EXIT_OK, emit, iso, queue_options, storage
+from ._preflight import ready
 from .queue_trigger import QueueWorker
 
 __all__ = ["Schedule", "run"]
@@ -41,7 +43,7 @@ class Schedule:
         if len(fields) not in (5, 6) or not croniter.is_valid(self.expression, second_at_beginning=len(fields) == 6):
             raise SettingsError(
                 "POLL_SCHEDULE",
-                f"{expression!r} is not an NCRONTAB expression (six fields, seconds first, e.g. '0 */5 * * * *')",
+                f"is not an NCRONTAB expression ({len(fields)} fields; write six, seconds first, e.g. '0 */5 * * * *')",
             )
         self._seconds_first = len(fields) == 6
 
@@ -77,6 +79,7 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
 async def run(args: argparse.Namespace, settings: Settings) -> int:
     schedule = Schedule(args.schedule or os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
     options = queue_options(args.retry_delay)
+    await ready(settings, management=True, ingestion=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
@@ -87,8 +90,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         except (NotImplementedError, RuntimeError):  # not on this platform or not the main thread
             pass
     counts = {"polls": 0, "poll_errors": 0, "queued": 0}
+    # On stderr with --json: stdout holds the one JSON document printed when it stops.
     print(
         f"running: polling on '{schedule.expression}', working {settings.content_queue}; Ctrl-C or SIGTERM stops",
+        file=sys.stderr if getattr(args, "json", False) else sys.stdout,
         flush=True,
     )
     try:

@@ -7,33 +7,40 @@ from datetime import UTC, datetime
 from typing import Any
 
 from irm_connector.errors import ConnectorError
+from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
-from irm_connector.settings import Settings, parse_duration
+from irm_connector.settings import Settings
 
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, emit, exit_code, format_age, iso, storage
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, duration_option, emit, format_age, iso, storage
+from ._failures import describe
+from ._preflight import check_management_token, check_storage
 
 __all__ = ["status"]
 
 
 async def status(args: argparse.Namespace, settings: Settings) -> int:
     now = datetime.now(UTC)
-    max_lag = parse_duration(args.max_lag, setting="--max-lag")
+    max_lag = duration_option(args.max_lag, "--max-lag")
+    await check_storage(settings)
     rt = await get_runtime(settings)
     async with storage(settings) as store:
         states = {s.content_type: s for s in await rt.state.watermarks.list_states(settings.tenant_id)}
         queue_depth = await store.depth(store.main)
         poison_depth = await store.depth(store.poison)
 
+    # What storage knows is shown whatever the Management API says. The token is asked for once, outside the
+    # API client's retries: no token (Entra unreachable, not in Azure) is reported at once.
     subscriptions: dict[str, str] = {}
     api_error = ""
-    api_unreachable = False
+    api_failure = None
     try:
+        await check_management_token(rt)
         subscriptions = {
             str(s.get("contentType")): str(s.get("status", "")) for s in await rt.management.list_subscriptions()
         }
     except ConnectorError as exc:
-        api_error = str(exc)
-        api_unreachable = exit_code(exc) == EXIT_UNREACHABLE
+        api_failure = describe(exc)
+        api_error = redact(api_failure.line().removeprefix("error: "))  # it reaches stdout, past the log filter
 
     problems: list[dict[str, str]] = []
     rows: list[dict[str, Any]] = []
@@ -73,12 +80,14 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
                 "detail": f"{poison_depth} message(s) in {settings.poison_queue}: see `irm-connector poison list`",
             }
         )
-    if api_error:
-        code_name = "api-unreachable" if api_unreachable else "api-error"
+    if api_failure is not None:
+        code_name = {EXIT_UNREACHABLE: "api-unreachable", EXIT_USAGE: api_failure.code}.get(
+            api_failure.exit_code, "api-error"
+        )
         problems.append({"code": code_name, "content_type": "", "detail": api_error})
 
     healthy = not problems
-    code = EXIT_OK if healthy else EXIT_UNREACHABLE if api_unreachable else EXIT_FAILED
+    code = EXIT_OK if healthy else api_failure.exit_code if api_failure and api_failure.exit_code > 1 else EXIT_FAILED
     document = {
         "healthy": healthy,
         "tenant_id": settings.tenant_id,

@@ -7,14 +7,16 @@ import argparse
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 
-from ._common import EXIT_OK, EXIT_USAGE, UsageError, confirm, emit
+from ._common import EXIT_OK, UsageError, confirm, emit
+from ._preflight import ready
 
 __all__ = ["subscriptions"]
 
 
 async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
-    rt = await get_runtime(settings)
     if args.action == "list":
+        await ready(settings, storage=False, management=True)
+        rt = await get_runtime(settings)
         items = await rt.management.list_subscriptions()
         listed = {str(s.get("contentType")): str(s.get("status", "")) for s in items}
         rows = [
@@ -35,10 +37,13 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
     content_types = tuple(args.content_types or (settings.content_types if args.action == "start" else ()))
     if not content_types:
         raise UsageError("name the content type(s) to stop, e.g. `subscriptions stop Audit.General --yes`")
-    if args.action == "stop" and not confirm(
-        args, f"Stop the subscription(s) {', '.join(content_types)}? Content published while stopped is never available"
-    ):
-        return EXIT_USAGE
+    if args.action == "stop":
+        confirm(
+            args,
+            f"Stop the subscription(s) {', '.join(content_types)}? Content published while stopped is never available",
+        )
+    await ready(settings, storage=False, management=True)
+    rt = await get_runtime(settings)
     results = []
     for ct in content_types:
         if args.action == "start":

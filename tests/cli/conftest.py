@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ from irm_connector.content_queue import create_queue_if_missing
 from standins import Azurite, StandIns
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released): an unreachable service."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -43,6 +51,11 @@ class Cli:
         for name, value in settings.items():
             self.env[name] = value
             self.monkeypatch.setenv(name, value)
+
+    def unset(self, *names: str) -> None:
+        for name in names:
+            self.env.pop(name, None)
+            self.monkeypatch.delenv(name, raising=False)
 
     def run(self, *argv: str) -> tuple[int, str, str]:
         """``irm-connector ARGV`` in this process: (exit code, stdout, stderr)."""

@@ -183,10 +183,11 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     assert code == 0 and doc["processed"] == 1 and doc["poisoned"] == 0
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
 
-    # A message that is not a content notification is parked at once, with the reason.
+    # A message that is not a content notification is parked at once, with the reason; like any message
+    # moved to the poison queue, it makes `process` exit 1.
     cli.put("this is not a content message")
     code, doc = cli.json("process")
-    assert code == 0 and cli.depth(cli.poison) == 1
+    assert code == 1 and doc["poisoned"] == 1 and cli.depth(cli.poison) == 1
     code, doc = cli.json("poison", "list")
     assert doc["messages"][0]["reason"] == "BadMessageError: message is not JSON"
 
@@ -253,7 +254,7 @@ def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) ->
     for bad in (["--since", "8d"], ["--start", "2026-01-02", "--end", "2026-01-01"], ["--since", "soon"], []):
         code, _, err = cli.run("backfill", *bad)
         assert code == 2, (bad, err)
-        assert err.startswith("settings error:")
+        assert err.startswith("usage error:") and "irm-connector backfill --help" in err
 
 
 def test_subscriptions_list_start_stop(cli: Cli) -> None:
@@ -278,3 +279,47 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     sim.management.set_admin_disabled("Audit.General")
     code, _, err = cli.run("subscriptions", "start")
     assert code == 1 and "AF20023" in err
+
+
+def test_every_bad_setting_is_named_at_once_one_line_each(cli: Cli) -> None:
+    cli.set(O365_TENANT_ID="00000000-0000-0000-0000-000000000000", INITIAL_LOOKBACK="24")
+    cli.set(LOGS_INGESTION_ENDPOINT="https://<your-dcr>.<region>-1.ingest.monitor.azure.com")
+    code, out, err = cli.run("status")
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "settings error: setting O365_TENANT_ID: is the all-zero GUID of the sample settings: put in the real one",
+        "settings error: setting INITIAL_LOOKBACK: has no unit; write a number and a unit: 45s, 90m, 24h, 7d, or "
+        "combined like 1h30m",
+        "settings error: setting LOGS_INGESTION_ENDPOINT: still holds a placeholder of the sample settings (<...>): "
+        "put in the real value",
+    ]
+    code, doc = cli.json("poll")
+    assert code == 2
+    assert doc["error"]["code"] == "settings" and doc["error"]["message"].startswith("3 settings are not usable")
+    assert [s["setting"] for s in doc["error"]["settings"]] == [
+        "O365_TENANT_ID", "INITIAL_LOOKBACK", "LOGS_INGESTION_ENDPOINT",
+    ]  # fmt: skip
+
+
+def test_a_secret_pasted_into_a_setting_is_not_echoed(cli: Cli) -> None:
+    pasted = "Qx8~sEcReT.vaLue_9f3kD2-aB7cE~p0"
+    cli.set(O365_CLIENT_ID=pasted, O365_PUBLISHER_ID=pasted)
+    code, out, err = cli.run("status", "--json")
+    assert code == 2
+    assert pasted not in out + err and "is not a GUID" in err
+    assert {s["setting"] for s in json.loads(out)["error"]["settings"]} == {"O365_CLIENT_ID", "O365_PUBLISHER_ID"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["status", "--max-lag", "2"], "--max-lag '2' is not a duration; write a number and a unit: 45s"),
+        (["backfill", "--since", "soon"], "--since 'soon' is not a duration"),
+        (["backfill"], "give --since (e.g. 3d) or --start"),
+        (["backfill", "--since", "1d", "--start", "2026-01-01"], "not both"),
+    ],
+)
+def test_command_line_mistakes_are_usage_errors(cli: Cli, argv: list[str], needle: str) -> None:
+    code, out, err = cli.run(*argv)
+    assert code == 2 and out == ""
+    assert err.startswith("usage error: ") and needle in err and "settings error" not in err

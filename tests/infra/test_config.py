@@ -46,7 +46,7 @@ def _params(text: str) -> dict[str, str]:
 def _settings_read_by_the_code() -> set[str]:
     """Every setting irm_connector/settings.py reads, so a new one cannot be forgotten in the Bicep."""
     code = (INFRA.parent / "irm_connector" / "settings.py").read_text()
-    names = set(re.findall(r'get\("([A-Z][A-Z0-9_]+)"', code)) | set(re.findall(r'env\.get\("([A-Z][A-Z0-9_]+)"', code))
+    names = set(re.findall(r'(?:get|duration|number)\("([A-Z][A-Z0-9_]+)"', code))
     # Overrides for proxies and tests, and the certificate file path (Azure uses O365_CLIENT_CERTIFICATE).
     return names - {"O365_API_ROOT", "O365_AUTHORITY_HOST", "O365_CLIENT_CERTIFICATE_PATH"}
 

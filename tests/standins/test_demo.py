@@ -1,9 +1,11 @@
-"""The Quick start demo (``scripts/demo.sh`` runs ``python -m standins.demo``), end to end."""
+"""The Quick start demo (``scripts/demo.sh`` runs ``python -m standins.demo``), end to end: what it prints
+(each figure explained, progress while it works, no claim about a stream that is off) and its help."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,17 +15,65 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.usefixtures("clean_environment")
-def test_demo_runs_the_quick_start(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "standins.demo", "--records", "2000", "--out", str(tmp_path / "demo")],
+def demo(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "standins.demo", *argv],
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def figures(stdout: str) -> dict[str, tuple[int, str]]:
+    """The result section's ``name  value  meaning`` lines."""
+    result = stdout[stdout.index("==> Result") :]
+    found = re.findall(r"^    (\S.*?) +(\d+)  (\S.*)$", result, flags=re.MULTILINE)
+    return {name: (int(value), meaning) for name, value, meaning in found}
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_demo_runs_the_quick_start(tmp_path: Path) -> None:
+    done = demo("--records", "2000", "--out", str(tmp_path / "demo"), "--progress", "0")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "every alert exactly once: yes" in done.stdout
+    out = done.stdout
+    assert "audit stream on (Custom-O365Audit); the product's default is alerts only" in out
+    assert "every alert exactly once: yes; every audit record exactly once: yes" in out
+    assert re.search(r"^    \.\.\. \d+/\d+ blobs, [\d,]+ records, rows Custom-IRMAlerts [\d,]+, Custom-O365Audit", out, re.M)
+    assert "npm" not in out + done.stderr and "\x1b[" not in out
+
+    shown = figures(out)
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["rows"]["Custom-IRMAlerts"] > 0
+    assert shown["blobs processed"][0] == summary["blobs"]
+    assert shown["records received"][0] == summary["records"]
+    assert shown["IRM alert records"][0] == summary["alert_records"]
+    assert shown["duplicates dropped"][0] == summary["duplicates_dropped"]
+    for stream in ("Custom-IRMAlerts", "Custom-O365Audit", "Custom-IRMConnectorHealth"):
+        assert shown[f"rows {stream}"][0] == summary["rows"][stream] > 0
+    assert all(len(meaning) > 20 for _, meaning in shown.values()), shown  # each figure says what it counts
+    # The breakdown of the dropped copies adds up to the figure it explains.
+    alert_copies, audit_copies = map(int, re.findall(r"\((\d+) alert \+ (\d+) audit\)", out)[0])
+    assert alert_copies + audit_copies == summary["duplicates_dropped"]
+    assert alert_copies == summary["alert_records"] - summary["rows"]["Custom-IRMAlerts"]
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_demo_alerts_only_claims_nothing_about_the_audit_stream(tmp_path: Path) -> None:
+    done = demo("--records", "2000", "--out", str(tmp_path / "demo"), "--alerts-only")
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "audit stream off (--alerts-only), as in the product's default settings" in out
+    assert "every alert exactly once: yes" in out and "audit record exactly once" not in out
+    shown = figures(out)
+    assert "rows Custom-O365Audit" not in shown
+    assert "(" + str(shown["duplicates dropped"][0]) + " alert)" in shown["duplicates dropped"][1]
+
+
+def test_demo_help_shows_the_defaults_in_plain_text() -> None:
+    done = demo("--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())  # argparse wraps to the terminal's width
+    assert "``" not in text
+    assert "(default 20,000)" in text and "(default 3)" in text
+    assert "--alerts-only runs with the product's default" in text

@@ -1,10 +1,14 @@
 """Settings: defaults, every documented form, and errors that name the setting."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from irm_connector.errors import SettingsError
 from irm_connector.settings import Settings, parse_duration
 
+REPO = Path(__file__).resolve().parents[2]
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT = "99999999-8888-7777-6666-555555555555"
 BASE = {
@@ -120,7 +124,7 @@ def test_identity_based_storage():
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("7d", 604800), ("45", 45)]
+    ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("7d", 604800), ("45s", 45)]
 )
 def test_durations(text, seconds):
     assert parse_duration(text, setting="X").total_seconds() == seconds
@@ -163,3 +167,51 @@ def test_a_guid_setting_says_it_is_not_a_guid(setting):
     with pytest.raises(SettingsError, match=rf"^setting {setting}: is not a GUID") as info:
         Settings.from_env({**BASE, setting: PASTED_SECRET})
     assert PASTED_SECRET not in str(info.value)
+
+
+def test_every_bad_setting_is_reported_at_once():
+    env = {**BASE, "O365_TENANT_ID": "contoso", "O365_CLOUD": "Mars", "HTTP_TIMEOUT": "0s", "LOGS_DCR_IMMUTABLE_ID": ""}
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(env)
+    named = [setting for setting, _ in info.value.problems]
+    assert named == ["O365_TENANT_ID", "O365_CLOUD", "HTTP_TIMEOUT", "LOGS_DCR_IMMUTABLE_ID"]
+    assert info.value.setting == "O365_TENANT_ID"  # the first, for callers that show one
+    assert str(info.value).count("setting ") == 4
+    # A bad tenant id is reported once, not again as the publisher id that defaults to it.
+    assert "O365_PUBLISHER_ID" not in str(info.value)
+
+
+def test_the_sample_settings_are_refused_until_filled_in():
+    """local.settings.sample.json as shipped: placeholders and all-zero ids, each named once."""
+    values = json.loads((REPO / "local.settings.sample.json").read_text())["Values"]
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(values)
+    problems = dict(info.value.problems)
+    assert sorted(problems) == [
+        "LOGS_DCR_IMMUTABLE_ID", "LOGS_INGESTION_ENDPOINT", "O365_CLIENT_ID", "O365_CLIENT_SECRET", "O365_TENANT_ID",
+    ]  # fmt: skip
+    assert len(info.value.problems) == len(problems)
+    assert problems["LOGS_INGESTION_ENDPOINT"].startswith("still holds a placeholder of the sample settings")
+    assert problems["O365_TENANT_ID"].startswith("is the all-zero GUID")
+    assert problems["O365_CLIENT_ID"].startswith("is the all-zero GUID")
+    assert problems["LOGS_DCR_IMMUTABLE_ID"].startswith("is the all-zero id")
+    assert "<your-dcr>" not in str(info.value)
+
+
+@pytest.mark.parametrize("setting", ["O365_TENANT_ID", "O365_CLIENT_ID", "O365_PUBLISHER_ID"])
+def test_the_nil_guid_is_refused(setting):
+    with pytest.raises(SettingsError, match=rf"^setting {setting}: is the all-zero GUID"):
+        Settings.from_env({**BASE, setting: "00000000-0000-0000-0000-000000000000"})
+
+
+@pytest.mark.parametrize("setting", ["INITIAL_LOOKBACK", "LISTING_OVERLAP", "POLL_TIME_BUDGET", "HTTP_TIMEOUT"])
+def test_a_duration_without_a_unit_is_refused_with_the_accepted_forms(setting):
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, setting: "24"})
+    assert info.value.setting == setting
+    assert info.value.problem == "has no unit; write a number and a unit: 45s, 90m, 24h, 7d, or combined like 1h30m"
+
+
+def test_a_placeholder_is_not_looked_for_in_secrets():
+    s = Settings.from_env({**BASE, "O365_CLIENT_SECRET": "a<b>c-secret"})
+    assert s.client_secret == "a<b>c-secret"

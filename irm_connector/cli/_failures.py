@@ -1,0 +1,150 @@
+"""What an error means to the operator: a code for scripts, one line saying what was wrong, a hint saying
+what to do, and the exit code. Printed as ``error: …`` on stderr, and with ``--json`` also as
+``{"error": {"code", "message", "hint"}}`` on stdout, so that ``--json`` output is always one JSON document.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
+
+from irm_connector._network import network_cause
+from irm_connector.errors import (
+    AuthenticationError,
+    ConnectorError,
+    IngestionError,
+    ManagementApiError,
+    NotInAzureError,
+    SettingsError,
+    StateError,
+    TransientApiError,
+    UsageError,
+)
+from irm_connector.redaction import install_redaction, redact
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Failure", "OperatorError", "describe", "report"]
+
+#: The work was done and all is healthy.
+EXIT_OK = 0
+#: Unhealthy (status) or the work failed (a content type, a poisoned message, an ID not found).
+EXIT_FAILED = 1
+#: Bad command line or settings, or a command that cannot work where it runs: nothing was attempted.
+EXIT_USAGE = 2
+#: A dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
+EXIT_UNREACHABLE = 3
+
+NOT_IN_AZURE_HINT = (
+    "off Azure, give this command an app registration's credential (O365_AUTH_MODE=secret or certificate with "
+    "O365_CLIENT_ID); status and poison need only storage, which your own identity (az login) reaches"
+)
+
+
+_NETWORK_ERRORS = (ServiceRequestError, ServiceResponseError, aiohttp.ClientError, ConnectionError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An error as the CLI reports it."""
+
+    code: str
+    message: str
+    hint: str
+    exit_code: int
+    #: every ``(setting, problem)`` of a settings error (all bad settings are reported at once)
+    settings: tuple[tuple[str, str], ...] = ()
+
+    def line(self) -> str:
+        """What stderr shows: one line, or one per bad setting."""
+        if self.settings:
+            return "\n".join(f"settings error: setting {name}: {problem}" for name, problem in self.settings)
+        prefix = {"settings": "settings error", "usage": "usage error"}.get(self.code, "error")
+        return f"{prefix}: {self.message}" + (f"; {self.hint}" if self.hint else "")
+
+    def document(self) -> dict[str, Any]:
+        """What stdout shows with ``--json``."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message, "hint": self.hint}
+        if self.settings:
+            error["settings"] = [{"setting": name, "problem": problem} for name, problem in self.settings]
+        return {"error": error}
+
+
+class OperatorError(ConnectorError):
+    """An error the CLI found itself (a preflight check), already described."""
+
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(failure.line())
+        self.failure = failure
+
+
+def _first_line(text: str, limit: int = 400) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+#: How the connector's messages begin their advice: ``…(connection refused): check O365_AUTHORITY_HOST``.
+_ADVICE = re.compile(r"(?:: |; | - )((?:check|grant|fix|set|sign in|give|wait|assign|turn on|re-enable) .*)$")
+
+
+def _split_hint(text: str, default: str = "") -> tuple[str, str]:
+    """``(what was wrong, what to do)`` from a message that ends with its advice."""
+    match = _ADVICE.search(text)
+    if match is None:
+        return text, default
+    return text[: match.start()], match.group(1)
+
+
+def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
+    """The failure ``exc`` means (see the module docstring); ``command`` for the usage hint."""
+    text = _first_line(str(exc), 4000 if isinstance(exc, SettingsError) else 400)
+    if isinstance(exc, OperatorError):
+        return exc.failure
+    if isinstance(exc, SettingsError):
+        count = len(exc.problems)
+        message = text if count == 1 else f"{count} settings are not usable: {text}"
+        hint = "fix them where the settings live: the app settings in Azure, the environment or local.settings.json"
+        return Failure("settings", message, hint, EXIT_USAGE, tuple(exc.problems))
+    if isinstance(exc, UsageError):
+        return Failure("usage", text, f"see `irm-connector {command} --help`", EXIT_USAGE)
+    if isinstance(exc, NotInAzureError):
+        message = f"could not get a token for {exc.audience}: {exc.detail}"
+        return Failure("not-in-azure", message, NOT_IN_AZURE_HINT, EXIT_USAGE)
+    if isinstance(exc, AuthenticationError):
+        code = "entra-unreachable" if exc.transient else "token-refused"
+        return Failure(code, *_split_hint(text), EXIT_UNREACHABLE)
+    if isinstance(exc, TransientApiError):
+        hint = "check O365_API_ROOT (or O365_CLOUD), the network and Microsoft 365 service health"
+        return Failure("api-unreachable", text, hint, EXIT_UNREACHABLE)
+    if isinstance(exc, ManagementApiError):
+        return Failure("api-error", text, "", EXIT_FAILED)
+    if isinstance(exc, IngestionError):
+        unreachable = exc.status == 0
+        return Failure("ingestion", *_split_hint(text), EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
+    if isinstance(exc, StateError):
+        return Failure("storage", text, "check AzureWebJobsStorage and the storage account", EXIT_UNREACHABLE)
+    if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
+        return Failure("token-unavailable", f"no token: {text}", "sign in with `az login`", EXIT_UNREACHABLE)
+    if isinstance(exc, _NETWORK_ERRORS):
+        return Failure("unreachable", f"a service could not be reached ({network_cause(exc)})", "", EXIT_UNREACHABLE)
+    if isinstance(exc, ConnectorError):
+        return Failure("failed", text, "", EXIT_FAILED)
+    return Failure(
+        "internal",
+        f"unexpected {type(exc).__name__}: {text}",
+        "run again with -vv for the traceback, and report it",
+        EXIT_FAILED,
+    )
+
+
+def report(failure: Failure, *, as_json: bool) -> None:
+    """The line on stderr; with ``as_json`` the JSON document on stdout too. Secrets are masked in both, the
+    same way as in the log (a library's message may echo a value)."""
+    install_redaction()  # learns the configured secrets, if logging was not set up before the failure
+    print(redact(failure.line()), file=sys.stderr)
+    if as_json:
+        print(redact(json.dumps(failure.document(), indent=2)))

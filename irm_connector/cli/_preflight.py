@@ -1,0 +1,168 @@
+"""Checks a command makes before it starts work: can it reach storage, and can it get the tokens it needs?
+
+The connector's own clients retry a failing call for half a minute and more (right for the function app,
+where a storage restart must not cost a commit), and a credential that cannot work where the command runs
+would fail every queue message until each lands in the poison queue. One unretried request per service,
+bounded by ``HTTP_TIMEOUT``, finds both at once and names the endpoint and the likely cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+from urllib.parse import urlsplit
+
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.data.tables.aio import TableServiceClient
+from azure.storage.queue.aio import QueueClient
+
+from irm_connector._network import network_cause
+from irm_connector._tls import azure_client_kwargs
+from irm_connector.auth import azure_credential, identity_endpoint_known
+from irm_connector.runtime import Runtime, get_runtime
+from irm_connector.settings import Settings
+
+from ._failures import EXIT_UNREACHABLE, Failure, OperatorError
+
+__all__ = ["check_ingestion_token", "check_management_token", "check_storage", "ready"]
+
+#: The Logs Ingestion client's token audience (azure-monitor-ingestion's default, which the runtime keeps).
+INGESTION_SCOPE = "https://monitor.azure.com/.default"
+
+
+def _first_line(exc: ClientAuthenticationError) -> str:
+    text = str(exc.message or exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200].rstrip(".")
+
+
+def _endpoint(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _local(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _storage_failure(exc: BaseException, url: str, settings: Settings) -> Failure:
+    endpoint = _endpoint(url)
+    where = "AzureWebJobsStorage" if settings.storage.connection_string else "AzureWebJobsStorage__accountName"
+    if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
+        return Failure(
+            "storage-token",
+            f"no token for Storage at {endpoint}: {_first_line(exc)}",
+            _identity_hint("Storage Queue Data Contributor and Storage Table Data Contributor on the account"),
+            EXIT_UNREACHABLE,
+        )
+    if isinstance(exc, HttpResponseError) and exc.status_code in (401, 403):
+        code = str(getattr(exc, "error_code", "") or "")
+        hint = {
+            "AuthorizationPermissionMismatch": "give your identity Storage Queue Data Contributor and Storage "
+            "Table Data Contributor on the account (the deployment gives them to the deployer)",
+            "AuthorizationFailure": "the account's network rules refuse this address: add it to the storage "
+            "firewall, or run the command from an allowed network",
+            "AuthenticationFailed": f"the credential was refused: check the account key in {where}",
+        }.get(code, f"check {where} and your identity's roles on the account")
+        return Failure(
+            "storage-refused",
+            f"Storage at {endpoint} refused the request (HTTP {exc.status_code}{', ' + code if code else ''})",
+            hint,
+            EXIT_UNREACHABLE,
+        )
+    cause = network_cause(exc)
+    if cause == "no answer (timed out)":
+        cause = f"no answer within HTTP_TIMEOUT ({settings.http_timeout.total_seconds():g}s)"
+    hint = (
+        "is Azurite running? (scripts/azurite.sh); else check AzureWebJobsStorage"
+        if _local(url)
+        else f"check {where} (the account name or endpoints), the network and the storage account's firewall"
+    )
+    return Failure("storage-unreachable", f"cannot reach Storage at {endpoint} ({cause})", hint, EXIT_UNREACHABLE)
+
+
+def _identity_hint(roles: str) -> str:
+    if identity_endpoint_known():
+        return f"check AZURE_CLIENT_ID (the function app's identity) and that it has {roles}"
+    return f"off Azure this is your own identity: sign in with `az login` as an account with {roles}"
+
+
+async def check_storage(settings: Settings) -> None:
+    """One request to the content queue and one to the state table, unretried; raises
+    :class:`OperatorError` naming the endpoint and the likely cause."""
+    storage = settings.storage
+    kwargs: dict[str, Any] = {**azure_client_kwargs(settings), "retry_total": 0}
+    credential: AsyncTokenCredential | None = None
+    if storage.connection_string:
+        queue = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **kwargs)
+        tables = TableServiceClient.from_connection_string(storage.connection_string, **kwargs)
+    else:
+        assert storage.queue_service_uri is not None
+        assert storage.table_service_uri is not None
+        credential = azure_credential(
+            settings, storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity"
+        )
+        queue = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **kwargs)
+        tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **kwargs)
+
+    async def queue_probe() -> None:
+        await queue.get_queue_properties()
+
+    async def table_probe() -> None:
+        table = tables.get_table_client(f"{settings.table_prefix}state")
+        async for _ in table.query_entities("PartitionKey eq 'preflight'", results_per_page=1):
+            break
+
+    try:
+        results = await asyncio.gather(queue_probe(), table_probe(), return_exceptions=True)
+    finally:
+        for closer in (queue.close, tables.close, *((credential.close,) if credential else ())):
+            await closer()
+    for result, url in zip(results, (queue.url, tables.url), strict=True):
+        if isinstance(result, ResourceNotFoundError):
+            continue  # reachable: the queue or table is created when first needed
+        if isinstance(result, HttpResponseError | ServiceRequestError | ServiceResponseError):
+            raise OperatorError(_storage_failure(result, url, settings)) from result
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def check_management_token(rt: Runtime) -> None:
+    """A token for the Management API, once, without the API client's retries: an
+    :class:`~irm_connector.errors.AuthenticationError` says why not."""
+    await rt.tokens.get_token()
+
+
+async def check_ingestion_token(rt: Runtime) -> None:
+    """A token for Logs Ingestion from the runtime's Azure credential."""
+    try:
+        await rt.credentials[0].get_token(INGESTION_SCOPE)
+    except ClientAuthenticationError as exc:
+        first = _first_line(exc)
+        raise OperatorError(
+            Failure(
+                "ingestion-token",
+                f"no token for Logs Ingestion ({INGESTION_SCOPE.removesuffix('/.default')}): {first}",
+                _identity_hint("Monitoring Metrics Publisher on the data collection rule"),
+                EXIT_UNREACHABLE,
+            )
+        ) from exc
+
+
+async def ready(settings: Settings, *, storage: bool = True, management: bool = False, ingestion: bool = False) -> None:
+    """The checks a command needs: storage (all but ``subscriptions``), a Management API token (the commands
+    that poll or download), a Logs Ingestion token (the commands that send rows)."""
+    if storage:
+        await check_storage(settings)
+    if management or ingestion:
+        rt = await get_runtime(settings)
+        if management:
+            await check_management_token(rt)
+        if ingestion:
+            await check_ingestion_token(rt)

@@ -1,0 +1,287 @@
+"""How each setting is written, and the checks that refuse a bad one: without the value in the message
+(it is logged, and a secret pasted into the wrong setting must not reach the logs with it) and without
+stopping at the first (:class:`Reader` keeps every problem, so one run names every setting to fix)."""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal, TypeVar
+from urllib.parse import SplitResult, urlsplit
+
+from .errors import SettingsError
+
+__all__ = [
+    "CLOUDS",
+    "DURATION_FORMS",
+    "KNOWN_CONTENT_TYPES",
+    "AuthMode",
+    "Cloud",
+    "Reader",
+    "alert_categories",
+    "auth_mode",
+    "bounded_duration",
+    "cloud_name",
+    "content_types",
+    "dcr_id",
+    "guid",
+    "https_root",
+    "ingestion_endpoint",
+    "parse_duration",
+    "queue_name",
+    "split_url",
+    "stream_name",
+    "table_prefix",
+    "whole_number",
+]
+
+AuthMode = Literal["secret", "certificate", "managed_identity"]
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """Where a Microsoft 365 cloud's Management API and login live."""
+
+    api_host: str
+    authority_host: str
+
+
+CLOUDS: dict[str, Cloud] = {
+    "Commercial": Cloud("manage.office.com", "login.microsoftonline.com"),
+    "GCC": Cloud("manage-gcc.office.com", "login.microsoftonline.com"),
+    "GCCHigh": Cloud("manage.office365.us", "login.microsoftonline.us"),
+    "DoD": Cloud("manage.protection.apps.mil", "login.microsoftonline.us"),
+}
+
+KNOWN_CONTENT_TYPES = (
+    "Audit.AzureActiveDirectory",
+    "Audit.Exchange",
+    "Audit.SharePoint",
+    "Audit.General",
+    "DLP.All",
+)
+
+_DURATION = re.compile(r"(\d+)\s*([dhms])", re.IGNORECASE)
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_STREAM = re.compile(r"^Custom-[A-Za-z][A-Za-z0-9_]{0,59}$")
+_QUEUE = re.compile(r"^[a-z0-9](?!.*--)[a-z0-9-]{1,55}[a-z0-9]$")
+_PLACEHOLDER = re.compile(r"<[A-Za-z][^<>]*>")
+T = TypeVar("T")
+
+
+#: How a duration is written, for the messages that refuse one.
+DURATION_FORMS = "a number and a unit: 45s, 90m, 24h, 7d, or combined like 1h30m"
+
+
+def parse_duration(text: str, *, setting: str) -> timedelta:
+    """``"45s"``, ``"90m"``, ``"24h"``, ``"7d"``, ``"1h30m"``. A bare number is refused: ``INITIAL_LOOKBACK=24``
+    meant 24 hours, not 24 seconds, and a guess either way would be silently wrong."""
+    raw = text.strip()
+    if raw.isdigit():
+        raise SettingsError(setting, f"has no unit; write {DURATION_FORMS}")
+    pos = 0
+    seconds = 0
+    for match in _DURATION.finditer(raw):
+        if raw[pos : match.start()].strip():
+            break
+        seconds += int(match.group(1)) * _UNITS[match.group(2).lower()]
+        pos = match.end()
+    if not raw or pos != len(raw) or raw[pos:].strip():
+        raise SettingsError(setting, f"is not a duration; write {DURATION_FORMS}")
+    return timedelta(seconds=seconds)
+
+
+class Reader:
+    """The settings of ``env``, read with every problem kept (:meth:`check`) rather than stopping at the first,
+    so one run names every setting to fix."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[SettingsError] = []
+
+    def get(self, name: str, default: str = "", *, placeholder_check: bool = True) -> str:
+        value = self.env.get(name, default).strip() or default
+        # The sample file's "<your-dcr>"-style placeholders. Not checked in secrets, whose characters are free.
+        if placeholder_check and _PLACEHOLDER.search(value):
+            self.problems.append(
+                SettingsError(name, "still holds a placeholder of the sample settings (<...>): put in the real value")
+            )
+            return default
+        return value
+
+    def check(self, parse: Callable[[], T], fallback: T) -> T:
+        """``parse()``, or ``fallback`` with its problems kept (one per setting: a placeholder that
+        :meth:`get` refused is not reported again as a missing value)."""
+        try:
+            return parse()
+        except SettingsError as exc:
+            reported = {name for problem in self.problems for name, _ in problem.problems}
+            fresh = [(name, text) for name, text in exc.problems if name not in reported]
+            if fresh:
+                self.problems.append(SettingsError(*fresh[0], more=fresh[1:]))
+            return fallback
+
+
+def guid(value: str, setting: str) -> str:
+    if not value:
+        raise SettingsError(setting, "is required (a GUID)")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise SettingsError(
+            setting, f"is not a GUID (36 characters, hex digits in groups of 8-4-4-4-12; it has {len(value)})"
+        ) from None
+    if parsed.int == 0:
+        raise SettingsError(setting, "is the all-zero GUID of the sample settings: put in the real one")
+    return str(parsed)
+
+
+def cloud_name(name: str) -> str:
+    cloud = {k.lower(): k for k in CLOUDS}.get(name.lower())
+    if cloud is None:
+        raise SettingsError("O365_CLOUD", f"is not one of {', '.join(CLOUDS)}")
+    return cloud
+
+
+def auth_mode(raw: str, client_id: str, secret: str, cert_path: str, cert_data: str) -> AuthMode:
+    mode = (raw or ("certificate" if cert_path or cert_data else "secret")).lower().replace("-", "_")
+    problems: list[SettingsError] = []
+    if mode not in ("secret", "certificate", "managed_identity"):
+        raise SettingsError("O365_AUTH_MODE", "is not secret, certificate or managed_identity")
+    if mode in ("secret", "certificate"):
+        try:
+            guid(client_id, "O365_CLIENT_ID")
+        except SettingsError as exc:
+            problems.append(exc)
+    if mode == "secret" and not secret:
+        problems.append(
+            SettingsError(
+                "O365_CLIENT_SECRET",
+                "is required when O365_AUTH_MODE is secret (or set O365_CLIENT_CERTIFICATE_PATH for a certificate)",
+            )
+        )
+    if mode == "certificate" and not (cert_path or cert_data):
+        problems.append(
+            SettingsError(
+                "O365_CLIENT_CERTIFICATE_PATH",
+                "is required when O365_AUTH_MODE is certificate (or O365_CLIENT_CERTIFICATE with the "
+                "PEM text or base64 PFX, e.g. a Key Vault reference)",
+            )
+        )
+    if mode == "certificate" and cert_path and not os.path.isfile(cert_path):
+        problems.append(
+            SettingsError(
+                "O365_CLIENT_CERTIFICATE_PATH",
+                "names no file (a path; the PEM text or base64 PFX itself goes in O365_CLIENT_CERTIFICATE)",
+            )
+        )
+    if problems:
+        raise SettingsError.combine(problems)
+    return mode  # type: ignore[return-value]
+
+
+def content_types(value: str) -> tuple[str, ...]:
+    listed = [t for t in dict.fromkeys(t.strip() for t in value.split(",")) if t]
+    by_lower = {t.lower(): t for t in KNOWN_CONTENT_TYPES}
+    for number, ct in enumerate(listed, 1):
+        if ct.lower() not in by_lower:
+            raise SettingsError(
+                "O365_CONTENT_TYPES", f"entry {number} of {len(listed)} is not one of {', '.join(KNOWN_CONTENT_TYPES)}"
+            )
+    if not listed:
+        raise SettingsError("O365_CONTENT_TYPES", "names no content type")
+    return tuple(by_lower[ct.lower()] for ct in listed)
+
+
+def bounded_duration(text: str, setting: str, least: timedelta, most: timedelta | None) -> timedelta:
+    value = parse_duration(text, setting=setting)
+    if value < least or (most is not None and value > most):
+        within = f"at least {_short(least)}" if most is None else f"between {_short(least)} and {_short(most)}"
+        raise SettingsError(setting, f"must be {within}")
+    return value
+
+
+def _short(value: timedelta) -> str:
+    seconds = int(value.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def queue_name(name: str) -> str:
+    if not _QUEUE.match(name) or len(name) > 56:
+        raise SettingsError(
+            "CONTENT_QUEUE",
+            "is not a valid queue name (3-56 lowercase letters, digits and single hyphens; the poison queue adds "
+            "-poison)",
+        )
+    return name
+
+
+def alert_categories(value: str) -> frozenset[str]:
+    categories = frozenset(c for c in (c.strip() for c in value.split(",")) if c)
+    if not categories:
+        raise SettingsError("ALERT_CATEGORIES", "names no category; use * for all")
+    return categories
+
+
+def ingestion_endpoint(value: str) -> str:
+    if not value:
+        raise SettingsError("LOGS_INGESTION_ENDPOINT", "is required: the DCR's logs ingestion endpoint")
+    return https_root(value, "LOGS_INGESTION_ENDPOINT")
+
+
+def dcr_id(value: str) -> str:
+    if not re.fullmatch(r"dcr-[0-9a-fA-F]{32}", value):
+        raise SettingsError(
+            "LOGS_DCR_IMMUTABLE_ID",
+            "is required: the DCR's immutable id, 'dcr-' and 32 hex digits"
+            if not value
+            else "is not the DCR's immutable id, 'dcr-' and 32 hex digits",
+        )
+    if not value[4:].strip("0"):
+        raise SettingsError("LOGS_DCR_IMMUTABLE_ID", "is the all-zero id of the sample settings: put in the real one")
+    return value
+
+
+def table_prefix(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,29}", value):
+        raise SettingsError("STATE_TABLE_PREFIX", "must be 1-30 letters and digits, starting with a letter")
+    return value
+
+
+def https_root(value: str, setting: str) -> str:
+    parts = split_url(value, setting)
+    if parts.scheme != "https" or not parts.netloc:
+        raise SettingsError(setting, "must be an https:// URL")
+    if parts.query or parts.fragment or parts.path.strip("/"):
+        raise SettingsError(setting, "must be a root URL (https://host) without path or query")
+    return f"https://{parts.netloc.lower()}"
+
+
+def split_url(value: str, setting: str) -> SplitResult:
+    try:
+        return urlsplit(value)
+    except ValueError:  # "https://[" and the like
+        raise SettingsError(setting, "is not a URL") from None
+
+
+def stream_name(value: str, setting: str) -> str:
+    if not _STREAM.match(value):
+        raise SettingsError(setting, "is not a stream name (Custom- followed by letters, digits, _)")
+    return value
+
+
+def whole_number(value: str, setting: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(setting, "is not a whole number") from None
+    if not low <= number <= high:
+        raise SettingsError(setting, f"must be between {low} and {high}")
+    return number

@@ -1,0 +1,198 @@
+"""The CLI when a dependency is missing: Entra ID unreachable, storage down or not answering, managed identity
+asked for off Azure, no credential for Logs Ingestion. Each: the exit code README promises, one line that
+names what is wrong and what to check, and no SDK noise (tracebacks, credential dumps, unclosed sessions)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from irm_connector.auth import azure_credential
+from irm_connector.settings import Settings
+from standins.storage_proxy import StorageProxy
+from standins.workload import generate_workload
+from tests.cli.conftest import Cli, closed_port
+
+NOISE = ("Traceback", "Unclosed client session", "Unclosed connector", "HTTPSConnectionPool", "Attempted credentials")
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert not any(noise in err for noise in NOISE), err
+    return lines[0]
+
+
+def off_azure(cli: Cli) -> None:
+    """As on a laptop: no managed identity endpoint in the environment, and (standing in for the instance
+    metadata service of an Azure VM) nothing listening where azure-identity would ask instead."""
+    cli.unset("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT")
+    cli.set(AZURE_POD_IDENTITY_AUTHORITY_HOST=f"http://127.0.0.1:{closed_port()}")
+
+
+@pytest.mark.parametrize("mode", ["secret", "certificate"])
+def test_entra_unreachable_exits_3_naming_the_host_and_status_still_shows_the_queues(cli: Cli, mode: str) -> None:
+    if mode == "certificate":
+        cli.unset("O365_CLIENT_SECRET")
+        cli.set(O365_AUTH_MODE="certificate", O365_CLIENT_CERTIFICATE_PATH=str(cli.standins.certificate_path))
+    port = closed_port()
+    cli.set(O365_AUTHORITY_HOST=f"https://127.0.0.1:{port}")
+    cli.put('{"not": "a content message"}', cli.poison)
+
+    # As a subprocess: an unclosed aiohttp session is reported when the interpreter exits.
+    done = cli.subprocess("status")
+    assert done.returncode == 3, done.stderr
+    assert f"queue {cli.queue}: 0 message(s)" in done.stdout
+    assert f"poison queue {cli.poison}: 1 message(s)" in done.stdout
+    (problem,) = [line for line in done.stdout.splitlines() if "[api-unreachable]" in line]
+    assert f"cannot reach Entra ID at 127.0.0.1:{port} (connection refused)" in problem
+    assert "O365_AUTHORITY_HOST" in problem and "O365_CLOUD" in problem
+    assert not any(noise in done.stdout + done.stderr for noise in NOISE), done.stderr
+
+    done = cli.subprocess("poll", "--json")
+    assert done.returncode == 3
+    error = json.loads(done.stdout)["error"]
+    assert error["code"] == "entra-unreachable"
+    assert f"cannot reach Entra ID at 127.0.0.1:{port}" in error["message"]
+    assert error["hint"] == "check O365_AUTHORITY_HOST (or O365_CLOUD) and the network"
+    line = one_line(done.stderr)
+    assert line.startswith("error: could not get a token for") and error["hint"] in line
+
+
+def test_entra_unknown_tenant_is_not_a_network_error(cli: Cli) -> None:
+    cli.set(O365_TENANT_ID="4d2c8a59-5b0e-4c63-9f1e-2a7d6b3c9e10", O365_PUBLISHER_ID=cli.standins.tenant_id)
+    code, doc = cli.json("subscriptions", "list")
+    assert code == 3
+    assert doc["error"]["code"] == "token-refused"
+    assert "has no OpenID configuration for tenant 4d2c8a59-5b0e-4c63-9f1e-2a7d6b3c9e10" in doc["error"]["message"]
+    assert "O365_TENANT_ID" in doc["error"]["hint"]
+
+
+STORAGE_COMMANDS = [
+    ["status"],
+    ["poll"],
+    ["process"],
+    ["run"],
+    ["backfill", "--since", "1h"],
+    ["poison", "list"],
+    ["poison", "requeue", "--all"],
+    ["poison", "purge", "--yes"],
+]
+
+
+@pytest.mark.parametrize("command", STORAGE_COMMANDS, ids=" ".join)
+def test_storage_down_exits_3_naming_the_endpoint_and_azurite(cli: Cli, command: list[str]) -> None:
+    port = closed_port()
+    cli.set(
+        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        f"QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;",
+        HTTP_TIMEOUT="2s",
+    )
+    code, out, err = cli.run(*command)
+    assert code == 3, err
+    assert out == ""
+    assert one_line(err) == (
+        f"error: cannot reach Storage at http://127.0.0.1:{port} (connection refused); "
+        "is Azurite running? (scripts/azurite.sh); else check AzureWebJobsStorage"
+    )
+    assert "Logs Ingestion" not in err and "DefaultAzureCredential" not in err
+
+
+def test_storage_that_does_not_answer_fails_within_http_timeout(cli: Cli) -> None:
+    """Item 5's contract: a storage account that holds every request exits 3 within HTTP_TIMEOUT plus a margin
+    (start-up and the closing of clients), not after the SDKs' retries (31 s for poll before)."""
+    with StorageProxy(cli.azurite) as proxy:
+        proxy.set_latency(60)
+        cli.set(AzureWebJobsStorage=proxy.connection_string, HTTP_TIMEOUT="2s")
+        started = time.monotonic()
+        code, out, err = cli.run("poll")
+        elapsed = time.monotonic() - started
+    assert code == 3, err
+    assert out == "" and elapsed < 2 + 5, elapsed
+    line = one_line(err)
+    assert f"cannot reach Storage at {proxy.queue.base_url}" in line or f"at {proxy.table.base_url}" in line
+    assert "(no answer within HTTP_TIMEOUT (2s))" in line and "Azurite" in line
+
+
+def test_managed_identity_off_azure_says_so_and_storage_commands_still_work(cli: Cli) -> None:
+    off_azure(cli)
+    cli.set(O365_AUTH_MODE="managed_identity")
+    cli.unset("O365_CLIENT_SECRET")
+    cli.put('{"contentUri": "not one of ours"}')
+
+    code, out, err = cli.run("status")
+    assert code == 2, err
+    assert f"queue {cli.queue}: 1 message(s)" in out and f"poison queue {cli.poison}: 0 message(s)" in out
+    (problem,) = [line for line in out.splitlines() if "[not-in-azure]" in line]
+    assert "not running in Azure" in problem and "O365_AUTH_MODE=secret or certificate" in problem
+    assert "ActivityFeed.Read" not in out + err and "Attempted credentials" not in err
+
+    for command in (["poll"], ["process"], ["subscriptions", "list"], ["backfill", "--since", "1h"]):
+        code, doc = cli.json(*command)
+        assert code == 2, (command, doc)
+        assert doc["error"]["code"] == "not-in-azure"
+        assert "not running in Azure" in doc["error"]["message"]
+        assert "O365_AUTH_MODE=secret or certificate" in doc["error"]["hint"]
+    # process stopped before it touched the queue: nothing was failed into the poison queue.
+    assert cli.depth() == 1 and cli.depth(cli.poison) == 0
+
+    code, doc = cli.json("poison", "list")
+    assert code == 0 and doc["depth"] == 0
+
+
+def test_managed_identity_storage_setting_off_azure_uses_the_operators_identity(cli: Cli) -> None:
+    """The deployed app's settings say AzureWebJobsStorage__credential=managedidentity; off Azure the CLI reaches
+    storage with DefaultAzureCredential (az login) instead of an identity that is not there."""
+    settings = Settings.from_env({**cli.env, "AzureWebJobsStorage": ""} | {
+        "AzureWebJobsStorage__accountName": "irmstate", "AzureWebJobsStorage__credential": "managedidentity",
+    })  # fmt: skip
+    in_azure = azure_credential(settings, managed_identity_only=True)
+    assert type(in_azure).__name__ == "ManagedIdentityCredential"
+    off_azure(cli)
+    assert type(azure_credential(settings, managed_identity_only=True)).__name__ == "DefaultAzureCredential"
+
+
+def test_logs_ingestion_with_the_operators_identity(cli: Cli, tmp_path: Path) -> None:
+    """Off Azure, process sends rows with the operator's identity (here a service principal through
+    DefaultAzureCredential's environment credential); without one it stops before the queue, in one line."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(
+        seed=3, total_records=200, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id
+    )
+    workload.publish(sim.management)
+    off_azure(cli)
+    # No credential anywhere: no az, azd or pwsh on PATH, no token cache in HOME.
+    (tmp_path / "bin").mkdir()
+    cli.set(PATH=str(tmp_path / "bin"), HOME=str(tmp_path))
+    blobs = len(workload.blobs)
+
+    # poll queues the blobs; its health row cannot be sent, which it says in one warning, not as "HTTP 0".
+    code, out, err = cli.run("poll")
+    assert code == 0 and f"{blobs} queued" in out
+    (warning,) = err.strip().splitlines()
+    assert "Could not write the health row" in warning and "could not get a token for Logs Ingestion" in warning
+    assert "az login" in warning and "HTTP 0" not in warning and "Attempted credentials" not in err
+
+    code, doc = cli.json("process")
+    assert code == 3
+    assert doc["error"]["code"] == "ingestion-token"
+    assert doc["error"]["message"].startswith("no token for Logs Ingestion (https://monitor.azure.com)")
+    assert "az login" in doc["error"]["hint"] and "Monitoring Metrics Publisher" in doc["error"]["hint"]
+    code, out, err = cli.run("process")
+    assert code == 3 and out == "" and "HTTP 0" not in one_line(err)
+    assert cli.depth() == blobs and cli.depth(cli.poison) == 0
+
+    cli.set(
+        AZURE_TENANT_ID=sim.tenant_id,
+        AZURE_CLIENT_ID=sim.client_id,
+        AZURE_CLIENT_SECRET=sim.client_secret,
+        AZURE_AUTHORITY_HOST=sim.authority_host,
+    )
+    code, doc = cli.json("process")
+    assert code == 0, doc
+    assert doc["processed"] == blobs and doc["poisoned"] == 0
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))

@@ -1,0 +1,110 @@
+"""``poison requeue`` and ``purge`` on a poison queue that takes longer to walk than a message stays hidden
+(issue 12, item 10): every message is requeued exactly once, none is seen twice, no delete fails partway.
+
+The hold is shortened to one second (``LOCK_SECONDS``, 60 in use) and the storage answers slowly (a proxy in
+front of Azurite), so the walk outlives the hold several times over without minutes of waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
+
+from irm_connector.cli import poison
+from irm_connector.content_queue import ContentMessage, create_queue_if_missing
+from irm_connector.models import ContentBlob
+from standins.storage_proxy import StorageProxy
+from tests.cli.conftest import Cli
+
+LOCK = 1
+
+
+@pytest.fixture
+def slow(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
+    """The CLI behind a storage proxy that delays every receive and delete, with a one-second hold."""
+    monkeypatch.setattr(poison, "LOCK_SECONDS", LOCK)
+    with StorageProxy(cli.azurite) as proxy:
+        proxy.set_latency(0.3, "queue.get")
+        proxy.set_latency(0.03, "queue.delete")
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        yield cli
+
+
+def fill(cli: Cli, count: int, prefix: str) -> list[str]:
+    """``count`` content messages in the poison queue; their content ids."""
+    now = datetime.now(UTC)
+    tenant = cli.standins.tenant_id
+    ids = [f"{prefix}{i:04d}" for i in range(count)]
+
+    async def send() -> None:
+        async with QueueClient.from_connection_string(
+            cli.azurite.connection_string, cli.poison, message_encode_policy=TextBase64EncodePolicy()
+        ) as client:
+            await create_queue_if_missing(client)
+            for content_id in ids:
+                blob = ContentBlob(
+                    content_type="Audit.General",
+                    content_id=content_id,
+                    content_uri=f"{cli.standins.api_root}/api/v1.0/{tenant}/activity/feed/audit/{content_id}",
+                    content_created=now,
+                    content_expiration=now + timedelta(days=7),
+                )
+                await client.send_message(ContentMessage(tenant, blob).encode())
+
+    asyncio.run(send())
+    return ids
+
+
+def drain(cli: Cli, name: str) -> Counter[str]:
+    """How often each content id stands in queue ``name`` (every message received once)."""
+
+    async def receive() -> Counter[str]:
+        import json
+
+        counts: Counter[str] = Counter()
+        async with QueueClient.from_connection_string(
+            cli.azurite.connection_string, name, message_decode_policy=TextBase64DecodePolicy()
+        ) as client:
+            async for message in client.receive_messages(messages_per_page=32, visibility_timeout=300):
+                counts[json.loads(message.content)["contentId"]] += 1
+        return counts
+
+    return asyncio.run(receive())
+
+
+def test_requeue_all_of_a_queue_longer_than_the_hold_sends_each_message_once(slow: Cli) -> None:
+    ids = fill(slow, 70, "c")
+    started = time.monotonic()
+    code, doc = slow.json("poison", "requeue", "--all")
+    # The premise, not a speed requirement: the walk lasted longer than a message stays hidden.
+    assert time.monotonic() - started > LOCK
+    assert code == 0, doc
+    assert sorted(r["content_id"] for r in doc["requeued"]) == ids
+    assert doc["not_found"] == [] and doc["not_deleted"] == []
+    assert slow.depth(slow.poison) == 0
+    assert drain(slow, slow.queue) == Counter(ids)
+
+
+def test_requeue_by_id_leaves_the_others_in_the_poison_queue(slow: Cli) -> None:
+    ids = fill(slow, 60, "o")
+    wanted = [ids[3], ids[41], ids[59]]
+    code, doc = slow.json("poison", "requeue", *wanted, "no-such-id")
+    assert code == 1, doc  # one ID was not found
+    assert sorted(r["content_id"] for r in doc["requeued"]) == wanted
+    assert doc["not_found"] == ["no-such-id"]
+    assert drain(slow, slow.queue) == Counter(wanted)
+    assert drain(slow, slow.poison) == Counter(set(ids) - set(wanted))
+
+
+def test_purge_of_a_queue_longer_than_the_hold_deletes_every_message(slow: Cli) -> None:
+    fill(slow, 70, "p")
+    code, doc = slow.json("poison", "purge", "--yes")
+    assert code == 0, doc
+    assert doc == {"purged": 70, "not_deleted": []}
+    assert slow.depth(slow.poison) == 0 and slow.depth() == 0
