@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -150,7 +150,7 @@ class ManagementActivityClient:
 
     async def list_content(
         self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
-    ) -> AsyncIterator[list[ContentBlob]]:
+    ) -> AsyncGenerator[list[ContentBlob], None]:
         """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
         before every request, retries included, and may raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"

@@ -161,10 +161,16 @@ async def list_window(
     guard: Callable[[], None] | None = None,
 ) -> None:
     """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
-    ``guard`` runs before every listing request and may raise to stop (the poller's lease check)."""
+    ``guard`` runs before every listing request and may raise to stop (the poller's lease check).
+
+    The next page is fetched while this one is queued: the API's answer and the queue writes overlap, and a
+    window of many pages costs about the longer of the two, not their sum."""
     for attempt in (1, 2):
+        pages = rt.management.list_content(content_type, window, guard=guard)
+        following: asyncio.Future[list[ContentBlob] | None] = asyncio.ensure_future(anext(pages, None))
         try:
-            async for page in rt.management.list_content(content_type, window, guard=guard):
+            while (page := await following) is not None:
+                following = asyncio.ensure_future(anext(pages, None))
                 await _queue_page(rt, content_type, page, now, seen, report)
                 if on_page is not None:
                     on_page()
@@ -173,6 +179,13 @@ async def list_window(
             if attempt == 2:
                 raise
             log.warning("NextPageUri refused; listing %s again from its start", window)
+        finally:
+            if not following.done():
+                following.cancel()
+            await asyncio.wait([following])  # never raises the fetch's own failure: one was raised already
+            if not following.cancelled():
+                following.exception()  # retrieved, so asyncio does not log it as lost
+            await pages.aclose()
 
 
 async def _queue_page(
