@@ -25,6 +25,7 @@ from .errors import (
     InvalidPageError,
     InvalidWindowError,
     PollError,
+    RefusedListingError,
     StateError,
     SubscriptionMissingError,
     UntrustedUrlError,
@@ -198,13 +199,15 @@ async def _queue_page(
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
     fresh: list[ContentBlob] = []
+    refused: list[UntrustedUrlError] = []
     report.blobs_listed += len(page)
     for blob in page:
         try:
             rt.management.check_url(blob.content_uri, "contentUri")
         except UntrustedUrlError as exc:
             report.blobs_refused += 1
-            log.error("Listed blob %s refused: %s", blob.content_id, exc, extra=dims)
+            refused.append(exc)
+            log.debug("Listed blob %s refused: %s", blob.content_id, exc, extra=dims)  # one error line below
             continue
         if blob.content_expiration <= now:
             report.blobs_expired += 1
@@ -219,8 +222,22 @@ async def _queue_page(
             report.blobs_already_queued += 1
             continue
         fresh.append(blob)
-    if not fresh:
-        return
+    if fresh:
+        await _queue_blobs(rt, content_type, fresh, seen, report, dims)
+    if refused:
+        # Skipping them would move the watermark past them: the run fails, and says which settings to check.
+        raise RefusedListingError(content_type, len(refused), refused[0])
+
+
+async def _queue_blobs(
+    rt: Runtime,
+    content_type: str,
+    fresh: list[ContentBlob],
+    seen: SeenPartitions,
+    report: ContentTypeReport,
+    dims: dict[str, str],
+) -> None:
+    settings = rt.settings
     gate = asyncio.Semaphore(_ENQUEUE_CONCURRENCY)
 
     async def put(blob: ContentBlob) -> None:
