@@ -14,6 +14,7 @@ usage() {
 Usage:
   grant-activityfeed-permission.sh managed_identity --principal-id <UAMI principal (object) id>
   grant-activityfeed-permission.sh secret [--app-name <name>] [--years <n>] [--key-vault <KEY_VAULT_NAME>]
+  grant-activityfeed-permission.sh certificate --cert-file <public certificate, PEM> [--app-name <name>]
   grant-activityfeed-permission.sh --help
 
 managed_identity  Assigns the ActivityFeed.Read app role of "Office 365 Management APIs" to the
@@ -24,6 +25,10 @@ secret            Creates (or reuses) an app registration "<app-name>" (default 
                   ActivityFeed.Read application permission, grants admin consent, and creates a client
                   secret. With --key-vault the secret goes straight into that vault (never printed);
                   without it the secret is printed once: store it with scripts/store-client-secret.sh.
+certificate       The same app registration, with admin consent, and the certificate of --cert-file (its
+                  public part only; the private key stays in Key Vault) as its credential instead of a
+                  secret. For a Microsoft 365 tenant other than the Azure subscription's: run it signed in
+                  to the Microsoft 365 tenant.
 
 Environment: AZD users can run `azd env get-values` first; UAMI_PRINCIPAL_ID is read when
 --principal-id is not given.
@@ -77,18 +82,18 @@ grant_managed_identity() {
   echo "tokens for up to 24 hours (restarting the app does not clear it): AF10001 errors can go on until it expires."
 }
 
-grant_secret() {
-  local app_name=$1 years=$2 key_vault=$3
-  need_az
+# The app registration "$1" with ActivityFeed.Read and admin consent (created or reused); prints its app id.
+ensure_app() {
+  local app_name=$1
   local sp_id rid app_id
   sp_id=$(mgmt_sp)
   rid=$(role_id "${sp_id}")
   app_id=$(az ad app list --display-name "${app_name}" --query "[0].appId" -o tsv)
   if [[ -z "${app_id}" ]]; then
     app_id=$(az ad app create --display-name "${app_name}" --sign-in-audience AzureADMyOrg --query appId -o tsv)
-    echo "created app registration ${app_name} (${app_id})"
+    echo "created app registration ${app_name} (${app_id})" >&2
   else
-    echo "reusing app registration ${app_name} (${app_id})"
+    echo "reusing app registration ${app_name} (${app_id})" >&2
   fi
   if ! az ad app permission list --id "${app_id}" \
       --query "[?resourceAppId=='${O365_MGMT_APP_ID}'].resourceAccess[] | [?id=='${rid}']" -o tsv | grep -q .; then
@@ -97,9 +102,16 @@ grant_secret() {
   az ad sp show --id "${app_id}" >/dev/null 2>&1 || az ad sp create --id "${app_id}" --output none
   # Admin consent (needs Privileged Role Administrator / Global Administrator). If it fails, consent in the
   # portal: Entra ID > App registrations > ${app_name} > API permissions > Grant admin consent.
-  az ad app permission admin-consent --id "${app_id}" \
+  az ad app permission admin-consent --id "${app_id}" >&2 \
     || die "admin consent failed: grant it in the portal (App registrations > ${app_name} > API permissions)"
-  local secret
+  echo "${app_id}"
+}
+
+grant_secret() {
+  local app_name=$1 years=$2 key_vault=$3
+  need_az
+  local app_id secret
+  app_id=$(ensure_app "${app_name}")
   secret=$(az ad app credential reset --id "${app_id}" --append --display-name "irm-connector" \
     --years "${years}" --query password -o tsv)
   echo "O365_CLIENT_ID=${app_id}"
@@ -110,6 +122,20 @@ grant_secret() {
     echo "O365_CLIENT_SECRET=${secret}"
     echo "Store it in Key Vault, not in a file: scripts/store-client-secret.sh --vault <KEY_VAULT_NAME> (it asks for it)."
   fi
+}
+
+grant_certificate() {
+  local app_name=$1 cert_file=$2
+  [[ -n "${cert_file}" ]] || die "--cert-file is required: the certificate's public part, PEM"
+  [[ -f "${cert_file}" ]] || die "--cert-file ${cert_file}: no such file"
+  # A private key has no business in an app registration: refuse it rather than upload it.
+  ! grep -q "PRIVATE KEY" "${cert_file}" || die "--cert-file ${cert_file} holds a private key: pass the public certificate only"
+  need_az
+  local app_id
+  app_id=$(ensure_app "${app_name}")
+  az ad app credential reset --id "${app_id}" --append --cert "@${cert_file}" --output none
+  echo "O365_CLIENT_ID=${app_id}"
+  echo "Then: azd env set O365_AUTH_MODE certificate; azd env set O365_CLIENT_ID ${app_id}; azd provision"
 }
 
 main() {
@@ -139,6 +165,17 @@ main() {
         esac
       done
       grant_secret "${app_name}" "${years}" "${key_vault}" ;;
+    certificate)
+      local app_name="irm-connector" cert_file=""
+      while [[ $# -gt 0 ]]; do
+        case "$1" in
+          --app-name) app_name=${2:?}; shift 2 ;;
+          --cert-file) cert_file=${2:?}; shift 2 ;;
+          -h|--help) usage; exit 0 ;;
+          *) die "unknown argument $1" ;;
+        esac
+      done
+      grant_certificate "${app_name}" "${cert_file}" ;;
     *) usage; exit 2 ;;
   esac
 }

@@ -48,18 +48,43 @@ def test_quick_start_has_exactly_the_two_commands_and_ci_runs_the_test_one():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_deploy_section_documents_every_parameter_and_azd_variable():
-    section = README.split("\n## Deploy\n", 1)[1].split("\n## ", 1)[0]
+def test_deploy_page_documents_every_parameter_and_azd_variable():
+    section = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     main = (ROOT / "infra" / "main.bicep").read_text(encoding="utf-8")
     params = re.findall(r"^param (\w+) ", main, re.MULTILINE)
     assert len(params) > 30
     missing = [p for p in params if f"`{p}`" not in section]
-    assert not missing, f"parameters missing from README's Deploy section: {missing}"
+    assert not missing, f"parameters missing from docs/deploy.md: {missing}"
     mapped = json.loads((ROOT / "infra" / "main.parameters.json").read_text())["parameters"]
     variables = {v for p in mapped.values() for v in re.findall(r"\$\{(\w+)", p["value"])}
     missing = sorted(v for v in variables if f"`{v}`" not in section)
-    assert not missing, f"azd variables missing from README's Deploy section: {missing}"
+    assert not missing, f"azd variables missing from docs/deploy.md: {missing}"
     outputs = re.findall(r"^output (\w+) ", main, re.MULTILINE)
     assert not [o for o in outputs if f"`{o}`" not in section], outputs
     for script in re.findall(r"scripts/[\w/-]+\.sh", section):
         assert (ROOT / script).is_file(), script
+
+
+def test_readme_and_docs_links_resolve():
+    """Every relative link of README and docs/ names a file that exists, and an anchor a heading of it."""
+    def anchors(path: Path) -> set[str]:
+        heads = re.findall(r"^#+ (.*)$", path.read_text(encoding="utf-8"), re.MULTILINE)
+        explicit = re.findall(r'<a id="([^"]+)">', path.read_text(encoding="utf-8"))
+        return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads} | set(explicit)
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            file, _, anchor = target.partition("#")
+            dest = (page.parent / file).resolve() if file else page
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in anchors(dest)):
+                broken.append(f"{page.name}: {target}")
+    assert not broken, broken
+
+
+def test_readme_stays_short():
+    """README is the front door: the details live in docs/."""
+    assert len(README.encode("utf-8")) < 29_000

@@ -32,6 +32,7 @@ case "$1 $2" in
     elif [[ "$3" == GET ]]; then echo ""
     else echo "{}"; fi ;;
   "ad sp") if [[ "$3" == list ]]; then echo sp-o365; else echo role-activityfeed; fi ;;
+  "ad app") if [[ "$3" == create ]]; then echo app-irm; fi ;;
   "keyvault secret")
     if [[ "$3" == set ]]; then
       failed=$(cat "$FAKE_DIR/set-failures" 2>/dev/null || echo 0)
@@ -65,6 +66,14 @@ def run(hook: str, fakes: Path, env: dict[str, str], stdin: str = "") -> subproc
     return subprocess.run(
         [bash, str(HOOKS / hook)], env={**base, **env}, input=stdin, capture_output=True, text=True, timeout=60
     )
+
+
+def run_script(script: Path, fakes: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    bash = shutil.which("bash")
+    assert bash, "bash is required"
+    base = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR")}
+    base.update(PATH=f"{fakes / 'bin'}:/usr/bin:/bin", FAKE_DIR=str(fakes))
+    return subprocess.run([bash, str(script), *args], env={**base, **env}, capture_output=True, text=True, timeout=60)
 
 
 def calls(fakes: Path, tool: str) -> list[list[Any]]:
@@ -225,3 +234,26 @@ def test_store_client_secret_waits_for_a_new_key_vault_role(fakes: Path) -> None
     assert enough.returncode == 0, enough.stderr
     assert (fakes / "stored-secret").read_text() == "abc"
     assert len([c for c in calls(fakes, "az") if c[:3] == ["keyvault", "secret", "set"]]) == 5
+
+
+def test_certificate_grant_uploads_the_public_part_only(fakes: Path, tmp_path: Path) -> None:
+    """The cross-tenant path: an app registration with consent whose credential is the certificate's public part;
+    a file with a private key is refused before anything is created."""
+    script = REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh"
+    public = tmp_path / "cert.pem"
+    public.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    env = {"FAKE_AZ_LOGGED_IN": "1"}
+    done = run_script(script, fakes, env, "certificate", "--cert-file", str(public))
+    assert done.returncode == 0, done.stderr
+    assert "O365_CLIENT_ID=app-irm" in done.stdout and "O365_AUTH_MODE certificate" in done.stdout
+    made = calls(fakes, "az")
+    assert ["ad", "app", "permission", "admin-consent", "--id", "app-irm"] in made
+    assert ["ad", "app", "credential", "reset", "--id", "app-irm", "--append", "--cert", f"@{public}", "--output", "none"] in made
+    assert not any("password" in " ".join(c) for c in made)  # no secret is made in certificate mode
+
+    (fakes / "az.log").unlink()
+    private = tmp_path / "both.pem"
+    private.write_text(public.read_text() + "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n")
+    refused = run_script(script, fakes, env, "certificate", "--cert-file", str(private))
+    assert refused.returncode == 1 and "holds a private key" in refused.stderr
+    assert calls(fakes, "az") == []

@@ -1,4 +1,4 @@
-"""README's snippet that exports the app settings for ``irm-connector`` (Operations, "The deployed app's
+"""docs/operations.md's snippet that exports the app settings for ``irm-connector`` (Operations, "The deployed app's
 settings"), run in bash as written: values with ``*``, ``<``, spaces, quotes and ``$`` arrive unchanged, from
 ``az functionapp config appsettings list`` (a stand-in ``az`` and ``azd`` on PATH) and from
 ``local.settings.json``."""
@@ -23,11 +23,11 @@ SAMPLE = {
 
 
 def snippet() -> list[str]:
-    """The bash block after README's "The deployed app's settings" paragraph, as lines."""
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("**The deployed app's settings.**")
+    """The bash block under docs/operations.md's "The deployed app's settings" heading, as lines."""
+    readme = (REPO / "docs" / "operations.md").read_text()
+    start = readme.index("## The deployed app's settings")
     block = re.search(r"```bash\n(.*?)```", readme[start:], flags=re.DOTALL)
-    assert block is not None, "README lost the settings snippet"
+    assert block is not None, "docs/operations.md lost the settings snippet"
     return block.group(1).replace("\\\n", "").strip().splitlines()
 
 

@@ -1,4 +1,4 @@
-"""The KQL of README's Operations section: the Sentinel queries bind against the declared tables; the Application
+"""The KQL of docs/operations.md: the Sentinel queries bind against the declared tables; the Application
 Insights ones parse (their tables, customMetrics and the like, are not in the project's schemas)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_operations_kql() -> None:
     node = shutil.which("node")
     assert node is not None and (REPO / "node_modules").is_dir(), "node and `npm ci` are needed for the KQL checker"
-    section = (REPO / "README.md").read_text().split("## Operations", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs" / "operations.md").read_text()
     blocks = re.findall(r"```kusto\n(.*?)```", section, re.S)
     assert len(blocks) >= 9
     args = [arg for i, block in enumerate(blocks) for arg in ("--query", f"q{i}={block}")]
