@@ -122,8 +122,9 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
         if cfg.get("mode", "pipeline") == "pipeline":
             result = asyncio.run(_pipeline(functions))
         else:
+            messages = cfg["messages"] if cfg["mode"] == "messages" else [cfg["message"]]
             try:
-                result = asyncio.run(_one_message(functions, cfg["message"]))
+                result = asyncio.run(_messages(functions, messages))
             except Exception as exc:  # reported with the memory it took to get there
                 result = {"failed": f"{type(exc).__name__}: {exc}"[:400]}
         result["seconds"] = time.perf_counter() - wall0
@@ -153,27 +154,23 @@ def _by_service(counts: Counter[tuple[str, str]], env: dict[str, str]) -> dict[s
 
 
 async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
-    from azure.functions.timer import TimerRequest
-    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
-    from azure.storage.queue.aio import QueueClient
+    """The poller (timer trigger) and the processor (queue trigger) in this process, as the Python worker runs
+    them on Azure; the queue trigger's host part in a process of its own (:mod:`bench.host_proc`)."""
+    import multiprocessing
 
-    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
-    from irm_connector.content_queue import create_queue_if_missing
+    from azure.functions.timer import TimerRequest
+
+    from bench import host_proc
     from irm_connector.runtime import close_runtimes, get_runtime
     from irm_connector.settings import Settings
 
     settings = Settings.from_env()
-    def queue(name: str) -> QueueClient:
-        return QueueClient.from_connection_string(
-            os.environ["AzureWebJobsStorage"],  # noqa: SIM112 - the Functions setting is spelled so
-            name,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-        )
-
-    options = HostQueueOptions.from_environment()
-    poll_done = asyncio.Event()
     poll_seconds = 0.0
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    host = context.Process(target=host_proc.serve, args=(there, dict(os.environ)))
+    host.start()
+    finished = host_proc.answer(here, functions, asyncio.get_running_loop())
 
     async def poll() -> None:
         # As on Azure: the queue trigger takes each message as soon as the poller has queued it.
@@ -183,21 +180,17 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
             await functions["poller"](TimerRequest(past_due=False))  # the binding returns nothing
         finally:
             poll_seconds = time.perf_counter() - started
-            poll_done.set()
+            here.send(("poll-done",))
 
     try:
-        async with queue(settings.content_queue) as main, queue(settings.poison_queue) as poison:
-            await create_queue_if_missing(main)
-            worker = QueueWorker(main, poison, functions["processor"], options)
-            _, stats = await asyncio.gather(poll(), worker.run(until_empty=poll_done))
+        _, (kind, host_result) = await asyncio.gather(poll(), finished)
+        if kind != "done":
+            raise RuntimeError(f"the host process failed:\n{host_result}")
         rt = await get_runtime(settings)
         out = {
             "poll_seconds": poll_seconds,
             "blobs_queued": rt.queue.sent,
-            "processed": stats.processed,
-            "failed_attempts": stats.failed_attempts,
-            "poisoned": stats.poisoned,
-            "concurrency": options.concurrency,
+            **host_result,
             "table_reads": rt.state.stats.reads,
             "table_writes": rt.state.stats.writes,
             "queue_puts": rt.queue.sent,
@@ -211,31 +204,41 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
             },
         }
     finally:
+        host.join(30)
+        if host.is_alive():
+            host.kill()
         await close_runtimes()
     return out
 
 
-async def _one_message(functions: dict[str, Any], message: dict[str, Any]) -> dict[str, Any]:
-    """The processor entry point for one queue message (the 50 MB blob)."""
+async def _messages(functions: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The processor entry point for these queue messages, all at once, as a worker runs the deliveries the
+    host hands it side by side (the 50 MB blob alone; the burst of twelve 25 MB blobs)."""
     import azure.functions as func
 
     from irm_connector.content_queue import ContentMessage
     from irm_connector.models import ContentBlob, parse_api_time
-    from irm_connector.runtime import close_runtimes
+    from irm_connector.runtime import close_runtimes, get_runtime
+    from irm_connector.settings import Settings
 
-    body = ContentMessage(
-        tenant_id=os.environ["O365_TENANT_ID"],
-        blob=ContentBlob(
-            content_type=message["content_type"],
-            content_id=message["content_id"],
-            content_uri=message["content_uri"],
-            content_created=parse_api_time(message["content_created"]),
-            content_expiration=parse_api_time(message["content_expiration"]),
-        ),
-    ).encode()
+    def queue_message(number: int, message: dict[str, Any]) -> func.QueueMessage:
+        body = ContentMessage(
+            tenant_id=os.environ["O365_TENANT_ID"],
+            blob=ContentBlob(
+                content_type=message["content_type"],
+                content_id=message["content_id"],
+                content_uri=message["content_uri"],
+                content_created=parse_api_time(message["content_created"]),
+                content_expiration=parse_api_time(message["content_expiration"]),
+            ),
+        ).encode()
+        return func.queue.QueueMessage(id=f"m{number}", body=body.encode(), dequeue_count=1)  # type: ignore[attr-defined]
+
     try:
-        queue_message = func.queue.QueueMessage(id="big", body=body.encode(), dequeue_count=1)  # type: ignore[attr-defined]
-        await functions["processor"](queue_message)  # the binding returns nothing; the stand-in counts rows
+        # The bindings return nothing; the stand-in counts the rows.
+        await asyncio.gather(*(functions["processor"](queue_message(n, m)) for n, m in enumerate(messages)))
+        budget = (await get_runtime(Settings.from_env())).bodies
+        held = {"bound_mb": budget.limit / 2**20, "peak_held_mb": budget.peak / 2**20}
     finally:
         await close_runtimes()
-    return {"records": message["records"], "bytes": message["bytes"]}
+    return {"records": sum(m["records"] for m in messages), "bytes": sum(m["bytes"] for m in messages), **held}

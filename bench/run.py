@@ -124,6 +124,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="irm-bench-"))
     runs: list[dict[str, Any]] = []
     big: list[dict[str, Any]] = []
+    burst: dict[str, Any] = {}
     sdk: list[dict[str, Any]] = []
     started = time.perf_counter()
     configs = [c for c in args.configs.split(",") if c]
@@ -197,6 +198,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                             f"peak RSS {result['peak_rss_mb']:.0f} MB in {result['seconds']:.1f}s"
                             + (f"; FAILED: {result['failed']}" if result.get("failed") else "")
                         )
+                if args.burst_mb > 0 and args.burst_blobs > 0:
+                    burst = _measure_burst(session, azurite, args, "audit" if "audit" in configs else configs[0])
             finally:
                 session.close()
             for scale in scales:
@@ -229,11 +232,31 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "workload": workload,
         "runs": runs,
         "big_blob": big,
+        "burst": burst,
         "sdk_upload": sdk,
         "total_seconds": time.perf_counter() - started,
     }
     write_reports(results, out_dir, chart=not args.no_chart)
     return results
+
+
+def _measure_burst(session: StandInSession, azurite: Any, args: argparse.Namespace, config: str) -> dict[str, Any]:
+    """Many large blobs delivered to one worker at once (a catch-up burst): the bound on body bytes in flight
+    (MAX_BLOB_MB_IN_FLIGHT, its default) against the process's peak RSS."""
+    _say(f"==> {args.burst_blobs} blobs of {args.burst_mb:g} MB delivered at once, {config}")
+    messages = session.call("burst", {"mb": args.burst_mb, "blobs": args.burst_blobs})["messages"]
+    session.call("reset")
+    env = _connector_env(session, azurite.connection_string, CONFIGS[config])
+    result = _child(connector_proc.run, {"env": env, "mode": "messages", "messages": messages})
+    expect = ["alerts"] + (["audit"] if config == "audit" else [])
+    result["arrived"] = session.call("collect", {"expect": expect, "truth": "burst"})
+    result.update(config=config, blobs=len(messages), blob_mb=messages[0]["bytes"] / 1e6)
+    _say(
+        f"    {result.get('records', 0):,} records, {sum(m['bytes'] for m in messages) / 1e6:.0f} MB: peak RSS "
+        f"{result['peak_rss_mb']:.0f} MB in {result['seconds']:.1f}s"
+        + (f"; FAILED: {result['failed']}" if result.get("failed") else "")
+    )
+    return result
 
 
 def _rate(result: dict[str, Any]) -> str:
@@ -251,6 +274,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--profiles", default="none,realistic", help="network profiles: none, realistic")
     parser.add_argument("--scales", default="0.5,2", help="extra volumes (x records) for the RSS series; '' = none")
     parser.add_argument("--big-blob-mb", type=float, default=50.0, help="size of the one-blob RSS run; 0 = skip")
+    parser.add_argument("--burst-mb", type=float, default=25.0, help="size of each blob of the burst run; 0 = skip")
+    parser.add_argument("--burst-blobs", type=int, default=12, help="blobs delivered at once in the burst run")
     parser.add_argument("--sdk-blobs", type=int, default=20, help="blobs of audit rows for the SDK upload comparison")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--daily-records", type=int, default=1_000_000,

@@ -120,6 +120,8 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
                     reply["standins_cpu_seconds"] = _cpu() - cpu_mark
                 elif command == "big_blob":
                     reply = _big_blob(sim, args, truths)
+                elif command == "burst":
+                    reply = _burst(sim, args, truths)
                 else:
                     reply = {"error": f"unknown command {command}"}
             except Exception:
@@ -219,3 +221,53 @@ def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counte
         "records": len(blob.records),
         "bytes": len(served.body),
     }
+
+
+def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counter[str]]]) -> dict[str, Any]:
+    """Publish ``args['blobs']`` blobs of about ``args['mb']`` MB each and return a queue message for each.
+
+    One set of records is generated and served ``blobs`` times, each time under other record Ids (so every
+    blob's rows are its own, as in a catch-up burst); the stand-in keeps only the bodies."""
+    import uuid
+
+    from standins.workload import generate_workload
+
+    target = int(args["mb"] * 1_000_000)
+    probe = generate_workload(seed=98, total_records=2000, blob_size=(2000, 2000), tenant_id=sim.tenant_id)
+    count = max(1, int(target / (len(json.dumps(probe.blobs[0].records, separators=(",", ":"))) / 2000)))
+    created = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
+    workload = generate_workload(
+        seed=args.get("seed", 4343), total_records=count, blob_size=(count, count), irm_share=0.01,
+        duplicate_share=0.0, tenant_id=sim.tenant_id, start=created, span=timedelta(seconds=1),
+    )  # fmt: skip
+    records = workload.blobs[0].records
+    originals = [r["Id"] for r in records]
+    irm = workload.irm_alert_record_ids
+    sizes = _record_bytes(workload)  # a new Id is as long as the one it replaces
+    audit: Counter[str] = Counter()
+    alerts: Counter[str] = Counter()
+    record_bytes: dict[str, int] = {}
+    messages = []
+    for number in range(args["blobs"]):
+        for record, original in zip(records, originals, strict=True):
+            record["Id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"burst/{number}/{original}"))
+            audit[record["Id"]] += 1
+            record_bytes[record["Id"]] = sizes[original]
+            if original in irm:
+                alerts[record["Id"]] += 1
+        body = json.dumps(records, separators=(",", ":")).encode()
+        content_id = sim.management.add_blob(
+            "Audit.General", [], content_created=created + timedelta(seconds=number), raw_body=body
+        )
+        served = next(b for b in sim.management.blobs() if b.content_id == content_id)
+        messages.append({
+            "content_id": content_id,
+            "content_type": "Audit.General",
+            "content_uri": sim.management.content_uri(content_id),
+            "content_created": served.content_created.isoformat(),
+            "content_expiration": served.expiration.isoformat(),
+            "records": len(records),
+            "bytes": len(body),
+        })  # fmt: skip
+    truths["burst"] = {"audit": audit, "alerts": alerts, "bytes": record_bytes}
+    return {"messages": messages}

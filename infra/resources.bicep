@@ -212,6 +212,8 @@ module sentinelContent 'modules/sentinel-content.bicep' = if (deploySentinelCont
 }
 
 var vaultUri = keyVault.outputs.vaultUri
+// The workspace is in the cloud this deploys to; its Logs Ingestion tokens and sign-ins depend on it (AZURE_CLOUD).
+var azureCloud = environment().name == 'AzureUSGovernment' ? 'AzureUSGovernment' : (environment().name == 'AzureChinaCloud' ? 'AzureChina' : 'AzurePublic')
 var authSettings = o365AuthMode == 'secret' ? {
   O365_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${keyVault.outputs.clientSecretName})'
 } : (o365AuthMode == 'certificate' ? {
@@ -264,6 +266,9 @@ module functionApp 'modules/functionapp.bicep' = {
       HTTP_TIMEOUT: httpTimeout
       STATE_TABLE_PREFIX: stateTablePrefix
       DEDUPE_RETENTION_DAYS: string(dedupeRetentionDays)
+      AZURE_CLOUD: azureCloud
+      // Blob bodies in flight per worker: each costs about 3 times its size at peak (bench/: 12 x 25 MB at once).
+      MAX_BLOB_MB_IN_FLIGHT: string(instanceMemoryMB / 16)
     }, authSettings)
   }
   dependsOn: [

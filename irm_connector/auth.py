@@ -25,6 +25,7 @@ from msal.exceptions import MsalError
 
 from ._network import network_cause
 from ._tls import azure_client_kwargs, ca_file
+from .clouds import identity_authority
 from .errors import AuthenticationError, NotInAzureError, SettingsError
 from .settings import Settings
 
@@ -224,7 +225,10 @@ def azure_credential(
         return ManagedIdentityCredential(client_id=client_id or os.environ.get("AZURE_CLIENT_ID") or None, **kwargs)
     mi_client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None
     return DefaultAzureCredential(
-        managed_identity_client_id=mi_client_id, exclude_interactive_browser_credential=True, **kwargs
+        managed_identity_client_id=mi_client_id,
+        exclude_interactive_browser_credential=True,
+        **kwargs,
+        **identity_authority(settings.azure_cloud),  # a managed identity has no authority; the others do
     )
 
 

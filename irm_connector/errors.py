@@ -15,6 +15,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     │   ├── ContentUnavailableError   AF20050 / AF20051 / AF20052 / 404: the blob is gone
     │   └── TransientApiError         throttling or a server fault that outlived the retries
     ├── UntrustedUrlError             a URL outside the configured API root and tenant
+    ├── RefusedListingError           listed blobs with such a contentUri: their content type's run fails
     ├── BadMessageError               a queue message that is not a content notification
     ├── BadContentError               a content blob that is not a JSON array of records
     ├── IngestionError                the Logs Ingestion API refused rows
@@ -51,6 +52,7 @@ __all__ = [
     "OperatorActionError",
     "PollError",
     "RedactedError",
+    "RefusedListingError",
     "SettingsError",
     "StateError",
     "SubscriptionMissingError",
@@ -196,6 +198,21 @@ class UntrustedUrlError(ConnectorError):
             "the message may be forged or the API root misconfigured"
         )
         self.url = url
+
+
+class RefusedListingError(ConnectorError):
+    """The listing named blobs whose ``contentUri`` the URL check refuses. Usually every blob: the API lists
+    them on its own host, and ``O365_API_ROOT`` or ``O365_CLOUD`` names another. The content type's run fails
+    so the watermark stays and no blob is skipped in silence."""
+
+    def __init__(self, content_type: str, refused: int, first: UntrustedUrlError) -> None:
+        super().__init__(
+            f"{refused} listed {content_type} blob(s) refused, not fetched, e.g. {first.url[:200]!r}: the "
+            "contentUri is not HTTPS under O365_API_ROOT and this tenant's feed. Check O365_API_ROOT and O365_CLOUD "
+            "(the API lists blobs on its own host); the watermark stays until they can be fetched",
+        )
+        self.url = first.url
+        self.refused = refused
 
 
 class BadMessageError(ConnectorError):

@@ -106,7 +106,7 @@ async def process(message: func.QueueMessage) -> ProcessResult:
     if failure is not None:
         raise failure  # outside the span, which would record it again, and outside the except block
     record_process(result, dims)
-    if result.outcome in ("bad-message", "untrusted-url", "bad-content"):
+    if result.parked:
         await _record_failure(rt, delivery, result.detail, dequeue_count)
     elif dequeue_count > 1:
         await _forget_failure(rt, delivery)  # an earlier attempt failed; this one did not

@@ -38,6 +38,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
         "BlobsListed": report.blobs_listed,
         "BlobsQueued": report.blobs_queued,
         "BlobsExpired": report.blobs_expired,
+        "BlobsRefused": report.blobs_refused,
         "Errors": 1 if report.error else 0,
         "LastError": report.error[:1000],
         "SubscriptionStatus": report.subscription or ("skipped" if report.skipped else "enabled"),

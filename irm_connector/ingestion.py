@@ -181,7 +181,8 @@ def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:
         code = str(exc.error.code)
     status = exc.status_code or 0
     hints = {
-        401: "the identity's token was refused: check AZURE_CLIENT_ID and the identity",
+        401: "the identity's token was refused: check AZURE_CLIENT_ID and the identity, and that AZURE_CLOUD is "
+        "the workspace's cloud",
         403: "the identity lacks Monitoring Metrics Publisher on the DCR (new role assignments take up to 30 minutes)",
         404: "check LOGS_DCR_IMMUTABLE_ID and LOGS_INGESTION_ENDPOINT",
         400: f"the DCR does not accept these rows: check that {stream} is declared with the columns of "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -24,6 +24,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .auth import ManagementTokenProvider
+from .body_budget import BodyReader
 from .errors import (
     AuthenticationError,
     ManagementApiError,
@@ -40,6 +41,8 @@ __all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPoli
 log = logging.getLogger(__name__)
 
 _TRANSIENT_STATUS = {408, 500, 502, 503, 504}
+#: A response's body read whole; the processor reads blobs through its body budget instead (body_budget.py).
+_READ: BodyReader = aiohttp.ClientResponse.read
 
 
 class RequestGate(Protocol):
@@ -147,7 +150,7 @@ class ManagementActivityClient:
 
     async def list_content(
         self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
-    ) -> AsyncIterator[list[ContentBlob]]:
+    ) -> AsyncGenerator[list[ContentBlob], None]:
         """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
         before every request, retries included, and may raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"
@@ -175,9 +178,9 @@ class ManagementActivityClient:
             next_url = headers.get("NextPageUri") or headers.get("NextPageUrl")
             url, params = (next_url.strip(), None) if next_url and next_url.strip() else (None, None)
 
-    async def get_content(self, content_uri: str, *, content_type: str = "") -> bytes:
-        """Download one content blob: the raw JSON array."""
-        body, _ = await self._request("GET", content_uri, operation="content", content_type=content_type)
+    async def get_content(self, content_uri: str, *, content_type: str = "", read: BodyReader = _READ) -> bytes:
+        """Download one content blob: the raw JSON array, as ``read`` reads it."""
+        body, _ = await self._request("GET", content_uri, operation="content", content_type=content_type, read=read)
         return body
 
     def check_url(self, url: str, what: str = "URL") -> URL:
@@ -196,12 +199,13 @@ class ManagementActivityClient:
         content_type: str = "",
         params: dict[str, str] | None = None,
         guard: Callable[[], None] | None = None,
+        read: BodyReader = _READ,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         target = self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
         query = dict(params or {})
         if not any(name.lower() == "publisheridentifier" for name in target.query):
             query["PublisherIdentifier"] = self._publisher
-        call = _Call(method, target, query, operation, content_type)
+        call = _Call(method, target, query, operation, content_type, read)
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
@@ -256,7 +260,7 @@ class ManagementActivityClient:
                 timeout=aiohttp.ClientTimeout(total=self._retry.timeout),
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
+                body = await call.read(response)
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _Retry(
@@ -286,6 +290,7 @@ class _Call:
     query: dict[str, str]
     operation: str
     content_type: str
+    read: BodyReader
 
 
 @dataclass(frozen=True)

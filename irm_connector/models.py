@@ -145,3 +145,8 @@ class ProcessResult:
     content_lag_seconds: float = 0.0
     #: why a message was refused (bad-message, untrusted-url, bad-content)
     detail: str = ""
+
+    @property
+    def parked(self) -> bool:
+        """Whether the processor itself moved the message to the poison queue (no retry could help)."""
+        return self.outcome in ("bad-message", "untrusted-url", "bad-content")

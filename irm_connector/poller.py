@@ -25,6 +25,7 @@ from .errors import (
     InvalidPageError,
     InvalidWindowError,
     PollError,
+    RefusedListingError,
     StateError,
     SubscriptionMissingError,
     UntrustedUrlError,
@@ -160,10 +161,16 @@ async def list_window(
     guard: Callable[[], None] | None = None,
 ) -> None:
     """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
-    ``guard`` runs before every listing request and may raise to stop (the poller's lease check)."""
+    ``guard`` runs before every listing request and may raise to stop (the poller's lease check).
+
+    The next page is fetched while this one is queued: the API's answer and the queue writes overlap, and a
+    window of many pages costs about the longer of the two, not their sum."""
     for attempt in (1, 2):
+        pages = rt.management.list_content(content_type, window, guard=guard)
+        following: asyncio.Future[list[ContentBlob] | None] = asyncio.ensure_future(anext(pages, None))
         try:
-            async for page in rt.management.list_content(content_type, window, guard=guard):
+            while (page := await following) is not None:
+                following = asyncio.ensure_future(anext(pages, None))
                 await _queue_page(rt, content_type, page, now, seen, report)
                 if on_page is not None:
                     on_page()
@@ -172,6 +179,13 @@ async def list_window(
             if attempt == 2:
                 raise
             log.warning("NextPageUri refused; listing %s again from its start", window)
+        finally:
+            if not following.done():
+                following.cancel()
+            await asyncio.wait([following])  # never raises the fetch's own failure: one was raised already
+            if not following.cancelled():
+                following.exception()  # retrieved, so asyncio does not log it as lost
+            await pages.aclose()
 
 
 async def _queue_page(
@@ -185,13 +199,15 @@ async def _queue_page(
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
     fresh: list[ContentBlob] = []
+    refused: list[UntrustedUrlError] = []
     report.blobs_listed += len(page)
     for blob in page:
         try:
             rt.management.check_url(blob.content_uri, "contentUri")
         except UntrustedUrlError as exc:
             report.blobs_refused += 1
-            log.error("Listed blob %s refused: %s", blob.content_id, exc, extra=dims)
+            refused.append(exc)
+            log.debug("Listed blob %s refused: %s", blob.content_id, exc, extra=dims)  # one error line below
             continue
         if blob.content_expiration <= now:
             report.blobs_expired += 1
@@ -206,8 +222,22 @@ async def _queue_page(
             report.blobs_already_queued += 1
             continue
         fresh.append(blob)
-    if not fresh:
-        return
+    if fresh:
+        await _queue_blobs(rt, content_type, fresh, seen, report, dims)
+    if refused:
+        # Skipping them would move the watermark past them: the run fails, and says which settings to check.
+        raise RefusedListingError(content_type, len(refused), refused[0])
+
+
+async def _queue_blobs(
+    rt: Runtime,
+    content_type: str,
+    fresh: list[ContentBlob],
+    seen: SeenPartitions,
+    report: ContentTypeReport,
+    dims: dict[str, str],
+) -> None:
+    settings = rt.settings
     gate = asyncio.Semaphore(_ENQUEUE_CONCURRENCY)
 
     async def put(blob: ContentBlob) -> None:

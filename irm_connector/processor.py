@@ -11,12 +11,14 @@ message, a blob whose body is whole but not a JSON array), parks it in the poiso
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
 
 from .blob_parse import iter_blob
+from .body_budget import BodyHold, body_digest
 from .content_queue import Delivery
 from .errors import (
     BadContentError,
@@ -82,8 +84,29 @@ async def process_message(
         result.outcome = "expired"
         return result
 
+    # The body and the rows made from it live until the delivery ends, and so does its room in the budget.
+    hold = rt.bodies.hold()
     try:
-        raw = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
+        return await _download_and_send(rt, hold, text, blob, dims, result, dequeue_count, message_id)
+    finally:
+        hold.release()
+
+
+async def _download_and_send(
+    rt: Runtime,
+    hold: BodyHold,
+    text: str,
+    blob: ContentBlob,
+    dims: dict[str, str],
+    result: ProcessResult,
+    dequeue_count: int,
+    message_id: str,
+) -> ProcessResult:
+    settings = rt.settings
+    try:
+        raw = await hold.fetch(
+            lambda read: rt.management.get_content(blob.content_uri, content_type=blob.content_type, read=read)
+        )
     except ContentUnavailableError as exc:
         log.warning("Content %s skipped: %s", blob.content_id, exc, extra=dims)
         result.outcome = "unavailable"
@@ -151,9 +174,9 @@ async def _refuse_content(
 ) -> ProcessResult:
     """A body that arrived whole but is not a JSON array: the API serves the same bytes every time, so no retry
     can help and the message is parked at once. A second download checks that first: a one-off answer from
-    something on the way (an error page) is retried instead."""
-    again = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
-    if again != raw:
+    something on the way (an error page) is retried instead. Only its digest is kept, not a second body."""
+    again = await rt.management.get_content(blob.content_uri, content_type=blob.content_type, read=body_digest)
+    if again != hashlib.sha256(raw).digest():
         raise TransientApiError(
             "two downloads of the content gave different bodies; the message is retried",
             operation="content",
@@ -221,5 +244,5 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult)
 #: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0
 #: The first pause; it doubles up to 8 s. Short, because the other delivery has usually finished by the time
-#: this one's own rows are uploaded: a look costs a read per hour slot with held records, a pause only time.
+#: this one's own rows are uploaded: a look costs a read per partition with held records, a pause only time.
 HELD_FIRST_PAUSE = 0.25

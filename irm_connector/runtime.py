@@ -21,6 +21,7 @@ from azure.storage.queue.aio import QueueClient
 
 from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
+from .body_budget import BodyBudget
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
 from .ingestion import SentinelIngestor
 from .management_api import ManagementActivityClient, RetryPolicy
@@ -47,6 +48,8 @@ class Runtime:
     queue: ContentQueue
     ingestor: SentinelIngestor
     credentials: list[AsyncTokenCredential]
+    #: the bytes of blob bodies this process holds at once (MAX_BLOB_MB_IN_FLIGHT)
+    bodies: BodyBudget
 
     async def close(self) -> None:
         closers = [self.queue.close, self.state.close, self.ingestor.close, self.tokens.close, self.session.close]
@@ -131,7 +134,11 @@ def build_runtime(settings: Settings) -> Runtime:
         retry=RetryPolicy(timeout=settings.http_timeout.total_seconds()),
     )
     ingestion = LogsIngestionClient(
-        endpoint=settings.ingestion_endpoint, credential=credentials[0], **azure_client_kwargs(settings, azure)
+        endpoint=settings.ingestion_endpoint,
+        credential=credentials[0],
+        # The SDK asks for the public cloud's audience unless told: every upload fails in the other clouds.
+        credential_scopes=[f"{settings.azure_cloud.monitor_audience}/.default"],
+        **azure_client_kwargs(settings, azure),
     )
     return Runtime(
         settings=settings,
@@ -143,6 +150,7 @@ def build_runtime(settings: Settings) -> Runtime:
         queue=ContentQueue(main, poison),
         ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
         credentials=credentials,
+        bodies=BodyBudget(settings.max_blob_bytes_in_flight),
     )
 
 

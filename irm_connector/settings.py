@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from . import setting_forms as forms
+from .clouds import AZURE_CLOUDS, AzureCloud, azure_cloud
 from .errors import SettingsError
 from .setting_forms import CLOUDS, DURATION_FORMS, KNOWN_CONTENT_TYPES, AuthMode, Cloud, parse_duration
 from .windows import RETENTION
@@ -101,6 +102,8 @@ class Settings:
     dedupe_retention_days: int = 10
     table_prefix: str = "irm"
     http_timeout: timedelta = timedelta(seconds=60)
+    azure_cloud: AzureCloud = AZURE_CLOUDS["AzurePublic"]
+    max_blob_bytes_in_flight: int = 128 * 2**20
 
     @property
     def api_audience(self) -> str:
@@ -168,6 +171,8 @@ class Settings:
         rpm = number("O365_MAX_REQUESTS_PER_MINUTE", "1000", 1, 60000)
         retention = number("DEDUPE_RETENTION_DAYS", "10", 8, 90)
         storage = check(lambda: StorageSettings.from_env(env), StorageSettings())
+        workspace_cloud = check(lambda: azure_cloud(get("AZURE_CLOUD", "AzurePublic")), AZURE_CLOUDS["AzurePublic"])
+        blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
         if r.problems:
             raise SettingsError.combine(r.problems)
         return cls(
@@ -199,4 +204,6 @@ class Settings:
             dedupe_retention_days=retention,
             table_prefix=prefix.lower(),
             http_timeout=http_timeout,
+            azure_cloud=workspace_cloud,
+            max_blob_bytes_in_flight=blob_mb_in_flight << 20,
         )

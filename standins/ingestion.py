@@ -147,6 +147,12 @@ class IngestionStandIn(ServiceStandIn):
         self._file_lock = threading.Lock()
 
     # ---- knobs and results -------------------------------------------------------------
+    def accept_audience(self, audience: str) -> None:
+        """Accept tokens for ``audience`` only, as a workspace in another Azure cloud does (e.g.
+        ``https://monitor.azure.us`` in Azure Government); every other token gets 401."""
+        with self._lock:
+            self.audience = audience
+
     def accept_raw(self, stream: str, max_body: int = 30 * 1024 * 1024) -> None:
         """Declare ``stream`` as raw: any JSON array of objects up to ``max_body`` bytes, no column
         checks, no gzip needed; the HTTP Data Collector API the seed's Logic App posts to (30 MB a post).
@@ -212,13 +218,15 @@ class IngestionStandIn(ServiceStandIn):
     def _authorize(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else ""
-        info = self.tokens.validate(token, self.audience) if token else None
+        with self._lock:
+            audience = self.audience
+        info = self.tokens.validate(token, audience) if token else None
         if info is None:
             raise ApiError(
                 401,
                 "InvalidToken",
-                f"The authentication token is missing, expired or not issued for audience {self.audience}.",
-                headers={"WWW-Authenticate": f'Bearer authorization_uri="", resource="{self.audience}"'},
+                f"The authentication token is missing, expired or not issued for audience {audience}.",
+                headers={"WWW-Authenticate": f'Bearer authorization_uri="", resource="{audience}"'},
             )
         request[CLIENT_ID] = info.client_id
         with self._lock:

@@ -50,14 +50,17 @@ def standins(test_ca: TestCA) -> Iterator[StandIns]:
 
 
 #: Settings of the machine running the tests that would point the connector elsewhere: azure-identity
-#: reads the first five, and a connection string would send the connector's telemetry to Azure. Host
-#: settings (``AzureFunctionsJobHost__…``) would change how the tests' queue worker retries.
+#: reads the first six, the connector AZURE_CLOUD, and a connection string would send the connector's
+#: telemetry to Azure. Host settings (``AzureFunctionsJobHost__…``) would change how the tests' queue worker
+#: retries.
 FOREIGN_SETTINGS = (
     "AZURE_CLIENT_ID",
     "AZURE_CLIENT_SECRET",
     "AZURE_TENANT_ID",
+    "AZURE_AUTHORITY_HOST",
     "MSI_ENDPOINT",
     "MSI_SECRET",
+    "AZURE_CLOUD",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
 )
 

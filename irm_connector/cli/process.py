@@ -69,15 +69,17 @@ async def work_queue(
         finally:
             bar.close()
         remaining = await store.depth(store.main)
+    # The host moves a message that failed too often; the processor parks one no retry could help at once.
+    poisoned = stats.poisoned + sum(r.parked for r in done.results)
     document = {
         "processed": stats.processed,
         "failed_attempts": stats.failed_attempts,
-        "poisoned": stats.poisoned,
+        "poisoned": poisoned,
         "remaining": remaining,
         "max_dequeue_count": options.max_dequeue_count,
         **done.summary(),
     }
-    return document, EXIT_FAILED if stats.poisoned else EXIT_OK
+    return document, EXIT_FAILED if poisoned else EXIT_OK
 
 
 def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:

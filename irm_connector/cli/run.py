@@ -43,7 +43,7 @@ class Schedule:
         if len(fields) not in (5, 6) or not croniter.is_valid(self.expression, second_at_beginning=len(fields) == 6):
             raise SettingsError(
                 "POLL_SCHEDULE",
-                f"{expression!r} is not an NCRONTAB expression (six fields, seconds first, e.g. '0 */5 * * * *')",
+                f"is not an NCRONTAB expression ({len(fields)} fields; write six, seconds first, e.g. '0 */5 * * * *')",
             )
         self._seconds_first = len(fields) == 6
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from irm_connector.errors import ConnectorError
+from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 
@@ -39,7 +40,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         }
     except ConnectorError as exc:
         api_failure = describe(exc)
-        api_error = api_failure.line().removeprefix("error: ")
+        api_error = redact(api_failure.line().removeprefix("error: "))  # it reaches stdout, past the log filter
 
     problems: list[dict[str, str]] = []
     rows: list[dict[str, Any]] = []

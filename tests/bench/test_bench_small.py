@@ -15,7 +15,8 @@ from bench.run import parse_args, run_benchmark
 @pytest.mark.timeout(240)
 def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     args = parse_args(
-        ["--records", "5000", "--profiles", "none", "--scales", "", "--big-blob-mb", "2", "--out", str(tmp_path)]
+        ["--records", "5000", "--profiles", "none", "--scales", "", "--big-blob-mb", "2", "--burst-mb", "0.5",
+         "--out", str(tmp_path)]
     )
     results = run_benchmark(args)
 
@@ -45,6 +46,12 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         assert one["arrived"]["streams"]["Custom-IRMAlerts"]["exactly_once"]
         assert all(r["over_limit"] == 0 for r in one["arrived"]["requests"].values() if r["gzip"])
     assert results["correct"]["connector_exactly_once"]
+    burst = results["burst"]
+    assert burst["blobs"] == 12 and not burst.get("failed")
+    assert all(s["exactly_once"] for s in burst["arrived"]["streams"].values())
+    assert set(burst["arrived"]["streams"]) == {"Custom-IRMAlerts", "Custom-O365Audit"}
+    assert results["correct"]["burst_exactly_once"]
+    assert any("delivered at once" in t["target"] for t in results["targets"])
 
     saved = json.loads((tmp_path / "latest.json").read_text())
     assert saved["machine"]["cores"] and saved["targets"]

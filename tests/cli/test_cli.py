@@ -183,10 +183,11 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     assert code == 0 and doc["processed"] == 1 and doc["poisoned"] == 0
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
 
-    # A message that is not a content notification is parked at once, with the reason.
+    # A message that is not a content notification is parked at once, with the reason; like any message
+    # moved to the poison queue, it makes `process` exit 1.
     cli.put("this is not a content message")
     code, doc = cli.json("process")
-    assert code == 0 and cli.depth(cli.poison) == 1
+    assert code == 1 and doc["poisoned"] == 1 and cli.depth(cli.poison) == 1
     code, doc = cli.json("poison", "list")
     assert doc["messages"][0]["reason"] == "BadMessageError: message is not JSON"
 

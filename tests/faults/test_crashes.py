@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,18 @@ def _tally(connector: ConnectorHarness, workload, *, alerts_expected: bool = Tru
     return lost, duplicates
 
 
-def _workload(connector: ConnectorHarness, seed: int, blobs: int = 3):
+def _workload(connector: ConnectorHarness, seed: int, blobs: int = 3, *, two_days: bool = False):
+    """``two_days``: every other record happened two days earlier, so each blob's keys fill two day
+    partitions and its claim takes two writes."""
     sim = connector.standins
     connector.set(LOGS_AUDIT_STREAM=AUDIT, POLL_TIME_BUDGET="10s")
     workload = generate_workload(seed=seed, total_records=300 * blobs, blob_size=(300, 300), irm_share=0.05,
                                  duplicate_share=0.05, tenant_id=sim.tenant_id)  # fmt: skip
+    if two_days:
+        for blob in workload.blobs:
+            for record in blob.records[::2]:
+                earlier = datetime.fromisoformat(record["CreationTime"]) - timedelta(days=2)
+                record["CreationTime"] = earlier.strftime("%Y-%m-%dT%H:%M:%S")
     sim.management.set_subscription("Audit.General", "enabled")
     workload.publish(sim.management)
     return workload
@@ -149,9 +157,9 @@ async def _one_message(connector: ConnectorHarness, tmp_path: Path) -> tuple[str
 @pytest.mark.reports_outcome
 async def test_kill_in_the_middle_of_the_dedupe_claims(faulty: ConnectorHarness, tmp_path: Path) -> None:
     connector = faulty
-    workload = _workload(connector, seed=33, blobs=1)
-    # One stream only (no category matches), so the claims of its hour slots are written one after
-    # another, before any upload: the kill falls between two of them.
+    workload = _workload(connector, seed=33, blobs=1, two_days=True)
+    # One stream only (no category matches), so the claims of its two day partitions are written one after
+    # another, before any upload: the kill falls between the two.
     connector.set(ALERT_CATEGORIES="NoSuchCategory")
     body, path = await _one_message(connector, tmp_path)
     hold = connector.proxy.hold("table.write", path="rec", body=r'"S": ?"p"', skip=1)  # type: ignore[attr-defined]

@@ -172,10 +172,11 @@ async def test_a_claim_that_fails_halfway_releases_what_it_claimed(faulty: Conne
     connector = faulty
     proxy = connector.proxy  # type: ignore[attr-defined]
     now = datetime.now(UTC)
-    first_hour = _alerts("hour-1", 5, now - timedelta(hours=3))
-    second_hour = _alerts("hour-2", 5, now - timedelta(hours=2))
+    # Two days: each day's keys are a partition of their own, claimed one after the other.
+    first_hour = _alerts("day-1", 5, now - timedelta(days=2))
+    second_hour = _alerts("day-2", 5, now - timedelta(hours=1))
     failing = _publish(connector, first_hour + second_hour, now - timedelta(minutes=30))
-    # The claim of the first hour is written; the one of the second fails.
+    # The claim of the first day is written; the one of the second fails.
     hold = proxy.hold("table.write", path="rec", body=r'"S": ?"p"', skip=1)
     attempt = asyncio.create_task(connector.process(failing))
     await _until(hold.arrived.is_set, "the second claim write")
@@ -184,13 +185,13 @@ async def test_a_claim_that_fails_halfway_releases_what_it_claimed(faulty: Conne
     with pytest.raises(Exception, match="rec"):
         await attempt
     # Another blob with the first hour's records, while the failed message waits for its retry.
-    other = _alerts("other", 3, now - timedelta(hours=3))
+    other = _alerts("other", 3, now - timedelta(days=2))
     await connector.process(_publish(connector, first_hour + other, now - timedelta(minutes=20)))
     sent_by_other = len(connector.rows(ALERTS))
     await connector.process(failing, dequeue_count=2)
     lost, duplicates = _tally(connector, [r["Id"] for r in first_hour + second_hour + other])
     report.record(report.Outcome(
-        "Faults", "Table Storage write", "fails between two hour slots' claims",
+        "Faults", "Table Storage write", "fails between two slots' claims",
         "the invocation fails and releases the slots it had claimed: another blob with those records sends "
         "them at once; the retry sends the rest", f"{sent_by_other} rows sent by the other blob", lost,
         duplicates))  # fmt: skip

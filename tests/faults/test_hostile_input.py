@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from irm_connector.errors import PollError
 from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -230,7 +231,8 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog) -
     good.publish(sim.management)
     sim.management.add_blob("Audit.General", [], content_created=datetime.now(UTC) - timedelta(minutes=30),
                             content_uri="https://attacker.example/steal")  # fmt: skip
-    await connector.poll()
+    with pytest.raises(PollError, match="Check O365_API_ROOT and O365_CLOUD"):
+        await connector.poll()  # nothing skipped in silence: the run fails, the watermark stays
     await connector.drain()
     lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
     report.record(
@@ -238,8 +240,8 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog) -
             "Hostile input",
             "listing",
             "a listed contentUri on another host",
-            "that entry is refused and logged; the others are queued",
-            "refused",
+            "that entry is refused and fails the run (the watermark stays); the others are queued",
+            "refused; the run failed",
             lost,
             0,
         )

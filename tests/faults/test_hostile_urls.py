@@ -94,16 +94,20 @@ async def test_hostile_content_uri_in_a_listing(
     good.publish(sim.management)
     sim.management.add_blob("Audit.General", [], content_created=datetime.now(UTC) - timedelta(minutes=30),
                             content_uri=uri(sim))  # fmt: skip
-    await connector.poll()  # the run does not fail: one refused entry is not the window's fault
+    # Nothing is skipped in silence: the run fails, so the watermark stays behind the refused entry.
+    with pytest.raises(PollError, match="O365_API_ROOT and O365_CLOUD"):
+        await connector.poll()
     await connector.drain()
     (health,) = connector.rows("Custom-IRMConnectorHealth")
-    refused = health["BlobsListed"] - health["BlobsQueued"]
     lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
     report.record(report.Outcome("Hostile input", "listing", name,
-                                 "that entry is refused and logged; the others are queued and delivered",
-                                 f"{refused} refused, {health['BlobsQueued']} queued", lost, 0))  # fmt: skip
+                                 "that entry is refused, counted (BlobsRefused) and fails the run, so the watermark "
+                                 "stays; the others are queued and delivered",
+                                 f"{health['BlobsRefused']} refused, {health['BlobsQueued']} queued, "
+                                 f"Errors={health['Errors']}", lost, 0))  # fmt: skip
     assert lost == 0
-    assert refused == 1 and health["BlobsQueued"] == len(good.blobs) and health["Errors"] == 0
+    assert health["BlobsRefused"] == 1 and health["BlobsQueued"] == len(good.blobs) and health["Errors"] == 1
+    assert health["Watermark"] is None  # the first run's window did not complete
     assert any("refused" in line for line in _errors(caplog))
     assert _outside(sim) == []
 
@@ -144,3 +148,48 @@ async def test_hostile_next_page_uri(
     sim.management.next_page_override = None
     await connector.poll()
     assert await connector.queue_length() == 3
+
+
+@pytest.mark.reports_outcome
+async def test_api_root_on_another_host_than_the_listing_fails_the_run(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``O365_API_ROOT`` (or ``O365_CLOUD``) names another host than the one the API lists its blobs on, as a
+    proxy root does: every listed blob fails the URL check. Skipped, they would be lost with ``Errors`` 0."""
+    sim = connector.standins
+    connector.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
+    for content_type in ("Audit.General", "Audit.Exchange"):
+        sim.management.set_subscription(content_type, "enabled")
+    general = generate_workload(seed=56, total_records=300, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id)
+    general.publish(sim.management)
+    sim.management.add_blob("Audit.Exchange", [], content_created=datetime.now(UTC) - timedelta(minutes=30))
+    # The API names its blobs on another host of its own (the stand-in answers as localhost too).
+    for blob in sim.management.blobs("Audit.General"):
+        blob.content_uri = sim.management.content_uri(blob.content_id).replace("127.0.0.1", "localhost")
+
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    by_type = {r.content_type: r for r in failed.value.report.content_types}
+    health = {row["ContentType"]: row for row in connector.rows("Custom-IRMConnectorHealth")}
+    errors = [line for line in _errors(caplog) if "Audit.General" in line]
+    assert sim.management.count("content") == 0  # nothing was fetched from the other host either
+    first = (health["Audit.General"]["Errors"], health["Audit.General"]["BlobsRefused"], len(errors))
+
+    # The operator fixes the setting (here: the API lists on the root's host again); the next run lists the
+    # window again from the unmoved watermark and every blob arrives.
+    for blob in sim.management.blobs("Audit.General"):
+        blob.content_uri = None
+    await connector.poll()
+    await connector.drain()
+    lost = len(general.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
+    report.record(report.Outcome("Faults", "Settings", "O365_API_ROOT on another host than the API lists blobs on",
+                                 "that content type's run fails with one error naming O365_API_ROOT and O365_CLOUD, "
+                                 "BlobsRefused counts the blobs and the watermark stays; the other content types "
+                                 "run; once fixed, the next run delivers every blob",
+                                 f"Errors={first[0]}, BlobsRefused={first[1]}, {first[2]} error line; after the fix "
+                                 "delivered", lost, 0))  # fmt: skip
+    assert "O365_API_ROOT and O365_CLOUD" in by_type["Audit.General"].error
+    assert by_type["Audit.General"].blobs_refused == len(general.blobs) and by_type["Audit.General"].blobs_queued == 0
+    assert first == (1, len(general.blobs), 1)
+    assert not by_type["Audit.Exchange"].error and by_type["Audit.Exchange"].blobs_queued == 1
+    assert lost == 0

@@ -100,9 +100,12 @@ async def test_what_the_poller_raises_and_writes_is_redacted(connector: Connecto
     (health,) = connector.rows("Custom-IRMConnectorHealth")  # in Sentinel
     assert health["Errors"] == 1 and "invalid_client" in health["LastError"]
     assert _leaks(health["LastError"], secret) == []
-    (state,) = (await connector.cli("status"))["content_types"]  # the state table's last error, as `status` shows it
+    status = await connector.cli("status")
+    (state,) = status["content_types"]  # the state table's last error, as `status` shows it
     assert "invalid_client" in state["last_error"]
-    assert _leaks(state["last_error"], secret) == []
+    # ... and status's own live call, refused the same way, shown among its problems
+    assert any("invalid_client" in p["detail"] for p in status["problems"] if p["code"].startswith("api-"))
+    assert _leaks(json.dumps(status), secret) == []
 
 
 class _AddressError(OSError):

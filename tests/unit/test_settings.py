@@ -47,6 +47,26 @@ def test_clouds(cloud, api, login):
     assert (s.api_root, s.authority_host) == (api, login)
 
 
+@pytest.mark.parametrize(
+    ("name", "audience", "login"),
+    [
+        (None, "https://monitor.azure.com", "login.microsoftonline.com"),
+        ("AzureUSGovernment", "https://monitor.azure.us", "login.microsoftonline.us"),
+        ("azurechina", "https://monitor.azure.cn", "login.chinacloudapi.cn"),
+        ("AzureChinaCloud", "https://monitor.azure.cn", "login.chinacloudapi.cn"),  # as `az cloud show` names it
+    ],
+)
+def test_azure_cloud_is_apart_from_the_microsoft_365_cloud(name, audience, login):
+    s = Settings.from_env({**BASE, "O365_CLOUD": "GCC", **({"AZURE_CLOUD": name} if name else {})})
+    assert (s.azure_cloud.monitor_audience, s.azure_cloud.authority_host) == (audience, login)
+    assert s.api_root == "https://manage-gcc.office.com"
+
+
+def test_blob_bytes_in_flight():
+    assert Settings.from_env(BASE).max_blob_bytes_in_flight == 128 * 2**20
+    assert Settings.from_env({**BASE, "MAX_BLOB_MB_IN_FLIGHT": "256"}).max_blob_bytes_in_flight == 256 * 2**20
+
+
 def test_secret_is_not_in_repr():
     assert "s3cr3t-value" not in repr(Settings.from_env(BASE))
 
@@ -70,6 +90,9 @@ def test_secret_is_not_in_repr():
         ({"LOGS_AUDIT_STREAM": "O365Audit"}, "LOGS_AUDIT_STREAM"),
         ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
         ({"O365_PUBLISHER_ID": "me"}, "O365_PUBLISHER_ID"),
+        ({"AZURE_CLOUD": "GCCHigh"}, "AZURE_CLOUD"),
+        ({"MAX_BLOB_MB_IN_FLIGHT": "0"}, "MAX_BLOB_MB_IN_FLIGHT"),
+        ({"MAX_BLOB_MB_IN_FLIGHT": "1.5"}, "MAX_BLOB_MB_IN_FLIGHT"),
     ],
 )
 def test_bad_settings_name_the_setting(change, setting):

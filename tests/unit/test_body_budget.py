@@ -1,0 +1,57 @@
+"""The body budget's line: first come, first served, a large reservation not overtaken by small ones, and a
+waiter that is cancelled (an invocation that timed out) neither keeps room nor keeps the others waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from irm_connector.body_budget import BodyBudget
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_a_large_reservation_is_not_overtaken() -> None:
+    budget = BodyBudget(10)
+    await budget._wait_take(6)
+    served: list[str] = []
+
+    async def take(name: str, amount: int) -> None:
+        await budget._wait_take(amount)
+        served.append(name)
+
+    large = asyncio.create_task(take("large", 8))
+    await _settle()
+    small = asyncio.create_task(take("small", 2))  # would fit now, but comes after the large one
+    await _settle()
+    assert served == [] and budget.in_use == 6
+    budget._release(6)
+    await asyncio.gather(large, small)
+    assert served == ["large", "small"] and budget.in_use == 10 and budget.peak == 10
+
+
+async def test_a_cancelled_waiter_keeps_no_room_and_blocks_no_one() -> None:
+    budget = BodyBudget(10)
+    await budget._wait_take(6)
+    whole = asyncio.create_task(budget._wait_take(10))
+    await _settle()
+    small = asyncio.create_task(budget._wait_take(2))
+    await _settle()
+    assert not small.done()
+    whole.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await whole
+    await small
+    assert budget.in_use == 8 and budget.whole == 0
+    budget._release(8)
+    await budget._wait_take(10)
+    assert budget.whole == 1 and budget.peak == 10
+
+
+def test_the_bound_is_at_least_one_byte() -> None:
+    with pytest.raises(ValueError):
+        BodyBudget(0)
