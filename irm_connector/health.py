@@ -50,7 +50,11 @@ async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
     try:
         await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))])
     except IngestionRefusedError as exc:
-        await refusals.refused(rt, exc)
+        try:
+            refusal = await refusals.refused(rt, exc)
+            row["IngestionState"] = refusals.ingestion_state([refusal, *await _refused_streams(rt)])
+        except StateError as error:
+            log.warning("Could not record the refusal of %s: %s", settings.health_stream, error)
         facts = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("TimeGenerated", "LastError"))
         log.error(
             "The health row for %s was refused by Logs Ingestion (HTTP %d); it reads: %s",
@@ -72,8 +76,13 @@ async def _queue_facts(rt: Runtime) -> dict[str, object]:
     except StateError as exc:
         log.warning("Could not read the queue lengths for the health row: %s", exc)
     try:
-        known = await rt.state.refusals.current(rt.settings.dcr_immutable_id, fresh=True)
-        facts["IngestionState"] = refusals.ingestion_state(known.values())
+        facts["IngestionState"] = refusals.ingestion_state(await _refused_streams(rt))
     except StateError as exc:
         log.warning("Could not read the refusal state for the health row: %s", exc)
     return facts
+
+
+async def _refused_streams(rt: Runtime) -> list[refusals.Refusal]:
+    """The refused streams but the health stream's own: a health row that arrives shows it is accepted."""
+    known = await rt.state.refusals.current(rt.settings.dcr_immutable_id, fresh=True)
+    return [r for r in known.values() if r.stream != rt.settings.health_stream]

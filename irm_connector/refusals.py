@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PATIENCE",
     "PROBE_LEAST",
+    "Refusal",
     "accepted",
     "admit",
     "end_probe",
