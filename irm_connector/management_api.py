@@ -150,7 +150,12 @@ class ManagementActivityClient:
         return [d for d in data if isinstance(d, dict)]
 
     async def list_content(
-        self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
+        self,
+        content_type: str,
+        window: Window,
+        *,
+        guard: Callable[[], None] | None = None,
+        deadline: Deadline | None = None,
     ) -> AsyncGenerator[list[ContentBlob], None]:
         """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
         before every request, retries included, and may raise to stop (the poller's lease check)."""
@@ -158,7 +163,7 @@ class ManagementActivityClient:
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
         while url is not None:
             body, headers = await self._request(
-                "GET", url, operation="list", content_type=content_type, params=params, guard=guard
+                "GET", url, operation="list", content_type=content_type, params=params, guard=guard, deadline=deadline
             )
             data = _json(body, "list", content_type)
             if not isinstance(data, list):
