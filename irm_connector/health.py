@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import __version__, refusals
-from .errors import IngestionError, IngestionRefusedError, StateError
+from .errors import DeadlineError, IngestionError, IngestionRefusedError, StateError
 from .models import ContentTypeReport, Row, utc_text
 
 if TYPE_CHECKING:
+    from .deadline import Deadline
     from .runtime import Runtime
 
 __all__ = ["write_health"]
@@ -24,7 +25,7 @@ __all__ = ["write_health"]
 log = logging.getLogger(__name__)
 
 
-async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
+async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Deadline | None = None) -> None:
     """One health row per run and content type, through the same ingestion path, so Sentinel itself can
     tell when the connector goes quiet. A failure here never fails the run."""
     settings = rt.settings
@@ -48,7 +49,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
         **await _queue_facts(rt),
     }
     try:
-        await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))])
+        await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))], deadline=deadline)
     except IngestionRefusedError as exc:
         try:
             refusal = await refusals.refused(rt, exc)
@@ -61,7 +62,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
             report.content_type, exc.status, facts,
             extra={"content_type": report.content_type, **{f"health_{k}": v for k, v in row.items()}},
         )  # fmt: skip
-    except IngestionError as exc:
+    except (IngestionError, DeadlineError) as exc:
         log.warning("Could not write the health row for %s: %s", report.content_type, exc)
     else:
         await refusals.accepted(rt, settings.health_stream)

@@ -83,7 +83,7 @@ async def _poll_and_report(
     except ConnectorError as exc:
         report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
-    await write_health(rt, report)
+    await write_health(rt, report, deadline=limit)
 
 
 async def _poll_content_type(
