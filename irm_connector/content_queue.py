@@ -8,10 +8,11 @@ from __future__ import annotations
 import base64
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from azure.core.exceptions import AzureError, ResourceExistsError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
@@ -117,6 +118,14 @@ async def create_queue_if_missing(client: QueueClient) -> None:
         raise StateError(f"cannot create queue {client.queue_name}: {type(exc).__name__}") from exc
 
 
+async def _depth(client: QueueClient) -> int:
+    """Messages on the queue; 0 for a queue not created yet (the poison queue, until something failed)."""
+    try:
+        return int((await client.get_queue_properties()).approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0
+
+
 class ContentQueue:
     """The content queue and its poison queue, created on first use."""
 
@@ -143,6 +152,25 @@ class ContentQueue:
         await self._send(self._main, message.encode())
         self.sent += 1
 
+    async def reschedule(self, text: str, delay: int) -> None:
+        """Put ``text`` back as a new message, invisible for ``delay`` seconds: the delivery that calls this
+        then completes, so the message comes back later without having spent a dequeue count."""
+        await self._send(self._main, text, delay=delay)
+
+    async def backlog(self) -> tuple[int, int, int]:
+        """The health row's queue facts: messages on the queue (invisible ones too), the age in seconds of the
+        oldest visible one, and messages in the poison queue."""
+        try:
+            depth, poison = await _depth(self._main), await _depth(self._poison)
+            oldest = 0
+            if depth:
+                peeked = await self._main.peek_messages(max_messages=1)
+                if peeked and peeked[0].inserted_on is not None:
+                    oldest = max(0, int((datetime.now(UTC) - peeked[0].inserted_on).total_seconds()))
+        except AzureError as exc:
+            raise StateError(f"cannot read the queue lengths: {type(exc).__name__}") from exc
+        return depth, oldest, poison
+
     async def put_poison(self, text: str) -> None:
         """Park a message that cannot be processed where an operator finds it. A text too large for a
         queue message (it can only have come from elsewhere) is parked cut, saying so."""
@@ -150,12 +178,12 @@ class ContentQueue:
             text = text.encode("utf-8")[: MAX_MESSAGE_BYTES - 64].decode("utf-8", "ignore") + " [cut: over 48 KiB]"
         await self._send(self._poison, text)
 
-    async def _send(self, client: QueueClient, text: str) -> None:
+    async def _send(self, client: QueueClient, text: str, *, delay: int = 0) -> None:
         await self._ensure(client)
         try:
             # -1: never expire. The queue's default of 7 days would silently drop a poison message
             # nobody looked at in time; an operator must be able to find it however late.
-            await client.send_message(text, time_to_live=-1)
+            await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
         except AzureError as exc:
             raise StateError(f"cannot write to queue {client.queue_name}: {type(exc).__name__}") from exc
 

@@ -19,6 +19,8 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     ├── BadMessageError               a queue message that is not a content notification
     ├── BadContentError               a content blob that is not a JSON array of records
     ├── IngestionError                the Logs Ingestion API refused rows
+    │   └── IngestionRefusedError     401/403/404: the DCR refuses the stream (role, DCR or stream missing)
+    ├── DeadlineError                 a wait or retry that the invocation's time left cannot hold
     ├── StateError                    Table Storage or the queue failed
     │   ├── LeaseLostError            another poller took the content type's lease
     │   └── BlobBusyError             another delivery still holds claims on this blob's records
@@ -43,7 +45,9 @@ __all__ = [
     "BlobBusyError",
     "ConnectorError",
     "ContentUnavailableError",
+    "DeadlineError",
     "IngestionError",
+    "IngestionRefusedError",
     "InvalidPageError",
     "InvalidWindowError",
     "LeaseLostError",
@@ -239,6 +243,16 @@ class IngestionError(ConnectorError):
         self.status = status
         self.code = code
         self.stream = stream
+
+
+class IngestionRefusedError(IngestionError):
+    """Logs Ingestion refuses a stream itself (401, 403, 404): the identity's role on the DCR is missing or still
+    propagating, or the DCR or stream is gone. Retrying at once cannot help; the message is rescheduled."""
+
+
+class DeadlineError(ConnectorError):
+    """A wait or retry did not fit the invocation's time left: it fails before its function timeout, its claims
+    released, and the host retries the message."""
 
 
 class StateError(ConnectorError):

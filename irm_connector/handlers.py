@@ -15,6 +15,7 @@ import azure.functions as func
 
 from . import telemetry
 from .content_queue import Delivery
+from .deadline import Deadline
 from .errors import PollError, SettingsError, StateError
 from .metrics import metrics, record_poll, record_process
 from .models import PollReport, ProcessResult
@@ -82,6 +83,7 @@ async def poll(timer: func.TimerRequest) -> PollReport:
 @_for_the_host
 async def process(message: func.QueueMessage) -> ProcessResult:
     """Queue trigger: one content blob."""
+    deadline = Deadline.for_invocation()  # the host's clock for the timeout starts about now
     settings = _settings()
     dequeue_count = message.dequeue_count or 1
     rt = await get_runtime(settings)
@@ -95,7 +97,9 @@ async def process(message: func.QueueMessage) -> ProcessResult:
     failure: BaseException | None = None
     with telemetry.consumer_span("irm.process_blob", parent, dims) as span:
         try:
-            result = await process_message(rt, delivery, dequeue_count=dequeue_count, message_id=message.id or "")
+            result = await process_message(
+                rt, delivery, dequeue_count=dequeue_count, message_id=message.id or "", deadline=deadline
+            )
         except Exception as exc:
             failure = redact_exception(exc)
             metrics.failures.add(1, dims)
@@ -106,7 +110,7 @@ async def process(message: func.QueueMessage) -> ProcessResult:
     if failure is not None:
         raise failure  # outside the span, which would record it again, and outside the except block
     record_process(result, dims)
-    if result.parked:
+    if result.parked or result.outcome == "rescheduled":
         await _record_failure(rt, delivery, result.detail, dequeue_count)
     elif dequeue_count > 1:
         await _forget_failure(rt, delivery)  # an earlier attempt failed; this one did not

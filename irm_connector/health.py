@@ -1,5 +1,7 @@
 """The health rows: one per poller run and content type, sent to Sentinel through the same Logs Ingestion
-path as the alerts, so Sentinel itself can tell when the connector goes quiet or falls behind.
+path as the alerts, so Sentinel itself can tell when the connector goes quiet or falls behind, and what the
+lag does not show: the backlog on the queue and its age, the poison queue, and a refusing DCR. When the DCR
+refuses the health stream itself, the row goes to the log at error level (Application Insights) instead.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from . import __version__
-from .errors import IngestionError
+from . import __version__, refusals
+from .errors import DeadlineError, IngestionError, IngestionRefusedError, StateError
 from .models import ContentTypeReport, Row, utc_text
 
 if TYPE_CHECKING:
+    from .deadline import Deadline
     from .runtime import Runtime
 
 __all__ = ["write_health"]
@@ -22,7 +25,7 @@ __all__ = ["write_health"]
 log = logging.getLogger(__name__)
 
 
-async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
+async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Deadline | None = None) -> None:
     """One health row per run and content type, through the same ingestion path, so Sentinel itself can
     tell when the connector goes quiet. A failure here never fails the run."""
     settings = rt.settings
@@ -43,8 +46,44 @@ async def write_health(rt: Runtime, report: ContentTypeReport) -> None:
         "LastError": report.error[:1000],
         "SubscriptionStatus": report.subscription or ("skipped" if report.skipped else "enabled"),
         "ConnectorVersion": __version__,
+        **await _queue_facts(rt),
     }
     try:
-        await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))])
-    except IngestionError as exc:
+        await rt.ingestor.upload(settings.health_stream, [Row("", "", orjson.dumps(row))], deadline=deadline)
+    except IngestionRefusedError as exc:
+        try:
+            refusal = await refusals.refused(rt, exc)
+            row["IngestionState"] = refusals.ingestion_state([refusal, *await _refused_streams(rt)])
+        except StateError as error:
+            log.warning("Could not record the refusal of %s: %s", settings.health_stream, error)
+        facts = " ".join(f"{k}={v}" for k, v in row.items() if k not in ("TimeGenerated", "LastError"))
+        log.error(
+            "The health row for %s was refused by Logs Ingestion (HTTP %d); it reads: %s",
+            report.content_type, exc.status, facts,
+            extra={"content_type": report.content_type, **{f"health_{k}": v for k, v in row.items()}},
+        )  # fmt: skip
+    except (IngestionError, DeadlineError) as exc:
         log.warning("Could not write the health row for %s: %s", report.content_type, exc)
+    else:
+        await refusals.accepted(rt, settings.health_stream)
+
+
+async def _queue_facts(rt: Runtime) -> dict[str, object]:
+    """The backlog, the poison queue and whether the DCR accepts the rows; what cannot be read stays empty."""
+    facts: dict[str, object] = {}
+    try:
+        depth, oldest, poison = await rt.queue.backlog()
+        facts |= {"QueueDepth": depth, "OldestQueuedSeconds": oldest, "PoisonDepth": poison}
+    except StateError as exc:
+        log.warning("Could not read the queue lengths for the health row: %s", exc)
+    try:
+        facts["IngestionState"] = refusals.ingestion_state(await _refused_streams(rt))
+    except StateError as exc:
+        log.warning("Could not read the refusal state for the health row: %s", exc)
+    return facts
+
+
+async def _refused_streams(rt: Runtime) -> list[refusals.Refusal]:
+    """The refused streams but the health stream's own: a health row that arrives shows it is accepted."""
+    known = await rt.state.refusals.current(rt.settings.dcr_immutable_id, fresh=True)
+    return [r for r in known.values() if r.stream != rt.settings.health_stream]

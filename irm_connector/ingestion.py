@@ -19,14 +19,32 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestTimeoutError,
+    ServiceResponseTimeoutError,
+)
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from .auth import identity_endpoint_known
-from .errors import IngestionError
+from .deadline import Deadline
+from .errors import DeadlineError, IngestionError, IngestionRefusedError
 from .models import Row
 
-__all__ = ["PACK_LIMIT", "REQUEST_LIMIT", "UPLOAD_CONCURRENCY", "Chunk", "SentinelIngestor", "UploadStats", "pack_rows"]
+__all__ = [
+    "PACK_LIMIT",
+    "REFUSED_STATUS",
+    "REQUEST_LIMIT",
+    "RETRY_BACKOFF_MAX",
+    "RETRY_TOTAL",
+    "UPLOAD_CONCURRENCY",
+    "Chunk",
+    "SentinelIngestor",
+    "UploadStats",
+    "pack_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +59,12 @@ COMPRESS_LEVEL = 3
 #: left the benchmark's audit run waiting on uploads (287 requests: 3.6 s of queueing); 16 overlaps the
 #: waits and holds at most 16 bodies (about 16 MiB before compression) at once.
 UPLOAD_CONCURRENCY = 16
+#: azure-core's retry policy of the LogsIngestionClient, bounded: its defaults (10 retries, backoff up to
+#: 120 s) outlast a function timeout. Each call's retries are bounded by the invocation's time left too.
+RETRY_TOTAL = 3
+RETRY_BACKOFF_MAX = 30.0
+#: What Logs Ingestion answers when the DCR refuses the stream itself, not the rows (see :mod:`.refusals`).
+REFUSED_STATUS = (401, 403, 404)
 
 
 @dataclass(slots=True)
@@ -110,30 +134,41 @@ class SentinelIngestor:
         stream: str,
         rows: Sequence[Row],
         on_sent: Callable[[list[Row]], Awaitable[None]] | None = None,
+        *,
+        deadline: Deadline | None = None,
     ) -> int:
         """Send ``rows``; ``on_sent`` runs for each accepted body. Raises :class:`IngestionError` after every
-        body was tried if any was refused: the rows of the accepted ones are already reported."""
+        body was tried if any was refused: the rows of the accepted ones are already reported. With
+        ``deadline``, no attempt or retry wait outlasts it (:class:`DeadlineError`)."""
         chunks = pack_rows(rows)
-        results = await asyncio.gather(*(self._send(stream, c, on_sent) for c in chunks), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._send(stream, c, on_sent, deadline) for c in chunks), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         for error in errors:
             if not isinstance(error, Exception):
                 raise error  # cancellation and the like are not ours to translate
         if errors:
-            first = errors[0]
-            if isinstance(first, IngestionError):
+            first = next((e for e in errors if isinstance(e, DeadlineError | IngestionRefusedError)), errors[0])
+            if isinstance(first, IngestionError | DeadlineError):
                 raise first
             raise IngestionError(f"upload to {stream} failed: {type(first).__name__}", stream=stream) from first
         return len(rows)
 
-    async def _send(self, stream: str, chunk: Chunk, on_sent: Callable[[list[Row]], Awaitable[None]] | None) -> None:
+    async def _send(
+        self,
+        stream: str,
+        chunk: Chunk,
+        on_sent: Callable[[list[Row]], Awaitable[None]] | None,
+        deadline: Deadline | None,
+    ) -> None:
         async with self._gate:
             raw = chunk.raw
             body = await asyncio.to_thread(zlib.compress, raw, COMPRESS_LEVEL, 31)
             del raw
             started = time.perf_counter()
             try:
-                await self._client.upload(rule_id=self._dcr, stream_name=stream, logs=io.BytesIO(body))
+                await self._post(stream, body, deadline)
             except ClientAuthenticationError as exc:
                 if exc.status_code:
                     raise _ingestion_error(stream, exc) from exc
@@ -166,7 +201,25 @@ class SentinelIngestor:
                     await on_sent(chunk.rows)
                 return
         for piece in pieces:  # outside the gate: each piece takes its own place
-            await self._send(stream, piece, on_sent)
+            await self._send(stream, piece, on_sent, deadline)
+
+    async def _post(self, stream: str, body: bytes, deadline: Deadline | None) -> None:
+        if deadline is None:
+            await self._client.upload(rule_id=self._dcr, stream_name=stream, logs=io.BytesIO(body))
+            return
+        deadline.check(f"upload to {stream}")
+        usable = deadline.usable()
+        try:
+            # azure-core sleeps a Retry-After whole before it looks at its own timeout: the outer bound is
+            # what holds; its timeout only spares it an attempt that cannot finish.
+            async with asyncio.timeout(usable):
+                await self._client.upload(rule_id=self._dcr, stream_name=stream, logs=io.BytesIO(body), timeout=usable)
+        except TimeoutError as exc:
+            raise deadline.expire(f"upload to {stream}") from exc
+        except (ServiceRequestTimeoutError, ServiceResponseTimeoutError) as exc:
+            if deadline.usable() > 1:
+                raise
+            raise deadline.expire(f"upload to {stream}") from exc
 
 
 def _token_hint() -> str:
@@ -189,7 +242,8 @@ def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:
         "irm_connector/columns.json (redeploy infra/)",
     }
     hint = hints.get(status, "the message is retried")
-    return IngestionError(
+    kind = IngestionRefusedError if status in REFUSED_STATUS else IngestionError
+    return kind(
         f"Logs Ingestion refused rows for {stream} (HTTP {status}{', ' + code if code else ''}): {hint}",
         status=status,
         code=code,

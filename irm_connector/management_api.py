@@ -25,6 +25,7 @@ from yarl import URL
 
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
+from .deadline import Deadline
 from .errors import (
     AuthenticationError,
     ManagementApiError,
@@ -149,7 +150,12 @@ class ManagementActivityClient:
         return [d for d in data if isinstance(d, dict)]
 
     async def list_content(
-        self, content_type: str, window: Window, *, guard: Callable[[], None] | None = None
+        self,
+        content_type: str,
+        window: Window,
+        *,
+        guard: Callable[[], None] | None = None,
+        deadline: Deadline | None = None,
     ) -> AsyncGenerator[list[ContentBlob], None]:
         """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
         before every request, retries included, and may raise to stop (the poller's lease check)."""
@@ -157,7 +163,7 @@ class ManagementActivityClient:
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
         while url is not None:
             body, headers = await self._request(
-                "GET", url, operation="list", content_type=content_type, params=params, guard=guard
+                "GET", url, operation="list", content_type=content_type, params=params, guard=guard, deadline=deadline
             )
             data = _json(body, "list", content_type)
             if not isinstance(data, list):
@@ -178,9 +184,13 @@ class ManagementActivityClient:
             next_url = headers.get("NextPageUri") or headers.get("NextPageUrl")
             url, params = (next_url.strip(), None) if next_url and next_url.strip() else (None, None)
 
-    async def get_content(self, content_uri: str, *, content_type: str = "", read: BodyReader = _READ) -> bytes:
-        """Download one content blob: the raw JSON array, as ``read`` reads it."""
-        body, _ = await self._request("GET", content_uri, operation="content", content_type=content_type, read=read)
+    async def get_content(
+        self, content_uri: str, *, content_type: str = "", read: BodyReader = _READ, deadline: Deadline | None = None
+    ) -> bytes:
+        """Download one content blob: the raw JSON array, as ``read`` reads it, retrying within ``deadline``."""
+        body, _ = await self._request(
+            "GET", content_uri, operation="content", content_type=content_type, read=read, deadline=deadline
+        )
         return body
 
     def check_url(self, url: str, what: str = "URL") -> URL:
@@ -200,17 +210,20 @@ class ManagementActivityClient:
         params: dict[str, str] | None = None,
         guard: Callable[[], None] | None = None,
         read: BodyReader = _READ,
+        deadline: Deadline | None = None,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         target = self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
         query = dict(params or {})
         if not any(name.lower() == "publisheridentifier" for name in target.query):
             query["PublisherIdentifier"] = self._publisher
-        call = _Call(method, target, query, operation, content_type, read)
+        call = _Call(method, target, query, operation, content_type, read, deadline)
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
             if guard is not None:
                 guard()
+            if deadline is not None:
+                deadline.check(f"Management API {operation}")
             outcome = await self._attempt(call, refresh=False)
             if isinstance(outcome, _Unauthorized) and not refresh_used:
                 # An expired or revoked token looks like any refusal (the API may even say AF10001):
@@ -229,6 +242,9 @@ class ManagementActivityClient:
             if outcome.error.operation == "token":
                 # msal replays a failed token answer from its cache for a few seconds: wait that out.
                 delay = max(delay, policy.token_retry_floor)
+            if deadline is not None and not deadline.allows(delay):
+                # A wait the invocation cannot hold would end in the host killing the worker: fail now.
+                raise deadline.expire(f"Management API {operation} ({outcome.error})", delay) from outcome.error
             log.warning(
                 "Management API %s retry %d/%d in %.1fs: %s",
                 operation, attempt + 1, policy.attempts - 1, delay, outcome.error,
@@ -257,7 +273,7 @@ class ManagementActivityClient:
                 call.url,
                 params=call.query,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=self._retry.timeout),
+                timeout=aiohttp.ClientTimeout(total=call.timeout(self._retry.timeout)),
                 allow_redirects=False,
             ) as response:
                 body = await call.read(response)
@@ -291,6 +307,11 @@ class _Call:
     operation: str
     content_type: str
     read: BodyReader
+    deadline: Deadline | None = None
+
+    def timeout(self, http_timeout: float) -> float:
+        """One attempt's timeout: HTTP_TIMEOUT, or what the invocation has left when that is less."""
+        return http_timeout if self.deadline is None else max(self.deadline.cap(http_timeout), 0.001)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from .content_queue import ContentMessage
+from .deadline import Deadline
 from .errors import (
     ConnectorError,
     InvalidPageError,
@@ -54,6 +55,8 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
     settings = rt.settings
     started = time.monotonic()
     deadline = started + (budget or settings.poll_time_budget).total_seconds()
+    # The budget ends listing between windows; the invocation's timeout bounds every retry inside one.
+    limit = Deadline.for_invocation()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     report = PollReport([ContentTypeReport(content_type) for content_type in settings.content_types])
     try:
@@ -65,26 +68,32 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
 
     # Every content type is polled in every run, side by side, each with the whole budget: one catching up
     # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.
-    await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now) for r in report.content_types))
+    await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit) for r in report.content_types))
     if report.errors:
         raise PollError("poller run failed for " + "; ".join(report.errors), report)
     return report
 
 
 async def _poll_and_report(
-    rt: Runtime, report: ContentTypeReport, owner: str, deadline: float, now: datetime | None
+    rt: Runtime, report: ContentTypeReport, owner: str, deadline: float, now: datetime | None, limit: Deadline
 ) -> None:
     content_type = report.content_type
     try:
-        await _poll_content_type(rt, content_type, owner, deadline, report, now)
+        await _poll_content_type(rt, content_type, owner, deadline, report, now, limit)
     except ConnectorError as exc:
         report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
-    await write_health(rt, report)
+    await write_health(rt, report, deadline=limit)
 
 
 async def _poll_content_type(
-    rt: Runtime, content_type: str, owner: str, deadline: float, report: ContentTypeReport, fixed_now: datetime | None
+    rt: Runtime,
+    content_type: str,
+    owner: str,
+    deadline: float,
+    report: ContentTypeReport,
+    fixed_now: datetime | None,
+    limit: Deadline,
 ) -> None:
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
@@ -98,7 +107,7 @@ async def _poll_content_type(
 
     error = ""
     try:
-        await lease.run(_list_windows(rt, lease, deadline, report, now, dims))
+        await lease.run(_list_windows(rt, lease, deadline, report, now, dims, limit))
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
@@ -114,7 +123,13 @@ async def _poll_content_type(
 
 
 async def _list_windows(
-    rt: Runtime, lease: PollerLease, deadline: float, report: ContentTypeReport, now: datetime, dims: dict[str, str]
+    rt: Runtime,
+    lease: PollerLease,
+    deadline: float,
+    report: ContentTypeReport,
+    now: datetime,
+    dims: dict[str, str],
+    limit: Deadline,
 ) -> None:
     """List the planned windows in order, moving the watermark after each, until the budget is used."""
     content_type = lease.state.content_type
@@ -138,12 +153,12 @@ async def _list_windows(
             return
         lease.check()
         try:
-            await list_window(rt, content_type, window, now, seen, report, guard=lease.check)
+            await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
         except SubscriptionMissingError:
             report.subscription = await _start_subscription(rt, lease, now, dims)
             if report.subscription == "waiting":
                 return
-            await list_window(rt, content_type, window, now, seen, report, guard=lease.check)
+            await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
         await lease.write(watermark=window.end)
         report.windows_listed += 1
     report.finished = True
@@ -159,14 +174,16 @@ async def list_window(
     on_page: Callable[[], None] | None = None,
     *,
     guard: Callable[[], None] | None = None,
+    deadline: Deadline | None = None,
 ) -> None:
     """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
-    ``guard`` runs before every listing request and may raise to stop (the poller's lease check).
+    ``guard`` runs before every listing request and may raise to stop (the poller's lease check); no retry
+    waits past ``deadline``.
 
     The next page is fetched while this one is queued: the API's answer and the queue writes overlap, and a
     window of many pages costs about the longer of the two, not their sum."""
     for attempt in (1, 2):
-        pages = rt.management.list_content(content_type, window, guard=guard)
+        pages = rt.management.list_content(content_type, window, guard=guard, deadline=deadline)
         following: asyncio.Future[list[ContentBlob] | None] = asyncio.ensure_future(anext(pages, None))
         try:
             while (page := await following) is not None:

@@ -17,14 +17,17 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
+from . import refusals
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
 from .content_queue import Delivery
+from .deadline import Deadline
 from .errors import (
     BadContentError,
     BadMessageError,
     BlobBusyError,
     ContentUnavailableError,
+    IngestionRefusedError,
     TransientApiError,
     UntrustedUrlError,
 )
@@ -40,9 +43,11 @@ log = logging.getLogger(__name__)
 
 
 async def process_message(
-    rt: Runtime, delivery: Delivery, *, dequeue_count: int = 1, message_id: str = ""
+    rt: Runtime, delivery: Delivery, *, dequeue_count: int = 1, message_id: str = "", deadline: Deadline | None = None
 ) -> ProcessResult:
-    """Process one content message; raises to make the host retry."""
+    """Process one content message; raises to make the host retry. Nothing in it waits past ``deadline``
+    (by default the function timeout from now), less the margin to clean up."""
+    deadline = deadline or Deadline.for_invocation()
     settings = rt.settings
     text = delivery.text
     try:
@@ -87,9 +92,32 @@ async def process_message(
     # The body and the rows made from it live until the delivery ends, and so does its room in the budget.
     hold = rt.bodies.hold()
     try:
-        return await _download_and_send(rt, hold, text, blob, dims, result, dequeue_count, message_id)
+        return await _download_and_send(rt, hold, text, blob, dims, result, dequeue_count, message_id, deadline)
+    except IngestionRefusedError as exc:
+        return await _reschedule(rt, text, exc, result, dims)
     finally:
         hold.release()
+
+
+async def _reschedule(
+    rt: Runtime, text: str, error: IngestionRefusedError, result: ProcessResult, dims: dict[str, str]
+) -> ProcessResult:
+    """The DCR refuses a stream: the message comes back later as a new one (its dequeue count spared), unless
+    the refusal has lasted past :data:`refusals.PATIENCE`."""
+    refusal = (await rt.state.refusals.current(rt.settings.dcr_immutable_id)).get(error.stream)
+    if refusal is None:  # accepted again meanwhile (another instance's probe): the host retries at once
+        raise error
+    if datetime.now(UTC) - refusal.since > refusals.PATIENCE:
+        log.error("Logs Ingestion has refused %s for more than %s; the message is retried by the host and goes "
+                  "to the poison queue after maxDequeueCount: %s", error.stream, refusals.PATIENCE, error,
+                  extra=dims)  # fmt: skip
+        raise error
+    delay = refusals.reschedule_delay(refusal)
+    await rt.queue.reschedule(text, delay)
+    log.info("Content %s rescheduled in %d s: %s", dims["content_id"], delay, error, extra=dims)
+    result.outcome = "rescheduled"
+    result.detail = f"{type(error).__name__}: {error}"
+    return result
 
 
 async def _download_and_send(
@@ -101,11 +129,14 @@ async def _download_and_send(
     result: ProcessResult,
     dequeue_count: int,
     message_id: str,
+    deadline: Deadline,
 ) -> ProcessResult:
     settings = rt.settings
     try:
         raw = await hold.fetch(
-            lambda read: rt.management.get_content(blob.content_uri, content_type=blob.content_type, read=read)
+            lambda read: rt.management.get_content(
+                blob.content_uri, content_type=blob.content_type, read=read, deadline=deadline
+            )
         )
     except ContentUnavailableError as exc:
         log.warning("Content %s skipped: %s", blob.content_id, exc, extra=dims)
@@ -124,7 +155,7 @@ async def _download_and_send(
         rows = normalize_blob(iter_blob(raw, parser_repairs), ref, routing, sent_at=datetime.now(UTC))
     except BadContentError as exc:
         if not exc.cut:
-            return await _refuse_content(rt, text, blob, raw, exc)
+            return await _refuse_content(rt, text, blob, raw, exc, deadline)
         # Cut short: another download may bring it whole; a blob that stays cut ends in the poison queue.
         raise BadContentError(
             f"content {blob.content_id} ({len(raw)} bytes): {exc}; the message is retried", cut=True
@@ -143,17 +174,21 @@ async def _download_and_send(
         )
 
     # Every stream finishes (and commits what it sent) before a failure goes back to the host: a retry
-    # that starts while a sibling stream is still committing would send that stream's rows again.
+    # that starts while a sibling stream is still committing would send that stream's rows again. A refusal
+    # is raised last: the delivery is then rescheduled, which a sibling's failure must not hide.
     finished = await asyncio.gather(
         *(
-            _send_stream(rt, stream, stream_rows, blob.content_id, message_id, result)
+            _send_stream(rt, stream, stream_rows, blob.content_id, message_id, result, deadline)
             for stream, stream_rows in rows.rows.items()
         ),
         return_exceptions=True,
     )
-    for failure in finished:
-        if isinstance(failure, BaseException):
+    failures = [f for f in finished if isinstance(f, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, IngestionRefusedError):
             raise failure
+    if failures:
+        raise failures[0]
     result.content_lag_seconds = time.time() - blob.content_created.timestamp()
     log.info(
         "Content %s (BlobRef %s): %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",
@@ -170,12 +205,14 @@ async def _download_and_send(
 
 
 async def _refuse_content(
-    rt: Runtime, text: str, blob: ContentBlob, raw: bytes, problem: BadContentError
+    rt: Runtime, text: str, blob: ContentBlob, raw: bytes, problem: BadContentError, deadline: Deadline
 ) -> ProcessResult:
     """A body that arrived whole but is not a JSON array: the API serves the same bytes every time, so no retry
     can help and the message is parked at once. A second download checks that first: a one-off answer from
     something on the way (an error page) is retried instead. Only its digest is kept, not a second body."""
-    again = await rt.management.get_content(blob.content_uri, content_type=blob.content_type, read=body_digest)
+    again = await rt.management.get_content(
+        blob.content_uri, content_type=blob.content_type, read=body_digest, deadline=deadline
+    )
     if again != hashlib.sha256(raw).digest():
         raise TransientApiError(
             "two downloads of the content gave different bodies; the message is retried",
@@ -194,19 +231,48 @@ async def _refuse_content(
 
 
 async def _send_stream(
-    rt: Runtime, stream: str, rows: list[Row], content_id: str, message_id: str, result: ProcessResult
+    rt: Runtime,
+    stream: str,
+    rows: list[Row],
+    content_id: str,
+    message_id: str,
+    result: ProcessResult,
+    deadline: Deadline,
+) -> None:
+    refusal = await refusals.admit(rt, stream)
+    if refusal is not None:
+        # Refused for every instance: nothing is claimed or sent; the delivery is rescheduled.
+        raise IngestionRefusedError(
+            f"Logs Ingestion refuses {stream} (HTTP {refusal.status}) since {refusal.since:%Y-%m-%dT%H:%M:%SZ}; "
+            "not sent, the message is rescheduled",
+            status=refusal.status, code=refusal.code, stream=stream,
+        )  # fmt: skip
+    try:
+        await _claim_and_send(rt, stream, rows, content_id, message_id, result, deadline)
+    finally:
+        refusals.end_probe(rt, stream)
+
+
+async def _claim_and_send(
+    rt: Runtime,
+    stream: str,
+    rows: list[Row],
+    content_id: str,
+    message_id: str,
+    result: ProcessResult,
+    deadline: Deadline,
 ) -> None:
     claims = rt.state.claims
     claim = await claims.claim_records(stream, rows, content_id, message_id)
     waited, pause = 0.0, HELD_FIRST_PAUSE
     while True:
         if claim.mine:
-            await _upload(rt, stream, claim, result)
+            await _upload(rt, stream, claim, result, deadline)
         if not claim.held:
             break
         # Another delivery holds some of these records. It may yet fail, so this message completes only
         # once they are sent (by it) or given up and sent from here.
-        if waited >= HELD_WAIT:
+        if waited >= HELD_WAIT or not deadline.allows(pause):
             raise BlobBusyError(
                 f"{len(claim.held)} records of content {content_id} are still claimed by another delivery after "
                 f"{waited:.0f}s; the message is retried"
@@ -220,7 +286,7 @@ async def _send_stream(
     result.claimed_elsewhere += claim.claimed_elsewhere
 
 
-async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult) -> None:
+async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult, deadline: Deadline) -> None:
     sent: list[Row] = []
 
     async def accepted(chunk: list[Row]) -> None:
@@ -228,13 +294,18 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult)
 
     started = time.perf_counter()
     try:
-        await rt.ingestor.upload(stream, claim.mine, on_sent=accepted)
-    except Exception:
+        await rt.ingestor.upload(stream, claim.mine, on_sent=accepted, deadline=deadline)
+    except Exception as exc:
         # Keep what did arrive from being sent again, and free the rest for the host's retry.
         if sent:
             await rt.state.claims.mark_sent(claim, sent)
         await rt.state.claims.release(claim)
+        if isinstance(exc, IngestionRefusedError):
+            await refusals.refused(rt, exc)
+        refusals.end_probe(rt, stream)
         raise
+    await refusals.accepted(rt, stream)
+    refusals.end_probe(rt, stream)
     metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
     await rt.state.claims.mark_sent(claim)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)

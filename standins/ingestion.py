@@ -141,6 +141,7 @@ class IngestionStandIn(ServiceStandIn):
         self._stats: list[IngestStat] = []
         self._denied: set[str] = set()
         self._deny_all = False
+        self._refused_streams: dict[str, int] = {}
         #: Streams that take any JSON array of objects up to their own body limit (see accept_raw).
         self._raw_streams: dict[str, int] = {}
         self._file_lock = threading.Lock()
@@ -169,6 +170,15 @@ class IngestionStandIn(ServiceStandIn):
                 self._denied.add(client_id)
             else:
                 self._denied.discard(client_id)
+
+    def refuse_stream(self, stream: str, status: int | None = 403) -> None:
+        """Refuse every upload to ``stream`` with ``status`` (403: the role, as :meth:`deny_role` answers; 404:
+        a stream the rule does not have), or accept it again (``None``)."""
+        with self._lock:
+            if status is None:
+                self._refused_streams.pop(stream, None)
+            else:
+                self._refused_streams[stream] = status
 
     def rows(self, stream: str) -> list[dict[str, Any]]:
         """Rows accepted so far for ``stream`` (a copy of the list)."""
@@ -267,6 +277,17 @@ class IngestionStandIn(ServiceStandIn):
                 f"The api-version '{request.query.get('api-version')}' is not supported.",
             )
         stream = stat["stream"]
+        with self._lock:
+            refused = self._refused_streams.get(stream)
+        if refused == 403:
+            raise ApiError(
+                403,
+                "OperationFailed",
+                "The authentication token provided does not have access to ingest data for the data collection "
+                f"rule with immutable Id '{self.dcr_immutable_id}'.",
+            )
+        if refused is not None:
+            raise ApiError(refused, "NotFound", f"Stream '{stream}' not found in the data collection rule.")
         columns = self.streams.get(stream)
         with self._lock:
             raw_limit = self._raw_streams.get(stream)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,28 +59,38 @@ async def work_queue(
             leave=False,
         )
 
+        # A refusing DCR reschedules every message: they come back after a delay, so the queue never empties
+        # while it lasts. Stop at the first one rather than wait; the error above names the fix.
+        refused = asyncio.Event()
+
         async def handler(message: func.QueueMessage) -> None:
             try:
-                done.results.append(await handlers.process(message))
+                result = await handlers.process(message)
+                done.results.append(result)
+                if result.outcome == "rescheduled":
+                    refused.set()
             finally:
                 bar.update(1)
 
         try:
-            stats = await QueueWorker(store.main, store.poison, handler, options).run(max_messages=max_messages)
+            worker = QueueWorker(store.main, store.poison, handler, options)
+            stats = await worker.run(max_messages=max_messages, stop=refused)
         finally:
             bar.close()
         remaining = await store.depth(store.main)
     # The host moves a message that failed too often; the processor parks one no retry could help at once.
     poisoned = stats.poisoned + sum(r.parked for r in done.results)
+    rescheduled = sum(r.outcome == "rescheduled" for r in done.results)
     document = {
         "processed": stats.processed,
+        "rescheduled": rescheduled,
         "failed_attempts": stats.failed_attempts,
         "poisoned": poisoned,
         "remaining": remaining,
         "max_dequeue_count": options.max_dequeue_count,
         **done.summary(),
     }
-    return document, EXIT_FAILED if poisoned else EXIT_OK
+    return document, EXIT_FAILED if poisoned or rescheduled else EXIT_OK
 
 
 def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
@@ -90,6 +101,9 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
         f"{doc['duplicates_dropped']} duplicate(s) dropped",
     ]
     lines += [f"rows sent to {stream}: {n}" for stream, n in sorted(doc["rows_sent"].items())]
+    if doc.get("rescheduled"):
+        lines.append(f"{doc['rescheduled']} message(s) rescheduled and stopped: Logs Ingestion refuses the rows "
+                     "(the error above names the fix); run `process` again once it accepts them")  # fmt: skip
     if doc["poisoned"]:
         lines.append("see why with `irm-connector poison list`")
     return lines

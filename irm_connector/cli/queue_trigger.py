@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector.content_queue import UndecodableMessage, create_queue_if_missing
+from irm_connector.deadline import parse_timespan
 from irm_connector.errors import SettingsError
 
 __all__ = [
@@ -48,15 +48,6 @@ Handler = Callable[[func.QueueMessage], Awaitable[Any]]
 
 #: The app settings that override host.json's queue settings: ``AzureFunctionsJobHost__extensions__queues__batchSize``.
 OVERRIDE_PREFIX = "AzureFunctionsJobHost__extensions__queues__"
-
-
-def parse_timespan(text: str) -> float:
-    """A .NET TimeSpan as host.json writes it, ``[d.]hh:mm:ss[.fff]``, in seconds."""
-    match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", text.strip())
-    if not match:
-        raise ValueError(f"not a timespan: {text!r}")
-    days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 class HostSetting(NamedTuple):

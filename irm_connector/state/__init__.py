@@ -8,7 +8,8 @@ messages failed. Each kind lives in a module of its own, all over one :class:`Ta
   ``irmrecother`` for the records whose day has no table inside the retention (no ``CreationTime``, or
   one far off);
 - :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``;
-- :mod:`.request_slots`: ``irmbudget``, the Management API requests reserved per slot, per tenant.
+- :mod:`.request_slots`: ``irmbudget``, the Management API requests reserved per slot, per tenant;
+- :mod:`.refusals`: ``irmrefusals``, the streams the Data Collection Rule refuses, since when.
 
 (``irm`` is ``STATE_TABLE_PREFIX``.) Day tables older than the retention are dropped whole: one request a day;
 ``irmrecother``'s keys are purged a retention after their last write.
@@ -25,6 +26,7 @@ from irm_connector.settings import Settings
 from .claims import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT, Claim, Claims
 from .failures import Failure, FailureStore, describe, message_key
 from .queued_blobs import QueuedBlobs, SeenPartitions
+from .refusals import Refusal, RefusalStore
 from .request_slots import RequestSlots
 from .tables import StoreStats, Tables, table_key
 from .watermarks import PollerState, Watermarks
@@ -39,6 +41,8 @@ __all__ = [
     "FailureStore",
     "PollerState",
     "QueuedBlobs",
+    "Refusal",
+    "RefusalStore",
     "RequestSlots",
     "SeenPartitions",
     "StateStore",
@@ -68,6 +72,7 @@ class StateStore:
         self.queued_blobs = QueuedBlobs(self.tables)
         self.claims = Claims(self.tables, claim_ttl=claim_ttl)
         self.failures = FailureStore(self.tables, tenant_id=tenant_id)
+        self.refusals = RefusalStore(self.tables)
 
     @classmethod
     def from_settings(cls, service: TableServiceClient, settings: Settings) -> StateStore:

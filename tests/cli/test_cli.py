@@ -323,3 +323,26 @@ def test_command_line_mistakes_are_usage_errors(cli: Cli, argv: list[str], needl
     code, out, err = cli.run(*argv)
     assert code == 2 and out == ""
     assert err.startswith("usage error: ") and needle in err and "settings error" not in err
+
+
+def test_process_stops_when_logs_ingestion_refuses_and_sends_once_it_accepts(cli: Cli) -> None:
+    """A refusing DCR reschedules the messages (they come back later): `process` says so and stops rather than
+    wait for the queue to empty; once the DCR accepts, `process` sends everything, once."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(
+        seed=7, total_records=400, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id
+    )
+    workload.publish(sim.management)
+    assert cli.json("poll")[0] == 0
+    sim.ingestion.refuse_stream("Custom-IRMAlerts", 403)
+    code, out, err = cli.run("process")
+    assert code == 1
+    assert "rescheduled and stopped: Logs Ingestion refuses the rows" in out
+    assert "Monitoring Metrics Publisher" in err and cli.depth(cli.poison) == 0
+    assert cli.depth() == len(workload.blobs)  # rescheduled, not lost
+
+    sim.ingestion.refuse_stream("Custom-IRMAlerts", None)
+    code, doc = cli.json("process")
+    assert code == 0, doc
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))

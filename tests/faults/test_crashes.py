@@ -202,11 +202,13 @@ async def test_kill_during_a_poison_move(faulty: ConnectorHarness) -> None:
     connector = faulty
     workload = _workload(connector, seed=35, blobs=1)
     await connector.poll()
-    connector.standins.ingestion.deny_role(denied=True)  # the blob fails: it is poisoned on the first failure
+    # The blob fails (400: the DCR refuses the rows; a 401/403/404 would reschedule it instead): it is poisoned
+    # on the first failure.
+    connector.standins.ingestion.add_fault("ingest", "status", count=1000, status=400, code="InvalidContent")
     hold = connector.proxy.hold("queue.delete")  # type: ignore[attr-defined]
     await _kill_when_held(_start_child(connector, "work", "3", "1"), hold)
     in_poison = await connector.queue_length(connector.queue_name + "-poison")
-    connector.standins.ingestion.deny_role(denied=False)
+    connector.standins.ingestion.clear_faults()
     await asyncio.sleep(3.5)  # the killed worker's lock on the message runs out
     await connector.drain()
     async with connector.queue_client(connector.queue_name + "-poison") as poison:

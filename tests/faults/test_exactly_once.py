@@ -79,7 +79,8 @@ async def test_two_partial_failures_in_a_row_keep_every_sent_mark(connector: Con
     message = _publish(connector, records, now - timedelta(minutes=30))
     arrived = []
     for attempt, refused in ((1, 2), (2, 1)):
-        sim.ingestion.add_fault("ingest", "status", refused, status=403)  # that many bodies refused
+        # That many bodies refused (400: a 401/403/404 refuses the stream and reschedules the message instead).
+        sim.ingestion.add_fault("ingest", "status", refused, status=400, code="InvalidContent")
         with pytest.raises(Exception, match="Logs Ingestion refused"):
             await connector.process(message, dequeue_count=attempt)
         arrived.append(len(connector.rows(ALERTS)))
@@ -215,7 +216,7 @@ async def test_a_blob_never_completes_without_a_record_whose_claimer_failed(faul
     blob_b = _publish(connector, shared + only_b, now - timedelta(minutes=30))
 
     # A's upload is refused; while A gives up its claim (held here), B runs.
-    sim.ingestion.add_fault("ingest", "status", 1, status=403)
+    sim.ingestion.add_fault("ingest", "status", 1, status=400, code="InvalidContent")
     release = proxy.hold("table.write", path="rec", body="^$")  # A's release: a DELETE, no body
     a = asyncio.create_task(connector.process(blob_a, dequeue_count=5))  # A's last delivery: it fails for good
     await _until(release.arrived.is_set, "A's release")

@@ -47,6 +47,12 @@ class Case:
 RETRY = "retried with backoff (inside the call, or by the host); every record arrives"
 HOST = "retried (inside the call, or the invocation fails and the host retries it); every record arrives"
 POISON = "fails without a tight loop; after the fault clears the next run / requeue delivers every record"
+#: Logs Ingestion's own 401/403: a refusing DCR (a role assignment still propagating). Changed on purpose by
+#: issue 13, contract 4: this row read POISON before.
+RESCHEDULED = (
+    "rescheduled without spending a dequeue count (nothing goes to the poison queue); after the fault clears "
+    "the rescheduled messages come back and deliver every record once"
+)
 
 _FAULTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("timeout", "delay", {"seconds": 4.5}, 2, RETRY),
@@ -89,6 +95,8 @@ def _case(dep: str, service: str, route: str, name: str, kind: str, params: dict
         return Case(dep, service, route, name, kind, params, count, LOST_ANSWER, count * BLOB_ROWS)
     if route == "content" and kind == "malformed":
         return Case(dep, service, route, name, kind, params, count, NOT_JSON)
+    if route == "ingest" and params.get("status") in (401, 403):
+        return Case(dep, service, route, name, kind, params, count, RESCHEDULED)
     return Case(dep, service, route, name, kind, params, count, expected)
 
 
@@ -152,7 +160,12 @@ async def test_fault(faulty: ConnectorHarness, case: Case) -> None:
         await connector.poll()
     except Exception as exc:
         observed.append(f"poll failed ({type(exc).__name__})")
-    stats = await connector.drain()
+    # While the DCR refuses, every delivery is rescheduled: the queue would never empty, so each message is
+    # delivered once (rescheduled: invisible for a while), then the fault clears.
+    stats = await connector.drain(max_messages=len(workload.blobs) if case.expected == RESCHEDULED else None)
+    if case.expected == RESCHEDULED:
+        refused = sim.ingestion.count("ingest", fault="status")
+        observed.append(f"{refused} uploads refused, {await connector.queue_length()} messages rescheduled")
     if stats.failed_attempts:
         observed.append(f"{stats.failed_attempts} failed invocations retried by the host")
     if stats.poisoned:
@@ -179,6 +192,6 @@ async def test_fault(faulty: ConnectorHarness, case: Case) -> None:
     assert lost == 0, observed
     assert duplicates <= case.max_duplicates, observed
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
-    if case.expected == RETRY and case.route not in ("queue.put",):
-        # Transient faults never reach the poison queue.
+    if case.expected in (RETRY, RESCHEDULED) and case.route not in ("queue.put",):
+        # Transient faults and refusals never reach the poison queue.
         assert stats.poisoned == 0

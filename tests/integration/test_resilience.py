@@ -58,14 +58,16 @@ async def test_failing_blob_is_retried_then_poisoned_and_arrives_after_requeue(c
     sim = connector.standins
     workload = _publish(connector, seed=12, records=600, blob_size=(600, 600))
     await connector.poll()
-    sim.ingestion.deny_role(denied=True)  # 403 from Logs Ingestion: the role assignment is missing
+    # 400 from Logs Ingestion: the DCR does not declare these columns (a 401/403/404 is rescheduled instead:
+    # tests/faults/test_refusing_dcr.py).
+    sim.ingestion.add_fault("ingest", "status", count=1000, status=400, code="InvalidContent")
     stats = await connector.drain()
     assert stats.poisoned == 1
     assert stats.failed_attempts == 5  # host.json maxDequeueCount
     assert connector.rows("Custom-IRMAlerts") == []
     [poisoned] = await connector.messages(connector.queue_name + "-poison")
 
-    sim.ingestion.deny_role(denied=False)
+    sim.ingestion.clear_faults()
     await connector.process(poisoned)  # what `poison requeue` leads to
     _assert_exactly_once(connector, workload)
 

@@ -1,0 +1,89 @@
+"""The time an invocation has left: every wait and retry inside it is bounded by it.
+
+A timed-out invocation makes the Functions host restart the worker, which kills every other invocation on
+it half-way (rows sent but not marked, sent again). So each invocation takes a :class:`Deadline` at its
+start, the function timeout ahead, and stops waiting or retrying while there is still :attr:`Deadline.margin`
+left to release its claims and record why it failed: it then raises :class:`DeadlineError` and the host
+retries the message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+from .errors import DeadlineError
+from .state.claims import FUNCTION_TIMEOUT
+
+__all__ = ["TIMEOUT_SETTING", "Deadline", "function_timeout", "parse_timespan"]
+
+#: The app setting that overrides host.json's ``functionTimeout`` in Azure (the host reads it first).
+TIMEOUT_SETTING = "AzureFunctionsJobHost__functionTimeout"
+#: The share of the timeout kept back for the way out (releasing claims, recording the failure), at most
+#: MARGIN_MOST seconds: a minute of a 10-minute timeout, 3 s of a 30-second one.
+MARGIN_SHARE = 0.1
+MARGIN_MOST = 60.0
+
+
+def parse_timespan(text: str) -> float:
+    """A .NET TimeSpan as host.json writes it, ``[d.]hh:mm:ss[.fff]``, in seconds."""
+    match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", text.strip())
+    if not match:
+        raise ValueError(f"not a timespan: {text!r}")
+    days, hours, minutes, seconds = match.groups()
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def function_timeout() -> float:
+    """The function timeout in seconds: host.json's (:data:`FUNCTION_TIMEOUT`) or the app setting over it."""
+    text = os.environ.get(TIMEOUT_SETTING, "").strip()
+    if text:
+        try:
+            return parse_timespan(text)
+        except ValueError:
+            pass  # the host refuses to start with a bad timespan; this is never reached in Azure
+    return FUNCTION_TIMEOUT.total_seconds()
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When the invocation must have ended (monotonic seconds), and the margin kept back before it."""
+
+    end: float
+    margin: float = field(default=0.0)
+
+    @classmethod
+    def for_invocation(cls, timeout: float | None = None) -> Deadline:
+        seconds = function_timeout() if timeout is None else timeout
+        return cls(time.monotonic() + seconds, min(seconds * MARGIN_SHARE, MARGIN_MOST))
+
+    def usable(self) -> float:
+        """Seconds left for work, the margin kept back (0 when there is none)."""
+        return max(0.0, self.end - self.margin - time.monotonic())
+
+    def cap(self, seconds: float) -> float:
+        """``seconds``, or less when less time is usable."""
+        return min(seconds, self.usable())
+
+    def allows(self, seconds: float) -> bool:
+        """Whether a wait of ``seconds`` ends before the margin."""
+        return seconds < self.usable()
+
+    def check(self, what: str) -> None:
+        """Raise :class:`DeadlineError` if no time is usable for ``what``."""
+        if self.usable() <= 0:
+            raise DeadlineError(f"{what}: the invocation's time is up (margin {self.margin:.0f} s kept to clean up)")
+
+    def expire(self, what: str, seconds: float | None = None) -> DeadlineError:
+        """The error for a wait of ``seconds`` that the time left cannot hold (None: a call cut short)."""
+        if seconds is None:
+            return DeadlineError(
+                f"{what}: cut short {self.margin:.0f} s before the invocation's timeout, to clean up; the message "
+                "is retried"
+            )
+        return DeadlineError(
+            f"{what}: waiting {seconds:.0f} s more does not fit the {self.usable():.0f} s the invocation has "
+            "left before its timeout; the message is retried"
+        )

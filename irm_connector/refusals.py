@@ -1,0 +1,143 @@
+"""A Data Collection Rule that refuses a stream (401, 403, 404) is waited out, not retried into the poison queue.
+
+After a deployment the function's role assignment on the DCR can take 30 minutes to apply; a DCR or stream
+removed answers alike. Retrying such a message at once only spends its dequeue count: after five it would be
+in the poison queue, with the whole first day of alerts behind it. So a delivery that meets a refusal puts
+the message back on the queue with a delay (a new message: the count starts again) and completes; the
+refusal goes to the shared state (:mod:`.state.refusals`) so every instance stops sending that stream, and
+one delivery at a time, at most every :data:`PROBE_LEAST` seconds, probes with its own rows. The first
+accepted probe ends the refusal for all. A refusal older than :data:`PATIENCE` is no longer waited out: its
+messages fail as any other and reach the poison queue, where ``poison requeue`` brings them back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from .errors import IngestionRefusedError, StateError
+from .models import utc_text
+from .state import Refusal
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = [
+    "PATIENCE",
+    "PROBE_LEAST",
+    "Refusal",
+    "accepted",
+    "admit",
+    "end_probe",
+    "fix_text",
+    "ingestion_state",
+    "refused",
+    "reschedule_delay",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two probes of a refused stream, all instances together.
+PROBE_LEAST = 5.0
+#: How long a refusal is waited out before its messages fail as any other (and reach the poison queue).
+PATIENCE = timedelta(hours=2)
+#: A rescheduled message comes back after a quarter of the refusal's age so far, within these bounds (s):
+#: soon while a role assignment propagates, seldom once it has lasted.
+RESCHEDULE_LEAST = 5
+RESCHEDULE_MOST = 300
+
+#: The refusals this process has told the operator about: (DCR, stream, since).
+_told: set[tuple[str, str, datetime]] = set()
+
+
+def ingestion_state(refusals: Iterable[Refusal]) -> str:
+    """The health row's ``IngestionState``: ``ok``, or ``refused: <status> since <time>`` of the oldest."""
+    oldest = min(refusals, key=lambda r: r.since, default=None)
+    if oldest is None:
+        return "ok"
+    return f"refused: {oldest.status} since {utc_text(oldest.since, timespec='seconds')}"
+
+
+def fix_text(dcr: str, stream: str, status: int, code: str, since: datetime) -> str:
+    """What the operator reads: the refusal and the fix, with no token, secret or row content."""
+    answer = f"HTTP {status}{', ' + code if code else ''}"
+    return (
+        f"Logs Ingestion refuses stream {stream} of data collection rule {dcr} ({answer}) since "
+        f"{utc_text(since, timespec='seconds')}. Fix: give the function app's identity the \"Monitoring Metrics "
+        f'Publisher" role on the data collection rule {dcr} (a new role assignment takes up to 30 minutes to '
+        f"apply), and check that the rule declares the stream {stream} (LOGS_DCR_IMMUTABLE_ID, LOGS_INGESTION_ENDPOINT"
+        f"{', AZURE_CLOUD' if status == 401 else ''}). Messages are rescheduled, not moved to the poison queue, "
+        f"for up to {PATIENCE.total_seconds() / 3600:.0f} hours."
+    )
+
+
+async def admit(rt: Runtime, stream: str) -> Refusal | None:
+    """None when rows may go to ``stream``: it is not refused, or this delivery won its next probe (then
+    :func:`end_probe` must follow), or this process's probe just ended it; else the refusal that holds
+    them back."""
+    store, dcr = rt.state.refusals, rt.settings.dcr_immutable_id
+    refusal = (await store.current(dcr)).get(stream)
+    if refusal is None:
+        return None
+    running = store.probes.get(stream)
+    if running is not None:
+        # This process probes the stream now: its answer decides for the deliveries beside it too.
+        await running[1].wait()
+        return (await store.current(dcr)).get(stream)
+    if refusal.probe_at > datetime.now(UTC):
+        return refusal
+    # Known as this process's probe before the claim is written: the deliveries beside it wait for its answer.
+    store.probes[stream] = (asyncio.current_task(), asyncio.Event())
+    won = False
+    try:
+        won = await store.take_probe(dcr, refusal, probe_after=PROBE_LEAST)
+    finally:
+        if not won:
+            end_probe(rt, stream)
+    if won:
+        log.info("Logs Ingestion refused %s since %s; probing with this delivery's rows", stream,
+                 utc_text(refusal.since, timespec="seconds"))  # fmt: skip
+        return None
+    # Another instance probed first, or ended the refusal: what the state says now decides.
+    return (await store.current(dcr)).get(stream)
+
+
+def end_probe(rt: Runtime, stream: str) -> None:
+    """The probe of ``stream`` that the calling task runs (if it runs one) has its answer."""
+    running = rt.state.refusals.probes.get(stream)
+    if running is not None and running[0] is asyncio.current_task():
+        del rt.state.refusals.probes[stream]
+        running[1].set()
+
+
+async def refused(rt: Runtime, error: IngestionRefusedError) -> Refusal:
+    """Record a refusing answer in the shared state and tell the operator, once per refusal and process."""
+    dcr = rt.settings.dcr_immutable_id
+    refusal = await rt.state.refusals.record(dcr, error.stream, error.status, error.code, probe_after=PROBE_LEAST)
+    if (dcr, refusal.stream, refusal.since) not in _told:
+        _told.add((dcr, refusal.stream, refusal.since))
+        log.error(fix_text(dcr, refusal.stream, refusal.status, refusal.code, refusal.since),
+                  extra={"stream": refusal.stream, "status": refusal.status})  # fmt: skip
+    return refusal
+
+
+async def accepted(rt: Runtime, stream: str) -> None:
+    """Rows reached ``stream``: a refusal this process knew of has ended, for every instance."""
+    try:
+        ended = await rt.state.refusals.clear(rt.settings.dcr_immutable_id, stream)
+    except StateError as exc:
+        log.warning("Could not clear the refusal of %s (the next probe does): %s", stream, exc)
+        return
+    if ended is not None:
+        lasted = (datetime.now(UTC) - ended.since).total_seconds()
+        log.warning("Logs Ingestion accepts %s again, after refusing it for %.0f s", stream, lasted,
+                    extra={"stream": stream})  # fmt: skip
+
+
+def reschedule_delay(refusal: Refusal, now: datetime | None = None) -> int:
+    """Seconds a message held back by ``refusal`` stays invisible before it comes back."""
+    age = ((now or datetime.now(UTC)) - refusal.since).total_seconds()
+    return int(min(max(age / 4, RESCHEDULE_LEAST), RESCHEDULE_MOST))

@@ -1,0 +1,142 @@
+"""Which streams the Data Collection Rule refuses, shared by every instance: one refusing answer teaches them
+all to stop sending and reschedule, and one probe at a time (claimed by ETag) finds out when it ends.
+
+Table ``{prefix}refusals``: PartitionKey the DCR's immutable id, RowKey the stream, with the HTTP status and
+error code of the refusal, since when (``Since``, kept while it lasts) and when the next probe may go
+(``ProbeAt``). A row exists only while the stream is refused; the normal path reads the partition (a few
+rows, usually none) once per :data:`CACHE_SECONDS` per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import UpdateMode
+
+from irm_connector.errors import StateError
+from irm_connector.models import parse_utc, utc_text
+
+from .tables import Tables, reason, table_key
+
+__all__ = ["CACHE_SECONDS", "Refusal", "RefusalStore"]
+
+#: How long a process trusts what it read: another instance's refusal reaches it this late at most (it
+#: learns at once from its own refused upload).
+CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A stream the DCR refuses: since when, with which answer, and when the next probe may go."""
+
+    stream: str
+    status: int
+    code: str
+    since: datetime
+    probe_at: datetime
+    etag: str | None = None
+
+
+class RefusalStore:
+    """The ``{prefix}refusals`` table."""
+
+    KIND = "refusals"
+
+    def __init__(self, tables: Tables) -> None:
+        self._tables = tables
+        self._name = tables.name(self.KIND)
+        self._cache: dict[str, tuple[float, dict[str, Refusal]]] = {}
+        #: The probes this process runs, by stream: the probing task, and the event its end sets.
+        self.probes: dict[str, tuple[asyncio.Task[Any] | None, asyncio.Event]] = {}
+
+    async def current(self, dcr: str, *, fresh: bool = False) -> dict[str, Refusal]:
+        """The refused streams of ``dcr``, by stream; read again when older than :data:`CACHE_SECONDS`."""
+        cached = self._cache.get(dcr)
+        if cached is not None and not fresh and time.monotonic() - cached[0] < CACHE_SECONDS:
+            return cached[1]
+        table = await self._tables.table(self._name)
+        refusals: dict[str, Refusal] = {}
+        try:
+            async for entity in table.query_entities("PartitionKey eq @pk", parameters={"pk": table_key(dcr)}):
+                refusal = _refusal(dict(entity), entity.metadata.get("etag"))
+                refusals[refusal.stream] = refusal
+        except ResourceNotFoundError:
+            pass
+        except AzureError as exc:
+            raise StateError(f"cannot read table {self._name}: {reason(exc)}") from exc
+        self._cache[dcr] = (time.monotonic(), refusals)
+        return refusals
+
+    async def record(self, dcr: str, stream: str, status: int, code: str, *, probe_after: float) -> Refusal:
+        """Note that ``stream`` was refused just now; the refusal keeps its first ``Since``."""
+        now = datetime.now(UTC)
+        known = (await self.current(dcr, fresh=True)).get(stream)
+        since = known.since if known is not None else now
+        entity = _entity(dcr, Refusal(stream, status, code, since, now + timedelta(seconds=probe_after)))
+        table = await self._tables.table(self._name)
+        try:
+            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        except AzureError as exc:
+            raise StateError(f"cannot write to table {self._name}: {reason(exc)}") from exc
+        return (await self.current(dcr, fresh=True)).get(stream) or _refusal(entity, None)
+
+    async def take_probe(self, dcr: str, refusal: Refusal, *, probe_after: float) -> bool:
+        """Claim the next probe of a refused stream: one instance wins (ETag), the others wait for the next."""
+        if refusal.etag is None:
+            return False
+        now = datetime.now(UTC)
+        entity = _entity(dcr, Refusal(refusal.stream, refusal.status, refusal.code, refusal.since,
+                                      now + timedelta(seconds=probe_after)))  # fmt: skip
+        table = await self._tables.table(self._name)
+        try:
+            await table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=refusal.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
+            self._cache.pop(dcr, None)  # another instance probed, or the refusal ended: read it again
+            return False
+        except AzureError as exc:
+            if getattr(exc, "status_code", None) == 412:
+                self._cache.pop(dcr, None)
+                return False
+            raise StateError(f"cannot write to table {self._name}: {reason(exc)}") from exc
+        return True
+
+    async def clear(self, dcr: str, stream: str) -> Refusal | None:
+        """The stream is accepted again: forget its refusal; returns the refusal this process knew of."""
+        known = (await self.current(dcr)).get(stream)
+        if known is None:
+            return None
+        await self._tables.delete(self._name, table_key(dcr), table_key(stream))
+        self._cache.pop(dcr, None)
+        return known
+
+
+def _entity(dcr: str, refusal: Refusal) -> dict[str, Any]:
+    return {
+        "PartitionKey": table_key(dcr),
+        "RowKey": table_key(refusal.stream),
+        "Stream": refusal.stream,
+        "Status": refusal.status,
+        "Code": refusal.code[:200],
+        "Since": utc_text(refusal.since),
+        "ProbeAt": utc_text(refusal.probe_at),
+    }
+
+
+def _refusal(entity: dict[str, Any], etag: str | None) -> Refusal:
+    now = datetime.now(UTC)
+    return Refusal(
+        stream=str(entity.get("Stream") or entity.get("RowKey") or ""),
+        status=int(entity.get("Status") or 0),
+        code=str(entity.get("Code") or ""),
+        since=parse_utc(entity.get("Since")) or now,
+        probe_at=parse_utc(entity.get("ProbeAt")) or now,
+        etag=etag,
+    )

@@ -1,0 +1,132 @@
+"""No invocation outlives its timeout (issue 13, contract 3).
+
+A processor child runs one invocation with ``functionTimeout`` set to 30 s through the app setting the host
+reads over host.json (``AzureFunctionsJobHost__functionTimeout``), against a dependency that never recovers
+while it runs: the Management API answering 429 with ``Retry-After: 120`` (six attempts would wait 10
+minutes: the first wait already does not fit), or Logs Ingestion answering 503 with ``Retry-After: 12``
+(azure-core honours it, uncapped, on each of its three retries of a status: 36 s; the retries that fit are
+made, the one that does not is not). The
+invocation must end by itself, raising, before its timeout; its claims released and its failure recorded.
+Once the fault clears, the queue is worked and every record arrives exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.data.tables.aio import TableServiceClient
+
+from irm_connector.content_queue import Delivery
+from irm_connector.runtime import get_runtime
+from irm_connector.settings import Settings
+from irm_connector.state import message_key
+from standins.workload import generate_workload
+from tests.faults import report
+from tests.harness import ConnectorHarness
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIT = "Custom-O365Audit"
+ALERTS = "Custom-IRMAlerts"
+TIMEOUT = 30
+#: How long the test waits for the child beyond the timeout itself (interpreter start, imports) before it
+#: calls the invocation stuck.
+STARTUP = 30
+EXPECTED = (
+    "the invocation fails by itself before its function timeout (no wait or retry is started that the time left "
+    "cannot hold), its claims released and its failure recorded; after the fault clears every record arrives once"
+)
+
+
+def _invoke(connector: ConnectorHarness, message: str, tmp_path: Path) -> dict[str, Any]:
+    """One invocation in a process of its own, with the function timeout set as an app setting."""
+    path = tmp_path / "message.json"
+    path.write_text(message, encoding="utf-8")
+    env = {
+        **os.environ, **connector.env, "PYTHONPATH": str(ROOT),
+        "AzureFunctionsJobHost__functionTimeout": f"00:00:{TIMEOUT}",
+    }  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.child", "invoke", str(path)], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = child.communicate(timeout=TIMEOUT + STARTUP)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
+        raise AssertionError(f"the invocation was still running {TIMEOUT + STARTUP} s after it started") from None
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, err[-3000:]
+    return dict(json.loads(lines[-1]))
+
+
+async def _pending_claims(connector: ConnectorHarness) -> int:
+    """Pending (unsent, unreleased) claim shards in every record-key table of this connector."""
+    prefix = connector.env["STATE_TABLE_PREFIX"]
+    count = 0
+    async with TableServiceClient.from_connection_string(connector.azurite.connection_string) as service:
+        names = [t.name async for t in service.query_tables(f"TableName ge '{prefix}rec' and TableName lt '{prefix}rec~'")]
+        for name in names:
+            table = service.get_table_client(name)
+            count += len([e async for e in table.query_entities("S eq 'p'")])
+    return count
+
+
+async def _failure_reason(message: str) -> str:
+    rt = await get_runtime(Settings.from_env())
+    failure = await rt.state.failures.get_failure(message_key(Delivery.decode(message)))
+    return failure.reason if failure else ""
+
+
+CASES = [
+    ("Content download", "management", "content", {"status": 429, "retry_after": 120},
+     f"429 with Retry-After: 120 on every answer, functionTimeout {TIMEOUT} s (app setting)"),
+    ("Logs Ingestion", "ingestion", "ingest", {"status": 503, "retry_after": 12},
+     f"503 with Retry-After: 12 on every upload, functionTimeout {TIMEOUT} s (app setting)"),
+]  # fmt: skip
+
+
+@pytest.mark.reports_outcome
+@pytest.mark.parametrize(("subject", "service", "route", "fault", "case"), CASES, ids=["management-429", "ingestion-503"])
+async def test_an_invocation_ends_before_its_timeout(
+    connector: ConnectorHarness, tmp_path: Path, subject: str, service: str, route: str, fault: dict[str, Any],
+    case: str,
+) -> None:  # fmt: skip
+    sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM=AUDIT)
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=61 if service == "management" else 62, total_records=300, blob_size=(300, 300),
+                                 irm_share=0.05, tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    await connector.poll()
+    [message] = await connector.messages()
+    getattr(sim, service).add_fault(route, "status", count=1000, **fault)
+
+    outcome = _invoke(connector, message, tmp_path)
+    pending = await _pending_claims(connector)
+    reason = await _failure_reason(message)
+
+    getattr(sim, service).clear_faults()
+    stats = await connector.drain()
+    audit = Counter(r["RecordId"] for r in connector.rows(AUDIT))
+    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
+    lost = len(workload.record_ids - set(audit)) + len(workload.irm_alert_record_ids - set(alerts))
+    duplicates = sum(audit.values()) - len(audit) + sum(alerts.values()) - len(alerts)
+    report.record(report.Outcome(
+        "Faults", subject, case, EXPECTED,
+        f"the invocation raised {outcome['raised'].split(':')[0]} after {outcome['seconds']:.0f} s of {TIMEOUT} s; "
+        f"{pending} claims left pending; failure recorded: {reason.split(':')[0] or 'no'}; then "
+        f"{stats.processed} delivered", lost, duplicates))  # fmt: skip
+    assert outcome["raised"].startswith("DeadlineError"), outcome
+    assert outcome["seconds"] < TIMEOUT  # the contract: it ended before the host would have stopped it
+    assert pending == 0
+    assert reason.startswith("DeadlineError")
+    assert (lost, duplicates) == (0, 0)
+    assert await connector.queue_length(connector.queue_name + "-poison") == 0

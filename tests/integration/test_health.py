@@ -1,0 +1,131 @@
+"""Health that shows what the lag does not (issue 13, contract 5): the health rows Logs Ingestion receives carry
+the backlog (QueueDepth, OldestQueuedSeconds), the poison queue (PoisonDepth), the listed blobs refused by the
+URL check (BlobsRefused) and whether Logs Ingestion accepts the rows (IngestionState); when the health stream
+itself is refused, the same facts go to the log (Application Insights) at error level."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from irm_connector.errors import PollError
+from standins.workload import generate_workload
+from tests.harness import ConnectorHarness
+
+ALERTS = "Custom-IRMAlerts"
+HEALTH = "Custom-IRMConnectorHealth"
+
+
+def _publish(connector: ConnectorHarness, seed: int, blobs: int = 3):
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=seed, total_records=100 * blobs, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    return workload
+
+
+async def _health(connector: ConnectorHarness) -> dict[str, Any]:
+    """The health row of the next poller run."""
+    before = len(connector.rows(HEALTH))
+    await connector.poll()
+    rows = connector.rows(HEALTH)
+    assert len(rows) == before + 1
+    return rows[-1]
+
+
+def _since(state: str) -> datetime:
+    return datetime.fromisoformat(state.rsplit(" since ", 1)[1].replace("Z", "+00:00"))
+
+
+async def test_backlog_shows_its_depth_and_age(connector: ConnectorHarness) -> None:
+    workload = _publish(connector, seed=81)
+    queued_at = time.monotonic()
+    first = await _health(connector)
+    assert first["QueueDepth"] == len(workload.blobs) and first["PoisonDepth"] == 0
+    assert 0 <= first["OldestQueuedSeconds"] <= 5
+    assert first["IngestionState"] == "ok" and first["BlobsRefused"] == 0
+
+    await asyncio.sleep(3)
+    waiting = await _health(connector)  # nothing new listed; the backlog has aged
+    assert waiting["QueueDepth"] == len(workload.blobs)
+    assert 3 <= waiting["OldestQueuedSeconds"] <= time.monotonic() - queued_at + 2
+
+    await connector.drain()
+    worked = await _health(connector)
+    assert (worked["QueueDepth"], worked["OldestQueuedSeconds"], worked["PoisonDepth"]) == (0, 0, 0)
+
+
+async def test_poison_queue_depth(connector: ConnectorHarness) -> None:
+    async with connector.queue_client() as queue:
+        await queue.create_queue()
+        await queue.send_message("not a content notification")  # parked in the poison queue at once
+    await connector.drain()
+    row = await _health(connector)
+    assert (row["PoisonDepth"], row["QueueDepth"], row["OldestQueuedSeconds"]) == (1, 0, 0)
+
+
+async def test_listed_blobs_refused_by_the_url_check_are_counted(connector: ConnectorHarness) -> None:
+    sim = connector.standins
+    _publish(connector, seed=82, blobs=1)
+    sim.management.add_blob("Audit.General", [], content_created=datetime.now(UTC) - timedelta(minutes=30),
+                            content_uri="https://[")  # fmt: skip
+    with contextlib.suppress(PollError):  # whether a refused blob fails the run is not this test's concern
+        await connector.poll()
+    (row,) = connector.rows(HEALTH)
+    assert row["BlobsRefused"] == 1
+
+
+@pytest.mark.parametrize("status", [403, 404])
+async def test_a_refused_stream_shows_in_ingestion_state_until_it_is_accepted(
+    connector: ConnectorHarness, status: int
+) -> None:
+    sim = connector.standins
+    workload = _publish(connector, seed=83)
+    sim.ingestion.refuse_stream(ALERTS, status)
+    refused_from = datetime.now(UTC).replace(microsecond=0)
+    await connector.poll()
+    await connector.drain(max_messages=len(workload.blobs))  # each delivery is rescheduled
+    row = await _health(connector)
+    assert row["IngestionState"].startswith(f"refused: {status} since ")
+    assert refused_from <= _since(row["IngestionState"]) <= datetime.now(UTC)
+    assert row["QueueDepth"] == len(workload.blobs)  # rescheduled: waiting, invisible for a while
+    assert row["PoisonDepth"] == 0
+
+    sim.ingestion.refuse_stream(ALERTS, None)
+    await connector.drain()
+    row = await _health(connector)
+    assert (row["IngestionState"], row["QueueDepth"], row["PoisonDepth"]) == ("ok", 0, 0)
+    assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
+
+
+async def test_a_refused_health_stream_puts_the_row_in_the_log_at_error_level(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = connector.standins
+    workload = _publish(connector, seed=84)
+    sim.ingestion.refuse_stream(ALERTS, 403)
+    await connector.poll()
+    await connector.drain(max_messages=len(workload.blobs))
+    sim.ingestion.refuse_stream(HEALTH, 403)
+    caplog.clear()
+    before = connector.rows(HEALTH)
+    with caplog.at_level(logging.INFO, logger="irm_connector"):
+        await connector.poll()
+    assert connector.rows(HEALTH) == before  # this run's row never reached Sentinel
+    [line] = [r for r in caplog.records if r.name == "irm_connector.health"]
+    assert line.levelno == logging.ERROR
+    text = line.getMessage()
+    for fact in (f"QueueDepth={len(workload.blobs)}", "OldestQueuedSeconds=", "PoisonDepth=0", "BlobsRefused=0",
+                 "IngestionState=refused: 403 since ", "LagSeconds=", "Errors=0"):  # fmt: skip
+        assert fact in text, fact
+    assert line.__dict__["health_QueueDepth"] == len(workload.blobs)  # a custom dimension in Application Insights
+    fixes = [r.getMessage() for r in caplog.records if r.name == "irm_connector.refusals" and r.levelno == logging.ERROR]
+    assert any(HEALTH in m and "Monitoring Metrics Publisher" in m and "30 minutes" in m for m in fixes)

@@ -1,0 +1,51 @@
+"""The invocation's deadline (issue 13, contract 3) and the refusal state's arithmetic (contract 4)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from irm_connector.deadline import TIMEOUT_SETTING, Deadline, function_timeout
+from irm_connector.errors import DeadlineError
+from irm_connector.refusals import PATIENCE, ingestion_state, reschedule_delay
+from irm_connector.state import FUNCTION_TIMEOUT, Refusal
+
+
+def test_the_function_timeout_is_host_json_s_unless_the_app_setting_overrides_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(TIMEOUT_SETTING, raising=False)
+    assert function_timeout() == FUNCTION_TIMEOUT.total_seconds()
+    monkeypatch.setenv(TIMEOUT_SETTING, "00:00:30")
+    assert function_timeout() == 30
+
+
+def test_a_deadline_keeps_a_margin_and_refuses_waits_it_cannot_hold() -> None:
+    deadline = Deadline.for_invocation(600)
+    assert deadline.margin == 60  # a tenth, at most 60 s
+    assert 539 < deadline.usable() <= 540
+    assert deadline.allows(120) and not deadline.allows(600)
+    assert deadline.cap(60) == 60
+    assert Deadline.for_invocation(30).margin == 3
+    spent = Deadline.for_invocation(0)
+    with pytest.raises(DeadlineError, match="time is up"):
+        spent.check("upload")
+
+
+def _refusal(status: int, age: timedelta, now: datetime) -> Refusal:
+    return Refusal("Custom-IRMAlerts", status, "", now - age, now)
+
+
+def test_ingestion_state_names_the_oldest_refusal() -> None:
+    now = datetime(2026, 7, 1, 12, 0, 0, tzinfo=UTC)
+    assert ingestion_state([]) == "ok"
+    refusals = [_refusal(404, timedelta(minutes=1), now), _refusal(403, timedelta(minutes=5), now)]
+    assert ingestion_state(refusals) == "refused: 403 since 2026-07-01T11:55:00Z"
+
+
+def test_rescheduled_messages_come_back_soon_at_first_and_seldom_later() -> None:
+    now = datetime.now(UTC)
+    assert reschedule_delay(_refusal(403, timedelta(0), now), now) == 5
+    assert reschedule_delay(_refusal(403, timedelta(minutes=2), now), now) == 30
+    assert reschedule_delay(_refusal(403, PATIENCE, now), now) == 300
