@@ -14,15 +14,13 @@ import logging
 import random
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import aiohttp
-import orjson
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from .api_answers import error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
 from .deadline import Deadline
@@ -130,7 +128,7 @@ class ManagementActivityClient:
             if exc.code == "AF20024":
                 return "enabled"
             raise
-        data = _json(body, "start", content_type)
+        data = json_of(body, "start", content_type)
         return str(data.get("status", "enabled")) if isinstance(data, dict) else "enabled"
 
     async def stop_subscription(self, content_type: str) -> None:
@@ -144,7 +142,7 @@ class ManagementActivityClient:
 
     async def list_subscriptions(self) -> list[dict[str, Any]]:
         body, _ = await self._request("GET", f"{self._base}/subscriptions/list", operation="subscriptions")
-        data = _json(body, "subscriptions", "")
+        data = json_of(body, "subscriptions", "")
         if not isinstance(data, list):
             raise TransientApiError("subscription list is not a JSON array", operation="subscriptions")
         return [d for d in data if isinstance(d, dict)]
@@ -165,7 +163,7 @@ class ManagementActivityClient:
             body, headers = await self._request(
                 "GET", url, operation="list", content_type=content_type, params=params, guard=guard, deadline=deadline
             )
-            data = _json(body, "list", content_type)
+            data = json_of(body, "list", content_type)
             if not isinstance(data, list):
                 raise TransientApiError(
                     "content listing is not a JSON array", operation="list", content_type=content_type
@@ -285,14 +283,14 @@ class ManagementActivityClient:
             )  # fmt: skip
         if 200 <= status < 300:
             return body, headers
-        code, message = _error(body)
+        code, message = error_of(body)
         where: dict[str, Any] = {"status": status, "operation": call.operation, "content_type": call.content_type}
         if status == 429 or code == "AF429":
             self.stats.throttled += 1
             metrics.requests_throttled.add(1, self._dims)
-            return _Retry(TransientApiError("throttled", code=code or "AF429", **where), _retry_after(headers))
+            return _Retry(TransientApiError("throttled", code=code or "AF429", **where), retry_after_of(headers))
         if status in _TRANSIENT_STATUS or code.startswith("AF5"):
-            return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), _retry_after(headers))
+            return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), retry_after_of(headers))
         error = management_api_error(status, code, message, call.operation, call.content_type)
         if status == 401:
             return _Unauthorized(error)
@@ -323,39 +321,3 @@ class _Retry:
 @dataclass(frozen=True)
 class _Unauthorized:
     error: ManagementApiError
-
-
-def _retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    value = headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        try:
-            return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
-            return None
-
-
-def _error(body: bytes) -> tuple[str, str]:
-    """``(code, message)`` of an ``{"error":{"code","message"}}`` body; empty strings when absent."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return "", ""
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return "", ""
-    code = error.get("code")
-    message = error.get("message")
-    return (str(code) if code else "", str(message)[:300] if message else "")
-
-
-def _json(body: bytes, operation: str, content_type: str) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise TransientApiError(
-            "the API answered with a body that is not JSON", operation=operation, content_type=content_type
-        ) from None

@@ -1,0 +1,51 @@
+"""Reading the Management API's answers: ``Retry-After``, the ``{"error": {"code", "message"}}`` body, and JSON
+bodies (a body that is not JSON is a transient fault: the API sometimes answers with an HTML error page)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+from multidict import CIMultiDictProxy
+
+from .errors import TransientApiError
+
+__all__ = ["error_of", "json_of", "retry_after_of"]
+
+
+def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+
+
+def error_of(body: bytes) -> tuple[str, str]:
+    """``(code, message)`` of an ``{"error":{"code","message"}}`` body; empty strings when absent."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return "", ""
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return "", ""
+    code = error.get("code")
+    message = error.get("message")
+    return (str(code) if code else "", str(message)[:300] if message else "")
+
+
+def json_of(body: bytes, operation: str, content_type: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TransientApiError(
+            "the API answered with a body that is not JSON", operation=operation, content_type=content_type
+        ) from None
