@@ -1,0 +1,48 @@
+"""The packed set of sent record keys that each process caches per partition: it must answer exactly as a set of
+the same keys would, since a key it wrongly holds is a record never sent, and one it wrongly misses is sent twice."""
+
+from __future__ import annotations
+
+import os
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from irm_connector.state.partitions import SentKeys
+from irm_connector.state.shards import DIGEST, digest
+
+keys16 = st.binary(min_size=DIGEST, max_size=DIGEST)
+
+
+@given(st.lists(keys16, max_size=200), st.lists(keys16, max_size=50), st.lists(keys16, max_size=50))
+def test_answers_as_a_set_does(first: list[bytes], second: list[bytes], probes: list[bytes]) -> None:
+    packed = SentKeys()
+    packed.update(first)
+    packed.update(second)
+    truth = set(first) | set(second)
+    for key in [*first, *second, *probes]:
+        assert (key in packed) == (key in truth)
+
+
+def test_a_match_across_two_keys_is_not_a_key() -> None:
+    # Two keys of one group, side by side: the tail of one and the head of the next spell a third key's tail.
+    head = b"\x00\x01"
+    a, b = head + bytes(range(2, 16)), head + bytes(range(16, 30))
+    packed = SentKeys()
+    packed.update([a, b])
+    straddling = head + a[9:] + b[2:9]
+    assert len(straddling) == DIGEST
+    assert a in packed and b in packed and straddling not in packed
+
+
+def test_many_keys_of_record_ids() -> None:
+    rng = random.Random(7)
+    ids = [f"{rng.getrandbits(128):032x}" for _ in range(50_000)]
+    packed = SentKeys()
+    packed.update(digest(i) for i in ids[:25_000])
+    packed.update(digest(i) for i in ids[25_000:40_000])
+    assert len(packed) == 40_000
+    assert all(digest(i) in packed for i in ids[:40_000])
+    assert not any(digest(i) in packed for i in ids[40_000:])
+    assert os.urandom(DIGEST) not in packed and b"short" not in packed
