@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import UpdateMode
 
 from irm_connector.errors import StateError
@@ -93,19 +92,12 @@ class RefusalStore:
         now = datetime.now(UTC)
         entity = _entity(dcr, Refusal(refusal.stream, refusal.status, refusal.code, refusal.since,
                                       now + timedelta(seconds=probe_after)))  # fmt: skip
-        table = await self._tables.table(self._name)
-        try:
-            await table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=refusal.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
+        written = await self._tables.write_unless_changed(
+            self._name, entity, refusal.etag, what=f"to table {self._name}", gone_is_change=True
+        )
+        if written is None:
             self._cache.pop(dcr, None)  # another instance probed, or the refusal ended: read it again
             return False
-        except AzureError as exc:
-            if getattr(exc, "status_code", None) == 412:
-                self._cache.pop(dcr, None)
-                return False
-            raise StateError(f"cannot write to table {self._name}: {reason(exc)}") from exc
         return True
 
     async def clear(self, dcr: str, stream: str) -> Refusal | None:

@@ -14,15 +14,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import UpdateMode
 
 from irm_connector.errors import StateError
 
@@ -111,27 +106,13 @@ class RequestSlots:
 
     async def write(self, ring: SlotRing) -> tuple[SlotRing, Observed]:
         """Write ``ring`` if nobody wrote since it was read; raises :class:`SlotsChangedError` otherwise."""
-        table = await self._tables.table(self._name)
-        self._tables.stats.writes += 1
+        await self._tables.table(self._name)  # created first, so the clock reading spans the write alone
         sent = time.monotonic()
-        try:
-            if ring.etag is None:
-                result = await table.create_entity(ring.entity())
-            else:
-                result = await table.update_entity(
-                    ring.entity(),
-                    mode=UpdateMode.REPLACE,
-                    etag=ring.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except (ResourceExistsError, ResourceModifiedError) as exc:
-            raise SlotsChangedError("another instance reserved requests at the same time") from exc
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
-                raise SlotsChangedError("another instance reserved requests at the same time") from exc
-            raise StateError(f"cannot write the request budget: {reason(exc)}") from exc
-        except AzureError as exc:
-            raise StateError(f"cannot write the request budget: {reason(exc)}") from exc
+        result = await self._tables.write_unless_changed(
+            self._name, ring.entity(), ring.etag, what="the request budget"
+        )
+        if result is None:
+            raise SlotsChangedError("another instance reserved requests at the same time")
         date = result.get("date")
         observed = Observed(sent, time.monotonic(), date if isinstance(date, datetime) else None)
         return SlotRing(ring.tenant_id, dict(ring.used), result.get("etag")), observed

@@ -22,7 +22,14 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -206,6 +213,36 @@ class Tables:
     ) -> list[Any]:
         """Every entity of one partition matching ``query`` (default: all), read a page of 1,000 at a time."""
         return (await self.query(table_name, query, parameters or {"pk": pk}, select=select)).entities
+
+    async def write_unless_changed(
+        self, table_name: str, entity: dict[str, Any], etag: str | None, *, what: str, gone_is_change: bool = False
+    ) -> dict[str, Any] | None:
+        """Create ``entity`` (``etag`` None) or replace it if nobody wrote it since it was read at ``etag``: the
+        service's answer (``etag``, ``date``), or None when another writer came first (and, with
+        ``gone_is_change``, when the entity was deleted meanwhile). Any other failure raises
+        :class:`StateError` saying ``cannot write {what}``."""
+        table = await self.table(table_name)
+        self.stats.writes += 1
+        try:
+            if etag is None:
+                return dict(await table.create_entity(entity))
+            return dict(
+                await table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+            )
+        except (ResourceExistsError, ResourceModifiedError):
+            return None
+        except ResourceNotFoundError as exc:
+            if gone_is_change:
+                return None
+            raise StateError(f"cannot write {what}: {reason(exc)}") from exc
+        except HttpResponseError as exc:
+            if exc.status_code == 412:
+                return None
+            raise StateError(f"cannot write {what}: {reason(exc)}") from exc
+        except AzureError as exc:
+            raise StateError(f"cannot write {what}: {reason(exc)}") from exc
 
     async def upsert(self, table_name: str, entity: dict[str, Any]) -> None:
         """Write ``entity`` whole (REPLACE)."""

@@ -17,15 +17,10 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import UpdateMode
 
 from irm_connector.errors import LeaseLostError, StateError
 from irm_connector.models import parse_utc, utc_text
@@ -154,27 +149,11 @@ class Watermarks:
 
     async def upsert_state(self, state: PollerState) -> PollerState:
         """Write ``state`` if nobody wrote since it was read (ETag); raises :class:`LeaseLostError` otherwise."""
-        table = await self._tables.table(self._name)
-        self._tables.stats.writes += 1
-        lost = f"another poller changed the state of {state.content_type}"
-        try:
-            if state.etag is None:
-                result = await table.create_entity(state.entity())
-            else:
-                result = await table.update_entity(
-                    state.entity(),
-                    mode=UpdateMode.REPLACE,
-                    etag=state.etag,
-                    match_condition=MatchConditions.IfNotModified,
-                )
-        except (ResourceExistsError, ResourceModifiedError) as exc:
-            raise LeaseLostError(lost) from exc
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
-                raise LeaseLostError(lost) from exc
-            raise StateError(f"cannot write the poller state: {reason(exc)}") from exc
-        except AzureError as exc:
-            raise StateError(f"cannot write the poller state: {reason(exc)}") from exc
+        result = await self._tables.write_unless_changed(
+            self._name, state.entity(), state.etag, what="the poller state"
+        )
+        if result is None:
+            raise LeaseLostError(f"another poller changed the state of {state.content_type}")
         return replace(state, etag=result.get("etag"), written_at=result.get("date"), read_at=None)
 
     async def list_states(self, tenant_id: str) -> list[PollerState]:
