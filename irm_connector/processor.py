@@ -239,51 +239,30 @@ async def _send_stream(
     result: ProcessResult,
     deadline: Deadline,
 ) -> None:
-    refusal = await refusals.admit(rt, stream)
-    if refusal is not None:
-        # Refused for every instance: nothing is claimed or sent; the delivery is rescheduled.
-        raise IngestionRefusedError(
-            f"Logs Ingestion refuses {stream} (HTTP {refusal.status}) since {refusal.since:%Y-%m-%dT%H:%M:%SZ}; "
-            "not sent, the message is rescheduled",
-            status=refusal.status, code=refusal.code, stream=stream,
-        )  # fmt: skip
-    try:
-        await _claim_and_send(rt, stream, rows, content_id, message_id, result, deadline)
-    finally:
-        refusals.end_probe(rt, stream)
-
-
-async def _claim_and_send(
-    rt: Runtime,
-    stream: str,
-    rows: list[Row],
-    content_id: str,
-    message_id: str,
-    result: ProcessResult,
-    deadline: Deadline,
-) -> None:
-    claims = rt.state.claims
-    claim = await claims.claim_records(stream, rows, content_id, message_id)
-    waited, pause = 0.0, HELD_FIRST_PAUSE
-    while True:
-        if claim.mine:
-            await _upload(rt, stream, claim, result, deadline)
-        if not claim.held:
-            break
-        # Another delivery holds some of these records. It may yet fail, so this message completes only
-        # once they are sent (by it) or given up and sent from here.
-        if waited >= HELD_WAIT or not deadline.allows(pause):
-            raise BlobBusyError(
-                f"{len(claim.held)} records of content {content_id} are still claimed by another delivery after "
-                f"{waited:.0f}s; the message is retried"
-            )
-        if not waited:
-            log.info("Content %s: %d records are being sent by another delivery; waiting", content_id, len(claim.held))
-        await asyncio.sleep(pause)
-        waited, pause = waited + pause, min(pause * 2, 8.0)
-        await claims.claim_held(claim)
-    result.duplicates_dropped += claim.already_sent
-    result.claimed_elsewhere += claim.claimed_elsewhere
+    async with refusals.admitted(rt, stream):
+        claims = rt.state.claims
+        claim = await claims.claim_records(stream, rows, content_id, message_id)
+        waited, pause = 0.0, HELD_FIRST_PAUSE
+        while True:
+            if claim.mine:
+                await _upload(rt, stream, claim, result, deadline)
+            if not claim.held:
+                break
+            # Another delivery holds some of these records. It may yet fail, so this message completes only
+            # once they are sent (by it) or given up and sent from here.
+            if waited >= HELD_WAIT or not deadline.allows(pause):
+                raise BlobBusyError(
+                    f"{len(claim.held)} records of content {content_id} are still claimed by another delivery "
+                    f"after {waited:.0f}s; the message is retried"
+                )
+            if not waited:
+                log.info("Content %s: %d records are being sent by another delivery; waiting",
+                         content_id, len(claim.held))  # fmt: skip
+            await asyncio.sleep(pause)
+            waited, pause = waited + pause, min(pause * 2, 8.0)
+            await claims.claim_held(claim)
+        result.duplicates_dropped += claim.already_sent
+        result.claimed_elsewhere += claim.claimed_elsewhere
 
 
 async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult, deadline: Deadline) -> None:

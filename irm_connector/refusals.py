@@ -13,8 +13,9 @@ messages fail as any other and reach the poison queue, where ``poison requeue`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ __all__ = [
     "Refusal",
     "accepted",
     "admit",
+    "admitted",
     "end_probe",
     "fix_text",
     "ingestion_state",
@@ -103,6 +105,24 @@ async def admit(rt: Runtime, stream: str) -> Refusal | None:
         return None
     # Another instance probed first, or ended the refusal: what the state says now decides.
     return (await store.current(dcr)).get(stream)
+
+
+@contextlib.asynccontextmanager
+async def admitted(rt: Runtime, stream: str) -> AsyncIterator[None]:
+    """Rows of this delivery may go to ``stream`` inside (see :func:`admit`); a probe it won ends on the way out.
+    Raises :class:`IngestionRefusedError` when the refusal holds them back: nothing is claimed or sent, and the
+    delivery is rescheduled."""
+    refusal = await admit(rt, stream)
+    if refusal is not None:
+        raise IngestionRefusedError(
+            f"Logs Ingestion refuses {stream} (HTTP {refusal.status}) since {refusal.since:%Y-%m-%dT%H:%M:%SZ}; "
+            "not sent, the message is rescheduled",
+            status=refusal.status, code=refusal.code, stream=stream,
+        )  # fmt: skip
+    try:
+        yield
+    finally:
+        end_probe(rt, stream)
 
 
 def end_probe(rt: Runtime, stream: str) -> None:
