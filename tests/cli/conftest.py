@@ -84,6 +84,17 @@ class Cli:
             timeout=timeout,
         )
 
+    def spawn(self, *argv: str) -> subprocess.Popen[str]:
+        """``irm-connector ARGV`` as a process of its own, running on, its stdout and stderr piped."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "irm_connector", *argv],
+            env=self.process_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def process_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = str(REPO)

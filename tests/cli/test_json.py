@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from typing import Any
 
 import pytest
 
-from tests.cli.conftest import REPO, Cli, closed_port
+from tests.cli.conftest import Cli, closed_port
 
 #: Every command and action, with arguments that let it run to its end against the stand-ins.
 COMMANDS: list[list[str]] = [
@@ -56,14 +54,7 @@ def test_every_command_prints_one_json_document_wherever_the_option_stands(cli: 
 
 
 def test_run_prints_one_json_document_when_it_stops(cli: Cli) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "irm_connector", "--json", "run", "--schedule", "0 0 0 1 1 *"],
-        env=cli.process_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = cli.spawn("--json", "run", "--schedule", "0 0 0 1 1 *")
     try:
         assert process.stderr is not None
         assert process.stderr.readline().startswith("running: polling on")  # stderr: stdout stays JSON

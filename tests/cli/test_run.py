@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from irm_connector.cli.run import Schedule
 from irm_connector.errors import SettingsError
 from standins.workload import generate_workload
-from tests.cli.conftest import REPO, Cli
+from tests.cli.conftest import Cli
 
 
 def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
@@ -25,14 +23,7 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     workload.publish(sim.management)
     expected = sorted(set(workload.irm_alert_record_ids))
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "irm_connector", "run", "--schedule", "*/2 * * * * *", "--json"],
-        env=cli.process_env(),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = cli.spawn("run", "--schedule", "*/2 * * * * *", "--json")
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and sorted(r["RecordId"] for r in cli.rows()) != expected:
