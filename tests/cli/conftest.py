@@ -4,11 +4,14 @@ subprocess with the same environment."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,9 +87,11 @@ class Cli:
             timeout=timeout,
         )
 
-    def spawn(self, *argv: str) -> subprocess.Popen[str]:
-        """``irm-connector ARGV`` as a process of its own, running on, its stdout and stderr piped."""
-        return subprocess.Popen(
+    @contextlib.contextmanager
+    def spawn(self, *argv: str) -> Iterator[subprocess.Popen[str]]:
+        """``irm-connector ARGV`` as a process of its own, its stdout and stderr piped; killed on the way out
+        if it still runs."""
+        process = subprocess.Popen(
             [sys.executable, "-m", "irm_connector", *argv],
             env=self.process_env(),
             cwd=REPO,
@@ -94,6 +99,18 @@ class Cli:
             stderr=subprocess.PIPE,
             text=True,
         )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+    @staticmethod
+    def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+        """Stop a spawned process as the host would (SIGTERM): its stdout and stderr."""
+        process.send_signal(signal.SIGTERM)
+        return process.communicate(timeout=60)
 
     def process_env(self) -> dict[str, str]:
         env = {**os.environ, **self.env}

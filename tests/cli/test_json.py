@@ -4,7 +4,6 @@ result, a usage mistake, a refusal and a dependency that is down: stdout is exac
 from __future__ import annotations
 
 import json
-import signal
 from typing import Any
 
 import pytest
@@ -54,16 +53,10 @@ def test_every_command_prints_one_json_document_wherever_the_option_stands(cli: 
 
 
 def test_run_prints_one_json_document_when_it_stops(cli: Cli) -> None:
-    process = cli.spawn("--json", "run", "--schedule", "0 0 0 1 1 *")
-    try:
+    with cli.spawn("--json", "run", "--schedule", "0 0 0 1 1 *") as process:
         assert process.stderr is not None
         assert process.stderr.readline().startswith("running: polling on")  # stderr: stdout stays JSON
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        out, err = cli.stop(process)
     assert process.returncode == 0, err
     doc = json.loads(out)
     assert doc["stopped"] is True and doc["polls"] == 0

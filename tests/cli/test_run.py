@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
 
 import pytest
@@ -23,8 +22,7 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     workload.publish(sim.management)
     expected = sorted(set(workload.irm_alert_record_ids))
 
-    process = cli.spawn("run", "--schedule", "*/2 * * * * *", "--json")
-    try:
+    with cli.spawn("run", "--schedule", "*/2 * * * * *", "--json") as process:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and sorted(r["RecordId"] for r in cli.rows()) != expected:
             assert process.poll() is None, process.communicate()
@@ -32,12 +30,7 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
         assert sorted(r["RecordId"] for r in cli.rows()) == expected
         # At least one more scheduled poll (every 2 seconds) that finds nothing new.
         time.sleep(2.5)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+        out, err = cli.stop(process)
     assert process.returncode == 0, err
     doc = json.loads(out[out.index("{") :])
     assert doc["stopped"] is True and doc["polls"] >= 2 and doc["poll_errors"] == 0
