@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .shards import DIGEST, PENDING, SENT, Shard, ids_of
+from .shards import DIGEST, PENDING, SENT, Shard, digests_of
 from .slots import Partition
 from .tables import Tables
 
@@ -128,7 +128,7 @@ class PartitionReader:
                 # Sent shards are never rewritten; a newer version would still be merged, not skipped.
                 if known.sent.get(row_key) != stamp:
                     known.sent[row_key] = stamp
-                    known.ids.update(ids_of(entity))
+                    known.ids.update(digests_of(entity))
                 continue
             shard = known.pending.get(row_key)
             if shard is None or shard.stamp != stamp:  # a pending shard is parsed once per version

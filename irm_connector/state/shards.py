@@ -8,7 +8,7 @@ sent), its owner (the delivery), its blob, and ``First``: the rank time it keeps
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,7 +17,19 @@ from irm_connector.models import parse_utc
 
 from .slots import Partition
 
-__all__ = ["DIGEST", "PENDING", "SENT", "SHARD_KEYS", "Shard", "digest", "ids_of", "owner_key", "shard_entity", "split"]
+__all__ = [
+    "DIGEST",
+    "PENDING",
+    "SENT",
+    "SHARD_KEYS",
+    "Shard",
+    "digest",
+    "digests_of",
+    "ids_of",
+    "owner_key",
+    "shard_entity",
+    "split",
+]
 
 DIGEST = 16
 _PROPERTY_BYTES = 60_000 - 60_000 % DIGEST
@@ -37,13 +49,18 @@ def digest(record_id: str) -> bytes:
     return hashlib.blake2b(record_id.encode("utf-8", "replace"), digest_size=DIGEST).digest()
 
 
-def ids_of(entity: Any) -> set[bytes]:
-    return {
+def digests_of(entity: Any) -> Iterator[bytes]:
+    """The record keys a shard entity holds, one by one."""
+    return (
         bytes(block[i : i + DIGEST])
         for name, block in entity.items()
         if name.startswith("I") and isinstance(block, bytes | bytearray)
         for i in range(0, len(block), DIGEST)
-    }
+    )
+
+
+def ids_of(entity: Any) -> set[bytes]:
+    return set(digests_of(entity))
 
 
 def split(digests: Sequence[bytes]) -> list[list[bytes]]:
