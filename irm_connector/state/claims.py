@@ -40,8 +40,8 @@ from datetime import UTC, datetime, timedelta
 from irm_connector.errors import StateError
 from irm_connector.models import Row
 
-from .partitions import PartitionReader, PartitionView
-from .shards import Shard, digest, owner_key, shard_entity, split
+from .partitions import REPEATS, PartitionReader, PartitionView
+from .shards import SENT, Shard, digest, owner_key, shard_entity, split
 from .slots import Partition, Slot, Slots
 from .tables import Tables
 
@@ -68,6 +68,8 @@ class _Mine:
     digests: list[bytes]
     #: the rank time it keeps; None until the read-back has seen its first write
     first: datetime | None
+    #: the ETag of this delivery's last write of it
+    etag: str | None = None
 
 
 @dataclass
@@ -106,11 +108,11 @@ class Claims:
 
     KIND = Slots.DAY_KIND
 
-    def __init__(self, tables: Tables, *, claim_ttl: timedelta = CLAIM_TTL) -> None:
+    def __init__(self, tables: Tables, *, claim_ttl: timedelta = CLAIM_TTL, read_repeats: int = REPEATS) -> None:
         self._tables = tables
         self._claim_ttl = claim_ttl
         self._slots = Slots(tables)
-        self._reader = PartitionReader(tables, claim_ttl)
+        self._reader = PartitionReader(tables, claim_ttl, repeats=read_repeats)
         self._purged_on = ""
 
     async def claim_records(self, stream: str, rows: Sequence[Row], content_id: str, message_id: str = "") -> Claim:
@@ -250,7 +252,10 @@ class Claims:
         pending ones are released next)."""
         if rows is None:
             for mine in claim.pending:
-                await self._write(claim, mine, sent=True)
+                # In place when the shard is as this delivery wrote it: its keys are not sent again.
+                sent = {"PartitionKey": mine.part.pk, "RowKey": mine.row_key, "S": SENT}
+                if not mine.etag or not await self._tables.merge_unless_changed(mine.part.table, sent, mine.etag):
+                    await self._write(claim, mine, sent=True)
             claim.pending = []
             return
         wanted = {id(r) for r in rows}
@@ -296,7 +301,7 @@ class Claims:
             sent=sent,
             first=None if sent else mine.first,
         )
-        await self._tables.upsert(mine.part.table, entity)
+        mine.etag = await self._tables.upsert(mine.part.table, entity)
 
     async def _delete(self, part: Partition, row_key: str) -> None:
         await self._tables.delete(part.table, part.pk, row_key)

@@ -16,9 +16,9 @@ from typing import Any
 
 from .shards import DIGEST, PENDING, SENT, Shard, digests_of
 from .slots import Partition
-from .tables import Tables
+from .tables import PartitionRead, Tables
 
-__all__ = ["PartitionReader", "PartitionView", "SentKeys"]
+__all__ = ["REPEATS", "PartitionReader", "PartitionView", "SentKeys"]
 
 #: Sent keys a process keeps (about 25 bytes each in memory, see SentKeys); older partitions are dropped first.
 _CACHE_KEYS = 1_000_000
@@ -28,6 +28,11 @@ _TAIL = DIGEST - _HEAD
 #: How far before the newest Timestamp seen the next incremental read starts: Timestamps are assigned at
 #: commit by the partition's server, so a small margin covers the skew of writes in flight.
 _CACHE_OVERLAP = timedelta(seconds=2)
+#: A read that would bring more known keys than this again (about 50 KB of them) is made in two requests
+#: instead (:meth:`PartitionReader._read_changes`); a request costs more CPU than fewer keys would.
+REPEATS = 3_000
+#: What a listing of a partition's shards reads of each: no record keys.
+_LISTING = ["RowKey", "S", "K", "Timestamp"]
 
 
 class SentKeys:
@@ -60,24 +65,56 @@ class SentKeys:
             at = bucket.find(tail, at + 1)
         return False
 
-    def update(self, keys: Iterable[bytes]) -> None:
+    def update(self, keys: Iterable[bytes]) -> int:
+        """Add ``keys``; how many there were."""
         grouped: dict[bytes, list[bytes]] = {}
         for key in keys:
             grouped.setdefault(key[:_HEAD], []).append(key[_HEAD:])
+        added = 0
         for head, tails in grouped.items():
             self._buckets[head] = self._buckets.get(head, b"") + b"".join(tails)
-            self._count += len(tails)
+            added += len(tails)
+        self._count += added
+        return added
 
 
 @dataclass
 class _Known:
-    """What a process knows of one partition: its sent shards (row key -> Timestamp of the version read)
-    and their record keys, the newest Timestamp seen, and its pending shards as last read."""
+    """What a process knows of one partition: its sent shards (row key -> Timestamp of the version read, and
+    how many keys it holds) and their record keys, the newest Timestamp seen, and its pending shards as last
+    read."""
 
     sent: dict[str, datetime] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
     ids: SentKeys = field(default_factory=SentKeys)
     high_water: datetime | None = None
     pending: dict[str, Shard] = field(default_factory=dict)
+
+    def cached(self, row_key: str, state: Any, stamp: datetime | None, keys_tag: Any) -> tuple[bool, Shard | None]:
+        """Whether this process knows the keys of this version of a shard, and the pending shard it read them
+        in (None for a sent shard already among the sent keys). Taken at once, because other deliveries of the
+        process read the partition meanwhile and replace what is cached."""
+        if stamp is None:
+            return False, None
+        shard = self.pending.get(row_key)
+        if state == SENT:
+            if self.sent.get(row_key) == stamp:
+                return True, None
+            # A shard turned sent in place keeps its keys' tag: the keys are the pending version's.
+            return (True, shard) if keys_tag and shard is not None and shard.keys_tag == keys_tag else (False, None)
+        return (True, shard) if shard is not None and shard.stamp == stamp else (False, None)
+
+    def repeats(self, start: datetime, *, all_pending: bool) -> int:
+        """How many known keys one read of the shards written from ``start`` (and, with ``all_pending``, of
+        every pending shard) would bring again."""
+        pending = sum(len(s.ids) for s in self.pending.values() if all_pending or s.stamp >= start)
+        return pending + sum(self.sizes.get(k, 0) for k, stamp in self.sent.items() if stamp >= start)
+
+
+#: One shard as a read found it: the entity, its Timestamp, whether the entity holds the keys (else it is just
+#: listed), and the pending shard this process read the same keys in, when it is just listed (None for a sent
+#: shard already among the sent keys).
+_Version = tuple[Any, datetime | None, bool, Shard | None]
 
 
 @dataclass(frozen=True)
@@ -94,9 +131,10 @@ class PartitionView:
 class PartitionReader:
     """The record-key partitions of one process: reads, and the cache of their sent keys."""
 
-    def __init__(self, tables: Tables, claim_ttl: timedelta) -> None:
+    def __init__(self, tables: Tables, claim_ttl: timedelta, *, repeats: int = REPEATS) -> None:
         self._tables = tables
         self._claim_ttl = claim_ttl
+        self._repeats = repeats
         self._cache: OrderedDict[tuple[str, str], _Known] = OrderedDict()
 
     async def read(self, part: Partition, *, since: datetime | None = None) -> PartitionView:
@@ -105,36 +143,101 @@ class PartitionReader:
         key = (part.table, part.pk)
         known = self._cache.pop(key, None) or _Known()
         self._cache[key] = known  # most recently used last
+        floor = known.high_water
+        if floor is not None:
+            again = known.repeats((since or floor) - _CACHE_OVERLAP, all_pending=since is None)
+            if again > self._repeats:
+                return await self._read_changes(part, known, floor, since)
         query = "PartitionKey eq @pk"
         parameters: dict[str, Any] = {"pk": part.pk}
         if since is not None:
             query += " and Timestamp ge @since"
             parameters["since"] = since - _CACHE_OVERLAP
-        elif known.high_water is not None:
+        elif floor is not None:
             query += " and ( Timestamp ge @since or S eq @pending )"  # spaces: the SDK splits on them
-            parameters |= {"since": known.high_water - _CACHE_OVERLAP, "pending": PENDING}
+            parameters |= {"since": floor - _CACHE_OVERLAP, "pending": PENDING}
         result = await self._tables.query(part.table, query, parameters, create=part.create)
-        stamps = [e.metadata.get("timestamp") for e in result.entities]
+        entities: list[_Version] = [(e, e.metadata.get("timestamp"), True, None) for e in result.entities]
+        return self._view(part, known, entities, result.server_time, full=since is None)
+
+    async def _read_changes(
+        self, part: Partition, known: _Known, floor: datetime, since: datetime | None
+    ) -> PartitionView:
+        """A read of a partition this process has read before, in two requests instead of one that would bring
+        many keys again: first which shards there are (row key, state and version only), then the keys of just
+        the versions it has not seen. In a busy partition most would be seen ones otherwise: Timestamps only
+        nearly follow commit order, so every read looks :data:`_CACHE_OVERLAP` back, and every read lists the
+        pending shards (which can change or vanish)."""
+        query = "PartitionKey eq @pk and Timestamp ge @since"
+        parameters: dict[str, Any] = {"pk": part.pk, "since": (since or floor) - _CACHE_OVERLAP}
+        if since is None:
+            query = "PartitionKey eq @pk and ( Timestamp ge @since or S eq @pending )"  # spaces: the SDK splits on them
+            parameters["pending"] = PENDING
+        listing = await self._tables.query(part.table, query, parameters, select=_LISTING, create=part.create)
+        listed = []
+        for e in listing.entities:
+            row_key, state, stamp = str(e["RowKey"]), e.get("S"), e.metadata.get("timestamp")
+            listed.append((e, row_key, stamp, *known.cached(row_key, state, stamp, e.get("K"))))
+        # Content is fetched for everything written after the newest version seen before, and for any older
+        # version not seen (a write whose Timestamp came in behind a newer one's).
+        unseen = [stamp for _, _, stamp, seen, _ in listed if not seen]
+        content_query = "PartitionKey eq @pk and Timestamp gt @start"
+        content_parameters: dict[str, Any] = {"pk": part.pk, "start": floor}
+        if any(stamp is None for stamp in unseen):  # the service always sends one; if not, read it all again
+            content_query, content_parameters = query, parameters
+        elif older := [stamp for stamp in unseen if stamp is not None and stamp <= floor]:
+            content_query, content_parameters["start"] = "PartitionKey eq @pk and Timestamp ge @start", min(older)
+        content = PartitionRead()  # with nothing unseen, the listing alone is a whole read as of its time
+        if unseen:
+            content = await self._tables.query(part.table, content_query, content_parameters, create=part.create)
+        fetched = {str(e["RowKey"]): e for e in content.entities}
+        entities: list[_Version] = []
+        for listed_entity, row_key, stamp, seen, shard in listed:
+            entity = fetched.pop(row_key, None)
+            if entity is not None:
+                entities.append((entity, entity.metadata.get("timestamp"), True, None))
+            elif seen:
+                entities.append((listed_entity, stamp, False, shard))
+            # else: gone (or rewritten, and fetched) between the two requests
+        # and those written after the listing
+        entities.extend((e, e.metadata.get("timestamp"), True, None) for e in fetched.values())
+        # The listing's Date is the earlier: judged by it, a claim is never taken for older than it is.
+        return self._view(part, known, entities, listing.server_time or content.server_time, full=since is None)
+
+    def _view(
+        self,
+        part: Partition,
+        known: _Known,
+        entities: list[_Version],
+        server_time: datetime | None,
+        *,
+        full: bool,
+    ) -> PartitionView:
+        """What the entities read say of the partition (see :data:`_Version`)."""
+        stamps = [stamp for _, stamp, _, _ in entities]
         # Without a Date header the newest Timestamp is the service's time as far as is known: a claim is
         # then judged younger than it is, never older.
-        server_now = result.server_time or max((s for s in stamps if s), default=None) or known.high_water
+        server_now = server_time or max((s for s in stamps if s), default=None) or known.high_water
         parsed: dict[str, Shard] = {}
-        for entity, found in zip(result.entities, stamps, strict=True):
+        for entity, found, read, cached in entities:
             stamp: datetime = found or server_now or datetime.now(UTC)  # the service always sends one
             if known.high_water is None or stamp > known.high_water:
                 known.high_water = stamp
             row_key = str(entity["RowKey"])
             if entity.get("S") == SENT:
+                if not read and cached is None:
+                    continue  # among the sent keys already
                 # Sent shards are never rewritten; a newer version would still be merged, not skipped.
                 if known.sent.get(row_key) != stamp:
                     known.sent[row_key] = stamp
-                    known.ids.update(digests_of(entity))
+                    keys = digests_of(entity) if cached is None else cached.ids
+                    known.sizes[row_key] = known.ids.update(keys)
                 continue
-            shard = known.pending.get(row_key)
+            shard = cached or known.pending.get(row_key)
             if shard is None or shard.stamp != stamp:  # a pending shard is parsed once per version
                 shard = Shard.parse(part, entity, stamp)
             parsed[row_key] = shard
-        if since is None:
+        if full:
             known.pending = parsed  # the full set of pending shards as of this read
         else:
             known.pending.update(parsed)

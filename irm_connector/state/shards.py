@@ -2,12 +2,15 @@
 
 A shard is one entity: the 16-byte digests of up to :data:`SHARD_KEYS` record Ids that one delivery
 claimed in one partition, packed into binary properties ``I0``..``I10``, with its state (``S``: pending or
-sent), its owner (the delivery), its blob, and ``First``: the rank time it keeps across rewrites.
+sent), its owner (the delivery), its blob, ``First``: the rank time it keeps across rewrites, and ``K``: a
+tag of its keys' version, new with every write of the keys (a shard turned sent in place keeps it, so a reader
+that has the pending version's keys need not read them again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -80,6 +83,7 @@ def shard_entity(
         "Owner": owner,
         "Blob": blob,
         "S": SENT if sent else PENDING,
+        "K": secrets.token_hex(6),
     }
     if first is not None:
         entity["First"] = first.isoformat()
@@ -101,6 +105,8 @@ class Shard:
     ids: frozenset[bytes]
     #: the service's Timestamp of this version: the claim lives until ``stamp + ttl``
     stamp: datetime
+    #: the tag of its keys' version (``K``; empty if written without one)
+    keys_tag: str = ""
 
     @classmethod
     def parse(cls, part: Partition, entity: Any, stamp: datetime) -> Shard:
@@ -114,6 +120,7 @@ class Shard:
             rank=(first, row_key),
             ids=frozenset(ids_of(entity)),
             stamp=stamp,
+            keys_tag=str(entity.get("K") or ""),
         )
 
     def live(self, server_now: datetime, ttl: timedelta) -> bool:

@@ -244,14 +244,30 @@ class Tables:
         except AzureError as exc:
             raise StateError(f"cannot write {what}: {reason(exc)}") from exc
 
-    async def upsert(self, table_name: str, entity: dict[str, Any]) -> None:
-        """Write ``entity`` whole (REPLACE)."""
+    async def upsert(self, table_name: str, entity: dict[str, Any]) -> str | None:
+        """Write ``entity`` whole (REPLACE); its new ETag."""
 
-        async def run(table: TableClient) -> None:
+        async def run(table: TableClient) -> str | None:
             self.stats.writes += 1
-            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            answer = await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+            return str(answer.get("etag") or "") or None
 
-        await self._run(table_name, "writing to", run)
+        return await self._run(table_name, "writing to", run)
+
+    async def merge_unless_changed(self, table_name: str, entity: dict[str, Any], etag: str) -> bool:
+        """Set ``entity``'s properties on the stored entity if nobody wrote it since ``etag``. False when that
+        did not happen for any reason (somebody wrote it, it is gone, the request failed): the caller then
+        writes the entity whole, which the SDK retries where it does not retry a MERGE."""
+        self.stats.writes += 1
+        try:
+            await self._client(table_name).update_entity(
+                entity, mode=UpdateMode.MERGE, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+            return True
+        except AzureError as exc:
+            log.debug("A conditional merge into %s did not happen (%s); writing the entity whole", table_name,
+                      reason(exc))  # fmt: skip
+            return False
 
     async def delete(self, table_name: str, pk: str, row_key: str) -> None:
         """Delete one entity; one already gone (or a table already gone) is fine."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -129,6 +130,30 @@ async def test_records_another_delivery_holds_wait_until_it_has_sent_them(make_c
     await same_blob.claim_held(again)
     assert other_blob.held == [] and other_blob.mine == [] and other_blob.claimed_elsewhere == 10
     assert again.held == [] and again.mine == [] and again.claimed_elsewhere == 30
+
+
+async def test_many_deliveries_in_two_processes_send_each_record_once(make_claims: MakeClaims) -> None:
+    # Two processes, each with deliveries running side by side on overlapping records: a process's deliveries
+    # share its cache of the partition while each other's reads replace what is in it.
+    processes = [make_claims(), make_claims()]
+    deliveries = 48
+    sent: Counter[str] = Counter()
+
+    async def deliver(n: int) -> None:
+        claims = processes[n % 2]
+        rows = _rows(range(n * 40, n * 40 + 120))  # each overlaps the next two
+        claim = await claims.claim_records(STREAM, rows, f"blob-{n}", f"message-{n}")
+        while True:
+            sent.update(r.record_id for r in claim.mine)
+            await claims.mark_sent(claim)
+            if not claim.held:
+                return
+            await asyncio.sleep(0.05)
+            await claims.claim_held(claim)
+
+    await asyncio.gather(*(deliver(n) for n in range(deliveries)))
+    assert set(sent) == _ids(_rows(range((deliveries - 1) * 40 + 120)))
+    assert [record for record, count in sent.items() if count > 1] == []
 
 
 # -- release: a failed attempt's records are free at once -------------------------------------------------
