@@ -80,12 +80,12 @@ class SentKeys:
 
 @dataclass
 class _Known:
-    """What a process knows of one partition: its sent shards (row key -> Timestamp of the version read, and
-    how many keys it holds) and their record keys, the newest Timestamp seen, and its pending shards as last
-    read."""
+    """What a process knows of one partition: its sent shards (row key -> Timestamp of the version read) and
+    their record keys, the newest Timestamp seen, its pending shards as last read, and the Timestamps and key
+    counts of the sent shards read lately (what a read that looks back would bring again)."""
 
     sent: dict[str, datetime] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
+    recent: list[tuple[datetime, int]] = field(default_factory=list)
     ids: SentKeys = field(default_factory=SentKeys)
     high_water: datetime | None = None
     pending: dict[str, Shard] = field(default_factory=dict)
@@ -106,9 +106,11 @@ class _Known:
 
     def repeats(self, start: datetime, *, all_pending: bool) -> int:
         """How many known keys one read of the shards written from ``start`` (and, with ``all_pending``, of
-        every pending shard) would bring again."""
+        every pending shard) would bring again. Sent shards older than ``start`` are forgotten here: reads only
+        look a little further back than the last."""
+        self.recent = [(stamp, count) for stamp, count in self.recent if stamp >= start - _CACHE_OVERLAP]
         pending = sum(len(s.ids) for s in self.pending.values() if all_pending or s.stamp >= start)
-        return pending + sum(self.sizes.get(k, 0) for k, stamp in self.sent.items() if stamp >= start)
+        return pending + sum(count for stamp, count in self.recent if stamp >= start)
 
 
 #: One shard as a read found it: the entity, its Timestamp, whether the entity holds the keys (else it is just
@@ -231,7 +233,7 @@ class PartitionReader:
                 if known.sent.get(row_key) != stamp:
                     known.sent[row_key] = stamp
                     keys = digests_of(entity) if cached is None else cached.ids
-                    known.sizes[row_key] = known.ids.update(keys)
+                    known.recent.append((stamp, known.ids.update(keys)))
                 continue
             shard = cached or known.pending.get(row_key)
             if shard is None or shard.stamp != stamp:  # a pending shard is parsed once per version
