@@ -28,7 +28,6 @@ __all__ = [
     "Shard",
     "digest",
     "digests_of",
-    "ids_of",
     "owner_key",
     "shard_entity",
     "split",
@@ -60,10 +59,6 @@ def digests_of(entity: Any) -> Iterator[bytes]:
         if name.startswith("I") and isinstance(block, bytes | bytearray)
         for i in range(0, len(block), DIGEST)
     )
-
-
-def ids_of(entity: Any) -> set[bytes]:
-    return set(digests_of(entity))
 
 
 def split(digests: Sequence[bytes]) -> list[list[bytes]]:
@@ -118,7 +113,7 @@ class Shard:
             owner=str(entity.get("Owner", "")),
             blob=str(entity.get("Blob", "")),
             rank=(first, row_key),
-            ids=frozenset(ids_of(entity)),
+            ids=frozenset(digests_of(entity)),
             stamp=stamp,
             keys_tag=str(entity.get("K") or ""),
         )
