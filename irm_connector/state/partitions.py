@@ -130,6 +130,18 @@ class PartitionView:
     read_from: datetime | None
 
 
+def _changes_query(part: Partition, floor: datetime | None, since: datetime | None) -> tuple[str, dict[str, Any]]:
+    """What a read asks for: the shards written from ``since`` (a read-back), else every pending shard and those
+    written from ``floor`` (the newest Timestamp seen before), else the whole partition; each looking
+    :data:`_CACHE_OVERLAP` further back."""
+    if since is not None:
+        return "PartitionKey eq @pk and Timestamp ge @since", {"pk": part.pk, "since": since - _CACHE_OVERLAP}
+    if floor is not None:
+        parameters = {"pk": part.pk, "since": floor - _CACHE_OVERLAP, "pending": PENDING}
+        return "PartitionKey eq @pk and ( Timestamp ge @since or S eq @pending )", parameters  # spaces: the SDK splits
+    return "PartitionKey eq @pk", {"pk": part.pk}
+
+
 class PartitionReader:
     """The record-key partitions of one process: reads, and the cache of their sent keys."""
 
@@ -150,14 +162,7 @@ class PartitionReader:
             again = known.repeats((since or floor) - _CACHE_OVERLAP, all_pending=since is None)
             if again > self._repeats:
                 return await self._read_changes(part, known, floor, since)
-        query = "PartitionKey eq @pk"
-        parameters: dict[str, Any] = {"pk": part.pk}
-        if since is not None:
-            query += " and Timestamp ge @since"
-            parameters["since"] = since - _CACHE_OVERLAP
-        elif floor is not None:
-            query += " and ( Timestamp ge @since or S eq @pending )"  # spaces: the SDK splits on them
-            parameters |= {"since": floor - _CACHE_OVERLAP, "pending": PENDING}
+        query, parameters = _changes_query(part, floor, since)
         result = await self._tables.query(part.table, query, parameters, create=part.create)
         entities: list[_Version] = [(e, e.metadata.get("timestamp"), True, None) for e in result.entities]
         return self._view(part, known, entities, result.server_time, full=since is None)
@@ -170,11 +175,7 @@ class PartitionReader:
         the versions it has not seen. In a busy partition most would be seen ones otherwise: Timestamps only
         nearly follow commit order, so every read looks :data:`_CACHE_OVERLAP` back, and every read lists the
         pending shards (which can change or vanish)."""
-        query = "PartitionKey eq @pk and Timestamp ge @since"
-        parameters: dict[str, Any] = {"pk": part.pk, "since": (since or floor) - _CACHE_OVERLAP}
-        if since is None:
-            query = "PartitionKey eq @pk and ( Timestamp ge @since or S eq @pending )"  # spaces: the SDK splits on them
-            parameters["pending"] = PENDING
+        query, parameters = _changes_query(part, floor, since)
         listing = await self._tables.query(part.table, query, parameters, select=_LISTING, create=part.create)
         listed = []
         for e in listing.entities:
