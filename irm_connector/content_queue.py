@@ -5,6 +5,7 @@ Messages are written base64-encoded, which is what the Functions queue trigger r
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from dataclasses import dataclass
@@ -133,6 +134,8 @@ class ContentQueue:
         self._main = main
         self._poison = poison
         self._ready: set[str] = set()
+        # The poller queues a page's blobs side by side: without it, each would create the queue again.
+        self._creating = asyncio.Lock()
         self.sent = 0
 
     @property
@@ -144,9 +147,12 @@ class ContentQueue:
         return self._poison
 
     async def _ensure(self, client: QueueClient) -> None:
-        if client.queue_name not in self._ready:
-            await create_queue_if_missing(client)
-            self._ready.add(client.queue_name)
+        if client.queue_name in self._ready:
+            return
+        async with self._creating:
+            if client.queue_name not in self._ready:
+                await create_queue_if_missing(client)
+                self._ready.add(client.queue_name)
 
     async def put(self, message: ContentMessage) -> None:
         await self._send(self._main, message.encode())

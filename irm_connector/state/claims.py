@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from irm_connector.errors import StateError
 from irm_connector.models import Row
 
-from .partitions import REPEATS, PartitionReader, PartitionView
+from .partitions import REPEATS, PartitionReader, PartitionView, SentKeys
 from .shards import SENT, Shard, digest, owner_key, shard_entity, split
 from .slots import Partition, Slot, Slots
 from .tables import Tables
@@ -96,10 +96,20 @@ class Claim:
         return f"{self.owner}.{self.nonce}.{'s' if sent else 'p'}{self.written}"
 
 
-def _union(sets: Iterable[frozenset[bytes]]) -> set[bytes]:
+def _among(wanted: set[bytes], sets: Iterable[frozenset[bytes]]) -> set[bytes]:
+    """The keys of ``wanted`` that any of ``sets`` holds. Each intersection runs over the smaller side, so a
+    claim costs about its own keys, not every rival shard's."""
     out: set[bytes] = set()
     for one in sets:
-        out |= one
+        out |= wanted.intersection(one)
+    return out
+
+
+def _sent_among(wanted: set[bytes], sent: Iterable[SentKeys]) -> set[bytes]:
+    """The keys of ``wanted`` among the sent keys of any of the partitions read."""
+    out: set[bytes] = set()
+    for keys in sent:
+        out.update(filter(keys.__contains__, wanted))
     return out
 
 
@@ -150,18 +160,19 @@ class Claims:
 
     async def _claim_slot(self, claim: Claim, slot: Slot, rows: list[Row], *, first: bool) -> None:
         reads = [await self._reader.read(part) for part in slot.parts]
-        sent = [r.sent for r in reads]
+        digests = [digest(row.record_id) for row in rows]
+        wanted = set(digests)
+        sent = _sent_among(wanted, (r.sent for r in reads))
         own_live = [s for r in reads for s, live in r.pending if s.owner == claim.owner and live]
         own_stale = [s for r in reads for s, live in r.pending if s.owner == claim.owner and not live]
-        held = _union(s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and live)
-        expired = _union(s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and not live)
-        own_index = {d: s.row_key for s in own_live for d in s.ids}
+        held = _among(wanted, (s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and live))
+        expired = _among(wanted, (s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and not live))
+        own_index = {d: s.row_key for s in own_live for d in wanted.intersection(s.ids)}
         carried: dict[str, tuple[list[Row], list[bytes]]] = {}
         free_rows: list[Row] = []
         free: list[bytes] = []
-        for row in rows:
-            d = digest(row.record_id)
-            if any(d in keys for keys in sent):
+        for row, d in zip(rows, digests, strict=True):
+            if d in sent:
                 if first:
                     claim.already_sent += 1
                 else:
@@ -214,8 +225,9 @@ class Claims:
         # A new shard's rank is its own first write's, as read back (a reused row key had an older version).
         ranks = {(s.part, s.row_key): s.rank for r in after for s, _ in r.pending if s.owner == claim.owner}
         rivals = [s for s, live in latest.values() if live and s.owner != claim.owner]
-        consulted = _union(s.ids for s in rivals if s.part != slot.primary)
-        sent = [r.sent for r in after]
+        wanted = {d for mine in written for d in mine.digests}
+        consulted = _among(wanted, (s.ids for s in rivals if s.part != slot.primary))
+        sent = _sent_among(wanted, (r.sent for r in after))
         for mine in written:
             if mine.first is not None:
                 rank = (mine.first, mine.row_key)
@@ -225,11 +237,11 @@ class Claims:
                 raise StateError(
                     f"a claim just written to {mine.part.table} cannot be read back; the message is retried"
                 )
-            beaten = consulted | _union(s.ids for s in rivals if s.part == slot.primary and s.rank < rank)
+            beaten = consulted | _among(wanted, (s.ids for s in rivals if s.part == slot.primary and s.rank < rank))
             keep_rows: list[Row] = []
             keep: list[bytes] = []
             for row, d in zip(mine.rows, mine.digests, strict=True):
-                if any(d in keys for keys in sent):
+                if d in sent:
                     claim.claimed_elsewhere += 1
                 elif d in beaten:
                     claim.held.append(row)

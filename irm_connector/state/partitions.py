@@ -163,7 +163,7 @@ class PartitionReader:
             if again > self._repeats:
                 return await self._read_changes(part, known, floor, since)
         query, parameters = _changes_query(part, floor, since)
-        result = await self._tables.query(part.table, query, parameters, create=part.create)
+        result = await self._tables.query_plain(part.table, query, parameters, create=part.create)
         entities: list[_Version] = [(e, e.metadata.get("timestamp"), True, None) for e in result.entities]
         return self._view(part, known, entities, result.server_time, full=since is None)
 
@@ -176,7 +176,7 @@ class PartitionReader:
         nearly follow commit order, so every read looks :data:`_CACHE_OVERLAP` back, and every read lists the
         pending shards (which can change or vanish)."""
         query, parameters = _changes_query(part, floor, since)
-        listing = await self._tables.query(part.table, query, parameters, select=_LISTING, create=part.create)
+        listing = await self._tables.query_plain(part.table, query, parameters, select=_LISTING, create=part.create)
         listed = []
         for e in listing.entities:
             row_key, state, stamp = str(e["RowKey"]), e.get("S"), e.metadata.get("timestamp")
@@ -192,7 +192,7 @@ class PartitionReader:
             content_query, content_parameters["start"] = "PartitionKey eq @pk and Timestamp ge @start", min(older)
         content = PartitionRead()  # with nothing unseen, the listing alone is a whole read as of its time
         if unseen:
-            content = await self._tables.query(part.table, content_query, content_parameters, create=part.create)
+            content = await self._tables.query_plain(part.table, content_query, content_parameters, create=part.create)
         fetched = {str(e["RowKey"]): e for e in content.entities}
         entities: list[_Version] = []
         for listed_entity, row_key, stamp, seen, shard in listed:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,14 +51,14 @@ def digest(record_id: str) -> bytes:
     return hashlib.blake2b(record_id.encode("utf-8", "replace"), digest_size=DIGEST).digest()
 
 
-def digests_of(entity: Any) -> Iterator[bytes]:
-    """The record keys a shard entity holds, one by one."""
-    return (
-        bytes(block[i : i + DIGEST])
-        for name, block in entity.items()
-        if name.startswith("I") and isinstance(block, bytes | bytearray)
-        for i in range(0, len(block), DIGEST)
-    )
+def digests_of(entity: Any) -> list[bytes]:
+    """The record keys a shard entity holds."""
+    out: list[bytes] = []
+    for name, block in entity.items():
+        if name.startswith("I") and isinstance(block, bytes | bytearray):
+            whole = bytes(block)
+            out += [whole[i : i + DIGEST] for i in range(0, len(whole), DIGEST)]
+    return out
 
 
 def split(digests: Sequence[bytes]) -> list[list[bytes]]:
