@@ -109,7 +109,7 @@ def _sent_among(wanted: set[bytes], sent: Iterable[SentKeys]) -> set[bytes]:
     """The keys of ``wanted`` among the sent keys of any of the partitions read."""
     out: set[bytes] = set()
     for keys in sent:
-        out.update(filter(keys.__contains__, wanted))
+        out |= keys.among(wanted)
     return out
 
 

@@ -429,10 +429,10 @@ def _filter(query: str, parameters: dict[str, str | datetime]) -> str:
     for index, word in enumerate(words):
         if word.startswith("@"):
             value = parameters[word[1:]]
-            if isinstance(value, datetime):
-                words[index] = f"datetime'{value.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
-            else:
+            if isinstance(value, str):
                 words[index] = "'" + value.replace("'", "''") + "'"
+            else:
+                words[index] = f"datetime'{value.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
     return " ".join(words)
 
 

@@ -1,0 +1,64 @@
+"""The claims' plain partition reads (``Tables.query_plain``) ask what the SDK would ask and read what it would
+read: the filter text and the decoded entities are checked against the SDK's own functions, which the read
+skips for CPU's sake. Against Azurite, every claims test reads this way."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from azure.data.tables._deserialize import _convert_to_entity
+from azure.data.tables._serialize import _parameter_filter_substitution
+
+from irm_connector.state.tables import _entity, _filter
+
+
+@pytest.mark.parametrize(
+    ("query", "parameters"),
+    [
+        ("PartitionKey eq @pk", {"pk": "alerts|20261202"}),
+        ("PartitionKey eq @pk", {"pk": "it's"}),
+        (
+            "PartitionKey eq @pk and ( Timestamp ge @since or S eq @pending )",
+            {"pk": "p", "since": datetime(2026, 12, 2, 13, 59, 58, 123456, tzinfo=UTC), "pending": "p"},
+        ),
+        (
+            "PartitionKey eq @pk and Timestamp gt @start",
+            {"pk": "p", "start": datetime(2026, 12, 2, 15, 0, tzinfo=timezone(timedelta(hours=1)))},
+        ),
+    ],
+)
+def test_the_filter_is_the_one_the_sdk_sends(query: str, parameters: dict[str, str | datetime]) -> None:
+    assert _filter(query, parameters) == _parameter_filter_substitution(parameters, query)
+
+
+def test_an_entity_reads_as_the_sdk_reads_it() -> None:
+    keys = bytes(range(48))
+    raw = {
+        "odata.etag": "W/\"datetime'2026-12-02T14%3A00%3A00.1234567Z'\"",
+        "PartitionKey": "alerts|20261202",
+        "RowKey": "owner.nonce.p1",
+        "Timestamp": "2026-12-02T14:00:00.1234567Z",
+        "Owner": "owner",
+        "S": "p",
+        "First": "2026-12-02T13:59:59.500000+00:00",
+        "I0@odata.type": "Edm.Binary",
+        "I0": base64.b64encode(keys).decode(),
+        "I1@odata.type": "Edm.Binary",
+        "I1": "",
+    }
+    ours, sdk = _entity(dict(raw)), _convert_to_entity(dict(raw))
+    assert dict(ours) == dict(sdk)
+    assert ours["I0"] == keys and ours["I1"] == b""
+    assert ours.metadata["etag"] == sdk.metadata["etag"]
+    assert (
+        ours.metadata["timestamp"] == sdk.metadata["timestamp"] == datetime(2026, 12, 2, 14, 0, 0, 123456, tzinfo=UTC)
+    )
+
+
+def test_a_listing_without_keys_reads_as_the_sdk_reads_it() -> None:
+    raw = {"odata.etag": 'W/"x"', "RowKey": "r", "S": "s", "K": "a1b2", "Timestamp": "2026-12-02T14:00:00Z"}
+    ours, sdk = _entity(dict(raw)), _convert_to_entity(dict(raw))
+    assert dict(ours) == dict(sdk) == {"RowKey": "r", "S": "s", "K": "a1b2"}
+    assert ours.metadata["timestamp"] == sdk.metadata["timestamp"]
