@@ -321,6 +321,14 @@ def markdown(results: dict[str, Any]) -> str:
                    else "connector: orjson rows packed < 1 MiB, gzip in threads, 16 in flight")
             lines.append(f"| {way} | {u['profile']} | {u['rows']:,} | {u['seconds']:.2f} | {u['cpu_seconds']:.2f} "
                          f"| {u['failed_chunks']} |")
+    bare_runs = [run for run in runs if run["kind"] == "bare" and run.get("cpu_seconds_runs")]
+    if bare_runs:
+        spreads = "; ".join(
+            f"{run['config']}: {min(run['cpu_seconds_runs']):.2f}–{max(run['cpu_seconds_runs']):.2f}"
+            for run in bare_runs
+        )
+        lines += ["", f"The bare work is the median of {len(bare_runs[0]['cpu_seconds_runs'])} runs by CPU time "
+                  f"(CPU s of the runs, lowest–highest: {spreads})."]
     lines += ["", "Targets:", "", "| target | measured | limit | met |", "|---|--:|--:|---|"]
     for t in results["targets"]:
         unit = t["unit"]
