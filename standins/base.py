@@ -28,7 +28,9 @@ from typing import Any
 
 from aiohttp import web
 
-FAULT_KINDS = frozenset({"status", "reset", "delay", "malformed", "truncated"})
+#: ``truncated`` answers with half the body as if it were whole; ``cut`` announces the whole body, sends half of
+#: it and drops the connection (a transfer broken off after the headers).
+FAULT_KINDS = frozenset({"status", "reset", "delay", "malformed", "truncated", "cut"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -276,7 +278,20 @@ class ServiceStandIn:
         if fault is not None and fault.kind in {"malformed", "truncated"}:
             response = self._spoil(response, fault.kind)
         self._record(route, request, response.status, fault, error_code, started)
+        if fault is not None and fault.kind == "cut":
+            return await self._cut(request, response)
         return response
+
+    @staticmethod
+    async def _cut(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        body = response.body if isinstance(response, web.Response) and isinstance(response.body, bytes) else b"[]"
+        cut = web.StreamResponse(status=response.status, headers=response.headers)
+        cut.content_length = len(body)
+        await cut.prepare(request)
+        await cut.write(body[: len(body) // 2])
+        if request.transport is not None:
+            request.transport.abort()
+        return cut
 
     @staticmethod
     def _spoil(response: web.StreamResponse, kind: str) -> web.Response:

@@ -28,10 +28,14 @@ from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
+    DecodeError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
 )
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.data.tables import UpdateMode
@@ -51,6 +55,8 @@ _BAD_KEY = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 _T = TypeVar("_T")
 #: What the generated client sends with a query: JSON without type names the service can infer.
 _QUERY_HEADERS = {"Accept": "application/json;odata=minimalmetadata", "DataServiceVersion": "3.0"}
+#: Tries of a plain read whose answer's body breaks off (the SDK's own reads are retried so by its pipeline).
+_BODY_ATTEMPTS = 3
 _ERRORS: dict[int, type[HttpResponseError]] = {
     401: ClientAuthenticationError,
     403: ClientAuthenticationError,
@@ -243,7 +249,7 @@ class Tables:
                 response = await _send(table, request)
                 self.stats.reads += 1
                 server_time[0] = _http_date(response.headers.get("Date") or "")
-                out.extend(_entity(raw) for raw in orjson.loads(response.content).get("value", ()))
+                out.extend(_entity(raw) for raw in _values(response))
                 next_pk = response.headers.get("x-ms-continuation-NextPartitionKey")
                 if not next_pk:
                     return out
@@ -400,15 +406,36 @@ class Tables:
 
 
 async def _send(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:
-    """``request`` through ``table``'s pipeline, read whole; an error answer raised as the SDK raises it (the
-    exception class by status, ``error_code`` from the body), so callers tell errors apart alike."""
-    # The generated client behind TableClient is where its pipeline is reachable; its send_request is the
-    # documented way to send a request of one's own (https://aka.ms/azsdk/dpcodegen/python/send_request).
-    response = await table._client.send_request(request, stream=True)
-    await response.read()
-    if response.status_code >= 400:
-        raise _error(response)
-    return response
+    """``request`` (a read) through ``table``'s pipeline, read whole; an error answer raised as the SDK raises
+    it (the exception class by status, ``error_code`` from the body), so callers tell errors apart alike."""
+    for attempt in range(1, _BODY_ATTEMPTS + 1):
+        # The generated client behind TableClient is where its pipeline is reachable; its send_request is the
+        # documented way to send a request of one's own (https://aka.ms/azsdk/dpcodegen/python/send_request).
+        # Streamed, so the body is parsed once (by orjson), not by the pipeline's JSON policy as well.
+        response = await table._client.send_request(request, stream=True)
+        try:
+            await response.read()
+        except (IncompleteReadError, ServiceResponseError, ServiceRequestError):
+            # The pipeline's retries end with the headers: a body cut short is tried again here.
+            if attempt == _BODY_ATTEMPTS:
+                raise
+            continue
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _values(response: AsyncHttpResponse) -> list[dict[str, Any]]:
+    """The entities of a query's answer; an answer that is not one raises as the SDK's reads do."""
+    try:
+        answer = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        answer = None
+    values = answer.get("value") if isinstance(answer, dict) else None
+    if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+        raise DecodeError("the answer to a table query is not a JSON list of entities", response=response)
+    return values
 
 
 def _error(response: AsyncHttpResponse) -> HttpResponseError:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
+from irm_connector.errors import StateError
 from irm_connector.models import Row
 from irm_connector.state import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT
 from irm_connector.state.shards import SHARD_KEYS
@@ -283,3 +284,28 @@ async def test_a_day_table_deleted_under_a_warm_process_is_created_again(
     assert proxy.pending_faults() == 0
     check = await make_claims().claim_records(STREAM, _rows(range(10, 20)), "blob-3")
     assert check.already_sent == 10
+
+
+# -- a read answered with something other than entities --------------------------------------------------
+
+
+@pytest.mark.parametrize("spoiled", ["malformed", "truncated"])
+async def test_a_read_answered_with_no_entities_fails_the_claim_and_holds_nothing(
+    make_claims: MakeClaims, proxy: StorageProxy, spoiled: str
+) -> None:
+    warm = make_claims(via=proxy)
+    await warm.mark_sent(await warm.claim_records(STREAM, _rows(range(5)), "blob-1"))
+    proxy.add_fault("table.read", spoiled)
+    with pytest.raises(StateError, match=r"reading \S+ failed: DecodeError"):
+        await warm.claim_records(STREAM, _rows(range(5, 10)), "blob-2")
+    retry = await warm.claim_records(STREAM, _rows(range(10)), "blob-2")
+    assert _ids(retry.mine) == _ids(_rows(range(5, 10))) and retry.already_sent == 5
+
+
+async def test_a_read_whose_answer_breaks_off_is_read_again(make_claims: MakeClaims, proxy: StorageProxy) -> None:
+    warm = make_claims(via=proxy)
+    await warm.mark_sent(await warm.claim_records(STREAM, _rows(range(5)), "blob-1"))
+    proxy.add_fault("table.read", "cut", 2)
+    claim = await warm.claim_records(STREAM, _rows(range(10)), "blob-2")
+    assert _ids(claim.mine) == _ids(_rows(range(5, 10))) and claim.already_sent == 5
+    assert proxy.pending_faults() == 0
