@@ -96,20 +96,12 @@ class Claim:
         return f"{self.owner}.{self.nonce}.{'s' if sent else 'p'}{self.written}"
 
 
-def _among(wanted: set[bytes], sets: Iterable[frozenset[bytes]]) -> set[bytes]:
-    """The keys of ``wanted`` that any of ``sets`` holds. Each intersection runs over the smaller side, so a
-    claim costs about its own keys, not every rival shard's."""
+def _among(wanted: set[bytes], sets: Iterable[frozenset[bytes] | SentKeys]) -> set[bytes]:
+    """The keys of ``wanted`` that any of ``sets`` (rival shards' keys, or partitions' sent keys) holds. A set
+    intersection runs over the smaller side, so a claim costs about its own keys, not every rival shard's."""
     out: set[bytes] = set()
     for one in sets:
-        out |= wanted.intersection(one)
-    return out
-
-
-def _sent_among(wanted: set[bytes], sent: Iterable[SentKeys]) -> set[bytes]:
-    """The keys of ``wanted`` among the sent keys of any of the partitions read."""
-    out: set[bytes] = set()
-    for keys in sent:
-        out |= keys.among(wanted)
+        out |= one.intersection(wanted)
     return out
 
 
@@ -162,7 +154,7 @@ class Claims:
         reads = [await self._reader.read(part) for part in slot.parts]
         digests = [digest(row.record_id) for row in rows]
         wanted = set(digests)
-        sent = _sent_among(wanted, (r.sent for r in reads))
+        sent = _among(wanted, (r.sent for r in reads))
         own_live = [s for r in reads for s, live in r.pending if s.owner == claim.owner and live]
         own_stale = [s for r in reads for s, live in r.pending if s.owner == claim.owner and not live]
         held = _among(wanted, (s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and live))
@@ -227,7 +219,7 @@ class Claims:
         rivals = [s for s, live in latest.values() if live and s.owner != claim.owner]
         wanted = {d for mine in written for d in mine.digests}
         consulted = _among(wanted, (s.ids for s in rivals if s.part != slot.primary))
-        sent = _sent_among(wanted, (r.sent for r in after))
+        sent = _among(wanted, (r.sent for r in after))
         for mine in written:
             if mine.first is not None:
                 rank = (mine.first, mine.row_key)

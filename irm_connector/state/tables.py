@@ -42,6 +42,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector.errors import StateError
+from irm_connector.models import parse_api_time, utc_text
 
 __all__ = ["BATCH", "Entity", "PartitionRead", "StoreStats", "Tables", "reason", "table_key"]
 
@@ -459,13 +460,13 @@ def _filter(query: str, parameters: dict[str, str | datetime]) -> str:
             if isinstance(value, str):
                 words[index] = "'" + value.replace("'", "''") + "'"
             else:
-                words[index] = f"datetime'{value.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%S.%fZ')}'"
+                words[index] = f"datetime'{utc_text(value, timespec='microseconds')}'"
     return " ".join(words)
 
 
 def _entity(raw: dict[str, Any]) -> Entity:
     """One entity of a query answer (minimal metadata): binary decoded; the Timestamp (to microseconds, as the
-    SDK reads it) and the ETag go to ``metadata``."""
+    SDK reads it: ``fromisoformat`` drops the seventh digit) and the ETag go to ``metadata``."""
     properties: dict[str, Any] = {}
     binary: list[str] = []
     for name, value in raw.items():
@@ -477,12 +478,7 @@ def _entity(raw: dict[str, Any]) -> Entity:
     for name in binary:
         properties[name] = base64.b64decode(properties[name])
     stamp = properties.pop("Timestamp", None)
-    return Entity(properties, {"etag": raw.get("odata.etag"), "timestamp": _timestamp(stamp) if stamp else None})
-
-
-def _timestamp(text: str) -> datetime:
-    value = datetime.fromisoformat(text)  # beyond microseconds truncated, as the SDK does
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return Entity(properties, {"etag": raw.get("odata.etag"), "timestamp": parse_api_time(stamp) if stamp else None})
 
 
 def _http_date(text: str) -> datetime | None:

@@ -23,7 +23,7 @@ def test_answers_as_a_set_does(first: list[bytes], second: list[bytes], probes: 
     truth = set(first) | set(second)
     for key in [*first, *second, *probes]:
         assert (key in packed) == (key in truth)
-    assert packed.among([*second, *probes]) == truth & {*second, *probes}
+    assert packed.intersection([*second, *probes]) == truth & {*second, *probes}
 
 
 def test_a_match_across_two_keys_is_not_a_key() -> None:
