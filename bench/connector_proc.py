@@ -39,7 +39,7 @@ class RequestCounter:
             counts[(parts.netloc, _queue_kind(request.method, parts.path, parts.query))] += 1
             return await original(transport, request, **kwargs)
 
-        AioHttpTransport.send = send  # type: ignore[method-assign]
+        AioHttpTransport.send = send
 
 
 def _queue_kind(method: str, path: str, query: str) -> str:
@@ -90,7 +90,7 @@ class RssSampler:
 def _functions() -> dict[str, Any]:
     from function_app import app
 
-    return {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
+    return {str(f.get_function_name()): f.get_user_function() for f in app.get_functions()}
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -232,7 +232,7 @@ async def _messages(functions: dict[str, Any], messages: list[dict[str, Any]]) -
                 content_expiration=parse_api_time(message["content_expiration"]),
             ),
         ).encode()
-        return func.queue.QueueMessage(id=f"m{number}", body=body.encode(), dequeue_count=1)  # type: ignore[attr-defined]
+        return func.queue.QueueMessage(id=f"m{number}", body=body.encode(), dequeue_count=1)  # type: ignore[no-untyped-call]
 
     try:
         # The bindings return nothing; the stand-in counts the rows.

@@ -103,7 +103,7 @@ def answer(conn: Connection, functions: dict[str, Any], loop: asyncio.AbstractEv
         task.add_done_callback(running.discard)
 
     async def run(number: int, body: bytes, dequeue_count: int, message_id: str) -> None:
-        message = func.queue.QueueMessage(id=message_id, body=body, dequeue_count=dequeue_count)  # type: ignore[attr-defined]
+        message = func.queue.QueueMessage(id=message_id, body=body, dequeue_count=dequeue_count)  # type: ignore[no-untyped-call]
         try:
             await functions["processor"](message)
         except Exception as exc:  # the host sees the failure; the message comes back

@@ -117,7 +117,7 @@ def monthly_cost(stored: dict[str, Any], daily_records: int) -> dict[str, float]
 
 def cpu_efficiency(conn: dict[str, Any], bare: dict[str, Any]) -> float:
     """The bare work's CPU per record over the connector's: 1.0 would be no overhead at all."""
-    return bare["cpu_seconds"] / bare["records"] / (conn["cpu_seconds"] / conn["records"])
+    return float(bare["cpu_seconds"] / bare["records"] / (conn["cpu_seconds"] / conn["records"]))
 
 
 def targets(

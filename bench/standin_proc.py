@@ -185,7 +185,7 @@ def _collect(sim: Any, truth: dict[str, Any], args: dict[str, Any]) -> dict[str,
     return out
 
 
-def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counter[str]]]) -> dict[str, Any]:
+def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[str, int]]]) -> dict[str, Any]:
     """Publish one blob of about ``args['mb']`` MB and return a queue message for it."""
     from standins.workload import generate_workload
 
@@ -223,7 +223,7 @@ def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counte
     }
 
 
-def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Counter[str]]]) -> dict[str, Any]:
+def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[str, int]]]) -> dict[str, Any]:
     """Publish ``args['blobs']`` blobs of about ``args['mb']`` MB each and return a queue message for each.
 
     One set of records is generated and served ``blobs`` times, each time under other record Ids (so every
