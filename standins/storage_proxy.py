@@ -3,7 +3,8 @@
 Azurite has no fault knobs. This proxy forwards every request to it unchanged (the SharedKey signature
 covers the path and headers, not the host, so the SDKs' requests stay valid) and can, per route, answer
 with an error status, reset the connection, delay, spoil the body, or *hold* a request until the test
-releases it — the seam the crash tests use to SIGKILL a connector process at an exact step boundary.
+releases it — the seam the crash tests use to SIGKILL a connector process at an exact step boundary — or
+hold the service's answer to it (computed at once, delivered on release), for races with later writes.
 
 Routes: ``table.read`` (GET), ``table.write`` (PUT/POST/MERGE/PATCH/DELETE on entities and tables),
 ``table.batch`` (``$batch``), ``queue.put`` (POST messages), ``queue.get`` (GET messages),
@@ -54,6 +55,8 @@ class Hold:
     forward: bool = False
     #: matching requests to let through before holding one
     skip: int = 0
+    #: hold the service's answer instead of the request: it is computed before the release, delivered after
+    after_answer: bool = False
 
     def matches(self, route: str, path: str, body: bytes) -> bool:
         return (
@@ -107,13 +110,8 @@ class _Forwarder(ServiceStandIn):
         body = await request.read()
         route = classify(self._service, request.method, request.path)
         hold = self._proxy.match_hold(route, request.raw_path, body)
-        if hold is not None:
-            hold.arrived.set()
-            await asyncio.to_thread(hold.released.wait)
-            if not hold.forward:
-                if request.transport is not None:
-                    request.transport.abort()
-                return web.Response(status=500)
+        if hold is not None and not hold.after_answer and not await _held(hold, request):
+            return web.Response(status=500)
         if self._session is None:
             self._session = aiohttp.ClientSession(auto_decompress=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
@@ -131,7 +129,18 @@ class _Forwarder(ServiceStandIn):
             out_headers = {
                 k: v for k, v in upstream.headers.items() if k.lower() not in _HOP and k.lower() != "content-length"
             }
-            return web.Response(status=upstream.status, body=payload, headers=out_headers)
+        if hold is not None and hold.after_answer and not await _held(hold, request):
+            return web.Response(status=500)
+        return web.Response(status=upstream.status, body=payload, headers=out_headers)
+
+
+async def _held(hold: Hold, request: web.Request) -> bool:
+    """Wait for the hold's release; whether to go on (else the connection is dropped)."""
+    hold.arrived.set()
+    await asyncio.to_thread(hold.released.wait)
+    if not hold.forward and request.transport is not None:
+        request.transport.abort()
+    return hold.forward
 
 
 class StorageProxy:
@@ -195,10 +204,18 @@ class StorageProxy:
     def count(self, route: str, **filters: Any) -> int:
         return self.forwarder(route).count(route, **filters)
 
-    def hold(self, route: str, *, path: str | None = None, body: str | None = None, skip: int = 0) -> Hold:
+    def hold(
+        self, route: str, *, path: str | None = None, body: str | None = None, skip: int = 0, after_answer: bool = False
+    ) -> Hold:
         """Hold the next request of ``route`` matching the regexes (after letting ``skip`` of them through)
-        until :meth:`Hold.release`."""
-        hold = Hold(route, re.compile(path) if path else None, re.compile(body.encode()) if body else None, skip=skip)
+        until :meth:`Hold.release`; with ``after_answer``, hold the service's answer to it."""
+        hold = Hold(
+            route,
+            re.compile(path) if path else None,
+            re.compile(body.encode()) if body else None,
+            skip=skip,
+            after_answer=after_answer,
+        )
         with self._lock:
             self._holds.append(hold)
         return hold

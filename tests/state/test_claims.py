@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
 from irm_connector.errors import StateError
 from irm_connector.models import Row
-from irm_connector.state import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT
+from irm_connector.state import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT, Claims, Tables
 from irm_connector.state.shards import SHARD_KEYS
+from standins import Azurite
 from standins.storage_proxy import Hold, StorageProxy
 from tests.clock import skew_local_clock
 from tests.state.conftest import MakeClaims
@@ -284,6 +286,41 @@ async def test_a_day_table_deleted_under_a_warm_process_is_created_again(
     assert proxy.pending_faults() == 0
     check = await make_claims().claim_records(STREAM, _rows(range(10, 20)), "blob-3")
     assert check.already_sent == 10
+
+
+# -- a warm process's read, and its sibling deliveries ----------------------------------------------------
+
+
+async def test_a_sibling_read_between_a_listing_and_its_keys_does_not_hide_a_live_claim(
+    azurite: Azurite, proxy: StorageProxy, service: TableServiceClient, prefix: str
+) -> None:
+    """A warm process lists a partition, then reads the keys of the versions it has not seen; meanwhile a
+    sibling delivery of the same process reads the partition anew and replaces its cache. A live claim the
+    listing found unchanged must still hold its records, though the cache now has a later version of it that
+    the read-back, starting after the sibling's newer Timestamps, never brings."""
+    warm_tables = Tables(TableServiceClient.from_connection_string(proxy.connection_string), prefix=prefix)
+    other_tables = Tables(TableServiceClient.from_connection_string(azurite.connection_string), prefix=prefix)
+    warm, other = Claims(warm_tables, read_repeats=-1), Claims(other_tables, read_repeats=-1)  # listing first
+    try:
+        owner = await other.claim_records(STREAM, _rows(range(1, 2)), "blob-owner")  # live, never sent here
+        await warm.mark_sent(await warm.claim_records(STREAM, _rows(range(100, 101)), "blob-warm"))  # cached
+        await other.claim_records(STREAM, _rows(range(200, 201)), "blob-unseen")  # so keys are read too
+        keys = proxy.hold("table.read", path=r"Timestamp(%20|\+)gt", after_answer=True)
+        racing = asyncio.create_task(warm.claim_records(STREAM, _rows(range(1, 2)), "blob-a"))
+        await _arrived(keys)  # listed, and the keys' answer given: neither shows what follows
+        shard = owner.pending[0]
+        async with service.get_table_client(shard.part.table) as client:  # the owner writes its claim again
+            entity = await client.get_entity(shard.part.pk, shard.row_key)
+            await client.upsert_entity(entity, mode=UpdateMode.REPLACE)
+        await asyncio.sleep(2.5)  # past the read-back's look back (_CACHE_OVERLAP)
+        await other.claim_records(STREAM, _rows(range(300, 301)), "blob-later")
+        await warm.claim_records(STREAM, _rows(range(400, 401)), "blob-sibling")  # replaces the cache
+        keys.release(forward=True)
+        raced = await racing
+        assert _ids(raced.mine) == set() and _ids(raced.held) == {"record-1"}
+    finally:
+        await warm_tables.close()
+        await other_tables.close()
 
 
 # -- a read answered with something other than entities --------------------------------------------------
