@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import bare, baseline, connector_proc, sdk_upload, standin_proc
+from bench import bare, baseline, connector_proc, floor, sdk_upload, standin_proc
 from bench.machine import machine_info
 from bench.report import write_reports
 
@@ -121,6 +121,20 @@ def _measure_connector(
     return result
 
 
+def _measure_floor(session: StandInSession, azurite: Any, config: str) -> dict[str, Any]:
+    """The bare work plus the requests a blob needs (:mod:`bench.floor`), with the host's concurrency."""
+    from irm_connector.cli.queue_trigger import HostQueueOptions
+
+    session.call("reset")
+    env = _connector_env(session, azurite.connection_string, CONFIGS[config])
+    cfg = {"env": env, "blob_file": session.info["blob_file"],
+           "concurrency": HostQueueOptions.from_environment().concurrency}
+    result = _child(floor.run, cfg)
+    session.call("reset")  # its rows are not the connector's: the next run counts from nothing
+    result.update(kind="floor", config=config, profile="-", scale=1.0)
+    return result
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from standins.azurite import Azurite
 
@@ -156,13 +170,27 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(result)
                     _say(f"    {_rate(result)}; CPU s of the runs: "
                          + ", ".join(f"{c:.2f}" for c in result["cpu_seconds_runs"]))
+                if not args.skip_floor:
+                    for config in configs:
+                        _say(f"==> I/O floor, {config}, {args.cpu_runs} runs")
+                        result = _median_run([_measure_floor(session, azurite, config) for _ in range(args.cpu_runs)])
+                        runs.append(result)
+                        _say(f"    {_rate(result)}; CPU s of the runs: "
+                             + ", ".join(f"{c:.2f}" for c in result["cpu_seconds_runs"]))
                 for profile in profiles:
                     session.call("latency", PROFILES[profile])
                     for config in configs:
-                        _say(f"==> Connector, {config}, network {profile}")
-                        result = _measure_connector(session, azurite, azurite_cpu, config, profile, 1.0)
+                        # Without latency the run's CPU is a target's numerator: the median of --cpu-runs counts.
+                        times = args.cpu_runs if profile == "none" else 1
+                        _say(f"==> Connector, {config}, network {profile}" + (f", {times} runs" if times > 1 else ""))
+                        result = _median_run([
+                            _measure_connector(session, azurite, azurite_cpu, config, profile, 1.0)
+                            for _ in range(times)
+                        ])
                         runs.append(result)
-                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB")
+                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB"
+                             + ("; CPU s of the runs: " + ", ".join(f"{c:.2f}" for c in result["cpu_seconds_runs"])
+                                if times > 1 else ""))
                     if not args.skip_baseline:
                         _say(f"==> Seed-style baseline, network {profile}")
                         session.call("reset")
@@ -274,7 +302,12 @@ def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The run of median CPU time, with every run's CPU seconds: the bare work takes about a second of CPU,
     short enough for the machine's moments to move it by a third from one run to the next."""
     ordered = sorted(results, key=lambda r: r["cpu_seconds"])
-    return {**ordered[len(ordered) // 2], "cpu_seconds_runs": [r["cpu_seconds"] for r in results]}
+    median = {**ordered[len(ordered) // 2], "cpu_seconds_runs": [r["cpu_seconds"] for r in results]}
+    if all("arrived" in r for r in results):  # a connector's runs: each must have sent every record once
+        median["every_run_exactly_once"] = all(
+            all(s.get("exactly_once", False) for s in r["arrived"]["streams"].values()) for r in results
+        )
+    return median
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -289,6 +322,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--burst-blobs", type=int, default=12, help="blobs delivered at once in the burst run")
     parser.add_argument("--sdk-blobs", type=int, default=20, help="blobs of audit rows for the SDK upload comparison")
     parser.add_argument("--bare-runs", type=int, default=5, help="runs of the bare work; the median CPU counts")
+    parser.add_argument("--cpu-runs", type=int, default=3,
+                        help="runs of the connector (no latency, 1x) and of the I/O floor; the median CPU counts")
+    parser.add_argument("--skip-floor", action="store_true", help="no I/O floor runs")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--daily-records", type=int, default=1_000_000,
                         help="audit records a day of the tenant the monthly cost estimate is for")

@@ -67,6 +67,7 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
                     "content_id": blob.content_id,
                     "content_type": blob.content_type,
                     "content_created": blob.content_created.isoformat(),
+                    "content_uri": sim.management.content_uri(blob.content_id),
                     "length": len(blob.body),
                 }
                 out.write(json.dumps(head).encode() + b"\n")

@@ -23,6 +23,8 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert {(r["kind"], r["config"]) for r in results["runs"]} == {
         ("bare", "alerts"),
         ("bare", "audit"),
+        ("floor", "alerts"),
+        ("floor", "audit"),
         ("connector", "alerts"),
         ("connector", "audit"),
         ("baseline", "any"),
@@ -56,5 +58,5 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "latest.json").read_text())
     assert saved["machine"]["cores"] and saved["targets"]
     table = (tmp_path / "latest.md").read_text()
-    assert "| **connector** |" in table and "Targets:" in table
+    assert "| **connector** |" in table and "| I/O floor |" in table and "Targets:" in table
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,136 @@
+"""The I/O floor: the bare work plus the requests a blob needs, and nothing else, in a fresh process.
+
+The bare work has no I/O, so no connector can come near it: each blob must be queued, downloaded, claimed
+and uploaded. This run makes just those requests, with the connector's own clients (the same transports,
+TLS, authentication and retries), as many blobs side by side as the host runs: per blob, its queue message
+and its download; per stream and ``CreationTime`` day of its rows, a read of the partition, a write of the
+rows' keys, a read back, the upload, and the sent mark. It keeps no cache, waits for nobody and never reads
+keys back (the reads list the entities only), so it is a lower bound: it does not dedupe, and the rows it
+uploads are not checked. What the connector costs above it is its own logic: the claim rules, the caches,
+the host's part, telemetry and the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+import traceback
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.bare import load_blobs
+from bench.connector_proc import RequestCounter, _by_service
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Child entry point: ``cfg`` has env (the connector's settings), blob_file, concurrency."""
+    try:
+        return _run(cfg)
+    except BaseException:
+        return {"error": traceback.format_exc()}
+
+
+def _run(cfg: dict[str, Any]) -> dict[str, Any]:
+    import logging
+
+    os.environ.update(cfg["env"])
+    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
+        os.environ.pop(name, None)
+    logging.basicConfig(level=logging.ERROR)
+    import irm_connector.runtime  # noqa: F401  (imports before the clock starts, as for the connector)
+
+    blobs = load_blobs(cfg["blob_file"])
+    counter = RequestCounter()
+    counter.install()
+    cpu0, wall0 = _cpu(), time.perf_counter()
+    out = asyncio.run(_all(blobs, int(cfg["concurrency"])))
+    out["seconds"] = time.perf_counter() - wall0
+    out["cpu_seconds"] = _cpu() - cpu0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["http_requests"] = _by_service(counter.counts, cfg["env"])
+    return out
+
+
+async def _all(blobs: list[tuple[dict[str, Any], bytes]], concurrency: int) -> dict[str, Any]:
+    from irm_connector.runtime import close_runtimes, get_runtime
+    from irm_connector.settings import Settings
+
+    rt = await get_runtime(Settings.from_env())
+    gate = asyncio.Semaphore(concurrency)
+    totals = {"records": 0, "rows": 0, "slots": 0}
+
+    async def one(head: dict[str, Any]) -> None:
+        async with gate:
+            records, rows, slots = await _blob(rt, head)
+        totals["records"] += records
+        totals["rows"] += rows
+        totals["slots"] += slots
+
+    try:
+        await asyncio.gather(*(one(head) for head, _ in blobs))
+    finally:
+        await close_runtimes()
+    return {**totals, "blobs": len(blobs)}
+
+
+async def _blob(rt: Any, head: dict[str, Any]) -> tuple[int, int, int]:
+    from irm_connector.blob_parse import iter_blob
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.models import ContentBlob, Row
+    from irm_connector.normalize import ContentRef, Routing, normalize_blob
+    from irm_connector.state.shards import SENT, digest, shard_entity
+    from irm_connector.state.slots import Slot, Slots
+
+    created = datetime.fromisoformat(head["content_created"])
+    blob = ContentBlob(
+        content_type=head["content_type"],
+        content_id=head["content_id"],
+        content_uri=head["content_uri"],
+        content_created=created,
+        content_expiration=created + timedelta(days=7),
+    )
+    settings = rt.settings
+    await rt.queue.put(ContentMessage(tenant_id=settings.tenant_id, blob=blob))
+    raw = await rt.management.get_content(blob.content_uri, content_type=blob.content_type)
+    routing = Routing(settings.alerts_stream, settings.audit_stream, settings.alert_categories)
+    ref = ContentRef(blob.content_id, blob.content_type, created)
+    out = normalize_blob(iter_blob(raw), ref, routing, sent_at=datetime.now(UTC))
+    tables = rt.state.tables
+    slots = Slots(tables)
+    rules = slots.rules(datetime.now(UTC))
+    owner = blob.content_id[-24:]
+    listing = ["RowKey", "S", "K", "Timestamp"]
+    count = 0
+
+    async def stream(name: str, rows: list[Row]) -> None:
+        nonlocal count
+        groups: dict[Slot, list[Row]] = {}
+        for row in rows:
+            groups.setdefault(slots.slot(name, row.hour, rules), []).append(row)
+        marks = []
+        for slot, group in groups.items():
+            part = slot.primary
+            since = {"pk": part.pk, "since": datetime.now(UTC) - timedelta(seconds=2)}
+            query = "PartitionKey eq @pk and Timestamp ge @since"
+            await tables.query_plain(part.table, query, since, select=listing)
+            key = f"{owner}.{count}"
+            count += 1
+            digests = [digest(row.record_id) for row in group]
+            entity = shard_entity(part.pk, key, owner=owner, blob=owner, digests=digests, sent=False, first=None)
+            etag = await tables.upsert(part.table, entity)
+            await tables.query_plain(part.table, query, since, select=listing)
+            marks.append((part, key, etag))
+        await rt.ingestor.upload(name, rows)
+        for part, key, etag in marks:
+            sent = {"PartitionKey": part.pk, "RowKey": key, "S": SENT}
+            await tables.merge_unless_changed(part.table, sent, etag or "*")
+
+    await asyncio.gather(*(stream(name, rows) for name, rows in out.rows.items()))
+    return out.records, sum(len(rows) for rows in out.rows.values()), count
