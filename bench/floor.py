@@ -13,6 +13,7 @@ the host's part, telemetry and the rest.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import time
@@ -20,7 +21,6 @@ import traceback
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bench.bare import load_blobs
 from bench.connector_proc import RequestCounter, _by_service
 
 
@@ -46,11 +46,11 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     logging.basicConfig(level=logging.ERROR)
     import irm_connector.runtime  # noqa: F401  (imports before the clock starts, as for the connector)
 
-    blobs = load_blobs(cfg["blob_file"])
+    heads = _heads(cfg["blob_file"])
     counter = RequestCounter()
     counter.install()
     cpu0, wall0 = _cpu(), time.perf_counter()
-    out = asyncio.run(_all(blobs, int(cfg["concurrency"])))
+    out = asyncio.run(_all(heads, int(cfg["concurrency"])))
     out["seconds"] = time.perf_counter() - wall0
     out["cpu_seconds"] = _cpu() - cpu0
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -58,7 +58,18 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def _all(blobs: list[tuple[dict[str, Any], bytes]], concurrency: int) -> dict[str, Any]:
+def _heads(path: str) -> list[dict[str, Any]]:
+    """What the blob file says of each blob (the bodies are downloaded, as the connector does)."""
+    out = []
+    with open(path, "rb") as handle:
+        while line := handle.readline():
+            head = json.loads(line)
+            handle.seek(head["length"], os.SEEK_CUR)
+            out.append(head)
+    return out
+
+
+async def _all(heads: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     from irm_connector.runtime import close_runtimes, get_runtime
     from irm_connector.settings import Settings
 
@@ -74,10 +85,10 @@ async def _all(blobs: list[tuple[dict[str, Any], bytes]], concurrency: int) -> d
         totals["slots"] += slots
 
     try:
-        await asyncio.gather(*(one(head) for head, _ in blobs))
+        await asyncio.gather(*(one(head) for head in heads))
     finally:
         await close_runtimes()
-    return {**totals, "blobs": len(blobs)}
+    return {**totals, "blobs": len(heads)}
 
 
 async def _blob(rt: Any, head: dict[str, Any]) -> tuple[int, int, int]:

@@ -468,6 +468,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         right.axhline(burst["peak_rss_mb"], linestyle="-.", color="#9467bd",
                       label=f"{burst['blobs']} × {burst['blob_mb']:.0f} MB at once (limit 1 GiB)")  # fmt: skip
     right.axhline(400, color="black", linewidth=0.8, linestyle="--", label="400 MB")
+    right.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
     right.set_xlabel("records in the tenant")
     right.set_ylabel("connector peak RSS (MB)")
     right.set_ylim(bottom=0)
@@ -495,6 +496,12 @@ def _cpu_panel(axes: Any, runs: list[dict[str, Any]]) -> None:
             values.append(run["figures"]["cpu_s_per_million"] if run else 0.0)
         bars = axes.bar([g + (i - 1) * width for g in range(len(configs))], values, width, label=label, color=color)
         axes.bar_label(bars, labels=[f"{v:.1f}" if v else "" for v in values], fontsize=7)
+    for g, config in enumerate(configs):
+        bare = _find(runs, kind="bare", config=config)
+        if bare:
+            limit = 2 * bare["figures"]["cpu_s_per_million"]
+            axes.hlines(limit, g - 1.5 * width, g + 1.5 * width, colors="black", linestyles="--", linewidth=0.8,
+                        label="target: 2x the bare work" if g == 0 else None)
     axes.set_xticks(range(len(configs)))
     axes.set_xticklabels([CONFIG_NAMES[c] for c in configs], fontsize=8)
     axes.set_ylabel("CPU seconds per million records")
