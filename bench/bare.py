@@ -8,17 +8,12 @@ request bodies and gzip each at the level the connector sends — the same funct
 from __future__ import annotations
 
 import json
-import resource
 import time
-import traceback
 import zlib
 from datetime import UTC, datetime
 from typing import Any
 
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench._child import cpu, entry, peak_rss_mb
 
 
 def load_blobs(path: str) -> list[tuple[dict[str, Any], bytes]]:
@@ -33,15 +28,9 @@ def load_blobs(path: str) -> list[tuple[dict[str, Any], bytes]]:
     return out
 
 
+@entry
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point: ``cfg`` has blob_file, audit_stream ("" = alerts only)."""
-    try:
-        return _run(cfg)
-    except BaseException:
-        return {"error": traceback.format_exc()}
-
-
-def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     from irm_connector.blob_parse import parse_blob
     from irm_connector.ingestion import COMPRESS_LEVEL, PACK_LIMIT, pack_rows
     from irm_connector.normalize import ContentRef, Routing, normalize_blob
@@ -53,7 +42,7 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
     fewest: dict[str, int] = {}
     phases = {"parse": 0.0, "normalize": 0.0, "pack": 0.0, "gzip": 0.0}
     clock = time.perf_counter
-    cpu0, wall0 = _cpu(), clock()
+    cpu0, wall0 = cpu(), clock()
     for head, body in blobs:
         t0 = clock()
         parsed = parse_blob(body)
@@ -87,7 +76,7 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
         "raw_bytes": raw_bytes,
         "sent_bytes": sent_bytes,
         "seconds": seconds,
-        "cpu_seconds": _cpu() - cpu0,
+        "cpu_seconds": cpu() - cpu0,
         "phases": phases,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }

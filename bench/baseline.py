@@ -9,31 +9,24 @@ No dedupe, no normalization, no state. Tokens come from the Entra stand-in by cl
 from __future__ import annotations
 
 import asyncio
-import resource
 import ssl
 import time
-import traceback
 from typing import Any
+
+from bench._child import cpu, entry, peak_rss_mb
 
 RAW_STREAM = "Custom-SeedRaw"
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
+@entry
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point; ``cfg['env']`` are the stand-ins' settings."""
-    try:
-        cpu0, wall0 = _cpu(), time.perf_counter()
-        result = asyncio.run(_run(cfg["env"]))
-        result["seconds"] = time.perf_counter() - wall0
-        result["cpu_seconds"] = _cpu() - cpu0
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return result
-    except BaseException:
-        return {"error": traceback.format_exc()}
+    cpu0, wall0 = cpu(), time.perf_counter()
+    result = asyncio.run(_run(cfg["env"]))
+    result["seconds"] = time.perf_counter() - wall0
+    result["cpu_seconds"] = cpu() - cpu0
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
 
 
 async def _token(session: Any, env: dict[str, str], scope: str) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import threading
 import time
-import traceback
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
+
+from bench._child import cpu, entry, peak_rss_mb, use_connector_settings
 
 
 class RequestCounter:
@@ -52,15 +52,6 @@ def _queue_kind(method: str, path: str, query: str) -> str:
     return "host"
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-
-
 class RssSampler:
     """Samples this process's RSS (psutil) to report it over time, beside ``ru_maxrss``."""
 
@@ -93,23 +84,10 @@ def _functions() -> dict[str, Any]:
     return {str(f.get_function_name()): f.get_user_function() for f in app.get_functions()}
 
 
+@entry
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point. ``cfg``: env (settings), mode ("pipeline" or "message"), message (for "message")."""
-    try:
-        return _run(cfg)
-    except BaseException:
-        return {"error": traceback.format_exc()}
-
-
-def _run(cfg: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
-    os.environ.update(cfg["env"])
-    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
-        os.environ.pop(name, None)
-    logging.basicConfig(level=logging.ERROR)
-    logging.getLogger("azure").setLevel(logging.ERROR)
-    logging.getLogger("irm_connector").setLevel(logging.ERROR)
+    use_connector_settings(cfg["env"])
 
     functions = _functions()
     counter = RequestCounter()
@@ -118,7 +96,7 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
 
     rss_before = psutil.Process().memory_info().rss / 2**20
     with RssSampler() as sampler:
-        cpu0, wall0 = _cpu(), time.perf_counter()
+        cpu0, wall0 = cpu(), time.perf_counter()
         if cfg.get("mode", "pipeline") == "pipeline":
             result = asyncio.run(_pipeline(functions))
         else:
@@ -128,8 +106,8 @@ def _run(cfg: dict[str, Any]) -> dict[str, Any]:
             except Exception as exc:  # reported with the memory it took to get there
                 result = {"failed": f"{type(exc).__name__}: {exc}"[:400]}
         result["seconds"] = time.perf_counter() - wall0
-        result["cpu_seconds"] = _cpu() - cpu0
-    result["peak_rss_mb"] = _peak_rss_mb()
+        result["cpu_seconds"] = cpu() - cpu0
+    result["peak_rss_mb"] = peak_rss_mb()
     result["sampled_peak_rss_mb"] = sampler.peak / 2**20
     result["rss_after_imports_mb"] = rss_before
     result["http_requests"] = _by_service(counter.counts, cfg["env"])

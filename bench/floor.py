@@ -15,45 +15,28 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import time
-import traceback
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bench._child import cpu, entry, peak_rss_mb, use_connector_settings
 from bench.connector_proc import RequestCounter, _by_service
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
+@entry
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point: ``cfg`` has env (the connector's settings), blob_file, concurrency."""
-    try:
-        return _run(cfg)
-    except BaseException:
-        return {"error": traceback.format_exc()}
-
-
-def _run(cfg: dict[str, Any]) -> dict[str, Any]:
-    import logging
-
-    os.environ.update(cfg["env"])
-    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
-        os.environ.pop(name, None)
-    logging.basicConfig(level=logging.ERROR)
+    use_connector_settings(cfg["env"])
     import irm_connector.runtime  # noqa: F401  (imports before the clock starts, as for the connector)
 
     heads = _heads(cfg["blob_file"])
     counter = RequestCounter()
     counter.install()
-    cpu0, wall0 = _cpu(), time.perf_counter()
+    cpu0, wall0 = cpu(), time.perf_counter()
     out = asyncio.run(_all(heads, int(cfg["concurrency"])))
     out["seconds"] = time.perf_counter() - wall0
-    out["cpu_seconds"] = _cpu() - cpu0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["cpu_seconds"] = cpu() - cpu0
+    out["peak_rss_mb"] = peak_rss_mb()
     out["http_requests"] = _by_service(counter.counts, cfg["env"])
     return out
 

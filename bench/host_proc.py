@@ -11,16 +11,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import resource
 import threading
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench._child import cpu
 
 
 def serve(conn: Connection, env: dict[str, str]) -> None:
@@ -71,7 +67,7 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
     threading.Thread(target=read, daemon=True).start()
     tables, main, poison = storage_clients(settings.storage, settings, [])
     await tables.close()
-    cpu0 = _cpu()
+    cpu0 = cpu()
     async with main, poison:
         await create_queue_if_missing(main)
         options = HostQueueOptions.from_environment()
@@ -83,7 +79,7 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
             "failed_attempts": stats.failed_attempts,
             "poisoned": stats.poisoned,
             "concurrency": options.concurrency,
-            "host_cpu_seconds": _cpu() - cpu0,
+            "host_cpu_seconds": cpu() - cpu0,
             "host_queue_requests": sum(counter.counts.values()),
         },
     ))

@@ -11,24 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import time
-import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench._child import cpu, entry
 
 
+@entry
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point: ``cfg`` has env, blob_file, blobs (how many), way ("sdk" or "connector")."""
-    try:
-        return asyncio.run(_run(cfg))
-    except BaseException:
-        return {"error": traceback.format_exc()}
+    return asyncio.run(_run(cfg))
 
 
 async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -66,12 +59,12 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
             async def on_error(error: Any) -> None:
                 failed.append(len(error.failed_logs))
 
-            cpu0, wall0 = _cpu(), time.perf_counter()
+            cpu0, wall0 = cpu(), time.perf_counter()
             await client.upload(rule_id=env["LOGS_DCR_IMMUTABLE_ID"], stream_name=stream, logs=logs, on_error=on_error)
         else:
             ingestor = SentinelIngestor(client, env["LOGS_DCR_IMMUTABLE_ID"])
-            cpu0, wall0 = _cpu(), time.perf_counter()
+            cpu0, wall0 = cpu(), time.perf_counter()
             await ingestor.upload(stream, rows)
-        seconds, cpu = time.perf_counter() - wall0, _cpu() - cpu0
-    return {"way": cfg["way"], "rows": len(rows), "seconds": seconds, "cpu_seconds": cpu,
+        seconds, cpu_seconds = time.perf_counter() - wall0, cpu() - cpu0
+    return {"way": cfg["way"], "rows": len(rows), "seconds": seconds, "cpu_seconds": cpu_seconds,
             "failed_chunks": len(failed), "failed_rows": sum(failed)}

@@ -9,7 +9,6 @@ and its ground truth, so it checks "every record exactly once" itself.
 from __future__ import annotations
 
 import json
-import resource
 import traceback
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -17,16 +16,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench._child import cpu
+
 ALERTS_STREAM = "Custom-IRMAlerts"
 AUDIT_STREAM = "Custom-O365Audit"
 #: Where the seed-style baseline posts raw blobs (a stream without column checks; see accept_raw).
 RAW_STREAM = "Custom-SeedRaw"
 REQUEST_LIMIT = 1024 * 1024
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def serve(conn: Connection, params: dict[str, Any]) -> None:
@@ -96,7 +92,7 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
         }
         del workload
         conn.send(info)
-        cpu_mark = _cpu()
+        cpu_mark = cpu()
         while True:
             command, args = conn.recv()
             if command == "stop":
@@ -114,11 +110,11 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
                     with sim.ingestion._lock:
                         sim.ingestion._stats.clear()
                     sim.management.clear_log()
-                    cpu_mark = _cpu()
+                    cpu_mark = cpu()
                     reply = {"ok": True}
                 elif command == "collect":
                     reply = _collect(sim, truths[args.get("truth", "main")], args)
-                    reply["standins_cpu_seconds"] = _cpu() - cpu_mark
+                    reply["standins_cpu_seconds"] = cpu() - cpu_mark
                 elif command == "big_blob":
                     reply = _big_blob(sim, args, truths)
                 elif command == "burst":
