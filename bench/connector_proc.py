@@ -110,11 +110,11 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     result["peak_rss_mb"] = peak_rss_mb()
     result["sampled_peak_rss_mb"] = sampler.peak / 2**20
     result["rss_after_imports_mb"] = rss_before
-    result["http_requests"] = _by_service(counter.counts, cfg["env"])
+    result["http_requests"] = requests_by_service(counter.counts, cfg["env"])
     return result
 
 
-def _by_service(counts: Counter[tuple[str, str]], env: dict[str, str]) -> dict[str, int]:
+def requests_by_service(counts: Counter[tuple[str, str]], env: dict[str, str]) -> dict[str, int]:
     """Requests per service: table, queue (the connector's own), host_queue, ingestion, identity."""
     names = {}
     for part in env["AzureWebJobsStorage"].split(";"):

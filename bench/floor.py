@@ -1,6 +1,6 @@
 """The I/O floor: the bare work plus the requests a blob needs, and nothing else, in a fresh process.
 
-The bare work has no I/O, so no connector can come near it: each blob must be queued, downloaded, claimed
+The bare work has no I/O, which no connector can match: each blob must be queued, downloaded, claimed
 and uploaded. This run makes just those requests, with the connector's own clients (the same transports,
 TLS, authentication and retries), as many blobs side by side as the host runs: per blob, its queue message
 and its download; per stream and ``CreationTime`` day of its rows, a read of the partition, a write of the
@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench._child import cpu, entry, peak_rss_mb, use_connector_settings
-from bench.connector_proc import RequestCounter, _by_service
+from bench.connector_proc import RequestCounter, requests_by_service
 
 
 @entry
@@ -37,7 +37,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     out["seconds"] = time.perf_counter() - wall0
     out["cpu_seconds"] = cpu() - cpu0
     out["peak_rss_mb"] = peak_rss_mb()
-    out["http_requests"] = _by_service(counter.counts, cfg["env"])
+    out["http_requests"] = requests_by_service(counter.counts, cfg["env"])
     return out
 
 
