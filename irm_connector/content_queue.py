@@ -39,16 +39,20 @@ _REQUIRED = ("contentUri", "contentId", "contentType", "contentCreated", "conten
 
 @dataclass(frozen=True)
 class ContentMessage:
-    """What the processor needs to fetch one blob, plus the trace context of the poller that queued it."""
+    """What the processor needs to fetch one blob, plus the trace context of the poller that queued it, and how
+    often a refusing DCR has put it back (a rescheduled message is a new one, its dequeue count 1 again)."""
 
     tenant_id: str
     blob: ContentBlob
     traceparent: str = ""
+    rescheduled: int = 0
 
     def encode(self) -> str:
         data: dict[str, Any] = {"v": 1, "tenantId": self.tenant_id, **self.blob.to_api()}
         if self.traceparent:
             data["traceparent"] = self.traceparent
+        if self.rescheduled:
+            data["rescheduled"] = self.rescheduled
         return orjson.dumps(data).decode()
 
     @classmethod
@@ -71,7 +75,13 @@ class ContentMessage:
         except ValueError:
             raise BadMessageError("message has an unreadable contentCreated or contentExpiration") from None
         trace = data.get("traceparent")
-        return cls(tenant_id=data["tenantId"], blob=blob, traceparent=trace if isinstance(trace, str) else "")
+        again = data.get("rescheduled")
+        return cls(
+            tenant_id=data["tenantId"],
+            blob=blob,
+            traceparent=trace if isinstance(trace, str) else "",
+            rescheduled=again if isinstance(again, int) and not isinstance(again, bool) and again > 0 else 0,
+        )
 
 
 @dataclass(frozen=True)

@@ -112,8 +112,8 @@ async def process(message: func.QueueMessage) -> ProcessResult:
     record_process(result, dims)
     if result.parked or result.outcome == "rescheduled":
         await _record_failure(rt, delivery, result.detail, dequeue_count)
-    elif dequeue_count > 1:
-        await _forget_failure(rt, delivery)  # an earlier attempt failed; this one did not
+    elif dequeue_count > 1 or (delivery.message is not None and delivery.message.rescheduled):
+        await _forget_failure(rt, delivery)  # an earlier attempt failed (or was rescheduled); this one did not
     return result
 
 

@@ -15,12 +15,13 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import refusals
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
-from .content_queue import Delivery
+from .content_queue import ContentMessage, Delivery
 from .deadline import Deadline
 from .errors import (
     BadContentError,
@@ -94,16 +95,17 @@ async def process_message(
     try:
         return await _download_and_send(rt, hold, text, blob, dims, result, dequeue_count, message_id, deadline)
     except IngestionRefusedError as exc:
-        return await _reschedule(rt, text, exc, result, dims)
+        return await _reschedule(rt, message, exc, result, dims)
     finally:
         hold.release()
 
 
 async def _reschedule(
-    rt: Runtime, text: str, error: IngestionRefusedError, result: ProcessResult, dims: dict[str, str]
+    rt: Runtime, message: ContentMessage, error: IngestionRefusedError, result: ProcessResult, dims: dict[str, str]
 ) -> ProcessResult:
     """The DCR refuses a stream: the message comes back later as a new one (its dequeue count spared), unless
-    the refusal has lasted past :data:`refusals.PATIENCE`."""
+    the refusal has lasted past :data:`refusals.PATIENCE`. It says it was rescheduled, so that its success
+    clears the failure reason recorded now."""
     refusal = (await rt.state.refusals.current(rt.settings.dcr_immutable_id)).get(error.stream)
     if refusal is None:  # accepted again meanwhile (another instance's probe): the host retries at once
         raise error
@@ -113,7 +115,7 @@ async def _reschedule(
                   extra=dims)  # fmt: skip
         raise error
     delay = refusals.reschedule_delay(refusal)
-    await rt.queue.reschedule(text, delay)
+    await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
     log.info("Content %s rescheduled in %d s: %s", dims["content_id"], delay, error, extra=dims)
     result.outcome = "rescheduled"
     result.detail = f"{type(error).__name__}: {error}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
+from irm_connector.content_queue import ContentMessage
 from irm_connector.deadline import TIMEOUT_SETTING, Deadline, function_timeout
 from irm_connector.errors import DeadlineError
+from irm_connector.models import ContentBlob
 from irm_connector.refusals import PATIENCE, ingestion_state, reschedule_delay
 from irm_connector.state import FUNCTION_TIMEOUT, Refusal
 
@@ -49,3 +52,18 @@ def test_rescheduled_messages_come_back_soon_at_first_and_seldom_later() -> None
     assert reschedule_delay(_refusal(403, timedelta(0), now), now) == 5
     assert reschedule_delay(_refusal(403, timedelta(minutes=2), now), now) == 30
     assert reschedule_delay(_refusal(403, PATIENCE, now), now) == 300
+
+
+@pytest.mark.parametrize(("written", "read"), [(None, 0), (2, 2), ("2", 0), (True, 0), (-1, 0), (1.5, 0)])
+def test_a_rescheduled_message_says_so_and_anything_else_there_reads_as_never(written: object, read: int) -> None:
+    """The processor forgets a message's failure reason once a rescheduled copy of it goes through; a value
+    written by hand must not make the message unreadable."""
+    now = datetime.now(UTC)
+    blob = ContentBlob("Audit.General", "c1", "https://manage.office.com/c1", now, now + timedelta(days=7))
+    data = orjson.loads(ContentMessage("tenant", blob, rescheduled=2).encode())
+    assert data["rescheduled"] == 2
+    del data["rescheduled"]
+    if written is not None:
+        data["rescheduled"] = written
+    message = ContentMessage.decode(orjson.dumps(data))
+    assert message.rescheduled == read and message.blob == blob
