@@ -80,7 +80,7 @@ async def _blob(rt: Any, head: dict[str, Any]) -> tuple[int, int, int]:
     from irm_connector.models import ContentBlob, Row
     from irm_connector.normalize import ContentRef, Routing, normalize_blob
     from irm_connector.state.shards import SENT, digest, shard_entity
-    from irm_connector.state.slots import Slot, Slots
+    from irm_connector.state.slots import Slots
 
     created = datetime.fromisoformat(head["content_created"])
     blob = ContentBlob(
@@ -105,11 +105,8 @@ async def _blob(rt: Any, head: dict[str, Any]) -> tuple[int, int, int]:
 
     async def stream(name: str, rows: list[Row]) -> None:
         nonlocal count
-        groups: dict[Slot, list[Row]] = {}
-        for row in rows:
-            groups.setdefault(slots.slot(name, row.hour, rules), []).append(row)
         marks = []
-        for slot, group in groups.items():
+        for slot, group in slots.group(name, rows, rules).items():
             part = slot.primary
             since = {"pk": part.pk, "since": datetime.now(UTC) - timedelta(seconds=2)}
             query = "PartitionKey eq @pk and Timestamp ge @since"

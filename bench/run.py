@@ -168,15 +168,13 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     result = _median_run([_child(bare.run, cfg) for _ in range(args.bare_runs)])
                     result.update(kind="bare", config=config, profile="-", scale=1.0)
                     runs.append(result)
-                    _say(f"    {_rate(result)}; CPU s of the runs: "
-                         + ", ".join(f"{c:.2f}" for c in result["cpu_seconds_runs"]))
+                    _say(f"    {_rate(result)}{_spread(result)}")
                 if not args.skip_floor:
                     for config in configs:
                         _say(f"==> I/O floor, {config}, {args.cpu_runs} runs")
                         result = _median_run([_measure_floor(session, azurite, config) for _ in range(args.cpu_runs)])
                         runs.append(result)
-                        _say(f"    {_rate(result)}; CPU s of the runs: "
-                             + ", ".join(f"{c:.2f}" for c in result["cpu_seconds_runs"]))
+                        _say(f"    {_rate(result)}{_spread(result)}")
                 for profile in profiles:
                     session.call("latency", PROFILES[profile])
                     for config in configs:
@@ -188,9 +186,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                             for _ in range(times)
                         ])
                         runs.append(result)
-                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB"
-                             + ("; CPU s of the runs: " + ", ".join(f"{c:.2f}" for c in result["cpu_seconds_runs"])
-                                if times > 1 else ""))
+                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB{_spread(result)}")
                     if not args.skip_baseline:
                         _say(f"==> Seed-style baseline, network {profile}")
                         session.call("reset")
@@ -298,9 +294,16 @@ def _rate(result: dict[str, Any]) -> str:
     )
 
 
+def _spread(result: dict[str, Any]) -> str:
+    """The CPU seconds of each run of a figure measured more than once, for the console; else nothing."""
+    runs = result.get("cpu_seconds_runs", [])
+    return "; CPU s of the runs: " + ", ".join(f"{c:.2f}" for c in runs) if len(runs) > 1 else ""
+
+
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median CPU time, with every run's CPU seconds: the bare work takes about a second of CPU,
-    short enough for the machine's moments to move it by a third from one run to the next."""
+    """The run of median CPU time, with every run's CPU seconds: a run of a few CPU seconds moves by up to a
+    third from one run to the next on a shared machine. Of a connector's runs, each must have sent every
+    record exactly once."""
     ordered = sorted(results, key=lambda r: r["cpu_seconds"])
     median = {**ordered[len(ordered) // 2], "cpu_seconds_runs": [r["cpu_seconds"] for r in results]}
     if all("arrived" in r for r in results):  # a connector's runs: each must have sent every record once

@@ -134,18 +134,8 @@ class Claims:
 
     async def _round(self, claim: Claim, rows: Sequence[Row], *, first: bool) -> None:
         claim.mine, claim.held, claim.pending = [], [], []
-        rules = self._slots.rules(datetime.now(UTC))  # the local clock only picks day tables: a day of margin
-        # Grouped by hour first: a string's hash is cached, a Slot's is computed on every lookup.
-        by_hour: dict[str, list[Row]] = {}
-        for row in rows:
-            hour_rows = by_hour.get(row.hour)
-            if hour_rows is None:
-                by_hour[row.hour] = [row]
-            else:
-                hour_rows.append(row)
-        groups: dict[Slot, list[Row]] = {}
-        for hour, hour_rows in by_hour.items():
-            groups.setdefault(self._slots.slot(claim.stream, hour, rules), []).extend(hour_rows)
+        # the local clock only picks day tables: a day of margin
+        groups = self._slots.group(claim.stream, rows, self._slots.rules(datetime.now(UTC)))
         try:
             for slot, group in groups.items():
                 await self._claim_slot(claim, slot, group, first=first)

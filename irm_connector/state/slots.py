@@ -18,8 +18,11 @@ poller's cleanup never drops a table a claim is using:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from irm_connector.models import Row
 
 from .tables import Tables, table_key
 
@@ -82,3 +85,18 @@ class Slots:
         if hour and day == cutoff:
             return Slot(other, (Partition(self._tables.name(self.DAY_KIND, day), stream_key, False),))
         return Slot(other)
+
+    def group(self, stream: str, rows: Sequence[Row], rules: tuple[str, str, str]) -> dict[Slot, list[Row]]:
+        """``rows`` of ``stream`` by their slot under ``rules``. Grouped by hour first: a string's hash is
+        cached, a Slot's is computed on every lookup."""
+        by_hour: dict[str, list[Row]] = {}
+        for row in rows:
+            hour_rows = by_hour.get(row.hour)
+            if hour_rows is None:
+                by_hour[row.hour] = [row]
+            else:
+                hour_rows.append(row)
+        groups: dict[Slot, list[Row]] = {}
+        for hour, hour_rows in by_hour.items():
+            groups.setdefault(self.slot(stream, hour, rules), []).extend(hour_rows)
+        return groups
