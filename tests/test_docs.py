@@ -20,26 +20,26 @@ def settings_read_by_the_code() -> set[str]:
     return names
 
 
-def test_every_setting_is_documented_in_readme():
+def test_every_setting_is_documented_in_readme() -> None:
     missing = {n for n in settings_read_by_the_code() if f"`{n}`" not in README}
     assert not missing, f"settings missing from README: {sorted(missing)}"
 
 
-def test_every_setting_is_in_the_sample_settings():
+def test_every_setting_is_in_the_sample_settings() -> None:
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
     missing = settings_read_by_the_code() - set(sample) - {"O365_CLIENT_CERTIFICATE"}
     assert not missing, f"settings missing from local.settings.sample.json: {sorted(missing)}"
     assert sample["AzureWebJobsStorage"] == "UseDevelopmentStorage=true"
 
 
-def test_every_output_column_is_documented_in_readme():
+def test_every_output_column_is_documented_in_readme() -> None:
     for schema in streams().values():
         assert f"`{schema.table}`" in README or f"**`{schema.table}`**" in README
         for name in schema.names:
             assert f"`{name}`" in README, f"{schema.table}.{name} is not in README"
 
 
-def test_quick_start_has_exactly_the_two_commands_and_ci_runs_the_test_one():
+def test_quick_start_has_exactly_the_two_commands_and_ci_runs_the_test_one() -> None:
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block is not None
@@ -48,7 +48,7 @@ def test_quick_start_has_exactly_the_two_commands_and_ci_runs_the_test_one():
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
 
 
-def test_deploy_page_documents_every_parameter_and_azd_variable():
+def test_deploy_page_documents_every_parameter_and_azd_variable() -> None:
     section = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     main = (ROOT / "infra" / "main.bicep").read_text(encoding="utf-8")
     params = re.findall(r"^param (\w+) ", main, re.MULTILINE)
@@ -65,7 +65,7 @@ def test_deploy_page_documents_every_parameter_and_azd_variable():
         assert (ROOT / script).is_file(), script
 
 
-def test_readme_and_docs_links_resolve():
+def test_readme_and_docs_links_resolve() -> None:
     """Every relative link of README and docs/ names a file that exists, and an anchor a heading of it."""
     def anchors(path: Path) -> set[str]:
         heads = re.findall(r"^#+ (.*)$", path.read_text(encoding="utf-8"), re.MULTILINE)
@@ -73,7 +73,7 @@ def test_readme_and_docs_links_resolve():
         return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads} | set(explicit)
 
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    broken = []
+    broken: list[str] = []
     for page in pages:
         for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
             if target.startswith(("http://", "https://", "mailto:")):
@@ -85,6 +85,6 @@ def test_readme_and_docs_links_resolve():
     assert not broken, broken
 
 
-def test_readme_stays_short():
+def test_readme_stays_short() -> None:
     """README is the front door: the details live in docs/."""
     assert len(README.encode("utf-8")) < 26_500

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import Popen  # in Cli, `subprocess` is its method of that name
 from typing import Any
 
 import pytest
@@ -88,7 +89,7 @@ class Cli:
         )
 
     @contextlib.contextmanager
-    def spawn(self, *argv: str) -> Iterator[subprocess.Popen[str]]:
+    def spawn(self, *argv: str) -> Iterator[Popen[str]]:
         """``irm-connector ARGV`` as a process of its own, its stdout and stderr piped; killed on the way out
         if it still runs."""
         process = subprocess.Popen(
@@ -107,7 +108,7 @@ class Cli:
                 process.communicate()
 
     @staticmethod
-    def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    def stop(process: Popen[str]) -> tuple[str, str]:
         """Stop a spawned process as the host would (SIGTERM): its stdout and stderr."""
         process.send_signal(signal.SIGTERM)
         return process.communicate(timeout=60)

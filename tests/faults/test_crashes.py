@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from standins.workload import generate_workload
+from standins.storage_proxy import Hold
+from standins.workload import Workload, generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
 
@@ -37,7 +38,7 @@ def _start_child(connector: ConnectorHarness, *args: str) -> subprocess.Popen[st
     )  # fmt: skip
 
 
-async def _kill_when_held(child: subprocess.Popen[str], hold) -> None:
+async def _kill_when_held(child: subprocess.Popen[str], hold: Hold) -> None:
     deadline = time.monotonic() + 60
     while not hold.arrived.is_set():
         if child.poll() is not None:
@@ -54,7 +55,7 @@ async def _kill_when_held(child: subprocess.Popen[str], hold) -> None:
     hold.release(forward=False)
 
 
-def _tally(connector: ConnectorHarness, workload, *, alerts_expected: bool = True) -> tuple[int, int]:
+def _tally(connector: ConnectorHarness, workload: Workload, *, alerts_expected: bool = True) -> tuple[int, int]:
     audit = Counter(r["RecordId"] for r in connector.rows(AUDIT))
     alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
     lost = len(workload.record_ids - set(audit))
@@ -64,7 +65,7 @@ def _tally(connector: ConnectorHarness, workload, *, alerts_expected: bool = Tru
     return lost, duplicates
 
 
-def _workload(connector: ConnectorHarness, seed: int, blobs: int = 3, *, two_days: bool = False):
+def _workload(connector: ConnectorHarness, seed: int, blobs: int = 3, *, two_days: bool = False) -> Workload:
     """``two_days``: every other record happened two days earlier, so each blob's keys fill two day
     partitions and its claim takes two writes."""
     sim = connector.standins
@@ -103,7 +104,7 @@ async def _watermark_moved(connector: ConnectorHarness) -> bool:
     return state.watermark is not None and not state.lease_owner
 
 
-async def _kill_poller_then_restart(connector: ConnectorHarness, hold) -> tuple[int, int]:
+async def _kill_poller_then_restart(connector: ConnectorHarness, hold: Hold) -> tuple[int, int]:
     """Kill a polling child at ``hold``, let the next ticks run and the queue drain; returns the queue
     length before and after the restart."""
     await _kill_when_held(_start_child(connector, "poll"), hold)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from irm_connector.errors import PollError
+from standins import StandIns
 from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -163,7 +164,7 @@ async def test_hostile_blob(connector: ConnectorHarness, case: BlobCase, caplog:
         assert len(json.dumps(row, ensure_ascii=False).encode()) < 1024 * 1024
 
 
-def _message(sim, uri: str, tenant: str | None = None) -> str:
+def _message(sim: StandIns, uri: str, tenant: str | None = None) -> str:
     now = datetime.now(UTC)
     return json.dumps({
         "v": 1, "tenantId": tenant or sim.tenant_id, "contentType": "Audit.General", "contentId": "forged",
@@ -194,7 +195,7 @@ MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str]] = [
 
 @pytest.mark.reports_outcome
 @pytest.mark.parametrize(("name", "build", "expected"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
-async def test_hostile_message(connector: ConnectorHarness, name: str, build, expected: str, caplog) -> None:
+async def test_hostile_message(connector: ConnectorHarness, name: str, build: Callable[[StandIns], str | bytes], expected: str, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     await connector.process(build(sim))
     poison = await connector.messages(connector.queue_name + "-poison")
@@ -207,7 +208,7 @@ async def test_hostile_message(connector: ConnectorHarness, name: str, build, ex
 
 
 @pytest.mark.reports_outcome
-async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog) -> None:
+async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     from azure.storage.queue.aio import QueueClient
 
     async with QueueClient.from_connection_string(connector.azurite.connection_string, connector.queue_name) as raw:
@@ -224,7 +225,7 @@ async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog) -
 
 
 @pytest.mark.reports_outcome
-async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog) -> None:
+async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     good = generate_workload(seed=52, total_records=200, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id)
@@ -251,7 +252,7 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog) -
 
 
 @pytest.mark.reports_outcome
-async def test_hostile_next_page_is_refused(connector: ConnectorHarness, caplog) -> None:
+async def test_hostile_next_page_is_refused(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     sim.management.page_size = 1

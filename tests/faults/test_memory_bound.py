@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ async def test_deliveries_at_once_hold_no_more_body_bytes_than_the_bound(connect
                               duplicate_share=0.0, tenant_id=sim.tenant_id)  # fmt: skip
     for blob in small.blobs + large.blobs:
         body = json.dumps(blob.records, separators=(",", ":")).encode()
-        compressed = {"raw_body": gzip.compress(body), "headers": {"Content-Encoding": "gzip"}} if wire == "gzip" else {}
+        compressed: dict[str, Any] = {"raw_body": gzip.compress(body), "headers": {"Content-Encoding": "gzip"}} if wire == "gzip" else {}
         sim.management.add_blob(blob.content_type, blob.records, content_created=blob.content_created, **compressed)
     sizes = sorted(len(json.dumps(b.records, separators=(",", ":"))) for b in small.blobs + large.blobs)
     assert sum(sizes) > 3 * MIB and sizes[-1] > MIB > sizes[-2]

@@ -16,13 +16,18 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from standins.workload import generate_workload
+from standins.workload import Workload, generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
+
+if TYPE_CHECKING:
+    from irm_connector.state.watermarks import PollerState
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT = "Custom-O365Audit"
@@ -60,7 +65,7 @@ def _overlaps(listings: list[tuple[float, float, str]]) -> list[tuple[str, str]]
     return found
 
 
-async def _wait(condition, timeout: float, what: str) -> None:
+async def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -68,7 +73,7 @@ async def _wait(condition, timeout: float, what: str) -> None:
         await asyncio.sleep(0.2)
 
 
-def _publish(connector: ConnectorHarness, seed: int):
+def _publish(connector: ConnectorHarness, seed: int) -> Workload:
     sim = connector.standins
     connector.set(LOGS_AUDIT_STREAM=AUDIT)
     sim.management.page_size = 2
@@ -80,7 +85,7 @@ def _publish(connector: ConnectorHarness, seed: int):
     return workload
 
 
-def _tally(connector: ConnectorHarness, workload) -> tuple[int, int]:
+def _tally(connector: ConnectorHarness, workload: Workload) -> tuple[int, int]:
     audit = Counter(r["RecordId"] for r in connector.rows(AUDIT))
     return len(workload.record_ids - set(audit)), sum(audit.values()) - len(audit)
 
@@ -119,7 +124,7 @@ async def _holder_listing(pollers: _Pollers) -> None:
     await _wait(lambda: bool(pollers.listings_by([pollers.holder_id])), 60, "the first poller to list")
 
 
-async def _watermark_state(connector: ConnectorHarness):
+async def _watermark_state(connector: ConnectorHarness) -> PollerState:
     from irm_connector.runtime import get_runtime
     from irm_connector.settings import Settings
 

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -81,7 +81,7 @@ def run_checkov(checkov_bin: Path, directory: Path) -> dict[str, Any]:
         report = next((r for r in report if r.get("check_type") == "bicep"), {})
     if report.get("check_type") != "bicep":
         pytest.fail(f"checkov produced no bicep report for {directory}: {proc.stdout[-2000:]}")
-    return report
+    return cast("dict[str, Any]", report)
 
 
 @pytest.fixture(scope="session")

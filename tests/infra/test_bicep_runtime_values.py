@@ -59,6 +59,7 @@ def _top_level_assignments(body: str) -> list[tuple[str, str]]:
 
 
 def _runtime_reference(expr: str, existing: set[str], modules: set[str], resources: set[str]) -> str | None:
+    m: re.Match[str] | None
     for sym in existing:
         for m in re.finditer(rf"\b{sym}\.(\??)(\w+)", expr):
             if m.group(2) not in DEPLOY_TIME:

@@ -318,7 +318,7 @@ def test_health_rules_carry_no_attack_tactics(content: dict[str, Any]) -> None:
 
 
 def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, Any]) -> None:
-    queries = {r["file"]: r["doc"]["query"] for r in content["analytics"]}
+    queries: dict[str, str] = {r["file"]: r["doc"]["query"] for r in content["analytics"]}
 
     def rule_reading(pattern: str) -> str:
         found = [f for f, q in queries.items() if re.search(pattern, q)]

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 
 from irm_connector.errors import PollError
-from standins.workload import generate_workload
+from standins.workload import Workload, generate_workload
 from tests.harness import ConnectorHarness
 
 ALERTS = "Custom-IRMAlerts"
 HEALTH = "Custom-IRMConnectorHealth"
 
 
-def _publish(connector: ConnectorHarness, seed: int, blobs: int = 3):
+def _publish(connector: ConnectorHarness, seed: int, blobs: int = 3) -> Workload:
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     workload = generate_workload(seed=seed, total_records=100 * blobs, blob_size=(100, 100), irm_share=0.1,

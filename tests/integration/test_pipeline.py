@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from irm_connector.schema import stream_schema
 from standins.workload import generate_workload
 from tests.harness import ConnectorHarness
@@ -106,7 +108,7 @@ async def test_two_pollers_at_once_queue_each_blob_once(connector: ConnectorHarn
     assert await connector.queue_length() == len(workload.blobs)
 
 
-async def test_bad_messages_go_to_the_poison_queue_and_are_not_retried(connector: ConnectorHarness, caplog) -> None:
+async def test_bad_messages_go_to_the_poison_queue_and_are_not_retried(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     await connector.process("this is not json")
     forged = (
         '{"v":1,"tenantId":"%s","contentType":"Audit.General","contentId":"x","contentUri":"https://evil.example/steal",'
@@ -121,7 +123,7 @@ async def test_bad_messages_go_to_the_poison_queue_and_are_not_retried(connector
     assert connector.standins.management.count("content") == 0
 
 
-async def test_expired_and_missing_content_complete_with_a_warning(connector: ConnectorHarness, caplog) -> None:
+async def test_expired_and_missing_content_complete_with_a_warning(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     now = datetime.now(UTC)
     content_id = sim.management.add_blob("Audit.General", [], content_created=now - timedelta(hours=1))

@@ -10,15 +10,16 @@ import sys
 import threading
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from irm_connector.errors import SettingsError
-from standins.workload import generate_workload
+from standins.workload import Workload, generate_workload
 from tests.harness import ConnectorHarness
 
 
-def _publish(connector: ConnectorHarness, seed: int, records: int = 2000, **kw):
+def _publish(connector: ConnectorHarness, seed: int, records: int = 2000, **kw: Any) -> Workload:
     kw.setdefault("blob_size", (200, 600))
     workload = generate_workload(seed=seed, total_records=records, irm_share=0.05,
                                  tenant_id=connector.standins.tenant_id, **kw)
@@ -26,7 +27,7 @@ def _publish(connector: ConnectorHarness, seed: int, records: int = 2000, **kw):
     return workload
 
 
-def _assert_exactly_once(connector: ConnectorHarness, workload) -> None:
+def _assert_exactly_once(connector: ConnectorHarness, workload: Workload) -> None:
     got = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
     assert got == Counter(workload.irm_alert_record_ids)
 
@@ -143,7 +144,7 @@ async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode:
     assert sim.tokens.issued(kind) > 0
 
 
-async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog) -> None:
+async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General", True)
     with pytest.raises(Exception, match="AF20023"):
@@ -157,7 +158,7 @@ async def test_operator_errors_fail_the_run_with_what_to_do(connector: Connector
     assert sim.management.count("list", status=401) <= 2
 
 
-async def test_missing_setting_fails_at_once_naming_it(connector: ConnectorHarness, caplog) -> None:
+async def test_missing_setting_fails_at_once_naming_it(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     connector.monkeypatch.delenv("LOGS_DCR_IMMUTABLE_ID")
     with pytest.raises(SettingsError) as info:
         await connector.poll()

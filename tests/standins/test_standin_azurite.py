@@ -34,6 +34,7 @@ def test_restart_keeps_data_and_close_leaves_nothing(tmp_path: Path) -> None:
         service = TableServiceClient.from_connection_string(azurite.connection_string)
         service.create_table("state").upsert_entity({"PartitionKey": "p", "RowKey": "r", "Watermark": "w1"})
         first_pid = azurite.pid
+        assert first_pid is not None
 
         azurite.stop()
         assert not any(port_open(p) for p in ports)
@@ -44,6 +45,7 @@ def test_restart_keeps_data_and_close_leaves_nothing(tmp_path: Path) -> None:
         again = TableServiceClient.from_connection_string(azurite.connection_string)
         assert again.get_table_client("state").get_entity("p", "r")["Watermark"] == "w1"
         pid = azurite.pid
+        assert pid is not None
     assert not pid_alive(pid)
     assert not any(port_open(p) for p in ports)
 

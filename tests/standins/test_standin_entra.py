@@ -31,7 +31,9 @@ def test_msal_certificate_with_sha1_thumbprint(ca_env: StandIns) -> None:
     result = msal_app(ca_env, credential).acquire_token_for_client([ca_env.management_scope])
 
     assert "access_token" in result, result
-    assert ca_env.tokens.validate(result["access_token"], ca_env.api_root).kind == "client_certificate"
+    info = ca_env.tokens.validate(result["access_token"], ca_env.api_root)
+    assert info is not None
+    assert info.kind == "client_certificate"
 
 
 def test_msal_certificate_with_public_certificate_uses_ps256(ca_env: StandIns) -> None:

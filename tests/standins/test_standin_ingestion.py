@@ -5,7 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from typing import Any
+from collections.abc import MutableMapping
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -82,7 +83,9 @@ async def test_accepts_plain_and_gzip_and_keeps_rows(poster: Poster, stand_ins: 
     assert [s.gzip for s in stats] == [False, True]
     assert stats[1].uncompressed_bytes == len(json.dumps([alert_row(2), alert_row(3)]).encode())
     assert stats[1].compressed_bytes < stats[1].uncompressed_bytes
-    lines = stand_ins.ingestion.rows_file(ALERTS).read_text().splitlines()
+    rows_file = stand_ins.ingestion.rows_file(ALERTS)
+    assert rows_file is not None
+    lines = rows_file.read_text().splitlines()
     assert [json.loads(line)["RecordId"] for line in lines] == ["rec-1", "rec-2", "rec-3"]
 
 
@@ -133,7 +136,7 @@ async def test_just_under_the_limit_is_accepted(poster: Poster) -> None:
         ([alert_row(0, TimeGenerated=None)], "TimeGenerated"),
     ],
 )
-async def test_row_validation(poster: Poster, stand_ins: StandIns, rows: list, needle: str) -> None:
+async def test_row_validation(poster: Poster, stand_ins: StandIns, rows: list[dict[str, Any]], needle: str) -> None:
     status, error = await poster.post([alert_row(1), *rows])
 
     assert status == 400
@@ -192,7 +195,7 @@ async def upload(services: StandIns, rows: list[dict[str, Any]], **kwargs: Any) 
         ManagedIdentityCredential(connection_verify=verify) as credential,
         LogsIngestionClient(services.ingestion_endpoint, credential, connection_verify=verify) as client,
     ):
-        await client.upload(services.dcr_immutable_id, ALERTS, rows, **kwargs)
+        await client.upload(services.dcr_immutable_id, ALERTS, cast("list[MutableMapping[str, Any]]", rows), **kwargs)
 
 
 async def test_real_logs_ingestion_client_upload(msi_env: StandIns) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def freeze(services: StandIns) -> datetime:
     return now
 
 
-async def list_all(mgmt: Mgmt, **params: str) -> tuple[list[dict], int]:
+async def list_all(mgmt: Mgmt, **params: str) -> tuple[list[dict[str, Any]], int]:
     """Follow NextPageUri/NextPageUrl until a page has none; returns items and page count."""
     status, headers, body = await mgmt.call("GET", "subscriptions/content", **params)
     assert status == 200, body
@@ -83,7 +84,7 @@ async def test_subscription_lifecycle(mgmt: Mgmt) -> None:
 
 
 @pytest.mark.parametrize(("knob", "expected"), [(200, (200, None)), (400, (400, "AF20024"))])
-async def test_start_when_already_enabled(mgmt: Mgmt, knob: int, expected: tuple) -> None:
+async def test_start_when_already_enabled(mgmt: Mgmt, knob: int, expected: tuple[int, str | None]) -> None:
     mgmt.services.management.already_enabled_status = knob
     await mgmt.start()
     status, _, body = await mgmt.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from standins import generate_workload
 from tests.standins.clients import Mgmt
@@ -83,7 +84,7 @@ async def test_published_workload_lists_and_downloads_completely(mgmt: Mgmt) -> 
     await mgmt.start()
     content_ids = wl.publish(mgmt.services.management)
 
-    listed: list[dict] = []
+    listed: list[dict[str, Any]] = []
     status, headers, body = await mgmt.call("GET", "subscriptions/content", contentType="Audit.General")
     listed += body
     while "NextPageUri" in headers:

@@ -9,6 +9,7 @@ import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.data.tables import UpdateMode
@@ -48,7 +49,7 @@ async def _arrived(hold: Hold) -> None:
     raise AssertionError("the held request never came")
 
 
-async def _entities(service: TableServiceClient, table: str) -> list[dict]:
+async def _entities(service: TableServiceClient, table: str) -> list[dict[str, Any]]:
     async with service.get_table_client(table) as client:
         return [dict(e) async for e in client.list_entities()]
 

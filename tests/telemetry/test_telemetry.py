@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
+from typing import TypedDict, cast
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -17,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from irm_connector import __version__, telemetry
 from irm_connector.redaction import RedactingFilter
 from standins import StandIns
+from standins.tls import TestCA
 from standins.workload import generate_workload
 from tests.harness import ConnectorHarness
 from tests.telemetry.conftest import AppInsightsStandIn
@@ -54,12 +56,23 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def _run_script(env: dict[str, str]) -> dict[str, object]:
+class _Report(TypedDict):
+    """What _SCRIPT prints."""
+
+    configured: bool
+    again: bool
+    tracer_provider: str
+    meter_provider: str
+    handlers: list[str]
+    traceparent: str
+
+
+def _run_script(env: dict[str, str]) -> _Report:
     done = subprocess.run(
         [sys.executable, "-c", _SCRIPT], env=env, cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return cast("_Report", json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def _base_env(secret: str) -> dict[str, str]:
@@ -78,7 +91,7 @@ def test_without_a_connection_string_nothing_is_configured() -> None:
 
 
 def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insights(
-    appinsights: AppInsightsStandIn, test_ca
+    appinsights: AppInsightsStandIn, test_ca: TestCA
 ) -> None:
     secret = "s3cr3t-" + os.urandom(8).hex()
     env = _base_env(secret)
@@ -193,7 +206,9 @@ async def test_one_trace_follows_a_blob_from_poller_to_processor(
     processed = [s for s in finished if s.name == "irm.process_blob"]
     assert len(queued) == len(processed) == len(workload.blobs)
     for span in processed:
+        assert span.parent is not None and span.attributes is not None
         parent = queued[span.parent.span_id]
+        assert parent.attributes is not None
         assert span.context.trace_id == parent.context.trace_id
         assert span.attributes["content_id"] == parent.attributes["content_id"]
         assert span.attributes["outcome"] == "ingested"

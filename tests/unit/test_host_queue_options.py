@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ def test_the_defaults_are_the_values_in_host_json() -> None:
     # Each option stands for a setting host.json sets: where it sets none, the host's own default applies.
     assert {setting.field for setting in HOST_SETTINGS.values()} == {f.name for f in fields(HostQueueOptions)}
     assert set(HOST_SETTINGS) <= set(queues)
-    in_host_json = {setting.field: setting.parse(str(queues[name])) for name, setting in HOST_SETTINGS.items()}
+    in_host_json: dict[str, Any] = {setting.field: setting.parse(str(queues[name])) for name, setting in HOST_SETTINGS.items()}
     assert HostQueueOptions() == HostQueueOptions(**in_host_json)
     assert HostQueueOptions.from_environment({}) == HostQueueOptions()
 

@@ -1,8 +1,11 @@
 """Normalization: the rows a SOC sees, from the records the API sends, whatever their shape."""
 
+from __future__ import annotations
+
 import json
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -11,7 +14,7 @@ from hypothesis import strategies as st
 
 from irm_connector.blob_parse import DEEP_REPAIR, MAX_DEPTH, parse_blob
 from irm_connector.errors import BadContentError
-from irm_connector.normalize import ContentRef, Routing, blob_ref, extract_upn, normalize_blob
+from irm_connector.normalize import BlobRows, ContentRef, Routing, blob_ref, extract_upn, normalize_blob
 from irm_connector.row_writer import FIELD_LIMIT, ROW_LIMIT
 from irm_connector.schema import stream_schema
 from standins.workload import generate_workload
@@ -23,8 +26,8 @@ ALERTS = Routing("Custom-IRMAlerts")
 BOTH = Routing("Custom-IRMAlerts", "Custom-O365Audit")
 
 
-def irm_alert(**over):
-    record = {
+def irm_alert(**over: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
         "Id": "0f9a1c7e-0000-4000-8000-000000000001",
         "RecordType": 40,
         "CreationTime": "2026-11-27T09:15:02",
@@ -49,11 +52,11 @@ def irm_alert(**over):
     return record
 
 
-def rows(blob, key="Custom-IRMAlerts"):
+def rows(blob: BlobRows, key: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
     return [orjson.loads(r.body) for r in blob.rows.get(key, [])]
 
 
-def test_irm_alert_becomes_one_alert_row_with_the_documented_columns():
+def test_irm_alert_becomes_one_alert_row_with_the_documented_columns() -> None:
     out = normalize_blob([irm_alert()], REF, ALERTS, sent_at=SENT)
     [row] = rows(out)
     assert row["TimeGenerated"] == "2026-11-27T09:15:02Z"
@@ -67,24 +70,24 @@ def test_irm_alert_becomes_one_alert_row_with_the_documented_columns():
     assert out.alerts == 1 and out.records == 1
 
 
-def test_every_declared_alert_column_is_filled_from_a_full_record():
+def test_every_declared_alert_column_is_filled_from_a_full_record() -> None:
     [row] = rows(normalize_blob([irm_alert()], REF, ALERTS, sent_at=SENT))
     assert set(row) == set(stream_schema("alerts").names)
 
 
-def whole_record(row: dict) -> dict:
+def whole_record(row: dict[str, Any]) -> dict[str, Any]:
     """What the KQL function O365Audit gives back from an audit row: the promoted columns under their record
     field names (empty ones left out, as pack_all(true) does), with Record's own fields winning."""
-    record = {}
+    record: dict[str, Any] = {}
     for column in stream_schema("audit").promoted():
         value = row.get(column.name)
         if value is None or value == "":
             continue
         record[column.source] = value.removesuffix("Z") if column.source == "CreationTime" else value
-    return record | row["Record"]
+    return record | cast("dict[str, Any]", row["Record"])
 
 
-def test_every_declared_audit_column_is_filled_from_a_full_record_and_each_byte_is_stored_once():
+def test_every_declared_audit_column_is_filled_from_a_full_record_and_each_byte_is_stored_once() -> None:
     record = irm_alert(ClientIP="10.1.2.3", ObjectId="obj", ResultStatus="Succeeded")
     [row] = rows(normalize_blob([record], REF, BOTH, sent_at=SENT), "Custom-O365Audit")
     assert set(row) == set(stream_schema("audit").names)
@@ -107,13 +110,13 @@ def test_every_declared_audit_column_is_filled_from_a_full_record_and_each_byte_
         {"CreationTime": "2026-11-28T06:00:00"},  # too far ahead, likewise
     ],
 )
-def test_an_audit_row_gives_back_the_whole_record_whatever_its_shape(changes):
+def test_an_audit_row_gives_back_the_whole_record_whatever_its_shape(changes: dict[str, Any]) -> None:
     record = irm_alert(**{"ClientIP": "10.1.2.3", "ObjectId": "obj", "ResultStatus": "Succeeded", **changes})
     [row] = rows(normalize_blob([record], REF, BOTH, sent_at=SENT), "Custom-O365Audit")
     assert whole_record(row) == record
 
 
-def test_audit_rows_of_the_benchmark_workload_are_at_most_115_percent_of_the_records():
+def test_audit_rows_of_the_benchmark_workload_are_at_most_115_percent_of_the_records() -> None:
     workload = generate_workload(seed=2026, total_records=20_000, blob_size=(200, 5000), tenant_id="t")
     row_bytes = record_bytes = 0
     for blob in workload.blobs:
@@ -137,17 +140,17 @@ def test_audit_rows_of_the_benchmark_workload_are_at_most_115_percent_of_the_rec
         ("", ""),
     ],
 )
-def test_upn_is_read_from_the_spellings_seen_in_the_wild(data, upn):
+def test_upn_is_read_from_the_spellings_seen_in_the_wild(data: str | None, upn: str) -> None:
     [row] = rows(normalize_blob([irm_alert(Data=data)], REF, ALERTS, sent_at=SENT))
     assert row["UserPrincipalName"] == upn
 
 
-def test_data_that_does_not_parse_is_kept_as_the_raw_string():
+def test_data_that_does_not_parse_is_kept_as_the_raw_string() -> None:
     [row] = rows(normalize_blob([irm_alert(Data="{broken")], REF, ALERTS, sent_at=SENT))
     assert row["Data"] == "{broken"
 
 
-def test_other_records_and_other_alert_categories_stay_out_of_the_alerts_stream():
+def test_other_records_and_other_alert_categories_stay_out_of_the_alerts_stream() -> None:
     records = [
         irm_alert(Id="1", Category="ThreatManagement"),
         {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00", "Operation": "UserLoggedIn"},
@@ -160,24 +163,24 @@ def test_other_records_and_other_alert_categories_stay_out_of_the_alerts_stream(
     assert [r["RecordId"] for r in rows(out)] == ["1", "3"]
 
 
-def test_audit_stream_gets_every_record_when_on():
+def test_audit_stream_gets_every_record_when_on() -> None:
     records = [irm_alert(Id="1"), {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00"}]
     out = normalize_blob(records, REF, BOTH, sent_at=SENT)
     assert [r["RecordId"] for r in rows(out, "Custom-O365Audit")] == ["1", "2"]
     assert [r["RecordId"] for r in rows(out)] == ["1"]
 
 
-def test_same_id_twice_in_a_blob_is_one_row():
+def test_same_id_twice_in_a_blob_is_one_row() -> None:
     out = normalize_blob([irm_alert(), irm_alert()], REF, ALERTS, sent_at=SENT)
     assert len(rows(out)) == 1 and out.duplicates_in_blob == 1
 
 
-def test_alert_updates_share_alert_id_but_are_separate_rows():
+def test_alert_updates_share_alert_id_but_are_separate_rows() -> None:
     out = normalize_blob([irm_alert(Id="1"), irm_alert(Id="2", Status="Investigating")], REF, ALERTS, sent_at=SENT)
     assert [(r["AlertId"], r["Status"]) for r in rows(out)] == [("a-1", "Active"), ("a-1", "Investigating")]
 
 
-def test_record_without_id_gets_a_stable_synthetic_id():
+def test_record_without_id_gets_a_stable_synthetic_id() -> None:
     record = irm_alert()
     del record["Id"]
     a = rows(normalize_blob([record], REF, ALERTS, sent_at=SENT))[0]["RecordId"]
@@ -186,23 +189,23 @@ def test_record_without_id_gets_a_stable_synthetic_id():
 
 
 @pytest.mark.parametrize("creation", [None, "yesterday", "2026-13-45T99:00:00", 12345])
-def test_unreadable_creation_time_falls_back_to_content_created(creation):
+def test_unreadable_creation_time_falls_back_to_content_created(creation: str | int | None) -> None:
     out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS, sent_at=SENT)
     assert rows(out)[0]["TimeGenerated"].startswith("2026-11-27T10:00:00")
     assert sum(out.problems.values()) == 1
 
 
-def test_record_type_as_string_still_routes():
+def test_record_type_as_string_still_routes() -> None:
     [row] = rows(normalize_blob([irm_alert(RecordType="40")], REF, ALERTS, sent_at=SENT))
     assert row["RecordType"] == 40
 
 
-def test_non_object_records_are_counted_and_the_rest_kept():
+def test_non_object_records_are_counted_and_the_rest_kept() -> None:
     out = normalize_blob([1, "x", None, irm_alert()], REF, ALERTS, sent_at=SENT)
     assert len(rows(out)) == 1 and out.problems["record is not a JSON object"] == 3
 
 
-def test_huge_values_are_cut_below_the_limits():
+def test_huge_values_are_cut_below_the_limits() -> None:
     out = normalize_blob([irm_alert(Name="n" * 200_000, Data=json.dumps({"blob": "d" * 300_000}))], REF, BOTH, sent_at=SENT)
     for stream in ("Custom-IRMAlerts", "Custom-O365Audit"):
         [r] = out.rows[stream]
@@ -214,7 +217,7 @@ def test_huge_values_are_cut_below_the_limits():
     assert any("64 KB" in p for p in out.problems)
 
 
-def test_parse_blob_refuses_what_is_not_an_array():
+def test_parse_blob_refuses_what_is_not_an_array() -> None:
     for whole in (b'{"a": 1}', b"<html>", b'[{"a": 1]', b'[{"a": 1}, <br>{"b": 2}]', b"[1, 2] and more"):
         with pytest.raises(BadContentError, match=r"not an array|not JSON") as refused:
             parse_blob(whole)
@@ -224,13 +227,13 @@ def test_parse_blob_refuses_what_is_not_an_array():
     assert refused.value.cut
 
 
-def test_unpaired_surrogates_are_read_and_written_safely():
+def test_unpaired_surrogates_are_read_and_written_safely() -> None:
     body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name"}]'
     out = normalize_blob(parse_blob(body), REF, ALERTS, sent_at=SENT)
     assert orjson.loads(out.rows["Custom-IRMAlerts"][0].body)["Name"].startswith("bad ")
 
 
-def test_extract_upn_ignores_non_strings():
+def test_extract_upn_ignores_non_strings() -> None:
     assert extract_upn({"upn": 5, "f3u": "z@x.com"}) == "z@x.com"
 
 
@@ -256,7 +259,7 @@ json_values = st.recursive(
         max_size=8,
     )
 )
-def test_normalization_never_raises_and_rows_fit_the_declared_columns(records):
+def test_normalization_never_raises_and_rows_fit_the_declared_columns(records: list[object]) -> None:
     out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", "Custom-O365Audit", frozenset({"*"})), sent_at=SENT)
     for stream, key in (("Custom-IRMAlerts", "alerts"), ("Custom-O365Audit", "audit")):
         schema = {c.name: c.type for c in stream_schema(key).columns}
@@ -277,7 +280,7 @@ def test_normalization_never_raises_and_rows_fit_the_declared_columns(records):
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(json_values, max_size=4))
-def test_every_body_cut_short_is_told_from_a_wrong_one(records):
+def test_every_body_cut_short_is_told_from_a_wrong_one(records: list[object]) -> None:
     # One lone surrogate (orjson refuses it; the standard library reads it) and text of 1 to 3 UTF-8 bytes.
     last = b'{"Name": "h\xc3\xa9 \\ud800 \xe2\x98\x83", "v": [1, 2.5, null, true]}]'
     raw = json.dumps(records, ensure_ascii=False).encode()[:-1] + (b", " if records else b"") + last
@@ -287,7 +290,7 @@ def test_every_body_cut_short_is_told_from_a_wrong_one(records):
         assert refused.value.cut, raw[:end]
 
 
-def test_a_record_too_deep_to_parse_keeps_its_deep_part_as_text():
+def test_a_record_too_deep_to_parse_keeps_its_deep_part_as_text() -> None:
     deep = b"[" * 5000 + b'"x"' + b"]" * 5000
     body = b'[{"Id": "a"}, {"Id": "b", "Deep": ' + deep + b', "Name": "\\ud800"}, {"Id": "c"}]'
     problems: Counter[str] = Counter()

@@ -1,5 +1,7 @@
 """Settings: defaults, every documented form, and errors that name the setting."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 
@@ -21,7 +23,7 @@ BASE = {
 }
 
 
-def test_defaults():
+def test_defaults() -> None:
     s = Settings.from_env(BASE)
     assert s.api_root == "https://manage.office.com"
     assert s.authority_host == "https://login.microsoftonline.com"
@@ -42,7 +44,7 @@ def test_defaults():
         ("dod", "https://manage.protection.apps.mil", "https://login.microsoftonline.us"),
     ],
 )
-def test_clouds(cloud, api, login):
+def test_clouds(cloud: str, api: str, login: str) -> None:
     s = Settings.from_env({**BASE, "O365_CLOUD": cloud})
     assert (s.api_root, s.authority_host) == (api, login)
 
@@ -56,18 +58,18 @@ def test_clouds(cloud, api, login):
         ("AzureChinaCloud", "https://monitor.azure.cn", "login.chinacloudapi.cn"),  # as `az cloud show` names it
     ],
 )
-def test_azure_cloud_is_apart_from_the_microsoft_365_cloud(name, audience, login):
+def test_azure_cloud_is_apart_from_the_microsoft_365_cloud(name: str | None, audience: str, login: str) -> None:
     s = Settings.from_env({**BASE, "O365_CLOUD": "GCC", **({"AZURE_CLOUD": name} if name else {})})
     assert (s.azure_cloud.monitor_audience, s.azure_cloud.authority_host) == (audience, login)
     assert s.api_root == "https://manage-gcc.office.com"
 
 
-def test_blob_bytes_in_flight():
+def test_blob_bytes_in_flight() -> None:
     assert Settings.from_env(BASE).max_blob_bytes_in_flight == 128 * 2**20
     assert Settings.from_env({**BASE, "MAX_BLOB_MB_IN_FLIGHT": "256"}).max_blob_bytes_in_flight == 256 * 2**20
 
 
-def test_secret_is_not_in_repr():
+def test_secret_is_not_in_repr() -> None:
     assert "s3cr3t-value" not in repr(Settings.from_env(BASE))
 
 
@@ -95,21 +97,21 @@ def test_secret_is_not_in_repr():
         ({"MAX_BLOB_MB_IN_FLIGHT": "1.5"}, "MAX_BLOB_MB_IN_FLIGHT"),
     ],
 )
-def test_bad_settings_name_the_setting(change, setting):
+def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**BASE, **change})
     assert info.value.setting == setting
     assert str(info.value).startswith(f"setting {setting}:")
 
 
-def test_managed_identity_needs_no_client_id():
+def test_managed_identity_needs_no_client_id() -> None:
     s = Settings.from_env(
         {**BASE, "O365_AUTH_MODE": "managed_identity", "O365_CLIENT_ID": "", "O365_CLIENT_SECRET": ""}
     )
     assert s.auth_mode == "managed_identity"
 
 
-def test_identity_based_storage():
+def test_identity_based_storage() -> None:
     env = {
         **BASE,
         "AzureWebJobsStorage": "",
@@ -126,7 +128,7 @@ def test_identity_based_storage():
 @pytest.mark.parametrize(
     ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("7d", 604800), ("45s", 45)]
 )
-def test_durations(text, seconds):
+def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text, setting="X").total_seconds() == seconds
 
 
@@ -144,7 +146,7 @@ SETTINGS_WITH_A_FORM = [
 
 
 @pytest.mark.parametrize("setting", SETTINGS_WITH_A_FORM)
-def test_a_settings_error_never_shows_the_value(setting):
+def test_a_settings_error_never_shows_the_value(setting: str) -> None:
     env = {**BASE, **(IDENTITY_STORAGE if setting.startswith("AzureWebJobsStorage__") else {})}
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**env, setting: PASTED_SECRET})
@@ -155,7 +157,7 @@ def test_a_settings_error_never_shows_the_value(setting):
 
 
 @pytest.mark.parametrize("setting", ["O365_API_ROOT", "LOGS_INGESTION_ENDPOINT", "AzureWebJobsStorage__queueServiceUri"])
-def test_a_url_that_does_not_parse_is_a_settings_error(setting):
+def test_a_url_that_does_not_parse_is_a_settings_error(setting: str) -> None:
     env = {**BASE, **(IDENTITY_STORAGE if setting.startswith("AzureWebJobsStorage__") else {})}
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**env, setting: "https://["})
@@ -163,13 +165,13 @@ def test_a_url_that_does_not_parse_is_a_settings_error(setting):
 
 
 @pytest.mark.parametrize("setting", ["O365_TENANT_ID", "O365_CLIENT_ID"])
-def test_a_guid_setting_says_it_is_not_a_guid(setting):
+def test_a_guid_setting_says_it_is_not_a_guid(setting: str) -> None:
     with pytest.raises(SettingsError, match=rf"^setting {setting}: is not a GUID") as info:
         Settings.from_env({**BASE, setting: PASTED_SECRET})
     assert PASTED_SECRET not in str(info.value)
 
 
-def test_every_bad_setting_is_reported_at_once():
+def test_every_bad_setting_is_reported_at_once() -> None:
     env = {**BASE, "O365_TENANT_ID": "contoso", "O365_CLOUD": "Mars", "HTTP_TIMEOUT": "0s", "LOGS_DCR_IMMUTABLE_ID": ""}
     with pytest.raises(SettingsError) as info:
         Settings.from_env(env)
@@ -181,7 +183,7 @@ def test_every_bad_setting_is_reported_at_once():
     assert "O365_PUBLISHER_ID" not in str(info.value)
 
 
-def test_the_sample_settings_are_refused_until_filled_in():
+def test_the_sample_settings_are_refused_until_filled_in() -> None:
     """local.settings.sample.json as shipped: placeholders and all-zero ids, each named once."""
     values = json.loads((REPO / "local.settings.sample.json").read_text())["Values"]
     with pytest.raises(SettingsError) as info:
@@ -199,19 +201,19 @@ def test_the_sample_settings_are_refused_until_filled_in():
 
 
 @pytest.mark.parametrize("setting", ["O365_TENANT_ID", "O365_CLIENT_ID", "O365_PUBLISHER_ID"])
-def test_the_nil_guid_is_refused(setting):
+def test_the_nil_guid_is_refused(setting: str) -> None:
     with pytest.raises(SettingsError, match=rf"^setting {setting}: is the all-zero GUID"):
         Settings.from_env({**BASE, setting: "00000000-0000-0000-0000-000000000000"})
 
 
 @pytest.mark.parametrize("setting", ["INITIAL_LOOKBACK", "LISTING_OVERLAP", "POLL_TIME_BUDGET", "HTTP_TIMEOUT"])
-def test_a_duration_without_a_unit_is_refused_with_the_accepted_forms(setting):
+def test_a_duration_without_a_unit_is_refused_with_the_accepted_forms(setting: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**BASE, setting: "24"})
     assert info.value.setting == setting
     assert info.value.problem == "has no unit; write a number and a unit: 45s, 90m, 24h, 7d, or combined like 1h30m"
 
 
-def test_a_placeholder_is_not_looked_for_in_secrets():
+def test_a_placeholder_is_not_looked_for_in_secrets() -> None:
     s = Settings.from_env({**BASE, "O365_CLIENT_SECRET": "a<b>c-secret"})
     assert s.client_secret == "a<b>c-secret"

@@ -1,32 +1,34 @@
 """Window planning: contiguous, at most 24 hours, never past the API's 7 days, overlap behind the watermark."""
 
+from __future__ import annotations
+
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from irm_connector.windows import MAX_WINDOW, RETENTION, RETENTION_MARGIN, plan_windows
+from irm_connector.windows import MAX_WINDOW, RETENTION, RETENTION_MARGIN, WindowPlan, plan_windows
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
 
 
-def plan(watermark, now=NOW, overlap=HOUR, lookback=timedelta(hours=24)):
+def plan(watermark: datetime | None, now: datetime = NOW, overlap: timedelta = HOUR, lookback: timedelta = timedelta(hours=24)) -> WindowPlan:
     return plan_windows(watermark=watermark, now=now, overlap=overlap, initial_lookback=lookback)
 
 
-def test_first_run_starts_initial_lookback_back_in_one_window():
+def test_first_run_starts_initial_lookback_back_in_one_window() -> None:
     p = plan(None)
     assert [(w.start, w.end) for w in p.windows] == [(NOW - timedelta(hours=24), NOW)]
     assert p.unreachable is None
 
 
-def test_regular_run_relists_the_overlap_behind_the_watermark():
+def test_regular_run_relists_the_overlap_behind_the_watermark() -> None:
     p = plan(NOW - timedelta(minutes=5))
     assert [(w.start, w.end) for w in p.windows] == [(NOW - timedelta(minutes=65), NOW)]
 
 
-def test_catch_up_splits_into_24_hour_windows_inside_the_7_days():
+def test_catch_up_splits_into_24_hour_windows_inside_the_7_days() -> None:
     p = plan(NOW - timedelta(days=3))
     assert len(p.windows) == 4
     assert p.windows[0].start == NOW - timedelta(days=3) - HOUR
@@ -34,7 +36,7 @@ def test_catch_up_splits_into_24_hour_windows_inside_the_7_days():
     assert p.windows[-1].end == NOW
 
 
-def test_watermark_older_than_7_days_reports_the_unreachable_stretch():
+def test_watermark_older_than_7_days_reports_the_unreachable_stretch() -> None:
     watermark = NOW - timedelta(days=9)
     p = plan(watermark)
     earliest = NOW - RETENTION + RETENTION_MARGIN
@@ -44,7 +46,7 @@ def test_watermark_older_than_7_days_reports_the_unreachable_stretch():
     assert p.windows[0].start == earliest
 
 
-def test_api_time_format_has_whole_seconds_and_no_zone():
+def test_api_time_format_has_whole_seconds_and_no_zone() -> None:
     w = plan(None, now=datetime(2026, 11, 27, 12, 0, 0, 999999, tzinfo=UTC)).windows[0]
     assert w.params() == {"startTime": "2026-11-26T12:00:00", "endTime": "2026-11-27T12:00:00"}
 
@@ -58,7 +60,7 @@ moments = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2035, 
     overlap=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=24)),
     lookback=st.timedeltas(min_value=timedelta(seconds=1), max_value=timedelta(days=7)),
 )
-def test_windows_never_leave_a_gap_or_break_the_api_rules(now, behind, overlap, lookback):
+def test_windows_never_leave_a_gap_or_break_the_api_rules(now: datetime, behind: timedelta | None, overlap: timedelta, lookback: timedelta) -> None:
     watermark = None if behind is None else now - behind
     p = plan(watermark, now=now, overlap=overlap, lookback=lookback)
     earliest = now - RETENTION + RETENTION_MARGIN
