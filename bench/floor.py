@@ -27,7 +27,13 @@ from bench.connector_proc import RequestCounter, requests_by_service
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point: ``cfg`` has env (the connector's settings), blob_file, concurrency."""
     use_connector_settings(cfg["env"])
-    import irm_connector.runtime  # noqa: F401  (imports before the clock starts, as for the connector)
+    # What it uses is imported before the clock starts, as the connector's function app is.
+    import irm_connector.blob_parse
+    import irm_connector.content_queue
+    import irm_connector.normalize
+    import irm_connector.runtime
+    import irm_connector.state.shards
+    import irm_connector.state.slots  # noqa: F401
 
     heads = _heads(cfg["blob_file"])
     counter = RequestCounter()

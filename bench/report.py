@@ -125,7 +125,11 @@ def monthly_cost(stored: dict[str, Any], daily_records: int) -> dict[str, float]
 
 
 def cpu_efficiency(conn: dict[str, Any], bare: dict[str, Any]) -> float:
-    """The bare work's CPU per record over the connector's: 1.0 would be no overhead at all."""
+    """The bare work's CPU per record over the connector's (or the I/O floor's): 1.0 would be no overhead at
+    all. Of a run measured in rounds, the median of its rounds' ratios (each against the bare work of its own
+    round); else against the bare work's median run."""
+    if "efficiency" in conn:
+        return float(conn["efficiency"])
     return float(bare["cpu_seconds"] / bare["records"] / (conn["cpu_seconds"] / conn["records"]))
 
 
@@ -255,7 +259,7 @@ def markdown(results: dict[str, Any]) -> str:
         "| × baseline | CPU efficiency (× bare work) |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for run in runs:
+    for run in sorted(runs, key=_table_order):
         if run["scale"] != 1.0:
             continue
         f = run["figures"]
@@ -355,8 +359,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table_order(run: dict[str, Any]) -> tuple[int, int]:
+    """The runs table's order: the bare work and the floors first, then each network profile's runs."""
+    profile = {"-": 0, "none": 1}.get(run["profile"], 2)
+    return profile, {"bare": 0, "floor": 1, "connector": 2, "baseline": 3}[run["kind"]]
+
+
 def _spread_lines(runs: list[dict[str, Any]]) -> list[str]:
-    """Which figures are medians of several runs, and the spread of their CPU seconds."""
+    """How the CPU figures were measured: the rounds and their ratios, and the spread of each figure's runs."""
     names = {"bare": "the bare work", "floor": "the I/O floor", "connector": "the connector (no latency)"}
     parts = []
     for kind, name in names.items():
@@ -366,10 +376,22 @@ def _spread_lines(runs: list[dict[str, Any]]) -> list[str]:
                 f"{r['config']} {min(r['cpu_seconds_runs']):.2f}–{max(r['cpu_seconds_runs']):.2f}" for r in repeated
             )
             parts.append(f"{name} of {len(repeated[0]['cpu_seconds_runs'])} runs ({spreads} CPU s)")
-    if not parts:
-        return []
-    return ["", "CPU figures are those of the run of median CPU time: " + "; ".join(parts)
-            + ". On this shared machine a run's CPU seconds move by up to a third from one run to the next."]
+    rounds = []
+    for kind in ("floor", "connector"):
+        for r in runs:
+            if r["kind"] == kind and r.get("efficiency_rounds"):
+                each = ", ".join(f"{e:.2f}" for e in r["efficiency_rounds"])
+                rounds.append(f"{names[kind]}, {CONFIG_NAMES[r['config']]}: {each}")
+    out = []
+    if rounds:
+        out += ["", "CPU efficiency is measured in rounds: each runs the bare work, the I/O floor, the connector (no "
+                "latency) and the bare work again, and takes its ratios against the mean of its own two bare runs, so "
+                "that a slow spell of the shared machine weighs on both sides of a ratio; the median round counts. "
+                "The rounds' CPU efficiencies: " + "; ".join(rounds) + "."]
+    if parts:
+        out += ["", "CPU seconds per record are those of the run of median CPU time: " + "; ".join(parts)
+                + ". On this shared machine a run's CPU seconds move by up to a third from one run to the next."]
+    return out
 
 
 def _floor_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -383,10 +405,11 @@ def _floor_lines(runs: list[dict[str, Any]]) -> list[str]:
         if not (low and conn and bare):
             continue
         per_blob = low["figures"]["requests_per_blob"]
+        ratio = (conn["cpu_seconds"] / conn["records"]) / (low["cpu_seconds"] / low["records"])
         requests = ", ".join(f"{per_blob.get(s, 0):.1f} {s}" for s in ("table", "queue", "ingestion"))
         parts.append(
             f"{CONFIG_NAMES[config]}: {requests} requests per blob; the floor alone reaches a CPU efficiency of "
-            f"{cpu_efficiency(low, bare):.2f}, and the connector spends {conn['cpu_seconds'] / low['cpu_seconds']:.2f}"
+            f"{cpu_efficiency(low, bare):.2f}, and the connector spends {conn.get('floor_ratio', ratio):.2f}"
             f" times the floor's CPU per record"
         )
     if not parts:

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import multiprocessing
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -162,31 +163,16 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     f"({workload['duplicate_appearances']:,} duplicated across blobs), "
                     f"{workload['irm_alerts']:,} IRM alerts, {workload['bytes'] / 1e6:.1f} MB"
                 )
+                session.call("latency", PROFILES["none"])
                 for config in configs:
-                    _say(f"==> Bare work, {config}, {args.bare_runs} runs")
-                    cfg = {"blob_file": session.info["blob_file"], "audit_stream": CONFIGS[config]}
-                    result = _median_run([_child(bare.run, cfg) for _ in range(args.bare_runs)])
-                    result.update(kind="bare", config=config, profile="-", scale=1.0)
-                    runs.append(result)
-                    _say(f"    {_rate(result)}{_spread(result)}")
-                if not args.skip_floor:
-                    for config in configs:
-                        _say(f"==> I/O floor, {config}, {args.cpu_runs} runs")
-                        result = _median_run([_measure_floor(session, azurite, config) for _ in range(args.cpu_runs)])
-                        runs.append(result)
-                        _say(f"    {_rate(result)}{_spread(result)}")
+                    runs += _cpu_rounds(session, azurite, azurite_cpu, config, args, connector="none" in profiles)
                 for profile in profiles:
                     session.call("latency", PROFILES[profile])
-                    for config in configs:
-                        # Without latency the run's CPU is a target's numerator: the median of --cpu-runs counts.
-                        times = args.cpu_runs if profile == "none" else 1
-                        _say(f"==> Connector, {config}, network {profile}" + (f", {times} runs" if times > 1 else ""))
-                        result = _median_run([
-                            _measure_connector(session, azurite, azurite_cpu, config, profile, 1.0)
-                            for _ in range(times)
-                        ])
+                    for config in configs if profile != "none" else []:  # no latency: measured in the rounds
+                        _say(f"==> Connector, {config}, network {profile}")
+                        result = _measure_connector(session, azurite, azurite_cpu, config, profile, 1.0)
                         runs.append(result)
-                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB{_spread(result)}")
+                        _say(f"    {_rate(result)}, peak RSS {result['peak_rss_mb']:.0f} MB")
                     if not args.skip_baseline:
                         _say(f"==> Seed-style baseline, network {profile}")
                         session.call("reset")
@@ -268,6 +254,45 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def _cpu_rounds(
+    session: StandInSession, azurite: Any, azurite_cpu: AzuriteCpu, config: str, args: argparse.Namespace,
+    *, connector: bool,
+) -> list[dict[str, Any]]:
+    """The bare work, the I/O floor and the connector (no latency) of one configuration, in ``--cpu-runs``
+    rounds. A round runs the bare work before and after the other two, and its ratios are taken against the
+    mean of those two runs: a slow spell of the shared machine then weighs on both sides of a ratio instead of
+    on one figure only. Each figure is the run of median CPU time, with every round's ratio beside it."""
+    cfg = {"blob_file": session.info["blob_file"], "audit_stream": CONFIGS[config]}
+    bares: list[dict[str, Any]] = []
+    lows: list[dict[str, Any]] = []
+    conns: list[dict[str, Any]] = []
+    for number in range(1, args.cpu_runs + 1):
+        _say(f"==> CPU round {number} of {args.cpu_runs}, {config}: bare work, "
+             + ("I/O floor, " if not args.skip_floor else "") + ("connector, " if connector else "") + "bare work")
+        before = _child(bare.run, cfg)
+        low = None if args.skip_floor else _measure_floor(session, azurite, config)
+        conn = _measure_connector(session, azurite, azurite_cpu, config, "none", 1.0) if connector else None
+        after = _child(bare.run, cfg)
+        bares += [before, after]
+        per_record = (before["cpu_seconds"] + after["cpu_seconds"]) / (before["records"] + after["records"])
+        for run in (low, conn):
+            if run is not None:
+                run["round_efficiency"] = per_record / (run["cpu_seconds"] / run["records"])
+        if low is not None and conn is not None:
+            conn["round_floor_ratio"] = (conn["cpu_seconds"] / conn["records"]) / (low["cpu_seconds"] / low["records"])
+        lows += [low] if low is not None else []
+        conns += [conn] if conn is not None else []
+        _say("    bare work " + " / ".join(f"{r['cpu_seconds']:.2f}" for r in (before, after)) + " CPU s"
+             + "".join(f"; {name} {r['cpu_seconds']:.2f} CPU s, efficiency {r['round_efficiency']:.2f}"
+                       for name, r in (("I/O floor", low), ("connector", conn)) if r is not None))
+    out = [{**_median_run(bares), "kind": "bare", "config": config, "profile": "-", "scale": 1.0}]
+    out += [_median_run(lows)] if lows else []
+    out += [_median_run(conns)] if conns else []
+    for result in out[1:]:
+        _say(f"    {result['kind']}: {_rate(result)}, median efficiency {result['efficiency']:.2f}{_spread(result)}")
+    return out
+
+
 def _measure_burst(session: StandInSession, azurite: Any, args: argparse.Namespace, config: str) -> dict[str, Any]:
     """Many large blobs delivered to one worker at once (a catch-up burst): the bound on body bytes in flight
     (MAX_BLOB_MB_IN_FLIGHT, its default) against the process's peak RSS."""
@@ -301,11 +326,16 @@ def _spread(result: dict[str, Any]) -> str:
 
 
 def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of median CPU time, with every run's CPU seconds: a run of a few CPU seconds moves by up to a
-    third from one run to the next on a shared machine. Of a connector's runs, each must have sent every
-    record exactly once."""
+    """The run of median CPU time, with every run's CPU seconds (a run of a few CPU seconds moves by up to a
+    third from one run to the next on a shared machine) and, for runs measured in rounds, the median of the
+    rounds' ratios and each of them. Of a connector's runs, each must have sent every record exactly once."""
     ordered = sorted(results, key=lambda r: r["cpu_seconds"])
     median = {**ordered[len(ordered) // 2], "cpu_seconds_runs": [r["cpu_seconds"] for r in results]}
+    for key, name in (("round_efficiency", "efficiency"), ("round_floor_ratio", "floor_ratio")):
+        if all(key in r for r in results):
+            median[f"{name}_rounds"] = [r[key] for r in results]
+            median[name] = statistics.median(median[f"{name}_rounds"])
+        median.pop(key, None)
     if all("arrived" in r for r in results):  # a connector's runs: each must have sent every record once
         median["every_run_exactly_once"] = all(
             all(s.get("exactly_once", False) for s in r["arrived"]["streams"].values()) for r in results
@@ -324,9 +354,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--burst-mb", type=float, default=25.0, help="size of each blob of the burst run; 0 = skip")
     parser.add_argument("--burst-blobs", type=int, default=12, help="blobs delivered at once in the burst run")
     parser.add_argument("--sdk-blobs", type=int, default=20, help="blobs of audit rows for the SDK upload comparison")
-    parser.add_argument("--bare-runs", type=int, default=5, help="runs of the bare work; the median CPU counts")
     parser.add_argument("--cpu-runs", type=int, default=3,
-                        help="runs of the connector (no latency, 1x) and of the I/O floor; the median CPU counts")
+                        help="rounds of the CPU measurement: the bare work, the I/O floor, the connector (no latency, "
+                             "1x) and the bare work again; the median round's ratio counts")
     parser.add_argument("--skip-floor", action="store_true", help="no I/O floor runs")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--daily-records", type=int, default=1_000_000,

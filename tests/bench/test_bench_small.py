@@ -43,6 +43,11 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
             assert run["poisoned"] == 0
         if run["kind"] == "baseline":
             assert run["arrived"]["streams"]["Custom-SeedRaw"]["rows"] == records
+        if run["kind"] in ("floor", "connector"):  # measured in rounds, each against its own bare work
+            rounds = run["efficiency_rounds"]
+            assert len(rounds) == 3 and run["efficiency"] == sorted(rounds)[1] and all(e > 0 for e in rounds)
+        if run["kind"] == "connector":
+            assert run["every_run_exactly_once"] and len(run["floor_ratio_rounds"]) == 3
     assert len(results["big_blob"]) == 2
     for one in results["big_blob"]:
         assert one["arrived"]["streams"]["Custom-IRMAlerts"]["exactly_once"]
