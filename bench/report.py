@@ -494,7 +494,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     right.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
     right.set_xlabel("records in the tenant")
     right.set_ylabel("connector peak RSS (MB)")
-    right.set_ylim(bottom=0)
+    right.set_ylim(0, right.get_ylim()[1] * 1.5)  # room above the lines for the legend
     right.set_title("Memory")
     right.legend(fontsize=7)
     m = results["machine"]
