@@ -21,20 +21,20 @@ from typing import Any
 
 from bench._child import cpu, entry, peak_rss_mb, use_connector_settings
 from bench.connector_proc import RequestCounter, requests_by_service
+from irm_connector.blob_parse import iter_blob
+from irm_connector.content_queue import ContentMessage
+from irm_connector.models import ContentBlob, Row
+from irm_connector.normalize import ContentRef, Routing, normalize_blob
+from irm_connector.runtime import Runtime, close_runtimes, get_runtime
+from irm_connector.settings import Settings
+from irm_connector.state.shards import SENT, digest, shard_entity
+from irm_connector.state.slots import Slots
 
 
 @entry
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Child entry point: ``cfg`` has env (the connector's settings), blob_file, concurrency."""
-    use_connector_settings(cfg["env"])
-    # What it uses is imported before the clock starts, as the connector's function app is.
-    import irm_connector.blob_parse
-    import irm_connector.content_queue
-    import irm_connector.normalize
-    import irm_connector.runtime
-    import irm_connector.state.shards
-    import irm_connector.state.slots  # noqa: F401
-
+    use_connector_settings(cfg["env"])  # the modules it uses were imported with it, before the clock starts
     heads = _heads(cfg["blob_file"])
     counter = RequestCounter()
     counter.install()
@@ -59,9 +59,6 @@ def _heads(path: str) -> list[dict[str, Any]]:
 
 
 async def _all(heads: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
-    from irm_connector.runtime import close_runtimes, get_runtime
-    from irm_connector.settings import Settings
-
     rt = await get_runtime(Settings.from_env())
     gate = asyncio.Semaphore(concurrency)
     totals = {"records": 0, "rows": 0, "slots": 0}
@@ -80,14 +77,7 @@ async def _all(heads: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     return {**totals, "blobs": len(heads)}
 
 
-async def _blob(rt: Any, head: dict[str, Any]) -> tuple[int, int, int]:
-    from irm_connector.blob_parse import iter_blob
-    from irm_connector.content_queue import ContentMessage
-    from irm_connector.models import ContentBlob, Row
-    from irm_connector.normalize import ContentRef, Routing, normalize_blob
-    from irm_connector.state.shards import SENT, digest, shard_entity
-    from irm_connector.state.slots import Slots
-
+async def _blob(rt: Runtime, head: dict[str, Any]) -> tuple[int, int, int]:
     created = datetime.fromisoformat(head["content_created"])
     blob = ContentBlob(
         content_type=head["content_type"],
@@ -114,7 +104,7 @@ async def _blob(rt: Any, head: dict[str, Any]) -> tuple[int, int, int]:
         marks = []
         for slot, group in slots.group(name, rows, rules).items():
             part = slot.primary
-            since = {"pk": part.pk, "since": datetime.now(UTC) - timedelta(seconds=2)}
+            since: dict[str, str | datetime] = {"pk": part.pk, "since": datetime.now(UTC) - timedelta(seconds=2)}
             query = "PartitionKey eq @pk and Timestamp ge @since"
             await tables.query_plain(part.table, query, since, select=listing)
             key = f"{owner}.{count}"

@@ -405,11 +405,10 @@ def _floor_lines(runs: list[dict[str, Any]]) -> list[str]:
         if not (low and conn and bare):
             continue
         per_blob = low["figures"]["requests_per_blob"]
-        ratio = (conn["cpu_seconds"] / conn["records"]) / (low["cpu_seconds"] / low["records"])
         requests = ", ".join(f"{per_blob.get(s, 0):.1f} {s}" for s in ("table", "queue", "ingestion"))
         parts.append(
             f"{CONFIG_NAMES[config]}: {requests} requests per blob; the floor alone reaches a CPU efficiency of "
-            f"{cpu_efficiency(low, bare):.2f}, and the connector spends {conn.get('floor_ratio', ratio):.2f}"
+            f"{cpu_efficiency(low, bare):.2f}, and the connector spends {conn['floor_ratio']:.2f}"
             f" times the floor's CPU per record"
         )
     if not parts:
