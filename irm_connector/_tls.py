@@ -53,9 +53,11 @@ def azure_client_kwargs(
     session: aiohttp.ClientSession | None = None,
     *,
     connection_timeout: float | None = None,
+    transport: type[AioHttpTransport] = AioHttpTransport,
 ) -> dict[str, Any]:
     """Keyword arguments for azure-core based clients and credentials: transport (or CA bundle) and timeouts
-    (``connection_timeout`` overrides the one derived from ``HTTP_TIMEOUT``)."""
+    (``connection_timeout`` overrides the one derived from ``HTTP_TIMEOUT``). With a session, the transport
+    is of class ``transport``."""
     kwargs: dict[str, Any] = {}
     if settings is not None:
         seconds = settings.http_timeout.total_seconds()
@@ -64,7 +66,7 @@ def azure_client_kwargs(
     if connection_timeout is not None:
         kwargs["connection_timeout"] = connection_timeout
     if session is not None:
-        return {"transport": AioHttpTransport(session=session, session_owner=False, **kwargs)}
+        return {"transport": transport(session=session, session_owner=False, **kwargs)}
     cafile = ca_file()
     if cafile:
         kwargs["connection_verify"] = cafile

@@ -5,6 +5,12 @@ it half-way (rows sent but not marked, sent again). So each invocation takes a :
 start, the function timeout ahead, and stops waiting or retrying while there is still :attr:`Deadline.margin`
 left to release its claims and record why it failed: it then raises :class:`DeadlineError` and the host
 retries the message.
+
+The Management API and ingestion clients are handed the deadline. Storage calls are many and deep (claims,
+watermarks, leases, the queue), so the deadline reaches them through the context instead: inside
+:meth:`Deadline.applied` the storage clients' transport (:mod:`._bounded`) ends every try and every retry
+wait within it; inside :func:`cleaning_up` they may use the margin too, to commit what was sent and free
+what was not.
 """
 
 from __future__ import annotations
@@ -12,12 +18,26 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from .errors import DeadlineError
-from .state.claims import FUNCTION_TIMEOUT
 
-__all__ = ["TIMEOUT_SETTING", "Deadline", "function_timeout", "parse_timespan"]
+__all__ = [
+    "FUNCTION_TIMEOUT",
+    "TIMEOUT_SETTING",
+    "Deadline",
+    "cleaning_up",
+    "current_deadline",
+    "function_timeout",
+    "parse_timespan",
+]
+
+#: host.json ``functionTimeout``: no invocation runs longer (a test keeps the two equal).
+FUNCTION_TIMEOUT = timedelta(minutes=10)
 
 #: The app setting that overrides host.json's ``functionTimeout`` in Azure (the host reads it first).
 TIMEOUT_SETTING = "AzureFunctionsJobHost__functionTimeout"
@@ -25,6 +45,27 @@ TIMEOUT_SETTING = "AzureFunctionsJobHost__functionTimeout"
 #: MARGIN_MOST seconds: a minute of a 10-minute timeout, 3 s of a 30-second one.
 MARGIN_SHARE = 0.1
 MARGIN_MOST = 60.0
+#: What cleaning up leaves of the margin: the host stops the invocation at its timeout, not after.
+CLEANUP_SLACK_SHARE = 0.25
+
+_current: ContextVar[Deadline | None] = ContextVar("irm_connector_deadline", default=None)
+
+
+def current_deadline() -> Deadline | None:
+    """The deadline storage calls keep here (see :meth:`Deadline.applied`), if any."""
+    return _current.get()
+
+
+@contextmanager
+def cleaning_up() -> Iterator[None]:
+    """Storage calls inside may use the margin: committing rows that were sent (else they are sent again),
+    releasing claims, recording why the invocation failed. Outside any deadline, a no-op."""
+    deadline = _current.get()
+    if deadline is None or deadline.cleanup:
+        yield
+        return
+    with Deadline(deadline.end, deadline.margin * CLEANUP_SLACK_SHARE, cleanup=True).applied():
+        yield
 
 
 def parse_timespan(text: str) -> float:
@@ -53,11 +94,22 @@ class Deadline:
 
     end: float
     margin: float = field(default=0.0)
+    #: the margin is already what cleaning up may not use (:func:`cleaning_up`)
+    cleanup: bool = False
 
     @classmethod
     def for_invocation(cls, timeout: float | None = None) -> Deadline:
         seconds = function_timeout() if timeout is None else timeout
         return cls(time.monotonic() + seconds, min(seconds * MARGIN_SHARE, MARGIN_MOST))
+
+    @contextmanager
+    def applied(self) -> Iterator[Deadline]:
+        """Inside, every storage call of this task (and of the tasks it starts) ends within this deadline."""
+        token = _current.set(self)
+        try:
+            yield self
+        finally:
+            _current.reset(token)
 
     def usable(self) -> float:
         """Seconds left for work, the margin kept back (0 when there is none)."""

@@ -22,6 +22,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     │   └── IngestionRefusedError     401/403/404: the DCR refuses the stream (role, DCR or stream missing)
     ├── DeadlineError                 a wait or retry that the invocation's time left cannot hold
     ├── StateError                    Table Storage or the queue failed
+    │   ├── StorageDeadlineError      a storage call cut short at the invocation's deadline (a DeadlineError too)
     │   ├── LeaseLostError            another poller took the content type's lease
     │   └── BlobBusyError             another delivery still holds claims on this blob's records
     ├── PollError                     a poller run or backfill in which a content type failed
@@ -59,6 +60,7 @@ __all__ = [
     "RefusedListingError",
     "SettingsError",
     "StateError",
+    "StorageDeadlineError",
     "SubscriptionMissingError",
     "TransientApiError",
     "UntrustedUrlError",
@@ -257,6 +259,11 @@ class DeadlineError(ConnectorError):
 
 class StateError(ConnectorError):
     """Table Storage or the storage queue failed; the invocation fails and the host retries it."""
+
+
+class StorageDeadlineError(StateError, DeadlineError):
+    """A Table Storage or queue call (a try, or a retry wait) did not fit the invocation's time left: cut short,
+    it fails as any storage failure does, before the function timeout."""
 
 
 class LeaseLostError(StateError):

@@ -15,7 +15,7 @@ import azure.functions as func
 
 from . import telemetry
 from .content_queue import Delivery
-from .deadline import Deadline
+from .deadline import Deadline, cleaning_up
 from .errors import PollError, SettingsError, StateError
 from .metrics import metrics, record_poll, record_process
 from .models import PollReport, ProcessResult
@@ -84,6 +84,11 @@ async def poll(timer: func.TimerRequest) -> PollReport:
 async def process(message: func.QueueMessage) -> ProcessResult:
     """Queue trigger: one content blob."""
     deadline = Deadline.for_invocation()  # the host's clock for the timeout starts about now
+    with deadline.applied():  # recording the failure too ends before the timeout
+        return await _process(message, deadline)
+
+
+async def _process(message: func.QueueMessage, deadline: Deadline) -> ProcessResult:
     settings = _settings()
     dequeue_count = message.dequeue_count or 1
     rt = await get_runtime(settings)
@@ -120,13 +125,15 @@ async def process(message: func.QueueMessage) -> ProcessResult:
 async def _record_failure(rt: Runtime, delivery: Delivery, reason: str, attempts: int) -> None:
     """Remember why the message failed, for ``irm-connector poison list``; never fails the invocation."""
     try:
-        await rt.state.failures.upsert_failure(delivery, redact(reason), attempts=attempts)
+        with cleaning_up():
+            await rt.state.failures.upsert_failure(delivery, redact(reason), attempts=attempts)
     except StateError as error:
         log.warning("Could not record the failure reason: %s", error)
 
 
 async def _forget_failure(rt: Runtime, delivery: Delivery) -> None:
     try:
-        await rt.state.failures.delete_failure(message_key(delivery))
+        with cleaning_up():
+            await rt.state.failures.delete_failure(message_key(delivery))
     except StateError as error:
         log.debug("Could not forget the failure reason: %s", error)

@@ -25,6 +25,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from .deadline import cleaning_up
 from .errors import LeaseLostError, StateError
 from .state import PollerState, Watermarks
 
@@ -130,7 +131,8 @@ class PollerLease:
             log.info("Not releasing the lease of %s: it was lost", self._state.content_type, extra=self._dims)
             return
         try:
-            await self.write(lease_owner="", lease_until=None, lease_seconds=0, **changes)
+            with cleaning_up():  # the run's last write: it may use the time kept back for the way out
+                await self.write(lease_owner="", lease_until=None, lease_seconds=0, **changes)
         except StateError as exc:
             log.warning("Could not release the lease of %s (it runs out by itself): %s",
                         self._state.content_type, exc, extra=self._dims)  # fmt: skip

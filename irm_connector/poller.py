@@ -55,20 +55,21 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
     settings = rt.settings
     started = time.monotonic()
     deadline = started + (budget or settings.poll_time_budget).total_seconds()
-    # The budget ends listing between windows; the invocation's timeout bounds every retry inside one.
+    # The budget ends listing between windows; the invocation's timeout bounds every retry and storage call.
     limit = Deadline.for_invocation()
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     report = PollReport([ContentTypeReport(content_type) for content_type in settings.content_types])
-    try:
-        dropped = await rt.state.drop_expired_tables(now or datetime.now(UTC))
-        if dropped:
-            log.info("Dropped %d expired dedupe tables", len(dropped))
-    except StateError as exc:
-        log.warning("Could not drop expired dedupe tables (tried again next run): %s", exc)
+    with limit.applied():
+        try:
+            dropped = await rt.state.drop_expired_tables(now or datetime.now(UTC))
+            if dropped:
+                log.info("Dropped %d expired dedupe tables", len(dropped))
+        except StateError as exc:
+            log.warning("Could not drop expired dedupe tables (tried again next run): %s", exc)
 
-    # Every content type is polled in every run, side by side, each with the whole budget: one catching up
-    # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.
-    await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit) for r in report.content_types))
+        # Every content type is polled in every run, side by side, each with the whole budget: one catching up
+        # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.
+        await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit) for r in report.content_types))
     if report.errors:
         raise PollError("poller run failed for " + "; ".join(report.errors), report)
     return report

@@ -22,7 +22,7 @@ from . import refusals
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
 from .content_queue import ContentMessage, Delivery
-from .deadline import Deadline
+from .deadline import Deadline, cleaning_up
 from .errors import (
     BadContentError,
     BadMessageError,
@@ -49,6 +49,13 @@ async def process_message(
     """Process one content message; raises to make the host retry. Nothing in it waits past ``deadline``
     (by default the function timeout from now), less the margin to clean up."""
     deadline = deadline or Deadline.for_invocation()
+    with deadline.applied():
+        return await _process(rt, delivery, dequeue_count, message_id, deadline)
+
+
+async def _process(
+    rt: Runtime, delivery: Delivery, dequeue_count: int, message_id: str, deadline: Deadline
+) -> ProcessResult:
     settings = rt.settings
     text = delivery.text
     try:
@@ -278,17 +285,20 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
         await rt.ingestor.upload(stream, claim.mine, on_sent=accepted, deadline=deadline)
     except Exception as exc:
         # Keep what did arrive from being sent again, and free the rest for the host's retry.
-        if sent:
-            await rt.state.claims.mark_sent(claim, sent)
-        await rt.state.claims.release(claim)
-        if isinstance(exc, IngestionRefusedError):
-            await refusals.refused(rt, exc)
+        with cleaning_up():
+            if sent:
+                await rt.state.claims.mark_sent(claim, sent)
+            await rt.state.claims.release(claim)
+            if isinstance(exc, IngestionRefusedError):
+                await refusals.refused(rt, exc)
         refusals.end_probe(rt, stream)
         raise
-    await refusals.accepted(rt, stream)
-    refusals.end_probe(rt, stream)
-    metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
-    await rt.state.claims.mark_sent(claim)
+    # The rows arrived: their sent mark may use the margin, or a deadline just passed would send them again.
+    with cleaning_up():
+        await refusals.accepted(rt, stream)
+        refusals.end_probe(rt, stream)
+        metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
+        await rt.state.claims.mark_sent(claim)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 

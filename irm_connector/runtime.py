@@ -19,6 +19,7 @@ from azure.monitor.ingestion.aio import LogsIngestionClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from ._bounded import BoundedTransport
 from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .body_budget import BodyBudget
@@ -77,14 +78,15 @@ def storage_clients(
     def tables_kwargs() -> dict[str, Any]:
         # The SDKs' default backoff is slow (queues: from 15 s); a short outage should cost seconds. Connection
         # failures get as many tries as the rest: a commit lost to a storage restart means rows sent again.
+        # Inside an invocation, the transport ends every try and wait within its deadline.
         return {
-            **azure_client_kwargs(settings, session),
+            **azure_client_kwargs(settings, session, transport=BoundedTransport),
             "retry_total": 6, "retry_connect": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
         }  # fmt: skip
 
     def queue_kwargs() -> dict[str, Any]:
         return {
-            **azure_client_kwargs(settings, session),
+            **azure_client_kwargs(settings, session, transport=BoundedTransport),
             "message_encode_policy": TextBase64EncodePolicy(),
             "message_decode_policy": LenientBase64DecodePolicy(),
             # Read by the client's own ExponentialRetry: waits 1 s, 3 s, 5 s, 9 s, 17 s.

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from irm_connector.deadline import FUNCTION_TIMEOUT, cleaning_up
 from irm_connector.errors import StateError
 from irm_connector.models import Row
 
@@ -49,8 +50,6 @@ __all__ = ["CLAIM_MARGIN", "CLAIM_TTL", "FUNCTION_TIMEOUT", "Claim", "Claims"]
 
 log = logging.getLogger(__name__)
 
-#: host.json ``functionTimeout``: no invocation runs longer (a test keeps the two equal).
-FUNCTION_TIMEOUT = timedelta(minutes=10)
 #: Slack for the storage servers' clocks and for the host stopping an invocation late.
 CLAIM_MARGIN = timedelta(minutes=2)
 #: A pending claim lives this long after its last write: a processor still running never loses it, a dead
@@ -141,7 +140,8 @@ class Claims:
                 await self._claim_slot(claim, slot, group, first=first)
         except BaseException:
             # The slots claimed before the failure would hold their records until CLAIM_TTL: free them.
-            await self.release(claim)
+            with cleaning_up():
+                await self.release(claim)
             raise
 
     async def _claim_slot(self, claim: Claim, slot: Slot, rows: list[Row], *, first: bool) -> None:

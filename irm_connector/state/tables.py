@@ -41,6 +41,7 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from irm_connector._bounded import within
 from irm_connector.errors import StateError
 from irm_connector.models import parse_api_time, utc_text
 
@@ -170,7 +171,7 @@ class Tables:
                 if _being_deleted(exc) and waited < BEING_DELETED_WAIT:
                     if not waited:
                         log.warning("Table %s is being deleted; waiting to create it again", name)
-                    await asyncio.sleep(delay)
+                    await within(f"waiting to create table {name}", asyncio.sleep(delay))
                     waited, delay = waited + delay, min(delay * 2, 8.0)
                     continue
                 if isinstance(exc, ResourceExistsError) and not _being_deleted(exc):
@@ -415,7 +416,8 @@ async def _send(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:
         # Streamed, so the body is parsed once (by orjson), not by the pipeline's JSON policy as well.
         response = await table._client.send_request(request, stream=True)
         try:
-            await response.read()
+            # The transport bounds the request, not the body streamed after it.
+            await within(f"reading table {table.table_name}", response.read())
         except (IncompleteReadError, ServiceResponseError, ServiceRequestError):
             # The pipeline's retries end with the headers: a body cut short is tried again here.
             if attempt == _BODY_ATTEMPTS:

@@ -3,11 +3,13 @@
 A processor child runs one invocation with ``functionTimeout`` set to 30 s through the app setting the host
 reads over host.json (``AzureFunctionsJobHost__functionTimeout``), against a dependency that never recovers
 while it runs: the Management API answering 429 with ``Retry-After: 120`` (six attempts would wait 10
-minutes: the first wait already does not fit), or Logs Ingestion answering 503 with ``Retry-After: 12``
+minutes: the first wait already does not fit), Logs Ingestion answering 503 with ``Retry-After: 12``
 (azure-core honours it, uncapped, on each of its three retries of a status: 36 s; the retries that fit are
-made, the one that does not is not). The
-invocation must end by itself, raising, before its timeout; its claims released and its failure recorded.
-Once the fault clears, the queue is worked and every record arrives exactly once.
+made, the one that does not is not), or Table Storage, through the fault proxy, answering every read only
+after 45 s (inside the 60 s ``HTTP_TIMEOUT``, so the SDK waits for it: one read outlasts the timeout). The
+invocation must end by itself, raising, before its
+timeout; its claims released and its failure recorded. Once the fault clears, the queue is worked and every
+record arrives exactly once.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from irm_connector.content_queue import Delivery
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from irm_connector.state import message_key
+from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -86,34 +89,41 @@ async def _failure_reason(message: str) -> str:
 
 
 CASES = [
-    ("Content download", "management", "content", {"status": 429, "retry_after": 120},
+    ("Content download", "management", "content", "status", {"status": 429, "retry_after": 120},
      f"429 with Retry-After: 120 on every answer, functionTimeout {TIMEOUT} s (app setting)"),
-    ("Logs Ingestion", "ingestion", "ingest", {"status": 503, "retry_after": 12},
+    ("Logs Ingestion", "ingestion", "ingest", "status", {"status": 503, "retry_after": 12},
      f"503 with Retry-After: 12 on every upload, functionTimeout {TIMEOUT} s (app setting)"),
+    ("Table Storage read", "proxy", "table.read", "delay", {"seconds": 45},
+     f"every read answered after 45 s (HTTP_TIMEOUT 60 s), functionTimeout {TIMEOUT} s (app setting)"),
 ]  # fmt: skip
 
 
 @pytest.mark.reports_outcome
-@pytest.mark.parametrize(("subject", "service", "route", "fault", "case"), CASES, ids=["management-429", "ingestion-503"])
+@pytest.mark.parametrize(
+    ("subject", "service", "route", "kind", "fault", "case"), CASES,
+    ids=["management-429", "ingestion-503", "table-read-slow"],
+)  # fmt: skip
 async def test_an_invocation_ends_before_its_timeout(
-    connector: ConnectorHarness, tmp_path: Path, subject: str, service: str, route: str, fault: dict[str, Any],
-    case: str,
+    connector: ConnectorHarness, proxy: StorageProxy, tmp_path: Path, subject: str, service: str, route: str,
+    kind: str, fault: dict[str, Any], case: str,
 ) -> None:  # fmt: skip
     sim = connector.standins
-    connector.set(LOGS_AUDIT_STREAM=AUDIT)
+    connector.set(LOGS_AUDIT_STREAM=AUDIT, AzureWebJobsStorage=proxy.connection_string)
     sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(seed=61 if service == "management" else 62, total_records=300, blob_size=(300, 300),
+    seed = {"management": 61, "ingestion": 62}.get(service, 63)
+    workload = generate_workload(seed=seed, total_records=300, blob_size=(300, 300),
                                  irm_share=0.05, tenant_id=sim.tenant_id)  # fmt: skip
     workload.publish(sim.management)
     await connector.poll()
     [message] = await connector.messages()
-    getattr(sim, service).add_fault(route, "status", count=1000, **fault)
+    faulty = proxy if service == "proxy" else getattr(sim, service)
+    faulty.add_fault(route, kind, count=1000, **fault)
 
     outcome = _invoke(connector, message, tmp_path)
+    faulty.clear_faults()
     pending = await _pending_claims(connector)
     reason = await _failure_reason(message)
 
-    getattr(sim, service).clear_faults()
     stats = await connector.drain()
     audit = Counter(r["RecordId"] for r in connector.rows(AUDIT))
     alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
@@ -124,9 +134,10 @@ async def test_an_invocation_ends_before_its_timeout(
         f"the invocation raised {outcome['raised'].split(':')[0]} after {outcome['seconds']:.0f} s of {TIMEOUT} s; "
         f"{pending} claims left pending; failure recorded: {reason.split(':')[0] or 'no'}; then "
         f"{stats.processed} delivered", lost, duplicates))  # fmt: skip
-    assert outcome["raised"].startswith("DeadlineError"), outcome
+    deadline_errors = ("DeadlineError", "StorageDeadlineError")  # the latter a storage failure as well
+    assert outcome["raised"].split(":")[0] in deadline_errors, outcome
     assert outcome["seconds"] < TIMEOUT  # the contract: it ended before the host would have stopped it
     assert pending == 0
-    assert reason.startswith("DeadlineError")
+    assert reason.split(":")[0] in deadline_errors, reason
     assert (lost, duplicates) == (0, 0)
     assert await connector.queue_length(connector.queue_name + "-poison") == 0

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 
+from irm_connector._bounded import BoundedTransport, within
 from irm_connector.content_queue import ContentMessage
-from irm_connector.deadline import TIMEOUT_SETTING, Deadline, function_timeout
-from irm_connector.errors import DeadlineError
+from irm_connector.deadline import TIMEOUT_SETTING, Deadline, cleaning_up, current_deadline, function_timeout
+from irm_connector.errors import DeadlineError, StateError, StorageDeadlineError
 from irm_connector.models import ContentBlob
 from irm_connector.refusals import PATIENCE, ingestion_state, reschedule_delay
 from irm_connector.state import FUNCTION_TIMEOUT, Refusal
@@ -34,6 +37,32 @@ def test_a_deadline_keeps_a_margin_and_refuses_waits_it_cannot_hold() -> None:
     spent = Deadline.for_invocation(0)
     with pytest.raises(DeadlineError, match="time is up"):
         spent.check("upload")
+
+
+async def test_a_storage_call_ends_at_the_deadline_and_cleaning_up_may_use_the_margin() -> None:
+    deadline = Deadline(time.monotonic() + 1.0, margin=0.5)
+    with deadline.applied():
+        with pytest.raises(StorageDeadlineError, match="a read: cut short") as cut:
+            await within("a read", asyncio.sleep(30))
+        assert time.monotonic() < deadline.end  # it ended before the timeout, with the margin left
+        assert isinstance(cut.value, StateError) and isinstance(cut.value, DeadlineError)
+        with pytest.raises(StorageDeadlineError):
+            await within("another read", asyncio.sleep(0))  # no time is usable any more: not even started
+        with cleaning_up():  # releasing claims, committing what was sent: inside the margin
+            assert await within("a release", asyncio.sleep(0.05, "released")) == "released"
+    assert current_deadline() is None
+    assert await within("outside an invocation", asyncio.sleep(0, "unbounded")) == "unbounded"
+
+
+async def test_a_storage_retry_wait_the_time_left_cannot_hold_is_not_started() -> None:
+    transport = BoundedTransport()
+    try:
+        with Deadline.for_invocation(3).applied():  # 2.7 s usable
+            with pytest.raises(StorageDeadlineError, match=r"retrying storage call .*waiting 5 s more does not fit"):
+                await transport.sleep(5)
+            await transport.sleep(0.01)
+    finally:
+        await transport.close()
 
 
 def _refusal(status: int, age: timedelta, now: datetime) -> Refusal:

@@ -1,0 +1,71 @@
+"""The storage clients' transport: inside an invocation, no Table Storage or queue call outlives its deadline.
+
+The SDKs bound a call only by their own retry settings: up to seven tries of up to ``HTTP_TIMEOUT`` each,
+with waits between them. Storage that answers slowly would let one call run past the function timeout, and
+a timed-out invocation makes the host restart the worker, killing its other invocations half-way. Every try
+and every retry wait of azure-core passes through the transport (``send`` and ``sleep``), so the bound sits
+here, for every storage call at once: it reads the deadline of the running invocation from the context
+(:meth:`Deadline.applied <irm_connector.deadline.Deadline.applied>`) and raises
+:class:`~irm_connector.errors.StorageDeadlineError`, a storage failure like any other, when the time left
+cannot hold a try or a wait. Outside an invocation (the CLI) calls are not bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from azure.core.pipeline.transport import AioHttpTransport
+
+from .deadline import Deadline, current_deadline
+from .errors import StorageDeadlineError
+
+__all__ = ["BoundedTransport", "within"]
+
+_T = TypeVar("_T")
+
+#: The storage call this task last sent, for the error of a retry wait (``sleep`` is not told the request).
+_last_call: ContextVar[str] = ContextVar("irm_connector_storage_call", default="a storage call")
+
+
+def _cut(deadline: Deadline, what: str, seconds: float | None = None) -> StorageDeadlineError:
+    return StorageDeadlineError(str(deadline.expire(what, seconds)))
+
+
+async def within(what: str, call: Awaitable[_T]) -> _T:
+    """``call``, cut short with :class:`StorageDeadlineError` when it would outlast the invocation's deadline."""
+    deadline = current_deadline()
+    if deadline is None:
+        return await call
+    usable = deadline.usable()
+    if usable <= 0:
+        if asyncio.iscoroutine(call):
+            call.close()  # never awaited: no "was never awaited" warning
+        raise _cut(deadline, what)
+    timer = asyncio.timeout(usable)
+    try:
+        async with timer:
+            return await call
+    except TimeoutError as exc:
+        if timer.expired():
+            raise _cut(deadline, what) from exc
+        raise
+
+
+class BoundedTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazily: Any to mypy
+    """azure-core's aiohttp transport, each try and each retry wait ended within the invocation's deadline."""
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        # The path without its query (it can hold a SAS token) or entity keys: the table or queue is enough.
+        what = f"{request.method} {urlsplit(request.url).path.split('(', 1)[0]}"
+        _last_call.set(what)
+        return await within(f"storage call {what}", super().send(request, **kwargs))
+
+    async def sleep(self, duration: float) -> None:
+        deadline = current_deadline()
+        if deadline is not None and not deadline.allows(duration):
+            raise _cut(deadline, f"retrying storage call {_last_call.get()}", duration)
+        await super().sleep(duration)
