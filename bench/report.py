@@ -24,6 +24,23 @@ def _find(runs: list[dict[str, Any]], **want: Any) -> dict[str, Any] | None:
     return None
 
 
+def _latency_pair(runs: list[dict[str, Any]], config: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The connector's run with realistic latency and its no-latency run of the same volume, the largest volume
+    measured both ways (issue 16 states the latency target at 408,000 records, the benchmark's 2x)."""
+    slow_runs = [r for r in runs if r.get("kind") == "connector" and r.get("config") == config
+                 and r.get("profile") == "realistic"]  # fmt: skip
+    for slow in sorted(slow_runs, key=lambda r: -float(r.get("scale", 1.0))):
+        fast = _find(runs, kind="connector", config=config, profile="none", scale=slow.get("scale", 1.0))
+        if fast:
+            return slow, fast
+    return None, None
+
+
+def latency_ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float:
+    """How much of its no-latency rate the connector keeps with realistic latency."""
+    return float(figures(slow)["records_per_s"] / figures(fast)["records_per_s"])
+
+
 def figures(run: dict[str, Any]) -> dict[str, Any]:
     """The per-run figures the table and the targets use."""
     records = run["records"]
@@ -149,14 +166,14 @@ def targets(
     for config in configs:
         conn = _find(runs, kind="connector", config=config, profile="none", scale=1.0)
         bare = _find(runs, kind="bare", config=config)
-        slow = _find(runs, kind="connector", config=config, profile="realistic", scale=1.0)
+        slow, fast = _latency_pair(runs, config)
         label = CONFIG_NAMES[config]
         if conn and bare:
             add(f"no latency, {label}: CPU efficiency (bare work's CPU per record / the connector's)",
                 cpu_efficiency(conn, bare), 0.5, True, "ratio")
-        if conn and slow:
-            add(f"realistic latency, {label}: connector / its no-latency records/s",
-                figures(slow)["records_per_s"] / figures(conn)["records_per_s"], 0.8, True, "ratio")
+        if slow and fast:
+            add(f"realistic latency, {label}, {slow['records']:,} records: connector / its no-latency records/s",
+                latency_ratio(slow, fast), 0.8, True, "ratio")
         if conn:
             add(f"{label}: storage transactions (queue + table) per 1,000 records",
                 figures(conn)["storage_tx_per_1k"], 15.0 if config == "alerts" else 30.0, False)
@@ -341,6 +358,7 @@ def markdown(results: dict[str, Any]) -> str:
                          f"| {u['failed_chunks']} |")
     lines += _spread_lines(runs)
     lines += _floor_lines(runs)
+    lines += _latency_lines(runs)
     lines += ["", "Targets:", "", "| target | measured | limit | met |", "|---|--:|--:|---|"]
     for t in results["targets"]:
         unit = t["unit"]
@@ -417,6 +435,26 @@ def _floor_lines(runs: list[dict[str, Any]]) -> list[str]:
             "download, and per stream and day a read, the keys' write, a read back, the upload and the sent mark), "
             "with the connector's own clients and the host's concurrency (`bench/floor.py`). " + "; ".join(parts)
             + "."]
+
+
+def _latency_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """How much of its no-latency rate the connector keeps with realistic latency, at every volume measured both
+    ways (the target counts the largest)."""
+    parts = []
+    for config in ("alerts", "audit"):
+        pairs = []
+        for slow in runs:
+            if slow["kind"] != "connector" or slow["config"] != config or slow["profile"] != "realistic":
+                continue
+            fast = _find(runs, kind="connector", config=config, profile="none", scale=slow["scale"])
+            if fast:
+                pairs.append(f"{latency_ratio(slow, fast):.2f} at {slow['records']:,} records")
+        if pairs:
+            parts.append(f"{CONFIG_NAMES[config]}: " + ", ".join(pairs))
+    if not parts:
+        return []
+    return ["", "Realistic latency (100 ms per Management API call, 50 ms per ingestion call): the connector keeps "
+            "this share of its no-latency rate; " + "; ".join(parts) + "."]
 
 
 def _cost_lines(results: dict[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from bench.run import parse_args, run_benchmark
 @pytest.mark.timeout(240)
 def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     args = parse_args(
-        ["--records", "5000", "--profiles", "none", "--scales", "", "--big-blob-mb", "2", "--burst-mb", "0.5",
+        ["--records", "5000", "--profiles", "none,realistic", "--scales", "2", "--big-blob-mb", "2", "--burst-mb", "0.5",
          "--out", str(tmp_path)]
     )
     results = run_benchmark(args)
@@ -31,23 +31,25 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     }
     records = results["workload"]["records"]
     for run in results["runs"]:
-        assert run["records"] == records
+        assert run["records"] == records or run["scale"] == 2.0
         if run["kind"] == "connector":
             streams = run["arrived"]["streams"]
             assert streams["Custom-IRMAlerts"]["exactly_once"]
             if run["config"] == "audit":
                 assert streams["Custom-O365Audit"]["exactly_once"]
-                assert streams["Custom-O365Audit"]["rows"] == results["workload"]["unique_records"]
+                if run["scale"] == 1.0:
+                    assert streams["Custom-O365Audit"]["rows"] == results["workload"]["unique_records"]
             assert run["figures"]["ingestion_over_limit"] == 0
             assert run["figures"]["ingestion_rejected"] == 0
             assert run["poisoned"] == 0
         if run["kind"] == "baseline":
             assert run["arrived"]["streams"]["Custom-SeedRaw"]["rows"] == records
-        if run["kind"] in ("floor", "connector"):  # measured in rounds, each against its own bare work
+        if run["kind"] in ("floor", "connector") and run["profile"] != "realistic" and run["scale"] == 1.0:
+            # measured in rounds, each against its own bare work
             rounds = run["efficiency_rounds"]
             assert len(rounds) == 3 and run["efficiency"] == sorted(rounds)[1] and all(e > 0 for e in rounds)
-        if run["kind"] == "connector":
-            assert run["every_run_exactly_once"] and len(run["floor_ratio_rounds"]) == 3
+            if run["kind"] == "connector":
+                assert run["every_run_exactly_once"] and len(run["floor_ratio_rounds"]) == 3
     assert len(results["big_blob"]) == 2
     for one in results["big_blob"]:
         assert one["arrived"]["streams"]["Custom-IRMAlerts"]["exactly_once"]
@@ -59,6 +61,13 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert set(burst["arrived"]["streams"]) == {"Custom-IRMAlerts", "Custom-O365Audit"}
     assert results["correct"]["burst_exactly_once"]
     assert any("delivered at once" in t["target"] for t in results["targets"])
+    # The latency target is measured at 2x (issue 16's 408,000 records at full size), both ways.
+    doubled = [r for r in results["runs"] if r["kind"] == "connector" and r["scale"] == 2.0]
+    assert sorted((r["config"], r["profile"]) for r in doubled) == [
+        ("alerts", "none"), ("alerts", "realistic"), ("audit", "none"), ("audit", "realistic")
+    ]
+    latency = [t["target"] for t in results["targets"] if t["target"].startswith("realistic latency")]
+    assert len(latency) == 2 and all(f"{doubled[0]['records']:,} records" in t for t in latency)
 
     saved = json.loads((tmp_path / "latest.json").read_text())
     assert saved["machine"]["cores"] and saved["targets"]
