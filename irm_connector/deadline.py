@@ -9,8 +9,8 @@ retries the message.
 The Management API and ingestion clients are handed the deadline. Storage calls are many and deep (claims,
 watermarks, leases, the queue), so the deadline reaches them through the context instead: inside
 :meth:`Deadline.applied` the storage clients' transport (:mod:`._bounded`) ends every try and every retry
-wait within it; inside :func:`cleaning_up` they may use the margin too, to commit what was sent and free
-what was not.
+wait within it, and a Management API call handed no deadline (starting a subscription) keeps it too; inside
+:func:`cleaning_up` storage calls may use the margin, to commit what was sent and free what was not.
 """
 
 from __future__ import annotations

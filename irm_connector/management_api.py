@@ -23,7 +23,7 @@ from yarl import URL
 from .api_answers import error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
-from .deadline import Deadline
+from .deadline import Deadline, current_deadline
 from .errors import (
     AuthenticationError,
     ManagementApiError,
@@ -211,6 +211,8 @@ class ManagementActivityClient:
         deadline: Deadline | None = None,
     ) -> tuple[bytes, CIMultiDictProxy[str]]:
         target = self.check_url(url, {"content": "contentUri", "list": "NextPageUri"}.get(operation, "URL"))
+        # A call not handed a deadline (starting a subscription) keeps the invocation's, if it runs in one.
+        deadline = deadline if deadline is not None else current_deadline()
         query = dict(params or {})
         if not any(name.lower() == "publisheridentifier" for name in target.query):
             query["PublisherIdentifier"] = self._publisher

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ import pytest
 from azure.data.tables.aio import TableServiceClient
 
 from irm_connector.content_queue import Delivery
+from irm_connector.deadline import TIMEOUT_SETTING
+from irm_connector.errors import PollError
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from irm_connector.state import message_key
@@ -141,3 +144,39 @@ async def test_an_invocation_ends_before_its_timeout(
     assert reason.split(":")[0] in deadline_errors, reason
     assert (lost, duplicates) == (0, 0)
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
+
+
+@pytest.mark.reports_outcome
+async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription_is_throttled(
+    connector: ConnectorHarness,
+) -> None:
+    """Starting a subscription is handed no deadline of its own: it keeps the run's (from the context)."""
+    sim = connector.standins
+    connector.set(**{TIMEOUT_SETTING: f"00:00:{TIMEOUT}"})
+    sim.management.set_subscription("Audit.General", None)
+    workload = generate_workload(seed=64, total_records=300, blob_size=(300, 300), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    sim.management.add_fault("start", "status", count=1000, status=429, retry_after=120)
+
+    started = time.monotonic()
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    seconds = time.monotonic() - started
+    sim.management.clear_faults()
+    await connector.poll()  # starts it now
+    stats = await connector.drain()
+    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
+    lost = len(workload.irm_alert_record_ids - set(alerts))
+    duplicates = sum(alerts.values()) - len(alerts)
+    report.record(report.Outcome(
+        "Faults", "Subscription start (poller)",
+        f"429 with Retry-After: 120 on every start, functionTimeout {TIMEOUT} s (app setting)",
+        "the poller run fails by itself before its function timeout, saying the wait does not fit; the next run "
+        "starts the subscription and every alert arrives once",
+        f"the run failed after {seconds:.0f} s of {TIMEOUT} s; then the subscription was "
+        f"{sim.management.subscription('Audit.General')} and {stats.processed} blobs delivered", lost, duplicates))  # fmt: skip
+    assert "does not fit" in str(failed.value), failed.value
+    assert seconds < TIMEOUT
+    assert sim.management.subscription("Audit.General") == "enabled"
+    assert (lost, duplicates) == (0, 0) and stats.processed > 0
