@@ -42,7 +42,7 @@ from azure.data.tables import UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector._bounded import within
-from irm_connector.errors import StateError
+from irm_connector.errors import StateError, StorageDeadlineError
 from irm_connector.models import parse_api_time, utc_text
 
 __all__ = ["BATCH", "Entity", "PartitionRead", "StoreStats", "Tables", "reason", "table_key"]
@@ -418,6 +418,9 @@ async def _send(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:
         try:
             # The transport bounds the request, not the body streamed after it.
             await within(f"reading table {table.table_name}", response.read())
+        except StorageDeadlineError:
+            await response.close()  # half read: its connection goes, not back to the pool
+            raise
         except (IncompleteReadError, ServiceResponseError, ServiceRequestError):
             # The pipeline's retries end with the headers: a body cut short is tried again here.
             if attempt == _BODY_ATTEMPTS:
