@@ -12,7 +12,6 @@ cannot hold a try or a wait. Outside an invocation (the CLI) calls are not bound
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 
 from azure.core.pipeline.transport import AioHttpTransport
 
-from .deadline import Deadline, current_deadline
+from . import deadline as _deadline
 from .errors import StorageDeadlineError
 
 __all__ = ["BoundedTransport", "within"]
@@ -31,28 +30,9 @@ _T = TypeVar("_T")
 _last_call: ContextVar[str] = ContextVar("irm_connector_storage_call", default="a storage call")
 
 
-def _cut(deadline: Deadline, what: str, seconds: float | None = None) -> StorageDeadlineError:
-    return StorageDeadlineError(str(deadline.expire(what, seconds)))
-
-
 async def within(what: str, call: Awaitable[_T]) -> _T:
     """``call``, cut short with :class:`StorageDeadlineError` when it would outlast the invocation's deadline."""
-    deadline = current_deadline()
-    if deadline is None:
-        return await call
-    usable = deadline.usable()
-    if usable <= 0:
-        if asyncio.iscoroutine(call):
-            call.close()  # never awaited: no "was never awaited" warning
-        raise _cut(deadline, what)
-    timer = asyncio.timeout(usable)
-    try:
-        async with timer:
-            return await call
-    except TimeoutError as exc:
-        if timer.expired():
-            raise _cut(deadline, what) from exc
-        raise
+    return await _deadline.within(what, call, error=StorageDeadlineError)
 
 
 class BoundedTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazily: Any to mypy
@@ -65,7 +45,7 @@ class BoundedTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazi
         return await within(f"storage call {what}", super().send(request, **kwargs))
 
     async def sleep(self, duration: float) -> None:
-        deadline = current_deadline()
+        deadline = _deadline.current_deadline()
         if deadline is not None and not deadline.allows(duration):
-            raise _cut(deadline, f"retrying storage call {_last_call.get()}", duration)
+            raise StorageDeadlineError(str(deadline.expire(f"retrying storage call {_last_call.get()}", duration)))
         await super().sleep(duration)

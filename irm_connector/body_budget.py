@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from .deadline import within
 from .errors import TransientApiError
 
 __all__ = ["BodyBudget", "BodyHold", "BodyReader", "body_digest"]
@@ -129,7 +130,9 @@ class BodyHold:
                     "(MAX_BLOB_MB_IN_FLIGHT): it waits for room, then downloads again",
                     no_room.amount / 2**20, budget.in_use / 2**20, budget.limit / 2**20,
                 )  # fmt: skip
-                await budget._wait_take(no_room.amount)
+                # A wait the invocation cannot hold fails it instead (the waiter's place is given up cleanly).
+                await within("waiting for room among this worker's blob bodies (MAX_BLOB_MB_IN_FLIGHT)",
+                             budget._wait_take(no_room.amount))  # fmt: skip
                 self.held = no_room.amount
         raise TransientApiError(
             f"a blob body found no room in this worker's budget after {MAX_WAITS} waits; the message is retried"

@@ -15,14 +15,16 @@ wait within it, and a Management API call handed no deadline (starting a subscri
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from .errors import DeadlineError
 
@@ -34,7 +36,10 @@ __all__ = [
     "current_deadline",
     "function_timeout",
     "parse_timespan",
+    "within",
 ]
+
+_T = TypeVar("_T")
 
 #: host.json ``functionTimeout``: no invocation runs longer (a test keeps the two equal).
 FUNCTION_TIMEOUT = timedelta(minutes=10)
@@ -66,6 +71,29 @@ def cleaning_up() -> Iterator[None]:
         return
     with Deadline(deadline.end, deadline.margin * CLEANUP_SLACK_SHARE, cleanup=True).applied():
         yield
+
+
+async def within(
+    what: str, call: Awaitable[_T], *, deadline: Deadline | None = None, error: type[DeadlineError] = DeadlineError
+) -> _T:
+    """``call``, cut short with ``error`` when it would outlast ``deadline`` (by default the context's; with
+    none, ``call`` is not bounded)."""
+    deadline = deadline if deadline is not None else _current.get()
+    if deadline is None:
+        return await call
+    usable = deadline.usable()
+    if usable <= 0:
+        if asyncio.iscoroutine(call):
+            call.close()  # never started: no "was never awaited" warning
+        raise error(str(deadline.expire(what)))
+    timer = asyncio.timeout(usable)
+    try:
+        async with timer:
+            return await call
+    except TimeoutError as exc:
+        if timer.expired():
+            raise error(str(deadline.expire(what))) from exc
+        raise
 
 
 def parse_timespan(text: str) -> float:

@@ -23,7 +23,7 @@ from yarl import URL
 from .api_answers import error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
-from .deadline import Deadline, current_deadline
+from .deadline import Deadline, current_deadline, within
 from .errors import (
     AuthenticationError,
     ManagementApiError,
@@ -264,7 +264,8 @@ class ManagementActivityClient:
                 raise
             return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
         # After the token: the budget's slot must still be running when the request goes out.
-        await self._limiter.acquire()
+        await within("waiting for the tenant's request budget (O365_MAX_REQUESTS_PER_MINUTE)",
+                     self._limiter.acquire(), deadline=call.deadline)  # fmt: skip
         self.stats.requests += 1
         self.stats.by_operation[call.operation] = self.stats.by_operation.get(call.operation, 0) + 1
         try:

@@ -1,13 +1,18 @@
 """The body budget's line: first come, first served, a large reservation not overtaken by small ones, and a
-waiter that is cancelled (an invocation that timed out) neither keeps room nor keeps the others waiting."""
+waiter that is cancelled (an invocation that timed out) or runs out of its invocation's time neither keeps room
+nor keeps the others waiting."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
-from irm_connector.body_budget import BodyBudget
+from irm_connector.body_budget import BodyBudget, _NoRoom
+from irm_connector.deadline import Deadline
+from irm_connector.errors import DeadlineError
 
 
 async def _settle() -> None:
@@ -50,6 +55,23 @@ async def test_a_cancelled_waiter_keeps_no_room_and_blocks_no_one() -> None:
     budget._release(8)
     await budget._wait_take(10)
     assert budget.whole == 1 and budget.peak == 10
+
+
+async def test_a_wait_for_room_the_invocation_cannot_hold_fails_it_and_gives_its_place_up() -> None:
+    budget = BodyBudget(10)
+    await budget._wait_take(6)  # another delivery's body, held past this one's deadline
+
+    async def download(read: Any) -> bytes:
+        raise _NoRoom(8)  # what reading an 8-byte body does when there is no room
+
+    deadline = Deadline(time.monotonic() + 0.6, margin=0.1)
+    with deadline.applied(), pytest.raises(DeadlineError, match="MAX_BLOB_MB_IN_FLIGHT"):
+        await budget.hold().fetch(download)
+    assert time.monotonic() < deadline.end
+    assert budget.in_use == 6 and not budget._line
+    budget._release(6)
+    await budget._wait_take(10)  # nobody waits in front: the whole bound is free
+    assert budget.whole == 1
 
 
 def test_the_bound_is_at_least_one_byte() -> None:
