@@ -57,7 +57,7 @@ _current: ContextVar[Deadline | None] = ContextVar("irm_connector_deadline", def
 
 
 def current_deadline() -> Deadline | None:
-    """The deadline storage calls keep here (see :meth:`Deadline.applied`), if any."""
+    """The deadline of the running invocation (see :meth:`Deadline.applied`), if any."""
     return _current.get()
 
 
@@ -85,7 +85,7 @@ async def within(
     if usable <= 0:
         if asyncio.iscoroutine(call):
             call.close()  # never started: no "was never awaited" warning
-        raise error(str(deadline.expire(what)))
+        raise error(deadline.spent_text(what))
     timer = asyncio.timeout(usable)
     try:
         async with timer:
@@ -154,7 +154,10 @@ class Deadline:
     def check(self, what: str) -> None:
         """Raise :class:`DeadlineError` if no time is usable for ``what``."""
         if self.usable() <= 0:
-            raise DeadlineError(f"{what}: the invocation's time is up (margin {self.margin:.0f} s kept to clean up)")
+            raise DeadlineError(self.spent_text(what))
+
+    def spent_text(self, what: str) -> str:
+        return f"{what}: the invocation's time is up (margin {self.margin:.0f} s kept to clean up)"
 
     def expire(self, what: str, seconds: float | None = None) -> DeadlineError:
         """The error for a wait of ``seconds`` that the time left cannot hold (None: a call cut short)."""
