@@ -17,12 +17,33 @@ from pathlib import Path
 from typing import Any
 
 from bench._child import cpu
+from standins.workload import RECORD_LEAD
 
 ALERTS_STREAM = "Custom-IRMAlerts"
 AUDIT_STREAM = "Custom-O365Audit"
 #: Where the seed-style baseline posts raw blobs (a stream without column checks; see accept_raw).
 RAW_STREAM = "Custom-SeedRaw"
 REQUEST_LIMIT = 1024 * 1024
+
+
+#: How long the simulated tenant's blobs were being created.
+SPAN = timedelta(hours=9)
+
+
+def one_day_start(now: datetime) -> datetime:
+    """When the simulated tenant's blobs start: their records all fall on one UTC day, inside the connector's
+    first listing (``INITIAL_LOOKBACK``, 24 hours) and the baseline's, and at least an hour old.
+
+    A record's partition is its stream and ``CreationTime`` day, so a blob whose records span two days costs a
+    claim per day. With a span across midnight the figures followed the hour of the run: 4.4 table requests
+    per blob at 23:09Z, 5.8 at 03:25Z, where records duplicated across blobs came from the other day. The
+    records fit between now - 23 h and now - 1 h; a midnight splits those 22 hours in two, the larger part at
+    least 11 hours, which holds the span and the records' lead."""
+    earliest, latest = now - timedelta(hours=23), now - timedelta(hours=1)
+    midnight = latest.replace(hour=0, minute=0, second=0)
+    if latest - max(midnight, earliest) >= SPAN + RECORD_LEAD:
+        return latest - SPAN  # after the last midnight
+    return midnight - timedelta(minutes=1) - SPAN  # before it: the earlier part is the larger
 
 
 def serve(conn: Connection, params: dict[str, Any]) -> None:
@@ -43,7 +64,7 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
     with StandIns(directory=workdir / "ca", page_size=200) as sim:
         sim.ingestion.accept_raw(RAW_STREAM)
         sim.management.set_subscription("Audit.General", "enabled")
-        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=23)
+        start = one_day_start(datetime.now(UTC).replace(microsecond=0))
         workload = generate_workload(
             seed=params.get("seed", 2026),
             total_records=params["records"],
@@ -52,7 +73,7 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
             duplicate_share=params.get("duplicate_share", 0.02),
             tenant_id=sim.tenant_id,
             start=start,
-            span=timedelta(hours=22),
+            span=SPAN,
         )
         workload.publish(sim.management)
         blobs = sim.management.blobs()

@@ -53,6 +53,9 @@ DATA_KEY_SETS = (
 )
 
 
+#: How much older than its blob a record's ``CreationTime`` can be.
+RECORD_LEAD = timedelta(minutes=90)
+
 def format_creation_time(value: datetime) -> str:
     """Audit ``CreationTime``: UTC, seconds, no zone suffix (``2026-06-29T20:03:19``)."""
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -270,7 +273,7 @@ def generate_workload(
         kinds = alert_slots.get(index, [])[:size]
         records: list[dict[str, Any]] = []
         for kind in kinds:
-            when = created[index] - timedelta(minutes=rng.uniform(0, 90))
+            when = created[index] - timedelta(minutes=rng.uniform(0, RECORD_LEAD / timedelta(minutes=1)))
             if kind == "irm":
                 if open_alerts and rng.random() < update_share:
                     alert_id, name, policy_id, upn = rng.choice(open_alerts)
@@ -309,7 +312,7 @@ def generate_workload(
             alerts[record["Id"]] = _expected_row(record, types[index])
             records.append(record)
         for _ in range(size - len(records)):
-            when = created[index] - timedelta(minutes=rng.uniform(0, 90))
+            when = created[index] - timedelta(minutes=rng.uniform(0, RECORD_LEAD / timedelta(minutes=1)))
             records.append(gen.activity(types[index], when))
         rng.shuffle(records)
         blobs_records.append(records)

@@ -5,6 +5,7 @@ the JSON, the Markdown table and the chart were written."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,16 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     table = (tmp_path / "latest.md").read_text()
     assert "| **connector** |" in table and "| I/O floor |" in table and "Targets:" in table
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_simulated_tenant_s_records_fall_on_one_day_whatever_the_hour_of_the_run() -> None:
+    """Else a claim per day doubles for the blobs that span midnight, and the figures follow the clock."""
+    from bench.standin_proc import SPAN, one_day_start
+    from standins.workload import RECORD_LEAD
+
+    midnight = datetime(2026, 12, 3, tzinfo=UTC)
+    for minute in range(0, 24 * 60, 5):
+        now = midnight + timedelta(minutes=minute)
+        first, last = one_day_start(now) - RECORD_LEAD, one_day_start(now) + SPAN
+        assert first.date() == (last - timedelta(seconds=1)).date(), now
+        assert now - timedelta(hours=24) < first and last <= now - timedelta(hours=1), now  # within the first listing
