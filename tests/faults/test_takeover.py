@@ -37,12 +37,14 @@ TICK = 5.0
 PAGE_LATENCY = 3.0
 
 
-def _child(connector: ConnectorHarness, publisher: str, *args: str) -> subprocess.Popen[bytes]:
+def _child(connector: ConnectorHarness, publisher: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A poller process; what it logs goes to ``log``, for a failure to show."""
     env = {**os.environ, **connector.env, "PYTHONPATH": str(ROOT), "O365_PUBLISHER_ID": publisher}
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.faults.child", *args], cwd=ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with log.open("wb") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.child", *args], cwd=ROOT, env=env,
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
 
 
 def _listings(connector: ConnectorHarness) -> list[tuple[float, float, str]]:
@@ -97,12 +99,13 @@ class _Pollers:
         self.connector = connector
         self.holder_id, self.tickers = str(uuid.uuid4()), [str(uuid.uuid4()), str(uuid.uuid4())]
         self.ticks = [tmp_path / "ticks-0", tmp_path / "ticks-1"]
-        self.holder = _child(connector, self.holder_id, "poll")
+        self.logs = [tmp_path / "holder.log", tmp_path / "ticker-0.log", tmp_path / "ticker-1.log"]
+        self.holder = _child(connector, self.holder_id, self.logs[0], "poll")
         self.running: list[subprocess.Popen[bytes]] = [self.holder]
 
     async def start_tickers(self) -> None:
-        for ticker, ticks in zip(self.tickers, self.ticks, strict=True):
-            self.running.append(_child(self.connector, ticker, "ticks", str(TICK), str(ticks)))
+        for ticker, ticks, log in zip(self.tickers, self.ticks, self.logs[1:], strict=True):
+            self.running.append(_child(self.connector, ticker, log, "ticks", str(TICK), str(ticks)))
             await asyncio.sleep(TICK / 2)  # the two timers tick out of step
 
     def listings_by(self, publishers: list[str]) -> list[tuple[float, float, str]]:
@@ -112,6 +115,12 @@ class _Pollers:
         for child in self.running[1:]:
             child.kill()
             child.wait(timeout=10)
+
+    def logged(self) -> str:
+        """What the pollers logged (warnings and errors), for an assertion's message."""
+        return "\n".join(
+            f"--- {log.name}:\n{log.read_text(errors='replace')[-4000:]}" for log in self.logs if log.exists()
+        )
 
     def close(self) -> None:
         for child in self.running:
@@ -175,9 +184,10 @@ async def test_a_killed_poller_is_replaced_within_a_minute(connector: ConnectorH
         f"listing resumed {resumed - killed:.0f} s after the kill; the holder had listed "
         f"{holder_requests[-1][1] - holder_requests[0][0]:.0f} s while the others ticked; "
         f"{len(overlaps)} overlapping listings", lost, duplicates))  # fmt: skip
-    assert resumed - killed <= 60 + TICK
-    assert holder_requests[-1][1] - holder_requests[0][0] > 40  # longer than a lease: the heartbeat held it
-    assert overlaps == []
+    assert resumed - killed <= 60 + TICK, pollers.logged()
+    # longer than a lease: the heartbeat held it
+    assert holder_requests[-1][1] - holder_requests[0][0] > 40, pollers.logged()
+    assert overlaps == [], pollers.logged()
     assert (lost, duplicates) == (0, 0)
 
 
@@ -212,8 +222,8 @@ async def test_a_stalled_poller_cannot_move_the_watermark(connector: ConnectorHa
         "record once",
         f"taken over {resumed - stopped:.0f} s after the stall; after waking: {len(listed_after_waking)} "
         f"listings, state {'unchanged' if after.etag == before.etag else 'written'}", lost, duplicates))  # fmt: skip
-    assert resumed - stopped <= 60 + TICK
-    assert status != 0  # its run failed: the lease was lost
+    assert resumed - stopped <= 60 + TICK, pollers.logged()
+    assert status != 0, pollers.logged()  # its run failed: the lease was lost
     assert listed_after_waking == []
     assert (after.etag, after.watermark) == (before.etag, before.watermark)
     assert (lost, duplicates) == (0, 0)
