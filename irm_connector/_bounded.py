@@ -47,5 +47,6 @@ class BoundedTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazi
     async def sleep(self, duration: float) -> None:
         deadline = _deadline.current_deadline()
         if deadline is not None and not deadline.allows(duration):
-            raise StorageDeadlineError(str(deadline.expire(f"retrying storage call {_last_call.get()}", duration)))
+            what = f"retrying storage call {_last_call.get()}"
+            raise deadline.expire(what, duration, error=StorageDeadlineError)
         await super().sleep(duration)

@@ -92,7 +92,7 @@ async def within(
             return await call
     except TimeoutError as exc:
         if timer.expired():
-            raise error(str(deadline.expire(what))) from exc
+            raise deadline.expire(what, error=error) from exc
         raise
 
 
@@ -159,14 +159,16 @@ class Deadline:
     def spent_text(self, what: str) -> str:
         return f"{what}: the invocation's time is up (margin {self.margin:.0f} s kept to clean up)"
 
-    def expire(self, what: str, seconds: float | None = None) -> DeadlineError:
-        """The error for a wait of ``seconds`` that the time left cannot hold (None: a call cut short)."""
+    def expire(
+        self, what: str, seconds: float | None = None, *, error: type[DeadlineError] = DeadlineError
+    ) -> DeadlineError:
+        """The ``error`` for a wait of ``seconds`` that the time left cannot hold (None: a call cut short)."""
         if seconds is None:
-            return DeadlineError(
+            return error(
                 f"{what}: cut short {self.margin:.0f} s before the invocation's timeout, to clean up; the message "
                 "is retried"
             )
-        return DeadlineError(
+        return error(
             f"{what}: waiting {seconds:.0f} s more does not fit the {self.usable():.0f} s the invocation has "
             "left before its timeout; the message is retried"
         )

@@ -284,21 +284,22 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     try:
         await rt.ingestor.upload(stream, claim.mine, on_sent=accepted, deadline=deadline)
     except Exception as exc:
-        # Keep what did arrive from being sent again, and free the rest for the host's retry.
-        with cleaning_up():
-            if sent:
-                await rt.state.claims.mark_sent(claim, sent)
-            await rt.state.claims.release(claim)
-            if isinstance(exc, IngestionRefusedError):
+        # Keep what did arrive from being sent again, and free the rest for the host's retry (both may use
+        # the invocation's margin, and so may recording the refusal).
+        if sent:
+            await rt.state.claims.mark_sent(claim, sent)
+        await rt.state.claims.release(claim)
+        if isinstance(exc, IngestionRefusedError):
+            with cleaning_up():
                 await refusals.refused(rt, exc)
         refusals.end_probe(rt, stream)
         raise
-    # The rows arrived: their sent mark may use the margin, or a deadline just passed would send them again.
+    # The rows arrived: marking them sent may use the margin, or a deadline just passed would send them again.
     with cleaning_up():
         await refusals.accepted(rt, stream)
-        refusals.end_probe(rt, stream)
-        metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
-        await rt.state.claims.mark_sent(claim)
+    refusals.end_probe(rt, stream)
+    metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
+    await rt.state.claims.mark_sent(claim)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 

@@ -140,8 +140,7 @@ class Claims:
                 await self._claim_slot(claim, slot, group, first=first)
         except BaseException:
             # The slots claimed before the failure would hold their records until CLAIM_TTL: free them.
-            with cleaning_up():
-                await self.release(claim)
+            await self.release(claim)
             raise
 
     async def _claim_slot(self, claim: Claim, slot: Slot, rows: list[Row], *, first: bool) -> None:
@@ -247,7 +246,11 @@ class Claims:
     async def mark_sent(self, claim: Claim, rows: Sequence[Row] | None = None) -> None:
         """Record rows as sent after their upload succeeded: all of the round's rows when ``rows`` is None
         (its pending shards turn sent), else just ``rows`` (new sent shards, for a partial failure: the
-        pending ones are released next)."""
+        pending ones are released next). May use the invocation's margin: rows not marked are sent again."""
+        with cleaning_up():
+            await self._mark_sent(claim, rows)
+
+    async def _mark_sent(self, claim: Claim, rows: Sequence[Row] | None) -> None:
         if rows is None:
             for mine in claim.pending:
                 # In place when the shard is as this delivery wrote it: its keys are not sent again.
@@ -268,13 +271,15 @@ class Claims:
 
     async def release(self, claim: Claim) -> None:
         """Give up the round's unsent rows after a failure, so the host's retry of the message (or any
-        other delivery waiting for them) can take them at once instead of after CLAIM_TTL."""
-        for mine in claim.pending:
-            try:
-                await self._delete(mine.part, mine.row_key)
-            except StateError as exc:
-                log.warning("Could not release a claim (it expires by itself): %s", exc)
-                return
+        other delivery waiting for them) can take them at once instead of after CLAIM_TTL. May use the
+        invocation's margin."""
+        with cleaning_up():
+            for mine in claim.pending:
+                try:
+                    await self._delete(mine.part, mine.row_key)
+                except StateError as exc:
+                    log.warning("Could not release a claim (it expires by itself): %s", exc)
+                    return
         claim.pending = []
 
     async def purge_expired(self, now: datetime) -> int:
