@@ -8,6 +8,10 @@ here, for every storage call at once: it reads the deadline of the running invoc
 (:meth:`Deadline.applied <irm_connector.deadline.Deadline.applied>`) and raises
 :class:`~irm_connector.errors.StorageDeadlineError`, a storage failure like any other, when the time left
 cannot hold a try or a wait. Outside an invocation (the CLI) calls are not bounded.
+
+With identity-based storage settings, a call first needs a token, and azure-identity sends that request
+through a transport of its own: :class:`BoundedCredential` bounds it the same way, so a hung token endpoint
+cannot hold a storage call past the deadline either.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.pipeline.transport import AioHttpTransport
 
 from . import deadline as _deadline
 from .errors import StorageDeadlineError
 
-__all__ = ["BoundedTransport", "within"]
+__all__ = ["BoundedCredential", "BoundedTransport", "within"]
 
 _T = TypeVar("_T")
 
@@ -50,3 +56,29 @@ class BoundedTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazi
             what = f"retrying storage call {_last_call.get()}"
             raise deadline.expire(what, duration, error=StorageDeadlineError)
         await super().sleep(duration)
+
+
+class BoundedCredential(AsyncTokenCredential):
+    """The storage clients' credential, each token request ended within the invocation's deadline. Closing
+    it is left to the owner of the credential it wraps."""
+
+    def __init__(self, credential: AsyncTokenCredential) -> None:
+        self._credential = credential
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+        return await within("token request for storage", self._credential.get_token(*scopes, **kwargs))
+
+    async def get_token_info(self, *scopes: str, options: TokenRequestOptions | None = None) -> AccessTokenInfo:
+        # azure-core asks for this first when a credential has it; azure-identity's credentials all do.
+        get_token_info = getattr(self._credential, "get_token_info", None)
+        if get_token_info is None:
+            token = await self.get_token(*scopes)
+            return AccessTokenInfo(token.token, token.expires_on)
+        info: AccessTokenInfo = await within("token request for storage", get_token_info(*scopes, options=options))
+        return info
+
+    async def close(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -19,7 +19,7 @@ from azure.monitor.ingestion.aio import LogsIngestionClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from ._bounded import BoundedTransport
+from ._bounded import BoundedCredential, BoundedTransport
 from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .body_budget import BodyBudget
@@ -104,10 +104,12 @@ def storage_clients(
     credential = azure_credential(
         settings, storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity", session=session
     )
-    credentials.append(credential)
-    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **tables_kwargs())
-    main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **queue_kwargs())
-    poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=credential, **queue_kwargs())
+    credentials.append(credential)  # closed with the runtime
+    # Inside an invocation, its token requests end within the deadline too.
+    bounded = BoundedCredential(credential)
+    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=bounded, **tables_kwargs())
+    main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=bounded, **queue_kwargs())
+    poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=bounded, **queue_kwargs())
     return tables, main, poison
 
 

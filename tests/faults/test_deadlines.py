@@ -24,14 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.data.tables.aio import TableServiceClient
 
+from irm_connector._bounded import BoundedCredential
+from irm_connector._tls import azure_session
 from irm_connector.content_queue import Delivery
-from irm_connector.deadline import TIMEOUT_SETTING
-from irm_connector.errors import PollError
-from irm_connector.runtime import get_runtime
+from irm_connector.deadline import TIMEOUT_SETTING, Deadline
+from irm_connector.errors import PollError, StorageDeadlineError
+from irm_connector.runtime import get_runtime, storage_clients
 from irm_connector.settings import Settings
 from irm_connector.state import message_key
+from standins import StandIns
 from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.faults import report
@@ -180,3 +184,34 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     assert seconds < TIMEOUT
     assert sim.management.subscription("Audit.General") == "enabled"
     assert (lost, duplicates) == (0, 0) and stats.processed > 0
+
+
+async def test_a_storage_call_ends_within_the_deadline_when_its_token_request_hangs(
+    standins: StandIns, connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Identity-based storage settings: a call first asks the managed identity endpoint for a token, through
+    azure-identity's own transport. A hung endpoint must not hold the call past the invocation's deadline."""
+    endpoint = standins.entra.base_url  # never reached: the token does not come
+    monkeypatch.delenv("AzureWebJobsStorage")
+    monkeypatch.setenv("AzureWebJobsStorage__tableServiceUri", endpoint)
+    monkeypatch.setenv("AzureWebJobsStorage__queueServiceUri", endpoint)
+    monkeypatch.setenv("AzureWebJobsStorage__credential", "managedidentity")
+    settings = Settings.from_env()
+    standins.entra.set_latency(40.0, route="msi")
+    credentials: list[AsyncTokenCredential] = []
+    async with azure_session() as session:
+        tables, main, poison = storage_clients(settings.storage, settings, credentials, session)
+        try:
+            started = time.monotonic()
+            with Deadline.for_invocation(5.0).applied(), pytest.raises(StorageDeadlineError) as cut:
+                await tables.get_table_client("bounded").get_entity("p", "r")
+            seconds = time.monotonic() - started
+            standins.entra.set_latency(0.0, route="msi")
+            with Deadline.for_invocation(5.0).applied():  # an endpoint that answers: the token comes through
+                token = await BoundedCredential(credentials[0]).get_token_info("https://storage.azure.com/.default")
+        finally:
+            for close in (tables.close, main.close, poison.close, *(c.close for c in credentials)):
+                await close()
+    assert seconds < 5.0
+    assert "token request for storage" in str(cut.value), cut.value  # the token request was what hung
+    assert standins.tokens.validate(token.token, "https://storage.azure.com") is not None
