@@ -31,6 +31,9 @@ _CACHE_OVERLAP = timedelta(seconds=2)
 #: A read that would bring more known keys than this again (about 50 KB of them) is made in two requests
 #: instead (:meth:`PartitionReader._read_changes`); a request costs more CPU than fewer keys would.
 REPEATS = 3_000
+#: Keys SentKeys remembers in the order they were added (about 70 bytes each), so that a claim's read-back
+#: checks its keys against those added since its first read only (:meth:`SentKeys.added_since`).
+_JOURNAL_KEYS = 100_000
 #: What a listing of a partition's shards reads of each: no record keys.
 _LISTING = ["RowKey", "S", "K", "Timestamp"]
 
@@ -42,14 +45,32 @@ class SentKeys:
     other 14 of each key side by side in one bytes object: about 25 bytes a key at 400,000, searched at C speed
     (``bytes.find``, a few keys per group)."""
 
-    __slots__ = ("_buckets", "_count")
+    __slots__ = ("_buckets", "_count", "_journal", "_journal_keys")
 
     def __init__(self) -> None:
         self._buckets: dict[bytes, bytes] = {}
         self._count = 0
+        #: the latest batches added, each with how many keys were here before it
+        self._journal: list[tuple[int, list[bytes]]] = []
+        self._journal_keys = 0
 
     def __len__(self) -> int:
         return self._count
+
+    def added_since(self, count: int) -> list[list[bytes]] | None:
+        """The keys added since there were ``count`` (``len()`` then), in batches; None once they are more than
+        the journal keeps (ask :meth:`intersection` instead). Keys are only ever added: those here at ``count``
+        are here still."""
+        if count >= self._count:
+            return []
+        if not self._journal or self._journal[0][0] > count:
+            return None
+        batches = []
+        for before, batch in reversed(self._journal):
+            batches.append(batch)
+            if before <= count:
+                break
+        return batches
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, bytes) and bool(self.intersection((key,)))
@@ -78,13 +99,17 @@ class SentKeys:
         # gets two, and one concatenation per key is the least work per key (measured 35-50% less).
         buckets = self._buckets
         bucket_of = buckets.get
-        added = 0
-        for key in keys:
+        batch = list(keys)
+        for key in batch:
             head = key[:_HEAD]
             buckets[head] = bucket_of(head, b"") + key[_HEAD:]
-            added += 1
-        self._count += added
-        return added
+        if batch:
+            self._journal.append((self._count, batch))
+            self._journal_keys += len(batch)
+            while self._journal_keys > _JOURNAL_KEYS and len(self._journal) > 1:
+                self._journal_keys -= len(self._journal.pop(0)[1])
+        self._count += len(batch)
+        return len(batch)
 
 
 @dataclass
@@ -133,6 +158,8 @@ class PartitionView:
     part: Partition
     #: every sent key of the partition known to this process
     sent: SentKeys
+    #: how many ``sent`` held when this view was taken (see :meth:`SentKeys.added_since`)
+    sent_count: int
     #: every pending shard (a full read) or those written since (a read-back), with whether each is live
     pending: list[tuple[Shard, bool]]
     #: the newest Timestamp seen: anything written later is at least as new
@@ -255,7 +282,7 @@ class PartitionReader:
             known.pending.update(parsed)
         self._trim()
         pending = [(s, server_now is None or s.live(server_now, self._claim_ttl)) for s in parsed.values()]
-        return PartitionView(part, known.ids, pending, known.high_water)
+        return PartitionView(part, known.ids, len(known.ids), pending, known.high_water)
 
     def _trim(self) -> None:
         total = sum(len(c.ids) for c in self._cache.values())
