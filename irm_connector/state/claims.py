@@ -104,18 +104,6 @@ def _among(wanted: set[bytes], sets: Iterable[frozenset[bytes] | SentKeys]) -> s
     return out
 
 
-def _sent_since(wanted: set[bytes], first: PartitionView, again: PartitionView) -> set[bytes]:
-    """The keys of ``wanted`` sent, as ``again`` (the read-back of a partition) knows, where none of them was as
-    ``first`` (its first read) knew: only the keys added between the two reads need asking."""
-    batches = again.sent.added_since(first.sent_count) if again.sent is first.sent else None
-    if batches is None:  # the partition's cache was dropped between the reads, or much was added
-        return again.sent.intersection(wanted)
-    found: set[bytes] = set()
-    for batch in batches:
-        found |= wanted.intersection(batch)
-    return found
-
-
 class Claims:
     """The record-key tables and this process's cache of their sent keys."""
 
@@ -227,7 +215,7 @@ class Claims:
         # None of the keys written was sent as the first reads knew: ask only what was added since.
         sent: set[bytes] = set()
         for first, again in zip(reads, after, strict=True):
-            sent |= _sent_since(wanted, first, again)
+            sent |= self._reader.sent_since(wanted, first, again)
         for mine in written:
             if mine.first is not None:
                 rank = (mine.first, mine.row_key)

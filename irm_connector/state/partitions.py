@@ -8,7 +8,8 @@ Timestamp against the ``Date`` of the read that found it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import itertools
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,8 +32,8 @@ _CACHE_OVERLAP = timedelta(seconds=2)
 #: A read that would bring more known keys than this again (about 50 KB of them) is made in two requests
 #: instead (:meth:`PartitionReader._read_changes`); a request costs more CPU than fewer keys would.
 REPEATS = 3_000
-#: Keys SentKeys remembers in the order they were added (about 70 bytes each), so that a claim's read-back
-#: checks its keys against those added since its first read only (:meth:`SentKeys.added_since`).
+#: Sent keys a process remembers in the order it added them (about 70 bytes each, in all partitions), so that a
+#: claim's read-back checks its keys against those added since its first read only (:class:`_Journal`).
 _JOURNAL_KEYS = 100_000
 #: What a listing of a partition's shards reads of each: no record keys.
 _LISTING = ["RowKey", "S", "K", "Timestamp"]
@@ -45,32 +46,18 @@ class SentKeys:
     other 14 of each key side by side in one bytes object: about 25 bytes a key at 400,000, searched at C speed
     (``bytes.find``, a few keys per group)."""
 
-    __slots__ = ("_buckets", "_count", "_journal", "_journal_keys")
+    __slots__ = ("_buckets", "_count", "serial")
+
+    _serials = itertools.count()
 
     def __init__(self) -> None:
         self._buckets: dict[bytes, bytes] = {}
         self._count = 0
-        #: the latest batches added, each with how many keys were here before it
-        self._journal: list[tuple[int, list[bytes]]] = []
-        self._journal_keys = 0
+        #: names this set in the process's journal (:class:`_Journal`), for as long as the process runs
+        self.serial = next(SentKeys._serials)
 
     def __len__(self) -> int:
         return self._count
-
-    def added_since(self, count: int) -> list[list[bytes]] | None:
-        """The keys added since there were ``count`` (``len()`` then), in batches; None once they are more than
-        the journal keeps (ask :meth:`intersection` instead). Keys are only ever added: those here at ``count``
-        are here still."""
-        if count >= self._count:
-            return []
-        if not self._journal or self._journal[0][0] > count:
-            return None
-        batches = []
-        for before, batch in reversed(self._journal):
-            batches.append(batch)
-            if before <= count:
-                break
-        return batches
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, bytes) and bool(self.intersection((key,)))
@@ -99,17 +86,67 @@ class SentKeys:
         # gets two, and one concatenation per key is the least work per key (measured 35-50% less).
         buckets = self._buckets
         bucket_of = buckets.get
-        batch = list(keys)
-        for key in batch:
+        added = 0
+        for key in keys:
             head = key[:_HEAD]
             buckets[head] = bucket_of(head, b"") + key[_HEAD:]
-        if batch:
-            self._journal.append((self._count, batch))
-            self._journal_keys += len(batch)
-            while self._journal_keys > _JOURNAL_KEYS and len(self._journal) > 1:
-                self._journal_keys -= len(self._journal.pop(0)[1])
-        self._count += len(batch)
+            added += 1
+        self._count += added
+        return added
+
+
+class _Journal:
+    """The sent keys this process added lately, in the order added, across partitions (at most ``limit``): a
+    claim's read-back asks only those added since its first read (:meth:`PartitionReader.sent_since`)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        #: (the set's serial, how many it held before, the keys added)
+        self._entries: deque[tuple[int, int, list[bytes]]] = deque()
+        self._keys = 0
+        #: per set with entries here: from which count on every key it was given is here
+        self._covers: dict[int, int] = {}
+        self._held: Counter[int] = Counter()
+
+    def add(self, sent: SentKeys, keys: Iterable[bytes]) -> int:
+        """``sent.update(keys)``, remembered here."""
+        batch = list(keys)
+        before = len(sent)
+        sent.update(batch)
+        if not batch:
+            return 0
+        self._covers.setdefault(sent.serial, before)
+        self._held[sent.serial] += 1
+        self._entries.append((sent.serial, before, batch))
+        self._keys += len(batch)
+        while self._keys > self._limit and self._entries:
+            serial, start, forgotten = self._entries.popleft()
+            self._keys -= len(forgotten)
+            self._held[serial] -= 1
+            if self._held[serial]:
+                self._covers[serial] = start + len(forgotten)
+            else:
+                del self._held[serial], self._covers[serial]
         return len(batch)
+
+    def since(self, sent: SentKeys, count: int) -> list[list[bytes]] | None:
+        """The keys given to ``sent`` since it held ``count``, in batches; None when this no longer knows them all
+        (ask ``sent`` itself instead). Keys are only ever added: those it held at ``count`` it holds still."""
+        if count >= len(sent):
+            return []
+        covers = self._covers.get(sent.serial)
+        if covers is None or covers > count:
+            return None
+        batches, found = [], 0
+        for serial, before, batch in reversed(self._entries):
+            if serial == sent.serial:
+                if before < count:
+                    break
+                batches.append(batch)
+                found += len(batch)
+        # Every key added since, or the answer would miss a sent one: keys given to ``sent`` elsewhere than
+        # through :meth:`add` are not here.
+        return batches if found == len(sent) - count else None
 
 
 @dataclass
@@ -158,7 +195,7 @@ class PartitionView:
     part: Partition
     #: every sent key of the partition known to this process
     sent: SentKeys
-    #: how many ``sent`` held when this view was taken (see :meth:`SentKeys.added_since`)
+    #: how many ``sent`` held when this view was taken (see :meth:`PartitionReader.sent_since`)
     sent_count: int
     #: every pending shard (a full read) or those written since (a read-back), with whether each is live
     pending: list[tuple[Shard, bool]]
@@ -186,6 +223,18 @@ class PartitionReader:
         self._claim_ttl = claim_ttl
         self._repeats = repeats
         self._cache: OrderedDict[tuple[str, str], _Known] = OrderedDict()
+        self._journal = _Journal(_JOURNAL_KEYS)
+
+    def sent_since(self, wanted: set[bytes], first: PartitionView, again: PartitionView) -> set[bytes]:
+        """The keys of ``wanted`` sent, as ``again`` (a partition's read-back) knows, where none was as ``first``
+        (its first read) knew: only the keys added between the two reads are asked."""
+        batches = self._journal.since(again.sent, first.sent_count) if again.sent is first.sent else None
+        if batches is None:  # the partition's cache was dropped between the reads, or much was added
+            return again.sent.intersection(wanted)
+        found: set[bytes] = set()
+        for batch in batches:
+            found |= wanted.intersection(batch)
+        return found
 
     async def read(self, part: Partition, *, since: datetime | None = None) -> PartitionView:
         """The partition: every sent key, and the pending shards. With ``since`` only the shards written
@@ -270,7 +319,7 @@ class PartitionReader:
                 if known.sent.get(row_key) != stamp:
                     known.sent[row_key] = stamp
                     keys = digests_of(entity) if cached is None else cached.ids
-                    known.recent.append((stamp, known.ids.update(keys)))
+                    known.recent.append((stamp, self._journal.add(known.ids, keys)))
                 continue
             shard = cached or known.pending.get(row_key)
             if shard is None or shard.stamp != stamp:  # a pending shard is parsed once per version

@@ -7,12 +7,10 @@ import hashlib
 import os
 import random
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from irm_connector.state import partitions
-from irm_connector.state.partitions import SentKeys
+from irm_connector.state.partitions import SentKeys, _Journal
 from irm_connector.state.shards import DIGEST, digest
 
 keys16 = st.binary(min_size=DIGEST, max_size=DIGEST)
@@ -52,29 +50,38 @@ def test_many_keys_of_record_ids() -> None:
     assert os.urandom(DIGEST) not in packed and b"short" not in packed
 
 
-@given(st.lists(st.lists(keys16, max_size=30), max_size=12), st.data())
-def test_added_since_gives_every_key_added_after_a_count(batches: list[list[bytes]], data: st.DataObject) -> None:
+@given(st.lists(st.tuples(st.integers(0, 2), st.lists(keys16, max_size=30)), max_size=20), st.data())
+def test_the_journal_gives_every_key_added_after_a_count(adds: list[tuple[int, list[bytes]]], data: st.DataObject) -> None:
     # A claim's read-back asks only these: a key added after its first read and missing here is sent twice.
-    packed = SentKeys()
-    counts = []
-    for batch in batches:
-        counts.append(len(packed))
-        packed.update(batch)
-    counts.append(len(packed))
-    at = data.draw(st.integers(0, len(counts) - 1))
-    since = packed.added_since(counts[at])
+    journal = _Journal(limit=10**6)
+    sets = [SentKeys() for _ in range(3)]
+    history: list[tuple[int, int, list[bytes]]] = []  # (set, its count before, keys)
+    for which, keys in adds:
+        history.append((which, len(sets[which]), keys))
+        journal.add(sets[which], keys)
+    which = data.draw(st.integers(0, 2))
+    counts = sorted({before for w, before, _ in history if w == which} | {len(sets[which])})
+    count = data.draw(st.sampled_from(counts))
+    since = journal.since(sets[which], count)
     assert since is not None
-    assert sorted(k for batch in since for k in batch) == sorted(k for batch in batches[at:] for k in batch)
+    expected = [k for w, before, keys in history if w == which and before >= count for k in keys]
+    assert sorted(k for batch in since for k in batch) == sorted(expected)
 
 
-def test_added_since_says_when_it_no_longer_knows(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(partitions, "_JOURNAL_KEYS", 10)
-    packed = SentKeys()
-    packed.update([os.urandom(DIGEST) for _ in range(8)])
-    packed.update(newer := [os.urandom(DIGEST) for _ in range(8)])
-    assert packed.added_since(0) is None  # the first batch is forgotten: the caller asks intersection instead
-    assert packed.added_since(8) == [newer]
-    assert packed.added_since(16) == []
+def test_the_journal_says_when_it_no_longer_knows() -> None:
+    journal = _Journal(limit=10)
+    first, other = SentKeys(), SentKeys()
+    journal.add(first, [os.urandom(DIGEST) for _ in range(8)])
+    journal.add(other, others := [os.urandom(DIGEST) for _ in range(4)])
+    journal.add(first, newer := [os.urandom(DIGEST) for _ in range(6)])  # 18 keys: the oldest 8 go
+    assert journal.since(first, 0) is None  # its first batch is forgotten: the caller asks the set instead
+    assert journal.since(first, 8) == [newer]
+    assert journal.since(first, 14) == []
+    assert journal.since(other, 0) == [others]
+    journal.add(first, [os.urandom(DIGEST) for _ in range(6)])
+    assert journal.since(other, 0) is None
+    first.update([os.urandom(DIGEST)])  # not through the journal: it cannot answer for what came since
+    assert journal.since(first, 8) is None
 
 
 @given(st.one_of(st.text(), st.builds("\udc80".join, st.lists(st.text(), min_size=2, max_size=3))))
