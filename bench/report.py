@@ -37,7 +37,11 @@ def _latency_pair(runs: list[dict[str, Any]], config: str) -> tuple[dict[str, An
 
 
 def latency_ratio(slow: dict[str, Any], fast: dict[str, Any]) -> float:
-    """How much of its no-latency rate the connector keeps with realistic latency."""
+    """How much of its no-latency rate the connector keeps with realistic latency: the median of the rounds
+    where it was measured in rounds (each against its own round's run without latency), else ``slow``'s rate
+    against ``fast``'s."""
+    if "latency_ratio" in slow:
+        return float(slow["latency_ratio"])
     return float(figures(slow)["records_per_s"] / figures(fast)["records_per_s"])
 
 
@@ -172,7 +176,9 @@ def targets(
             add(f"no latency, {label}: CPU efficiency (bare work's CPU per record / the connector's)",
                 cpu_efficiency(conn, bare), 0.5, True, "ratio")
         if slow and fast:
-            add(f"realistic latency, {label}, {slow['records']:,} records: connector / its no-latency records/s",
+            rounds = len(slow.get("latency_ratio_rounds", []))
+            add(f"realistic latency, {label}, {slow['records']:,} records: connector / its no-latency records/s"
+                + (f", the median of {rounds} rounds" if rounds > 1 else ""),
                 latency_ratio(slow, fast), 0.8, True, "ratio")
         if conn:
             add(f"{label}: storage transactions (queue + table) per 1,000 records",
@@ -448,7 +454,9 @@ def _latency_lines(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             fast = _find(runs, kind="connector", config=config, profile="none", scale=slow["scale"])
             if fast:
-                pairs.append(f"{latency_ratio(slow, fast):.2f} at {slow['records']:,} records")
+                rounds = slow.get("latency_ratio_rounds", [])
+                pairs.append(f"{latency_ratio(slow, fast):.2f} at {slow['records']:,} records"
+                             + (f" (median of rounds {', '.join(f'{r:.2f}' for r in rounds)})" if rounds else ""))
         if pairs:
             parts.append(f"{CONFIG_NAMES[config]}: " + ", ".join(pairs))
     if not parts:

@@ -5,6 +5,7 @@ the JSON, the Markdown table and the chart were written."""
 from __future__ import annotations
 
 import json
+import statistics
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -67,8 +68,13 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert sorted((r["config"], r["profile"]) for r in doubled) == [
         ("alerts", "none"), ("alerts", "realistic"), ("audit", "none"), ("audit", "realistic")
     ]
-    latency = [t["target"] for t in results["targets"] if t["target"].startswith("realistic latency")]
-    assert len(latency) == 2 and all(f"{doubled[0]['records']:,} records" in t for t in latency)
+    latency = [t for t in results["targets"] if t["target"].startswith("realistic latency")]
+    assert len(latency) == 2 and all(f"{doubled[0]['records']:,} records" in t["target"] for t in latency)
+    # In rounds (without latency, then with it, back to back): the target is the median round's ratio.
+    for slow, target in zip(sorted((r for r in doubled if r["profile"] == "realistic"), key=lambda r: r["config"]),
+                            latency, strict=True):  # fmt: skip
+        assert len(slow["latency_ratio_rounds"]) == 3 and slow["every_run_exactly_once"]
+        assert target["measured"] == slow["latency_ratio"] == statistics.median(slow["latency_ratio_rounds"])
 
     saved = json.loads((tmp_path / "latest.json").read_text())
     assert saved["machine"]["cores"] and saved["targets"]
