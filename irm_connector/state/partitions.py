@@ -9,7 +9,7 @@ Timestamp against the ``Date`` of the read that found it.
 from __future__ import annotations
 
 import itertools
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -104,39 +104,22 @@ class _Journal:
         #: (the set's serial, how many it held before, the keys added)
         self._entries: deque[tuple[int, int, list[bytes]]] = deque()
         self._keys = 0
-        #: per set with entries here: from which count on every key it was given is here
-        self._covers: dict[int, int] = {}
-        self._held: Counter[int] = Counter()
 
     def add(self, sent: SentKeys, keys: Iterable[bytes]) -> int:
         """``sent.update(keys)``, remembered here."""
         batch = list(keys)
         before = len(sent)
         sent.update(batch)
-        if not batch:
-            return 0
-        self._covers.setdefault(sent.serial, before)
-        self._held[sent.serial] += 1
-        self._entries.append((sent.serial, before, batch))
-        self._keys += len(batch)
-        while self._keys > self._limit and self._entries:
-            serial, start, forgotten = self._entries.popleft()
-            self._keys -= len(forgotten)
-            self._held[serial] -= 1
-            if self._held[serial]:
-                self._covers[serial] = start + len(forgotten)
-            else:
-                del self._held[serial], self._covers[serial]
+        if batch:
+            self._entries.append((sent.serial, before, batch))
+            self._keys += len(batch)
+            while self._keys > self._limit and self._entries:
+                self._keys -= len(self._entries.popleft()[2])
         return len(batch)
 
     def since(self, sent: SentKeys, count: int) -> list[list[bytes]] | None:
         """The keys given to ``sent`` since it held ``count``, in batches; None when this no longer knows them all
         (ask ``sent`` itself instead). Keys are only ever added: those it held at ``count`` it holds still."""
-        if count >= len(sent):
-            return []
-        covers = self._covers.get(sent.serial)
-        if covers is None or covers > count:
-            return None
         batches, found = [], 0
         for serial, before, batch in reversed(self._entries):
             if serial == sent.serial:
@@ -144,8 +127,8 @@ class _Journal:
                     break
                 batches.append(batch)
                 found += len(batch)
-        # Every key added since, or the answer would miss a sent one: keys given to ``sent`` elsewhere than
-        # through :meth:`add` are not here.
+        # Every key added since, or the answer would miss a sent one: batches forgotten here, or keys given to
+        # ``sent`` elsewhere than through :meth:`add`, leave the count short.
         return batches if found == len(sent) - count else None
 
 
