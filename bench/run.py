@@ -324,9 +324,7 @@ def _latency_rounds(
     ordered = sorted(slows, key=lambda r: r["round_latency_ratio"])
     median = {**ordered[len(ordered) // 2], "latency_ratio_rounds": [r["round_latency_ratio"] for r in slows]}
     median["latency_ratio"] = statistics.median(median["latency_ratio_rounds"])
-    median["every_run_exactly_once"] = all(
-        all(s.get("exactly_once", False) for s in r["arrived"]["streams"].values()) for r in (*slows, *fasts)
-    )
+    median["every_run_exactly_once"] = _every_run_exactly_once([*slows, *fasts])
     return median
 
 
@@ -374,10 +372,13 @@ def _median_run(results: list[dict[str, Any]]) -> dict[str, Any]:
             median[name] = statistics.median(median[f"{name}_rounds"])
         median.pop(key, None)
     if all("arrived" in r for r in results):  # a connector's runs: each must have sent every record once
-        median["every_run_exactly_once"] = all(
-            all(s.get("exactly_once", False) for s in r["arrived"]["streams"].values()) for r in results
-        )
+        median["every_run_exactly_once"] = _every_run_exactly_once(results)
     return median
+
+
+def _every_run_exactly_once(results: list[dict[str, Any]]) -> bool:
+    """Whether each of a connector's runs sent every record of every stream exactly once."""
+    return all(all(s.get("exactly_once", False) for s in r["arrived"]["streams"].values()) for r in results)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
