@@ -12,6 +12,15 @@ keeps its own deadline: :data:`LEASE` less :data:`MARGIN` after the *sending* of
 gives up before anybody else may take over. Once the deadline passes, the holder writes nothing more (it
 cannot move the watermark) and its run is cancelled, in-flight requests and retry waits included; every
 listing page is also gated on the deadline, for a process that was frozen and resumes.
+
+A write that has not answered within a heartbeat is cut and sent again on a fresh connection, until the
+holder's deadline: one connection that never answers (a storage front end that stalls, a dropped NAT port)
+would otherwise hold every renewal behind the lock for the whole HTTP timeout, longer than the lease. A cut
+write may still have landed, and so may a try the SDK retried by itself; the write sent after it then meets
+an ETag that changed. So a refused write reads the state back: when it holds exactly what one of the holder's
+own unanswered writes carried (each has an instant of its own: its ``LeaseUntil``, or a release's ``LastRun``),
+that write landed, and the holder carries on from its ETag. Anything else was written by somebody else, and the
+lease is lost.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -29,7 +38,7 @@ from .deadline import cleaning_up
 from .errors import LeaseLostError, StateError
 from .state import PollerState, Watermarks
 
-__all__ = ["HEARTBEAT", "LEASE", "MARGIN", "PollerLease"]
+__all__ = ["HEARTBEAT", "LEASE", "MARGIN", "LeaseTiming", "PollerLease"]
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +54,50 @@ HEARTBEAT = timedelta(seconds=8)
 MARGIN = timedelta(seconds=5)
 
 
+@dataclass(frozen=True)
+class LeaseTiming:
+    """How long a lease lasts after a write, how often its holder renews it (and how long one write may go
+    unanswered before it is sent again), and how much before the lease runs out the holder gives up."""
+
+    lease: timedelta = LEASE
+    heartbeat: timedelta = HEARTBEAT
+    margin: timedelta = MARGIN
+
+
+_TIMING = LeaseTiming()
+
+
+class _Unanswered(Exception):
+    """A state write or read cut short by the lease: it may be sent again."""
+
+
 class PollerLease:
     """A held lease; build it with :meth:`take`. Write the state only through :meth:`write`."""
 
-    def __init__(self, watermarks: Watermarks, state: PollerState, sent_at: float, dims: dict[str, str]) -> None:
+    def __init__(
+        self, watermarks: Watermarks, state: PollerState, sent_at: float, dims: dict[str, str], timing: LeaseTiming
+    ) -> None:
         self._watermarks = watermarks
         self._state = state
         self._renewed = sent_at
         self._lock = asyncio.Lock()
         self._lost = ""
         self._dims = dims
+        self._timing = timing
+        #: The writes sent since the last one known to have landed, with their sending times: any of them
+        #: may have landed unanswered.
+        self._unanswered: list[tuple[float, dict[str, Any]]] = []
 
     @classmethod
-    async def take(cls, watermarks: Watermarks, tenant_id: str, content_type: str, owner: str) -> PollerLease | str:
+    async def take(
+        cls,
+        watermarks: Watermarks,
+        tenant_id: str,
+        content_type: str,
+        owner: str,
+        *,
+        timing: LeaseTiming = _TIMING,
+    ) -> PollerLease | str:
         """The lease, or why it could not be had (another poller holds it or took it first)."""
         dims = {"content_type": content_type, "tenant_id": tenant_id}
         state = await watermarks.get_state(tenant_id, content_type)
@@ -65,10 +105,10 @@ class PollerLease:
             return f"another poller holds the lease until {state.lease_expires()}"
         sent = time.monotonic()
         try:
-            state = await watermarks.upsert_state(_lease_of(state, owner))
+            state = await watermarks.upsert_state(_lease_of(state, timing.lease, owner))
         except LeaseLostError:
             return "another poller took the lease first"
-        return cls(watermarks, state, sent, dims)
+        return cls(watermarks, state, sent, dims, timing)
 
     @property
     def state(self) -> PollerState:
@@ -81,25 +121,75 @@ class PollerLease:
     def check(self) -> None:
         """Raise :class:`LeaseLostError` once the lease may have run out: nothing more may be listed."""
         if self.lost:
-            raise LeaseLostError(
-                f"lost the lease of {self._state.content_type} ({self._lost or 'not renewed in time'}); another "
-                "poller continues from the watermark. If this repeats, check the storage account's availability "
-                "and latency"
-            )
+            raise self._lost_error()
+
+    def _lost_error(self) -> LeaseLostError:
+        return LeaseLostError(
+            f"lost the lease of {self._state.content_type} ({self._lost or 'not renewed in time'}); another "
+            "poller continues from the watermark. If this repeats, check the storage account's availability "
+            "and latency"
+        )
 
     async def write(self, **changes: Any) -> PollerState:
         """Write the state with ``changes``, renewing the lease; refused once the lease may have run out."""
         async with self._lock:
-            self.check()
-            sent = time.monotonic()
-            try:
-                self._state = await self._watermarks.upsert_state(_lease_of(replace(self._state, **changes)))
-            except LeaseLostError as exc:
-                self._lost = str(exc)
-                self.check()  # raises, saying what to do
+            wanted = _lease_of(replace(self._state, **changes), self._timing.lease)
+            while True:
+                self.check()
+                sent = time.monotonic()
+                self._unanswered.append((sent, wanted.entity()))
+                try:
+                    written = await self._cut_short("write", self._watermarks.upsert_state(wanted))
+                except _Unanswered:
+                    continue
+                except LeaseLostError as exc:
+                    landed = await self._landed(exc)
+                    if landed.entity() != wanted.entity():
+                        wanted = replace(wanted, etag=landed.etag)  # an earlier write landed: send this one on it
+                        continue
+                    written = replace(wanted, etag=landed.etag, written_at=landed.written_at, read_at=None)
+                else:
+                    self._renewed = sent
+                self._unanswered.clear()
+                self._state = written
+                return written
+
+    async def _landed(self, refusal: LeaseLostError) -> PollerState:
+        """After a refused write: the state as it is, if one of this holder's unanswered writes put it there
+        (the lease then counts from that write's sending); else the lease is lost, and this raises."""
+        state = self._state
+        try:
+            current = await self._cut_short("read", self._watermarks.get_state(state.tenant_id, state.content_type))
+        except _Unanswered:
+            # The refused write is tried again (by the heartbeat, or the run's next write): back here.
+            raise StateError(f"cannot read the poller state of {state.content_type}: no answer") from None
+        sent = [at for at, entity in self._unanswered if entity == current.entity()]
+        if not sent:
+            self._lost = str(refusal)
+            raise self._lost_error() from refusal
+        log.info("A write of the poller state of %s that went unanswered had landed; carrying on from it",
+                 state.content_type, extra=self._dims)  # fmt: skip
+        self._renewed = min(sent)
+        self._unanswered.clear()
+        return current
+
+    async def _cut_short(self, what: str, call: Coroutine[Any, Any, T]) -> T:
+        """``call``, cut when it has not answered within a heartbeat or by the holder's deadline."""
+        seconds = min(self._timing.heartbeat.total_seconds(), self._deadline() - time.monotonic())
+        if seconds <= 0:
+            call.close()  # never started
+            raise self._lost_error()
+        timer = asyncio.timeout(seconds)
+        try:
+            async with timer:
+                return await call
+        except TimeoutError:
+            if not timer.expired():
                 raise
-            self._renewed = sent
-            return self._state
+        self.check()  # cut by the deadline: nothing more is sent
+        log.warning("A %s of the poller state of %s had no answer in %.0f s; trying again on a new connection",
+                    what, self._state.content_type, seconds, extra=self._dims)  # fmt: skip
+        raise _Unanswered
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` while a heartbeat renews the lease; if the lease is lost, ``work`` is cancelled and
@@ -138,12 +228,12 @@ class PollerLease:
                         self._state.content_type, exc, extra=self._dims)  # fmt: skip
 
     def _deadline(self) -> float:
-        return self._renewed + (LEASE - MARGIN).total_seconds()
+        return self._renewed + (self._timing.lease - self._timing.margin).total_seconds()
 
     async def _heartbeat(self) -> None:
         """Renew every :data:`HEARTBEAT`; return when the lease is lost (the run is then cancelled)."""
         while True:
-            wait = min(HEARTBEAT.total_seconds(), self._deadline() - time.monotonic())
+            wait = min(self._timing.heartbeat.total_seconds(), self._deadline() - time.monotonic())
             await asyncio.sleep(max(wait, 0.0))
             try:
                 await self.write()
@@ -156,8 +246,8 @@ class PollerLease:
                 log.warning("Could not renew the lease of %s: %s", self._state.content_type, exc, extra=self._dims)
 
 
-def _lease_of(state: PollerState, owner: str | None = None) -> PollerState:
-    """``state`` held (by ``owner``, or by its current owner), for :data:`LEASE` from this write."""
+def _lease_of(state: PollerState, lease: timedelta, owner: str | None = None) -> PollerState:
+    """``state`` held (by ``owner``, or by its current owner), for ``lease`` from this write."""
     holder = state.lease_owner if owner is None else owner
     if not holder:
         return state
@@ -165,6 +255,6 @@ def _lease_of(state: PollerState, owner: str | None = None) -> PollerState:
     return replace(
         state,
         lease_owner=holder,
-        lease_until=datetime.now(UTC) + LEASE,
-        lease_seconds=int(LEASE.total_seconds()),
+        lease_until=datetime.now(UTC) + lease,
+        lease_seconds=int(lease.total_seconds()),
     )

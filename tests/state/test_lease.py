@@ -1,0 +1,112 @@
+"""The poller's lease over Azurite, through the fault proxy: a state write that never answers, or that lands
+without its answer, costs the holder neither its lease nor its run; a write by somebody else still does.
+
+The lease here lasts 6 s (renewed every second, given up 1 s early), so a run outlasts it in seconds; the
+rules are those of the 40-second lease the poller takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.data.tables.aio import TableServiceClient
+
+from irm_connector.errors import LeaseLostError
+from irm_connector.lease import LeaseTiming, PollerLease
+from irm_connector.state import Tables, Watermarks
+from standins.storage_proxy import StorageProxy
+
+TENANT, CONTENT_TYPE = "tenant-1", "Audit.General"
+TIMING = LeaseTiming(lease=timedelta(seconds=6), heartbeat=timedelta(seconds=1), margin=timedelta(seconds=1))
+WATERMARK = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+#: Longer than a lease: the run needs its renewals.
+WORK_SECONDS = TIMING.lease.total_seconds() + 2
+#: The state entity's path (not the table's creation).
+STATE_PATH = r"state\("
+
+
+@pytest.fixture
+async def watermarks(proxy: StorageProxy, prefix: str) -> AsyncIterator[Watermarks]:
+    """The holder's view of the state table, through the proxy."""
+    tables = Tables(TableServiceClient.from_connection_string(proxy.connection_string), prefix=prefix)
+    yield Watermarks(tables)
+    await tables.close()
+
+
+@pytest.fixture
+async def others(service: TableServiceClient, prefix: str) -> Watermarks:
+    """The state table as another poller sees it, straight from Azurite."""
+    return Watermarks(Tables(service, prefix=prefix))
+
+
+async def _take(watermarks: Watermarks, owner: str = "holder") -> PollerLease:
+    lease = await PollerLease.take(watermarks, TENANT, CONTENT_TYPE, owner, timing=TIMING)
+    assert isinstance(lease, PollerLease), lease
+    return lease
+
+
+async def _run_past_a_lease(lease: PollerLease) -> None:
+    """A run that works longer than a lease lasts, then moves the watermark."""
+
+    async def work() -> None:
+        await asyncio.sleep(WORK_SECONDS)
+        await lease.write(watermark=WATERMARK)
+
+    async with asyncio.timeout(WORK_SECONDS + 20):  # without the fix, the stuck renewal holds the run for good
+        await lease.run(work())
+
+
+async def test_a_renewal_that_never_answers_is_sent_again_and_the_run_keeps_its_lease(
+    watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
+) -> None:
+    lease = await _take(watermarks)
+    stuck = proxy.hold("table.write", path=STATE_PATH)  # the first renewal: never forwarded, never answered
+    try:
+        await _run_past_a_lease(lease)
+    finally:
+        stuck.release()  # drops its connection; Azurite never saw it
+    assert stuck.arrived.is_set()
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert (stored.watermark, stored.lease_owner) == (WATERMARK, "holder")
+    assert stored.leased_by_other("another poller"), "the lease ran out although its holder was working"
+
+
+async def test_a_renewal_that_lands_without_its_answer_is_recognised_as_the_holders_own(
+    watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
+) -> None:
+    lease = await _take(watermarks)
+    # The first renewal reaches Azurite and changes the entity's ETag, but its answer never comes back: the
+    # write sent again carries the old ETag and is refused, as if another poller had written.
+    unanswered = proxy.hold("table.write", path=STATE_PATH, after_answer=True)
+    try:
+        await _run_past_a_lease(lease)
+    finally:
+        unanswered.release()
+    assert unanswered.arrived.is_set()
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert (stored.watermark, stored.lease_owner) == (WATERMARK, "holder")
+
+
+async def test_a_write_by_another_poller_still_loses_the_lease(
+    watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
+) -> None:
+    lease = await _take(watermarks)
+    unanswered = proxy.hold("table.write", path=STATE_PATH, after_answer=True)
+    renewal = asyncio.create_task(lease.write())
+    try:
+        await asyncio.to_thread(unanswered.arrived.wait, 10)
+        # The renewal landed unanswered; then another poller writes (as one would that judged the lease over).
+        current = await others.get_state(TENANT, CONTENT_TYPE)
+        await others.upsert_state(replace(current, lease_owner="another poller"))
+    finally:
+        unanswered.release()
+    with pytest.raises(LeaseLostError, match="another poller changed the state"):
+        await renewal
+    with pytest.raises(LeaseLostError):
+        await lease.write(watermark=WATERMARK)
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert (stored.watermark, stored.lease_owner) == (None, "another poller")
