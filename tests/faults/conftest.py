@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,16 +20,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    session.stash[_COUNT] = sum(1 for item in items if item.get_closest_marker(_REPORTED))
+    reported = [item for item in items if item.get_closest_marker(_REPORTED)]
+    session.stash[_COUNT] = len(reported)
+    session.stash[_WHOLE] = {item.path.resolve() for item in reported} == _reporting_files()
 
 
 _COUNT = pytest.StashKey[int]()
+_WHOLE = pytest.StashKey[bool]()
+
+
+def _reporting_files() -> set[Path]:
+    """The fault suite's files with a reported case."""
+    here = Path(__file__).resolve().parent
+    return {path for path in here.glob("test_*.py") if _REPORTED in path.read_text(encoding="utf-8")}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus != 0:
         return
-    problem = report.finish(session.stash.get(_COUNT, -1))
+    problem = report.finish(session.stash.get(_COUNT, -1), whole=session.stash.get(_WHOLE, False))
     if problem:
         session.config.get_terminal_writer().line(f"\nERROR: {problem}", red=True)
         session.exitstatus = 1
