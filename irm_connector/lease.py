@@ -34,8 +34,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from .deadline import cleaning_up
-from .errors import LeaseLostError, StateError
+from .deadline import Deadline, cleaning_up, within
+from .errors import DeadlineError, LeaseLostError, StateError
 from .state import PollerState, Watermarks
 
 __all__ = ["HEARTBEAT", "LEASE", "MARGIN", "LeaseTiming", "PollerLease"]
@@ -67,8 +67,8 @@ class LeaseTiming:
 _TIMING = LeaseTiming()
 
 
-class _Unanswered(Exception):
-    """A state write or read cut short by the lease: it may be sent again."""
+class _Unanswered(DeadlineError):
+    """A state write or read cut short by the lease: it may be sent again. Never leaves this module."""
 
 
 class PollerLease:
@@ -174,22 +174,17 @@ class PollerLease:
         return current
 
     async def _cut_short(self, what: str, call: Coroutine[Any, Any, T]) -> T:
-        """``call``, cut when it has not answered within a heartbeat or by the holder's deadline."""
-        seconds = min(self._timing.heartbeat.total_seconds(), self._deadline() - time.monotonic())
-        if seconds <= 0:
-            call.close()  # never started
-            raise self._lost_error()
-        timer = asyncio.timeout(seconds)
+        """``call``, cut when it has not answered within a heartbeat (:class:`_Unanswered`), or by the holder's
+        deadline (the lease is then lost)."""
+        now = time.monotonic()
+        cut = Deadline(min(now + self._timing.heartbeat.total_seconds(), self._deadline()))
         try:
-            async with timer:
-                return await call
-        except TimeoutError:
-            if not timer.expired():
-                raise
-        self.check()  # cut by the deadline: nothing more is sent
-        log.warning("A %s of the poller state of %s had no answer in %.0f s; trying again on a new connection",
-                    what, self._state.content_type, seconds, extra=self._dims)  # fmt: skip
-        raise _Unanswered
+            return await within(what, call, deadline=cut, error=_Unanswered)
+        except _Unanswered:
+            self.check()  # cut by the holder's deadline: nothing more is sent
+            log.warning("A %s of the poller state of %s had no answer in %.0f s; trying again on a new connection",
+                        what, self._state.content_type, cut.end - now, extra=self._dims)  # fmt: skip
+            raise
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
         """Run ``work`` while a heartbeat renews the lease; if the lease is lost, ``work`` is cancelled and
