@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import orjson
 from azure.core import MatchConditions
@@ -39,6 +39,7 @@ from azure.core.exceptions import (
 )
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.data.tables import UpdateMode
+from azure.data.tables import __version__ as _TABLES_VERSION
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector._bounded import within
@@ -59,6 +60,12 @@ _T = TypeVar("_T")
 _QUERY_HEADERS = {"Accept": "application/json;odata=minimalmetadata", "DataServiceVersion": "3.0"}
 #: Tries of a plain read whose answer's body breaks off (the SDK's own reads are retried so by its pipeline).
 _BODY_ATTEMPTS = 3
+
+
+class _Sender(Protocol):
+    def send_request(self, request: HttpRequest, *, stream: bool) -> Awaitable[AsyncHttpResponse]: ...
+
+
 _ERRORS: dict[int, type[HttpResponseError]] = {
     401: ClientAuthenticationError,
     403: ClientAuthenticationError,
@@ -411,10 +418,8 @@ async def _send(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:
     """``request`` (a read) through ``table``'s pipeline, read whole; an error answer raised as the SDK raises
     it (the exception class by status, ``error_code`` from the body), so callers tell errors apart alike."""
     for attempt in range(1, _BODY_ATTEMPTS + 1):
-        # The generated client behind TableClient is where its pipeline is reachable; its send_request is the
-        # documented way to send a request of one's own (https://aka.ms/azsdk/dpcodegen/python/send_request).
         # Streamed, so the body is parsed once (by orjson), not by the pipeline's JSON policy as well.
-        response = await table._client.send_request(request, stream=True)
+        response = await _pipeline_of(table).send_request(request, stream=True)
         try:
             # The transport bounds the request, not the body streamed after it.
             await within(f"reading table {table.table_name}", response.read())
@@ -430,6 +435,20 @@ async def _send(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:
             raise _error(response)
         return response
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _pipeline_of(table: TableClient) -> _Sender:
+    """The generated client behind ``table``: where its pipeline is reachable, and its ``send_request`` is the
+    documented way to send a request of one's own (https://aka.ms/azsdk/dpcodegen/python/send_request). It is
+    a private attribute of azure-data-tables, the same in every version requirements.txt allows (12.6, 12.7);
+    a later one without it fails here with what to do, not with an AttributeError on every claim."""
+    generated = getattr(table, "_client", None)
+    if not callable(getattr(generated, "send_request", None)):
+        raise StateError(
+            f"azure-data-tables {_TABLES_VERSION} is not a version this connector reads tables with; deploy with the "
+            "versions requirements.txt pins (azure-data-tables>=12.6,<12.8)"
+        )
+    return cast("_Sender", generated)
 
 
 def _values(response: AsyncHttpResponse) -> list[dict[str, Any]]:

@@ -5,14 +5,20 @@ skips for CPU's sake. Against Azurite, every claims test reads this way."""
 from __future__ import annotations
 
 import base64
+import re
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import cast
 
 import pytest
 from azure.data.tables._deserialize import _convert_to_entity
 from azure.data.tables._serialize import _parameter_filter_substitution
+from azure.data.tables.aio import TableClient
 
-from irm_connector.state.tables import _entity, _filter
+from irm_connector.errors import StateError
+from irm_connector.state.tables import _entity, _filter, _pipeline_of
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -64,3 +70,21 @@ def test_a_listing_without_keys_reads_as_the_sdk_reads_it() -> None:
     ours, sdk = _entity(dict(raw)), _convert_to_entity(dict(raw))  # type: ignore[no-untyped-call]  # the SDK's helper is unannotated
     assert dict(ours) == dict(sdk) == {"RowKey": "r", "S": "s", "K": "a1b2"}
     assert ours.metadata["timestamp"] == sdk.metadata["timestamp"]
+
+
+def test_the_installed_table_client_is_one_plain_reads_can_send_through() -> None:
+    client = TableClient.from_connection_string(
+        "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=" + base64.b64encode(b"k" * 32).decode()
+        + ";TableEndpoint=https://a.table.core.windows.net",
+        "t",
+    )
+    assert callable(_pipeline_of(client).send_request)
+
+
+def test_a_table_client_without_the_pipeline_attribute_names_the_versions_to_deploy() -> None:
+    # What a later azure-data-tables without the generated client's attribute would meet on every claim read.
+    pinned = next(
+        line for line in (ROOT / "requirements.txt").read_text().splitlines() if line.startswith("azure-data-tables")
+    )
+    with pytest.raises(StateError, match=re.escape(f"deploy with the versions requirements.txt pins ({pinned})")):
+        _pipeline_of(cast("TableClient", object()))
