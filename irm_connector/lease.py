@@ -20,7 +20,8 @@ write may still have landed, and so may a try the SDK retried by itself; the wri
 an ETag that changed. So a refused write reads the state back: when it holds exactly what one of the holder's
 own unanswered writes carried (each has an instant of its own: its ``LeaseUntil``, or a release's ``LastRun``),
 that write landed, and the holder carries on from its ETag. Anything else was written by somebody else, and the
-lease is lost.
+lease is lost. Taking the lease goes the same way (its read too): a take that lands unanswered is the taker's,
+and a stalled connection does not cost the tick.
 """
 
 from __future__ import annotations
@@ -98,17 +99,25 @@ class PollerLease:
         *,
         timing: LeaseTiming = _TIMING,
     ) -> PollerLease | str:
-        """The lease, or why it could not be had (another poller holds it or took it first)."""
+        """The lease, or why it could not be had (another poller holds it or took it first). The read and the
+        write are cut and sent again as a holder's writes are, and may take as long as a holder may go without a
+        write; storage that answers neither in that time raises :class:`StateError`."""
         dims = {"content_type": content_type, "tenant_id": tenant_id}
-        state = await watermarks.get_state(tenant_id, content_type)
-        if state.leased_by_other(owner):
-            return f"another poller holds the lease until {state.lease_expires()}"
-        sent = time.monotonic()
+        lease = cls(watermarks, PollerState(tenant_id, content_type), time.monotonic(), dims, timing)
         try:
-            state = await watermarks.upsert_state(_lease_of(state, timing.lease, owner))
-        except LeaseLostError:
-            return "another poller took the lease first"
-        return cls(watermarks, state, sent, dims, timing)
+            state = await lease._read_state()
+            if state.leased_by_other(owner):
+                return f"another poller holds the lease until {state.lease_expires()}"
+            lease._state = state
+            await lease.write(lease_owner=owner)
+        except LeaseLostError as exc:
+            if lease._lost:  # refused, and not by a write of this taker's own
+                return "another poller took the lease first"
+            raise StateError(
+                f"cannot take the lease of {content_type}: the poller state had no answer in "
+                f"{(timing.lease - timing.margin).total_seconds():.0f} s"
+            ) from exc
+        return lease
 
     @property
     def state(self) -> PollerState:
@@ -157,21 +166,27 @@ class PollerLease:
     async def _landed(self, refusal: LeaseLostError) -> PollerState:
         """After a refused write: the state as it is, if one of this holder's unanswered writes put it there
         (the lease then counts from that write's sending); else the lease is lost, and this raises."""
-        state = self._state
-        try:
-            current = await self._cut_short("read", self._watermarks.get_state(state.tenant_id, state.content_type))
-        except _Unanswered:
-            # The refused write is tried again (by the heartbeat, or the run's next write): back here.
-            raise StateError(f"cannot read the poller state of {state.content_type}: no answer") from None
+        current = await self._read_state()
         sent = [at for at, entity in self._unanswered if entity == current.entity()]
         if not sent:
             self._lost = str(refusal)
             raise self._lost_error() from refusal
         log.info("A write of the poller state of %s that went unanswered had landed; carrying on from it",
-                 state.content_type, extra=self._dims)  # fmt: skip
+                 self._state.content_type, extra=self._dims)  # fmt: skip
         self._renewed = min(sent)
         self._unanswered.clear()
         return current
+
+    async def _read_state(self) -> PollerState:
+        """The state as stored, read again on a new connection while a read goes unanswered."""
+        while True:
+            self.check()
+            try:
+                return await self._cut_short(
+                    "read", self._watermarks.get_state(self._state.tenant_id, self._state.content_type)
+                )
+            except _Unanswered:
+                continue
 
     async def _cut_short(self, what: str, call: Coroutine[Any, Any, T]) -> T:
         """``call``, cut when it has not answered within a heartbeat (:class:`_Unanswered`), or by the holder's

@@ -1,5 +1,6 @@
 """The poller's lease over Azurite, through the fault proxy: a state write that never answers, or that lands
-without its answer, costs the holder neither its lease nor its run; a write by somebody else still does.
+without its answer, costs the holder neither its lease nor its run, and the taker neither the lease nor the tick;
+a write by somebody else still does.
 
 The lease here lasts 6 s (renewed every second, given up 1 s early), so a run outlasts it in seconds; the
 rules are those of the 40-second lease the poller takes.
@@ -17,7 +18,7 @@ from azure.data.tables.aio import TableServiceClient
 
 from irm_connector.errors import LeaseLostError
 from irm_connector.lease import LeaseTiming, PollerLease
-from irm_connector.state import Tables, Watermarks
+from irm_connector.state import PollerState, Tables, Watermarks
 from standins.storage_proxy import StorageProxy
 
 TENANT, CONTENT_TYPE = "tenant-1", "Audit.General"
@@ -110,3 +111,59 @@ async def test_a_write_by_another_poller_still_loses_the_lease(
         await lease.write(watermark=WATERMARK)
     stored = await others.get_state(TENANT, CONTENT_TYPE)
     assert (stored.watermark, stored.lease_owner) == (None, "another poller")
+
+
+async def _take_within_a_lease(watermarks: Watermarks) -> PollerLease:
+    async with asyncio.timeout(TIMING.lease.total_seconds()):  # without the cut, the stuck request holds the take
+        return await _take(watermarks)
+
+
+async def test_a_take_whose_read_and_write_never_answer_gets_the_lease(
+    watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
+) -> None:
+    await others.upsert_state(PollerState(TENANT, CONTENT_TYPE, watermark=WATERMARK))  # a poller ran before
+    stuck_read = proxy.hold("table.read", path=STATE_PATH)
+    stuck_write = proxy.hold("table.write", path=STATE_PATH)
+    try:
+        lease = await _take_within_a_lease(watermarks)
+    finally:
+        stuck_read.release()
+        stuck_write.release()
+    assert stuck_read.arrived.is_set() and stuck_write.arrived.is_set()
+    assert not lease.lost
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert (stored.watermark, stored.lease_owner) == (WATERMARK, "holder")
+    assert stored.leased_by_other("another poller")
+
+
+async def test_a_first_take_that_lands_without_its_answer_is_recognised_as_the_takers_own(
+    watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
+) -> None:
+    # The state's first write creates the entity (a POST to the table); sent again, it meets its own entity (409).
+    unanswered = proxy.hold("table.write", path=r"state$", after_answer=True)
+    try:
+        lease = await _take_within_a_lease(watermarks)
+    finally:
+        unanswered.release()
+    assert unanswered.arrived.is_set()
+    await lease.write(watermark=WATERMARK)  # the lease's ETag is the stored one: the holder writes on
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert (stored.watermark, stored.lease_owner) == (WATERMARK, "holder")
+
+
+async def test_a_take_refused_for_another_pollers_write_reports_it(
+    watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
+) -> None:
+    await others.upsert_state(PollerState(TENANT, CONTENT_TYPE, watermark=WATERMARK))
+    # Between the taker's read and its write, another poller takes the lease.
+    held = proxy.hold("table.write", path=STATE_PATH)
+    take = asyncio.create_task(PollerLease.take(watermarks, TENANT, CONTENT_TYPE, "holder", timing=TIMING))
+    try:
+        await asyncio.to_thread(held.arrived.wait, 10)
+        current = await others.get_state(TENANT, CONTENT_TYPE)
+        await others.upsert_state(replace(current, lease_owner="another poller", lease_seconds=40))
+    finally:
+        held.release()
+    assert await take == "another poller took the lease first"
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert stored.lease_owner == "another poller"
