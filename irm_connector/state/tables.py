@@ -440,13 +440,13 @@ async def _send(table: TableClient, request: HttpRequest) -> AsyncHttpResponse:
 def _pipeline_of(table: TableClient) -> _Sender:
     """The generated client behind ``table``: where its pipeline is reachable, and its ``send_request`` is the
     documented way to send a request of one's own (https://aka.ms/azsdk/dpcodegen/python/send_request). It is
-    a private attribute of azure-data-tables, the same in every version requirements.txt allows (12.6, 12.7);
+    a private attribute of azure-data-tables, there in the versions requirements.txt allows (12.7.x, as tested);
     a later one without it fails here with what to do, not with an AttributeError on every claim."""
     generated = getattr(table, "_client", None)
     if not callable(getattr(generated, "send_request", None)):
         raise StateError(
             f"azure-data-tables {_TABLES_VERSION} is not a version this connector reads tables with; deploy with the "
-            "versions requirements.txt pins (azure-data-tables>=12.6,<12.8)"
+            "versions requirements.txt pins (azure-data-tables>=12.7,<12.8)"
         )
     return cast("_Sender", generated)
 
