@@ -24,6 +24,9 @@ from standins.storage_proxy import StorageProxy
 TENANT, CONTENT_TYPE = "tenant-1", "Audit.General"
 TIMING = LeaseTiming(lease=timedelta(seconds=6), heartbeat=timedelta(seconds=1), margin=timedelta(seconds=1))
 WATERMARK = datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+#: For the tests where another poller writes while a write of the holder's waits for its answer: a write is cut
+#: only after 5 s, so the other poller's write (milliseconds) surely comes first, however loaded the machine.
+PATIENT = LeaseTiming(lease=timedelta(seconds=20), heartbeat=timedelta(seconds=5), margin=timedelta(seconds=1))
 #: Longer than a lease: the run needs its renewals.
 WORK_SECONDS = TIMING.lease.total_seconds() + 2
 #: The state entity's path (not the table's creation).
@@ -44,8 +47,8 @@ async def others(service: TableServiceClient, prefix: str) -> Watermarks:
     return Watermarks(Tables(service, prefix=prefix))
 
 
-async def _take(watermarks: Watermarks, owner: str = "holder") -> PollerLease:
-    lease = await PollerLease.take(watermarks, TENANT, CONTENT_TYPE, owner, timing=TIMING)
+async def _take(watermarks: Watermarks, owner: str = "holder", timing: LeaseTiming = TIMING) -> PollerLease:
+    lease = await PollerLease.take(watermarks, TENANT, CONTENT_TYPE, owner, timing=timing)
     assert isinstance(lease, PollerLease), lease
     return lease
 
@@ -95,7 +98,7 @@ async def test_a_renewal_that_lands_without_its_answer_is_recognised_as_the_hold
 async def test_a_write_by_another_poller_still_loses_the_lease(
     watermarks: Watermarks, others: Watermarks, proxy: StorageProxy
 ) -> None:
-    lease = await _take(watermarks)
+    lease = await _take(watermarks, timing=PATIENT)
     unanswered = proxy.hold("table.write", path=STATE_PATH, after_answer=True)
     renewal = asyncio.create_task(lease.write())
     try:
@@ -157,7 +160,7 @@ async def test_a_take_refused_for_another_pollers_write_reports_it(
     await others.upsert_state(PollerState(TENANT, CONTENT_TYPE, watermark=WATERMARK))
     # Between the taker's read and its write, another poller takes the lease.
     held = proxy.hold("table.write", path=STATE_PATH)
-    take = asyncio.create_task(PollerLease.take(watermarks, TENANT, CONTENT_TYPE, "holder", timing=TIMING))
+    take = asyncio.create_task(PollerLease.take(watermarks, TENANT, CONTENT_TYPE, "holder", timing=PATIENT))
     try:
         await asyncio.to_thread(held.arrived.wait, 10)
         current = await others.get_state(TENANT, CONTENT_TYPE)
