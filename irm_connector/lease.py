@@ -256,15 +256,9 @@ class PollerLease:
                 log.warning("Could not renew the lease of %s: %s", self._state.content_type, exc, extra=self._dims)
 
 
-def _lease_of(state: PollerState, lease: timedelta, owner: str | None = None) -> PollerState:
-    """``state`` held (by ``owner``, or by its current owner), for ``lease`` from this write."""
-    holder = state.lease_owner if owner is None else owner
-    if not holder:
+def _lease_of(state: PollerState, lease: timedelta) -> PollerState:
+    """``state`` held by its owner for ``lease`` from this write; a release (no owner) as it is."""
+    if not state.lease_owner:
         return state
     # LeaseUntil by this instance's clock: for people and for older versions; the lease is LeaseSeconds.
-    return replace(
-        state,
-        lease_owner=holder,
-        lease_until=datetime.now(UTC) + lease,
-        lease_seconds=int(lease.total_seconds()),
-    )
+    return replace(state, lease_until=datetime.now(UTC) + lease, lease_seconds=int(lease.total_seconds()))
