@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 
 _CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 _AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
+#: The Python worker's own switch for debug logs (its root logger at DEBUG instead of INFO).
+_DEBUG_LOGGING = "PYTHON_ENABLE_DEBUG_LOGGING"
+#: What the worker reads as on (``is_true_like`` in azure-functions-python-worker).
+_TRUE = frozenset({"1", "true", "t", "yes", "y"})
+#: Where azure-core's ``HttpLoggingPolicy`` logs every request and response, at INFO.
+_SDK_REQUEST_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
 _lock = threading.Lock()
 _configured = False
 
@@ -58,11 +64,13 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     """Send traces, logs and metrics to Application Insights when the connection string is set.
 
     Idempotent and safe: returns whether telemetry is on; never raises (a telemetry problem must not stop
-    the connector), and installs the secret-redacting log filter either way.
+    the connector). Either way it installs the secret-redacting log filter and quiets the Azure SDKs'
+    request logs.
     """
     global _configured
     env = os.environ if env is None else env
     install_redaction(env)
+    _quiet_sdk_requests(env)
     if _configured:
         return True
     connection_string = env.get(_CONNECTION_STRING, "").strip()
@@ -106,6 +114,20 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         install_redaction(env)
         log.info("Application Insights telemetry configured")
         return True
+
+
+def _quiet_sdk_requests(env: Mapping[str, str]) -> None:
+    """Keep the Azure SDKs' request logs out of the host's logs, unless the worker's debug logging is on.
+
+    The Python worker sets the root logger to INFO and forwards every record to the host, which stores it in
+    Application Insights (``traces``). At INFO, azure-core logs each request and each response of every
+    Azure SDK client, headers included: about 45 records and 22 kB per blob, against the connector's own one,
+    billed by the GB. ``PYTHON_ENABLE_DEBUG_LOGGING=1``, the worker's switch for debug logs, lets them through;
+    so does a level someone set on that logger before the first invocation.
+    """
+    sdk_requests = logging.getLogger(_SDK_REQUEST_LOGGER)
+    if sdk_requests.level == logging.NOTSET and env.get(_DEBUG_LOGGING, "").strip().lower() not in _TRUE:
+        sdk_requests.setLevel(logging.WARNING)
 
 
 def _credential(auth_string: str) -> Any:
