@@ -46,8 +46,10 @@ _AUTHENTICATION_STRING = "APPLICATIONINSIGHTS_AUTHENTICATION_STRING"
 _DEBUG_LOGGING = "PYTHON_ENABLE_DEBUG_LOGGING"
 #: What the worker reads as on (``is_true_like`` in azure-functions-python-worker).
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
-#: Where azure-core's ``HttpLoggingPolicy`` logs every request and response, at INFO.
-_SDK_REQUEST_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+#: Loggers that write a line at INFO for each request, or each export, of a busy app: azure-core's
+#: ``HttpLoggingPolicy`` (every request and response of every Azure SDK client) and the Azure Monitor
+#: exporters ("Transmission succeeded" every few seconds, the live metrics' state).
+_CHATTY_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "azure.monitor.opentelemetry")
 _lock = threading.Lock()
 _configured = False
 
@@ -65,12 +67,12 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
 
     Idempotent and safe: returns whether telemetry is on; never raises (a telemetry problem must not stop
     the connector). Either way it installs the secret-redacting log filter and quiets the Azure SDKs'
-    request logs.
+    per-request log lines.
     """
     global _configured
     env = os.environ if env is None else env
     install_redaction(env)
-    _quiet_sdk_requests(env)
+    _quiet_chatty_loggers(env)
     if _configured:
         return True
     connection_string = env.get(_CONNECTION_STRING, "").strip()
@@ -116,18 +118,22 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         return True
 
 
-def _quiet_sdk_requests(env: Mapping[str, str]) -> None:
-    """Keep the Azure SDKs' request logs out of the host's logs, unless the worker's debug logging is on.
+def _quiet_chatty_loggers(env: Mapping[str, str]) -> None:
+    """Keep the Azure SDKs' per-request lines out of the host's logs, unless the worker's debug logging is on.
 
     The Python worker sets the root logger to INFO and forwards every record to the host, which stores it in
     Application Insights (``traces``). At INFO, azure-core logs each request and each response of every
-    Azure SDK client, headers included: about 45 records and 22 kB per blob, against the connector's own one,
-    billed by the GB. ``PYTHON_ENABLE_DEBUG_LOGGING=1``, the worker's switch for debug logs, lets them through;
-    so does a level someone set on that logger before the first invocation.
+    Azure SDK client, headers included: about 45 records and 22 kB per blob, against the connector's one or
+    two, billed by the GB; the exporters add a line per export. ``PYTHON_ENABLE_DEBUG_LOGGING=1``, the
+    worker's switch for debug logs, lets them through; so does a level someone set on those loggers before
+    the first invocation.
     """
-    sdk_requests = logging.getLogger(_SDK_REQUEST_LOGGER)
-    if sdk_requests.level == logging.NOTSET and env.get(_DEBUG_LOGGING, "").strip().lower() not in _TRUE:
-        sdk_requests.setLevel(logging.WARNING)
+    if env.get(_DEBUG_LOGGING, "").strip().lower() in _TRUE:
+        return
+    for name in _CHATTY_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.WARNING)
 
 
 def _credential(auth_string: str) -> Any:

@@ -31,6 +31,13 @@ _SCRIPT = textwrap.dedent(
     import json, logging, os
     from irm_connector import telemetry
     from irm_connector.metrics import metrics as irm_metrics
+    to_the_host = []  # below WARNING, what the Python worker would forward to the host: its root logger is at INFO
+    class ToTheHost(logging.Handler):
+        def emit(self, record):
+            if record.levelno < logging.WARNING:
+                to_the_host.append(record.name)
+    logging.getLogger().addHandler(ToTheHost())
+    logging.getLogger().setLevel(logging.INFO)
     configured = telemetry.configure()
     from opentelemetry import metrics, trace
     from opentelemetry._logs import get_logger_provider
@@ -50,6 +57,7 @@ _SCRIPT = textwrap.dedent(
         "meter_provider": type(metrics.get_meter_provider()).__name__,
         "handlers": [type(h).__name__ for h in logging.getLogger("irm_connector").handlers],
         "traceparent": parent,
+        "to_the_host": sorted(set(to_the_host)),
     }), flush=True)  # os._exit skips the interpreter's flush: without this a piped stdout arrives empty
     os._exit(0)  # skip the exporters' exit-time retries against endpoints that do not exist here
     """
@@ -65,6 +73,7 @@ class _Report(TypedDict):
     meter_provider: str
     handlers: list[str]
     traceparent: str
+    to_the_host: list[str]
 
 
 def _run_script(env: dict[str, str]) -> _Report:
@@ -128,6 +137,8 @@ def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insi
         if e["data"]["baseType"] == "RemoteDependencyData"
     )
     assert secret not in appinsights.raw()
+    # The exporters' own lines ("Transmission succeeded" every few seconds) stay out of the host's logs.
+    assert report["to_the_host"] and not [name for name in report["to_the_host"] if name.startswith("azure.")]
 
 
 def test_authentication_string_gives_a_managed_identity_credential() -> None:
