@@ -37,9 +37,13 @@ class _ToTheHost(logging.Handler):
 
 
 def _worker_logging(level: int) -> Iterator[_ToTheHost]:
-    root, sdk = logging.getLogger(), logging.getLogger(SDK_REQUESTS)
-    saved = root.level, sdk.level
-    sdk.setLevel(logging.NOTSET)  # as in a new worker process: nothing has set it yet
+    root = logging.getLogger()
+    logging.getLogger(SDK_REQUESTS)  # created, so that it is among those reset below
+    # As in a new worker process, no Azure logger has a level of its own yet (the CLI's tests set some).
+    azure = {name: logging.getLogger(name) for name in logging.root.manager.loggerDict if name.startswith("azure")}
+    saved = root.level, {name: logger.level for name, logger in azure.items()}
+    for logger in azure.values():
+        logger.setLevel(logging.NOTSET)
     handler = _ToTheHost()
     root.addHandler(handler)
     root.setLevel(level)
@@ -48,7 +52,8 @@ def _worker_logging(level: int) -> Iterator[_ToTheHost]:
     finally:
         root.removeHandler(handler)
         root.setLevel(saved[0])
-        sdk.setLevel(saved[1])
+        for name, logger_level in saved[1].items():
+            azure[name].setLevel(logger_level)
 
 
 @pytest.fixture
