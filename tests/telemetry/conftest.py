@@ -78,15 +78,23 @@ def appinsights(test_ca: TestCA) -> Iterator[AppInsightsStandIn]:
         server.stop()
 
 
+_exporter: InMemorySpanExporter | None = None
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
-    """The spans this process records (the tracer provider is process-wide: set once, shared by the tests)."""
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    processor = SimpleSpanProcessor(exporter)
-    provider.add_span_processor(processor)
-    yield exporter
-    processor.shutdown()
+    """The spans this test records. The tracer provider is process-wide and set once, and a processor cannot
+    be taken off it again: one exporter serves every test, emptied before and after each. (A processor shut
+    down after its test made every later span in the session log "Processor is already shutdown", which
+    broke the tests that count the CLI's stderr lines when they ran after these.)"""
+    global _exporter
+    if _exporter is None:
+        provider = trace.get_tracer_provider()
+        if not isinstance(provider, TracerProvider):
+            provider = TracerProvider()
+            trace.set_tracer_provider(provider)
+        _exporter = InMemorySpanExporter()
+        provider.add_span_processor(SimpleSpanProcessor(_exporter))
+    _exporter.clear()
+    yield _exporter
+    _exporter.clear()
