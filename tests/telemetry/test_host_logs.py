@@ -72,7 +72,7 @@ async def _run_a_day(connector: ConnectorHarness, *, records: int) -> int:
     sim = connector.standins
     workload = generate_workload(
         seed=21, total_records=records, blob_size=(200, 600), irm_share=0.02, tenant_id=sim.tenant_id,
-        span=timedelta(hours=6),
+        span=timedelta(hours=6), duplicate_share=0.0,  # no blob waits for another's records: a line each
     )  # fmt: skip
     workload.publish(sim.management)
     connector.set(LOGS_AUDIT_STREAM="Custom-O365Audit")
@@ -89,8 +89,8 @@ async def test_the_host_gets_the_connectors_lines_not_a_line_per_sdk_request(
 ) -> None:
     blobs = await _run_a_day(connector, records=3000)
     assert not worker_at_info.from_logger(SDK_REQUESTS)
-    # What is left is the connector's own: a line per blob and stream, and a few at start-up (sign-in, the poll). Before,
-    # azure-core added two per storage or ingestion request, about 45 lines and 22 kB per blob.
+    # What is left is the connector's own: a line per blob and stream, and a few at start-up (sign-in, the
+    # poll). Before, azure-core added two per storage or ingestion request, about 45 lines and 22 kB per blob.
     size = sum(len(text) for _, text in worker_at_info.lines)
     assert len(worker_at_info.lines) <= 2 * blobs + 10, Counter(name for name, _ in worker_at_info.lines)
     assert size <= 1000 * blobs, size
