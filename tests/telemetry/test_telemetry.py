@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TypedDict, cast
 
 import pytest
@@ -100,7 +101,7 @@ def test_without_a_connection_string_nothing_is_configured() -> None:
 
 
 def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insights(
-    appinsights: AppInsightsStandIn, test_ca: TestCA
+    appinsights: AppInsightsStandIn, test_ca: TestCA, tmp_path: Path
 ) -> None:
     secret = "s3cr3t-" + os.urandom(8).hex()
     env = _base_env(secret)
@@ -110,6 +111,9 @@ def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insi
             f"IngestionEndpoint={appinsights.base_url};LiveEndpoint={appinsights.base_url}",
             "REQUESTS_CA_BUNDLE": str(test_ca.ca_path),
             "SSL_CERT_FILE": str(test_ca.ca_path),
+            # The exporters keep unsent telemetry in a directory of the temp dir named per application
+            # directory, one per clone of the repository: here it goes with the test's own files.
+            "TMPDIR": str(tmp_path),
         }
     )
     report = _run_script(env)
