@@ -47,7 +47,8 @@ _CONTENT_TYPE_LETTER = {
 UPN_KEYS = ("userPrincipalName", "UserPrincipalName", "upn", "Upn", "UPN", "f3u")
 ALERT_RECORD_TYPE = 40
 _SYNTHETIC_ID_NAMESPACE = uuid.UUID("5b1f0c3e-1d0e-4f7e-9a57-3c6a2a8d9f10")
-_CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,7})?(Z|[+-]00:00)?")
+# ASCII digits only: ``\d`` would take other scripts' digits, which no reader of TimeGenerated parses.
+_CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,7})?(Z|[+-]00:00)?", re.ASCII)
 
 # Fields copied as they are, straight from columns.json so a column added there is filled here.
 _ALERT_TEXT = stream_schema("alerts").copied("string")
@@ -75,7 +76,10 @@ class Routing:
     def is_alert(self, record: dict[str, Any], record_type: int | None) -> bool:
         if record_type != ALERT_RECORD_TYPE:
             return False
-        return "*" in self.alert_categories or record.get("Category") in self.alert_categories
+        if "*" in self.alert_categories:
+            return True
+        category = record.get("Category")  # a list or an object here must not stop the blob (unhashable)
+        return type(category) is str and category in self.alert_categories
 
 
 @dataclass
@@ -173,7 +177,7 @@ def _creation_time(value: Any) -> tuple[str | None, str]:
     if not isinstance(value, str):
         return None, ""
     # The API's own shape, ``2026-06-29T20:03:19``: check the hour once, minutes and seconds here.
-    if len(value) == 19 and value[13] == ":" and value[16] == ":":
+    if len(value) == 19 and value[13] == ":" and value[16] == ":" and value.isascii():
         hour_key = _HOURS.get(value[:13])
         minute, second = value[14:16], value[17:19]
         if hour_key is not None and minute.isdigit() and second.isdigit() and minute < "60" and second < "60":
@@ -199,8 +203,11 @@ def _as_int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value if -(2**31) <= value < 2**31 else None
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return _as_int(int(value))
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text.startswith(("-", "+")) else text
+        # ASCII digits only: int() refuses superscripts, which str.isdigit() accepts.
+        return _as_int(int(text)) if digits.isascii() and digits.isdigit() else None
     if isinstance(value, float) and value.is_integer():
         return _as_int(int(value))
     return None

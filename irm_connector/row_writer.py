@@ -61,7 +61,8 @@ def _dumps_flat(value: Any) -> str:
 
 
 def _cut(text: str, limit: int) -> str:
-    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+    # "replace": a long text of a blob that orjson refused may still hold an unpaired surrogate.
+    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
 
 
 def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
@@ -81,10 +82,10 @@ def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
     for name, value in row.items():
         size = len(dumps(value))
         if size > FIELD_LIMIT:
-            row[name] = _cut(value if isinstance(value, str) else dumps(value).decode("utf-8"), FIELD_LIMIT)
-            size = FIELD_LIMIT
-            changed = True
-            problems["value over 64 KB cut to fit (column " + name + ")"] += 1
+            cut = _cut(value if isinstance(value, str) else dumps(value).decode("utf-8"), FIELD_LIMIT)
+            if cut != value:  # a text long only in JSON's escapes is under the limit as it is
+                row[name], size, changed = cut, len(dumps(cut)), True
+                problems["value over 64 KB cut to fit (column " + name + ")"] += 1
         sizes[name] = size
     body = dumps(row) if changed else body
     while len(body) > ROW_LIMIT:

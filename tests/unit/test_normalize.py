@@ -233,17 +233,66 @@ def test_unpaired_surrogates_are_read_and_written_safely() -> None:
     assert orjson.loads(out.rows["Custom-IRMAlerts"][0].body)["Name"].startswith("bad ")
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"Category": ["InsiderRiskManagement"]},  # not hashable: the category test must not raise
+        {"Category": {"a": 1}},
+        {"RecordType": "--40"},  # passes a sign-stripping isdigit(), refused by int()
+        {"RecordType": "4\u00b2"},  # a superscript: isdigit() says yes, int() says no
+        {"UserType": "\u00b2"},
+        {"CreationTime": "\u0662\u0660\u0662\u0666-11-27T09:15:02"},  # Arabic-Indic digits
+        {"CreationTime": "2026-11-27T09:1\u00b2:02"},
+    ],
+)
+def test_an_odd_value_in_one_record_never_stops_the_blob(odd: dict[str, Any]) -> None:
+    good = irm_alert(Id="good")
+    out = normalize_blob([irm_alert(**odd), good], REF, BOTH, sent_at=SENT)
+    audit = {row["RecordId"]: row for row in rows(out, "Custom-O365Audit")}
+    assert set(audit) == {good["Id"], irm_alert()["Id"]}  # both records, each once
+    assert [row["RecordId"] for row in rows(out)][-1] == "good"
+    odd_row = audit[irm_alert()["Id"]]
+    assert odd_row["TimeGenerated"][:4] in ("2026",) and odd_row["TimeGenerated"].isascii()
+    assert odd_row["RecordType"] in (40, None) and odd_row.get("UserType") in (4, None)
+
+
+def test_text_spelling_a_number_is_read_as_one() -> None:
+    out = normalize_blob([irm_alert(RecordType=" +40 ", UserType="-1")], REF, BOTH, sent_at=SENT)
+    [row] = rows(out, "Custom-O365Audit")
+    assert (row["RecordType"], row["UserType"]) == (40, -1) and len(rows(out)) == 1
+
+
+def test_a_long_text_with_an_unpaired_surrogate_is_cut_safely() -> None:
+    # orjson refuses the blob, the standard library keeps the lone surrogate: the 64 KB cut must write it.
+    body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "CreationTime": "2026-11-27T09:15:02",'
+    body += b' "Comments": "' + b"c" * 70_000 + b'\\ud800", "ObjectId": "' + b"o" * 70_000 + b'\\ud800"}]'
+    out = normalize_blob(parse_blob(body), REF, BOTH, sent_at=SENT)
+    [alert] = rows(out)
+    [audit] = rows(out, "Custom-O365Audit")
+    assert alert["Comments"] == "c" * (FIELD_LIMIT) and audit["ObjectId"] == "o" * FIELD_LIMIT
+    assert out.problems["value over 64 KB cut to fit (column Comments)"] == 1
+
+
+def test_a_text_long_only_in_its_json_escapes_is_kept_whole() -> None:
+    # 20,000 control characters: 20 KB of text, 120 KB of JSON; Azure Monitor's 64 KB is the value's.
+    out = normalize_blob([irm_alert(Comments="\x01" * 20_000)], REF, ALERTS, sent_at=SENT)
+    assert rows(out)[0]["Comments"] == "\x01" * 20_000 and not out.problems
+
+
 def test_extract_upn_ignores_non_strings() -> None:
     assert extract_upn({"upn": 5, "f3u": "z@x.com"}) == "z@x.com"
 
 
+#: texts that look like numbers or times to a careless reader: signs, superscripts, other scripts' digits
+number_like = st.text(alphabet="0123456789+- \u00b2\u0662\u06f4T:", max_size=8) | st.sampled_from(["40", "--40", "4\u00b2"])
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | number_like,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20,
 )
 
 
+@pytest.mark.parametrize("categories", [frozenset({"*"}), frozenset({"InsiderRiskManagement"})])
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
@@ -259,8 +308,10 @@ json_values = st.recursive(
         max_size=8,
     )
 )
-def test_normalization_never_raises_and_rows_fit_the_declared_columns(records: list[object]) -> None:
-    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", "Custom-O365Audit", frozenset({"*"})), sent_at=SENT)
+def test_normalization_never_raises_and_rows_fit_the_declared_columns(
+    categories: frozenset[str], records: list[object]
+) -> None:
+    out = normalize_blob(records, REF, Routing("Custom-IRMAlerts", "Custom-O365Audit", categories), sent_at=SENT)
     for stream, key in (("Custom-IRMAlerts", "alerts"), ("Custom-O365Audit", "audit")):
         schema = {c.name: c.type for c in stream_schema(key).columns}
         for r in out.rows.get(stream, []):
