@@ -34,6 +34,7 @@ __all__ = [
     "ManagementTokenProvider",
     "azure_credential",
     "identity_endpoint_known",
+    "in_cloud_shell",
     "management_token_provider",
 ]
 
@@ -147,20 +148,34 @@ class MsalTokenProvider:
 
 
 #: Where Azure gives code a managed identity, it says so in the environment: App Service and Functions
-#: (IDENTITY_ENDPOINT), Cloud Shell (MSI_ENDPOINT), AKS workload identity (AZURE_FEDERATED_TOKEN_FILE).
-#: Without one of these only an Azure VM's instance metadata service (IMDS) can give a token.
+#: (IDENTITY_ENDPOINT), Azure ML (MSI_ENDPOINT with MSI_SECRET), AKS workload identity
+#: (AZURE_FEDERATED_TOKEN_FILE). Without one of these only an Azure VM's instance metadata service (IMDS) can
+#: give a token. Cloud Shell sets MSI_ENDPOINT alone, and its tokens are the signed-in user's: see
+#: :func:`in_cloud_shell`.
 IDENTITY_ENVIRONMENT = ("IDENTITY_ENDPOINT", "MSI_ENDPOINT", "AZURE_FEDERATED_TOKEN_FILE")
 
 NOT_IN_AZURE = (
     "not running in Azure: O365_AUTH_MODE=managed_identity needs the function app's identity, which exists only "
-    "in Azure (no IDENTITY_ENDPOINT or MSI_ENDPOINT here, and no Azure instance metadata service gave a token)"
+    "in Azure (no IDENTITY_ENDPOINT here, Cloud Shell's identity is your own, and no Azure instance metadata "
+    "service gave a token)"
 )
 NOT_IN_AZURE_HINT = "off Azure, use an app registration's credential (O365_AUTH_MODE=secret or certificate)"
 
 
+def _set(name: str) -> bool:
+    return bool(os.environ.get(name, "").strip())
+
+
+def in_cloud_shell() -> bool:
+    """Azure Cloud Shell: its MSI_ENDPOINT (without MSI_SECRET) gives the signed-in user's tokens, not an app's,
+    and azure-identity refuses a ``client_id`` there (the app's settings carry one)."""
+    return _set("MSI_ENDPOINT") and not _set("MSI_SECRET") and not _set("IDENTITY_ENDPOINT")
+
+
 def identity_endpoint_known() -> bool:
-    """Whether the environment names a managed identity endpoint (see :data:`IDENTITY_ENVIRONMENT`)."""
-    return any(os.environ.get(name, "").strip() for name in IDENTITY_ENVIRONMENT)
+    """Whether the environment names an endpoint of a managed identity of its own (see
+    :data:`IDENTITY_ENVIRONMENT`); Cloud Shell's is the operator's, as off Azure."""
+    return any(_set(name) for name in IDENTITY_ENVIRONMENT) and not in_cloud_shell()
 
 
 class IdentityTokenProvider:
@@ -175,10 +190,13 @@ class IdentityTokenProvider:
             # An Azure VM's metadata service answers at once; elsewhere nothing does, and the SDK's retries
             # of 169.254.169.254 take 25-40 s to say so.
             kwargs = {**azure_client_kwargs(settings, session, connection_timeout=2.0), "retry_total": 0}
-        self._credential = ManagedIdentityCredential(client_id=client_id, **kwargs)
+        # In Cloud Shell azure-identity would take its endpoint, the operator's own, and refuse the client id.
+        self._credential = None if in_cloud_shell() else ManagedIdentityCredential(client_id=client_id, **kwargs)
 
     async def get_token(self, *, refresh: bool = False) -> str:
         audience = self._scope.removesuffix("/.default")
+        if self._credential is None:
+            raise NotInAzureError(audience, NOT_IN_AZURE, NOT_IN_AZURE_HINT)
         try:
             token = await self._credential.get_token(self._scope)
         except ClientAuthenticationError as exc:
@@ -196,7 +214,8 @@ class IdentityTokenProvider:
         return str(token.token)
 
     async def close(self) -> None:
-        await self._credential.close()
+        if self._credential is not None:
+            await self._credential.close()
 
 
 def management_token_provider(
@@ -223,7 +242,8 @@ def azure_credential(
     kwargs = azure_client_kwargs(settings, session)
     if managed_identity_only and identity_endpoint_known():
         return ManagedIdentityCredential(client_id=client_id or os.environ.get("AZURE_CLIENT_ID") or None, **kwargs)
-    mi_client_id = client_id or os.environ.get("AZURE_CLIENT_ID") or None
+    # In Cloud Shell the app's identity is not there, and a client id would reach Cloud Shell's endpoint.
+    mi_client_id = None if in_cloud_shell() else client_id or os.environ.get("AZURE_CLIENT_ID") or None
     return DefaultAzureCredential(
         managed_identity_client_id=mi_client_id,
         exclude_interactive_browser_credential=True,

@@ -54,6 +54,8 @@ from standins.tokens import TokenRegistry, normalize_audience
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MSI_API_VERSION = "2019-08-01"
+#: Who Cloud Shell's tokens stand for: the operator signed in to the portal, not an app.
+CLOUD_SHELL_USER = "cloud-shell-operator"
 
 
 @dataclass
@@ -165,6 +167,11 @@ class EntraStandIn(ServiceStandIn):
     def identity_endpoint(self) -> str:
         return f"{self.base_url}/msi/token"
 
+    @property
+    def cloud_shell_endpoint(self) -> str:
+        """Azure Cloud Shell's MSI_ENDPOINT: tokens of the signed-in operator (:data:`CLOUD_SHELL_USER`)."""
+        return f"{self.base_url}/cloudshell/token"
+
     # ---- HTTP --------------------------------------------------------------------------
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -174,6 +181,7 @@ class EntraStandIn(ServiceStandIn):
         )
         app.router.add_post("/{tenant}/oauth2/v2.0/token", self.routed("token", self._token))
         app.router.add_get("/msi/token", self.routed("msi", self._msi))
+        app.router.add_post("/cloudshell/token", self.routed("cloudshell", self._cloud_shell))
         return app
 
     def error_body(self, error: ApiError) -> Any:
@@ -355,6 +363,28 @@ class EntraStandIn(ServiceStandIn):
             if x5t and x5t == _b64url(hashlib.sha1(der).digest()):
                 return cert
         return None
+
+    async def _cloud_shell(self, request: web.Request) -> web.Response:
+        """Cloud Shell's identity endpoint: a form POST of ``resource`` with ``Metadata: true``; the token is
+        the signed-in user's, and it knows no client ids (azure-identity refuses to send one)."""
+        if request.headers.get("Metadata") != "true":
+            raise ApiError(400, "invalid_request", "Required metadata header not specified")
+        form = await request.post()
+        resource = str(form.get("resource") or "")
+        if not resource or set(form) != {"resource"}:
+            raise ApiError(400, "invalid_request", "Only the resource parameter is accepted")
+        info = self.tokens.issue(
+            audience=resource, tenant_id=self.managed_identity_tenant, client_id=CLOUD_SHELL_USER, kind="cloud_shell"
+        )
+        return json_response(
+            {
+                "access_token": info.token,
+                "expires_in": str(int(info.expires_at - time.time())),
+                "expires_on": str(int(info.expires_at)),
+                "resource": resource,
+                "token_type": "Bearer",
+            }
+        )
 
     async def _msi(self, request: web.Request) -> web.Response:
         """App Service managed identity (api-version 2019-08-01)."""

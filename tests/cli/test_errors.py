@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from irm_connector.auth import azure_credential
 from irm_connector.settings import Settings
+from standins.entra import CLOUD_SHELL_USER
 from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.cli.conftest import Cli, closed_port
@@ -31,6 +33,14 @@ def off_azure(cli: Cli) -> None:
     metadata service of an Azure VM) nothing listening where azure-identity would ask instead."""
     cli.unset("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT")
     cli.set(AZURE_POD_IDENTITY_AUTHORITY_HOST=f"http://127.0.0.1:{closed_port()}")
+
+
+def in_cloud_shell(cli: Cli) -> None:
+    """As in Azure Cloud Shell: MSI_ENDPOINT alone, whose tokens are the signed-in operator's, while the app's
+    settings (as docs/operations.md exports them) still name the app's identity in AZURE_CLIENT_ID."""
+    off_azure(cli)
+    cli.set(MSI_ENDPOINT=cli.standins.entra.cloud_shell_endpoint,
+            AZURE_CLIENT_ID=cli.standins.entra.managed_identity_client_id)  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["secret", "certificate"])
@@ -117,8 +127,11 @@ def test_storage_that_does_not_answer_fails_within_http_timeout(cli: Cli) -> Non
     assert "(no answer within HTTP_TIMEOUT (2s))" in line and "Azurite" in line
 
 
-def test_managed_identity_off_azure_says_so_and_storage_commands_still_work(cli: Cli) -> None:
-    off_azure(cli)
+@pytest.mark.parametrize("where", [off_azure, in_cloud_shell], ids=["laptop", "cloud-shell"])
+def test_managed_identity_off_azure_says_so_and_storage_commands_still_work(
+    cli: Cli, where: Callable[[Cli], None]
+) -> None:
+    where(cli)
     cli.set(O365_AUTH_MODE="managed_identity")
     cli.unset("O365_CLIENT_SECRET")
     cli.put('{"contentUri": "not one of ours"}')
@@ -153,6 +166,22 @@ def test_managed_identity_storage_setting_off_azure_uses_the_operators_identity(
     assert type(in_azure).__name__ == "ManagedIdentityCredential"
     off_azure(cli)
     assert type(azure_credential(settings, managed_identity_only=True)).__name__ == "DefaultAzureCredential"
+
+
+async def test_in_cloud_shell_storage_is_reached_as_the_signed_in_operator(cli: Cli) -> None:
+    """Cloud Shell's identity endpoint is the operator's: with the deployed app's settings (a client id for the
+    app's identity) the CLI's storage credential gets the operator's token there, instead of azure-identity
+    refusing the client id ("client_id should not be set for cloud shell managed identity")."""
+    settings = Settings.from_env({**cli.env, "AzureWebJobsStorage": ""} | {
+        "AzureWebJobsStorage__accountName": "irmstate", "AzureWebJobsStorage__credential": "managedidentity",
+        "AzureWebJobsStorage__clientId": cli.standins.entra.managed_identity_client_id,
+    })  # fmt: skip
+    in_cloud_shell(cli)
+    credential = azure_credential(settings, settings.storage.client_id, managed_identity_only=True)
+    async with credential:
+        token = await credential.get_token("https://storage.azure.com/.default")
+    info = cli.standins.tokens.validate(token.token, "https://storage.azure.com")
+    assert info is not None and (info.kind, info.client_id) == ("cloud_shell", CLOUD_SHELL_USER)
 
 
 def test_logs_ingestion_with_the_operators_identity(cli: Cli, tmp_path: Path) -> None:
