@@ -149,7 +149,10 @@ class SentinelIngestor:
             if not isinstance(error, Exception):
                 raise error  # cancellation and the like are not ours to translate
         if errors:
-            first = next((e for e in errors if isinstance(e, DeadlineError | IngestionRefusedError)), errors[0])
+            # A refusal first: it reschedules the message and is recorded, which a sibling's deadline must not hide.
+            first = next(
+                (e for kind in (IngestionRefusedError, DeadlineError) for e in errors if isinstance(e, kind)), errors[0]
+            )
             if isinstance(first, IngestionError | DeadlineError):
                 raise first
             raise IngestionError(f"upload to {stream} failed: {type(first).__name__}", stream=stream) from first

@@ -277,6 +277,18 @@ def stream_name(value: str, setting: str) -> str:
     return value
 
 
+def distinct_streams(streams: dict[str, str]) -> None:
+    """Each stream feeds a table of its own: two settings naming one stream would put two shapes of row in
+    one table (``streams``: setting -> stream name, empty when off)."""
+    first: dict[str, str] = {}
+    for setting, stream in streams.items():
+        if not stream:
+            continue
+        other = first.setdefault(stream.lower(), setting)
+        if other != setting:
+            raise SettingsError(setting, f"names the same stream as {other}: each needs a stream of its own")
+
+
 def whole_number(value: str, setting: str, low: int, high: int) -> int:
     try:
         number = int(value)

@@ -167,6 +167,8 @@ class Settings:
             health_stream = ""
         if health_stream:
             check(lambda: forms.stream_name(health_stream, "LOGS_HEALTH_STREAM"), "")
+        check(lambda: forms.distinct_streams({"LOGS_ALERTS_STREAM": alerts_stream, "LOGS_AUDIT_STREAM": audit_stream,
+                                              "LOGS_HEALTH_STREAM": health_stream}), None)  # fmt: skip
         prefix = check(lambda: forms.table_prefix(get("STATE_TABLE_PREFIX", "irm")), "irm")
         rpm = number("O365_MAX_REQUESTS_PER_MINUTE", "1000", 1, 60000)
         retention = number("DEDUPE_RETENTION_DAYS", "10", 8, 90)

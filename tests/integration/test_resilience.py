@@ -12,9 +12,15 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
 
-from irm_connector.errors import SettingsError
+from irm_connector.deadline import Deadline
+from irm_connector.errors import IngestionRefusedError, SettingsError
+from irm_connector.ingestion import pack_rows
+from irm_connector.models import Row
+from irm_connector.runtime import get_runtime
+from irm_connector.settings import Settings
 from standins.workload import Workload, generate_workload
 from tests.harness import ConnectorHarness
 
@@ -195,3 +201,28 @@ async def test_two_processors_on_the_same_duplicates_send_each_record_once(conne
     await asyncio.gather(*(connector.process(m) for m in messages))
     got = Counter(r["RecordId"] for r in connector.rows("Custom-O365Audit"))
     assert got == Counter(workload.record_ids)
+
+
+async def test_a_refused_body_is_what_an_upload_reports_when_a_sibling_body_runs_out_of_time(
+    connector: ConnectorHarness,
+) -> None:
+    """The DCR refuses one body while another is still waiting when the invocation's time runs out: the upload
+    must report the refusal, which the processor records and answers by rescheduling the message; a deadline
+    reported instead would spend one of the message's five attempts and leave IngestionState saying ok."""
+    sim = connector.standins
+    rt = await get_runtime(Settings.from_env())
+    rows = [Row(f"r{i}", "", orjson.dumps({"TimeGenerated": "2026-11-27T09:15:02Z", "RecordId": f"r{i}",
+                                           "Name": "x" * 2000})) for i in range(1200)]  # fmt: skip
+    assert len(pack_rows(rows)) >= 2
+    sim.ingestion.add_fault("ingest", "delay", count=1, seconds=30)  # the first body outlasts the deadline
+    sim.ingestion.add_fault("ingest", "status", count=100, status=403)
+    sent: list[Row] = []
+
+    async def on_sent(accepted: list[Row]) -> None:
+        sent.extend(accepted)
+
+    deadline = Deadline.for_invocation(5)
+    with pytest.raises(IngestionRefusedError) as refused:
+        await rt.ingestor.upload("Custom-IRMAlerts", rows, on_sent, deadline=deadline)
+    assert refused.value.status == 403 and sent == []
+    assert deadline.usable() < 1  # the delayed body did run out of time: both failures were there to choose from

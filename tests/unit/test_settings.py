@@ -90,6 +90,9 @@ def test_secret_is_not_in_repr() -> None:
         ({"LOGS_INGESTION_ENDPOINT": ""}, "LOGS_INGESTION_ENDPOINT"),
         ({"LOGS_DCR_IMMUTABLE_ID": "my-dcr"}, "LOGS_DCR_IMMUTABLE_ID"),
         ({"LOGS_AUDIT_STREAM": "O365Audit"}, "LOGS_AUDIT_STREAM"),
+        # one stream for two tables: the audit rows would overwrite the alerts in the blob's rows
+        ({"LOGS_AUDIT_STREAM": "Custom-IRMAlerts"}, "LOGS_AUDIT_STREAM"),
+        ({"LOGS_ALERTS_STREAM": "Custom-Mine", "LOGS_HEALTH_STREAM": "Custom-Mine"}, "LOGS_HEALTH_STREAM"),
         ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
         ({"O365_PUBLISHER_ID": "me"}, "O365_PUBLISHER_ID"),
         ({"AZURE_CLOUD": "GCCHigh"}, "AZURE_CLOUD"),
