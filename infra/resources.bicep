@@ -51,7 +51,9 @@ param alertCategories string = 'InsiderRiskManagement'
 param listingOverlap string = '1h'
 param pollTimeBudget string = '4m'
 
-@description('Requests per minute the connector allows itself against the Management API (per worker).')
+@minValue(1)
+@maxValue(60000)
+@description('Requests per minute the connector allows itself against the Management API: one budget for every instance, per tenant (O365_MAX_REQUESTS_PER_MINUTE).')
 param maxRequestsPerMinute int = 1000
 
 @description('Timeout of one call to Entra ID, the Management API, Storage or Logs Ingestion.')
@@ -60,7 +62,9 @@ param httpTimeout string = '60s'
 @description('Prefix of the connector state tables in the storage account.')
 param stateTablePrefix string = 'irm'
 
-@description('Days the dedupe keys are kept (the API keeps content 7 days).')
+@minValue(8)
+@maxValue(90)
+@description('Days the dedupe keys are kept (the API keeps content 7 days; DEDUPE_RETENTION_DAYS).')
 param dedupeRetentionDays int = 10
 
 param sentinelWorkspaceResourceId string = ''

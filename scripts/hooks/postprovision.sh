@@ -24,9 +24,9 @@ grant_managed_identity() {
     azd env set GRANT_ACTIVITYFEED_PERMISSION false
     return
   fi
+  # The script says "ok: ... already has" when an earlier run granted it, and the 24-hour token wait only with a
+  # grant it makes now.
   if az_ready && scripts/grant-activityfeed-permission.sh managed_identity --principal-id "${UAMI_PRINCIPAL_ID:-}"; then
-    say "The grant came after the Function App was created. If the app already asked for a token, that token"
-    say "lacks the role and is cached for up to 24 hours: AF10001 errors can go on that long (a restart does not help)."
     return
   fi
   pending+=("An Entra ID admin (Privileged Role Administrator or Global Administrator) grants ActivityFeed.Read:

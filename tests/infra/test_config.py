@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 
+import pytest
+
 from .conftest import INFRA, REPO_ROOT, bicep_files
 
 REQUIRED_SETTINGS = [
@@ -71,6 +73,32 @@ def test_every_connector_setting_is_deployed() -> None:
     assert main["listingOverlap"] == "'1h'"
     assert main["pollTimeBudget"] == "'4m'"
     assert main["alertCategories"] == "'InsiderRiskManagement'"
+
+
+def test_every_number_the_deployment_accepts_is_one_the_app_accepts() -> None:
+    """An int parameter that becomes a bounded setting carries the code's own bounds, so a value the app would
+    refuse at every invocation is refused at deployment instead."""
+    from irm_connector.errors import SettingsError
+    from irm_connector.settings import Settings
+
+    resources = (INFRA / "resources.bicep").read_text()
+    bounded = re.findall(r"^\s+([A-Z][A-Z0-9_]+): string\((\w+)\)$", resources, re.MULTILINE)
+    assert ("DEDUPE_RETENTION_DAYS", "dedupeRetentionDays") in bounded
+    base = {"O365_TENANT_ID": "11111111-2222-3333-4444-555555555555", "O365_AUTH_MODE": "managed_identity",
+            "LOGS_INGESTION_ENDPOINT": "https://dce.example.com", "LOGS_DCR_IMMUTABLE_ID": "dcr-" + "1" * 32,
+            "AzureWebJobsStorage__accountName": "irmstate"}  # fmt: skip
+    for setting, param in bounded:
+        for path in (INFRA / "main.bicep", INFRA / "resources.bicep"):
+            found = re.search(rf"@minValue\((\d+)\)\n@maxValue\((\d+)\)\n(?:@description\([^\n]*\)\n)?param {param} int",
+                              path.read_text())  # fmt: skip
+            assert found, f"{path.name}: param {param} has no @minValue/@maxValue"
+            low, high = int(found[1]), int(found[2])
+            for good in (low, high):
+                Settings.from_env({**base, setting: str(good)})
+            for bad in (low - 1, high + 1):
+                with pytest.raises(SettingsError) as refused:
+                    Settings.from_env({**base, setting: str(bad)})
+                assert refused.value.setting == setting
 
 
 def test_function_app_shape() -> None:

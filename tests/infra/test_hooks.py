@@ -29,6 +29,7 @@ case "$1 $2" in
   "account show") [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] ;;
   "rest --method")
     if [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
+    elif [[ "$3" == GET && "$*" == *appRoleAssignments* ]]; then echo "${FAKE_AZ_ASSIGNED:-}"
     elif [[ "$3" == GET ]]; then echo ""
     else echo "{}"; fi ;;
   "ad sp") if [[ "$3" == list ]]; then echo sp-o365; else echo role-activityfeed; fi ;;
@@ -189,6 +190,14 @@ def test_postprovision_grants_or_prints_the_grant_with_its_wait(fakes: Path) -> 
         "appRoleId": "role-activityfeed",
     }
     assert "24 hours" in granted.stdout
+
+    # A later `azd up`: the grant is there, so nothing is posted and there is no token wait to warn about.
+    (fakes / "az.log").unlink()
+    again = run("postprovision.sh", fakes, {"UAMI_PRINCIPAL_ID": "uami-1", "FAKE_AZ_LOGGED_IN": "1",
+                                           "FAKE_AZ_ASSIGNED": "assignment-1"})  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "already has ActivityFeed.Read" in again.stdout and "24 hours" not in again.stdout
+    assert not [c for c in calls(fakes, "az") if c[:3] == ["rest", "--method", "POST"]]
 
     (fakes / "az.log").unlink()
     printed = run("postprovision.sh", fakes, {"UAMI_PRINCIPAL_ID": "uami-1"})  # az not signed in
