@@ -114,6 +114,9 @@ async def _poll_content_type(
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
     except InvalidWindowError as exc:
         error = redact(str(exc))
+        # The run failed for this content type: the health row (Errors, LastError) and the invocation say so, so
+        # a refusal that comes back every run (a clock off by more than the planner's margins) is seen.
+        report.error = error
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
     except ConnectorError as exc:
         error = redact(str(exc))

@@ -129,3 +129,21 @@ async def test_a_refused_health_stream_puts_the_row_in_the_log_at_error_level(
     assert line.__dict__["health_QueueDepth"] == len(workload.blobs)  # a custom dimension in Application Insights
     fixes = [r.getMessage() for r in caplog.records if r.name == "irm_connector.refusals" and r.levelno == logging.ERROR]
     assert any(HEALTH in m and "Monitoring Metrics Publisher" in m and "30 minutes" in m for m in fixes)
+
+
+async def test_a_refused_window_shows_in_the_health_row_and_the_next_run_lists_it(connector: ConnectorHarness) -> None:
+    """AF20055 (a window the API calls invalid, as a clock off at the 7-day edge gets): the run fails for the
+    content type, its health row says why, the watermark stays; the next run lists the window again."""
+    workload = _publish(connector, seed=85)
+    connector.standins.management.add_fault("list", "status", status=400, code="AF20055")
+    before = len(connector.rows(HEALTH))
+    with pytest.raises(PollError, match="AF20055"):
+        await connector.poll()
+    [row] = connector.rows(HEALTH)[before:]
+    assert row["Errors"] == 1 and "AF20055" in row["LastError"]
+    assert row["BlobsQueued"] == 0
+
+    row = await _health(connector)
+    assert (row["Errors"], row["LastError"], row["BlobsQueued"]) == (0, "", len(workload.blobs))
+    await connector.drain()
+    assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
