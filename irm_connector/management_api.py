@@ -14,13 +14,14 @@ import logging
 import random
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from .api_answers import error_of, json_of, retry_after_of
+from .api_answers import date_of, error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
 from .deadline import Deadline, current_deadline, within
@@ -105,6 +106,8 @@ class ManagementActivityClient:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self.stats = RequestStats()
+        #: The latest ``Date`` of a listing answer: the API's own clock, which the watermark must not pass.
+        self.service_time: datetime | None = None
 
     async def __aenter__(self) -> ManagementActivityClient:
         return self
@@ -178,6 +181,9 @@ class ManagementActivityClient:
                         operation="list",
                         content_type=content_type,
                     ) from None
+            answered = date_of(headers)
+            if answered is not None and (self.service_time is None or answered > self.service_time):
+                self.service_time = answered
             yield page
             next_url = headers.get("NextPageUri") or headers.get("NextPageUrl")
             url, params = (next_url.strip(), None) if next_url and next_url.strip() else (None, None)

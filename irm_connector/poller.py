@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 #: Leave this between subscription starts, as the API asks.
 SUBSCRIPTION_START_INTERVAL = timedelta(minutes=15)
+#: A window's end this far past the Management API's clock is worth a warning (below it, ordinary skew).
+CLOCK_WARNING_SECONDS = 60
 _ENQUEUE_CONCURRENCY = 16
 
 
@@ -163,9 +165,24 @@ async def _list_windows(
             if report.subscription == "waiting":
                 return
             await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
-        await lease.write(watermark=window.end)
+        await lease.write(watermark=_within_service_time(window.end, rt.management.service_time, dims))
         report.windows_listed += 1
     report.finished = True
+
+
+def _within_service_time(end: datetime, service_time: datetime | None, dims: dict[str, str]) -> datetime:
+    """The watermark after listing a window that ends at ``end``: at most the Management API's own time when it
+    answered. A window planned by a clock running fast ends in the API's future, where nothing was created yet;
+    a watermark there would skip what is created before that clock's time comes."""
+    if service_time is None or end <= service_time:
+        return end
+    ahead = (end - service_time).total_seconds()
+    if ahead > CLOCK_WARNING_SECONDS:
+        log.warning(
+            "This machine's clock is %d s ahead of the Management API's: the watermark stays at the API's time "
+            "(%s); set the clock right (NTP)", ahead, service_time.isoformat(), extra=dims,
+        )  # fmt: skip
+    return service_time
 
 
 async def list_window(

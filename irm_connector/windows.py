@@ -95,7 +95,10 @@ def plan_windows(
         start = _floor_second(now - initial_lookback)
         unreachable = None
     else:
-        watermark = _floor_second(watermark)
+        # A watermark ahead of now was written by a clock that ran fast (or this one runs slow): listing again
+        # from now costs a few listed blobs that the markers keep off the queue; starting from it would skip
+        # whatever was created between now and it.
+        watermark = _floor_second(min(watermark, now))
         start = _floor_second(watermark - overlap)
         unreachable = Window(watermark, earliest) if watermark < earliest else None
     return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable)

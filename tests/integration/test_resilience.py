@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import orjson
@@ -226,3 +227,39 @@ async def test_a_refused_body_is_what_an_upload_reports_when_a_sibling_body_runs
         await rt.ingestor.upload("Custom-IRMAlerts", rows, on_sent, deadline=deadline)
     assert refused.value.status == 403 and sent == []
     assert deadline.usable() < 1  # the delayed body did run out of time: both failures were there to choose from
+
+
+async def test_a_poller_whose_clock_runs_fast_loses_nothing(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run on a machine whose clock is 3 hours fast (a dual-boot laptop running the CLI, say) plans windows
+    into the API's future. Its watermark stays at the API's time (the listing's ``Date``), so what is created
+    and listed after that run still reaches Sentinel once the clock is right."""
+    from irm_connector import poller
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    real = datetime
+
+    class Fast(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]  # a plain datetime on purpose
+            return real.now(tz) + timedelta(hours=3)
+
+    monkeypatch.setattr(poller, "datetime", Fast)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.poller"):
+        await connector.poll()
+    [warning] = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
+    assert "ahead of the Management API's" in warning and "NTP" in warning
+    rt = await get_runtime(Settings.from_env())
+    state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert state.watermark is not None and state.watermark <= real.now(UTC)
+
+    monkeypatch.setattr(poller, "datetime", real)  # the clock set right
+    workload = generate_workload(seed=19, total_records=400, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id, start=real.now(UTC) - timedelta(seconds=30),
+                                 span=timedelta(seconds=20))  # fmt: skip
+    workload.publish(sim.management)  # created before the fast run's "now", listed only after it
+    await connector.poll()
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
