@@ -269,7 +269,7 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
             key: Any = serialization.load_pem_private_key(raw, password=password)
             cert: x509.Certificate | None = x509.load_pem_x509_certificate(raw)
         else:
-            key, cert, _ = pkcs12.load_key_and_certificates(raw, password)
+            key, cert = _pfx(raw, password)
     except (ValueError, TypeError) as exc:
         raise SettingsError(
             setting,
@@ -286,6 +286,18 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
         "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - the x5t thumbprint Entra asks for
         "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
     }
+
+
+def _pfx(raw: bytes, password: bytes | None) -> tuple[Any, x509.Certificate | None]:
+    try:
+        key, cert, _ = pkcs12.load_key_and_certificates(raw, password)
+    except ValueError:
+        if password is None:
+            raise
+        # Key Vault gives a certificate it holds as a PFX without a password, whatever it was imported with: a
+        # password set beside that (o365ClientCertificatePassword) must not make it unreadable.
+        key, cert, _ = pkcs12.load_key_and_certificates(raw, None)
+    return key, cert
 
 
 def _cert_bytes(settings: Settings) -> bytes:

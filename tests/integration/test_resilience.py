@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from cryptography import x509
 
 from irm_connector.deadline import Deadline
 from irm_connector.errors import IngestionRefusedError, SettingsError
@@ -135,19 +137,41 @@ async def test_paging_follows_next_page_with_either_spelling(connector: Connecto
     _assert_exactly_once(connector, workload)
 
 
-@pytest.mark.parametrize("mode", ["certificate", "managed_identity"])
+def _pfx_base64(connector: ConnectorHarness, password: bytes | None) -> str:
+    """The stand-in app's certificate as a base64 PFX: with ``None`` as Key Vault gives a certificate it holds
+    (no password, whatever it was imported with)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    pem = connector.standins.certificate_path.read_bytes()
+    key = serialization.load_pem_private_key(pem, password=None)
+    cert = x509.load_pem_x509_certificate(pem)
+    protection = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    pfx = pkcs12.serialize_key_and_certificates(b"irm", key, cert, None, protection)  # type: ignore[arg-type]  # an RSA key
+    return base64.b64encode(pfx).decode()
+
+
+@pytest.mark.parametrize("mode", ["certificate", "certificate-pfx", "certificate-keyvault", "managed_identity"])
 async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode: str) -> None:
     sim = connector.standins
     if mode == "certificate":
         connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
                       O365_CLIENT_CERTIFICATE_PATH=str(sim.certificate_path))
+    elif mode == "certificate-pfx":  # a PFX with its password, as a deployment without Key Vault may give it
+        connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
+                      O365_CLIENT_CERTIFICATE=_pfx_base64(connector, b"pfx-pass"),
+                      O365_CLIENT_CERTIFICATE_PASSWORD="pfx-pass")  # fmt: skip
+    elif mode == "certificate-keyvault":  # Key Vault's PFX has no password, though the deployment passed one
+        connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
+                      O365_CLIENT_CERTIFICATE=_pfx_base64(connector, None),
+                      O365_CLIENT_CERTIFICATE_PASSWORD="import-pass")  # fmt: skip
     else:
         connector.set(O365_AUTH_MODE="managed_identity", O365_CLIENT_SECRET="", O365_CLIENT_ID="")
     workload = _publish(connector, seed=16, records=400, blob_size=(400, 400))
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)
-    kind = {"certificate": "client_certificate", "managed_identity": "managed_identity"}[mode]
+    kind = "managed_identity" if mode == "managed_identity" else "client_certificate"
     assert sim.tokens.issued(kind) > 0
 
 
