@@ -28,7 +28,10 @@ def parse_api_time(text: str) -> datetime:
 
     Raises :class:`ValueError` for text that is not an ISO time."""
     value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00: a date, but its UTC instant is past the calendar's end
+        raise ValueError("a time whose UTC instant is outside the calendar") from None
 
 
 def parse_utc(text: Any) -> datetime | None:
