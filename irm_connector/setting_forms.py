@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
+from .deadline import FUNCTION_TIMEOUT, TIMEOUT_SETTING, parse_timespan
 from .errors import SettingsError
 
 __all__ = [
@@ -287,6 +288,21 @@ def distinct_streams(streams: dict[str, str]) -> None:
         other = first.setdefault(stream.lower(), setting)
         if other != setting:
             raise SettingsError(setting, f"names the same stream as {other}: each needs a stream of its own")
+
+
+def function_timeout_override(value: str) -> None:
+    """The app setting over host.json's ``functionTimeout`` may shorten it, not lengthen it: a claim on records
+    lives that timeout plus a margin, so a longer invocation could have its claim taken over mid-upload."""
+    try:
+        seconds = parse_timespan(value)
+    except ValueError:
+        raise SettingsError(TIMEOUT_SETTING, "is not a timespan (hh:mm:ss)") from None
+    if seconds > FUNCTION_TIMEOUT.total_seconds():
+        raise SettingsError(
+            TIMEOUT_SETTING,
+            f"may not be longer than host.json's functionTimeout ({FUNCTION_TIMEOUT}): a claim on records lives that "
+            "long plus 2 minutes, and a longer invocation could find its claim taken over and its rows sent twice",
+        )
 
 
 def whole_number(value: str, setting: str, low: int, high: int) -> int:

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from . import setting_forms as forms
 from .clouds import AZURE_CLOUDS, AzureCloud, azure_cloud
+from .deadline import TIMEOUT_SETTING
 from .errors import SettingsError
 from .setting_forms import CLOUDS, DURATION_FORMS, KNOWN_CONTENT_TYPES, AuthMode, Cloud, parse_duration
 from .windows import RETENTION
@@ -175,6 +176,8 @@ class Settings:
         storage = check(lambda: StorageSettings.from_env(env), StorageSettings())
         workspace_cloud = check(lambda: azure_cloud(get("AZURE_CLOUD", "AzurePublic")), AZURE_CLOUDS["AzurePublic"])
         blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
+        if timeout_override := get(TIMEOUT_SETTING):
+            check(lambda: forms.function_timeout_override(timeout_override), None)
         if r.problems:
             raise SettingsError.combine(r.problems)
         return cls(

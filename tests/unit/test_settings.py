@@ -98,6 +98,9 @@ def test_secret_is_not_in_repr() -> None:
         ({"AZURE_CLOUD": "GCCHigh"}, "AZURE_CLOUD"),
         ({"MAX_BLOB_MB_IN_FLIGHT": "0"}, "MAX_BLOB_MB_IN_FLIGHT"),
         ({"MAX_BLOB_MB_IN_FLIGHT": "1.5"}, "MAX_BLOB_MB_IN_FLIGHT"),
+        # longer than host.json's: claims (the timeout plus 2 minutes) could expire under a running invocation
+        ({"AzureFunctionsJobHost__functionTimeout": "00:30:00"}, "AzureFunctionsJobHost__functionTimeout"),
+        ({"AzureFunctionsJobHost__functionTimeout": "30m"}, "AzureFunctionsJobHost__functionTimeout"),
     ],
 )
 def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> None:
@@ -105,6 +108,11 @@ def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> 
         Settings.from_env({**BASE, **change})
     assert info.value.setting == setting
     assert str(info.value).startswith(f"setting {setting}:")
+
+
+def test_a_shorter_function_timeout_is_accepted() -> None:
+    for text in ("00:00:30", "00:10:00"):
+        Settings.from_env({**BASE, "AzureFunctionsJobHost__functionTimeout": text})
 
 
 def test_managed_identity_needs_no_client_id() -> None:
