@@ -12,8 +12,16 @@ cd "$ROOT"
 if [[ -t 2 ]]; then say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }; else say() { printf '==> %s\n' "$*" >&2; }; fi
 die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
-PYTHON="${PYTHON:-python3}"
-command -v "$PYTHON" >/dev/null || die "python3 (3.11 or newer) is required"
+if [[ -z "${PYTHON:-}" ]]; then
+  # python3 may be older (Ubuntu 22.04: 3.10) beside a newer python3.X; PYTHON=/path/to/python picks one.
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      PYTHON="$candidate"; break
+    fi
+  done
+  PYTHON="${PYTHON:-python3}"
+fi
+command -v "$PYTHON" >/dev/null || die "python3 (3.11 or newer) is required (or PYTHON=/path/to/python3.11)"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || die "Python 3.11 or newer is required ($("$PYTHON" --version))"
 command -v node >/dev/null || die "Node.js 20 or newer is required (for Azurite)"
 node -e 'process.exit(parseInt(process.versions.node) < 20 ? 1 : 0)' || die "Node.js 20 or newer is required ($(node --version))"
@@ -32,7 +40,16 @@ need_venv() {  # need_venv DIR REQUIREMENTS... [-- EDITABLE]
   local want; want="$(stamp "$@" ${editable:+"$editable/pyproject.toml"})${editable:+ $editable}"
   if [[ ! -x "$dir/bin/python" || "$(cat "$dir/.stamp" 2>/dev/null)" != "$want" ]]; then
     say "Installing Python packages into $dir (once)"
-    [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
+    # Made again when it is half made (no pip: an interrupted first run, or python3-venv missing then) or was
+    # made for another path (its scripts' #! lines name the old one).
+    if [[ -x "$dir/bin/python" ]] && ! { "$dir/bin/python" -m pip --version >/dev/null 2>&1 \
+        && [[ "$(cat "$dir/.root" 2>/dev/null)" == "$ROOT" ]]; }; then
+      rm -rf "$dir"
+    fi
+    if [[ ! -x "$dir/bin/python" ]]; then
+      "$PYTHON" -m venv "$dir" || { rm -rf "$dir"; die "could not create $dir ($PYTHON -m venv; on Debian and Ubuntu: apt install python3-venv)"; }
+      echo "$ROOT" > "$dir/.root"
+    fi
     local args=(); for req in "$@"; do args+=(-r "$req"); done
     local log="$dir/pip-install.log"
     if ! "$dir/bin/python" -m pip install --disable-pip-version-check "${args[@]}" >"$log" 2>&1; then
@@ -58,7 +75,7 @@ fi
 lock_stamp="$(stamp package-lock.json)"
 if [[ ! -d node_modules || "$(cat node_modules/.stamp 2>/dev/null)" != "$lock_stamp" ]]; then
   say "Installing Node packages (Azurite, Kusto language service) into node_modules (once)"
-  npm_log="$(mktemp)"
+  npm_log="$ROOT/node_modules-install.log"
   if ! npm ci --no-audit --no-fund --no-update-notifier --loglevel=error >"$npm_log" 2>&1; then
     tail -n 40 "$npm_log" >&2
     rm -f "$npm_log"
@@ -70,3 +87,12 @@ fi
 
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
+# A directory of its own for the command's temporary files (pytest's tmp_path with Azurite's data and the test
+# CA, the tools' caches), removed when the command ends: nothing is left in /tmp. For a script that runs its
+# command as a child (not with exec), so that the trap runs after it.
+use_private_tmpdir() {
+  TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/irm-connector.XXXXXX")"
+  export TMPDIR
+  trap 'rm -rf "$TMPDIR"' EXIT
+}

@@ -3,4 +3,5 @@
 # Options go to the demo, e.g. scripts/demo.sh --records 50000 --alerts-only
 SKIP_CHECKOV=1
 source "$(dirname "$0")/_bootstrap.sh"
-exec python -m standins.demo "$@"
+use_private_tmpdir
+python -m standins.demo "$@"

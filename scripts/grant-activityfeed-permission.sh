@@ -36,6 +36,8 @@ USAGE
 }
 
 die() { echo "error: $*" >&2; exit 1; }
+# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
+az() { command az "$@" | tr -d '\r'; }
 
 need_az() {
   command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
@@ -117,7 +119,12 @@ grant_secret() {
   echo "O365_CLIENT_ID=${app_id}"
   echo "Then: azd env set O365_AUTH_MODE secret; azd env set O365_CLIENT_ID ${app_id}; azd provision"
   if [[ -n "${key_vault}" ]]; then
-    printf '%s' "${secret}" | "$(dirname "$0")/store-client-secret.sh" --vault "${key_vault}"
+    # Several tries: a Key Vault role assigned minutes ago may still be refused. If it is, the secret is
+    # printed rather than lost (the app keeps the credential, and another run would add one more).
+    if ! printf '%s' "${secret}" | "$(dirname "$0")/store-client-secret.sh" --vault "${key_vault}" --attempts 10; then
+      echo "O365_CLIENT_SECRET=${secret}"
+      echo "It could not be stored in ${key_vault}: store it there yourself (scripts/store-client-secret.sh --vault ${key_vault})."
+    fi
   else
     echo "O365_CLIENT_SECRET=${secret}"
     echo "Store it in Key Vault, not in a file: scripts/store-client-secret.sh --vault <KEY_VAULT_NAME> (it asks for it)."

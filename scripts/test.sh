@@ -13,6 +13,7 @@ if [[ -z "${SKIP_CHECKOV:-}" ]]; then
   fi
 fi
 source "$(dirname "$0")/_bootstrap.sh"
+use_private_tmpdir
 
 say "ruff"
 ruff check .

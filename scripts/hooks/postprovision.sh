@@ -8,6 +8,8 @@ cd "$(dirname "$0")/../.."   # newer azd starts hooks in the script's folder; th
 
 say() { printf '%s\n' "$*"; }
 step() { printf '\n== %s\n' "$*"; }
+# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
+az() { command az "$@" | tr -d '\r'; }
 
 az_ready() { command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; }
 

@@ -7,6 +7,10 @@ cd "$(dirname "$0")/../.."   # newer azd starts hooks in the script's folder; th
 
 say() { printf 'preprovision: %s\n' "$*"; }
 die() { printf 'preprovision: %s\n' "$*" >&2; exit 1; }
+# macOS ships bash 3.2, which has no lower-case expansion.
+lower() { printf '%s' "$1" | tr '[:upper:]' '[:lower:]'; }
+# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
+az() { command az "$@" | tr -d '\r'; }
 
 # Entra ID directory roles that may grant an application permission to a service principal.
 GLOBAL_ADMINISTRATOR=62e90394-69f5-4237-9190-012177145e10
@@ -15,7 +19,8 @@ O365_MANAGEMENT_API_APP_ID=c5393580-f805-4401-95e8-94b7a6ef2fc2   # "Office 365 
 
 check_workspace() {
   local id=${SENTINEL_WORKSPACE_RESOURCE_ID:-} create=${CREATE_SENTINEL_WORKSPACE:-false}
-  if [[ -z "${id}" && "${create,,}" != "true" ]]; then
+  create=$(lower "${create}")
+  if [[ -z "${id}" && "${create}" != "true" ]]; then
     die "no Sentinel workspace chosen. Name the existing one:
   azd env set SENTINEL_WORKSPACE_RESOURCE_ID /subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.OperationalInsights/workspaces/<name>
 or create a new workspace with Microsoft Sentinel (a trial) in the connector's resource group:
@@ -23,9 +28,9 @@ or create a new workspace with Microsoft Sentinel (a trial) in the connector's r
   fi
   if [[ -n "${id}" ]]; then
     local pattern='^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft\.operationalinsights/workspaces/[^/]+$'
-    [[ "${id,,}" =~ ${pattern} ]] \
+    [[ "$(lower "${id}")" =~ ${pattern} ]] \
       || die "SENTINEL_WORKSPACE_RESOURCE_ID is not a Log Analytics workspace resource id: ${id}"
-    if [[ "${create,,}" == "true" ]]; then
+    if [[ "${create}" == "true" ]]; then
       say "SENTINEL_WORKSPACE_RESOURCE_ID is set: that workspace is used and CREATE_SENTINEL_WORKSPACE is ignored."
     fi
   fi

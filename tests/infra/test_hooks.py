@@ -25,6 +25,8 @@ PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
 # A stand-in `az`: records its arguments, answers what the hooks and scripts ask.
 FAKE_AZ = r"""#!/usr/bin/env bash
 printf '%s\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/az.log"
+# As the Azure CLI on Windows under Git Bash: every line it prints ends in \r\n.
+if [[ "${FAKE_AZ_CRLF:-0}" == 1 ]]; then exec > >(sed 's/$/\r/'); fi
 case "$1 $2" in
   "account show") [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] ;;
   "rest --method")
@@ -97,7 +99,8 @@ def test_preprovision_stops_without_a_chosen_workspace(fakes: Path) -> None:
     assert chosen.returncode == 0, chosen.stderr
 
 
-def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Path) -> None:
+@pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
+def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Path, crlf: str) -> None:
     done = run(
         "preprovision.sh",
         fakes,
@@ -105,6 +108,7 @@ def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Pat
             "SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE,
             "FAKE_AZ_LOGGED_IN": "1",
             "FAKE_AZ_ROLES": PRIVILEGED_ROLE_ADMINISTRATOR,
+            "FAKE_AZ_CRLF": crlf,
         },
     )
     assert done.returncode == 0, done.stderr
@@ -180,8 +184,10 @@ def test_postprovision_after_a_grant_in_the_deployment(fakes: Path) -> None:
     assert "nothing to wait for" in done.stdout
 
 
-def test_postprovision_grants_or_prints_the_grant_with_its_wait(fakes: Path) -> None:
-    granted = run("postprovision.sh", fakes, {"UAMI_PRINCIPAL_ID": "uami-1", "FAKE_AZ_LOGGED_IN": "1"})
+@pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
+def test_postprovision_grants_or_prints_the_grant_with_its_wait(fakes: Path, crlf: str) -> None:
+    granted = run("postprovision.sh", fakes, {"UAMI_PRINCIPAL_ID": "uami-1", "FAKE_AZ_LOGGED_IN": "1",
+                                              "FAKE_AZ_CRLF": crlf})  # fmt: skip
     assert granted.returncode == 0, granted.stderr
     [post] = [c for c in calls(fakes, "az") if c[:3] == ["rest", "--method", "POST"]]
     assert json.loads(post[post.index("--body") + 1]) == {
