@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 from irm_connector import __version__
+from irm_connector.redaction import redact_exception
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
@@ -53,6 +54,17 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _retry_delay(text: str) -> float:
+    """Seconds a failed message stays invisible: what a queue message's visibility timeout may be (0 to 7 days)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= seconds <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 604800 seconds (7 days)")
+    return seconds
+
+
 def _common(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
     # Each level may carry the options (``poison --json list``, ``--json status``): a level that was not given
     # one must not reset what another level set, hence SUPPRESS below the top.
@@ -70,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Operate the IRM connector: health, polling, processing, backfill, poison messages, subscriptions.",
         epilog=_EPILOG,
         formatter_class=formatter,
+        # "--js" would make a JSON result but a text error (errors look for --json itself): whole options only.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"irm-connector {__version__}")
     _common(parser, default=False)
@@ -102,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     def retry_delay(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--retry-delay",
-            type=float,
+            type=_retry_delay,
             default=None,
             metavar="SECONDS",
             help="how long a failed message stays invisible before its retry (default: host.json visibilityTimeout)",
@@ -208,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if verbose >= 2:
             import traceback
 
-            traceback.print_exc()
+            # Redacted like every other line: an SDK's message may carry a token or a URL with a signature.
+            traceback.print_exception(redact_exception(exc))
         return failure.exit_code
 
 

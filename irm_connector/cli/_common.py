@@ -137,7 +137,8 @@ def confirm(args: argparse.Namespace, question: str) -> None:
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{question.split('?')[0]}? Refused: pass --yes (no terminal to ask)")
-    answer = input(f"{question} [y/N] ")
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)  # stdout may be --json's, piped
+    answer = sys.stdin.readline()
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted at the prompt; nothing was done")
 

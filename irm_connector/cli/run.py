@@ -19,7 +19,7 @@ from croniter import croniter
 
 from irm_connector import handlers
 from irm_connector.content_queue import create_queue_if_missing
-from irm_connector.errors import ConnectorError, SettingsError
+from irm_connector.errors import ConnectorError, SettingsError, UsageError
 from irm_connector.settings import Settings
 
 from ._common import EXIT_OK, emit, iso, queue_options, storage
@@ -77,7 +77,13 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    schedule = Schedule(args.schedule or os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
+    if args.schedule:
+        try:
+            schedule = Schedule(args.schedule)
+        except SettingsError as exc:  # given on the command line, not in the settings
+            raise UsageError(f"--schedule {exc.problem}") from None
+    else:
+        schedule = Schedule(os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
     options = queue_options(args.retry_delay)
     await ready(settings, management=True, ingestion=True)
     stop = asyncio.Event()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from standins.workload import generate_workload
-from tests.cli.conftest import Cli
+from tests.cli.conftest import REPO, Cli
 
 COMMANDS = [
     ["status"],
@@ -317,12 +321,49 @@ def test_a_secret_pasted_into_a_setting_is_not_echoed(cli: Cli) -> None:
         (["backfill", "--since", "soon"], "--since 'soon' is not a duration"),
         (["backfill"], "give --since (e.g. 3d) or --start"),
         (["backfill", "--since", "1d", "--start", "2026-01-01"], "not both"),
+        # given on the command line, so not a setting to fix where the settings live
+        (["run", "--schedule", "bad cron"], "--schedule is not an NCRONTAB expression"),
     ],
 )
 def test_command_line_mistakes_are_usage_errors(cli: Cli, argv: list[str], needle: str) -> None:
     code, out, err = cli.run(*argv)
     assert code == 2 and out == ""
     assert err.startswith("usage error: ") and needle in err and "settings error" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        # Storage refuses such a visibility timeout: the message would stay invisible, with nothing said.
+        (["process", "--retry-delay", "-5"], "between 0 and 604800 seconds"),
+        (["process", "--retry-delay", "soon"], "is not a number of seconds"),
+        # An abbreviation made a JSON result but a text error: only whole options are taken.
+        (["--js", "status"], "unrecognized arguments: --js"),
+    ],
+)
+def test_options_argparse_refuses(cli: Cli, argv: list[str], needle: str) -> None:
+    code, out, err = cli.run(*argv)
+    assert code == 2 and out == "" and needle in err
+
+
+def test_a_prompt_goes_to_the_terminal_never_into_the_json_on_stdout(cli: Cli) -> None:
+    """`--json poison purge | jq .` at a terminal: the question is asked on stderr, the answer read from the
+    terminal, and stdout stays one JSON document."""
+    cli.put('{"not": "a content message"}', cli.poison)
+    controller, terminal = pty.openpty()
+    try:
+        os.write(controller, b"y\n")
+        done = subprocess.run(
+            [sys.executable, "-m", "irm_connector", "--json", "poison", "purge"], env=cli.process_env(), cwd=REPO,
+            stdin=terminal, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["purged"] == 1
+    assert "[y/N]" in done.stderr
+    assert cli.depth(cli.poison) == 0
 
 
 def test_process_stops_when_logs_ingestion_refuses_and_sends_once_it_accepts(cli: Cli) -> None:
