@@ -13,6 +13,7 @@ from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage
 
 from irm_connector.content_queue import Delivery, create_queue_if_missing
+from irm_connector.errors import StateError
 from irm_connector.settings import Settings
 from irm_connector.state import Failure, FailureStore, message_key
 
@@ -178,9 +179,13 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         text = _text(message)
         # The main queue client base64-encodes, as the runtime's ContentQueue does and the trigger expects.
         await store.main.send_message(text, time_to_live=-1)
-        delivery = Delivery.decode(text)
-        await failures.delete_failure(message_key(delivery))
         done.append({"id": message.id, "content_id": _content_id(message)})
+        try:
+            await failures.delete_failure(message_key(Delivery.decode(text)))
+        except StateError as exc:
+            # Sent back already: stopping here would leave it in both queues. A stale failure record is harmless
+            # (the message's next success clears it).
+            log.warning("Could not clear the failure record of %s: %s", message.id, exc)
 
     walk = _Walk(store, LOCK_SECONDS)
     await walk.run(matches, send_back)
