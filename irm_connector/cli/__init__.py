@@ -19,7 +19,7 @@ from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
 from ._common import load_settings, setup_logging
-from ._failures import EXIT_USAGE, Failure, describe, report
+from ._failures import EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report
 
 __all__ = ["build_parser", "main"]
 
@@ -214,8 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings()
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
-        report(Failure("interrupted", "interrupted", "", 130), as_json=as_json)
-        return 130
+        report(Failure("interrupted", "interrupted", "", EXIT_INTERRUPTED), as_json=as_json)
+        return EXIT_INTERRUPTED
     except Exception as exc:
         failure = describe(exc, " ".join(str(v) for v in (args.command, getattr(args, "action", None)) if v))
         report(failure, as_json=as_json)

@@ -4,11 +4,13 @@ before a destructive step, storage clients, durations and times."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
+import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +34,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_UNREACHABLE",
     "EXIT_USAGE",
+    "GracefulStop",
     "Storage",
     "UsageError",
     "confirm",
@@ -198,3 +201,40 @@ async def storage(settings: Settings) -> AsyncIterator[Storage]:
                 await closer()
             except Exception:
                 log.debug("closing a storage client failed", exc_info=True)
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT) or SIGTERM while messages are worked: the first takes no new message and lets those in flight
+    finish — their rows sent and marked, their claims released — saying so on stderr; a second abandons them at once,
+    as a crash would (what was sent but not marked may be sent again, after the claims expire)."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.signalled = False
+
+    @contextmanager
+    def installed(self) -> Iterator[GracefulStop]:
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+
+        def on_signal(sig: signal.Signals) -> None:
+            if self.signalled:
+                loop.remove_signal_handler(sig)  # the default again: KeyboardInterrupt, or the end for SIGTERM
+                signal.raise_signal(sig)
+                return
+            self.signalled = True
+            print("stopping: no new message is taken; those in flight finish (Ctrl-C again abandons them)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            self.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, on_signal, sig)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
+                pass
+        try:
+            yield self
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)

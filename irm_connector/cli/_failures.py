@@ -28,7 +28,17 @@ from irm_connector.errors import (
 )
 from irm_connector.redaction import install_redaction, redact
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "Failure", "OperatorError", "describe", "report"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "Failure",
+    "OperatorError",
+    "describe",
+    "report",
+]
 
 #: The work was done and all is healthy.
 EXIT_OK = 0
@@ -38,6 +48,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: A dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
 EXIT_UNREACHABLE = 3
+#: Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it).
+EXIT_INTERRUPTED = 130
 
 NOT_IN_AZURE_HINT = (
     "off Azure, give this command an app registration's credential (O365_AUTH_MODE=secret or certificate with "

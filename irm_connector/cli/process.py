@@ -17,7 +17,8 @@ from irm_connector.content_queue import create_queue_if_missing
 from irm_connector.models import ProcessResult
 from irm_connector.settings import Settings
 
-from ._common import EXIT_FAILED, EXIT_OK, UsageError, emit, queue_options, storage
+from ._common import EXIT_FAILED, EXIT_OK, GracefulStop, UsageError, emit, queue_options, storage
+from ._failures import EXIT_INTERRUPTED
 from ._preflight import ready
 from .queue_trigger import QueueWorker
 
@@ -74,7 +75,8 @@ async def work_queue(
 
         try:
             worker = QueueWorker(store.main, store.poison, handler, options)
-            stats = await worker.run(max_messages=max_messages, stop=refused)
+            with GracefulStop(refused).installed() as interrupt:
+                stats = await worker.run(max_messages=max_messages, stop=refused)
         finally:
             bar.close()
         remaining = await store.depth(store.main)
@@ -90,6 +92,9 @@ async def work_queue(
         "max_dequeue_count": options.max_dequeue_count,
         **done.summary(),
     }
+    if interrupt.signalled:
+        document["interrupted"] = True
+        return document, EXIT_INTERRUPTED
     return document, EXIT_FAILED if poisoned or rescheduled else EXIT_OK
 
 
@@ -101,6 +106,8 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
         f"{doc['duplicates_dropped']} duplicate(s) dropped",
     ]
     lines += [f"rows sent to {stream}: {n}" for stream, n in sorted(doc["rows_sent"].items())]
+    if doc.get("interrupted"):
+        lines.append("interrupted: the messages in flight were finished; run `process` again for the rest")
     if doc.get("rescheduled"):
         lines.append(f"{doc['rescheduled']} message(s) rescheduled and stopped: Logs Ingestion refuses the rows "
                      "(the error above names the fix); run `process` again once it accepts them")  # fmt: skip

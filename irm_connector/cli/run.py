@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from datetime import UTC, datetime
 
@@ -22,7 +21,7 @@ from irm_connector.content_queue import create_queue_if_missing
 from irm_connector.errors import ConnectorError, SettingsError, UsageError
 from irm_connector.settings import Settings
 
-from ._common import EXIT_OK, emit, iso, queue_options, storage
+from ._common import EXIT_OK, GracefulStop, emit, iso, queue_options, storage
 from ._preflight import ready
 from .queue_trigger import QueueWorker
 
@@ -87,14 +86,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     options = queue_options(args.retry_delay)
     await ready(settings, management=True, ingestion=True)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # not on this platform or not the main thread
-            pass
     counts = {"polls": 0, "poll_errors": 0, "queued": 0}
     # On stderr with --json: stdout holds the one JSON document printed when it stops.
     print(
@@ -102,7 +93,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         file=sys.stderr if getattr(args, "json", False) else sys.stdout,
         flush=True,
     )
-    try:
+    with GracefulStop(stop).installed():
         async with storage(settings) as store:
             await create_queue_if_missing(store.main)
             worker = QueueWorker(store.main, store.poison, handlers.process, options)
@@ -114,9 +105,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
                     stop.set()  # a worker that died stops the poller too: the exit code says why
 
             await asyncio.gather(_poll_loop(schedule, stop, args.poll_now, counts), work())
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
     stats = worker.stats
     document = {
         "stopped": True,

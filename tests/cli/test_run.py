@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
+from collections import Counter
 
 import pytest
 
@@ -54,3 +56,34 @@ def test_run_with_a_bad_schedule_exits_2(cli: Cli) -> None:
     cli.set(POLL_SCHEDULE="not a schedule")
     code, _, err = cli.run("run")
     assert code == 2 and "POLL_SCHEDULE" in err
+
+
+def test_process_interrupted_finishes_what_is_in_flight_and_the_next_run_sends_the_rest(cli: Cli) -> None:
+    """Ctrl-C during `process`: no new message is taken, those in flight finish (rows sent and marked), exit 130;
+    the next `process` sends the rest, and every alert arrives once."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=23, total_records=3000, blob_size=(100, 100), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    assert cli.run("poll")[0] == 0
+    sim.ingestion.set_latency(1.0)  # slow uploads: messages are in flight when the signal comes
+    before = sim.ingestion.count("ingest")  # the poll's health rows
+    with cli.spawn("process", "--json") as process:
+        deadline = time.monotonic() + 60
+        while sim.ingestion.count("ingest") == before:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    sim.ingestion.set_latency(0.0)
+    assert process.returncode == 130, err
+    assert "stopping: no new message is taken" in err
+    first = json.loads(out)
+    assert first["interrupted"] is True and 0 < first["processed"] < len(workload.blobs)
+    assert first["poisoned"] == 0 and first["failed_attempts"] == 0
+
+    code, second = cli.json("process")
+    assert code == 0, second
+    assert second["processed"] == len(workload.blobs) - first["processed"]
+    assert Counter(r["RecordId"] for r in cli.rows()) == Counter(set(workload.irm_alert_record_ids))
