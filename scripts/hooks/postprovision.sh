@@ -23,7 +23,8 @@ grant_managed_identity() {
     say "Granted by the deployment, before the Function App started: nothing to wait for."
     # The assignment stays when the parameter is off (deployments only add). Later runs then need no directory
     # role, and do not ask Entra ID to create an assignment that already exists.
-    azd env set GRANT_ACTIVITYFEED_PERMISSION false
+    azd env set GRANT_ACTIVITYFEED_PERMISSION false \
+      || say "Could not set GRANT_ACTIVITYFEED_PERMISSION to false; set it yourself: azd env set GRANT_ACTIVITYFEED_PERMISSION false"
     return
   fi
   # The script says "ok: ... already has" when an earlier run granted it, and the 24-hour token wait only with a
@@ -42,8 +43,11 @@ store_secret() {
     # It was put into the azd environment (plain text): move it to Key Vault and clear that copy.
     # Several attempts: the deployer's Key Vault role was assigned by this provisioning and can take minutes to apply.
     if az_ready && printf '%s' "${O365_CLIENT_SECRET}" | scripts/store-client-secret.sh --vault "${vault}" --attempts 10; then
-      azd env set O365_CLIENT_SECRET ""
-      say "Moved into Key Vault; cleared in .azure/${AZURE_ENV_NAME:-<env>}/.env."
+      if azd env set O365_CLIENT_SECRET ""; then
+        say "Moved into Key Vault; cleared in .azure/${AZURE_ENV_NAME:-<env>}/.env."
+      else
+        pending+=("The secret is in Key Vault, but still in .azure/${AZURE_ENV_NAME:-<env>}/.env: azd env set O365_CLIENT_SECRET ''")
+      fi
       return
     fi
     pending+=("O365_CLIENT_SECRET is still in plain text in .azure/${AZURE_ENV_NAME:-<env>}/.env (the Azure CLI is not signed in):
