@@ -87,13 +87,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     await ready(settings, management=True, ingestion=True)
     stop = asyncio.Event()
     counts = {"polls": 0, "poll_errors": 0, "queued": 0}
-    # On stderr with --json: stdout holds the one JSON document printed when it stops.
-    print(
-        f"running: polling on '{schedule.expression}', working {settings.content_queue}; Ctrl-C or SIGTERM stops",
-        file=sys.stderr if getattr(args, "json", False) else sys.stdout,
-        flush=True,
-    )
-    with GracefulStop(stop).installed():
+    with GracefulStop(stop).installed():  # before the line that says a signal stops it
+        # On stderr with --json: stdout holds the one JSON document printed when it stops.
+        print(
+            f"running: polling on '{schedule.expression}', working {settings.content_queue}; Ctrl-C or SIGTERM stops",
+            file=sys.stderr if getattr(args, "json", False) else sys.stdout,
+            flush=True,
+        )
         async with storage(settings) as store:
             await create_queue_if_missing(store.main)
             worker = QueueWorker(store.main, store.poison, handlers.process, options)
