@@ -12,7 +12,7 @@ from multidict import CIMultiDictProxy
 
 from .errors import TransientApiError
 
-__all__ = ["date_of", "error_of", "json_of", "retry_after_of"]
+__all__ = ["error_of", "json_of", "retry_after_of"]
 
 
 def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
@@ -26,18 +26,6 @@ def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
             return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             return None
-
-
-def date_of(headers: CIMultiDictProxy[str]) -> datetime | None:
-    """The service's clock when it answered (``Date``, whole seconds, UTC); None without a readable one."""
-    value = headers.get("Date")
-    if not value:
-        return None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def error_of(body: bytes) -> tuple[str, str]:

@@ -21,7 +21,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from .api_answers import date_of, error_of, json_of, retry_after_of
+from .api_answers import error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
 from .deadline import Deadline, current_deadline, within
@@ -33,7 +33,7 @@ from .errors import (
 )
 from .feed_urls import FeedUrls
 from .metrics import metrics
-from .models import ContentBlob
+from .models import ContentBlob, parse_http_date
 from .windows import Window
 
 __all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPolicy"]
@@ -181,7 +181,7 @@ class ManagementActivityClient:
                         operation="list",
                         content_type=content_type,
                     ) from None
-            answered = date_of(headers)
+            answered = parse_http_date(headers.get("Date"))
             if answered is not None and (self.service_time is None or answered > self.service_time):
                 self.service_time = answered
             yield page

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ProcessResult",
     "Row",
     "parse_api_time",
+    "parse_http_date",
     "parse_utc",
     "utc_text",
 ]
@@ -32,6 +34,18 @@ def parse_api_time(text: str) -> datetime:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError:  # 9999-12-31T23:59:59-01:00: a date, but its UTC instant is past the calendar's end
         raise ValueError("a time whose UTC instant is outside the calendar") from None
+
+
+def parse_http_date(text: str | None) -> datetime | None:
+    """An HTTP ``Date`` header (``Tue, 01 Dec 2026 10:00:00 GMT``: a service's clock, to the second), UTC;
+    ``None`` for a missing or unreadable one."""
+    if not text:
+        return None
+    try:
+        value = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def parse_utc(text: Any) -> datetime | None:

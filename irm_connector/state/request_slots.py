@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import (
@@ -20,6 +19,7 @@ from azure.core.exceptions import (
 )
 
 from irm_connector.errors import StateError
+from irm_connector.models import parse_http_date
 
 from .tables import Tables, reason, table_key
 
@@ -92,7 +92,7 @@ class RequestSlots:
         seen: dict[str, datetime | None] = {}
 
         def date_of(response: Any) -> None:
-            seen["date"] = _date(response.http_response.headers.get("Date"))
+            seen["date"] = parse_http_date(response.http_response.headers.get("Date"))
 
         sent = time.monotonic()
         try:
@@ -117,9 +117,3 @@ class RequestSlots:
         observed = Observed(sent, time.monotonic(), date if isinstance(date, datetime) else None)
         return SlotRing(ring.tenant_id, dict(ring.used), result.get("etag")), observed
 
-
-def _date(text: str | None) -> datetime | None:
-    try:
-        return parsedate_to_datetime(text).astimezone(UTC) if text else None
-    except (TypeError, ValueError):
-        return None

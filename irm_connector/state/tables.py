@@ -20,7 +20,6 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar, cast
 
 import orjson
@@ -44,7 +43,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector._bounded import within
 from irm_connector.errors import StateError, StorageDeadlineError
-from irm_connector.models import parse_api_time, utc_text
+from irm_connector.models import parse_api_time, parse_http_date, utc_text
 
 __all__ = ["BATCH", "Entity", "PartitionRead", "StoreStats", "Tables", "reason", "table_key"]
 
@@ -231,7 +230,7 @@ class Tables:
             return out
 
         entities = await self._read(table_name, run, create=create)
-        return PartitionRead(entities, _http_date(dates[-1]) if dates else None)
+        return PartitionRead(entities, parse_http_date(dates[-1]) if dates else None)
 
     async def query_plain(
         self,
@@ -257,7 +256,7 @@ class Tables:
                 request = HttpRequest("GET", f"/{table.table_name}()", params=page, headers=_QUERY_HEADERS)
                 response = await _send(table, request)
                 self.stats.reads += 1
-                server_time[0] = _http_date(response.headers.get("Date") or "")
+                server_time[0] = parse_http_date(response.headers.get("Date"))
                 out.extend(_entity(raw) for raw in _values(response))
                 next_pk = response.headers.get("x-ms-continuation-NextPartitionKey")
                 if not next_pk:
@@ -504,10 +503,3 @@ def _entity(raw: dict[str, Any]) -> Entity:
     stamp = properties.pop("Timestamp", None)
     return Entity(properties, {"etag": raw.get("odata.etag"), "timestamp": parse_api_time(stamp) if stamp else None})
 
-
-def _http_date(text: str) -> datetime | None:
-    try:
-        value = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)

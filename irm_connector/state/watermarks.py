@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from azure.core.exceptions import (
@@ -23,7 +22,7 @@ from azure.core.exceptions import (
 )
 
 from irm_connector.errors import LeaseLostError, StateError
-from irm_connector.models import parse_utc, utc_text
+from irm_connector.models import parse_http_date, parse_utc, utc_text
 
 from .tables import Tables, reason, table_key
 
@@ -115,14 +114,6 @@ def _timestamp(entity: Any) -> datetime | None:
     return stamp if isinstance(stamp, datetime) else None
 
 
-def _date(headers: Any) -> datetime | None:
-    """The ``Date`` of a storage response: the service's clock, to the second."""
-    try:
-        return parsedate_to_datetime(headers.get("Date")).astimezone(UTC)
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
 class Watermarks:
     """The ``{prefix}state`` table."""
 
@@ -136,7 +127,7 @@ class Watermarks:
         seen: dict[str, datetime | None] = {}
 
         def date_of(response: Any) -> None:
-            seen["date"] = _date(response.http_response.headers)
+            seen["date"] = parse_http_date(response.http_response.headers.get("Date"))
 
         try:
             entity = await table.get_entity(table_key(tenant_id), table_key(content_type), raw_response_hook=date_of)
