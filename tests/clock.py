@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, tzinfo
 import pytest
 
 
-def skew_local_clock(monkeypatch: pytest.MonkeyPatch, ahead: timedelta) -> None:
-    """Every ``datetime.now`` the state package makes runs ``ahead`` for the rest of the test."""
+def skew_local_clock(monkeypatch: pytest.MonkeyPatch, ahead: timedelta, package: str = "irm_connector.state") -> None:
+    """Every ``datetime.now`` the modules of ``package`` make runs ``ahead`` for the rest of the test."""
 
     class Skewed(datetime):
         @classmethod
@@ -17,5 +17,5 @@ def skew_local_clock(monkeypatch: pytest.MonkeyPatch, ahead: timedelta) -> None:
             return datetime.now(tz) + ahead
 
     for name, module in list(sys.modules.items()):
-        if name.startswith("irm_connector.state") and getattr(module, "datetime", None) is datetime:
+        if name.startswith(package) and getattr(module, "datetime", None) is datetime:
             monkeypatch.setattr(module, "datetime", Skewed)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from irm_connector.models import Row
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from standins.workload import Workload, generate_workload
+from tests.clock import skew_local_clock
 from tests.harness import ConnectorHarness
 
 
@@ -264,13 +265,7 @@ async def test_a_poller_whose_clock_runs_fast_loses_nothing(
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     real = datetime
-
-    class Fast(datetime):
-        @classmethod
-        def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]  # a plain datetime on purpose
-            return real.now(tz) + timedelta(hours=3)
-
-    monkeypatch.setattr(poller, "datetime", Fast)
+    skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector.poller")
     with caplog.at_level(logging.WARNING, logger="irm_connector.poller"):
         await connector.poll()
     [warning] = [r.getMessage() for r in caplog.records if "clock is" in r.getMessage()]
