@@ -5,7 +5,8 @@ It is a setting of its own, apart from the Microsoft 365 cloud of the tenant bei
 Azure. The Microsoft 365 cloud decides the Management API's host and login. The Azure cloud decides the
 audience of Logs Ingestion tokens (azure-monitor-ingestion asks for the public cloud's unless told) and the
 authority azure-identity signs in at when the identity is not a managed identity (a service principal from
-``AZURE_CLIENT_SECRET``, workload identity, a developer's sign-in).
+``AZURE_CLIENT_SECRET``, workload identity, a developer's sign-in), and the DNS suffix of a storage account
+given by ``AzureWebJobsStorage__accountName`` alone (the function's storage is in the function's cloud).
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ class AzureCloud:
     authority_host: str
     #: the audience of Logs Ingestion tokens
     monitor_audience: str
+    #: the DNS suffix of its storage accounts (``<account>.queue.<suffix>``)
+    storage_suffix: str
 
 
 AZURE_CLOUDS = {
-    "AzurePublic": AzureCloud("AzurePublic", "login.microsoftonline.com", "https://monitor.azure.com"),
-    "AzureUSGovernment": AzureCloud("AzureUSGovernment", "login.microsoftonline.us", "https://monitor.azure.us"),
-    "AzureChina": AzureCloud("AzureChina", "login.chinacloudapi.cn", "https://monitor.azure.cn"),
+    "AzurePublic": AzureCloud(
+        "AzurePublic", "login.microsoftonline.com", "https://monitor.azure.com", "core.windows.net"
+    ),
+    "AzureUSGovernment": AzureCloud(
+        "AzureUSGovernment", "login.microsoftonline.us", "https://monitor.azure.us", "core.usgovcloudapi.net"
+    ),
+    "AzureChina": AzureCloud(
+        "AzureChina", "login.chinacloudapi.cn", "https://monitor.azure.cn", "core.chinacloudapi.cn"
+    ),
 }
 #: The names the Azure CLI gives two of them (`az cloud show`), read the same.
 _CLI_NAMES = {"azurecloud": "AzurePublic", "azurechinacloud": "AzureChina"}

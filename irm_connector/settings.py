@@ -42,18 +42,22 @@ class StorageSettings:
     client_id: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], prefix: str = "AzureWebJobsStorage") -> StorageSettings:
+    def from_env(
+        cls, env: Mapping[str, str], prefix: str = "AzureWebJobsStorage", *, suffix: str = "core.windows.net"
+    ) -> StorageSettings:
+        """``suffix``: the storage DNS suffix of the account's cloud, for an account given by name only."""
         conn = env.get(prefix, "").strip()
         if conn:
             if conn != "UseDevelopmentStorage=true" and "=" not in conn:
                 raise SettingsError(prefix, "is not a storage connection string")
             return cls(connection_string=conn)
         account = env.get(f"{prefix}__accountName", "").strip()
-        queue_uri = env.get(f"{prefix}__queueServiceUri", "").strip()
-        table_uri = env.get(f"{prefix}__tableServiceUri", "").strip()
+        # The deployment gives the account's primaryEndpoints, which end in "/".
+        queue_uri = env.get(f"{prefix}__queueServiceUri", "").strip().rstrip("/")
+        table_uri = env.get(f"{prefix}__tableServiceUri", "").strip().rstrip("/")
         if account:
-            queue_uri = queue_uri or f"https://{account}.queue.core.windows.net"
-            table_uri = table_uri or f"https://{account}.table.core.windows.net"
+            queue_uri = queue_uri or f"https://{account}.queue.{suffix}"
+            table_uri = table_uri or f"https://{account}.table.{suffix}"
         if not (queue_uri and table_uri):
             raise SettingsError(
                 prefix,
@@ -173,8 +177,8 @@ class Settings:
         prefix = check(lambda: forms.table_prefix(get("STATE_TABLE_PREFIX", "irm")), "irm")
         rpm = number("O365_MAX_REQUESTS_PER_MINUTE", "1000", 1, 60000)
         retention = number("DEDUPE_RETENTION_DAYS", "10", 8, 90)
-        storage = check(lambda: StorageSettings.from_env(env), StorageSettings())
         workspace_cloud = check(lambda: azure_cloud(get("AZURE_CLOUD", "AzurePublic")), AZURE_CLOUDS["AzurePublic"])
+        storage = check(lambda: StorageSettings.from_env(env, suffix=workspace_cloud.storage_suffix), StorageSettings())
         blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
         if timeout_override := get(TIMEOUT_SETTING):
             check(lambda: forms.function_timeout_override(timeout_override), None)

@@ -129,5 +129,10 @@ resource deployerTableRole 'Microsoft.Authorization/roleAssignments@2022-04-01' 
 }
 
 output name string = storage.name
+// The host builds <name>.<service>.core.windows.net from AzureWebJobsStorage__accountName, which is wrong in a
+// sovereign cloud: the app is given the account's own endpoints instead.
+output blobEndpoint string = storage.properties.primaryEndpoints.blob
+output queueEndpoint string = storage.properties.primaryEndpoints.queue
+output tableEndpoint string = storage.properties.primaryEndpoints.table
 output id string = storage.id
 output deploymentContainerUrl string = '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'

@@ -53,7 +53,7 @@ def _local(url: str) -> bool:
 
 def _storage_failure(exc: BaseException, url: str, settings: Settings) -> Failure:
     endpoint = _endpoint(url)
-    where = "AzureWebJobsStorage" if settings.storage.connection_string else "AzureWebJobsStorage__accountName"
+    where = "AzureWebJobsStorage" if settings.storage.connection_string else "AzureWebJobsStorage__*"
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
         return Failure(
             "storage-token",

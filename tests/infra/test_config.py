@@ -12,7 +12,9 @@ import pytest
 from .conftest import INFRA, REPO_ROOT, bicep_files
 
 REQUIRED_SETTINGS = [
-    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__blobServiceUri",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
     "O365_TENANT_ID",
@@ -59,6 +61,13 @@ def test_every_connector_setting_is_deployed() -> None:
     for name in sorted(set(REQUIRED_SETTINGS) | _settings_read_by_the_code()):
         assert re.search(rf"^\s+{name}: ", text, re.MULTILINE), f"app setting {name} missing"
     assert "AzureWebJobsStorage__credential: 'managedidentity'" in text
+    # The host builds core.windows.net names from __accountName, wrong in a sovereign cloud: the account's own
+    # endpoints are given, as the storage account reports them.
+    assert "AzureWebJobsStorage__accountName" not in text
+    storage = (INFRA / "modules" / "storage.bicep").read_text()
+    for service in ("blob", "queue", "table"):
+        assert f"AzureWebJobsStorage__{service}ServiceUri: storage.outputs.{service}Endpoint" in text
+        assert f"output {service}Endpoint string = storage.properties.primaryEndpoints.{service}" in storage
     assert "APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${uami.properties.clientId};Authorization=AAD'" in text
     assert "@Microsoft.KeyVault(SecretUri=" in text
     assert "LOGS_AUDIT_STREAM: ingestAllAuditRecords ? outputColumns.streams.audit.stream : ''" in text

@@ -137,6 +137,29 @@ def test_identity_based_storage() -> None:
 
 
 @pytest.mark.parametrize(
+    ("cloud", "suffix"), [("AzureUSGovernment", "core.usgovcloudapi.net"), ("AzureChina", "core.chinacloudapi.cn")]
+)
+def test_a_storage_account_named_alone_is_reached_in_the_function_clouds_own_domain(cloud: str, suffix: str) -> None:
+    env = {**BASE, "AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "stirm", "AZURE_CLOUD": cloud}
+    s = Settings.from_env(env).storage
+    assert (s.queue_service_uri, s.table_service_uri) == (f"https://stirm.queue.{suffix}", f"https://stirm.table.{suffix}")
+
+
+def test_the_storage_endpoints_the_deployment_gives_are_taken_as_they_are() -> None:
+    """infra/ sets the account's primaryEndpoints, which end in a slash; the clients get the bare endpoint."""
+    env = {
+        **BASE,
+        "AzureWebJobsStorage": "",
+        "AzureWebJobsStorage__queueServiceUri": "https://stirm.queue.core.usgovcloudapi.net/",
+        "AzureWebJobsStorage__tableServiceUri": "https://stirm.table.core.usgovcloudapi.net/",
+        "AZURE_CLOUD": "AzureUSGovernment",
+    }
+    s = Settings.from_env(env).storage
+    assert s.queue_service_uri == "https://stirm.queue.core.usgovcloudapi.net"
+    assert s.table_service_uri == "https://stirm.table.core.usgovcloudapi.net"
+
+
+@pytest.mark.parametrize(
     ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("7d", 604800), ("45s", 45)]
 )
 def test_durations(text: str, seconds: int) -> None:
