@@ -183,6 +183,11 @@ class ContentUnavailableError(ManagementApiError):
 
     hint = "the blob cannot be fetched any more; its records are lost to the API"
 
+    @property
+    def expired(self) -> bool:
+        """The blob outlived the API's 7 days (AF20051), rather than being missing or a bad id."""
+        return self.code == "AF20051"
+
 
 class TransientApiError(ManagementApiError):
     """Throttling, timeouts or server faults that outlived the connector's retries; the host retries

@@ -141,9 +141,12 @@ async def test_expired_and_missing_content_complete_with_a_warning(connector: Co
     )
     await connector.process(body)
     assert "skipped" in caplog.text and content_id in caplog.text
-    expired = body.replace((now + timedelta(days=6)).isoformat(), (now - timedelta(minutes=1)).isoformat())
+    # The API says a blob has expired (AF20051), not the message's contentExpiration read by this machine's clock.
+    created = now - timedelta(days=7, minutes=1)
+    gone = sim.management.add_blob("Audit.General", [], content_created=created)
+    expired = body.replace(content_id, gone).replace((now - timedelta(hours=1)).isoformat(), created.isoformat())
     await connector.process(expired)
-    assert "expired" in caplog.text
+    assert f"Content {gone} expired at" in caplog.text
     # Neither is an error the host should retry, and neither is parked in the poison queue.
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
 

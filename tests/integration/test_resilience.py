@@ -282,3 +282,29 @@ async def test_a_poller_whose_clock_runs_fast_loses_nothing(
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)
+
+
+async def test_a_processor_whose_clock_runs_fast_sends_a_blob_the_api_still_serves(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob queued late in its 7 days (a backlog after an outage), processed on a machine 3 hours fast: by that
+    clock it expired an hour after its last hour began, but the API serves it for another hour. Only the API's
+    AF20051 says a blob has expired."""
+    from irm_connector import processor  # loaded, so that its clock is the one skewed
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.models import ContentBlob
+
+    assert vars(processor)["datetime"] is datetime
+    sim = connector.standins
+    created = datetime.now(UTC) - timedelta(days=7) + timedelta(hours=1)
+    workload = generate_workload(seed=23, total_records=200, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id, start=created, span=timedelta(seconds=1))  # fmt: skip
+    ids = workload.publish(sim.management)
+    skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector")
+    for content_id, blob in zip(ids, workload.blobs, strict=True):
+        message = ContentMessage(sim.tenant_id, ContentBlob(
+            content_type=blob.content_type, content_id=content_id, content_uri=sim.management.content_uri(content_id),
+            content_created=blob.content_created, content_expiration=blob.content_created + timedelta(days=7),
+        ))  # fmt: skip
+        await connector.process(message.encode())
+    _assert_exactly_once(connector, workload)
