@@ -21,6 +21,7 @@ from .errors import BadMessageError, StateError
 from .models import ContentBlob
 
 __all__ = [
+    "MAX_DELAY",
     "MAX_MESSAGE_BYTES",
     "ContentMessage",
     "ContentQueue",
@@ -34,13 +35,16 @@ log = logging.getLogger(__name__)
 
 #: 64 KiB after base64 leaves about 48 KiB of JSON.
 MAX_MESSAGE_BYTES = 48 * 1024
+#: The longest a message can be kept invisible: a visibility timeout of at most 7 days, in seconds.
+MAX_DELAY = 7 * 86400
 _REQUIRED = ("contentUri", "contentId", "contentType", "contentCreated", "contentExpiration", "tenantId")
 
 
 @dataclass(frozen=True)
 class ContentMessage:
     """What the processor needs to fetch one blob, plus the trace context of the poller that queued it, and how
-    often a refusing DCR has put it back (a rescheduled message is a new one, its dequeue count 1 again)."""
+    often it was put back for later (a refusing DCR, a long ``Retry-After``; a rescheduled message is a new one,
+    its dequeue count 1 again)."""
 
     tenant_id: str
     blob: ContentBlob

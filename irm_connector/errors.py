@@ -191,9 +191,17 @@ class ContentUnavailableError(ManagementApiError):
 
 class TransientApiError(ManagementApiError):
     """Throttling, timeouts or server faults that outlived the connector's retries; the host retries
-    the invocation later."""
+    the invocation later.
+
+    ``retry_after`` is set when the API named a wait (``Retry-After``) longer than the connector waits within
+    one call: the call gives up at once, and the caller puts the work off for that long instead.
+    """
 
     hint = "the host retries the invocation; if this persists check service health and the request budget"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.retry_after = retry_after
 
 
 class UntrustedUrlError(ConnectorError):

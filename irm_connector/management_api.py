@@ -54,7 +54,8 @@ class RequestGate(Protocol):
 @dataclass(frozen=True)
 class RetryPolicy:
     """Backoff for throttled and transient calls: ``base * 2**attempt`` with full jitter, capped;
-    ``Retry-After`` wins when the service sends it, up to ``max_retry_after``."""
+    ``Retry-After`` wins when the service sends it; a longer one than ``max_retry_after`` ends the call at once
+    (:attr:`TransientApiError.retry_after`), so that the caller waits it out instead of asking again early."""
 
     attempts: int = 6
     base: float = 0.5
@@ -240,6 +241,10 @@ class ManagementActivityClient:
                 raise outcome.error
             if isinstance(outcome, tuple):
                 return outcome
+            if outcome.retry_after is not None and outcome.retry_after > policy.max_retry_after:
+                # Honoured, not cut short: a request before the time the API named would be throttled again.
+                outcome.error.retry_after = outcome.retry_after
+                raise outcome.error
             if attempt + 1 >= policy.attempts:
                 raise outcome.error
             self.stats.retried += 1
@@ -297,7 +302,9 @@ class ManagementActivityClient:
         if status == 429 or code == "AF429":
             self.stats.throttled += 1
             metrics.requests_throttled.add(1, self._dims)
-            return _Retry(TransientApiError("throttled", code=code or "AF429", **where), retry_after_of(headers))
+            wait = retry_after_of(headers)
+            said = "" if wait is None else f" (Retry-After {wait:.0f} s)"
+            return _Retry(TransientApiError("throttled" + said, code=code or "AF429", **where), wait)
         if status in _TRANSIENT_STATUS or code.startswith("AF5"):
             return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), retry_after_of(headers))
         error = management_api_error(status, code, message, call.operation, call.content_type)
@@ -323,7 +330,7 @@ class _Call:
 
 @dataclass(frozen=True)
 class _Retry:
-    error: ManagementApiError
+    error: TransientApiError
     retry_after: float | None = None
 
 

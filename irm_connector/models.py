@@ -143,8 +143,8 @@ class PollReport:
 
 #: ingested: every row is in Sentinel (or was already); expired/unavailable: the API no longer has the blob;
 #: bad-message/untrusted-url: the message was refused and parked in the poison queue; bad-content: so was a
-#: message whose blob arrived whole but is not a JSON array; rescheduled: Logs Ingestion refuses a stream, so
-#: the message was put back on the queue with a delay (see :mod:`.refusals`).
+#: message whose blob arrived whole but is not a JSON array; rescheduled: Logs Ingestion refuses a stream (see
+#: :mod:`.refusals`), or the Management API asked for a long wait, so the message was put back with a delay.
 Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url", "bad-content", "rescheduled"]
 
 

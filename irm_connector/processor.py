@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import replace
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from . import refusals
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
-from .content_queue import ContentMessage, Delivery
+from .content_queue import MAX_DELAY, ContentMessage, Delivery
 from .deadline import Deadline, cleaning_up
 from .errors import (
     BadContentError,
@@ -94,6 +95,10 @@ async def _process(
         return await _download_and_send(rt, hold, text, blob, dims, result, dequeue_count, message_id, deadline)
     except IngestionRefusedError as exc:
         return await _reschedule(rt, message, exc, result, dims)
+    except TransientApiError as exc:
+        if exc.retry_after is None:
+            raise
+        return await _wait_for_the_api(rt, message, exc, exc.retry_after, result, dims)
     finally:
         hold.release()
 
@@ -115,6 +120,25 @@ async def _reschedule(
     delay = refusals.reschedule_delay(refusal)
     await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
     log.info("Content %s rescheduled in %d s: %s", dims["content_id"], delay, error, extra=dims)
+    result.outcome = "rescheduled"
+    result.detail = f"{type(error).__name__}: {error}"
+    return result
+
+
+async def _wait_for_the_api(
+    rt: Runtime,
+    message: ContentMessage,
+    error: TransientApiError,
+    retry_after: float,
+    result: ProcessResult,
+    dims: dict[str, str],
+) -> ProcessResult:
+    """The Management API asked for a wait longer than a call waits (``Retry-After``): the message comes back
+    when it ends, as a new one (its dequeue count spared), rather than being retried early by the host."""
+    delay = min(math.ceil(retry_after), MAX_DELAY)
+    await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
+    log.warning("Content %s put off for %d s, as the Management API asks: %s", dims["content_id"], delay, error,
+                extra=dims)  # fmt: skip
     result.outcome = "rescheduled"
     result.detail = f"{type(error).__name__}: {error}"
     return result
@@ -148,8 +172,9 @@ async def _download_and_send(
             result.outcome = "unavailable"
         return result
     except TransientApiError as exc:
-        log.warning("Content %s could not be downloaded (attempt %d): %s", blob.content_id, dequeue_count, exc,
-                    extra=dims)  # fmt: skip
+        if exc.retry_after is None:  # else the message is put off, which says so
+            log.warning("Content %s could not be downloaded (attempt %d): %s", blob.content_id, dequeue_count, exc,
+                        extra=dims)  # fmt: skip
         raise
 
     ref = ContentRef(blob.content_id, blob.content_type, blob.content_created)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 from irm_connector import __version__
+from irm_connector.content_queue import MAX_DELAY
 from irm_connector.redaction import redact_exception
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
@@ -60,8 +61,8 @@ def _retry_delay(text: str) -> float:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= seconds <= 7 * 86400:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 604800 seconds (7 days)")
+    if not 0 <= seconds <= MAX_DELAY:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_DELAY} seconds (7 days)")
     return seconds
 
 

@@ -42,6 +42,21 @@ def _assert_exactly_once(connector: ConnectorHarness, workload: Workload) -> Non
     assert got == Counter(workload.irm_alert_record_ids)
 
 
+def _messages_for(connector: ConnectorHarness, workload: Workload) -> list[str]:
+    """The queue messages the poller would make for the workload's published blobs."""
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.models import ContentBlob
+
+    sim = connector.standins
+    return [
+        ContentMessage(sim.tenant_id, ContentBlob(
+            content_type=blob.content_type, content_id=content_id, content_uri=sim.management.content_uri(content_id),
+            content_created=blob.content_created, content_expiration=blob.content_created + timedelta(days=7),
+        )).encode()
+        for content_id, blob in zip(workload.content_ids, workload.blobs, strict=True)
+    ]  # fmt: skip
+
+
 async def test_throttling_and_transient_faults_are_ridden_out(connector: ConnectorHarness) -> None:
     sim = connector.standins
     workload = _publish(connector, seed=11)
@@ -291,20 +306,52 @@ async def test_a_processor_whose_clock_runs_fast_sends_a_blob_the_api_still_serv
     clock it expired an hour after its last hour began, but the API serves it for another hour. Only the API's
     AF20051 says a blob has expired."""
     from irm_connector import processor  # loaded, so that its clock is the one skewed
-    from irm_connector.content_queue import ContentMessage
-    from irm_connector.models import ContentBlob
 
     assert vars(processor)["datetime"] is datetime
     sim = connector.standins
     created = datetime.now(UTC) - timedelta(days=7) + timedelta(hours=1)
     workload = generate_workload(seed=23, total_records=200, blob_size=(100, 100), irm_share=0.1,
                                  tenant_id=sim.tenant_id, start=created, span=timedelta(seconds=1))  # fmt: skip
-    ids = workload.publish(sim.management)
+    workload.publish(sim.management)
     skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector")
-    for content_id, blob in zip(ids, workload.blobs, strict=True):
-        message = ContentMessage(sim.tenant_id, ContentBlob(
-            content_type=blob.content_type, content_id=content_id, content_uri=sim.management.content_uri(content_id),
-            content_created=blob.content_created, content_expiration=blob.content_created + timedelta(days=7),
-        ))  # fmt: skip
-        await connector.process(message.encode())
+    for message in _messages_for(connector, workload):
+        await connector.process(message)
+    _assert_exactly_once(connector, workload)
+
+
+async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_asked_again_early(
+    connector: ConnectorHarness,
+) -> None:
+    """``Retry-After: 600``: the API is asked once, and the message comes back in 10 minutes as a new one (its
+    dequeue count spared), instead of the call asking again after its own longest wait (120 s) and the host
+    retrying it into the poison queue. When it comes back, its records arrive once."""
+    sim = connector.standins
+    workload = _publish(connector, seed=29, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.management.add_fault("content", "status", status=429, retry_after=600, count=1000)
+    await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
+    assert sim.management.count("content") == 1
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
+    sim.management.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
+async def test_a_listing_throttled_for_longer_than_a_call_waits_fails_the_run_at_once(
+    connector: ConnectorHarness,
+) -> None:
+    """The poller's run for the content type ends at the first answer, saying how long the API asks to wait;
+    the next run lists the window."""
+    from irm_connector.errors import PollError
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = _publish(connector, seed=31, records=300, blob_size=(300, 300))
+    sim.management.add_fault("list", "status", status=429, retry_after=600, count=1000)
+    with pytest.raises(PollError, match="Retry-After 600 s"):
+        await asyncio.wait_for(connector.poll(), 60)
+    assert sim.management.count("list") == 1
+    sim.management.clear_faults()
+    await connector.poll()
+    await connector.drain()
     _assert_exactly_once(connector, workload)
