@@ -18,13 +18,14 @@ import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from standins.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite
-from standins.base import ServiceStandIn
+from standins.base import ApiError, ServiceStandIn
 from standins.server import ServerThread
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization", "host"}
@@ -86,6 +87,18 @@ class _Forwarder(ServiceStandIn):
 
     def error_body(self, error: Any) -> Any:
         return {"odata.error": {"code": error.code, "message": {"lang": "en-US", "value": error.message}}}
+
+    def render_error(self, error: ApiError) -> web.Response:
+        """As Azure Storage answers: the code in ``x-ms-error-code``, the body JSON for tables, XML for queues."""
+        headers = {**error.headers, "x-ms-error-code": error.code}
+        if self._service != "queue" or error.body is not None:
+            return super().render_error(ApiError(error.status, error.code, error.message, headers=headers,
+                                                 body=error.body))  # fmt: skip
+        xml = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            f"<Error><Code>{escape(error.code)}</Code><Message>{escape(error.message)}</Message></Error>"
+        )
+        return web.Response(status=error.status, body=xml.encode(), content_type="application/xml", headers=headers)
 
     def default_fault_code(self, status: int) -> str:
         return {503: "ServerBusy", 500: "InternalError", 429: "ServerBusy", 403: "AuthorizationFailure"}.get(

@@ -10,9 +10,15 @@ import re
 import sys
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
-from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
 
 from irm_connector._network import network_cause
 from irm_connector.errors import (
@@ -38,6 +44,7 @@ __all__ = [
     "OperatorError",
     "describe",
     "report",
+    "storage_refused",
 ]
 
 #: The work was done and all is healthy.
@@ -141,6 +148,9 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         return Failure("storage", text, "check AzureWebJobsStorage and the storage account", EXIT_UNREACHABLE)
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
         return Failure("token-unavailable", f"no token: {text}", "sign in with `az login`", EXIT_UNREACHABLE)
+    if isinstance(exc, HttpResponseError) and exc.status_code:
+        # The commands' own storage calls (the poison queue's walk, say) raise the SDK's errors as they come.
+        return storage_refused(exc, "AzureWebJobsStorage")
     if isinstance(exc, _NETWORK_ERRORS):
         return Failure("unreachable", f"a service could not be reached ({network_cause(exc)})", "", EXIT_UNREACHABLE)
     if isinstance(exc, ConnectorError):
@@ -150,6 +160,30 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         f"unexpected {type(exc).__name__}: {text}",
         "run again with -vv for the traceback, and report it",
         EXIT_FAILED,
+    )
+
+
+def storage_refused(exc: HttpResponseError, where: str) -> Failure:
+    """Azure Storage answered a request with an error; ``where`` names the settings that point at it."""
+    raw = getattr(exc, "error_code", None)
+    code = str(getattr(raw, "value", raw) or "")  # the queue SDK gives a StorageErrorCode enum, str() its name
+    request = getattr(exc.response, "request", None)
+    parts = urlsplit(str(getattr(request, "url", "") or ""))
+    at = f" at {parts.scheme}://{parts.netloc}" if parts.netloc else ""  # never the path or query: a SAS
+    hint = {
+        "AuthorizationPermissionMismatch": "give your identity Storage Queue Data Contributor and Storage "
+        "Table Data Contributor on the account (the deployment gives them to the deployer)",
+        "AuthorizationFailure": "the account's network rules refuse this address: add it to the storage "
+        "firewall, or run the command from an allowed network",
+        "AuthenticationFailed": f"the credential was refused: check the account key in {where}",
+    }.get(code, f"check {where} and your identity's roles on the account")
+    if exc.status_code is not None and exc.status_code >= 500:
+        hint = "Storage is failing or busy: run the command again later; check Azure service health if it persists"
+    return Failure(
+        "storage-refused",
+        f"Storage{at} refused the request (HTTP {exc.status_code}{', ' + code if code else ''})",
+        hint,
+        EXIT_UNREACHABLE,
     )
 
 

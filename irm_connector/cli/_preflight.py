@@ -29,7 +29,7 @@ from irm_connector.auth import azure_credential, identity_endpoint_known
 from irm_connector.runtime import Runtime, get_runtime
 from irm_connector.settings import Settings
 
-from ._failures import EXIT_UNREACHABLE, Failure, OperatorError
+from ._failures import EXIT_UNREACHABLE, Failure, OperatorError, storage_refused
 
 __all__ = ["check_ingestion_token", "check_management_token", "check_storage", "ready"]
 
@@ -62,20 +62,7 @@ def _storage_failure(exc: BaseException, url: str, settings: Settings) -> Failur
             EXIT_UNREACHABLE,
         )
     if isinstance(exc, HttpResponseError) and exc.status_code in (401, 403):
-        code = str(getattr(exc, "error_code", "") or "")
-        hint = {
-            "AuthorizationPermissionMismatch": "give your identity Storage Queue Data Contributor and Storage "
-            "Table Data Contributor on the account (the deployment gives them to the deployer)",
-            "AuthorizationFailure": "the account's network rules refuse this address: add it to the storage "
-            "firewall, or run the command from an allowed network",
-            "AuthenticationFailed": f"the credential was refused: check the account key in {where}",
-        }.get(code, f"check {where} and your identity's roles on the account")
-        return Failure(
-            "storage-refused",
-            f"Storage at {endpoint} refused the request (HTTP {exc.status_code}{', ' + code if code else ''})",
-            hint,
-            EXIT_UNREACHABLE,
-        )
+        return storage_refused(exc, where)
     cause = network_cause(exc)
     if cause == "no answer (timed out)":
         cause = f"no answer within HTTP_TIMEOUT ({settings.http_timeout.total_seconds():g}s)"

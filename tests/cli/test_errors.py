@@ -127,6 +127,22 @@ def test_storage_that_does_not_answer_fails_within_http_timeout(cli: Cli) -> Non
     assert "(no answer within HTTP_TIMEOUT (2s))" in line and "Azurite" in line
 
 
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [("AuthorizationFailure", "add it to the storage firewall"),
+     ("AuthorizationPermissionMismatch", "give your identity Storage Queue Data Contributor")],
+)  # fmt: skip
+def test_storage_refusing_the_identity_or_the_address_exits_3_with_the_fix(cli: Cli, code: str, advice: str) -> None:
+    """The queue service's refusal, read by its code (the queue SDK gives it as an enum, not the text)."""
+    with StorageProxy(cli.azurite) as proxy:
+        proxy.add_fault("queue.admin", "status", status=403, code=code, count=100)
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        status, out, err = cli.run("status")
+    assert out == ""
+    assert status == 3, err
+    assert one_line(err).startswith(f"error: Storage at {proxy.queue.base_url} refused the request (HTTP 403, {code}); ")
+    assert advice in err
+
 @pytest.mark.parametrize("where", [off_azure, in_cloud_shell], ids=["laptop", "cloud-shell"])
 def test_managed_identity_off_azure_says_so_and_storage_commands_still_work(
     cli: Cli, where: Callable[[Cli], None]

@@ -108,3 +108,20 @@ def test_purge_of_a_queue_longer_than_the_hold_deletes_every_message(slow: Cli) 
     assert code == 0, doc
     assert doc == {"purged": 70, "not_deleted": []}
     assert slow.depth(slow.poison) == 0 and slow.depth() == 0
+
+
+@pytest.mark.parametrize("argv", [("poison", "list"), ("poison", "requeue", "--all")], ids=["list", "requeue"])
+def test_storage_refusing_the_poison_queue_is_named_with_what_to_do(cli: Cli, argv: tuple[str, ...]) -> None:
+    """The storage firewall refuses this address halfway (the checks before the work passed): one line naming
+    Storage and the firewall, exit 3, and not an "unexpected error, report it" with a traceback to read."""
+    fill(cli, 2, "refused")
+    with StorageProxy(cli.azurite) as proxy:
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        proxy.add_fault("queue.get", "status", status=403, code="AuthorizationFailure", count=100)
+        code, document = cli.json(*argv)
+    assert code == 3
+    error = document["error"]
+    assert error["code"] == "storage-refused"
+    assert error["message"] == f"Storage at {proxy.queue.base_url} refused the request (HTTP 403, AuthorizationFailure)"
+    assert "firewall" in error["hint"]
+    assert cli.depth(cli.poison) == 2
