@@ -89,6 +89,7 @@ async def _process(
     result = ProcessResult(content_id=blob.content_id)
     # Whether the blob has expired is the API's to say (AF20051), not this machine's clock: one running fast
     # would skip a blob the API still serves.
+
     # The body and the rows made from it live until the delivery ends, and so does its room in the budget.
     hold = rt.bodies.hold()
     try:

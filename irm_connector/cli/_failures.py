@@ -138,6 +138,8 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         return Failure(code, *_split_hint(text), EXIT_UNREACHABLE)
     if isinstance(exc, TransientApiError):
         hint = "check O365_API_ROOT (or O365_CLOUD), the network and Microsoft 365 service health"
+        if exc.retry_after is not None:
+            hint = f"the API asks for {exc.retry_after:.0f} s without requests from this tenant: run it again then"
         return Failure("api-unreachable", text, hint, EXIT_UNREACHABLE)
     if isinstance(exc, ManagementApiError):
         return Failure("api-error", text, "", EXIT_FAILED)

@@ -81,6 +81,15 @@ def test_entra_unknown_tenant_is_not_a_network_error(cli: Cli) -> None:
     assert "O365_TENANT_ID" in doc["error"]["hint"]
 
 
+def test_a_long_retry_after_is_waited_out_and_the_operator_told_when_to_run_again(cli: Cli) -> None:
+    cli.standins.management.add_fault("subscriptions", "status", status=403, code="AF429", retry_after=900, count=10)
+    started = time.monotonic()
+    code, doc = cli.json("subscriptions", "list")
+    assert code == 3 and time.monotonic() - started < 30
+    assert cli.standins.management.count("subscriptions") == 1  # not asked again before the time it named
+    assert "throttled (Retry-After 900 s)" in doc["error"]["message"]
+    assert doc["error"]["hint"] == "the API asks for 900 s without requests from this tenant: run it again then"
+
 STORAGE_COMMANDS = [
     ["status"],
     ["poll"],
