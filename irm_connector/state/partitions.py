@@ -182,8 +182,18 @@ class PartitionView:
     sent_count: int
     #: every pending shard (a full read) or those written since (a read-back), with whether each is live
     pending: list[tuple[Shard, bool]]
-    #: the newest Timestamp seen: anything written later is at least as new
+    #: from when a read-back finds whatever this read could have missed (see :func:`_read_from`)
     read_from: datetime | None
+
+
+def _read_from(floor: datetime | None, read: PartitionRead) -> datetime | None:
+    """The newest Timestamp among what this read's first page found and what the reads finished before it began
+    found (``floor``): anything written after the read ran is at least as new. Never one a read that ran
+    alongside found: its answer may be from later than this read's, and a write in between would be missed by
+    both this read and its read-back. Nor one of a later page, which ran later too."""
+    first = read.entities if read.first_page is None else read.entities[: read.first_page]
+    stamps = [e.metadata.get("timestamp") for e in first]
+    return max((s for s in (floor, *stamps) if s is not None), default=None)
 
 
 def _changes_query(part: Partition, floor: datetime | None, since: datetime | None) -> tuple[str, dict[str, Any]]:
@@ -223,8 +233,12 @@ class PartitionReader:
         """The partition: every sent key, and the pending shards. With ``since`` only the shards written
         from then on are read (what could have raced with a claim), and ``pending`` holds just those."""
         key = (part.table, part.pk)
-        known = self._cache.pop(key, None) or _Known()
-        self._cache[key] = known  # most recently used last
+        cached = self._cache.pop(key, None)
+        known = cached if cached is not None else _Known()
+        if cached is not None or since is None:
+            self._cache[key] = known  # most recently used last
+        # else a read-back of a partition dropped from the cache since its first read: what it finds is only what
+        # was written since, and kept it would pass for all the partition's sent keys at the next first read.
         floor = known.high_water
         if floor is not None:
             again = known.repeats((since or floor) - _CACHE_OVERLAP, all_pending=since is None)
@@ -233,7 +247,7 @@ class PartitionReader:
         query, parameters = _changes_query(part, floor, since)
         result = await self._tables.query_plain(part.table, query, parameters, create=part.create)
         entities: list[_Version] = [(e, e.metadata.get("timestamp"), True, None) for e in result.entities]
-        return self._view(part, known, entities, result.server_time, full=since is None)
+        return self._view(part, known, entities, result.server_time, _read_from(floor, result), full=since is None)
 
     async def _read_changes(
         self, part: Partition, known: _Known, floor: datetime, since: datetime | None
@@ -273,7 +287,8 @@ class PartitionReader:
         # and those written after the listing
         entities.extend((e, e.metadata.get("timestamp"), True, None) for e in fetched.values())
         # The listing's Date is the earlier: judged by it, a claim is never taken for older than it is.
-        return self._view(part, known, entities, listing.server_time or content.server_time, full=since is None)
+        server_time = listing.server_time or content.server_time
+        return self._view(part, known, entities, server_time, _read_from(floor, listing), full=since is None)
 
     def _view(
         self,
@@ -281,6 +296,7 @@ class PartitionReader:
         known: _Known,
         entities: list[_Version],
         server_time: datetime | None,
+        read_from: datetime | None,
         *,
         full: bool,
     ) -> PartitionView:
@@ -314,7 +330,7 @@ class PartitionReader:
             known.pending.update(parsed)
         self._trim()
         pending = [(s, server_now is None or s.live(server_now, self._claim_ttl)) for s in parsed.values()]
-        return PartitionView(part, known.ids, len(known.ids), pending, known.high_water)
+        return PartitionView(part, known.ids, len(known.ids), pending, read_from)
 
     def _trim(self) -> None:
         total = sum(len(c.ids) for c in self._cache.values())

@@ -126,6 +126,8 @@ class PartitionRead:
 
     entities: list[Any] = field(default_factory=list)
     server_time: datetime | None = None
+    #: how many of ``entities`` the first page of the answer held (None: all); later pages ran later
+    first_page: int | None = None
 
 
 class Tables:
@@ -247,7 +249,9 @@ class Tables:
         more CPU than the request; the request still goes through the table client's own pipeline
         (authentication, retries, logging, tracing)."""
         options = {"$filter": _filter(query, parameters), **({"$select": ",".join(select)} if select else {})}
-        server_time: list[datetime | None] = [None]
+        # The first page's: a claim judged by the service's time when the read began is never taken for older
+        # than it is, and what a later page found may be newer than anything the first could have missed.
+        first: list[tuple[datetime | None, int]] = []
 
         async def run(table: TableClient) -> list[Any]:
             out: list[Any] = []
@@ -256,8 +260,9 @@ class Tables:
                 request = HttpRequest("GET", f"/{table.table_name}()", params=page, headers=_QUERY_HEADERS)
                 response = await _send(table, request)
                 self.stats.reads += 1
-                server_time[0] = parse_http_date(response.headers.get("Date"))
                 out.extend(_entity(raw) for raw in _values(response))
+                if not first:
+                    first.append((parse_http_date(response.headers.get("Date")), len(out)))
                 next_pk = response.headers.get("x-ms-continuation-NextPartitionKey")
                 if not next_pk:
                     return out
@@ -266,7 +271,8 @@ class Tables:
                     page["NextRowKey"] = next_rk
 
         entities = await self._read(table_name, run, create=create)
-        return PartitionRead(entities, server_time[0])
+        server_time, first_page = first[0] if first else (None, None)
+        return PartitionRead(entities, server_time, first_page)
 
     async def _read(
         self, table_name: str, run: Callable[[TableClient], Awaitable[list[Any]]], *, create: bool

@@ -324,6 +324,52 @@ async def test_a_sibling_read_between_a_listing_and_its_keys_does_not_hide_a_liv
         await other_tables.close()
 
 
+async def test_a_sibling_read_answered_first_does_not_move_a_read_back_past_a_rival_claim(
+    make_claims: MakeClaims, proxy: StorageProxy
+) -> None:
+    """One process, two deliveries: the first one's read of the partition runs, but its answer comes late.
+    Meanwhile another processor claims the same records, and a sibling delivery reads the partition after that
+    claim and is answered first. The first delivery's read-back must look back to its own read, not to what the
+    sibling saw, or neither of its reads finds the rival's claim and both keep the records."""
+    slow, rival = make_claims(via=proxy), make_claims()
+    late = proxy.hold("table.read", path="rec", after_answer=True)
+    racing = asyncio.create_task(slow.claim_records(STREAM, _rows(range(0, 10)), "blob-slow"))
+    await _arrived(late)  # read while the partition was empty; the answer is held
+    won = await rival.claim_records(STREAM, _rows(range(0, 10)), "blob-rival")
+    assert _ids(won.mine) == _ids(_rows(range(0, 10)))
+    await asyncio.sleep(2.5)  # past the read-back's look back (_CACHE_OVERLAP)
+    await slow.claim_records(STREAM, _rows(range(50, 60)), "blob-sibling")  # reads after the rival's claim
+    late.release(forward=True)
+    raced = await racing
+    assert raced.mine == [] and _ids(raced.held) == _ids(_rows(range(0, 10)))
+
+
+async def test_a_partition_dropped_from_the_cache_between_a_claims_reads_is_read_whole_again(
+    make_claims: MakeClaims, proxy: StorageProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker keeps a bounded number of sent keys and drops the partition used least lately. Dropped between a
+    claim's first read and its read-back, the partition is known afterwards only by what the read-back found:
+    the next claim must read it whole again, or it sends again the records sent before."""
+    from irm_connector.state import partitions
+
+    other = make_claims()
+    yesterday = _hour(datetime.now(UTC) - timedelta(days=1))
+    await other.mark_sent(await other.claim_records(STREAM, _rows(range(0, 50)), "blob-sent-today"))
+    await other.mark_sent(await other.claim_records(STREAM, _rows(range(200, 220), yesterday), "blob-sent-yesterday"))
+    await asyncio.sleep(2.5)  # the records sent last, past the read-back's look back from the newest
+    await other.mark_sent(await other.claim_records(STREAM, _rows(range(60, 65)), "blob-sent-later"))
+    monkeypatch.setattr(partitions, "_CACHE_KEYS", 70)
+    busy = make_claims(via=proxy)
+    written = proxy.hold("table.write", path="rec", body=r'"S": ?"p"')
+    first = asyncio.create_task(busy.claim_records(STREAM, _rows(range(100, 110)), "blob-a"))
+    await _arrived(written)  # today's partition read whole (55 sent keys cached); the claim not yet written
+    await busy.claim_records(STREAM, _rows(range(300, 302), yesterday), "blob-b")  # 20 more keys: today's dropped
+    written.release(forward=True)
+    await busy.mark_sent(await first)
+    copies = await busy.claim_records(STREAM, _rows(range(0, 50)), "blob-copies")  # records sent long before
+    assert copies.mine == [] and copies.already_sent == 50
+
+
 # -- a read answered with something other than entities --------------------------------------------------
 
 
