@@ -21,7 +21,9 @@ The rules:
 - **Expiry, by the service's clock.** A pending shard is live for :data:`CLAIM_TTL` after its last write:
   its Timestamp against the ``Date`` of the read that found it. The TTL is the function timeout plus a
   margin, so a processor that is still running never loses its claim, whatever the machines' clocks say.
-  A dead owner's records are taken over after that.
+  A dead owner's records are taken over after that. A redelivery of the same message carries its own
+  claim on (and its rank) only while a quarter of its life is left (:data:`CARRY_MARGIN`); nearer its end it
+  claims anew, since the claim could expire and be taken over before the redelivery writes it again.
 - **Release.** A failed attempt marks what was accepted as sent, then deletes its pending shards, so the
   retry (or a waiting delivery) can take the rest at once.
 
@@ -55,6 +57,9 @@ CLAIM_MARGIN = timedelta(minutes=2)
 #: A pending claim lives this long after its last write: a processor still running never loses it, a dead
 #: one's records are taken over soon after.
 CLAIM_TTL = FUNCTION_TIMEOUT + CLAIM_MARGIN
+#: The share of a claim's life that must be left for a redelivery to carry its own claim on (3 of 12 minutes):
+#: more than the time from a claim's first read to its write, storage retries included.
+CARRY_MARGIN = 0.25
 
 
 @dataclass
@@ -148,8 +153,9 @@ class Claims:
         digests = [digest(row.record_id) for row in rows]
         wanted = set(digests)
         sent = _among(wanted, (r.sent for r in reads))
-        own_live = [s for r in reads for s, live in r.pending if s.owner == claim.owner and live]
-        own_stale = [s for r in reads for s, live in r.pending if s.owner == claim.owner and not live]
+        own = [(s, live and self._lasts(r, s)) for r in reads for s, live in r.pending if s.owner == claim.owner]
+        own_live = [s for s, carried in own if carried]
+        own_stale = [s for s, carried in own if not carried]
         held = _among(wanted, (s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and live))
         expired = _among(wanted, (s.ids for r in reads for s, live in r.pending if s.owner != claim.owner and not live))
         own_index = {d: s.row_key for s in own_live for d in wanted.intersection(s.ids)}
@@ -197,6 +203,13 @@ class Claims:
             await self._write(claim, mine, sent=False)
         if written:
             await self._read_back(claim, slot, reads, written)
+
+    def _lasts(self, read: PartitionView, shard: Shard) -> bool:
+        """Whether this delivery's own claim from an attempt that did not finish may be carried on with its rank:
+        only while it cannot expire before this attempt writes it again. Carried nearer its end, it could be
+        taken over meanwhile by a delivery that never sees the rewrite, and both would keep its records."""
+        server_now = read.server_now
+        return server_now is None or shard.live(server_now, self._claim_ttl - self._claim_ttl * CARRY_MARGIN)
 
     async def _read_back(self, claim: Claim, slot: Slot, reads: list[PartitionView], written: list[_Mine]) -> None:
         """Two deliveries can claim one record between the first read and the write. Read again what was

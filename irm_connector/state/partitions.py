@@ -184,6 +184,8 @@ class PartitionView:
     pending: list[tuple[Shard, bool]]
     #: from when a read-back finds whatever this read could have missed (see :func:`_read_from`)
     read_from: datetime | None
+    #: the storage service's time the pending shards' liveness was judged by (None: not known)
+    server_now: datetime | None = None
 
 
 def _read_from(floor: datetime | None, read: PartitionRead) -> datetime | None:
@@ -330,7 +332,7 @@ class PartitionReader:
             known.pending.update(parsed)
         self._trim()
         pending = [(s, server_now is None or s.live(server_now, self._claim_ttl)) for s in parsed.values()]
-        return PartitionView(part, known.ids, len(known.ids), pending, read_from)
+        return PartitionView(part, known.ids, len(known.ids), pending, read_from, server_now)
 
     def _trim(self) -> None:
         total = sum(len(c.ids) for c in self._cache.values())

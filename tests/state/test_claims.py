@@ -93,6 +93,27 @@ async def test_an_expired_claim_is_taken_over(make_claims: MakeClaims) -> None:
     assert _ids(waiting.mine) == _ids(rows) and waiting.taken_over == 20
 
 
+async def test_a_redelivery_does_not_carry_on_its_own_claim_so_near_its_end_that_it_is_taken_over_meanwhile(
+    make_claims: MakeClaims, proxy: StorageProxy
+) -> None:
+    """An attempt claims and dies; the host delivers the message again just before the claim expires. Had the
+    redelivery carried the claim on with its old rank, a delivery of another blob taking the records over
+    between the redelivery's read and its write would never see that write, and both would keep them."""
+    ttl = timedelta(seconds=8)  # carried on only while 2 s of it are left
+    dead, again, other = make_claims(ttl=ttl), make_claims(ttl=ttl, via=proxy), make_claims(ttl=ttl)
+    rows = _rows(range(10))
+    await dead.claim_records(STREAM, rows, "blob-x", "message-1")  # and never marks or releases
+    await asyncio.sleep(7.2)  # the Date has one-second resolution: over 6 s of the claim's life gone, under 8
+    written = proxy.hold("table.write", path="rec", body=r'"S": ?"p"')
+    redelivered = asyncio.create_task(again.claim_records(STREAM, rows, "blob-x", "message-1"))
+    await _arrived(written)
+    await asyncio.sleep(2.3)  # the claim has expired
+    taken = await other.claim_records(STREAM, rows, "blob-y")
+    assert _ids(taken.mine) == _ids(rows) and taken.taken_over == 10
+    written.release(forward=True)
+    raced = await redelivered
+    assert raced.mine == [] and _ids(raced.held) == _ids(rows)
+
 async def test_a_live_claim_is_not_taken_over_whatever_the_local_clock_says(
     make_claims: MakeClaims, monkeypatch: pytest.MonkeyPatch
 ) -> None:
