@@ -195,7 +195,8 @@ def content_types(value: str) -> tuple[str, ...]:
             )
     if not listed:
         raise SettingsError("O365_CONTENT_TYPES", "names no content type")
-    return tuple(by_lower[ct.lower()] for ct in listed)
+    # Once each, however spelled: a content type polled twice in one run would race for its own lease.
+    return tuple(dict.fromkeys(by_lower[ct.lower()] for ct in listed))
 
 
 def bounded_duration(text: str, setting: str, least: timedelta, most: timedelta | None) -> timedelta:

@@ -251,3 +251,8 @@ def test_a_duration_without_a_unit_is_refused_with_the_accepted_forms(setting: s
 def test_a_placeholder_is_not_looked_for_in_secrets() -> None:
     s = Settings.from_env({**BASE, "O365_CLIENT_SECRET": "a<b>c-secret"})
     assert s.client_secret == "a<b>c-secret"
+
+
+def test_a_content_type_listed_twice_in_any_spelling_is_polled_once() -> None:
+    settings = Settings.from_env({**BASE, "O365_CONTENT_TYPES": "Audit.General, audit.general,AUDIT.Exchange"})
+    assert settings.content_types == ("Audit.General", "Audit.Exchange")
