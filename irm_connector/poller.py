@@ -237,6 +237,7 @@ async def _queue_page(
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
     fresh: list[ContentBlob] = []
+    queuing: set[str] = set()
     refused: list[UntrustedUrlError] = []
     report.blobs_listed += len(page)
     for blob in page:
@@ -256,9 +257,10 @@ async def _queue_page(
                 extra=dims,
             )
             continue
-        if await rt.state.queued_blobs.is_queued(content_type, blob, seen):
+        if await rt.state.queued_blobs.is_queued(content_type, blob, seen) or blob.content_id in queuing:
             report.blobs_already_queued += 1
             continue
+        queuing.add(blob.content_id)  # a page naming a blob twice would put two upserts of it in one batch
         fresh.append(blob)
     if fresh:
         await _queue_blobs(rt, content_type, fresh, seen, report, dims)

@@ -355,3 +355,24 @@ async def test_a_listing_throttled_for_longer_than_a_call_waits_fails_the_run_at
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)
+
+
+async def test_a_blob_listed_twice_in_one_page_is_queued_once(connector: ConnectorHarness) -> None:
+    """The API lists one blob twice in a page: it is queued once, and the run goes on (two writes of one
+    entity in one batch would fail the run, and every run after it, on the same page)."""
+    from standins.management import format_timestamp
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = _publish(connector, seed=37, records=200, blob_size=(100, 100))
+    listed = [
+        {"contentType": blob.content_type, "contentId": content_id, "contentUri": sim.management.content_uri(content_id),
+         "contentCreated": format_timestamp(blob.content_created),
+         "contentExpiration": format_timestamp(blob.content_created + timedelta(days=7))}
+        for content_id, blob in zip(workload.content_ids, workload.blobs, strict=True)
+    ]  # fmt: skip
+    sim.management.add_fault("list", "status", status=200, body=[listed[0], *listed])
+    await connector.poll()
+    assert await connector.queue_length() == len(listed)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
