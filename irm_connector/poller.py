@@ -113,6 +113,8 @@ async def _poll_content_type(
         await lease.run(_list_windows(rt, lease, deadline, report, now, dims, limit))
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
+        # Nothing of the content type is listed while it lasts: the health row (Errors, LastError) says so.
+        report.error = error
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
     except InvalidWindowError as exc:
         error = redact(str(exc))
@@ -163,7 +165,7 @@ async def _list_windows(
         except SubscriptionMissingError:
             report.subscription = await _start_subscription(rt, lease, now, dims)
             if report.subscription == "waiting":
-                return
+                raise  # started lately, and still missing
             await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
         await lease.write(watermark=_within_service_time(window.end, rt.management.service_time, dims))
         report.windows_listed += 1

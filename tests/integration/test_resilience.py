@@ -376,3 +376,26 @@ async def test_a_blob_listed_twice_in_one_page_is_queued_once(connector: Connect
     assert await connector.queue_length() == len(listed)
     await connector.drain()
     _assert_exactly_once(connector, workload)
+
+
+async def test_a_subscription_still_missing_after_its_start_fails_each_run_until_it_is_there(
+    connector: ConnectorHarness,
+) -> None:
+    """The connector starts a missing subscription, but the API keeps answering AF20022 for a while: nothing of
+    the content type is listed, so each such run fails and its health row says why (Errors 1, LastError), also
+    while the start is given time to take; once listing works, every record arrives."""
+    from irm_connector.errors import PollError
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", None)
+    workload = _publish(connector, seed=41, records=300, blob_size=(300, 300))
+    sim.management.add_fault("list", "status", status=400, code="AF20022", count=3)
+    for _ in range(2):  # started, and still missing; then waiting for the start to take, still missing
+        with pytest.raises(PollError, match="AF20022"):
+            await connector.poll()
+    rows = connector.rows("Custom-IRMConnectorHealth")
+    assert [(r["Errors"], "AF20022" in r["LastError"]) for r in rows] == [(1, True), (1, True)]
+    assert sim.management.count("start") == 1  # not started again in a loop
+    await connector.poll()
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
