@@ -332,6 +332,11 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     stale = rule_reading(r"No connector health row")
     # The stale rule groups by tenant: an empty table has no tenant, so a fresh deployment raises nothing.
     assert "summarize LastRun = max(TimeGenerated) by O365TenantId" in queries[stale]
+    # Runs that all fail leave Watermark and LagSeconds empty (the lease could not be read): lag cannot see them.
+    failing = rule_reading(r"Every run failed for more than 2 hours")
+    assert failing == stale and re.search(r"Succeeded = countif\(Errors == 0\)", queries[stale])
+    assert re.search(r"where Succeeded == 0 and FirstRow < ago\(staleAfter\)", queries[stale])
+    assert re.search(r"union noRuns, lagging, neverListed, failing\b", queries[stale])
 
 
 FUZZY_UNION = re.compile(r"union isfuzzy=true\s*\(datatable\(([^)]*)\)\[\]\),\s*(\(\s*(\w+_CL)[^)]*\)|(\w+_CL))")
