@@ -200,6 +200,11 @@ def test_parameters_file_and_azure_yaml() -> None:
     assert set(params) <= set(declared), set(params) - set(declared)
     assert params["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert params["location"]["value"] == "${AZURE_LOCATION}"
+    # Every azd variable a hook reads to check what the deployment set up is the one the deployment is given.
+    hooks = "".join(p.read_text() for p in (REPO_ROOT / "scripts" / "hooks").glob("*.sh"))
+    # (but the secret, which is never a deployment parameter: the hook moves it into Key Vault)
+    for name in set(re.findall(r"\$\{(O365_[A-Z_]+):-", hooks)) - {"O365_CLIENT_SECRET"}:
+        assert any(f"${{{name}" in p["value"] for p in params.values() if isinstance(p.get("value"), str)), name
     azure_yaml = (REPO_ROOT / "azure.yaml").read_text()
     for needle in ("connector:", "language: python", "host: function", "project: .", "path: infra"):
         assert needle in azure_yaml
