@@ -16,7 +16,7 @@ from .poller import list_window
 from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
-from .windows import plan_backfill
+from .windows import RETENTION, plan_backfill
 
 __all__ = ["BackfillProgress", "backfill"]
 
@@ -37,9 +37,10 @@ async def backfill(
 ) -> PollReport:
     """List ``[start, end)`` again and queue the blobs not queued before, without touching the watermark or
     the lease: the live poller goes on as it was. Raises :class:`ValueError` for a range the API cannot
-    list, :class:`PollError` (with the report) when a content type failed."""
-    moment = now or datetime.now(UTC)
-    windows = plan_backfill(start, end, moment)
+    list, :class:`PollError` (with the report) when a content type failed. Without ``now``, each content type's
+    windows are planned when its turn comes: a range reaching 7 days back would otherwise have slipped out of
+    the API's reach by the time the later ones are listed."""
+    plan_backfill(start, end, now or datetime.now(UTC))  # a range the API cannot list at all raises here
     report = PollReport()
     for content_type in content_types or rt.settings.content_types:
         ct_report = ContentTypeReport(content_type)
@@ -47,6 +48,9 @@ async def backfill(
         seen: SeenPartitions = {}
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
         try:
+            moment = now or datetime.now(UTC)
+            # What has left the 7 days since the range was checked is out of reach: the rest is listed.
+            windows = plan_backfill(max(start, moment - RETENTION), end, moment)
             progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
             for window in windows:
                 await list_window(rt, content_type, window, moment, seen, ct_report, progress)
@@ -56,6 +60,8 @@ async def backfill(
             ct_report.finished = True
         except SubscriptionMissingError as exc:
             ct_report.error = f"{exc} - start it with `irm-connector subscriptions start {content_type}`"
+        except ValueError as exc:  # the range left the API's 7 days while the content types before were listed
+            ct_report.error = str(exc)
         except ConnectorError as exc:
             ct_report.error = str(exc)
         if ct_report.error:

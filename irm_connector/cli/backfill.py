@@ -66,7 +66,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
 
     failed = False
     try:
-        report = await backfill(rt, start, end, content_types=content_types, now=now, on_progress=progress)
+        report = await backfill(rt, start, end, content_types=content_types, on_progress=progress)
     except PollError as exc:
         report, failed = exc.report, True
     finally:

@@ -399,3 +399,32 @@ async def test_a_subscription_still_missing_after_its_start_fails_each_run_until
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)
+
+
+async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_turn_comes(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backfill of the whole 7 days over two content types, the first taking 20 minutes: the second one's
+    windows are planned when its turn comes, inside the API's 7 days of that moment. Planned with the first,
+    its first window had slipped past them: refused, and nothing of that content type was listed."""
+    from irm_connector.backfill import backfill
+    from irm_connector.models import ContentTypeReport
+
+    sim = connector.standins
+    for content_type in ("Audit.General", "Audit.Exchange"):
+        sim.management.set_subscription(content_type, "enabled")
+    rt = await get_runtime(Settings.from_env())
+    moved = False
+
+    def twenty_minutes_later(report: ContentTypeReport, planned: int) -> None:
+        nonlocal moved
+        if report.windows_listed == planned and not moved:  # the first content type is done
+            moved = True
+            sim.management.clock.advance(timedelta(minutes=20))
+            skew_local_clock(monkeypatch, timedelta(minutes=20), package="irm_connector.backfill")
+
+    now = datetime.now(UTC)
+    report = await backfill(rt, now - timedelta(days=7), now, content_types=("Audit.General", "Audit.Exchange"),
+                            on_progress=twenty_minutes_later)  # fmt: skip
+    assert moved and report.errors == []
+    assert [r.windows_listed for r in report.content_types] == [7, 7]  # 7 days less the margin, by 24 hours
