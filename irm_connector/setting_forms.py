@@ -96,6 +96,13 @@ def parse_duration(text: str, *, setting: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+_UNRESOLVED_REFERENCE = (
+    "is a Key Vault reference the Function App could not resolve: check that the secret or certificate exists in "
+    "the vault, that the app's identity has Key Vault Secrets User on it, and the vault's network rules (the "
+    "portal shows the reference's error under the app's Environment variables)"
+)
+
+
 class Reader:
     """The settings of ``env``, read with every problem kept (:meth:`check`) rather than stopping at the first,
     so one run names every setting to fix."""
@@ -105,12 +112,22 @@ class Reader:
         self.problems: list[SettingsError] = []
 
     def get(self, name: str, default: str = "", *, placeholder_check: bool = True) -> str:
-        value = self.env.get(name, default).strip() or default
+        value = self.raw(name, default).strip() or default
         # The sample file's "<your-dcr>"-style placeholders. Not checked in secrets, whose characters are free.
         if placeholder_check and _PLACEHOLDER.search(value):
             self.problems.append(
                 SettingsError(name, "still holds a placeholder of the sample settings (<...>): put in the real value")
             )
+            return default
+        return value
+
+    def raw(self, name: str, default: str = "") -> str:
+        """The value as it is (a password's spaces kept), or ``default`` when it is a Key Vault reference that App
+        Service left unresolved: it passes the reference's own text to the app then, which would otherwise be
+        taken for a malformed certificate or a wrong secret."""
+        value = self.env.get(name, default)
+        if value.strip().lower().startswith("@microsoft.keyvault("):
+            self.problems.append(SettingsError(name, _UNRESOLVED_REFERENCE))
             return default
         return value
 

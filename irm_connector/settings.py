@@ -182,6 +182,7 @@ class Settings:
         blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
         if timeout_override := get(TIMEOUT_SETTING):
             check(lambda: forms.function_timeout_override(timeout_override), None)
+        password = r.raw("O365_CLIENT_CERTIFICATE_PASSWORD")
         if r.problems:
             raise SettingsError.combine(r.problems)
         return cls(
@@ -199,7 +200,7 @@ class Settings:
             client_secret=secret,
             certificate_path=cert_path,
             certificate_data=cert_data,
-            certificate_password=env.get("O365_CLIENT_CERTIFICATE_PASSWORD", ""),
+            certificate_password=password,
             cloud=cloud,
             initial_lookback=lookback,
             listing_overlap=overlap,

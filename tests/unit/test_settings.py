@@ -256,3 +256,18 @@ def test_a_placeholder_is_not_looked_for_in_secrets() -> None:
 def test_a_content_type_listed_twice_in_any_spelling_is_polled_once() -> None:
     settings = Settings.from_env({**BASE, "O365_CONTENT_TYPES": "Audit.General, audit.general,AUDIT.Exchange"})
     assert settings.content_types == ("Audit.General", "Audit.Exchange")
+
+
+@pytest.mark.parametrize(
+    "setting", ["O365_CLIENT_SECRET", "O365_CLIENT_CERTIFICATE", "O365_CLIENT_CERTIFICATE_PASSWORD", "O365_CLIENT_ID"]
+)
+def test_a_key_vault_reference_the_app_could_not_resolve_is_named_as_such(setting: str) -> None:
+    """App Service passes an unresolved reference's own text to the app: it must not be taken for a malformed
+    certificate or a wrong secret (which Entra would refuse as invalid_client)."""
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-irm.vault.azure.net/secrets/o365-client-secret)"
+    mode = "certificate" if "CERTIFICATE" in setting else "secret"
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, "O365_AUTH_MODE": mode, setting: reference})
+    [problem] = [text for name, text in info.value.problems if name == setting]
+    assert problem.startswith("is a Key Vault reference the Function App could not resolve")
+    assert "Key Vault Secrets User" in problem and reference not in str(info.value)
