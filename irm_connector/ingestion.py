@@ -174,7 +174,7 @@ class SentinelIngestor:
                 await self._post(stream, body, deadline)
             except ClientAuthenticationError as exc:
                 if exc.status_code:
-                    raise _ingestion_error(stream, exc) from exc
+                    raise _ingestion_error(stream, exc) from None  # see below
                 # No answer from Logs Ingestion at all: the credential gave no token (it is an HttpResponseError
                 # without a status, which would read as "refused rows (HTTP 0)").
                 raise IngestionError(
@@ -188,7 +188,10 @@ class SentinelIngestor:
                     half = len(chunk.rows) // 2
                     pieces = [_chunk(chunk.rows[:half]), _chunk(chunk.rows[half:])]
                 else:
-                    raise _ingestion_error(stream, exc) from exc
+                    # Not chained: the service's message may quote the rows' values (a 400 names the column and
+                    # what it got), and a chained exception's text goes wherever its traceback goes (the host,
+                    # Application Insights). Its status and code are kept.
+                    raise _ingestion_error(stream, exc) from None
             except AzureError as exc:
                 raise IngestionError(
                     f"upload to {stream} failed: {type(exc).__name__}; the message is retried", stream=stream

@@ -66,13 +66,19 @@ def ingestion_state(refusals: Iterable[Refusal]) -> str:
 def fix_text(dcr: str, stream: str, status: int, code: str, since: datetime) -> str:
     """What the operator reads: the refusal and the fix, with no token, secret or row content."""
     answer = f"HTTP {status}{', ' + code if code else ''}"
+    if status == 401:
+        fix = ("the token was refused: check AZURE_CLIENT_ID (the function app's identity) and that AZURE_CLOUD is "
+               "the workspace's cloud")  # fmt: skip
+    elif status == 404:
+        fix = (f"no such rule or stream: check LOGS_DCR_IMMUTABLE_ID and LOGS_INGESTION_ENDPOINT, and that the "
+               f"rule declares the stream {stream} (redeploy infra/)")  # fmt: skip
+    else:
+        fix = (f'give the function app\'s identity the "Monitoring Metrics Publisher" role on the data collection '
+               f"rule {dcr} (a new role assignment takes up to 30 minutes to apply)")  # fmt: skip
     return (
         f"Logs Ingestion refuses stream {stream} of data collection rule {dcr} ({answer}) since "
-        f"{utc_text(since, timespec='seconds')}. Fix: give the function app's identity the \"Monitoring Metrics "
-        f'Publisher" role on the data collection rule {dcr} (a new role assignment takes up to 30 minutes to '
-        f"apply), and check that the rule declares the stream {stream} (LOGS_DCR_IMMUTABLE_ID, LOGS_INGESTION_ENDPOINT"
-        f"{', AZURE_CLOUD' if status == 401 else ''}). Messages are rescheduled, not moved to the poison queue, "
-        f"for up to {PATIENCE.total_seconds() / 3600:.0f} hours."
+        f"{utc_text(since, timespec='seconds')}. Fix: {fix}. Messages are rescheduled, not moved to the poison "
+        f"queue, for up to {PATIENCE.total_seconds() / 3600:.0f} hours."
     )
 
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import traceback
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -97,6 +98,21 @@ async def test_failing_blob_is_retried_then_poisoned_and_arrives_after_requeue(c
     await connector.process(poisoned)  # what `poison requeue` leads to
     _assert_exactly_once(connector, workload)
 
+
+async def test_a_row_value_a_refusal_quotes_never_leaves_with_the_exception(connector: ConnectorHarness) -> None:
+    """Logs Ingestion's 400 may quote a row's value (the stand-in's names the column and what it got). The error
+    raised to the host, whose traceback Application Insights records with every exception it chains, names the
+    stream, the status and the code, and no value."""
+    sim = connector.standins
+    workload = _publish(connector, seed=43, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    quoted = "Row 3: column 'UserPrincipalName' is declared string but got int; the row: alice@contoso.com"
+    sim.ingestion.add_fault("ingest", "status", count=1000, status=400, code="InvalidContent", message=quoted)
+    with pytest.raises(Exception) as raised:
+        await connector.process(message)
+    printed = "".join(traceback.format_exception(raised.value))
+    assert "Logs Ingestion refused rows for Custom-IRMAlerts (HTTP 400, InvalidContent)" in printed
+    assert "alice@contoso.com" not in printed
 
 async def test_crash_between_upload_and_commit_resends_never_loses(connector: ConnectorHarness) -> None:
     """The upload succeeds, then storage goes away before the rows are marked sent: the invocation fails,

@@ -14,7 +14,7 @@ from irm_connector.content_queue import ContentMessage
 from irm_connector.deadline import TIMEOUT_SETTING, Deadline, cleaning_up, current_deadline, function_timeout
 from irm_connector.errors import DeadlineError, StateError, StorageDeadlineError
 from irm_connector.models import ContentBlob
-from irm_connector.refusals import PATIENCE, ingestion_state, reschedule_delay
+from irm_connector.refusals import PATIENCE, fix_text, ingestion_state, reschedule_delay
 from irm_connector.state import FUNCTION_TIMEOUT, Refusal
 
 
@@ -96,3 +96,19 @@ def test_a_rescheduled_message_says_so_and_anything_else_there_reads_as_never(wr
         data["rescheduled"] = written
     message = ContentMessage.decode(orjson.dumps(data))
     assert message.rescheduled == read and message.blob == blob
+
+
+@pytest.mark.parametrize(
+    ("status", "fix", "wrong"),
+    [
+        (401, "the token was refused: check AZURE_CLIENT_ID (the function app's identity) and that AZURE_CLOUD",
+         "Metrics Publisher"),
+        (403, 'give the function app\'s identity the "Monitoring Metrics Publisher" role on', "AZURE_CLOUD"),
+        (404, "no such rule or stream: check LOGS_DCR_IMMUTABLE_ID and LOGS_INGESTION_ENDPOINT", "Metrics Publisher"),
+    ],
+)
+def test_the_refusal_line_gives_the_fix_its_status_calls_for(status: int, fix: str, wrong: str) -> None:
+    """The error line operators alert on: a role does not mend a refused token (401) or a rule that is not
+    there (404)."""
+    line = fix_text("dcr-1", "Custom-IRMAlerts", status, "", datetime(2026, 12, 3, tzinfo=UTC))
+    assert f"(HTTP {status}) since 2026-12-03T00:00:00Z. Fix: {fix}" in line and wrong not in line
