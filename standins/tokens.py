@@ -103,6 +103,11 @@ class TokenRegistry:
         with self._lock:
             return self._issued[kind] if kind else sum(self._issued.values())
 
+    def audiences(self) -> set[str]:
+        """The audiences of the tokens issued and not forgotten."""
+        with self._lock:
+            return {info.audience for info in self._tokens.values()}
+
     def issued_by_kind(self) -> dict[str, int]:
         with self._lock:
             return dict(self._issued)

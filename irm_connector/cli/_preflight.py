@@ -33,8 +33,6 @@ from ._failures import EXIT_UNREACHABLE, Failure, OperatorError, storage_refused
 
 __all__ = ["check_ingestion_token", "check_management_token", "check_storage", "ready"]
 
-#: The Logs Ingestion client's token audience (azure-monitor-ingestion's default, which the runtime keeps).
-INGESTION_SCOPE = "https://monitor.azure.com/.default"
 
 
 def _first_line(exc: ClientAuthenticationError) -> str:
@@ -128,14 +126,15 @@ async def check_management_token(rt: Runtime) -> None:
 
 async def check_ingestion_token(rt: Runtime) -> None:
     """A token for Logs Ingestion from the runtime's Azure credential."""
+    audience = rt.settings.azure_cloud.monitor_audience  # the workspace's cloud's, as the runtime's client asks
     try:
-        await rt.credentials[0].get_token(INGESTION_SCOPE)
+        await rt.credentials[0].get_token(f"{audience}/.default")
     except ClientAuthenticationError as exc:
         first = _first_line(exc)
         raise OperatorError(
             Failure(
                 "ingestion-token",
-                f"no token for Logs Ingestion ({INGESTION_SCOPE.removesuffix('/.default')}): {first}",
+                f"no token for Logs Ingestion ({audience}): {first}",
                 _identity_hint("Monitoring Metrics Publisher on the data collection rule"),
                 EXIT_UNREACHABLE,
             )

@@ -250,3 +250,21 @@ def test_logs_ingestion_with_the_operators_identity(cli: Cli, tmp_path: Path) ->
     assert code == 0, doc
     assert doc["processed"] == blobs and doc["poisoned"] == 0
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+
+
+def test_the_command_line_asks_for_logs_ingestion_tokens_of_the_workspaces_cloud(cli: Cli) -> None:
+    """A workspace in Azure Government: the check before the work asks for the token the uploads use."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=5, total_records=200, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    sim.ingestion.accept_audience("https://monitor.azure.us")
+    off_azure(cli)
+    cli.set(AZURE_CLOUD="AzureUSGovernment", AZURE_TENANT_ID=sim.tenant_id, AZURE_CLIENT_ID=sim.client_id,
+            AZURE_CLIENT_SECRET=sim.client_secret, AZURE_AUTHORITY_HOST=sim.authority_host)  # fmt: skip
+    assert cli.run("poll")[0] == 0
+    code, doc = cli.json("process")
+    assert code == 0, doc
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+    assert "https://monitor.azure.com" not in sim.entra.tokens.audiences()
