@@ -18,6 +18,7 @@ from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from .errors import BadMessageError, StateError
+from .errors import storage_reason as reason
 from .models import ContentBlob
 
 __all__ = [
@@ -130,7 +131,7 @@ async def create_queue_if_missing(client: QueueClient) -> None:
     except ResourceExistsError:
         pass
     except AzureError as exc:
-        raise StateError(f"cannot create queue {client.queue_name}: {type(exc).__name__}") from exc
+        raise StateError(f"cannot create queue {client.queue_name}: {reason(exc)}") from exc
 
 
 async def _depth(client: QueueClient) -> int:
@@ -188,7 +189,7 @@ class ContentQueue:
                 if peeked and peeked[0].inserted_on is not None:
                     oldest = max(0, int((datetime.now(UTC) - peeked[0].inserted_on).total_seconds()))
         except AzureError as exc:
-            raise StateError(f"cannot read the queue lengths: {type(exc).__name__}") from exc
+            raise StateError(f"cannot read the queue lengths: {reason(exc)}") from exc
         return depth, oldest, poison
 
     async def put_poison(self, text: str) -> None:
@@ -205,7 +206,7 @@ class ContentQueue:
             # nobody looked at in time; an operator must be able to find it however late.
             await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
         except AzureError as exc:
-            raise StateError(f"cannot write to queue {client.queue_name}: {type(exc).__name__}") from exc
+            raise StateError(f"cannot write to queue {client.queue_name}: {reason(exc)}") from exc
 
     async def close(self) -> None:
         await self._main.close()

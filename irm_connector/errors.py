@@ -66,6 +66,7 @@ __all__ = [
     "UntrustedUrlError",
     "UsageError",
     "management_api_error",
+    "storage_reason",
 ]
 
 
@@ -320,6 +321,14 @@ _OPERATOR_CODES = {
     "(irm-connector subscriptions start); the connector will not restart it in a loop",
 }
 _CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
+
+
+def storage_reason(exc: BaseException) -> str:
+    """What went wrong with a storage call, without anything of the request: the class and the service's code
+    (which the queue SDK gives as an enum), else the HTTP status."""
+    code = getattr(exc, "error_code", None)
+    code = getattr(code, "value", code) or getattr(exc, "status_code", None)
+    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 
 
 def management_api_error(status: int, code: str, message: str, operation: str, content_type: str) -> ManagementApiError:

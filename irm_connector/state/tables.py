@@ -43,6 +43,7 @@ from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector._bounded import within
 from irm_connector.errors import StateError, StorageDeadlineError
+from irm_connector.errors import storage_reason as reason
 from irm_connector.models import parse_api_time, parse_http_date, utc_text
 
 __all__ = ["BATCH", "Entity", "PartitionRead", "StoreStats", "Tables", "reason", "table_key"]
@@ -79,12 +80,6 @@ def table_key(value: str) -> str:
     if len(value) <= 255 and not _BAD_KEY.search(value):
         return value
     return "h-" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
-
-
-def reason(exc: BaseException) -> str:
-    """What went wrong with a storage call, without anything of the request: the class and the code."""
-    code = getattr(exc, "error_code", None) or getattr(exc, "status_code", None)
-    return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 
 
 def _code(exc: AzureError) -> str:

@@ -444,3 +444,23 @@ async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_
                             on_progress=twenty_minutes_later)  # fmt: skip
     assert moved and report.errors == []
     assert [r.windows_listed for r in report.content_types] == [7, 7]  # 7 days less the margin, by 24 hours
+
+
+async def test_a_queue_refusing_the_identity_is_named_with_its_code(connector: ConnectorHarness) -> None:
+    """The identity lacks its queue role: the poller's failure (log, health row, `status`) says which refusal,
+    not only "HttpResponseError"."""
+    from irm_connector.errors import PollError
+    from standins.storage_proxy import StorageProxy
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    _publish(connector, seed=47, records=200, blob_size=(100, 100))
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        proxy.add_fault("queue.put", "status", status=403, code="AuthorizationPermissionMismatch", count=100)
+        with pytest.raises(PollError) as failed:
+            await connector.poll()
+    assert "cannot write to queue" in str(failed.value)
+    assert "HttpResponseError (AuthorizationPermissionMismatch)" in str(failed.value)
+    [row] = connector.rows("Custom-IRMConnectorHealth")
+    assert "(AuthorizationPermissionMismatch)" in row["LastError"]
