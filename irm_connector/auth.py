@@ -76,7 +76,7 @@ class MsalTokenProvider:
 
     def _build(self) -> msal.ConfidentialClientApplication:
         settings = self._settings
-        session = requests.Session()
+        session = _TimedSession(settings.http_timeout.total_seconds())
         cafile = ca_file()
         if cafile:
             session.verify = cafile
@@ -86,8 +86,7 @@ class MsalTokenProvider:
             authority=f"{settings.authority_host}/{settings.tenant_id}",
             # A custom authority host (sovereign proxy, tests) is not in Microsoft's instance list.
             instance_discovery=not settings.authority_overridden,
-            http_client=session,
-            timeout=settings.http_timeout.total_seconds(),
+            http_client=session,  # msal applies no timeout to a session it is given: the session has its own
         )
 
     async def get_token(self, *, refresh: bool = False) -> str:
@@ -176,6 +175,20 @@ def identity_endpoint_known() -> bool:
     """Whether the environment names an endpoint of a managed identity of its own (see
     :data:`IDENTITY_ENVIRONMENT`); Cloud Shell's is the operator's, as off Azure."""
     return any(_set(name) for name in IDENTITY_ENVIRONMENT) and not in_cloud_shell()
+
+
+class _TimedSession(requests.Session):
+    """A session whose requests give up after ``timeout`` seconds unless told otherwise: msal sends through the
+    session it is given without one, so an Entra ID that never answers would hold its thread for ever."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().request(method, url, *args, **kwargs)
 
 
 class IdentityTokenProvider:

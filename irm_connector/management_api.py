@@ -269,7 +269,9 @@ class ManagementActivityClient:
     ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
         """One try: the answer, a retryable failure, or a 401; any other refusal raises."""
         try:
-            token = await self._tokens.get_token(refresh=refresh)
+            # Entra ID or the identity endpoint hanging must not hold the invocation past its deadline either.
+            token = await within("getting a token for the Management API", self._tokens.get_token(refresh=refresh),
+                                 deadline=call.deadline)  # fmt: skip
         except AuthenticationError as exc:
             if not exc.transient:
                 raise

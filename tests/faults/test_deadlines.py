@@ -6,9 +6,9 @@ while it runs: the Management API answering 429 with ``Retry-After: 120`` (six a
 minutes: the first wait already does not fit), Logs Ingestion answering 503 with ``Retry-After: 12``
 (azure-core honours it, uncapped, on each of its three retries of a status: 36 s; the retries that fit are
 made, the one that does not is not), or Table Storage, through the fault proxy, answering every read only
-after 45 s (inside the 60 s ``HTTP_TIMEOUT``, so the SDK waits for it: one read outlasts the timeout). The
-invocation must end by itself, raising, before its
-timeout; its claims released and its failure recorded. Once the fault clears, the queue is worked and every
+after 45 s (inside the 60 s ``HTTP_TIMEOUT``, so the SDK waits for it: one read outlasts the timeout), or
+Entra ID answering the Management API's token request after 45 s. The invocation must end by itself, raising,
+before its timeout; its claims released and its failure recorded. Once the fault clears, the queue is worked and every
 record arrives exactly once.
 """
 
@@ -102,13 +102,15 @@ CASES = [
      f"503 with Retry-After: 12 on every upload, functionTimeout {TIMEOUT} s (app setting)"),
     ("Table Storage read", "proxy", "table.read", "delay", {"seconds": 45},
      f"every read answered after 45 s (HTTP_TIMEOUT 60 s), functionTimeout {TIMEOUT} s (app setting)"),
+    ("Entra ID token", "entra", "token", "delay", {"seconds": 45},
+     f"the Management API token answered after 45 s (HTTP_TIMEOUT 60 s), functionTimeout {TIMEOUT} s (app setting)"),
 ]  # fmt: skip
 
 
 @pytest.mark.reports_outcome
 @pytest.mark.parametrize(
     ("subject", "service", "route", "kind", "fault", "case"), CASES,
-    ids=["management-429", "ingestion-503", "table-read-slow"],
+    ids=["management-429", "ingestion-503", "table-read-slow", "entra-token-slow"],
 )  # fmt: skip
 async def test_an_invocation_ends_before_its_timeout(
     connector: ConnectorHarness, proxy: StorageProxy, tmp_path: Path, subject: str, service: str, route: str,
@@ -117,7 +119,7 @@ async def test_an_invocation_ends_before_its_timeout(
     sim = connector.standins
     connector.set(LOGS_AUDIT_STREAM=AUDIT, AzureWebJobsStorage=proxy.connection_string)
     sim.management.set_subscription("Audit.General", "enabled")
-    seed = {"management": 61, "ingestion": 62}.get(service, 63)
+    seed = {"management": 61, "ingestion": 62, "entra": 65}.get(service, 63)
     workload = generate_workload(seed=seed, total_records=300, blob_size=(300, 300),
                                  irm_share=0.05, tenant_id=sim.tenant_id)  # fmt: skip
     workload.publish(sim.management)
