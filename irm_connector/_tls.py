@@ -43,9 +43,12 @@ def azure_session() -> aiohttp.ClientSession:
 
     Given a CA *path*, azure-core builds a new SSL context for every request, and aiohttp then reuses no
     connection (the context is part of its pool key): a shared session with one context avoids both.
-    ``auto_decompress`` is off because azure-core decompresses bodies itself.
+    ``auto_decompress`` is off because azure-core decompresses bodies itself. ``trust_env``: as azure-core's own
+    sessions and msal do, ``HTTPS_PROXY``/``NO_PROXY`` are followed (a command line behind a corporate proxy).
     """
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=100), auto_decompress=False)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=100), auto_decompress=False, trust_env=True
+    )
 
 
 def azure_client_kwargs(

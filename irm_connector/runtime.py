@@ -120,6 +120,7 @@ def build_runtime(settings: Settings) -> Runtime:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
         raise_for_status=False,
+        trust_env=True,  # HTTPS_PROXY and NO_PROXY, as for every other client (see azure_session)
     )
     azure = azure_session()
     tokens = msal_tokens or management_token_provider(settings, azure)

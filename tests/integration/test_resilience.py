@@ -480,3 +480,57 @@ async def test_a_token_request_entra_id_never_answers_gives_up_after_http_timeou
     with pytest.raises(AuthenticationError) as failed:
         await asyncio.wait_for(tokens.get_token(), 20)
     assert failed.value.transient and "(no answer (timed out))" in str(failed.value)
+
+
+class _ConnectProxy:
+    """An explicit HTTPS proxy, as a corporate network has: it tunnels each CONNECT and remembers its target."""
+
+    def __init__(self) -> None:
+        self.targets: list[str] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        method, target, _ = (await reader.readline()).decode().split()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        assert method == "CONNECT"
+        self.targets.append(target)
+        host, port = target.rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True)
+
+
+async def test_an_explicit_https_proxy_carries_the_connectors_calls(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTPS_PROXY`` set, as behind a corporate proxy: the Management API and Logs Ingestion are reached
+    through it (the aiohttp sessions ignored it, while msal followed it), and every alert arrives."""
+    from urllib.parse import urlsplit
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = _publish(connector, seed=53, records=300, blob_size=(300, 300))
+    proxy = _ConnectProxy()
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    connector.set(HTTPS_PROXY=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        await connector.poll()
+        await connector.drain()
+    finally:
+        await connector.close()  # the sessions' tunnels, before the proxy goes
+        server.close()
+    _assert_exactly_once(connector, workload)
+    tunnelled = set(proxy.targets)
+    assert urlsplit(sim.api_root).netloc in tunnelled
+    assert urlsplit(connector.env["LOGS_INGESTION_ENDPOINT"]).netloc in tunnelled
