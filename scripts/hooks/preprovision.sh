@@ -54,18 +54,25 @@ deployer_may_grant() {
   grep -qiE "^(${GLOBAL_ADMINISTRATOR}|${PRIVILEGED_ROLE_ADMINISTRATOR})$" <<<"${roles}"
 }
 
+# The deployment reads the API's service principal as an existing resource when it grants; a tenant that never
+# used the Management API has none yet.
+ensure_management_api_principal() {
+  az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv >/dev/null 2>&1 \
+    || az ad sp create --id "${O365_MANAGEMENT_API_APP_ID}" --output none
+}
+
 decide_grant() {
   local mode=${O365_AUTH_MODE:-managed_identity}
   [[ "${mode}" == "managed_identity" ]] || return 0
   if [[ -n "${GRANT_ACTIVITYFEED_PERMISSION:-}" ]]; then
     say "GRANT_ACTIVITYFEED_PERMISSION=${GRANT_ACTIVITYFEED_PERMISSION} (set in the azd environment)."
+    if [[ "$(lower "${GRANT_ACTIVITYFEED_PERMISSION}")" == "true" ]]; then
+      ensure_management_api_principal
+    fi
     return 0
   fi
   if [[ "${AZURE_PRINCIPAL_TYPE:-User}" == "User" ]] && deployer_may_grant; then
-    # The deployment reads the API's service principal as an existing resource; a tenant that never used the
-    # Management API has none yet.
-    az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv >/dev/null 2>&1 \
-      || az ad sp create --id "${O365_MANAGEMENT_API_APP_ID}" --output none
+    ensure_management_api_principal
     azd env set GRANT_ACTIVITYFEED_PERMISSION true
     say "You hold an Entra ID role that may grant ActivityFeed.Read: the deployment grants it to the connector"
     say "identity before the Function App exists (GRANT_ACTIVITYFEED_PERMISSION=true)."

@@ -130,6 +130,10 @@ def test_preprovision_leaves_the_grant_to_an_admin_otherwise(fakes: Path) -> Non
         "preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "GRANT_ACTIVITYFEED_PERMISSION": "true"}
     )
     assert kept.returncode == 0 and calls(fakes, "azd") == []  # an explicit choice is kept
+    # and the deployment that grants will find the Management API's service principal (a tenant new to the API)
+    assert ["ad", "sp", "show", "--id", "c5393580-f805-4401-95e8-94b7a6ef2fc2", "--query", "id", "-o", "tsv"] in calls(
+        fakes, "az"
+    )
     secret = run("preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "O365_AUTH_MODE": "secret"})
     assert secret.returncode == 0 and calls(fakes, "azd") == []  # no managed identity, no grant decision
 
