@@ -66,6 +66,7 @@ __all__ = [
     "UntrustedUrlError",
     "UsageError",
     "management_api_error",
+    "storage_error_code",
     "storage_reason",
 ]
 
@@ -323,11 +324,17 @@ _OPERATOR_CODES = {
 _CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
 
 
-def storage_reason(exc: BaseException) -> str:
-    """What went wrong with a storage call, without anything of the request: the class and the service's code
-    (which the queue SDK gives as an enum), else the HTTP status."""
+def storage_error_code(exc: BaseException) -> str:
+    """The storage service's error code of a failed call (``""`` when it sent none); the queue SDK gives it as an
+    enum, whose ``str()`` is its Python name, not the code."""
     code = getattr(exc, "error_code", None)
-    code = getattr(code, "value", code) or getattr(exc, "status_code", None)
+    return str(getattr(code, "value", code) or "")
+
+
+def storage_reason(exc: BaseException) -> str:
+    """What went wrong with a storage call, without anything of the request: the class and the service's code,
+    else the HTTP status."""
+    code = storage_error_code(exc) or getattr(exc, "status_code", None)
     return f"{type(exc).__name__}{f' ({code})' if code else ''}"
 
 

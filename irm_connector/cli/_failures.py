@@ -31,6 +31,7 @@ from irm_connector.errors import (
     StateError,
     TransientApiError,
     UsageError,
+    storage_error_code,
 )
 from irm_connector.redaction import install_redaction, redact
 
@@ -167,8 +168,7 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
 
 def storage_refused(exc: HttpResponseError, where: str) -> Failure:
     """Azure Storage answered a request with an error; ``where`` names the settings that point at it."""
-    raw = getattr(exc, "error_code", None)
-    code = str(getattr(raw, "value", raw) or "")  # the queue SDK gives a StorageErrorCode enum, str() its name
+    code = storage_error_code(exc)
     request = getattr(exc.response, "request", None)
     parts = urlsplit(str(getattr(request, "url", "") or ""))
     at = f" at {parts.scheme}://{parts.netloc}" if parts.netloc else ""  # never the path or query: a SAS

@@ -42,7 +42,7 @@ from azure.data.tables import __version__ as _TABLES_VERSION
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from irm_connector._bounded import within
-from irm_connector.errors import StateError, StorageDeadlineError
+from irm_connector.errors import StateError, StorageDeadlineError, storage_error_code
 from irm_connector.errors import storage_reason as reason
 from irm_connector.models import parse_api_time, parse_http_date, utc_text
 
@@ -82,17 +82,12 @@ def table_key(value: str) -> str:
     return "h-" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()
 
 
-def _code(exc: AzureError) -> str:
-    code = getattr(exc, "error_code", None)
-    return str(getattr(code, "value", code) or "")
-
-
 def _table_missing(exc: AzureError) -> bool:
-    return isinstance(exc, ResourceNotFoundError) and _code(exc) == "TableNotFound"
+    return isinstance(exc, ResourceNotFoundError) and storage_error_code(exc) == "TableNotFound"
 
 
 def _being_deleted(exc: AzureError) -> bool:
-    return isinstance(exc, HttpResponseError) and _code(exc) == "TableBeingDeleted"
+    return isinstance(exc, HttpResponseError) and storage_error_code(exc) == "TableBeingDeleted"
 
 
 class Entity(dict[str, Any]):
