@@ -99,7 +99,7 @@ async def _process(
     except TransientApiError as exc:
         if exc.retry_after is None:
             raise
-        return await _wait_for_the_api(rt, message, exc, exc.retry_after, result, dims)
+        return await _wait_for_the_api(rt, message, exc, result, dims)
     finally:
         hold.release()
 
@@ -119,30 +119,29 @@ async def _reschedule(
                   extra=dims)  # fmt: skip
         raise error
     delay = refusals.reschedule_delay(refusal)
-    await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
+    await _put_back(rt, message, delay, error, result)
     log.info("Content %s rescheduled in %d s: %s", dims["content_id"], delay, error, extra=dims)
-    result.outcome = "rescheduled"
-    result.detail = f"{type(error).__name__}: {error}"
     return result
 
 
 async def _wait_for_the_api(
-    rt: Runtime,
-    message: ContentMessage,
-    error: TransientApiError,
-    retry_after: float,
-    result: ProcessResult,
-    dims: dict[str, str],
+    rt: Runtime, message: ContentMessage, error: TransientApiError, result: ProcessResult, dims: dict[str, str]
 ) -> ProcessResult:
     """The Management API asked for a wait longer than a call waits (``Retry-After``): the message comes back
     when it ends, as a new one (its dequeue count spared), rather than being retried early by the host."""
-    delay = min(math.ceil(retry_after), MAX_DELAY)
-    await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
+    delay = min(math.ceil(error.retry_after or 0), MAX_DELAY)
+    await _put_back(rt, message, delay, error, result)
     log.warning("Content %s put off for %d s, as the Management API asks: %s", dims["content_id"], delay, error,
                 extra=dims)  # fmt: skip
+    return result
+
+
+async def _put_back(rt: Runtime, message: ContentMessage, delay: int, error: Exception, result: ProcessResult) -> None:
+    """The message back on the queue in ``delay`` seconds, as a new one that counts its reschedules; the result
+    says why, so that the message's later success clears the failure reason recorded now."""
+    await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
     result.outcome = "rescheduled"
     result.detail = f"{type(error).__name__}: {error}"
-    return result
 
 
 async def _download_and_send(
