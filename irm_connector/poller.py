@@ -29,11 +29,12 @@ from .errors import (
     RefusedListingError,
     StateError,
     SubscriptionMissingError,
+    TransientApiError,
     UntrustedUrlError,
 )
 from .health import write_health
 from .lease import PollerLease
-from .models import ContentBlob, ContentTypeReport, PollReport
+from .models import ContentBlob, ContentTypeReport, PollReport, utc_text
 from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 SUBSCRIPTION_START_INTERVAL = timedelta(minutes=15)
 #: A window's end this far past the Management API's clock is worth a warning (below it, ordinary skew).
 CLOCK_WARNING_SECONDS = 60
+#: The longest ``Retry-After`` the poller honours across runs: a longer one (or a wrong one) would stop listing
+#: for that long, and the API keeps content 7 days only; one request an hour costs nothing.
+MAX_THROTTLE = timedelta(hours=1)
 _ENQUEUE_CONCURRENCY = 16
 
 
@@ -107,8 +111,18 @@ async def _poll_content_type(
         report.watermark = (await rt.state.watermarks.get_state(settings.tenant_id, content_type)).watermark
         log.info("Skipping %s: %s", content_type, report.skipped, extra=dims)
         return
+    taken = (lease.state.written_at, time.monotonic())  # the storage service's time of the take's write
+    if (until := lease.state.throttled()) is not None:
+        # Asked again before then, the API throttles again (and may count the request against the tenant).
+        when = utc_text(until, timespec="seconds")
+        report.skipped = f"the Management API asked for no requests until {when} (Retry-After)"
+        report.watermark = lease.state.watermark
+        log.info("Skipping %s: %s", content_type, report.skipped, extra=dims)
+        await lease.release(last_run=now)
+        return
 
     error = ""
+    throttled_until = None
     try:
         await lease.run(_list_windows(rt, lease, deadline, report, now, dims, limit))
     except SubscriptionMissingError as exc:
@@ -124,10 +138,21 @@ async def _poll_content_type(
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
     except ConnectorError as exc:
         error = redact(str(exc))
+        if isinstance(exc, TransientApiError) and exc.retry_after is not None:
+            throttled_until = _storage_time(*taken) + min(timedelta(seconds=exc.retry_after), MAX_THROTTLE)
         raise
     finally:
         report.watermark = lease.state.watermark
-        await lease.release(last_run=now, last_error=error, last_error_at=now if error else lease.state.last_error_at)
+        await lease.release(last_run=now, last_error=error, last_error_at=now if error else lease.state.last_error_at,
+                            throttled_until=throttled_until)  # fmt: skip
+
+
+def _storage_time(written: datetime | None, at: float) -> datetime:
+    """The storage service's time now, from its time ``written`` at this process's monotonic ``at``: the next
+    run judges the throttling by that clock (:meth:`PollerState.throttled`), whatever this machine's says."""
+    if written is None:  # a write answered without a Date: no storage service does that
+        return datetime.now(UTC)
+    return written + timedelta(seconds=time.monotonic() - at)
 
 
 async def _list_windows(

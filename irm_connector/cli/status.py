@@ -57,6 +57,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             "last_error": state.last_error if state else "",
             "last_error_at": state.last_error_at if state else None,
             "lease_until": state.lease_until if state and state.lease_until and state.lease_until > now else None,
+            # Informational: the poller judges it by the storage service's clock.
+            "throttled_until": state.throttled_until if state and (state.throttled_until or now) > now else None,
             "subscription": subscription,
         }
         rows.append(row)
@@ -108,6 +110,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         )
         if row["last_error"]:
             lines.append(f"    last error ({iso(row['last_error_at']) or '?'}): {row['last_error']}")
+        if row["throttled_until"]:
+            lines.append(f"    throttled: the poller asks the Management API again after {iso(row['throttled_until'])}")
     lines.append("")
     lines.append(f"queue {settings.content_queue}: {queue_depth} message(s)")
     lines.append(f"poison queue {settings.poison_queue}: {poison_depth} message(s)")

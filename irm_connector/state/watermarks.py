@@ -46,6 +46,9 @@ class PollerState:
     last_error: str = ""
     last_error_at: datetime | None = None
     last_run: datetime | None = None
+    #: by the storage service's clock: no Management API request for this content type before it (a
+    #: ``Retry-After`` longer than one call waits)
+    throttled_until: datetime | None = None
     #: how long the lease lasts after the entity's last write
     lease_seconds: int = 0
     etag: str | None = None
@@ -70,6 +73,14 @@ class PollerState:
             return self.lease_until if self.lease_owner else None
         return self.written_at + timedelta(seconds=self.lease_seconds)
 
+    def throttled(self) -> datetime | None:
+        """Until when the Management API asked to be left alone, if that is still ahead of the storage
+        service's time of this state's last read or write (no machine's own clock decides it)."""
+        seen = self.read_at or self.written_at
+        if self.throttled_until is None or seen is None or seen >= self.throttled_until:
+            return None
+        return self.throttled_until
+
     def entity(self) -> dict[str, Any]:
         return {
             "PartitionKey": table_key(self.tenant_id),
@@ -81,6 +92,7 @@ class PollerState:
             "LastError": self.last_error[:2000],
             "LastErrorAt": _text(self.last_error_at),
             "LastRun": _text(self.last_run),
+            "ThrottledUntil": _text(self.throttled_until),
             "LeaseSeconds": self.lease_seconds,
         }
 
@@ -96,6 +108,7 @@ class PollerState:
             last_error=str(entity.get("LastError") or ""),
             last_error_at=parse_utc(entity.get("LastErrorAt")),
             last_run=parse_utc(entity.get("LastRun")),
+            throttled_until=parse_utc(entity.get("ThrottledUntil")),
             lease_seconds=_int(entity.get("LeaseSeconds")),
             etag=etag,
             written_at=_timestamp(entity),

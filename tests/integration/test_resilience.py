@@ -353,11 +353,15 @@ async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_
     _assert_exactly_once(connector, workload)
 
 
-async def test_a_listing_throttled_for_longer_than_a_call_waits_fails_the_run_at_once(
-    connector: ConnectorHarness,
+async def test_a_listing_throttled_for_longer_than_a_call_waits_is_not_asked_again_until_then(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The poller's run for the content type ends at the first answer, saying how long the API asks to wait;
-    the next run lists the window."""
+    """The poller's run for the content type ends at the first answer, saying how long the API asks to wait.
+    The runs within those 10 minutes skip the content type without a request, by the storage service's clock
+    (this machine's, an hour fast, would call the wait over); the first run after it lists the window."""
+    from dataclasses import replace
+
+    from irm_connector import poller
     from irm_connector.errors import PollError
 
     sim = connector.standins
@@ -368,6 +372,25 @@ async def test_a_listing_throttled_for_longer_than_a_call_waits_fails_the_run_at
         await asyncio.wait_for(connector.poll(), 60)
     assert sim.management.count("list") == 1
     sim.management.clear_faults()
+
+    real = datetime
+    skew_local_clock(monkeypatch, timedelta(hours=1), package="irm_connector")
+    with caplog.at_level(logging.INFO, logger="irm_connector.poller"):
+        await connector.poll()
+    monkeypatch.setattr(poller, "datetime", real)
+    assert sim.management.count("list") == 1  # not asked again
+    assert any("asked for no requests until" in r.getMessage() for r in caplog.records)
+    rt = await get_runtime(Settings.from_env())
+    watermarks = rt.state.watermarks
+    state = await watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert state.throttled_until is not None and state.read_at is not None
+    assert 540 < (state.throttled_until - state.read_at).total_seconds() <= 601  # Date: whole seconds
+    assert "Retry-After 600 s" in state.last_error
+    [row] = (await connector.cli("status"))["content_types"]  # what the operator sees meanwhile
+    assert row["throttled_until"] and "Retry-After 600 s" in row["last_error"]
+
+    # Ten minutes later, by the storage service's clock.
+    await watermarks.upsert_state(replace(state, throttled_until=state.read_at - timedelta(seconds=1)))
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)
