@@ -90,6 +90,8 @@ async def _poll_and_report(
     except ConnectorError as exc:
         report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
+        if report.watermark is None:  # the state could not be read: what this process last knew of it
+            report.watermark = rt.state.watermarks.known_watermark(rt.settings.tenant_id, content_type)
     await write_health(rt, report, deadline=limit)
 
 
@@ -124,7 +126,8 @@ async def _poll_content_type(
     error = ""
     throttled_until = None
     try:
-        await lease.run(_list_windows(rt, lease, deadline, report, now, dims, limit))
+        service_now = fixed_now or _storage_time(*taken)
+        await lease.run(_list_windows(rt, lease, deadline, report, (now, service_now), dims, limit))
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
         # Nothing of the content type is listed while it lasts: the health row (Errors, LastError) says so.
@@ -160,15 +163,18 @@ async def _list_windows(
     lease: PollerLease,
     deadline: float,
     report: ContentTypeReport,
-    now: datetime,
+    clocks: tuple[datetime, datetime],
     dims: dict[str, str],
     limit: Deadline,
 ) -> None:
-    """List the planned windows in order, moving the watermark after each, until the budget is used."""
+    """List the planned windows in order, moving the watermark after each, until the budget is used.
+    ``clocks``: this machine's time and the storage service's (which places the API's 7-day edge)."""
     content_type = lease.state.content_type
+    now, service_now = clocks
     plan = plan_windows(
         watermark=lease.state.watermark,
         now=now,
+        service_now=service_now,
         overlap=rt.settings.listing_overlap,
         initial_lookback=rt.settings.initial_lookback,
     )
@@ -275,7 +281,9 @@ async def _queue_page(
             refused.append(exc)
             log.debug("Listed blob %s refused: %s", blob.content_id, exc, extra=dims)  # one error line below
             continue
-        if blob.content_expiration <= now:
+        # By the API's clock (the Date of its listing), as the processor's is the API's answer: a machine hours
+        # fast would otherwise give up blobs the API still serves.
+        if blob.content_expiration <= (rt.management.service_time or now):
             report.blobs_expired += 1
             log.warning(
                 "Blob %s expired at %s before it could be queued; its records are lost to the API",

@@ -78,6 +78,7 @@ def plan_windows(
     now: datetime,
     overlap: timedelta,
     initial_lookback: timedelta,
+    service_now: datetime | None = None,
     max_window: timedelta = MAX_WINDOW,
     retention: timedelta = RETENTION,
     retention_margin: timedelta = RETENTION_MARGIN,
@@ -85,12 +86,15 @@ def plan_windows(
     """Plan the windows from the watermark (``None`` on the first run) up to ``now``.
 
     The windows are contiguous, each at most ``max_window`` long, none starting before
-    ``now - retention + retention_margin``; the first starts ``overlap`` behind the watermark.
+    ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the watermark.
+    ``service_now`` is a Microsoft service's time (the storage service's, read from its answers), so that the
+    7-day edge is the API's and not this machine's: a clock hours fast would skip the oldest hours of a catch-up,
+    one slow by more than the margin would have every run's first window refused. It defaults to ``now``.
     """
     if max_window <= timedelta(0) or overlap < timedelta(0) or initial_lookback <= timedelta(0):
         raise ValueError("max_window and initial_lookback must be positive, overlap not negative")
     end = _floor_second(now)
-    earliest = _ceil_second(now - retention + retention_margin)
+    earliest = _ceil_second((service_now or now) - retention + retention_margin)
     if watermark is None:
         start = _floor_second(now - initial_lookback)
         unreachable = None

@@ -133,6 +133,17 @@ class Watermarks:
     def __init__(self, tables: Tables) -> None:
         self._tables = tables
         self._name = tables.name("state")
+        self._known: dict[tuple[str, str], datetime] = {}
+
+    def known_watermark(self, tenant_id: str, content_type: str) -> datetime | None:
+        """The last watermark this process read or wrote: what a health row shows when storage does not answer
+        (the lag keeps growing in Sentinel instead of going blank)."""
+        return self._known.get((tenant_id, content_type))
+
+    def _remember(self, state: PollerState) -> PollerState:
+        if state.watermark is not None:
+            self._known[(state.tenant_id, state.content_type)] = state.watermark
+        return state
 
     async def get_state(self, tenant_id: str, content_type: str) -> PollerState:
         table = await self._tables.table(self._name)
@@ -149,7 +160,7 @@ class Watermarks:
         except AzureError as exc:
             raise StateError(f"cannot read the poller state: {reason(exc)}") from exc
         state = PollerState.from_entity(tenant_id, content_type, entity, entity.metadata.get("etag"))
-        return replace(state, read_at=seen.get("date"))
+        return self._remember(replace(state, read_at=seen.get("date")))
 
     async def upsert_state(self, state: PollerState) -> PollerState:
         """Write ``state`` if nobody wrote since it was read (ETag); raises :class:`LeaseLostError` otherwise."""
@@ -158,7 +169,7 @@ class Watermarks:
         )
         if result is None:
             raise LeaseLostError(f"another poller changed the state of {state.content_type}")
-        return replace(state, etag=result.get("etag"), written_at=result.get("date"), read_at=None)
+        return self._remember(replace(state, etag=result.get("etag"), written_at=result.get("date"), read_at=None))
 
     async def list_states(self, tenant_id: str) -> list[PollerState]:
         table = await self._tables.table(self._name)

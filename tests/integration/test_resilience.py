@@ -335,6 +335,31 @@ async def test_a_processor_whose_clock_runs_fast_sends_a_blob_the_api_still_serv
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_catch_up_on_a_fast_clock_lists_back_to_the_apis_7_day_edge(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A poller 7 days behind, on a machine whose clock is 3 hours fast: the API still lists content created
+    6 days and 22 hours ago, and it arrives; by this machine's clock it would be past the 7 days, given up."""
+    import irm_connector.poller  # noqa: F401  # loaded before its clock is set ahead
+    from irm_connector.state.watermarks import PollerState
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    real = datetime
+    created = real.now(UTC) - timedelta(days=7) + timedelta(hours=2)
+    workload = generate_workload(seed=43, total_records=200, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id, start=created, span=timedelta(minutes=5))  # fmt: skip
+    workload.publish(sim.management)
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.watermarks.upsert_state(
+        PollerState(sim.tenant_id, "Audit.General", watermark=created - timedelta(hours=1))
+    )
+    skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector")
+    await connector.poll()
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_asked_again_early(
     connector: ConnectorHarness,
 ) -> None:
@@ -487,6 +512,28 @@ async def test_a_queue_refusing_the_identity_is_named_with_its_code(connector: C
     assert "HttpResponseError (AuthorizationPermissionMismatch)" in str(failed.value)
     [row] = connector.rows("Custom-IRMConnectorHealth")
     assert "(AuthorizationPermissionMismatch)" in row["LastError"]
+
+
+async def test_a_state_table_out_of_reach_leaves_the_lag_growing_in_the_health_row(connector: ConnectorHarness) -> None:
+    """Storage refuses the state table: the run fails and cannot read the watermark, and its health row still
+    carries the last one the worker knew, so Sentinel sees the lag grow instead of a blank."""
+    from irm_connector.errors import PollError
+    from standins.storage_proxy import StorageProxy
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    _publish(connector, seed=53, records=200, blob_size=(100, 100))
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        await connector.poll()
+        for route in ("table.read", "table.write", "table.batch"):
+            proxy.add_fault(route, "status", status=403, code="AuthorizationPermissionMismatch", count=100)
+        with pytest.raises(PollError):
+            await connector.poll()
+    first, second = connector.rows("Custom-IRMConnectorHealth")
+    assert second["Errors"] == 1 and "AuthorizationPermissionMismatch" in second["LastError"]
+    assert first["Watermark"] and second["Watermark"] == first["Watermark"]
+    assert second["LagSeconds"] >= first["LagSeconds"]
 
 
 async def test_a_token_request_entra_id_never_answers_gives_up_after_http_timeout(

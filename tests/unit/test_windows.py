@@ -53,6 +53,18 @@ def test_watermark_older_than_7_days_reports_the_unreachable_stretch() -> None:
     assert p.windows[0].start == earliest
 
 
+def test_the_7_day_edge_is_the_service_clocks_not_this_machines() -> None:
+    """A clock 3 hours fast must not give up the oldest 3 hours of a catch-up, nor one 3 hours slow plan a first
+    window the API refuses as more than 7 days back: the edge follows the service's time."""
+    watermark = NOW - RETENTION + timedelta(hours=1)  # listable: an hour inside the API's 7 days
+    edge = NOW - RETENTION + RETENTION_MARGIN
+    for skew in (timedelta(hours=3), -timedelta(hours=3)):
+        p = plan_windows(watermark=watermark, now=NOW + skew, service_now=NOW, overlap=HOUR,
+                         initial_lookback=timedelta(hours=24))  # fmt: skip
+        assert p.windows[0].start == edge  # the overlap reaches past the edge: the edge, by the API's clock
+        assert p.unreachable is None
+
+
 def test_api_time_format_has_whole_seconds_and_no_zone() -> None:
     w = plan(None, now=datetime(2026, 11, 27, 12, 0, 0, 999999, tzinfo=UTC)).windows[0]
     assert w.params() == {"startTime": "2026-11-26T12:00:00", "endTime": "2026-11-27T12:00:00"}
