@@ -206,8 +206,10 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip()
         digits = text[1:] if text.startswith(("-", "+")) else text
-        # ASCII digits only: int() refuses superscripts, which str.isdigit() accepts.
-        return _as_int(int(text)) if digits.isascii() and digits.isdigit() else None
+        # ASCII digits only: int() refuses superscripts, which str.isdigit() accepts; and few of them, since no
+        # 32-bit value needs more and int() refuses a text of over 4,300 digits (the whole blob would fail).
+        ok = digits.isascii() and digits.isdigit() and len(digits) <= 20
+        return _as_int(int(text)) if ok else None
     if isinstance(value, float) and value.is_integer():
         return _as_int(int(value))
     return None

@@ -88,12 +88,18 @@ def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
                 problems["value over 64 KB cut to fit (column " + name + ")"] += 1
         sizes[name] = size
     body = dumps(row) if changed else body
+    cut_columns: set[str] = set()
     while len(body) > ROW_LIMIT:
         name = max(sizes, key=lambda n: sizes[n])
-        keep = max(0, sizes[name] - (len(body) - ROW_LIMIT) - 64)
         value = row[name]
-        row[name] = _cut(value if isinstance(value, str) else dumps(value).decode("utf-8"), keep)
-        sizes[name] = keep
-        problems["row over 1 MB cut to fit (column " + name + ")"] += 1
+        text = value if isinstance(value, str) else dumps(value).decode("utf-8")
+        # The sizes are JSON's, escapes included (``\u0001`` is six bytes of one character): the text keeps the
+        # share of itself that its JSON may keep, so that it loses what the row must and not several times that.
+        share = max(0, sizes[name] - (len(body) - ROW_LIMIT) - 64) / max(sizes[name], 1)
+        row[name] = _cut(text, int(len(text.encode("utf-8", "replace")) * share))
+        sizes[name] = len(dumps(row[name]))
+        cut_columns.add(name)
         body = dumps(row)
+    for name in cut_columns:
+        problems["row over 1 MB cut to fit (column " + name + ")"] += 1
     return body

@@ -200,6 +200,30 @@ def test_record_type_as_string_still_routes() -> None:
     assert row["RecordType"] == 40
 
 
+def test_a_number_given_as_thousands_of_digits_does_not_fail_the_blob() -> None:
+    """int() refuses a text of over 4,300 digits: the record keeps it as it came, and the rest of the blob goes."""
+    wild = {"Id": "w", "RecordType": "9" * 5000, "UserType": "1" * 5000, "CreationTime": "2026-11-27T09:15:02"}
+    out = normalize_blob([irm_alert(), wild], REF, BOTH, sent_at=SENT)
+    assert len(rows(out)) == 1
+    audit = [orjson.loads(r.body) for r in out.rows["Custom-O365Audit"]]
+    assert {r["RecordId"] for r in audit} == {"0f9a1c7e-0000-4000-8000-000000000001", "w"}
+
+
+def test_a_row_over_1_mb_of_escaped_text_loses_what_it_must_and_no_more() -> None:
+    """Three 65,000-character values of a control character: each is under the 64 KB cut as text but six JSON
+    bytes a character, so the row is over 1 MB. One column loses what the row must (about 130,000 JSON bytes,
+    21,700 characters), counted once; the others keep every character."""
+    text = "\x01" * 65_000
+    out = normalize_blob([irm_alert(Name=text, Comments=text, PolicyId=text)], REF, ALERTS, sent_at=SENT)
+    [r] = out.rows["Custom-IRMAlerts"]
+    row = orjson.loads(r.body)
+    assert ROW_LIMIT - 4096 < len(r.body) <= ROW_LIMIT
+    kept = sorted(len(row[name]) for name in ("Name", "Comments", "PolicyId"))
+    assert kept[1:] == [65_000, 65_000] and kept[0] > 40_000
+    assert [k for k in out.problems if k.startswith("row over 1 MB")] and sum(
+        n for k, n in out.problems.items() if k.startswith("row over 1 MB")) == 1  # fmt: skip
+
+
 def test_non_object_records_are_counted_and_the_rest_kept() -> None:
     out = normalize_blob([1, "x", None, irm_alert()], REF, ALERTS, sent_at=SENT)
     assert len(rows(out)) == 1 and out.problems["record is not a JSON object"] == 3
