@@ -452,6 +452,20 @@ def test_workbook_alert_tiles_read_a_long_fixed_range_and_filter_inside(content:
     assert "fallbackResourceIds: [\n        workspace.id\n      ]" in CONTENT_BICEP.read_text()
 
 
+def _top_level_items(text: str) -> list[str]:
+    """A KQL list split at its commas outside parentheses and string literals."""
+    items, depth, quoted, start = [], 0, False, 0
+    for i, char in enumerate(text):
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in "()":
+            depth += 1 if char == "(" else -1
+        elif not quoted and char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    return [*items, text[start:]]
+
+
 def test_the_o365audit_function_puts_back_every_promoted_column_under_its_record_field_name(
     content: dict[str, Any],
 ) -> None:
@@ -461,7 +475,7 @@ def test_the_o365audit_function_puts_back_every_promoted_column_under_its_record
     query = parser["FunctionQuery"]
     first = query[query.index("| project") : query.index("| extend Record")]
     packed = {}
-    for item in re.split(r",\s*(?![^()]*\))", first.removeprefix("| project").strip()):
+    for item in _top_level_items(first.removeprefix("| project").strip()):
         name, _, expr = (part.strip() for part in item.partition("="))
         packed[name] = expr or name
     packed = {k: v for k, v in packed.items() if k not in ("TimeGenerated", "BlobRef", "Rest")}
