@@ -3,7 +3,8 @@
 Why a launcher: every test session needs its own emulator on free ports, with its data on
 disk so a test can stop and restart it on the same ports (a storage outage the connector must
 ride out) and find its queues and tables intact. The process runs in its own process group
-that :meth:`Azurite.stop` (and an ``atexit`` hook) kills, so no emulator outlives Python.
+that :meth:`Azurite.stop` (and an ``atexit`` hook) kills, so no emulator outlives Python; a SIGTERM, which
+ends Python without running ``atexit``, stops them first (CI's timeout, ``kill``, a stopped container).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -154,6 +156,7 @@ class Azurite:
                 start_new_session=True,  # its own process group: node and its children die together
             )
         _live.add(self)
+        _stop_on_sigterm()
         deadline = time.monotonic() + self.startup_timeout
         while not all(_port_open(p) for p in ports):
             if self._process.poll() is not None:
@@ -217,3 +220,17 @@ def _stop_all() -> None:
     for instance in list(_live):
         with contextlib.suppress(Exception):
             instance.close()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops every emulator of this process, then ends it as SIGTERM would have. Only where nobody
+    handles SIGTERM yet, and only from the main thread (Python's rule for signal handlers)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        return
+
+    def stop_then_die(signum: int, frame: object) -> None:
+        _stop_all()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, stop_then_die)

@@ -244,6 +244,7 @@ class Tables:
         first: list[tuple[datetime | None, int]] = []
 
         async def run(table: TableClient) -> list[Any]:
+            first.clear()  # run again (a table re-created under the read): what it returns is this run's
             out: list[Any] = []
             page: dict[str, str] = dict(options)
             while True:

@@ -50,6 +50,38 @@ def test_restart_keeps_data_and_close_leaves_nothing(tmp_path: Path) -> None:
     assert not any(port_open(p) for p in ports)
 
 
+def test_a_python_stopped_by_sigterm_leaves_no_emulator(tmp_path: Path) -> None:
+    """SIGTERM ends Python without its atexit hooks (CI's timeout, ``kill``): the emulator goes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "from standins import Azurite\n"
+        f"azurite = Azurite({str(tmp_path / 'azurite')!r}).start()\n"
+        "print(azurite.pid, azurite.table_port, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    try:
+        assert child.stdout is not None
+        pid, port = (int(word) for word in child.stdout.readline().split())
+        assert pid_alive(pid) and port_open(port)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == -signal.SIGTERM  # still ends as SIGTERM says
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid) and not port_open(port)
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_missing_install_says_npm_ci(tmp_path: Path) -> None:
     (tmp_path / "package.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="npm ci"):
