@@ -93,10 +93,17 @@ def parse_duration(text: str, *, setting: str) -> timedelta:
         pos = match.end()
     if not raw or pos != len(raw) or raw[pos:].strip():
         raise SettingsError(setting, f"is not a duration; write {DURATION_FORMS}")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        raise SettingsError(setting, "is longer than any duration the connector can use") from None
 
 
-_UNRESOLVED_REFERENCE = (
+def is_key_vault_reference(value: str) -> bool:
+    return value.strip().lower().startswith("@microsoft.keyvault(")
+
+
+UNRESOLVED_REFERENCE = (
     "is a Key Vault reference the Function App could not resolve: check that the secret or certificate exists in "
     "the vault, that the app's identity has Key Vault Secrets User on it, and the vault's network rules (the "
     "portal shows the reference's error under the app's Environment variables)"
@@ -126,8 +133,8 @@ class Reader:
         Service left unresolved: it passes the reference's own text to the app then, which would otherwise be
         taken for a malformed certificate or a wrong secret."""
         value = self.env.get(name, default)
-        if value.strip().lower().startswith("@microsoft.keyvault("):
-            self.problems.append(SettingsError(name, _UNRESOLVED_REFERENCE))
+        if is_key_vault_reference(value):
+            self.problems.append(SettingsError(name, UNRESOLVED_REFERENCE))
             return default
         return value
 

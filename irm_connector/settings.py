@@ -7,6 +7,7 @@ written and checked is in :mod:`.setting_forms`."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,32 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=8)  # settings are read on every invocation; a good string is checked once
+def _check_connection_string(name: str, conn: str) -> None:
+    """What the storage SDKs would refuse at the first call, refused here, naming the setting (never its value:
+    it holds the account key)."""
+    import base64
+    import binascii
+
+    from azure.data.tables import TableServiceClient
+    from azure.storage.queue import QueueServiceClient
+
+    if forms.is_key_vault_reference(conn):
+        raise SettingsError(name, forms.UNRESOLVED_REFERENCE)
+    try:
+        for client in (QueueServiceClient, TableServiceClient):
+            client.from_connection_string(conn).close()
+    except ValueError as exc:  # the SDKs' words name what is missing, not the value
+        raise SettingsError(name, f"is not a storage connection string the SDKs accept: {exc}") from None
+    parts = dict(part.partition("=")[::2] for part in conn.split(";") if part)
+    key = next((value for part, value in parts.items() if part.strip().lower() == "accountkey"), None)
+    if key is not None:
+        try:
+            base64.b64decode(key.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise SettingsError(name, "has an AccountKey that is not base64: copy the key again") from None
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """How to reach the storage account: a connection string, or identity-based service URIs."""
@@ -48,8 +75,8 @@ class StorageSettings:
         """``suffix``: the storage DNS suffix of the account's cloud, for an account given by name only."""
         conn = env.get(prefix, "").strip()
         if conn:
-            if conn != "UseDevelopmentStorage=true" and "=" not in conn:
-                raise SettingsError(prefix, "is not a storage connection string")
+            if conn != "UseDevelopmentStorage=true":
+                _check_connection_string(prefix, conn)
             return cls(connection_string=conn)
         account = env.get(f"{prefix}__accountName", "").strip()
         # The deployment gives the account's primaryEndpoints, which end in "/".

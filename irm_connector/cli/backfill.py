@@ -14,12 +14,13 @@ from irm_connector.errors import PollError
 from irm_connector.models import ContentTypeReport
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
-from irm_connector.windows import plan_backfill
+from irm_connector.windows import RETENTION, plan_backfill
 
 from ._common import EXIT_FAILED, EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
 from ._preflight import ready
 from .poll import report_lines
 from .process import process_lines, work_queue
+from .queue_trigger import HostQueueOptions
 
 __all__ = ["backfill_command"]
 
@@ -29,8 +30,10 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.since and (args.start or args.end):
         raise UsageError("give --since or --start/--end, not both")
     if args.since:
-        start = now - duration_option(args.since, "--since")
-        end = now
+        since = duration_option(args.since, "--since")
+        if since > RETENTION + timedelta(days=1):  # before year 1 for a large one: say what is wrong instead
+            raise UsageError(f"--since {args.since} is more than 7 days back: the API keeps content for 7 days only")
+        start, end = now - since, now
     elif args.start:
         start = parse_moment(args.start, "--start")
         end = parse_moment(args.end, "--end") if args.end else now
@@ -44,6 +47,8 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         windows = plan_backfill(start, end, now)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if not args.no_process:
+        HostQueueOptions.from_environment()  # its settings errors before anything is queued, not after
 
     await ready(settings, management=True, ingestion=not args.no_process)
     rt = await get_runtime(settings)
@@ -66,7 +71,9 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
 
     failed = False
     try:
-        report = await backfill(rt, start, end, content_types=content_types, on_progress=progress)
+        # From the start as checked above (moved inside the 7 days): checked again after the preflight, the range
+        # asked for may have slipped past the edge meanwhile.
+        report = await backfill(rt, windows[0].start, end, content_types=content_types, on_progress=progress)
     except PollError as exc:
         report, failed = exc.report, True
     finally:

@@ -65,13 +65,12 @@ async def work_queue(
         refused = asyncio.Event()
 
         async def handler(message: func.QueueMessage) -> None:
-            try:
-                result = await handlers.process(message)
-                done.results.append(result)
-                if result.outcome == "rescheduled":
-                    refused.set()
-            finally:
-                bar.update(1)
+            # The bar counts messages done; a failed attempt is retried (or poisoned) and counted in the report.
+            result = await handlers.process(message)
+            done.results.append(result)
+            bar.update(1)
+            if result.outcome == "rescheduled":
+                refused.set()
 
         try:
             worker = QueueWorker(store.main, store.poison, handler, options)

@@ -97,9 +97,9 @@ class HostQueueOptions:
             try:
                 value = setting.parse(text)
             except ValueError:
-                raise SettingsError(name, f"{text!r} is not {setting.form}") from None
+                raise SettingsError(name, f"is not {setting.form}") from None
             if value < setting.least:
-                raise SettingsError(name, f"{text!r} is less than {setting.least:g}")
+                raise SettingsError(name, f"is less than {setting.least:g}")
             overrides[setting.field] = value
         return replace(cls(), **overrides)
 

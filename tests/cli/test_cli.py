@@ -57,6 +57,14 @@ def test_settings_error_names_the_setting_and_exits_2(cli: Cli) -> None:
     assert "LOGS_DCR_IMMUTABLE_ID" in err and "Traceback" not in err
 
 
+def test_a_malformed_storage_connection_string_is_a_settings_error_not_an_internal_one(cli: Cli) -> None:
+    """The storage SDKs refuse it at the first call, which read as "unexpected ValueError ... report it"."""
+    cli.set(AzureWebJobsStorage="AccountName=devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1")
+    code, out, err = cli.run("status")
+    assert code == 2 and out == ""
+    assert err.startswith("settings error: setting AzureWebJobsStorage:") and "report it" not in err
+
+
 def test_poll_process_status_round_trip(cli: Cli) -> None:
     sim = cli.standins
     workload = generate_workload(
@@ -219,6 +227,11 @@ def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> 
     code, out, err = cli.run("process")
     assert code == 2 and out == ""
     assert err.startswith("settings error:") and "AzureFunctionsJobHost__extensions__queues__batchSize" in err
+    assert "many" not in err  # a settings error never shows the value
+    # backfill says so before it lists and queues anything (exit 2: nothing was done)
+    listed = sim.management.count("list")
+    code, out, err = cli.run("backfill", "--since", "1h")
+    assert code == 2 and err.startswith("settings error:") and sim.management.count("list") == listed
 
 
 def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) -> None:
@@ -321,6 +334,7 @@ def test_a_secret_pasted_into_a_setting_is_not_echoed(cli: Cli) -> None:
         (["backfill", "--since", "soon"], "--since 'soon' is not a duration"),
         (["backfill"], "give --since (e.g. 3d) or --start"),
         (["backfill", "--since", "1d", "--start", "2026-01-01"], "not both"),
+        (["backfill", "--since", "1000000d"], "more than 7 days back"),  # before year 1 from now
         # given on the command line, so not a setting to fix where the settings live
         (["run", "--schedule", "bad cron"], "--schedule is not an NCRONTAB expression"),
     ],

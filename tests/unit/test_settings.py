@@ -94,6 +94,14 @@ def test_secret_is_not_in_repr() -> None:
         ({"LOGS_AUDIT_STREAM": "Custom-IRMAlerts"}, "LOGS_AUDIT_STREAM"),
         ({"LOGS_ALERTS_STREAM": "Custom-Mine", "LOGS_HEALTH_STREAM": "Custom-Mine"}, "LOGS_HEALTH_STREAM"),
         ({"AzureWebJobsStorage": ""}, "AzureWebJobsStorage"),
+        # the storage SDKs would refuse these at the first call, as an "unexpected ValueError"
+        ({"AzureWebJobsStorage": "AccountName=foo"}, "AzureWebJobsStorage"),
+        ({"AzureWebJobsStorage": "foo=bar"}, "AzureWebJobsStorage"),
+        ({"AzureWebJobsStorage": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/s)"},
+         "AzureWebJobsStorage"),
+        # not base64: signing would fail on each request, read as an identity problem
+        ({"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=abc"}, "AzureWebJobsStorage"),
+        ({"INITIAL_LOOKBACK": "99999999999d"}, "INITIAL_LOOKBACK"),
         ({"O365_PUBLISHER_ID": "me"}, "O365_PUBLISHER_ID"),
         ({"AZURE_CLOUD": "GCCHigh"}, "AZURE_CLOUD"),
         ({"MAX_BLOB_MB_IN_FLIGHT": "0"}, "MAX_BLOB_MB_IN_FLIGHT"),
