@@ -17,7 +17,7 @@ from . import telemetry
 from .content_queue import Delivery
 from .deadline import Deadline, cleaning_up
 from .errors import PollError, SettingsError, StateError
-from .metrics import metrics, record_poll, record_process
+from .metrics import record_failure, record_poll, record_process
 from .models import PollReport, ProcessResult
 from .poller import run_poller
 from .processor import process_message
@@ -107,7 +107,7 @@ async def _process(message: func.QueueMessage, deadline: Deadline) -> ProcessRes
             )
         except Exception as exc:
             failure = redact_exception(exc)
-            metrics.failures.add(1, dims)
+            record_failure(dims)
             telemetry.record_failure(span, failure)
             await _record_failure(rt, delivery, describe(failure), dequeue_count)
         else:

@@ -25,6 +25,15 @@ __all__ = ["write_health"]
 log = logging.getLogger(__name__)
 
 
+def _subscription_status(report: ContentTypeReport) -> str:
+    """What the run saw of the subscription; never "enabled" on no evidence (the poller does not list them)."""
+    if report.subscription:  # started by this run, waiting for one started lately, or disabled (AF20023)
+        return report.subscription
+    if report.skipped:
+        return "skipped"
+    return "enabled" if report.windows_listed else "unknown"  # a listing answered only if it is on
+
+
 async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Deadline | None = None) -> None:
     """One health row per run and content type, through the same ingestion path, so Sentinel itself can
     tell when the connector goes quiet. A failure here never fails the run."""
@@ -44,7 +53,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Dead
         "BlobsRefused": report.blobs_refused,
         "Errors": 1 if report.error else 0,
         "LastError": report.error[:1000],
-        "SubscriptionStatus": report.subscription or ("skipped" if report.skipped else "enabled"),
+        "SubscriptionStatus": _subscription_status(report),
         "ConnectorVersion": __version__,
         **await _queue_facts(rt),
     }

@@ -16,7 +16,7 @@ from opentelemetry import metrics as otel_metrics
 from . import __version__
 from .models import PollReport, ProcessResult
 
-__all__ = ["Metrics", "metrics", "record_poll", "record_process"]
+__all__ = ["Metrics", "metrics", "record_failure", "record_poll", "record_process"]
 
 _METER = "irm_connector"
 
@@ -24,8 +24,8 @@ _METER = "irm_connector"
 class Metrics:
     """The connector's instruments (see README, Operations, for what each means)."""
 
-    def __init__(self) -> None:
-        meter = otel_metrics.get_meter(_METER, __version__)
+    def __init__(self, meter: otel_metrics.Meter | None = None) -> None:
+        meter = meter or otel_metrics.get_meter(_METER, __version__)
         self.blobs_listed = meter.create_counter("irm.blobs.listed", "{blob}", "Content blobs listed by the poller")
         self.blobs_queued = meter.create_counter("irm.blobs.queued", "{blob}", "Content blobs queued by the poller")
         self.blobs_processed = meter.create_counter(
@@ -79,9 +79,20 @@ def record_poll(report: PollReport, tenant_id: str) -> None:
             metrics.poller_lag.record(max(0.0, (now - ct.watermark).total_seconds()), dims)
 
 
+def _series(dims: dict[str, str]) -> dict[str, str]:
+    """A metric's dimensions: the span's, without the content id (one series per blob, kept by the SDK for as
+    long as the worker lives)."""
+    return {k: v for k, v in dims.items() if k != "content_id"}
+
+
+def record_failure(dims: dict[str, str]) -> None:
+    """A message whose processing failed (the host retries it)."""
+    metrics.failures.add(1, _series(dims))
+
+
 def record_process(result: ProcessResult, dims: dict[str, str]) -> None:
     """What one completed message amounted to."""
-    base = {k: v for k, v in dims.items() if k != "content_id"}  # content ids would explode the cardinality
+    base = _series(dims)
     metrics.blobs_processed.add(1, {**base, "outcome": result.outcome})
     if result.outcome == "expired":
         metrics.blobs_expired.add(1, {**base, "stage": "processor"})

@@ -25,6 +25,7 @@ from .errors import (
     ConnectorError,
     InvalidPageError,
     InvalidWindowError,
+    OperatorActionError,
     PollError,
     RefusedListingError,
     StateError,
@@ -141,6 +142,8 @@ async def _poll_content_type(
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
     except ConnectorError as exc:
         error = redact(str(exc))
+        if isinstance(exc, OperatorActionError) and exc.code == "AF20023":
+            report.subscription = "disabled"
         if isinstance(exc, TransientApiError) and exc.retry_after is not None:
             throttled_until = _storage_time(*taken) + min(timedelta(seconds=exc.retry_after), MAX_THROTTLE)
         raise

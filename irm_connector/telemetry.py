@@ -48,8 +48,12 @@ _DEBUG_LOGGING = "PYTHON_ENABLE_DEBUG_LOGGING"
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 #: Loggers that write a line at INFO for each request, or each export, of a busy app: azure-core's
 #: ``HttpLoggingPolicy`` (every request and response of every Azure SDK client) and the Azure Monitor
-#: exporters ("Transmission succeeded" every few seconds, the live metrics' state).
-_CHATTY_LOGGERS = ("azure.core.pipeline.policies.http_logging_policy", "azure.monitor.opentelemetry")
+#: exporters ("Transmission succeeded" every few seconds, the live metrics' state); and azure-identity, which
+#: logs two lines at INFO each time a credential gives a token, cached or not (in ``managed_identity`` mode,
+#: every Management API call). Their failures are warnings, and stay.
+_CHATTY_LOGGERS = (
+    "azure.core.pipeline.policies.http_logging_policy", "azure.monitor.opentelemetry", "azure.identity",
+)  # fmt: skip
 _lock = threading.Lock()
 _configured = False
 

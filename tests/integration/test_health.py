@@ -147,3 +147,19 @@ async def test_a_refused_window_shows_in_the_health_row_and_the_next_run_lists_i
     assert (row["Errors"], row["LastError"], row["BlobsQueued"]) == (0, "", len(workload.blobs))
     await connector.drain()
     assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
+
+
+async def test_the_subscription_status_says_what_the_run_saw_not_enabled_by_default(connector: ConnectorHarness) -> None:
+    """An administrator disabled the subscription: the API answers AF20022 to listing and AF20023 to starting it.
+    The row says "disabled", and "enabled" only once a listing was answered."""
+    sim = connector.standins
+    _publish(connector, seed=83)
+    sim.management.set_admin_disabled("Audit.General")
+    with pytest.raises(PollError):
+        await connector.poll()
+    disabled = connector.rows(HEALTH)[-1]
+    assert disabled["SubscriptionStatus"] == "disabled" and "AF20023" in disabled["LastError"]
+
+    sim.management.set_admin_disabled("Audit.General", False)
+    sim.management.set_subscription("Audit.General", "enabled")
+    assert (await _health(connector))["SubscriptionStatus"] == "enabled"

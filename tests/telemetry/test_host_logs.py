@@ -84,9 +84,12 @@ async def _run_a_day(connector: ConnectorHarness, *, records: int) -> int:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["secret", "managed_identity"])
 async def test_the_host_gets_the_connectors_lines_not_a_line_per_sdk_request(
-    connector: ConnectorHarness, worker_at_info: _ToTheHost
+    connector: ConnectorHarness, worker_at_info: _ToTheHost, mode: str
 ) -> None:
+    if mode == "managed_identity":  # the default on Azure: azure-identity is asked for each Management API call
+        connector.set(O365_AUTH_MODE="managed_identity", O365_CLIENT_SECRET="", O365_CLIENT_ID="")
     blobs = await _run_a_day(connector, records=3000)
     assert not worker_at_info.from_logger(SDK_REQUESTS)
     # What is left is the connector's own: a line per blob and stream, and a few at start-up (sign-in, the

@@ -231,6 +231,41 @@ async def test_one_trace_follows_a_blob_from_poller_to_processor(
 
 
 @pytest.mark.asyncio
+async def test_failed_attempts_are_one_metric_series_not_one_per_blob(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK keeps every series for as long as the worker lives, and Application Insights bills each: a
+    content id among a metric's dimensions made one per failing blob."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
+
+    from irm_connector import metrics as metrics_module
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    monkeypatch.setattr(metrics_module, "metrics", metrics_module.Metrics(provider.get_meter("test")))
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=14, total_records=600, blob_size=(200, 200), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
+    await connector.poll()
+    sim.management.add_fault("content", "truncated", count=1000)  # an answer cut off: the attempt fails
+    messages = await connector.messages()
+    assert len(messages) == len(workload.blobs) == 3
+    for text in messages:
+        with pytest.raises(Exception):  # the host retries it, whatever it is
+            await connector.process(text)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [point for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "irm.processor.failures" for point in m.data.data_points]  # fmt: skip
+    [point] = points
+    assert isinstance(point, NumberDataPoint) and point.value == 3
+    assert point.attributes is not None and "content_id" not in point.attributes
+    provider.shutdown()
+
+
+@pytest.mark.asyncio
 async def test_each_poll_writes_a_health_row(connector: ConnectorHarness) -> None:
     sim: StandIns = connector.standins
     workload = generate_workload(seed=13, total_records=400, blob_size=(200, 200), tenant_id=sim.tenant_id)
