@@ -18,6 +18,7 @@ from subprocess import Popen  # in Cli, `subprocess` is its method of that name
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
@@ -133,7 +134,7 @@ class Cli:
             async with self._client(name or self.queue) as client:
                 try:
                     return [m.content for m in await client.peek_messages(max_messages=32)]
-                except Exception:
+                except ResourceNotFoundError:  # not created yet: empty; any other failure fails the test
                     return []
 
         return asyncio.run(peek())
@@ -143,7 +144,7 @@ class Cli:
             async with self._client(name or self.queue) as client:
                 try:
                     return int((await client.get_queue_properties()).approximate_message_count or 0)
-                except Exception:
+                except ResourceNotFoundError:  # not created yet: empty; any other failure fails the test
                     return 0
 
         return asyncio.run(count())

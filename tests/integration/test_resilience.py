@@ -146,11 +146,14 @@ async def test_crash_between_upload_and_commit_resends_never_loses(connector: Co
 async def test_poller_stops_on_its_time_budget_and_the_next_run_continues(connector: ConnectorHarness) -> None:
     sim = connector.standins
     connector.set(INITIAL_LOOKBACK="3d", POLL_TIME_BUDGET="10s")
+    sim.management.set_subscription("Audit.General", "enabled")
     workload = _publish(connector, seed=14, records=900, blob_size=(300, 300), span=timedelta(days=2, hours=12))
     sim.management.set_latency(5.5, route="list")
     await connector.poll()
     first = await connector.queue_length()
-    assert 0 < first < len(workload.blobs) or sim.management.count("list") < 4
+    # Three 24-hour windows planned; at 5.5 s a listing, the budget of 10 s ends the run after the second.
+    assert sim.management.count("list") == 2
+    assert first < len(workload.blobs)
     sim.management.set_latency(0.0, route="list")
     await connector.poll()
     assert await connector.queue_length() == len(workload.blobs)

@@ -17,7 +17,7 @@ SAMPLE = {
     "POLL_SCHEDULE": "0 */5 * * * *",
     "LOGS_INGESTION_ENDPOINT": "https://<your-dcr>.<region>-1.ingest.monitor.azure.com",
     "O365_CLIENT_SECRET": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/o365-client-secret)",
-    "ODD": "it's \"quoted\" $HOME `date` ; echo owned",
+    "ODD": "it's \"quoted\" $HOME `date` ; touch owned",
     "EMPTY": "",
 }
 

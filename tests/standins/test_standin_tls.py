@@ -86,7 +86,9 @@ async def test_azure_core_transport_with_own_session(msi_env: StandIns, monkeypa
 
 def test_requests_ca_bundle_overrides_session_verify(stand_ins: StandIns, monkeypatch: pytest.MonkeyPatch) -> None:
     url = f"{stand_ins.authority}/v2.0/.well-known/openid-configuration"
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", ssl.get_default_verify_paths().openssl_cafile)
+    import certifi
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())  # a real bundle without the test CA, on any machine
     session = requests.Session()
     session.verify = str(stand_ins.ca_path)
     with pytest.raises(requests.exceptions.SSLError):
