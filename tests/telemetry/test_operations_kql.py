@@ -1,4 +1,4 @@
-"""The KQL of README.md and docs/*.md: the Sentinel queries bind against the declared tables and functions;
+"""The KQL of README.md, docs/*.md and what the deployment hooks print: the Sentinel queries bind against the declared tables and functions;
 the Application Insights ones parse (their tables, customMetrics and the like, are not in the project's
 schemas)."""
 
@@ -18,7 +18,10 @@ def test_operations_kql() -> None:
     assert node is not None and (REPO / "node_modules").is_dir(), "node and `npm ci` are needed for the KQL checker"
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     blocks = [block for page in pages for block in re.findall(r"```(?:kusto|kql)\n(.*?)```", page.read_text(), re.S)]
-    assert len(blocks) >= 10
+    # and what the deployment hooks print for the operator to paste
+    hooks = sorted((REPO / "scripts" / "hooks").glob("*.sh"))
+    blocks += [block for hook in hooks for block in re.findall(r"<<'KQL'\n(.*?)^KQL$", hook.read_text(), re.S | re.M)]
+    assert len(blocks) >= 11
     args = [arg for i, block in enumerate(blocks) for arg in ("--query", f"q{i}={block}")]
     proc = subprocess.run(
         [node, str(REPO / "tools" / "kql" / "check.mjs"), "--json", "--only-extra", *args],
