@@ -308,6 +308,11 @@ def _audit_row(
         del rest["CreationTime"]  # TimeGenerated holds it, and Azure Monitor will keep it
     if type(rest.get("RecordType")) is int and rest["RecordType"] == record_type:
         del rest["RecordType"]
+    for name in ("Id", "CreationTime"):
+        if name not in record:
+            # O365Audit fills what Record lacks from the columns, which hold a synthetic id and the blob's time
+            # here: an empty value in Record says the record had none, instead of passing those off as its own.
+            rest[name] = ""
     for name in _AUDIT_INTS:
         number = rest.get(name)
         if type(number) is int and -(2**31) <= number < 2**31:

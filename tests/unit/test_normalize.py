@@ -116,6 +116,17 @@ def test_an_audit_row_gives_back_the_whole_record_whatever_its_shape(changes: di
     assert whole_record(row) == record
 
 
+@pytest.mark.parametrize("missing", ["Id", "CreationTime"])
+def test_o365audit_does_not_pass_off_a_synthetic_id_or_the_blobs_time_as_the_records(missing: str) -> None:
+    """The row's RecordId and TimeGenerated stand in for a record without them (a synthetic id, the blob's
+    time): the whole record shows the field empty, not those values."""
+    record = irm_alert(ClientIP="10.1.2.3", ObjectId="obj", ResultStatus="Succeeded")
+    del record[missing]
+    [row] = rows(normalize_blob([record], REF, BOTH, sent_at=SENT), "Custom-O365Audit")
+    assert row["RecordId"] and row["TimeGenerated"]
+    assert whole_record(row) == record | {missing: ""}
+
+
 def test_audit_rows_of_the_benchmark_workload_are_at_most_115_percent_of_the_records() -> None:
     workload = generate_workload(seed=2026, total_records=20_000, blob_size=(200, 5000), tenant_id="t")
     row_bytes = record_bytes = 0
