@@ -58,7 +58,9 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             "last_error_at": state.last_error_at if state else None,
             "lease_until": state.lease_until if state and state.lease_until and state.lease_until > now else None,
             # Informational: the poller judges it by the storage service's clock.
-            "throttled_until": state.throttled_until if state and (state.throttled_until or now) > now else None,
+            "throttled_until": (
+                state.throttled_until if state and state.throttled_until and state.throttled_until > now else None
+            ),
             "subscription": subscription,
         }
         rows.append(row)
