@@ -32,8 +32,10 @@ SECRET_SETTINGS = (
 )
 
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
+#: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``). Not a name that ends in
+#: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured.
 _TOKEN_FIELD = re.compile(
-    r"(?i)([\"']?(?:access_token|refresh_token|id_token|client_secret|client_assertion|sig|accountkey|"
+    r"(?i)(?<!\w)([\"']?(?:access_token|refresh_token|id_token|client_secret|client_assertion|sig|accountkey|"
     r"sharedaccesssignature)[\"']?\s*[:=]\s*[\"']?)([^\"'&;,\s]+)"
 )
 

@@ -301,10 +301,15 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
 def test_every_bad_setting_is_named_at_once_one_line_each(cli: Cli) -> None:
     cli.set(O365_TENANT_ID="00000000-0000-0000-0000-000000000000", INITIAL_LOOKBACK="24")
     cli.set(LOGS_INGESTION_ENDPOINT="https://<your-dcr>.<region>-1.ingest.monitor.azure.com")
+    cli.set(O365_AUTH_MODE="secret", O365_CLIENT_SECRET="")
     code, out, err = cli.run("status")
     assert code == 2 and out == ""
+    # The secret's setting is named like any other: the net that masks token fields ("client_secret: ...")
+    # must not take its name for one.
     assert err.strip().splitlines() == [
         "settings error: setting O365_TENANT_ID: is the all-zero GUID of the sample settings: put in the real one",
+        "settings error: setting O365_CLIENT_SECRET: is required when O365_AUTH_MODE is secret (or set "
+        "O365_CLIENT_CERTIFICATE_PATH for a certificate)",
         "settings error: setting INITIAL_LOOKBACK: has no unit; write a number and a unit: 45s, 90m, 24h, 7d, or "
         "combined like 1h30m",
         "settings error: setting LOGS_INGESTION_ENDPOINT: still holds a placeholder of the sample settings (<...>): "
@@ -312,9 +317,10 @@ def test_every_bad_setting_is_named_at_once_one_line_each(cli: Cli) -> None:
     ]
     code, doc = cli.json("poll")
     assert code == 2
-    assert doc["error"]["code"] == "settings" and doc["error"]["message"].startswith("3 settings are not usable")
+    assert doc["error"]["code"] == "settings" and doc["error"]["message"].startswith("4 settings are not usable")
+    assert "O365_CLIENT_SECRET: is required" in doc["error"]["message"]
     assert [s["setting"] for s in doc["error"]["settings"]] == [
-        "O365_TENANT_ID", "INITIAL_LOOKBACK", "LOGS_INGESTION_ENDPOINT",
+        "O365_TENANT_ID", "O365_CLIENT_SECRET", "INITIAL_LOOKBACK", "LOGS_INGESTION_ENDPOINT",
     ]  # fmt: skip
 
 

@@ -170,6 +170,10 @@ def test_redacting_filter() -> None:
         f.redact('{"access_token": "eyJabc", "client_secret": "x1"}')
         == '{"access_token": "***", "client_secret": "***"}'
     )
+    assert f.redact("POST /token client_id=a&client_secret=x1&scope=b") == "POST /token client_id=a&client_secret=***&scope=b"
+    # A name that merely ends in a field's name is not the field: the settings error stays readable.
+    kept = "setting O365_CLIENT_SECRET: is required; design: kept"
+    assert f.redact(kept) == kept
 
 
 @pytest.mark.asyncio
