@@ -180,7 +180,7 @@ def test_table_plans() -> None:
 
 def test_azure_yaml_hooks_and_azd_version() -> None:
     azure_yaml = (REPO_ROOT / "azure.yaml").read_text()
-    assert re.search(r'^requiredVersions:\n  azd: ">= 1\.17\.1"$', azure_yaml, re.MULTILINE)
+    assert re.search(r'^requiredVersions:\n  azd: ">= 1\.24\.1"$', azure_yaml, re.MULTILINE)
     for hook in ("preprovision", "postprovision"):
         m = re.search(rf"^  {hook}:\n    shell: sh\n    run: (\S+)$", azure_yaml, re.MULTILINE)
         assert m, hook
