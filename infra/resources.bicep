@@ -99,7 +99,7 @@ var wsResourceGroup = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[4
 var wsName = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[8] : (useWorkspaceName ? sentinelWorkspaceName : 'log-sentinel-${resourceToken}')
 
 // A managed identity cannot get tokens for another tenant, so the grant only makes sense in its own tenant.
-var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission && o365TenantId == tenant().tenantId
+var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission && toLower(o365TenantId) == toLower(tenant().tenantId)
 
 resource uami 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-irm-${resourceToken}'

@@ -44,6 +44,22 @@ check_secret() {
   fi
 }
 
+# A managed identity gets tokens in its own tenant only: the Management API of another Microsoft 365 tenant can
+# never be read with it, however the deployment goes.
+check_tenant() {
+  local mode=${O365_AUTH_MODE:-managed_identity} wanted=${O365_TENANT_ID:-} azure
+  [[ "${mode}" == "managed_identity" && -n "${wanted}" ]] || return 0
+  command -v az >/dev/null 2>&1 || return 0
+  azure=$(az account show ${AZURE_SUBSCRIPTION_ID:+--subscription "${AZURE_SUBSCRIPTION_ID}"} --query tenantId -o tsv \
+    2>/dev/null) || return 0
+  if [[ -n "${azure}" && "$(lower "${wanted}")" != "$(lower "${azure}")" ]]; then
+    die "O365_TENANT_ID is ${wanted}, but the subscription is in tenant ${azure}. O365_AUTH_MODE=managed_identity
+reads only the tenant the Function App's identity lives in. For another Microsoft 365 tenant use an app
+registration there: docs/deploy.md, \"Microsoft 365 in another tenant\" (azd env set O365_AUTH_MODE certificate,
+or secret, and O365_CLIENT_ID)."
+  fi
+}
+
 deployer_may_grant() {
   command -v az >/dev/null 2>&1 || return 1
   az account show >/dev/null 2>&1 || return 1
@@ -86,5 +102,6 @@ decide_grant() {
 }
 
 check_workspace
+check_tenant
 check_secret
 decide_grant

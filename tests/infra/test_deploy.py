@@ -135,7 +135,7 @@ def test_the_grant_happens_before_the_function_app_exists() -> None:
     assert "module activityFeedGrant 'modules/graph/activityfeed-grant.bicep' = if (grantInDeployment) {" in RESOURCES
     assert (
         "var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission"
-        " && o365TenantId == tenant().tenantId" in RESOURCES
+        " && toLower(o365TenantId) == toLower(tenant().tenantId)" in RESOURCES  # a GUID in capitals is the same tenant
     )
     app = RESOURCES[RESOURCES.index("module functionApp ") :]
     assert re.search(r"dependsOn: \[\s*activityFeedGrant\s*\]", app)

@@ -28,7 +28,9 @@ printf '%s\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "
 # As the Azure CLI on Windows under Git Bash: every line it prints ends in \r\n.
 if [[ "${FAKE_AZ_CRLF:-0}" == 1 ]]; then exec > >(sed 's/$/\r/'); fi
 case "$1 $2" in
-  "account show") [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] ;;
+  "account show")
+    [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] || exit 1
+    if [[ "$*" == *tenantId* ]]; then echo "${FAKE_AZ_TENANT:-}"; fi ;;
   "rest --method")
     if [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
     elif [[ "$3" == GET && "$*" == *appRoleAssignments* ]]; then echo "${FAKE_AZ_ASSIGNED:-}"
@@ -97,6 +99,21 @@ def test_preprovision_stops_without_a_chosen_workspace(fakes: Path) -> None:
         "preprovision.sh", fakes, {"CREATE_SENTINEL_WORKSPACE": "true", "GRANT_ACTIVITYFEED_PERMISSION": "false"}
     )
     assert chosen.returncode == 0, chosen.stderr
+
+
+@pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
+def test_preprovision_stops_a_managed_identity_meant_for_another_tenant(fakes: Path, crlf: str) -> None:
+    azure = "aaaaaaaa-0000-0000-0000-000000000001"
+    env = {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "FAKE_AZ_LOGGED_IN": "1", "FAKE_AZ_TENANT": azure,
+           "FAKE_AZ_CRLF": crlf, "GRANT_ACTIVITYFEED_PERMISSION": "false"}  # fmt: skip
+    other = run("preprovision.sh", fakes, {**env, "O365_TENANT_ID": "bbbbbbbb-0000-0000-0000-000000000002"})
+    assert other.returncode != 0
+    assert "subscription is in tenant " + azure in other.stderr and "Microsoft 365 in another tenant" in other.stderr
+    # The same tenant in capitals, an app registration for the other tenant, or no tenant named: it goes on.
+    for ok in ({"O365_TENANT_ID": azure.upper()},
+               {"O365_TENANT_ID": "bbbbbbbb-0000-0000-0000-000000000002", "O365_AUTH_MODE": "secret"}, {}):  # fmt: skip
+        done = run("preprovision.sh", fakes, {**env, **ok})
+        assert done.returncode == 0, (ok, done.stderr)
 
 
 @pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
