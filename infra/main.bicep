@@ -58,7 +58,7 @@ param location string
 @description('Resource group for the connector; empty = rg-<environmentName>.')
 param resourceGroupName string = ''
 
-@description('Object id of the person (or pipeline) deploying (azd: AZURE_PRINCIPAL_ID). Gets Key Vault Secrets Officer and Certificates Officer, and Storage Queue and Table Data Contributor, so the client secret or certificate can be stored and the irm-connector CLI can read the state. Empty = no role for the deployer.')
+@description('Object id of the person (or pipeline) deploying (azd: AZURE_PRINCIPAL_ID). Gets Storage Queue and Table Data Contributor, so the irm-connector CLI can read the state, and in secret or certificate mode Key Vault Secrets Officer and Certificates Officer, so the client secret or certificate can be stored. Empty = no role for the deployer.')
 param principalId string = ''
 
 @allowed([
@@ -183,6 +183,9 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Turn on the Key Vault purge protection (recommended in production): a deleted vault stays recoverable for 90 days and nothing, azd down --purge included, can purge it sooner. Once on, it cannot be turned off.')
+param keyVaultPurgeProtection bool = false
+
 var tags = {
   'azd-env-name': environmentName
 }
@@ -235,6 +238,7 @@ module resources 'resources.bicep' = {
     deploySentinelContent: deploySentinelContent
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    keyVaultPurgeProtection: keyVaultPurgeProtection
   }
 }
 

@@ -81,6 +81,7 @@ param tableRetentionInDays int = 90
 param deploySentinelContent bool = true
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
+param keyVaultPurgeProtection bool = false
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 
@@ -156,8 +157,10 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     principalId: uami.properties.principalId
-    deployerPrincipalId: principalId
+    // The deployer stores a secret or a certificate there; with the managed identity there is none to store.
+    deployerPrincipalId: o365AuthMode == 'managed_identity' ? '' : principalId
     deployerPrincipalType: principalType
+    enablePurgeProtection: keyVaultPurgeProtection
     clientSecret: o365ClientSecret
     certificatePassword: o365ClientCertificatePassword
   }

@@ -32,7 +32,7 @@ var keyVaultCertificatesOfficer = 'a4417e6f-fecd-4de8-b567-7b0420556985'
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: Flex Consumption without VNet integration resolves Key Vault references over the public endpoint; access is Entra ID + RBAC only.
   // checkov:skip=CKV_AZURE_189: Same reason: public network access is needed without a VNet.
-  // checkov:skip=CKV_AZURE_110: Purge protection is the parameter enablePurgeProtection (off by default so `azd down --purge` can remove the vault; turn it on in production).
+  // checkov:skip=CKV_AZURE_110: Purge protection is the parameter enablePurgeProtection (main.bicep keyVaultPurgeProtection, KEY_VAULT_PURGE_PROTECTION; off by default so `azd down --purge` can remove the vault; turn it on in production).
   // checkov:skip=CKV_AZURE_42: Soft delete is on (90 days); recoverability beyond that is purge protection, see CKV_AZURE_110.
   name: name
   location: location

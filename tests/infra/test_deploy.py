@@ -64,10 +64,19 @@ def test_the_deployer_gets_key_vault_and_state_roles_when_named() -> None:
                 text,
             )
             assert decl, role
-    for module in ("keyVault", "storage"):
+    for module, given in (("keyVault", "o365AuthMode == 'managed_identity' ? '' : principalId"),
+                          ("storage", "principalId")):  # fmt: skip
         body = RESOURCES[RESOURCES.index(f"module {module} ") :]
         body = body[: body.index("\n}\n")]
-        assert "deployerPrincipalId: principalId" in body and "deployerPrincipalType: principalType" in body
+        assert f"deployerPrincipalId: {given}\n" in body and "deployerPrincipalType: principalType" in body
+
+
+def test_key_vault_purge_protection_is_a_deployment_choice() -> None:
+    assert default(MAIN, "keyVaultPurgeProtection") == "false"
+    assert PARAMS["keyVaultPurgeProtection"]["value"] == "${KEY_VAULT_PURGE_PROTECTION=false}"
+    body = RESOURCES[RESOURCES.index("module keyVault ") :]
+    assert "enablePurgeProtection: keyVaultPurgeProtection\n" in body[: body.index("\n}\n")]
+    assert "enablePurgeProtection: enablePurgeProtection ? true : null" in (MODULES / "keyvault.bicep").read_text()
 
 
 def test_no_secret_goes_through_the_azd_environment() -> None:
