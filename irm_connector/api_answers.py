@@ -3,6 +3,7 @@ bodies (a body that is not JSON is a transient fault: the API sometimes answers 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -16,16 +17,20 @@ __all__ = ["error_of", "json_of", "retry_after_of"]
 
 
 def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
+    """Seconds to wait, from delay-seconds or an HTTP date (RFC 9110); None when absent or not one of those. A
+    number that is not finite ("inf", "1e999", "nan": only a broken server or proxy sends one) is not a wait
+    either, and would break the arithmetic of whoever waits on it."""
     value = headers.get("Retry-After")
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         try:
-            return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
         except (TypeError, ValueError):
             return None
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 def error_of(body: bytes) -> tuple[str, str]:

@@ -202,9 +202,17 @@ class ContentQueue:
     async def _send(self, client: QueueClient, text: str, *, delay: int = 0) -> None:
         await self._ensure(client)
         try:
-            # -1: never expire. The queue's default of 7 days would silently drop a poison message
-            # nobody looked at in time; an operator must be able to find it however late.
-            await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
+            try:
+                # -1: never expire. The queue's default of 7 days would silently drop a poison message
+                # nobody looked at in time; an operator must be able to find it however late.
+                await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
+            except ResourceNotFoundError:
+                # Deleted since this process created it (an operator clearing a backlog): created again, as on
+                # first use, or every later run of this worker would fail until it restarts.
+                log.warning("Queue %s was deleted; creating it again", client.queue_name)
+                self._ready.discard(client.queue_name)
+                await self._ensure(client)
+                await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
         except AzureError as exc:
             raise StateError(f"cannot write to queue {client.queue_name}: {reason(exc)}") from exc
 

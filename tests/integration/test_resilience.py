@@ -517,6 +517,38 @@ async def test_a_queue_refusing_the_identity_is_named_with_its_code(connector: C
     assert "(AuthorizationPermissionMismatch)" in row["LastError"]
 
 
+async def test_a_content_queue_deleted_under_a_warm_worker_is_created_again(connector: ConnectorHarness) -> None:
+    """An operator deletes the content queue (to clear a backlog) while a worker runs: the worker's next poll
+    creates it again and queues what is new, rather than failing every run until the worker restarts."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    _publish(connector, seed=53, records=200, blob_size=(100, 100))
+    await connector.poll()
+    async with connector.queue_client() as queue:
+        await queue.delete_queue()
+    recent = datetime.now(UTC) - timedelta(minutes=50)
+    later = _publish(connector, seed=54, records=200, blob_size=(100, 100), start=recent, span=timedelta(minutes=30))
+    await connector.poll()
+    assert await connector.queue_length() == len(later.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, later)
+
+
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ridden_out(connector: ConnectorHarness) -> None:
+    """A Retry-After of "1e999" or "nan" (a broken proxy's) is no wait at all: the calls back off as without
+    one, instead of the arithmetic on it failing the run."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = _publish(connector, seed=55, records=200, blob_size=(100, 100))
+    sim.management.add_fault("list", "status", status=429, retry_after="1e999")
+    sim.management.add_fault("content", "status", status=503, retry_after="nan")
+    await connector.poll()
+    stats = await connector.drain()
+    assert stats.poisoned == 0 and stats.failed_attempts == 0
+    assert sim.management.pending_faults() == 0
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_state_table_out_of_reach_leaves_the_lag_growing_in_the_health_row(connector: ConnectorHarness) -> None:
     """Storage refuses the state table: the run fails and cannot read the watermark, and its health row still
     carries the last one the worker knew, so Sentinel sees the lag grow instead of a blank."""
