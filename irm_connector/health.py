@@ -40,7 +40,8 @@ async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Dead
     settings = rt.settings
     if not settings.health_stream:
         return
-    now = datetime.now(UTC)
+    # The API's time of its last answer, when this machine's clock runs behind it: the lag never reads less than it is.
+    now = max(datetime.now(UTC), rt.management.service_time or datetime.min.replace(tzinfo=UTC))
     row = {
         "TimeGenerated": utc_text(now),
         "O365TenantId": settings.tenant_id,

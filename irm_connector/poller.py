@@ -174,9 +174,16 @@ async def _list_windows(
     ``clocks``: this machine's time and the storage service's (which places the API's 7-day edge)."""
     content_type = lease.state.content_type
     now, service_now = clocks
+    behind = (service_now - now).total_seconds()
+    if behind > CLOCK_WARNING_SECONDS:
+        # Windows ending at this machine's time would hold every blob back by as much, and the lag would not show it.
+        log.warning(
+            "This machine's clock is %d s behind the storage service's: the windows end at the service's time (%s); "
+            "set the clock right (NTP)", behind, service_now.isoformat(), extra=dims,
+        )  # fmt: skip
     plan = plan_windows(
         watermark=lease.state.watermark,
-        now=now,
+        now=max(now, service_now),  # a clock running fast is held to the API's time at the watermark instead
         service_now=service_now,
         overlap=rt.settings.listing_overlap,
         initial_lookback=rt.settings.initial_lookback,

@@ -363,6 +363,31 @@ async def test_a_catch_up_on_a_fast_clock_lists_back_to_the_apis_7_day_edge(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_poller_whose_clock_runs_slow_lists_up_to_the_services_time(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a machine 3 hours slow, content created in the last hour is listed by this run, not 3 hours later:
+    the windows end at the storage service's time. The run says the clock is off, and the health row's lag is
+    the real one, not a lag that reads 0 while everything waits."""
+    import irm_connector.health
+    import irm_connector.poller  # loaded before its clock is set back
+
+    assert vars(irm_connector.health)["datetime"] is datetime
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    recent = datetime.now(UTC) - timedelta(minutes=50)
+    workload = _publish(connector, seed=57, records=200, blob_size=(100, 100), start=recent, span=timedelta(minutes=30))
+    skew_local_clock(monkeypatch, -timedelta(hours=3), package="irm_connector")
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        await connector.poll()
+    assert "clock is" in caplog.text and "behind the storage service's" in caplog.text
+    assert await connector.queue_length() == len(workload.blobs)
+    [row] = connector.rows("Custom-IRMConnectorHealth")
+    assert 0 <= row["LagSeconds"] < 600
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_asked_again_early(
     connector: ConnectorHarness,
 ) -> None:
