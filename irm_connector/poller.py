@@ -174,13 +174,9 @@ async def _list_windows(
     ``clocks``: this machine's time and the storage service's (which places the API's 7-day edge)."""
     content_type = lease.state.content_type
     now, service_now = clocks
-    behind = (service_now - now).total_seconds()
-    if behind > CLOCK_WARNING_SECONDS:
-        # Windows ending at this machine's time would hold every blob back by as much, and the lag would not show it.
-        log.warning(
-            "This machine's clock is %d s behind the storage service's: the windows end at the service's time (%s); "
-            "set the clock right (NTP)", behind, service_now.isoformat(), extra=dims,
-        )  # fmt: skip
+    # Windows ending at this machine's time would hold every blob back by as much, and the lag would not show it.
+    _warn_clock_off(service_now - now, "behind the storage service's", "the windows end at the service's time",
+                    service_now, dims)  # fmt: skip
     plan = plan_windows(
         watermark=lease.state.watermark,
         now=max(now, service_now),  # a clock running fast is held to the API's time at the watermark instead
@@ -219,13 +215,15 @@ def _within_service_time(end: datetime, service_time: datetime | None, dims: dic
     a watermark there would skip what is created before that clock's time comes."""
     if service_time is None or end <= service_time:
         return end
-    ahead = (end - service_time).total_seconds()
-    if ahead > CLOCK_WARNING_SECONDS:
-        log.warning(
-            "This machine's clock is %d s ahead of the Management API's: the watermark stays at the API's time "
-            "(%s); set the clock right (NTP)", ahead, service_time.isoformat(), extra=dims,
-        )  # fmt: skip
+    _warn_clock_off(end - service_time, "ahead of the Management API's", "the watermark stays at the API's time",
+                    service_time, dims)  # fmt: skip
     return service_time
+
+
+def _warn_clock_off(off: timedelta, how: str, so: str, service_time: datetime, dims: dict[str, str]) -> None:
+    if off.total_seconds() > CLOCK_WARNING_SECONDS:
+        log.warning("This machine's clock is %d s %s: %s (%s); set the clock right (NTP)",
+                    off.total_seconds(), how, so, service_time.isoformat(), extra=dims)  # fmt: skip
 
 
 async def list_window(
