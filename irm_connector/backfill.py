@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from .errors import ConnectorError, PollError, SubscriptionMissingError
+from .errors import ConnectorError, InvalidWindowError, PollError, SubscriptionMissingError
 from .models import ContentTypeReport, PollReport
 from .poller import list_window
 from .redaction import redact
@@ -48,15 +48,27 @@ async def backfill(
         seen: SeenPartitions = {}
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
         try:
-            moment = now or datetime.now(UTC)
-            # What has left the 7 days since the range was checked is out of reach: the rest is listed.
-            windows = plan_backfill(max(start, moment - RETENTION), end, moment)
-            progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
-            for window in windows:
-                await list_window(rt, content_type, window, moment, seen, ct_report, progress)
-                ct_report.windows_listed += 1
-                if on_progress is not None:
-                    on_progress(ct_report, len(windows))
+            for attempt in (1, 2):
+                moment = now or _api_now(rt)
+                # What has left the 7 days since the range was checked is out of reach: the rest is listed.
+                windows = plan_backfill(max(start, moment - RETENTION), end, moment)
+                progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
+                try:
+                    for window in windows:
+                        await list_window(rt, content_type, window, moment, seen, ct_report, progress)
+                        ct_report.windows_listed += 1
+                        if on_progress is not None:
+                            on_progress(ct_report, len(windows))
+                    break
+                except InvalidWindowError:
+                    # The first window refused, by an API whose clock is ahead of this machine's: the clock runs
+                    # slow and put the oldest window past the API's 7 days. Planned again by the API's time, once.
+                    behind = _behind_api(rt, datetime.now(UTC))
+                    if attempt == 2 or now is not None or ct_report.windows_listed or not behind:
+                        raise
+                    log.warning("The API refused the oldest window of %s: this machine's clock is %d s behind the "
+                                "API's; planned again by the API's time; set the clock right (NTP)", content_type,
+                                behind.total_seconds(), extra=dims)  # fmt: skip
             ct_report.finished = True
         except SubscriptionMissingError as exc:
             ct_report.error = f"{exc} - start it with `irm-connector subscriptions start {content_type}`"
@@ -80,3 +92,15 @@ async def backfill(
     if report.errors:
         raise PollError("backfill failed for " + "; ".join(report.errors), report)
     return report
+
+
+def _api_now(rt: Runtime) -> datetime:
+    """This machine's time, or the Management API's last answer when that is later (a clock running slow)."""
+    local = datetime.now(UTC)
+    return local + _behind_api(rt, local)
+
+
+def _behind_api(rt: Runtime, local: datetime) -> timedelta:
+    """How far ``local`` is behind the Date of the Management API's last answer; zero when it is not."""
+    answered = rt.management.service_time
+    return max(answered - local, timedelta(0)) if answered is not None else timedelta(0)

@@ -107,7 +107,8 @@ class ManagementActivityClient:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self.stats = RequestStats()
-        #: The latest ``Date`` of a listing answer: the API's own clock, which the watermark must not pass.
+        #: The latest ``Date`` of a listing answer (a refusal's too): the API's own clock, which the watermark
+        #: must not pass and which places its 7-day edge.
         self.service_time: datetime | None = None
 
     async def __aenter__(self) -> ManagementActivityClient:
@@ -182,9 +183,6 @@ class ManagementActivityClient:
                         operation="list",
                         content_type=content_type,
                     ) from None
-            answered = parse_http_date(headers.get("Date"))
-            if answered is not None and (self.service_time is None or answered > self.service_time):
-                self.service_time = answered
             yield page
             next_url = headers.get("NextPageUri") or headers.get("NextPageUrl")
             url, params = (next_url.strip(), None) if next_url and next_url.strip() else (None, None)
@@ -297,6 +295,11 @@ class ManagementActivityClient:
                 TransientApiError(f"{type(exc).__name__} talking to the Management API",
                                   operation=call.operation, content_type=call.content_type)
             )  # fmt: skip
+        if call.operation == "list":
+            # A refusal's Date counts too: a backfill planned by a clock running slow re-plans by it.
+            answered = parse_http_date(headers.get("Date"))
+            if answered is not None and (self.service_time is None or answered > self.service_time):
+                self.service_time = answered
         if 200 <= status < 300:
             return body, headers
         code, message = error_of(body)

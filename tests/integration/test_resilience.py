@@ -522,6 +522,29 @@ async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_
     assert [r.windows_listed for r in report.content_types] == [7, 7]  # 7 days less the margin, by 24 hours
 
 
+async def test_a_backfill_on_a_clock_running_slow_plans_again_by_the_apis_time(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 7-day backfill on a machine an hour slow: its oldest window starts past the API's 7 days and is refused.
+    The backfill plans again by the refusal's Date and queues the oldest content, rather than failing the content
+    type and listing none of the 7 days."""
+    from irm_connector.backfill import backfill
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    oldest = datetime.now(UTC) - timedelta(days=7) + timedelta(minutes=30)
+    workload = _publish(connector, seed=59, records=200, blob_size=(100, 100), start=oldest, span=timedelta(hours=1))
+    rt = await get_runtime(Settings.from_env())
+    skew_local_clock(monkeypatch, -timedelta(hours=1), package="irm_connector.backfill")
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        report = await backfill(rt, datetime.now(UTC) - timedelta(days=7), datetime.now(UTC))
+    assert report.errors == []
+    assert "refused the oldest window" in caplog.text and "behind the API's" in caplog.text
+    assert report.blobs_queued == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_queue_refusing_the_identity_is_named_with_its_code(connector: ConnectorHarness) -> None:
     """The identity lacks its queue role: the poller's failure (log, health row, `status`) says which refusal,
     not only "HttpResponseError"."""
