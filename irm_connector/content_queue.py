@@ -200,19 +200,22 @@ class ContentQueue:
         await self._send(self._poison, text)
 
     async def _send(self, client: QueueClient, text: str, *, delay: int = 0) -> None:
+        async def send() -> None:
+            # -1: never expire. The queue's default of 7 days would silently drop a poison message nobody
+            # looked at in time; an operator must be able to find it however late.
+            await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
+
         await self._ensure(client)
         try:
             try:
-                # -1: never expire. The queue's default of 7 days would silently drop a poison message
-                # nobody looked at in time; an operator must be able to find it however late.
-                await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
+                await send()
             except ResourceNotFoundError:
                 # Deleted since this process created it (an operator clearing a backlog): created again, as on
                 # first use, or every later run of this worker would fail until it restarts.
                 log.warning("Queue %s was deleted; creating it again", client.queue_name)
                 self._ready.discard(client.queue_name)
                 await self._ensure(client)
-                await client.send_message(text, time_to_live=-1, visibility_timeout=delay or None)
+                await send()
         except AzureError as exc:
             raise StateError(f"cannot write to queue {client.queue_name}: {reason(exc)}") from exc
 
