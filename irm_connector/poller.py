@@ -183,6 +183,7 @@ async def _list_windows(
         service_now=service_now,
         overlap=rt.settings.listing_overlap,
         initial_lookback=rt.settings.initial_lookback,
+        first_start=lease.state.first_start,
     )
     if plan.unreachable is not None:
         log.error(
@@ -191,6 +192,8 @@ async def _list_windows(
             plan.unreachable,
             extra=dims,
         )
+    if lease.state.watermark is None and plan.windows and plan.windows[0].start != lease.state.first_start:
+        await lease.write(first_start=plan.windows[0].start)  # this run may fail before its first window's end
     seen: SeenPartitions = {}
     for window in plan.windows:
         if time.monotonic() >= deadline:
@@ -204,7 +207,8 @@ async def _list_windows(
             if report.subscription == "waiting":
                 raise  # started lately, and still missing
             await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
-        await lease.write(watermark=_within_service_time(window.end, rt.management.service_time, dims))
+        watermark = _within_service_time(window.end, rt.management.service_time, dims)
+        await lease.write(watermark=watermark, first_start=None)
         report.windows_listed += 1
     report.finished = True
 

@@ -78,12 +78,14 @@ def plan_windows(
     now: datetime,
     overlap: timedelta,
     initial_lookback: timedelta,
+    first_start: datetime | None = None,
     service_now: datetime | None = None,
     max_window: timedelta = MAX_WINDOW,
     retention: timedelta = RETENTION,
     retention_margin: timedelta = RETENTION_MARGIN,
 ) -> WindowPlan:
-    """Plan the windows from the watermark (``None`` on the first run) up to ``now``.
+    """Plan the windows from the watermark (``None`` until a window is listed to its end; then from
+    ``first_start``, where a failed first run's windows started, or ``initial_lookback`` back) up to ``now``.
 
     The windows are contiguous, each at most ``max_window`` long, none starting before
     ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the watermark.
@@ -96,7 +98,9 @@ def plan_windows(
     end = _floor_second(now)
     earliest = _ceil_second((service_now or now) - retention + retention_margin)
     if watermark is None:
-        start = _floor_second(now - initial_lookback)
+        # A first run that failed before listing a window to its end planned from there: what was created since
+        # would otherwise fall out of the lookback with every failed run. An earlier start (a longer lookback) wins.
+        start = _floor_second(min(now - initial_lookback, first_start or now))
         unreachable = None
     else:
         # A watermark ahead of now was written by a clock that ran fast (or this one runs slow): listing again

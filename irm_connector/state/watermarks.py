@@ -40,6 +40,9 @@ class PollerState:
     tenant_id: str
     content_type: str
     watermark: datetime | None = None
+    #: where the first run's windows started, kept until one is listed to its end: the initial lookback
+    #: counts from the first run, not from the first run that succeeds
+    first_start: datetime | None = None
     lease_owner: str = ""
     lease_until: datetime | None = None
     subscription_started: datetime | None = None
@@ -86,6 +89,7 @@ class PollerState:
             "PartitionKey": table_key(self.tenant_id),
             "RowKey": table_key(self.content_type),
             "Watermark": _text(self.watermark),
+            "FirstStart": _text(self.first_start),
             "LeaseOwner": self.lease_owner,
             "LeaseUntil": _text(self.lease_until),
             "SubscriptionStarted": _text(self.subscription_started),
@@ -102,6 +106,7 @@ class PollerState:
             tenant_id=tenant_id,
             content_type=content_type,
             watermark=parse_utc(entity.get("Watermark")),
+            first_start=parse_utc(entity.get("FirstStart")),
             lease_owner=str(entity.get("LeaseOwner") or ""),
             lease_until=parse_utc(entity.get("LeaseUntil")),
             subscription_started=parse_utc(entity.get("SubscriptionStarted")),

@@ -388,6 +388,27 @@ async def test_a_poller_whose_clock_runs_slow_lists_up_to_the_services_time(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_first_poll_that_failed_keeps_its_start_for_the_next(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run's window is refused; the next run comes an hour later. It lists from where the first run's
+    24-hour lookback started, so content created in that hour's stretch at the far end is not skipped."""
+    from irm_connector.errors import PollError
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    oldest = datetime.now(UTC) - timedelta(hours=23, minutes=50)
+    workload = _publish(connector, seed=61, records=200, blob_size=(100, 100), start=oldest, span=timedelta(minutes=5))
+    sim.management.add_fault("list", "status", status=400, code="AF20055", count=1)
+    with pytest.raises(PollError, match="AF20055"):
+        await connector.poll()
+    skew_local_clock(monkeypatch, timedelta(hours=1), package="irm_connector")
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_asked_again_early(
     connector: ConnectorHarness,
 ) -> None:

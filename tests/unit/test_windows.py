@@ -23,6 +23,16 @@ def test_first_run_starts_initial_lookback_back_in_one_window() -> None:
     assert p.unreachable is None
 
 
+def test_a_first_run_after_a_failed_one_starts_where_that_one_did_or_earlier() -> None:
+    failed_at = NOW - 3 * HOUR - timedelta(hours=24)  # where the first run, 3 hours ago, started
+    kept = plan_windows(watermark=None, now=NOW, overlap=HOUR, initial_lookback=timedelta(hours=24),
+                        first_start=failed_at)  # fmt: skip
+    assert [(w.start, w.end) for w in kept.windows] == [(failed_at, failed_at + MAX_WINDOW), (failed_at + MAX_WINDOW, NOW)]
+    longer = plan_windows(watermark=None, now=NOW, overlap=HOUR, initial_lookback=timedelta(days=2),
+                          first_start=failed_at)  # fmt: skip
+    assert longer.windows[0].start == NOW - timedelta(days=2)  # INITIAL_LOOKBACK made longer since: it counts
+
+
 def test_regular_run_relists_the_overlap_behind_the_watermark() -> None:
     p = plan(NOW - timedelta(minutes=5))
     assert [(w.start, w.end) for w in p.windows] == [(NOW - timedelta(minutes=65), NOW)]
