@@ -18,6 +18,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from azure.core.exceptions import (
     AzureError,
@@ -26,6 +27,9 @@ from azure.core.exceptions import (
     ServiceRequestTimeoutError,
     ServiceResponseTimeoutError,
 )
+from azure.core.pipeline import PipelineResponse
+from azure.core.pipeline.policies import AsyncRetryPolicy
+from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from .auth import identity_endpoint_known
@@ -42,6 +46,7 @@ __all__ = [
     "UPLOAD_CONCURRENCY",
     "Chunk",
     "SentinelIngestor",
+    "UploadRetryPolicy",
     "UploadStats",
     "pack_rows",
 ]
@@ -65,6 +70,26 @@ RETRY_TOTAL = 3
 RETRY_BACKOFF_MAX = 30.0
 #: What Logs Ingestion answers when the DCR refuses the stream itself, not the rows (see :mod:`.refusals`).
 REFUSED_STATUS = (401, 403, 404)
+#: Transient answers azure-core does not retry on a POST unless they carry ``Retry-After``.
+_TRANSIENT_POST_STATUS = (408, 429, 502)
+
+
+class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
+    """azure-core's retry policy (``RETRY_TOTAL`` retries, backoff up to ``RETRY_BACKOFF_MAX``), which also
+    retries a POST answered 408, 429 without ``Retry-After`` or 502. azure-core leaves those to the caller; here
+    that is the host, whose retries come 30 s apart and end in the poison queue after five: a gateway's blip of a
+    couple of minutes would park every message in flight. Sending a body again adds no duplicate that the
+    host's retry would not: rows are marked sent only once accepted."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("retry_total", RETRY_TOTAL)
+        kwargs.setdefault("retry_backoff_max", RETRY_BACKOFF_MAX)
+        super().__init__(**kwargs)
+
+    def is_retry(self, settings: dict[str, Any], response: PipelineResponse[Any, Any]) -> bool:
+        if super().is_retry(settings, response):
+            return True
+        return bool(settings["total"]) and response.http_response.status_code in _TRANSIENT_POST_STATUS
 
 
 @dataclass(slots=True)
@@ -249,8 +274,11 @@ def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:
     }
     hint = hints.get(status, "the message is retried")
     kind = IngestionRefusedError if status in REFUSED_STATUS else IngestionError
+    # A fault on the way (a gateway, throttling, a timeout) is not the DCR refusing the rows, which README's
+    # troubleshooting ties to a column or the DCR.
+    what = "failed for" if status >= 500 or status in _TRANSIENT_POST_STATUS else "refused rows for"
     return kind(
-        f"Logs Ingestion refused rows for {stream} (HTTP {status}{', ' + code if code else ''}): {hint}",
+        f"Logs Ingestion {what} {stream} (HTTP {status}{', ' + code if code else ''}): {hint}",
         status=status,
         code=code,
         stream=stream,

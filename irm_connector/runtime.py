@@ -24,7 +24,7 @@ from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .body_budget import BodyBudget
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
-from .ingestion import RETRY_BACKOFF_MAX, RETRY_TOTAL, SentinelIngestor
+from .ingestion import SentinelIngestor, UploadRetryPolicy
 from .management_api import ManagementActivityClient, RetryPolicy
 from .request_budget import SharedRequestBudget
 from .settings import Settings, StorageSettings
@@ -143,8 +143,7 @@ def build_runtime(settings: Settings) -> Runtime:
         credential=credentials[0],
         # The SDK asks for the public cloud's audience unless told: every upload fails in the other clouds.
         credential_scopes=[f"{settings.azure_cloud.monitor_audience}/.default"],
-        retry_total=RETRY_TOTAL,
-        retry_backoff_max=RETRY_BACKOFF_MAX,
+        retry_policy=UploadRetryPolicy(),
         **azure_client_kwargs(settings, azure),
     )
     return Runtime(

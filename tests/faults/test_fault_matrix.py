@@ -59,6 +59,8 @@ _FAULTS: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("connection reset", "reset", {}, 2, RETRY),
     ("5xx", "status", {"status": 503}, 2, RETRY),
     ("throttled 429", "status", {"status": 429, "retry_after": 1}, 2, RETRY),
+    ("throttled 429 without Retry-After", "status", {"status": 429}, 2, RETRY),
+    ("502 bad gateway", "status", {"status": 502}, 2, RETRY),
     ("auth 401", "status", {"status": 401}, PERSISTENT, POISON),
     ("auth 403", "status", {"status": 403}, PERSISTENT, POISON),
     ("malformed body", "malformed", {}, 2, HOST),

@@ -81,6 +81,35 @@ async def test_throttling_and_transient_faults_are_ridden_out(connector: Connect
     assert set(mgmt.publisher_identifiers()) == {sim.tenant_id}
 
 
+@pytest.mark.parametrize("status", [408, 429, 502])
+async def test_transient_ingestion_answers_azure_core_leaves_alone_are_retried_inside_the_call(
+    connector: ConnectorHarness, status: int
+) -> None:
+    """408, 429 without Retry-After and 502 on an upload: azure-core retries none of them on a POST. Left to the
+    host, each costs a failed invocation 30 s later, and a blip of a couple of minutes poisons the messages."""
+    sim = connector.standins
+    workload = _publish(connector, seed=13, records=400, blob_size=(200, 200))
+    sim.ingestion.add_fault("ingest", "status", status=status, count=2)
+    await connector.poll()
+    stats = await connector.drain()
+    assert (stats.failed_attempts, stats.poisoned) == (0, 0)
+    assert sim.ingestion.pending_faults() == 0
+    _assert_exactly_once(connector, workload)
+
+
+async def test_a_gateway_fault_that_outlasts_the_retries_is_not_called_a_refusal(connector: ConnectorHarness) -> None:
+    """A 502 on every try: the invocation fails for the host to retry, and its error says the upload failed, not
+    that Logs Ingestion refused the rows (README's troubleshooting sends a refusal to the DCR's columns)."""
+    sim = connector.standins
+    workload = _publish(connector, seed=14, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.ingestion.add_fault("ingest", "status", count=1000, status=502)
+    with pytest.raises(Exception) as raised:
+        await connector.process(message)
+    assert str(raised.value).startswith("Logs Ingestion failed for Custom-IRMAlerts (HTTP 502")
+    assert str(raised.value).endswith("): the message is retried")
+
+
 async def test_failing_blob_is_retried_then_poisoned_and_arrives_after_requeue(connector: ConnectorHarness) -> None:
     sim = connector.standins
     workload = _publish(connector, seed=12, records=600, blob_size=(600, 600))
