@@ -286,6 +286,9 @@ async def _send_stream(
                     f"after {waited:.0f}s; the message is retried"
                 )
             if not waited:
+                # A probe this delivery won ends here, with or without an answer: the deliveries beside it must
+                # not wait for another delivery's records too.
+                refusals.end_probe(rt, stream)
                 log.info("Content %s: %d records are being sent by another delivery; waiting",
                          content_id, len(claim.held))  # fmt: skip
             await asyncio.sleep(pause)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from .deadline import within
 from .errors import IngestionRefusedError, StateError
 from .models import utc_text
 from .state import Refusal
@@ -92,8 +93,9 @@ async def admit(rt: Runtime, stream: str) -> Refusal | None:
         return None
     running = store.probes.get(stream)
     if running is not None:
-        # This process probes the stream now: its answer decides for the deliveries beside it too.
-        await running[1].wait()
+        # This process probes the stream now: its answer decides for the deliveries beside it too. The probe
+        # lasts as long as its delivery's work, which this invocation's deadline does not bound.
+        await within(f"waiting for this process's probe of {stream}", running[1].wait())
         return (await store.current(dcr)).get(stream)
     if refusal.probe_at > datetime.now(UTC):
         return refusal

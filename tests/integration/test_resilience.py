@@ -110,6 +110,71 @@ async def test_a_gateway_fault_that_outlasts_the_retries_is_not_called_a_refusal
     assert str(raised.value).endswith("): the message is retried")
 
 
+async def test_a_delivery_waiting_for_its_process_probe_of_a_refused_stream_stops_within_its_deadline(
+    connector: ConnectorHarness,
+) -> None:
+    """The DCR refuses the alerts stream and another delivery of this process probes it, with no answer yet: a
+    delivery beside it waits for that answer only as long as its own invocation may run, then fails by itself.
+    Waiting on, it would outlive functionTimeout and the host would restart the worker under every invocation."""
+    from irm_connector import refusals
+    from irm_connector.errors import DeadlineError, IngestionRefusedError
+
+    stream = "Custom-IRMAlerts"
+    rt = await get_runtime(Settings.from_env())
+    await refusals.refused(rt, IngestionRefusedError("refused", status=403, code="", stream=stream))
+    probing = asyncio.ensure_future(asyncio.Event().wait())  # the probing delivery, still at work
+    rt.state.refusals.probes[stream] = (probing, asyncio.Event())
+    try:
+        with Deadline.for_invocation(3.0).applied(), pytest.raises(DeadlineError, match="probe of Custom-IRMAlerts"):
+            await asyncio.wait_for(refusals.admit(rt, stream), 60)
+    finally:
+        del rt.state.refusals.probes[stream]
+        probing.cancel()
+
+
+async def test_a_probe_whose_records_another_delivery_holds_lets_the_deliveries_beside_it_go(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The DCR refuses the alerts stream. Delivery B wins the probe, but another delivery still at work holds every
+    one of B's records, so B waits for them (up to 4 minutes) with nothing to probe with. Delivery C beside it
+    does not wait that out for B's answer: it is rescheduled at once, as any delivery of a refused stream is."""
+    from irm_connector.blob_parse import parse_blob
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.models import ContentBlob
+    from irm_connector.normalize import ContentRef, Routing, normalize_blob
+
+    sim, stream = connector.standins, "Custom-IRMAlerts"
+    held = _publish(connector, seed=15, records=100, blob_size=(100, 100))
+    beside = _publish(connector, seed=16, records=100, blob_size=(100, 100))
+    [blob] = held.blobs
+    same = sim.management.add_blob("Audit.General", blob.records, content_created=blob.content_created)
+    rt = await get_runtime(Settings.from_env())
+    ref = ContentRef(held.content_ids[0], "Audit.General", blob.content_created)
+    rows = normalize_blob(parse_blob(orjson.dumps(blob.records)), ref, Routing(stream, ""), sent_at=datetime.now(UTC))
+    await rt.state.claims.claim_records(stream, rows.rows[stream], held.content_ids[0], "still-at-work")
+    await rt.state.refusals.record(rt.settings.dcr_immutable_id, stream, 403, "", probe_after=0)
+    message_b = ContentMessage(sim.tenant_id, ContentBlob(
+        content_type="Audit.General", content_id=same, content_uri=sim.management.content_uri(same),
+        content_created=blob.content_created, content_expiration=blob.content_created + timedelta(days=7),
+    )).encode()  # fmt: skip
+    [message_c] = _messages_for(connector, beside)
+    with caplog.at_level(logging.INFO, logger="irm_connector"):
+        b = asyncio.ensure_future(connector.process(message_b))
+        try:
+            for _ in range(300):
+                if "being sent by another delivery; waiting" in caplog.text or b.done():
+                    break
+                await asyncio.sleep(0.1)
+            assert not b.done()
+            await asyncio.wait_for(connector.process(message_c), 60)
+        finally:
+            b.cancel()
+            await asyncio.wait([b])
+    assert "rescheduled" in caplog.text
+    assert await connector.queue_length() == 1  # C, back on the queue later, its dequeue count spared
+    assert connector.rows(stream) == []
+
+
 async def test_failing_blob_is_retried_then_poisoned_and_arrives_after_requeue(connector: ConnectorHarness) -> None:
     sim = connector.standins
     workload = _publish(connector, seed=12, records=600, blob_size=(600, 600))
