@@ -141,6 +141,17 @@ def _result_lines(summary: dict[str, Any], audit: bool, duplicated: int) -> list
     return [f"    {name:<31} {value:>7}  {meaning}" for name, value, meaning in figures]
 
 
+#: Marks a folder as the demo's output, which its next run may empty.
+_MARKER = ".irm-demo"
+
+
+def _may_clear(folder: Path) -> bool:
+    """Whether ``folder`` may be emptied: missing, empty, or an earlier demo's output."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and (not any(folder.iterdir()) or (folder / _MARKER).is_file())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/demo.sh", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -171,9 +182,13 @@ def main(argv: list[str] | None = None) -> int:
 
     root = find_repo_root()
     out_dir = (args.out or root / ".demo").resolve()
+    if args.out is not None and not _may_clear(out_dir):
+        parser.error(f"--out {args.out}: the demo empties its folder first, and this one is neither empty nor an "
+                     "earlier demo's output; give a new or empty folder")  # fmt: skip
     shutil.rmtree(out_dir, ignore_errors=True)
     rows_dir = out_dir / "rows"
     rows_dir.mkdir(parents=True)
+    (out_dir / _MARKER).write_text("The demo's output (scripts/demo.sh); its next run into this folder replaces it.\n")
 
     _print("==> Starting Azurite and the HTTPS stand-ins of Entra ID, the Management Activity API and Logs Ingestion")
     if audit:

@@ -77,3 +77,16 @@ def test_demo_help_shows_the_defaults_in_plain_text() -> None:
     assert "``" not in text
     assert "(default 20,000)" in text and "(default 3)" in text
     assert "--alerts-only runs with the product's default" in text
+
+
+def test_demo_never_empties_a_folder_that_is_not_its_own(tmp_path: Path) -> None:
+    """``--out`` naming a folder of the user's: the demo empties its folder before it starts, so it refuses one
+    that holds anything but an earlier demo's output, before it touches it."""
+    kept = tmp_path / "results" / "notes.txt"
+    kept.parent.mkdir()
+    kept.write_text("mine")
+    done = demo("--records", "200", "--out", str(kept.parent))
+    assert done.returncode == 2
+    assert "neither empty nor an earlier demo's output; give a new or empty folder" in done.stderr
+    assert kept.read_text() == "mine"
+
