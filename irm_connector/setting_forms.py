@@ -249,11 +249,35 @@ def queue_name(name: str) -> str:
     return name
 
 
+#: The ``Category`` values of RecordType 40 alerts, as the records spell them (records are matched exactly).
+ALERT_CATEGORY_NAMES = (
+    "AccessGovernance", "DataGovernance", "DataLossPrevention", "InsiderRiskManagement", "MailFlow",
+    "ThreatManagement", "Other",
+)  # fmt: skip
+_CATEGORY_BY_KEY = {name.lower(): name for name in ALERT_CATEGORY_NAMES}
+
+
 def alert_categories(value: str) -> frozenset[str]:
-    categories = frozenset(c for c in (c.strip() for c in value.split(",")) if c)
+    """The categories named, spelt as the records spell them: ``insider risk management`` is the portal's
+    wording, and a name no record carries would route nothing, silently."""
+    categories: set[str] = set()
+    for place, given in enumerate((c.strip() for c in value.split(",")), 1):
+        if not given:
+            continue
+        if given == "*":
+            categories.add(given)
+            continue
+        name = _CATEGORY_BY_KEY.get(re.sub(r"[\s_-]+", "", given).lower())
+        if name is None:
+            raise SettingsError(
+                "ALERT_CATEGORIES",
+                f"name {place} is a category no alert carries (the value is not shown): use "
+                f"{', '.join(ALERT_CATEGORY_NAMES)} (any case), or * for all",
+            )
+        categories.add(name)
     if not categories:
         raise SettingsError("ALERT_CATEGORIES", "names no category; use * for all")
-    return categories
+    return frozenset(categories)
 
 
 def ingestion_endpoint(value: str) -> str:

@@ -161,7 +161,7 @@ async def test_kill_in_the_middle_of_the_dedupe_claims(faulty: ConnectorHarness,
     workload = _workload(connector, seed=33, blobs=1, two_days=True)
     # One stream only (no category matches), so the claims of its two day partitions are written one after
     # another, before any upload: the kill falls between the two.
-    connector.set(ALERT_CATEGORIES="NoSuchCategory")
+    connector.set(ALERT_CATEGORIES="MailFlow")  # the workload has no such alert
     body, path = await _one_message(connector, tmp_path)
     hold = connector.proxy.hold("table.write", path="rec", body=r'"S": ?"p"', skip=1)  # type: ignore[attr-defined]
     await _kill_when_held(_start_child(connector, "process", str(path)), hold)

@@ -168,6 +168,24 @@ def test_the_storage_endpoints_the_deployment_gives_are_taken_as_they_are() -> N
 
 
 @pytest.mark.parametrize(
+    ("value", "categories"),
+    [
+        ("insiderriskmanagement", {"InsiderRiskManagement"}),
+        ("Insider Risk Management, data-loss prevention", {"InsiderRiskManagement", "DataLossPrevention"}),
+        ("*", {"*"}),
+    ],
+)
+def test_alert_categories_are_spelt_as_the_records_spell_them(value: str, categories: set[str]) -> None:
+    assert Settings.from_env({**BASE, "ALERT_CATEGORIES": value}).alert_categories == categories
+
+
+def test_an_alert_category_no_alert_carries_is_refused_not_left_to_route_nothing() -> None:
+    with pytest.raises(SettingsError, match=r"^setting ALERT_CATEGORIES: name 2 is a category no alert carries") as info:
+        Settings.from_env({**BASE, "ALERT_CATEGORIES": "InsiderRiskManagement,InsiderRiskManagment"})
+    assert "InsiderRiskManagement, MailFlow" in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("text", "seconds"), [("24h", 86400), ("90m", 5400), ("1h30m", 5400), ("7d", 604800), ("45s", 45)]
 )
 def test_durations(text: str, seconds: int) -> None:
@@ -183,7 +201,7 @@ SETTINGS_WITH_A_FORM = [
     "POLL_TIME_BUDGET", "HTTP_TIMEOUT", "CONTENT_QUEUE", "LOGS_INGESTION_ENDPOINT", "LOGS_DCR_IMMUTABLE_ID",
     "LOGS_ALERTS_STREAM", "LOGS_AUDIT_STREAM", "LOGS_HEALTH_STREAM", "STATE_TABLE_PREFIX",
     "O365_MAX_REQUESTS_PER_MINUTE", "DEDUPE_RETENTION_DAYS", "AzureWebJobsStorage",
-    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__queueServiceUri", "ALERT_CATEGORIES",
 ]  # fmt: skip
 
 
