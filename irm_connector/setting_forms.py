@@ -104,9 +104,10 @@ def is_key_vault_reference(value: str) -> bool:
 
 
 UNRESOLVED_REFERENCE = (
-    "is a Key Vault reference the Function App could not resolve: check that the secret or certificate exists in "
-    "the vault, that the app's identity has Key Vault Secrets User on it, and the vault's network rules (the "
-    "portal shows the reference's error under the app's Environment variables)"
+    "is a Key Vault reference, which only the Function App resolves: on the command line, set the value itself "
+    "(docs/operations.md, \"The deployed app's settings\"); in the app, it could not resolve it: check that the "
+    "secret or certificate exists in the vault, that the app's identity has Key Vault Secrets User on it, and the "
+    "vault's network rules (the portal shows the reference's error under the app's Environment variables)"
 )
 
 

@@ -295,5 +295,5 @@ def test_a_key_vault_reference_the_app_could_not_resolve_is_named_as_such(settin
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**BASE, "O365_AUTH_MODE": mode, setting: reference})
     [problem] = [text for name, text in info.value.problems if name == setting]
-    assert problem.startswith("is a Key Vault reference the Function App could not resolve")
+    assert problem.startswith("is a Key Vault reference, which only the Function App resolves: on the command line")
     assert "Key Vault Secrets User" in problem and reference not in str(info.value)
