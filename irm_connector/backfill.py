@@ -42,6 +42,7 @@ async def backfill(
     the API's reach by the time the later ones are listed."""
     plan_backfill(start, end, now or datetime.now(UTC))  # a range the API cannot list at all raises here
     report = PollReport()
+    causes: dict[str, ConnectorError] = {}
     for content_type in content_types or rt.settings.content_types:
         ct_report = ContentTypeReport(content_type)
         report.content_types.append(ct_report)
@@ -75,6 +76,7 @@ async def backfill(
         except ValueError as exc:  # the range left the API's 7 days while the content types before were listed
             ct_report.error = str(exc)
         except ConnectorError as exc:
+            causes[content_type] = exc
             ct_report.error = str(exc)
         if ct_report.error:
             ct_report.error = redact(ct_report.error)  # it reaches the PollError, outside the logging filter
@@ -90,7 +92,7 @@ async def backfill(
                 extra=dims,
             )
     if report.errors:
-        raise PollError("backfill failed for " + "; ".join(report.errors), report)
+        raise PollError("backfill failed for " + "; ".join(report.errors), report, causes)
     return report
 
 

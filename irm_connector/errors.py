@@ -34,7 +34,7 @@ a token, a secret or record content, so they can be logged as they are.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .models import PollReport
@@ -294,9 +294,11 @@ class PollError(ConnectorError):
     """A poller run (or backfill) in which a content type failed; ``report`` holds what every content type
     did."""
 
-    def __init__(self, message: str, report: PollReport) -> None:
+    def __init__(self, message: str, report: PollReport, causes: Mapping[str, BaseException] | None = None) -> None:
         super().__init__(message)
         self.report = report
+        #: per content type, the exception that failed it (where one did: a refused window has none)
+        self.causes = dict(causes or {})
 
 
 class RedactedError(ConnectorError):

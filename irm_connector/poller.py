@@ -76,19 +76,28 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
 
         # Every content type is polled in every run, side by side, each with the whole budget: one catching up
         # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.
-        await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit) for r in report.content_types))
+        causes: dict[str, ConnectorError] = {}
+        await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit, causes)
+                               for r in report.content_types))  # fmt: skip
     if report.errors:
-        raise PollError("poller run failed for " + "; ".join(report.errors), report)
+        raise PollError("poller run failed for " + "; ".join(report.errors), report, causes)
     return report
 
 
 async def _poll_and_report(
-    rt: Runtime, report: ContentTypeReport, owner: str, deadline: float, now: datetime | None, limit: Deadline
+    rt: Runtime,
+    report: ContentTypeReport,
+    owner: str,
+    deadline: float,
+    now: datetime | None,
+    limit: Deadline,
+    causes: dict[str, ConnectorError],
 ) -> None:
     content_type = report.content_type
     try:
         await _poll_content_type(rt, content_type, owner, deadline, report, now, limit)
     except ConnectorError as exc:
+        causes[content_type] = exc
         report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
         if report.watermark is None:  # the state could not be read: what this process last knew of it

@@ -16,9 +16,9 @@ from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from irm_connector.windows import RETENTION, plan_backfill
 
-from ._common import EXIT_FAILED, EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
+from ._common import EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
 from ._preflight import ready
-from .poll import report_lines
+from .poll import failed_exit, report_lines
 from .process import process_lines, work_queue
 from .queue_trigger import HostQueueOptions
 
@@ -69,13 +69,13 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
             seen[key] = report.windows_listed
         bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed, refresh=False)
 
-    failed = False
+    failed, code = False, EXIT_OK
     try:
         # From the start as checked above (moved inside the 7 days): checked again after the preflight, the range
         # asked for may have slipped past the edge meanwhile.
         report = await backfill(rt, windows[0].start, end, content_types=content_types, on_progress=progress)
     except PollError as exc:
-        report, failed = exc.report, True
+        report, failed, code = exc.report, True, failed_exit(exc)
     finally:
         bar.close()
     document: dict[str, Any] = {
@@ -93,7 +93,6 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if windows[0].start > start + timedelta(seconds=1):
         lines.append(f"(start moved to {iso(windows[0].start)}: the API lists at most 7 days back)")
     lines += report_lines(report)
-    code = EXIT_FAILED if failed else EXIT_OK
     if not args.no_process and report.blobs_queued:
         processed, process_code = await work_queue(settings, max_messages=None, retry_delay=args.retry_delay)
         document["processing"] = processed

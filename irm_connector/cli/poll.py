@@ -11,10 +11,19 @@ from irm_connector.errors import PollError
 from irm_connector.models import PollReport
 from irm_connector.settings import Settings
 
-from ._common import EXIT_FAILED, EXIT_OK, emit, iso
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, emit, iso
+from ._failures import describe
 from ._preflight import ready
 
-__all__ = ["poll", "report_lines"]
+__all__ = ["failed_exit", "poll", "report_lines"]
+
+
+def failed_exit(error: PollError) -> int:
+    """A failed run's exit code: 3 when every content type that failed could not reach a dependency (run it again
+    later), as any command's unreachable dependency is; 1 when one failed for another reason."""
+    failed = [ct.content_type for ct in error.report.content_types if ct.error]
+    codes = {describe(error.causes[name]).exit_code if name in error.causes else EXIT_FAILED for name in failed}
+    return EXIT_UNREACHABLE if codes == {EXIT_UNREACHABLE} else EXIT_FAILED
 
 
 def report_lines(report: PollReport) -> list[str]:
@@ -32,11 +41,11 @@ def report_lines(report: PollReport) -> list[str]:
 
 async def poll(args: argparse.Namespace, settings: Settings) -> int:
     await ready(settings, management=True)
+    code = EXIT_OK
     try:
         report = await handlers.poll(TimerRequest(past_due=False))
     except PollError as exc:
-        report = exc.report
-    code = EXIT_FAILED if report.errors else EXIT_OK
+        report, code = exc.report, failed_exit(exc)
     emit(
         args,
         {"ok": not report.errors, "blobs_queued": report.blobs_queued, "content_types": report.content_types},

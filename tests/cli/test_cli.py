@@ -132,6 +132,18 @@ def test_status_reports_the_last_error_and_an_unreachable_api(cli: Cli) -> None:
     assert doc["content_types"][0]["subscription"] == "unknown"
 
 
+def test_poll_and_backfill_exit_3_when_the_api_only_answers_with_faults(cli: Cli) -> None:
+    """The Management API answers 503 to every listing: a dependency not reached, as `status` and `subscriptions`
+    report it (exit 3: run it again later), not the work failing for a reason to fix (exit 1)."""
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    cli.standins.management.add_fault("list", "status", status=503, count=1000)
+    code, doc = cli.json("poll")
+    assert code == 3 and doc["ok"] is False
+    assert "server fault" in doc["content_types"][0]["error"]
+    code, doc = cli.json("backfill", "--since", "1h", "--no-process")
+    assert code == 3 and doc["ok"] is False
+
+
 def test_storage_unreachable_exits_3(cli: Cli) -> None:
     cli.set(
         AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
