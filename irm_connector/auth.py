@@ -279,7 +279,7 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
     password = settings.certificate_password.encode() or None
     try:
         if b"-----BEGIN" in raw:
-            key: Any = serialization.load_pem_private_key(raw, password=password)
+            key: Any = _pem_key(raw, password)
             cert: x509.Certificate | None = x509.load_pem_x509_certificate(raw)
         else:
             key, cert = _pfx(raw, password)
@@ -299,6 +299,17 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
         "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - the x5t thumbprint Entra asks for
         "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode(),
     }
+
+
+def _pem_key(raw: bytes, password: bytes | None) -> Any:
+    try:
+        return serialization.load_pem_private_key(raw, password=password)
+    except TypeError:
+        if password is None:
+            raise
+        # "Password was given but private key is not encrypted": Key Vault gives a PEM-policy certificate that
+        # way, whatever password the deployment passed beside it (as a PFX, below).
+        return serialization.load_pem_private_key(raw, password=None)
 
 
 def _pfx(raw: bytes, password: bytes | None) -> tuple[Any, x509.Certificate | None]:

@@ -280,7 +280,9 @@ def _pfx_base64(connector: ConnectorHarness, password: bytes | None) -> str:
     return base64.b64encode(pfx).decode()
 
 
-@pytest.mark.parametrize("mode", ["certificate", "certificate-pfx", "certificate-keyvault", "managed_identity"])
+@pytest.mark.parametrize(
+    "mode", ["certificate", "certificate-pfx", "certificate-keyvault", "certificate-keyvault-pem", "managed_identity"]
+)
 async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode: str) -> None:
     sim = connector.standins
     if mode == "certificate":
@@ -293,6 +295,10 @@ async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode:
     elif mode == "certificate-keyvault":  # Key Vault's PFX has no password, though the deployment passed one
         connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
                       O365_CLIENT_CERTIFICATE=_pfx_base64(connector, None),
+                      O365_CLIENT_CERTIFICATE_PASSWORD="import-pass")  # fmt: skip
+    elif mode == "certificate-keyvault-pem":  # a PEM-policy certificate: Key Vault gives it as PEM, key unencrypted
+        connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
+                      O365_CLIENT_CERTIFICATE=sim.certificate_path.read_text(),
                       O365_CLIENT_CERTIFICATE_PASSWORD="import-pass")  # fmt: skip
     else:
         connector.set(O365_AUTH_MODE="managed_identity", O365_CLIENT_SECRET="", O365_CLIENT_ID="")
