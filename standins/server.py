@@ -36,6 +36,23 @@ def bind_free_socket(host: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
+def _end_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel and await the tasks still on the stopped loop, as ``asyncio.run`` does.
+
+    A handler still waiting when the servers stop (a scripted 60 s latency, a client that gave up)
+    would otherwise stay pending on a closed loop, and the garbage collector would later log "Task was
+    destroyed but it is pending!" into whatever test runs then.
+    """
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.wait(tasks, timeout=5))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
 class ServerThread:
     """An event loop in a daemon thread serving the given stand-ins over HTTPS."""
 
@@ -60,6 +77,7 @@ class ServerThread:
             asyncio.set_event_loop(loop)
             loop.call_soon(ready.set)
             loop.run_forever()
+            _end_remaining_tasks(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 

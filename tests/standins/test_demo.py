@@ -40,7 +40,9 @@ def test_demo_runs_the_quick_start(tmp_path: Path) -> None:
     out = done.stdout
     assert "audit stream on (Custom-O365Audit); the product's default is alerts only" in out
     assert "every alert exactly once: yes; every audit record exactly once: yes" in out
-    assert re.search(r"^    \.\.\. \d+/\d+ blobs, [\d,]+ records, rows Custom-IRMAlerts [\d,]+, Custom-O365Audit", out, re.M)
+    assert re.search(
+        r"^    \.\.\. \d+/\d+ blobs, [\d,]+ records, rows Custom-IRMAlerts [\d,]+, Custom-O365Audit", out, re.M
+    )
     assert "npm" not in out + done.stderr and "\x1b[" not in out
 
     shown = figures(out)
@@ -89,4 +91,3 @@ def test_demo_never_empties_a_folder_that_is_not_its_own(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "neither empty nor an earlier demo's output; give a new or empty folder" in done.stderr
     assert kept.read_text() == "mine"
-
