@@ -161,7 +161,8 @@ class ManagementActivityClient:
         deadline: Deadline | None = None,
     ) -> AsyncGenerator[list[ContentBlob], None]:
         """Yield the listing of ``window`` page by page, following ``NextPageUri`` to the end. ``guard`` runs
-        before every request, retries included, and may raise to stop (the poller's lease check)."""
+        before every request, retries included, and again once its token and budget slot are in hand, and may
+        raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
         while url is not None:
@@ -221,12 +222,11 @@ class ManagementActivityClient:
         query = dict(params or {})
         if not any(name.lower() == "publisheridentifier" for name in target.query):
             query["PublisherIdentifier"] = self._publisher
-        call = _Call(method, target, query, operation, content_type, read, deadline)
+        call = _Call(method, target, query, operation, content_type, read, deadline, guard)
         policy = self._retry
         refresh_used = False
         for attempt in range(policy.attempts):
-            if guard is not None:
-                guard()
+            call.check_guard()
             if deadline is not None:
                 deadline.check(f"Management API {operation}")
             outcome = await self._attempt(call, refresh=False)
@@ -277,6 +277,8 @@ class ManagementActivityClient:
         # After the token: the budget's slot must still be running when the request goes out.
         await within("waiting for the tenant's request budget (O365_MAX_REQUESTS_PER_MINUTE)",
                      self._limiter.acquire(), deadline=call.deadline)  # fmt: skip
+        # The wait for a token or a budget slot can be long: a lease lost meanwhile stops the request here.
+        call.check_guard()
         self.stats.requests += 1
         self.stats.by_operation[call.operation] = self.stats.by_operation.get(call.operation, 0) + 1
         try:
@@ -327,6 +329,11 @@ class _Call:
     content_type: str
     read: BodyReader
     deadline: Deadline | None = None
+    guard: Callable[[], None] | None = None
+
+    def check_guard(self) -> None:
+        if self.guard is not None:
+            self.guard()
 
     def timeout(self, http_timeout: float) -> float:
         """One attempt's timeout: HTTP_TIMEOUT, or what the invocation has left when that is less."""

@@ -509,6 +509,33 @@ async def test_a_first_poll_that_failed_keeps_its_start_for_the_next(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_lease_lost_while_a_listing_waits_for_its_token_sends_no_request(connector: ConnectorHarness) -> None:
+    """The poller's lease is checked before each listing request; a token (or budget slot) that takes a while
+    must not let a request out after the lease was lost meanwhile, when another poller may own the window."""
+    from irm_connector.windows import Window
+
+    class LeaseLost(Exception):
+        pass
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    rt = await get_runtime(Settings.from_env())
+    lost = threading.Event()
+
+    def guard() -> None:
+        if lost.is_set():
+            raise LeaseLost
+
+    sim.entra.add_fault("token", "delay", seconds=1.0)
+    threading.Timer(0.3, lost.set).start()  # a thread: the token may be fetched without yielding the loop
+    now = datetime.now(UTC).replace(microsecond=0)
+    with pytest.raises(LeaseLost):
+        async for _ in rt.management.list_content("Audit.General", Window(now - timedelta(hours=1), now), guard=guard):
+            pass
+    assert sim.entra.count("token", fault="delay") == 1  # the wait the lease was lost in
+    assert sim.management.count("list") == 0
+
+
 async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_asked_again_early(
     connector: ConnectorHarness,
 ) -> None:
