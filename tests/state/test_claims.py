@@ -28,8 +28,19 @@ STREAM = "Custom-IRMAlerts"
 ROOT = Path(__file__).resolve().parents[2]
 
 
+#: When the running test started: its rows' default hour, one for the whole test even when it runs across an
+#: hour's turn (rows of two hours fall in two slots, and a duplicate across them would go unseen).
+_test_started = datetime.now(UTC)
+
+
+@pytest.fixture(autouse=True)
+def _one_hour_per_test() -> None:
+    global _test_started
+    _test_started = datetime.now(UTC)
+
+
 def _hour(at: datetime | None = None) -> str:
-    return (at or datetime.now(UTC)).strftime("%Y%m%d%H")
+    return (at or _test_started).strftime("%Y%m%d%H")
 
 
 def _rows(ids: range, hour: str | None = None) -> list[Row]:
