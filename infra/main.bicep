@@ -169,6 +169,11 @@ param newWorkspaceRetentionInDays int = 90
 @description('Interactive retention of the Analytics tables, in days (a Basic O365Audit_CL keeps 30 days interactive and this many in total, at least 30).')
 param tableRetentionInDays int = 90
 
+@minValue(4)
+@maxValue(730)
+@description('Interactive retention of IRMAlerts_CL, in days: an alert can stay open for months, and the IRMAlerts function reads its first row for FirstSeen. The table is small, so two years costs little.')
+param alertsTableRetentionInDays int = 730
+
 @description('Deploy the Sentinel data connector definition, functions, hunting queries, analytics rules and workbook.')
 param deploySentinelContent bool = true
 
@@ -235,6 +240,7 @@ module resources 'resources.bicep' = {
     createSentinelWorkspace: createSentinelWorkspace
     newWorkspaceRetentionInDays: newWorkspaceRetentionInDays
     tableRetentionInDays: tableRetentionInDays
+    alertsTableRetentionInDays: alertsTableRetentionInDays
     deploySentinelContent: deploySentinelContent
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB

@@ -78,6 +78,9 @@ param newWorkspaceRetentionInDays int = 90
 @minValue(4)
 @maxValue(730)
 param tableRetentionInDays int = 90
+@minValue(4)
+@maxValue(730)
+param alertsTableRetentionInDays int = 730
 param deploySentinelContent bool = true
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
@@ -200,6 +203,7 @@ module sentinelWorkspace 'modules/sentinel-workspace.bicep' = {
     dcrName: 'dcr-irm-${resourceToken}'
     outputColumns: outputColumns
     tableRetentionInDays: tableRetentionInDays
+    alertsTableRetentionInDays: alertsTableRetentionInDays
     auditTablePlan: auditTablePlan
     principalId: uami.properties.principalId
   }

@@ -12,6 +12,10 @@ param outputColumns object
 @minValue(4)
 @maxValue(730)
 param tableRetentionInDays int = 90
+@minValue(4)
+@maxValue(730)
+@description('Interactive retention of IRMAlerts_CL: an alert stays open for months, and the IRMAlerts function and workbook need its first row.')
+param alertsTableRetentionInDays int = 730
 @allowed([
   'Analytics'
   'Basic'
@@ -35,7 +39,7 @@ resource alertsTable 'Microsoft.OperationalInsights/workspaces/tables@2025-07-01
   name: alerts.table
   properties: {
     plan: 'Analytics'
-    retentionInDays: tableRetentionInDays
+    retentionInDays: alertsTableRetentionInDays
     schema: {
       name: alerts.table
       description: alerts.description

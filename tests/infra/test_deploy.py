@@ -104,6 +104,7 @@ def test_connector_inputs_and_choices_are_azd_settings() -> None:
         "createSentinelWorkspace": "${CREATE_SENTINEL_WORKSPACE=false}",
         "grantActivityFeedPermission": "${GRANT_ACTIVITYFEED_PERMISSION=false}",
         "tableRetentionInDays": "${TABLE_RETENTION_IN_DAYS=90}",
+        "alertsTableRetentionInDays": "${ALERTS_TABLE_RETENTION_IN_DAYS=730}",
         "deploySentinelContent": "${DEPLOY_SENTINEL_CONTENT=true}",
     }
     for name, value in expected.items():
@@ -185,6 +186,21 @@ def test_table_plans() -> None:
     assert "retentionInDays: auditTablePlan == 'Analytics' ? tableRetentionInDays : null" in audit
     assert "totalRetentionInDays: auditTablePlan == 'Analytics' ? null : max(30, tableRetentionInDays)" in audit
     assert "workspaces/tables@2025-07-01" in audit
+
+
+def test_the_alerts_table_outlives_an_open_alert() -> None:
+    """IRMAlerts takes FirstSeen from an alert's first row and the workbook lists every open alert: the alerts
+    table keeps two years by default, whatever the other tables keep."""
+    ws = (MODULES / "sentinel-workspace.bicep").read_text()
+    for text in (MAIN, RESOURCES, ws):
+        assert default(text, "alertsTableRetentionInDays") == "730"
+        assert re.search(r"@minValue\(4\)\n@maxValue\(730\)\n(?:@description\([^\n]*\)\n)?param alertsTableRetentionInDays ", text)
+    assert "alertsTableRetentionInDays: alertsTableRetentionInDays" in MAIN
+    assert "alertsTableRetentionInDays: alertsTableRetentionInDays" in RESOURCES
+    alerts = ws[ws.index("resource alertsTable ") : ws.index("resource auditTable ")]
+    health = ws[ws.index("resource healthTable ") :]
+    assert "retentionInDays: alertsTableRetentionInDays" in alerts
+    assert "retentionInDays: tableRetentionInDays" in health
 
 
 def test_azure_yaml_hooks_and_azd_version() -> None:
