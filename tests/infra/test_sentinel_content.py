@@ -452,6 +452,20 @@ def test_workbook_alert_tiles_read_a_long_fixed_range_and_filter_inside(content:
     assert "fallbackResourceIds: [\n        workspace.id\n      ]" in CONTENT_BICEP.read_text()
 
 
+def test_every_irm_view_of_the_alerts_reads_the_irm_category_only(content: dict[str, Any]) -> None:
+    """ALERT_CATEGORIES may bring other categories into IRMAlerts_CL (a DLP alert, ``*``); the rules, hunting
+    queries and workbook tiles made for Insider Risk Management alerts must not count those as IRM alerts."""
+    queries = {r["file"]: r["doc"]["query"] for kind in ("analytics", "hunting") for r in content[kind]}
+    [wb] = content["workbooks"]
+    queries |= {f"{wb['file']}#{i['name']}": i["content"]["query"] for i in wb["doc"]["items"] if i.get("type") == 3}
+    readers = {name: q for name, q in queries.items() if re.search(r"\bIRMAlerts(_CL)?\b", q)}
+    # The freshness tile asks whether any alert row arrives at all: a connector health measure, any category.
+    del readers[f"{wb['file']}#freshness"]
+    assert len(readers) >= 9, sorted(readers)
+    for name, query in readers.items():
+        assert 'where Category == "InsiderRiskManagement"' in query, name
+
+
 def _top_level_items(text: str) -> list[str]:
     """A KQL list split at its commas outside parentheses and string literals."""
     items, depth, quoted, start = [], 0, False, 0
