@@ -199,7 +199,10 @@ class TransientApiError(ManagementApiError):
     one call: the call gives up at once, and the caller puts the work off for that long instead.
     """
 
-    hint = "the host retries the invocation; if this persists check service health and the request budget"
+    hint = (
+        "a later try may pass (the Function host retries; on the command line, run it again); "
+        "if this persists check service health and the request budget"
+    )
 
     def __init__(self, message: str, *, retry_after: float | None = None, **where: Any) -> None:
         super().__init__(message, **where)

@@ -140,6 +140,7 @@ def test_poll_and_backfill_exit_3_when_the_api_only_answers_with_faults(cli: Cli
     code, doc = cli.json("poll")
     assert code == 3 and doc["ok"] is False
     assert "server fault" in doc["content_types"][0]["error"]
+    assert "on the command line, run it again" in doc["content_types"][0]["error"]  # no host retries a CLI run
     code, doc = cli.json("backfill", "--since", "1h", "--no-process")
     assert code == 3 and doc["ok"] is False
 
