@@ -318,12 +318,15 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
                 await refusals.refused(rt, exc)
         refusals.end_probe(rt, stream)
         raise
-    # The rows arrived: marking them sent may use the margin, or a deadline just passed would send them again.
-    with cleaning_up():
-        await refusals.accepted(rt, stream)
-    refusals.end_probe(rt, stream)
     metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
-    await rt.state.claims.mark_sent(claim)
+    try:
+        # The rows arrived: committing them comes first (a crash after it sends nothing twice).
+        await rt.state.claims.mark_sent(claim)
+    finally:
+        # The stream took rows, whatever became of the commit: a refusal has ended, the deliveries waiting may go.
+        with cleaning_up():
+            await refusals.accepted(rt, stream)
+        refusals.end_probe(rt, stream)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 

@@ -175,6 +175,36 @@ async def test_a_probe_whose_records_another_delivery_holds_lets_the_deliveries_
     assert connector.rows(stream) == []
 
 
+async def test_a_delivery_killed_while_it_clears_a_refusal_has_committed_its_rows_first(
+    connector: ConnectorHarness,
+) -> None:
+    """The probe of a refused stream is accepted, and the worker dies while it clears the refusal: its rows were
+    already marked sent, so the message's redelivery sends none of them again."""
+    from standins.storage_proxy import StorageProxy
+
+    stream = "Custom-IRMAlerts"
+    workload = _publish(connector, seed=57, records=200, blob_size=(200, 200))
+    [message] = _messages_for(connector, workload)
+    storage = connector.env["AzureWebJobsStorage"]
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        rt = await get_runtime(Settings.from_env())
+        await rt.state.refusals.record(rt.settings.dcr_immutable_id, stream, 403, "", probe_after=0)
+        clearing = proxy.hold("table.write", path="refusals", skip=1)  # taking the probe passes; the clearing waits
+        delivery = asyncio.ensure_future(connector.process(message))
+        assert await asyncio.to_thread(clearing.arrived.wait, 60)
+        delivery.cancel()  # the worker dies
+        await asyncio.wait([delivery])
+        clearing.release(forward=False)
+    connector.set(AzureWebJobsStorage=storage)
+    assert len(connector.rows(stream)) == len(workload.irm_alert_record_ids)  # the probe's upload arrived
+
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.refusals.clear(rt.settings.dcr_immutable_id, stream)  # another delivery's probe got through
+    await connector.process(message, dequeue_count=2)
+    _assert_exactly_once(connector, workload)
+
+
 async def test_failing_blob_is_retried_then_poisoned_and_arrives_after_requeue(connector: ConnectorHarness) -> None:
     sim = connector.standins
     workload = _publish(connector, seed=12, records=600, blob_size=(600, 600))
