@@ -188,7 +188,7 @@ async def test_a_killed_poller_is_replaced_within_a_minute(connector: ConnectorH
     # longer than a lease: the heartbeat held it
     assert holder_requests[-1][1] - holder_requests[0][0] > 40, pollers.logged()
     assert overlaps == [], pollers.logged()
-    assert (lost, duplicates) == (0, 0)
+    assert (lost, duplicates) == (0, 0), pollers.logged()
 
 
 @pytest.mark.reports_outcome
@@ -224,6 +224,6 @@ async def test_a_stalled_poller_cannot_move_the_watermark(connector: ConnectorHa
         f"listings, state {'unchanged' if after.etag == before.etag else 'written'}", lost, duplicates))  # fmt: skip
     assert resumed - stopped <= 60 + TICK, pollers.logged()
     assert status != 0, pollers.logged()  # its run failed: the lease was lost
-    assert listed_after_waking == []
-    assert (after.etag, after.watermark) == (before.etag, before.watermark)
-    assert (lost, duplicates) == (0, 0)
+    assert listed_after_waking == [], pollers.logged()
+    assert (after.etag, after.watermark) == (before.etag, before.watermark), pollers.logged()
+    assert (lost, duplicates) == (0, 0), pollers.logged()
