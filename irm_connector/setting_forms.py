@@ -4,8 +4,11 @@ stopping at the first (:class:`Reader` keeps every problem, so one run names eve
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import ssl
+import stat
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +29,7 @@ __all__ = [
     "alert_categories",
     "auth_mode",
     "bounded_duration",
+    "ca_bundle",
     "cloud_name",
     "content_types",
     "dcr_id",
@@ -35,6 +39,7 @@ __all__ = [
     "parse_duration",
     "queue_name",
     "split_url",
+    "storage_account_name",
     "stream_name",
     "table_prefix",
     "whole_number",
@@ -317,9 +322,47 @@ def https_root(value: str, setting: str) -> str:
 
 def split_url(value: str, setting: str) -> SplitResult:
     try:
-        return urlsplit(value)
-    except ValueError:  # "https://[" and the like
-        raise SettingsError(setting, "is not a URL") from None
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # read for its check: "host:abc" fails at the first request otherwise
+    except ValueError:  # "https://[", a port that is no number, and the like
+        raise SettingsError(setting, "is not a URL (or its port is not a number)") from None
+    if parts.username is not None or parts.password is not None:
+        # It would travel in every audience and message: no secret belongs in these URLs.
+        raise SettingsError(setting, "must not carry a user name or password")
+    return parts
+
+
+def ca_bundle(value: str, setting: str) -> None:
+    """A CA bundle the TLS stack loads: a wrong path would otherwise fail every connection, naming no setting."""
+    try:
+        found = os.stat(value)
+    except OSError:
+        found = None
+    if found is None or not stat.S_ISREG(found.st_mode):
+        raise SettingsError(
+            setting,
+            "names no file: the path of a PEM file of the CA certificates to trust (unset, the system's are used)",
+        )
+    problem = _ca_bundle_problem(value, found.st_mtime_ns, found.st_size)
+    if problem:
+        raise SettingsError(setting, problem)
+
+
+@functools.lru_cache(maxsize=8)  # read on every invocation; a file is loaded again only when it changes
+def _ca_bundle_problem(path: str, _mtime_ns: int, _size: int) -> str | None:
+    try:
+        ssl.create_default_context(cafile=path)
+    except ssl.SSLError:
+        return "holds no PEM CA certificate: name a PEM file of the CA certificates to trust"
+    except (OSError, ValueError):
+        return "cannot be read by this process: check the file's permissions"
+    return None
+
+
+def storage_account_name(value: str, setting: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{3,24}", value):
+        raise SettingsError(setting, "is not a storage account name (3-24 lowercase letters and digits, not a URL)")
+    return value
 
 
 def stream_name(value: str, setting: str) -> str:
@@ -346,7 +389,10 @@ def function_timeout_override(value: str) -> None:
     try:
         seconds = parse_timespan(value)
     except ValueError:
-        raise SettingsError(TIMEOUT_SETTING, "is not a timespan (hh:mm:ss)") from None
+        if value.strip() == "-1":  # the host's "unlimited"
+            seconds = float("inf")
+        else:
+            raise SettingsError(TIMEOUT_SETTING, "is not a timespan (hh:mm:ss)") from None
     if seconds > FUNCTION_TIMEOUT.total_seconds():
         raise SettingsError(
             TIMEOUT_SETTING,

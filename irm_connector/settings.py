@@ -49,6 +49,7 @@ def _check_connection_string(name: str, conn: str) -> None:
     except ValueError as exc:  # the SDKs' words name what is missing, not the value
         raise SettingsError(name, f"is not a storage connection string the SDKs accept: {exc}") from None
     parts = dict(part.partition("=")[::2] for part in conn.split(";") if part)
+    _refuse_cleartext_to_azure(name, {k.strip().lower(): v.strip() for k, v in parts.items()})
     key = next((value for part, value in parts.items() if part.strip().lower() == "accountkey"), None)
     if key is not None:
         try:
@@ -57,11 +58,30 @@ def _check_connection_string(name: str, conn: str) -> None:
             raise SettingsError(name, "has an AccountKey that is not base64: copy the key again") from None
 
 
+#: Where an account of an Azure cloud answers (Public, US Government, China).
+_AZURE_STORAGE_SUFFIXES = (".core.windows.net", ".core.usgovcloudapi.net", ".core.chinacloudapi.cn")
+
+
+def _refuse_cleartext_to_azure(name: str, parts: Mapping[str, str]) -> None:
+    """``http`` reaches a local emulator (Azurite) fine, but to an Azure account it would carry every queue
+    message and state entity, and the requests' signatures, in clear text."""
+    endpoints = [parts.get(f"{service}endpoint", "") for service in ("queue", "table")]
+    if parts.get("defaultendpointsprotocol", "").lower() == "http" and not all(endpoints):
+        # The SDKs build the missing endpoints from AccountName and EndpointSuffix: an Azure host.
+        suffix = parts.get("endpointsuffix") or "core.windows.net"
+        endpoints.append(f"http://{parts.get('accountname', '')}.queue.{suffix}")
+    for endpoint in endpoints:
+        parsed = forms.split_url(endpoint, name) if endpoint else None
+        host = (parsed.hostname or "") if parsed else ""
+        if parsed and parsed.scheme == "http" and host.endswith(_AZURE_STORAGE_SUFFIXES):
+            raise SettingsError(name, "reaches an Azure storage account over http: use DefaultEndpointsProtocol=https")
+
+
 @dataclass(frozen=True)
 class StorageSettings:
     """How to reach the storage account: a connection string, or identity-based service URIs."""
 
-    connection_string: str | None = None
+    connection_string: str | None = field(default=None, repr=False)  # it holds the account key
     queue_service_uri: str | None = None
     table_service_uri: str | None = None
     #: ``managedidentity`` to use the function's identity only, else DefaultAzureCredential.
@@ -79,6 +99,8 @@ class StorageSettings:
                 _check_connection_string(prefix, conn)
             return cls(connection_string=conn)
         account = env.get(f"{prefix}__accountName", "").strip()
+        if account:
+            forms.storage_account_name(account, f"{prefix}__accountName")
         # The deployment gives the account's primaryEndpoints, which end in "/".
         queue_uri = env.get(f"{prefix}__queueServiceUri", "").strip().rstrip("/")
         table_uri = env.get(f"{prefix}__tableServiceUri", "").strip().rstrip("/")
@@ -98,8 +120,12 @@ class StorageSettings:
             queue_service_uri=queue_uri,
             table_service_uri=table_uri,
             credential_kind=env.get(f"{prefix}__credential", "").strip().lower() or None,
-            client_id=env.get(f"{prefix}__clientId", "").strip() or None,
+            client_id=_optional_guid(env.get(f"{prefix}__clientId", "").strip(), f"{prefix}__clientId"),
         )
+
+
+def _optional_guid(value: str, setting: str) -> str | None:
+    return forms.guid(value, setting) if value else None
 
 
 @dataclass(frozen=True)
@@ -167,6 +193,8 @@ class Settings:
         authority = authority_override or f"https://{CLOUDS[cloud].authority_host}"
         authority_host = check(lambda: forms.https_root(authority, "O365_AUTHORITY_HOST"), "")
         client_id = get("O365_CLIENT_ID")
+        if client_id:  # as Entra ID writes it: {braces}, urn:uuid: and bare hex reach msal in the canonical form
+            client_id = check(lambda: forms.guid(client_id, "O365_CLIENT_ID"), client_id)
         secret = get("O365_CLIENT_SECRET", placeholder_check=False)
         cert_path = get("O365_CLIENT_CERTIFICATE_PATH")
         cert_data = get("O365_CLIENT_CERTIFICATE", placeholder_check=False)
@@ -209,6 +237,9 @@ class Settings:
         blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
         if timeout_override := get(TIMEOUT_SETTING):
             check(lambda: forms.function_timeout_override(timeout_override), None)
+        for ca_setting in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+            if ca_path := get(ca_setting):
+                check(functools.partial(forms.ca_bundle, ca_path, ca_setting), None)
         password = r.raw("O365_CLIENT_CERTIFICATE_PASSWORD")
         if r.problems:
             raise SettingsError.combine(r.problems)

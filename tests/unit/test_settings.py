@@ -13,6 +13,7 @@ from irm_connector.settings import Settings, parse_duration
 REPO = Path(__file__).resolve().parents[2]
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT = "99999999-8888-7777-6666-555555555555"
+KEY = "a2V5" * 8  # base64, as an account key is
 BASE = {
     "O365_TENANT_ID": TENANT,
     "O365_CLIENT_ID": CLIENT,
@@ -109,6 +110,23 @@ def test_secret_is_not_in_repr() -> None:
         # longer than host.json's: claims (the timeout plus 2 minutes) could expire under a running invocation
         ({"AzureFunctionsJobHost__functionTimeout": "00:30:00"}, "AzureFunctionsJobHost__functionTimeout"),
         ({"AzureFunctionsJobHost__functionTimeout": "30m"}, "AzureFunctionsJobHost__functionTimeout"),
+        # the host's "unlimited": longer than host.json's, said as such rather than "not a timespan"
+        ({"AzureFunctionsJobHost__functionTimeout": "-1"}, "AzureFunctionsJobHost__functionTimeout"),
+        # these used to pass and fail every connection later, as an "unexpected" error naming no setting
+        ({"O365_API_ROOT": "https://manage.office.com:abc"}, "O365_API_ROOT"),
+        ({"LOGS_INGESTION_ENDPOINT": "https://user:pa55@dcr.ingest.monitor.azure.com"}, "LOGS_INGESTION_ENDPOINT"),
+        ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
+        ({"REQUESTS_CA_BUNDLE": "/"}, "REQUESTS_CA_BUNDLE"),
+        ({"SSL_CERT_FILE": str(REPO / "host.json")}, "SSL_CERT_FILE"),  # a file, but no certificate in it
+        ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "https://stirm.blob.core.windows.net/"},
+         "AzureWebJobsStorage__accountName"),
+        ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "stirm",
+          "AzureWebJobsStorage__clientId": "my-identity"}, "AzureWebJobsStorage__clientId"),
+        # clear text to an Azure account: the queue messages, the state and the request signatures
+        ({"AzureWebJobsStorage": f"DefaultEndpointsProtocol=http;AccountName=stirm;AccountKey={KEY}"},
+         "AzureWebJobsStorage"),
+        ({"AzureWebJobsStorage": f"AccountName=stirm;AccountKey={KEY};QueueEndpoint=http://stirm.queue.core.windows.net;"
+                                 "TableEndpoint=https://stirm.table.core.windows.net"}, "AzureWebJobsStorage"),
     ],
 )
 def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> None:
@@ -121,6 +139,21 @@ def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> 
 def test_a_shorter_function_timeout_is_accepted() -> None:
     for text in ("00:00:30", "00:10:00"):
         Settings.from_env({**BASE, "AzureFunctionsJobHost__functionTimeout": text})
+
+
+def test_a_client_id_reaches_msal_in_the_form_entra_id_knows() -> None:
+    for written in ("{" + CLIENT + "}", f"urn:uuid:{CLIENT}", CLIENT.replace("-", "").upper()):
+        assert Settings.from_env({**BASE, "O365_CLIENT_ID": written}).client_id == CLIENT
+
+
+def test_a_ca_bundle_and_a_local_emulator_over_http_are_accepted(tmp_path: Path) -> None:
+    import certifi
+
+    azurite = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={KEY};"
+               "QueueEndpoint=http://127.0.0.1:10001/devstoreaccount1;TableEndpoint=http://azurite:10002/devstoreaccount1")  # fmt: skip
+    s = Settings.from_env({**BASE, "SSL_CERT_FILE": certifi.where(), "AzureWebJobsStorage": azurite})
+    assert s.storage.connection_string == azurite
+    assert KEY not in repr(s)
 
 
 def test_managed_identity_needs_no_client_id() -> None:
