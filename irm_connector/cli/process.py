@@ -118,6 +118,7 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
 async def process(args: argparse.Namespace, settings: Settings) -> int:
     if args.max is not None and args.max < 1:
         raise UsageError("--max must be at least 1")
+    queue_options(args.retry_delay)  # its settings errors (exit 2) before any call, as every setting's
     await ready(settings, management=True, ingestion=True)
     document, code = await work_queue(settings, max_messages=args.max, retry_delay=args.retry_delay)
     emit(args, document, "\n".join(process_lines(document, settings.poison_queue)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from irm_connector.runtime import get_runtime
-from irm_connector.settings import Settings
+from irm_connector.settings import KNOWN_CONTENT_TYPES, Settings
 
 from ._common import EXIT_OK, UsageError, confirm, emit
 from ._preflight import ready
@@ -34,7 +34,12 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
         )
         emit(args, {"subscriptions": rows}, text)
         return EXIT_OK
-    content_types = tuple(args.content_types or (settings.content_types if args.action == "start" else ()))
+    by_lower = {ct.lower(): ct for ct in KNOWN_CONTENT_TYPES}
+    unknown = [ct for ct in args.content_types or () if ct.lower() not in by_lower]
+    if unknown:  # before the API, which would blame O365_CONTENT_TYPES for a typo on the command line
+        raise UsageError(f"{', '.join(unknown)}: not a content type; name one of {', '.join(KNOWN_CONTENT_TYPES)}")
+    named = tuple(dict.fromkeys(by_lower[ct.lower()] for ct in args.content_types or ()))
+    content_types = named or (settings.content_types if args.action == "start" else ())
     if not content_types:
         raise UsageError("name the content type(s) to stop, e.g. `subscriptions stop Audit.General --yes`")
     if args.action == "stop":

@@ -237,8 +237,10 @@ def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> 
     assert cli.depth(cli.poison) == 1
 
     cli.set(AzureFunctionsJobHost__extensions__queues__batchSize="many")
+    tokens = sim.entra.count("token")
     code, out, err = cli.run("process")
     assert code == 2 and out == ""
+    assert sim.entra.count("token") == tokens  # refused before it called anything
     assert err.startswith("settings error:") and "AzureFunctionsJobHost__extensions__queues__batchSize" in err
     assert "many" not in err  # a settings error never shows the value
     # backfill says so before it lists and queues anything (exit 2: nothing was done)
@@ -309,6 +311,11 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     sim.management.set_admin_disabled("Audit.General")
     code, _, err = cli.run("subscriptions", "start")
     assert code == 1 and "AF20023" in err
+
+    starts = sim.management.count("start")
+    code, _, err = cli.run("subscriptions", "start", "Audit.Genral")  # a typo: a usage error, the API not asked
+    assert code == 2 and "Audit.Genral: not a content type" in err
+    assert sim.management.count("start") == starts
 
 
 def test_every_bad_setting_is_named_at_once_one_line_each(cli: Cli) -> None:
