@@ -329,6 +329,7 @@ def _cert_bytes(settings: Settings) -> bytes:
     if "-----BEGIN" in text:
         return text.encode()
     try:
-        return base64.b64decode(text, validate=True)
+        # Line breaks included: `base64 cert.pfx` wraps at 76 columns.
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
         raise SettingsError("O365_CLIENT_CERTIFICATE", "is neither PEM text nor base64 (a PFX)") from None

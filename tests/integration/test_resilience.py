@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import threading
 import traceback
 from collections import Counter
@@ -311,7 +312,9 @@ def _pfx_base64(connector: ConnectorHarness, password: bytes | None) -> str:
 
 
 @pytest.mark.parametrize(
-    "mode", ["certificate", "certificate-pfx", "certificate-keyvault", "certificate-keyvault-pem", "managed_identity"]
+    "mode",
+    ["certificate", "certificate-pfx", "certificate-pfx-wrapped", "certificate-keyvault", "certificate-keyvault-pem",
+     "managed_identity"],
 )
 async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode: str) -> None:
     sim = connector.standins
@@ -321,6 +324,10 @@ async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode:
     elif mode == "certificate-pfx":  # a PFX with its password, as a deployment without Key Vault may give it
         connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
                       O365_CLIENT_CERTIFICATE=_pfx_base64(connector, b"pfx-pass"),
+                      O365_CLIENT_CERTIFICATE_PASSWORD="pfx-pass")  # fmt: skip
+    elif mode == "certificate-pfx-wrapped":  # as `base64 cert.pfx` prints it: lines of 76 characters
+        wrapped = "\n".join(textwrap.wrap(_pfx_base64(connector, b"pfx-pass"), 76))
+        connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="", O365_CLIENT_CERTIFICATE=wrapped,
                       O365_CLIENT_CERTIFICATE_PASSWORD="pfx-pass")  # fmt: skip
     elif mode == "certificate-keyvault":  # Key Vault's PFX has no password, though the deployment passed one
         connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
