@@ -31,11 +31,16 @@ SECRET_SETTINGS = (
     "MSI_SECRET",
 )
 
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*")
+_BEARER = re.compile(r"(?i)\b(bearer|authorization:\s*basic)\s+[A-Za-z0-9\-._~+/]+=*")
+#: A JSON Web Token wherever it stands (an SDK's ``AccessToken(token='eyJ...')``): header and payload are base64url
+#: JSON, so both start ``eyJ``.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*")
+#: The user name and password of a URL (a proxy's, ``https://user:password@proxy:8080``).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*@")
 #: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``). Not a name that ends in
 #: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured.
 _TOKEN_FIELD = re.compile(
-    r"(?i)(?<!\w)([\"']?(?:access_token|refresh_token|id_token|client_secret|client_assertion|sig|accountkey|"
+    r"(?i)(?<!\w)([\"']?(?:access_?token|refresh_token|id_token|client_secret|client_assertion|sig|accountkey|"
     r"sharedaccesssignature)[\"']?\s*[:=]\s*[\"']?)([^\"'&;,\s]+)"
 )
 
@@ -52,6 +57,8 @@ class RedactingFilter(logging.Filter):
             if secret in text:
                 text = text.replace(secret, "***")
         text = _BEARER.sub(r"\1 ***", text)
+        text = _JWT.sub("***", text)
+        text = _USERINFO.sub(r"\1***@", text)
         return _TOKEN_FIELD.sub(r"\1***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:

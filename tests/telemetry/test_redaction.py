@@ -139,5 +139,5 @@ def test_an_exception_chain_is_redacted_link_by_link() -> None:
         traceback.format_exception(cleaned.__context__)  # suppressed, but still reachable: redacted too
     )
     assert secret not in text and "access_token=***" in text
-    assert "_AddressError: cannot connect to https://user:***@proxy.example" in text  # a stand-in says the same
+    assert "_AddressError: cannot connect to https://***@proxy.example" in text  # a stand-in says the same
     assert cleaned.__suppress_context__  # what the raise said about its chain is kept

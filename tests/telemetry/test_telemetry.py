@@ -171,6 +171,15 @@ def test_redacting_filter() -> None:
         == '{"access_token": "***", "client_secret": "***"}'
     )
     assert f.redact("POST /token client_id=a&client_secret=x1&scope=b") == "POST /token client_id=a&client_secret=***&scope=b"
+    # Tokens and passwords in the forms SDKs and proxies print them.
+    jwt = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJodHRwczovL21hbmFnZS5vZmZpY2UuY29tIn0.c2lnbmF0dXJl"
+    assert f.redact(f"AccessToken(token='{jwt}', expires_on=1)") == "AccessToken(token='***', expires_on=1)"
+    assert f.redact(f'{{"accessToken": "{jwt[:20]}"}}') == '{"accessToken": "***"}'
+    assert f.redact(f"got {jwt}.") == "got ***."
+    assert f.redact("via https://user:hunter2pass@proxy.corp:8080 refused") == "via https://***@proxy.corp:8080 refused"
+    assert f.redact("Authorization: Basic dXNlcjpwYXNz") == "Authorization: Basic ***"
+    kept = "O365Audit_CL on the Basic plan: https://manage.office.com:443/api/v1.0 at 12:00"
+    assert f.redact(kept) == kept
     # A name that merely ends in a field's name is not the field: the settings error stays readable.
     kept = "setting O365_CLIENT_SECRET: is required; design: kept"
     assert f.redact(kept) == kept
