@@ -20,13 +20,15 @@ import orjson
 
 from .errors import BadContentError
 
-__all__ = ["DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "iter_blob", "parse_blob"]
+__all__ = ["DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "UTF8_REPAIR", "iter_blob", "parse_blob"]
 
 #: A record nested deeper than a parser goes keeps what lies below this many levels as JSON text (the row
 #: writer flattens values nested about this deep too, so the row is written as it is).
 MAX_DEPTH = 200
 #: The repair count's name, in the blob's "needed repair" line.
 DEEP_REPAIR = f"record nested deeper than {MAX_DEPTH} levels (the deeper part kept as JSON text)"
+#: The same, for a blob with bytes that are not UTF-8 (each such byte becomes U+FFFD).
+UTF8_REPAIR = "bytes that are not UTF-8 replaced with U+FFFD"
 
 
 def parse_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> list[Any]:
@@ -88,12 +90,20 @@ def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> 
 
 def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
     """What orjson refused: unpaired surrogates (the service can emit them inside ``\\u`` escapes; the
-    standard library reads them and the row writer replaces them), nesting too deep, or no JSON at all."""
+    standard library reads them and the row writer replaces them), bytes that are not UTF-8, nesting too
+    deep, or no JSON at all."""
     try:
         return json.loads(body)
     except RecursionError:
         return _record_by_record(body, problems)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except UnicodeDecodeError:
+        # One bad byte must not cost the blob's other records: it becomes U+FFFD, as any text reader would
+        # show it, and the text (valid UTF-8 now) goes through the rest of this function's repairs.
+        data = _parse_slowly(body.decode("utf-8", errors="replace").encode(), problems)
+        if problems is not None:
+            problems[UTF8_REPAIR] += 1
+        return data
+    except ValueError as exc:  # JSONDecodeError
         if body.lstrip()[:1] == b"[":
             _elements(body)  # raises if the array stops early or its brackets do not match
         raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None

@@ -262,6 +262,23 @@ def test_parse_blob_refuses_what_is_not_an_array() -> None:
     assert refused.value.cut
 
 
+def test_a_byte_that_is_not_utf8_costs_no_record() -> None:
+    from collections import Counter
+
+    from irm_connector.blob_parse import UTF8_REPAIR
+
+    body = (b'[{"Id": "a", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \xff name"},'
+            b' {"Id": "b", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "fine"}]')  # fmt: skip
+    problems: Counter[str] = Counter()
+    out = normalize_blob(parse_blob(body, problems), REF, ALERTS, sent_at=SENT)
+    names = {r["RecordId"]: r["Name"] for r in rows(out)}
+    assert names == {"a": "bad \ufffd name", "b": "fine"}
+    assert problems == {UTF8_REPAIR: 1}
+    with pytest.raises(BadContentError) as cut:  # cut short in the middle of a character: still cut short
+        parse_blob(body[:40] + b"\xe2\x82")
+    assert cut.value.cut
+
+
 def test_unpaired_surrogates_are_read_and_written_safely() -> None:
     body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name"}]'
     out = normalize_blob(parse_blob(body), REF, ALERTS, sent_at=SENT)
