@@ -1,5 +1,6 @@
 """Serializing output rows within Azure Monitor's limits: a value above 64 KB is truncated by the service
-(so it is cut here first, and counted), and a row must fit one request of at most 1 MiB.
+(so it is cut here first, and counted: an object or array keeps its shape, a text ends in :data:`CUT_MARK`),
+and a row must fit one request of at most 1 MiB.
 
 Rows are serialized once, with orjson, so the ingestion step only packs bytes. What orjson refuses
 (unpaired surrogates, nesting beyond its limit, integers past 64 bits) is made writable and counted.
@@ -16,7 +17,7 @@ import orjson
 
 from .ingestion import REQUEST_LIMIT
 
-__all__ = ["FIELD_LIMIT", "ROW_LIMIT", "dumps", "serialize_row"]
+__all__ = ["CUT_MARK", "FIELD_LIMIT", "ROW_LIMIT", "dumps", "serialize_row"]
 
 #: Azure Monitor truncates a value above 64 KB; cap below it, leaving room for JSON escaping.
 FIELD_LIMIT = 64 * 1024 - 256
@@ -60,6 +61,77 @@ def _dumps_flat(value: Any) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+#: Ends a text that was cut to fit; as a key, it says how many fields an object lost.
+CUT_MARK = "…(cut to fit 64 KB)"
+#: How deep :func:`_fit` goes into nested objects before it cuts what lies below as text.
+_FIT_DEPTH = 32
+#: A member this large is shrunk; smaller ones are dropped whole when space is still wanted.
+_SHRINK_AT = 1024
+#: Kept free for the marker of what was dropped.
+_MARKER_ROOM = 128
+
+
+def _fit(value: Any, limit: int, depth: int = 0) -> Any:
+    """``value`` in at most ``limit`` bytes of JSON, keeping its shape: an object or array stays one (a record
+    cut as text would be a string no query can read a field of). The large members are cut down to one cap,
+    so several large ones each keep a part; when that is not enough, an array loses its last items and an
+    object its largest fields, and a marker says how many."""
+    size = len(dumps(value))
+    if size <= limit:
+        return value
+    if not isinstance(value, dict | list) or depth >= _FIT_DEPTH or limit < 256:
+        return _cut_text(value if isinstance(value, str) else dumps(value).decode("utf-8"), limit)
+    is_dict = isinstance(value, dict)
+    members: dict[Any, Any] = dict(value) if is_dict else dict(enumerate(value))
+    sizes = {key: len(dumps(member)) for key, member in members.items()}
+    room = limit - _MARKER_ROOM - (size - sum(sizes.values()))  # what the members may take: brackets, keys aside
+    large = [key for key in sizes if sizes[key] >= _SHRINK_AT]
+    small = sum(sizes[key] for key in sizes if sizes[key] < _SHRINK_AT)
+    cap = _cap(sorted(sizes[key] for key in large), room - small)
+    for key in large:
+        if sizes[key] > cap:  # each cut once: a marker inside counts all its container lost
+            members[key] = _fit(members[key], cap, depth + 1)
+            shrunk = len(dumps(members[key]))
+            size, sizes[key] = size - sizes[key] + shrunk, shrunk
+    dropped = 0
+    order = sorted(sizes, key=lambda k: -sizes[k]) if is_dict else sorted(sizes, reverse=True)
+    for gone in order:  # still too large: the largest fields, or an array's last items
+        if size + _MARKER_ROOM <= limit:
+            break
+        size -= sizes.pop(gone) + (len(dumps(gone)) + 2 if is_dict else 1)  # key, colon and comma
+        del members[gone]
+        dropped += 1
+    fitted = _assembled(members, is_dict, dropped)
+    return fitted if len(dumps(fitted)) <= limit else _cut_text(dumps(value).decode("utf-8"), limit)
+
+
+def _cap(large: list[int], room: int) -> int:
+    """The largest size each of ``large`` (ascending) may keep so that together they take ``room``; never
+    below half of :data:`_SHRINK_AT` (then fields are dropped instead)."""
+    taken = 0
+    for place, size in enumerate(large):
+        if taken + size * (len(large) - place) > room:
+            return max((room - taken) // (len(large) - place), _SHRINK_AT // 2)
+        taken += size
+    return large[-1] if large else 0
+
+
+def _assembled(members: dict[Any, Any], is_dict: bool, dropped: int) -> Any:
+    if is_dict:
+        return {**members, CUT_MARK: f"{dropped} fields"} if dropped else members
+    items = [members[index] for index in sorted(members)]
+    return [*items, f"{dropped} more items {CUT_MARK}"] if dropped else items
+
+
+def _cut_text(text: str, limit: int) -> str:
+    """``text`` cut so that its JSON, marker included, takes at most ``limit`` bytes (escapes counted)."""
+    room = max(0, limit - len(dumps(CUT_MARK)))
+    cut = _cut(text, room)
+    while len(dumps(cut)) > room and cut:  # escapes (``\u0001`` is six bytes of one character)
+        cut = _cut(cut, len(cut.encode("utf-8", "replace")) * room // len(dumps(cut)) - 1)
+    return cut + CUT_MARK
+
+
 def _cut(text: str, limit: int) -> str:
     # "replace": a long text of a blob that orjson refused may still hold an unpaired surrogate.
     return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
@@ -82,7 +154,7 @@ def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
     for name, value in row.items():
         size = len(dumps(value))
         if size > FIELD_LIMIT:
-            cut = _cut(value if isinstance(value, str) else dumps(value).decode("utf-8"), FIELD_LIMIT)
+            cut = _cut(value, FIELD_LIMIT) if isinstance(value, str) else _fit(value, FIELD_LIMIT)
             if cut != value:  # a text long only in JSON's escapes is under the limit as it is
                 row[name], size, changed = cut, len(dumps(cut)), True
                 problems["value over 64 KB cut to fit (column " + name + ")"] += 1

@@ -235,6 +235,25 @@ def test_a_row_over_1_mb_of_escaped_text_loses_what_it_must_and_no_more() -> Non
         n for k, n in out.problems.items() if k.startswith("row over 1 MB")) == 1  # fmt: skip
 
 
+def test_a_record_over_64_kb_stays_an_object_queries_can_read() -> None:
+    """A long recipient list (or a large Data): the service would cut the value as text, into JSON no query
+    reads a field of. The object is kept, its longest list shortened and marked."""
+    from irm_connector.row_writer import CUT_MARK
+
+    recipients = [f"user{i}@contoso.com" for i in range(4000)]
+    record = irm_alert(Subject="keep me", Recipients=recipients, Data=json.dumps({"upn": "a@b", "list": recipients}))
+    out = normalize_blob([record], REF, BOTH, sent_at=SENT)
+    [audit] = rows(out, "Custom-O365Audit")
+    [alert] = rows(out, "Custom-IRMAlerts")
+    for value in (audit["Record"], alert["Data"]):
+        assert isinstance(value, dict) and len(orjson.dumps(value)) <= FIELD_LIMIT
+    kept = audit["Record"]["Recipients"]
+    assert kept[:-1] == recipients[: len(kept) - 1] and len(kept) > 1000  # Data, as large, kept as much
+    assert kept[-1] == f"{4000 - (len(kept) - 1)} more items {CUT_MARK}"
+    assert audit["Record"]["Subject"] == "keep me" and alert["Data"]["upn"] == "a@b"
+    assert out.problems["value over 64 KB cut to fit (column Record)"] == 1
+
+
 def test_non_object_records_are_counted_and_the_rest_kept() -> None:
     out = normalize_blob([1, "x", None, irm_alert()], REF, ALERTS, sent_at=SENT)
     assert len(rows(out)) == 1 and out.problems["record is not a JSON object"] == 3
