@@ -65,12 +65,22 @@ FOREIGN_SETTINGS = (
 )
 
 
+#: The connector's own settings, azure-identity's and the identity endpoint's: an operator who exported the
+#: app's settings into this shell (docs/operations.md) must get the same results as CI.
+CONNECTOR_SETTING_PREFIXES = ("o365_", "logs_", "azure_", "azurewebjobs", "azurefunctionsjobhost__", "identity_",
+                              "msi_")  # fmt: skip
+CONNECTOR_SETTINGS = ("INITIAL_LOOKBACK", "LISTING_OVERLAP", "POLL_TIME_BUDGET", "POLL_SCHEDULE", "HTTP_TIMEOUT",
+                      "CONTENT_QUEUE", "ALERT_CATEGORIES", "STATE_TABLE_PREFIX", "DEDUPE_RETENTION_DAYS",
+                      "MAX_BLOB_MB_IN_FLIGHT")  # fmt: skip
+
+
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This test's environment without :data:`FOREIGN_SETTINGS` (they come back after it)."""
-    for name in FOREIGN_SETTINGS:
+    """This test's environment without :data:`FOREIGN_SETTINGS` and the connector's settings (they come back
+    after it)."""
+    for name in FOREIGN_SETTINGS + CONNECTOR_SETTINGS:
         monkeypatch.delenv(name, raising=False)
-    for name in [n for n in os.environ if n.lower().startswith("azurefunctionsjobhost__")]:
+    for name in [n for n in os.environ if n.lower().startswith(CONNECTOR_SETTING_PREFIXES)]:
         monkeypatch.delenv(name)
 
 

@@ -173,6 +173,10 @@ async def test_fault(faulty: ConnectorHarness, case: Case) -> None:
     if stats.poisoned:
         observed.append(f"{stats.poisoned} poisoned")
 
+    # The fault met the connector: a case it never reached (a route renamed, a token cached) would be reported
+    # as ridden out.
+    assert service.pending_faults() < case.count, f"the fault on {case.route} was never met"
+
     # The fault clears; the next timer tick and the operator's requeue follow.
     service.clear_faults()
     await connector.poll()

@@ -50,7 +50,7 @@ async def test_backlog_shows_its_depth_and_age(connector: ConnectorHarness) -> N
     queued_at = time.monotonic()
     first = await _health(connector)
     assert first["QueueDepth"] == len(workload.blobs) and first["PoisonDepth"] == 0
-    assert 0 <= first["OldestQueuedSeconds"] <= 5
+    assert 0 <= first["OldestQueuedSeconds"] <= time.monotonic() - queued_at + 2  # queued by this poll
     assert first["IngestionState"] == "ok" and first["BlobsRefused"] == 0
 
     await asyncio.sleep(3)

@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 
 from irm_connector.deadline import Deadline
-from irm_connector.errors import IngestionRefusedError, SettingsError
+from irm_connector.errors import IngestionRefusedError, SettingsError, StateError
 from irm_connector.ingestion import pack_rows
 from irm_connector.models import Row
 from irm_connector.runtime import get_runtime
@@ -247,17 +247,28 @@ async def test_crash_between_upload_and_commit_resends_never_loses(connector: Co
     workload = _publish(connector, seed=13, records=500, blob_size=(500, 500))
     await connector.poll()
     [message] = await connector.messages()
-    sim.ingestion.set_latency(2.0, route="ingest")
-    stopper = threading.Timer(0.6, connector.azurite.stop)
-    stopper.start()
-    with pytest.raises(Exception):
-        await connector.process(message)
-    stopper.join()
-    delivered_once = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
-    assert delivered_once == Counter(workload.irm_alert_record_ids)  # the upload itself went through
+    sim.ingestion.add_fault("ingest", "delay", seconds=2.0)
 
-    connector.azurite.start()
-    sim.ingestion.set_latency(0.0, route="ingest")
+    def stop_storage_during_the_upload() -> None:
+        for _ in range(3000):
+            if not sim.ingestion.pending_faults("ingest"):  # the upload arrived (the claims are written) and waits
+                connector.azurite.stop()
+                return
+            threading.Event().wait(0.01)
+
+    stopper = threading.Thread(target=stop_storage_during_the_upload)
+    stopper.start()
+    try:
+        with pytest.raises(StateError):
+            await connector.process(message)
+        stopper.join()
+        delivered_once = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
+        assert delivered_once == Counter(workload.irm_alert_record_ids)  # the upload itself went through
+    finally:
+        stopper.join()
+        if not connector.azurite.running:  # the session's Azurite: every later test needs it
+            connector.azurite.start()
+
     await connector.process(message, dequeue_count=2)
     got = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
     assert set(got) == workload.irm_alert_record_ids  # nothing lost
@@ -564,7 +575,15 @@ async def test_a_lease_lost_while_a_listing_waits_for_its_token_sends_no_request
             raise LeaseLost
 
     sim.entra.add_fault("token", "delay", seconds=1.0)
-    threading.Timer(0.3, lost.set).start()  # a thread: the token may be fetched without yielding the loop
+
+    def lose_when_the_token_is_asked_for() -> None:  # a thread: the token may be fetched without yielding
+        for _ in range(500):
+            if not sim.entra.pending_faults("token"):  # taken when the request arrived, before its delay
+                lost.set()
+                return
+            threading.Event().wait(0.01)
+
+    threading.Thread(target=lose_when_the_token_is_asked_for, daemon=True).start()
     now = datetime.now(UTC).replace(microsecond=0)
     with pytest.raises(LeaseLost):
         async for _ in rt.management.list_content("Audit.General", Window(now - timedelta(hours=1), now), guard=guard):

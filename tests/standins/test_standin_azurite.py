@@ -67,6 +67,7 @@ def test_a_python_stopped_by_sigterm_leaves_no_emulator(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     child = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONPATH": str(repo)})  # fmt: skip
+    pid = 0
     try:
         assert child.stdout is not None
         pid, port = (int(word) for word in child.stdout.readline().split())
@@ -80,6 +81,8 @@ def test_a_python_stopped_by_sigterm_leaves_no_emulator(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+        if pid and pid_alive(pid):  # the test failed: its Azurite must not outlive it
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_missing_install_says_npm_ci(tmp_path: Path) -> None:
