@@ -27,10 +27,19 @@ def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
         seconds = float(value)
     except ValueError:
         try:
-            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+            # By the answer's own Date, as the server meant it: this machine's clock may be minutes off.
+            seconds = (parsedate_to_datetime(value) - (_date_of(headers) or datetime.now(UTC))).total_seconds()
         except (TypeError, ValueError):
             return None
     return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def _date_of(headers: CIMultiDictProxy[str]) -> datetime | None:
+    try:
+        said = parsedate_to_datetime(headers.get("Date", ""))
+    except (TypeError, ValueError):
+        return None
+    return said if said.tzinfo is not None else said.replace(tzinfo=UTC)
 
 
 def error_of(body: bytes) -> tuple[str, str]:

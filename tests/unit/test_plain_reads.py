@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
 from typing import cast
 
@@ -88,3 +89,22 @@ def test_a_table_client_without_the_pipeline_attribute_names_the_versions_to_dep
     )
     with pytest.raises(StateError, match=re.escape(f"deploy with the versions requirements.txt pins ({pinned})")):
         _pipeline_of(cast("TableClient", object()))
+
+
+def test_a_retry_after_date_is_read_against_the_answers_own_date() -> None:
+    """A machine whose clock runs 10 minutes slow must wait the 30 s the server meant, not 630 s."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from irm_connector.api_answers import retry_after_of
+
+    def headers(**given: str) -> CIMultiDictProxy[str]:
+        return CIMultiDictProxy(CIMultiDict({k.replace("_", "-"): v for k, v in given.items()}))
+
+    answered = datetime.now(UTC) + timedelta(minutes=10)
+    said = headers(Retry_After=format_datetime(answered + timedelta(seconds=30), usegmt=True),
+                   Date=format_datetime(answered, usegmt=True))  # fmt: skip
+    assert retry_after_of(said) == 30.0
+    assert retry_after_of(headers(Retry_After="7")) == 7.0
+    # No Date beside it: this machine's clock is all there is.
+    alone = retry_after_of(headers(Retry_After=format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)))
+    assert alone is not None and 55 <= alone <= 60
