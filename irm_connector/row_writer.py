@@ -128,7 +128,7 @@ def _cut_text(text: str, limit: int) -> str:
     room = max(0, limit - len(dumps(CUT_MARK)))
     cut = _cut(text, room)
     while len(dumps(cut)) > room and cut:  # escapes (``\u0001`` is six bytes of one character)
-        cut = _cut(cut, len(cut.encode("utf-8", "replace")) * room // len(dumps(cut)) - 1)
+        cut = _cut(cut, max(0, len(cut.encode("utf-8", "replace")) * room // len(dumps(cut)) - 1))
     return cut + CUT_MARK
 
 
