@@ -48,18 +48,18 @@ def _check_connection_string(name: str, conn: str) -> None:
             client.from_connection_string(conn).close()
     except ValueError as exc:  # the SDKs' words name what is missing, not the value
         raise SettingsError(name, f"is not a storage connection string the SDKs accept: {exc}") from None
-    parts = dict(part.partition("=")[::2] for part in conn.split(";") if part)
-    _refuse_cleartext_to_azure(name, {k.strip().lower(): v.strip() for k, v in parts.items()})
-    key = next((value for part, value in parts.items() if part.strip().lower() == "accountkey"), None)
+    parts = {key.strip().lower(): value.strip() for key, _, value in (p.partition("=") for p in conn.split(";") if p)}
+    _refuse_cleartext_to_azure(name, parts)
+    key = parts.get("accountkey")
     if key is not None:
         try:
-            base64.b64decode(key.strip(), validate=True)
+            base64.b64decode(key, validate=True)
         except (binascii.Error, ValueError):
             raise SettingsError(name, "has an AccountKey that is not base64: copy the key again") from None
 
 
 #: Where an account of an Azure cloud answers (Public, US Government, China).
-_AZURE_STORAGE_SUFFIXES = (".core.windows.net", ".core.usgovcloudapi.net", ".core.chinacloudapi.cn")
+_AZURE_STORAGE_SUFFIXES = tuple(sorted({f".{cloud.storage_suffix}" for cloud in AZURE_CLOUDS.values()}))
 
 
 def _refuse_cleartext_to_azure(name: str, parts: Mapping[str, str]) -> None:
