@@ -13,6 +13,7 @@ import textwrap
 import threading
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,22 @@ def _publish(connector: ConnectorHarness, seed: int, records: int = 2000, **kw: 
                                  tenant_id=connector.standins.tenant_id, **kw)
     workload.publish(connector.standins.management)
     return workload
+
+
+def _on_arrival(service: Any, route: str, action: Callable[[], None]) -> threading.Thread:
+    """Run ``action`` (in a thread) as soon as the request that takes ``route``'s scripted fault arrives: the
+    fault is taken on arrival, before a ``delay`` holds the answer, so ``action`` runs while it is held."""
+
+    def watch() -> None:
+        for _ in range(3000):
+            if not service.pending_faults(route):
+                action()
+                return
+            threading.Event().wait(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def _assert_exactly_once(connector: ConnectorHarness, workload: Workload) -> None:
@@ -248,16 +265,7 @@ async def test_crash_between_upload_and_commit_resends_never_loses(connector: Co
     await connector.poll()
     [message] = await connector.messages()
     sim.ingestion.add_fault("ingest", "delay", seconds=2.0)
-
-    def stop_storage_during_the_upload() -> None:
-        for _ in range(3000):
-            if not sim.ingestion.pending_faults("ingest"):  # the upload arrived (the claims are written) and waits
-                connector.azurite.stop()
-                return
-            threading.Event().wait(0.01)
-
-    stopper = threading.Thread(target=stop_storage_during_the_upload)
-    stopper.start()
+    stopper = _on_arrival(sim.ingestion, "ingest", connector.azurite.stop)  # the claims are written by then
     try:
         with pytest.raises(StateError):
             await connector.process(message)
@@ -575,15 +583,7 @@ async def test_a_lease_lost_while_a_listing_waits_for_its_token_sends_no_request
             raise LeaseLost
 
     sim.entra.add_fault("token", "delay", seconds=1.0)
-
-    def lose_when_the_token_is_asked_for() -> None:  # a thread: the token may be fetched without yielding
-        for _ in range(500):
-            if not sim.entra.pending_faults("token"):  # taken when the request arrived, before its delay
-                lost.set()
-                return
-            threading.Event().wait(0.01)
-
-    threading.Thread(target=lose_when_the_token_is_asked_for, daemon=True).start()
+    _on_arrival(sim.entra, "token", lost.set)  # a thread: the token may be fetched without yielding the loop
     now = datetime.now(UTC).replace(microsecond=0)
     with pytest.raises(LeaseLost):
         async for _ in rt.management.list_content("Audit.General", Window(now - timedelta(hours=1), now), guard=guard):
