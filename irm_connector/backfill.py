@@ -50,7 +50,7 @@ async def backfill(
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
         try:
             for attempt in (1, 2):
-                moment = now or _api_now(rt)
+                moment = now or _api_now(rt, content_type)
                 # What has left the 7 days since the range was checked is out of reach: the rest is listed.
                 windows = plan_backfill(max(start, moment - RETENTION), end, moment)
                 progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
@@ -64,7 +64,7 @@ async def backfill(
                 except InvalidWindowError:
                     # The first window refused, by an API whose clock is ahead of this machine's: the clock runs
                     # slow and put the oldest window past the API's 7 days. Planned again by the API's time, once.
-                    behind = _behind_api(rt, datetime.now(UTC))
+                    behind = _behind_api(rt, content_type, datetime.now(UTC))
                     if attempt == 2 or now is not None or ct_report.windows_listed or not behind:
                         raise
                     log.warning("The API refused the oldest window of %s: this machine's clock is %d s behind the "
@@ -96,13 +96,15 @@ async def backfill(
     return report
 
 
-def _api_now(rt: Runtime) -> datetime:
-    """This machine's time, or the Management API's last answer when that is later (a clock running slow)."""
+def _api_now(rt: Runtime, content_type: str) -> datetime:
+    """This machine's time, or the Management API's at its last answer for ``content_type`` when that is later
+    (a clock running slow)."""
     local = datetime.now(UTC)
-    return local + _behind_api(rt, local)
+    return local + _behind_api(rt, content_type, local)
 
 
-def _behind_api(rt: Runtime, local: datetime) -> timedelta:
-    """How far ``local`` is behind the Date of the Management API's last answer; zero when it is not."""
-    answered = rt.management.service_time
+def _behind_api(rt: Runtime, content_type: str, local: datetime) -> timedelta:
+    """How far ``local`` is behind the Date of the Management API's last answer for ``content_type``; zero when
+    it is not."""
+    answered = rt.management.answered_at(content_type)
     return max(answered - local, timedelta(0)) if answered is not None else timedelta(0)

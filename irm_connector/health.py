@@ -41,7 +41,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Dead
     if not settings.health_stream:
         return
     # The API's time of its last answer, when this machine's clock runs behind it: the lag never reads less than it is.
-    now = max(datetime.now(UTC), rt.management.service_time or datetime.min.replace(tzinfo=UTC))
+    now = max(datetime.now(UTC), rt.management.answered_at(report.content_type) or datetime.min.replace(tzinfo=UTC))
     row = {
         "TimeGenerated": utc_text(now),
         "O365TenantId": settings.tenant_id,

@@ -107,15 +107,21 @@ class ManagementActivityClient:
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self.stats = RequestStats()
-        #: The latest ``Date`` of a listing answer (a refusal's too): the API's own clock, which the watermark
-        #: must not pass and which places its 7-day edge.
-        self.service_time: datetime | None = None
+        #: The ``Date`` of each content type's latest listing answer (a refusal's too): see :meth:`answered_at`.
+        self._answered: dict[str, datetime] = {}
 
     async def __aenter__(self) -> ManagementActivityClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         return None
+
+    def answered_at(self, content_type: str) -> datetime | None:
+        """The Management API's time (its ``Date``) at its latest listing answer for ``content_type``: its own
+        clock, which the watermark must not pass and which places its 7-day edge. The latest answer's, not the
+        latest time ever answered, and per content type: one wrong ``Date`` (a proxy's) lasts until that content
+        type's next answer, not for the life of the process."""
+        return self._answered.get(content_type)
 
     # -- public operations -------------------------------------------------------------------------
 
@@ -300,8 +306,8 @@ class ManagementActivityClient:
         if call.operation == "list":
             # A refusal's Date counts too: a backfill planned by a clock running slow re-plans by it.
             answered = parse_http_date(headers.get("Date"))
-            if answered is not None and (self.service_time is None or answered > self.service_time):
-                self.service_time = answered
+            if answered is not None:
+                self._answered[call.content_type] = answered
         if 200 <= status < 300:
             return body, headers
         code, message = error_of(body)

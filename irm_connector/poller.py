@@ -216,7 +216,7 @@ async def _list_windows(
             if report.subscription == "waiting":
                 raise  # started lately, and still missing
             await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
-        watermark = _within_service_time(window.end, rt.management.service_time, dims)
+        watermark = _within_service_time(window.end, rt.management.answered_at(content_type), dims)
         await lease.write(watermark=watermark, first_start=None)
         report.windows_listed += 1
     report.finished = True
@@ -294,6 +294,11 @@ async def _queue_page(
     queuing: set[str] = set()
     refused: list[UntrustedUrlError] = []
     report.blobs_listed += len(page)
+    # A blob given up here is lost, one queued after it expired costs a request (the API answers AF20051): so
+    # expired only by both clocks. This machine's alone would give up, hours fast, blobs the API still serves;
+    # the API's alone, a Date a proxy got wrong.
+    answered = rt.management.answered_at(content_type)
+    expired_by = now if answered is None else min(answered, now)
     for blob in page:
         try:
             rt.management.check_url(blob.content_uri, "contentUri")
@@ -302,9 +307,7 @@ async def _queue_page(
             refused.append(exc)
             log.debug("Listed blob %s refused: %s", blob.content_id, exc, extra=dims)  # one error line below
             continue
-        # By the API's clock (the Date of its listing), as the processor's is the API's answer: a machine hours
-        # fast would otherwise give up blobs the API still serves.
-        if blob.content_expiration <= (rt.management.service_time or now):
+        if blob.content_expiration <= expired_by:
             report.blobs_expired += 1
             log.warning(
                 "Blob %s expired at %s before it could be queued; its records are lost to the API",

@@ -10,6 +10,7 @@ two listing calls are throttled" and then assert how the client recovered. Kinds
 - ``delay``: sleep ``seconds`` and then answer normally (client timeouts).
 - ``malformed``: 200 with a body that is not JSON.
 - ``truncated``: 200 with the normal JSON body cut in half.
+- ``date``: answer normally with ``Date: <date>`` (a datetime), as a proxy with its clock off would.
 
 The servers run in a background thread while tests mutate state from the main thread, so
 every piece of mutable state sits behind a lock.
@@ -24,13 +25,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
 
 #: ``truncated`` answers with half the body as if it were whole; ``cut`` announces the whole body, sends half of
 #: it and drops the connection (a transfer broken off after the headers).
-FAULT_KINDS = frozenset({"status", "reset", "delay", "malformed", "truncated", "cut"})
+FAULT_KINDS = frozenset({"status", "reset", "delay", "malformed", "truncated", "cut", "date"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -156,6 +158,8 @@ class ServiceStandIn:
             raise ValueError("a status fault needs status=...")
         if kind == "delay" and "seconds" not in params:
             raise ValueError("a delay fault needs seconds=...")
+        if kind == "date" and not isinstance(params.get("date"), datetime):
+            raise ValueError("a date fault needs date=<datetime>")
         with self._lock:
             self._faults.append(Fault(route, kind, count, params))
 
@@ -277,6 +281,8 @@ class ServiceStandIn:
                 response, error_code = self.render_error(err), err.code
         if fault is not None and fault.kind in {"malformed", "truncated"}:
             response = self._spoil(response, fault.kind)
+        if fault is not None and fault.kind == "date":
+            response.headers["Date"] = format_datetime(fault.params["date"].astimezone(UTC), usegmt=True)
         self._record(route, request, response.status, fault, error_code, started)
         if fault is not None and fault.kind == "cut":
             return await self._cut(request, response)

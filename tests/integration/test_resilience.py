@@ -544,6 +544,28 @@ async def test_a_poller_whose_clock_runs_slow_lists_up_to_the_services_time(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_listing_dated_a_week_ahead_gives_up_no_blob_and_is_forgotten_at_the_next_answer(
+    connector: ConnectorHarness,
+) -> None:
+    """A proxy on the way stamps one listing answer with a Date a week ahead. By that Date every blob listed has
+    expired; this machine's clock says they have not, so they are queued and arrive. The next run's answer
+    carries the right Date again, and the health row's lag is read by it, not by the proxy's week."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = _publish(connector, seed=67, records=300, blob_size=(100, 100))
+    sim.management.add_fault("list", "date", date=datetime.now(UTC) + timedelta(days=7, hours=1), count=1)
+    await connector.poll()
+    assert sim.management.count("list", fault="date") == 1
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+    await connector.poll()
+    assert sim.management.count("list") >= 2 and sim.management.pending_faults() == 0
+    last = connector.rows("Custom-IRMConnectorHealth")[-1]
+    assert 0 <= last["LagSeconds"] < 600
+
+
 async def test_a_first_poll_that_failed_keeps_its_start_for_the_next(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
