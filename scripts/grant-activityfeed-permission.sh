@@ -15,6 +15,7 @@ Usage:
   grant-activityfeed-permission.sh managed_identity --principal-id <UAMI principal (object) id>
   grant-activityfeed-permission.sh secret [--app-name <name>] [--years <n>] [--key-vault <KEY_VAULT_NAME>]
   grant-activityfeed-permission.sh certificate --cert-file <public certificate, PEM> [--app-name <name>]
+  grant-activityfeed-permission.sh consent --app-id <O365_CLIENT_ID>
   grant-activityfeed-permission.sh --help
 
 managed_identity  Assigns the ActivityFeed.Read app role of "Office 365 Management APIs" to the
@@ -29,6 +30,8 @@ certificate       The same app registration, with admin consent, and the certifi
                   public part only; the private key stays in Key Vault) as its credential instead of a
                   secret. For a Microsoft 365 tenant other than the Azure subscription's: run it signed in
                   to the Microsoft 365 tenant.
+consent           An app registration you already have (--app-id, the connector's O365_CLIENT_ID) gets the
+                  ActivityFeed.Read application permission and admin consent; no credential is made.
 
 Environment: AZD users can run `azd env get-values` first; UAMI_PRINCIPAL_ID is read when
 --principal-id is not given.
@@ -87,16 +90,25 @@ grant_managed_identity() {
 # The app registration "$1" with ActivityFeed.Read and admin consent (created or reused); prints its app id.
 ensure_app() {
   local app_name=$1
-  local sp_id rid app_id
-  sp_id=$(mgmt_sp)
-  rid=$(role_id "${sp_id}")
-  app_id=$(az ad app list --display-name "${app_name}" --query "[0].appId" -o tsv)
+  local app_id
+  # By exact name: --display-name matches every name that starts with it ("irm-connector-test" too).
+  app_id=$(az ad app list --filter "displayName eq '${app_name//\'/\'\'}'" --query "[0].appId" -o tsv)
   if [[ -z "${app_id}" ]]; then
     app_id=$(az ad app create --display-name "${app_name}" --sign-in-audience AzureADMyOrg --query appId -o tsv)
     echo "created app registration ${app_name} (${app_id})" >&2
   else
     echo "reusing app registration ${app_name} (${app_id})" >&2
   fi
+  consent_app "${app_id}" "${app_name}"
+  echo "${app_id}"
+}
+
+# ActivityFeed.Read and admin consent for the app registration "$1" (named "$2" in messages).
+consent_app() {
+  local app_id=$1 app_name=$2
+  local sp_id rid
+  sp_id=$(mgmt_sp)
+  rid=$(role_id "${sp_id}")
   if ! az ad app permission list --id "${app_id}" \
       --query "[?resourceAppId=='${O365_MGMT_APP_ID}'].resourceAccess[] | [?id=='${rid}']" -o tsv | grep -q .; then
     az ad app permission add --id "${app_id}" --api "${O365_MGMT_APP_ID}" --api-permissions "${rid}=Role" --output none
@@ -106,7 +118,16 @@ ensure_app() {
   # portal: Entra ID > App registrations > ${app_name} > API permissions > Grant admin consent.
   az ad app permission admin-consent --id "${app_id}" >&2 \
     || die "admin consent failed: grant it in the portal (App registrations > ${app_name} > API permissions)"
-  echo "${app_id}"
+}
+
+grant_consent() {
+  local app_id=$1
+  [[ -n "${app_id}" ]] || die "--app-id is required: the app registration's application (client) id, O365_CLIENT_ID"
+  need_az
+  az ad app show --id "${app_id}" >/dev/null 2>&1 \
+    || die "no app registration ${app_id} in this tenant: sign in to the Microsoft 365 tenant (az login --tenant ...)"
+  consent_app "${app_id}" "${app_id}"
+  echo "granted: ${ROLE_VALUE} with admin consent to app registration ${app_id}"
 }
 
 grant_secret() {
@@ -183,6 +204,16 @@ main() {
         esac
       done
       grant_certificate "${app_name}" "${cert_file}" ;;
+    consent)
+      local app_id=""
+      while [[ $# -gt 0 ]]; do
+        case "$1" in
+          --app-id) app_id=${2:?}; shift 2 ;;
+          -h|--help) usage; exit 0 ;;
+          *) die "unknown argument $1" ;;
+        esac
+      done
+      grant_consent "${app_id}" ;;
     *) usage; exit 2 ;;
   esac
 }

@@ -62,6 +62,16 @@ store_secret() {
   pending+=("Store the client secret in Key Vault (it asks for it, no echo): scripts/store-client-secret.sh --vault ${vault}")
 }
 
+consent_step() {
+  if [[ -n "${O365_CLIENT_ID:-}" ]]; then
+    pending+=("The app registration ${O365_CLIENT_ID} needs ActivityFeed.Read with admin consent (Entra ID admin, signed in to
+     the Microsoft 365 tenant): scripts/grant-activityfeed-permission.sh consent --app-id ${O365_CLIENT_ID}")
+  else
+    pending+=("O365_CLIENT_ID is not set: make the app registration (docs/deploy.md, step 1), then
+     azd env set O365_CLIENT_ID <its application id>; azd provision")
+  fi
+}
+
 check_certificate() {
   local name=${O365_CERTIFICATE_NAME:-o365-client-certificate}
   step "Client certificate ${name} in Key Vault ${vault}"
@@ -69,18 +79,17 @@ check_certificate() {
     say "Present."
     return
   fi
-  pending+=("Import the app registration's certificate: az keyvault certificate import --vault-name ${vault} -n ${name} -f cert.pfx")
+  pending+=("Import the app registration's certificate: az keyvault certificate import --vault-name ${vault} -n ${name} -f cert.pfx [--password <the PFX's password>]")
 }
 
 case "${mode}" in
   managed_identity) grant_managed_identity ;;
   secret)
     store_secret
-    pending+=("The app registration ${O365_CLIENT_ID:-<O365_CLIENT_ID>} needs ActivityFeed.Read with admin consent (Entra ID admin):
-     scripts/grant-activityfeed-permission.sh secret  (creates one if you have none)") ;;
+    consent_step ;;
   certificate)
     check_certificate
-    pending+=("The app registration ${O365_CLIENT_ID:-<O365_CLIENT_ID>} needs ActivityFeed.Read with admin consent (Entra ID admin).") ;;
+    consent_step ;;
   *) say "Unknown O365_AUTH_MODE ${mode}" ;;
 esac
 

@@ -286,6 +286,8 @@ def test_certificate_grant_uploads_the_public_part_only(fakes: Path, tmp_path: P
     assert ["ad", "app", "permission", "admin-consent", "--id", "app-irm"] in made
     assert ["ad", "app", "credential", "reset", "--id", "app-irm", "--append", "--cert", f"@{public}", "--output", "none"] in made
     assert not any("password" in " ".join(c) for c in made)  # no secret is made in certificate mode
+    [listed] = [c for c in made if c[:3] == ["ad", "app", "list"]]
+    assert "displayName eq 'irm-connector'" in listed  # that name exactly, not every name starting with it
 
     (fakes / "az.log").unlink()
     private = tmp_path / "both.pem"
@@ -293,3 +295,27 @@ def test_certificate_grant_uploads_the_public_part_only(fakes: Path, tmp_path: P
     refused = run_script(script, fakes, env, "certificate", "--cert-file", str(private))
     assert refused.returncode == 1 and "holds a private key" in refused.stderr
     assert calls(fakes, "az") == []
+
+
+@pytest.mark.parametrize("mode", ["secret", "certificate"])
+def test_the_consent_step_the_hook_prints_grants_the_configured_app_and_makes_no_credential(
+    fakes: Path, mode: str
+) -> None:
+    """The app registration is the user's (O365_CLIENT_ID, any name): the command the hook prints consents that
+    one, and neither makes another app nor adds a credential to it."""
+    done = run(
+        "postprovision.sh",
+        fakes,
+        {"O365_AUTH_MODE": mode, "O365_CLIENT_ID": "app-7", "KEY_VAULT_NAME": "kv-irm-x", "FAKE_AZ_LOGGED_IN": "1",
+         "O365_CLIENT_SECRET": "s"},  # fmt: skip
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = [line for line in done.stdout.splitlines() if "grant-activityfeed-permission.sh" in line]
+    command = line.split("): ", 1)[1].split()
+    assert command[:2] == ["scripts/grant-activityfeed-permission.sh", "consent"]
+    (fakes / "az.log").unlink()
+    granted = run_script(REPO_ROOT / command[0], fakes, {"FAKE_AZ_LOGGED_IN": "1"}, *command[1:])
+    assert granted.returncode == 0, granted.stderr
+    made = calls(fakes, "az")
+    assert ["ad", "app", "permission", "admin-consent", "--id", "app-7"] in made
+    assert not any(c[:3] == ["ad", "app", "create"] or c[:4] == ["ad", "app", "credential", "reset"] for c in made)
