@@ -33,7 +33,7 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from .auth import identity_endpoint_known
-from .deadline import Deadline
+from .deadline import Deadline, within
 from .errors import DeadlineError, IngestionError, IngestionRefusedError
 from .models import Row
 
@@ -190,7 +190,10 @@ class SentinelIngestor:
         on_sent: Callable[[list[Row]], Awaitable[None]] | None,
         deadline: Deadline | None,
     ) -> None:
-        async with self._gate:
+        # The slots are the worker's, and a holder keeps one up to its own deadline, later than this one's: the
+        # wait for a slot is this invocation's to bound, or it would run past the function timeout.
+        await within(f"waiting for an upload slot ({stream})", self._gate.acquire(), deadline=deadline)
+        try:
             raw = chunk.raw
             body = await asyncio.to_thread(zlib.compress, raw, COMPRESS_LEVEL, 31)
             del raw
@@ -231,6 +234,8 @@ class SentinelIngestor:
                 if on_sent is not None:
                     await on_sent(chunk.rows)
                 return
+        finally:
+            self._gate.release()
         for piece in pieces:  # outside the gate: each piece takes its own place
             await self._send(stream, piece, on_sent, deadline)
 

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from . import refusals
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
-from .content_queue import MAX_DELAY, ContentMessage, Delivery
+from .content_queue import ContentMessage, Delivery
 from .deadline import Deadline, cleaning_up
 from .errors import (
     BadContentError,
@@ -128,8 +128,11 @@ async def _wait_for_the_api(
     rt: Runtime, message: ContentMessage, error: TransientApiError, result: ProcessResult, dims: dict[str, str]
 ) -> ProcessResult:
     """The Management API asked for a wait longer than a call waits (``Retry-After``): the message comes back
-    when it ends, as a new one (its dequeue count spared), rather than being retried early by the host."""
-    delay = min(math.ceil(error.retry_after or 0), MAX_DELAY)
+    when it ends, as a new one (its dequeue count spared), rather than being retried early by the host. At most
+    :data:`MAX_PUT_OFF`, and back before its blob expires: a longer wait (a proxy's, a date gone wrong) would
+    bring it back to an answer of AF20051, its records lost."""
+    before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
+    delay = min(math.ceil(error.retry_after or 0), MAX_PUT_OFF, max(math.floor(before_expiry), PUT_OFF_LEAST))
     await _put_back(rt, message, delay, error, result)
     log.warning("Content %s put off for %d s, as the Management API asks: %s", dims["content_id"], delay, error,
                 extra=dims)  # fmt: skip
@@ -330,6 +333,12 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 
+#: The longest a message is put off at the Management API's asking (``Retry-After``), as the poller's runs are.
+MAX_PUT_OFF = 3600
+#: A put-off message comes back this many seconds before its blob expires, and is put off at least
+#: :data:`PUT_OFF_LEAST` seconds (so close to the end, asking early is its one chance).
+PUT_OFF_EXPIRY_MARGIN = 300
+PUT_OFF_LEAST = 60
 #: How long a delivery waits for records another delivery holds before handing back to the host, which
 #: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0

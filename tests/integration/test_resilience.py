@@ -444,6 +444,36 @@ async def test_a_refused_body_is_what_an_upload_reports_when_a_sibling_body_runs
     assert deadline.usable() < 1  # the delayed body did run out of time: both failures were there to choose from
 
 
+async def test_an_upload_waiting_for_a_slot_ends_with_its_own_invocation(connector: ConnectorHarness) -> None:
+    """Every upload slot of the worker is held by bodies the service answers slowly, each within its own (later)
+    deadline. An invocation with a few seconds left fails by its deadline while they are still held, rather than
+    waiting for a slot past it (past the function timeout, the host restarts the worker and kills the others)."""
+    from irm_connector.errors import DeadlineError
+    from irm_connector.ingestion import UPLOAD_CONCURRENCY
+
+    sim = connector.standins
+    rt = await get_runtime(Settings.from_env())
+
+    def row(i: int) -> Row:
+        return Row(f"r{i}", "", orjson.dumps({"TimeGenerated": "2026-11-27T09:15:02Z", "RecordId": f"r{i}"}))
+
+    sim.ingestion.add_fault("ingest", "delay", count=UPLOAD_CONCURRENCY, seconds=8)
+    holders = [asyncio.ensure_future(rt.ingestor.upload("Custom-IRMAlerts", [row(i)], deadline=Deadline.for_invocation(60)))
+               for i in range(UPLOAD_CONCURRENCY)]  # fmt: skip
+    for _ in range(1000):  # every slot held: each holder's request has reached the service
+        if not sim.ingestion.pending_faults("ingest"):
+            break
+        await asyncio.sleep(0.01)
+    assert sim.ingestion.pending_faults("ingest") == 0
+    with pytest.raises(DeadlineError, match="upload slot"):
+        await rt.ingestor.upload("Custom-IRMAlerts", [row(99)], deadline=Deadline.for_invocation(2))
+    assert not any(h.done() for h in holders)  # it did not wait for a slot to free
+    assert await asyncio.gather(*holders) == [1] * UPLOAD_CONCURRENCY
+    assert sorted(r["RecordId"] for r in sim.ingestion.rows("Custom-IRMAlerts")) == sorted(
+        f"r{i}" for i in range(UPLOAD_CONCURRENCY)
+    )
+
+
 async def test_a_poller_whose_clock_runs_fast_loses_nothing(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -628,6 +658,28 @@ async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_
     assert sim.management.count("content") == 1
     assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
     sim.management.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
+@pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])
+async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_expires(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, expires_in: timedelta, most: int
+) -> None:
+    """``Retry-After`` of a day (a proxy's, or a date gone wrong): the message is put off for an hour at most, as
+    the poller's runs are, and comes back 5 minutes before its blob expires when that is sooner; put off for the
+    day, it would come back to an expired blob and its records would be lost."""
+    sim = connector.standins
+    created = datetime.now(UTC) - timedelta(days=7) + expires_in
+    workload = _publish(connector, seed=71, records=200, blob_size=(200, 200), start=created, span=timedelta(seconds=1))
+    [message] = _messages_for(connector, workload)
+    sim.management.add_fault("content", "status", status=429, retry_after=86400, count=1)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.processor"):
+        await asyncio.wait_for(connector.process(message), 60)
+    [line] = [r.getMessage() for r in caplog.records if "put off for" in r.getMessage()]
+    delay = int(line.split("put off for ")[1].split(" s")[0])
+    assert most - 5 <= delay <= most
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
     await connector.process(message)  # as when it shows up again
     _assert_exactly_once(connector, workload)
 
