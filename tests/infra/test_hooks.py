@@ -306,8 +306,13 @@ def test_the_consent_step_the_hook_prints_grants_the_configured_app_and_makes_no
     done = run(
         "postprovision.sh",
         fakes,
-        {"O365_AUTH_MODE": mode, "O365_CLIENT_ID": "app-7", "KEY_VAULT_NAME": "kv-irm-x", "FAKE_AZ_LOGGED_IN": "1",
-         "O365_CLIENT_SECRET": "s"},  # fmt: skip
+        {
+            "O365_AUTH_MODE": mode,
+            "O365_CLIENT_ID": "app-7",
+            "O365_CLIENT_SECRET": "s",
+            "KEY_VAULT_NAME": "kv-irm-x",
+            "FAKE_AZ_LOGGED_IN": "1",
+        },
     )
     assert done.returncode == 0, done.stderr
     [line] = [line for line in done.stdout.splitlines() if "grant-activityfeed-permission.sh" in line]
