@@ -30,8 +30,11 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
             assert process.poll() is None, process.communicate()
             time.sleep(0.5)
         assert sorted(r["RecordId"] for r in cli.rows()) == expected
-        # At least one more scheduled poll (every 2 seconds) that finds nothing new.
-        time.sleep(2.5)
+        # One more scheduled poll (every 2 seconds) after every alert arrived: it lists, and queues nothing again.
+        listed = sim.management.count("list")
+        while time.monotonic() < deadline + 30 and sim.management.count("list") == listed:
+            time.sleep(0.2)
+        assert sim.management.count("list") > listed
         out, err = cli.stop(process)
     assert process.returncode == 0, err
     doc = json.loads(out[out.index("{") :])

@@ -175,33 +175,37 @@ def _message(sim: StandIns, uri: str, tenant: str | None = None) -> str:
     })  # fmt: skip
 
 
-MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str]] = [
-    ("not JSON", lambda sim: "hello", "refused: logged with its text and moved to the poison queue"),
-    ("over 48 KiB", lambda sim: json.dumps({"pad": "p" * 50_000}), "refused: too large for a content notification"),
-    ("JSON without the content fields", lambda sim: '{"contentId": 1}', "refused: names the missing fields"),
+#: (case, the message, the outcome expected, what its one error line must say)
+MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str, str]] = [
+    ("not JSON", lambda sim: "hello", "refused: logged with its text and moved to the poison queue", "message is not JSON"),
+    ("over 48 KiB", lambda sim: json.dumps({"pad": "p" * 50_000}), "refused: too large for a content notification",
+     "larger than a content notification can be"),
+    ("JSON without the content fields", lambda sim: '{"contentId": 1}', "refused: names the missing fields",
+     "lacks contentUri, contentId, contentType, contentCreated, contentExpiration, tenantId"),
     ("contentUri on another host", lambda sim: _message(sim, "https://attacker.example/api/v1.0/x/activity/feed/audit/1"),
-     "refused before any request: the token never leaves for that host"),
+     "refused before any request: the token never leaves for that host", "refused contentUri"),
     ("contentUri over plain HTTP", lambda sim: _message(sim, sim.api_root.replace("https", "http") + "/api/v1.0/"
                                                        + sim.tenant_id + "/activity/feed/audit/1"),
-     "refused before any request"),
+     "refused before any request", "refused contentUri"),
     ("contentUri of another tenant", lambda sim: _message(
         sim, f"{sim.api_root}/api/v1.0/00000000-0000-0000-0000-000000000001/activity/feed/audit/1"),
-     "refused before any request"),
+     "refused before any request", "refused contentUri"),
     ("contentUri with a path escape", lambda sim: _message(
-        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/../../../../other"), "refused before any request"),
+        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/../../../../other"), "refused before any request", "refused contentUri"),
     ("a time past the calendar's end", lambda sim: _message(
         sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1").replace(
         '"contentExpiration": "', '"contentExpiration": "9999-12-31T23:59:59-01:00", "was": "'),
-     "refused: names the unreadable time (its UTC instant overflows)"),
+     "refused: names the unreadable time (its UTC instant overflows)",
+     "unreadable contentCreated or contentExpiration"),
     ("message for another tenant", lambda sim: _message(
         sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1", "00000000-0000-0000-0000-000000000001"),
-     "refused: not for O365_TENANT_ID"),
+     "refused: not for O365_TENANT_ID", "another tenant than O365_TENANT_ID"),
 ]  # fmt: skip
 
 
 @pytest.mark.reports_outcome
-@pytest.mark.parametrize(("name", "build", "expected"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
-async def test_hostile_message(connector: ConnectorHarness, name: str, build: Callable[[StandIns], str | bytes], expected: str, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(("name", "build", "expected", "says"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
+async def test_hostile_message(connector: ConnectorHarness, name: str, build: Callable[[StandIns], str | bytes], expected: str, says: str, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     await connector.process(build(sim))
     poison = await connector.messages(connector.queue_name + "-poison")
@@ -210,6 +214,7 @@ async def test_hostile_message(connector: ConnectorHarness, name: str, build: Ca
                                  f"poisoned, {len(errors)} error line", 0, 0))  # fmt: skip
     assert len(poison) == 1
     assert len(errors) == 1
+    assert says in errors[0]  # this case's reason, not only some refusal
     assert sim.management.requests() == []  # no request carried the token anywhere, on any route
 
 

@@ -135,19 +135,28 @@ async def test_a_delivery_waiting_for_its_process_probe_of_a_refused_stream_stop
     delivery beside it waits for that answer only as long as its own invocation may run, then fails by itself.
     Waiting on, it would outlive functionTimeout and the host would restart the worker under every invocation."""
     from irm_connector import refusals
-    from irm_connector.errors import DeadlineError, IngestionRefusedError
+    from irm_connector.errors import DeadlineError
 
+    sim = connector.standins
     stream = "Custom-IRMAlerts"
+    workload = _publish(connector, seed=73, records=200, blob_size=(200, 200))
+    [message] = _messages_for(connector, workload)
     rt = await get_runtime(Settings.from_env())
-    await refusals.refused(rt, IngestionRefusedError("refused", status=403, code="", stream=stream))
-    probing = asyncio.ensure_future(asyncio.Event().wait())  # the probing delivery, still at work
-    rt.state.refusals.probes[stream] = (probing, asyncio.Event())
+    await rt.state.refusals.record(rt.settings.dcr_immutable_id, stream, 403, "", probe_after=0)
+    sim.ingestion.add_fault("ingest", "delay", count=1, seconds=6)
+    probing = asyncio.ensure_future(connector.process(message))  # wins the probe; its upload waits for an answer
+    for _ in range(1000):
+        if not sim.ingestion.pending_faults("ingest"):
+            break
+        await asyncio.sleep(0.01)
+    assert sim.ingestion.pending_faults("ingest") == 0 and stream in rt.state.refusals.probes
     try:
         with Deadline.for_invocation(3.0).applied(), pytest.raises(DeadlineError, match="probe of Custom-IRMAlerts"):
             await asyncio.wait_for(refusals.admit(rt, stream), 60)
+        assert not probing.done()  # it gave up on the probe's answer, which was still to come
     finally:
-        del rt.state.refusals.probes[stream]
-        probing.cancel()
+        await probing
+    _assert_exactly_once(connector, workload)  # the probe was accepted
 
 
 async def test_a_probe_whose_records_another_delivery_holds_lets_the_deliveries_beside_it_go(
