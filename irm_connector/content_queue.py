@@ -19,7 +19,7 @@ from azure.storage.queue.aio import QueueClient
 
 from .errors import BadMessageError, StateError
 from .errors import storage_reason as reason
-from .models import ContentBlob
+from .models import ContentBlob, parse_api_time, utc_text
 
 __all__ = [
     "MAX_DELAY",
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 48 * 1024
 #: The longest a message can be kept invisible: a visibility timeout of at most 7 days, in seconds.
 MAX_DELAY = 7 * 86400
+#: The messages the health row's backlog age looks at (the most one peek returns).
+PEEK_MOST = 32
 _REQUIRED = ("contentUri", "contentId", "contentType", "contentCreated", "contentExpiration", "tenantId")
 
 
@@ -51,6 +53,9 @@ class ContentMessage:
     blob: ContentBlob
     traceparent: str = ""
     rescheduled: int = 0
+    #: When the poller queued the blob, kept when the message is put back: a message put back every hour for a
+    #: day is a day old, which its queue insertion time (the hour's) would not tell the health row.
+    queued_at: datetime | None = None
 
     def encode(self) -> str:
         data: dict[str, Any] = {"v": 1, "tenantId": self.tenant_id, **self.blob.to_api()}
@@ -58,6 +63,8 @@ class ContentMessage:
             data["traceparent"] = self.traceparent
         if self.rescheduled:
             data["rescheduled"] = self.rescheduled
+        if self.queued_at is not None:
+            data["queuedAt"] = utc_text(self.queued_at, timespec="seconds")
         return orjson.dumps(data).decode()
 
     @classmethod
@@ -86,7 +93,16 @@ class ContentMessage:
             blob=blob,
             traceparent=trace if isinstance(trace, str) else "",
             rescheduled=again if isinstance(again, int) and not isinstance(again, bool) and again > 0 else 0,
+            queued_at=_time_or_none(data.get("queuedAt")),
         )
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    """An optional time of a message: unreadable (a message from elsewhere), it is left out, not refused."""
+    try:
+        return parse_api_time(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -180,14 +196,18 @@ class ContentQueue:
 
     async def backlog(self) -> tuple[int, int, int]:
         """The health row's queue facts: messages on the queue (invisible ones too), the age in seconds of the
-        oldest visible one, and messages in the poison queue."""
+        oldest visible one, and messages in the poison queue. A message's age runs from when its blob was first
+        queued (:attr:`ContentMessage.queued_at`); a message put back for later is inserted anew, behind younger
+        ones, so the first :data:`PEEK_MOST` are looked at, not only the first."""
         try:
             depth, poison = await _depth(self._main), await _depth(self._poison)
             oldest = 0
             if depth:
-                peeked = await self._main.peek_messages(max_messages=1)
-                if peeked and peeked[0].inserted_on is not None:
-                    oldest = max(0, int((datetime.now(UTC) - peeked[0].inserted_on).total_seconds()))
+                now = datetime.now(UTC)
+                for peeked in await self._main.peek_messages(max_messages=PEEK_MOST):
+                    since = _queued_at(peeked.content) or peeked.inserted_on
+                    if since is not None:
+                        oldest = max(oldest, int((now - since).total_seconds()))
         except AzureError as exc:
             raise StateError(f"cannot read the queue lengths: {reason(exc)}") from exc
         return depth, oldest, poison
@@ -222,3 +242,11 @@ class ContentQueue:
     async def close(self) -> None:
         await self._main.close()
         await self._poison.close()
+
+
+def _queued_at(text: Any) -> datetime | None:
+    """The ``queuedAt`` of a peeked message's text; None for a text that is not a content message."""
+    try:
+        return ContentMessage.decode(text).queued_at if isinstance(text, str) else None
+    except BadMessageError:
+        return None

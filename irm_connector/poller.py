@@ -344,7 +344,9 @@ async def _queue_blobs(
             # One trace per blob: the processor that takes the message continues it (traceparent).
             attributes = {**dims, "content_id": blob.content_id}
             with producer_span("irm.queue_blob", attributes):
-                await rt.queue.put(ContentMessage(settings.tenant_id, blob, traceparent()))
+                await rt.queue.put(
+                    ContentMessage(settings.tenant_id, blob, traceparent(), queued_at=datetime.now(UTC))
+                )
 
     await asyncio.gather(*(put(b) for b in fresh))
     await rt.state.queued_blobs.mark_queued(content_type, fresh, seen)

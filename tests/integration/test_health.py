@@ -63,6 +63,31 @@ async def test_backlog_shows_its_depth_and_age(connector: ConnectorHarness) -> N
     assert (worked["QueueDepth"], worked["OldestQueuedSeconds"], worked["PoisonDepth"]) == (0, 0, 0)
 
 
+async def test_a_message_put_back_for_hours_keeps_its_age(connector: ConnectorHarness) -> None:
+    """A message put back again and again (a long Retry-After, a refusing DCR) is a new queue message each time:
+    its age runs from when its blob was first queued, or a backlog stuck for hours would read minutes old, and
+    the backlog-age rule would not fire. It is behind younger messages on the queue, and found there."""
+    from dataclasses import replace
+
+    from irm_connector.content_queue import ContentMessage
+
+    workload = _publish(connector, seed=85, blobs=3)
+    await connector.poll()
+    async with connector.queue_client() as queue:
+        first = await anext(queue.receive_messages())
+        await queue.delete_message(first)
+        message = ContentMessage.decode(first.content)
+        assert message.queued_at is not None  # the poller's stamp
+        # As the processor puts it back (a new message, behind the others) after three hours of put-offs.
+        again = replace(message, rescheduled=3, queued_at=datetime.now(UTC) - timedelta(hours=3))
+        await queue.send_message(again.encode())
+    row = await _health(connector)
+    assert row["QueueDepth"] == len(workload.blobs)
+    assert 3 * 3600 <= row["OldestQueuedSeconds"] < 3 * 3600 + 300
+    await connector.drain()
+    assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
+
+
 async def test_poison_queue_depth(connector: ConnectorHarness) -> None:
     async with connector.queue_client() as queue:
         await queue.create_queue()
