@@ -54,7 +54,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 #: Bad command line or settings, or a command that cannot work where it runs: nothing was attempted.
 EXIT_USAGE = 2
-#: A dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
+#: A dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached, or refused the credential.
 EXIT_UNREACHABLE = 3
 #: Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports it).
 EXIT_INTERRUPTED = 130
@@ -195,4 +195,16 @@ def report(failure: Failure, *, as_json: bool) -> None:
     install_redaction()  # learns the configured secrets, if logging was not set up before the failure
     print(redact(failure.line()), file=sys.stderr)
     if as_json:
-        print(redact(json.dumps(failure.document(), indent=2)))
+        # Each text masked before it is escaped: masked after, a token field's pattern would see the JSON escapes
+        # (\" ends no value there), miss the secret and cut the document short of valid JSON.
+        print(json.dumps(_masked(failure.document()), indent=2))
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value

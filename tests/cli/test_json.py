@@ -106,3 +106,16 @@ def test_a_settings_error_is_a_json_error(cli: Cli) -> None:
     code, doc = document(cli, ["status", "--json"])
     assert code == 2
     assert doc["error"]["code"] == "settings" and "LOGS_DCR_IMMUTABLE_ID" in doc["error"]["message"]
+
+
+def test_a_json_error_masks_what_the_line_masks_and_stays_json(capsys: pytest.CaptureFixture[str]) -> None:
+    """A library's message that quotes a token field: stdout is still one JSON document, with the value masked
+    as on stderr (masking the JSON text itself missed escaped fields and could cut a value's escapes)."""
+    from irm_connector.cli._failures import Failure, report
+
+    message = 'refused: {"access_token": "abc123xyz", "sig": "q\\"w"} sig="abc" end'
+    report(Failure("failed", message, "", 1), as_json=True)
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert "abc123xyz" not in out and "abc123xyz" not in err
+    assert doc["error"]["message"].startswith("refused: ") and doc["error"]["message"].endswith(" end")
