@@ -85,8 +85,11 @@ DURATION_FORMS = "a number and a unit: 45s, 90m, 24h, 7d, or combined like 1h30m
 
 def parse_duration(text: str, *, setting: str) -> timedelta:
     """``"45s"``, ``"90m"``, ``"24h"``, ``"7d"``, ``"1h30m"``. A bare number is refused: ``INITIAL_LOOKBACK=24``
-    meant 24 hours, not 24 seconds, and a guess either way would be silently wrong."""
+    meant 24 hours, not 24 seconds, and a guess either way would be silently wrong. Zero, which no unit
+    changes, is read without one (``LISTING_OVERLAP=0``)."""
     raw = text.strip()
+    if raw.isdigit() and int(raw) == 0:
+        return timedelta(0)
     if raw.isdigit():
         raise SettingsError(setting, f"has no unit; write {DURATION_FORMS}")
     pos = 0

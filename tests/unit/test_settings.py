@@ -225,6 +225,13 @@ def test_durations(text: str, seconds: int) -> None:
     assert parse_duration(text, setting="X").total_seconds() == seconds
 
 
+def test_zero_needs_no_unit() -> None:
+    assert Settings.from_env({**BASE, "LISTING_OVERLAP": "0"}).listing_overlap.total_seconds() == 0
+    with pytest.raises(SettingsError, match=r"^setting POLL_TIME_BUDGET: ") as info:  # its range still holds
+        Settings.from_env({**BASE, "POLL_TIME_BUDGET": "0"})
+    assert "no unit" not in str(info.value)
+
+
 #: What a client secret looks like, pasted by mistake into the wrong setting: invalid for every setting below.
 PASTED_SECRET = "Qx8~sEcReT.vaLue_9f3kD2-aB7cE~p0"
 IDENTITY_STORAGE = {"AzureWebJobsStorage": "", "AzureWebJobsStorage__tableServiceUri": "https://st.table.example"}
