@@ -1,7 +1,8 @@
 """``irm-connector`` (``python -m irm_connector``): operate the connector with the function app's settings.
 
 Exit codes: 0 ok; 1 unhealthy or the work failed; 2 usage or settings error, or a command that cannot work
-where it runs; 3 a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached.
+where it runs; 3 a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached
+or refused the credential.
 With ``--json`` stdout holds one JSON document whatever happens: the result, or ``{"error": {...}}``.
 """
 
@@ -29,7 +30,8 @@ _EPILOG = """exit codes:
   1  unhealthy (status), or the work failed (a content type, a poisoned message, an ID not found)
   2  usage or settings error (the message names the setting), or managed identity asked for outside
      Azure; nothing was done
-  3  a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached
+  3  a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached,
+     or refused the credential (running it again does not help until that is fixed)
 
 --json (before or after the command): stdout is one JSON document, also on errors:
 {"error": {"code", "message", "hint"}}.
