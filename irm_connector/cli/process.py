@@ -88,6 +88,7 @@ async def work_queue(
         "failed_attempts": stats.failed_attempts,
         "poisoned": poisoned,
         "remaining": remaining,
+        "not_visible": stats.left_invisible,
         "max_dequeue_count": options.max_dequeue_count,
         **done.summary(),
     }
@@ -108,8 +109,13 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
     if doc.get("interrupted"):
         lines.append("interrupted: the messages in flight were finished; run `process` again for the rest")
     if doc.get("rescheduled"):
-        lines.append(f"{doc['rescheduled']} message(s) rescheduled and stopped: Logs Ingestion refuses the rows "
-                     "(the error above names the fix); run `process` again once it accepts them")  # fmt: skip
+        lines.append(f"{doc['rescheduled']} message(s) put back for later and stopped: Logs Ingestion refuses the "
+                     "rows, or the Management API asked for a long wait (the lines above say which); run `process` "
+                     "again once that is over")  # fmt: skip
+    elif doc.get("not_visible"):
+        lines.append(f"{doc['not_visible']} message(s) left are not visible yet (put off for later, or being processed "
+                     "by the function app or an earlier run): they come back by themselves; run `process` again "
+                     "later rather than wait")  # fmt: skip
     if doc["poisoned"]:
         lines.append("see why with `irm-connector poison list`")
     return lines

@@ -109,12 +109,20 @@ class WorkerStats:
     processed: int = 0
     failed_attempts: int = 0
     poisoned: int = 0
+    #: messages left that this worker could not see when it stopped (put off for later, or held by another)
+    left_invisible: int = 0
 
 
 #: How long an idle worker waits before it looks at the queue again, at first and at most (the host backs off
 #: likewise, up to maxPollingInterval).
 _IDLE_FIRST = 0.05
 _IDLE_LAST = 1.0
+#: How long a worker that is to stop on an empty queue waits when the queue still counts messages it cannot
+#: see, once the retries it scheduled itself are due: long enough for a message another worker just deleted
+#: (the count is approximate) or rescheduled briefly (a refusal's first delays are 5 s). What stays invisible
+#: longer was put off for later (up to an hour) or is held by another worker (the function app, a run that was
+#: killed): the run stops and says how many, rather than sit silent until they come back.
+_INVISIBLE_GRACE = 60.0
 
 
 class QueueWorker:
@@ -135,6 +143,8 @@ class QueueWorker:
         self._options = options
         self._lock = lock_seconds
         self.stats = WorkerStats()
+        #: when the messages this worker put back for a retry are visible again (monotonic)
+        self._retries_due = 0.0
 
     async def run(
         self,
@@ -151,6 +161,7 @@ class QueueWorker:
         in_flight: set[asyncio.Task[None]] = set()
         handled = 0
         idle = _IDLE_FIRST
+        unseen_since: float | None = None  # since when the queue counts messages none of which can be received
         while not (stop and stop.is_set()):
             if max_messages is not None and handled >= max_messages:
                 break
@@ -183,6 +194,7 @@ class QueueWorker:
                 task.add_done_callback(finished)
             if messages:
                 idle = _IDLE_FIRST
+                unseen_since = None
                 continue
             if in_flight:
                 await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -194,8 +206,16 @@ class QueueWorker:
                 await asyncio.sleep(1.0)
                 continue
             done = until_empty.is_set() if isinstance(until_empty, asyncio.Event) else until_empty
-            if not properties.approximate_message_count and done:
+            left = properties.approximate_message_count
+            if not left and done:
                 break
+            if left and done and time.monotonic() >= self._retries_due:
+                unseen_since = unseen_since if unseen_since is not None else time.monotonic()
+                if time.monotonic() - unseen_since >= _INVISIBLE_GRACE:
+                    self.stats.left_invisible = left
+                    break
+            else:
+                unseen_since = None
             # As the host does on an empty queue: poll again soon, then less and less often.
             await asyncio.sleep(idle)
             idle = min(idle * 2, _IDLE_LAST)
@@ -245,7 +265,9 @@ class QueueWorker:
                     self._options.max_dequeue_count,
                     exc,
                 )
-                await self._queue.update_message(message, visibility_timeout=int(self._options.visibility_timeout))
+                delay = int(self._options.visibility_timeout)
+                self._retries_due = max(self._retries_due, time.monotonic() + delay)
+                await self._queue.update_message(message, visibility_timeout=delay)
             return
         try:
             await self._queue.delete_message(message)

@@ -157,6 +157,17 @@ class Cli:
 
         asyncio.run(send())
 
+    def hold_one_message(self, seconds: int) -> str:
+        """Receive one message of the content queue and keep it invisible for ``seconds``, as a worker that died
+        holding it would; returns its content id."""
+
+        async def hold() -> str:
+            async with self._client(self.queue) as client:
+                message = await anext(client.receive_messages(visibility_timeout=seconds))
+                return str(json.loads(message.content)["contentId"])
+
+        return asyncio.run(hold())
+
     def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
         return self.standins.ingestion.rows(stream)
 

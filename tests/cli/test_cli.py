@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -419,7 +420,7 @@ def test_process_stops_when_logs_ingestion_refuses_and_sends_once_it_accepts(cli
     sim.ingestion.refuse_stream("Custom-IRMAlerts", 403)
     code, out, err = cli.run("process")
     assert code == 1
-    assert "rescheduled and stopped: Logs Ingestion refuses the rows" in out
+    assert "put back for later and stopped: Logs Ingestion refuses the rows" in out
     assert "Monitoring Metrics Publisher" in err and cli.depth(cli.poison) == 0
     assert cli.depth() == len(workload.blobs)  # rescheduled, not lost
 
@@ -427,3 +428,27 @@ def test_process_stops_when_logs_ingestion_refuses_and_sends_once_it_accepts(cli
     code, doc = cli.json("process")
     assert code == 0, doc
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+
+
+def test_process_does_not_wait_for_messages_it_cannot_see(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message put off for ten minutes (by the function app, or a run that was killed holding it) is invisible:
+    `process` works the others, then stops and says how many it left, rather than sit silent until it is back."""
+    from irm_connector.cli import queue_trigger
+
+    monkeypatch.setattr(queue_trigger, "_INVISIBLE_GRACE", 2.0)  # the minute it waits, shortened
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=9, total_records=300, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    assert cli.json("poll")[0] == 0
+    held = cli.hold_one_message(seconds=600)
+    code, doc = cli.json("process")
+    assert code == 0, doc
+    assert doc["processed"] == len(workload.blobs) - 1 and doc["remaining"] == 1 and doc["not_visible"] == 1
+    _, out, _ = cli.run("process")
+    assert "1 message(s) left are not visible yet" in out
+    sent = Counter(r["RecordId"] for r in cli.rows())
+    waiting = {r["Id"] for r in workload.blobs[workload.content_ids.index(held)].records}
+    assert set(workload.irm_alert_record_ids) - waiting <= set(sent) <= set(workload.irm_alert_record_ids)
+    assert set(sent.values()) == {1}
