@@ -133,11 +133,12 @@ async def _poll_content_type(
         await lease.release(last_run=now)
         return
 
-    error = ""
+    error: str | None = None  # stays None when the run is cancelled: it has no outcome to record
     throttled_until = None
     try:
         service_now = fixed_now or _storage_time(*taken)
         await lease.run(_list_windows(rt, lease, deadline, report, (now, service_now), dims, limit))
+        error = ""
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
         # Nothing of the content type is listed while it lasts: the health row (Errors, LastError) says so.
@@ -156,10 +157,20 @@ async def _poll_content_type(
         if isinstance(exc, TransientApiError) and exc.retry_after is not None:
             throttled_until = _storage_time(*taken) + min(timedelta(seconds=exc.retry_after), MAX_THROTTLE)
         raise
+    except Exception as exc:
+        # A fault of the connector's own: the host logs its traceback; `status` shows that the run failed.
+        error = f"unexpected {type(exc).__name__} (the log has its traceback)"
+        raise
     finally:
         report.watermark = lease.state.watermark
-        await lease.release(last_run=now, last_error=error, last_error_at=now if error else lease.state.last_error_at,
-                            throttled_until=throttled_until)  # fmt: skip
+        if error is None:
+            # Cancelled (Ctrl-C, the host shutting down): the last run's time and error stay what they were; cleared,
+            # a failing setup would read healthy in `status` until the next run.
+            await lease.release()
+        else:
+            await lease.release(last_run=now, last_error=error,
+                                last_error_at=now if error else lease.state.last_error_at,
+                                throttled_until=throttled_until)  # fmt: skip
 
 
 def _storage_time(written: datetime | None, at: float) -> datetime:

@@ -626,6 +626,38 @@ async def test_a_first_poll_that_failed_keeps_its_start_for_the_next(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_poll_cancelled_midway_keeps_the_last_runs_error(connector: ConnectorHarness) -> None:
+    """A run fails (its error is kept for `status`); the next is cancelled while it lists (Ctrl-C, the host shutting
+    down). The failed run's error and time stay: cleared, a setup failing every run would read healthy."""
+    import contextlib
+
+    from irm_connector.errors import PollError
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    _publish(connector, seed=79, records=200, blob_size=(100, 100))
+    sim.management.add_fault("list", "status", status=400, code="AF20055", count=1)
+    with pytest.raises(PollError, match="AF20055"):
+        await connector.poll()
+    rt = await get_runtime(Settings.from_env())
+    failed = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert "AF20055" in failed.last_error and failed.last_run is not None
+
+    sim.management.add_fault("list", "delay", seconds=30, count=1)
+    polling = asyncio.ensure_future(connector.poll())
+    for _ in range(1000):
+        if not sim.management.pending_faults("list"):
+            break
+        await asyncio.sleep(0.01)
+    polling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await polling
+    after = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert (after.last_error, after.last_run, after.last_error_at) == (failed.last_error, failed.last_run,
+                                                                      failed.last_error_at)  # fmt: skip
+    assert not after.lease_owner  # released, all the same
+
+
 async def test_a_lease_lost_while_a_listing_waits_for_its_token_sends_no_request(connector: ConnectorHarness) -> None:
     """The poller's lease is checked before each listing request; a token (or budget slot) that takes a while
     must not let a request out after the lease was lost meanwhile, when another poller may own the window."""
