@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
@@ -20,8 +21,8 @@ from irm_connector.redaction import redact_exception
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
-from ._common import load_settings, setup_logging
-from ._failures import EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report
+from ._common import StdoutClosed, load_settings, setup_logging
+from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report
 
 __all__ = ["build_parser", "main"]
 
@@ -221,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         report(Failure("interrupted", "interrupted", "", EXIT_INTERRUPTED), as_json=as_json)
         return EXIT_INTERRUPTED
+    except StdoutClosed:
+        # Nowhere to say anything, and the work is done: stdout goes to /dev/null, or Python's own flush at exit
+        # would fail on the same pipe with a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except Exception as exc:
         failure = describe(exc, " ".join(str(v) for v in (args.command, getattr(args, "action", None)) if v))
         report(failure, as_json=as_json)

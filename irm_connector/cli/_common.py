@@ -104,12 +104,20 @@ def _plain(value: Any) -> Any:
     return value
 
 
+class StdoutClosed(Exception):
+    """The reader of stdout went away before the result was written (``status --json | head -1``)."""
+
+
 def emit(args: argparse.Namespace, document: dict[str, Any], text: str) -> None:
     """Print the result: one JSON document with ``--json``, else the readable text."""
-    if getattr(args, "json", False):
-        print(json.dumps(_plain(document), indent=2, sort_keys=False))
-    else:
-        print(text)
+    try:
+        if getattr(args, "json", False):
+            print(json.dumps(_plain(document), indent=2, sort_keys=False))
+        else:
+            print(text)
+        sys.stdout.flush()  # here, where a closed pipe is known for what it is, not at the interpreter's exit
+    except BrokenPipeError:
+        raise StdoutClosed from None
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -152,7 +160,10 @@ def parse_moment(text: str, name: str) -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(f"{name} {text!r} is not a time; write e.g. 2026-06-01T12:00Z") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-01:00: its UTC instant is past the calendar's end
+        raise UsageError(f"{name} {text!r} is outside the times the connector can use") from None
 
 
 def duration_option(text: str, option: str) -> timedelta:

@@ -362,6 +362,8 @@ def test_a_secret_pasted_into_a_setting_is_not_echoed(cli: Cli) -> None:
         (["backfill"], "give --since (e.g. 3d) or --start"),
         (["backfill", "--since", "1d", "--start", "2026-01-01"], "not both"),
         (["backfill", "--since", "1000000d"], "more than 7 days back"),  # before year 1 from now
+        (["backfill", "--start", "9999-12-31T23:59:59-01:00"], "outside the times the connector can use"),
+        (["backfill", "--start", "2026-01-01", "--end", "0001-01-01T00:00+01:00"], "--end '0001-01-01T00:00+01:00'"),
         # given on the command line, so not a setting to fix where the settings live
         (["run", "--schedule", "bad cron"], "--schedule is not an NCRONTAB expression"),
     ],
@@ -452,3 +454,14 @@ def test_process_does_not_wait_for_messages_it_cannot_see(cli: Cli, monkeypatch:
     waiting = {r["Id"] for r in workload.blobs[workload.content_ids.index(held)].records}
     assert set(workload.irm_alert_record_ids) - waiting <= set(sent) <= set(workload.irm_alert_record_ids)
     assert set(sent.values()) == {1}
+
+
+def test_a_reader_that_goes_away_is_not_a_service_that_could_not_be_reached(cli: Cli) -> None:
+    """`irm-connector --json poison list | true`: the pipe is closed before the result is written. Nothing to
+    report and nowhere to report it: no "a service could not be reached" (exit 3), no traceback at exit."""
+    cli.put('{"not": "a content message"}', cli.poison)
+    done = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m irm_connector --json poison list | (sleep 0; exec 0<&-)"],
+        env=cli.process_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.stderr == "", done.stderr
