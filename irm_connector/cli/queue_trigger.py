@@ -52,12 +52,13 @@ OVERRIDE_PREFIX = "AzureFunctionsJobHost__extensions__queues__"
 
 class HostSetting(NamedTuple):
     """One queue setting of host.json: the :class:`HostQueueOptions` field it sets, how an app setting's text
-    is read (``form`` says what it must look like), and the least value accepted."""
+    is read (``form`` says what it must look like), and the least and most values accepted."""
 
     field: str
     parse: Callable[[str], float]
     form: str
     least: float
+    most: float = float("inf")
 
 
 #: The queue settings of host.json that the worker imitates, by their name there.
@@ -65,7 +66,8 @@ HOST_SETTINGS = {
     "batchSize": HostSetting("batch_size", int, "a whole number", 1),
     "newBatchThreshold": HostSetting("new_batch_threshold", int, "a whole number", 0),
     "maxDequeueCount": HostSetting("max_dequeue_count", int, "a whole number", 1),
-    "visibilityTimeout": HostSetting("visibility_timeout", parse_timespan, "a timespan such as 00:00:30", 0),
+    # Storage refuses a visibility timeout over 7 days: every retry would fail to put its message back.
+    "visibilityTimeout": HostSetting("visibility_timeout", parse_timespan, "a timespan such as 00:00:30", 0, 604800),
 }
 
 
@@ -100,6 +102,8 @@ class HostQueueOptions:
                 raise SettingsError(name, f"is not {setting.form}") from None
             if value < setting.least:
                 raise SettingsError(name, f"is less than {setting.least:g}")
+            if value > setting.most:
+                raise SettingsError(name, f"is more than {setting.most:g} seconds (7 days)")
             overrides[setting.field] = value
         return replace(cls(), **overrides)
 
@@ -229,8 +233,13 @@ class QueueWorker:
             # The host would fail this message on every delivery; park it at once, saying why.
             log.error("Message %s is not base64 (written without encoding?); moved to %s. First 200 characters: %r",
                       message.id, self._poison.queue_name, str(body)[:200])  # fmt: skip
-            await self._send_poison(str(body))
-            await self._queue.delete_message(message)
+            try:
+                await self._send_poison(str(body))
+                await self._queue.delete_message(message)
+            except AzureError as error:
+                log.warning("Could not park message %s (%s); it comes back in %d s, when its lock ends",
+                            message.id, type(error).__name__, self._lock)  # fmt: skip
+                return
             self.stats.poisoned += 1
             return
         function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]
@@ -246,28 +255,12 @@ class QueueWorker:
             await self._handler(function_message)
         except Exception as exc:
             self.stats.failed_attempts += 1
-            if message.dequeue_count >= self._options.max_dequeue_count:
-                log.error(
-                    "Message %s failed %d times; moved to %s: %s",
-                    message.id,
-                    message.dequeue_count,
-                    self._poison.queue_name,
-                    exc,
-                )
-                await self._send_poison(body)
-                await self._queue.delete_message(message)
-                self.stats.poisoned += 1
-            else:
-                log.warning(
-                    "Message %s failed (attempt %d of %d), retried: %s",
-                    message.id,
-                    message.dequeue_count,
-                    self._options.max_dequeue_count,
-                    exc,
-                )
-                delay = int(self._options.visibility_timeout)
-                self._retries_due = max(self._retries_due, time.monotonic() + delay)
-                await self._queue.update_message(message, visibility_timeout=delay)
+            try:
+                await self._after_failure(message, body, exc)
+            except AzureError as error:
+                # Nothing is lost: the message comes back when its lock ends, and is retried (or parked) then.
+                log.warning("Could not retry or park message %s (%s); it comes back in %d s, when its lock ends",
+                            message.id, type(error).__name__, self._lock)  # fmt: skip
             return
         try:
             await self._queue.delete_message(message)
@@ -277,6 +270,22 @@ class QueueWorker:
             log.warning("Could not delete message %s (%s); it will be seen again", message.id, type(exc).__name__)
         self.stats.processed += 1
         log.debug("Message %s done in %.2fs", message.id, time.perf_counter() - started)
+
+    async def _after_failure(self, message: Any, body: str, exc: Exception) -> None:
+        """A failed delivery, as the host handles it: back on the queue after the retry delay, or, the last
+        attempt, into the poison queue."""
+        if message.dequeue_count >= self._options.max_dequeue_count:
+            log.error("Message %s failed %d times; moved to %s: %s",
+                      message.id, message.dequeue_count, self._poison.queue_name, exc)  # fmt: skip
+            await self._send_poison(body)
+            await self._queue.delete_message(message)
+            self.stats.poisoned += 1
+            return
+        log.warning("Message %s failed (attempt %d of %d), retried: %s",
+                    message.id, message.dequeue_count, self._options.max_dequeue_count, exc)  # fmt: skip
+        delay = int(self._options.visibility_timeout)
+        self._retries_due = max(self._retries_due, time.monotonic() + delay)
+        await self._queue.update_message(message, visibility_timeout=delay)
 
     async def _send_poison(self, body: str) -> None:
         await create_queue_if_missing(self._poison)

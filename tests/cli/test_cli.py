@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import pty
 import subprocess
@@ -12,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from standins.azurite import Azurite
 from standins.workload import generate_workload
 from tests.cli.conftest import REPO, Cli
 
@@ -465,3 +468,46 @@ def test_a_reader_that_goes_away_is_not_a_service_that_could_not_be_reached(cli:
         env=cli.process_env(), cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.stderr == "", done.stderr
+
+
+async def test_a_retry_storage_will_not_put_back_is_said_and_the_message_comes_back(
+    azurite: Azurite, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first delivery fails and Storage refuses to put the message back for its retry: one warning says so
+    (it used to vanish with the task), and the message comes back when its lock ends and goes through."""
+    import uuid
+
+    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
+    from standins.storage_proxy import StorageProxy
+
+    name = f"q{uuid.uuid4().hex[:12]}"
+    attempts = 0
+
+    async def handler(message: object) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts == 1:
+            raise RuntimeError("the first attempt fails")
+
+    with StorageProxy(azurite) as proxy:
+
+        def client(queue: str) -> QueueClient:
+            return QueueClient.from_connection_string(
+                proxy.connection_string, queue, retry_total=0,
+                message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
+            )  # fmt: skip
+
+        async with client(name) as queue, client(name + "-poison") as poison:
+            await queue.create_queue()
+            await queue.send_message("a message")
+            proxy.add_fault("queue.update", "status", status=503, count=1)
+            worker = QueueWorker(queue, poison, handler, HostQueueOptions(visibility_timeout=0), lock_seconds=2)
+            with caplog.at_level(logging.WARNING, logger="irm_connector.cli.queue_trigger"):
+                stats = await asyncio.wait_for(worker.run(), 60)
+            assert proxy.count("queue.update", fault="status") == 1
+            assert (await queue.get_queue_properties()).approximate_message_count == 0
+    assert (attempts, stats.processed, stats.failed_attempts, stats.poisoned) == (2, 1, 1, 0)
+    assert any("Could not retry or park message" in r.getMessage() for r in caplog.records)
