@@ -168,12 +168,16 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     wanted = None if args.all else set(args.ids)
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
+    kept: list[str] = []
 
     def matches(message: QueueMessage) -> bool:
-        if wanted is None or message.id in wanted:
-            return True
-        content_id = _content_id(message)
-        return bool(content_id) and content_id in wanted
+        if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
+            return False
+        if Delivery.decode(_text(message)).message is None:
+            # Not a content notification: the processor would park it again at once, whatever was fixed.
+            kept.append(message.id)
+            return False
+        return True
 
     async def send_back(message: QueueMessage) -> None:
         text = _text(message)
@@ -189,18 +193,24 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
 
     walk = _Walk(store, LOCK_SECONDS)
     await walk.run(matches, send_back)
-    found = {d["id"] for d in done} | {d["content_id"] for d in done}
+    kept = sorted(set(kept))
+    found = {d["id"] for d in done} | {d["content_id"] for d in done} | set(kept)
     missing = sorted(wanted - found) if wanted is not None else []
     lines = [f"{len(done)} message(s) sent back to {settings.content_queue}"]
     lines += [f"  {d['id']}  {d['content_id']}" for d in done]
+    if kept:
+        lines.append(f"left in {settings.poison_queue}, not content notifications (no retry can help; `poison purge` "
+                     f"deletes them): {', '.join(kept)}")  # fmt: skip
     if missing:
         lines.append(f"not found in {settings.poison_queue}: {', '.join(missing)}")
     if walk.undeleted:
         lines.append(f"sent back but still in {settings.poison_queue} (delete refused): {', '.join(walk.undeleted)}")
     if done:
         lines.append("process them with `irm-connector process` (or let the function app pick them up)")
-    emit(args, {"requeued": done, "not_found": missing, "not_deleted": walk.undeleted}, "\n".join(lines))
-    return EXIT_FAILED if missing or walk.undeleted else EXIT_OK
+    emit(args, {"requeued": done, "not_content": kept, "not_found": missing, "not_deleted": walk.undeleted},
+         "\n".join(lines))  # fmt: skip
+    named_kept = wanted is not None and bool(kept)
+    return EXIT_FAILED if missing or walk.undeleted or named_kept else EXIT_OK
 
 
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:

@@ -219,6 +219,13 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     assert code == 1 and doc["poisoned"] == 1 and cli.depth(cli.poison) == 1
     code, doc = cli.json("poison", "list")
     assert doc["messages"][0]["reason"] == "BadMessageError: message is not JSON"
+    # Requeued, it would only be parked again: it stays, and the result says why.
+    code, doc = cli.json("poison", "requeue", "--all")
+    assert code == 0 and doc["requeued"] == [] and len(doc["not_content"]) == 1
+    [doc_id] = doc["not_content"]
+    assert cli.depth(cli.poison) == 1 and cli.depth() == 0
+    code, doc = cli.json("poison", "requeue", doc_id)
+    assert code == 1 and doc["not_content"] == [doc_id] and doc["not_found"] == []
 
     code, out, err = cli.run("poison", "purge")  # no terminal under pytest: refused without --yes
     assert code == 2 and "--yes" in err and cli.depth(cli.poison) == 1
