@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
@@ -197,8 +199,25 @@ def _command(args: argparse.Namespace) -> Command:
 
 
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
+    # SIGTERM (a build agent's timeout, `kill`) ends a command as Ctrl-C does: cancelled, its leases released and
+    # its claims given up on the way out, exit 130. `process` and `run` install a gentler stop of their own.
+    main_task = asyncio.current_task()
+    terminated = False
+
+    def on_terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        if main_task is not None:
+            main_task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here (a thread, Windows)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_terminate)
     try:
         return await _command(args)(args, settings)
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
     finally:
         await close_runtimes()
 

@@ -90,3 +90,24 @@ def test_process_interrupted_finishes_what_is_in_flight_and_the_next_run_sends_t
     assert code == 0, second
     assert second["processed"] == len(workload.blobs) - first["processed"]
     assert Counter(r["RecordId"] for r in cli.rows()) == Counter(set(workload.irm_alert_record_ids))
+
+
+def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: Cli) -> None:
+    """SIGTERM (a build agent's timeout) during `poll`: the command says it was interrupted, exit 130, as for
+    Ctrl-C; its lease is released on the way out, so a poll right after runs at once instead of skipping."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=25, total_records=200, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    sim.management.add_fault("list", "delay", seconds=30, count=1)
+    with cli.spawn("poll", "--json") as process:
+        deadline = time.monotonic() + 60
+        while sim.management.pending_faults("list"):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        out, err = cli.stop(process)
+    assert process.returncode == 130, err
+    assert json.loads(out)["error"]["code"] == "interrupted" and "Traceback" not in err
+    code, doc = cli.json("poll")
+    assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"
