@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from .auth import identity_endpoint_known
 from .deadline import within
 from .errors import IngestionRefusedError, StateError
 from .models import utc_text
@@ -74,8 +75,11 @@ def fix_text(dcr: str, stream: str, status: int, code: str, since: datetime) -> 
         fix = (f"no such rule or stream: check LOGS_DCR_IMMUTABLE_ID and LOGS_INGESTION_ENDPOINT, and that the "
                f"rule declares the stream {stream} (redeploy infra/)")  # fmt: skip
     else:
-        fix = (f'give the function app\'s identity the "Monitoring Metrics Publisher" role on the data collection '
-               f"rule {dcr} (a new role assignment takes up to 30 minutes to apply)")  # fmt: skip
+        # Off Azure (the command line on a laptop) the rows went as the operator's own identity, not the app's.
+        who = "the function app's identity" if identity_endpoint_known() else (
+            "the identity this runs as (`az login`; the function app's identity needs it too)")
+        fix = (f'give {who} the "Monitoring Metrics Publisher" role on the data collection rule {dcr} (a new role '
+               f"assignment takes up to 30 minutes to apply)")  # fmt: skip
     return (
         f"Logs Ingestion refuses stream {stream} of data collection rule {dcr} ({answer}) since "
         f"{utc_text(since, timespec='seconds')}. Fix: {fix}. Messages are rescheduled, not moved to the poison "

@@ -107,8 +107,17 @@ def test_a_rescheduled_message_says_so_and_anything_else_there_reads_as_never(wr
         (404, "no such rule or stream: check LOGS_DCR_IMMUTABLE_ID and LOGS_INGESTION_ENDPOINT", "Metrics Publisher"),
     ],
 )
-def test_the_refusal_line_gives_the_fix_its_status_calls_for(status: int, fix: str, wrong: str) -> None:
+def test_the_refusal_line_gives_the_fix_its_status_calls_for(
+    status: int, fix: str, wrong: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The error line operators alert on: a role does not mend a refused token (401) or a rule that is not
     there (404)."""
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token")  # in the function app
     line = fix_text("dcr-1", "Custom-IRMAlerts", status, "", datetime(2026, 12, 3, tzinfo=UTC))
     assert f"(HTTP {status}) since 2026-12-03T00:00:00Z. Fix: {fix}" in line and wrong not in line
+
+
+def test_off_azure_the_missing_role_is_the_operators_own() -> None:
+    """`process` from a laptop sends as the operator's `az login` identity: that one lacks the role."""
+    line = fix_text("dcr-1", "Custom-IRMAlerts", 403, "", datetime(2026, 12, 3, tzinfo=UTC))
+    assert 'Fix: give the identity this runs as (`az login`; the function app\'s identity needs it too) the ' in line
