@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from irm_connector.errors import ConnectorError
+from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import KNOWN_CONTENT_TYPES, Settings
 
-from ._common import EXIT_OK, UsageError, confirm, emit
+from ._common import EXIT_FAILED, EXIT_OK, UsageError, confirm, emit
 from ._preflight import ready
 
 __all__ = ["subscriptions"]
@@ -49,13 +51,22 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
         )
     await ready(settings, storage=False, management=True)
     rt = await get_runtime(settings)
-    results = []
+    results: list[dict[str, str]] = []
     for ct in content_types:
-        if args.action == "start":
-            status_text = await rt.management.start_subscription(ct)
-        else:
-            await rt.management.stop_subscription(ct)
-            status_text = "disabled"
+        try:
+            if args.action == "start":
+                status_text = await rt.management.start_subscription(ct)
+            else:
+                await rt.management.stop_subscription(ct)
+                status_text = "disabled"
+        except ConnectorError as exc:
+            if not results:
+                raise  # nothing done yet: reported as any command's failure
+            # Some were changed already: the result must say which, and which not.
+            results.append({"content_type": ct, "status": "failed", "error": redact(str(exc))})
+            continue
         results.append({"content_type": ct, "status": status_text})
-    emit(args, {"subscriptions": results}, "\n".join(f"{r['content_type']}: {r['status']}" for r in results))
-    return EXIT_OK
+    text = "\n".join(f"{r['content_type']}: {r['status']}" + (f" ({r['error']})" if "error" in r else "")
+                     for r in results)  # fmt: skip
+    emit(args, {"subscriptions": results}, text)
+    return EXIT_FAILED if any("error" in r for r in results) else EXIT_OK

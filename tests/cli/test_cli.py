@@ -323,6 +323,14 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     code, _, err = cli.run("subscriptions", "start")
     assert code == 1 and "AF20023" in err
 
+    # Two named, the second refused: the result says the first was started, and why the second was not.
+    code, doc = cli.json("subscriptions", "start", "Audit.Exchange", "Audit.General")
+    assert code == 1
+    started, refused = doc["subscriptions"]
+    assert started == {"content_type": "Audit.Exchange", "status": "enabled"}
+    assert refused["content_type"] == "Audit.General" and refused["status"] == "failed" and "AF20023" in refused["error"]
+    assert sim.management.subscription("Audit.Exchange") == "enabled"
+
     starts = sim.management.count("start")
     code, _, err = cli.run("subscriptions", "start", "Audit.Genral")  # a typo: a usage error, the API not asked
     assert code == 2 and "Audit.Genral: not a content type" in err
