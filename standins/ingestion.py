@@ -13,6 +13,10 @@ sent (compressed) and the inflated JSON must each be at most 1,048,576 bytes, el
 
 Validation is stricter than the real service (which drops unknown columns and coerces values)
 on purpose: an undeclared column or a mistyped value is a connector bug a test should see.
+
+Stored as the service stores them (apis.md): a ``TimeGenerated`` more than 2 days old or 1 day ahead becomes
+the time the row was received, and a field value above 64 KB is cut to 64 KB (a ``dynamic`` one to the first
+64 KB of its JSON text, which is then a string, no longer an object).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import threading
 import zlib
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +109,32 @@ def check_value(column_type: str, value: Any) -> bool:
     if column_type == "datetime":
         return _is_datetime(value)
     return False
+
+
+#: A field value above this many bytes is cut to it.
+FIELD_LIMIT = 64 * 1024
+#: A TimeGenerated further back or ahead than these is replaced by the time the row was received.
+KEPT_BACK, KEPT_AHEAD = timedelta(days=2), timedelta(days=1)
+
+
+def _as_stored(row: dict[str, Any], received: datetime) -> dict[str, Any]:
+    stored = dict(row)
+    when = _utc_or_none(row.get("TimeGenerated"))
+    if when is not None and not received - KEPT_BACK <= when <= received + KEPT_AHEAD:
+        stored["TimeGenerated"] = received.isoformat().replace("+00:00", "Z")
+    for key, value in row.items():
+        text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, dict | list) else None
+        if text is not None and len(text.encode("utf-8")) > FIELD_LIMIT:
+            stored[key] = text.encode("utf-8")[:FIELD_LIMIT].decode("utf-8", "ignore")
+    return stored
+
+
+def _utc_or_none(value: Any) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _too_large(what: str, size: int) -> ApiError:
@@ -371,6 +401,8 @@ class IngestionStandIn(ServiceStandIn):
                     )
 
     def _store(self, stream: str, rows: list[dict[str, Any]]) -> None:
+        received = datetime.now(UTC)
+        rows = [_as_stored(row, received) for row in rows]
         with self._lock:
             self._rows.setdefault(stream, []).extend(rows)
         path = self.rows_file(stream)

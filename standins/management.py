@@ -18,6 +18,10 @@ Time: listing and expiry follow :attr:`ManagementStandIn.clock` (settable) so te
 through days; token expiry stays on real time (msal and azure-identity cache on real time).
 A blob is listed once ``clock.now() >= available_at``; ``available_at > content_created``
 models a late-listed blob that shows up in a window the poller already listed.
+
+Subscriptions: "content from while stopped is never available" (apis.md). A blob is listed only when it was
+created while its content type's subscription was enabled: since a start through the API, or, for one a test
+sets up as enabled with :meth:`ManagementStandIn.set_subscription`, since always (a tenant subscribed long ago).
 """
 
 from __future__ import annotations
@@ -83,6 +87,26 @@ class TenantState:
     subscriptions: dict[str, str] = field(default_factory=dict)  # contentType -> enabled|disabled
     admin_disabled: set[str] = field(default_factory=set)
     blobs: dict[str, Blob] = field(default_factory=dict)
+    #: contentType -> the stretches it was enabled, [since, until) (until None: still enabled)
+    enabled: dict[str, list[tuple[datetime, datetime | None]]] = field(default_factory=dict)
+
+    def set_status(self, content_type: str, status: str | None, at: datetime) -> None:
+        """The subscription's status from ``at`` on (``at`` = datetime.min: enabled since always)."""
+        stretches = self.enabled.setdefault(content_type, [])
+        running = bool(stretches) and stretches[-1][1] is None
+        if status == "enabled" and not running:
+            stretches.append((at, None))
+        elif status != "enabled" and running:
+            stretches[-1] = (stretches[-1][0], at)
+        if status is None:
+            self.subscriptions.pop(content_type, None)
+        else:
+            self.subscriptions[content_type] = status
+
+    def available(self, blob: Blob) -> bool:
+        """Whether ``blob`` was created while its content type was subscribed."""
+        return any(since <= blob.content_created and (until is None or blob.content_created < until)
+                   for since, until in self.enabled.get(blob.content_type, ()))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -154,11 +178,14 @@ class ManagementStandIn(ServiceStandIn):
     def set_subscription(self, content_type: str, status: str | None, tenant: str | None = None) -> None:
         """``"enabled"``, ``"disabled"`` or ``None`` (no subscription at all)."""
         with self._lock:
-            subs = self._tenant(tenant).subscriptions
+            # A test's setup: None is a tenant that never subscribed; a first "enabled" is a subscription from
+            # always (content of any age is there); after that, changes take effect now, as the API's own start
+            # and stop do.
+            state = self._tenant(tenant)
             if status is None:
-                subs.pop(content_type, None)
-            else:
-                subs[content_type] = status
+                state.enabled.pop(content_type, None)
+            first = status == "enabled" and not state.enabled.get(content_type)
+            state.set_status(content_type, status, datetime.min.replace(tzinfo=UTC) if first else self.clock.now())
 
     def subscription(self, content_type: str, tenant: str | None = None) -> str | None:
         with self._lock:
@@ -171,7 +198,7 @@ class ManagementStandIn(ServiceStandIn):
             if disabled:
                 state.admin_disabled.add(content_type)
                 if content_type in state.subscriptions:
-                    state.subscriptions[content_type] = "disabled"
+                    state.set_status(content_type, "disabled", self.clock.now())
             else:
                 state.admin_disabled.discard(content_type)
 
@@ -347,7 +374,7 @@ class ManagementStandIn(ServiceStandIn):
                     "AF20024",
                     "The subscription is already enabled. No property change.",
                 )
-            state.subscriptions[content_type] = "enabled"
+            state.set_status(content_type, "enabled", self.clock.now())  # content from now on
         return json_response({"contentType": content_type, "status": "enabled", "webhook": None})
 
     async def _stop(self, request: web.Request) -> web.Response:
@@ -356,7 +383,7 @@ class ManagementStandIn(ServiceStandIn):
         with self._lock:
             if content_type not in state.subscriptions:
                 raise _af(400, "AF20022", "No subscription found for the specified content type.")
-            state.subscriptions[content_type] = "disabled"
+            state.set_status(content_type, "disabled", self.clock.now())
         return web.Response(status=200)
 
     async def _list_subs(self, request: web.Request) -> web.Response:
@@ -440,6 +467,7 @@ class ManagementStandIn(ServiceStandIn):
                     if b.content_type == content_type
                     and start <= b.content_created < end
                     and b.available_at <= now
+                    and state.available(b)
                     and (after is None or b.sort_key() >= after)
                 ),
                 key=Blob.sort_key,

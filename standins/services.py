@@ -39,9 +39,13 @@ class StandIns:
         directory: Path | str | None = None,
         dcr_immutable_id: str | None = None,
         ca: TestCA | None = None,
+        subscribed: tuple[str, ...] = ("Audit.General",),
     ) -> None:
         """``ca``: share one test CA between instances (RSA key generation is the slow part of
-        setting up); the caller then owns it. ``directory``: where a CA of our own keeps its files."""
+        setting up); the caller then owns it. ``directory``: where a CA of our own keeps its files.
+        ``subscribed``: the content types whose subscription has been enabled since always (a tenant that
+        has been exporting; content of any age is listed); ``()`` for a tenant that never subscribed, where
+        only what is created after a start is (apis.md)."""
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.client_id = client_id or str(uuid.uuid4())
         self.client_secret = client_secret or secrets.token_urlsafe(30)
@@ -63,6 +67,8 @@ class StandIns:
         )
         self.management = ManagementStandIn(self.tokens, clock=self.clock, page_size=page_size)
         self.management.add_tenant(self.tenant_id)
+        for content_type in subscribed:
+            self.management.set_subscription(content_type, "enabled")
         self.ingestion = IngestionStandIn(
             self.tokens,
             dcr_immutable_id=self.dcr_immutable_id,

@@ -14,12 +14,14 @@ record arrives exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +162,6 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     sim = connector.standins
     connector.set(**{TIMEOUT_SETTING: f"00:00:{TIMEOUT}"})
     sim.management.set_subscription("Audit.General", None)
-    workload = generate_workload(seed=64, total_records=300, blob_size=(300, 300), irm_share=0.05,
-                                 tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
     sim.management.add_fault("start", "status", count=1000, status=429, retry_after=120)
 
     started = time.monotonic()
@@ -171,6 +170,14 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     seconds = time.monotonic() - started
     sim.management.clear_faults()
     await connector.poll()  # starts it now
+    # Published since the start (what came before it is never available, apis.md), before the next window ends.
+    subscribed = datetime.now(UTC)
+    await asyncio.sleep(2)
+    workload = generate_workload(seed=64, total_records=300, blob_size=(300, 300), irm_share=0.05,
+                                 tenant_id=sim.tenant_id, start=subscribed,
+                                 span=timedelta(milliseconds=500))  # fmt: skip
+    workload.publish(sim.management)
+    await connector.poll()
     stats = await connector.drain()
     alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
     lost = len(workload.irm_alert_record_ids - set(alerts))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -152,15 +154,55 @@ async def test_expired_and_missing_content_complete_with_a_warning(connector: Co
 
 
 async def test_missing_subscription_is_started(connector: ConnectorHarness) -> None:
+    """The poller starts a missing subscription. What was published before it is never available (apis.md);
+    what is published from then on arrives."""
     sim = connector.standins
     sim.management.set_subscription("Audit.General", None)
-    workload = generate_workload(seed=4, total_records=200, blob_size=(200, 200), tenant_id=sim.tenant_id)
-    workload.publish(sim.management)
+    before = generate_workload(seed=4, total_records=200, blob_size=(200, 200), tenant_id=sim.tenant_id)
+    before.publish(sim.management)
     await connector.poll()
     assert sim.management.subscription("Audit.General") == "enabled"
+    assert await connector.queue_length() == 0
+    started = datetime.now(UTC)
+    await asyncio.sleep(2)  # created since the start, and before the next run's window ends (the Date's whole second)
+    after = generate_workload(seed=5, total_records=200, blob_size=(200, 200), irm_share=0.1,
+                              tenant_id=sim.tenant_id, start=started, span=timedelta(milliseconds=500))  # fmt: skip
+    after.publish(sim.management)
+    await connector.poll()
     assert await connector.queue_length() == 1
+    await connector.drain()
+    assert Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts")) == Counter(after.irm_alert_record_ids)
 
 
 def _utc(text: str) -> datetime:
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def test_an_old_alert_keeps_its_event_time_and_a_large_record_stays_an_object(connector: ConnectorHarness) -> None:
+    """Content four days old, as a catch-up lists it: Azure Monitor replaces a TimeGenerated over 2 days old with
+    the time it received the row, so the alert's event time is in CreationTime. A record whose fields come to
+    over 64 KB is cut by the connector, member by member, before the service would cut its JSON text in two:
+    its Record is still an object a query can read a field of."""
+    sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM="Custom-O365Audit", INITIAL_LOOKBACK="5d")
+    old = datetime.now(UTC) - timedelta(days=4)
+    workload = generate_workload(seed=8, total_records=300, blob_size=(300, 300), irm_share=0.1,
+                                 tenant_id=sim.tenant_id, start=old, span=timedelta(minutes=10))  # fmt: skip
+    workload.publish(sim.management)
+    large = {"CreationTime": old.strftime("%Y-%m-%dT%H:%M:%S"), "Id": "large-record", "RecordType": 25,
+             "Operation": "FileAccessed", "Workload": "SharePoint", "UserId": "u@contoso.com",
+             "Notes": ["n" * 3000 for _ in range(40)]}  # fmt: skip
+    sim.management.add_blob("Audit.General", [large], content_created=old + timedelta(minutes=20))
+    await connector.poll()
+    await connector.drain()
+
+    alerts = connector.rows("Custom-IRMAlerts")
+    assert Counter(r["RecordId"] for r in alerts) == Counter(workload.irm_alert_record_ids)
+    for row in alerts:
+        assert _utc(row["TimeGenerated"]) > datetime.now(UTC) - timedelta(hours=1)  # replaced on arrival
+        assert _utc(row["CreationTime"]) < datetime.now(UTC) - timedelta(days=3)  # the event's own time
+    [big] = [r for r in connector.rows("Custom-O365Audit") if r["RecordId"] == "large-record"]
+    assert isinstance(big["Record"], dict) and big["Record"]["Notes"]  # an object still, not a cut JSON text
+    text = json.dumps(big["Record"], ensure_ascii=False)
+    assert len(text.encode()) <= 64 * 1024 and "cut to fit 64 KB" in text  # and it says it was cut

@@ -799,7 +799,6 @@ async def test_a_subscription_still_missing_after_its_start_fails_each_run_until
 
     sim = connector.standins
     sim.management.set_subscription("Audit.General", None)
-    workload = _publish(connector, seed=41, records=300, blob_size=(300, 300))
     sim.management.add_fault("list", "status", status=400, code="AF20022", count=3)
     for _ in range(2):  # started, and still missing; then waiting for the start to take, still missing
         with pytest.raises(PollError, match="AF20022"):
@@ -807,6 +806,11 @@ async def test_a_subscription_still_missing_after_its_start_fails_each_run_until
     rows = connector.rows("Custom-IRMConnectorHealth")
     assert [(r["Errors"], "AF20022" in r["LastError"]) for r in rows] == [(1, True), (1, True)]
     assert sim.management.count("start") == 1  # not started again in a loop
+    # Published since the start (what came before it is never available), before the next run's window ends.
+    started = datetime.now(UTC)
+    await asyncio.sleep(2)
+    workload = _publish(connector, seed=41, records=300, blob_size=(300, 300), start=started,
+                        span=timedelta(milliseconds=500))  # fmt: skip
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)

@@ -93,6 +93,7 @@ async def test_start_when_already_enabled(mgmt: Mgmt, knob: int, expected: tuple
 
 
 async def test_start_errors(mgmt: Mgmt) -> None:
+    mgmt.services.management.set_subscription(GENERAL, None)
     mgmt.services.management.set_admin_disabled("Audit.Exchange")
     disabled = await mgmt.start("Audit.Exchange")
     invalid = await mgmt.start("Audit.Nonsense")
