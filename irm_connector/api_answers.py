@@ -4,7 +4,7 @@ bodies (a body that is not JSON is a transient fault: the API sometimes answers 
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -13,7 +13,12 @@ from multidict import CIMultiDictProxy
 
 from .errors import TransientApiError
 
-__all__ = ["error_of", "json_of", "retry_after_of"]
+__all__ = ["MAX_RETRY_AFTER", "error_of", "json_of", "retry_after_of"]
+
+#: The longest ``Retry-After`` honoured beyond one call (the poller's runs skip the content type, a download is put
+#: off): a longer one, or a wrong one (a proxy's, a date gone wrong), would stop listing or bring a message back
+#: after its blob expired, and the API keeps content 7 days only. One request an hour costs nothing.
+MAX_RETRY_AFTER = timedelta(hours=1)
 
 
 def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:

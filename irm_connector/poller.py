@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from .api_answers import MAX_RETRY_AFTER
 from .content_queue import ContentMessage
 from .deadline import Deadline
 from .errors import (
@@ -50,9 +51,6 @@ log = logging.getLogger(__name__)
 SUBSCRIPTION_START_INTERVAL = timedelta(minutes=15)
 #: A window's end this far past the Management API's clock is worth a warning (below it, ordinary skew).
 CLOCK_WARNING_SECONDS = 60
-#: The longest ``Retry-After`` the poller honours across runs: a longer one (or a wrong one) would stop listing
-#: for that long, and the API keeps content 7 days only; one request an hour costs nothing.
-MAX_THROTTLE = timedelta(hours=1)
 _ENQUEUE_CONCURRENCY = 16
 
 
@@ -155,7 +153,7 @@ async def _poll_content_type(
         if isinstance(exc, OperatorActionError) and exc.code == "AF20023":
             report.subscription = "disabled"
         if isinstance(exc, TransientApiError) and exc.retry_after is not None:
-            throttled_until = _storage_time(*taken) + min(timedelta(seconds=exc.retry_after), MAX_THROTTLE)
+            throttled_until = _storage_time(*taken) + min(timedelta(seconds=exc.retry_after), MAX_RETRY_AFTER)
         raise
     except Exception as exc:
         # A fault of the connector's own: the host logs its traceback; `status` shows that the run failed.

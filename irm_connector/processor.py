@@ -20,6 +20,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import refusals
+from .api_answers import MAX_RETRY_AFTER
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
 from .content_queue import ContentMessage, Delivery
@@ -129,10 +130,11 @@ async def _wait_for_the_api(
 ) -> ProcessResult:
     """The Management API asked for a wait longer than a call waits (``Retry-After``): the message comes back
     when it ends, as a new one (its dequeue count spared), rather than being retried early by the host. At most
-    :data:`MAX_PUT_OFF`, and back before its blob expires: a longer wait (a proxy's, a date gone wrong) would
-    bring it back to an answer of AF20051, its records lost."""
+    :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a date gone
+    wrong) would bring it back to an answer of AF20051, its records lost."""
     before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
-    delay = min(math.ceil(error.retry_after or 0), MAX_PUT_OFF, max(math.floor(before_expiry), PUT_OFF_LEAST))
+    longest = int(MAX_RETRY_AFTER.total_seconds())
+    delay = min(math.ceil(error.retry_after or 0), longest, max(math.floor(before_expiry), PUT_OFF_LEAST))
     await _put_back(rt, message, delay, error, result)
     log.warning("Content %s put off for %d s, as the Management API asks: %s", dims["content_id"], delay, error,
                 extra=dims)  # fmt: skip
@@ -333,8 +335,6 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 
-#: The longest a message is put off at the Management API's asking (``Retry-After``), as the poller's runs are.
-MAX_PUT_OFF = 3600
 #: A put-off message comes back this many seconds before its blob expires, and is put off at least
 #: :data:`PUT_OFF_LEAST` seconds (so close to the end, asking early is its one chance).
 PUT_OFF_EXPIRY_MARGIN = 300
