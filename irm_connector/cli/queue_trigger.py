@@ -233,14 +233,7 @@ class QueueWorker:
             # The host would fail this message on every delivery; park it at once, saying why.
             log.error("Message %s is not base64 (written without encoding?); moved to %s. First 200 characters: %r",
                       message.id, self._poison.queue_name, str(body)[:200])  # fmt: skip
-            try:
-                await self._send_poison(str(body))
-                await self._queue.delete_message(message)
-            except AzureError as error:
-                log.warning("Could not park message %s (%s); it comes back in %d s, when its lock ends",
-                            message.id, type(error).__name__, self._lock)  # fmt: skip
-                return
-            self.stats.poisoned += 1
+            await self._settled(message, self._park(message, str(body)))
             return
         function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]
             id=message.id,
@@ -255,12 +248,7 @@ class QueueWorker:
             await self._handler(function_message)
         except Exception as exc:
             self.stats.failed_attempts += 1
-            try:
-                await self._after_failure(message, body, exc)
-            except AzureError as error:
-                # Nothing is lost: the message comes back when its lock ends, and is retried (or parked) then.
-                log.warning("Could not retry or park message %s (%s); it comes back in %d s, when its lock ends",
-                            message.id, type(error).__name__, self._lock)  # fmt: skip
+            await self._settled(message, self._after_failure(message, body, exc))
             return
         try:
             await self._queue.delete_message(message)
@@ -277,9 +265,7 @@ class QueueWorker:
         if message.dequeue_count >= self._options.max_dequeue_count:
             log.error("Message %s failed %d times; moved to %s: %s",
                       message.id, message.dequeue_count, self._poison.queue_name, exc)  # fmt: skip
-            await self._send_poison(body)
-            await self._queue.delete_message(message)
-            self.stats.poisoned += 1
+            await self._park(message, body)
             return
         log.warning("Message %s failed (attempt %d of %d), retried: %s",
                     message.id, message.dequeue_count, self._options.max_dequeue_count, exc)  # fmt: skip
@@ -287,6 +273,18 @@ class QueueWorker:
         self._retries_due = max(self._retries_due, time.monotonic() + delay)
         await self._queue.update_message(message, visibility_timeout=delay)
 
-    async def _send_poison(self, body: str) -> None:
+    async def _settled(self, message: Any, work: Awaitable[None]) -> None:
+        """``work``, which retries or parks ``message``. Storage refusing it loses nothing: the message comes back
+        when its lock ends, and is retried (or parked) then."""
+        try:
+            await work
+        except AzureError as error:
+            log.warning("Could not retry or park message %s (%s); it comes back in %d s, when its lock ends",
+                        message.id, type(error).__name__, self._lock)  # fmt: skip
+
+    async def _park(self, message: Any, body: str) -> None:
+        """``message`` into the poison queue, as ``body``, and off the content queue."""
         await create_queue_if_missing(self._poison)
         await self._poison.send_message(body, time_to_live=-1)
+        await self._queue.delete_message(message)
+        self.stats.poisoned += 1
