@@ -56,6 +56,16 @@ def _on_arrival(service: Any, route: str, action: Callable[[], None]) -> threadi
     return watcher
 
 
+async def _faults_taken(service: Any, route: str) -> None:
+    """Until every scripted fault of ``route`` has been taken by a request that arrived (a ``delay`` then holds
+    its answer): those requests are at the service, still unanswered."""
+    for _ in range(1000):
+        if not service.pending_faults(route):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the requests scripted for {route} never arrived")
+
+
 def _assert_exactly_once(connector: ConnectorHarness, workload: Workload) -> None:
     got = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
     assert got == Counter(workload.irm_alert_record_ids)
@@ -145,11 +155,8 @@ async def test_a_delivery_waiting_for_its_process_probe_of_a_refused_stream_stop
     await rt.state.refusals.record(rt.settings.dcr_immutable_id, stream, 403, "", probe_after=0)
     sim.ingestion.add_fault("ingest", "delay", count=1, seconds=6)
     probing = asyncio.ensure_future(connector.process(message))  # wins the probe; its upload waits for an answer
-    for _ in range(1000):
-        if not sim.ingestion.pending_faults("ingest"):
-            break
-        await asyncio.sleep(0.01)
-    assert sim.ingestion.pending_faults("ingest") == 0 and stream in rt.state.refusals.probes
+    await _faults_taken(sim.ingestion, "ingest")
+    assert stream in rt.state.refusals.probes
     try:
         with Deadline.for_invocation(3.0).applied(), pytest.raises(DeadlineError, match="probe of Custom-IRMAlerts"):
             await asyncio.wait_for(refusals.admit(rt, stream), 60)
@@ -469,11 +476,7 @@ async def test_an_upload_waiting_for_a_slot_ends_with_its_own_invocation(connect
     sim.ingestion.add_fault("ingest", "delay", count=UPLOAD_CONCURRENCY, seconds=8)
     holders = [asyncio.ensure_future(rt.ingestor.upload("Custom-IRMAlerts", [row(i)], deadline=Deadline.for_invocation(60)))
                for i in range(UPLOAD_CONCURRENCY)]  # fmt: skip
-    for _ in range(1000):  # every slot held: each holder's request has reached the service
-        if not sim.ingestion.pending_faults("ingest"):
-            break
-        await asyncio.sleep(0.01)
-    assert sim.ingestion.pending_faults("ingest") == 0
+    await _faults_taken(sim.ingestion, "ingest")  # every slot held: each holder's request has reached the service
     with pytest.raises(DeadlineError, match="upload slot"):
         await rt.ingestor.upload("Custom-IRMAlerts", [row(99)], deadline=Deadline.for_invocation(2))
     assert not any(h.done() for h in holders)  # it did not wait for a slot to free
@@ -645,10 +648,7 @@ async def test_a_poll_cancelled_midway_keeps_the_last_runs_error(connector: Conn
 
     sim.management.add_fault("list", "delay", seconds=30, count=1)
     polling = asyncio.ensure_future(connector.poll())
-    for _ in range(1000):
-        if not sim.management.pending_faults("list"):
-            break
-        await asyncio.sleep(0.01)
+    await _faults_taken(sim.management, "list")
     polling.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await polling
