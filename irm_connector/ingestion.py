@@ -199,7 +199,7 @@ class SentinelIngestor:
             del raw
             started = time.perf_counter()
             try:
-                await self._post(stream, body, deadline)
+                await self._post_with_fresh_token(stream, body, deadline)
             except ClientAuthenticationError as exc:
                 if exc.status_code:
                     raise _ingestion_error(stream, exc) from None  # see below
@@ -238,6 +238,19 @@ class SentinelIngestor:
             self._gate.release()
         for piece in pieces:  # outside the gate: each piece takes its own place
             await self._send(stream, piece, on_sent, deadline)
+
+    async def _post_with_fresh_token(self, stream: str, body: bytes, deadline: Deadline | None) -> None:
+        try:
+            await self._post(stream, body, deadline)
+        except ClientAuthenticationError as exc:
+            if exc.status_code != 401:
+                raise
+            # A token can expire on the way (a slow request, a clock a little ahead of this one). Taken for a
+            # refusal, it would put off every delivery of the stream on every instance until a probe got through.
+            # azure-core's policy dropped its token on the 401, so this carries a new one; a second 401 is a
+            # refusal.
+            log.info("Logs Ingestion refused the token for %s once; sending again with a new one", stream)
+            await self._post(stream, body, deadline)
 
     async def _post(self, stream: str, body: bytes, deadline: Deadline | None) -> None:
         if deadline is None:

@@ -125,6 +125,26 @@ async def test_transient_ingestion_answers_azure_core_leaves_alone_are_retried_i
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_token_that_expired_on_the_way_is_fetched_anew_not_taken_for_a_refusal(
+    connector: ConnectorHarness,
+) -> None:
+    """Logs Ingestion answers 401 to a token that expired while its request was on the way (a slow request, a clock
+    a little off). Taken as the DCR refusing the identity, it was recorded in the shared state, and every delivery
+    of the stream, on every instance, was put off until a probe got through."""
+    sim = connector.standins
+    workload = _publish(connector, seed=16, records=300, blob_size=(300, 300))
+    sim.tokens.lifetime = 3.0
+    sim.ingestion.add_fault("ingest", "delay", seconds=4)  # the token is checked when the request is answered
+    await connector.poll()
+    stats = await connector.drain()
+    assert sim.ingestion.pending_faults() == 0
+    assert (stats.failed_attempts, stats.poisoned, stats.processed) == (0, 0, len(workload.blobs))
+    assert sim.ingestion.count("ingest", status=401) == 1
+    rt = await get_runtime(Settings.from_env())
+    assert await rt.state.refusals.current(rt.settings.dcr_immutable_id, fresh=True) == {}
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_gateway_fault_that_outlasts_the_retries_is_not_called_a_refusal(connector: ConnectorHarness) -> None:
     """A 502 on every try: the invocation fails for the host to retry, and its error says the upload failed, not
     that Logs Ingestion refused the rows (README's troubleshooting sends a refusal to the DCR's columns)."""
