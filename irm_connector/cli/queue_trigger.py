@@ -52,13 +52,15 @@ OVERRIDE_PREFIX = "AzureFunctionsJobHost__extensions__queues__"
 
 class HostSetting(NamedTuple):
     """One queue setting of host.json: the :class:`HostQueueOptions` field it sets, how an app setting's text
-    is read (``form`` says what it must look like), and the least and most values accepted."""
+    is read (``form`` says what it must look like), and the least and most values accepted (``most_text``: the most
+    as the setting is written)."""
 
     field: str
     parse: Callable[[str], float]
     form: str
     least: float
     most: float = float("inf")
+    most_text: str = ""
 
 
 #: The queue settings of host.json that the worker imitates, by their name there.
@@ -67,7 +69,8 @@ HOST_SETTINGS = {
     "newBatchThreshold": HostSetting("new_batch_threshold", int, "a whole number", 0),
     "maxDequeueCount": HostSetting("max_dequeue_count", int, "a whole number", 1),
     # Storage refuses a visibility timeout over 7 days: every retry would fail to put its message back.
-    "visibilityTimeout": HostSetting("visibility_timeout", parse_timespan, "a timespan such as 00:00:30", 0, 604800),
+    "visibilityTimeout": HostSetting("visibility_timeout", parse_timespan, "a timespan such as 00:00:30", 0, 604800,
+                                     "7.00:00:00 (7 days, the most Storage accepts)"),
 }
 
 
@@ -103,7 +106,7 @@ class HostQueueOptions:
             if value < setting.least:
                 raise SettingsError(name, f"is less than {setting.least:g}")
             if value > setting.most:
-                raise SettingsError(name, f"is more than {setting.most:g} seconds (7 days)")
+                raise SettingsError(name, f"is more than {setting.most_text or f'{setting.most:g}'}")
             overrides[setting.field] = value
         return replace(cls(), **overrides)
 

@@ -50,6 +50,12 @@ def test_a_bad_override_is_a_settings_error_that_names_it(name: str, value: str)
     assert raised.value.setting == OVERRIDE_PREFIX + name
 
 
+def test_a_visibility_timeout_over_storage_s_most_says_the_most_as_it_is_written() -> None:
+    with pytest.raises(SettingsError) as raised:
+        HostQueueOptions.from_environment({OVERRIDE_PREFIX + "visibilityTimeout": "7.00:00:01"})
+    assert "is more than 7.00:00:00 (7 days" in str(raised.value)
+
+
 def test_timespans_are_read_as_dotnet_writes_them() -> None:
     assert parse_timespan("00:00:30") == 30
     assert parse_timespan("1.02:03:04.5") == 93784.5
