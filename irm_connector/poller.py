@@ -357,9 +357,16 @@ async def _queue_blobs(
                     ContentMessage(settings.tenant_id, blob, traceparent(), queued_at=datetime.now(UTC))
                 )
 
-    await asyncio.gather(*(put(b) for b in fresh))
-    await rt.state.queued_blobs.mark_queued(content_type, fresh, seen)
-    report.blobs_queued += len(fresh)
+    results = await asyncio.gather(*(put(b) for b in fresh), return_exceptions=True)
+    # The blobs queued before a put failed are remembered: the next run would otherwise queue each again, and every
+    # second message costs a download and a parse before the dedupe drops its rows.
+    queued = [blob for blob, result in zip(fresh, results, strict=True) if result is None]
+    if queued:
+        await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
+        report.blobs_queued += len(queued)
+    failed = next((result for result in results if result is not None), None)
+    if failed is not None:
+        raise failed
 
 
 async def _start_subscription(rt: Runtime, lease: PollerLease, now: datetime, dims: dict[str, str]) -> str:

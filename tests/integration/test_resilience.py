@@ -908,6 +908,27 @@ async def test_a_queue_refusing_the_identity_is_named_with_its_code(connector: C
     assert "(AuthorizationPermissionMismatch)" in row["LastError"]
 
 
+async def test_blobs_queued_by_a_run_that_failed_part_way_are_not_queued_again(connector: ConnectorHarness) -> None:
+    """One queue put of a run is refused: the run fails, and its watermark stays. The blobs it did queue are
+    remembered, so the next run queues only the one that failed, not every blob of the window a second time (a
+    second message per blob, each downloaded and parsed again before the dedupe drops its rows)."""
+    from irm_connector.errors import PollError
+    from standins.storage_proxy import StorageProxy
+
+    workload = _publish(connector, seed=48, records=1000, blob_size=(100, 100))
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        proxy.add_fault("queue.put", "status", status=403, code="AuthorizationPermissionMismatch")
+        with pytest.raises(PollError):
+            await connector.poll()
+        assert proxy.pending_faults() == 0
+        await connector.poll()
+        assert await connector.queue_length() == len(workload.blobs)
+        stats = await connector.drain()
+    assert stats.processed == len(workload.blobs)
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_content_queue_deleted_under_a_warm_worker_is_created_again(connector: ConnectorHarness) -> None:
     """An operator deletes the content queue (to clear a backlog) while a worker runs: the worker's next poll
     creates it again and queues what is new, rather than failing every run until the worker restarts."""
