@@ -310,8 +310,6 @@ class PartitionReader:
         parsed: dict[str, Shard] = {}
         for entity, found, read, cached in entities:
             stamp: datetime = found or server_now or datetime.now(UTC)  # the service always sends one
-            if known.high_water is None or stamp > known.high_water:
-                known.high_water = stamp
             row_key = str(entity["RowKey"])
             if entity.get("S") == SENT:
                 if not read and cached is None:
@@ -326,6 +324,10 @@ class PartitionReader:
             if shard is None or shard.stamp != stamp:  # a pending shard is parsed once per version
                 shard = Shard.parse(part, entity, stamp)
             parsed[row_key] = shard
+        # The next read starts here. Not from a later page's newest Timestamp: that page was read later, after
+        # writes in the ranges the earlier pages had covered, which neither this read nor the next would find.
+        if read_from is not None and (known.high_water is None or read_from > known.high_water):
+            known.high_water = read_from
         if full:
             known.pending = parsed  # the full set of pending shards as of this read
         else:

@@ -402,6 +402,35 @@ async def test_a_partition_dropped_from_the_cache_between_a_claims_reads_is_read
     assert copies.mine == [] and copies.already_sent == 50
 
 
+async def test_a_read_answered_in_pages_does_not_hide_a_record_sent_in_a_range_already_read(
+    make_claims: MakeClaims, proxy: StorageProxy, service: TableServiceClient, prefix: str
+) -> None:
+    """A partition of more than 1,000 entities is answered in pages, each read when asked for. A record sent
+    meanwhile in the row keys a page already covered is not in this read; an entity written later in a range a
+    later page covers is. The next read starts from the newest Timestamp seen: taken from the later page, it starts
+    after the sent record's, and the worker would send that record again with the next blob that holds a copy."""
+    other = make_claims()
+    await other.mark_sent(await other.claim_records(STREAM, _rows(range(0, 1)), "blob-sent"))
+    table = f"{prefix}rec{_hour()[:8]}"
+    async with service.get_table_client(table) as client:  # sent shards of other records: the partition pages
+        for start in range(0, 1000, 100):
+            await client.submit_transaction(
+                [("upsert", {"PartitionKey": STREAM, "RowKey": f"g{i:04d}", "S": "s"}) for i in range(start, start + 100)]
+            )
+    warm = make_claims(via=proxy)
+    second_page = proxy.hold("table.read", path="NextRowKey")
+    reading = asyncio.create_task(warm.claim_records(STREAM, _rows(range(0, 1)), "blob-copy"))  # sent: no read-back
+    await _arrived(second_page)
+    await other.mark_sent(await other.claim_records(STREAM, _rows(range(5, 6)), "blob-5"))  # row key before "g…"
+    await asyncio.sleep(2.5)  # past a read's look back (_CACHE_OVERLAP)
+    async with service.get_table_client(table) as client:
+        await client.upsert_entity({"PartitionKey": STREAM, "RowKey": "zzzz", "S": "s"})  # on the second page
+    second_page.release(forward=True)
+    assert (await reading).already_sent == 1
+    copy = await warm.claim_records(STREAM, _rows(range(5, 6)), "blob-another-copy")
+    assert copy.mine == [] and copy.already_sent == 1
+
+
 # -- a read answered with something other than entities --------------------------------------------------
 
 
