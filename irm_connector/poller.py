@@ -210,6 +210,8 @@ async def _list_windows(
             plan.unreachable,
             extra=dims,
         )
+    if plan.rewound is not None:
+        await lease.write(watermark=plan.rewound)
     if lease.state.watermark is None and plan.windows and plan.windows[0].start != lease.state.first_start:
         await lease.write(first_start=plan.windows[0].start)  # this run may fail before its first window's end
     seen: SeenPartitions = {}

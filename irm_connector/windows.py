@@ -70,6 +70,10 @@ class WindowPlan:
 
     windows: tuple[Window, ...]
     unreachable: Window | None = None
+    #: A watermark ahead of now, brought back to now: to be written before listing. Left ahead, no run with a
+    #: listing overlap shorter than the lead would list before it, and once now passed it the next window would
+    #: start there, past what was created meanwhile.
+    rewound: datetime | None = None
 
 
 def plan_windows(
@@ -106,9 +110,11 @@ def plan_windows(
         # A watermark ahead of now was written by a clock that ran fast (or this one runs slow): listing again
         # from now costs a few listed blobs that the markers keep off the queue; starting from it would skip
         # whatever was created between now and it.
+        rewound = end if watermark > end else None
         watermark = _floor_second(min(watermark, now))
         start = _floor_second(watermark - overlap)
         unreachable = Window(watermark, earliest) if watermark < earliest else None
+        return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable, rewound)
     return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable)
 
 

@@ -536,6 +536,28 @@ async def test_a_poller_whose_clock_runs_fast_loses_nothing(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_watermark_written_ahead_is_brought_back_with_no_listing_overlap(connector: ConnectorHarness) -> None:
+    """A watermark 2 hours ahead (a fast clock wrote it where the listing carried no Date, or a proxy's Date was
+    ahead) and ``LISTING_OVERLAP=0``: the run plans no window before it, so unless it brings the watermark back
+    to now, every run lists nothing until now passes it, and then starts there, past what was created meanwhile."""
+    from irm_connector.state.watermarks import PollerState
+
+    sim = connector.standins
+    connector.set(LISTING_OVERLAP="0")
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.watermarks.upsert_state(
+        PollerState(sim.tenant_id, "Audit.General", watermark=datetime.now(UTC) + timedelta(hours=2))
+    )
+    await connector.poll()
+    workload = _publish(connector, seed=20, records=200, blob_size=(100, 100), start=datetime.now(UTC),
+                        span=timedelta(seconds=1))  # fmt: skip
+    await asyncio.sleep(2)  # the blobs' creation time passed, by every clock
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_processor_whose_clock_runs_fast_sends_a_blob_the_api_still_serves(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -51,6 +51,15 @@ def test_a_watermark_ahead_of_now_is_listed_again_from_now() -> None:
     p = plan(NOW + timedelta(hours=3))
     assert [(w.start, w.end) for w in p.windows] == [(NOW - HOUR, NOW)]
     assert p.unreachable is None
+    assert p.rewound == NOW
+
+
+def test_a_watermark_ahead_of_now_is_brought_back_even_with_no_overlap() -> None:
+    """With no overlap there is no window to list yet; the watermark must still come back to now, or the run
+    after now passed it would start there, past whatever was created meanwhile."""
+    p = plan_windows(watermark=NOW + timedelta(hours=3), now=NOW, overlap=timedelta(0), initial_lookback=HOUR)
+    assert (p.windows, p.rewound) == ((), NOW)
+    assert plan(NOW - HOUR).rewound is None
 
 
 def test_watermark_older_than_7_days_reports_the_unreachable_stretch() -> None:
