@@ -33,6 +33,7 @@ from .errors import (
     SubscriptionMissingError,
     TransientApiError,
     UntrustedUrlError,
+    management_api_error,
 )
 from .health import write_health
 from .lease import PollerLease
@@ -228,7 +229,7 @@ async def _list_windows(
                 raise  # started lately, and still missing
             await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
         watermark = _within_service_time(window.end, rt.management.answered_at(content_type), dims)
-        await lease.write(watermark=watermark, first_start=None)
+        await lease.write(watermark=watermark, first_start=None, subscription_refused="")
         report.windows_listed += 1
     report.finished = True
 
@@ -374,18 +375,28 @@ async def _queue_blobs(
 async def _start_subscription(rt: Runtime, lease: PollerLease, now: datetime, dims: dict[str, str]) -> str:
     state = lease.state
     content_type = state.content_type
+    if state.subscription_refused:
+        # An administrator disabled it: a person starts it again (apis.md: report, do not restart in a loop). A
+        # listing that succeeds clears this.
+        raise management_api_error(0, state.subscription_refused, "", "start", content_type)
     if state.subscription_started and now - state.subscription_started < SUBSCRIPTION_START_INTERVAL:
         log.info(
             "No subscription for %s yet; started at %s, waiting", content_type, state.subscription_started, extra=dims
         )
         return "waiting"
     lease.check()
-    status = await rt.management.start_subscription(content_type)
+    # Written first: a start that fails counts too, so that start requests stay 15 minutes apart (apis.md).
+    await lease.write(subscription_started=now)
+    try:
+        status = await rt.management.start_subscription(content_type)
+    except OperatorActionError as exc:
+        if exc.code == "AF20023":
+            await lease.write(subscription_refused=exc.code)
+        raise
     log.warning(
         "Started the subscription for %s (status %s). The first content can take up to 12 hours to appear.",
         content_type,
         status,
         extra=dims,
     )
-    await lease.write(subscription_started=now)
     return status

@@ -8,13 +8,18 @@ from datetime import datetime, timedelta, tzinfo
 import pytest
 
 
-def skew_local_clock(monkeypatch: pytest.MonkeyPatch, ahead: timedelta, package: str = "irm_connector.state") -> None:
-    """Every ``datetime.now`` the modules of ``package`` make runs ``ahead`` for the rest of the test."""
+def skew_local_clock(
+    monkeypatch: pytest.MonkeyPatch, ahead: timedelta | list[timedelta], package: str = "irm_connector.state"
+) -> None:
+    """Every ``datetime.now`` the modules of ``package`` make runs ``ahead`` for the rest of the test (given as a
+    one-item list, the test moves the clock by setting it; a second call would not take: the modules' ``datetime``
+    is no longer the standard one)."""
+    offset = ahead if isinstance(ahead, list) else [ahead]
 
     class Skewed(datetime):
         @classmethod
         def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]  # a plain datetime, not a Skewed, on purpose
-            return datetime.now(tz) + ahead
+            return datetime.now(tz) + offset[0]
 
     for name, module in list(sys.modules.items()):
         if name.startswith(package) and getattr(module, "datetime", None) is datetime:

@@ -45,7 +45,11 @@ class PollerState:
     first_start: datetime | None = None
     lease_owner: str = ""
     lease_until: datetime | None = None
+    #: when the poller last asked to start the subscription, whatever the answer (apis.md: 15 minutes apart)
     subscription_started: datetime | None = None
+    #: the code of a start an administrator's setting refused (AF20023): no start is asked again until a
+    #: listing succeeds (a person re-enabled the subscription)
+    subscription_refused: str = ""
     last_error: str = ""
     last_error_at: datetime | None = None
     last_run: datetime | None = None
@@ -93,6 +97,7 @@ class PollerState:
             "LeaseOwner": self.lease_owner,
             "LeaseUntil": _text(self.lease_until),
             "SubscriptionStarted": _text(self.subscription_started),
+            "SubscriptionRefused": self.subscription_refused,
             "LastError": self.last_error[:2000],
             "LastErrorAt": _text(self.last_error_at),
             "LastRun": _text(self.last_run),
@@ -110,6 +115,7 @@ class PollerState:
             lease_owner=str(entity.get("LeaseOwner") or ""),
             lease_until=parse_utc(entity.get("LeaseUntil")),
             subscription_started=parse_utc(entity.get("SubscriptionStarted")),
+            subscription_refused=str(entity.get("SubscriptionRefused") or ""),
             last_error=str(entity.get("LastError") or ""),
             last_error_at=parse_utc(entity.get("LastErrorAt")),
             last_run=parse_utc(entity.get("LastRun")),

@@ -188,3 +188,36 @@ async def test_the_subscription_status_says_what_the_run_saw_not_enabled_by_defa
     sim.management.set_admin_disabled("Audit.General", False)
     sim.management.set_subscription("Audit.General", "enabled")
     assert (await _health(connector))["SubscriptionStatus"] == "enabled"
+
+
+async def test_a_subscription_an_administrator_disabled_is_not_started_again_until_a_person_re_enables_it(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apis.md: AF20023 is reported, not restarted in a loop, and start requests stay 15 minutes apart. A start
+    that failed was not recorded, so every run (every 5 minutes) asked again. Once a person re-enabled it and a
+    listing succeeded, a subscription found missing later is started by the poller again."""
+    from irm_connector.runtime import get_runtime
+    from irm_connector.settings import Settings
+    from tests.clock import skew_local_clock
+
+    sim = connector.standins
+    sim.management.set_admin_disabled("Audit.General")
+    ahead = [timedelta(0)]
+    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    for minutes in (0, 5, 20, 60):  # the timer's runs, the last ones past the 15 minutes between starts
+        ahead[0] = timedelta(minutes=minutes)
+        with pytest.raises(PollError) as failed:
+            await connector.poll()
+        assert "AF20023" in str(failed.value) and "re-enable it deliberately" in str(failed.value)
+        assert connector.rows(HEALTH)[-1]["SubscriptionStatus"] == "disabled"
+    assert sim.management.count("start") == 1
+
+    sim.management.set_admin_disabled("Audit.General", False)
+    sim.management.set_subscription("Audit.General", "enabled")  # `irm-connector subscriptions start`
+    assert (await _health(connector))["SubscriptionStatus"] == "enabled"
+    rt = await get_runtime(Settings.from_env())
+    assert (await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")).subscription_refused == ""
+    sim.management.set_subscription("Audit.General", None)  # gone, as after a tenant's move
+    ahead[0] = timedelta(minutes=90)
+    await connector.poll()
+    assert sim.management.count("start") == 2 and sim.management.subscription("Audit.General") == "enabled"
