@@ -105,7 +105,7 @@ def plan_windows(
         # A first run that failed before listing a window to its end planned from there: what was created since
         # would otherwise fall out of the lookback with every failed run. An earlier start (a longer lookback) wins.
         start = _floor_second(min(now - initial_lookback, first_start or now))
-        unreachable = None
+        unreachable = rewound = None
     else:
         # A watermark ahead of now was written by a clock that ran fast (or this one runs slow): listing again
         # from now costs a few listed blobs that the markers keep off the queue; starting from it would skip
@@ -114,8 +114,7 @@ def plan_windows(
         watermark = _floor_second(min(watermark, now))
         start = _floor_second(watermark - overlap)
         unreachable = Window(watermark, earliest) if watermark < earliest else None
-        return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable, rewound)
-    return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable)
+    return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable, rewound)
 
 
 def split_windows(start: datetime, end: datetime, max_window: timedelta = MAX_WINDOW) -> tuple[Window, ...]:
