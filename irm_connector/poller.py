@@ -42,7 +42,7 @@ from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
 from .telemetry import producer_span, traceparent
-from .windows import Window, plan_windows
+from .windows import MAX_WINDOW, Window, grown_window, plan_windows, shrunk_window
 
 __all__ = ["list_window", "run_poller"]
 
@@ -196,6 +196,8 @@ async def _list_windows(
     # Windows ending at this machine's time would hold every blob back by as much, and the lag would not show it.
     _warn_clock_off(service_now - now, "behind the storage service's", "the windows end at the service's time",
                     service_now, dims)  # fmt: skip
+    budget = deadline - time.monotonic()
+    longest = timedelta(seconds=lease.state.window_seconds) if lease.state.window_seconds > 0 else MAX_WINDOW
     plan = plan_windows(
         watermark=lease.state.watermark,
         now=max(now, service_now),  # a clock running fast is held to the API's time at the watermark instead
@@ -203,6 +205,7 @@ async def _list_windows(
         overlap=rt.settings.listing_overlap,
         initial_lookback=rt.settings.initial_lookback,
         first_start=lease.state.first_start,
+        max_window=longest,
     )
     if plan.unreachable is not None:
         log.error(
@@ -221,17 +224,41 @@ async def _list_windows(
             log.info("Time budget used; %s continues from %s next run", content_type, window.start, extra=dims)
             return
         lease.check()
+        started = time.monotonic()
+
+        def stop_if_too_long(started: float = started) -> None:
+            if time.monotonic() - started >= budget:
+                raise _WindowTooLong
+
         try:
-            await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
-        except SubscriptionMissingError:
-            report.subscription = await _start_subscription(rt, lease, now, dims)
-            if report.subscription == "waiting":
-                raise  # started lately, and still missing
-            await list_window(rt, content_type, window, now, seen, report, guard=lease.check, deadline=limit)
+            try:
+                await list_window(rt, content_type, window, now, seen, report, stop_if_too_long,
+                                  guard=lease.check, deadline=limit)  # fmt: skip
+            except SubscriptionMissingError:
+                report.subscription = await _start_subscription(rt, lease, now, dims)
+                if report.subscription == "waiting":
+                    raise  # started lately, and still missing
+                await list_window(rt, content_type, window, now, seen, report, stop_if_too_long,
+                                  guard=lease.check, deadline=limit)  # fmt: skip
+        except _WindowTooLong:
+            shorter = shrunk_window(window)
+            await lease.write(window_seconds=int(shorter.total_seconds()))
+            log.warning(
+                "Listing %s of %s took the whole time budget (its blobs listed so far are queued); the next runs "
+                "list windows of at most %s, so that the watermark moves",
+                window, content_type, shorter, extra=dims,
+            )  # fmt: skip
+            return
+        longest = grown_window(longest) if time.monotonic() - started < budget / 2 else longest
         watermark = _within_service_time(window.end, rt.management.answered_at(content_type), dims)
-        await lease.write(watermark=watermark, first_start=None, subscription_refused="")
+        await lease.write(watermark=watermark, first_start=None, subscription_refused="",
+                          window_seconds=0 if longest >= MAX_WINDOW else int(longest.total_seconds()))  # fmt: skip
         report.windows_listed += 1
     report.finished = True
+
+
+class _WindowTooLong(Exception):
+    """A window's listing used a whole run's time budget: stopped at a page's end, to be listed in shorter ones."""
 
 
 def _within_service_time(end: datetime, service_time: datetime | None, dims: dict[str, str]) -> datetime:

@@ -14,17 +14,22 @@ from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "MAX_WINDOW",
+    "MIN_WINDOW",
     "RETENTION",
     "RETENTION_MARGIN",
     "Window",
     "WindowPlan",
     "format_api_time",
+    "grown_window",
     "plan_backfill",
     "plan_windows",
+    "shrunk_window",
     "split_windows",
 ]
 
 MAX_WINDOW = timedelta(hours=24)
+#: The shortest window a run whose windows outlast its time budget comes down to.
+MIN_WINDOW = timedelta(minutes=1)
 #: The API's own limit: content older than this cannot be listed.
 RETENTION = timedelta(days=7)
 #: Start a little inside the 7 days so clock skew and the time a run takes never push a start over the edge.
@@ -115,6 +120,18 @@ def plan_windows(
         start = _floor_second(watermark - overlap)
         unreachable = Window(watermark, earliest) if watermark < earliest else None
     return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable, rewound)
+
+
+def shrunk_window(listed: Window) -> timedelta:
+    """The longest window of the next runs after ``listed`` outlasted a run's time budget: half as long. Listed
+    again whole, it would outlast every run's, and the watermark would never move until its content left the API's
+    7 days."""
+    return max(MIN_WINDOW, (listed.end - listed.start) / 2)
+
+
+def grown_window(longest: timedelta) -> timedelta:
+    """The longest window after one was listed well within the budget: twice as long, up to the API's 24 hours."""
+    return min(MAX_WINDOW, longest * 2)
 
 
 def split_windows(start: datetime, end: datetime, max_window: timedelta = MAX_WINDOW) -> tuple[Window, ...]:

@@ -56,6 +56,8 @@ class PollerState:
     #: by the storage service's clock: no Management API request for this content type before it (a
     #: ``Retry-After`` longer than one call waits)
     throttled_until: datetime | None = None
+    #: the longest window to list (seconds; 0: the API's 24 hours), shorter after one outlasted a run's budget
+    window_seconds: int = 0
     #: how long the lease lasts after the entity's last write
     lease_seconds: int = 0
     etag: str | None = None
@@ -102,6 +104,7 @@ class PollerState:
             "LastErrorAt": _text(self.last_error_at),
             "LastRun": _text(self.last_run),
             "ThrottledUntil": _text(self.throttled_until),
+            "WindowSeconds": self.window_seconds,
             "LeaseSeconds": self.lease_seconds,
         }
 
@@ -120,6 +123,7 @@ class PollerState:
             last_error_at=parse_utc(entity.get("LastErrorAt")),
             last_run=parse_utc(entity.get("LastRun")),
             throttled_until=parse_utc(entity.get("ThrottledUntil")),
+            window_seconds=_int(entity.get("WindowSeconds")),
             lease_seconds=_int(entity.get("LeaseSeconds")),
             etag=etag,
             written_at=_timestamp(entity),

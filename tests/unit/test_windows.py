@@ -7,7 +7,17 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from irm_connector.windows import MAX_WINDOW, RETENTION, RETENTION_MARGIN, WindowPlan, plan_windows
+from irm_connector.windows import (
+    MAX_WINDOW,
+    MIN_WINDOW,
+    RETENTION,
+    RETENTION_MARGIN,
+    Window,
+    WindowPlan,
+    grown_window,
+    plan_windows,
+    shrunk_window,
+)
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -118,3 +128,13 @@ def test_windows_never_leave_a_gap_or_break_the_api_rules(now: datetime, behind:
             assert p.windows[0].start <= wm or p.unreachable is not None
             if p.unreachable is not None:
                 assert p.unreachable.start == wm and p.unreachable.end >= p.windows[0].start
+
+
+def test_a_window_that_outlasted_a_run_comes_back_shorter_and_grows_again_up_to_24_hours() -> None:
+    assert shrunk_window(Window(NOW - timedelta(hours=24), NOW)) == timedelta(hours=12)
+    assert shrunk_window(Window(NOW - timedelta(seconds=90), NOW)) == MIN_WINDOW
+    assert grown_window(timedelta(hours=6)) == timedelta(hours=12)
+    assert grown_window(timedelta(hours=16)) == MAX_WINDOW
+    p = plan_windows(watermark=NOW - timedelta(hours=10), now=NOW, overlap=timedelta(0), initial_lookback=HOUR,
+                     max_window=timedelta(hours=4))  # fmt: skip
+    assert [w.end - w.start for w in p.windows] == [timedelta(hours=4), timedelta(hours=4), timedelta(hours=2)]
