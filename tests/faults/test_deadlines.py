@@ -40,6 +40,7 @@ from irm_connector.state import message_key
 from standins import StandIns
 from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
+from tests.clock import skew_local_clock
 from tests.faults import report
 from tests.harness import ConnectorHarness
 
@@ -156,9 +157,10 @@ async def test_an_invocation_ends_before_its_timeout(
 
 @pytest.mark.reports_outcome
 async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription_is_throttled(
-    connector: ConnectorHarness,
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Starting a subscription is handed no deadline of its own: it keeps the run's (from the context)."""
+    """Starting a subscription is handed no deadline of its own: it keeps the run's (from the context). The start
+    asked for counts, answered or not: the next is asked 15 minutes later (apis.md), not at the next run."""
     sim = connector.standins
     connector.set(**{TIMEOUT_SETTING: f"00:00:{TIMEOUT}"})
     sim.management.set_subscription("Audit.General", None)
@@ -169,7 +171,11 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
         await connector.poll()
     seconds = time.monotonic() - started
     sim.management.clear_faults()
-    await connector.poll()  # starts it now
+    with pytest.raises(PollError):
+        await connector.poll()  # the next run: no start asked yet
+    assert sim.management.count("start") == 1
+    skew_local_clock(monkeypatch, timedelta(minutes=16), package="irm_connector.poller")
+    await connector.poll()  # a run 15 minutes on: starts it
     # Published since the start (what came before it is never available, apis.md), before the next window ends.
     subscribed = datetime.now(UTC)
     await asyncio.sleep(2)
@@ -185,8 +191,8 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     report.record(report.Outcome(
         "Faults", "Subscription start (poller)",
         f"429 with Retry-After: 120 on every start, functionTimeout {TIMEOUT} s (app setting)",
-        "the poller run fails by itself before its function timeout, saying the wait does not fit; the next run "
-        "starts the subscription and every alert arrives once",
+        "the poller run fails by itself before its function timeout, saying the wait does not fit; a run 15 "
+        "minutes later (the API's spacing of starts) starts the subscription and every alert arrives once",
         f"the run failed after {seconds:.0f} s of {TIMEOUT} s; then the subscription was "
         f"{sim.management.subscription('Audit.General')} and {stats.processed} blobs delivered", lost, duplicates))  # fmt: skip
     assert "does not fit" in str(failed.value), failed.value
