@@ -36,7 +36,7 @@ from .metrics import metrics
 from .models import ContentBlob, parse_http_date
 from .windows import Window
 
-__all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPolicy"]
+__all__ = ["ManagementActivityClient", "RequestGate", "RequestStats", "RetryPolicy", "next_page_url"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,16 @@ class RequestStats:
     throttled: int = 0
     retried: int = 0
     by_operation: dict[str, int] = field(default_factory=dict)
+
+
+def next_page_url(request_url: str, next_page: str) -> str:
+    """The URL a ``NextPageUri`` names: an absolute one as it is, a relative one (a path and query, as a proxy or
+    a gateway may rewrite it) resolved against the URL of the request it answered. The result still goes through
+    the token's URL check: a reference to another host resolves to that host, and is refused there."""
+    try:
+        return str(URL(request_url).join(URL(next_page)))
+    except (ValueError, TypeError):
+        return next_page  # refused by the check, naming the text as it came
 
 
 class ManagementActivityClient:
@@ -191,8 +201,8 @@ class ManagementActivityClient:
                         content_type=content_type,
                     ) from None
             yield page
-            next_url = headers.get("NextPageUri") or headers.get("NextPageUrl")
-            url, params = (next_url.strip(), None) if next_url and next_url.strip() else (None, None)
+            next_url = (headers.get("NextPageUri") or headers.get("NextPageUrl") or "").strip()
+            url, params = (next_page_url(url, next_url), None) if next_url else (None, None)
 
     async def get_content(
         self, content_uri: str, *, content_type: str = "", read: BodyReader = _READ, deadline: Deadline | None = None

@@ -147,6 +147,8 @@ class ManagementStandIn(ServiceStandIn):
         self.next_page_header = next_page_header
         #: a NextPageUri to send instead of the real one (hostile-listing tests)
         self.next_page_override: str | None = None
+        #: send NextPageUri as a path and query only, as a gateway rewriting it may
+        self.next_page_relative = False
         #: Starting an enabled subscription: 200 (documented) or 400 AF20024 (observed).
         self.already_enabled_status = already_enabled_status
         #: Only the three documented time formats; False accepts any ISO-8601 (with zone).
@@ -487,8 +489,9 @@ class ManagementStandIn(ServiceStandIn):
                         "nextPage": next_token,
                     }
                 )
+                path = f"/api/v1/{state.tenant_id}/activity/feed/subscriptions/content?{query}"
                 headers[self.next_page_header] = self.next_page_override or (
-                    f"{self.api_root}/api/v1/{state.tenant_id}/activity/feed/subscriptions/content?{query}"
+                    path if self.next_page_relative else f"{self.api_root}{path}"
                 )
         items = [
             {

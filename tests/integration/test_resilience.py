@@ -370,6 +370,19 @@ async def test_a_window_whose_listing_outlasts_a_run_is_listed_in_shorter_ones(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_relative_next_page_uri_is_followed_on_the_api_s_host(connector: ConnectorHarness) -> None:
+    """A NextPageUri of a path and query only (as a gateway rewriting it may send it) is the API's next page, not
+    an untrusted URL: refused, every run failed at the same page until the window's content left the 7 days."""
+    sim = connector.standins
+    sim.management.page_size = 2
+    sim.management.next_page_relative = True
+    workload = _publish(connector, seed=15, records=1400, blob_size=(200, 200))
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs) == 7
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_paging_follows_next_page_with_either_spelling(connector: ConnectorHarness) -> None:
     sim = connector.standins
     sim.management.page_size = 2
