@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import partial
 
-from .errors import ConnectorError, InvalidWindowError, PollError, SubscriptionMissingError
+from .errors import ConnectorError, PollError, SubscriptionMissingError
 from .models import ContentTypeReport, PollReport
-from .poller import list_window
+from .poller import CLOCK_WARNING_SECONDS, list_window
 from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
@@ -40,36 +40,26 @@ async def backfill(
     list, :class:`PollError` (with the report) when a content type failed. Without ``now``, each content type's
     windows are planned when its turn comes: a range reaching 7 days back would otherwise have slipped out of
     the API's reach by the time the later ones are listed."""
-    plan_backfill(start, end, now or datetime.now(UTC))  # a range the API cannot list at all raises here
+    content_types = content_types or rt.settings.content_types
+    # A range the API cannot list at all raises here.
+    plan_backfill(start, end, now or await _service_now(rt, content_types[0]))
     report = PollReport()
     causes: dict[str, ConnectorError] = {}
-    for content_type in content_types or rt.settings.content_types:
+    for content_type in content_types:
         ct_report = ContentTypeReport(content_type)
         report.content_types.append(ct_report)
         seen: SeenPartitions = {}
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
         try:
-            for attempt in (1, 2):
-                moment = now or _api_now(rt, content_type)
-                # What has left the 7 days since the range was checked is out of reach: the rest is listed.
-                windows = plan_backfill(max(start, moment - RETENTION), end, moment)
-                progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
-                try:
-                    for window in windows:
-                        await list_window(rt, content_type, window, moment, seen, ct_report, progress)
-                        ct_report.windows_listed += 1
-                        if on_progress is not None:
-                            on_progress(ct_report, len(windows))
-                    break
-                except InvalidWindowError:
-                    # The first window refused, by an API whose clock is ahead of this machine's: the clock runs
-                    # slow and put the oldest window past the API's 7 days. Planned again by the API's time, once.
-                    behind = _behind_api(rt, content_type, datetime.now(UTC))
-                    if attempt == 2 or now is not None or ct_report.windows_listed or not behind:
-                        raise
-                    log.warning("The API refused the oldest window of %s: this machine's clock is %d s behind the "
-                                "API's; planned again by the API's time; set the clock right (NTP)", content_type,
-                                behind.total_seconds(), extra=dims)  # fmt: skip
+            moment = now or await _service_now(rt, content_type, dims)
+            # What has left the 7 days since the range was checked is out of reach: the rest is listed.
+            windows = plan_backfill(max(start, moment - RETENTION), end, moment)
+            progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
+            for window in windows:
+                await list_window(rt, content_type, window, moment, seen, ct_report, progress)
+                ct_report.windows_listed += 1
+                if on_progress is not None:
+                    on_progress(ct_report, len(windows))
             ct_report.finished = True
         except SubscriptionMissingError as exc:
             ct_report.error = f"{exc} - start it with `irm-connector subscriptions start {content_type}`"
@@ -96,15 +86,17 @@ async def backfill(
     return report
 
 
-def _api_now(rt: Runtime, content_type: str) -> datetime:
-    """This machine's time, or the Management API's at its last answer for ``content_type`` when that is later
-    (a clock running slow)."""
+async def _service_now(rt: Runtime, content_type: str, dims: dict[str, str] | None = None) -> datetime:
+    """The storage service's time (the Date of a read of the content type's state), which places the API's 7-day
+    edge as it does for the poller. By this machine's clock, hours fast it would refuse a start the API still serves
+    and cut the oldest hours off ``--since 7d`` without a word; hours slow, plan a first window the API refuses."""
     local = datetime.now(UTC)
-    return local + _behind_api(rt, content_type, local)
-
-
-def _behind_api(rt: Runtime, content_type: str, local: datetime) -> timedelta:
-    """How far ``local`` is behind the Date of the Management API's last answer for ``content_type``; zero when
-    it is not."""
-    answered = rt.management.answered_at(content_type)
-    return max(answered - local, timedelta(0)) if answered is not None else timedelta(0)
+    service = (await rt.state.watermarks.get_state(rt.settings.tenant_id, content_type)).read_at
+    if service is None:  # storage answers carry a Date; if a proxy drops it, this machine's clock is all there is
+        return local
+    off = (local - service).total_seconds()
+    if dims is not None and abs(off) > CLOCK_WARNING_SECONDS:
+        log.warning("This machine's clock is %d s %s the storage service's: the backfill is planned by the service's "
+                    "time (%s); set the clock right (NTP)", abs(off), "ahead of" if off > 0 else "behind",
+                    service.isoformat(), extra=dims)  # fmt: skip
+    return service

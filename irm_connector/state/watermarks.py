@@ -171,7 +171,7 @@ class Watermarks:
         try:
             entity = await table.get_entity(table_key(tenant_id), table_key(content_type), raw_response_hook=date_of)
         except ResourceNotFoundError:
-            return PollerState(tenant_id, content_type)
+            return PollerState(tenant_id, content_type, read_at=seen.get("date"))
         except AzureError as exc:
             raise StateError(f"cannot read the poller state: {reason(exc)}") from exc
         state = PollerState.from_entity(tenant_id, content_type, entity, entity.metadata.get("etag"))

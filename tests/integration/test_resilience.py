@@ -901,40 +901,49 @@ async def test_a_subscription_still_missing_after_its_start_fails_each_run_until
 
 
 async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_turn_comes(
-    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+    connector: ConnectorHarness,
 ) -> None:
     """A backfill of the whole 7 days over two content types, the first taking 20 minutes: the second one's
     windows are planned when its turn comes, inside the API's 7 days of that moment. Planned with the first,
-    its first window had slipped past them: refused, and nothing of that content type was listed."""
+    its first window had slipped past them: refused, and nothing of that content type was listed. (The 20 minutes
+    pass for the API and for the storage service, whose time the backfill plans by.)"""
     from irm_connector.backfill import backfill
     from irm_connector.models import ContentTypeReport
+    from standins.storage_proxy import StorageProxy
 
     sim = connector.standins
     for content_type in ("Audit.General", "Audit.Exchange"):
         sim.management.set_subscription(content_type, "enabled")
-    rt = await get_runtime(Settings.from_env())
     moved = False
 
-    def twenty_minutes_later(report: ContentTypeReport, planned: int) -> None:
-        nonlocal moved
-        if report.windows_listed == planned and not moved:  # the first content type is done
-            moved = True
-            sim.management.clock.advance(timedelta(minutes=20))
-            skew_local_clock(monkeypatch, timedelta(minutes=20), package="irm_connector.backfill")
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        rt = await get_runtime(Settings.from_env())
 
-    now = datetime.now(UTC)
-    report = await backfill(rt, now - timedelta(days=7), now, content_types=("Audit.General", "Audit.Exchange"),
-                            on_progress=twenty_minutes_later)  # fmt: skip
+        def twenty_minutes_later(report: ContentTypeReport, planned: int) -> None:
+            nonlocal moved
+            if report.windows_listed == planned and not moved:  # the first content type is done
+                moved = True
+                sim.management.clock.advance(timedelta(minutes=20))
+                # The next read, of the second content type's state, answers with the service's time then.
+                proxy.add_fault("table.read", "date", date=datetime.now(UTC) + timedelta(minutes=20))
+
+        now = datetime.now(UTC)
+        report = await backfill(rt, now - timedelta(days=7), now, content_types=("Audit.General", "Audit.Exchange"),
+                                on_progress=twenty_minutes_later)  # fmt: skip
+        assert proxy.pending_faults() == 0
     assert moved and report.errors == []
     assert [r.windows_listed for r in report.content_types] == [7, 7]  # 7 days less the margin, by 24 hours
 
 
-async def test_a_backfill_on_a_clock_running_slow_plans_again_by_the_apis_time(
-    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("skew", [timedelta(hours=-1), timedelta(hours=3)], ids=["slow", "fast"])
+async def test_a_backfill_of_7_days_on_a_clock_off_reaches_the_apis_7_day_edge(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, skew: timedelta
 ) -> None:
-    """A 7-day backfill on a machine an hour slow: its oldest window starts past the API's 7 days and is refused.
-    The backfill plans again by the refusal's Date and queues the oldest content, rather than failing the content
-    type and listing none of the 7 days."""
+    """A 7-day backfill on a machine whose clock is off plans by the storage service's time, as the poller does.
+    An hour slow, its oldest window started past the API's 7 days and was refused; 3 hours fast, `--start` 7 days
+    back was refused as too old and `--since 7d` started 3 hours inside the edge, leaving the oldest content out
+    without a word."""
     from irm_connector.backfill import backfill
 
     sim = connector.standins
@@ -942,11 +951,11 @@ async def test_a_backfill_on_a_clock_running_slow_plans_again_by_the_apis_time(
     oldest = datetime.now(UTC) - timedelta(days=7) + timedelta(minutes=30)
     workload = _publish(connector, seed=59, records=200, blob_size=(100, 100), start=oldest, span=timedelta(hours=1))
     rt = await get_runtime(Settings.from_env())
-    skew_local_clock(monkeypatch, -timedelta(hours=1), package="irm_connector.backfill")
+    skew_local_clock(monkeypatch, skew, package="irm_connector")
     with caplog.at_level(logging.WARNING, logger="irm_connector"):
-        report = await backfill(rt, datetime.now(UTC) - timedelta(days=7), datetime.now(UTC))
+        report = await backfill(rt, oldest - timedelta(minutes=20), datetime.now(UTC))
     assert report.errors == []
-    assert "refused the oldest window" in caplog.text and "behind the API's" in caplog.text
+    assert ("behind" if skew < timedelta(0) else "ahead of") + " the storage service's" in caplog.text
     assert report.blobs_queued == len(workload.blobs)
     await connector.drain()
     _assert_exactly_once(connector, workload)
