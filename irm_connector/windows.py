@@ -110,7 +110,9 @@ def plan_windows(
         # A first run that failed before listing a window to its end planned from there: what was created since
         # would otherwise fall out of the lookback with every failed run. An earlier start (a longer lookback) wins.
         start = _floor_second(min(now - initial_lookback, first_start or now))
-        unreachable = rewound = None
+        # Failed for long enough, such a run's start leaves the API's 7 days: reported like a watermark's.
+        unreachable = Window(first_start, earliest) if first_start is not None and first_start < earliest else None
+        rewound = None
     else:
         # A watermark ahead of now was written by a clock that ran fast (or this one runs slow): listing again
         # from now costs a few listed blobs that the markers keep off the queue; starting from it would skip

@@ -138,3 +138,13 @@ def test_a_window_that_outlasted_a_run_comes_back_shorter_and_grows_again_up_to_
     p = plan_windows(watermark=NOW - timedelta(hours=10), now=NOW, overlap=timedelta(0), initial_lookback=HOUR,
                      max_window=timedelta(hours=4))  # fmt: skip
     assert [w.end - w.start for w in p.windows] == [timedelta(hours=4), timedelta(hours=4), timedelta(hours=2)]
+
+
+def test_a_first_run_failing_past_the_7_days_reports_what_left_them() -> None:
+    """The start a failing first run kept (``first_start``) is listed from while it can be; once it has left the
+    API's 7 days, that stretch is reported as lost, as for a watermark, not dropped without a word."""
+    kept = NOW - timedelta(days=8)
+    p = plan_windows(watermark=None, now=NOW, overlap=HOUR, initial_lookback=timedelta(hours=24), first_start=kept)
+    earliest = NOW - RETENTION + RETENTION_MARGIN
+    assert p.unreachable == Window(kept, earliest) and p.windows[0].start == earliest
+    assert plan(None).unreachable is None
