@@ -69,7 +69,7 @@ def cleaning_up() -> Iterator[None]:
     if deadline is None or deadline.cleanup:
         yield
         return
-    with Deadline(deadline.end, deadline.margin * CLEANUP_SLACK_SHARE, cleanup=True).applied():
+    with Deadline(deadline.end, deadline.margin * CLEANUP_SLACK_SHARE, cleanup=True, then=deadline.then).applied():
         yield
 
 
@@ -124,11 +124,13 @@ class Deadline:
     margin: float = field(default=0.0)
     #: the margin is already what cleaning up may not use (:func:`cleaning_up`)
     cleanup: bool = False
+    #: what comes of the work when the deadline cuts it short, for the operator reading the error
+    then: str = "the message is retried"
 
     @classmethod
-    def for_invocation(cls, timeout: float | None = None) -> Deadline:
+    def for_invocation(cls, timeout: float | None = None, *, then: str = "the message is retried") -> Deadline:
         seconds = function_timeout() if timeout is None else timeout
-        return cls(time.monotonic() + seconds, min(seconds * MARGIN_SHARE, MARGIN_MOST))
+        return cls(time.monotonic() + seconds, min(seconds * MARGIN_SHARE, MARGIN_MOST), then=then)
 
     @contextmanager
     def applied(self) -> Iterator[Deadline]:
@@ -165,10 +167,9 @@ class Deadline:
         """The ``error`` for a wait of ``seconds`` that the time left cannot hold (None: a call cut short)."""
         if seconds is None:
             return error(
-                f"{what}: cut short {self.margin:.0f} s before the invocation's timeout, to clean up; the message "
-                "is retried"
+                f"{what}: cut short {self.margin:.0f} s before the invocation's timeout, to clean up; {self.then}"
             )
         return error(
             f"{what}: waiting {seconds:.0f} s more does not fit the {self.usable():.0f} s the invocation has "
-            "left before its timeout; the message is retried"
+            f"left before its timeout; {self.then}"
         )
