@@ -34,6 +34,7 @@ UTF8_REPAIR = "bytes that are not UTF-8 replaced with U+FFFD"
 def parse_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> list[Any]:
     """Parse a blob body, counting repairs in ``problems``; raises :class:`BadContentError` when it is not
     a JSON array."""
+    body = _without_bom(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -59,6 +60,7 @@ def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> 
     place can also lie inside a string or a nested array; then ``[`` + segment + ``]`` is not valid JSON
     (an open string, or brackets left open), so the parse fails and the next candidate is tried. A segment
     that parses ends exactly where a top-level record does."""
+    body = _without_bom(body)
     if len(body) <= 2 * SEGMENT_BYTES:
         yield from parse_blob(body, problems)
         return
@@ -86,6 +88,13 @@ def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> 
         yield from parsed
         del parsed
     yield from parse_blob(b"[" + body[pos:], problems)
+
+
+def _without_bom(body: bytes | bytearray) -> bytes | bytearray:
+    """``body`` without a UTF-8 byte order mark. orjson refuses one and the standard library skips it, so a blob
+    that began with one was read only as long as that parser could: not record by record (a record nested too
+    deep cost the whole blob), not a segment at a time, and a body cut short read as a wrong one."""
+    return body[3:] if body[:3] == b"\xef\xbb\xbf" else body
 
 
 def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
