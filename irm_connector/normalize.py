@@ -48,7 +48,7 @@ UPN_KEYS = ("userPrincipalName", "UserPrincipalName", "upn", "Upn", "UPN", "f3u"
 ALERT_RECORD_TYPE = 40
 _SYNTHETIC_ID_NAMESPACE = uuid.UUID("5b1f0c3e-1d0e-4f7e-9a57-3c6a2a8d9f10")
 # ASCII digits only: ``\d`` would take other scripts' digits, which no reader of TimeGenerated parses.
-_CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,7})?(Z|[+-]00:00)?", re.ASCII)
+_CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,7})?(Z|[+-]\d\d:\d\d)?", re.ASCII)
 
 # Fields copied as they are, straight from columns.json so a column added there is filled here.
 _ALERT_TEXT = stream_schema("alerts").copied("string")
@@ -185,10 +185,18 @@ def _creation_time(value: Any) -> tuple[str | None, str]:
     match = _CREATION.fullmatch(value.strip())
     if match is None:
         return None, ""
-    year, month, day, hour, minute, second, fraction, _ = match.groups()
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
-        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
-    except ValueError:
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
+        if zone and zone[1:] != "00:00" and zone != "Z":
+            # Not the API's shape, but a time all the same: read as UTC, not replaced by the blob's.
+            offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+            if offset >= timedelta(days=1) or int(zone[4:6]) > 59:
+                return None, ""
+            moment = moment - offset if zone[0] == "+" else moment + offset
+            year, month, day = f"{moment.year:04d}", f"{moment.month:02d}", f"{moment.day:02d}"
+            hour, minute, second = f"{moment.hour:02d}", f"{moment.minute:02d}", f"{moment.second:02d}"
+    except (ValueError, OverflowError):
         return None, ""
     text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction or ''}Z"
     hour_key = f"{year}{month}{day}{hour}"
@@ -230,6 +238,12 @@ def _parse_data(value: Any, problems: Counter[str]) -> Any:
     try:
         return orjson.loads(value)
     except orjson.JSONDecodeError:
+        pass
+    try:
+        # JSON that orjson refuses and the standard library reads: a lone surrogate's escape (the service writes
+        # them, see blob_parse), a number beyond a double. Kept as text, the alert would lose its user.
+        return json.loads(value)
+    except (ValueError, RecursionError):
         problems["Data is not JSON (kept as text)"] += 1
         return value
 

@@ -161,6 +161,20 @@ def test_data_that_does_not_parse_is_kept_as_the_raw_string() -> None:
     assert row["Data"] == "{broken"
 
 
+@pytest.mark.parametrize(
+    "data",
+    ['{"userPrincipalName": "alex@contoso.com", "fileName": "report\\ud83d.docx"}',  # a lone surrogate's escape
+     '{"userPrincipalName": "alex@contoso.com", "score": 1e400}'],  # beyond a double
+    ids=["lone-surrogate", "huge-number"],
+)  # fmt: skip
+def test_data_that_only_the_standard_library_reads_keeps_the_alerts_user(data: str) -> None:
+    """orjson refuses both; kept as text, the alert lost its user in every hunting query and rule."""
+    out = normalize_blob([irm_alert(Data=data)], REF, ALERTS, sent_at=SENT)
+    [row] = rows(out)
+    assert row["UserPrincipalName"] == "alex@contoso.com"
+    assert isinstance(row["Data"], dict) and "Data is not JSON (kept as text)" not in out.problems
+
+
 def test_other_records_and_other_alert_categories_stay_out_of_the_alerts_stream() -> None:
     records = [
         irm_alert(Id="1", Category="ThreatManagement"),
@@ -204,6 +218,19 @@ def test_unreadable_creation_time_falls_back_to_content_created(creation: str | 
     out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS, sent_at=SENT)
     assert rows(out)[0]["TimeGenerated"].startswith("2026-11-27T10:00:00")
     assert sum(out.problems.values()) == 1
+
+
+@pytest.mark.parametrize(
+    ("creation", "utc"),
+    [("2026-11-27T09:15:02+01:00", "2026-11-27T08:15:02Z"), ("2026-11-27T23:30:00.5-05:30", "2026-11-28T05:00:00.5Z"),
+     ("2026-11-27T09:15:02-00:00", "2026-11-27T09:15:02Z")],
+)  # fmt: skip
+def test_a_creation_time_with_an_offset_is_read_as_utc(creation: str, utc: str) -> None:
+    """Not the API's shape (UTC, no zone), but a time all the same: it was replaced by the blob's time, in
+    TimeGenerated and in CreationTime, and the alert row kept no copy of it."""
+    out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS, sent_at=SENT)
+    [row] = rows(out)
+    assert (row["TimeGenerated"], row["CreationTime"]) == (utc, utc) and not out.problems
 
 
 def test_record_type_as_string_still_routes() -> None:
@@ -279,6 +306,22 @@ def test_parse_blob_refuses_what_is_not_an_array() -> None:
     with pytest.raises(BadContentError, match="stops before") as refused:
         parse_blob(b"[{")
     assert refused.value.cut
+
+
+def test_a_byte_order_mark_changes_nothing_of_how_a_blob_is_read() -> None:
+    """A blob that begins with a UTF-8 BOM is read as the same blob without: record by record when one is nested
+    too deep (it cost the whole blob), a segment at a time when large, and cut short told from wrong."""
+    from irm_connector.blob_parse import SEGMENT_BYTES, iter_blob
+
+    deep = b'[{"Id": "a"}, {"Id": "b", "D": ' + b"[" * 5000 + b"1" + b"]" * 5000 + b"}]"
+    bom = b"\xef\xbb\xbf"
+    assert [r["Id"] for r in parse_blob(bom + deep)] == ["a", "b"]
+    with pytest.raises(BadContentError) as cut:
+        parse_blob(bom + b'[{"Id": "a"}, {"Id": ')
+    assert cut.value.cut
+    large = b"[" + b",".join(b'{"Id": "%d", "pad": "%s"}' % (i, b"x" * 1000) for i in range(9000)) + b"]"
+    assert len(large) > 2 * SEGMENT_BYTES
+    assert sum(1 for _ in iter_blob(bom + large)) == 9000
 
 
 def test_a_byte_that_is_not_utf8_costs_no_record() -> None:
