@@ -61,7 +61,8 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
     settings = rt.settings
     started = time.monotonic()
     deadline = started + (budget or settings.poll_time_budget).total_seconds()
-    # The budget ends listing between windows; the invocation's timeout bounds every retry and storage call.
+    # The budget ends listing between windows (or at a page's end, a window that alone used a whole budget); the
+    # invocation's timeout bounds every retry and storage call.
     limit = Deadline.for_invocation(then="the next run lists from the watermark")
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     report = PollReport([ContentTypeReport(content_type) for content_type in settings.content_types])
