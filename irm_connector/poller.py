@@ -61,8 +61,8 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
     settings = rt.settings
     started = time.monotonic()
     deadline = started + (budget or settings.poll_time_budget).total_seconds()
-    # The budget ends listing between windows (or at a page's end, a window that alone used a whole budget); the
-    # invocation's timeout bounds every retry and storage call.
+    # The budget ends listing between windows (a window that would outlast the invocation stops at a page's end);
+    # the invocation's timeout bounds every retry and storage call.
     limit = Deadline.for_invocation(then="the next run lists from the watermark")
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     report = PollReport([ContentTypeReport(content_type) for content_type in settings.content_types])
@@ -226,27 +226,36 @@ async def _list_windows(
             return
         lease.check()
         started = time.monotonic()
+        pages = [started, 0.0]  # when the last page came, the longest wait for one
 
-        def stop_if_too_long(started: float = started) -> None:
-            if time.monotonic() - started >= budget:
+        def stop_if_out_of_time(pages: list[float] = pages) -> None:
+            # Listed on, the window would meet the invocation's timeout and fail where every run fails: stopped
+            # when a wait as long as the longest yet no longer fits, it is listed in shorter ones from the next run.
+            now = time.monotonic()
+            pages[1], pages[0] = max(pages[1], now - pages[0]), now
+            if not limit.allows(pages[1]):
                 raise _WindowTooLong
 
         try:
             try:
-                await list_window(rt, content_type, window, now, seen, report, stop_if_too_long,
-                                  guard=lease.check, deadline=limit)  # fmt: skip
+                await list_window(rt, content_type, window, now, seen, report,
+                                  guard=lease.check, deadline=limit, stop=stop_if_out_of_time)  # fmt: skip
             except SubscriptionMissingError:
                 report.subscription = await _start_subscription(rt, lease, now, dims)
                 if report.subscription == "waiting":
                     raise  # started lately, and still missing
-                await list_window(rt, content_type, window, now, seen, report, stop_if_too_long,
-                                  guard=lease.check, deadline=limit)  # fmt: skip
+                await list_window(rt, content_type, window, now, seen, report,
+                                  guard=lease.check, deadline=limit, stop=stop_if_out_of_time)  # fmt: skip
         except _WindowTooLong:
+            if window is not plan.windows[0]:
+                # It began late in the run: the next run begins with it, and has the whole invocation for it.
+                log.info("Out of time; %s continues from %s next run", content_type, window.start, extra=dims)
+                return
             shorter = shrunk_window(window)
             await lease.write(window_seconds=int(shorter.total_seconds()))
             log.warning(
-                "Listing %s of %s took the whole time budget (its blobs listed so far are queued); the next runs "
-                "list windows of at most %s, so that the watermark moves",
+                "Listing %s of %s would outlast the invocation (the blobs of its pages so far are queued); the next "
+                "runs list windows of at most %s, so that the watermark moves",
                 window, content_type, shorter, extra=dims,
             )  # fmt: skip
             return
@@ -259,7 +268,7 @@ async def _list_windows(
 
 
 class _WindowTooLong(Exception):
-    """A window's listing used a whole run's time budget: stopped at a page's end, to be listed in shorter ones."""
+    """A window's listing would outlast the invocation: stopped at a page's end, to be listed in shorter ones."""
 
 
 def _within_service_time(end: datetime, service_time: datetime | None, dims: dict[str, str]) -> datetime:
@@ -290,10 +299,12 @@ async def list_window(
     *,
     guard: Callable[[], None] | None = None,
     deadline: Deadline | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> None:
     """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
     ``guard`` runs before every listing request and may raise to stop (the poller's lease check); no retry
-    waits past ``deadline``.
+    waits past ``deadline``. ``stop`` runs when a page after the first has come, before it is queued, and may
+    raise to leave the window unfinished (every run queues at least a page; one that ends in time is whole).
 
     The next page is fetched while this one is queued: the API's answer and the queue writes overlap, and a
     window of many pages costs about the longer of the two, not their sum."""
@@ -301,7 +312,11 @@ async def list_window(
         pages = rt.management.list_content(content_type, window, guard=guard, deadline=deadline)
         following: asyncio.Future[list[ContentBlob] | None] = asyncio.ensure_future(anext(pages, None))
         try:
+            first = True
             while (page := await following) is not None:
+                if stop is not None and not first:
+                    stop()
+                first = False
                 following = asyncio.ensure_future(anext(pages, None))
                 await _queue_page(rt, content_type, page, now, seen, report)
                 if on_page is not None:

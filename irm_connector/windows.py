@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 MAX_WINDOW = timedelta(hours=24)
-#: The shortest window a run whose windows outlast its time budget comes down to.
+#: The shortest window a content type whose windows outlast an invocation comes down to.
 MIN_WINDOW = timedelta(minutes=1)
 #: The API's own limit: content older than this cannot be listed.
 RETENTION = timedelta(days=7)
@@ -125,9 +125,9 @@ def plan_windows(
 
 
 def shrunk_window(listed: Window) -> timedelta:
-    """The longest window of the next runs after ``listed`` outlasted a run's time budget: half as long. Listed
-    again whole, it would outlast every run's, and the watermark would never move until its content left the API's
-    7 days."""
+    """The longest window of the next runs after ``listed`` would have outlasted its invocation: half as long.
+    Listed again whole, it would outlast every one, and the watermark would never move until its content left the
+    API's 7 days."""
     return max(MIN_WINDOW, (listed.end - listed.start) / 2)
 
 

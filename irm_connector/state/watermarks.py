@@ -56,7 +56,7 @@ class PollerState:
     #: by the storage service's clock: no Management API request for this content type before it (a
     #: ``Retry-After`` longer than one call waits)
     throttled_until: datetime | None = None
-    #: the longest window to list (seconds; 0: the API's 24 hours), shorter after one outlasted a run's budget
+    #: the longest window to list (seconds; 0: the API's 24 hours), shorter after one would outlast an invocation
     window_seconds: int = 0
     #: how long the lease lasts after the entity's last write
     lease_seconds: int = 0

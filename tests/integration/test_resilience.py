@@ -344,27 +344,27 @@ async def test_poller_stops_on_its_time_budget_and_the_next_run_continues(connec
 async def test_a_window_whose_listing_outlasts_a_run_is_listed_in_shorter_ones(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A catch-up window of 24 hours whose pages take longer than a run may (here 10 pages of 2.5 s against a
-    budget of 10 s and a function timeout of 20 s). Listed whole again by every run, it failed every run at the
-    same page: the watermark never moved, and after 7 days its content was lost. Now the window is stopped at a
-    page's end once it used the budget, and the next runs list shorter ones until the watermark moves."""
+    """A catch-up window of 24 hours whose pages take longer than an invocation may (here 14 pages of 2.5 s
+    against a function timeout of 30 s). Listed whole again by every run, it failed every run at the same page:
+    the watermark never moved, and after 7 days its content was lost. Now the window is stopped at a page's end
+    before the invocation's timeout, and the next runs list shorter ones until the watermark moves."""
     sim = connector.standins
-    connector.set(INITIAL_LOOKBACK="1d", POLL_TIME_BUDGET="10s", AzureFunctionsJobHost__functionTimeout="00:00:20")
-    workload = _publish(connector, seed=17, records=1000, blob_size=(100, 100),
-                        start=datetime.now(UTC) - timedelta(hours=20), span=timedelta(hours=10))  # fmt: skip
+    connector.set(INITIAL_LOOKBACK="1d", POLL_TIME_BUDGET="10s", AzureFunctionsJobHost__functionTimeout="00:00:30")
+    workload = _publish(connector, seed=17, records=1400, blob_size=(100, 100),
+                        start=datetime.now(UTC) - timedelta(hours=20), span=timedelta(hours=14))  # fmt: skip
     sim.management.page_size = 1
     sim.management.set_latency(2.5, route="list")
     rt = await get_runtime(Settings.from_env())
     runs = 0
     with caplog.at_level(logging.WARNING, logger="irm_connector.poller"):
-        while runs < 6:
+        while runs < 4:
             runs += 1
             await connector.poll()
             state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
             if state.watermark is not None and state.watermark > datetime.now(UTC) - timedelta(hours=1):
                 break
     assert state.watermark is not None and state.watermark > datetime.now(UTC) - timedelta(hours=1), runs
-    assert "took the whole time budget" in caplog.text
+    assert "would outlast the invocation" in caplog.text
     assert await connector.queue_length() == len(workload.blobs)
     await connector.drain()
     _assert_exactly_once(connector, workload)
