@@ -231,8 +231,8 @@ async def _list_windows(
         def stop_if_out_of_time(pages: list[float] = pages) -> None:
             # Listed on, the window would meet the invocation's timeout and fail where every run fails: stopped
             # when a wait as long as the longest yet no longer fits, it is listed in shorter ones from the next run.
-            now = time.monotonic()
-            pages[1], pages[0] = max(pages[1], now - pages[0]), now
+            at = time.monotonic()
+            pages[1], pages[0] = max(pages[1], at - pages[0]), at
             if not limit.allows(pages[1]):
                 raise _WindowTooLong
 
