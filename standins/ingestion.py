@@ -76,9 +76,10 @@ def load_streams(columns_path: Path | str = DEFAULT_COLUMNS_PATH) -> dict[str, l
     return streams
 
 
-def _is_datetime(value: Any) -> bool:
+def _datetime_of(value: Any) -> datetime | None:
+    """``value`` as a datetime column reads it (UTC when it names no zone); None when it is not one."""
     if not isinstance(value, str) or len(value) < 10:
-        return False
+        return None
     text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     # Python < 3.11 could not parse 7-digit fractions; Azure sends them. Trim to 6.
     if "." in text:
@@ -87,10 +88,10 @@ def _is_datetime(value: Any) -> bool:
         tail = tail[: min(digits, 6)] + tail[digits:]
         text = f"{head}.{tail}" if digits else head + tail
     try:
-        datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        return False
-    return True
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def check_value(column_type: str, value: Any) -> bool:
@@ -107,7 +108,7 @@ def check_value(column_type: str, value: Any) -> bool:
     if column_type == "boolean":
         return isinstance(value, bool)
     if column_type == "datetime":
-        return _is_datetime(value)
+        return _datetime_of(value) is not None
     return False
 
 
@@ -119,7 +120,7 @@ KEPT_BACK, KEPT_AHEAD = timedelta(days=2), timedelta(days=1)
 
 def _as_stored(row: dict[str, Any], received: datetime) -> dict[str, Any]:
     stored = dict(row)
-    when = _utc_or_none(row.get("TimeGenerated"))
+    when = _datetime_of(row.get("TimeGenerated"))
     if when is not None and not received - KEPT_BACK <= when <= received + KEPT_AHEAD:
         stored["TimeGenerated"] = received.isoformat().replace("+00:00", "Z")
     for key, value in row.items():
@@ -127,14 +128,6 @@ def _as_stored(row: dict[str, Any], received: datetime) -> dict[str, Any]:
         if text is not None and len(text.encode("utf-8")) > FIELD_LIMIT:
             stored[key] = text.encode("utf-8")[:FIELD_LIMIT].decode("utf-8", "ignore")
     return stored
-
-
-def _utc_or_none(value: Any) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _too_large(what: str, size: int) -> ApiError:
