@@ -12,7 +12,7 @@ from functools import partial
 
 from .errors import ConnectorError, PollError, SubscriptionMissingError
 from .models import ContentTypeReport, PollReport
-from .poller import CLOCK_WARNING_SECONDS, list_window
+from .poller import list_window, warn_clock_off
 from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
@@ -94,9 +94,8 @@ async def _service_now(rt: Runtime, content_type: str, dims: dict[str, str] | No
     service = (await rt.state.watermarks.get_state(rt.settings.tenant_id, content_type)).read_at
     if service is None:  # storage answers carry a Date; if a proxy drops it, this machine's clock is all there is
         return local
-    off = (local - service).total_seconds()
-    if dims is not None and abs(off) > CLOCK_WARNING_SECONDS:
-        log.warning("This machine's clock is %d s %s the storage service's: the backfill is planned by the service's "
-                    "time (%s); set the clock right (NTP)", abs(off), "ahead of" if off > 0 else "behind",
-                    service.isoformat(), extra=dims)  # fmt: skip
+    if dims is not None:
+        so = "the backfill is planned by the service's time"
+        warn_clock_off(local - service, "ahead of the storage service's", so, service, dims)
+        warn_clock_off(service - local, "behind the storage service's", so, service, dims)
     return service

@@ -44,7 +44,7 @@ from .state import SeenPartitions
 from .telemetry import producer_span, traceparent
 from .windows import MAX_WINDOW, Window, grown_window, plan_windows, shrunk_window
 
-__all__ = ["list_window", "run_poller"]
+__all__ = ["list_window", "run_poller", "warn_clock_off"]
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ async def _list_windows(
     content_type = lease.state.content_type
     now, service_now = clocks
     # Windows ending at this machine's time would hold every blob back by as much, and the lag would not show it.
-    _warn_clock_off(service_now - now, "behind the storage service's", "the windows end at the service's time",
+    warn_clock_off(service_now - now, "behind the storage service's", "the windows end at the service's time",
                     service_now, dims)  # fmt: skip
     budget = deadline - time.monotonic()
     longest = timedelta(seconds=lease.state.window_seconds) if lease.state.window_seconds > 0 else MAX_WINDOW
@@ -277,12 +277,13 @@ def _within_service_time(end: datetime, service_time: datetime | None, dims: dic
     a watermark there would skip what is created before that clock's time comes."""
     if service_time is None or end <= service_time:
         return end
-    _warn_clock_off(end - service_time, "ahead of the Management API's", "the watermark stays at the API's time",
+    warn_clock_off(end - service_time, "ahead of the Management API's", "the watermark stays at the API's time",
                     service_time, dims)  # fmt: skip
     return service_time
 
 
-def _warn_clock_off(off: timedelta, how: str, so: str, service_time: datetime, dims: dict[str, str]) -> None:
+def warn_clock_off(off: timedelta, how: str, so: str, service_time: datetime, dims: dict[str, str]) -> None:
+    """One warning when this machine's clock is ``off`` (positive: the way ``how`` says) by more than a minute."""
     if off.total_seconds() > CLOCK_WARNING_SECONDS:
         log.warning("This machine's clock is %d s %s: %s (%s); set the clock right (NTP)",
                     off.total_seconds(), how, so, service_time.isoformat(), extra=dims)  # fmt: skip
