@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from .api_answers import MAX_RETRY_AFTER
 from .content_queue import ContentMessage
@@ -236,16 +237,16 @@ async def _list_windows(
             if not limit.allows(pages[1]):
                 raise _WindowTooLong
 
+        listing = partial(list_window, rt, content_type, window, now, seen, report,
+                          guard=lease.check, deadline=limit, stop=stop_if_out_of_time)  # fmt: skip
         try:
             try:
-                await list_window(rt, content_type, window, now, seen, report,
-                                  guard=lease.check, deadline=limit, stop=stop_if_out_of_time)  # fmt: skip
+                await listing()
             except SubscriptionMissingError:
                 report.subscription = await _start_subscription(rt, lease, now, dims)
                 if report.subscription == "waiting":
                     raise  # started lately, and still missing
-                await list_window(rt, content_type, window, now, seen, report,
-                                  guard=lease.check, deadline=limit, stop=stop_if_out_of_time)  # fmt: skip
+                await listing()
         except _WindowTooLong:
             if window is not plan.windows[0]:
                 # It began late in the run: the next run begins with it, and has the whole invocation for it.
