@@ -116,6 +116,10 @@ def function_timeout() -> float:
     return FUNCTION_TIMEOUT.total_seconds()
 
 
+#: What comes of a queue message's invocation that its deadline cuts short.
+_RETRIED = "the message is retried"
+
+
 @dataclass(frozen=True)
 class Deadline:
     """When the invocation must have ended (monotonic seconds), and the margin kept back before it."""
@@ -125,10 +129,10 @@ class Deadline:
     #: the margin is already what cleaning up may not use (:func:`cleaning_up`)
     cleanup: bool = False
     #: what comes of the work when the deadline cuts it short, for the operator reading the error
-    then: str = "the message is retried"
+    then: str = _RETRIED
 
     @classmethod
-    def for_invocation(cls, timeout: float | None = None, *, then: str = "the message is retried") -> Deadline:
+    def for_invocation(cls, timeout: float | None = None, *, then: str = _RETRIED) -> Deadline:
         seconds = function_timeout() if timeout is None else timeout
         return cls(time.monotonic() + seconds, min(seconds * MARGIN_SHARE, MARGIN_MOST), then=then)
 
