@@ -208,6 +208,11 @@ class TransientApiError(ManagementApiError):
         super().__init__(message, **where)
         self.retry_after = retry_after
 
+    @property
+    def throttled(self) -> bool:
+        """The API throttled the call (429, or 403 ``AF429``), whether or not it named a wait."""
+        return self.status == 429 or self.code == "AF429"
+
 
 class UntrustedUrlError(ConnectorError):
     """A ``contentUri`` or ``NextPageUri`` that is not HTTPS under the configured API root and tenant.

@@ -98,7 +98,7 @@ async def _process(
     except IngestionRefusedError as exc:
         return await _reschedule(rt, message, exc, result, dims)
     except TransientApiError as exc:
-        if exc.retry_after is None:
+        if exc.retry_after is None and not exc.throttled:
             raise
         return await _wait_for_the_api(rt, message, exc, result, dims)
     finally:
@@ -128,16 +128,18 @@ async def _reschedule(
 async def _wait_for_the_api(
     rt: Runtime, message: ContentMessage, error: TransientApiError, result: ProcessResult, dims: dict[str, str]
 ) -> ProcessResult:
-    """The Management API asked for a wait longer than a call waits (``Retry-After``): the message comes back
-    when it ends, as a new one (its dequeue count spared), rather than being retried early by the host. At most
-    :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a date gone
-    wrong) would bring it back to an answer of AF20051, its records lost."""
+    """The Management API asked for a wait longer than a call waits (``Retry-After``), or throttled past a call's
+    retries without naming one: the message comes back when the wait ends (a minute, the span of the API's quota,
+    when unnamed), as a new one (its dequeue count spared), rather than being retried early by the host into the
+    poison queue. At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait
+    (a proxy's, a date gone wrong) would bring it back to an answer of AF20051, its records lost."""
     before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
     longest = int(MAX_RETRY_AFTER.total_seconds())
-    delay = min(math.ceil(error.retry_after or 0), longest, max(math.floor(before_expiry), PUT_OFF_LEAST))
+    wait = THROTTLED_PUT_OFF if error.retry_after is None else math.ceil(error.retry_after)
+    delay = min(wait, longest, max(math.floor(before_expiry), PUT_OFF_LEAST))
     await _put_back(rt, message, delay, error, result)
-    log.warning("Content %s put off for %d s, as the Management API asks: %s", dims["content_id"], delay, error,
-                extra=dims)  # fmt: skip
+    why = "as the Management API asks" if error.retry_after is not None else "the Management API still throttles"
+    log.warning("Content %s put off for %d s, %s: %s", dims["content_id"], delay, why, error, extra=dims)
     return result
 
 
@@ -177,7 +179,7 @@ async def _download_and_send(
             result.outcome = "unavailable"
         return result
     except TransientApiError as exc:
-        if exc.retry_after is None:  # else the message is put off, which says so
+        if exc.retry_after is None and not exc.throttled:  # else the message is put off, which says so
             log.warning("Content %s could not be downloaded (attempt %d): %s", blob.content_id, dequeue_count, exc,
                         extra=dims)  # fmt: skip
         raise
@@ -339,6 +341,8 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
 #: :data:`PUT_OFF_LEAST` seconds (so close to the end, asking early is its one chance).
 PUT_OFF_EXPIRY_MARGIN = 300
 PUT_OFF_LEAST = 60
+#: A download still throttled after a call's retries, with no wait named, comes back after the API's quota span.
+THROTTLED_PUT_OFF = 60
 #: How long a delivery waits for records another delivery holds before handing back to the host, which
 #: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0

@@ -787,6 +787,25 @@ async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is_put_off_not_poisoned(
+    connector: ConnectorHarness,
+) -> None:
+    """403 ``AF429`` without ``Retry-After`` (how the API throttles, apis.md), for longer than one call's retries
+    (six tries within about 15 s): the message comes back in a minute, the span of the API's quota, as a new one.
+    Raised to the host instead, it was retried every 30 s and went to the poison queue within 3 minutes of one
+    throttled spell, its records then lost unless someone requeued them within 7 days."""
+    sim = connector.standins
+    workload = _publish(connector, seed=37, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
+    await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
+    assert sim.management.count("content", fault="status") == 6
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
+    sim.management.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
 @pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])
 async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_expires(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, expires_in: timedelta, most: int
