@@ -16,7 +16,7 @@ import aiohttp
 import msal
 import requests
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -223,6 +223,13 @@ class IdentityTokenProvider:
                 audience,
                 f"managed identity failed ({_safe(exc.message or type(exc).__name__)}); grant the identity the "
                 "ActivityFeed.Read app role (scripts/grant-activityfeed-permission.sh)",
+            ) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # No answer at all (a connection refused or dropped, a timeout): azure-identity raises these as they
+            # came, not as an authentication error, and the endpoint is back after the host's token service is.
+            raise AuthenticationError(
+                audience, f"the managed identity endpoint is unavailable ({network_cause(exc)}); retried",
+                transient=True,
             ) from exc
         return str(token.token)
 

@@ -201,10 +201,11 @@ class SentinelIngestor:
             try:
                 await self._post_with_fresh_token(stream, body, deadline)
             except ClientAuthenticationError as exc:
-                if exc.status_code:
+                if exc.status_code and _answered_by_ingestion(exc):
                     raise _ingestion_error(stream, exc) from None  # see below
-                # No answer from Logs Ingestion at all: the credential gave no token (it is an HttpResponseError
-                # without a status, which would read as "refused rows (HTTP 0)").
+                # No answer from Logs Ingestion at all: the credential gave no token. It is an HttpResponseError
+                # without a status (which would read as "refused rows (HTTP 0)"), or, once a token was had, with
+                # the identity endpoint's own (a 404 read as the rule missing, and recorded as a refusal).
                 raise IngestionError(
                     f"could not get a token for Logs Ingestion ({stream}): "
                     f"{(exc.message or type(exc).__name__).splitlines()[0][:200].rstrip('.')}; {_token_hint()}",
@@ -269,6 +270,12 @@ class SentinelIngestor:
             if deadline.usable() > 1:
                 raise
             raise deadline.expire(f"upload to {stream}") from exc
+
+
+def _answered_by_ingestion(exc: HttpResponseError) -> bool:
+    """Whether the answer that raised ``exc`` came from Logs Ingestion (a stream's URL), not a token endpoint."""
+    request = getattr(exc.response, "request", None)
+    return "/dataCollectionRules/" in str(getattr(request, "url", ""))
 
 
 def _token_hint() -> str:
