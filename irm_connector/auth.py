@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -127,6 +129,8 @@ class MsalTokenProvider:
                 "O365_AUTHORITY_HOST (or O365_CLOUD) and the network",
             }
         except ValueError as exc:
+            if self._app is None and (passing := _passing_discovery_fault(exc)):
+                return {"error": "unreachable", "error_description": f"Entra ID at {host} {passing}; retried"}
             if self._app is None:
                 # msal could not read the tenant's OpenID configuration: Entra answered, without the tenant.
                 return {
@@ -270,6 +274,25 @@ def azure_credential(
         **kwargs,
         **identity_authority(settings.azure_cloud),  # a managed identity has no authority; the others do
     )
+
+
+#: msal's words for an OpenID configuration answered 4xx: "... HTTP status: 404, Error: ...".
+_DISCOVERY_STATUS = re.compile(r"HTTP status: (\d{3})\b")
+
+
+def _passing_discovery_fault(exc: ValueError) -> str:
+    """What went wrong reading the tenant's OpenID configuration, when a later try may pass; ``""`` when Entra
+    answered that it has no such tenant (400, 404). msal raises ValueError for any 4xx and for a body that is not
+    JSON alike, and raises its own over it (the one it caught is its context)."""
+    error: BaseException | None = exc
+    while error is not None:
+        if isinstance(error, json.JSONDecodeError):
+            return "answered the tenant's OpenID configuration with a body that is not JSON (a proxy's page?)"
+        found = _DISCOVERY_STATUS.search(str(error))
+        if found and found.group(1) in ("408", "429"):
+            return f"throttled or timed out reading the tenant's OpenID configuration (HTTP {found.group(1)})"
+        error = error.__cause__ or error.__context__
+    return ""
 
 
 def _safe(text: str) -> str:

@@ -496,6 +496,25 @@ async def test_a_managed_identity_endpoint_that_drops_connections_is_retried_and
     _assert_exactly_once(connector, workload)
 
 
+@pytest.mark.parametrize(
+    ("kind", "params"), [("status", {"status": 429}), ("status", {"status": 408}), ("malformed", {})]
+)
+async def test_a_throttled_or_garbled_openid_configuration_is_retried_not_called_an_unknown_tenant(
+    connector: ConnectorHarness, kind: str, params: dict[str, Any]
+) -> None:
+    """msal reads the tenant's OpenID configuration before its first token and raises ValueError for any 4xx, a
+    throttle too, and for a body that is not JSON (a proxy's page). Every one was reported at once as "no OpenID
+    configuration for tenant ... check O365_TENANT_ID", not retried: a cold start during a throttle failed the
+    invocation and sent the operator to a setting that was right."""
+    sim = connector.standins
+    workload = _publish(connector, seed=27, records=300, blob_size=(300, 300))
+    sim.entra.add_fault("discovery", kind, **params)
+    await connector.poll()
+    assert sim.entra.count("discovery") == 2
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General", True)
