@@ -182,8 +182,9 @@ def identity_endpoint_known() -> bool:
 
 
 class _TimedSession(requests.Session):
-    """A session whose requests give up after ``timeout`` seconds unless told otherwise: msal sends through the
-    session it is given without one, so an Entra ID that never answers would hold its thread for ever."""
+    """A session whose requests give up after ``timeout`` seconds unless told otherwise (msal sends through the
+    session it is given without one, so an Entra ID that never answers would hold its thread for ever), and
+    verify with its own CA bundle, when it has one, whatever the environment says."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
@@ -192,6 +193,10 @@ class _TimedSession(requests.Session):
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
+        if kwargs.get("verify") is None and isinstance(self.verify, str):
+            # Given per request: requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE override the session's bundle,
+            # and the bundle every other client trusts (SSL_CERT_FILE first, see ca_file) must hold here too.
+            kwargs["verify"] = self.verify
         return super().request(method, url, *args, **kwargs)
 
 

@@ -515,6 +515,25 @@ async def test_a_throttled_or_garbled_openid_configuration_is_retried_not_called
     _assert_exactly_once(connector, workload)
 
 
+@pytest.mark.parametrize("other", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+async def test_the_ca_bundle_of_ssl_cert_file_is_trusted_by_every_client_whatever_else_is_set(
+    connector: ConnectorHarness, other: str
+) -> None:
+    """README: a proxy's CA goes into SSL_CERT_FILE. requests (under msal) lets REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE override the bundle its session was given, and build agents often preset one to the public
+    roots: the token request then failed with "TLS certificate not trusted" while every other client trusted
+    the file."""
+    import certifi
+
+    sim = connector.standins
+    connector.monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    connector.set(SSL_CERT_FILE=str(sim.ca_path), **{other: certifi.where()})
+    workload = _publish(connector, seed=29, records=300, blob_size=(300, 300))
+    await connector.poll()
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General", True)
