@@ -228,10 +228,13 @@ class IdentityTokenProvider:
                 raise AuthenticationError(
                     audience, "the managed identity endpoint is unavailable; retried", transient=True
                 ) from exc
+            # The endpoint issues a token whatever the identity may do with it (the API's ActivityFeed.Read grant
+            # shows as AF10001 there): a refusal here is about which identity, or whether one is attached.
+            detail = _safe(exc.message or type(exc).__name__).removeprefix("(None) ")
             raise AuthenticationError(
                 audience,
-                f"managed identity failed ({_safe(exc.message or type(exc).__name__)}); grant the identity the "
-                "ActivityFeed.Read app role (scripts/grant-activityfeed-permission.sh)",
+                f"managed identity failed ({detail}); check AZURE_CLIENT_ID: it names the user-assigned identity "
+                "attached to the function app",
             ) from exc
         except (ServiceRequestError, ServiceResponseError) as exc:
             # No answer at all (a connection refused or dropped, a timeout): azure-identity raises these as they

@@ -534,6 +534,23 @@ async def test_the_ca_bundle_of_ssl_cert_file_is_trusted_by_every_client_whateve
     _assert_exactly_once(connector, workload)
 
 
+async def test_an_identity_the_endpoint_does_not_know_is_named_not_taken_for_a_missing_api_grant(
+    connector: ConnectorHarness,
+) -> None:
+    """The identity endpoint answers 400 "No managed identity found" (AZURE_CLIENT_ID names an identity not attached
+    to the app). The error said to grant ActivityFeed.Read, which decides what the API accepts (AF10001), never
+    whether a token is issued."""
+    sim = connector.standins
+    connector.set(O365_AUTH_MODE="managed_identity", O365_CLIENT_SECRET="", O365_CLIENT_ID="")
+    body = {"statusCode": 400, "message": "No managed identity found for specified ClientId/ResourceId/PrincipalId."}
+    sim.entra.add_fault("msi", "status", status=400, body=body, count=1000)
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    assert "No managed identity found" in str(failed.value) and "check AZURE_CLIENT_ID" in str(failed.value)
+    assert "ActivityFeed.Read" not in str(failed.value)
+    assert sim.management.count() == 0
+
+
 async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General", True)
