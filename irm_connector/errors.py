@@ -328,8 +328,8 @@ _OPERATOR_CODES = {
     "AF20013": "O365_TENANT_ID is not a valid tenant GUID",
     "AF20020": "the content type is not valid: check O365_CONTENT_TYPES",
     "AF20021": "the webhook is not validated",
-    "AF20023": "an administrator disabled the subscription for this content type: re-enable it deliberately "
-    "(irm-connector subscriptions start); the connector will not restart it in a loop",
+    "AF20023": "an administrator disabled the subscription for this content type: the poller asks to start it "
+    "once an hour, and content flows again once that is allowed (irm-connector subscriptions start asks at once)",
 }
 _CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
 

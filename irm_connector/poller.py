@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 #: Leave this between subscription starts, as the API asks.
 SUBSCRIPTION_START_INTERVAL = timedelta(minutes=15)
+#: And this once an administrator's setting refused a start (AF20023).
+REFUSED_START_INTERVAL = timedelta(hours=1)
 #: A window's end this far past the Management API's clock is worth a warning (below it, ordinary skew).
 CLOCK_WARNING_SECONDS = 60
 _ENQUEUE_CONCURRENCY = 16
@@ -420,9 +422,12 @@ async def _queue_blobs(
 async def _start_subscription(rt: Runtime, lease: PollerLease, now: datetime, dims: dict[str, str]) -> str:
     state = lease.state
     content_type = state.content_type
-    if state.subscription_refused:
-        # An administrator disabled it: a person starts it again (apis.md: report, do not restart in a loop). A
-        # listing that succeeds clears this.
+    if state.subscription_refused and state.subscription_started and (
+        now - state.subscription_started < REFUSED_START_INTERVAL
+    ):
+        # An administrator disabled it (apis.md: report, do not restart in a loop). Asked once an hour, the poller
+        # starts it itself once it is allowed again: no one else may be able to (the command line needs the app's
+        # credential, which in managed_identity mode exists only in Azure). A listing that succeeds clears this.
         raise management_api_error(0, state.subscription_refused, "", "start", content_type)
     if state.subscription_started and now - state.subscription_started < SUBSCRIPTION_START_INTERVAL:
         log.info(

@@ -190,12 +190,14 @@ async def test_the_subscription_status_says_what_the_run_saw_not_enabled_by_defa
     assert (await _health(connector))["SubscriptionStatus"] == "enabled"
 
 
-async def test_a_subscription_an_administrator_disabled_is_not_started_again_until_a_person_re_enables_it(
+async def test_a_subscription_an_administrator_disabled_is_asked_for_once_an_hour_not_every_run(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """apis.md: AF20023 is reported, not restarted in a loop, and start requests stay 15 minutes apart. A start
-    that failed was not recorded, so every run (every 5 minutes) asked again. Once a person re-enabled it and a
-    listing succeeded, a subscription found missing later is started by the poller again."""
+    that failed was not recorded, so every run (every 5 minutes) asked again. Then none was asked until a listing
+    succeeded, which none can while the subscription is off: with the default managed identity no operator could
+    start it either (the command line needs the app's credential, which exists only in Azure). Now the poller asks
+    once an hour, and starts it itself once it is allowed again."""
     from irm_connector.runtime import get_runtime
     from irm_connector.settings import Settings
     from tests.clock import skew_local_clock
@@ -204,20 +206,21 @@ async def test_a_subscription_an_administrator_disabled_is_not_started_again_unt
     sim.management.set_admin_disabled("Audit.General")
     ahead = [timedelta(0)]
     skew_local_clock(monkeypatch, ahead, package="irm_connector")
-    for minutes in (0, 5, 20, 60):  # the timer's runs, the last ones past the 15 minutes between starts
+    for minutes, starts in ((0, 1), (5, 1), (20, 1), (55, 1), (65, 2), (70, 2)):  # the timer's runs
         ahead[0] = timedelta(minutes=minutes)
         with pytest.raises(PollError) as failed:
             await connector.poll()
-        assert "AF20023" in str(failed.value) and "re-enable it deliberately" in str(failed.value)
+        assert "AF20023" in str(failed.value) and "asks to start it once an hour" in str(failed.value)
         assert connector.rows(HEALTH)[-1]["SubscriptionStatus"] == "disabled"
-    assert sim.management.count("start") == 1
+        assert sim.management.count("start") == starts, minutes
 
-    sim.management.set_admin_disabled("Audit.General", False)
-    sim.management.set_subscription("Audit.General", "enabled")  # `irm-connector subscriptions start`
+    sim.management.set_admin_disabled("Audit.General", False)  # allowed again
+    ahead[0] = timedelta(minutes=130)
     assert (await _health(connector))["SubscriptionStatus"] == "enabled"
+    assert sim.management.count("start") == 3 and sim.management.subscription("Audit.General") == "enabled"
     rt = await get_runtime(Settings.from_env())
     assert (await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")).subscription_refused == ""
     sim.management.set_subscription("Audit.General", None)  # gone, as after a tenant's move
-    ahead[0] = timedelta(minutes=90)
+    ahead[0] = timedelta(minutes=150)
     await connector.poll()
-    assert sim.management.count("start") == 2 and sim.management.subscription("Audit.General") == "enabled"
+    assert sim.management.count("start") == 4 and sim.management.subscription("Audit.General") == "enabled"
