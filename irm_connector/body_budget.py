@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from .deadline import within
-from .errors import TransientApiError
+from .errors import BodyRoomError
 
 __all__ = ["BodyBudget", "BodyHold", "BodyReader", "body_digest"]
 
@@ -134,8 +134,10 @@ class BodyHold:
                 await within("waiting for room among this worker's blob bodies (MAX_BLOB_MB_IN_FLIGHT)",
                              budget._wait_take(no_room.amount))  # fmt: skip
                 self.held = no_room.amount
-        raise TransientApiError(
-            f"a blob body found no room in this worker's budget after {MAX_WAITS} waits; the message is retried"
+        raise BodyRoomError(
+            f"a blob body found no room in this worker's blob bodies after {MAX_WAITS} waits (each time it outgrew "
+            "the room it had waited for); the message is retried; if this repeats, raise MAX_BLOB_MB_IN_FLIGHT "
+            "within the plan's memory"
         )
 
     async def read(self, response: aiohttp.ClientResponse) -> bytes:

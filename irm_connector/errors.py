@@ -44,6 +44,7 @@ __all__ = [
     "BadContentError",
     "BadMessageError",
     "BlobBusyError",
+    "BodyRoomError",
     "ConnectorError",
     "ContentUnavailableError",
     "DeadlineError",
@@ -212,6 +213,11 @@ class TransientApiError(ManagementApiError):
     def throttled(self) -> bool:
         """The API throttled the call (429, or 403 ``AF429``), whether or not it named a wait."""
         return self.status == 429 or self.code == "AF429"
+
+
+class BodyRoomError(ConnectorError):
+    """A blob body found no room among the worker's blob bodies (``MAX_BLOB_MB_IN_FLIGHT``) after its waits; the
+    host retries the message."""
 
 
 class UntrustedUrlError(ConnectorError):

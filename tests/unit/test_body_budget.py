@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from irm_connector.body_budget import BodyBudget, _NoRoom
+from irm_connector.body_budget import MAX_WAITS, BodyBudget, _NoRoom
 from irm_connector.deadline import Deadline
-from irm_connector.errors import DeadlineError
+from irm_connector.errors import ConnectorError, DeadlineError
 
 
 async def _settle() -> None:
@@ -77,3 +77,22 @@ async def test_a_wait_for_room_the_invocation_cannot_hold_fails_it_and_gives_its
 def test_the_bound_is_at_least_one_byte() -> None:
     with pytest.raises(ValueError):
         BodyBudget(0)
+
+
+async def test_a_body_that_never_finds_room_names_the_setting_that_gives_it_room() -> None:
+    """A body that outgrows its room on every read (a chunked or compressed blob on a busy worker) fails the
+    delivery after its waits. The error named the Management API's health and request budget, which have no
+    part in it; the bound is MAX_BLOB_MB_IN_FLIGHT."""
+    budget = BodyBudget(100)
+    reads = 0
+
+    async def download(read: Any) -> bytes:
+        nonlocal reads
+        reads += 1
+        raise _NoRoom(8)  # the room it got was not enough once more of the body came
+
+    with pytest.raises(ConnectorError) as failed:
+        await budget.hold().fetch(download)
+    assert "MAX_BLOB_MB_IN_FLIGHT" in str(failed.value) and "request budget" not in str(failed.value)
+    assert "the message is retried" in str(failed.value)
+    assert reads == MAX_WAITS
