@@ -49,7 +49,10 @@ _PERMANENT_ERRORS = {
 
 
 class ManagementTokenProvider(Protocol):
-    """Gives bearer tokens for the Management Activity API."""
+    """Gives bearer tokens for the Management Activity API. ``failure_replay``: for how many seconds after a
+    failed answer a new request may get that answer again instead of asking (a retry waits at least that)."""
+
+    failure_replay: float
 
     async def get_token(self, *, refresh: bool = False) -> str: ...
 
@@ -64,6 +67,10 @@ class MsalTokenProvider:
     configuration from Entra ID when it is built, and that network call belongs where its failure is
     reported (an :class:`AuthenticationError` naming the host), not in building the runtime. The credential
     itself is read here, so a certificate that does not load is a settings error before any call."""
+
+    #: msal (a confidential client) answers a token request with a 5xx or a 429 it got in the last 5 seconds (the
+    #: Retry-After, when one came): a retry sooner gets that replay, not Entra ID.
+    failure_replay = 6.0
 
     def __init__(self, settings: Settings) -> None:
         self._scope = f"{settings.api_audience}/.default"
@@ -202,6 +209,8 @@ class _TimedSession(requests.Session):
 
 class IdentityTokenProvider:
     """The function's managed identity (``AZURE_CLIENT_ID`` picks a user-assigned one)."""
+
+    failure_replay = 0.0  # azure-identity asks the endpoint again at once
 
     def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
         self._scope = f"{settings.api_audience}/.default"

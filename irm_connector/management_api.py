@@ -62,7 +62,6 @@ class RetryPolicy:
     cap: float = 30.0
     max_retry_after: float = 120.0
     timeout: float = 60.0
-    token_retry_floor: float = 1.5
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -265,8 +264,8 @@ class ManagementActivityClient:
             metrics.requests_retried.add(1, self._dims)
             delay = policy.delay(attempt, outcome.retry_after)
             if outcome.error.operation == "token":
-                # msal replays a failed token answer from its cache for a few seconds: wait that out.
-                delay = max(delay, policy.token_retry_floor)
+                # A token provider may answer from a cache for a while after a failure (msal does): wait that out.
+                delay = max(delay, self._tokens.failure_replay)
             if deadline is not None and not deadline.allows(delay):
                 # A wait the invocation cannot hold would end in the host killing the worker: fail now.
                 raise deadline.expire(f"Management API {operation} ({outcome.error})", delay) from outcome.error

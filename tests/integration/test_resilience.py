@@ -551,6 +551,21 @@ async def test_an_identity_the_endpoint_does_not_know_is_named_not_taken_for_a_m
     assert sim.management.count() == 0
 
 
+async def test_entra_failing_three_times_is_ridden_out_inside_the_call_not_replayed_from_msal_s_cache(
+    connector: ConnectorHarness,
+) -> None:
+    """msal keeps a 5xx or a 429 without Retry-After for 5 seconds and answers every request in that time with
+    it. The retries came 1.5 s apart at first, so most of them got the replay, not Entra ID: three 502s in a row
+    failed the poll though the call had tries left. Each retry now waits the replay out and reaches Entra ID."""
+    sim = connector.standins
+    workload = _publish(connector, seed=33, records=300, blob_size=(300, 300))
+    sim.entra.add_fault("token", "status", status=502, count=3)
+    await connector.poll()
+    assert sim.entra.count("token") == 4
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General", True)
