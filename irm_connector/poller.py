@@ -449,4 +449,11 @@ async def _start_subscription(rt: Runtime, lease: PollerLease, now: datetime, di
         status,
         extra=dims,
     )
+    if state.watermark is not None:
+        # It was listed before, so it had a subscription that went (stopped, or refused by an administrator).
+        log.error(
+            "%s had no subscription for a while: content created while it had none is never available (at most "
+            "from the watermark, %s, until now). Search the tenant's audit log for that stretch if it matters.",
+            content_type, state.watermark.isoformat(), extra=dims,
+        )  # fmt: skip
     return status

@@ -224,3 +224,35 @@ async def test_a_subscription_an_administrator_disabled_is_asked_for_once_an_hou
     ahead[0] = timedelta(minutes=150)
     await connector.poll()
     assert sim.management.count("start") == 4 and sim.management.subscription("Audit.General") == "enabled"
+
+
+async def test_a_subscription_found_gone_says_that_what_was_created_meanwhile_is_lost(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A subscription that existed goes (stopped by someone, a tenant's move): the poller starts it again, and
+    content created while there was none is never available (apis.md). That was said nowhere, so a SOC read the
+    quiet stretch as a quiet tenant; now one error line names the stretch, from the watermark on."""
+    from irm_connector.runtime import get_runtime
+    from irm_connector.settings import Settings
+
+    sim = connector.standins
+    _publish(connector, seed=87)
+    await connector.poll()
+    rt = await get_runtime(Settings.from_env())
+    watermark = (await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")).watermark
+    assert watermark is not None
+    sim.management.set_subscription("Audit.General", None)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.poller"):
+        await connector.poll()
+    assert sim.management.subscription("Audit.General") == "enabled"
+    [line] = [r for r in caplog.records if "never available" in r.getMessage()]
+    assert line.levelno == logging.ERROR and watermark.isoformat() in line.getMessage()
+
+
+async def test_a_first_subscription_reports_no_loss(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
+    """A tenant's first run starts the subscription: nothing was collected before, and nothing is called lost."""
+    with caplog.at_level(logging.WARNING, logger="irm_connector.poller"):
+        with contextlib.suppress(PollError):
+            await connector.poll()
+    assert connector.standins.management.subscription("Audit.General") == "enabled"
+    assert not [r for r in caplog.records if "never available" in r.getMessage()]
