@@ -234,8 +234,9 @@ class QueueWorker:
         body = message.content
         if isinstance(body, UndecodableMessage):
             # The host would fail this message on every delivery; park it at once, saying why.
-            log.error("Message %s is not base64 (written without encoding?); moved to %s. First 200 characters: %r",
-                      message.id, self._poison.queue_name, str(body)[:200])  # fmt: skip
+            # Its text is not logged: written by hand or by another tool, it may hold anything (`poison list` shows it).
+            log.error("Message %s is not base64 (written without encoding?); moved to %s (%d characters)",
+                      message.id, self._poison.queue_name, len(str(body)))  # fmt: skip
             await self._settled(message, self._park(message, str(body)))
             return
         function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]

@@ -224,15 +224,20 @@ async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog: p
 
     async with QueueClient.from_connection_string(connector.azurite.connection_string, connector.queue_name) as raw:
         await raw.create_queue()
-        await raw.send_message("{not base64 at all}")  # written without the base64 the trigger expects
+        await raw.send_message(FOREIGN)  # written without the base64 the trigger expects
     stats = await connector.drain()
     poison = await connector.messages(connector.queue_name + "-poison")
     report.record(report.Outcome("Hostile input", "queue message", "not base64",
                                  "parked at once with an error line (the CLI's host; in Azure the Functions host parks it itself, never calling the function)",
                                  f"poisoned after {stats.failed_attempts} failed attempts", 0, 0))  # fmt: skip
-    assert poison == ["{not base64 at all}"]
+    assert poison == [FOREIGN]
     assert stats.poisoned == 1 and stats.failed_attempts == 0
     assert "not base64" in caplog.text
+    assert "alice@contoso.com" not in caplog.text  # what it holds is not the log's: `poison list` shows it
+
+
+#: A message someone wrote to the content queue by hand, a record in it, without the base64 the trigger expects.
+FOREIGN = '{"UserId": "alice@contoso.com", "Operation": "FileDownloaded"}'
 
 
 @pytest.mark.reports_outcome
