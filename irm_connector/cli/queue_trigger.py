@@ -29,7 +29,7 @@ from azure.storage.queue.aio import QueueClient
 
 from irm_connector.content_queue import UndecodableMessage, create_queue_if_missing
 from irm_connector.deadline import parse_timespan
-from irm_connector.errors import SettingsError
+from irm_connector.errors import SettingsError, storage_reason
 
 __all__ = [
     "HOST_SETTINGS",
@@ -130,6 +130,32 @@ _IDLE_LAST = 1.0
 #: longer was put off for later (up to an hour) or is held by another worker (the function app, a run that was
 #: killed): the run stops and says how many, rather than sit silent until they come back.
 _INVISIBLE_GRACE = 60.0
+#: How long a run that stops once the queue is empty keeps trying a queue that fails (a 5xx, no answer) before it
+#: gives up with the error; a refusal (4xx: a role removed, a firewall rule) ends it at once. A run that works
+#: the queue for as long as it is left running (`run`) keeps trying, as the host does.
+_STORAGE_PATIENCE = 60.0
+
+
+class _Failing:
+    """The queue's own calls failing one after another: tried again a second later, and given up (the error
+    raised, for the command's exit 3) at a refusal, or after :data:`_STORAGE_PATIENCE`, unless ``patient``."""
+
+    def __init__(self, *, patient: bool) -> None:
+        self._patient = patient
+        self._since: float | None = None
+
+    async def again(self, what: str, exc: AzureError) -> None:
+        now = time.monotonic()
+        self._since = now if self._since is None else self._since
+        status = getattr(exc, "status_code", None)
+        refused = isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+        if not self._patient and (refused or now - self._since >= _STORAGE_PATIENCE):
+            raise exc
+        log.warning("Could not %s (%s); trying again", what, storage_reason(exc))
+        await asyncio.sleep(1.0)
+
+    def over(self) -> None:
+        self._since = None
 
 
 class QueueWorker:
@@ -164,11 +190,25 @@ class QueueWorker:
 
         ``until_empty`` as an event: keep waiting on an empty queue until it is set (something is still
         filling the queue, as a poller running beside the worker), then stop when the queue is empty."""
-        gate = asyncio.Semaphore(self._options.concurrency)
         in_flight: set[asyncio.Task[None]] = set()
+        try:
+            return await self._run(in_flight, max_messages, until_empty, stop)
+        finally:
+            if in_flight:  # finished, also when the queue failed: each holds a message and maybe claims
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _run(
+        self,
+        in_flight: set[asyncio.Task[None]],
+        max_messages: int | None,
+        until_empty: bool | asyncio.Event,
+        stop: asyncio.Event | None,
+    ) -> WorkerStats:
+        gate = asyncio.Semaphore(self._options.concurrency)
         handled = 0
         idle = _IDLE_FIRST
         unseen_since: float | None = None  # since when the queue counts messages none of which can be received
+        failing = _Failing(patient=isinstance(until_empty, asyncio.Event) or not until_empty)
         while not (stop and stop.is_set()):
             if max_messages is not None and handled >= max_messages:
                 break
@@ -184,10 +224,9 @@ class QueueWorker:
                         )
                     ]
                 except AzureError as exc:
-                    # Storage unreachable: the host keeps polling too; so do we, bounded by stop/until_empty.
-                    log.warning("Could not read the queue (%s); trying again", type(exc).__name__)
-                    await asyncio.sleep(1.0)
+                    await failing.again("read the queue", exc)
                     continue
+                failing.over()
             for message in messages:
                 handled += 1
                 await gate.acquire()
@@ -209,9 +248,9 @@ class QueueWorker:
             try:
                 properties = await self._queue.get_queue_properties()
             except AzureError as exc:
-                log.warning("Could not read the queue length (%s); trying again", type(exc).__name__)
-                await asyncio.sleep(1.0)
+                await failing.again("read the queue length", exc)
                 continue
+            failing.over()
             done = until_empty.is_set() if isinstance(until_empty, asyncio.Event) else until_empty
             left = properties.approximate_message_count
             if not left and done:
@@ -226,8 +265,6 @@ class QueueWorker:
             # As the host does on an empty queue: poll again soon, then less and less often.
             await asyncio.sleep(idle)
             idle = min(idle * 2, _IDLE_LAST)
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)
         return self.stats
 
     async def _one(self, message: Any) -> None:

@@ -152,6 +152,21 @@ def test_storage_refusing_the_identity_or_the_address_exits_3_with_the_fix(cli: 
     assert one_line(err).startswith(f"error: Storage at {proxy.queue.base_url} refused the request (HTTP 403, {code}); ")
     assert advice in err
 
+@pytest.mark.parametrize(("status", "code"), [(403, "AuthorizationPermissionMismatch"), (503, "ServerBusy")])
+def test_storage_failing_while_the_queue_is_worked_ends_process_with_exit_3(cli: Cli, status: int, code: str) -> None:
+    """The role is removed, or the account fails, after `process` started: every receive was logged as a warning
+    and tried again a second later, for ever, so a cron job or a build agent hung and exit 3 never came. A
+    refusal ends it at once; a failing account once it has failed for a minute."""
+    cli.put('{"contentUri": "not one of ours"}')
+    with StorageProxy(cli.azurite) as proxy:
+        proxy.add_fault("queue.get", "status", status=status, code=code, count=10_000)
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        done = cli.subprocess("process", timeout=150)
+    assert done.returncode == 3, done.stderr
+    line = one_line("\n".join(ln for ln in done.stderr.splitlines() if ln.startswith("error:")))
+    assert line.startswith(f"error: Storage at {proxy.queue.base_url} refused the request (HTTP {status}, {code})")
+
+
 @pytest.mark.parametrize("where", [off_azure, in_cloud_shell], ids=["laptop", "cloud-shell"])
 def test_managed_identity_off_azure_says_so_and_storage_commands_still_work(
     cli: Cli, where: Callable[[Cli], None]
