@@ -18,7 +18,7 @@ from .runtime import Runtime
 from .state import SeenPartitions
 from .windows import RETENTION, plan_backfill
 
-__all__ = ["BackfillProgress", "backfill"]
+__all__ = ["BackfillProgress", "backfill", "service_now"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ async def backfill(
     the API's reach by the time the later ones are listed."""
     content_types = content_types or rt.settings.content_types
     # A range the API cannot list at all raises here.
-    plan_backfill(start, end, now or await _service_now(rt, content_types[0]))
+    plan_backfill(start, end, now or await service_now(rt, content_types[0]))
     report = PollReport()
     causes: dict[str, ConnectorError] = {}
     for content_type in content_types:
@@ -51,7 +51,7 @@ async def backfill(
         seen: SeenPartitions = {}
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
         try:
-            moment = now or await _service_now(rt, content_type, dims)
+            moment = now or await service_now(rt, content_type, dims)
             # What has left the 7 days since the range was checked is out of reach: the rest is listed.
             windows = plan_backfill(max(start, moment - RETENTION), end, moment)
             progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
@@ -86,7 +86,7 @@ async def backfill(
     return report
 
 
-async def _service_now(rt: Runtime, content_type: str, dims: dict[str, str] | None = None) -> datetime:
+async def service_now(rt: Runtime, content_type: str, dims: dict[str, str] | None = None) -> datetime:
     """The storage service's time (the Date of a read of the content type's state), which places the API's 7-day
     edge as it does for the poller. By this machine's clock, hours fast it would refuse a start the API still serves
     and cut the oldest hours off ``--since 7d`` without a word; hours slow, plan a first window the API refuses."""

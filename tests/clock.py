@@ -19,6 +19,7 @@ def skew_local_clock(
     # A module not imported yet would keep the true clock: a test run alone, before anything imported the poller
     # (the function entry points import it lazily), would not be skewed at all.
     importlib.import_module("irm_connector.handlers")
+    importlib.import_module(package)
 
     class Skewed(datetime):
         @classmethod

@@ -9,12 +9,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from irm_connector.backfill import backfill
+from irm_connector.backfill import backfill, service_now
 from irm_connector.errors import PollError
 from irm_connector.models import ContentTypeReport
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
-from irm_connector.windows import RETENTION, plan_backfill
+from irm_connector.windows import RETENTION, Window, plan_backfill
 
 from ._common import EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
 from ._preflight import ready
@@ -26,32 +26,23 @@ __all__ = ["backfill_command"]
 
 
 async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
-    now = datetime.now(UTC)
     if args.since and (args.start or args.end):
         raise UsageError("give --since or --start/--end, not both")
-    if args.since:
-        since = duration_option(args.since, "--since")
-        if since > RETENTION + timedelta(days=1):  # before year 1 for a large one: say what is wrong instead
-            raise UsageError(f"--since {args.since} is more than 7 days back: the API keeps content for 7 days only")
-        start, end = now - since, now
-    elif args.start:
-        start = parse_moment(args.start, "--start")
-        end = parse_moment(args.end, "--end") if args.end else now
-    else:
-        raise UsageError("give --since (e.g. 3d) or --start (and optionally --end)")
     content_types = tuple(args.content_type or settings.content_types)
     unknown = [ct for ct in content_types if ct not in settings.content_types]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not in O365_CONTENT_TYPES ({', '.join(settings.content_types)})")
-    try:
-        windows = plan_backfill(start, end, now)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    _range(args, datetime.now(UTC))  # the options' own mistakes, before any call
     if not args.no_process:
         HostQueueOptions.from_environment()  # its settings errors before anything is queued, not after
 
     await ready(settings, management=True, ingestion=not args.no_process)
     rt = await get_runtime(settings)
+    # Placed by the storage service's clock, as the poller places the API's 7-day edge: this machine's, half an
+    # hour slow, put `--since 7d` past the edge (an "unexpected ValueError"); fast, it left the oldest part out.
+    now = await service_now(rt, content_types[0])
+    start, end = _range(args, now)
+    windows = _plan(start, end, now)
     bar = tqdm(
         total=len(windows) * len(content_types),
         desc="windows listed",
@@ -100,3 +91,22 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         code = max(code, process_code)
     emit(args, document, "\n".join(lines))
     return code
+
+
+def _range(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` as the options give it, ``--since`` and a missing ``--end`` counted from ``now``."""
+    if args.since:
+        since = duration_option(args.since, "--since")
+        if since > RETENTION + timedelta(days=1):  # before year 1 for a large one: say what is wrong instead
+            raise UsageError(f"--since {args.since} is more than 7 days back: the API keeps content for 7 days only")
+        return now - since, now
+    if args.start:
+        return parse_moment(args.start, "--start"), parse_moment(args.end, "--end") if args.end else now
+    raise UsageError("give --since (e.g. 3d) or --start (and optionally --end)")
+
+
+def _plan(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
+    try:
+        return plan_backfill(start, end, now)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

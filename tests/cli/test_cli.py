@@ -260,6 +260,25 @@ def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> 
     assert code == 2 and err.startswith("settings error:") and sim.management.count("list") == listed
 
 
+@pytest.mark.parametrize("off", [timedelta(minutes=-30), timedelta(minutes=30)], ids=["slow", "fast"])
+def test_backfill_since_7d_is_placed_by_the_storage_service_s_time_whatever_this_clock_says(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, off: timedelta
+) -> None:
+    """`--since 7d` was read on this machine's clock. Half an hour slow, its start lay past the 7 days by the
+    storage service's clock and backfill stopped with "unexpected ValueError" (exit 1); half an hour fast, the
+    oldest half hour the API still serves was left out. Both now list from the service's 7-day edge."""
+    from irm_connector.windows import RETENTION, RETENTION_MARGIN
+    from tests.clock import skew_local_clock
+
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    for module in ("irm_connector.cli.backfill", "irm_connector.backfill"):  # not the JSON output's
+        skew_local_clock(monkeypatch, off, package=module)
+    code, doc = cli.json("backfill", "--since", "7d", "--no-process")
+    assert code == 0, doc
+    edge = datetime.now(UTC) - RETENTION + RETENTION_MARGIN  # this process's true clock is Azurite's
+    assert abs(datetime.fromisoformat(doc["range"]["start"].replace("Z", "+00:00")) - edge) < timedelta(minutes=2)
+
+
 def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")
