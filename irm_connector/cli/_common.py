@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -188,11 +188,16 @@ class Storage:
         self.main = main
         self.poison = poison
 
-    async def depth(self, client: QueueClient) -> int:
+    async def depth(self, client: QueueClient, *, on_date: Callable[[str], None] | None = None) -> int:
+        """The queue's approximate length; ``on_date`` is given the answer's ``Date`` (the service's time)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        def hook(response: Any) -> None:
+            if on_date is not None and (date := response.http_response.headers.get("Date")):
+                on_date(date)
+
         try:
-            properties = await client.get_queue_properties()
+            properties = await client.get_queue_properties(raw_response_hook=hook)
         except ResourceNotFoundError:
             return 0
         return int(properties.approximate_message_count or 0)

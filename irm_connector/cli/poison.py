@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -14,6 +15,8 @@ from azure.storage.queue import QueueMessage
 
 from irm_connector.content_queue import Delivery, create_queue_if_missing
 from irm_connector.errors import StateError
+from irm_connector.models import parse_http_date
+from irm_connector.redaction import redact
 from irm_connector.settings import Settings
 from irm_connector.state import Failure, FailureStore, message_key
 
@@ -46,7 +49,8 @@ def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
         "reason": failure.reason if failure else "unknown (no failure was recorded for this message)",
         "attempts": failure.attempts if failure else None,
         "failed_at": failure.time if failure else None,
-        "text": text[:200] if not content_id else None,
+        # Not a content notification: written by hand or by another tool, it may hold a secret; masked as any output.
+        "text": redact(text[:200]) if not content_id else None,
     }
 
 
@@ -214,7 +218,11 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
 
 
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
-    depth = await store.depth(store.poison)
+    # The queue's time when it was counted: what is parked after that (while the operator reads the question) was
+    # not in the count they said yes to, and nobody has seen why it failed; it stays.
+    answered: list[str] = []
+    depth = await store.depth(store.poison, on_date=answered.append)
+    counted = parse_http_date(answered[-1] if answered else None) or datetime.now(UTC)
     if depth:
         confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?")
     purged = 0
@@ -225,7 +233,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
         purged += 1
 
     walk = _Walk(store, LOCK_SECONDS)
-    await walk.run(lambda _: True, forget)
+    await walk.run(lambda message: message.inserted_on is None or message.inserted_on <= counted, forget)
     emit(
         args,
         {"purged": purged, "not_deleted": walk.undeleted},

@@ -110,6 +110,30 @@ def test_purge_of_a_queue_longer_than_the_hold_deletes_every_message(slow: Cli) 
     assert slow.depth(slow.poison) == 0 and slow.depth() == 0
 
 
+def test_purge_deletes_what_was_there_when_it_was_confirmed_not_what_was_parked_since(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The prompt counts the messages ("Delete the 2 message(s)"), and the function app parks more while the
+    operator reads it. The walk deleted until the queue was empty: blobs nobody had seen in `poison list`, whose
+    records were then lost unless someone requeued them. It now leaves what came after the count."""
+    import threading
+
+    fill(cli, 2, "old")
+
+    def parked_while_asking(args: object, question: str) -> None:
+        assert question.startswith("Delete the 2 message(s)")
+        time.sleep(1.1)  # the queue's times are whole seconds
+        parker = threading.Thread(target=fill, args=(cli, 3, "new"))
+        parker.start()
+        parker.join()
+
+    monkeypatch.setattr(poison, "confirm", parked_while_asking)
+    code, doc = cli.json("poison", "purge")
+    assert code == 0, doc
+    assert doc["purged"] == 2
+    assert drain(cli, cli.poison) == Counter(["new0000", "new0001", "new0002"])
+
+
 @pytest.mark.parametrize("argv", [("poison", "list"), ("poison", "requeue", "--all")], ids=["list", "requeue"])
 def test_storage_refusing_the_poison_queue_is_named_with_what_to_do(cli: Cli, argv: tuple[str, ...]) -> None:
     """The storage firewall refuses this address halfway (the checks before the work passed): one line naming
@@ -125,3 +149,15 @@ def test_storage_refusing_the_poison_queue_is_named_with_what_to_do(cli: Cli, ar
     assert error["message"] == f"Storage at {proxy.queue.base_url} refused the request (HTTP 403, AuthorizationFailure)"
     assert "firewall" in error["hint"]
     assert cli.depth(cli.poison) == 2
+
+
+def test_poison_list_masks_a_secret_in_a_message_that_is_not_a_content_notification(cli: Cli) -> None:
+    """`poison list` shows the start of a message it cannot read, as it came. Every other output of the command
+    line masks the configured secrets (and token-shaped text); this one did not."""
+    secret = cli.standins.client_secret
+    cli.put(f'{{"note": "pasted by mistake", "client_secret": "{secret}"}}', cli.poison)
+    code, out, err = cli.run("poison", "list")
+    assert code == 0, err
+    assert "pasted by mistake" in out and secret not in out + err
+    code, doc = cli.json("poison", "list")
+    assert secret not in str(doc)
