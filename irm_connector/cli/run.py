@@ -73,6 +73,12 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
             counts["polls"] += 1
             counts["poll_errors"] += 1
             log.error("Poll failed (the next one is on schedule): %s", exc)
+        except Exception:
+            # A fault of the connector's own: as the Functions host does, its traceback is logged and the next poll
+            # runs on schedule; ending here would abandon the messages in flight and their claims.
+            counts["polls"] += 1
+            counts["poll_errors"] += 1
+            log.exception("Poll failed unexpectedly (the next one is on schedule)")
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:

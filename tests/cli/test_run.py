@@ -44,6 +44,61 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert sorted(r["RecordId"] for r in cli.rows()) == expected  # nothing twice
 
 
+#: ``irm-connector run`` whose first poll meets a fault of the connector's own (a KeyError), as a bug would raise.
+_FIRST_POLL_FAILS = """
+import sys
+from irm_connector import poller
+from irm_connector.cli import main
+
+real = poller.run_poller
+calls = []
+
+
+async def failing_once(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 1:
+        raise KeyError("a bug")
+    return await real(*args, **kwargs)
+
+
+poller.run_poller = failing_once
+import irm_connector.handlers as handlers
+handlers.run_poller = failing_once
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_run_keeps_polling_and_processing_after_a_poll_fails_unexpectedly(cli: Cli) -> None:
+    """The Functions host logs a failed timer invocation and runs the next on schedule. `run` caught only the
+    connector's own errors: any other stopped the whole process at once, the messages in flight abandoned and
+    their claims left for 12 minutes."""
+    import subprocess
+    import sys
+
+    from tests.cli.conftest import REPO
+
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=25, total_records=400, blob_size=(200, 200), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    argv = ["run", "--poll-now", "--schedule", "*/2 * * * * *", "--json"]
+    with subprocess.Popen([sys.executable, "-c", _FIRST_POLL_FAILS, *argv], env=cli.process_env(), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
+        deadline = time.monotonic() + 90
+        expected = sorted(set(workload.irm_alert_record_ids))
+        while time.monotonic() < deadline and sorted(r["RecordId"] for r in cli.rows()) != expected:
+            if process.poll() is not None:
+                raise AssertionError(process.communicate())
+            time.sleep(0.5)
+        out, err = cli.stop(process)
+    assert process.returncode == 0, err
+    doc = json.loads(out[out.index("{") :])
+    assert doc["poll_errors"] == 1 and doc["polls"] >= 2
+    assert sorted(r["RecordId"] for r in cli.rows()) == expected
+    assert "KeyError" in err and "Traceback" in err  # the fault of the connector's own, with where it happened
+
+
 def test_schedule_is_ncrontab_with_seconds() -> None:
     from datetime import UTC, datetime
 
