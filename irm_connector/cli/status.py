@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from irm_connector.errors import ConnectorError
+from irm_connector.models import parse_http_date
 from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
@@ -19,14 +20,20 @@ __all__ = ["status"]
 
 
 async def status(args: argparse.Namespace, settings: Settings) -> int:
-    now = datetime.now(UTC)
     max_lag = duration_option(args.max_lag, "--max-lag")
     await check_storage(settings)
     rt = await get_runtime(settings)
+    answered: list[str] = []
     async with storage(settings) as store:
         states = {s.content_type: s for s in await rt.state.watermarks.list_states(settings.tenant_id)}
-        queue_depth = await store.depth(store.main)
+        queue_depth = await store.depth(store.main, on_date=answered.append)
         poison_depth = await store.depth(store.poison)
+    # The lag by the storage service's time, as the poller moves the watermark: this machine's clock, hours fast,
+    # would call a watermark just moved "lagging", and slow, hide a real lag behind it.
+    now = parse_http_date(answered[-1] if answered else None) or datetime.now(UTC)
+    # The processor's record of a DCR refusing a stream: its messages are rescheduled, not poisoned, and the
+    # poller runs clean meanwhile, so nothing above shows that no row reaches Sentinel.
+    refused = await rt.state.refusals.current(settings.dcr_immutable_id, fresh=True)
 
     # What storage knows is shown whatever the Management API says. The token is asked for once, outside the
     # API client's retries: no token (Entra unreachable, not in Azure) is reported at once.
@@ -76,6 +83,17 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             problem("last-error", state.last_error)
         if not api_error and subscription != "enabled":
             problem("subscription-not-enabled", f"subscription is {subscription}")
+    for stream, refusal in sorted(refused.items()):
+        answer = f"HTTP {refusal.status}{', ' + refusal.code if refusal.code else ''}"
+        problems.append(
+            {
+                "code": "ingestion-refused",
+                "content_type": "",
+                "detail": f"Logs Ingestion refuses {stream} ({answer}) since {iso(refusal.since)}: its messages are "
+                "put back for later, and go to the poison queue after 2 hours (README: `Logs Ingestion refuses "
+                "stream`)",
+            }
+        )
     if poison_depth:
         problems.append(
             {

@@ -159,6 +159,36 @@ def test_storage_unreachable_exits_3(cli: Cli) -> None:
     assert out == "" and err.startswith("error:") and "Traceback" not in err
 
 
+def test_status_is_unhealthy_while_logs_ingestion_refuses_a_stream(cli: Cli) -> None:
+    """The DCR refuses the alerts stream (the role removed): the poller runs clean, the messages are rescheduled
+    rather than poisoned for 2 hours, and `status` said HEALTHY (exit 0) while no row reached Sentinel."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    generate_workload(seed=41, total_records=400, blob_size=(200, 200), irm_share=0.05,
+                      tenant_id=sim.tenant_id).publish(sim.management)  # fmt: skip
+    sim.ingestion.add_fault("ingest", "status", status=403, count=10_000)
+    assert cli.run("poll")[0] == 0
+    assert cli.run("process")[0] == 1  # put back for later, and stopped
+    code, doc = cli.json("status")
+    assert code == 1 and doc["healthy"] is False
+    refused = [p["detail"] for p in doc["problems"] if p["code"] == "ingestion-refused"]
+    assert any("Custom-IRMAlerts" in detail and "HTTP 403" in detail for detail in refused), refused
+    assert cli.rows() == []
+
+
+def test_status_judges_the_lag_by_the_storage_service_s_clock(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poller moves the watermark by the services' time; `status` measured the lag on this machine's clock:
+    three hours fast, a watermark just moved read "lagging 3h" (exit 1); slow, a real lag hid behind it."""
+    from tests.clock import skew_local_clock
+
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    assert cli.run("poll")[0] == 0
+    skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector.cli.status")
+    code, doc = cli.json("status")
+    assert code == 0, doc["problems"]
+    assert doc["content_types"][0]["lag_seconds"] < 15 * 60
+
+
 def test_status_as_a_subprocess(cli: Cli) -> None:
     cli.standins.management.set_subscription("Audit.General", "enabled")
     done = cli.subprocess("poll")
