@@ -34,6 +34,7 @@ a token, a secret or record content, so they can be logged as they are.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -342,9 +343,22 @@ _CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
 
 def storage_error_code(exc: BaseException) -> str:
     """The storage service's error code of a failed call (``""`` when it sent none); the queue SDK gives it as an
-    enum, whose ``str()`` is its Python name, not the code."""
+    enum, whose ``str()`` is its Python name, not the code. The tables SDK leaves it out of some errors (an entity
+    written to a table that is gone): then it is the answer's ``x-ms-error-code``, or its OData error body's."""
     code = getattr(exc, "error_code", None)
-    return str(getattr(code, "value", code) or "")
+    if code:
+        return str(getattr(code, "value", code))
+    response = getattr(exc, "response", None)
+    if response is None:
+        return ""
+    header = response.headers.get("x-ms-error-code")
+    if header:
+        return str(header)
+    try:
+        body = json.loads(response.text())
+        return str(body["odata.error"]["code"])
+    except Exception:  # no body, not JSON, another shape: no code to give
+        return ""
 
 
 def storage_reason(exc: BaseException) -> str:

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
 
 from irm_connector.content_queue import Delivery
 from irm_connector.errors import StateError
@@ -73,11 +72,7 @@ class FailureStore:
             "Attempts": int(attempts),
             "FailedAt": utc_text(datetime.now(UTC)),
         }
-        table = await self._tables.table(self._name)
-        try:
-            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        except AzureError as exc:
-            raise StateError(f"cannot write to table {self._name}: {reason(exc)}") from exc
+        await self._tables.upsert(self._name, entity)  # a table deleted under this process is created again
 
     async def get_failure(self, key: str) -> Failure | None:
         table = await self._tables.table(self._name)

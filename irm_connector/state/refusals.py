@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.data.tables import UpdateMode
 
 from irm_connector.errors import StateError
 from irm_connector.models import parse_utc, utc_text
@@ -78,11 +77,7 @@ class RefusalStore:
         known = (await self.current(dcr, fresh=True)).get(stream)
         since = known.since if known is not None else now
         entity = _entity(dcr, Refusal(stream, status, code, since, now + timedelta(seconds=probe_after)))
-        table = await self._tables.table(self._name)
-        try:
-            await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-        except AzureError as exc:
-            raise StateError(f"cannot write to table {self._name}: {reason(exc)}") from exc
+        await self._tables.upsert(self._name, entity)  # a table deleted under this process is created again
         return (await self.current(dcr, fresh=True)).get(stream) or _refusal(entity, None)
 
     async def take_probe(self, dcr: str, refusal: Refusal, *, probe_after: float) -> bool:

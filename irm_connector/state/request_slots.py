@@ -109,8 +109,8 @@ class RequestSlots:
         await self._tables.table(self._name)  # created first, so the clock reading spans the write alone
         sent = time.monotonic()
         result = await self._tables.write_unless_changed(
-            self._name, ring.entity(), ring.etag, what="the request budget"
-        )
+            self._name, ring.entity(), ring.etag, what="the request budget", gone_is_change=True
+        )  # gone (deleted by hand): read again, as for another instance's write
         if result is None:
             raise SlotsChangedError("another instance reserved requests at the same time")
         date = result.get("date")

@@ -297,28 +297,39 @@ class Tables:
         service's answer (``etag``, ``date``), or None when another writer came first (and, with
         ``gone_is_change``, when the entity was deleted meanwhile). Any other failure raises
         :class:`StateError` saying ``cannot write {what}``."""
-        table = await self.table(table_name)
-        self.stats.writes += 1
-        try:
-            if etag is None:
-                return dict(await table.create_entity(entity))
-            return dict(
-                await table.update_entity(
-                    entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+        for attempt in (1, 2):
+            table = await self.table(table_name)
+            self.stats.writes += 1
+            try:
+                if etag is None:
+                    return dict(await table.create_entity(entity))
+                return dict(
+                    await table.update_entity(
+                        entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
                 )
-            )
-        except (ResourceExistsError, ResourceModifiedError):
-            return None
-        except ResourceNotFoundError as exc:
-            if gone_is_change:
+            except (ResourceExistsError, ResourceModifiedError):
                 return None
-            raise StateError(f"cannot write {what}: {reason(exc)}") from exc
-        except HttpResponseError as exc:
-            if exc.status_code == 412:
-                return None
-            raise StateError(f"cannot write {what}: {reason(exc)}") from exc
-        except AzureError as exc:
-            raise StateError(f"cannot write {what}: {reason(exc)}") from exc
+            except ResourceNotFoundError as exc:
+                if attempt == 1 and _table_missing(exc):
+                    # Deleted under this process (see the module's docstring): created again. An entity read from
+                    # it went with it, as if another writer had come first: the caller reads again and creates it.
+                    log.warning("Table %s was deleted while in use; creating it again", table_name)
+                    self._created.discard(table_name)
+                    if etag is None:
+                        continue
+                    await self.table(table_name)
+                    return None
+                if gone_is_change:
+                    return None
+                raise StateError(f"cannot write {what}: {reason(exc)}") from exc
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    return None
+                raise StateError(f"cannot write {what}: {reason(exc)}") from exc
+            except AzureError as exc:
+                raise StateError(f"cannot write {what}: {reason(exc)}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def upsert(self, table_name: str, entity: dict[str, Any]) -> str | None:
         """Write ``entity`` whole (REPLACE); its new ETag."""

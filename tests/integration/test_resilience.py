@@ -566,6 +566,37 @@ async def test_entra_failing_three_times_is_ridden_out_inside_the_call_not_repla
     _assert_exactly_once(connector, workload)
 
 
+async def test_state_tables_deleted_under_warm_instances_are_created_again(connector: ConnectorHarness) -> None:
+    """Someone deletes the connector's tables while its instances are warm (a reset by hand). The writes that
+    check an ETag (the poller's state, the request budget) and the failure and refusal records went to a table
+    the process had created once and took for there: every poll and every download failed until the instances
+    recycled. Tables, as their module promises, are created again; what was published since arrives."""
+    from azure.data.tables.aio import TableServiceClient
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    first = _publish(connector, seed=45, records=400, blob_size=(200, 200))
+    await connector.poll()
+    await connector.drain()
+    _assert_exactly_once(connector, first)
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.refusals.record(rt.settings.dcr_immutable_id, "Custom-Unused", 403, "", probe_after=5)
+    prefix = connector.env["STATE_TABLE_PREFIX"]
+    async with TableServiceClient.from_connection_string(connector.azurite.connection_string) as service:
+        names = [t.name async for t in service.list_tables() if t.name.startswith(prefix)]
+        assert f"{prefix}state" in names and f"{prefix}refusals" in names
+        for name in names:
+            await service.delete_table(name)
+
+    second = _publish(connector, seed=46, records=400, blob_size=(200, 200),
+                      start=datetime.now(UTC) - timedelta(minutes=20), span=timedelta(minutes=10))  # fmt: skip
+    await connector.poll()
+    await connector.drain()
+    got = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
+    assert all(got[record_id] >= 1 for record_id in second.irm_alert_record_ids)  # the first: sent again, as reset
+    await rt.state.refusals.record(rt.settings.dcr_immutable_id, "Custom-Unused", 403, "", probe_after=5)
+
+
 async def test_operator_errors_fail_the_run_with_what_to_do(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General", True)
