@@ -98,7 +98,9 @@ async def _process(
     except IngestionRefusedError as exc:
         return await _reschedule(rt, message, exc, result, dims)
     except TransientApiError as exc:
-        if exc.retry_after is None and not exc.throttled:
+        if exc.retry_after is None and not (exc.throttled and message.rescheduled < THROTTLED_PUT_OFFS):
+            # Not throttled, or throttled for half an hour already: the host's retries, then the poison queue
+            # (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting off until it expires.
             raise
         return await _wait_for_the_api(rt, message, exc, result, dims)
     finally:
@@ -341,8 +343,10 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
 #: :data:`PUT_OFF_LEAST` seconds (so close to the end, asking early is its one chance).
 PUT_OFF_EXPIRY_MARGIN = 300
 PUT_OFF_LEAST = 60
-#: A download still throttled after a call's retries, with no wait named, comes back after the API's quota span.
+#: A download still throttled after a call's retries, with no wait named, comes back after the API's quota span,
+#: up to this many times.
 THROTTLED_PUT_OFF = 60
+THROTTLED_PUT_OFFS = 30
 #: How long a delivery waits for records another delivery holds before handing back to the host, which
 #: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0

@@ -99,6 +99,9 @@ def _case(dep: str, service: str, route: str, name: str, kind: str, params: dict
         return Case(dep, service, route, name, kind, params, count, NOT_JSON)
     if route == "ingest" and params.get("status") in (401, 403):
         return Case(dep, service, route, name, kind, params, count, RESCHEDULED)
+    if service == "management" and params.get("status") == 403:
+        # The API's refusal of the app (apis.md), not its throttling: a 403 alone reads as AF429 (its own case).
+        return Case(dep, service, route, name, kind, {**params, "code": "AF10001"}, count, expected)
     return Case(dep, service, route, name, kind, params, count, expected)
 
 

@@ -959,6 +959,26 @@ async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_poison_queue(
+    connector: ConnectorHarness,
+) -> None:
+    """Put off 30 times already (half an hour of a throttle that names no wait): the host's retries, then the
+    poison queue and its alert, rather than putting it off until the blob expires and its records are lost."""
+    from dataclasses import replace
+
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.errors import TransientApiError
+
+    sim = connector.standins
+    workload = _publish(connector, seed=39, records=300, blob_size=(300, 300))
+    [text] = _messages_for(connector, workload)
+    message = replace(ContentMessage.decode(text.encode()), rescheduled=30).encode()
+    sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
+    with pytest.raises(TransientApiError, match="throttled"):
+        await asyncio.wait_for(connector.process(message), 60)
+    assert await connector.queue_length() == 0  # not put back: the host retries this one
+
+
 @pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])
 async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_expires(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, expires_in: timedelta, most: int
