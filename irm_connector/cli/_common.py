@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -20,7 +20,7 @@ from azure.storage.queue.aio import QueueClient
 
 from irm_connector import telemetry
 from irm_connector.errors import SettingsError, UsageError
-from irm_connector.models import utc_text
+from irm_connector.models import parse_http_date, utc_text
 from irm_connector.redaction import install_redaction
 from irm_connector.runtime import storage_clients
 from irm_connector.settings import DURATION_FORMS, Settings, parse_duration
@@ -188,19 +188,26 @@ class Storage:
         self.main = main
         self.poison = poison
 
-    async def depth(self, client: QueueClient, *, on_date: Callable[[str], None] | None = None) -> int:
-        """The queue's approximate length; ``on_date`` is given the answer's ``Date`` (the service's time)."""
+    async def depth(self, client: QueueClient) -> int:
+        """The queue's approximate length."""
+        return (await self.depth_at(client))[0]
+
+    async def depth_at(self, client: QueueClient) -> tuple[int, datetime]:
+        """The queue's approximate length, and the storage service's time when it was counted (the answer's
+        ``Date``; this machine's time if there was none)."""
         from azure.core.exceptions import ResourceNotFoundError
 
+        dates: list[str] = []
+
         def hook(response: Any) -> None:
-            if on_date is not None and (date := response.http_response.headers.get("Date")):
-                on_date(date)
+            dates.append(response.http_response.headers.get("Date") or "")
 
         try:
             properties = await client.get_queue_properties(raw_response_hook=hook)
+            depth = int(properties.approximate_message_count or 0)
         except ResourceNotFoundError:
-            return 0
-        return int(properties.approximate_message_count or 0)
+            depth = 0
+        return depth, parse_http_date(dates[-1] if dates else None) or datetime.now(UTC)
 
 
 @asynccontextmanager

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -15,7 +14,6 @@ from azure.storage.queue import QueueMessage
 
 from irm_connector.content_queue import Delivery, create_queue_if_missing
 from irm_connector.errors import StateError
-from irm_connector.models import parse_http_date
 from irm_connector.redaction import redact
 from irm_connector.settings import Settings
 from irm_connector.state import Failure, FailureStore, message_key
@@ -220,9 +218,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     # The queue's time when it was counted: what is parked after that (while the operator reads the question) was
     # not in the count they said yes to, and nobody has seen why it failed; it stays.
-    answered: list[str] = []
-    depth = await store.depth(store.poison, on_date=answered.append)
-    counted = parse_http_date(answered[-1] if answered else None) or datetime.now(UTC)
+    depth, counted = await store.depth_at(store.poison)
     if depth:
         confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?")
     purged = 0

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from typing import Any
 
 from irm_connector.errors import ConnectorError
-from irm_connector.models import parse_http_date
 from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
@@ -23,14 +21,12 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     max_lag = duration_option(args.max_lag, "--max-lag")
     await check_storage(settings)
     rt = await get_runtime(settings)
-    answered: list[str] = []
     async with storage(settings) as store:
         states = {s.content_type: s for s in await rt.state.watermarks.list_states(settings.tenant_id)}
-        queue_depth = await store.depth(store.main, on_date=answered.append)
+        # The lag by the storage service's time, as the poller moves the watermark: this machine's clock, hours
+        # fast, would call a watermark just moved "lagging", and slow, hide a real lag behind it.
+        queue_depth, now = await store.depth_at(store.main)
         poison_depth = await store.depth(store.poison)
-    # The lag by the storage service's time, as the poller moves the watermark: this machine's clock, hours fast,
-    # would call a watermark just moved "lagging", and slow, hide a real lag behind it.
-    now = parse_http_date(answered[-1] if answered else None) or datetime.now(UTC)
     # The processor's record of a DCR refusing a stream: its messages are rescheduled, not poisoned, and the
     # poller runs clean meanwhile, so nothing above shows that no row reaches Sentinel.
     refused = await rt.state.refusals.current(settings.dcr_immutable_id, fresh=True)
