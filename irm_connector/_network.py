@@ -12,7 +12,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 
-__all__ = ["network_cause"]
+__all__ = ["exception_chain", "network_cause"]
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused",
@@ -23,7 +23,7 @@ _ERRNO = {
 }
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and every exception it wraps: causes, contexts, exception arguments, ``reason``,
     ``os_error`` and ``inner_exception`` attributes (each library keeps the wrapped error elsewhere)."""
     seen: set[int] = set()
@@ -43,7 +43,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 def network_cause(exc: BaseException) -> str:
     """``connection refused``, ``name not resolved``, ``no answer (timed out)``, ``TLS certificate not
     trusted``... or the outermost exception's class name when nothing more precise is known."""
-    for error in _chain(exc):
+    for error in exception_chain(exc):
         if isinstance(error, ssl.SSLCertVerificationError):
             return "TLS certificate not trusted (a proxy's CA goes into SSL_CERT_FILE)"
         if isinstance(error, socket.gaierror):
@@ -53,7 +53,7 @@ def network_cause(exc: BaseException) -> str:
             return "no answer (timed out)"
         if isinstance(error, OSError) and error.errno in _ERRNO:
             return _ERRNO[error.errno]
-    for error in _chain(exc):
+    for error in exception_chain(exc):
         if isinstance(error, ssl.SSLError):
             return "TLS handshake failed"
         if isinstance(error, ConnectionError):

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from msal.exceptions import MsalError
 
-from ._network import network_cause
+from ._network import exception_chain, network_cause
 from ._tls import azure_client_kwargs, ca_file
 from .clouds import identity_authority
 from .errors import AuthenticationError, NotInAzureError, SettingsError
@@ -301,14 +301,12 @@ def _passing_discovery_fault(exc: ValueError) -> str:
     """What went wrong reading the tenant's OpenID configuration, when a later try may pass; ``""`` when Entra
     answered that it has no such tenant (400, 404). msal raises ValueError for any 4xx and for a body that is not
     JSON alike, and raises its own over it (the one it caught is its context)."""
-    error: BaseException | None = exc
-    while error is not None:
+    for error in exception_chain(exc):
         if isinstance(error, json.JSONDecodeError):
             return "answered the tenant's OpenID configuration with a body that is not JSON (a proxy's page?)"
         found = _DISCOVERY_STATUS.search(str(error))
         if found and found.group(1) in ("408", "429"):
             return f"throttled or timed out reading the tenant's OpenID configuration (HTTP {found.group(1)})"
-        error = error.__cause__ or error.__context__
     return ""
 
 
