@@ -97,7 +97,8 @@ def plan_windows(
     ``first_start``, where a failed first run's windows started, or ``initial_lookback`` back) up to ``now``.
 
     The windows are contiguous, each at most ``max_window`` long, none starting before
-    ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the watermark.
+    ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the watermark, at most half
+    of ``max_window``, so that it ends past the watermark.
     ``service_now`` is a Microsoft service's time (the storage service's, read from its answers), so that the
     7-day edge is the API's and not this machine's: a clock hours fast would skip the oldest hours of a catch-up,
     one slow by more than the margin would have every run's first window refused. It defaults to ``now``.
@@ -119,7 +120,10 @@ def plan_windows(
         # whatever was created between now and it.
         rewound = end if watermark > end else None
         watermark = _floor_second(min(watermark, now))
-        start = _floor_second(watermark - overlap)
+        # Windows shrunk below the overlap (the API lists slowly) would end before the watermark: a run with time
+        # for one would write it back, every run, until the 7 days were left behind. At most half a window back,
+        # the first window always moves it; unshrunk (24 hours), an overlap up to 12 hours is as set.
+        start = _floor_second(watermark - min(overlap, max_window / 2))
         unreachable = Window(watermark, earliest) if watermark < earliest else None
     return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable, rewound)
 

@@ -395,6 +395,45 @@ async def test_a_window_whose_listing_outlasts_a_run_is_listed_in_shorter_ones(
     _assert_exactly_once(connector, workload)
 
 
+async def test_windows_shrunk_below_the_overlap_never_move_the_watermark_back(connector: ConnectorHarness) -> None:
+    """Listing slows down in steady state: the next runs list windows half as long, but each began LISTING_OVERLAP
+    (an hour) behind the watermark, so a run with time for one window ended it half an hour before the watermark
+    and wrote it back there, every run, until the 7 days were left behind and nothing new was listed. The overlap
+    is now at most half a window: every run moves the watermark on. It re-lists less far back while the API is
+    slow, and as far as set again once it is fast: the blobs listed late all arrive."""
+    sim = connector.standins
+    connector.set(LISTING_OVERLAP="1h", POLL_TIME_BUDGET="10s", AzureFunctionsJobHost__functionTimeout="00:00:30")
+    rt = await get_runtime(Settings.from_env())
+
+    async def watermark() -> datetime:
+        state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+        assert state.watermark is not None
+        return state.watermark
+
+    await connector.poll()  # steady state: a watermark of now
+    watermarks = [await watermark()]
+    # 12 blobs listed late, from 4 minutes before the watermark: 12 pages of 2.5 s outlast the invocation (30 s).
+    workload = _publish(connector, seed=19, records=1200, blob_size=(100, 100),
+                        start=watermarks[0] - timedelta(minutes=4), span=timedelta(minutes=4))  # fmt: skip
+    sim.management.page_size = 1
+    sim.management.set_latency(2.5, route="list")
+    while watermarks[-1] == watermarks[0] and len(watermarks) < 7:
+        await connector.poll()
+        watermarks.append(await watermark())
+        assert watermarks[-1] >= watermarks[-2], [str(w) for w in watermarks]
+    assert watermarks[-1] > watermarks[0], [str(w) for w in watermarks]
+    sim.management.set_latency(0, route="list")
+    for _ in range(8):
+        if await connector.queue_length() == len(workload.blobs):
+            break
+        await connector.poll()
+        watermarks.append(await watermark())
+        assert watermarks[-1] >= watermarks[-2], [str(w) for w in watermarks]
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_relative_next_page_uri_is_followed_on_the_api_s_host(connector: ConnectorHarness) -> None:
     """A NextPageUri of a path and query only (as a gateway rewriting it may send it) is the API's next page, not
     an untrusted URL: refused, every run failed at the same page until the window's content left the 7 days."""

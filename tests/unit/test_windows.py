@@ -140,6 +140,33 @@ def test_a_window_that_outlasted_a_run_comes_back_shorter_and_grows_again_up_to_
     assert [w.end - w.start for w in p.windows] == [timedelta(hours=4), timedelta(hours=4), timedelta(hours=2)]
 
 
+def test_shrunk_windows_reach_past_the_watermark_however_long_the_overlap() -> None:
+    """Windows shrunk below LISTING_OVERLAP (the API lists slowly) began an overlap behind the watermark and ended
+    before it: a run with time for one window wrote the watermark back by the difference, every run, until the
+    7 days were left behind. The overlap is at most half a window: the first one always moves the watermark."""
+    watermark = NOW - 2 * HOUR  # behind since the API slowed down
+    p = plan_windows(watermark=watermark, now=NOW, overlap=HOUR, initial_lookback=HOUR, max_window=timedelta(minutes=32))
+    assert p.windows[0] == Window(watermark - timedelta(minutes=16), watermark + timedelta(minutes=16))
+    tiny = plan_windows(watermark=watermark, now=NOW, overlap=HOUR, initial_lookback=HOUR, max_window=MIN_WINDOW)
+    assert tiny.windows[0] == Window(watermark - MIN_WINDOW / 2, watermark + MIN_WINDOW / 2)
+    # Unshrunk, the overlap is as set.
+    assert plan(watermark).windows[0].start == watermark - HOUR
+
+
+@given(
+    now=moments,
+    behind=st.timedeltas(min_value=timedelta(seconds=2), max_value=timedelta(days=6)),
+    overlap=st.timedeltas(min_value=timedelta(0), max_value=timedelta(hours=24)),
+    longest=st.timedeltas(min_value=MIN_WINDOW, max_value=MAX_WINDOW),
+)
+def test_the_first_window_always_ends_past_the_watermark(
+    now: datetime, behind: timedelta, overlap: timedelta, longest: timedelta
+) -> None:
+    watermark = (now - behind).replace(microsecond=0)
+    p = plan_windows(watermark=watermark, now=now, overlap=overlap, initial_lookback=HOUR, max_window=longest)
+    assert p.windows[0].end > watermark
+
+
 def test_a_first_run_failing_past_the_7_days_reports_what_left_them() -> None:
     """The start a failing first run kept (``first_start``) is listed from while it can be; once it has left the
     API's 7 days, that stretch is reported as lost, as for a watermark, not dropped without a word."""
