@@ -62,6 +62,10 @@ FOREIGN_SETTINGS = (
     "MSI_SECRET",
     "AZURE_CLOUD",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    # the worker's debug switch (telemetry.py keeps the SDK's lines then) and the OpenTelemetry sampler it honours
+    "PYTHON_ENABLE_DEBUG_LOGGING",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
 )
 
 

@@ -86,7 +86,9 @@ def _run_script(env: dict[str, str]) -> _Report:
 
 
 def _base_env(secret: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLICATIONINSIGHTS_")}
+    # What the machine may have set that the telemetry reads (a sampler that samples nothing, the debug switch).
+    foreign = ("APPLICATIONINSIGHTS_", "OTEL_", "PYTHON_ENABLE_DEBUG_LOGGING")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(foreign)}
     env.update({"PYTHONPATH": REPO, "O365_CLIENT_SECRET": secret, "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
     return env
 

@@ -117,7 +117,8 @@ def test_the_refusal_line_gives_the_fix_its_status_calls_for(
     assert f"(HTTP {status}) since 2026-12-03T00:00:00Z. Fix: {fix}" in line and wrong not in line
 
 
-def test_off_azure_the_missing_role_is_the_operators_own() -> None:
-    """`process` from a laptop sends as the operator's `az login` identity: that one lacks the role."""
+def test_off_azure_the_missing_role_is_the_operators_own(clean_environment: None) -> None:
+    """`process` from a laptop sends as the operator's `az login` identity: that one lacks the role. (Off Azure:
+    no identity endpoint in the environment, as a build agent on Azure or AKS would have.)"""
     line = fix_text("dcr-1", "Custom-IRMAlerts", 403, "", datetime(2026, 12, 3, tzinfo=UTC))
     assert 'Fix: give the identity this runs as (`az login`; the function app\'s identity needs it too) the ' in line
