@@ -118,7 +118,7 @@ param ingestAllAuditRecords bool = false
   'Analytics'
   'Basic'
 ])
-@description('Table plan of O365Audit_CL. Basic costs a fraction per GB but keeps 30 days interactive, answers single-table queries only (charged per GB scanned) and cannot feed analytics rules. IRMAlerts_CL and IRMConnectorHealth_CL stay Analytics: the rules run on them.')
+@description('Table plan of O365Audit_CL. Basic costs a fraction per GB but keeps 30 days interactive, answers single-table queries only (charged per GB scanned; no KQL functions: paste the body of O365Audit instead) and cannot feed analytics rules. IRMAlerts_CL and IRMConnectorHealth_CL stay Analytics: the rules run on them.')
 param auditTablePlan string = 'Analytics'
 
 param initialLookback string = '24h'

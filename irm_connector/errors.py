@@ -129,7 +129,7 @@ class ManagementApiError(ConnectorError):
     ``start``...), ``content_type`` the content type concerned.
     """
 
-    hint = "see the README's troubleshooting table"
+    hint = "see the README's table \"Failures and what to do\""
 
     def __init__(
         self,
@@ -161,7 +161,7 @@ class OperatorActionError(ManagementApiError):
     """Only a person can fix this: grant ActivityFeed.Read, fix the tenant id, turn on auditing,
     re-enable a subscription an admin disabled. Retrying in a loop would not help."""
 
-    hint = "an administrator must act; the README's troubleshooting table says what to do for this code"
+    hint = "an administrator must act; the README's table \"Failures and what to do\" says what to do for this code"
 
 
 class SubscriptionMissingError(ManagementApiError):

@@ -498,3 +498,16 @@ def test_the_o365audit_function_puts_back_every_promoted_column_under_its_record
     assert {c["source"] for c in promoted} == set(packed)
     for column in promoted:
         assert column["name"] in packed[column["source"]], (column, packed[column["source"]])
+
+
+def test_the_o365audit_function_s_body_runs_on_a_basic_table_as_it_is(content: dict[str, Any]) -> None:
+    """A Basic O365Audit_CL runs no KQL functions, so README and docs/deploy.md tell its users to paste the body of
+    O365Audit instead: the body must keep to what Basic allows, one table and no function of the workspace."""
+    [parser] = [p["doc"] for p in content["parsers"] if p["doc"]["FunctionAlias"] == "O365Audit"]
+    body = "\n".join(line.split("//", 1)[0] for line in parser["FunctionQuery"].splitlines()).strip()
+    assert body.startswith("O365Audit_CL\n"), body[:40]
+    assert not re.findall(r"\b(join|union|lookup|let|find|search|externaldata|invoke)\b", body)
+    workspace = {p["doc"]["FunctionAlias"] for p in content["parsers"]}
+    workspace |= {name for name in re.findall(r"\b\w+_CL\b", json.dumps(content)) if name != "O365Audit_CL"}
+    assert workspace - {"O365Audit"}, "no other function or table found to check against"
+    assert not [name for name in workspace if re.search(rf"\b{re.escape(name)}\b", body.removeprefix("O365Audit_CL"))]
