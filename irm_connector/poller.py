@@ -80,8 +80,13 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
         # Every content type is polled in every run, side by side, each with the whole budget: one catching up
         # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.
         causes: dict[str, ConnectorError] = {}
-        await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit, causes)
-                               for r in report.content_types))  # fmt: skip
+        # A fault of the connector's own in one content type waits for the others too: raised at once, it would end
+        # the invocation with them still listing and queueing on the worker, outside it.
+        outcomes = await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit, causes)
+                                          for r in report.content_types), return_exceptions=True)  # fmt: skip
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
     if report.errors:
         raise PollError("poller run failed for " + "; ".join(report.errors), report, causes)
     return report
@@ -103,8 +108,17 @@ async def _poll_and_report(
         causes[content_type] = exc
         report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
-        if report.watermark is None:  # the state could not be read: what this process last knew of it
-            report.watermark = rt.state.watermarks.known_watermark(rt.settings.tenant_id, content_type)
+    except Exception as exc:
+        # A fault of the connector's own: its health row says the run failed; the host logs the traceback.
+        report.error = f"unexpected {type(exc).__name__} (the log has its traceback)"
+        await _write_health(rt, report, limit)
+        raise
+    await _write_health(rt, report, limit)
+
+
+async def _write_health(rt: Runtime, report: ContentTypeReport, limit: Deadline) -> None:
+    if report.error and report.watermark is None:  # the state could not be read: what this process last knew of it
+        report.watermark = rt.state.watermarks.known_watermark(rt.settings.tenant_id, report.content_type)
     await write_health(rt, report, deadline=limit)
 
 

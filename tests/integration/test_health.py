@@ -256,3 +256,33 @@ async def test_a_first_subscription_reports_no_loss(connector: ConnectorHarness,
             await connector.poll()
     assert connector.standins.management.subscription("Audit.General") == "enabled"
     assert not [r for r in caplog.records if "never available" in r.getMessage()]
+
+
+async def test_a_fault_of_the_connector_s_own_in_one_content_type_ends_the_run_after_the_others(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug (any exception not the connector's own kind) while one content type is polled failed the run at once:
+    the invocation ended with the other content types still listing and queueing on the worker, outside it, and
+    with no health row for any. Now the run ends after every content type has had its turn and its health row,
+    the failed one's saying so, and the bug then reaches the host with its traceback."""
+    from irm_connector import poller
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.SharePoint", "enabled")
+    workload = _publish(connector, seed=71)
+    listing = poller.list_window
+
+    async def broken_for_sharepoint(rt: Any, content_type: str, *args: Any, **kwargs: Any) -> None:
+        if content_type == "Audit.SharePoint":
+            raise KeyError("a bug")  # a stand-in for any fault of the connector's own code
+        await listing(rt, content_type, *args, **kwargs)
+
+    monkeypatch.setattr(poller, "list_window", broken_for_sharepoint)
+    sim.management.set_latency(1.0, route="list")  # Audit.General is still listing when SharePoint fails
+    connector.set(O365_CONTENT_TYPES="Audit.SharePoint,Audit.General")
+    with pytest.raises(KeyError):
+        await connector.poll()
+    rows = {r["ContentType"]: r for r in connector.rows(HEALTH)}
+    assert rows["Audit.General"]["Errors"] == 0 and rows["Audit.General"]["BlobsQueued"] == len(workload.blobs)
+    assert rows["Audit.SharePoint"]["Errors"] == 1 and "unexpected KeyError" in rows["Audit.SharePoint"]["LastError"]
+    assert await connector.queue_length() == len(workload.blobs)
