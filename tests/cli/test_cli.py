@@ -9,6 +9,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -107,7 +108,9 @@ def test_poll_process_status_round_trip(cli: Cli) -> None:
     assert code == 0
     assert "HEALTHY" in out and "UNHEALTHY" not in out and "Audit.General" in out
 
-    # A subscription an admin disabled, and a watermark older than --max-lag: unhealthy, exit 1.
+    # A subscription an admin disabled, and a watermark older than --max-lag: unhealthy, exit 1. The lag is by the
+    # storage service's Date, in whole seconds: within the second of the poll's watermark it is 0, not lagging.
+    time.sleep(1.1)
     sim.management.set_subscription("Audit.General", "disabled")
     code, doc = cli.json("status", "--max-lag", "0s")
     assert code == 1
