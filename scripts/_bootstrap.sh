@@ -91,6 +91,26 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # A directory of its own for the command's temporary files (pytest's tmp_path with Azurite's data and the test
 # CA, the tools' caches), removed when the command ends: nothing is left in /tmp. For a script that runs its
 # command as a child (not with exec), so that the trap runs after it.
+# Runs "$@" as this script's child, in a process group of its own, and passes it the signals that end this script:
+# bash runs no trap while a foreground child runs, so a `kill` of the script or a closed terminal left the child
+# (pytest, the demo) and the servers it started running. Ctrl-C reaches the child's whole group as before.
+run_child() {
+  set -m
+  "$@" &
+  local child=$!
+  set +m
+  trap 'kill -INT -- "-$child" 2>/dev/null || true' INT
+  trap 'kill -TERM -- "-$child" 2>/dev/null || true' TERM HUP
+  local status=0
+  wait "$child" || status=$?
+  while kill -0 "$child" 2>/dev/null; do  # the wait was cut short by a signal: wait for the child's end
+    status=0
+    wait "$child" || status=$?
+  done
+  trap - INT TERM HUP
+  return "$status"
+}
+
 use_private_tmpdir() {
   TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/irm-connector.XXXXXX")"
   export TMPDIR

@@ -4,4 +4,4 @@
 SKIP_CHECKOV=1
 source "$(dirname "$0")/_bootstrap.sh"
 use_private_tmpdir
-python -m standins.demo "$@"
+run_child python -m standins.demo "$@"

@@ -3,5 +3,5 @@
 SKIP_CHECKOV=1
 source "$(dirname "$0")/_bootstrap.sh"
 use_private_tmpdir
-RELIABILITY_REPORT="$ROOT/docs/reliability.md" python -m pytest tests/faults -q "$@"
+RELIABILITY_REPORT="$ROOT/docs/reliability.md" run_child python -m pytest tests/faults -q "$@"
 say "wrote docs/reliability.md"

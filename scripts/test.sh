@@ -20,9 +20,7 @@ ruff check .
 say "mypy"
 mypy
 say "pytest"
-set +e
-python -m pytest "$@"
-status=$?
-set -e
+status=0
+run_child python -m pytest "$@" || status=$?
 # pytest exits 5 when nothing was collected: that is a failure here, not a pass.
 exit "$status"

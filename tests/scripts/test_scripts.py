@@ -85,3 +85,46 @@ def test_the_bootstrap_installs_the_command_that_works_from_any_directory(tmp_pa
         [str(command), "--version"], cwd=tmp_path, env={"PATH": os.environ["PATH"]}, capture_output=True, text=True
     )
     assert result.returncode == 0 and result.stdout.startswith("irm-connector "), result.stderr
+
+
+def _processes_under(path: Path) -> list[int]:
+    """The live processes whose command line names ``path`` (a zombie has none: it has ended)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(path) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:  # gone meanwhile
+                continue
+    return found
+
+
+def test_a_script_killed_by_sigterm_stops_its_demo_and_the_emulator_with_it(tmp_path: Path) -> None:
+    """bash runs no trap while a foreground child runs: `kill` of scripts/demo.sh (a supervisor's, a build agent's)
+    ended bash alone, and the demo and its Azurite ran on, their temporary directory deleted under them."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(tmp_path)), "TMPDIR": str(tmp_path)}
+    # A demo long enough (a million records) to be running still when the script is killed.
+    script = subprocess.Popen(
+        ["bash", str(REPO / "scripts" / "demo.sh"), "--records", "1000000", "--progress", "0", "--out", str(tmp_path / "demo")],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not any("azurite" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                      for pid in _processes_under(tmp_path) if Path(f"/proc/{pid}").exists()):  # fmt: skip
+            assert script.poll() is None and time.monotonic() < deadline, "the demo never started its emulator"
+            time.sleep(0.2)
+        os.kill(script.pid, signal.SIGTERM)  # the script alone, as `kill <pid>` does
+        ended = script.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _processes_under(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _processes_under(tmp_path)
+        assert ended == 128 + signal.SIGTERM  # the script ends as its child did
+    finally:
+        for pid in _processes_under(tmp_path):
+            os.kill(pid, signal.SIGKILL)
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
