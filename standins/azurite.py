@@ -30,10 +30,14 @@ HOST = "127.0.0.1"
 _live: weakref.WeakSet[Azurite] = weakref.WeakSet()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket is held until all are chosen, or the system may hand out one
+    port twice (3 times in 20,000 draws of three), and Azurite would not start."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((HOST, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _port_open(port: int) -> bool:
@@ -119,7 +123,7 @@ class Azurite:
         if self.running:
             return self
         if not self.blob_port:
-            self.blob_port, self.queue_port, self.table_port = _free_port(), _free_port(), _free_port()
+            self.blob_port, self.queue_port, self.table_port = _free_ports(3)
         ports = (self.blob_port, self.queue_port, self.table_port)
         busy = [p for p in ports if _port_open(p)]
         if busy:
@@ -156,7 +160,7 @@ class Azurite:
                 start_new_session=True,  # its own process group: node and its children die together
             )
         _live.add(self)
-        _stop_on_sigterm()
+        _stop_on_signals()
         deadline = time.monotonic() + self.startup_timeout
         while not all(_port_open(p) for p in ports):
             if self._process.poll() is not None:
@@ -222,10 +226,12 @@ def _stop_all() -> None:
             instance.close()
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM stops every emulator of this process, then ends it as SIGTERM would have. Only where nobody
-    handles SIGTERM yet, and only from the main thread (Python's rule for signal handlers)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+def _stop_on_signals() -> None:
+    """SIGTERM (a ``kill``) and SIGHUP (a closed terminal) stop every emulator of this process, then end it as the
+    signal would have: the emulator runs in a session of its own, which neither signal reaches, and Python ends on
+    them without running ``atexit``. Only for a signal nobody handles yet, and only from the main thread (Python's
+    rule for signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
         return
 
     def stop_then_die(signum: int, frame: object) -> None:
@@ -233,4 +239,6 @@ def _stop_on_sigterm() -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    signal.signal(signal.SIGTERM, stop_then_die)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, stop_then_die)

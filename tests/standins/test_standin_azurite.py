@@ -50,8 +50,10 @@ def test_restart_keeps_data_and_close_leaves_nothing(tmp_path: Path) -> None:
     assert not any(port_open(p) for p in ports)
 
 
-def test_a_python_stopped_by_sigterm_leaves_no_emulator(tmp_path: Path) -> None:
-    """SIGTERM ends Python without its atexit hooks (CI's timeout, ``kill``): the emulator goes with it."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_python_stopped_by_sigterm_or_sighup_leaves_no_emulator(tmp_path: Path, signame: str) -> None:
+    """SIGTERM (CI's timeout, ``kill``) and SIGHUP (a closed terminal) end Python without its atexit hooks, and the
+    emulator, in a session of its own, gets neither: it goes with Python all the same."""
     import signal
     import subprocess
     import sys
@@ -72,8 +74,9 @@ def test_a_python_stopped_by_sigterm_leaves_no_emulator(tmp_path: Path) -> None:
         assert child.stdout is not None
         pid, port = (int(word) for word in child.stdout.readline().split())
         assert pid_alive(pid) and port_open(port)
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(30) == -signal.SIGTERM  # still ends as SIGTERM says
+        signum = getattr(signal, signame)
+        child.send_signal(signum)
+        assert child.wait(30) == -signum  # still ends as the signal says
         deadline = time.monotonic() + 10
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
