@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from standins.azurite import Azurite, find_repo_root
+from standins.loopback import no_proxy_for_loopback
 from standins.services import StandIns
 from standins.workload import generate_workload
 
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     rows_dir.mkdir(parents=True)
     (out_dir / _MARKER).write_text("The demo's output (scripts/demo.sh); its next run into this folder replaces it.\n")
 
+    no_proxy_for_loopback()  # the servers below are on this machine: a proxy the machine names cannot reach them
     _print("==> Starting Azurite and the HTTPS stand-ins of Entra ID, the Management Activity API and Logs Ingestion")
     if audit:
         _print(f"    audit stream on ({AUDIT_STREAM}); the product's default is alerts only (--alerts-only)")

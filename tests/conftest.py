@@ -12,21 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from standins import Azurite, StandIns
+from standins import Azurite, StandIns, loopback
 from standins.tls import TestCA
 from tests.harness import ConnectorHarness
-
-#: The hosts every test talks to: never through a proxy the machine may name in HTTPS_PROXY (requests, aiohttp
-#: with trust_env and azure-core read it; a proxy cannot reach this machine's loopback).
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @pytest.fixture(scope="session", autouse=True)
 def no_proxy_for_loopback() -> Iterator[None]:
+    """Every test talks to the loopback directly, whatever proxy the machine names (see standins.loopback)."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("NO_PROXY", "no_proxy"):
-            present = [h for h in os.environ.get(name, "").split(",") if h.strip()]
-            patch.setenv(name, ",".join([*present, *(h for h in LOOPBACK if h not in present)]))
+        for name, value in loopback.no_proxy_for_loopback(dict(os.environ)).items():
+            patch.setenv(name, value)
         yield
 
 

@@ -15,15 +15,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def demo(*argv: str) -> subprocess.CompletedProcess[str]:
+def demo(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "standins.demo", *argv],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env={**(os.environ if env is None else env), "PYTHONPATH": str(REPO)},
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_demo_on_a_machine_behind_a_proxy_reaches_its_local_servers_directly(tmp_path: Path) -> None:
+    """A corporate laptop names a proxy (HTTPS_PROXY) and no NO_PROXY: requests, aiohttp and azure-core sent the
+    demo's calls to Azurite and the stand-ins, on this machine's loopback, through it, and the demo failed."""
+    env = {k: v for k, v in os.environ.items() if k.lower() != "no_proxy"}
+    env |= {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}  # nothing listens there
+    done = demo("--records", "1000", "--out", str(tmp_path / "demo"), "--progress", "0", env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "every alert exactly once: yes; every audit record exactly once: yes" in done.stdout
 
 
 def figures(stdout: str) -> dict[str, tuple[int, str]]:
