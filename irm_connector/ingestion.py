@@ -33,7 +33,7 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from .auth import identity_endpoint_known
-from .deadline import Deadline, within
+from .deadline import Deadline, current_deadline, within
 from .errors import DeadlineError, IngestionError, IngestionRefusedError
 from .models import Row
 
@@ -90,6 +90,19 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
         if super().is_retry(settings, response):
             return True
         return bool(settings["total"]) and response.http_response.status_code in _TRANSIENT_POST_STATUS
+
+    async def sleep(
+        self, settings: dict[str, Any], transport: Any, response: PipelineResponse[Any, Any] | None = None
+    ) -> None:
+        # azure-core sleeps a Retry-After whole: one the invocation cannot hold would keep it (an upload slot, its
+        # blob's room) to its timeout, for a failure that says nothing of the wait. It fails now, naming it.
+        wait = self.get_retry_after(response) if response is not None else None
+        deadline = current_deadline()
+        if response is not None and wait is not None and deadline is not None and not deadline.allows(wait):
+            stream = str(response.http_request.url).split("/streams/", 1)[-1].split("?", 1)[0]
+            status = response.http_response.status_code
+            raise deadline.expire(f"upload to {stream}: Logs Ingestion answered {status} with Retry-After", wait)
+        await super().sleep(settings, transport, response)
 
 
 @dataclass(slots=True)
@@ -260,10 +273,13 @@ class SentinelIngestor:
         deadline.check(f"upload to {stream}")
         usable = deadline.usable()
         try:
-            # azure-core sleeps a Retry-After whole before it looks at its own timeout: the outer bound is
-            # what holds; its timeout only spares it an attempt that cannot finish.
-            async with asyncio.timeout(usable):
-                await self._client.upload(rule_id=self._dcr, stream_name=stream, logs=io.BytesIO(body), timeout=usable)
+            # The retry policy fails a Retry-After the deadline (in the context) cannot hold; the outer bound holds
+            # the rest; azure-core's timeout only spares it an attempt that cannot finish.
+            with deadline.applied():
+                async with asyncio.timeout(usable):
+                    await self._client.upload(
+                        rule_id=self._dcr, stream_name=stream, logs=io.BytesIO(body), timeout=usable
+                    )
         except TimeoutError as exc:
             raise deadline.expire(f"upload to {stream}") from exc
         except (ServiceRequestTimeoutError, ServiceResponseTimeoutError) as exc:

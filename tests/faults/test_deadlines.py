@@ -155,6 +155,33 @@ async def test_an_invocation_ends_before_its_timeout(
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
 
 
+async def test_an_upload_told_to_wait_longer_than_the_invocation_has_left_fails_at_once_saying_so(
+    connector: ConnectorHarness, tmp_path: Path
+) -> None:
+    """azure-core sleeps a Retry-After of Logs Ingestion (a 429, a 503) whole: one longer than the invocation had
+    left held it (an upload slot, its blob's room) until its timeout, for a failure that said nothing of the wait.
+    Now no such wait is started: the upload fails at that answer, the recorded reason names the wait, the host
+    retries the message, and every record arrives once."""
+    sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM=AUDIT)
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=66, total_records=300, blob_size=(300, 300), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    await connector.poll()
+    [message] = await connector.messages()
+    sim.ingestion.add_fault("ingest", "status", count=1000, status=429, retry_after=600)
+    outcome = _invoke(connector, message, tmp_path)
+    sim.ingestion.clear_faults()
+    reason = await _failure_reason(message)
+    assert outcome["raised"].startswith("DeadlineError"), outcome
+    assert "Retry-After" in reason and "waiting 600 s" in reason, reason
+    assert await _pending_claims(connector) == 0
+    await connector.drain()
+    assert Counter(r["RecordId"] for r in connector.rows(AUDIT)) == Counter(workload.record_ids)
+    assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
+
+
 @pytest.mark.reports_outcome
 async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription_is_throttled(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
