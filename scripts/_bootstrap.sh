@@ -88,13 +88,16 @@ fi
 export PATH="$ROOT/.venv/bin:$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-# A directory of its own for the command's temporary files (pytest's tmp_path with Azurite's data and the test
-# CA, the tools' caches), removed when the command ends: nothing is left in /tmp. For a script that runs its
-# command as a child (not with exec), so that the trap runs after it.
 # Runs "$@" as this script's child, in a process group of its own, and passes it the signals that end this script:
-# bash runs no trap while a foreground child runs, so a `kill` of the script or a closed terminal left the child
-# (pytest, the demo) and the servers it started running. Ctrl-C reaches the child's whole group as before.
+# bash runs no trap while a foreground child runs, so a `kill` of the script (a supervisor's, a build agent's) left
+# the child (pytest, the demo) and the servers it started running. At a terminal the child stays in the foreground
+# group instead: Ctrl-C and a closed terminal reach it directly, and it may read the terminal (pytest --pdb), which
+# a background group may not.
 run_child() {
+  if [[ -t 0 ]]; then
+    "$@"
+    return
+  fi
   set -m
   "$@" &
   local child=$!
@@ -111,6 +114,9 @@ run_child() {
   return "$status"
 }
 
+# A directory of its own for the command's temporary files (pytest's tmp_path with Azurite's data and the test
+# CA, the tools' caches), removed when the command ends: nothing is left in /tmp. For a script that runs its
+# command as a child (not with exec), so that the trap runs after it.
 use_private_tmpdir() {
   TMPDIR="$(mktemp -d "${TMPDIR:-/tmp}/irm-connector.XXXXXX")"
   export TMPDIR
