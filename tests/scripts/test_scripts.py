@@ -107,7 +107,8 @@ def test_a_script_killed_by_sigterm_stops_its_demo_and_the_emulator_with_it(tmp_
     # A demo long enough (a million records) to be running still when the script is killed.
     script = subprocess.Popen(
         ["bash", str(REPO / "scripts" / "demo.sh"), "--records", "1000000", "--progress", "0", "--out", str(tmp_path / "demo")],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # stdin not a terminal, as under a supervisor: a terminal keeps the child in front
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
