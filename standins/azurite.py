@@ -30,7 +30,7 @@ HOST = "127.0.0.1"
 _live: weakref.WeakSet[Azurite] = weakref.WeakSet()
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports: each socket is held until all are chosen, or the system may hand out one
     port twice (3 times in 20,000 draws of three), and Azurite would not start."""
     with contextlib.ExitStack() as held:
@@ -123,7 +123,7 @@ class Azurite:
         if self.running:
             return self
         if not self.blob_port:
-            self.blob_port, self.queue_port, self.table_port = _free_ports(3)
+            self.blob_port, self.queue_port, self.table_port = free_ports(3)
         ports = (self.blob_port, self.queue_port, self.table_port)
         busy = [p for p in ports if _port_open(p)]
         if busy:

@@ -13,15 +13,9 @@ from pathlib import Path
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient
 
-from standins.azurite import ACCOUNT_KEY, ACCOUNT_NAME
+from standins.azurite import ACCOUNT_KEY, ACCOUNT_NAME, free_ports
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_open(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
@@ -36,7 +30,7 @@ def _wait_open(port: int, process: subprocess.Popen[bytes], timeout: float = 60.
 
 
 def test_azurite_script_serves_queues_and_tables_with_the_sdks_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    blob, queue, table = _free_port(), _free_port(), _free_port()
+    blob, queue, table = free_ports(3)
     env = {
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", str(tmp_path)),
