@@ -60,6 +60,70 @@ or secret, and O365_CLIENT_ID)."
   fi
 }
 
+# These values become app settings that the connector reads at every invocation: a typo would deploy, and then
+# every invocation would fail with a settings error. They are read as irm_connector/setting_forms.py reads them,
+# whose lists these are (tests/infra/test_hooks.py holds the two to each other).
+CONTENT_TYPES="Audit.AzureActiveDirectory Audit.Exchange Audit.SharePoint Audit.General DLP.All"
+ALERT_CATEGORY_NAMES="AccessGovernance DataGovernance DataLossPrevention InsiderRiskManagement MailFlow ThreatManagement
+Other"
+
+trim() { local v=$1; v=${v#"${v%%[![:space:]]*}"}; printf '%s' "${v%"${v##*[![:space:]]}"}"; }
+
+# Whether $2, in any case, is one of the names $1.
+one_of() {
+  local name wanted
+  wanted=$(lower "$2")
+  for name in $1; do [[ "$(lower "${name}")" == "${wanted}" ]] && return 0; done
+  return 1
+}
+
+# A GUID in any form Python's uuid reads (Entra ID's {braces}, urn:uuid:, bare hex): one problem line, or none.
+guid_problem() {
+  local name=$1 value hex
+  value=$(trim "$2")
+  [[ -n "${value}" ]] || return 0
+  hex=$(lower "${value}")
+  hex=${hex//urn:/}; hex=${hex//uuid:/}; hex=${hex#\{}; hex=${hex%\}}; hex=${hex//-/}
+  if [[ ! "${hex}" =~ ^[0-9a-f]{32}$ ]]; then
+    printf '%s is not a GUID (hex digits in groups of 8-4-4-4-12): %s\n' "${name}" "${value}"
+  elif [[ ! "${hex}" =~ [1-9a-f] ]]; then
+    printf '%s is the all-zero GUID of the sample settings: put in the real one\n' "${name}"
+  fi
+}
+
+# The comma-separated names of $2 against the names $3; with $4 = categories, * stands for all, and spaces,
+# underscores and hyphens do not count (the portal writes "Insider risk management").
+names_problem() {
+  local name=$1 value=$2 known=$3 kind=${4:-} entry key named=0 entries shown
+  [[ -n "$(trim "${value}")" ]] || return 0   # empty: the connector takes the default
+  shown=$(printf '%s' "${known}" | tr -s ' \n' ',' | sed 's/,/, /g')
+  IFS=, read -r -a entries <<<"${value}"
+  for entry in "${entries[@]}"; do
+    entry=$(trim "${entry}")
+    [[ -n "${entry}" ]] || continue
+    named=1
+    [[ "${kind}" == categories && "${entry}" == "*" ]] && continue
+    key=${entry}
+    [[ "${kind}" == categories ]] && key=${key//[[:space:]_-]/}
+    one_of "${known}" "${key}" || printf '%s names "%s", which is not one of: %s\n' "${name}" "${entry}" "${shown}"
+  done
+  (( named )) || printf '%s names nothing: unset it for the default\n' "${name}"
+}
+
+check_app_settings() {
+  local problems
+  problems=$(
+    guid_problem O365_TENANT_ID "${O365_TENANT_ID:-}"
+    guid_problem O365_PUBLISHER_ID "${O365_PUBLISHER_ID:-}"
+    # In managed_identity mode the deployment sets the identity's own client id and this one is not used.
+    [[ "${O365_AUTH_MODE:-managed_identity}" == "managed_identity" ]] || guid_problem O365_CLIENT_ID "${O365_CLIENT_ID:-}"
+    names_problem O365_CONTENT_TYPES "${O365_CONTENT_TYPES:-}" "${CONTENT_TYPES}"
+    names_problem ALERT_CATEGORIES "${ALERT_CATEGORIES:-}" "${ALERT_CATEGORY_NAMES}" categories
+  )
+  [[ -z "${problems}" ]] || die "${problems}
+Nothing was deployed. Correct it with azd env set <NAME> <value>, or azd env unset <NAME> for the default."
+}
+
 deployer_may_grant() {
   command -v az >/dev/null 2>&1 || return 1
   az account show >/dev/null 2>&1 || return 1
@@ -102,6 +166,7 @@ decide_grant() {
 }
 
 check_workspace
+check_app_settings
 check_tenant
 check_secret
 decide_grant

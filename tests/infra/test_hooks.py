@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from irm_connector import setting_forms as forms
+from irm_connector.errors import SettingsError
+
 from .conftest import REPO_ROOT
 
 HOOKS = REPO_ROOT / "scripts" / "hooks"
@@ -99,6 +102,75 @@ def test_preprovision_stops_without_a_chosen_workspace(fakes: Path) -> None:
         "preprovision.sh", fakes, {"CREATE_SENTINEL_WORKSPACE": "true", "GRANT_ACTIVITYFEED_PERMISSION": "false"}
     )
     assert chosen.returncode == 0, chosen.stderr
+
+
+# Values of the azd environment that become app settings, each with how the connector itself reads it.
+_READERS = {
+    "O365_TENANT_ID": lambda v: forms.guid(v, "O365_TENANT_ID"),
+    "O365_PUBLISHER_ID": lambda v: forms.guid(v, "O365_PUBLISHER_ID"),
+    "O365_CLIENT_ID": lambda v: forms.guid(v, "O365_CLIENT_ID"),
+    "O365_CONTENT_TYPES": forms.content_types,
+    "ALERT_CATEGORIES": forms.alert_categories,
+}
+_GUID = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+_VALUES = [
+    *[("O365_CONTENT_TYPES", ct) for ct in forms.KNOWN_CONTENT_TYPES],
+    ("O365_CONTENT_TYPES", " audit.exchange ,DLP.ALL,, Audit.General "),
+    ("O365_CONTENT_TYPES", "Audit.Genral"),
+    ("O365_CONTENT_TYPES", "Audit.General;Audit.Exchange"),
+    ("O365_CONTENT_TYPES", " , "),
+    *[("ALERT_CATEGORIES", name) for name in forms.ALERT_CATEGORY_NAMES],
+    ("ALERT_CATEGORIES", "Insider risk management, data_loss-prevention"),
+    ("ALERT_CATEGORIES", "*"),
+    ("ALERT_CATEGORIES", "InsiderRisk"),
+    ("ALERT_CATEGORIES", "*, Threats"),
+    ("ALERT_CATEGORIES", ","),
+    *[("O365_TENANT_ID", v) for v in (_GUID, _GUID.upper(), "{" + _GUID + "}", "urn:uuid:" + _GUID,
+                                        _GUID.replace("-", ""), _GUID[:-1], _GUID + "0", "contoso.onmicrosoft.com",
+                                        "00000000-0000-0000-0000-000000000000", "<your-tenant-id>")],
+    ("O365_PUBLISHER_ID", _GUID),
+    ("O365_PUBLISHER_ID", "publisher"),
+    ("O365_CLIENT_ID", _GUID),
+    ("O365_CLIENT_ID", "my-app"),
+]  # fmt: skip
+
+
+def _connector_takes(name: str, value: str) -> bool:
+    try:
+        _READERS[name](value.strip())
+    except SettingsError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("name", "value"), _VALUES)
+def test_preprovision_stops_before_deploying_what_the_connector_would_refuse(
+    fakes: Path, name: str, value: str
+) -> None:
+    env = {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "GRANT_ACTIVITYFEED_PERMISSION": "false",
+           "O365_AUTH_MODE": "secret" if name == "O365_CLIENT_ID" else "managed_identity", name: value}  # fmt: skip
+    done = run("preprovision.sh", fakes, env)
+    if _connector_takes(name, value):
+        assert done.returncode == 0, done.stderr
+    else:
+        # Deployed, it would fail every invocation with a settings error: the deployer is told now, by name.
+        assert done.returncode != 0
+        assert name in done.stderr and "Nothing was deployed" in done.stderr
+        assert calls(fakes, "azd") == []
+
+
+def test_preprovision_names_every_bad_value_at_once_and_ignores_the_unused_client_id(fakes: Path) -> None:
+    env = {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "GRANT_ACTIVITYFEED_PERMISSION": "false",
+           "O365_CONTENT_TYPES": "Audit.General,Audit.Sharepoint,Exchange", "ALERT_CATEGORIES": "IRM",
+           "O365_TENANT_ID": "contoso", "O365_CLIENT_ID": "not used in managed_identity mode"}  # fmt: skip
+    done = run("preprovision.sh", fakes, env)
+    assert done.returncode != 0
+    assert 'O365_CONTENT_TYPES names "Exchange"' in done.stderr and "Audit.Sharepoint" not in done.stderr
+    assert 'ALERT_CATEGORIES names "IRM"' in done.stderr and "O365_TENANT_ID is not a GUID" in done.stderr
+    assert "O365_CLIENT_ID" not in done.stderr
+    # The empty values azd passes for what was never set take the defaults.
+    unset = {"O365_CONTENT_TYPES": "", "ALERT_CATEGORIES": "", "O365_TENANT_ID": "", "O365_PUBLISHER_ID": ""}
+    assert run("preprovision.sh", fakes, {**env, **unset}).returncode == 0
 
 
 @pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
