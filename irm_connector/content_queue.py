@@ -201,16 +201,25 @@ class ContentQueue:
         ones, so the first :data:`PEEK_MOST` are looked at, not only the first."""
         try:
             depth, poison = await _depth(self._main), await _depth(self._poison)
-            oldest = 0
-            if depth:
-                now = datetime.now(UTC)
-                for peeked in await self._main.peek_messages(max_messages=PEEK_MOST):
-                    since = _queued_at(peeked.content) or peeked.inserted_on
-                    if since is not None:
-                        oldest = max(oldest, int((now - since).total_seconds()))
         except AzureError as exc:
             raise StateError(f"cannot read the queue lengths: {reason(exc)}") from exc
-        return depth, oldest, poison
+        return depth, await self.oldest_age() if depth else 0, poison
+
+    async def oldest_age(self, now: datetime | None = None) -> int:
+        """The age in seconds at ``now`` (this machine's time by default) of the oldest of the first
+        :data:`PEEK_MOST` visible messages of the content queue, from when its blob was first queued; 0 for none."""
+        now = now or datetime.now(UTC)
+        oldest = 0
+        try:
+            for peeked in await self._main.peek_messages(max_messages=PEEK_MOST):
+                since = _queued_at(peeked.content) or peeked.inserted_on
+                if since is not None:
+                    oldest = max(oldest, int((now - since).total_seconds()))
+        except ResourceNotFoundError:
+            return 0
+        except AzureError as exc:
+            raise StateError(f"cannot read the queue's oldest message: {reason(exc)}") from exc
+        return oldest
 
     async def put_poison(self, text: str) -> None:
         """Park a message that cannot be processed where an operator finds it. A text too large for a

@@ -112,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "per content type: watermark, lag, subscription, last error; queue and poison depth",
         "Show whether the connector keeps up. Unhealthy (exit 1) when a watermark is more than --max-lag behind, "
-        "a content type has never been listed, the last run of a content type failed, a subscription is not "
-        "enabled, or the poison queue is not empty.",
+        "the oldest content message was queued more than --max-lag ago, a content type has never been listed, "
+        "the last run of a content type failed, a subscription is not enabled, Logs Ingestion refuses a stream, "
+        "or the poison queue is not empty.",
     )
     p.add_argument("--max-lag", default="2h", metavar="DURATION", help="lag that counts as unhealthy (default 2h)")
 

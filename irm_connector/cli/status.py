@@ -27,6 +27,9 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         # fast, would call a watermark just moved "lagging", and slow, hide a real lag behind it.
         queue_depth, now = await store.depth_at(store.main)
         poison_depth = await store.depth(store.poison)
+    # The watermark says the poller keeps up; the backlog's age says the processor does (it may be stopped, too
+    # few instances, or put off by throttling while the poller lists on).
+    oldest_queued = await rt.queue.oldest_age(now) if queue_depth else 0
     # The processor's record of a DCR refusing a stream: its messages are rescheduled, not poisoned, and the
     # poller runs clean meanwhile, so nothing above shows that no row reaches Sentinel.
     refused = await rt.state.refusals.current(settings.dcr_immutable_id, fresh=True)
@@ -79,6 +82,15 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             problem("last-error", state.last_error)
         if not api_error and subscription != "enabled":
             problem("subscription-not-enabled", f"subscription is {subscription}")
+    if oldest_queued > max_lag.total_seconds():
+        problems.append(
+            {
+                "code": "backlog",
+                "content_type": "",
+                "detail": f"the oldest message in {settings.content_queue} was queued {format_age(oldest_queued)} "
+                f"ago (more than {args.max_lag}): the processor does not keep up",
+            }
+        )
     for stream, refusal in sorted(refused.items()):
         answer = f"HTTP {refusal.status}{', ' + refusal.code if refusal.code else ''}"
         problems.append(
@@ -112,7 +124,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         "checked_at": now,
         "max_lag_seconds": int(max_lag.total_seconds()),
         "content_types": rows,
-        "queue": {"name": settings.content_queue, "depth": queue_depth},
+        "queue": {"name": settings.content_queue, "depth": queue_depth, "oldest_seconds": oldest_queued},
         "poison_queue": {"name": settings.poison_queue, "depth": poison_depth},
         "problems": problems,
     }
@@ -129,7 +141,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         if row["throttled_until"]:
             lines.append(f"    throttled: the poller asks the Management API again after {iso(row['throttled_until'])}")
     lines.append("")
-    lines.append(f"queue {settings.content_queue}: {queue_depth} message(s)")
+    oldest = f", the oldest queued {format_age(oldest_queued)} ago" if queue_depth else ""
+    lines.append(f"queue {settings.content_queue}: {queue_depth} message(s){oldest}")
     lines.append(f"poison queue {settings.poison_queue}: {poison_depth} message(s)")
     if problems:
         lines.append("")

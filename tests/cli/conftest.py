@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from subprocess import Popen  # in Cli, `subprocess` is its method of that name
 from typing import Any
@@ -167,6 +168,24 @@ class Cli:
                 return str(json.loads(message.content)["contentId"])
 
         return asyncio.run(hold())
+
+    def age_messages(self, by: timedelta) -> int:
+        """Make every content message as old as if the poller had queued it ``by`` earlier and nothing had worked
+        the queue since; returns how many."""
+
+        async def age() -> int:
+            async with self._client(self.queue) as client:
+                # All taken first (invisible for a minute), so that none is met again as it is sent back.
+                taken = [m async for m in client.receive_messages(messages_per_page=32, visibility_timeout=60)]
+                for message in taken:
+                    data = json.loads(message.content)
+                    queued = datetime.fromisoformat(data["queuedAt"].replace("Z", "+00:00"))
+                    data["queuedAt"] = (queued - by).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    await client.send_message(json.dumps(data))
+                    await client.delete_message(message)
+            return len(taken)
+
+        return asyncio.run(age())
 
     def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
         return self.standins.ingestion.rows(stream)

@@ -93,7 +93,8 @@ def test_poll_process_status_round_trip(cli: Cli) -> None:
     (row,) = doc["content_types"]
     assert row["content_type"] == "Audit.General" and row["subscription"] == "enabled"
     assert row["lag_seconds"] < 120 and row["watermark"].endswith("Z")
-    assert doc["queue"] == {"name": cli.queue, "depth": len(workload.blobs)}
+    assert doc["queue"]["name"] == cli.queue and doc["queue"]["depth"] == len(workload.blobs)
+    assert doc["queue"]["oldest_seconds"] < 120
     assert doc["poison_queue"]["depth"] == 0
 
     code, doc = cli.json("process", "--max", "1")
@@ -177,6 +178,31 @@ def test_status_is_unhealthy_while_logs_ingestion_refuses_a_stream(cli: Cli) -> 
     refused = [p["detail"] for p in doc["problems"] if p["code"] == "ingestion-refused"]
     assert any("Custom-IRMAlerts" in detail and "HTTP 403" in detail for detail in refused), refused
     assert cli.rows() == []
+
+
+def test_status_is_unhealthy_while_the_processor_does_not_keep_up(cli: Cli) -> None:
+    """The poller lists on and moves the watermark while nothing works the queue (the processor stopped, too few
+    instances, throttling put-offs): `status` said HEALTHY (exit 0) with a day-old backlog, while the analytics
+    rule on the health row's OldestQueuedSeconds fired."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    generate_workload(seed=43, total_records=300, blob_size=(100, 100), irm_share=0.05,
+                      tenant_id=sim.tenant_id).publish(sim.management)  # fmt: skip
+    assert cli.run("poll")[0] == 0
+    code, doc = cli.json("status")
+    assert code == 0, doc["problems"]  # just queued
+    assert cli.age_messages(timedelta(days=1)) == 3
+    assert cli.run("poll")[0] == 0  # the poller keeps up: the watermark is fresh
+    code, out, _ = cli.run("status")
+    assert code == 1 and "UNHEALTHY" in out
+    assert "[backlog]" in out and "queued 1d0h ago (more than 2h)" in out, out
+    code, doc = cli.json("status")
+    assert [p["code"] for p in doc["problems"]] == ["backlog"] and doc["queue"]["oldest_seconds"] >= 86400
+    # Worked off, it is healthy again, every alert in Sentinel.
+    assert cli.run("process")[0] == 0
+    code, doc = cli.json("status")
+    assert code == 0 and doc["queue"] == {"name": cli.queue, "depth": 0, "oldest_seconds": 0}, doc
+    assert len(cli.rows()) == 15
 
 
 def test_status_judges_the_lag_by_the_storage_service_s_clock(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
