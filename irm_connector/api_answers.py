@@ -24,7 +24,8 @@ MAX_RETRY_AFTER = timedelta(hours=1)
 def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
     """Seconds to wait, from delay-seconds or an HTTP date (RFC 9110); None when absent or not one of those. A
     number that is not finite ("inf", "1e999", "nan": only a broken server or proxy sends one) is not a wait
-    either, and would break the arithmetic of whoever waits on it."""
+    either, and would break the arithmetic of whoever waits on it; a finite one beyond :data:`MAX_RETRY_AFTER`
+    (10^15 seconds would overflow a ``timedelta``) is held to it, as every caller holds it."""
     value = headers.get("Retry-After")
     if not value:
         return None
@@ -36,7 +37,9 @@ def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
             seconds = (parsedate_to_datetime(value) - (_date_of(headers) or datetime.now(UTC))).total_seconds()
         except (TypeError, ValueError):
             return None
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER.total_seconds())
 
 
 def _date_of(headers: CIMultiDictProxy[str]) -> datetime | None:

@@ -41,6 +41,7 @@ from typing import Any
 from .models import PollReport
 
 __all__ = [
+    "ApiUnreachableError",
     "AuthenticationError",
     "BadContentError",
     "BadMessageError",
@@ -214,6 +215,15 @@ class TransientApiError(ManagementApiError):
     def throttled(self) -> bool:
         """The API throttled the call (429, or 403 ``AF429``), whether or not it named a wait."""
         return self.status == 429 or self.code == "AF429"
+
+
+class ApiUnreachableError(TransientApiError):
+    """No answer from the Management API: the connection, its TLS or the name failed, or the call timed out."""
+
+    hint = (
+        "a later try may pass (the Function host retries; on the command line, run it again); if this persists "
+        "check O365_API_ROOT (or O365_CLOUD), the network and proxy, and a proxy's CA (SSL_CERT_FILE)"
+    )
 
 
 class BodyRoomError(ConnectorError):

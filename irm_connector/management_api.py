@@ -21,11 +21,13 @@ import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ._network import network_cause
 from .api_answers import error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
 from .deadline import Deadline, current_deadline, within
 from .errors import (
+    ApiUnreachableError,
     AuthenticationError,
     ManagementApiError,
     TransientApiError,
@@ -308,10 +310,14 @@ class ManagementActivityClient:
                 body = await call.read(response)
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return _Retry(
-                TransientApiError(f"{type(exc).__name__} talking to the Management API",
-                                  operation=call.operation, content_type=call.content_type)
+            # The cause named, and kept: "check service health" would send whoever reads it the wrong way when the
+            # proxy's CA is not trusted or the host does not resolve.
+            unreachable = ApiUnreachableError(
+                f"cannot reach the Management API at {call.url.host} ({network_cause(exc)})",
+                operation=call.operation, content_type=call.content_type,
             )  # fmt: skip
+            unreachable.__cause__ = exc
+            return _Retry(unreachable)
         if call.operation == "list":
             # A refusal's Date counts too: a backfill planned by a clock running slow re-plans by it.
             answered = parse_http_date(headers.get("Date"))

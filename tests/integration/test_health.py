@@ -286,3 +286,20 @@ async def test_a_fault_of_the_connector_s_own_in_one_content_type_ends_the_run_a
     assert rows["Audit.General"]["Errors"] == 0 and rows["Audit.General"]["BlobsQueued"] == len(workload.blobs)
     assert rows["Audit.SharePoint"]["Errors"] == 1 and "unexpected KeyError" in rows["Audit.SharePoint"]["LastError"]
     assert await connector.queue_length() == len(workload.blobs)
+
+
+async def test_a_management_api_that_cannot_be_reached_is_named_with_its_cause(connector: ConnectorHarness) -> None:
+    """A port that refuses, a host that does not resolve, a proxy's CA not trusted: the error read
+    "ClientConnectorError talking to the Management API ...; check service health and the request budget", in
+    the poller's log and the health row's LastError alike, and sent the operator to the wrong place."""
+    from standins.azurite import free_ports
+
+    [closed] = free_ports(1)
+    connector.set(O365_API_ROOT=f"https://127.0.0.1:{closed}")
+    before = len(connector.rows(HEALTH))
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    [row] = connector.rows(HEALTH)[before:]
+    for text in (str(failed.value), row["LastError"]):
+        assert "cannot reach the Management API at 127.0.0.1 (connection refused)" in text, text
+        assert "O365_API_ROOT" in text and "request budget" not in text, text

@@ -1085,6 +1085,25 @@ async def test_a_listing_throttled_for_longer_than_a_call_waits_is_not_asked_aga
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_retry_after_of_ages_is_held_to_an_hour_not_a_crash(connector: ConnectorHarness) -> None:
+    """A Retry-After of 10^15 seconds (a broken proxy's) failed the poller with "unexpected OverflowError" in the
+    health row, stored no wait, and the next tick asked again at once. It is honoured for an hour, the longest."""
+    from irm_connector.errors import PollError
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.add_fault("list", "status", status=429, retry_after="1e15", count=1000)
+    with pytest.raises(PollError, match="throttled"):
+        await asyncio.wait_for(connector.poll(), 60)
+    state = await (await get_runtime(Settings.from_env())).state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert state.throttled_until is not None and state.read_at is not None
+    assert 3540 < (state.throttled_until - state.read_at).total_seconds() <= 3601
+    assert "unexpected" not in state.last_error
+    assert sim.management.count("list") == 1
+    await connector.poll()  # the next tick leaves the API alone
+    assert sim.management.count("list") == 1
+
+
 async def test_a_blob_listed_twice_in_one_page_is_queued_once(connector: ConnectorHarness) -> None:
     """The API lists one blob twice in a page: it is queued once, and the run goes on (two writes of one
     entity in one batch would fail the run, and every run after it, on the same page)."""
