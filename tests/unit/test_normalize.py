@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from irm_connector.blob_parse import DEEP_REPAIR, MAX_DEPTH, parse_blob
 from irm_connector.errors import BadContentError
 from irm_connector.normalize import BlobRows, ContentRef, Routing, blob_ref, extract_upn, normalize_blob
-from irm_connector.row_writer import FIELD_LIMIT, ROW_LIMIT
+from irm_connector.row_writer import CUT_MARK, FIELD_LIMIT, ROW_LIMIT
 from irm_connector.schema import stream_schema
 from standins.workload import generate_workload
 
@@ -262,6 +262,7 @@ def test_a_row_over_1_mb_of_escaped_text_loses_what_it_must_and_no_more() -> Non
     assert ROW_LIMIT - 4096 < len(r.body) <= ROW_LIMIT
     kept = sorted(len(row[name]) for name in ("Name", "Comments", "PolicyId"))
     assert kept[1:] == [65_000, 65_000] and kept[0] > 40_000
+    assert sum(row[name].endswith(CUT_MARK) for name in ("Name", "Comments", "PolicyId")) == 1
     assert [k for k in out.problems if k.startswith("row over 1 MB")] and sum(
         n for k, n in out.problems.items() if k.startswith("row over 1 MB")) == 1  # fmt: skip
 
@@ -269,8 +270,6 @@ def test_a_row_over_1_mb_of_escaped_text_loses_what_it_must_and_no_more() -> Non
 def test_a_record_over_64_kb_stays_an_object_queries_can_read() -> None:
     """A long recipient list (or a large Data): the service would cut the value as text, into JSON no query
     reads a field of. The object is kept, its longest list shortened and marked."""
-    from irm_connector.row_writer import CUT_MARK
-
     recipients = [f"user{i}@contoso.com" for i in range(4000)]
     record = irm_alert(Subject="keep me", Recipients=recipients, Data=json.dumps({"upn": "a@b", "list": recipients}))
     out = normalize_blob([record], REF, BOTH, sent_at=SENT)
@@ -283,6 +282,16 @@ def test_a_record_over_64_kb_stays_an_object_queries_can_read() -> None:
     assert kept[-1] == f"{4000 - (len(kept) - 1)} more items {CUT_MARK}"
     assert audit["Record"]["Subject"] == "keep me" and alert["Data"]["upn"] == "a@b"
     assert out.problems["value over 64 KB cut to fit (column Record)"] == 1
+
+
+def test_a_text_over_64_kb_is_cut_and_says_so() -> None:
+    """An alert's text over 64 KB was cut to the limit with no mark, unlike an object's: read in Sentinel, it
+    looked whole."""
+    out = normalize_blob([irm_alert(Comments="é" * 40_000)], REF, ALERTS, sent_at=SENT)
+    [alert] = rows(out)
+    assert alert["Comments"].endswith(CUT_MARK) and set(alert["Comments"].removesuffix(CUT_MARK)) == {"é"}
+    assert FIELD_LIMIT - 8 <= len(alert["Comments"].encode()) <= FIELD_LIMIT
+    assert out.problems["value over 64 KB cut to fit (column Comments)"] == 1
 
 
 def test_non_object_records_are_counted_and_the_rest_kept() -> None:
@@ -387,7 +396,8 @@ def test_a_long_text_with_an_unpaired_surrogate_is_cut_safely() -> None:
     out = normalize_blob(parse_blob(body), REF, BOTH, sent_at=SENT)
     [alert] = rows(out)
     [audit] = rows(out, "Custom-O365Audit")
-    assert alert["Comments"] == "c" * (FIELD_LIMIT) and audit["ObjectId"] == "o" * FIELD_LIMIT
+    kept = FIELD_LIMIT - len(CUT_MARK.encode())
+    assert alert["Comments"] == "c" * kept + CUT_MARK and audit["ObjectId"] == "o" * kept + CUT_MARK
     assert out.problems["value over 64 KB cut to fit (column Comments)"] == 1
 
 
