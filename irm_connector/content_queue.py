@@ -53,6 +53,10 @@ class ContentMessage:
     blob: ContentBlob
     traceparent: str = ""
     rescheduled: int = 0
+    #: Of those, the times the Management API's throttling put it off: only they count towards the limit of
+    #: put-offs (processor.THROTTLED_PUT_OFFS). A refusing DCR's reschedules are bounded by the refusal's age, and
+    #: an hour of them, counted in, left a message no put-off for the throttling of the catch-up that follows.
+    put_offs: int = 0
     #: When the poller queued the blob, kept when the message is put back: a message put back every hour for a
     #: day is a day old, which its queue insertion time (the hour's) would not tell the health row.
     queued_at: datetime | None = None
@@ -63,6 +67,8 @@ class ContentMessage:
             data["traceparent"] = self.traceparent
         if self.rescheduled:
             data["rescheduled"] = self.rescheduled
+        if self.put_offs:
+            data["putOffs"] = self.put_offs
         if self.queued_at is not None:
             data["queuedAt"] = utc_text(self.queued_at, timespec="seconds")
         return orjson.dumps(data).decode()
@@ -87,14 +93,19 @@ class ContentMessage:
         except ValueError:
             raise BadMessageError("message has an unreadable contentCreated or contentExpiration") from None
         trace = data.get("traceparent")
-        again = data.get("rescheduled")
         return cls(
             tenant_id=data["tenantId"],
             blob=blob,
             traceparent=trace if isinstance(trace, str) else "",
-            rescheduled=again if isinstance(again, int) and not isinstance(again, bool) and again > 0 else 0,
+            rescheduled=_count(data.get("rescheduled")),
+            put_offs=_count(data.get("putOffs")),
             queued_at=_time_or_none(data.get("queuedAt")),
         )
+
+
+def _count(value: Any) -> int:
+    """An optional count of a message: anything but a positive whole number (a message from elsewhere) is 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _time_or_none(value: Any) -> datetime | None:

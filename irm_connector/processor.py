@@ -98,7 +98,7 @@ async def _process(
     except IngestionRefusedError as exc:
         return await _reschedule(rt, message, exc, result, dims)
     except TransientApiError as exc:
-        if exc.retry_after is None and not (exc.throttled and message.rescheduled < THROTTLED_PUT_OFFS):
+        if exc.retry_after is None and not (exc.throttled and message.put_offs < THROTTLED_PUT_OFFS):
             # Not throttled, or throttled for half an hour already: the host's retries, then the poison queue
             # (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting off until it expires.
             raise
@@ -139,7 +139,7 @@ async def _wait_for_the_api(
     longest = int(MAX_RETRY_AFTER.total_seconds())
     wait = THROTTLED_PUT_OFF if error.retry_after is None else math.ceil(error.retry_after)
     delay = min(wait, longest, max(math.floor(before_expiry), PUT_OFF_LEAST))
-    await _put_back(rt, message, delay, error, result)
+    await _put_back(rt, replace(message, put_offs=message.put_offs + 1), delay, error, result)
     why = "as the Management API asks" if error.retry_after is not None else "the Management API still throttles"
     log.warning("Content %s put off for %d s, %s: %s", dims["content_id"], delay, why, error, extra=dims)
     return result

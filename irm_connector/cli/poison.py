@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -183,6 +184,11 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
 
     async def send_back(message: QueueMessage) -> None:
         text = _text(message)
+        parsed = Delivery.decode(text).message
+        if parsed is not None and parsed.put_offs:
+            # Parked once its put-offs for throttling ran out: sent back with them counted, the next throttle would
+            # skip them and park it again within minutes. A requeue is the operator's word that it is over.
+            text = replace(parsed, put_offs=0).encode()
         # The main queue client base64-encodes, as the runtime's ContentQueue does and the trigger expects.
         await store.main.send_message(text, time_to_live=-1)
         done.append({"id": message.id, "content_id": _content_id(message)})

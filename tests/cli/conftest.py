@@ -187,6 +187,21 @@ class Cli:
 
         return asyncio.run(age())
 
+    def park(self, **fields: Any) -> int:
+        """Move every content message to the poison queue, as the host does after ``maxDequeueCount``, with
+        ``fields`` of its JSON changed (what earlier deliveries left in it); returns how many."""
+
+        async def move() -> int:
+            async with self._client(self.queue) as main, self._client(self.poison) as poison:
+                await create_queue_if_missing(poison)
+                taken = [m async for m in main.receive_messages(messages_per_page=32, visibility_timeout=60)]
+                for message in taken:
+                    await poison.send_message(json.dumps({**json.loads(message.content), **fields}))
+                    await main.delete_message(message)
+            return len(taken)
+
+        return asyncio.run(move())
+
     def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
         return self.standins.ingestion.rows(stream)
 

@@ -228,6 +228,27 @@ def test_status_as_a_subprocess(cli: Cli) -> None:
     assert doc["healthy"] is True and doc["tenant_id"] == cli.standins.tenant_id
 
 
+def test_a_requeued_message_is_put_off_again_while_the_api_throttles(cli: Cli) -> None:
+    """README: a download throttled for 30 put-offs goes to the poison queue; lower the rate, then `poison requeue
+    --all`. The message went back with its 30 put-offs counted: throttled once more, it skipped the put-offs and
+    was in the poison queue again after the host's five attempts."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=47, total_records=200, blob_size=(200, 200), irm_share=0.1,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    assert cli.run("poll")[0] == 0
+    assert cli.park(rescheduled=30, putOffs=30) == 1  # where 30 put-offs and the host's five attempts leave it
+    code, doc = cli.json("poison", "requeue", "--all")
+    assert code == 0 and len(doc["requeued"]) == 1
+    [requeued] = cli.messages()
+    assert json.loads(requeued).get("putOffs") is None and json.loads(requeued)["rescheduled"] == 30
+    sim.management.add_fault("content", "status", status=403, code="AF429", count=10_000)
+    code, doc = cli.json("process", "--retry-delay", "0", "--max", "1")
+    assert doc["poisoned"] == 0 and doc["rescheduled"] == 1, doc
+    assert cli.depth(cli.poison) == 0 and cli.depth() == 1  # put off: back in a minute
+
+
 def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")

@@ -1013,11 +1013,33 @@ async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_
     sim = connector.standins
     workload = _publish(connector, seed=39, records=300, blob_size=(300, 300))
     [text] = _messages_for(connector, workload)
-    message = replace(ContentMessage.decode(text.encode()), rescheduled=30).encode()
+    message = replace(ContentMessage.decode(text.encode()), rescheduled=30, put_offs=30).encode()
     sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
     with pytest.raises(TransientApiError, match="throttled"):
         await asyncio.wait_for(connector.process(message), 60)
     assert await connector.queue_length() == 0  # not put back: the host retries this one
+
+
+async def test_a_message_rescheduled_through_an_hour_of_a_refusing_dcr_is_still_put_off_for_a_throttle(
+    connector: ConnectorHarness,
+) -> None:
+    """A DCR that refuses for an hour (a role assignment late after a deploy) reschedules each message about 31
+    times, a quarter of the refusal's age each time. They counted as throttle put-offs: when the DCR accepted
+    again and the catch-up was throttled, every such message went the host's way to the poison queue at once."""
+    from dataclasses import replace
+
+    from irm_connector.content_queue import ContentMessage
+
+    sim = connector.standins
+    workload = _publish(connector, seed=49, records=300, blob_size=(300, 300))
+    [text] = _messages_for(connector, workload)
+    message = replace(ContentMessage.decode(text.encode()), rescheduled=31).encode()
+    sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
+    await asyncio.wait_for(connector.process(message), 60)
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # put off, back in a minute
+    sim.management.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
 
 
 @pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])

@@ -84,18 +84,21 @@ def test_rescheduled_messages_come_back_soon_at_first_and_seldom_later() -> None
 
 
 @pytest.mark.parametrize(("written", "read"), [(None, 0), (2, 2), ("2", 0), (True, 0), (-1, 0), (1.5, 0)])
-def test_a_rescheduled_message_says_so_and_anything_else_there_reads_as_never(written: object, read: int) -> None:
-    """The processor forgets a message's failure reason once a rescheduled copy of it goes through; a value
-    written by hand must not make the message unreadable."""
+@pytest.mark.parametrize(("key", "field"), [("rescheduled", "rescheduled"), ("putOffs", "put_offs")])
+def test_a_rescheduled_message_says_so_and_anything_else_there_reads_as_never(
+    written: object, read: int, key: str, field: str
+) -> None:
+    """The processor forgets a message's failure reason once a rescheduled copy of it goes through, and counts
+    its put-offs for throttling; a value written by hand must not make the message unreadable."""
     now = datetime.now(UTC)
     blob = ContentBlob("Audit.General", "c1", "https://manage.office.com/c1", now, now + timedelta(days=7))
-    data = orjson.loads(ContentMessage("tenant", blob, rescheduled=2).encode())
-    assert data["rescheduled"] == 2
-    del data["rescheduled"]
+    data = orjson.loads(ContentMessage("tenant", blob, rescheduled=2, put_offs=2).encode())
+    assert data[key] == 2
+    del data[key]
     if written is not None:
-        data["rescheduled"] = written
+        data[key] = written
     message = ContentMessage.decode(orjson.dumps(data))
-    assert message.rescheduled == read and message.blob == blob
+    assert getattr(message, field) == read and message.blob == blob
 
 
 @pytest.mark.parametrize(
