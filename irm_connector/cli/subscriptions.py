@@ -44,6 +44,13 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
     content_types = named or (settings.content_types if args.action == "start" else ())
     if not content_types:
         raise UsageError("name the content type(s) to stop, e.g. `subscriptions stop Audit.General --yes`")
+    polled = [ct for ct in content_types if ct in settings.content_types] if args.action == "stop" else []
+    if polled:
+        # Stopped, it would be started again by the next poller run, which would log the gap as content lost.
+        raise UsageError(
+            f"{', '.join(polled)} is polled (O365_CONTENT_TYPES): the poller starts its subscription again within "
+            "minutes. Take it out of O365_CONTENT_TYPES, the function app's and this one's, then stop it"
+        )
     if args.action == "stop":
         confirm(
             args,
