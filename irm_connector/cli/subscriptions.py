@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from irm_connector.errors import ConnectorError
+from irm_connector.errors import ConnectorError, SubscriptionMissingError
 from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import KNOWN_CONTENT_TYPES, Settings
@@ -64,8 +64,11 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
             if args.action == "start":
                 status_text = await rt.management.start_subscription(ct)
             else:
-                await rt.management.stop_subscription(ct)
-                status_text = "disabled"
+                try:
+                    await rt.management.stop_subscription(ct)
+                    status_text = "disabled"
+                except SubscriptionMissingError:
+                    status_text = "none"  # nothing to stop (AF20022); its hint, that the poller starts one, is not so
         except ConnectorError as exc:
             if not results:
                 raise  # nothing done yet: reported as any command's failure

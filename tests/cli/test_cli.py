@@ -167,9 +167,7 @@ def test_status_is_unhealthy_while_logs_ingestion_refuses_a_stream(cli: Cli) -> 
     """The DCR refuses the alerts stream (the role removed): the poller runs clean, the messages are rescheduled
     rather than poisoned for 2 hours, and `status` said HEALTHY (exit 0) while no row reached Sentinel."""
     sim = cli.standins
-    sim.management.set_subscription("Audit.General", "enabled")
-    generate_workload(seed=41, total_records=400, blob_size=(200, 200), irm_share=0.05,
-                      tenant_id=sim.tenant_id).publish(sim.management)  # fmt: skip
+    cli.publish(seed=41, records=400, blob_size=(200, 200))
     sim.ingestion.add_fault("ingest", "status", status=403, count=10_000)
     assert cli.run("poll")[0] == 0
     assert cli.run("process")[0] == 1  # put back for later, and stopped
@@ -184,10 +182,7 @@ def test_status_is_unhealthy_while_the_processor_does_not_keep_up(cli: Cli) -> N
     """The poller lists on and moves the watermark while nothing works the queue (the processor stopped, too few
     instances, throttling put-offs): `status` said HEALTHY (exit 0) with a day-old backlog, while the analytics
     rule on the health row's OldestQueuedSeconds fired."""
-    sim = cli.standins
-    sim.management.set_subscription("Audit.General", "enabled")
-    generate_workload(seed=43, total_records=300, blob_size=(100, 100), irm_share=0.05,
-                      tenant_id=sim.tenant_id).publish(sim.management)  # fmt: skip
+    cli.publish(seed=43, records=300, blob_size=(100, 100))
     assert cli.run("poll")[0] == 0
     code, doc = cli.json("status")
     assert code == 0, doc["problems"]  # just queued
@@ -233,10 +228,7 @@ def test_a_requeued_message_is_put_off_again_while_the_api_throttles(cli: Cli) -
     --all`. The message went back with its 30 put-offs counted: throttled once more, it skipped the put-offs and
     was in the poison queue again after the host's five attempts."""
     sim = cli.standins
-    sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(seed=47, total_records=200, blob_size=(200, 200), irm_share=0.1,
-                                 tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
+    cli.publish(seed=47, records=200, blob_size=(200, 200), irm_share=0.1)
     assert cli.run("poll")[0] == 0
     assert cli.park(rescheduled=30, putOffs=30) == 1  # where 30 put-offs and the host's five attempts leave it
     code, doc = cli.json("poison", "requeue", "--all")
@@ -424,6 +416,8 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     code, out, _ = cli.run("subscriptions", "stop", "Audit.General", "--yes")
     assert code == 0 and "Audit.General: disabled" in out
     assert sim.management.subscription("Audit.General") == "disabled"
+    code, out, _ = cli.run("subscriptions", "stop", "DLP.All", "--yes")  # never started: nothing to stop
+    assert code == 0 and "DLP.All: none" in out
     cli.set(O365_CONTENT_TYPES="Audit.General")
 
     sim.management.set_admin_disabled("Audit.General")
@@ -538,11 +532,7 @@ def test_process_stops_when_logs_ingestion_refuses_and_sends_once_it_accepts(cli
     """A refusing DCR reschedules the messages (they come back later): `process` says so and stops rather than
     wait for the queue to empty; once the DCR accepts, `process` sends everything, once."""
     sim = cli.standins
-    sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(
-        seed=7, total_records=400, blob_size=(100, 100), irm_share=0.1, tenant_id=sim.tenant_id
-    )
-    workload.publish(sim.management)
+    workload = cli.publish(seed=7, records=400, blob_size=(100, 100), irm_share=0.1)
     assert cli.json("poll")[0] == 0
     sim.ingestion.refuse_stream("Custom-IRMAlerts", 403)
     code, out, err = cli.run("process")
@@ -563,11 +553,7 @@ def test_process_does_not_wait_for_messages_it_cannot_see(cli: Cli, monkeypatch:
     from irm_connector.cli import queue_trigger
 
     monkeypatch.setattr(queue_trigger, "_INVISIBLE_GRACE", 2.0)  # the minute it waits, shortened
-    sim = cli.standins
-    sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(seed=9, total_records=300, blob_size=(100, 100), irm_share=0.1,
-                                 tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
+    workload = cli.publish(seed=9, records=300, blob_size=(100, 100), irm_share=0.1)
     assert cli.json("poll")[0] == 0
     held = cli.hold_one_message(seconds=600)
     code, doc = cli.json("process")

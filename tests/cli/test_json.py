@@ -21,7 +21,7 @@ COMMANDS: list[list[str]] = [
     ["poison", "purge", "--yes"],
     ["subscriptions", "list"],
     ["subscriptions", "start"],
-    ["subscriptions", "stop", "Audit.General", "--yes"],
+    ["subscriptions", "stop", "Audit.Exchange", "--yes"],
 ]
 
 
@@ -87,7 +87,7 @@ def test_every_command_reports_an_unreachable_dependency_as_a_json_error(cli: Cl
     [
         (["poison", "--json", "requeue"], "--all"),
         (["--json", "poison", "purge"], "--yes"),
-        (["subscriptions", "stop", "Audit.General", "--json"], "--yes"),
+        (["subscriptions", "stop", "Audit.Exchange", "--json"], "--yes"),
         (["backfill", "--json"], "--since"),
         (["status", "--json", "--no-such-option"], "--no-such-option"),
         (["--json", "no-such-command"], "no-such-command"),
