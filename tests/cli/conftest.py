@@ -26,6 +26,7 @@ from azure.storage.queue.aio import QueueClient
 from irm_connector.cli import main
 from irm_connector.content_queue import create_queue_if_missing
 from standins import Azurite, StandIns
+from standins.workload import Workload, generate_workload
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -119,6 +120,14 @@ class Cli:
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = str(REPO)
         return env
+
+    def publish(self, *, seed: int, records: int, blob_size: tuple[int, int], irm_share: float = 0.05) -> Workload:
+        """A subscribed Audit.General whose API lists a fresh workload."""
+        self.standins.management.set_subscription("Audit.General", "enabled")
+        workload = generate_workload(seed=seed, total_records=records, blob_size=blob_size, irm_share=irm_share,
+                                     tenant_id=self.standins.tenant_id)  # fmt: skip
+        workload.publish(self.standins.management)
+        return workload
 
     # -- storage ------------------------------------------------------------------------------------
 

@@ -120,10 +120,7 @@ def test_process_interrupted_finishes_what_is_in_flight_and_the_next_run_sends_t
     """Ctrl-C during `process`: no new message is taken, those in flight finish (rows sent and marked), exit 130;
     the next `process` sends the rest, and every alert arrives once."""
     sim = cli.standins
-    sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(seed=23, total_records=3000, blob_size=(100, 100), irm_share=0.05,
-                                 tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
+    workload = cli.publish(seed=23, records=3000, blob_size=(100, 100))
     assert cli.run("poll")[0] == 0
     sim.ingestion.set_latency(1.0)  # slow uploads: messages are in flight when the signal comes
     before = sim.ingestion.count("ingest")  # the poll's health rows
