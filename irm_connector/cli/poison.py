@@ -169,11 +169,17 @@ def _content_id(message: QueueMessage) -> str:
 
 async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     wanted = None if args.all else set(args.ids)
+    # The queue's time at the start: what is parked after it is left, as purge leaves it. With the function app
+    # running, a message requeued here that fails again comes back under a new id while a long walk goes on, and
+    # would be requeued a second time, and again for as long as the walk lasts.
+    _, started = await store.depth_at(store.poison)
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     kept: list[str] = []
 
     def matches(message: QueueMessage) -> bool:
+        if message.inserted_on is not None and message.inserted_on > started:
+            return False
         if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
             return False
         if Delivery.decode(_text(message)).message is None:

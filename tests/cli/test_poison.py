@@ -91,6 +91,28 @@ def test_requeue_all_of_a_queue_longer_than_the_hold_sends_each_message_once(slo
     assert drain(slow, slow.queue) == Counter(ids)
 
 
+def test_requeue_leaves_what_was_parked_after_it_began(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the function app running, a requeued message that fails again is parked anew, under a new id, while
+    a long walk goes on: the walk took it for a message it had not seen and requeued it again, and so on for as
+    long as it lasted. What is parked after the requeue began stays, as purge leaves it."""
+    import threading
+
+    old = fill(cli, 2, "old")
+    async def parked_meanwhile(client: QueueClient) -> None:
+        await create_queue_if_missing(client)
+        time.sleep(1.1)  # the queue's times are whole seconds
+        parker = threading.Thread(target=fill, args=(cli, 3, "again"))
+        parker.start()
+        parker.join()
+
+    monkeypatch.setattr(poison, "create_queue_if_missing", parked_meanwhile)
+    code, doc = cli.json("poison", "requeue", "--all")
+    assert code == 0, doc
+    assert sorted(r["content_id"] for r in doc["requeued"]) == old
+    assert drain(cli, cli.poison) == Counter(["again0000", "again0001", "again0002"])
+    assert drain(cli, cli.queue) == Counter(old)
+
+
 def test_requeue_by_id_leaves_the_others_in_the_poison_queue(slow: Cli) -> None:
     ids = fill(slow, 60, "o")
     wanted = [ids[3], ids[41], ids[59]]
