@@ -132,12 +132,12 @@ def _cut_text(text: str, limit: int) -> str:
     return cut + CUT_MARK
 
 
-def _marked_cut(text: str) -> str:
-    """``text`` as it is when its UTF-8 fits :data:`FIELD_LIMIT`, else cut to fit with :data:`CUT_MARK`, so that
+def _marked_cut(text: str, limit: int) -> str:
+    """``text`` as it is when its UTF-8 fits ``limit`` bytes, else cut to fit with :data:`CUT_MARK`, so that
     whoever reads the column sees that it was cut."""
-    if len(text.encode("utf-8", "replace")) <= FIELD_LIMIT:
+    if len(text.encode("utf-8", "replace")) <= limit:
         return text
-    return _cut(text, FIELD_LIMIT - len(CUT_MARK.encode("utf-8"))) + CUT_MARK
+    return _cut(text, max(0, limit - len(CUT_MARK.encode("utf-8")))) + CUT_MARK
 
 
 def _cut(text: str, limit: int) -> str:
@@ -163,7 +163,7 @@ def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
         size = len(dumps(value))
         if size > FIELD_LIMIT:
             # The service's limit is the text's, not its JSON's: a text long only in escapes stays as it is.
-            cut = _marked_cut(value) if isinstance(value, str) else _fit(value, FIELD_LIMIT)
+            cut = _marked_cut(value, FIELD_LIMIT) if isinstance(value, str) else _fit(value, FIELD_LIMIT)
             if cut != value:
                 row[name], size, changed = cut, len(dumps(cut)), True
                 problems["value over 64 KB cut to fit (column " + name + ")"] += 1
@@ -177,8 +177,7 @@ def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
         # The sizes are JSON's, escapes included (``\u0001`` is six bytes of one character): the text keeps the
         # share of itself that its JSON may keep, so that it loses what the row must and not several times that.
         share = max(0, sizes[name] - (len(body) - ROW_LIMIT) - 64) / max(sizes[name], 1)
-        keep = int(len(text.encode("utf-8", "replace")) * share) - len(CUT_MARK.encode("utf-8"))
-        row[name] = _cut(text, max(0, keep)) + CUT_MARK
+        row[name] = _marked_cut(text, int(len(text.encode("utf-8", "replace")) * share))
         sizes[name] = len(dumps(row[name]))
         cut_columns.add(name)
         body = dumps(row)
