@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -167,6 +168,11 @@ def _content_id(message: QueueMessage) -> str:
     return parsed.blob.content_id if parsed is not None else ""
 
 
+def _parked_by(message: QueueMessage, when: datetime) -> bool:
+    """Whether ``message`` was in the poison queue at ``when`` (the queue's own time)."""
+    return message.inserted_on is None or message.inserted_on <= when
+
+
 async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     wanted = None if args.all else set(args.ids)
     # The queue's time at the start: what is parked after it is left, as purge leaves it. With the function app
@@ -178,7 +184,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     kept: list[str] = []
 
     def matches(message: QueueMessage) -> bool:
-        if message.inserted_on is not None and message.inserted_on > started:
+        if not _parked_by(message, started):
             return False
         if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
             return False
@@ -189,17 +195,17 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         return True
 
     async def send_back(message: QueueMessage) -> None:
-        text = _text(message)
-        parsed = Delivery.decode(text).message
+        delivery = Delivery.decode(_text(message))
+        parsed, text = delivery.message, delivery.text
         if parsed is not None and parsed.put_offs:
             # Parked once its put-offs for throttling ran out: sent back with them counted, the next throttle would
             # skip them and park it again within minutes. A requeue is the operator's word that it is over.
             text = replace(parsed, put_offs=0).encode()
         # The main queue client base64-encodes, as the runtime's ContentQueue does and the trigger expects.
         await store.main.send_message(text, time_to_live=-1)
-        done.append({"id": message.id, "content_id": _content_id(message)})
+        done.append({"id": message.id, "content_id": parsed.blob.content_id if parsed is not None else ""})
         try:
-            await failures.delete_failure(message_key(Delivery.decode(text)))
+            await failures.delete_failure(message_key(delivery))
         except StateError as exc:
             # Sent back already: stopping here would leave it in both queues. A stale failure record is harmless
             # (the message's next success clears it).
@@ -241,7 +247,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
         purged += 1
 
     walk = _Walk(store, LOCK_SECONDS)
-    await walk.run(lambda message: message.inserted_on is None or message.inserted_on <= counted, forget)
+    await walk.run(lambda message: _parked_by(message, counted), forget)
     emit(
         args,
         {"purged": purged, "not_deleted": walk.undeleted},
