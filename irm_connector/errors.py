@@ -194,6 +194,9 @@ class ContentUnavailableError(ManagementApiError):
         return self.code == "AF20051"
 
 
+_LATER_TRY = "a later try may pass (the Function host retries; on the command line, run it again)"
+
+
 class TransientApiError(ManagementApiError):
     """Throttling, timeouts or server faults that outlived the connector's retries; the host retries
     the invocation later.
@@ -202,10 +205,7 @@ class TransientApiError(ManagementApiError):
     one call: the call gives up at once, and the caller puts the work off for that long instead.
     """
 
-    hint = (
-        "a later try may pass (the Function host retries; on the command line, run it again); "
-        "if this persists check service health and the request budget"
-    )
+    hint = f"{_LATER_TRY}; if this persists check service health and the request budget"
 
     def __init__(self, message: str, *, retry_after: float | None = None, **where: Any) -> None:
         super().__init__(message, **where)
@@ -221,8 +221,8 @@ class ApiUnreachableError(TransientApiError):
     """No answer from the Management API: the connection, its TLS or the name failed, or the call timed out."""
 
     hint = (
-        "a later try may pass (the Function host retries; on the command line, run it again); if this persists "
-        "check O365_API_ROOT (or O365_CLOUD), the network and proxy, and a proxy's CA (SSL_CERT_FILE)"
+        f"{_LATER_TRY}; if this persists check O365_API_ROOT (or O365_CLOUD), the network and proxy, and a proxy's "
+        "CA (SSL_CERT_FILE)"
     )
 
 
