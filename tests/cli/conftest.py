@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -182,31 +182,28 @@ class Cli:
         """Make every content message as old as if the poller had queued it ``by`` earlier and nothing had worked
         the queue since; returns how many."""
 
-        async def age() -> int:
-            async with self._client(self.queue) as client:
-                # All taken first (invisible for a minute), so that none is met again as it is sent back.
-                taken = [m async for m in client.receive_messages(messages_per_page=32, visibility_timeout=60)]
-                for message in taken:
-                    data = json.loads(message.content)
-                    queued = datetime.fromisoformat(data["queuedAt"].replace("Z", "+00:00"))
-                    data["queuedAt"] = (queued - by).strftime("%Y-%m-%dT%H:%M:%SZ")
-                    await client.send_message(json.dumps(data))
-                    await client.delete_message(message)
-            return len(taken)
+        def older(data: dict[str, Any]) -> dict[str, Any]:
+            queued = datetime.fromisoformat(data["queuedAt"].replace("Z", "+00:00"))
+            return {**data, "queuedAt": (queued - by).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
-        return asyncio.run(age())
+        return self._move_all(older, self.queue)
 
     def park(self, **fields: Any) -> int:
         """Move every content message to the poison queue, as the host does after ``maxDequeueCount``, with
         ``fields`` of its JSON changed (what earlier deliveries left in it); returns how many."""
+        return self._move_all(lambda data: {**data, **fields}, self.poison)
+
+    def _move_all(self, rewrite: Callable[[dict[str, Any]], dict[str, Any]], to: str) -> int:
+        """Every message of the content queue, its JSON rewritten, sent to queue ``to`` and deleted here."""
 
         async def move() -> int:
-            async with self._client(self.queue) as main, self._client(self.poison) as poison:
-                await create_queue_if_missing(poison)
-                taken = [m async for m in main.receive_messages(messages_per_page=32, visibility_timeout=60)]
+            async with self._client(self.queue) as source, self._client(to) as target:
+                await create_queue_if_missing(target)
+                # All taken first (invisible for a minute), so that none is met again when ``to`` is this queue.
+                taken = [m async for m in source.receive_messages(messages_per_page=32, visibility_timeout=60)]
                 for message in taken:
-                    await poison.send_message(json.dumps({**json.loads(message.content), **fields}))
-                    await main.delete_message(message)
+                    await target.send_message(json.dumps(rewrite(json.loads(message.content))))
+                    await source.delete_message(message)
             return len(taken)
 
         return asyncio.run(move())
