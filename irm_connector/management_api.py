@@ -64,11 +64,27 @@ class RetryPolicy:
     cap: float = 30.0
     max_retry_after: float = 120.0
     timeout: float = 60.0
+    #: A throttle that names no wait (403 ``AF429``, apis.md) is tried this often in one call, at least
+    #: ``throttled_base * 2**attempt`` apart. The tenant's quota is counted per minute: the fault backoff's six
+    #: tries within about 15 s were throttled again and counted against it. Past them the caller waits longer
+    #: (a download is put off a minute, a listing waits for the next run).
+    throttled_attempts: int = 3
+    throttled_base: float = 2.0
 
-    def delay(self, attempt: int, retry_after: float | None) -> float:
+    def delay(self, attempt: int, retry_after: float | None, *, throttled: bool = False) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
+        if throttled:
+            # Jittered above a floor: full jitter's waits near zero would ask again within the same minute.
+            least = min(self.cap, self.throttled_base * 2**attempt)
+            return random.uniform(least, 2 * least)  # noqa: S311 - jitter, not crypto
         return random.uniform(0, min(self.cap, self.base * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+    def tries(self, error: TransientApiError, retry_after: float | None) -> int:
+        """How many tries a call failing with ``error`` gets in all."""
+        if error.throttled and retry_after is None:
+            return min(self.throttled_attempts, self.attempts)
+        return self.attempts
 
 
 @dataclass
@@ -260,11 +276,12 @@ class ManagementActivityClient:
                 # Honoured, not cut short: a request before the time the API named would be throttled again.
                 outcome.error.retry_after = outcome.retry_after
                 raise outcome.error
-            if attempt + 1 >= policy.attempts:
+            tries = policy.tries(outcome.error, outcome.retry_after)
+            if attempt + 1 >= tries:
                 raise outcome.error
             self.stats.retried += 1
             metrics.requests_retried.add(1, self._dims)
-            delay = policy.delay(attempt, outcome.retry_after)
+            delay = policy.delay(attempt, outcome.retry_after, throttled=outcome.error.throttled)
             if outcome.error.operation == "token":
                 # A token provider may answer from a cache for a while after a failure (msal does): wait that out.
                 delay = max(delay, self._tokens.failure_replay)
@@ -273,7 +290,7 @@ class ManagementActivityClient:
                 raise deadline.expire(f"Management API {operation} ({outcome.error})", delay) from outcome.error
             log.warning(
                 "Management API %s retry %d/%d in %.1fs: %s",
-                operation, attempt + 1, policy.attempts - 1, delay, outcome.error,
+                operation, attempt + 1, tries - 1, delay, outcome.error,
                 extra={"content_type": content_type, "operation": operation},
             )  # fmt: skip
             await self._sleep(delay)

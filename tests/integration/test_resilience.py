@@ -984,16 +984,22 @@ async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_
 async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is_put_off_not_poisoned(
     connector: ConnectorHarness,
 ) -> None:
-    """403 ``AF429`` without ``Retry-After`` (how the API throttles, apis.md), for longer than one call's retries
-    (six tries within about 15 s): the message comes back in a minute, the span of the API's quota, as a new one.
-    Raised to the host instead, it was retried every 30 s and went to the poison queue within 3 minutes of one
-    throttled spell, its records then lost unless someone requeued them within 7 days."""
+    """403 ``AF429`` without ``Retry-After`` (how the API throttles, apis.md), for longer than one call's retries:
+    the message comes back in a minute, the span of the API's quota, as a new one. Raised to the host instead, it
+    was retried every 30 s and went to the poison queue within 3 minutes of one throttled spell, its records then
+    lost unless someone requeued them within 7 days.
+
+    Within the call the API is asked three times, 2 s and then 4 s apart at least: the quota is counted per
+    minute, and the six tries of a server fault's backoff (within about 15 s, some a fraction of a second apart)
+    were throttled again and counted against it."""
     sim = connector.standins
     workload = _publish(connector, seed=37, records=300, blob_size=(300, 300))
     [message] = _messages_for(connector, workload)
     sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
     await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
-    assert sim.management.count("content", fault="status") == 6
+    asked = [r.time for r in sim.management.requests("content")]
+    assert len(asked) == 3
+    assert asked[1] - asked[0] >= 2 and asked[2] - asked[1] >= 4
     assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
     sim.management.clear_faults()
     await connector.process(message)  # as when it shows up again
