@@ -1,15 +1,16 @@
-"""Reading the Management API's answers: ``Retry-After``, the ``{"error": {"code", "message"}}`` body, and JSON
-bodies (a body that is not JSON is a transient fault: the API sometimes answers with an HTML error page)."""
+"""Reading the Management API's answers: ``Retry-After`` (Logs Ingestion's too), the ``{"error": {"code",
+"message"}}`` body, and JSON bodies (a body that is not JSON is a transient fault: the API sometimes answers
+with an HTML error page)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import orjson
-from multidict import CIMultiDictProxy
 
 from .errors import TransientApiError
 
@@ -21,8 +22,9 @@ __all__ = ["MAX_RETRY_AFTER", "error_of", "json_of", "retry_after_of"]
 MAX_RETRY_AFTER = timedelta(hours=1)
 
 
-def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
-    """Seconds to wait, from delay-seconds or an HTTP date (RFC 9110); None when absent or not one of those. A
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from delay-seconds or an HTTP date (RFC 9110); None when absent or not one of those. The
+    headers are looked up case-insensitively, as aiohttp's and azure-core's are. A
     number that is not finite ("inf", "1e999", "nan": only a broken server or proxy sends one) is not a wait
     either, and would break the arithmetic of whoever waits on it; a finite one beyond :data:`MAX_RETRY_AFTER`
     (10^15 seconds would overflow a ``timedelta``) is held to it, as every caller holds it."""
@@ -42,7 +44,7 @@ def retry_after_of(headers: CIMultiDictProxy[str]) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER.total_seconds())
 
 
-def _date_of(headers: CIMultiDictProxy[str]) -> datetime | None:
+def _date_of(headers: Mapping[str, str]) -> datetime | None:
     try:
         said = parsedate_to_datetime(headers.get("Date", ""))
     except (TypeError, ValueError):

@@ -287,6 +287,16 @@ class IngestionError(ConnectorError):
         self.stream = stream
 
 
+class IngestionThrottledError(IngestionError):
+    """Logs Ingestion still throttled (429) after a call's retries: the DCR's limits (requests or bytes a
+    minute) are spent, typically by a catch-up. ``retry_after``: the wait its last answer named, if any. The
+    message is put off, as a throttled download is, rather than retried by the host into the poison queue."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.retry_after = retry_after
+
+
 class IngestionRefusedError(IngestionError):
     """Logs Ingestion refuses a stream itself (401, 403, 404): the identity's role on the DCR is missing or still
     propagating, or the DCR or stream is gone. Retrying at once cannot help; the message is rescheduled."""

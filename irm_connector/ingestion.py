@@ -32,9 +32,10 @@ from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
+from .api_answers import retry_after_of
 from .auth import identity_endpoint_known
 from .deadline import Deadline, current_deadline, within
-from .errors import DeadlineError, IngestionError, IngestionRefusedError
+from .errors import DeadlineError, IngestionError, IngestionRefusedError, IngestionThrottledError
 from .models import Row
 
 __all__ = [
@@ -101,6 +102,10 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
         if response is not None and wait is not None and deadline is not None and not deadline.allows(wait):
             stream = str(response.http_request.url).split("/streams/", 1)[-1].split("?", 1)[0]
             status = response.http_response.status_code
+            if status == 429:
+                # Throttled: the message is put off for the wait named. Failed to the host instead, it was asked
+                # again 30 s later, throttled again, and parked in the poison queue after five.
+                raise _throttled(stream, "", wait)
             raise deadline.expire(f"upload to {stream}: Logs Ingestion answered {status} with Retry-After", wait)
         await super().sleep(settings, transport, response)
 
@@ -314,13 +319,20 @@ def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:
         "irm_connector/columns.json (redeploy infra/)",
     }
     hint = hints.get(status, "the message is retried")
-    kind = IngestionRefusedError if status in REFUSED_STATUS else IngestionError
     # A fault on the way (a gateway, throttling, a timeout) is not the DCR refusing the rows, which README's
     # troubleshooting ties to a column or the DCR.
     what = "failed for" if status >= 500 or status in _TRANSIENT_POST_STATUS else "refused rows for"
-    return kind(
-        f"Logs Ingestion {what} {stream} (HTTP {status}{', ' + code if code else ''}): {hint}",
-        status=status,
-        code=code,
-        stream=stream,
-    )
+    message = f"Logs Ingestion {what} {stream} (HTTP {status}{', ' + code if code else ''}): {hint}"
+    if status == 429:
+        return _throttled(stream, code, retry_after_of(getattr(exc.response, "headers", None) or {}))
+    kind = IngestionRefusedError if status in REFUSED_STATUS else IngestionError
+    return kind(message, status=status, code=code, stream=stream)
+
+
+def _throttled(stream: str, code: str, retry_after: float | None) -> IngestionThrottledError:
+    waited = "" if retry_after is None else f", Retry-After {retry_after:.0f} s"
+    return IngestionThrottledError(
+        f"Logs Ingestion throttled {stream} (HTTP 429{', ' + code if code else ''}{waited}): the DCR's limits a "
+        "minute (requests, bytes) are spent, as in a catch-up",
+        retry_after=retry_after, status=429, code=code, stream=stream,
+    )  # fmt: skip

@@ -31,6 +31,7 @@ from .errors import (
     BlobBusyError,
     ContentUnavailableError,
     IngestionRefusedError,
+    IngestionThrottledError,
     TransientApiError,
     UntrustedUrlError,
 )
@@ -97,12 +98,17 @@ async def _process(
         return await _download_and_send(rt, hold, text, blob, dims, result, dequeue_count, message_id, deadline)
     except IngestionRefusedError as exc:
         return await _reschedule(rt, message, exc, result, dims)
+    except IngestionThrottledError as exc:
+        # Its rows accepted so far are marked sent and the rest released: the put-off delivery sends the rest.
+        if message.put_offs >= THROTTLED_PUT_OFFS:
+            raise  # throttled for half an hour already: as below
+        return await _put_off(rt, message, exc, result, dims, "Logs Ingestion")
     except TransientApiError as exc:
         if exc.retry_after is None and not (exc.throttled and message.put_offs < THROTTLED_PUT_OFFS):
             # Not throttled, or throttled for half an hour already: the host's retries, then the poison queue
             # (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting off until it expires.
             raise
-        return await _wait_for_the_api(rt, message, exc, result, dims)
+        return await _put_off(rt, message, exc, result, dims, "the Management API")
     finally:
         hold.release()
 
@@ -127,20 +133,26 @@ async def _reschedule(
     return result
 
 
-async def _wait_for_the_api(
-    rt: Runtime, message: ContentMessage, error: TransientApiError, result: ProcessResult, dims: dict[str, str]
+async def _put_off(
+    rt: Runtime,
+    message: ContentMessage,
+    error: TransientApiError | IngestionThrottledError,
+    result: ProcessResult,
+    dims: dict[str, str],
+    service: str,
 ) -> ProcessResult:
-    """The Management API asked for a wait longer than a call waits (``Retry-After``), or throttled past a call's
-    retries without naming one: the message comes back when the wait ends (a minute, the span of the API's quota,
+    """The Management API asked for a wait longer than a call waits (``Retry-After``), or it or Logs Ingestion
+    throttled past a call's retries: the message comes back when the wait ends (a minute, the span of the quotas,
     when unnamed), as a new one (its dequeue count spared), rather than being retried early by the host into the
-    poison queue. At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait
-    (a proxy's, a date gone wrong) would bring it back to an answer of AF20051, its records lost."""
+    poison queue (the host's retries, 30 s apart, spend five attempts in two minutes of a catch-up's throttling).
+    At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a
+    date gone wrong) would bring it back to an answer of AF20051, its records lost."""
     before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
     longest = int(MAX_RETRY_AFTER.total_seconds())
     wait = THROTTLED_PUT_OFF if error.retry_after is None else math.ceil(error.retry_after)
     delay = min(wait, longest, max(math.floor(before_expiry), PUT_OFF_LEAST))
     await _put_back(rt, replace(message, put_offs=message.put_offs + 1), delay, error, result)
-    why = "as the Management API asks" if error.retry_after is not None else "the Management API still throttles"
+    why = f"as {service} asks" if error.retry_after is not None else f"{service} still throttles"
     log.warning("Content %s put off for %d s, %s: %s", dims["content_id"], delay, why, error, extra=dims)
     return result
 
@@ -343,8 +355,8 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
 #: :data:`PUT_OFF_LEAST` seconds (so close to the end, asking early is its one chance).
 PUT_OFF_EXPIRY_MARGIN = 300
 PUT_OFF_LEAST = 60
-#: A download still throttled after a call's retries, with no wait named, comes back after the API's quota span,
-#: up to this many times.
+#: A download or upload still throttled after a call's retries, with no wait named, comes back after the quota's
+#: span; throttled, it is put off up to this many times.
 THROTTLED_PUT_OFF = 60
 THROTTLED_PUT_OFFS = 30
 #: How long a delivery waits for records another delivery holds before handing back to the host, which

@@ -1048,6 +1048,27 @@ async def test_a_message_rescheduled_through_an_hour_of_a_refusing_dcr_is_still_
     _assert_exactly_once(connector, workload)
 
 
+async def test_an_upload_throttled_past_a_call_s_retries_is_put_off_not_poisoned(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Logs Ingestion answering 429 for longer than an upload's retries (a catch-up spending the DCR's requests
+    or bytes a minute): the message went to the host, whose retries 30 s apart parked it in the poison queue
+    within about two minutes, its records lost unless someone requeued it within 7 days. It is put off a minute,
+    as a throttled download is, and when it comes back its records arrive once."""
+    sim = connector.standins
+    workload = _publish(connector, seed=57, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.ingestion.add_fault("ingest", "status", status=429, count=1000)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.processor"):
+        await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
+    assert any("put off for 60 s, Logs Ingestion still throttles" in r.getMessage() for r in caplog.records)
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
+    assert connector.rows() == []
+    sim.ingestion.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
 @pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])
 async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_expires(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, expires_in: timedelta, most: int
