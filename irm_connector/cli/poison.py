@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
@@ -197,10 +197,12 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     async def send_back(message: QueueMessage) -> None:
         delivery = Delivery.decode(_text(message))
         parsed, text = delivery.message, delivery.text
-        if parsed is not None and parsed.put_offs:
+        if parsed is not None:
             # Parked once its put-offs for throttling ran out: sent back with them counted, the next throttle would
             # skip them and park it again within minutes. A requeue is the operator's word that it is over.
-            text = replace(parsed, put_offs=0).encode()
+            # And it is queued now: with the day it was first queued, `status` and the OldestQueuedSeconds rule
+            # called a message sent back a minute ago a backlog of days.
+            text = replace(parsed, put_offs=0, queued_at=datetime.now(UTC)).encode()
         # The main queue client base64-encodes, as the runtime's ContentQueue does and the trigger expects.
         await store.main.send_message(text, time_to_live=-1)
         done.append({"id": message.id, "content_id": parsed.blob.content_id if parsed is not None else ""})

@@ -200,6 +200,23 @@ def test_status_is_unhealthy_while_the_processor_does_not_keep_up(cli: Cli) -> N
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
 
 
+def test_a_requeued_message_counts_as_queued_when_it_was_requeued(cli: Cli) -> None:
+    """`poison requeue` kept each message's queuedAt: right after sending back a message parked days ago, `status`
+    reported a backlog of days (exit 1), and the analytics rule on OldestQueuedSeconds fired, for a message the
+    operator had queued a minute before. Its age in the queue starts again when it is sent back."""
+    workload = cli.publish(seed=53, records=200, blob_size=(200, 200), irm_share=0.1)
+    assert cli.run("poll")[0] == 0
+    assert cli.age_messages(timedelta(days=5)) == 1
+    assert cli.park() == 1
+    code, doc = cli.json("poison", "requeue", "--all")
+    assert code == 0 and len(doc["requeued"]) == 1
+    code, doc = cli.json("status")
+    assert code == 0, doc["problems"]
+    assert doc["queue"]["depth"] == 1 and doc["queue"]["oldest_seconds"] < 600, doc["queue"]
+    assert cli.run("process")[0] == 0
+    assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+
+
 def test_status_judges_the_lag_by_the_storage_service_s_clock(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """The poller moves the watermark by the services' time; `status` measured the lag on this machine's clock:
     three hours fast, a watermark just moved read "lagging 3h" (exit 1); slow, a real lag hid behind it."""
