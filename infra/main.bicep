@@ -123,6 +123,10 @@ param auditTablePlan string = 'Analytics'
 
 param initialLookback string = '24h'
 param pollSchedule string = '0 */5 * * * *'
+
+@minLength(3)
+@maxLength(56)
+@description('Name of the content queue (CONTENT_QUEUE): lowercase letters, digits and single hyphens; the poison queue adds -poison.')
 param contentQueue string = 'irm-content'
 param alertCategories string = 'InsiderRiskManagement'
 param listingOverlap string = '1h'
@@ -136,7 +140,9 @@ param maxRequestsPerMinute int = 1000
 @description('Timeout of one call to Entra ID, the Management API, Storage or Logs Ingestion.')
 param httpTimeout string = '60s'
 
-@description('Prefix of the connector state tables in the storage account.')
+@minLength(1)
+@maxLength(30)
+@description('Prefix of the connector state tables in the storage account (STATE_TABLE_PREFIX): letters and digits, starting with a letter.')
 param stateTablePrefix string = 'irm'
 
 @minValue(8)

@@ -110,6 +110,34 @@ def test_every_number_the_deployment_accepts_is_one_the_app_accepts() -> None:
                 assert refused.value.setting == setting
 
 
+def test_every_name_length_the_deployment_accepts_is_one_the_app_accepts() -> None:
+    """A name parameter that becomes a setting carries the code's length bounds: a queue name of 57 characters
+    or a prefix of 31 deployed, and then every invocation failed with a settings error."""
+    from irm_connector.errors import SettingsError
+    from irm_connector.settings import Settings
+
+    resources = (INFRA / "resources.bicep").read_text()
+    named = dict(re.findall(r"^\s+([A-Z][A-Z0-9_]+): (\w+)$", resources, re.MULTILINE))
+    base = {"O365_TENANT_ID": "11111111-2222-3333-4444-555555555555", "O365_AUTH_MODE": "managed_identity",
+            "LOGS_INGESTION_ENDPOINT": "https://dce.example.com", "LOGS_DCR_IMMUTABLE_ID": "dcr-" + "1" * 32,
+            "AzureWebJobsStorage__accountName": "irmstate"}  # fmt: skip
+    for setting in ("CONTENT_QUEUE", "STATE_TABLE_PREFIX"):
+        param = named[setting]
+        for path in (INFRA / "main.bicep", INFRA / "resources.bicep"):
+            found = re.search(rf"@minLength\((\d+)\)\n@maxLength\((\d+)\)\n(?:@description\([^\n]*\)\n)?"
+                              rf"param {param} string", path.read_text())  # fmt: skip
+            assert found, f"{path.name}: param {param} has no @minLength/@maxLength"
+            low, high = int(found[1]), int(found[2])
+            for good in (low, high):
+                Settings.from_env({**base, setting: "a" * good})
+            for bad in (low - 1, high + 1):
+                if bad == 0:
+                    continue  # an empty setting is the default, not a name
+                with pytest.raises(SettingsError) as refused:
+                    Settings.from_env({**base, setting: "a" * bad})
+                assert refused.value.setting == setting
+
+
 def test_function_app_shape() -> None:
     fa = (INFRA / "modules" / "functionapp.bicep").read_text()
     for needle in (
