@@ -322,10 +322,10 @@ def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:
     # A fault on the way (a gateway, throttling, a timeout) is not the DCR refusing the rows, which README's
     # troubleshooting ties to a column or the DCR.
     what = "failed for" if status >= 500 or status in _TRANSIENT_POST_STATUS else "refused rows for"
-    message = f"Logs Ingestion {what} {stream} (HTTP {status}{', ' + code if code else ''}): {hint}"
     if status == 429:
         return _throttled(stream, code, retry_after_of(getattr(exc.response, "headers", None) or {}))
     kind = IngestionRefusedError if status in REFUSED_STATUS else IngestionError
+    message = f"Logs Ingestion {what} {stream} (HTTP {status}{', ' + code if code else ''}): {hint}"
     return kind(message, status=status, code=code, stream=stream)
 
 

@@ -55,9 +55,10 @@ class RequestGate(Protocol):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for throttled and transient calls: ``base * 2**attempt`` with full jitter, capped;
-    ``Retry-After`` wins when the service sends it; a longer one than ``max_retry_after`` ends the call at once
-    (:attr:`TransientApiError.retry_after`), so that the caller waits it out instead of asking again early."""
+    """Backoff for throttled and transient calls: ``base * 2**attempt`` with full jitter, capped (a throttle
+    that names no wait: fewer tries, further apart); ``Retry-After`` wins when the service sends it; a longer one
+    than ``max_retry_after`` ends the call at once (:attr:`TransientApiError.retry_after`), so that the caller
+    waits it out instead of asking again early."""
 
     attempts: int = 6
     base: float = 0.5
