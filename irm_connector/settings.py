@@ -172,6 +172,11 @@ class Settings:
     def poison_queue(self) -> str:
         return f"{self.content_queue}-poison"
 
+    @property
+    def streams(self) -> tuple[str, ...]:
+        """The streams rows are sent to: the alerts stream, and the audit and health streams when they are on."""
+        return tuple(stream for stream in (self.alerts_stream, self.audit_stream, self.health_stream) if stream)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate the settings; raises one :class:`SettingsError` naming every bad one."""

@@ -131,6 +131,25 @@ async def test_a_refused_stream_shows_in_ingestion_state_until_it_is_accepted(
     assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
 
 
+async def test_a_refusal_of_a_stream_no_longer_sent_to_is_not_reported(connector: ConnectorHarness) -> None:
+    """The audit stream refused (404: the redeploy that turned it off updated the DCR before the app's settings),
+    then LOGS_AUDIT_STREAM emptied: nothing sends to it again, so nothing clears its refusal, and every health row
+    read `refused: 404` (a High incident every half hour) and `status` exit 1, for as long as anyone let it."""
+    audit = "Custom-O365Audit"
+    sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM=audit)
+    workload = _publish(connector, seed=87, blobs=1)
+    sim.ingestion.refuse_stream(audit, 404)
+    await connector.poll()
+    await connector.drain(max_messages=len(workload.blobs))  # rescheduled: the audit stream is refused
+    assert (await _health(connector))["IngestionState"].startswith("refused: 404 since ")
+    connector.set(LOGS_AUDIT_STREAM="")
+    row = await _health(connector)
+    assert row["IngestionState"] == "ok"
+    doc = await connector.cli("status")
+    assert "ingestion-refused" not in [p["code"] for p in doc["problems"]], doc["problems"]
+
+
 async def test_a_refused_health_stream_puts_the_row_in_the_log_at_error_level(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
