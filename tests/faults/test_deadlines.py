@@ -47,6 +47,7 @@ from tests.harness import ConnectorHarness
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT = "Custom-O365Audit"
 ALERTS = "Custom-IRMAlerts"
+HEALTH = "Custom-IRMConnectorHealth"
 TIMEOUT = 30
 #: How long the test waits for the child beyond the timeout itself (interpreter start, imports) before it
 #: calls the invocation stuck.
@@ -229,6 +230,25 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     assert seconds < TIMEOUT
     assert sim.management.subscription("Audit.General") == "enabled"
     assert (lost, duplicates) == (0, 0) and stats.processed > 0
+
+
+async def test_a_poller_run_that_used_its_time_up_still_writes_its_health_row(connector: ConnectorHarness) -> None:
+    """The Management API hanging (a proxy dropping packets): the listing used the invocation's time up to its
+    margin, and the health row, written with the same spent deadline, never left. No Errors=1 or LastError reached
+    Sentinel, and the rules on the health rows had nothing to fire on. It is written in the margin kept for the way
+    out, as claims are released and failures recorded."""
+    sim = connector.standins
+    connector.set(**{TIMEOUT_SETTING: f"00:00:{TIMEOUT}"})
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.add_fault("list", "delay", count=1000, seconds=TIMEOUT * 2)
+    started = time.monotonic()
+    with pytest.raises(PollError, match="time"):
+        await connector.poll()
+    assert time.monotonic() - started < TIMEOUT
+    sim.management.clear_faults()
+    [row] = connector.rows(HEALTH)
+    assert row["Errors"] == 1 and row["ContentType"] == "Audit.General"
+    assert "Management API" in row["LastError"] and "the next run lists from the watermark" in row["LastError"]
 
 
 async def test_a_storage_call_ends_within_the_deadline_when_its_token_request_hangs(
