@@ -240,9 +240,15 @@ async def _list_windows(
     if lease.state.watermark is None and plan.windows and plan.windows[0].start != lease.state.first_start:
         await lease.write(first_start=plan.windows[0].start)  # this run may fail before its first window's end
     seen: SeenPartitions = {}
+    slowest = 0.0  # the longest wait for a page in this run's windows so far
     for window in plan.windows:
         if time.monotonic() >= deadline:
             log.info("Time budget used; %s continues from %s next run", content_type, window.start, extra=dims)
+            return
+        if window is not plan.windows[0] and not limit.allows(slowest):
+            # POLL_TIME_BUDGET may outlast the invocation (nothing ties the setting to the host's timeout): a window
+            # begun without the time for one page would fail the run with DeadlineError where it can end cleanly.
+            log.info("Out of time; %s continues from %s next run", content_type, window.start, extra=dims)
             return
         lease.check()
         started = time.monotonic()
@@ -279,6 +285,7 @@ async def _list_windows(
                 window, content_type, shorter, extra=dims,
             )  # fmt: skip
             return
+        slowest = max(slowest, pages[1] or time.monotonic() - started)  # a window of one page: the window's time
         longest = grown_window(longest) if time.monotonic() - started < budget / 2 else longest
         watermark = _within_service_time(window.end, rt.management.answered_at(content_type), dims)
         await lease.write(watermark=watermark, first_start=None, subscription_refused="",

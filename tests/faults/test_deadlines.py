@@ -251,6 +251,25 @@ async def test_a_poller_run_that_used_its_time_up_still_writes_its_health_row(co
     assert "Management API" in row["LastError"] and "the next run lists from the watermark" in row["LastError"]
 
 
+async def test_a_poll_time_budget_past_the_timeout_ends_the_run_between_windows_not_in_a_failure(
+    connector: ConnectorHarness,
+) -> None:
+    """POLL_TIME_BUDGET longer than the function timeout (nothing refuses it: it is a setting, the timeout the
+    host's) in a catch-up over slow listings: a window was begun with no time left to list it, its first request
+    failed with DeadlineError, and every catch-up run ended in PollError and an ERROR line. A window is begun only
+    when the time left holds the slowest page yet; the run ends cleanly and the next continues."""
+    sim = connector.standins
+    connector.set(**{TIMEOUT_SETTING: f"00:00:{TIMEOUT}"}, POLL_TIME_BUDGET="15m", INITIAL_LOOKBACK="4d")
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.add_fault("list", "delay", count=1000, seconds=TIMEOUT * 0.4)
+    await connector.poll()  # raised PollError
+    sim.management.clear_faults()
+    [row] = connector.rows(HEALTH)
+    assert row["Errors"] == 0 and row["LastError"] == "", row
+    # Some windows listed, not all four days: the watermark moved, and the next run continues from it.
+    assert 24 * 3600 < row["LagSeconds"] < 4 * 24 * 3600, row
+
+
 async def test_a_storage_call_ends_within_the_deadline_when_its_token_request_hangs(
     standins: StandIns, connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
