@@ -11,7 +11,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     │   ├── OperatorActionError       only a person can fix it (permission, tenant, disabled subscription)
     │   ├── SubscriptionMissingError  AF20022: the content type has no subscription yet
     │   ├── InvalidWindowError        AF20030 / AF20055: the listing window was refused
-    │   ├── InvalidPageError          AF20031: a NextPageUri token was refused
+    │   ├── InvalidPageError          AF20031: a NextPageUri token was refused, or it names a page listed already
     │   ├── ContentUnavailableError   AF20050 / AF20051 / AF20052 / 404: the blob is gone
     │   └── TransientApiError         throttling or a server fault that outlived the retries
     ├── UntrustedUrlError             a URL outside the configured API root and tenant
@@ -19,6 +19,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     ├── BadMessageError               a queue message that is not a content notification
     ├── BadContentError               a content blob that is not a JSON array of records
     ├── IngestionError                the Logs Ingestion API refused rows
+    │   ├── IngestionThrottledError   429 past a call's retries: the message is put off
     │   └── IngestionRefusedError     401/403/404: the DCR refuses the stream (role, DCR or stream missing)
     ├── DeadlineError                 a wait or retry that the invocation's time left cannot hold
     ├── StateError                    Table Storage or the queue failed
@@ -52,6 +53,7 @@ __all__ = [
     "DeadlineError",
     "IngestionError",
     "IngestionRefusedError",
+    "IngestionThrottledError",
     "InvalidPageError",
     "InvalidWindowError",
     "LeaseLostError",
@@ -178,7 +180,8 @@ class InvalidWindowError(ManagementApiError):
 
 
 class InvalidPageError(ManagementApiError):
-    """AF20031: a NextPageUri was refused; the poller lists the whole window again."""
+    """AF20031: a NextPageUri was refused, or it named a page already listed (a loop); the poller lists the whole
+    window again, once."""
 
     hint = "the window is listed again from its start"
 

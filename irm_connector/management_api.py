@@ -29,6 +29,7 @@ from .deadline import Deadline, current_deadline, within
 from .errors import (
     ApiUnreachableError,
     AuthenticationError,
+    InvalidPageError,
     ManagementApiError,
     TransientApiError,
     management_api_error,
@@ -199,6 +200,7 @@ class ManagementActivityClient:
         raise to stop (the poller's lease check)."""
         url: str | None = f"{self._base}/subscriptions/content"
         params: dict[str, str] | None = {"contentType": content_type, **window.params()}
+        followed: set[str] = set()
         while url is not None:
             body, headers = await self._request(
                 "GET", url, operation="list", content_type=content_type, params=params, guard=guard, deadline=deadline
@@ -221,6 +223,14 @@ class ManagementActivityClient:
             yield page
             next_url = (headers.get("NextPageUri") or headers.get("NextPageUrl") or "").strip()
             url, params = (next_page_url(url, next_url), None) if next_url else (None, None)
+            if url is not None:
+                if url in followed:
+                    # A loop (a gateway's cache, a fault of the service): followed, the listing would never end.
+                    raise InvalidPageError(
+                        "the NextPageUri names a page already listed in this window",
+                        operation="list", content_type=content_type,
+                    )  # fmt: skip
+                followed.add(url)
 
     async def get_content(
         self, content_uri: str, *, content_type: str = "", read: BodyReader = _READ, deadline: Deadline | None = None

@@ -149,6 +149,8 @@ class ManagementStandIn(ServiceStandIn):
         self.next_page_override: str | None = None
         #: send NextPageUri as a path and query only, as a gateway rewriting it may
         self.next_page_relative = False
+        #: answer a page asked for by its token with that same token as the next (a loop: hostile-listing tests)
+        self.next_page_repeats = False
         #: Starting an enabled subscription: 200 (documented) or 400 AF20024 (observed).
         self.already_enabled_status = already_enabled_status
         #: Only the three documented time formats; False accepts any ISO-8601 (with zone).
@@ -477,9 +479,9 @@ class ManagementStandIn(ServiceStandIn):
             page_items = matching[: self.page_size]
             headers: dict[str, str] = {}
             if len(matching) > self.page_size:
-                next_token = secrets.token_hex(12)
-                self._pages[next_token] = _Page(
-                    state.tenant_id, content_type, start, end, matching[self.page_size].sort_key()
+                next_token = token if token and self.next_page_repeats else secrets.token_hex(12)
+                self._pages.setdefault(
+                    next_token, _Page(state.tenant_id, content_type, start, end, matching[self.page_size].sort_key())
                 )
                 query = urlencode(
                     {

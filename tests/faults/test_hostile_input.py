@@ -3,6 +3,7 @@ blob is lost, no bearer token goes anywhere but the API, and no record content r
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -265,6 +266,24 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog: p
     )
     assert lost == 0
     assert "refused" in caplog.text and "attacker.example" in caplog.text
+
+
+async def test_a_next_page_that_repeats_ends_the_run_instead_of_listing_for_ever(connector: ConnectorHarness) -> None:
+    """A NextPageUri naming a page already listed (a loop: a gateway's cache, a fault of the service) was followed
+    for ever: a backfill never ended, and the poller, stopped near its timeout at the same place every run, halved
+    its windows down to a minute while the watermark stayed. The window is listed again once from its start, as
+    for a refused NextPageUri, and then the run fails for the content type, saying so."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.page_size = 1
+    sim.management.next_page_repeats = True
+    workload = generate_workload(seed=59, total_records=300, blob_size=(100, 100), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
+    with pytest.raises(PollError, match="already listed"):
+        await asyncio.wait_for(connector.poll(), 60)
+    sim.management.next_page_repeats = False
+    await connector.poll()  # the watermark stayed: the next run lists the window whole
+    assert await connector.queue_length() == len(workload.blobs)
 
 
 @pytest.mark.reports_outcome
