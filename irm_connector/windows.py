@@ -162,7 +162,14 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
         )
     end = min(end, now).replace(microsecond=0)
     earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
-    start = max(start.replace(microsecond=0), earliest)
+    asked, start = start.replace(microsecond=0), max(start.replace(microsecond=0), earliest)
     if end <= start:
+        if asked < end:
+            minutes = int(RETENTION_MARGIN.total_seconds() // 60)
+            raise ValueError(
+                f"the range ends before {earliest:%Y-%m-%dT%H:%M:%SZ}: the oldest {minutes} minutes of the API's 7 "
+                "days are not listed (a margin for clock skew, lest the API refuse the window); content that old "
+                "is about to leave the API"
+            )
         raise ValueError("the range is empty: --end must be after --start (and not in the future)")
     return split_windows(start, end)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -175,3 +176,19 @@ def test_a_first_run_failing_past_the_7_days_reports_what_left_them() -> None:
     earliest = NOW - RETENTION + RETENTION_MARGIN
     assert p.unreachable == Window(kept, earliest) and p.windows[0].start == earliest
     assert plan(None).unreachable is None
+
+
+def test_a_backfill_range_within_the_margin_at_the_7_day_edge_is_refused_as_such() -> None:
+    """A range wholly within the oldest 15 minutes of the API's 7 days was refused as "the range is empty: --end
+    must be after --start (and not in the future)", which it was not; the operator could not tell what to change."""
+    from irm_connector.windows import plan_backfill
+
+    start = NOW - RETENTION + timedelta(minutes=1)
+    with pytest.raises(ValueError, match="oldest 15 minutes of the API's 7 days") as refused:
+        plan_backfill(start, start + timedelta(minutes=10), NOW)
+    assert "empty" not in str(refused.value)
+    with pytest.raises(ValueError, match="the range is empty"):
+        plan_backfill(NOW - HOUR, NOW - 2 * HOUR, NOW)
+    # Reaching past the margin, it is listed from the margin's end.
+    [window] = plan_backfill(start, start + RETENTION_MARGIN + HOUR, NOW)
+    assert window.start == (NOW - RETENTION + RETENTION_MARGIN + timedelta(seconds=1))
