@@ -154,7 +154,9 @@ class PollerLease:
                 except LeaseLostError as exc:
                     landed = await self._landed(exc)
                     if landed.entity() != wanted.entity():
-                        wanted = replace(wanted, etag=landed.etag)  # an earlier write landed: send this one on it
+                        # An earlier write landed unanswered (or failed after landing): this one's changes go on
+                        # top of it. Built on the state from before it, it would undo it: a watermark moved back.
+                        wanted = replace(_lease_of(replace(landed, **changes), self._timing.lease), etag=landed.etag)
                         continue
                     written = replace(wanted, etag=landed.etag, written_at=landed.written_at, read_at=None)
                 else:

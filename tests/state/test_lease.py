@@ -9,6 +9,7 @@ rules are those of the 40-second lease the poller takes.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.data.tables.aio import TableServiceClient
 
-from irm_connector.errors import LeaseLostError
+from irm_connector._bounded import BoundedTransport
+from irm_connector.deadline import Deadline
+from irm_connector.errors import DeadlineError, LeaseLostError
 from irm_connector.lease import LeaseTiming, PollerLease
 from irm_connector.state import PollerState, Tables, Watermarks
 from standins.storage_proxy import StorageProxy
@@ -170,3 +173,30 @@ async def test_a_take_refused_for_another_pollers_write_reports_it(
     assert await take == "another poller took the lease first"
     stored = await others.get_state(TENANT, CONTENT_TYPE)
     assert stored.lease_owner == "another poller"
+
+
+async def test_a_write_that_landed_but_failed_is_not_undone_by_the_release(
+    others: Watermarks, proxy: StorageProxy, prefix: str
+) -> None:
+    """A watermark write that reached storage but failed on its way back (cut at the invocation's deadline, a
+    failure, not a lost lease): the release that followed was built on the state from before it, recognised the
+    landed write as the holder's own, and was sent on top of it with the old watermark. The watermark went back a
+    window (and a subscription start written so, its 15-minute spacing)."""
+    # The connector's storage transport, which ends a call at the invocation's deadline.
+    tables = Tables(TableServiceClient.from_connection_string(proxy.connection_string, transport=BoundedTransport()),
+                    prefix=prefix)  # fmt: skip
+    lease = await _take(Watermarks(tables), timing=PATIENT)
+    await lease.write(watermark=WATERMARK)
+    later = WATERMARK + timedelta(hours=1)
+    unanswered = proxy.hold("table.write", path=STATE_PATH, after_answer=True)
+    try:
+        # Cut by the invocation's deadline well before the lease's own cut (a heartbeat, 5 s).
+        with Deadline(time.monotonic() + 2.0, 0.5).applied(), pytest.raises(DeadlineError):
+            await lease.write(watermark=later)
+    finally:
+        unanswered.release()
+    assert unanswered.arrived.is_set()
+    await lease.release(last_error="")
+    await tables.close()
+    stored = await others.get_state(TENANT, CONTENT_TYPE)
+    assert (stored.watermark, stored.lease_owner) == (later, "")
