@@ -101,12 +101,13 @@ async def _process(
     except IngestionThrottledError as exc:
         # Its rows accepted so far are marked sent and the rest released: the put-off delivery sends the rest.
         if message.put_offs >= THROTTLED_PUT_OFFS:
-            raise  # throttled for half an hour already: as below
+            raise  # put off 30 times already: as below
         return await _put_off(rt, message, exc, result, dims, "Logs Ingestion")
     except TransientApiError as exc:
-        if exc.retry_after is None and not (exc.throttled and message.put_offs < THROTTLED_PUT_OFFS):
-            # Not throttled, or throttled for half an hour already: the host's retries, then the poison queue
-            # (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting off until it expires.
+        if message.put_offs >= THROTTLED_PUT_OFFS or (exc.retry_after is None and not exc.throttled):
+            # Put off 30 times already, or not throttled with no wait named: the host's retries, then the poison
+            # queue (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting it off until
+            # its blob expires and its records are lost with a warning.
             raise
         return await _put_off(rt, message, exc, result, dims, "the Management API")
     finally:
@@ -356,7 +357,7 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
 PUT_OFF_EXPIRY_MARGIN = 300
 PUT_OFF_LEAST = 60
 #: A download or upload still throttled after a call's retries, with no wait named, comes back after the quota's
-#: span; throttled, it is put off up to this many times.
+#: span; put off (for that, or for a wait named), up to this many times.
 THROTTLED_PUT_OFF = 60
 THROTTLED_PUT_OFFS = 30
 #: How long a delivery waits for records another delivery holds before handing back to the host, which

@@ -1006,11 +1006,13 @@ async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is
     _assert_exactly_once(connector, workload)
 
 
+@pytest.mark.parametrize("retry_after", [None, 600], ids=["no-wait-named", "retry-after-600"])
 async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_poison_queue(
-    connector: ConnectorHarness,
+    connector: ConnectorHarness, retry_after: int | None
 ) -> None:
-    """Put off 30 times already (half an hour of a throttle that names no wait): the host's retries, then the
-    poison queue and its alert, rather than putting it off until the blob expires and its records are lost."""
+    """Put off 30 times already (half an hour of a throttle that names no wait, or longer of one that names
+    one): the host's retries, then the poison queue and its alert, rather than putting it off until the blob
+    expires and its records are lost with a warning. A named wait was put off without a count, up to 7 days."""
     from dataclasses import replace
 
     from irm_connector.content_queue import ContentMessage
@@ -1020,7 +1022,10 @@ async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_
     workload = _publish(connector, seed=39, records=300, blob_size=(300, 300))
     [text] = _messages_for(connector, workload)
     message = replace(ContentMessage.decode(text.encode()), rescheduled=30, put_offs=30).encode()
-    sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
+    if retry_after is None:
+        sim.management.add_fault("content", "status", status=403, code="AF429", count=1000)
+    else:
+        sim.management.add_fault("content", "status", status=429, retry_after=retry_after, count=1000)
     with pytest.raises(TransientApiError, match="throttled"):
         await asyncio.wait_for(connector.process(message), 60)
     assert await connector.queue_length() == 0  # not put back: the host retries this one
