@@ -267,7 +267,11 @@ async def _list_windows(
         try:
             try:
                 await listing()
-            except SubscriptionMissingError:
+            except (SubscriptionMissingError, OperatorActionError) as exc:
+                # AF20023 (an administrator disabled it) from a listing too: unanswered by a start, nobody would
+                # start it once it is allowed again. The start is asked at most once an hour then.
+                if isinstance(exc, OperatorActionError) and exc.code != "AF20023":
+                    raise
                 report.subscription = await _start_subscription(rt, lease, now, dims)
                 if report.subscription == "waiting":
                     raise  # started lately, and still missing

@@ -245,6 +245,32 @@ async def test_a_subscription_an_administrator_disabled_is_asked_for_once_an_hou
     assert sim.management.count("start") == 4 and sim.management.subscription("Audit.General") == "enabled"
 
 
+async def test_a_listing_that_says_an_administrator_disabled_the_subscription_leads_to_the_hourly_start(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing answered AF20023 (disabled by an administrator; the stand-in answers AF20022 to a listing, as
+    observed, but the code says the same): the run failed without ever asking to start it, run after run, so once
+    it was allowed again nobody started it (with the default managed identity only the poller can), though the
+    error's hint said the poller asks once an hour. It now goes the way of AF20022: a start at most once an hour."""
+    from tests.clock import skew_local_clock
+
+    sim = connector.standins
+    sim.management.set_admin_disabled("Audit.General")
+    sim.management.add_fault("list", "status", status=400, code="AF20023", count=3)
+    ahead = [timedelta(0)]
+    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    for minutes in (0, 5):
+        ahead[0] = timedelta(minutes=minutes)
+        with pytest.raises(PollError, match="AF20023"):
+            await connector.poll()
+        assert sim.management.count("start") == 1  # asked at the first run, not again within the hour
+    sim.management.set_admin_disabled("Audit.General", False)
+    ahead[0] = timedelta(minutes=65)
+    await connector.poll()
+    assert sim.management.count("start") == 2 and sim.management.subscription("Audit.General") == "enabled"
+    assert (await _health(connector))["SubscriptionStatus"] == "enabled"
+
+
 async def test_a_subscription_found_gone_says_that_what_was_created_meanwhile_is_lost(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
