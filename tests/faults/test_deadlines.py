@@ -257,7 +257,7 @@ async def test_a_poll_time_budget_past_the_timeout_ends_the_run_between_windows_
     """POLL_TIME_BUDGET longer than the function timeout (nothing refuses it: it is a setting, the timeout the
     host's) in a catch-up over slow listings: a window was begun with no time left to list it, its first request
     failed with DeadlineError, and every catch-up run ended in PollError and an ERROR line. A window is begun only
-    when the time left holds the slowest page yet; the run ends cleanly and the next continues."""
+    when the time left holds twice the slowest page yet; the run ends cleanly and the next continues."""
     sim = connector.standins
     connector.set(**{TIMEOUT_SETTING: f"00:00:{TIMEOUT}"}, POLL_TIME_BUDGET="15m", INITIAL_LOOKBACK="4d")
     sim.management.set_subscription("Audit.General", "enabled")
