@@ -94,7 +94,5 @@ async def _queue_facts(rt: Runtime) -> dict[str, object]:
 
 
 async def _refused_streams(rt: Runtime) -> list[refusals.Refusal]:
-    """The refused streams but the health stream's own (a health row that arrives shows it is accepted) and those
-    no longer sent to (a stream turned off: nothing sends to it again, so nothing would clear its refusal)."""
-    known = await rt.state.refusals.current(rt.settings.dcr_immutable_id, fresh=True)
-    return [r for r in known.values() if r.stream in rt.settings.streams and r.stream != rt.settings.health_stream]
+    """The refused streams but the health stream's own: a health row that arrives shows it is accepted."""
+    return [r for r in (await refusals.standing(rt)).values() if r.stream != rt.settings.health_stream]

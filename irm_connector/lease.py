@@ -156,7 +156,7 @@ class PollerLease:
                     if landed.entity() != wanted.entity():
                         # An earlier write landed unanswered (or failed after landing): this one's changes go on
                         # top of it. Built on the state from before it, it would undo it: a watermark moved back.
-                        wanted = replace(_lease_of(replace(landed, **changes), self._timing.lease), etag=landed.etag)
+                        wanted = _lease_of(replace(landed, **changes), self._timing.lease)  # with landed's ETag
                         continue
                     written = replace(wanted, etag=landed.etag, written_at=landed.written_at, read_at=None)
                 else:

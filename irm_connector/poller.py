@@ -111,17 +111,17 @@ async def _poll_and_report(
     except Exception as exc:
         # A fault of the connector's own: its health row says the run failed; the host logs the traceback.
         report.error = f"unexpected {type(exc).__name__} (the log has its traceback)"
-        await _write_health(rt, report, limit)
+        await _write_health(rt, report)
         raise
-    await _write_health(rt, report, limit)
+    await _write_health(rt, report)
 
 
-async def _write_health(rt: Runtime, report: ContentTypeReport, limit: Deadline) -> None:
+async def _write_health(rt: Runtime, report: ContentTypeReport) -> None:
     if report.error and report.watermark is None:  # the state could not be read: what this process last knew of it
         report.watermark = rt.state.watermarks.known_watermark(rt.settings.tenant_id, report.content_type)
-    # In the margin kept for the way out: a run that used its time up (an API that hangs) must still say why it
-    # failed, or the rules on the health rows have nothing to fire on.
-    with limit.applied(), cleaning_up():
+    # In the margin kept for the way out (the run's deadline is the context's): a run that used its time up (an API
+    # that hangs) must still say why it failed, or the rules on the health rows have nothing to fire on.
+    with cleaning_up():
         await write_health(rt, report, deadline=current_deadline())
 
 

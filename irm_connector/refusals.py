@@ -57,6 +57,13 @@ RESCHEDULE_MOST = 300
 _told: set[tuple[str, str, datetime]] = set()
 
 
+async def standing(rt: Runtime) -> dict[str, Refusal]:
+    """The refusals of the streams this setup sends to, by stream, read fresh. One of a stream turned off is left
+    out: nothing sends to it again, so nothing would ever clear it."""
+    known = await rt.state.refusals.current(rt.settings.dcr_immutable_id, fresh=True)
+    return {stream: refusal for stream, refusal in known.items() if stream in rt.settings.streams}
+
+
 def ingestion_state(refusals: Iterable[Refusal]) -> str:
     """The health row's ``IngestionState``: ``ok``, or ``refused: <status> since <time>`` of the oldest."""
     oldest = min(refusals, key=lambda r: r.since, default=None)

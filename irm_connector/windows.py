@@ -162,7 +162,8 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
         )
     end = min(end, now).replace(microsecond=0)
     earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
-    asked, start = start.replace(microsecond=0), max(start.replace(microsecond=0), earliest)
+    asked = start.replace(microsecond=0)
+    start = max(asked, earliest)
     if end <= start:
         if asked < end:
             minutes = int(RETENTION_MARGIN.total_seconds() // 60)

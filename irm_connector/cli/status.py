@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from irm_connector import refusals
 from irm_connector.errors import ConnectorError
 from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
@@ -32,9 +33,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     oldest_queued = await rt.queue.oldest_age(now) if queue_depth else 0
     # The processor's record of a DCR refusing a stream: its messages are rescheduled, not poisoned, and the
     # poller runs clean meanwhile, so nothing above shows that no row reaches Sentinel.
-    # A stream turned off is sent nothing again, and nothing would clear its refusal: it is not this setup's.
-    known = await rt.state.refusals.current(settings.dcr_immutable_id, fresh=True)
-    refused = {stream: refusal for stream, refusal in known.items() if stream in settings.streams}
+    refused = await refusals.standing(rt)
 
     # What storage knows is shown whatever the Management API says. The token is asked for once, outside the
     # API client's retries: no token (Entra unreachable, not in Azure) is reported at once.

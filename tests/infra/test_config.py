@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import pytest
 
@@ -84,58 +85,51 @@ def test_every_connector_setting_is_deployed() -> None:
     assert main["alertCategories"] == "'InsiderRiskManagement'"
 
 
-def test_every_number_the_deployment_accepts_is_one_the_app_accepts() -> None:
-    """An int parameter that becomes a bounded setting carries the code's own bounds, so a value the app would
-    refuse at every invocation is refused at deployment instead."""
+#: The settings the deployment writes, but for the one a test varies.
+_DEPLOYED = {"O365_TENANT_ID": "11111111-2222-3333-4444-555555555555", "O365_AUTH_MODE": "managed_identity",
+             "LOGS_INGESTION_ENDPOINT": "https://dce.example.com", "LOGS_DCR_IMMUTABLE_ID": "dcr-" + "1" * 32,
+             "AzureWebJobsStorage__accountName": "irmstate"}  # fmt: skip
+
+
+def _assert_the_app_holds_the_bounds(setting: str, param: str, bound: str, kind: str, spell: Callable[[int], str]) -> None:
+    """``param``'s ``@min<bound>``/``@max<bound>``, in main.bicep and resources.bicep alike, are the bounds the app
+    holds ``setting`` to: both ends accepted, one past either refused, naming the setting (a value spelled empty is
+    the default, not a value)."""
     from irm_connector.errors import SettingsError
     from irm_connector.settings import Settings
 
+    for path in (INFRA / "main.bicep", INFRA / "resources.bicep"):
+        found = re.search(rf"@min{bound}\((\d+)\)\n@max{bound}\((\d+)\)\n(?:@description\([^\n]*\)\n)?"
+                          rf"param {param} {kind}", path.read_text())  # fmt: skip
+        assert found, f"{path.name}: param {param} has no @min{bound}/@max{bound}"
+        low, high = int(found[1]), int(found[2])
+        for good in (low, high):
+            Settings.from_env({**_DEPLOYED, setting: spell(good)})
+        for bad in (spell(low - 1), spell(high + 1)):
+            if not bad:
+                continue
+            with pytest.raises(SettingsError) as refused:
+                Settings.from_env({**_DEPLOYED, setting: bad})
+            assert refused.value.setting == setting
+
+
+def test_every_number_the_deployment_accepts_is_one_the_app_accepts() -> None:
+    """An int parameter that becomes a bounded setting carries the code's own bounds, so a value the app would
+    refuse at every invocation is refused at deployment instead."""
     resources = (INFRA / "resources.bicep").read_text()
     bounded = re.findall(r"^\s+([A-Z][A-Z0-9_]+): string\((\w+)\)$", resources, re.MULTILINE)
     assert ("DEDUPE_RETENTION_DAYS", "dedupeRetentionDays") in bounded
-    base = {"O365_TENANT_ID": "11111111-2222-3333-4444-555555555555", "O365_AUTH_MODE": "managed_identity",
-            "LOGS_INGESTION_ENDPOINT": "https://dce.example.com", "LOGS_DCR_IMMUTABLE_ID": "dcr-" + "1" * 32,
-            "AzureWebJobsStorage__accountName": "irmstate"}  # fmt: skip
     for setting, param in bounded:
-        for path in (INFRA / "main.bicep", INFRA / "resources.bicep"):
-            found = re.search(rf"@minValue\((\d+)\)\n@maxValue\((\d+)\)\n(?:@description\([^\n]*\)\n)?param {param} int",
-                              path.read_text())  # fmt: skip
-            assert found, f"{path.name}: param {param} has no @minValue/@maxValue"
-            low, high = int(found[1]), int(found[2])
-            for good in (low, high):
-                Settings.from_env({**base, setting: str(good)})
-            for bad in (low - 1, high + 1):
-                with pytest.raises(SettingsError) as refused:
-                    Settings.from_env({**base, setting: str(bad)})
-                assert refused.value.setting == setting
+        _assert_the_app_holds_the_bounds(setting, param, "Value", "int", str)
 
 
 def test_every_name_length_the_deployment_accepts_is_one_the_app_accepts() -> None:
     """A name parameter that becomes a setting carries the code's length bounds: a queue name of 57 characters
     or a prefix of 31 deployed, and then every invocation failed with a settings error."""
-    from irm_connector.errors import SettingsError
-    from irm_connector.settings import Settings
-
     resources = (INFRA / "resources.bicep").read_text()
     named = dict(re.findall(r"^\s+([A-Z][A-Z0-9_]+): (\w+)$", resources, re.MULTILINE))
-    base = {"O365_TENANT_ID": "11111111-2222-3333-4444-555555555555", "O365_AUTH_MODE": "managed_identity",
-            "LOGS_INGESTION_ENDPOINT": "https://dce.example.com", "LOGS_DCR_IMMUTABLE_ID": "dcr-" + "1" * 32,
-            "AzureWebJobsStorage__accountName": "irmstate"}  # fmt: skip
     for setting in ("CONTENT_QUEUE", "STATE_TABLE_PREFIX"):
-        param = named[setting]
-        for path in (INFRA / "main.bicep", INFRA / "resources.bicep"):
-            found = re.search(rf"@minLength\((\d+)\)\n@maxLength\((\d+)\)\n(?:@description\([^\n]*\)\n)?"
-                              rf"param {param} string", path.read_text())  # fmt: skip
-            assert found, f"{path.name}: param {param} has no @minLength/@maxLength"
-            low, high = int(found[1]), int(found[2])
-            for good in (low, high):
-                Settings.from_env({**base, setting: "a" * good})
-            for bad in (low - 1, high + 1):
-                if bad == 0:
-                    continue  # an empty setting is the default, not a name
-                with pytest.raises(SettingsError) as refused:
-                    Settings.from_env({**base, setting: "a" * bad})
-                assert refused.value.setting == setting
+        _assert_the_app_holds_the_bounds(setting, named[setting], "Length", "string", lambda n: "a" * n)
 
 
 def test_function_app_shape() -> None:
