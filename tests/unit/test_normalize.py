@@ -421,7 +421,7 @@ json_values = st.recursive(
 
 
 @pytest.mark.parametrize("categories", [frozenset({"*"}), frozenset({"InsiderRiskManagement"})])
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(
     st.lists(
         st.one_of(
@@ -457,7 +457,7 @@ def test_normalization_never_raises_and_rows_fit_the_declared_columns(
                     assert isinstance(value, int) and -(2**31) <= value < 2**31
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.lists(json_values, max_size=4))
 def test_every_body_cut_short_is_told_from_a_wrong_one(records: list[object]) -> None:
     # One lone surrogate (orjson refuses it; the standard library reads it) and text of 1 to 3 UTF-8 bytes.
