@@ -6,6 +6,8 @@ with an error status, reset the connection, delay, spoil the body, or *hold* a r
 releases it — the seam the crash tests use to SIGKILL a connector process at an exact step boundary — or
 hold the service's answer to it (computed at once, delivered on release), for races with later writes.
 
+Like Azure and unlike Azurite, it refuses a request that names no service version (``x-ms-version``).
+
 Routes: ``table.read`` (GET), ``table.write`` (PUT/POST/MERGE/PATCH/DELETE on entities and tables),
 ``table.batch`` (``$batch``), ``queue.put`` (POST messages), ``queue.get`` (GET messages),
 ``queue.delete`` (DELETE a message), ``queue.update`` (PUT a message), ``queue.admin`` (the rest).
@@ -120,6 +122,12 @@ class _Forwarder(ServiceStandIn):
         return await self.serve(route, request, self._forward)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if "x-ms-version" not in request.headers and "sv" not in request.query:
+            # Azure serves an authorized request only in the service version it names (a SAS names it in `sv`);
+            # Azurite serves one that names none, so a request built outside the SDKs' operations can pass here
+            # and fail in Azure ("Versioning for Azure Storage").
+            raise ApiError(400, "MissingRequiredHeader", "An HTTP header that's mandatory for this request is not "
+                           "specified. HeaderName: x-ms-version")  # fmt: skip
         body = await request.read()
         route = classify(self._service, request.method, request.path)
         hold = self._proxy.match_hold(route, request.raw_path, body)

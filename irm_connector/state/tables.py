@@ -248,7 +248,9 @@ class Tables:
             out: list[Any] = []
             page: dict[str, str] = dict(options)
             while True:
-                request = HttpRequest("GET", f"/{table.table_name}()", params=page, headers=_QUERY_HEADERS)
+                # The generated operations name their service version each; Azure refuses a request without one.
+                headers = {**_QUERY_HEADERS, "x-ms-version": table.api_version}
+                request = HttpRequest("GET", f"/{table.table_name}()", params=page, headers=headers)
                 response = await _send(table, request)
                 self.stats.reads += 1
                 out.extend(_entity(raw) for raw in _values(response))

@@ -97,6 +97,25 @@ async def test_two_partial_failures_in_a_row_keep_every_sent_mark(connector: Con
     assert (lost, duplicates) == (0, 0)
 
 
+async def test_claims_read_through_storage_that_requires_a_service_version_send_every_record_once(
+    faulty: ConnectorHarness,
+) -> None:
+    """Azure serves an authorized storage request only in the service version it names; Azurite serves one that
+    names none. The claims' partition reads, built outside the SDK's operations, named none: in Azure (behind the
+    proxy, which refuses them as Azure does) every delivery failed reading its claims and went to the poison
+    queue, nothing reaching Sentinel."""
+    connector = faulty
+    now = datetime.now(UTC)
+    first = _alerts("versioned", 20, now - timedelta(hours=1))
+    again = first[:10] + _alerts("versioned-more", 5, now - timedelta(hours=1))
+    await connector.process(_publish(connector, first, now - timedelta(minutes=30)))
+    await close_runtimes()  # another processor: a cold cache reads the partition's claims whole
+    await connector.process(_publish(connector, again, now - timedelta(minutes=20)))
+    lost, duplicates = _tally(connector, [r["Id"] for r in first + again])
+    assert (lost, duplicates) == (0, 0)
+    assert connector.proxy.count("table.read") > 0  # type: ignore[attr-defined]  # the reads went through it
+
+
 # -- 12.2: CreationTime outliers, and day tables deleted under a warm processor ---------------------------
 
 
