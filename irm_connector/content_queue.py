@@ -17,6 +17,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from ._bounded import within
 from .errors import BadMessageError, StateError
 from .errors import storage_reason as reason
 from .models import ContentBlob, parse_api_time, utc_text
@@ -191,10 +192,15 @@ class ContentQueue:
     async def _ensure(self, client: QueueClient) -> None:
         if client.queue_name in self._ready:
             return
-        async with self._creating:
+        # The creator's call is bounded by its own invocation's deadline, which may end minutes after a waiter's
+        # (deliveries put back side by side on a worker that never queued): the wait is bounded by the waiter's.
+        await within(f"waiting for queue {client.queue_name} to be created", self._creating.acquire())
+        try:
             if client.queue_name not in self._ready:
                 await create_queue_if_missing(client)
                 self._ready.add(client.queue_name)
+        finally:
+            self._creating.release()
 
     async def put(self, message: ContentMessage) -> None:
         await self._send(self._main, message.encode())

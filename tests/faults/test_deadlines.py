@@ -299,3 +299,32 @@ async def test_a_storage_call_ends_within_the_deadline_when_its_token_request_ha
     assert seconds < 5.0
     assert "token request for storage" in str(cut.value), cut.value  # the token request was what hung
     assert standins.tokens.validate(token.token, "https://storage.azure.com") is not None
+
+
+async def test_a_put_back_waiting_for_another_to_create_the_queue_ends_within_its_own_deadline(
+    connector: ConnectorHarness, proxy: StorageProxy
+) -> None:
+    """A worker that only processes creates the content queue on its first write: a put-back, when deliveries are
+    put back side by side (a DCR refusing). The others waited for the first one's creation, bounded only by the
+    first one's deadline: with storage slow, a delivery whose invocation began minutes earlier waited on past its
+    own timeout, and the host restarted the worker. The wait ends within the waiter's own deadline."""
+    connector.set(AzureWebJobsStorage=proxy.connection_string)
+    rt = await get_runtime(Settings.from_env())
+    creation = proxy.hold("queue.admin")  # the creator's request waits here, as on slow storage
+    with Deadline.for_invocation(600.0).applied():
+        creator = asyncio.create_task(rt.queue.reschedule("first", 60))
+    try:
+        while not creation.arrived.is_set():
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with Deadline.for_invocation(3.0).applied(), pytest.raises(StorageDeadlineError) as cut:
+            await asyncio.wait_for(rt.queue.reschedule("second", 60), 30)  # before: waited for the creator
+        seconds = time.monotonic() - started
+    finally:
+        creation.release(forward=True)
+    await creator
+    assert seconds < 3.0
+    assert f"waiting for queue {rt.queue.main.queue_name} to be created" in str(cut.value), cut.value
+    # The creator went on: its message is on the queue, and the waiter's, cut short, is not.
+    properties = await rt.queue.main.get_queue_properties()
+    assert properties.approximate_message_count == 1
