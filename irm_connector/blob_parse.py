@@ -1,11 +1,11 @@
 """Content blob bodies to records: a blob is a JSON array of audit records, parsed whole when small and a
 segment at a time when large, so a large blob's records never all exist as Python objects at once.
 
-What the fast parser refuses is read more slowly rather than lost: text with unpaired surrogates by the
-standard library's reader, and a record nested deeper than any parser here goes (orjson stops at 1,024
-levels, the standard library at its recursion limit) record by record, its part below :data:`MAX_DEPTH`
-levels kept as JSON text and counted. A body that is not a JSON array says whether it stops early (cut
-short: another download may bring it whole) or is whole but wrong (:attr:`BadContentError.cut`).
+What the fast parser refuses is read more slowly rather than lost: text with unpaired surrogates, or with control
+characters left unescaped inside strings, by the standard library's reader, and a record nested deeper than any
+parser here goes (orjson stops at 1,024 levels, the standard library at its recursion limit) record by record, its
+part below :data:`MAX_DEPTH` levels kept as JSON text and counted. A body that is not a JSON array says whether it
+stops early (cut short: another download may bring it whole) or is whole but wrong (:attr:`BadContentError.cut`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 
 from .errors import BadContentError
 
-__all__ = ["DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "UTF8_REPAIR", "iter_blob", "parse_blob"]
+__all__ = ["CONTROL_REPAIR", "DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "UTF8_REPAIR", "iter_blob", "parse_blob"]
 
 #: A record nested deeper than a parser goes keeps what lies below this many levels as JSON text (the row
 #: writer flattens values nested about this deep too, so the row is written as it is).
@@ -29,6 +29,10 @@ MAX_DEPTH = 200
 DEEP_REPAIR = f"record nested deeper than {MAX_DEPTH} levels (the deeper part kept as JSON text)"
 #: The same, for a blob with bytes that are not UTF-8 (each such byte becomes U+FFFD).
 UTF8_REPAIR = "bytes that are not UTF-8 replaced with U+FFFD"
+#: The same, for a blob with control characters left unescaped inside strings (JSON wants them escaped).
+CONTROL_REPAIR = "control characters unescaped in strings (read as they are)"
+#: Any control character (whitespace between tokens too): a body without one cannot be JSON but for them.
+_CONTROL = re.compile(rb"[\x00-\x1f]")
 
 
 def parse_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> list[Any]:
@@ -113,6 +117,19 @@ def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
             problems[UTF8_REPAIR] += 1
         return data
     except ValueError as exc:  # JSONDecodeError
+        if _CONTROL.search(body) is not None:
+            # A raw tab or newline inside a string costs the strict parsers the whole blob; read as it is, the
+            # value is written escaped. A body not JSON for another reason fails this too, and is refused below.
+            try:
+                data = json.loads(body, strict=False)
+            except RecursionError:
+                return _record_by_record(body, problems)
+            except ValueError:
+                pass
+            else:
+                if problems is not None:
+                    problems[CONTROL_REPAIR] += 1
+                return data
         if body.lstrip()[:1] == b"[":
             _elements(body)  # raises if the array stops early or its brackets do not match
         raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None
@@ -123,15 +140,15 @@ def _record_by_record(body: bytes, problems: Counter[str] | None) -> list[Any]:
     records: list[Any] = []
     for number, element in enumerate(_elements(body), 1):
         try:
-            records.append(_parse_one(element, number))
+            records.append(_parse_one(element, number, problems))
         except RecursionError:
-            records.append(_parse_one(_shallow(element), number))
+            records.append(_parse_one(_shallow(element), number, problems))
             if problems is not None:
                 problems[DEEP_REPAIR] += 1
     return records
 
 
-def _parse_one(element: bytes, number: int) -> Any:
+def _parse_one(element: bytes, number: int, problems: Counter[str] | None) -> Any:
     try:
         return orjson.loads(element)
     except orjson.JSONDecodeError:
@@ -139,7 +156,13 @@ def _parse_one(element: bytes, number: int) -> Any:
     try:
         return json.loads(element)  # unpaired surrogates, as above; RecursionError goes to the caller
     except ValueError as exc:
-        raise BadContentError(f"content is not JSON ({type(exc).__name__} in record {number})") from None
+        try:
+            data = json.loads(element, strict=False)  # control characters unescaped, as above
+        except ValueError:
+            raise BadContentError(f"content is not JSON ({type(exc).__name__} in record {number})") from None
+        if problems is not None:
+            problems[CONTROL_REPAIR] += 1
+        return data
 
 
 #: A JSON string (skipped whole), or one structural character. A lone quote is a string that never ends.

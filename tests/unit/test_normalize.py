@@ -354,6 +354,27 @@ def test_a_byte_that_is_not_utf8_costs_no_record() -> None:
     assert cut.value.cut
 
 
+def test_a_control_character_left_unescaped_in_a_string_costs_no_record() -> None:
+    """JSON requires control characters in strings escaped; both parsers refused a body with one raw (a tab, a
+    newline), and the blob went to the poison queue whole, every record of it lost when its content expired."""
+    from collections import Counter
+
+    from irm_connector.blob_parse import CONTROL_REPAIR
+
+    body = (b'[{"Id": "a", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "tab\there\nline"},'
+            b' {"Id": "b", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "fine"}]')  # fmt: skip
+    assert b"\t" in body and b"\n" in body  # raw bytes, not escapes
+    problems: Counter[str] = Counter()
+    out = normalize_blob(parse_blob(body, problems), REF, ALERTS, sent_at=SENT)
+    written = {orjson.loads(r.body)["RecordId"]: orjson.loads(r.body)["Name"] for r in out.rows["Custom-IRMAlerts"]}
+    assert written == {"a": "tab\there\nline", "b": "fine"}  # written escaped: each row is valid JSON
+    assert problems == {CONTROL_REPAIR: 1}
+    for whole_but_wrong in (b'[{"Id": "a\t"} {"Id": "b"}]', b'[{"Id": "a\t"}, nope]'):
+        with pytest.raises(BadContentError) as refused:  # not JSON with or without its raw control characters
+            parse_blob(whole_but_wrong)
+        assert not refused.value.cut
+
+
 def test_unpaired_surrogates_are_read_and_written_safely() -> None:
     body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name"}]'
     out = normalize_blob(parse_blob(body), REF, ALERTS, sent_at=SENT)
