@@ -11,8 +11,14 @@ whether any duplicates arrived; the committed file shows the observations of the
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from standins.workload import Workload
+    from tests.harness import ConnectorHarness
 
 #: Marks the expected outcome of a case where duplicates may arrive (a lost commit or answer): how many a
 #: run sees depends on timing, so only "nothing lost" is compared.
@@ -33,6 +39,19 @@ class Outcome:
 
 
 _rows: list[Outcome] = []
+
+
+def tally(connector: ConnectorHarness, workload: Workload) -> tuple[int, int]:
+    """A row's two numbers, counted in Sentinel: the records of ``workload`` that did not arrive (its alerts, and
+    every record when the audit stream is on), and the rows that arrived more than once."""
+    alerts = Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts"))
+    lost = len(workload.irm_alert_record_ids - set(alerts))
+    duplicates = sum(alerts.values()) - len(alerts)
+    if stream := connector.env.get("LOGS_AUDIT_STREAM"):
+        audit = Counter(r["RecordId"] for r in connector.rows(stream))
+        lost += len(workload.record_ids - set(audit))
+        duplicates += sum(audit.values()) - len(audit)
+    return lost, duplicates
 
 
 def record(outcome: Outcome) -> None:

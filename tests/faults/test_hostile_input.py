@@ -252,7 +252,7 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog: p
     with pytest.raises(PollError, match="Check O365_API_ROOT and O365_CLOUD"):
         await connector.poll()  # nothing skipped in silence: the run fails, the watermark stays
     await connector.drain()
-    lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
+    lost, duplicates = report.tally(connector, good)
     report.record(
         report.Outcome(
             "Hostile input",
@@ -261,10 +261,10 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog: p
             "that entry is refused and fails the run (the watermark stays); the others are queued",
             "refused; the run failed",
             lost,
-            0,
+            duplicates,
         )
     )
-    assert lost == 0
+    assert (lost, duplicates) == (0, 0)
     assert "refused" in caplog.text and "attacker.example" in caplog.text
 
 
@@ -289,18 +289,23 @@ async def test_a_next_page_that_repeats_ends_the_run_instead_of_listing_for_ever
 @pytest.mark.reports_outcome
 async def test_hostile_next_page_is_refused(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM=AUDIT)  # every record counted, not only the alerts
     sim.management.set_subscription("Audit.General", "enabled")
     sim.management.page_size = 1
     sim.management.next_page_override = "https://attacker.example/api/v1/next"
-    generate_workload(seed=53, total_records=200, blob_size=(100, 100), tenant_id=sim.tenant_id).publish(sim.management)
+    workload = generate_workload(seed=53, total_records=200, blob_size=(100, 100), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
     with pytest.raises(Exception, match="refused"):
         await connector.poll()
-    report.record(report.Outcome("Hostile input", "listing", "a NextPageUri on another host",
-                                 "the run fails before following it; the watermark stays; nothing is sent there",
-                                 "refused", 0, 0))  # fmt: skip
     assert "attacker.example" in caplog.text
     # Fixed, the next run lists the window again from the unmoved watermark.
     sim.management.next_page_override = None
     await connector.poll()
     assert await connector.queue_length() == 2
+    await connector.drain()
+    lost, duplicates = report.tally(connector, workload)
+    report.record(report.Outcome("Hostile input", "listing", "a NextPageUri on another host",
+                                 "the run fails before following it; the watermark stays; nothing is sent there",
+                                 "refused; after the fix every record delivered", lost, duplicates))  # fmt: skip
+    assert (lost, duplicates) == (0, 0)
 

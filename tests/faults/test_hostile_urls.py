@@ -19,7 +19,6 @@ from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
 
-ALERTS = "Custom-IRMAlerts"
 OTHER_TENANT = "00000000-0000-0000-0000-000000000001"
 UP = "%2e%2e/"  # a dot segment, percent-encoded: yarl decodes it and resolves it before the request
 
@@ -99,13 +98,13 @@ async def test_hostile_content_uri_in_a_listing(
         await connector.poll()
     await connector.drain()
     (health,) = connector.rows("Custom-IRMConnectorHealth")
-    lost = len(good.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
+    lost, duplicates = report.tally(connector, good)
     report.record(report.Outcome("Hostile input", "listing", name,
                                  "that entry is refused, counted (BlobsRefused) and fails the run, so the watermark "
                                  "stays; the others are queued and delivered",
                                  f"{health['BlobsRefused']} refused, {health['BlobsQueued']} queued, "
-                                 f"Errors={health['Errors']}", lost, 0))  # fmt: skip
-    assert lost == 0
+                                 f"Errors={health['Errors']}", lost, duplicates))  # fmt: skip
+    assert (lost, duplicates) == (0, 0)
     assert health["BlobsRefused"] == 1 and health["BlobsQueued"] == len(good.blobs) and health["Errors"] == 1
     assert health["Watermark"] is None  # the first run's window did not complete
     assert any("refused" in line for line in _errors(caplog))
@@ -125,22 +124,20 @@ async def test_hostile_next_page_uri(
     connector: ConnectorHarness, name: str, uri: Callable[[StandIns], str], caplog: pytest.LogCaptureFixture
 ) -> None:
     sim = connector.standins
-    connector.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
+    # Every record counted, not only the alerts.
+    connector.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange", LOGS_AUDIT_STREAM="Custom-O365Audit")
     for content_type in ("Audit.General", "Audit.Exchange"):
         sim.management.set_subscription(content_type, "enabled")
     sim.management.page_size = 1
     sim.management.next_page_override = uri(sim)
-    generate_workload(seed=55, total_records=200, blob_size=(100, 100), tenant_id=sim.tenant_id).publish(sim.management)
+    workload = generate_workload(seed=55, total_records=200, blob_size=(100, 100), tenant_id=sim.tenant_id)
+    workload.publish(sim.management)
     records: list[dict[str, Any]] = []
     sim.management.add_blob("Audit.Exchange", records, content_created=datetime.now(UTC) - timedelta(minutes=30))
 
     with pytest.raises(PollError, match="refused NextPageUri") as failed:
         await connector.poll()
     by_type = {r.content_type: r for r in failed.value.report.content_types}
-    report.record(report.Outcome("Hostile input", "listing", name,
-                                 "that content type's run fails before following it (the watermark stays) and the "
-                                 "other content types are listed; nothing is sent there",
-                                 "refused; the other content type listed", 0, 0))  # fmt: skip
     assert _outside(sim) == []
     assert by_type["Audit.Exchange"].blobs_queued == 1 and not by_type["Audit.Exchange"].error
     assert await connector.queue_length() == 2  # Audit.General's first page and Audit.Exchange's blob
@@ -148,6 +145,14 @@ async def test_hostile_next_page_uri(
     sim.management.next_page_override = None
     await connector.poll()
     assert await connector.queue_length() == 3
+    await connector.drain()
+    lost, duplicates = report.tally(connector, workload)
+    report.record(report.Outcome("Hostile input", "listing", name,
+                                 "that content type's run fails before following it (the watermark stays) and the "
+                                 "other content types are listed; nothing is sent there",
+                                 "refused; the other content type listed; after the fix every record delivered",
+                                 lost, duplicates))  # fmt: skip
+    assert (lost, duplicates) == (0, 0)
 
 
 @pytest.mark.reports_outcome
@@ -181,15 +186,15 @@ async def test_api_root_on_another_host_than_the_listing_fails_the_run(
         blob.content_uri = None
     await connector.poll()
     await connector.drain()
-    lost = len(general.irm_alert_record_ids - {r["RecordId"] for r in connector.rows(ALERTS)})
+    lost, duplicates = report.tally(connector, general)
     report.record(report.Outcome("Faults", "Settings", "O365_API_ROOT on another host than the API lists blobs on",
                                  "that content type's run fails with one error naming O365_API_ROOT and O365_CLOUD, "
                                  "BlobsRefused counts the blobs and the watermark stays; the other content types "
                                  "run; once fixed, the next run delivers every blob",
                                  f"Errors={first[0]}, BlobsRefused={first[1]}, {first[2]} error line; after the fix "
-                                 "delivered", lost, 0))  # fmt: skip
+                                 "delivered", lost, duplicates))  # fmt: skip
     assert "O365_API_ROOT and O365_CLOUD" in by_type["Audit.General"].error
     assert by_type["Audit.General"].blobs_refused == len(general.blobs) and by_type["Audit.General"].blobs_queued == 0
     assert first == (1, len(general.blobs), 1)
     assert not by_type["Audit.Exchange"].error and by_type["Audit.Exchange"].blobs_queued == 1
-    assert lost == 0
+    assert (lost, duplicates) == (0, 0)
