@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 
+from irm_connector.cli.queue_trigger import HostQueueOptions
 from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -136,7 +138,7 @@ async def _requeue_poison(connector: ConnectorHarness) -> int:
     async with connector.queue_client(connector.queue_name + "-poison") as poison, connector.queue_client() as main:
         try:
             messages = [m async for m in poison.receive_messages(max_messages=32, messages_per_page=32)]
-        except Exception:
+        except ResourceNotFoundError:  # nothing was ever parked
             return 0
         for message in messages:
             await main.send_message(message.content)
@@ -179,6 +181,12 @@ async def test_fault(faulty: ConnectorHarness, case: Case) -> None:
     # The fault met the connector: a case it never reached (a route renamed, a token cached) would be reported
     # as ridden out.
     assert service.pending_faults() < case.count, f"the fault on {case.route} was never met"
+    if case.expected == POISON:
+        # "Without a tight loop": each delivery (at most maxDequeueCount per blob) and the poller's run ask the
+        # refusing service at most twice (a 401 once more with a new token); a loop would ask it hundreds of times.
+        asked = case.count - service.pending_faults()
+        most = 2 * (len(workload.blobs) * HostQueueOptions.from_environment().max_dequeue_count + 1)
+        assert asked <= most, f"{case.route} was asked {asked} times while it refused (at most {most})"
 
     # The fault clears; the next timer tick and the operator's requeue follow.
     service.clear_faults()
