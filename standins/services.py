@@ -40,12 +40,14 @@ class StandIns:
         dcr_immutable_id: str | None = None,
         ca: TestCA | None = None,
         subscribed: tuple[str, ...] = ("Audit.General",),
+        server_names: tuple[str, ...] = (),
     ) -> None:
         """``ca``: share one test CA between instances (RSA key generation is the slow part of
         setting up); the caller then owns it. ``directory``: where a CA of our own keeps its files.
         ``subscribed``: the content types whose subscription has been enabled since always (a tenant that
         has been exporting; content of any age is listed); ``()`` for a tenant that never subscribed, where
-        only what is created after a start is (apis.md)."""
+        only what is created after a start is (apis.md). ``server_names``: host names the servers' certificate
+        names besides 127.0.0.1 and localhost, for a test whose resolver sends a Microsoft host here."""
         self.tenant_id = tenant_id or str(uuid.uuid4())
         self.client_id = client_id or str(uuid.uuid4())
         self.client_secret = client_secret or secrets.token_urlsafe(30)
@@ -75,12 +77,13 @@ class StandIns:
             streams=load_streams(columns_path),
             rows_dir=rows_dir,
         )
+        self._server_names = server_names
         self._servers: ServerThread | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> StandIns:
         if self._servers is None:
-            servers = ServerThread(self.ca.server_context())
+            servers = ServerThread(self.ca.server_context(*self._server_names))
             servers.start([self.entra, self.management, self.ingestion])
             self._servers = servers
         return self

@@ -69,10 +69,12 @@ class TestCA:
     def ca_pem(self) -> bytes:
         return self._ca.cert_pem.bytes()
 
-    def server_context(self) -> ssl.SSLContext:
-        """A server-side context presenting the 127.0.0.1/localhost certificate."""
+    def server_context(self, *names: str) -> ssl.SSLContext:
+        """A server-side context presenting the 127.0.0.1/localhost certificate, or one that also names
+        ``names`` (a stand-in answering as a Microsoft host, reached through a test's resolver)."""
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._server_cert.configure_cert(ctx)
+        cert = self._ca.issue_cert(*SERVER_IDENTITIES, *names, key_type=trustme.KeyType.RSA) if names else None
+        (cert or self._server_cert).configure_cert(ctx)
         return ctx
 
     def client_context(self) -> ssl.SSLContext:

@@ -22,6 +22,7 @@ from irm_connector.auth import azure_credential
 from irm_connector.clouds import AZURE_CLOUDS
 from irm_connector.settings import Settings
 from standins import StandIns
+from standins.tls import TestCA
 from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -80,29 +81,30 @@ class _OneHost(AbstractResolver):
 
 @pytest.mark.parametrize("cloud", list(AZURE_CLOUDS))
 async def test_azure_identity_signs_in_at_the_workspace_cloud(
-    standins: StandIns, connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, cloud: str
+    test_ca: TestCA, connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, cloud: str
 ) -> None:
-    sim = standins
     login = AZURE_CLOUDS[cloud].authority_host
-    # The function's identity as a service principal (azure-identity's EnvironmentCredential), not the managed one.
-    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_AUTHORITY_HOST"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AZURE_TENANT_ID", sim.tenant_id)
-    monkeypatch.setenv("AZURE_CLIENT_ID", sim.client_id)
-    monkeypatch.setenv("AZURE_CLIENT_SECRET", sim.client_secret)
-    monkeypatch.setenv("AZURE_CLOUD", cloud)
-    settings = Settings.from_env()
+    # Stand-ins whose certificate names the login host: the client checks the name as it does in Azure.
+    with StandIns(ca=test_ca, server_names=(login,)) as sim:
+        # The function's identity as a service principal (azure-identity's EnvironmentCredential), not the
+        # managed one.
+        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_AUTHORITY_HOST"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("AZURE_TENANT_ID", sim.tenant_id)
+        monkeypatch.setenv("AZURE_CLIENT_ID", sim.client_id)
+        monkeypatch.setenv("AZURE_CLIENT_SECRET", sim.client_secret)
+        monkeypatch.setenv("AZURE_CLOUD", cloud)
+        settings = Settings.from_env()
 
-    resolver = _OneHost(login, int(sim.authority_host.rsplit(":", 1)[1]))
-    # The stand-in's certificate names 127.0.0.1, not the login host: this pool trusts the test CA without
-    # checking the name. What is under test is where the request goes.
-    context = ssl.create_default_context(cafile=str(sim.ca_path))
-    context.check_hostname = False
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver, ssl=context)) as session:
-        credential = azure_credential(settings, session=session)
-        try:
-            token = await credential.get_token(f"{AZURE_CLOUDS[cloud].monitor_audience}/.default")
-        finally:
-            await credential.close()
-    assert login in resolver.asked
-    assert sim.tokens.validate(token.token, AZURE_CLOUDS[cloud].monitor_audience) is not None
+        resolver = _OneHost(login, int(sim.authority_host.rsplit(":", 1)[1]))
+        context = ssl.create_default_context(cafile=str(sim.ca_path))
+        assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+        connector = aiohttp.TCPConnector(resolver=resolver, ssl=context)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            credential = azure_credential(settings, session=session)
+            try:
+                token = await credential.get_token(f"{AZURE_CLOUDS[cloud].monitor_audience}/.default")
+            finally:
+                await credential.close()
+        assert login in resolver.asked
+        assert sim.tokens.validate(token.token, AZURE_CLOUDS[cloud].monitor_audience) is not None
