@@ -4,4 +4,6 @@
 # Options go to the benchmark, e.g. scripts/bench.sh --records 50000 --profiles none --scales ''
 SKIP_CHECKOV=1
 source "$(dirname "$0")/_bootstrap.sh"
-exec python -m bench "$@"
+# A private TMPDIR, removed when the script ends (a kill too): the emulator's data of a killed run goes with it.
+use_private_tmpdir
+run_child python -m bench "$@"

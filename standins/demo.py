@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from datetime import timedelta
@@ -197,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
         _print(f"    audit stream on ({AUDIT_STREAM}); the product's default is alerts only (--alerts-only)")
     else:
         _print("    audit stream off (--alerts-only), as in the product's default settings")
-    with Azurite(location=out_dir / "azurite") as azurite, StandIns(rows_dir=rows_dir, directory=out_dir / "ca") as sim:
+    # The emulator's data and the test CA (its private key too) live in a scratch folder that goes whatever
+    # happens (scripts/demo.sh's private TMPDIR goes on a kill as well): only the rows and the summary stay.
+    with (
+        tempfile.TemporaryDirectory(prefix="irm-demo-") as scratch,
+        Azurite(location=Path(scratch) / "azurite") as azurite,
+        StandIns(rows_dir=rows_dir, directory=Path(scratch) / "ca") as sim,
+    ):
         workload = generate_workload(
             seed=2026,
             total_records=args.records,
@@ -253,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     _print("    alerts by severity/status: " + ", ".join(f"{s}/{t} {n}" for (s, t), n in sorted(statuses.items())))
     _print(f"    accepted rows written to {rows_dir}/<stream>.jsonl")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    shutil.rmtree(out_dir / "azurite", ignore_errors=True)
-    shutil.rmtree(out_dir / "ca", ignore_errors=True)
     return 0 if exact_alerts and exact_audit is not False else 1
 
 

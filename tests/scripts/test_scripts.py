@@ -117,6 +117,10 @@ def test_a_script_killed_by_sigterm_stops_its_demo_and_the_emulator_with_it(tmp_
             time.sleep(0.2)
         assert not _processes_under(tmp_path)
         assert ended == 128 + signal.SIGTERM  # the script ends as its child did
+        # Nothing of the run is left but its output: not the emulator's data, not the test CA and its keys (they
+        # stayed in the output folder).
+        assert not list(tmp_path.rglob("*.pem")) and not list(tmp_path.rglob("*azurite*"))
+        assert {p.name for p in tmp_path.iterdir()} <= {"demo"}
     finally:
         for pid in _processes_under(tmp_path):
             os.kill(pid, signal.SIGKILL)
