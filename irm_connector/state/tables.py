@@ -37,7 +37,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.rest import AsyncHttpResponse, HttpRequest
-from azure.data.tables import UpdateMode
+from azure.data.tables import TableTransactionError, UpdateMode
 from azure.data.tables import __version__ as _TABLES_VERSION
 from azure.data.tables.aio import TableClient, TableServiceClient
 
@@ -83,7 +83,9 @@ def table_key(value: str) -> str:
 
 
 def _table_missing(exc: AzureError) -> bool:
-    return isinstance(exc, ResourceNotFoundError) and storage_error_code(exc) == "TableNotFound"
+    # An entity-group transaction reports it as its own error (TableTransactionError), a request as a 404.
+    missing = isinstance(exc, (ResourceNotFoundError, TableTransactionError))
+    return missing and storage_error_code(exc) == "TableNotFound"
 
 
 def _being_deleted(exc: AzureError) -> bool:
@@ -270,13 +272,14 @@ class Tables:
     async def _read(
         self, table_name: str, run: Callable[[TableClient], Awaitable[list[Any]]], *, create: bool
     ) -> list[Any]:
-        """``run`` on the table; with ``create=False`` a missing table reads as empty and is not created."""
+        """``run`` on the table; with ``create=False`` a missing table reads as empty and is not created, and so
+        does one being deleted (Azure answers its reads 409 for about 40 s after the poller drops it)."""
         if create:
             return await self._run(table_name, "reading", run)
         try:
             return await run(self._client(table_name))
         except AzureError as exc:
-            if not _table_missing(exc):
+            if not (_table_missing(exc) or _being_deleted(exc)):
                 raise StateError(f"reading {table_name} failed: {reason(exc)}") from exc
             return []
 
