@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 BodyReader = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
 #: Bytes read at a time from a body of unknown size.
 READ_STEP = 256 * 1024
-#: Waits for room one download may take: a body of unknown size may outgrow what it waited for a few times.
-MAX_WAITS = 8
+#: Downloads of one body, each after a wait for room: a body of unknown size may outgrow what it waited for a few
+#: times.
+MAX_DOWNLOADS = 8
 
 
 class BodyBudget:
@@ -120,10 +121,12 @@ class BodyHold:
 
     async def fetch(self, download: Callable[[BodyReader], Awaitable[bytes]]) -> bytes:
         """``download(self.read)``, waiting for room between attempts when the body found none."""
-        for _ in range(MAX_WAITS):
+        for attempt in range(1, MAX_DOWNLOADS + 1):
             try:
                 return await download(self.read)
             except _NoRoom as no_room:
+                if attempt == MAX_DOWNLOADS:
+                    break  # no download follows: the room would be waited for in vain
                 budget = self._budget
                 log.info(
                     "A blob body needs %.1f MiB; this worker holds %.1f of %.0f MiB of blob bodies "
@@ -135,8 +138,8 @@ class BodyHold:
                              budget._wait_take(no_room.amount))  # fmt: skip
                 self.held = no_room.amount
         raise BodyRoomError(
-            f"a blob body found no room in this worker's blob bodies after {MAX_WAITS} waits (each time it outgrew "
-            "the room it had waited for); the message is retried; if this repeats, raise MAX_BLOB_MB_IN_FLIGHT "
+            f"a blob body found no room in this worker's blob bodies after {MAX_DOWNLOADS} downloads (each outgrew "
+            "the room it had); the message is retried; if this repeats, raise MAX_BLOB_MB_IN_FLIGHT "
             "within the plan's memory"
         )
 

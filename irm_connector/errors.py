@@ -230,7 +230,7 @@ class ApiUnreachableError(TransientApiError):
 
 
 class BodyRoomError(ConnectorError):
-    """A blob body found no room among the worker's blob bodies (``MAX_BLOB_MB_IN_FLIGHT``) after its waits; the
+    """A blob body found no room among the worker's blob bodies (``MAX_BLOB_MB_IN_FLIGHT``) after its downloads; the
     host retries the message."""
 
 
