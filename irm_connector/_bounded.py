@@ -10,8 +10,10 @@ here, for every storage call at once: it reads the deadline of the running invoc
 cannot hold a try or a wait. Outside an invocation (the CLI) calls are not bounded.
 
 With identity-based storage settings, a call first needs a token, and azure-identity sends that request
-through a transport of its own: :class:`BoundedCredential` bounds it the same way, so a hung token endpoint
-cannot hold a storage call past the deadline either.
+through a transport of its own: :class:`BoundedCredential` bounds it the same way, by the deadline of the
+invocation that asks. Not bounded: azure-core's token policy, with its lock, is shared by the invocations of a
+process, so while one invocation's token request hangs, another's storage calls wait for that lock until the
+first one's deadline, not their own (a token is asked for about once an hour, and the endpoint is this host's).
 """
 
 from __future__ import annotations
