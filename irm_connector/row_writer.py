@@ -57,8 +57,37 @@ def _dumps_flat(value: Any) -> str:
     try:
         text = json.dumps(value, ensure_ascii=True)
     except RecursionError:
-        text = repr(type(value))
+        text = _dumps_deep(value)
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class _Text(str):
+    """JSON text already written, waiting on :func:`_dumps_deep`'s stack for its turn."""
+
+
+def _dumps_deep(value: Any) -> str:
+    """JSON text of ``value`` however deep (orjson reads 1,024 levels but writes 255, and the standard library
+    writes only as deep as the recursion left to it goes): with a stack of its own, not the interpreter's."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Text):
+            out.append(item)
+        elif isinstance(item, dict):
+            parts: list[Any] = [_Text("{")]
+            for number, (key, member) in enumerate(item.items()):
+                parts += [_Text(("," if number else "") + json.dumps(str(key)) + ":"), member]
+            stack.extend(reversed([*parts, _Text("}")]))
+        elif isinstance(item, list):
+            parts = [_Text("[")]
+            for number, member in enumerate(item):
+                parts += [_Text(",")] if number else []
+                parts.append(member)
+            stack.extend(reversed([*parts, _Text("]")]))
+        else:
+            out.append(json.dumps(item))
+    return "".join(out)
 
 
 #: Ends a text that was cut to fit; as a key, it says how many fields an object lost.

@@ -502,3 +502,21 @@ def test_a_record_too_deep_to_parse_keeps_its_deep_part_as_text() -> None:
         (kept,) = kept
     below = 5000 - MAX_DEPTH + 1
     assert kept == "[" * below + '"x"' + "]" * below  # the deeper part, as the JSON text it was
+
+
+def test_records_nested_deeper_than_the_writers_go_keep_their_deep_part() -> None:
+    """A record nested about 900 levels deep: orjson reads it (up to 1,024) but writes at most 255, and the
+    standard library's writer ran out of recursion below that. The deep part was written as the text
+    "<class 'dict'>": its content lost, and two records without Id that differed only there got the same
+    synthetic Id, the second dropped as a duplicate of the first."""
+
+    def nested(leaf: str, depth: int = 900) -> str:
+        return '{"d": ' * depth + json.dumps(leaf) + "}" * depth
+
+    body = ('[{"RecordType": 1, "CreationTime": "2026-11-27T10:00:00", "Deep": ' + nested("first") + "},"
+            ' {"RecordType": 1, "CreationTime": "2026-11-27T10:00:00", "Deep": ' + nested("second") + "}]")  # fmt: skip
+    out = normalize_blob(parse_blob(body.encode()), REF, BOTH, sent_at=SENT)
+    audit = [orjson.loads(r.body) for r in out.rows["Custom-O365Audit"]]
+    assert out.duplicates_in_blob == 0 and len(audit) == 2
+    written = sorted(json.dumps(row["Record"]) for row in audit)
+    assert '\\"first\\"' in written[0] and '\\"second\\"' in written[1], [w[-200:] for w in written]
