@@ -72,6 +72,10 @@ class RedactingFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None:
             # The whole traceback: the exceptions it chains carry text of their own.
             record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            # And the exception itself: OpenTelemetry's handler builds Application Insights' exception from it,
+            # not from the text above.
+            kind, exc, tb = record.exc_info
+            record.exc_info = (kind, redact_exception(exc), tb)
         return True
 
 

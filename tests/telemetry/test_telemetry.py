@@ -47,6 +47,10 @@ _SCRIPT = textwrap.dedent(
         parent = telemetry.traceparent()
         log.warning("queued blob %s (and, by mistake, the secret %s)", "blob-1", os.environ["O365_CLIENT_SECRET"],
                     extra={"content_type": "Audit.General", "content_id": "blob-1", "tenant_id": "t-1"})
+    try:  # an error logged with its exception, whose text carries the secret (an echo of a refused request)
+        raise ValueError("token request refused: client_secret=" + os.environ["O365_CLIENT_SECRET"])
+    except ValueError:
+        log.error("a failure, logged with its exception", exc_info=True)
     irm_metrics.blobs_queued.add(3, {"content_type": "Audit.General"})
     for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
         if hasattr(provider, "force_flush"):
@@ -142,6 +146,8 @@ def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insi
         for e in envelopes
         if e["data"]["baseType"] == "RemoteDependencyData"
     )
+    (failure,) = [e for e in envelopes if e["data"]["baseType"] == "ExceptionData"]
+    assert "client_secret=***" in json.dumps(failure)  # the exception reached it, redacted
     assert secret not in appinsights.raw()
     # The exporters' own lines ("Transmission succeeded" every few seconds) stay out of the host's logs.
     assert report["to_the_host"] and not [name for name in report["to_the_host"] if name.startswith("azure.")]
