@@ -14,6 +14,8 @@ if [[ -z "${SKIP_CHECKOV:-}" ]]; then
 fi
 source "$(dirname "$0")/_bootstrap.sh"
 use_private_tmpdir
+# The tools' caches go with the private TMPDIR, not into the checkout.
+export MYPY_CACHE_DIR="$TMPDIR/mypy" RUFF_CACHE_DIR="$TMPDIR/ruff" HYPOTHESIS_STORAGE_DIRECTORY="$TMPDIR/hypothesis"
 
 say "ruff"
 ruff check .
@@ -21,6 +23,6 @@ say "mypy"
 mypy
 say "pytest"
 status=0
-run_child python -m pytest "$@" || status=$?
+run_child python -m pytest -p no:cacheprovider "$@" || status=$?
 # pytest exits 5 when nothing was collected: that is a failure here, not a pass.
 exit "$status"
