@@ -276,6 +276,14 @@ class QueueWorker:
                       message.id, self._poison.queue_name, len(str(body)))  # fmt: skip
             await self._settled(message, self._park(message, str(body)))
             return
+        if message.dequeue_count > self._options.max_dequeue_count:
+            # Its last delivery ended without an answer (the worker crashed or was stopped in it): the host parks
+            # such a message without running it again, and no failure of this delivery is recorded.
+            log.error("Message %s was delivered %d times, the last ending without an answer (a crash, a stop); "
+                      "moved to %s without running it", message.id, message.dequeue_count,
+                      self._poison.queue_name)  # fmt: skip
+            await self._settled(message, self._park(message, body))
+            return
         function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]
             id=message.id,
             body=body.encode("utf-8") if isinstance(body, str) else body,

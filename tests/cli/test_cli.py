@@ -636,3 +636,45 @@ async def test_a_retry_storage_will_not_put_back_is_said_and_the_message_comes_b
             assert (await queue.get_queue_properties()).approximate_message_count == 0
     assert (attempts, stats.processed, stats.failed_attempts, stats.poisoned) == (2, 1, 1, 0)
     assert any("Could not retry or park message" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_message_whose_last_delivery_ended_without_an_answer_is_parked_without_running(
+    azurite: Azurite, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker crashed (or was stopped) in a message's last allowed delivery: it comes back with a dequeue count
+    past maxDequeueCount. The host parks it without running the function again; the stand-in of the host ran it a
+    sixth time, so what `poison list` shows after a crash in the last delivery was never seen in the tests."""
+    import uuid
+
+    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
+
+    name = f"q{uuid.uuid4().hex[:12]}"
+    ran: list[object] = []
+
+    async def handler(message: object) -> None:
+        ran.append(message)
+
+    def client(queue: str) -> QueueClient:
+        return QueueClient.from_connection_string(
+            azurite.connection_string, queue,
+            message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
+        )  # fmt: skip
+
+    options = HostQueueOptions(visibility_timeout=0)
+    async with client(name) as queue, client(name + "-poison") as poison:
+        await queue.create_queue()
+        await poison.create_queue()
+        await queue.send_message("crashed in every delivery")
+        for _ in range(options.max_dequeue_count):  # five deliveries, each ended by a crash: taken, never answered
+            [taken] = [m async for m in queue.receive_messages(max_messages=1, visibility_timeout=30)]
+            await queue.update_message(taken, visibility_timeout=0)  # its lock ends (at once, here)
+        worker = QueueWorker(queue, poison, handler, options, lock_seconds=2)
+        with caplog.at_level(logging.ERROR, logger="irm_connector.cli.queue_trigger"):
+            stats = await asyncio.wait_for(worker.run(), 60)
+        parked = [m.content async for m in poison.receive_messages()]
+        assert (await queue.get_queue_properties()).approximate_message_count == 0
+    assert ran == [] and stats.poisoned == 1 and parked == ["crashed in every delivery"]
+    assert any("the last ending without an answer" in r.getMessage() for r in caplog.records)
