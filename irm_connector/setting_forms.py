@@ -115,7 +115,8 @@ UNRESOLVED_REFERENCE = (
     "is a Key Vault reference, which only the Function App resolves: on the command line, set the value itself "
     "(docs/operations.md, \"The deployed app's settings\"); in the app, it could not resolve it: check that the "
     "secret or certificate exists in the vault, that the app's identity has Key Vault Secrets User on it, and the "
-    "vault's network rules (the portal shows the reference's error under the app's Environment variables)"
+    "vault's network rules (the portal shows the reference's error under the app's Environment variables); once "
+    "fixed, restart the app: App Service reads a reference again only after a day or a change of settings"
 )
 
 
