@@ -5,9 +5,10 @@ The connector's tables are named ``{prefix}state``, ``{prefix}failures`` and ``{
 (day tables, e.g. ``irmblobs20260629``), so expiring a day's keys costs one request, not one per key.
 
 A table can vanish under a process that created it earlier: the poller of another instance drops a day
-table, or someone deletes it by hand. Every operation that finds its table gone creates it again and runs
-once more; Azure refuses that for about 40 s after a delete (409 ``TableBeingDeleted``), so creating waits
-that out. Reads that must not create a table (a day table that may be on its way out) read it as empty.
+table, or someone deletes it by hand. Every operation that finds its table gone (404 ``TableNotFound``; for about
+40 s after the delete Azure answers any request 409 ``TableBeingDeleted``) creates it again and runs once more;
+Azure refuses the create too in those 40 s, so creating waits that out. Reads that must not create a table (a day
+table that may be on its way out) read it as empty.
 """
 
 from __future__ import annotations
@@ -90,6 +91,12 @@ def _table_missing(exc: AzureError) -> bool:
 
 def _being_deleted(exc: AzureError) -> bool:
     return isinstance(exc, HttpResponseError) and storage_error_code(exc) == "TableBeingDeleted"
+
+
+def _table_gone(exc: AzureError) -> bool:
+    """Deleted, or being deleted: Azure answers any request on a table 409 TableBeingDeleted for about 40 s after
+    its delete, and 404 TableNotFound after (Azurite answers 404 at once)."""
+    return _table_missing(exc) or _being_deleted(exc)
 
 
 class Entity(dict[str, Any]):
@@ -187,7 +194,7 @@ class Tables:
             try:
                 return await op(client)
             except AzureError as exc:
-                if attempt == 1 and _table_missing(exc):
+                if attempt == 1 and _table_gone(exc):
                     log.warning(
                         "Table %s was deleted while in use (a retention cleanup, or by hand); creating it again", name
                     )
@@ -279,7 +286,7 @@ class Tables:
         try:
             return await run(self._client(table_name))
         except AzureError as exc:
-            if not (_table_missing(exc) or _being_deleted(exc)):
+            if not _table_gone(exc):
                 raise StateError(f"reading {table_name} failed: {reason(exc)}") from exc
             return []
 
@@ -313,26 +320,23 @@ class Tables:
                         entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                     )
                 )
-            except (ResourceExistsError, ResourceModifiedError):
-                return None
-            except ResourceNotFoundError as exc:
-                if attempt == 1 and _table_missing(exc):
+            except AzureError as exc:
+                if attempt == 1 and _table_gone(exc):
                     # Deleted under this process (see the module's docstring): created again. An entity read from
                     # it went with it, as if another writer had come first: the caller reads again and creates it.
+                    # Before the general 409 below: a create on a table being deleted is answered 409 as well.
                     log.warning("Table %s was deleted while in use; creating it again", table_name)
                     self._created.discard(table_name)
                     if etag is None:
                         continue
                     await self.table(table_name)
                     return None
-                if gone_is_change:
+                if isinstance(exc, (ResourceExistsError, ResourceModifiedError)) and not _being_deleted(exc):
                     return None
-                raise StateError(f"cannot write {what}: {reason(exc)}") from exc
-            except HttpResponseError as exc:
-                if exc.status_code == 412:
+                if isinstance(exc, ResourceNotFoundError) and gone_is_change:
                     return None
-                raise StateError(f"cannot write {what}: {reason(exc)}") from exc
-            except AzureError as exc:
+                if isinstance(exc, HttpResponseError) and exc.status_code == 412:
+                    return None
                 raise StateError(f"cannot write {what}: {reason(exc)}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 

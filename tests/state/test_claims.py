@@ -321,6 +321,46 @@ async def test_a_day_table_deleted_under_a_warm_process_is_created_again(
     assert check.already_sent == 10
 
 
+async def test_a_day_table_being_deleted_under_a_warm_process_is_waited_out_and_created_again(
+    make_claims: MakeClaims, service: TableServiceClient, proxy: StorageProxy, prefix: str
+) -> None:
+    """For about 40 s after a delete, Azure answers every request on the table 409 TableBeingDeleted, not only a
+    create (Azurite deletes at once and answers 404): a claim's read then failed the delivery, where a table found
+    gone is created again and read once more."""
+    warm = make_claims(via=proxy)
+    first = await warm.claim_records(STREAM, _rows(range(10)), "blob-1")
+    await warm.mark_sent(first)
+    await service.delete_table(f"{prefix}rec{_hour()[:8]}")  # another instance's cleanup, or an operator
+    being_deleted = {"status": 409, "code": "TableBeingDeleted",
+                     "message": "The specified table is being deleted. Try operation later."}  # fmt: skip
+    proxy.add_fault("table.read", "status", 1, **being_deleted)  # the claim's read
+    proxy.add_fault("table.write", "status", 2, **being_deleted)  # creating it again, twice
+    second = await warm.claim_records(STREAM, _rows(range(10, 20)), "blob-2")
+    await warm.mark_sent(second)
+    assert _ids(second.mine) == _ids(_rows(range(10, 20))) and proxy.pending_faults() == 0
+    check = await make_claims().claim_records(STREAM, _rows(range(10, 20)), "blob-3")
+    assert check.already_sent == 10
+
+
+async def test_a_conditional_create_on_a_table_being_deleted_is_not_taken_for_another_writer(
+    proxy: StorageProxy, service: TableServiceClient, prefix: str
+) -> None:
+    """Creating an entity in a table being deleted is answered 409 as a create that found the entity there is:
+    taken for another writer that came first, the poller's lease write read as a lease lost."""
+    tables = Tables(TableServiceClient.from_connection_string(proxy.connection_string), prefix=prefix)
+    name = tables.name("state")
+    try:
+        assert await tables.write_unless_changed(name, {"PartitionKey": "p", "RowKey": "a"}, None, what="a") is not None
+        await service.delete_table(name)
+        proxy.add_fault("table.write", "status", 2, status=409, code="TableBeingDeleted",
+                        message="The specified table is being deleted. Try operation later.")  # fmt: skip
+        written = await tables.write_unless_changed(name, {"PartitionKey": "p", "RowKey": "b"}, None, what="b")
+        assert written is not None and proxy.pending_faults() == 0
+        assert [e["RowKey"] async for e in service.get_table_client(name).list_entities()] == ["b"]
+    finally:
+        await tables.close()
+
+
 async def test_a_table_deleted_under_a_warm_process_is_created_again_for_a_transaction(
     azurite: Azurite, service: TableServiceClient, prefix: str
 ) -> None:
