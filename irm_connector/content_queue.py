@@ -31,6 +31,7 @@ __all__ = [
     "LenientBase64DecodePolicy",
     "UndecodableMessage",
     "create_queue_if_missing",
+    "fit_message",
 ]
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,14 @@ class LenientBase64DecodePolicy(TextBase64DecodePolicy):
             return UndecodableMessage(content)
 
 
+def fit_message(text: str) -> str:
+    """``text`` as it can be parked: one too large for a queue message once base64-encoded (it can only have come
+    from elsewhere: a message written by hand, without the encoding) is cut, saying so."""
+    if len(text.encode("utf-8")) <= MAX_MESSAGE_BYTES:
+        return text
+    return text.encode("utf-8")[: MAX_MESSAGE_BYTES - 64].decode("utf-8", "ignore") + " [cut: over 48 KiB]"
+
+
 async def create_queue_if_missing(client: QueueClient) -> None:
     """Create the queue unless it exists."""
     try:
@@ -239,11 +248,8 @@ class ContentQueue:
         return oldest
 
     async def put_poison(self, text: str) -> None:
-        """Park a message that cannot be processed where an operator finds it. A text too large for a
-        queue message (it can only have come from elsewhere) is parked cut, saying so."""
-        if len(text.encode("utf-8")) > MAX_MESSAGE_BYTES:
-            text = text.encode("utf-8")[: MAX_MESSAGE_BYTES - 64].decode("utf-8", "ignore") + " [cut: over 48 KiB]"
-        await self._send(self._poison, text)
+        """Park a message that cannot be processed where an operator finds it (see :func:`fit_message`)."""
+        await self._send(self._poison, fit_message(text))
 
     async def _send(self, client: QueueClient, text: str, *, delay: int = 0) -> None:
         async def send() -> None:

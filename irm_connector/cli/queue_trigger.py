@@ -27,7 +27,7 @@ from azure.core.exceptions import AzureError
 from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue.aio import QueueClient
 
-from irm_connector.content_queue import UndecodableMessage, create_queue_if_missing
+from irm_connector.content_queue import UndecodableMessage, create_queue_if_missing, fit_message
 from irm_connector.deadline import parse_timespan
 from irm_connector.errors import SettingsError, storage_reason
 
@@ -334,6 +334,8 @@ class QueueWorker:
     async def _park(self, message: Any, body: str) -> None:
         """``message`` into the poison queue, as ``body``, and off the content queue."""
         await create_queue_if_missing(self._poison)
-        await self._poison.send_message(body, time_to_live=-1)
+        # A message not written base64 grows by a third when parked, past a queue message's 64 KiB when it was
+        # over 48 KiB: refused, it came back every lock's end for ever.
+        await self._poison.send_message(fit_message(body), time_to_live=-1)
         await self._queue.delete_message(message)
         self.stats.poisoned += 1

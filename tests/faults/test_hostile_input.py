@@ -226,19 +226,23 @@ async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog: p
     async with QueueClient.from_connection_string(connector.azurite.connection_string, connector.queue_name) as raw:
         await raw.create_queue()
         await raw.send_message(FOREIGN)  # written without the base64 the trigger expects
-    stats = await connector.drain()
-    poison = await connector.messages(connector.queue_name + "-poison")
+        # One over 48 KiB grows past a queue message's 64 KiB when parked: refused, it came back for ever.
+        await raw.send_message(LARGE_FOREIGN)
+    stats = await asyncio.wait_for(connector.drain(), 120)
+    poison = sorted(await connector.messages(connector.queue_name + "-poison"), key=len)
     report.record(report.Outcome("Hostile input", "queue message", "not base64",
                                  "parked at once with an error line (the CLI's host; in Azure the Functions host parks it itself, never calling the function)",
                                  f"poisoned after {stats.failed_attempts} failed attempts", 0, 0))  # fmt: skip
-    assert poison == [FOREIGN]
-    assert stats.poisoned == 1 and stats.failed_attempts == 0
+    assert poison[0] == FOREIGN and len(poison) == 2
+    assert LARGE_FOREIGN.startswith(poison[1].removesuffix(" [cut: over 48 KiB]")) and len(poison[1]) < 48 * 1024
+    assert stats.poisoned == 2 and stats.failed_attempts == 0
     assert "not base64" in caplog.text
     assert "alice@contoso.com" not in caplog.text  # what it holds is not the log's: `poison list` shows it
 
 
 #: A message someone wrote to the content queue by hand, a record in it, without the base64 the trigger expects.
 FOREIGN = '{"UserId": "alice@contoso.com", "Operation": "FileDownloaded"}'
+LARGE_FOREIGN = "[" + ", ".join([FOREIGN] * 900) + "]"  # about 60 KiB: fits a queue message only as it is
 
 
 @pytest.mark.reports_outcome
