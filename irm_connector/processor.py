@@ -32,6 +32,8 @@ from .errors import (
     ContentUnavailableError,
     IngestionRefusedError,
     IngestionThrottledError,
+    OperatorActionError,
+    SubscriptionMissingError,
     TransientApiError,
     UntrustedUrlError,
 )
@@ -110,6 +112,14 @@ async def _process(
             # its blob expires and its records are lost with a warning.
             raise
         return await _put_off(rt, message, exc, result, dims, "the Management API")
+    except (SubscriptionMissingError, OperatorActionError) as exc:
+        # The subscription went (stopped, or disabled by an administrator) after the blob was listed: its content
+        # cannot be fetched until the poller, or the administrator, starts it again. Failed to the host, the message
+        # was parked within minutes; put off, it comes back after the poller's next start.
+        if message.put_offs >= THROTTLED_PUT_OFFS or (isinstance(exc, OperatorActionError) and exc.code != "AF20023"):
+            raise
+        return await _put_off(rt, message, exc, result, dims, "the Management API", wait=SUBSCRIPTION_PUT_OFF,
+                              why="as its subscription is off until started again")  # fmt: skip
     finally:
         hold.release()
 
@@ -137,23 +147,30 @@ async def _reschedule(
 async def _put_off(
     rt: Runtime,
     message: ContentMessage,
-    error: TransientApiError | IngestionThrottledError,
+    error: TransientApiError | IngestionThrottledError | SubscriptionMissingError | OperatorActionError,
     result: ProcessResult,
     dims: dict[str, str],
     service: str,
+    *,
+    wait: int | None = None,
+    why: str | None = None,
 ) -> ProcessResult:
     """The Management API asked for a wait longer than a call waits (``Retry-After``), or it or Logs Ingestion
     throttled past a call's retries: the message comes back when the wait ends (a minute, the span of the quotas,
     when unnamed), as a new one (its dequeue count spared), rather than being retried early by the host into the
     poison queue (the host's retries, 30 s apart, spend five attempts in two minutes of a catch-up's throttling).
     At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a
-    date gone wrong) would bring it back to an answer of AF20051, its records lost."""
+    date gone wrong) would bring it back to an answer of AF20051, its records lost. ``wait`` and ``why``: another
+    reason to come back later (a subscription that is off), and how long."""
     before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
     longest = int(MAX_RETRY_AFTER.total_seconds())
-    wait = THROTTLED_PUT_OFF if error.retry_after is None else math.ceil(error.retry_after)
+    named = getattr(error, "retry_after", None)
+    if wait is None:
+        wait = THROTTLED_PUT_OFF if named is None else math.ceil(named)
     delay = min(wait, longest, max(math.floor(before_expiry), PUT_OFF_LEAST))
     await _put_back(rt, replace(message, put_offs=message.put_offs + 1), delay, error, result)
-    why = f"as {service} asks" if error.retry_after is not None else f"{service} still throttles"
+    if why is None:
+        why = f"as {service} asks" if named is not None else f"{service} still throttles"
     log.warning("Content %s put off for %d s, %s: %s", dims["content_id"], delay, why, error, extra=dims)
     return result
 
@@ -360,6 +377,9 @@ PUT_OFF_LEAST = 60
 #: span; put off (for that, or for a wait named), up to this many times.
 THROTTLED_PUT_OFF = 60
 THROTTLED_PUT_OFFS = 30
+#: A download refused because the content type's subscription is off comes back after this long: the poller starts
+#: a missing subscription at most every 15 minutes (apis.md), on its next run.
+SUBSCRIPTION_PUT_OFF = 20 * 60
 #: How long a delivery waits for records another delivery holds before handing back to the host, which
 #: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0

@@ -517,6 +517,11 @@ class ManagementStandIn(ServiceStandIn):
             if not CONTENT_ID_RE.match(content_id):
                 raise _af(400, "AF20052", f"Content ID {content_id} in the URL is invalid.")
             raise _af(400, "AF20050", f"The specified content ({content_id}) does not exist.")
+        with self._lock:
+            # "When a subscription is stopped, ... you will not be able to retrieve available content."
+            subscribed = state.subscriptions.get(blob.content_type) == "enabled"
+        if not subscribed:
+            raise _af(400, "AF20022", "No subscription found for the specified content type.")
         if self.clock.now() > blob.expiration:
             raise _af(
                 400,

@@ -1006,6 +1006,27 @@ async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_download_refused_because_the_subscription_went_is_put_off_until_it_is_back(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The subscription is stopped (or an administrator disables it) after its blobs were listed: the API serves
+    no content then (AF20022). Failed to the host, the message was parked in the poison queue within minutes, to be
+    requeued by hand; it is put off until the poller has had the time to start the subscription again."""
+    sim = connector.standins
+    workload = _publish(connector, seed=43, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.management.set_subscription("Audit.General", "disabled")
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        await asyncio.wait_for(connector.process(message), 60)  # completes: nothing for the host to retry
+    assert any("put off for 1200 s, as its subscription is off until started again" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back in 20 minutes
+    assert connector.rows("Custom-IRMAlerts") == []
+    sim.management.set_subscription("Audit.General", "enabled")  # the poller started it again
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
 @pytest.mark.parametrize("retry_after", [None, 600], ids=["no-wait-named", "retry-after-600"])
 async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_poison_queue(
     connector: ConnectorHarness, retry_after: int | None
