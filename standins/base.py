@@ -255,6 +255,10 @@ class ServiceStandIn:
 
         return endpoint
 
+    def service_time(self) -> datetime | None:
+        """The time an answer's ``Date`` gives, when the service keeps a clock of its own (else the real time)."""
+        return None
+
     async def serve(self, route: str, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Run ``handler`` for ``route`` with latency, faults, error rendering and logging."""
         started = time.monotonic()
@@ -283,6 +287,8 @@ class ServiceStandIn:
             response = self._spoil(response, fault.kind)
         if fault is not None and fault.kind == "date":
             response.headers["Date"] = format_datetime(fault.params["date"].astimezone(UTC), usegmt=True)
+        elif (now := self.service_time()) is not None:
+            response.headers["Date"] = format_datetime(now.astimezone(UTC), usegmt=True)
         self._record(route, request, response.status, fault, error_code, started)
         if fault is not None and fault.kind == "cut":
             return await self._cut(request, response)

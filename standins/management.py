@@ -508,6 +508,10 @@ class ManagementStandIn(ServiceStandIn):
         ]
         return json_response(items, headers=headers)
 
+    def service_time(self) -> datetime:
+        """Answers are dated by the clock the service keeps its 7 days and windows by, moved or not."""
+        return self.clock.now()
+
     async def _content(self, request: web.Request) -> web.Response:
         state = self._authorize(request)
         content_id = request.match_info["content_id"]

@@ -248,3 +248,15 @@ async def test_lenient_time_format_knob(mgmt: Mgmt) -> None:
         endTime="2026-06-30T11:00:00.000Z",
     )
     assert status == 200
+
+
+async def test_answers_are_dated_by_the_service_clock(mgmt: Mgmt, ca_env: StandIns) -> None:
+    """The connector takes an answer's ``Date`` for the API's time (its watermark never passes it, a blob is
+    given up as expired by it): a stand-in whose windows and 7 days follow its clock must date its answers by
+    that clock too, or the paths that read ``Date`` run against a time the stand-in's rules do not use."""
+    from email.utils import parsedate_to_datetime
+
+    now = freeze(ca_env)
+    _, listed, _ = await mgmt.call("GET", "subscriptions/content", contentType=GENERAL, **window(now - timedelta(hours=1), now))
+    _, refused, _ = await mgmt.call("GET", "subscriptions/content", contentType="Audit.Nope")
+    assert parsedate_to_datetime(listed["Date"]) == now and parsedate_to_datetime(refused["Date"]) == now
