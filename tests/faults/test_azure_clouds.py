@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -27,7 +26,6 @@ from standins.workload import generate_workload
 from tests.faults import report
 from tests.harness import ConnectorHarness
 
-ALERTS = "Custom-IRMAlerts"
 HEALTH = "Custom-IRMConnectorHealth"
 
 
@@ -47,9 +45,7 @@ async def test_logs_ingestion_tokens_are_for_the_workspace_cloud(connector: Conn
     await connector.poll()
     stats = await connector.drain()
 
-    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
-    lost = len(workload.irm_alert_record_ids - set(alerts))
-    duplicates = sum(alerts.values()) - len(alerts)
+    lost, duplicates = report.tally(connector, workload)
     refused = [s for s in sim.ingestion.stats() if s.status == 401]
     report.record(report.Outcome(
         "Faults", "Logs Ingestion in another Azure cloud", f"AZURE_CLOUD={cloud}, O365_CLOUD=GCC",

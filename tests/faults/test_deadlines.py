@@ -138,10 +138,7 @@ async def test_an_invocation_ends_before_its_timeout(
     reason = await _failure_reason(message)
 
     stats = await connector.drain()
-    audit = Counter(r["RecordId"] for r in connector.rows(AUDIT))
-    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
-    lost = len(workload.record_ids - set(audit)) + len(workload.irm_alert_record_ids - set(alerts))
-    duplicates = sum(audit.values()) - len(audit) + sum(alerts.values()) - len(alerts)
+    lost, duplicates = report.tally(connector, workload)
     report.record(report.Outcome(
         "Faults", subject, case, EXPECTED,
         f"the invocation raised {outcome['raised'].split(':')[0]} after {outcome['seconds']:.0f} s of {TIMEOUT} s; "
@@ -216,9 +213,7 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     workload.publish(sim.management)
     await connector.poll()
     stats = await connector.drain()
-    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
-    lost = len(workload.irm_alert_record_ids - set(alerts))
-    duplicates = sum(alerts.values()) - len(alerts)
+    lost, duplicates = report.tally(connector, workload)
     report.record(report.Outcome(
         "Faults", "Subscription start (poller)",
         f"429 with Retry-After: 120 on every start, functionTimeout {TIMEOUT} s (app setting)",

@@ -11,7 +11,6 @@ the operator's part is played as the README says: the next timer tick, and reque
 from __future__ import annotations
 
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ from tests.faults import report
 from tests.harness import ConnectorHarness
 
 AUDIT = "Custom-O365Audit"
-ALERTS = "Custom-IRMAlerts"
 PERSISTENT = 1000  # "until cleared"
 
 
@@ -199,10 +197,7 @@ async def test_fault(faulty: ConnectorHarness, case: Case) -> None:
     if not observed:
         observed.append("ridden out inside the call")
 
-    audit = Counter(r["RecordId"] for r in connector.rows(AUDIT))
-    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
-    lost = len(workload.record_ids - set(audit)) + len(workload.irm_alert_record_ids - set(alerts))
-    duplicates = sum(audit.values()) - len(audit) + sum(alerts.values()) - len(alerts)
+    lost, duplicates = report.tally(connector, workload)
     report.record(
         report.Outcome("Faults", case.dependency, case.fault, case.expected, "; ".join(observed), lost, duplicates)
     )

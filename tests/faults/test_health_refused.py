@@ -6,7 +6,6 @@ the health stream is refused, the same facts must reach the log at error level (
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 import pytest
 
@@ -46,9 +45,7 @@ async def test_health_shows_a_refused_stream_and_the_log_carries_a_refused_healt
     await connector.drain()
     await connector.poll()
     after = connector.rows(HEALTH)[-1]
-    alerts = Counter(r["RecordId"] for r in connector.rows(ALERTS))
-    lost = len(workload.irm_alert_record_ids - set(alerts))
-    duplicates = sum(alerts.values()) - len(alerts)
+    lost, duplicates = report.tally(connector, workload)
     report.record(report.Outcome(
         "Faults", "Logs Ingestion", "404 for the alerts stream while the poller runs, then 403 for the health "
         "stream too",
