@@ -118,18 +118,13 @@ def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
         return data
     except ValueError as exc:  # JSONDecodeError
         if _CONTROL.search(body) is not None:
-            # A raw tab or newline inside a string costs the strict parsers the whole blob; read as it is, the
-            # value is written escaped. A body not JSON for another reason fails this too, and is refused below.
+            # A body not JSON for another reason fails this too, and is refused below.
             try:
-                data = json.loads(body, strict=False)
+                return _with_raw_controls(body, problems)
             except RecursionError:
                 return _record_by_record(body, problems)
             except ValueError:
                 pass
-            else:
-                if problems is not None:
-                    problems[CONTROL_REPAIR] += 1
-                return data
         if body.lstrip()[:1] == b"[":
             _elements(body)  # raises if the array stops early or its brackets do not match
         raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None
@@ -157,12 +152,19 @@ def _parse_one(element: bytes, number: int, problems: Counter[str] | None) -> An
         return json.loads(element)  # unpaired surrogates, as above; RecursionError goes to the caller
     except ValueError as exc:
         try:
-            data = json.loads(element, strict=False)  # control characters unescaped, as above
+            return _with_raw_controls(element, problems)
         except ValueError:
             raise BadContentError(f"content is not JSON ({type(exc).__name__} in record {number})") from None
-        if problems is not None:
-            problems[CONTROL_REPAIR] += 1
-        return data
+
+
+def _with_raw_controls(text: bytes, problems: Counter[str] | None) -> Any:
+    """``text`` with control characters left unescaped inside its strings: a raw tab or newline costs the strict
+    parsers the whole blob; read as it is, the value is written escaped, and the repair counted. Raises
+    :class:`ValueError` when it is not JSON for another reason."""
+    data = json.loads(text, strict=False)
+    if problems is not None:
+        problems[CONTROL_REPAIR] += 1
+    return data
 
 
 #: A JSON string (skipped whole), or one structural character. A lone quote is a string that never ends.
