@@ -39,6 +39,12 @@ def _one_hour_per_test() -> None:
     _test_started = datetime.now(UTC)
 
 
+#: How Azure answers any request on a table for about 40 s after its delete (Azurite deletes at once).
+BEING_DELETED: dict[str, Any] = {
+    "status": 409, "code": "TableBeingDeleted", "message": "The specified table is being deleted. Try operation later."
+}  # fmt: skip
+
+
 def _hour(at: datetime | None = None) -> str:
     return (at or _test_started).strftime("%Y%m%d%H")
 
@@ -311,8 +317,7 @@ async def test_a_day_table_deleted_under_a_warm_process_is_created_again(
     await warm.mark_sent(first)
     await service.delete_table(f"{prefix}rec{_hour()[:8]}")  # another instance's cleanup, or an operator
     # Azure refuses to create a table again for about 40 s after a delete.
-    proxy.add_fault("table.write", "status", 2, status=409, code="TableBeingDeleted",
-                    message="The specified table is being deleted. Try operation later.")  # fmt: skip
+    proxy.add_fault("table.write", "status", 2, **BEING_DELETED)
     second = await warm.claim_records(STREAM, _rows(range(10, 20)), "blob-2")
     await warm.mark_sent(second)
     assert _ids(second.mine) == _ids(_rows(range(10, 20)))
@@ -331,10 +336,8 @@ async def test_a_day_table_being_deleted_under_a_warm_process_is_waited_out_and_
     first = await warm.claim_records(STREAM, _rows(range(10)), "blob-1")
     await warm.mark_sent(first)
     await service.delete_table(f"{prefix}rec{_hour()[:8]}")  # another instance's cleanup, or an operator
-    being_deleted = {"status": 409, "code": "TableBeingDeleted",
-                     "message": "The specified table is being deleted. Try operation later."}  # fmt: skip
-    proxy.add_fault("table.read", "status", 1, **being_deleted)  # the claim's read
-    proxy.add_fault("table.write", "status", 2, **being_deleted)  # creating it again, twice
+    proxy.add_fault("table.read", "status", 1, **BEING_DELETED)  # the claim's read
+    proxy.add_fault("table.write", "status", 2, **BEING_DELETED)  # creating it again, twice
     second = await warm.claim_records(STREAM, _rows(range(10, 20)), "blob-2")
     await warm.mark_sent(second)
     assert _ids(second.mine) == _ids(_rows(range(10, 20))) and proxy.pending_faults() == 0
@@ -352,8 +355,7 @@ async def test_a_conditional_create_on_a_table_being_deleted_is_not_taken_for_an
     try:
         assert await tables.write_unless_changed(name, {"PartitionKey": "p", "RowKey": "a"}, None, what="a") is not None
         await service.delete_table(name)
-        proxy.add_fault("table.write", "status", 2, status=409, code="TableBeingDeleted",
-                        message="The specified table is being deleted. Try operation later.")  # fmt: skip
+        proxy.add_fault("table.write", "status", 2, **BEING_DELETED)
         written = await tables.write_unless_changed(name, {"PartitionKey": "p", "RowKey": "b"}, None, what="b")
         assert written is not None and proxy.pending_faults() == 0
         assert [e["RowKey"] async for e in service.get_table_client(name).list_entities()] == ["b"]
@@ -387,8 +389,7 @@ async def test_a_day_table_being_deleted_reads_as_empty_where_a_missing_one_does
     tables = Tables(TableServiceClient.from_connection_string(proxy.connection_string), prefix=prefix)
     name = tables.name("rec", "20260101")
     try:
-        proxy.add_fault("table.read", "status", 1, status=409, code="TableBeingDeleted",
-                        message="The specified table is being deleted. Try operation later.")  # fmt: skip
+        proxy.add_fault("table.read", "status", 1, **BEING_DELETED)
         read = await tables.query_plain(name, "PartitionKey eq @pk", {"pk": STREAM}, create=False)
         assert read.entities == [] and proxy.pending_faults() == 0
         # Anything else stays a failure: a read that cannot be told from an empty one must not pass for one.
