@@ -102,21 +102,16 @@ async def _process(
         return await _reschedule(rt, message, exc, result, dims)
     except IngestionThrottledError as exc:
         # Its rows accepted so far are marked sent and the rest released: the put-off delivery sends the rest.
-        if message.put_offs >= THROTTLED_PUT_OFFS:
-            raise  # put off 30 times already: as below
         return await _put_off(rt, message, exc, result, dims, "Logs Ingestion")
     except TransientApiError as exc:
-        if message.put_offs >= THROTTLED_PUT_OFFS or (exc.retry_after is None and not exc.throttled):
-            # Put off 30 times already, or not throttled with no wait named: the host's retries, then the poison
-            # queue (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting it off until
-            # its blob expires and its records are lost with a warning.
-            raise
+        if exc.retry_after is None and not exc.throttled:
+            raise  # not throttled, with no wait named: the host's retries, then the poison queue
         return await _put_off(rt, message, exc, result, dims, "the Management API")
     except (SubscriptionMissingError, OperatorActionError) as exc:
         # The subscription went (stopped, or disabled by an administrator) after the blob was listed: its content
         # cannot be fetched until the poller, or the administrator, starts it again. Failed to the host, the message
         # was parked within minutes; put off, it comes back after the poller's next start.
-        if message.put_offs >= THROTTLED_PUT_OFFS or (isinstance(exc, OperatorActionError) and exc.code != "AF20023"):
+        if isinstance(exc, OperatorActionError) and exc.code != "AF20023":
             raise
         return await _put_off(rt, message, exc, result, dims, "the Management API", wait=SUBSCRIPTION_PUT_OFF,
                               why="as its subscription is off until started again")  # fmt: skip
@@ -161,7 +156,13 @@ async def _put_off(
     poison queue (the host's retries, 30 s apart, spend five attempts in two minutes of a catch-up's throttling).
     At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a
     date gone wrong) would bring it back to an answer of AF20051, its records lost. ``wait`` and ``why``: another
-    reason to come back later (a subscription that is off), and how long."""
+    reason to come back later (a subscription that is off), and how long.
+
+    Put off :data:`THROTTLED_PUT_OFFS` times already, ``error`` is raised instead: the host's retries, then the
+    poison queue (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting it off until its
+    blob expires and its records are lost with a warning."""
+    if message.put_offs >= THROTTLED_PUT_OFFS:
+        raise error
     before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
     longest = int(MAX_RETRY_AFTER.total_seconds())
     named = getattr(error, "retry_after", None)
