@@ -82,8 +82,7 @@ def _dumps_deep(value: Any) -> str:
         elif isinstance(item, list):
             parts = [_Text("[")]
             for number, member in enumerate(item):
-                parts += [_Text(",")] if number else []
-                parts.append(member)
+                parts += [_Text("," if number else ""), member]
             stack.extend(reversed([*parts, _Text("]")]))
         else:
             out.append(json.dumps(item))
