@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, cast
+from urllib.parse import quote
 
 import orjson
 from azure.core import MatchConditions
@@ -247,7 +248,11 @@ class Tables:
         the JSON has it. The claims read these on every blob, and the SDK's general-purpose deserializers cost
         more CPU than the request; the request still goes through the table client's own pipeline
         (authentication, retries, logging, tracing)."""
-        options = {"$filter": _filter(query, parameters), **({"$select": ",".join(select)} if select else {})}
+        # Encoded as the SDK's generated operations encode theirs (here, and the continuation tokens): azure-core puts
+        # the values into the URL as they are given, where a "+" reads as a space and a "&" ends the filter.
+        options = {"$filter": quote(_filter(query, parameters), safe="")}
+        if select:
+            options["$select"] = ",".join(select)
         # The first page's: a claim judged by the service's time when the read began is never taken for older
         # than it is, and what a later page found may be newer than anything the first could have missed.
         first: list[tuple[datetime | None, int]] = []
@@ -268,9 +273,9 @@ class Tables:
                 next_pk = response.headers.get("x-ms-continuation-NextPartitionKey")
                 if not next_pk:
                     return out
-                page = {**options, "NextPartitionKey": next_pk}
+                page = {**options, "NextPartitionKey": quote(next_pk, safe="")}
                 if next_rk := response.headers.get("x-ms-continuation-NextRowKey"):
-                    page["NextRowKey"] = next_rk
+                    page["NextRowKey"] = quote(next_rk, safe="")
 
         entities = await self._read(table_name, run, create=create)
         server_time, first_page = first[0] if first else (None, None)
