@@ -33,6 +33,7 @@ from .errors import (
     IngestionRefusedError,
     IngestionThrottledError,
     OperatorActionError,
+    StateError,
     SubscriptionMissingError,
     TransientApiError,
     UntrustedUrlError,
@@ -349,13 +350,23 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
         await rt.ingestor.upload(stream, claim.mine, on_sent=accepted, deadline=deadline)
     except Exception as exc:
         # Keep what did arrive from being sent again, and free the rest for the host's retry (both may use
-        # the invocation's margin, and so may recording the refusal).
+        # the invocation's margin, and so may recording the refusal). The upload's failure is the one raised, as it
+        # decides what becomes of the message (put off, rescheduled, retried); storage failing here as well costs
+        # the rows it could not mark, sent again.
         if sent:
-            await rt.state.claims.mark_sent(claim, sent)
+            try:
+                await rt.state.claims.mark_sent(claim, sent)
+            except StateError as unmarked:
+                log.warning("Could not mark %d rows of %s sent after the upload failed; they are sent again: %s",
+                            len(sent), stream, unmarked)  # fmt: skip
         await rt.state.claims.release(claim)
         if isinstance(exc, IngestionRefusedError):
-            with cleaning_up():
-                await refusals.refused(rt, exc)
+            try:
+                with cleaning_up():
+                    await refusals.refused(rt, exc)
+            except StateError as unrecorded:
+                log.warning("Could not record the refusal of %s (the next delivery refused does): %s", stream,
+                            unrecorded)  # fmt: skip
         refusals.end_probe(rt, stream)
         raise
     metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})

@@ -97,6 +97,54 @@ async def test_two_partial_failures_in_a_row_keep_every_sent_mark(connector: Con
     assert (lost, duplicates) == (0, 0)
 
 
+async def test_a_throttled_upload_whose_sent_marks_fail_is_still_put_off(faulty: ConnectorHarness) -> None:
+    """Logs Ingestion throttles one body of a blob whose others it took, and storage then refuses the write that
+    marks those others sent. The throttle decides what becomes of the message (it is put off, its dequeue count
+    spared); the storage failure raised in its place sent it to the host's retries and left its claim held
+    until it expired. What it costs is the rows it could not mark: they, and only they, are sent twice."""
+    connector = faulty
+    proxy = connector.proxy  # type: ignore[attr-defined]
+    sim = connector.standins
+    now = datetime.now(UTC)
+    records = _alerts("unmarked", 80, now - timedelta(hours=1), Comments="c" * 60_000)  # five request bodies
+    ids = [r["Id"] for r in records]
+    message = _publish(connector, records, now - timedelta(minutes=30))
+    sim.ingestion.add_fault("ingest", "status", 1, status=429, retry_after=600)  # longer than the invocation
+    mark = proxy.hold("table.write", path="rec", body=r'"S": ?"s"')  # the sent mark of the bodies taken
+    attempt = asyncio.create_task(connector.process(message))
+    await _until(mark.arrived.is_set, "the sent mark's write")
+    proxy.add_fault("table.write", "status", 1, status=403)
+    mark.release(forward=False)  # the connection drops; the SDK's retry is refused
+    await attempt  # put off: nothing for the host to retry
+    taken_first = len(connector.rows(ALERTS))
+    assert 0 < taken_first < len(ids)
+    await connector.process(message)  # as when the put-off message comes back
+    lost, duplicates = _tally(connector, ids)
+    assert (lost, duplicates) == (0, taken_first)
+
+
+async def test_a_refusal_that_cannot_be_recorded_still_fails_as_the_refusal(faulty: ConnectorHarness) -> None:
+    """Logs Ingestion refuses the stream (403) and storage refuses the write that records it: what the operator
+    reads is the refusal, which they must fix, not the storage failure that came after it."""
+    connector = faulty
+    proxy = connector.proxy  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    records = _alerts("unrecorded", 5, now - timedelta(hours=1))
+    message = _publish(connector, records, now - timedelta(minutes=30))
+    connector.standins.ingestion.deny_role(denied=True)
+    record = proxy.hold("table.write", path="refusals")
+    attempt = asyncio.create_task(connector.process(message))
+    await _until(record.arrived.is_set, "the refusal's write")
+    proxy.add_fault("table.write", "status", 1, status=403)
+    record.release(forward=False)
+    with pytest.raises(Exception, match=r"Logs Ingestion refused .*HTTP 403") as raised:
+        await attempt
+    assert "storage" not in str(raised.value).lower()
+    connector.standins.ingestion.deny_role(denied=False)
+    await connector.process(message, dequeue_count=2)  # the host's retry, once the role has arrived
+    assert _tally(connector, [r["Id"] for r in records]) == (0, 0)
+
+
 async def test_claims_read_through_storage_that_requires_a_service_version_send_every_record_once(
     faulty: ConnectorHarness,
 ) -> None:
