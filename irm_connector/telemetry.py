@@ -54,6 +54,9 @@ _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 _CHATTY_LOGGERS = (
     "azure.core.pipeline.policies.http_logging_policy", "azure.monitor.opentelemetry", "azure.identity",
 )  # fmt: skip
+#: The Python worker's own loggers (``is_system_log_category`` in azure-functions-python-worker): it sends their
+#: lines to the platform's logs, never to the app's Application Insights.
+_WORKER_LOGGERS = ("azure_functions_worker", "azure.functions")
 _lock = threading.Lock()
 _configured = False
 
@@ -95,7 +98,9 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
             return False
         kwargs: dict[str, Any] = {
             "connection_string": connection_string,
-            "logger_name": LOGGER_NAME,
+            # Every logger's lines, the Azure SDKs' warnings too: with PYTHON_ENABLE_OPENTELEMETRY the host drops
+            # what the worker forwards to it, so this handler is their one way to Application Insights.
+            "logger_name": "",
             "resource": Resource.create(
                 {"service.name": env.get("WEBSITE_SITE_NAME", "") or "irm-connector", "service.version": __version__}
             ),
@@ -110,27 +115,36 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         credential = _credential(env.get(_AUTHENTICATION_STRING, ""))
         if credential is not None:
             kwargs["credential"] = credential
+        root = logging.getLogger()
+        before = list(root.handlers)
         try:
             configure_azure_monitor(**kwargs)
         except Exception as exc:
             log.warning("Could not configure Application Insights telemetry (%s); continuing without it", exc)
             return False
         _configured = True
-        # The distro's handler hangs on the irm_connector logger: give it the redaction too.
+        for handler in root.handlers:
+            if handler not in before:
+                handler.addFilter(_not_the_workers_own)
+        # The distro's handler hangs on the root logger: give it the redaction too.
         install_redaction(env)
         log.info("Application Insights telemetry configured")
         return True
 
 
-def _quiet_chatty_loggers(env: Mapping[str, str]) -> None:
-    """Keep the Azure SDKs' per-request lines out of the host's logs, unless the worker's debug logging is on.
+def _not_the_workers_own(record: logging.LogRecord) -> bool:
+    return not record.name.startswith(_WORKER_LOGGERS)
 
-    The Python worker sets the root logger to INFO and forwards every record to the host, which stores it in
-    Application Insights (``traces``). At INFO, azure-core logs each request and each response of every
-    Azure SDK client, headers included: about 45 records and 22 kB per blob, against the connector's one or
-    two, billed by the GB; the exporters add a line per export. ``PYTHON_ENABLE_DEBUG_LOGGING=1``, the
-    worker's switch for debug logs, lets them through; so does a level someone set on those loggers before
-    the first invocation.
+
+def _quiet_chatty_loggers(env: Mapping[str, str]) -> None:
+    """Keep the Azure SDKs' per-request lines out of the logs, unless the worker's debug logging is on.
+
+    The Python worker sets the root logger to INFO and forwards every record to the host, and the distro's
+    handler on the root logger sends each to Application Insights (``traces``). At INFO, azure-core logs each
+    request and each response of every Azure SDK client, headers included: about 45 records and 22 kB per blob,
+    against the connector's one or two, billed by the GB; the exporters add a line per export.
+    ``PYTHON_ENABLE_DEBUG_LOGGING=1``, the worker's switch for debug logs, lets them through; so does a level
+    someone set on those loggers before the first invocation.
     """
     if env.get(_DEBUG_LOGGING, "").strip().lower() in _TRUE:
         return

@@ -1,8 +1,9 @@
-"""What the Functions host receives as logs, and so what Application Insights stores (and bills) as traces.
+"""What a handler on the root logger receives, and so what Application Insights stores (and bills) as traces.
 
 The Python worker sets the root logger to INFO (DEBUG with ``PYTHON_ENABLE_DEBUG_LOGGING``) and forwards
-every record to the host. These tests put a handler where the worker puts its own, at the same level,
-before the first invocation, and run a poll and its blobs through the function entry points.
+every record to the host; the Azure Monitor distro's handler, on the root logger too, sends each to Application
+Insights. These tests put a handler there, at the same level, before the first invocation, and run a poll and
+its blobs through the function entry points.
 """
 
 from __future__ import annotations

@@ -51,6 +51,9 @@ _SCRIPT = textwrap.dedent(
         raise ValueError("token request refused: client_secret=" + os.environ["O365_CLIENT_SECRET"])
     except ValueError:
         log.error("a failure, logged with its exception", exc_info=True)
+    # Lines of other loggers: an Azure SDK's warning, and the Python worker's own (its platform log's, never the app's).
+    logging.getLogger("azure.core.pipeline.policies._retry").warning("retrying a storage request (%s)", "sdk-line-1")
+    logging.getLogger("azure_functions_worker").info("Received FunctionInvocationRequest (%s)", "worker-line-1")
     irm_metrics.blobs_queued.add(3, {"content_type": "Audit.General"})
     for provider in (trace.get_tracer_provider(), metrics.get_meter_provider(), get_logger_provider()):
         if hasattr(provider, "force_flush"):
@@ -60,7 +63,7 @@ _SCRIPT = textwrap.dedent(
         "again": telemetry.configure(),
         "tracer_provider": type(trace.get_tracer_provider()).__name__,
         "meter_provider": type(metrics.get_meter_provider()).__name__,
-        "handlers": [type(h).__name__ for h in logging.getLogger("irm_connector").handlers],
+        "handlers": [type(h).__name__ for name in ("", "irm_connector") for h in logging.getLogger(name).handlers],
         "traceparent": parent,
         "to_the_host": sorted(set(to_the_host)),
     }), flush=True)  # os._exit skips the interpreter's flush: without this a piped stdout arrives empty
@@ -134,6 +137,10 @@ def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insi
     (message,) = [
         e for e in envelopes if e["data"]["baseType"] == "MessageData" and "blob-1" in e["data"]["baseData"]["message"]
     ]
+    # In Azure the host drops what the worker forwards once the worker says it exports telemetry itself
+    # (PYTHON_ENABLE_OPENTELEMETRY): a line reaches Application Insights only through the app's own handler.
+    texts = [e["data"]["baseData"]["message"] for e in envelopes if e["data"]["baseType"] == "MessageData"]
+    assert [t for t in texts if "sdk-line-1" in t] and not [t for t in texts if "worker-line-1" in t], texts
     dims = message["data"]["baseData"]["properties"]
     assert dims["content_type"] == "Audit.General" and dims["content_id"] == "blob-1" and dims["tenant_id"] == "t-1"
     assert "***" in message["data"]["baseData"]["message"]
