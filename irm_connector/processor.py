@@ -179,8 +179,11 @@ async def _put_off(
 
 async def _put_back(rt: Runtime, message: ContentMessage, delay: int, error: Exception, result: ProcessResult) -> None:
     """The message back on the queue in ``delay`` seconds, as a new one that counts its reschedules; the result
-    says why, so that the message's later success clears the failure reason recorded now."""
-    await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
+    says why, so that the message's later success clears the failure reason recorded now. May use the
+    invocation's margin, as releasing the claims before it may have: failed to the host, the message would spend
+    a dequeue count on an answer that asked it to wait."""
+    with cleaning_up():
+        await rt.queue.reschedule(replace(message, rescheduled=message.rescheduled + 1).encode(), delay)
     result.outcome = "rescheduled"
     result.detail = f"{type(error).__name__}: {error}"
 

@@ -323,3 +323,36 @@ async def test_a_put_back_waiting_for_another_to_create_the_queue_ends_within_it
     # The creator went on: its message is on the queue, and the waiter's, cut short, is not.
     properties = await rt.queue.main.get_queue_properties()
     assert properties.approximate_message_count == 1
+
+
+async def test_a_throttled_delivery_whose_release_used_the_margin_is_still_put_off(
+    connector: ConnectorHarness, proxy: StorageProxy
+) -> None:
+    """Logs Ingestion throttles the upload with a wait the invocation cannot hold, and storage is slow to release
+    the claim: releasing may use the margin kept for the way out, and so may putting the message back. Put back
+    without it, the message was failed to the host instead (a dequeue count spent, the poison queue after five)."""
+    sim = connector.standins
+    timeout = 20  # a margin of 2 s, the last 0.5 s of it kept from the way out too
+    connector.set(**{TIMEOUT_SETTING: f"00:00:{timeout}"}, AzureWebJobsStorage=proxy.connection_string,
+                  HTTP_TIMEOUT="60s")  # fmt: skip
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=67, total_records=200, blob_size=(200, 200), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    await connector.poll()
+    [message] = await connector.messages()
+    sim.ingestion.add_fault("ingest", "status", count=1000, status=429, retry_after=600)
+    release = proxy.hold("table.write", path="rec", body="^$")  # the claim's release: a DELETE, no body
+    started = time.monotonic()
+    delivery = asyncio.create_task(connector.process(message))
+    while not release.arrived.is_set():
+        await asyncio.sleep(0.05)
+    # Answered once the invocation's own time is up (at 18 s), inside the margin.
+    await asyncio.sleep(started + timeout * 0.9 + 0.5 - time.monotonic())
+    release.release(forward=True)
+    await delivery  # put off: nothing for the host
+    sim.ingestion.clear_faults()
+    assert time.monotonic() - started < timeout
+    assert await connector.queue_length() == 2  # the one handed over (the host's would be gone), and the put-off one
+    await connector.process(message)  # as when the put-off one comes back
+    assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
