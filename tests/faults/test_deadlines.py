@@ -39,7 +39,7 @@ from irm_connector.settings import Settings
 from irm_connector.state import message_key
 from standins import StandIns
 from standins.storage_proxy import StorageProxy
-from standins.workload import generate_workload
+from standins.workload import Workload, generate_workload
 from tests.clock import skew_local_clock
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -99,6 +99,18 @@ async def _failure_reason(message: str) -> str:
     return failure.reason if failure else ""
 
 
+async def _one_blob_queued(connector: ConnectorHarness, *, seed: int, records: int = 300) -> tuple[Workload, str]:
+    """A blob of ``records`` records (5% alerts) published, listed by a poll and queued: its workload and message."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=seed, total_records=records, blob_size=(records, records), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    workload.publish(sim.management)
+    await connector.poll()
+    [message] = await connector.messages()
+    return workload, message
+
+
 CASES = [
     ("Content download", "management", "content", "status", {"status": 429, "retry_after": 120},
      f"429 with Retry-After: 120 on every answer, functionTimeout {TIMEOUT} s (app setting)"),
@@ -122,13 +134,8 @@ async def test_an_invocation_ends_before_its_timeout(
 ) -> None:  # fmt: skip
     sim = connector.standins
     connector.set(LOGS_AUDIT_STREAM=AUDIT, AzureWebJobsStorage=proxy.connection_string)
-    sim.management.set_subscription("Audit.General", "enabled")
     seed = {"management": 61, "ingestion": 62, "entra": 65}.get(service, 63)
-    workload = generate_workload(seed=seed, total_records=300, blob_size=(300, 300),
-                                 irm_share=0.05, tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
-    await connector.poll()
-    [message] = await connector.messages()
+    workload, message = await _one_blob_queued(connector, seed=seed)
     faulty = proxy if service == "proxy" else getattr(sim, service)
     faulty.add_fault(route, kind, count=1000, **fault)
 
@@ -163,12 +170,7 @@ async def test_an_upload_told_to_wait_longer_than_the_invocation_has_left_fails_
     parked after five); when it comes back every record arrives once."""
     sim = connector.standins
     connector.set(LOGS_AUDIT_STREAM=AUDIT)
-    sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(seed=66, total_records=300, blob_size=(300, 300), irm_share=0.05,
-                                 tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
-    await connector.poll()
-    [message] = await connector.messages()
+    workload, message = await _one_blob_queued(connector, seed=66)
     sim.ingestion.add_fault("ingest", "status", count=1000, status=429, retry_after=600)
     outcome = _invoke(connector, message, tmp_path)
     sim.ingestion.clear_faults()
@@ -335,12 +337,7 @@ async def test_a_throttled_delivery_whose_release_used_the_margin_is_still_put_o
     timeout = 20  # a margin of 2 s, the last 0.5 s of it kept from the way out too
     connector.set(**{TIMEOUT_SETTING: f"00:00:{timeout}"}, AzureWebJobsStorage=proxy.connection_string,
                   HTTP_TIMEOUT="60s")  # fmt: skip
-    sim.management.set_subscription("Audit.General", "enabled")
-    workload = generate_workload(seed=67, total_records=200, blob_size=(200, 200), irm_share=0.05,
-                                 tenant_id=sim.tenant_id)  # fmt: skip
-    workload.publish(sim.management)
-    await connector.poll()
-    [message] = await connector.messages()
+    workload, message = await _one_blob_queued(connector, seed=67, records=200)
     sim.ingestion.add_fault("ingest", "status", count=1000, status=429, retry_after=600)
     release = proxy.hold("table.write", path="rec", body="^$")  # the claim's release: a DELETE, no body
     started = time.monotonic()
