@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from irm_connector.runtime import close_runtimes
+from standins.storage_proxy import Hold, StorageProxy
 from tests.clock import skew_local_clock
 from tests.faults import report
 from tests.harness import ConnectorHarness
@@ -66,6 +67,13 @@ async def _until(condition: Any, what: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def _refuse_held_write(proxy: StorageProxy, hold: Hold, what: str) -> None:
+    """Once ``hold`` holds ``what``: its connection drops, and the SDK's retry of it is refused (403)."""
+    await _until(hold.arrived.is_set, what)
+    proxy.add_fault("table.write", "status", 1, status=403)
+    hold.release(forward=False)
+
+
 # -- 12.1: a second partial failure keeps the first one's sent marks --------------------------------------
 
 
@@ -112,9 +120,7 @@ async def test_a_throttled_upload_whose_sent_marks_fail_is_still_put_off(faulty:
     sim.ingestion.add_fault("ingest", "status", 1, status=429, retry_after=600)  # longer than the invocation
     mark = proxy.hold("table.write", path="rec", body=r'"S": ?"s"')  # the sent mark of the bodies taken
     attempt = asyncio.create_task(connector.process(message))
-    await _until(mark.arrived.is_set, "the sent mark's write")
-    proxy.add_fault("table.write", "status", 1, status=403)
-    mark.release(forward=False)  # the connection drops; the SDK's retry is refused
+    await _refuse_held_write(proxy, mark, "the sent mark's write")
     await attempt  # put off: nothing for the host to retry
     taken_first = len(connector.rows(ALERTS))
     assert 0 < taken_first < len(ids)
@@ -134,9 +140,7 @@ async def test_a_refusal_that_cannot_be_recorded_still_fails_as_the_refusal(faul
     connector.standins.ingestion.deny_role(denied=True)
     record = proxy.hold("table.write", path="refusals")
     attempt = asyncio.create_task(connector.process(message))
-    await _until(record.arrived.is_set, "the refusal's write")
-    proxy.add_fault("table.write", "status", 1, status=403)
-    record.release(forward=False)
+    await _refuse_held_write(proxy, record, "the refusal's write")
     with pytest.raises(Exception, match=r"Logs Ingestion refused .*HTTP 403") as raised:
         await attempt
     assert "storage" not in str(raised.value).lower()
@@ -247,9 +251,7 @@ async def test_a_claim_that_fails_halfway_releases_what_it_claimed(faulty: Conne
     # The claim of the first day is written; the one of the second fails.
     hold = proxy.hold("table.write", path="rec", body=r'"S": ?"p"', skip=1)
     attempt = asyncio.create_task(connector.process(failing))
-    await _until(hold.arrived.is_set, "the second claim write")
-    proxy.add_fault("table.write", "status", 1, status=403)
-    hold.release(forward=False)  # the connection drops; the SDK's retry is refused
+    await _refuse_held_write(proxy, hold, "the second claim write")
     with pytest.raises(Exception, match="rec"):
         await attempt
     # Another blob with the first hour's records, while the failed message waits for its retry.
