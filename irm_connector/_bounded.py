@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 
 from azure.core.credentials import AccessToken, AccessTokenInfo, TokenRequestOptions
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.pipeline.transport import AioHttpTransport
 
 from . import deadline as _deadline
+from ._tls import ProxyTransport
 from .errors import StorageDeadlineError
 
 __all__ = ["BoundedCredential", "BoundedTransport", "within"]
@@ -43,8 +43,9 @@ async def within(what: str, call: Awaitable[_T]) -> _T:
     return await _deadline.within(what, call, error=StorageDeadlineError)
 
 
-class BoundedTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazily: Any to mypy
-    """azure-core's aiohttp transport, each try and each retry wait ended within the invocation's deadline."""
+class BoundedTransport(ProxyTransport):
+    """azure-core's aiohttp transport (with the environment's proxy), each try and each retry wait ended within
+    the invocation's deadline."""
 
     async def send(self, request: Any, **kwargs: Any) -> Any:
         # The path without its query (it can hold a SAS token) or entity keys: the table or queue is enough.

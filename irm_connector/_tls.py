@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from azure.core.pipeline.transport import AioHttpTransport
+from yarl import URL
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["azure_client_kwargs", "azure_session", "ca_file", "proxy_in_env", "ssl_context"]
+__all__ = ["EnvProxy", "ProxyTransport", "azure_client_kwargs", "azure_session", "ca_file", "ssl_context"]
 
 
 def ca_file() -> str | None:
@@ -44,20 +45,55 @@ def azure_session() -> aiohttp.ClientSession:
 
     Given a CA *path*, azure-core builds a new SSL context for every request, and aiohttp then reuses no
     connection (the context is part of its pool key): a shared session with one context avoids both.
-    ``auto_decompress`` is off because azure-core decompresses bodies itself. A proxy the environment names is
-    followed (:func:`proxy_in_env`), as azure-core's own sessions and msal do.
+    ``auto_decompress`` is off because azure-core decompresses bodies itself. The session does not trust the
+    environment: its transports (:class:`ProxyTransport`) name the proxy per request (:class:`EnvProxy`).
     """
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=100), auto_decompress=False, trust_env=proxy_in_env()
-    )
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=100), auto_decompress=False)
 
 
-def proxy_in_env() -> bool:
-    """Whether the environment names a proxy (``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``, in either case): an
-    aiohttp session's ``trust_env``. A session that trusts the environment follows that proxy and ``NO_PROXY``, and
-    also looks up ``.netrc`` and the proxy again for every request, each through the thread pool: about a sixth of
-    the connector's CPU with the audit stream (``docs/benchmark.md``). Without a proxy to follow, it is not paid."""
-    return any(scheme != "no" for scheme in urllib.request.getproxies_environment())
+class EnvProxy:
+    """The proxy the environment names for each origin (``HTTPS_PROXY`` or ``HTTP_PROXY`` by the URL's scheme,
+    in either case, unless ``NO_PROXY`` names the host), as aiohttp picks it for a session that trusts the
+    environment, read once per origin when this object first sees it. Proxy credentials go in the proxy's URL.
+
+    Such a session costs too much and leaks. It looks up ``.netrc`` and the proxy again for every request, each
+    through the thread pool: about a sixth of the connector's CPU with the audit stream (``docs/benchmark.md``).
+    And it sends the ``.netrc`` login of the target host, or the file's ``default`` login, as basic credentials:
+    to the proxy, and to the service when the request carries none, while a request with a bearer token or a
+    storage key fails (``Cannot combine AUTHORIZATION header with AUTH argument``)."""
+
+    def __init__(self) -> None:
+        self._proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
+        self._by_origin: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+
+    def for_url(self, url: str | URL) -> dict[str, Any]:
+        """Keyword arguments of an aiohttp request to ``url``: ``proxy``, or none."""
+        if not self._proxies:
+            return {}
+        url = URL(url)
+        origin = (url.scheme, url.host or "", url.port)
+        found = self._by_origin.get(origin)
+        if found is None:
+            proxy = URL(self._proxies.get(url.scheme) or "")
+            bypass = url.host is not None and urllib.request.proxy_bypass(url.host)
+            # aiohttp ignores an https:// proxy the environment names: it cannot tunnel through one
+            found = {} if bypass or proxy.scheme != "http" else {"proxy": proxy}
+            self._by_origin[origin] = found
+        return found
+
+
+class ProxyTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazily: Any to mypy
+    """azure-core's aiohttp transport, over a session that does not trust the environment, with the proxy the
+    environment names for each request's origin (:class:`EnvProxy`), unless the client was given proxies."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._env_proxy = EnvProxy()
+
+    async def send(self, request: Any, **kwargs: Any) -> Any:
+        if not kwargs.get("proxies") and not kwargs.get("proxy"):
+            kwargs.update(self._env_proxy.for_url(request.url))
+        return await super().send(request, **kwargs)
 
 
 def azure_client_kwargs(
@@ -65,7 +101,7 @@ def azure_client_kwargs(
     session: aiohttp.ClientSession | None = None,
     *,
     connection_timeout: float | None = None,
-    transport: type[AioHttpTransport] = AioHttpTransport,
+    transport: type[AioHttpTransport] = ProxyTransport,
 ) -> dict[str, Any]:
     """Keyword arguments for azure-core based clients and credentials: transport (or CA bundle) and timeouts
     (``connection_timeout`` overrides the one derived from ``HTTP_TIMEOUT``). With a session, the transport

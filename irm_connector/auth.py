@@ -191,11 +191,14 @@ def identity_endpoint_known() -> bool:
 class _TimedSession(requests.Session):
     """A session whose requests give up after ``timeout`` seconds unless told otherwise (msal sends through the
     session it is given without one, so an Entra ID that never answers would hold its thread for ever), and
-    verify with its own CA bundle, when it has one, whatever the environment says."""
+    verify with its own CA bundle, when it has one, whatever the environment says. It follows the environment's
+    proxy, but sends no ``.netrc`` login: requests would add the file's login for Entra ID's host (or its
+    ``default`` one) to every token request as basic credentials beside the app's own."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
         self.timeout = timeout
+        self.auth = _as_it_is  # a session with auth of its own never looks in .netrc
 
     def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         if kwargs.get("timeout") is None:
@@ -205,6 +208,10 @@ class _TimedSession(requests.Session):
             # and the bundle every other client trusts (SSL_CERT_FILE first, see ca_file) must hold here too.
             kwargs["verify"] = self.verify
         return super().request(method, url, *args, **kwargs)
+
+
+def _as_it_is(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    return request
 
 
 class IdentityTokenProvider:

@@ -22,6 +22,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ._network import network_cause
+from ._tls import EnvProxy
 from .api_answers import error_of, json_of, retry_after_of
 from .auth import ManagementTokenProvider
 from .body_budget import BodyReader
@@ -132,6 +133,7 @@ class ManagementActivityClient:
         self._publisher = publisher_id
         self._tokens = tokens
         self._session = session
+        self._proxy = EnvProxy()  # the session does not trust the environment: see EnvProxy
         self._limiter = limiter
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
@@ -334,6 +336,7 @@ class ManagementActivityClient:
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=call.timeout(self._retry.timeout)),
                 allow_redirects=False,
+                **self._proxy.for_url(call.url),
             ) as response:
                 body = await call.read(response)
                 status, headers = response.status, response.headers

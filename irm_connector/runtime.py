@@ -20,7 +20,7 @@ from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from ._bounded import BoundedCredential, BoundedTransport
-from ._tls import azure_client_kwargs, azure_session, proxy_in_env, ssl_context
+from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import ManagementTokenProvider, azure_credential, management_token_provider
 from .body_budget import BodyBudget
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
@@ -120,7 +120,6 @@ def build_runtime(settings: Settings) -> Runtime:
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
         raise_for_status=False,
-        trust_env=proxy_in_env(),  # HTTPS_PROXY and NO_PROXY, as for every other client (see azure_session)
     )
     azure = azure_session()
     tokens = msal_tokens or management_token_provider(settings, azure)

@@ -84,6 +84,8 @@ class RequestRecord:
     time: float
     duration: float
     request_bytes: int = 0
+    #: the scheme of the request's ``Authorization`` header ("Bearer", "Basic"), never its credentials
+    auth_scheme: str | None = None
 
 
 class Clock:
@@ -336,6 +338,7 @@ class ServiceStandIn:
             time=time.time(),
             duration=time.monotonic() - started,
             request_bytes=request.content_length or 0,
+            auth_scheme=request.headers.get("Authorization", "").partition(" ")[0] or None,
         )
         with self._lock:
             self._log.append(record)

@@ -14,6 +14,7 @@ from typing import Any, cast
 import azure.functions as func
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
+from azure.core.pipeline.transport import AioHttpTransport
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
@@ -67,6 +68,9 @@ class ConnectorHarness:
             name or self.queue_name,
             message_encode_policy=TextBase64EncodePolicy(),
             message_decode_policy=LenientBase64DecodePolicy(),
+            # The host's side, as the Functions host does it: not the connector's code, and deaf to the proxy
+            # and .netrc of the environment a test sets for the connector.
+            transport=AioHttpTransport(use_env_settings=False),
         )
 
     async def drain(self, *, max_messages: int | None = None, max_dequeue_count: int | None = None) -> WorkerStats:

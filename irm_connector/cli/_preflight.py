@@ -24,7 +24,7 @@ from azure.data.tables.aio import TableServiceClient
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector._network import network_cause
-from irm_connector._tls import azure_client_kwargs
+from irm_connector._tls import azure_client_kwargs, azure_session
 from irm_connector.auth import azure_credential, identity_endpoint_known
 from irm_connector.runtime import Runtime, get_runtime
 from irm_connector.settings import Settings
@@ -82,33 +82,40 @@ async def check_storage(settings: Settings) -> None:
     """One request to the content queue and one to the state table, unretried; raises
     :class:`OperatorError` naming the endpoint and the likely cause."""
     storage = settings.storage
-    kwargs: dict[str, Any] = {**azure_client_kwargs(settings), "retry_total": 0}
-    credential: AsyncTokenCredential | None = None
-    if storage.connection_string:
-        queue = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **kwargs)
-        tables = TableServiceClient.from_connection_string(storage.connection_string, **kwargs)
-    else:
-        assert storage.queue_service_uri is not None
-        assert storage.table_service_uri is not None
-        credential = azure_credential(
-            settings, storage.client_id, managed_identity_only=storage.credential_kind == "managedidentity"
-        )
-        queue = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **kwargs)
-        tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **kwargs)
+    async with azure_session() as session:  # the clients' transports name the proxy (see ProxyTransport)
 
-    async def queue_probe() -> None:
-        await queue.get_queue_properties()
+        def kwargs() -> dict[str, Any]:
+            return {**azure_client_kwargs(settings, session), "retry_total": 0}  # a transport for each client
 
-    async def table_probe() -> None:
-        table = tables.get_table_client(f"{settings.table_prefix}state")
-        async for _ in table.query_entities("PartitionKey eq 'preflight'", results_per_page=1):
-            break
+        credential: AsyncTokenCredential | None = None
+        if storage.connection_string:
+            queue = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **kwargs())
+            tables = TableServiceClient.from_connection_string(storage.connection_string, **kwargs())
+        else:
+            assert storage.queue_service_uri is not None
+            assert storage.table_service_uri is not None
+            credential = azure_credential(
+                settings,
+                storage.client_id,
+                managed_identity_only=storage.credential_kind == "managedidentity",
+                session=session,
+            )
+            queue = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **kwargs())
+            tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **kwargs())
 
-    try:
-        results = await asyncio.gather(queue_probe(), table_probe(), return_exceptions=True)
-    finally:
-        for closer in (queue.close, tables.close, *((credential.close,) if credential else ())):
-            await closer()
+        async def queue_probe() -> None:
+            await queue.get_queue_properties()
+
+        async def table_probe() -> None:
+            table = tables.get_table_client(f"{settings.table_prefix}state")
+            async for _ in table.query_entities("PartitionKey eq 'preflight'", results_per_page=1):
+                break
+
+        try:
+            results = await asyncio.gather(queue_probe(), table_probe(), return_exceptions=True)
+        finally:
+            for closer in (queue.close, tables.close, *((credential.close,) if credential else ())):
+                await closer()
     for result, url in zip(results, (queue.url, tables.url), strict=True):
         if isinstance(result, ResourceNotFoundError):
             continue  # reachable: the queue or table is created when first needed

@@ -15,6 +15,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -1427,10 +1428,13 @@ class _ConnectProxy:
 
 
 async def test_an_explicit_https_proxy_carries_the_connectors_calls(
-    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """``HTTPS_PROXY`` set, as behind a corporate proxy: the Management API and Logs Ingestion are reached
-    through it (the aiohttp sessions ignored it, while msal followed it), and every alert arrives."""
+    """``HTTPS_PROXY`` set, as behind a corporate proxy, on a machine whose ``.netrc`` has a ``default`` login
+    (for a package feed, say): the Management API and Logs Ingestion are reached through the proxy (the aiohttp
+    sessions ignored it, while msal followed it), every alert arrives, and the ``.netrc`` login goes to no
+    Microsoft service (aiohttp, trusting the environment, refused every request: it cannot send that login
+    beside a bearer token; requests sent it to Entra ID with msal's token requests)."""
     from urllib.parse import urlsplit
 
     sim = connector.standins
@@ -1440,6 +1444,10 @@ async def test_an_explicit_https_proxy_carries_the_connectors_calls(
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login operator password not-for-microsoft\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
     connector.set(HTTPS_PROXY=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
         await connector.poll()
@@ -1451,3 +1459,6 @@ async def test_an_explicit_https_proxy_carries_the_connectors_calls(
     tunnelled = set(proxy.targets)
     assert urlsplit(sim.api_root).netloc in tunnelled
     assert urlsplit(connector.env["LOGS_INGESTION_ENDPOINT"]).netloc in tunnelled
+    schemes = {(name, r.auth_scheme) for name in ("entra", "management", "ingestion")
+               for r in getattr(sim, name).requests()}  # fmt: skip
+    assert not {found for found in schemes if found[1] == "Basic"}, schemes

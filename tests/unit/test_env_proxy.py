@@ -1,0 +1,51 @@
+"""Which proxy each request takes: what a session trusting the environment would pick, read once per host."""
+
+from __future__ import annotations
+
+import pytest
+
+from irm_connector._tls import EnvProxy
+
+_PROXY_NAMES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY")
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_of_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _PROXY_NAMES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _proxy(url: str) -> str | None:
+    found = EnvProxy().for_url(url).get("proxy")
+    return None if found is None else str(found)
+
+
+def test_no_proxy_named_means_no_proxy() -> None:
+    assert _proxy("https://login.microsoftonline.com/t/oauth2/v2.0/token") is None
+
+
+def test_each_scheme_takes_its_own_proxy_and_no_proxy_hosts_go_direct(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:p%40ss@proxy.corp:8080")
+    monkeypatch.setenv("http_proxy", "http://plain.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.core.windows.net")
+    # Credentials stay in the proxy's URL: aiohttp sends them to the proxy, and nothing from .netrc.
+    assert _proxy("https://manage.office.com/api/v1.0/t/activity/feed/subscriptions/list") == (
+        "http://user:p%40ss@proxy.corp:8080"
+    )
+    assert _proxy("https://acct.table.core.windows.net/irmstate()") is None
+    assert _proxy("http://localhost:10002/devstoreaccount1/Tables") is None
+    assert _proxy("http://127.0.0.1:10001/devstoreaccount1/q") == "http://plain.corp:3128"
+
+
+def test_an_https_proxy_is_ignored_as_aiohttp_ignores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.corp:8443")
+    assert _proxy("https://dce.westeurope-1.ingest.monitor.azure.com/dataCollectionRules/x") is None
+
+
+def test_the_environment_is_read_when_the_client_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:8080")
+    proxies = EnvProxy()
+    assert proxies.for_url("https://a.example/1") == proxies.for_url("https://a.example/2")
+    monkeypatch.setenv("NO_PROXY", "a.example")
+    assert str(proxies.for_url("https://a.example/3")["proxy"]) == "http://proxy.corp:8080"
+    assert EnvProxy().for_url("https://a.example/3") == {}
