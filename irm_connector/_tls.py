@@ -74,7 +74,9 @@ class EnvProxy:
         origin = (url.scheme, url.host or "", url.port)
         found = self._by_origin.get(origin)
         if found is None:
-            proxy = URL(self._proxies.get(url.scheme) or "")
+            named = self._proxies.get(url.scheme) or ""
+            # "proxy.corp:8080", as curl and requests read it (msal's token requests follow it so)
+            proxy = URL(named if "://" in named or not named else f"http://{named}")
             bypass = url.host is not None and urllib.request.proxy_bypass(url.host)
             # aiohttp ignores an https:// proxy the environment names: it cannot tunnel through one
             found = {} if bypass or proxy.scheme != "http" else {"proxy": proxy}

@@ -37,6 +37,11 @@ def test_each_scheme_takes_its_own_proxy_and_no_proxy_hosts_go_direct(monkeypatc
     assert _proxy("http://127.0.0.1:10001/devstoreaccount1/q") == "http://plain.corp:3128"
 
 
+def test_a_proxy_named_without_a_scheme_is_an_http_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "proxy.corp:8080")
+    assert _proxy("https://manage.office.com/api/v1.0/t/activity/feed/subscriptions/list") == "http://proxy.corp:8080"
+
+
 def test_an_https_proxy_is_ignored_as_aiohttp_ignores_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "https://proxy.corp:8443")
     assert _proxy("https://dce.westeurope-1.ingest.monitor.azure.com/dataCollectionRules/x") is None
