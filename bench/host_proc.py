@@ -31,6 +31,7 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
     from azure.functions import QueueMessage
 
     from bench.connector_proc import RequestCounter
+    from irm_connector._tls import azure_session
     from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
     from irm_connector.content_queue import create_queue_if_missing
     from irm_connector.runtime import storage_clients
@@ -65,13 +66,14 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
             raise RuntimeError(error)  # the host retries the message, as for any failed invocation
 
     threading.Thread(target=read, daemon=True).start()
-    tables, main, poison = storage_clients(settings.storage, settings, [])
-    await tables.close()
-    cpu0 = cpu()
-    async with main, poison:
-        await create_queue_if_missing(main)
-        options = HostQueueOptions.from_environment()
-        stats = await QueueWorker(main, poison, invoke, options).run(until_empty=poll_done)
+    async with azure_session() as session:
+        tables, main, poison = storage_clients(settings.storage, settings, [], session)
+        await tables.close()
+        cpu0 = cpu()
+        async with main, poison:
+            await create_queue_if_missing(main)
+            options = HostQueueOptions.from_environment()
+            stats = await QueueWorker(main, poison, invoke, options).run(until_empty=poll_done)
     conn.send((
         "done",
         {

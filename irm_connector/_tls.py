@@ -99,25 +99,20 @@ class ProxyTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazily
 
 
 def azure_client_kwargs(
-    settings: Settings | None = None,
-    session: aiohttp.ClientSession | None = None,
+    settings: Settings,
+    session: aiohttp.ClientSession,
     *,
     connection_timeout: float | None = None,
     transport: type[AioHttpTransport] = ProxyTransport,
 ) -> dict[str, Any]:
-    """Keyword arguments for azure-core based clients and credentials: transport (or CA bundle) and timeouts
-    (``connection_timeout`` overrides the one derived from ``HTTP_TIMEOUT``). With a session, the transport
-    is of class ``transport``."""
-    kwargs: dict[str, Any] = {}
-    if settings is not None:
-        seconds = settings.http_timeout.total_seconds()
-        kwargs["connection_timeout"] = min(seconds, 20.0)
-        kwargs["read_timeout"] = seconds
+    """Keyword arguments for azure-core based clients and credentials: a transport of class ``transport`` over
+    ``session`` (``connection_timeout`` overrides the one derived from ``HTTP_TIMEOUT``).
+
+    The session is required: a client left to make its own gets a session that trusts the environment, with the
+    ``.netrc`` lookups and leaks :class:`EnvProxy` describes, and a CA bundle given as a path (see
+    :func:`azure_session`)."""
+    seconds = settings.http_timeout.total_seconds()
+    kwargs = {"connection_timeout": min(seconds, 20.0), "read_timeout": seconds}
     if connection_timeout is not None:
         kwargs["connection_timeout"] = connection_timeout
-    if session is not None:
-        return {"transport": transport(session=session, session_owner=False, **kwargs)}
-    cafile = ca_file()
-    if cafile:
-        kwargs["connection_verify"] = cafile
-    return kwargs
+    return {"transport": transport(session=session, session_owner=False, **kwargs)}

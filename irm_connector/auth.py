@@ -33,11 +33,12 @@ from .settings import Settings
 
 __all__ = [
     "IDENTITY_ENVIRONMENT",
+    "IdentityTokenProvider",
     "ManagementTokenProvider",
+    "MsalTokenProvider",
     "azure_credential",
     "identity_endpoint_known",
     "in_cloud_shell",
-    "management_token_provider",
 ]
 
 #: OAuth errors only a person can fix (RFC 6749 §5.2, and Entra's invalid_resource). Anything else —
@@ -219,7 +220,7 @@ class IdentityTokenProvider:
 
     failure_replay = 0.0  # azure-identity asks the endpoint again at once
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
         self._scope = f"{settings.api_audience}/.default"
         client_id = os.environ.get("AZURE_CLIENT_ID") or None
         self._imds_only = not identity_endpoint_known()
@@ -266,20 +267,12 @@ class IdentityTokenProvider:
             await self._credential.close()
 
 
-def management_token_provider(
-    settings: Settings, session: aiohttp.ClientSession | None = None
-) -> ManagementTokenProvider:
-    if settings.auth_mode == "managed_identity":
-        return IdentityTokenProvider(settings, session)
-    return MsalTokenProvider(settings)
-
-
 def azure_credential(
     settings: Settings,
     client_id: str | None = None,
     *,
     managed_identity_only: bool = False,
-    session: aiohttp.ClientSession | None = None,
+    session: aiohttp.ClientSession,
 ) -> AsyncTokenCredential:
     """The credential for Azure resources: in Azure, the function's managed identity; elsewhere whoever
     ``DefaultAzureCredential`` finds (``az login``, environment variables).

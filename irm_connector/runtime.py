@@ -21,7 +21,7 @@ from azure.storage.queue.aio import QueueClient
 
 from ._bounded import BoundedCredential, BoundedTransport
 from ._tls import azure_client_kwargs, azure_session, ssl_context
-from .auth import ManagementTokenProvider, azure_credential, management_token_provider
+from .auth import IdentityTokenProvider, ManagementTokenProvider, MsalTokenProvider, azure_credential
 from .body_budget import BodyBudget
 from .content_queue import ContentQueue, LenientBase64DecodePolicy
 from .ingestion import SentinelIngestor, UploadRetryPolicy
@@ -71,9 +71,10 @@ def storage_clients(
     storage: StorageSettings,
     settings: Settings,
     credentials: list[AsyncTokenCredential],
-    session: aiohttp.ClientSession | None = None,
+    session: aiohttp.ClientSession,
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
-    """The table service and the two queue clients, from a connection string or identity-based settings."""
+    """The table service and the two queue clients, from a connection string or identity-based settings, over
+    ``session`` (the caller closes it after them)."""
 
     def tables_kwargs() -> dict[str, Any]:
         # The SDKs' default backoff is slow (queues: from 15 s); a short outage should cost seconds. Connection
@@ -116,13 +117,13 @@ def storage_clients(
 def build_runtime(settings: Settings) -> Runtime:
     """Build the clients for ``settings``; no network or token work happens here."""
     # A certificate that does not load raises here, before a connection pool exists that nothing would close.
-    msal_tokens = None if settings.auth_mode == "managed_identity" else management_token_provider(settings)
+    msal_tokens = None if settings.auth_mode == "managed_identity" else MsalTokenProvider(settings)
     session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(ssl=ssl_context(), limit=64),
         raise_for_status=False,
     )
     azure = azure_session()
-    tokens = msal_tokens or management_token_provider(settings, azure)
+    tokens: ManagementTokenProvider = msal_tokens or IdentityTokenProvider(settings, azure)
     credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
     tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
     state = StateStore.from_settings(tables, settings)

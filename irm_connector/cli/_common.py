@@ -19,6 +19,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.storage.queue.aio import QueueClient
 
 from irm_connector import telemetry
+from irm_connector._tls import azure_session
 from irm_connector.errors import SettingsError, UsageError
 from irm_connector.models import parse_http_date, utc_text
 from irm_connector.redaction import install_redaction
@@ -214,16 +215,17 @@ class Storage:
 async def storage(settings: Settings) -> AsyncIterator[Storage]:
     """Storage clients built as the runtime builds them (connection string or identity)."""
     credentials: list[AsyncTokenCredential] = []
-    tables, main, poison = storage_clients(settings.storage, settings, credentials)
-    state = StateStore.from_settings(tables, settings)
-    try:
-        yield Storage(state, main, poison)
-    finally:
-        for closer in (main.close, poison.close, state.close, *(c.close for c in credentials)):
-            try:
-                await closer()
-            except Exception:
-                log.debug("closing a storage client failed", exc_info=True)
+    async with azure_session() as session:  # never the SDK's own: it trusts the environment (see _tls.EnvProxy)
+        tables, main, poison = storage_clients(settings.storage, settings, credentials, session)
+        state = StateStore.from_settings(tables, settings)
+        try:
+            yield Storage(state, main, poison)
+        finally:
+            for closer in (main.close, poison.close, state.close, *(c.close for c in credentials)):
+                try:
+                    await closer()
+                except Exception:
+                    log.debug("closing a storage client failed", exc_info=True)
 
 
 class GracefulStop:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from irm_connector._tls import azure_session
 from irm_connector.auth import azure_credential
 from irm_connector.settings import Settings
 from standins.entra import CLOUD_SHELL_USER
@@ -196,16 +197,18 @@ def test_managed_identity_off_azure_says_so_and_storage_commands_still_work(
     assert code == 0 and doc["depth"] == 0
 
 
-def test_managed_identity_storage_setting_off_azure_uses_the_operators_identity(cli: Cli) -> None:
+async def test_managed_identity_storage_setting_off_azure_uses_the_operators_identity(cli: Cli) -> None:
     """The deployed app's settings say AzureWebJobsStorage__credential=managedidentity; off Azure the CLI reaches
     storage with DefaultAzureCredential (az login) instead of an identity that is not there."""
     settings = Settings.from_env({**cli.env, "AzureWebJobsStorage": ""} | {
         "AzureWebJobsStorage__accountName": "irmstate", "AzureWebJobsStorage__credential": "managedidentity",
     })  # fmt: skip
-    in_azure = azure_credential(settings, managed_identity_only=True)
-    assert type(in_azure).__name__ == "ManagedIdentityCredential"
-    off_azure(cli)
-    assert type(azure_credential(settings, managed_identity_only=True)).__name__ == "DefaultAzureCredential"
+    async with azure_session() as session:
+        async with azure_credential(settings, managed_identity_only=True, session=session) as in_azure:
+            assert type(in_azure).__name__ == "ManagedIdentityCredential"
+        off_azure(cli)
+        async with azure_credential(settings, managed_identity_only=True, session=session) as off:
+            assert type(off).__name__ == "DefaultAzureCredential"
 
 
 async def test_in_cloud_shell_storage_is_reached_as_the_signed_in_operator(cli: Cli) -> None:
@@ -217,8 +220,10 @@ async def test_in_cloud_shell_storage_is_reached_as_the_signed_in_operator(cli: 
         "AzureWebJobsStorage__clientId": cli.standins.entra.managed_identity_client_id,
     })  # fmt: skip
     in_cloud_shell(cli)
-    credential = azure_credential(settings, settings.storage.client_id, managed_identity_only=True)
-    async with credential:
+    async with (
+        azure_session() as session,
+        azure_credential(settings, settings.storage.client_id, managed_identity_only=True, session=session) as credential,
+    ):
         token = await credential.get_token("https://storage.azure.com/.default")
     info = cli.standins.tokens.validate(token.token, "https://storage.azure.com")
     assert info is not None and (info.kind, info.client_id) == ("cloud_shell", CLOUD_SHELL_USER)

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
@@ -183,3 +184,24 @@ def test_poison_list_masks_a_secret_in_a_message_that_is_not_a_content_notificat
     assert "pasted by mistake" in out and secret not in out + err
     code, doc = cli.json("poison", "list")
     assert secret not in str(doc)
+
+
+def test_an_operators_netrc_login_does_not_reach_storage(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator whose ``.netrc`` has a ``default`` login (package feeds and build agents write one) lists
+    and requeues the poison queue: the storage clients must not look in ``.netrc``, whose login aiohttp cannot
+    send beside the shared key's ``Authorization`` (every request failed), and which is not Storage's to see."""
+    fill(cli, 2, "netrc")
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login operator password not-for-microsoft\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    code, doc = cli.json("poison", "list")
+    assert code == 0, doc
+    assert doc["depth"] == 2
+    code, doc = cli.json("poison", "requeue", "--all")
+    assert code == 0, doc
+    monkeypatch.delenv("NETRC")  # for this test's own client, which trusts the environment
+    assert drain(cli, cli.queue) == Counter(["netrc0000", "netrc0001"])
+    assert cli.depth(cli.poison) == 0

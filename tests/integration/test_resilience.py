@@ -1389,12 +1389,12 @@ async def test_a_token_request_entra_id_never_answers_gives_up_after_http_timeou
 ) -> None:
     """Outside an invocation (the command line) nothing else bounds it: msal applies no timeout to the session
     it is given, so the session has one, and a silent Entra ID is reported as unreachable."""
-    from irm_connector.auth import management_token_provider
+    from irm_connector.auth import MsalTokenProvider
     from irm_connector.errors import AuthenticationError
 
     connector.set(HTTP_TIMEOUT="2s")
     connector.standins.entra.add_fault("token", "delay", seconds=30)
-    tokens = management_token_provider(Settings.from_env())
+    tokens = MsalTokenProvider(Settings.from_env())
     with pytest.raises(AuthenticationError) as failed:
         await asyncio.wait_for(tokens.get_token(), 20)
     assert failed.value.transient and "(no answer (timed out))" in str(failed.value)
