@@ -72,9 +72,13 @@ def storage_clients(
     settings: Settings,
     credentials: list[AsyncTokenCredential],
     session: aiohttp.ClientSession,
+    *,
+    retried: bool = True,
 ) -> tuple[TableServiceClient, QueueClient, QueueClient]:
     """The table service and the two queue clients, from a connection string or identity-based settings, over
-    ``session`` (the caller closes it after them)."""
+    ``session`` (the caller closes it after them). ``retried=False``: one try per call, for a check that must
+    answer at once."""
+    once = {} if retried else {"retry_total": 0}
 
     def tables_kwargs() -> dict[str, Any]:
         # The SDKs' default backoff is slow (queues: from 15 s); a short outage should cost seconds. Connection
@@ -82,7 +86,7 @@ def storage_clients(
         # Inside an invocation, the transport ends every try and wait within its deadline.
         return {
             **azure_client_kwargs(settings, session, transport=BoundedTransport),
-            "retry_total": 6, "retry_connect": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20,
+            "retry_total": 6, "retry_connect": 6, "retry_backoff_factor": 0.5, "retry_backoff_max": 20, **once,
         }  # fmt: skip
 
     def queue_kwargs() -> dict[str, Any]:
@@ -91,7 +95,7 @@ def storage_clients(
             "message_encode_policy": TextBase64EncodePolicy(),
             "message_decode_policy": LenientBase64DecodePolicy(),
             # Read by the client's own ExponentialRetry: waits 1 s, 3 s, 5 s, 9 s, 17 s.
-            "initial_backoff": 1, "increment_base": 2, "retry_total": 5, "retry_connect": 5,
+            "initial_backoff": 1, "increment_base": 2, "retry_total": 5, "retry_connect": 5, **once,
         }  # fmt: skip
 
     if storage.connection_string:

@@ -9,7 +9,6 @@ bounded by ``HTTP_TIMEOUT``, finds both at once and names the endpoint and the l
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 from urllib.parse import urlsplit
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -20,13 +19,11 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.data.tables.aio import TableServiceClient
-from azure.storage.queue.aio import QueueClient
 
 from irm_connector._network import network_cause
-from irm_connector._tls import azure_client_kwargs, azure_session
-from irm_connector.auth import azure_credential, identity_endpoint_known
-from irm_connector.runtime import Runtime, get_runtime
+from irm_connector._tls import azure_session
+from irm_connector.auth import identity_endpoint_known
+from irm_connector.runtime import Runtime, get_runtime, storage_clients
 from irm_connector.settings import Settings
 
 from ._failures import EXIT_UNREACHABLE, Failure, OperatorError, storage_refused
@@ -81,27 +78,9 @@ def _identity_hint(roles: str) -> str:
 async def check_storage(settings: Settings) -> None:
     """One request to the content queue and one to the state table, unretried; raises
     :class:`OperatorError` naming the endpoint and the likely cause."""
-    storage = settings.storage
-    async with azure_session() as session:  # the clients' transports name the proxy (see ProxyTransport)
-
-        def kwargs() -> dict[str, Any]:
-            return {**azure_client_kwargs(settings, session), "retry_total": 0}  # a transport for each client
-
-        credential: AsyncTokenCredential | None = None
-        if storage.connection_string:
-            queue = QueueClient.from_connection_string(storage.connection_string, settings.content_queue, **kwargs())
-            tables = TableServiceClient.from_connection_string(storage.connection_string, **kwargs())
-        else:
-            assert storage.queue_service_uri is not None
-            assert storage.table_service_uri is not None
-            credential = azure_credential(
-                settings,
-                storage.client_id,
-                managed_identity_only=storage.credential_kind == "managedidentity",
-                session=session,
-            )
-            queue = QueueClient(storage.queue_service_uri, settings.content_queue, credential=credential, **kwargs())
-            tables = TableServiceClient(endpoint=storage.table_service_uri, credential=credential, **kwargs())
+    credentials: list[AsyncTokenCredential] = []
+    async with azure_session() as session:
+        tables, queue, poison = storage_clients(settings.storage, settings, credentials, session, retried=False)
 
         async def queue_probe() -> None:
             await queue.get_queue_properties()
@@ -114,7 +93,7 @@ async def check_storage(settings: Settings) -> None:
         try:
             results = await asyncio.gather(queue_probe(), table_probe(), return_exceptions=True)
         finally:
-            for closer in (queue.close, tables.close, *((credential.close,) if credential else ())):
+            for closer in (queue.close, poison.close, tables.close, *(c.close for c in credentials)):
                 await closer()
     for result, url in zip(results, (queue.url, tables.url), strict=True):
         if isinstance(result, ResourceNotFoundError):
