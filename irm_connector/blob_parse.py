@@ -20,7 +20,10 @@ import orjson
 
 from .errors import BadContentError
 
-__all__ = ["CONTROL_REPAIR", "DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "UTF8_REPAIR", "iter_blob", "parse_blob"]
+__all__ = [
+    "CONTROL_REPAIR", "DEEP_REPAIR", "MAX_DEPTH", "SEGMENT_BYTES", "UTF8_REPAIR",
+    "iter_blob", "parse_blob", "std_loads",
+]  # fmt: skip
 
 #: A record nested deeper than a parser goes keeps what lies below this many levels as JSON text (the row
 #: writer flattens values nested about this deep too, so the row is written as it is).
@@ -101,12 +104,20 @@ def _without_bom(body: bytes | bytearray) -> bytes | bytearray:
     return body[3:] if body[:3] == b"\xef\xbb\xbf" else body
 
 
+def std_loads(text: str | bytes, *, strict: bool = True) -> Any:
+    """The standard library's reading of what orjson refused. It also reads ``NaN`` and the infinities, which are
+    not JSON and which no writer here can write as numbers: they are kept as the text they came as, so that a
+    record gives back one spelling in every column (``Record``, a promoted column, a row that needed the slow
+    writer), not null in one and "nan" in another."""
+    return json.loads(text, strict=strict, parse_constant=str)
+
+
 def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
     """What orjson refused: unpaired surrogates (the service can emit them inside ``\\u`` escapes; the
     standard library reads them and the row writer replaces them), bytes that are not UTF-8, nesting too
     deep, or no JSON at all."""
     try:
-        return json.loads(body)
+        return std_loads(body)
     except RecursionError:
         return _record_by_record(body, problems)
     except UnicodeDecodeError:
@@ -149,7 +160,7 @@ def _parse_one(element: bytes, number: int, problems: Counter[str] | None) -> An
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(element)  # unpaired surrogates, as above; RecursionError goes to the caller
+        return std_loads(element)  # unpaired surrogates, as above; RecursionError goes to the caller
     except ValueError as exc:
         try:
             return _with_raw_controls(element, problems)
@@ -161,7 +172,7 @@ def _with_raw_controls(text: bytes, problems: Counter[str] | None) -> Any:
     """``text`` with control characters left unescaped inside its strings: a raw tab or newline costs the strict
     parsers the whole blob; read as it is, the value is written escaped, and the repair counted. Raises
     :class:`ValueError` when it is not JSON for another reason."""
-    data = json.loads(text, strict=False)
+    data = std_loads(text, strict=False)
     if problems is not None:
         problems[CONTROL_REPAIR] += 1
     return data

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from .blob_parse import std_loads
 from .models import Row
 from .row_writer import dumps, serialize_row
 from .schema import stream_schema
@@ -242,7 +243,7 @@ def _parse_data(value: Any, problems: Counter[str]) -> Any:
     try:
         # JSON that orjson refuses and the standard library reads: a lone surrogate's escape (the service writes
         # them, see blob_parse), a number beyond a double. Kept as text, the alert would lose its user.
-        return json.loads(value)
+        return std_loads(value)
     except (ValueError, RecursionError):
         problems["Data is not JSON (kept as text)"] += 1
         return value

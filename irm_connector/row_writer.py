@@ -36,12 +36,12 @@ def dumps(value: Any, *, sort: bool = False) -> bytes:
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
-    """What orjson refused, made writable: unpaired surrogates replaced; NaN, infinities and integers
-    beyond 64 bits (which the standard library's reader lets through) written as strings."""
+    """What orjson refused, made writable: unpaired surrogates replaced; NaN, infinities (as the parser keeps them,
+    see ``blob_parse.std_loads``) and integers beyond 64 bits written as strings."""
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return json.dumps(value)  # NaN, Infinity, -Infinity
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
         return str(value)
     if depth > 200:

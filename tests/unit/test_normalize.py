@@ -410,6 +410,22 @@ def test_text_spelling_a_number_is_read_as_one() -> None:
     assert (row["RecordType"], row["UserType"]) == (40, -1) and len(rows(out)) == 1
 
 
+@pytest.mark.parametrize("name", ["bad name", "bad \\ud800 name"], ids=["plain", "needs-the-slow-writer"])
+def test_nan_and_infinities_read_the_same_in_every_column(name: str) -> None:
+    """Not JSON, but the standard library's fallback reads them. Each was written three ways: null in
+    ``Record``, "NaN" in a promoted text column, "nan" in a row the slow writer wrote; now as they came."""
+    body = (
+        b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "CreationTime": "2026-11-27T09:15:02", '
+        b'"Name": "' + name.encode() + b'", "ObjectId": NaN, "Score": Infinity, "Floor": -Infinity}]'
+    )
+    out = normalize_blob(parse_blob(body), REF, BOTH, sent_at=SENT)
+    [audit] = rows(out, "Custom-O365Audit")
+    [alert] = rows(out)
+    record = whole_record(audit)
+    assert (record["ObjectId"], record["Score"], record["Floor"]) == ("NaN", "Infinity", "-Infinity")
+    assert audit["ObjectId"] == "NaN" and alert["Name"].startswith("bad ")
+
+
 def test_a_long_text_with_an_unpaired_surrogate_is_cut_safely() -> None:
     # orjson refuses the blob, the standard library keeps the lone surrogate: the 64 KB cut must write it.
     body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "CreationTime": "2026-11-27T09:15:02",'
