@@ -194,7 +194,8 @@ class _TimedSession(requests.Session):
     session it is given without one, so an Entra ID that never answers would hold its thread for ever), and
     verify with its own CA bundle, when it has one, whatever the environment says. It follows the environment's
     proxy, but sends no ``.netrc`` login: requests would add the file's login for Entra ID's host (or its
-    ``default`` one) to every token request as basic credentials beside the app's own."""
+    ``default`` one) to every token request as basic credentials beside the app's own, and the new host's to a
+    redirected one."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
@@ -209,6 +210,13 @@ class _TimedSession(requests.Session):
             # and the bundle every other client trusts (SSL_CERT_FILE first, see ca_file) must hold here too.
             kwargs["verify"] = self.verify
         return super().request(method, url, *args, **kwargs)
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        # requests' own, less its lookup of .netrc for the redirect's host: the Authorization header is dropped on
+        # the way to another host, and nothing takes its place.
+        headers, old, new = prepared_request.headers, response.request.url or "", prepared_request.url or ""
+        if "Authorization" in headers and self.should_strip_auth(old, new):
+            del headers["Authorization"]
 
 
 def _as_it_is(request: requests.PreparedRequest) -> requests.PreparedRequest:

@@ -5,7 +5,8 @@ Faults are scripted per *route* (a short name such as ``"token"``, ``"list"``, `
 two listing calls are throttled" and then assert how the client recovered. Kinds:
 
 - ``status``: answer ``status`` with the service's error body (``code``, ``message``) and an
-  optional ``Retry-After`` (``retry_after``); ``body`` overrides the whole JSON body.
+  optional ``Retry-After`` (``retry_after``) or ``Location`` (``location``, for a redirect); ``body`` overrides the
+  whole JSON body.
 - ``reset``: close the connection without any response.
 - ``delay``: sleep ``seconds`` and then answer normally (client timeouts).
 - ``malformed``: 200 with a body that is not JSON.
@@ -86,6 +87,8 @@ class RequestRecord:
     request_bytes: int = 0
     #: the scheme of the request's ``Authorization`` header ("Bearer", "Basic"), never its credentials
     auth_scheme: str | None = None
+    #: the host it was sent to, as its ``Host`` header names it (the stand-in answers as 127.0.0.1 and localhost)
+    host: str = ""
 
 
 class Clock:
@@ -241,6 +244,8 @@ class ServiceStandIn:
         headers = {}
         if fault.params.get("retry_after") is not None:
             headers["Retry-After"] = str(fault.params["retry_after"])
+        if fault.params.get("location") is not None:  # a redirect (status=307, say) to this URL
+            headers["Location"] = str(fault.params["location"])
         return ApiError(
             status,
             str(fault.params.get("code") or self.default_fault_code(status)),
@@ -339,6 +344,7 @@ class ServiceStandIn:
             duration=time.monotonic() - started,
             request_bytes=request.content_length or 0,
             auth_scheme=request.headers.get("Authorization", "").partition(" ")[0] or None,
+            host=request.host,
         )
         with self._lock:
             self._log.append(record)

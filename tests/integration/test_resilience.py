@@ -1400,6 +1400,30 @@ async def test_a_token_request_entra_id_never_answers_gives_up_after_http_timeou
     assert failed.value.transient and "(no answer (timed out))" in str(failed.value)
 
 
+async def test_a_redirected_token_request_carries_no_netrc_login(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A token request redirected to another host (a proxy's or gateway's doing; Entra ID itself does not): requests
+    looks up ``.netrc`` for the new host as it follows a redirect, and sent that login with the app's own secret."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from irm_connector.auth import MsalTokenProvider
+
+    sim = connector.standins
+    token_url = urlsplit(sim.entra.token_endpoint(sim.tenant_id))
+    other = "localhost" if token_url.hostname == "127.0.0.1" else "127.0.0.1"
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {other} login operator password not-for-microsoft\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    moved = urlunsplit(token_url._replace(netloc=f"{other}:{token_url.port}"))
+    sim.entra.add_fault("token", "status", status=307, location=moved)
+    token = await MsalTokenProvider(Settings.from_env()).get_token()
+    assert sim.tokens.validate(token, Settings.from_env().api_audience) is not None
+    hosts = [(r.host.rsplit(":", 1)[0], r.status, r.auth_scheme) for r in sim.entra.requests() if r.route == "token"]
+    assert hosts == [(token_url.hostname, 307, None), (other, 200, None)], hosts
+
+
 class _ConnectProxy:
     """An explicit HTTPS proxy, as a corporate network has: it tunnels each CONNECT and remembers its target."""
 
