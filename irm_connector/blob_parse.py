@@ -11,6 +11,7 @@ stops early (cut short: another download may bring it whole) or is whole but wro
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -106,10 +107,15 @@ def _without_bom(body: bytes | bytearray) -> bytes | bytearray:
 
 def std_loads(text: str | bytes, *, strict: bool = True) -> Any:
     """The standard library's reading of what orjson refused. It also reads ``NaN`` and the infinities, which are
-    not JSON and which no writer here can write as numbers: they are kept as the text they came as, so that a
-    record gives back one spelling in every column (``Record``, a promoted column, a row that needed the slow
-    writer), not null in one and "nan" in another."""
-    return json.loads(text, strict=strict, parse_constant=str)
+    not JSON, and a number beyond a double (``1e400``) as an infinity; no writer here can write those as numbers.
+    They are kept as the text they came as, so that a record gives back one spelling in every column (``Record``,
+    a promoted column, a row that needed the slow writer), not null in one and "nan" in another."""
+    return json.loads(text, strict=strict, parse_constant=str, parse_float=_finite_or_text)
+
+
+def _finite_or_text(text: str) -> float | str:
+    number = float(text)
+    return number if math.isfinite(number) else text
 
 
 def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:

@@ -36,8 +36,9 @@ def dumps(value: Any, *, sort: bool = False) -> bytes:
 
 
 def _clean(value: Any, depth: int = 0) -> Any:
-    """What orjson refused, made writable: unpaired surrogates replaced; NaN, infinities (as the parser keeps them,
-    see ``blob_parse.std_loads``) and integers beyond 64 bits written as strings."""
+    """What orjson refused, made writable: unpaired surrogates replaced; integers beyond 64 bits written as
+    strings, and so NaN and infinities, should one come (the parser keeps them as text, ``blob_parse.std_loads``):
+    the standard library would write them as no JSON reader takes them."""
     if isinstance(value, str):
         return value.encode("utf-8", "replace").decode("utf-8")
     if isinstance(value, float) and not math.isfinite(value):

@@ -412,18 +412,21 @@ def test_text_spelling_a_number_is_read_as_one() -> None:
 
 @pytest.mark.parametrize("name", ["bad name", "bad \\ud800 name"], ids=["plain", "needs-the-slow-writer"])
 def test_nan_and_infinities_read_the_same_in_every_column(name: str) -> None:
-    """Not JSON, but the standard library's fallback reads them. Each was written three ways: null in
-    ``Record``, "NaN" in a promoted text column, "nan" in a row the slow writer wrote; now as they came."""
+    """Not JSON, but the standard library's fallback reads them (and a number beyond a double, as an infinity).
+    Each was written three ways: null in ``Record``, "NaN" in a promoted text column, "nan" in a row the slow
+    writer wrote; now as they came."""
     body = (
         b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "CreationTime": "2026-11-27T09:15:02", '
-        b'"Name": "' + name.encode() + b'", "ObjectId": NaN, "Score": Infinity, "Floor": -Infinity}]'
+        b'"Name": "' + name.encode() + b'", "ObjectId": NaN, "Score": Infinity, "Floor": -Infinity, "Big": 1e400, '
+        b'"ClientIP": -1e400}]'
     )
     out = normalize_blob(parse_blob(body), REF, BOTH, sent_at=SENT)
     [audit] = rows(out, "Custom-O365Audit")
     [alert] = rows(out)
     record = whole_record(audit)
     assert (record["ObjectId"], record["Score"], record["Floor"]) == ("NaN", "Infinity", "-Infinity")
-    assert audit["ObjectId"] == "NaN" and alert["Name"].startswith("bad ")
+    assert (record["Big"], record["ClientIP"]) == ("1e400", "-1e400")  # beyond a double: read as an infinity
+    assert (audit["ObjectId"], audit["ClientIP"]) == ("NaN", "-1e400") and alert["Name"].startswith("bad ")
 
 
 def test_a_long_text_with_an_unpaired_surrogate_is_cut_safely() -> None:
