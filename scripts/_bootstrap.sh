@@ -14,7 +14,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 2; }
 
 if [[ -z "${PYTHON:-}" ]]; then
   # python3 may be older (Ubuntu 22.04: 3.10) beside a newer python3.X; PYTHON=/path/to/python picks one.
-  for candidate in python3 python3.13 python3.12 python3.11; do
+  for candidate in python3 python3.14 python3.13 python3.12 python3.11; do
     if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
       PYTHON="$candidate"; break
     fi
@@ -42,7 +42,8 @@ need_venv() {  # need_venv DIR REQUIREMENTS... [-- EDITABLE]
     say "Installing Python packages into $dir (once)"
     # Made again when it is half made (no pip: an interrupted first run, or python3-venv missing then) or was
     # made for another path (its scripts' #! lines name the old one).
-    if [[ -x "$dir/bin/python" ]] && ! { "$dir/bin/python" -m pip --version >/dev/null 2>&1 \
+    # Also when its Python is gone (removed or upgraded away: bin/python is a link to it), or `venv` would fail on it.
+    if [[ -e "$dir" ]] && ! { [[ -x "$dir/bin/python" ]] && "$dir/bin/python" -m pip --version >/dev/null 2>&1 \
         && [[ "$(cat "$dir/.root" 2>/dev/null)" == "$ROOT" ]]; }; then
       rm -rf "$dir"
     fi
@@ -86,7 +87,9 @@ if [[ ! -d node_modules || "$(cat node_modules/.stamp 2>/dev/null)" != "$lock_st
 fi
 
 export PATH="$ROOT/.venv/bin:$PATH"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# The checkout alone: a user's PYTHONPATH would come before the venv's packages, and an older azure-core or aiohttp
+# on it would be the one the tests and the demo ran.
+export PYTHONPATH="$ROOT"
 
 # Runs "$@" as this script's child, in a process group of its own, and passes it the signals that end this script:
 # bash runs no trap while a foreground child runs, so a `kill` of the script (a supervisor's, a build agent's) left

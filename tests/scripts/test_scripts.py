@@ -81,6 +81,34 @@ def test_the_bootstrap_installs_the_command_that_works_from_any_directory(tmp_pa
     assert result.returncode == 0 and result.stdout.startswith("irm-connector "), result.stderr
 
 
+def test_the_package_builds_with_the_setuptools_it_declares_and_nothing_it_deprecates(tmp_path: Path) -> None:
+    """The bootstrap's editable install builds with the newest setuptools unless pyproject.toml bounds it, and
+    setuptools said builds using what it deprecated "will no longer be supported" after 2027-02-18: on that
+    release every fresh checkout's first command would fail. Built here in an isolated environment, as pip does."""
+    import shutil
+    import sys
+    import zipfile
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "irm_connector", source / "irm_connector", ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-v", "-w",
+         str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "Deprecat" not in result.stdout + result.stderr, result.stdout[-4000:] + result.stderr[-4000:]
+    (wheel,) = (tmp_path / "dist").glob("irm_connector-*.whl")
+    with zipfile.ZipFile(wheel) as built:
+        names = built.namelist()
+        entry_points = built.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "irm_connector/columns.json" in names  # the one source of the output columns travels with the code
+    assert "irm-connector = irm_connector.__main__:main" in entry_points
+
+
 def _processes_under(path: Path) -> list[int]:
     """The live processes whose command line names ``path`` (a zombie has none: it has ended)."""
     found = []
