@@ -43,7 +43,7 @@ from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
 from .telemetry import producer_span, traceparent
-from .windows import MAX_WINDOW, Window, grown_window, plan_windows, shrunk_window
+from .windows import MAX_WINDOW, RETENTION_MARGIN, Window, grown_window, plan_windows, shrunk_window
 
 __all__ = ["list_window", "run_poller", "warn_clock_off"]
 
@@ -231,8 +231,10 @@ async def _list_windows(
     if plan.unreachable is not None:
         log.error(
             "Content created in %s can no longer be listed: the API keeps 7 days and the connector was behind "
-            "by more. Those blobs are lost to the API.",
+            "by more (it lists from %d minutes inside them, so that clock skew never takes a start over the edge). "
+            "Those blobs are lost to the API.",
             plan.unreachable,
+            RETENTION_MARGIN // timedelta(minutes=1),
             extra=dims,
         )
     if plan.rewound is not None:

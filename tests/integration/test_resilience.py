@@ -840,6 +840,35 @@ async def test_a_catch_up_on_a_fast_clock_lists_back_to_the_apis_7_day_edge(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_poller_over_7_days_behind_names_the_stretch_it_lost_and_lists_the_rest(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Off for 8 days: what the API still keeps arrives, and one ERROR names the stretch that can no longer be
+    listed, from the watermark to where the listing starts (inside the 7 days by the connector's margin)."""
+    from irm_connector.state.watermarks import PollerState
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    now = datetime.now(UTC)
+    kept = now - timedelta(days=7) + timedelta(hours=1)
+    workload = generate_workload(seed=61, total_records=200, blob_size=(100, 100), irm_share=0.1,
+                                 tenant_id=sim.tenant_id, start=kept, span=timedelta(minutes=5))  # fmt: skip
+    workload.publish(sim.management)
+    watermark = (now - timedelta(days=8)).replace(microsecond=0)
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.watermarks.upsert_state(PollerState(sim.tenant_id, "Audit.General", watermark=watermark))
+    with caplog.at_level(logging.ERROR, logger="irm_connector"):
+        await connector.poll()
+    [lost] = [r for r in caplog.records if "can no longer be listed" in r.getMessage()]
+    message = lost.getMessage()
+    assert message.startswith(f"Content created in [{watermark:%Y-%m-%dT%H:%M:%S}, ")
+    edge = datetime.strptime(message.split(", ")[1].split(")")[0], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    assert timedelta(minutes=14) < edge - (now - timedelta(days=7)) < timedelta(minutes=17)
+    assert "lists from 15 minutes inside them" in message
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_poller_whose_clock_runs_slow_lists_up_to_the_services_time(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
