@@ -17,6 +17,7 @@ __all__ = [
     "MIN_WINDOW",
     "RETENTION",
     "RETENTION_MARGIN",
+    "WINDOW_LEAD",
     "Window",
     "WindowPlan",
     "format_api_time",
@@ -25,6 +26,7 @@ __all__ = [
     "plan_windows",
     "shrunk_window",
     "split_windows",
+    "window_lead",
 ]
 
 MAX_WINDOW = timedelta(hours=24)
@@ -32,6 +34,8 @@ MAX_WINDOW = timedelta(hours=24)
 MIN_WINDOW = timedelta(minutes=1)
 #: The API's own limit: content older than this cannot be listed.
 RETENTION = timedelta(days=7)
+#: How far each window of a run after its first starts before the previous one ends (see :func:`split_windows`).
+WINDOW_LEAD = timedelta(minutes=1)
 #: Start a little inside the 7 days so clock skew and the time a run takes never push a start over the edge.
 RETENTION_MARGIN = timedelta(minutes=15)
 
@@ -96,9 +100,9 @@ def plan_windows(
     """Plan the windows from the watermark (``None`` until a window is listed to its end; then from
     ``first_start``, where a failed first run's windows started, or ``initial_lookback`` back) up to ``now``.
 
-    The windows are contiguous, each at most ``max_window`` long, none starting before
-    ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the watermark, at most half
-    of ``max_window``, so that it ends past the watermark.
+    The windows overlap by :func:`window_lead` (:func:`split_windows`), each at most ``max_window`` long, none
+    starting before ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the
+    watermark, at most half of ``max_window``, so that it ends past the watermark.
     ``service_now`` is a Microsoft service's time (the storage service's, read from its answers), so that the
     7-day edge is the API's and not this machine's: a clock hours fast would skip the oldest hours of a catch-up,
     one slow by more than the margin would have every run's first window refused. It defaults to ``now``.
@@ -141,13 +145,26 @@ def grown_window(longest: timedelta) -> timedelta:
 
 
 def split_windows(start: datetime, end: datetime, max_window: timedelta = MAX_WINDOW) -> tuple[Window, ...]:
-    """``[start, end)`` as contiguous windows of at most ``max_window``; empty when ``end <= start``."""
+    """``[start, end)`` as windows of at most ``max_window``, each after the first starting :func:`window_lead`
+    before the previous one ends; empty when ``end <= start``.
+
+    Listed back to back, a blob created at the very second one window ends and the next starts would rest on a
+    single answer whose ``startTime`` is its exact ``contentCreated``, which the API has been seen to leave out
+    (apis.md: "list from a little earlier and dedupe"). The content markers keep the blobs listed twice off the
+    queue, as they do the run's overlap behind the watermark."""
+    lead = window_lead(max_window)
     windows: list[Window] = []
     while start < end:
         stop = min(start + max_window, end)
         windows.append(Window(start, stop))
-        start = stop
+        start = stop - lead if stop < end else stop
     return tuple(windows)
+
+
+def window_lead(max_window: timedelta) -> timedelta:
+    """How far a window starts before the previous one's end: :data:`WINDOW_LEAD`, at most an eighth of a shrunk
+    window (whole seconds, at least one), so that short windows still move on by most of their length."""
+    return max(timedelta(seconds=1), timedelta(seconds=int(min(WINDOW_LEAD, max_window / 8).total_seconds())))
 
 
 def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:

@@ -151,6 +151,9 @@ class ManagementStandIn(ServiceStandIn):
         self.next_page_relative = False
         #: answer a page asked for by its token with that same token as the next (a loop: hostile-listing tests)
         self.next_page_repeats = False
+        #: apis.md, observed: a startTime that is a blob's exact contentCreated "can return a partial result". True
+        #: leaves such a blob out of every answer (the worst case); the documented rule, start inclusive, is False.
+        self.exact_start_misses = False
         #: Starting an enabled subscription: 200 (documented) or 400 AF20024 (observed).
         self.already_enabled_status = already_enabled_status
         #: Only the three documented time formats; False accepts any ISO-8601 (with zone).
@@ -469,7 +472,8 @@ class ManagementStandIn(ServiceStandIn):
                     b
                     for b in state.blobs.values()
                     if b.content_type == content_type
-                    and start <= b.content_created < end
+                    and (start < b.content_created or (start == b.content_created and not self.exact_start_misses))
+                    and b.content_created < end
                     and b.available_at <= now
                     and state.available(b)
                     and (after is None or b.sort_key() >= after)

@@ -161,6 +161,19 @@ async def test_listing_filters_on_content_created_half_open(mgmt: Mgmt) -> None:
     assert len(default_items) == 3  # neither time given: the last 24 hours
 
 
+async def test_a_start_at_a_blobs_exact_content_created_can_be_made_to_miss_it(mgmt: Mgmt) -> None:
+    """apis.md, observed: such a startTime "can return a partial result"; an earlier start lists the blob."""
+    now = freeze(mgmt.services)
+    m = mgmt.services.management
+    m.exact_start_misses = True
+    await mgmt.start()
+    start = now - timedelta(hours=2)
+    blob = m.add_blob(GENERAL, [{"Id": "a"}], content_created=start)
+    exact, _ = await list_all(mgmt, contentType=GENERAL, **window(start, now))
+    earlier, _ = await list_all(mgmt, contentType=GENERAL, **window(start - timedelta(seconds=1), now))
+    assert exact == [] and [i["contentId"] for i in earlier] == [blob]
+
+
 @pytest.mark.parametrize("header", ["NextPageUri", "NextPageUrl"])
 async def test_paging_to_the_end(mgmt: Mgmt, header: str) -> None:
     now = freeze(mgmt.services)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import pytest
 from hypothesis import given
@@ -13,11 +14,14 @@ from irm_connector.windows import (
     MIN_WINDOW,
     RETENTION,
     RETENTION_MARGIN,
+    WINDOW_LEAD,
     Window,
     WindowPlan,
     grown_window,
     plan_windows,
     shrunk_window,
+    split_windows,
+    window_lead,
 )
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
@@ -38,7 +42,8 @@ def test_a_first_run_after_a_failed_one_starts_where_that_one_did_or_earlier() -
     failed_at = NOW - 3 * HOUR - timedelta(hours=24)  # where the first run, 3 hours ago, started
     kept = plan_windows(watermark=None, now=NOW, overlap=HOUR, initial_lookback=timedelta(hours=24),
                         first_start=failed_at)  # fmt: skip
-    assert [(w.start, w.end) for w in kept.windows] == [(failed_at, failed_at + MAX_WINDOW), (failed_at + MAX_WINDOW, NOW)]
+    lead = WINDOW_LEAD
+    assert [(w.start, w.end) for w in kept.windows] == [(failed_at, failed_at + MAX_WINDOW), (failed_at + MAX_WINDOW - lead, NOW)]
     longer = plan_windows(watermark=None, now=NOW, overlap=HOUR, initial_lookback=timedelta(days=2),
                           first_start=failed_at)  # fmt: skip
     assert longer.windows[0].start == NOW - timedelta(days=2)  # INITIAL_LOOKBACK made longer since: it counts
@@ -114,7 +119,8 @@ def test_windows_never_leave_a_gap_or_break_the_api_rules(now: datetime, behind:
     p = plan(watermark, now=now, overlap=overlap, lookback=lookback)
     earliest = now - RETENTION + RETENTION_MARGIN
     for a, b in zip(p.windows, p.windows[1:], strict=False):
-        assert a.end == b.start  # contiguous
+        # No gap, and a little overlap: a blob on the boundary is not left to an answer starting at its very second.
+        assert a.end - window_lead(MAX_WINDOW) == b.start
     for w in p.windows:
         assert w.start < w.end
         assert w.span <= MAX_WINDOW
@@ -138,7 +144,7 @@ def test_a_window_that_outlasted_a_run_comes_back_shorter_and_grows_again_up_to_
     assert grown_window(timedelta(hours=16)) == MAX_WINDOW
     p = plan_windows(watermark=NOW - timedelta(hours=10), now=NOW, overlap=timedelta(0), initial_lookback=HOUR,
                      max_window=timedelta(hours=4))  # fmt: skip
-    assert [w.end - w.start for w in p.windows] == [timedelta(hours=4), timedelta(hours=4), timedelta(hours=2)]
+    assert [w.end - w.start for w in p.windows] == [timedelta(hours=4), timedelta(hours=4), timedelta(hours=2, minutes=2)]
 
 
 def test_shrunk_windows_reach_past_the_watermark_however_long_the_overlap() -> None:
@@ -166,6 +172,24 @@ def test_the_first_window_always_ends_past_the_watermark(
     watermark = (now - behind).replace(microsecond=0)
     p = plan_windows(watermark=watermark, now=now, overlap=overlap, initial_lookback=HOUR, max_window=longest)
     assert p.windows[0].end > watermark
+
+
+def test_each_window_starts_a_little_before_the_last_one_ended_and_short_ones_still_move_on() -> None:
+    """apis.md: a startTime that is a blob's exact contentCreated can answer without it; list from a little
+    earlier. Each window after a run's first starts a minute back, an eighth of a shrunk one (whole seconds)."""
+    day = split_windows(NOW - timedelta(days=2), NOW)
+    minute = WINDOW_LEAD
+    assert [(w.start, w.end) for w in day] == [
+        (NOW - timedelta(days=2), NOW - timedelta(days=1)),
+        (NOW - timedelta(days=1) - minute, NOW - minute),
+        (NOW - 2 * minute, NOW),
+    ]
+    assert window_lead(MIN_WINDOW) == timedelta(seconds=7) and window_lead(timedelta(seconds=2)) == timedelta(seconds=1)
+    short = split_windows(NOW - timedelta(minutes=10), NOW, MIN_WINDOW)
+    assert all(w.span == MIN_WINDOW for w in short[:-1]) and short[-1].end == NOW
+    assert all(b.start == a.end - timedelta(seconds=7) for a, b in pairwise(short))
+    assert len(short) == 12  # 10 minutes in steps of 53 s: a fifth more listing while the API is slow
+    assert split_windows(NOW, NOW) == () and split_windows(NOW - HOUR, NOW) == (Window(NOW - HOUR, NOW),)
 
 
 def test_a_first_run_failing_past_the_7_days_reports_what_left_them() -> None:
