@@ -68,12 +68,18 @@ resource connectorDefinition 'Microsoft.SecurityInsights/dataConnectorDefinition
 }
 
 // Saved searches one at a time: the workspace answers 409 NewerDataExists to parallel writes
-// (Azure/Azure-Sentinel#10481).
+// (Azure/Azure-Sentinel#10481). Each carries etag '*' in its properties: without it a saved search that exists
+// already is answered 409 Conflict, so every `azd provision` after the first failed here (MicrosoftDocs/azure-docs
+// #49275). The API's definition puts etag beside properties, where it has no effect: Microsoft's own module
+// (Azure/bicep-registry-modules, avm/res/operational-insights/workspace/saved-search) and Azure-Sentinel's parser
+// templates set it in properties, as here.
 @batchSize(1)
 resource functions 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-07-01' = [for parser in parsers: {
   parent: workspace
   name: parser.id
   properties: {
+    #disable-next-line BCP037
+    etag: '*'
     category: parser.Category
     displayName: parser.Function.Title
     functionAlias: parser.FunctionAlias
@@ -93,6 +99,8 @@ resource hunting 'Microsoft.OperationalInsights/workspaces/savedSearches@2025-07
   parent: workspace
   name: query.id
   properties: {
+    #disable-next-line BCP037
+    etag: '*'
     category: 'Hunting Queries'
     displayName: query.name
     query: query.query
