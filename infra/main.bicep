@@ -197,6 +197,13 @@ param instanceMemoryMB int = 2048
 @description('Turn on the Key Vault purge protection (recommended in production): a deleted vault stays recoverable for 90 days and nothing, azd down --purge included, can purge it sooner. Once on, it cannot be turned off.')
 param keyVaultPurgeProtection bool = false
 
+@allowed([
+  'default'
+  'recover'
+])
+@description('recover: bring back the Key Vault of this environment that an earlier removal left soft-deleted (azd down without --purge, or purge protection on), with its secrets; a new vault of the same name is refused meanwhile. azd: the preprovision hook sets KEY_VAULT_CREATE_MODE at every provision.')
+param keyVaultCreateMode string = 'default'
+
 var tags = {
   'azd-env-name': environmentName
 }
@@ -251,6 +258,7 @@ module resources 'resources.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
     keyVaultPurgeProtection: keyVaultPurgeProtection
+    keyVaultCreateMode: keyVaultCreateMode
   }
 }
 

@@ -91,6 +91,11 @@ param deploySentinelContent bool = true
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
 param keyVaultPurgeProtection bool = false
+@allowed([
+  'default'
+  'recover'
+])
+param keyVaultCreateMode string = 'default'
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 
@@ -170,6 +175,7 @@ module keyVault 'modules/keyvault.bicep' = {
     deployerPrincipalId: o365AuthMode == 'managed_identity' ? '' : principalId
     deployerPrincipalType: principalType
     enablePurgeProtection: keyVaultPurgeProtection
+    createMode: keyVaultCreateMode
     clientSecret: o365ClientSecret
     certificatePassword: o365ClientCertificatePassword
   }
@@ -186,10 +192,12 @@ module newWorkspace 'modules/sentinel-new-workspace.bicep' = if (createWorkspace
   }
 }
 
+// The deployments in the workspace's resource group carry the connector's token: several connectors (one per
+// Microsoft 365 tenant) may feed one workspace, and ARM refuses a deployment whose name is still running there.
 // The workspace's region, read in a deployment of its own: a resource needs its location when the deployment
 // starts, and the region of an existing workspace is only known once it has been read (Bicep BCP120).
 module workspaceInfo 'modules/workspace-info.bicep' = {
-  name: 'irm-sentinel-workspace-info'
+  name: 'irm-sentinel-workspace-info-${resourceToken}'
   scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
   params: {
     workspaceName: wsName
@@ -200,7 +208,7 @@ module workspaceInfo 'modules/workspace-info.bicep' = {
 }
 
 module sentinelWorkspace 'modules/sentinel-workspace.bicep' = {
-  name: 'irm-sentinel-workspace'
+  name: 'irm-sentinel-workspace-${resourceToken}'
   scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
   params: {
     workspaceName: wsName
@@ -217,7 +225,7 @@ module sentinelWorkspace 'modules/sentinel-workspace.bicep' = {
 
 // After the tables and the DCR: Sentinel checks a rule's query when the rule is created.
 module sentinelContent 'modules/sentinel-content.bicep' = if (deploySentinelContent) {
-  name: 'irm-sentinel-content'
+  name: 'irm-sentinel-content-${resourceToken}'
   scope: resourceGroup(wsSubscriptionId, wsResourceGroup)
   params: {
     workspaceName: wsName

@@ -22,6 +22,12 @@ param clientSecret string = ''
 param certificatePassword string = ''
 @description('Turn on purge protection (recommended in production; then the vault cannot be purged for 90 days).')
 param enablePurgeProtection bool = false
+@allowed([
+  'default'
+  'recover'
+])
+@description('recover: bring back this vault, soft-deleted by an earlier removal of the deployment (the preprovision hook finds it), with its secrets and certificates; default: create or update it.')
+param createMode string = 'default'
 
 var clientSecretName = 'o365-client-secret'
 var certificatePasswordName = 'o365-client-certificate-password'
@@ -39,6 +45,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   tags: tags
   properties: {
     tenantId: tenant().tenantId
+    createMode: createMode
     sku: {
       family: 'A'
       name: 'standard'

@@ -124,6 +124,37 @@ check_app_settings() {
 Nothing was deployed. Correct it with azd env set <NAME> <value>, or azd env unset <NAME> for the default."
 }
 
+# A removal that did not purge the Key Vault (azd down without --purge, or purge protection on) leaves it
+# soft-deleted for up to 90 days, and a new vault of its name is refused meanwhile ("already exists in deleted
+# state"): the deployment recovers it instead, with its secrets and certificates. Decided at every provision, since
+# recovering a vault that is not deleted fails as well.
+decide_key_vault() {
+  local mode=default rg="rg-${AZURE_ENV_NAME:-}" deleted name id location
+  if command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; then
+    deleted=$(az keyvault list-deleted ${AZURE_SUBSCRIPTION_ID:+--subscription "${AZURE_SUBSCRIPTION_ID}"} \
+      --resource-type vault --query "[].[name, properties.vaultId, properties.location]" -o tsv 2>/dev/null) \
+      || deleted=""
+    while IFS=$'\t' read -r name id location; do
+      [[ -n "${name}" ]] || continue
+      if [[ -n "${KEY_VAULT_NAME:-}" ]]; then   # the name an earlier deployment of this environment gave it
+        [[ "$(lower "${name}")" == "$(lower "${KEY_VAULT_NAME}")" ]] || continue
+      else
+        [[ "$(lower "${name}")" == kv-irm-* && "$(lower "${id}")" == *"/resourcegroups/$(lower "${rg}")/"* ]] || continue
+      fi
+      if [[ -n "${AZURE_LOCATION:-}" && "$(lower "${location}")" != "$(lower "${AZURE_LOCATION}")" ]]; then
+        die "the Key Vault ${name} of this environment is soft-deleted in ${location}, and a vault is recovered where
+it was, not in AZURE_LOCATION=${AZURE_LOCATION}. Deploy to ${location} again (azd env set AZURE_LOCATION ${location}),
+or purge it first (az keyvault purge --name ${name}; refused while purge protection holds it: then deploy a new
+environment, azd env new). Nothing was deployed."
+      fi
+      mode=recover
+      say "The Key Vault ${name} of this environment is soft-deleted (an earlier azd down): the deployment recovers"
+      say "it, with its secrets and certificates (KEY_VAULT_CREATE_MODE=recover)."
+    done <<<"${deleted}"
+  fi
+  [[ "${KEY_VAULT_CREATE_MODE:-default}" == "${mode}" ]] || azd env set KEY_VAULT_CREATE_MODE "${mode}"
+}
+
 deployer_may_grant() {
   command -v az >/dev/null 2>&1 || return 1
   az account show >/dev/null 2>&1 || return 1
@@ -141,9 +172,30 @@ ensure_management_api_principal() {
     || az ad sp create --id "${O365_MANAGEMENT_API_APP_ID}" --output none
 }
 
+# Whether the identity of an earlier deployment of this environment (UAMI_PRINCIPAL_ID) already holds the role. A
+# deployment that failed after its grant leaves GRANT_ACTIVITYFEED_PERMISSION true (the postprovision hook, which
+# sets it back, never ran), and Entra ID refuses the same assignment made twice: the retry would fail on the grant.
+already_granted() {
+  local principal=${UAMI_PRINCIPAL_ID:-} sp role found
+  [[ -n "${principal}" ]] && command -v az >/dev/null 2>&1 || return 1
+  sp=$(az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv 2>/dev/null) || return 1
+  role=$(az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" \
+    --query "appRoles[?value=='ActivityFeed.Read'].id | [0]" -o tsv 2>/dev/null) || return 1
+  # A principal gone with an earlier `azd down` is answered 404: not granted.
+  found=$(az rest --method GET --url "https://graph.microsoft.com/v1.0/servicePrincipals/${principal}/appRoleAssignments" \
+    --query "value[?appRoleId=='${role}' && resourceId=='${sp}'].id | [0]" -o tsv 2>/dev/null) || return 1
+  [[ -n "${found}" ]]
+}
+
 decide_grant() {
   local mode=${O365_AUTH_MODE:-managed_identity}
   [[ "${mode}" == "managed_identity" ]] || return 0
+  if [[ "$(lower "${GRANT_ACTIVITYFEED_PERMISSION:-}")" != "false" ]] && already_granted; then
+    azd env set GRANT_ACTIVITYFEED_PERMISSION false
+    say "The connector identity (${UAMI_PRINCIPAL_ID}) already holds ActivityFeed.Read: the deployment does not grant it"
+    say "again (GRANT_ACTIVITYFEED_PERMISSION=false)."
+    return 0
+  fi
   if [[ -n "${GRANT_ACTIVITYFEED_PERMISSION:-}" ]]; then
     say "GRANT_ACTIVITYFEED_PERMISSION=${GRANT_ACTIVITYFEED_PERMISSION} (set in the azd environment)."
     if [[ "$(lower "${GRANT_ACTIVITYFEED_PERMISSION}")" == "true" ]]; then
@@ -169,4 +221,5 @@ check_workspace
 check_app_settings
 check_tenant
 check_secret
+decide_key_vault
 decide_grant

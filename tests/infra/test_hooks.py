@@ -48,6 +48,7 @@ case "$1 $2" in
       while [[ $# -gt 0 ]]; do [[ "$1" == --file ]] && cp "$2" "$FAKE_DIR/stored-secret"; shift; done
     else [[ -f "$FAKE_DIR/stored-secret" ]]; fi ;;
   "keyvault certificate") exit 1 ;;
+  "keyvault list-deleted") [[ -z "${FAKE_AZ_DELETED_VAULTS:-}" ]] || printf '%b\n' "${FAKE_AZ_DELETED_VAULTS}" ;;
   *) exit 0 ;;
 esac
 """
@@ -225,6 +226,54 @@ def test_preprovision_leaves_the_grant_to_an_admin_otherwise(fakes: Path) -> Non
     )
     secret = run("preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "O365_AUTH_MODE": "secret"})
     assert secret.returncode == 0 and calls(fakes, "azd") == []  # no managed identity, no grant decision
+
+
+@pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
+def test_preprovision_recovers_the_key_vault_an_earlier_removal_left_soft_deleted(fakes: Path, crlf: str) -> None:
+    """After `azd down` without --purge (or with purge protection on) the vault is soft-deleted for up to 90 days,
+    and a new vault of its name is refused: every `azd up` of the environment failed until it was purged."""
+    ours = "kv-irm-abc123\t/subscriptions/0000/resourceGroups/RG-test/providers/Microsoft.KeyVault/vaults/kv-irm-abc123\t"
+    other = "kv-irm-zzz999\t/subscriptions/0000/resourceGroups/rg-other/providers/Microsoft.KeyVault/vaults/kv-irm-zzz999\t"
+    env = {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "GRANT_ACTIVITYFEED_PERMISSION": "false", "FAKE_AZ_LOGGED_IN": "1",
+           "FAKE_AZ_CRLF": crlf, "AZURE_LOCATION": "westeurope"}  # fmt: skip
+    deleted = run("preprovision.sh", fakes, {**env, "FAKE_AZ_DELETED_VAULTS": f"{other}westeurope\n{ours}westeurope"})
+    assert deleted.returncode == 0, deleted.stderr
+    assert calls(fakes, "azd") == [["env", "set", "KEY_VAULT_CREATE_MODE", "recover"]]
+    assert "kv-irm-abc123 of this environment is soft-deleted" in deleted.stdout and "zzz999" not in deleted.stdout
+
+    # Recovered by that deployment, the vault is no longer deleted: recovering it again would fail.
+    (fakes / "azd.log").unlink()
+    again = run("preprovision.sh", fakes, {**env, "KEY_VAULT_CREATE_MODE": "recover", "FAKE_AZ_DELETED_VAULTS": other + "westeurope"})
+    assert again.returncode == 0, again.stderr
+    assert calls(fakes, "azd") == [["env", "set", "KEY_VAULT_CREATE_MODE", "default"]]
+
+    # The name an earlier deployment of the environment recorded wins over the resource group's.
+    (fakes / "azd.log").unlink()
+    named = run("preprovision.sh", fakes, {**env, "KEY_VAULT_NAME": "KV-IRM-ZZZ999", "FAKE_AZ_DELETED_VAULTS": f"{ours}westeurope\n{other}westeurope"})
+    assert named.returncode == 0 and "kv-irm-zzz999 of this environment" in named.stdout
+
+    # A vault is recovered where it was: another region is stopped before anything is deployed.
+    (fakes / "azd.log").unlink()
+    moved = run("preprovision.sh", fakes, {**env, "FAKE_AZ_DELETED_VAULTS": ours + "northeurope"})
+    assert moved.returncode != 0 and "azd env set AZURE_LOCATION northeurope" in moved.stderr
+    assert "Nothing was deployed" in moved.stderr and calls(fakes, "azd") == []
+
+
+def test_preprovision_does_not_grant_again_what_a_failed_deployment_granted(fakes: Path) -> None:
+    """A deployment that failed after its grant never reached the postprovision hook, which turns the grant off:
+    the retry asked Entra ID for the same assignment again, which it refuses, and failed on the grant."""
+    env = {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "FAKE_AZ_LOGGED_IN": "1", "GRANT_ACTIVITYFEED_PERMISSION": "true",
+           "UAMI_PRINCIPAL_ID": "11111111-0000-0000-0000-000000000001"}  # fmt: skip
+    granted = run("preprovision.sh", fakes, {**env, "FAKE_AZ_ASSIGNED": "assignment-1"})
+    assert granted.returncode == 0, granted.stderr
+    assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "false"]]
+    assert "already holds ActivityFeed.Read" in granted.stdout
+    assert any("servicePrincipals/11111111-0000-0000-0000-000000000001/appRoleAssignments" in " ".join(c)
+               for c in calls(fakes, "az"))  # fmt: skip
+
+    (fakes / "azd.log").unlink()
+    not_yet = run("preprovision.sh", fakes, env)  # the identity holds no such assignment: the grant stays on
+    assert not_yet.returncode == 0 and calls(fakes, "azd") == []
 
 
 def test_postprovision_moves_the_secret_into_key_vault_and_out_of_the_env_file(fakes: Path) -> None:
