@@ -205,7 +205,8 @@ class TransientApiError(ManagementApiError):
     the invocation later.
 
     ``retry_after`` is set when the API named a wait (``Retry-After``) longer than the connector waits within
-    one call: the call gives up at once, and the caller puts the work off for that long instead.
+    one call, or a throttle's wait outlasts what the invocation has left: the call gives up at once, and the
+    caller puts the work off for that long instead.
     """
 
     hint = f"{_LATER_TRY}; if this persists check service health and the request budget"

@@ -299,7 +299,13 @@ class ManagementActivityClient:
                 # A token provider may answer from a cache for a while after a failure (msal does): wait that out.
                 delay = max(delay, self._tokens.failure_replay)
             if deadline is not None and not deadline.allows(delay):
-                # A wait the invocation cannot hold would end in the host killing the worker: fail now.
+                if outcome.retry_after is not None or outcome.error.throttled:
+                    # A throttle's wait is the API's: the caller puts the work off for it (the processor its
+                    # message, the poller its content type), as for a Retry-After longer than a call waits. Failed
+                    # to the host instead, its retries 30 s apart met the same throttle and parked the message.
+                    outcome.error.retry_after = delay
+                    raise outcome.error
+                # Any other wait the invocation cannot hold would end in the host killing the worker: fail now.
                 raise deadline.expire(f"Management API {operation} ({outcome.error})", delay) from outcome.error
             log.warning(
                 "Management API %s retry %d/%d in %.1fs: %s",
