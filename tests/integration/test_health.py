@@ -245,6 +245,32 @@ async def test_a_subscription_an_administrator_disabled_is_asked_for_once_an_hou
     assert sim.management.count("start") == 4 and sim.management.subscription("Audit.General") == "enabled"
 
 
+async def test_a_start_that_fails_is_asked_again_15_minutes_on_not_retried_seconds_later(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apis.md: leave 15 minutes between start requests. A start answered 503 was retried within the call, seconds
+    apart, as any other request is: start requests the API asks to space. It is asked once a run now, and the
+    next run 15 minutes on asks again; the alerts created after that start arrive."""
+    from tests.clock import skew_local_clock
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", None)
+    sim.management.add_fault("start", "status", count=1, status=503)
+    ahead = [timedelta(0)]
+    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    assert "operation start" in str(failed.value)
+    assert sim.management.count("start") == 1 and sim.management.subscription("Audit.General") is None
+    ahead[0] = timedelta(minutes=5)
+    with pytest.raises(PollError):
+        await connector.poll()  # the timer's next run: within the 15 minutes, nothing is asked
+    assert sim.management.count("start") == 1
+    ahead[0] = timedelta(minutes=16)
+    await connector.poll()
+    assert sim.management.count("start") == 2 and sim.management.subscription("Audit.General") == "enabled"
+
+
 async def test_a_listing_that_says_an_administrator_disabled_the_subscription_leads_to_the_hourly_start(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
