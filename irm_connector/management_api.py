@@ -295,6 +295,9 @@ class ManagementActivityClient:
                 raise outcome.error
             tries = policy.tries(outcome.error, outcome.retry_after)
             if attempt + 1 >= tries:
+                if outcome.retry_after is not None:
+                    # Out of tries with a wait named: the caller keeps to it (puts the work off for it).
+                    outcome.error.retry_after = outcome.retry_after
                 raise outcome.error
             self.stats.retried += 1
             metrics.requests_retried.add(1, self._dims)

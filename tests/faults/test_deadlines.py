@@ -159,63 +159,50 @@ async def test_an_invocation_ends_before_its_timeout(
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
 
 
+PUT_OFF_CASES = [
+    ("Content download", "management", "content", 120, "TransientApiError", 61),
+    ("Logs Ingestion", "ingestion", "ingest", 600, "IngestionThrottledError", 66),
+]
+
+
 @pytest.mark.reports_outcome
-async def test_a_download_told_to_wait_longer_than_the_invocation_has_left_is_put_off_for_that_wait(
-    connector: ConnectorHarness, tmp_path: Path
-) -> None:
-    """The Management API answering every download 429 with Retry-After: 120: the wait does not fit in what the
-    invocation has left. It failed to the host with DeadlineError, whose retries 30 s apart met the same throttle
-    and parked the message after five (with the default 10 minutes, each attempt waited up to 8 of them first).
-    Now the message is put off for the wait the API named, as a throttled upload's is; nothing goes to the host."""
+@pytest.mark.parametrize(("subject", "service", "route", "wait", "error", "seed"), PUT_OFF_CASES,
+                         ids=["management-429", "ingestion-429"])  # fmt: skip
+async def test_a_throttle_whose_wait_the_invocation_cannot_hold_puts_the_message_off_for_it(
+    connector: ConnectorHarness, tmp_path: Path, subject: str, service: str, route: str, wait: int, error: str,
+    seed: int,
+) -> None:  # fmt: skip
+    """Every answer 429 with a Retry-After the invocation's time left cannot hold. The Management API's failed the
+    invocation with DeadlineError, whose retries by the host 30 s apart met the same throttle and parked the
+    message after five (with the default 10 minutes, each attempt first waited up to 8 of them); azure-core slept
+    Logs Ingestion's whole, holding an upload slot and the blob's room until the timeout, for a failure that said
+    nothing of the wait. Now no such wait is started: the message is put off for the wait named, the recorded
+    reason names it, and when the message comes back every record arrives once."""
     sim = connector.standins
     connector.set(LOGS_AUDIT_STREAM=AUDIT)
-    workload, message = await _one_blob_queued(connector, seed=61)
-    sim.management.add_fault("content", "status", count=1000, status=429, retry_after=120)
+    workload, message = await _one_blob_queued(connector, seed=seed)
+    faulty = getattr(sim, service)
+    faulty.add_fault(route, "status", count=1000, status=429, retry_after=wait)
     outcome = _invoke(connector, message, tmp_path)
-    sim.management.clear_faults()
+    faulty.clear_faults()
     reason = await _failure_reason(message)
     pending = await _pending_claims(connector)
-    # The message the child was handed stays (the host's would not): the one put off is back in 2 minutes.
-    queued = await connector.queue_length()
+    # The message the child was handed stays (the host's would not); the one put off is back after the wait.
+    queued, visible = await connector.queue_length(), await connector.messages()
     await connector.process(message)  # as when the put-off one shows up again
     lost, duplicates = report.tally(connector, workload)
     report.record(report.Outcome(
-        "Faults", "Content download", f"429 with Retry-After: 120 on every answer, functionTimeout {TIMEOUT} s "
-        "(app setting)", "the message is put off for the wait the API named, before the function timeout and "
-        "without the host's retries (no wait is started that the time left cannot hold); its claims released; "
-        "when it comes back every record arrives once",
+        "Faults", subject, f"429 with Retry-After: {wait} on every answer, functionTimeout {TIMEOUT} s (app setting)",
+        "the message is put off for the wait named, before the function timeout and without the host's retries "
+        "(no wait is started that the time left cannot hold), its claims released; when it comes back every "
+        "record arrives once",
         f"put off after {outcome['seconds']:.0f} s of {TIMEOUT} s ({reason.split(':')[0]}); {pending} claims left "
         "pending; then delivered", lost, duplicates))  # fmt: skip
-    assert outcome["raised"] == "" and outcome["seconds"] < TIMEOUT, outcome  # put off: nothing for the host
-    assert reason.startswith("TransientApiError") and "429" in reason, reason
-    assert pending == 0 and queued == 2
+    assert outcome["raised"] == "" and outcome["seconds"] < TIMEOUT / 2, outcome  # put off: nothing for the host
+    assert reason.startswith(error) and f"Retry-After {wait} s" in reason, reason
+    assert pending == 0 and queued == 2 and visible == [message]
     assert (lost, duplicates) == (0, 0)
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
-
-
-async def test_an_upload_told_to_wait_longer_than_the_invocation_has_left_fails_at_once_saying_so(
-    connector: ConnectorHarness, tmp_path: Path
-) -> None:
-    """azure-core sleeps a Retry-After of Logs Ingestion (a 429, a 503) whole: one longer than the invocation had
-    left held it (an upload slot, its blob's room) until its timeout, for a failure that said nothing of the wait.
-    Now no such wait is started: the upload ends at that answer and the recorded reason names the wait. A
-    throttle's message is put off for the wait named (failed to the host, it was asked again 30 s later and
-    parked after five); when it comes back every record arrives once."""
-    sim = connector.standins
-    connector.set(LOGS_AUDIT_STREAM=AUDIT)
-    workload, message = await _one_blob_queued(connector, seed=66)
-    sim.ingestion.add_fault("ingest", "status", count=1000, status=429, retry_after=600)
-    outcome = _invoke(connector, message, tmp_path)
-    sim.ingestion.clear_faults()
-    reason = await _failure_reason(message)
-    assert outcome["raised"] == "" and outcome["seconds"] < TIMEOUT / 2, outcome  # put off: nothing for the host
-    assert reason.startswith("IngestionThrottledError") and "Retry-After 600 s" in reason, reason
-    assert await _pending_claims(connector) == 0
-    # The message the child was handed stays (the host's would not): the one put off is back in 10 minutes.
-    assert await connector.queue_length() == 2 and await connector.messages() == [message]
-    await connector.process(message)  # as when the put-off one shows up again
-    assert Counter(r["RecordId"] for r in connector.rows(AUDIT)) == Counter(workload.record_ids)
-    assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
 
 
 @pytest.mark.reports_outcome
