@@ -250,7 +250,7 @@ async def test_a_start_that_fails_is_asked_again_15_minutes_on_not_retried_secon
 ) -> None:
     """apis.md: leave 15 minutes between start requests. A start answered 503 was retried within the call, seconds
     apart, as any other request is: start requests the API asks to space. It is asked once a run now, and the
-    next run 15 minutes on asks again; the alerts created after that start arrive."""
+    first run 15 minutes on asks again."""
     from tests.clock import skew_local_clock
 
     sim = connector.standins
