@@ -266,6 +266,7 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output FUNCTION_APP_NAME string = resources.outputs.functionAppName
+output FUNCTION_APP_ID string = resources.outputs.functionAppId
 output UAMI_PRINCIPAL_ID string = resources.outputs.uamiPrincipalId
 output UAMI_CLIENT_ID string = resources.outputs.uamiClientId
 output DCR_ID string = resources.outputs.dcrId

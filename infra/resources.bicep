@@ -304,6 +304,7 @@ module functionApp 'modules/functionapp.bicep' = {
 }
 
 output functionAppName string = functionApp.outputs.name
+output functionAppId string = functionApp.outputs.id
 output uamiPrincipalId string = uami.properties.principalId
 output uamiClientId string = uami.properties.clientId
 output dcrId string = sentinelWorkspace.outputs.dcrId

@@ -116,7 +116,9 @@ UNRESOLVED_REFERENCE = (
     "(docs/operations.md, \"The deployed app's settings\"); in the app, it could not resolve it: check that the "
     "secret or certificate exists in the vault, that the app's identity has Key Vault Secrets User on it, and the "
     "vault's network rules (the portal shows the reference's error under the app's Environment variables); once "
-    "fixed, restart the app: App Service reads a reference again only after a day or a change of settings"
+    "fixed, have App Service read it again: az rest --method post --url "
+    "\"<FUNCTION_APP_ID>/config/configreferences/appsettings/refresh?api-version=2022-03-01\" (else it does so "
+    "within a day, or when a setting changes; a restart is not enough)"
 )
 
 

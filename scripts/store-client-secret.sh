@@ -5,6 +5,9 @@
 # command line (visible to other processes), in shell history or in .azure/<env>/.env.
 # Needs the Azure CLI logged in with Key Vault Secrets Officer on the vault (the deployment grants it to the
 # deployer when principalId is set, as azd does).
+# App Service reads a Key Vault reference again only once a day or when the app's settings change (a restart is not
+# enough), so a secret stored after the deployment, or replaced, would wait up to 24 hours: with --app the script
+# asks App Service to read the app's references again at once.
 set -euo pipefail
 
 SECRET_NAME="o365-client-secret"
@@ -12,11 +15,14 @@ SECRET_NAME="o365-client-secret"
 usage() {
   cat <<'USAGE'
 Usage:
-  store-client-secret.sh --vault <KEY_VAULT_NAME> [--attempts <n>]   # asks for the secret (no echo)
-  printf '%s' "$SECRET" | store-client-secret.sh --vault <KEY_VAULT_NAME>
+  store-client-secret.sh --vault <KEY_VAULT_NAME> [--app <FUNCTION_APP_ID>] [--attempts <n>]   # asks (no echo)
+  printf '%s' "$SECRET" | store-client-secret.sh --vault <KEY_VAULT_NAME> [--app <FUNCTION_APP_ID>]
   store-client-secret.sh --help
 
 The vault name is the deployment output KEY_VAULT_NAME (azd env get-value KEY_VAULT_NAME).
+--app id      the Function App's resource id (azd env get-value FUNCTION_APP_ID): once the secret is stored,
+              App Service reads the app's Key Vault references again now. Without it the app reads the new
+              secret within 24 hours (a restart does not make it read sooner).
 --attempts n  tries n times, 30 seconds apart (default 1): a Key Vault role assigned minutes ago can still
               answer 403 (Azure RBAC takes up to about 10 minutes to apply).
 USAGE
@@ -24,11 +30,32 @@ USAGE
 
 die() { echo "error: $*" >&2; exit 1; }
 
+# The API App Service documents for reading an app's Key Vault references again. A resource id without a host is
+# sent by `az rest` to the Resource Manager of the CLI's cloud (sovereign clouds included).
+REFRESH_API="config/configreferences/appsettings/refresh?api-version=2022-03-01"
+
+refresh_references() {
+  local app=$1
+  if [[ -z "${app}" ]]; then
+    echo "The Function App reads it within 24 hours. To have it read now, run this again with --app <FUNCTION_APP_ID>," >&2
+    echo "or: az rest --method post --url \"<FUNCTION_APP_ID>/${REFRESH_API}\"" >&2
+    return
+  fi
+  if az rest --method post --url "${app%/}/${REFRESH_API}" --output none; then
+    echo "refreshed: the Function App reads its Key Vault references again now"
+  else
+    # The secret is stored either way: only the wait differs, so this is no failure of the script.
+    echo "warning: could not ask the Function App to read its Key Vault references again; it reads the secret" >&2
+    echo "within 24 hours, or at once after: az rest --method post --url \"${app%/}/${REFRESH_API}\"" >&2
+  fi
+}
+
 main() {
-  local vault="" attempts=1
+  local vault="" app="" attempts=1
   while [[ $# -gt 0 ]]; do
     case "$1" in
       --vault) vault=${2:?--vault needs a name}; shift 2 ;;
+      --app) app=${2:?--app needs the Function App resource id}; shift 2 ;;
       --attempts) attempts=${2:?--attempts needs a number}; shift 2 ;;
       -h|--help) usage; exit 0 ;;
       *) usage >&2; die "unknown argument $1" ;;
@@ -57,6 +84,7 @@ main() {
     if az keyvault secret set --vault-name "${vault}" --name "${SECRET_NAME}" --file "${file}" --encoding utf-8 \
         --output none; then
       echo "stored: ${vault}/${SECRET_NAME} (the Function App reads it through its Key Vault reference)"
+      refresh_references "${app}"
       return
     fi
     ((attempt < attempts)) || die "could not store the secret in ${vault} (Key Vault Secrets Officer needed)"

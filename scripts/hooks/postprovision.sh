@@ -13,6 +13,9 @@ az() { command az "$@" | tr -d '\r'; }
 
 az_ready() { command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; }
 
+# App Service's API for reading an app's Key Vault references again (it does by itself only once a day).
+REFRESH_API="config/configreferences/appsettings/refresh?api-version=2022-03-01"
+
 mode=${O365_AUTH_MODE:-managed_identity}
 vault=${KEY_VAULT_NAME:-}
 pending=()
@@ -39,10 +42,14 @@ grant_managed_identity() {
 
 store_secret() {
   step "Client secret of app ${O365_CLIENT_ID:-<O365_CLIENT_ID>} in Key Vault ${vault}"
+  # The deployment has just written the app's reference to a secret that did not exist yet: App Service would try
+  # it again only in 24 hours, so the store asks it to read its references again (--app).
+  local store_args=(--vault "${vault}" --attempts 10)
+  [[ -z "${FUNCTION_APP_ID:-}" ]] || store_args+=(--app "${FUNCTION_APP_ID}")
   if [[ -n "${O365_CLIENT_SECRET:-}" ]]; then
     # It was put into the azd environment (plain text): move it to Key Vault and clear that copy.
     # Several attempts: the deployer's Key Vault role was assigned by this provisioning and can take minutes to apply.
-    if az_ready && printf '%s' "${O365_CLIENT_SECRET}" | scripts/store-client-secret.sh --vault "${vault}" --attempts 10; then
+    if az_ready && printf '%s' "${O365_CLIENT_SECRET}" | scripts/store-client-secret.sh "${store_args[@]}"; then
       if azd env set O365_CLIENT_SECRET ""; then
         say "Moved into Key Vault; cleared in .azure/${AZURE_ENV_NAME:-<env>}/.env."
       else
@@ -57,7 +64,7 @@ store_secret() {
     say "Present (rotate it with scripts/store-client-secret.sh --vault ${vault})."
     return
   elif az_ready && [[ -t 0 ]]; then
-    scripts/store-client-secret.sh --vault "${vault}" --attempts 10 && return
+    scripts/store-client-secret.sh "${store_args[@]}" && return
   fi
   pending+=("Store the client secret in Key Vault (it asks for it, no echo): scripts/store-client-secret.sh --vault ${vault}")
 }
@@ -79,7 +86,8 @@ check_certificate() {
     say "Present."
     return
   fi
-  pending+=("Import the app registration's certificate: az keyvault certificate import --vault-name ${vault} -n ${name} -f cert.pfx [--password <the PFX's password>]")
+  pending+=("Import the app registration's certificate: az keyvault certificate import --vault-name ${vault} -n ${name} -f cert.pfx [--password <the PFX's password>]
+   then have the app read it now (else within 24 hours): az rest --method post --url \"${FUNCTION_APP_ID:-<FUNCTION_APP_ID>}/${REFRESH_API}\"")
 }
 
 case "${mode}" in

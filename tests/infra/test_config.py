@@ -218,6 +218,7 @@ def test_no_secret_in_outputs_or_defaults() -> None:
     outputs = re.findall(r"^output (\w+)", (INFRA / "main.bicep").read_text(), re.MULTILINE)
     for needed in (
         "FUNCTION_APP_NAME",
+        "FUNCTION_APP_ID",  # the hook's and store-client-secret.sh's Key Vault reference refresh
         "UAMI_PRINCIPAL_ID",
         "UAMI_CLIENT_ID",
         "DCR_ID",

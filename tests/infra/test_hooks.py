@@ -24,6 +24,8 @@ from .conftest import REPO_ROOT
 HOOKS = REPO_ROOT / "scripts" / "hooks"
 WORKSPACE = "/subscriptions/0000/resourceGroups/rg-soc/providers/Microsoft.OperationalInsights/workspaces/soc"
 PRIVILEGED_ROLE_ADMINISTRATOR = "e8611ab8-c189-46e8-94e1-60213ab1f814"
+APP_ID = "/subscriptions/0000/resourceGroups/rg-irm/providers/Microsoft.Web/sites/func-irm-x"
+REFRESH_URL = f"{APP_ID}/config/configreferences/appsettings/refresh?api-version=2022-03-01"
 
 # A stand-in `az`: records its arguments, answers what the hooks and scripts ask.
 FAKE_AZ = r"""#!/usr/bin/env bash
@@ -35,7 +37,8 @@ case "$1 $2" in
     [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] || exit 1
     if [[ "$*" == *tenantId* ]]; then echo "${FAKE_AZ_TENANT:-}"; fi ;;
   "rest --method")
-    if [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
+    if [[ "$*" == *configreferences* ]]; then [[ "${FAKE_AZ_REFRESH_FAILS:-0}" == 0 ]] || exit 1
+    elif [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
     elif [[ "$3" == GET && "$*" == *appRoleAssignments* ]]; then echo "${FAKE_AZ_ASSIGNED:-}"
     elif [[ "$3" == GET ]]; then echo ""
     else echo "{}"; fi ;;
@@ -77,12 +80,16 @@ def run(hook: str, fakes: Path, env: dict[str, str], stdin: str = "") -> subproc
     )
 
 
-def run_script(script: Path, fakes: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def run_script(
+    script: Path, fakes: Path, env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     bash = shutil.which("bash")
     assert bash, "bash is required"
     base = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR")}
     base.update(PATH=f"{fakes / 'bin'}:/usr/bin:/bin", FAKE_DIR=str(fakes))
-    return subprocess.run([bash, str(script), *args], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [bash, str(script), *args], env={**base, **env}, input=stdin, capture_output=True, text=True, timeout=60
+    )
 
 
 def calls(fakes: Path, tool: str) -> list[list[Any]]:
@@ -286,11 +293,17 @@ def test_postprovision_moves_the_secret_into_key_vault_and_out_of_the_env_file(f
             "O365_CLIENT_ID": "app-1",
             "O365_CLIENT_SECRET": secret,
             "KEY_VAULT_NAME": "kv-irm-x",
+            "FUNCTION_APP_ID": APP_ID,
             "FAKE_AZ_LOGGED_IN": "1",
         },
     )
     assert done.returncode == 0, done.stderr
     assert (fakes / "stored-secret").read_text() == secret
+    # The deployment wrote the app's reference before the secret existed: App Service is asked to read it again
+    # once it is stored, not a day later.
+    az_calls = calls(fakes, "az")
+    stored_at = next(i for i, c in enumerate(az_calls) if c[:3] == ["keyvault", "secret", "set"])
+    assert az_calls[stored_at + 1] == ["rest", "--method", "post", "--url", REFRESH_URL, "--output", "none"]
     [stored] = [c for c in calls(fakes, "az") if c[:3] == ["keyvault", "secret", "set"]]
     assert stored[stored.index("--vault-name") + 1] == "kv-irm-x"
     assert stored[stored.index("--name") + 1] == "o365-client-secret"
@@ -367,6 +380,23 @@ def test_store_client_secret_reads_stdin_and_refuses_nothing(fakes: Path) -> Non
     assert ok.returncode == 0, ok.stderr
     assert (fakes / "stored-secret").read_text() == "abc"
     assert subprocess.run([bash, script], env=env, input="abc", capture_output=True, text=True).returncode != 0
+
+
+def test_store_client_secret_has_the_app_read_it_now_or_says_when_it_will(fakes: Path) -> None:
+    """App Service reads a Key Vault reference again only once a day: a replaced secret would wait that long."""
+    script = REPO_ROOT / "scripts" / "store-client-secret.sh"
+    failed = run_script(script, fakes, {"FAKE_AZ_REFRESH_FAILS": "1"}, "--vault", "kv", "--app", APP_ID, stdin="new")
+    # Stored all the same: only the wait differs, and the warning gives the command that ends it.
+    assert failed.returncode == 0, failed.stderr
+    assert (fakes / "stored-secret").read_text() == "new"
+    assert "within 24 hours" in failed.stderr and f'az rest --method post --url "{REFRESH_URL}"' in failed.stderr
+
+    (fakes / "az.log").unlink()
+    unnamed = run_script(script, fakes, {}, "--vault", "kv", stdin="newer")
+    assert unnamed.returncode == 0, unnamed.stderr
+    assert (fakes / "stored-secret").read_text() == "newer"
+    assert not [c for c in calls(fakes, "az") if c[:1] == ["rest"]]
+    assert "within 24 hours" in unnamed.stderr and "--app <FUNCTION_APP_ID>" in unnamed.stderr
 
 
 def test_store_client_secret_waits_for_a_new_key_vault_role(fakes: Path) -> None:

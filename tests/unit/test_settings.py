@@ -337,3 +337,5 @@ def test_a_key_vault_reference_the_app_could_not_resolve_is_named_as_such(settin
     [problem] = [text for name, text in info.value.problems if name == setting]
     assert problem.startswith("is a Key Vault reference, which only the Function App resolves: on the command line")
     assert "Key Vault Secrets User" in problem and reference not in str(info.value)
+    # A restart does not make App Service read the reference again: the message gives what does.
+    assert "config/configreferences/appsettings/refresh" in problem and "restart the app" not in problem
