@@ -5,9 +5,9 @@
 # Idempotent: running it again changes nothing.
 set -euo pipefail
 
-O365_MGMT_APP_ID="c5393580-f805-4401-95e8-94b7a6ef2fc2"   # "Office 365 Management APIs"
-ROLE_VALUE="ActivityFeed.Read"
-GRAPH="https://graph.microsoft.com/v1.0"
+# O365_MGMT_APP_ID, ROLE_VALUE, GRAPH and the lookups the preprovision hook shares.
+# shellcheck source=scripts/_graph.sh
+source "$(dirname "$0")/_graph.sh"
 
 usage() {
   cat <<'USAGE'
@@ -49,7 +49,7 @@ need_az() {
 
 mgmt_sp() {
   local sp_id
-  sp_id=$(az ad sp list --filter "appId eq '${O365_MGMT_APP_ID}'" --query "[0].id" -o tsv)
+  sp_id=$(mgmt_sp_lookup)
   if [[ -z "${sp_id}" ]]; then
     sp_id=$(az ad sp create --id "${O365_MGMT_APP_ID}" --query id -o tsv)
   fi
@@ -58,7 +58,7 @@ mgmt_sp() {
 
 role_id() {
   local sp_id=$1 rid
-  rid=$(az ad sp show --id "${sp_id}" --query "appRoles[?value=='${ROLE_VALUE}' && contains(allowedMemberTypes, 'Application')].id | [0]" -o tsv)
+  rid=$(activityfeed_role_lookup "${sp_id}")
   [[ -n "${rid}" ]] || die "${ROLE_VALUE} app role not found on the Office 365 Management APIs service principal"
   echo "${rid}"
 }
@@ -70,9 +70,7 @@ grant_managed_identity() {
   local sp_id rid existing
   sp_id=$(mgmt_sp)
   rid=$(role_id "${sp_id}")
-  existing=$(az rest --method GET \
-    --url "${GRAPH}/servicePrincipals/${principal_id}/appRoleAssignments" \
-    --query "value[?appRoleId=='${rid}' && resourceId=='${sp_id}'].id | [0]" -o tsv)
+  existing=$(assignment_lookup "${principal_id}" "${sp_id}" "${rid}")
   if [[ -n "${existing}" ]]; then
     echo "ok: ${principal_id} already has ${ROLE_VALUE} (assignment ${existing})"
     return

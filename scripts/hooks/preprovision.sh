@@ -15,7 +15,9 @@ az() { command az "$@" | tr -d '\r'; }
 # Entra ID directory roles that may grant an application permission to a service principal.
 GLOBAL_ADMINISTRATOR=62e90394-69f5-4237-9190-012177145e10
 PRIVILEGED_ROLE_ADMINISTRATOR=e8611ab8-c189-46e8-94e1-60213ab1f814
-O365_MANAGEMENT_API_APP_ID=c5393580-f805-4401-95e8-94b7a6ef2fc2   # "Office 365 Management APIs"
+# O365_MGMT_APP_ID and the lookups of the grant that grant-activityfeed-permission.sh makes.
+# shellcheck source=scripts/_graph.sh
+source scripts/_graph.sh
 
 check_workspace() {
   local id=${SENTINEL_WORKSPACE_RESOURCE_ID:-} create=${CREATE_SENTINEL_WORKSPACE:-false}
@@ -160,7 +162,7 @@ deployer_may_grant() {
   az account show >/dev/null 2>&1 || return 1
   local roles
   roles=$(az rest --method GET \
-    --url "https://graph.microsoft.com/v1.0/me/transitiveMemberOf/microsoft.graph.directoryRole?\$select=roleTemplateId" \
+    --url "${GRAPH}/me/transitiveMemberOf/microsoft.graph.directoryRole?\$select=roleTemplateId" \
     --query "value[].roleTemplateId" -o tsv 2>/dev/null) || return 1
   grep -qiE "^(${GLOBAL_ADMINISTRATOR}|${PRIVILEGED_ROLE_ADMINISTRATOR})$" <<<"${roles}"
 }
@@ -168,8 +170,8 @@ deployer_may_grant() {
 # The deployment reads the API's service principal as an existing resource when it grants; a tenant that never
 # used the Management API has none yet.
 ensure_management_api_principal() {
-  az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv >/dev/null 2>&1 \
-    || az ad sp create --id "${O365_MANAGEMENT_API_APP_ID}" --output none
+  az ad sp show --id "${O365_MGMT_APP_ID}" --query id -o tsv >/dev/null 2>&1 \
+    || az ad sp create --id "${O365_MGMT_APP_ID}" --output none
 }
 
 # Whether the identity of an earlier deployment of this environment (UAMI_PRINCIPAL_ID) already holds the role. A
@@ -178,12 +180,10 @@ ensure_management_api_principal() {
 already_granted() {
   local principal=${UAMI_PRINCIPAL_ID:-} sp role found
   [[ -n "${principal}" ]] && command -v az >/dev/null 2>&1 || return 1
-  sp=$(az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" --query id -o tsv 2>/dev/null) || return 1
-  role=$(az ad sp show --id "${O365_MANAGEMENT_API_APP_ID}" \
-    --query "appRoles[?value=='ActivityFeed.Read'].id | [0]" -o tsv 2>/dev/null) || return 1
+  sp=$(mgmt_sp_lookup 2>/dev/null) && [[ -n "${sp}" ]] || return 1
+  role=$(activityfeed_role_lookup "${sp}" 2>/dev/null) && [[ -n "${role}" ]] || return 1
   # A principal gone with an earlier `azd down` is answered 404: not granted.
-  found=$(az rest --method GET --url "https://graph.microsoft.com/v1.0/servicePrincipals/${principal}/appRoleAssignments" \
-    --query "value[?appRoleId=='${role}' && resourceId=='${sp}'].id | [0]" -o tsv 2>/dev/null) || return 1
+  found=$(assignment_lookup "${principal}" "${sp}" "${role}" 2>/dev/null) || return 1
   [[ -n "${found}" ]]
 }
 

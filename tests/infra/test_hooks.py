@@ -277,6 +277,20 @@ def test_preprovision_does_not_grant_again_what_a_failed_deployment_granted(fake
     assert "already holds ActivityFeed.Read" in granted.stdout
     assert any("servicePrincipals/11111111-0000-0000-0000-000000000001/appRoleAssignments" in " ".join(c)
                for c in calls(fakes, "az"))  # fmt: skip
+    # It asks Graph what the grant script asks before granting, so the two agree on what "granted" means.
+    def lookups() -> list[list[Any]]:
+        graph = [c for c in calls(fakes, "az") if c[:3] == ["rest", "--method", "GET"]]
+        return [c for c in calls(fakes, "az") if c[:2] == ["ad", "sp"]] + [
+            c for c in graph if "appRoleAssignments" in " ".join(c)
+        ]
+
+    by_hook = lookups()
+    (fakes / "az.log").unlink()
+    script = run_script(REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh", fakes,
+                        {"FAKE_AZ_LOGGED_IN": "1", "FAKE_AZ_ASSIGNED": "assignment-1"},
+                        "managed_identity", "--principal-id", env["UAMI_PRINCIPAL_ID"])  # fmt: skip
+    assert script.returncode == 0 and "already has ActivityFeed.Read" in script.stdout, script.stderr
+    assert lookups() == by_hook
 
     (fakes / "azd.log").unlink()
     not_yet = run("preprovision.sh", fakes, env)  # the identity holds no such assignment: the grant stays on
