@@ -291,14 +291,11 @@ class ManagementActivityClient:
                 return outcome
             if outcome.retry_after is not None and outcome.retry_after > policy.max_retry_after:
                 # Honoured, not cut short: a request before the time the API named would be throttled again.
-                outcome.error.retry_after = outcome.retry_after
-                raise outcome.error
+                raise outcome.handed_over(outcome.retry_after)
             tries = policy.tries(outcome.error, outcome.retry_after)
             if attempt + 1 >= tries:
-                if outcome.retry_after is not None:
-                    # Out of tries with a wait named: the caller keeps to it (puts the work off for it).
-                    outcome.error.retry_after = outcome.retry_after
-                raise outcome.error
+                # Out of tries with a wait named: the caller keeps to it (puts the work off for it).
+                raise outcome.handed_over(outcome.retry_after)
             self.stats.retried += 1
             metrics.requests_retried.add(1, self._dims)
             delay = policy.delay(attempt, outcome.retry_after, throttled=outcome.error.throttled)
@@ -310,8 +307,7 @@ class ManagementActivityClient:
                     # A throttle's wait is the API's: the caller puts the work off for it (the processor its
                     # message, the poller its content type), as for a Retry-After longer than a call waits. Failed
                     # to the host instead, its retries 30 s apart met the same throttle and parked the message.
-                    outcome.error.retry_after = delay
-                    raise outcome.error
+                    raise outcome.handed_over(delay)
                 # Any other wait the invocation cannot hold would end in the host killing the worker: fail now.
                 raise deadline.expire(f"Management API {operation} ({outcome.error})", delay) from outcome.error
             log.warning(
@@ -409,6 +405,12 @@ class _Call:
 class _Retry:
     error: TransientApiError
     retry_after: float | None = None
+
+    def handed_over(self, wait: float | None) -> TransientApiError:
+        """The error to raise to the caller, carrying the wait it is to keep (none: the host's retries decide)."""
+        if wait is not None:
+            self.error.retry_after = wait
+        return self.error
 
 
 @dataclass(frozen=True)
