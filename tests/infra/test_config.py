@@ -249,9 +249,11 @@ def test_parameters_file_and_azure_yaml() -> None:
 def test_grant_script() -> None:
     script = REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh"
     text = script.read_text()
+    graph = (REPO_ROOT / "scripts" / "_graph.sh").read_text()  # the lookups it shares with the preprovision hook
     assert "set -euo pipefail" in text
-    assert "c5393580-f805-4401-95e8-94b7a6ef2fc2" in text
-    assert "appRoleAssignments" in text
+    assert 'source "$(dirname "$0")/_graph.sh"' in text
+    assert "c5393580-f805-4401-95e8-94b7a6ef2fc2" in graph
+    assert "appRoleAssignments" in text and "appRoleAssignments" in graph
     assert "admin-consent" in text
     bash = shutil.which("bash")
     assert bash, "bash is required"
