@@ -21,33 +21,51 @@ Usage:
 
 The vault name is the deployment output KEY_VAULT_NAME (azd env get-value KEY_VAULT_NAME).
 --app id      the Function App's resource id (azd env get-value FUNCTION_APP_ID): once the secret is stored,
-              App Service reads the app's Key Vault references again now. Without it the app reads the new
-              secret within 24 hours (a restart does not make it read sooner).
+              App Service reads the app's Key Vault references again now (asked again, as --attempts says,
+              until the secret's resolves). Without it the app reads the new secret within 24 hours (a
+              restart does not make it read sooner).
 --attempts n  tries n times, 30 seconds apart (default 1): a Key Vault role assigned minutes ago can still
               answer 403 (Azure RBAC takes up to about 10 minutes to apply).
 USAGE
 }
 
 die() { echo "error: $*" >&2; exit 1; }
+# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
+az() { command az "$@" | tr -d '\r'; }
 
-# The API App Service documents for reading an app's Key Vault references again. A resource id without a host is
-# sent by `az rest` to the Resource Manager of the CLI's cloud (sovereign clouds included).
+# The API App Service documents for reading an app's Key Vault references again, and the one that says how the
+# secret's reference resolved. A resource id without a host is sent by `az rest` to the Resource Manager of the
+# CLI's cloud (sovereign clouds included).
 REFRESH_API="config/configreferences/appsettings/refresh?api-version=2022-03-01"
+STATUS_API="config/configreferences/appsettings/O365_CLIENT_SECRET?api-version=2022-03-01"
 
+# Asks App Service to read the app's references again until the secret's resolves, as many times as the store was
+# allowed: the app's own Key Vault role, assigned by the same provisioning, can take minutes to apply, and a
+# reference that failed would otherwise be tried again only a day later.
 refresh_references() {
-  local app=$1
+  local app=${1%/} attempts=$2 attempt status=""
   if [[ -z "${app}" ]]; then
     echo "The Function App reads it within 24 hours. To have it read now, run this again with --app <FUNCTION_APP_ID>," >&2
     echo "or: az rest --method post --url \"<FUNCTION_APP_ID>/${REFRESH_API}\"" >&2
     return
   fi
-  if az rest --method post --url "${app%/}/${REFRESH_API}" --output none; then
-    echo "refreshed: the Function App reads its Key Vault references again now"
-  else
-    # The secret is stored either way: only the wait differs, so this is no failure of the script.
-    echo "warning: could not ask the Function App to read its Key Vault references again; it reads the secret" >&2
-    echo "within 24 hours, or at once after: az rest --method post --url \"${app%/}/${REFRESH_API}\"" >&2
-  fi
+  for ((attempt = 1; ; attempt++)); do
+    if az rest --method post --url "${app}/${REFRESH_API}" --output none; then
+      status=$(az rest --method get --url "${app}/${STATUS_API}" --query properties.status -o tsv) || status=""
+      if [[ "${status}" == Resolved ]]; then
+        echo "refreshed: the Function App reads the new secret now"
+        return
+      fi
+    fi
+    ((attempt < attempts)) || break
+    echo "the Function App's reference to it is ${status:-not confirmed}; asking again in" \
+      "${STORE_SECRET_RETRY_SECONDS:-30} s (attempt ${attempt}/${attempts})" >&2
+    sleep "${STORE_SECRET_RETRY_SECONDS:-30}"
+  done
+  # The secret is stored either way: only the wait differs, so this is no failure of the script.
+  echo "warning: the Function App's reference to the secret is ${status:-not confirmed} (AccessToKeyVaultDenied: the" >&2
+  echo "app's Key Vault Secrets User role is not applied yet). It reads the secret within 24 hours, or at once after:" >&2
+  echo "az rest --method post --url \"${app}/${REFRESH_API}\"" >&2
 }
 
 main() {
@@ -84,7 +102,7 @@ main() {
     if az keyvault secret set --vault-name "${vault}" --name "${SECRET_NAME}" --file "${file}" --encoding utf-8 \
         --output none; then
       echo "stored: ${vault}/${SECRET_NAME} (the Function App reads it through its Key Vault reference)"
-      refresh_references "${app}"
+      refresh_references "${app}" "${attempts}"
       return
     fi
     ((attempt < attempts)) || die "could not store the secret in ${vault} (Key Vault Secrets Officer needed)"

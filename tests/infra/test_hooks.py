@@ -37,7 +37,11 @@ case "$1 $2" in
     [[ "${FAKE_AZ_LOGGED_IN:-0}" == 1 ]] || exit 1
     if [[ "$*" == *tenantId* ]]; then echo "${FAKE_AZ_TENANT:-}"; fi ;;
   "rest --method")
-    if [[ "$*" == *configreferences* ]]; then [[ "${FAKE_AZ_REFRESH_FAILS:-0}" == 0 ]] || exit 1
+    if [[ "$*" == *configreferences*refresh* ]]; then [[ "${FAKE_AZ_REFRESH_FAILS:-0}" == 0 ]] || exit 1
+    elif [[ "$*" == *configreferences* ]]; then  # the reference's status: the next of FAKE_AZ_REFERENCE_STATUSES
+      read -r -a statuses <<< "${FAKE_AZ_REFERENCE_STATUSES:-Resolved}"
+      asked=$(cat "$FAKE_DIR/status-asked" 2>/dev/null || echo 0); echo $((asked + 1)) > "$FAKE_DIR/status-asked"
+      (( asked < ${#statuses[@]} )) || asked=$((${#statuses[@]} - 1)); echo "${statuses[$asked]}"
     elif [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
     elif [[ "$3" == GET && "$*" == *appRoleAssignments* ]]; then echo "${FAKE_AZ_ASSIGNED:-}"
     elif [[ "$3" == GET ]]; then echo ""
@@ -318,6 +322,7 @@ def test_postprovision_moves_the_secret_into_key_vault_and_out_of_the_env_file(f
     az_calls = calls(fakes, "az")
     stored_at = next(i for i, c in enumerate(az_calls) if c[:3] == ["keyvault", "secret", "set"])
     assert az_calls[stored_at + 1] == ["rest", "--method", "post", "--url", REFRESH_URL, "--output", "none"]
+    assert "reads the new secret now" in done.stdout
     [stored] = [c for c in calls(fakes, "az") if c[:3] == ["keyvault", "secret", "set"]]
     assert stored[stored.index("--vault-name") + 1] == "kv-irm-x"
     assert stored[stored.index("--name") + 1] == "o365-client-secret"
@@ -404,6 +409,23 @@ def test_store_client_secret_has_the_app_read_it_now_or_says_when_it_will(fakes:
     assert failed.returncode == 0, failed.stderr
     assert (fakes / "stored-secret").read_text() == "new"
     assert "within 24 hours" in failed.stderr and f'az rest --method post --url "{REFRESH_URL}"' in failed.stderr
+
+    # The app's own Key Vault role, assigned by the same provisioning, may not apply yet: asked again until the
+    # secret's reference resolves, within the attempts the store was allowed.
+    (fakes / "az.log").unlink()
+    waited = run_script(script, fakes, {"FAKE_AZ_REFERENCE_STATUSES": "AccessToKeyVaultDenied AccessToKeyVaultDenied "
+                                        "Resolved", "STORE_SECRET_RETRY_SECONDS": "0"},
+                        "--vault", "kv", "--app", APP_ID, "--attempts", "5", stdin="new")  # fmt: skip
+    assert waited.returncode == 0 and "reads the new secret now" in waited.stdout, waited.stderr
+    assert len([c for c in calls(fakes, "az") if c[:4] == ["rest", "--method", "post", "--url"]]) == 3
+    assert "AccessToKeyVaultDenied; asking again" in waited.stderr
+
+    (fakes / "status-asked").unlink()
+    denied = run_script(script, fakes, {"FAKE_AZ_REFERENCE_STATUSES": "AccessToKeyVaultDenied",
+                                        "STORE_SECRET_RETRY_SECONDS": "0"},
+                        "--vault", "kv", "--app", APP_ID, "--attempts", "2", stdin="new")  # fmt: skip
+    assert denied.returncode == 0 and (fakes / "stored-secret").read_text() == "new"
+    assert "is AccessToKeyVaultDenied" in denied.stderr and "within 24 hours" in denied.stderr
 
     (fakes / "az.log").unlink()
     unnamed = run_script(script, fakes, {}, "--vault", "kv", stdin="newer")
