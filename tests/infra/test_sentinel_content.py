@@ -326,8 +326,10 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
         return found[0]
 
     rule_reading(r"where PoisonDepth > PoisonDepthHourAgo")
-    backlog = rule_reading(r"where OldestQueuedSeconds > thresholdSeconds")
+    backlog = rule_reading(r"where BacklogSeconds > thresholdSeconds")
     assert re.search(r"let thresholdSeconds = 7200;", queries[backlog])
+    # A backlog put back for later is invisible to the poller's peek (0 with messages waiting): the age seen last.
+    assert "OldestQueuedSeconds == 0 and QueueDepth > 0" in queries[backlog]
     rule_reading(r'where IngestionState startswith "refused"')
     stale = rule_reading(r"No connector health row")
     # The stale rule groups by tenant: an empty table has no tenant, so a fresh deployment raises nothing.
