@@ -204,6 +204,10 @@ param keyVaultPurgeProtection bool = false
 @description('recover: bring back the Key Vault of this environment that an earlier removal left soft-deleted (azd down without --purge, or purge protection on), with its secrets; a new vault of the same name is refused meanwhile. azd: the preprovision hook sets KEY_VAULT_CREATE_MODE at every provision.')
 param keyVaultCreateMode string = 'default'
 
+@secure()
+@description('App settings added to those the deployment writes, or replacing one of them, such as OTEL_TRACES_SAMPLER or AzureFunctionsJobHost__functionTimeout. The deployment writes the whole list, so a setting set by hand is gone after the next provision: lasting ones go here. Secure: not kept in the deployment history; still, put a secret in Key Vault and reference it.')
+param extraAppSettings object = {}
+
 var tags = {
   'azd-env-name': environmentName
 }
@@ -259,6 +263,7 @@ module resources 'resources.bicep' = {
     instanceMemoryMB: instanceMemoryMB
     keyVaultPurgeProtection: keyVaultPurgeProtection
     keyVaultCreateMode: keyVaultCreateMode
+    extraAppSettings: extraAppSettings
   }
 }
 

@@ -96,6 +96,9 @@ param keyVaultPurgeProtection bool = false
   'recover'
 ])
 param keyVaultCreateMode string = 'default'
+@secure()
+@description('App settings added to, or replacing, those below (main.bicep).')
+param extraAppSettings object = {}
 
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 
@@ -296,7 +299,7 @@ module functionApp 'modules/functionapp.bicep' = {
       AZURE_CLOUD: azureCloud
       // Blob bodies in flight per worker: each costs about 3 times its size at peak (bench/: 12 x 25 MB at once).
       MAX_BLOB_MB_IN_FLIGHT: string(instanceMemoryMB / 16)
-    }, authSettings)
+    }, authSettings, extraAppSettings)
   }
   dependsOn: [
     activityFeedGrant

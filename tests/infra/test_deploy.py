@@ -81,7 +81,8 @@ def test_key_vault_purge_protection_is_a_deployment_choice() -> None:
 
 def test_no_secret_goes_through_the_azd_environment() -> None:
     secure = re.findall(r"@secure\(\)\n(?:@description\([^\n]*\)\n)?param (\w+) ", MAIN)
-    assert set(secure) == {"o365ClientSecret", "o365ClientCertificatePassword"}
+    # extraAppSettings: whatever an operator adds to the app settings may hold a secret by mistake.
+    assert set(secure) == {"o365ClientSecret", "o365ClientCertificatePassword", "extraAppSettings"}
     assert not set(secure) & set(PARAMS), "a @secure parameter is mapped from .azure/<env>/.env"
     for name, p in PARAMS.items():
         assert not re.search(r"SECRET|PASSWORD|KEY\b", p["value"], re.IGNORECASE), name
@@ -219,3 +220,12 @@ def test_host_json_has_no_sampling_that_opentelemetry_ignores() -> None:
     assert host["telemetryMode"] == "OpenTelemetry"
     assert "samplingSettings" not in json.dumps(host)
     assert "applicationInsights" not in host.get("logging", {})
+
+
+def test_app_settings_an_operator_adds_survive_a_provision_and_win() -> None:
+    """The deployment writes the app's whole list of settings: one set by hand is gone after the next provision.
+    extraAppSettings is how an operator keeps one, and it is merged last, so it can replace one of the defaults."""
+    assert "    extraAppSettings: extraAppSettings\n" in MAIN
+    settings = RESOURCES[RESOURCES.index("    appSettings: union({") :]
+    merged = re.search(r"^    \}, ([\w, ]+)\)$", settings, re.MULTILINE)
+    assert merged and merged.group(1).split(", ")[-1] == "extraAppSettings", merged
