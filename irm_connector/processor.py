@@ -73,11 +73,14 @@ async def _process(
         rt.management.check_url(message.blob.content_uri, "contentUri")
     except (BadMessageError, UntrustedUrlError) as exc:
         outcome: Outcome = "untrusted-url" if isinstance(exc, UntrustedUrlError) else "bad-message"
+        # Not its text: a message written by hand may hold a record, whose content stays out of the logs.
         log.error(
-            "Content message refused and moved to %s: %s. Message text (first 200 characters): %r",
+            "Content message refused and moved to %s: %s (message %s, %d characters; `irm-connector poison list` "
+            "shows it)",
             settings.poison_queue,
             exc,
-            text[:200],
+            message_id or "without an id",
+            len(text),
             extra={"outcome": outcome},
         )
         await rt.queue.put_poison(text)

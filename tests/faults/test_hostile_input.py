@@ -178,7 +178,9 @@ def _message(sim: StandIns, uri: str, tenant: str | None = None) -> str:
 
 #: (case, the message, the outcome expected, what its one error line must say)
 MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str, str]] = [
-    ("not JSON", lambda sim: "hello", "refused: logged with its text and moved to the poison queue", "message is not JSON"),
+    ("not JSON", lambda sim: "hello", "refused: logged without its text and moved to the poison queue", "message is not JSON"),
+    ("a record instead of a notification", lambda sim: FOREIGN,
+     "refused: names the missing fields; the record it holds stays out of the log", "lacks contentUri"),
     ("over 48 KiB", lambda sim: json.dumps({"pad": "p" * 50_000}), "refused: too large for a content notification",
      "larger than a content notification can be"),
     ("JSON without the content fields", lambda sim: '{"contentId": 1}', "refused: names the missing fields",
@@ -216,6 +218,7 @@ async def test_hostile_message(connector: ConnectorHarness, name: str, build: Ca
     assert len(poison) == 1
     assert len(errors) == 1
     assert says in errors[0]  # this case's reason, not only some refusal
+    assert "alice@contoso.com" not in caplog.text  # what a message holds is not the log's: `poison list` shows it
     assert sim.management.requests() == []  # no request carried the token anywhere, on any route
 
 
