@@ -63,7 +63,13 @@ def error_of(body: bytes) -> tuple[str, str]:
         return "", ""
     code = error.get("code")
     message = error.get("message")
-    return (str(code) if code else "", str(message)[:300] if message else "")
+    return (_one_line(str(code)) if code else "", _one_line(str(message))[:300] if message else "")
+
+
+def _one_line(text: str) -> str:
+    """The service's own words on one line of printable text: a proxy's or gateway's answer, quoted in a log line,
+    ``LastError`` or a failure reason, must not start a line of its own that reads like the connector's."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def json_of(body: bytes, operation: str, content_type: str) -> Any:

@@ -328,7 +328,11 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
     if settings.auth_mode == "secret":
         return settings.client_secret
     setting = "O365_CLIENT_CERTIFICATE_PATH" if settings.certificate_path else "O365_CLIENT_CERTIFICATE"
-    raw = Path(settings.certificate_path).read_bytes() if settings.certificate_path else _cert_bytes(settings)
+    try:
+        raw = Path(settings.certificate_path).read_bytes() if settings.certificate_path else _cert_bytes(settings)
+    except OSError as exc:  # checked a file when the settings were read; unreadable to this process
+        raise SettingsError(setting, f"cannot be read ({exc.strerror or type(exc).__name__}): give this process "
+                                     "read access to the file") from None
     password = settings.certificate_password.encode() or None
     try:
         if b"-----BEGIN" in raw:

@@ -357,10 +357,11 @@ async def list_window(
                 if on_page is not None:
                     on_page()
             return
-        except InvalidPageError:
+        except InvalidPageError as exc:
             if attempt == 2:
                 raise
-            log.warning("NextPageUri refused; listing %s again from its start", window)
+            log.warning("NextPageUri of %s refused (%s); listing %s again from its start, once", content_type, exc,
+                        window, extra={"content_type": content_type, "tenant_id": rt.settings.tenant_id})  # fmt: skip
         finally:
             if not following.done():
                 following.cancel()

@@ -120,7 +120,11 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         try:
             configure_azure_monitor(**kwargs)
         except Exception as exc:
-            log.warning("Could not configure Application Insights telemetry (%s); continuing without it", exc)
+            log.warning(
+                "Could not configure Application Insights telemetry (%s): check %s (copy it from the Application "
+                "Insights resource) and %s; no telemetry is sent, the connector runs on",
+                exc, _CONNECTION_STRING, _AUTHENTICATION_STRING,
+            )  # fmt: skip
             return False
         _configured = True
         for handler in root.handlers:

@@ -46,7 +46,11 @@ def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
         "content_type": content_type,
         "content_id": content_id,
         "content_created": created,
-        "reason": failure.reason if failure else "unknown (no failure was recorded for this message)",
+        "reason": failure.reason if failure else (
+            "unknown: no failure was recorded for this message (the host parked it without the connector's word: "
+            "its last attempt cut off by functionTimeout or a worker crash, or a text the host could not decode; "
+            "look for its id in the host's log)"
+        ),
         "attempts": failure.attempts if failure else None,
         "failed_at": failure.time if failure else None,
         # Not a content notification: written by hand or by another tool, it may hold a secret; masked as any output.

@@ -275,7 +275,9 @@ async def test_hostile_listing_is_refused(connector: ConnectorHarness, caplog: p
     assert "refused" in caplog.text and "attacker.example" in caplog.text
 
 
-async def test_a_next_page_that_repeats_ends_the_run_instead_of_listing_for_ever(connector: ConnectorHarness) -> None:
+async def test_a_next_page_that_repeats_ends_the_run_instead_of_listing_for_ever(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
     """A NextPageUri naming a page already listed (a loop: a gateway's cache, a fault of the service) was followed
     for ever: a backfill never ended, and the poller, stopped near its timeout at the same place every run, halved
     its windows down to a minute while the watermark stayed. The window is listed again once from its start, as
@@ -288,6 +290,9 @@ async def test_a_next_page_that_repeats_ends_the_run_instead_of_listing_for_ever
     workload.publish(sim.management)
     with pytest.raises(PollError, match="already listed"):
         await asyncio.wait_for(connector.poll(), 60)
+    # The first time says which content type, and why, before listing again.
+    [again] = [r.getMessage() for r in caplog.records if "listing" in r.getMessage() and "again" in r.getMessage()]
+    assert again.startswith("NextPageUri of Audit.General refused (") and "already listed" in again
     sim.management.next_page_repeats = False
     await connector.poll()  # the watermark stayed: the next run lists the window whole
     assert await connector.queue_length() == len(workload.blobs)

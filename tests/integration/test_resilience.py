@@ -1540,3 +1540,20 @@ async def test_an_explicit_https_proxy_carries_the_connectors_calls(
     schemes = {(name, r.auth_scheme) for name in ("entra", "management", "ingestion")
                for r in getattr(sim, name).requests()}  # fmt: skip
     assert not {found for found in schemes if found[1] == "Basic"}, schemes
+
+
+async def test_a_certificate_file_gone_after_the_settings_were_read_is_named(
+    connector: ConnectorHarness, tmp_path: Path
+) -> None:
+    """The settings check found a file at O365_CLIENT_CERTIFICATE_PATH; gone or unreadable when the credential is
+    read (a rotation that removes it first), it was a bare OSError naming no setting."""
+    pem = tmp_path / "connector.pem"
+    pem.write_bytes(connector.standins.certificate_path.read_bytes())
+    connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="", O365_CLIENT_CERTIFICATE_PATH=str(pem))
+    from irm_connector.auth import MsalTokenProvider
+
+    settings = Settings.from_env()
+    pem.unlink()
+    with pytest.raises(SettingsError) as info:
+        MsalTokenProvider(settings)
+    assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH" and "cannot be read" in str(info.value)

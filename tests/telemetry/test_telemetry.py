@@ -316,3 +316,22 @@ async def test_each_poll_writes_a_health_row(connector: ConnectorHarness) -> Non
     rows = connector.rows("Custom-IRMConnectorHealth")
     assert len(rows) == 2
     assert rows[1]["Errors"] == 1 and "AF20011" in rows[1]["LastError"] and rows[1]["BlobsQueued"] == 0
+
+
+def test_a_connection_string_it_cannot_use_is_named_and_the_connector_runs_on(tmp_path: Path) -> None:
+    """The one line that says no telemetry will be sent names the setting to fix, not only the SDK's complaint."""
+    env = _base_env("s3cr3t-value-not-sent")
+    env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=not-a-guid;IngestionEndpoint=https://x",
+                "TMPDIR": str(tmp_path)})  # fmt: skip
+    code = (
+        "import logging, os\n"
+        "logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')\n"
+        "from irm_connector import telemetry\n"
+        "print('configured', telemetry.configure(), flush=True)\n"
+        "os._exit(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "configured False" in done.stdout, done.stderr
+    [warning] = [line for line in done.stderr.splitlines() if "Could not configure Application Insights" in line]
+    assert warning.startswith("WARNING") and "check APPLICATIONINSIGHTS_CONNECTION_STRING" in warning
+    assert "the connector runs on" in warning
