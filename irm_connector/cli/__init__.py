@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok; 1 unhealthy or the work failed; 2 usage or settings error, or a command that cannot work
 where it runs; 3 a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached
-or refused the credential.
+or refused the credential; 130 interrupted.
 With ``--json`` stdout holds one JSON document whatever happens: the result, or ``{"error": {...}}``.
 """
 
@@ -35,6 +35,7 @@ _EPILOG = """exit codes:
      Azure; nothing was done
   3  a dependency (Storage, Entra ID, the Management API, Logs Ingestion) could not be reached,
      or refused the credential (running it again does not help until that is fixed)
+  130  interrupted (Ctrl-C, SIGTERM)
 
 --json (before or after the command): stdout is one JSON document, also on errors:
 {"error": {"code", "message", "hint"}}.

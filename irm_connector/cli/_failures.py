@@ -6,6 +6,7 @@ what to do, and the exit code. Printed as ``error: …`` on stderr, and with ``-
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -195,9 +196,15 @@ def report(failure: Failure, *, as_json: bool) -> None:
     install_redaction()  # learns the configured secrets, if logging was not set up before the failure
     print(redact(failure.line()), file=sys.stderr)
     if as_json:
-        # Each text masked before it is escaped: masked after, a token field's pattern would see the JSON escapes
-        # (\" ends no value there), miss the secret and cut the document short of valid JSON.
-        print(json.dumps(_masked(failure.document()), indent=2))
+        try:
+            # Each text masked before it is escaped: masked after, a token field's pattern would see the JSON
+            # escapes (\" ends no value there), miss the secret and cut the document short of valid JSON.
+            print(json.dumps(_masked(failure.document()), indent=2))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # The reader went away (`--json ... | true`): the line on stderr said it, and the exit code is the
+            # failure's. Python's own flush at exit would fail on the same pipe (exit 120, a traceback).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _masked(value: Any) -> Any:

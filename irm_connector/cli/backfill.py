@@ -28,11 +28,14 @@ __all__ = ["backfill_command"]
 async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if args.since and (args.start or args.end):
         raise UsageError("give --since or --start/--end, not both")
-    content_types = tuple(args.content_type or settings.content_types)
+    # In any case, as O365_CONTENT_TYPES and `subscriptions` take them; the configured spelling from here on.
+    configured = {ct.lower(): ct for ct in settings.content_types}
+    asked = tuple(args.content_type or settings.content_types)
+    content_types = tuple(configured.get(ct.lower(), ct) for ct in asked)
     unknown = [ct for ct in content_types if ct not in settings.content_types]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not in O365_CONTENT_TYPES ({', '.join(settings.content_types)})")
-    _range(args, datetime.now(UTC))  # the options' own mistakes, before any call
+    _precheck(*_range(args, local_now := datetime.now(UTC)), local_now)  # the range's own mistakes, before any call
     if not args.no_process:
         HostQueueOptions.from_environment()  # its settings errors before anything is queued, not after
 
@@ -103,6 +106,22 @@ def _range(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]
     if args.start:
         return parse_moment(args.start, "--start"), parse_moment(args.end, "--end") if args.end else now
     raise UsageError("give --since (e.g. 3d) or --start (and optionally --end)")
+
+
+#: How far this machine's clock may be from the storage service's before a range it calls more than 7 days back
+#: is refused without asking the service, whose clock places the edge.
+_CLOCK_SLACK = timedelta(hours=1)
+
+
+def _precheck(start: datetime, end: datetime, local_now: datetime) -> None:
+    """The mistakes a range shows by itself, told before a storage or token call can fail first: an empty range,
+    and a start clearly more than 7 days back. :func:`_plan` checks again by the service's clock."""
+    if end <= start:
+        raise UsageError("the range is empty: --end must be after --start (and not in the future)")
+    if start < local_now - RETENTION - _CLOCK_SLACK:
+        raise UsageError(
+            f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
+        )
 
 
 def _plan(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:

@@ -147,7 +147,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     lines.append(f"poison queue {settings.poison_queue}: {poison_depth} message(s)")
     if problems:
         lines.append("")
-        lines.append("Problems (README, Operations: what to do for each):")
+        lines.append("Problems (docs/operations.md, \"What `status` reports and what to do\"):")
         for p in problems:
             where = f"{p['content_type']}: " if p["content_type"] else ""
             lines.append(f"  - [{p['code']}] {where}{p['detail']}")

@@ -42,7 +42,7 @@ def test_every_command_has_help(cli: Cli, command: list[str]) -> None:
     assert code == 0
     assert out.startswith("usage: irm-connector " + " ".join(command))
     if command not in (["poison"], ["subscriptions"]):
-        assert "exit codes:" in out
+        assert "exit codes:" in out and "130  interrupted" in out  # every code README and operations.md list
 
 
 def test_top_level_help_lists_the_commands(cli: Cli) -> None:
@@ -161,6 +161,23 @@ def test_storage_unreachable_exits_3(cli: Cli) -> None:
     code, out, err = cli.run("status")
     assert code == 3, err
     assert out == "" and err.startswith("error:") and "Traceback" not in err
+
+
+def test_a_backfill_range_wrong_by_itself_is_a_usage_error_before_any_call(cli: Cli) -> None:
+    """An empty range or one clearly past the API's 7 days was told only after the storage and token checks: with
+    storage out of reach, the operator heard about storage (exit 3), not about the range they typed."""
+    cli.set(
+        AzureWebJobsStorage="DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;TableEndpoint=http://127.0.0.1:1/devstoreaccount1;"
+    )
+    for argv, says in (
+        (("--start", "2026-06-01T00:00:00Z", "--end", "2026-05-01T00:00:00Z"), "the range is empty"),
+        (("--since", "0s"), "the range is empty"),
+        (("--start", "2020-01-01T00:00:00Z"), "is more than 7 days back"),
+    ):
+        code, doc = cli.json("backfill", *argv)
+        assert code == 2 and doc["error"]["code"] == "usage" and says in doc["error"]["message"], doc
+    assert cli.standins.management.count() == 0
 
 
 def test_status_is_unhealthy_while_logs_ingestion_refuses_a_stream(cli: Cli) -> None:
@@ -388,7 +405,8 @@ def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) ->
     _, before = cli.json("status")
     watermark = before["content_types"][0]["watermark"]
 
-    code, doc = cli.json("backfill", "--since", "4d")
+    # A content type in any case, as O365_CONTENT_TYPES takes it.
+    code, doc = cli.json("backfill", "--since", "4d", "--content-type", "audit.general")
     assert code == 0, doc
     # Four days in 24-hour windows, each after the first starting a minute early (windows.WINDOW_LEAD): a fifth
     # window holds the last three minutes.

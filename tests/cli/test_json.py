@@ -119,3 +119,26 @@ def test_a_json_error_masks_what_the_line_masks_and_stays_json(capsys: pytest.Ca
     doc = json.loads(out)
     assert "abc123xyz" not in out and "abc123xyz" not in err
     assert doc["error"]["message"].startswith("refused: ") and doc["error"]["message"].endswith(" end")
+
+
+@pytest.mark.parametrize("argv", [["status"], ["no-such-command"]], ids=["settings-error", "usage-error"])
+def test_an_error_told_to_a_reader_that_went_away_keeps_its_exit_code(cli: Cli, argv: list[str]) -> None:
+    """`irm-connector --json ... | head -c0`: the reader closes stdout before the error document is written. The
+    failure's exit code stays (2), with its line on stderr; it was Python's 120 and a BrokenPipeError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.cli.conftest import REPO
+
+    cli.unset("LOGS_DCR_IMMUTABLE_ID")  # a settings error, for `status`
+    read, write = os.pipe()
+    os.close(read)  # gone before the command writes: its first write to stdout meets a closed pipe
+    try:
+        done = subprocess.run([sys.executable, "-m", "irm_connector", "--json", *argv], env=cli.process_env(),
+                              cwd=REPO, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+    assert done.stderr.startswith(("settings error:", "usage", "error:")), done.stderr

@@ -37,6 +37,9 @@ def run(script: str, tmp_path: Path) -> dict[str, str]:
     bin_dir.mkdir(exist_ok=True)
     listing = [{"name": k, "slotSetting": False, "value": v} for k, v in SAMPLE.items()]
     listing.append({"name": "APPLICATIONINSIGHTS_CONNECTION_STRING", "slotSetting": False, "value": "InstrumentationKey=x"})
+    # A host setting no shell variable can be named after (extraAppSettings may add one): left out, not an error.
+    listing.append({"name": "AzureFunctionsJobHost__logging__logLevel__Host.Results", "slotSetting": False,
+                    "value": "Error"})  # fmt: skip
     (tmp_path / "appsettings.json").write_text(json.dumps(listing))
     fakes = {
         "azd": 'case "$*" in "env get-value AZURE_RESOURCE_GROUP") echo rg-irm;; "env get-value FUNCTION_APP_NAME") '
