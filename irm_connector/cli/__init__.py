@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 
 from irm_connector import __version__
 from irm_connector.content_queue import MAX_DELAY
+from irm_connector.errors import SettingsError
 from irm_connector.redaction import redact_exception
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
@@ -200,6 +201,33 @@ def _command(args: argparse.Namespace) -> Command:
     return table[str(args.command)]
 
 
+def _all_settings(args: argparse.Namespace) -> Settings:
+    """The connector's settings and those only this command reads (the host's queue overrides of the commands that
+    work the queue, ``run``'s ``POLL_SCHEDULE``), every problem of both named in one error, not the first group's
+    alone: an operator fixing them one run at a time met them one group at a time."""
+    from .queue_trigger import HostQueueOptions
+    from .run import DEFAULT_SCHEDULE, Schedule
+
+    own: list[SettingsError] = []
+    checks: list[Callable[[], object]] = []
+    if args.command in ("process", "run") or (args.command == "backfill" and not args.no_process):
+        checks.append(HostQueueOptions.from_environment)
+    if args.command == "run" and not args.schedule:
+        checks.append(lambda: Schedule(os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE))
+    for check in checks:
+        try:
+            check()
+        except SettingsError as exc:
+            own.append(exc)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise SettingsError.combine([exc, *own]) from None
+    if own:
+        raise SettingsError.combine(own)
+    return settings
+
+
 async def _run(args: argparse.Namespace, settings: Settings) -> int:
     # SIGTERM (a build agent's timeout, `kill`) ends a command as Ctrl-C does: cancelled, its leases released and
     # its claims given up on the way out, exit 130. `process` and `run` install a gentler stop of their own.
@@ -238,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = int(getattr(args, "verbose", 0) or 0)
     setup_logging(verbose)
     try:
-        settings = load_settings()
+        settings = _all_settings(args)
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
         report(Failure("interrupted", "interrupted", "", EXIT_INTERRUPTED), as_json=as_json)

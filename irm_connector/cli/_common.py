@@ -244,12 +244,15 @@ class GracefulStop:
 
         def on_signal(sig: signal.Signals) -> None:
             if self.signalled:
-                loop.remove_signal_handler(sig)  # the default again: KeyboardInterrupt, or the end for SIGTERM
-                signal.raise_signal(sig)
+                # Abandoned as a second Ctrl-C does, whichever signal came: SIGINT's default is KeyboardInterrupt,
+                # which ends the command with its JSON document and 130; SIGTERM's own default ended the process
+                # with 143 and nothing said.
+                loop.remove_signal_handler(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
                 return
             self.signalled = True
-            print("stopping: no new message is taken; those in flight finish (Ctrl-C again abandons them)",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print("stopping: no new message is taken; those in flight finish (a second Ctrl-C or SIGTERM abandons "
+                  "them)", file=sys.stderr, flush=True)  # fmt: skip
             self.stop.set()
 
         for sig in (signal.SIGINT, signal.SIGTERM):

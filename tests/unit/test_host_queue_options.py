@@ -50,6 +50,15 @@ def test_a_bad_override_is_a_settings_error_that_names_it(name: str, value: str)
     assert raised.value.setting == OVERRIDE_PREFIX + name
 
 
+def test_every_bad_override_is_named_at_once() -> None:
+    """One run names each setting to fix, as the connector's own settings check does, not the first of them."""
+    with pytest.raises(SettingsError) as raised:
+        HostQueueOptions.from_environment({OVERRIDE_PREFIX + "batchSize": "0", OVERRIDE_PREFIX + "newBatchThreshold": "4",
+                                           OVERRIDE_PREFIX + "visibilityTimeout": "abc"})  # fmt: skip
+    assert [name for name, _ in raised.value.problems] == [OVERRIDE_PREFIX + "batchSize",
+                                                           OVERRIDE_PREFIX + "visibilityTimeout"]  # fmt: skip
+
+
 def test_a_visibility_timeout_over_storage_s_most_says_the_most_as_it_is_written() -> None:
     with pytest.raises(SettingsError) as raised:
         HostQueueOptions.from_environment({OVERRIDE_PREFIX + "visibilityTimeout": "7.00:00:01"})
