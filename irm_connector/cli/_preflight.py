@@ -9,6 +9,7 @@ bounded by ``HTTP_TIMEOUT``, finds both at once and names the endpoint and the l
 from __future__ import annotations
 
 import asyncio
+import os
 from urllib.parse import urlsplit
 
 from azure.core.credentials_async import AsyncTokenCredential
@@ -72,6 +73,13 @@ def _storage_failure(exc: BaseException, url: str, settings: Settings) -> Failur
 def _identity_hint(roles: str) -> str:
     if identity_endpoint_known():
         return f"check AZURE_CLIENT_ID (the function app's identity) and that it has {roles}"
+    if os.environ.get("AZURE_CLIENT_ID") and os.environ.get("AZURE_TENANT_ID") and any(
+        os.environ.get(name) for name in ("AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH")
+    ):
+        # DefaultAzureCredential tries the environment's service principal before `az login`.
+        return (f"the service principal of AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET (or "
+                f"AZURE_CLIENT_CERTIFICATE_PATH) is used first: check them (-vv shows its error), and that it has "
+                f"{roles}; unset them to use `az login`")  # fmt: skip
     return f"off Azure this is your own identity: sign in with `az login` as an account with {roles}"
 
 

@@ -260,6 +260,15 @@ def test_logs_ingestion_with_the_operators_identity(cli: Cli, tmp_path: Path) ->
     assert code == 3 and out == "" and "HTTP 0" not in one_line(err)
     assert cli.depth() == blobs and cli.depth(cli.poison) == 0
 
+    # A service principal in the environment with a wrong secret: it is the one tried first, and the hint says so
+    # instead of sending the operator to `az login`.
+    cli.set(AZURE_TENANT_ID=sim.tenant_id, AZURE_CLIENT_ID=sim.client_id, AZURE_CLIENT_SECRET="not-the-secret",
+            AZURE_AUTHORITY_HOST=sim.authority_host)  # fmt: skip
+    code, doc = cli.json("process")
+    assert code == 3 and doc["error"]["code"] == "ingestion-token", doc
+    assert "AZURE_CLIENT_SECRET" in doc["error"]["hint"] and "sign in with `az login`" not in doc["error"]["hint"]
+    assert "not-the-secret" not in json.dumps(doc)
+
     cli.set(
         AZURE_TENANT_ID=sim.tenant_id,
         AZURE_CLIENT_ID=sim.client_id,
