@@ -20,7 +20,6 @@ from ._common import EXIT_OK, UsageError, duration_option, emit, iso, parse_mome
 from ._preflight import ready
 from .poll import failed_exit, report_lines
 from .process import process_lines, work_queue
-from .queue_trigger import HostQueueOptions
 
 __all__ = ["backfill_command"]
 
@@ -36,8 +35,6 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not in O365_CONTENT_TYPES ({', '.join(settings.content_types)})")
     _precheck(*_range(args, local_now := datetime.now(UTC)), local_now)  # the range's own mistakes, before any call
-    if not args.no_process:
-        HostQueueOptions.from_environment()  # its settings errors before anything is queued, not after
 
     await ready(settings, management=True, ingestion=not args.no_process)
     rt = await get_runtime(settings)
