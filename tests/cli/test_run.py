@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
+from subprocess import Popen
 
 import pytest
 
@@ -116,22 +119,32 @@ def test_run_with_a_bad_schedule_exits_2(cli: Cli) -> None:
     assert code == 2 and "POLL_SCHEDULE" in err
 
 
+@contextlib.contextmanager
+def _processing_with_uploads_in_flight(cli: Cli, *, latency: float) -> Iterator[Popen[str]]:
+    """`process --json` as a process of its own, handed over once Logs Ingestion, answering after ``latency``
+    seconds, has answered its first upload: the next ones are in flight then."""
+    sim = cli.standins
+    sim.ingestion.set_latency(latency)
+    before = sim.ingestion.count("ingest")  # answered requests: the poll's health rows
+    try:
+        with cli.spawn("process", "--json") as process:
+            deadline = time.monotonic() + 60
+            while sim.ingestion.count("ingest") == before:
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+                time.sleep(0.05)
+            yield process
+    finally:
+        sim.ingestion.set_latency(0.0)
+
+
 def test_process_interrupted_finishes_what_is_in_flight_and_the_next_run_sends_the_rest(cli: Cli) -> None:
     """Ctrl-C during `process`: no new message is taken, those in flight finish (rows sent and marked), exit 130;
     the next `process` sends the rest, and every alert arrives once."""
-    sim = cli.standins
     workload = cli.publish(seed=23, records=3000, blob_size=(100, 100))
     assert cli.run("poll")[0] == 0
-    sim.ingestion.set_latency(1.0)  # slow uploads: messages are in flight when the signal comes
-    before = sim.ingestion.count("ingest")  # the poll's health rows
-    with cli.spawn("process", "--json") as process:
-        deadline = time.monotonic() + 60
-        while sim.ingestion.count("ingest") == before:
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+    with _processing_with_uploads_in_flight(cli, latency=1.0) as process:
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
-    sim.ingestion.set_latency(0.0)
     assert process.returncode == 130, err
     assert "stopping: no new message is taken" in err
     first = json.loads(out)
@@ -147,22 +160,16 @@ def test_process_interrupted_finishes_what_is_in_flight_and_the_next_run_sends_t
 def test_a_second_sigterm_abandons_the_work_in_flight_and_says_so_with_130(cli: Cli) -> None:
     """A supervisor that asks twice (SIGTERM, then SIGTERM again): the second abandons what is in flight, as a second
     Ctrl-C does, and the command still ends with its one JSON document and 130; it ended with 143 and nothing."""
-    sim = cli.standins
     cli.publish(seed=24, records=3000, blob_size=(100, 100))
     assert cli.run("poll")[0] == 0
-    sim.ingestion.set_latency(5.0)  # the next uploads are still in flight a second after the first one came back
-    before = sim.ingestion.count("ingest")  # answered requests: the poll's health rows
-    with cli.spawn("process", "--json") as process:
-        deadline = time.monotonic() + 60
-        while sim.ingestion.count("ingest") == before:
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+    # 5 s an upload; signalled half a second after the first answers, the messages taken after them are uploading.
+    with _processing_with_uploads_in_flight(cli, latency=5.0) as process:
+        time.sleep(0.5)
         process.send_signal(signal.SIGTERM)
         time.sleep(1.0)
         assert process.poll() is None  # finishing what is in flight: the second signal finds it still running
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=60)
-    sim.ingestion.set_latency(0.0)
     assert process.returncode == 130, err
     assert "stopping: no new message is taken" in err
     assert json.loads(out)["error"]["code"] == "interrupted"
