@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 __all__ = [
+    "EMPTY_RANGE",
     "MAX_WINDOW",
     "MIN_WINDOW",
     "RETENTION",
@@ -26,6 +27,7 @@ __all__ = [
     "plan_windows",
     "shrunk_window",
     "split_windows",
+    "too_far_back",
     "window_lead",
 ]
 
@@ -167,6 +169,15 @@ def window_lead(max_window: timedelta) -> timedelta:
     return max(timedelta(seconds=1), timedelta(seconds=int(min(WINDOW_LEAD, max_window / 8).total_seconds())))
 
 
+#: A backfill range that holds nothing, as the options give it or once its end is cut at now.
+EMPTY_RANGE = "the range is empty: --end must be after --start (and not in the future)"
+
+
+def too_far_back(start: datetime) -> str:
+    """What a backfill starting at ``start``, past the API's 7 days, is told."""
+    return f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
+
+
 def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
     """The windows of a backfill over ``[start, end)``: at most 24 hours each, inside the API's 7 days.
 
@@ -174,9 +185,7 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
     is empty or starts more than 7 days back (that content can no longer be listed)."""
     start, end, now = start.astimezone(UTC), end.astimezone(UTC), now.astimezone(UTC)
     if start < now - RETENTION - timedelta(minutes=5):  # a little slack for --since 7d
-        raise ValueError(
-            f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
-        )
+        raise ValueError(too_far_back(start))
     end = min(end, now).replace(microsecond=0)
     earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
     asked = start.replace(microsecond=0)
@@ -189,5 +198,5 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
                 "days are not listed (a margin for clock skew, lest the API refuse the window); content that old "
                 "is about to leave the API"
             )
-        raise ValueError("the range is empty: --end must be after --start (and not in the future)")
+        raise ValueError(EMPTY_RANGE)
     return split_windows(start, end)

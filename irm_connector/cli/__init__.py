@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +24,7 @@ from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
 from ._common import StdoutClosed, load_settings, setup_logging
-from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report
+from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report, stdout_to_devnull
 
 __all__ = ["build_parser", "main"]
 
@@ -206,14 +205,14 @@ def _all_settings(args: argparse.Namespace) -> Settings:
     work the queue, ``run``'s ``POLL_SCHEDULE``), every problem of both named in one error, not the first group's
     alone: an operator fixing them one run at a time met them one group at a time."""
     from .queue_trigger import HostQueueOptions
-    from .run import DEFAULT_SCHEDULE, Schedule
+    from .run import Schedule
 
     own: list[SettingsError] = []
     checks: list[Callable[[], object]] = []
     if args.command in ("process", "run") or (args.command == "backfill" and not args.no_process):
         checks.append(HostQueueOptions.from_environment)
     if args.command == "run" and not args.schedule:
-        checks.append(lambda: Schedule(os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE))
+        checks.append(Schedule.from_settings)
     for check in checks:
         try:
             check()
@@ -272,9 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(Failure("interrupted", "interrupted", "", EXIT_INTERRUPTED), as_json=as_json)
         return EXIT_INTERRUPTED
     except StdoutClosed:
-        # Nowhere to say anything, and the work is done: stdout goes to /dev/null, or Python's own flush at exit
-        # would fail on the same pipe with a traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stdout_to_devnull()  # nowhere to say anything, and the work is done
         return EXIT_FAILED
     except Exception as exc:
         failure = describe(exc, " ".join(str(v) for v in (args.command, getattr(args, "action", None)) if v))

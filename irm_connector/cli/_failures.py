@@ -203,8 +203,14 @@ def report(failure: Failure, *, as_json: bool) -> None:
             sys.stdout.flush()
         except BrokenPipeError:
             # The reader went away (`--json ... | true`): the line on stderr said it, and the exit code is the
-            # failure's. Python's own flush at exit would fail on the same pipe (exit 120, a traceback).
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # failure's.
+            stdout_to_devnull()
+
+
+def stdout_to_devnull() -> None:
+    """Nothing more reaches a stdout whose reader went away: Python's own flush at exit would fail on the same pipe
+    (exit 120, a BrokenPipeError traceback)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _masked(value: Any) -> Any:

@@ -14,7 +14,7 @@ from irm_connector.errors import PollError
 from irm_connector.models import ContentTypeReport
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
-from irm_connector.windows import RETENTION, Window, plan_backfill
+from irm_connector.windows import EMPTY_RANGE, RETENTION, Window, plan_backfill, too_far_back
 
 from ._common import EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
 from ._preflight import ready
@@ -114,11 +114,9 @@ def _precheck(start: datetime, end: datetime, local_now: datetime) -> None:
     """The mistakes a range shows by itself, told before a storage or token call can fail first: an empty range,
     and a start clearly more than 7 days back. :func:`_plan` checks again by the service's clock."""
     if end <= start:
-        raise UsageError("the range is empty: --end must be after --start (and not in the future)")
+        raise UsageError(EMPTY_RANGE)
     if start < local_now - RETENTION - _CLOCK_SLACK:
-        raise UsageError(
-            f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
-        )
+        raise UsageError(too_far_back(start))
 
 
 def _plan(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:

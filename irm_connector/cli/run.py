@@ -46,6 +46,11 @@ class Schedule:
             )
         self._seconds_first = len(fields) == 6
 
+    @classmethod
+    def from_settings(cls) -> Schedule:
+        """``POLL_SCHEDULE``, as the Functions host reads it (its default when unset)."""
+        return cls(os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
+
     def next_after(self, moment: datetime) -> datetime:
         it = croniter(self.expression, moment, second_at_beginning=self._seconds_first)
         value = it.get_next(datetime)
@@ -88,7 +93,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         except SettingsError as exc:  # given on the command line, not in the settings
             raise UsageError(f"--schedule {exc.problem}") from None
     else:
-        schedule = Schedule(os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
+        schedule = Schedule.from_settings()
     options = queue_options(args.retry_delay)
     await ready(settings, management=True, ingestion=True)
     stop = asyncio.Event()
