@@ -1,6 +1,6 @@
 # Microsoft Graph lookups of the ActivityFeed.Read grant, sourced by grant-activityfeed-permission.sh and the
 # preprovision hook, so that the script that grants and the hook that decides whether to grant again mean the same
-# by "granted". The caller defines `az` (the wrapper that strips Windows' \r) and handles failures.
+# by "granted". The caller sources _az.sh (its `az` strips Windows' \r) and handles failures.
 # shellcheck shell=bash
 
 O365_MGMT_APP_ID="c5393580-f805-4401-95e8-94b7a6ef2fc2"   # "Office 365 Management APIs"

@@ -39,8 +39,9 @@ USAGE
 }
 
 die() { echo "error: $*" >&2; exit 1; }
-# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
-az() { command az "$@" | tr -d '\r'; }
+# az (the wrapper that strips Windows' \r) and REFRESH_API.
+# shellcheck source=scripts/_az.sh
+source "$(dirname "$0")/_az.sh"
 
 need_az() {
   command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"

@@ -30,13 +30,11 @@ USAGE
 }
 
 die() { echo "error: $*" >&2; exit 1; }
-# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
-az() { command az "$@" | tr -d '\r'; }
+# az (the wrapper that strips Windows' \r) and REFRESH_API.
+# shellcheck source=scripts/_az.sh
+source "$(dirname "$0")/_az.sh"
 
-# The API App Service documents for reading an app's Key Vault references again, and the one that says how the
-# secret's reference resolved. A resource id without a host is sent by `az rest` to the Resource Manager of the
-# CLI's cloud (sovereign clouds included).
-REFRESH_API="config/configreferences/appsettings/refresh?api-version=2022-03-01"
+# The API that says how the secret's reference resolved, relative to the app's resource id as REFRESH_API is.
 STATUS_API="config/configreferences/appsettings/O365_CLIENT_SECRET?api-version=2022-03-01"
 
 # Asks App Service to read the app's references again until the secret's resolves, as many times as the store was

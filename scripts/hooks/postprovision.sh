@@ -8,13 +8,11 @@ cd "$(dirname "$0")/../.."   # newer azd starts hooks in the script's folder; th
 
 say() { printf '%s\n' "$*"; }
 step() { printf '\n== %s\n' "$*"; }
-# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
-az() { command az "$@" | tr -d '\r'; }
+# az (the wrapper that strips Windows' \r) and REFRESH_API.
+# shellcheck source=scripts/_az.sh
+source scripts/_az.sh
 
 az_ready() { command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; }
-
-# App Service's API for reading an app's Key Vault references again (it does by itself only once a day).
-REFRESH_API="config/configreferences/appsettings/refresh?api-version=2022-03-01"
 
 mode=${O365_AUTH_MODE:-managed_identity}
 vault=${KEY_VAULT_NAME:-}

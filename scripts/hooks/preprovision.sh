@@ -9,8 +9,9 @@ say() { printf 'preprovision: %s\n' "$*"; }
 die() { printf 'preprovision: %s\n' "$*" >&2; exit 1; }
 # macOS ships bash 3.2, which has no lower-case expansion.
 lower() { printf '%s' "$1" | tr '[:upper:]' '[:lower:]'; }
-# The Azure CLI on Windows ends its tsv lines with \r\n, and Git Bash keeps the \r in $(...): strip it.
-az() { command az "$@" | tr -d '\r'; }
+# az (the wrapper that strips Windows' \r) and REFRESH_API.
+# shellcheck source=scripts/_az.sh
+source scripts/_az.sh
 
 # Entra ID directory roles that may grant an application permission to a service principal.
 GLOBAL_ADMINISTRATOR=62e90394-69f5-4237-9190-012177145e10
