@@ -26,6 +26,9 @@ from irm_connector.settings import Settings
 from ._common import StdoutClosed, load_settings, setup_logging
 from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report, stdout_to_devnull
 
+#: A queue peek returns at most 32 messages (Azure Storage's limit).
+MAX_PEEK = 32
+
 __all__ = ["build_parser", "main"]
 
 _EPILOG = """exit codes:
@@ -70,6 +73,17 @@ def _retry_delay(text: str) -> float:
     if not 0 <= seconds <= MAX_DELAY:
         raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_DELAY} seconds (7 days)")
     return seconds
+
+
+def _peek_limit(text: str) -> int:
+    """How many poison messages to show: a queue peek returns at most 32."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= count <= MAX_PEEK:
+        raise argparse.ArgumentTypeError(f"{count} is not between 1 and {MAX_PEEK}")
+    return count
 
 
 def _common(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
@@ -167,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("poison", "inspect dead messages with the reason each failed, requeue or purge them")
     poison = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = action(poison, "list", "the dead messages and why each failed")
-    q.add_argument("--limit", type=int, default=32, help="show at most this many (1-32, default 32)")
+    q.add_argument(
+        "--limit", type=_peek_limit, default=MAX_PEEK, help=f"show at most this many (1-{MAX_PEEK}, default {MAX_PEEK})"
+    )
     q = action(poison, "requeue", "send dead messages back to the content queue")
     q.add_argument("ids", nargs="*", metavar="ID", help="message id or content id")
     q.add_argument("--all", action="store_true", help="every message of the poison queue")

@@ -24,7 +24,7 @@ from irm_connector.errors import SettingsError, UsageError
 from irm_connector.models import parse_http_date, utc_text
 from irm_connector.redaction import install_redaction
 from irm_connector.runtime import storage_clients
-from irm_connector.settings import DURATION_FORMS, Settings, parse_duration
+from irm_connector.settings import Settings, parse_duration
 from irm_connector.state import StateStore
 
 from ._failures import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
@@ -171,8 +171,8 @@ def duration_option(text: str, option: str) -> timedelta:
     """A duration option (``--since 3d``); a usage error, naming the accepted forms, when it is not one."""
     try:
         return parse_duration(text, setting=option)
-    except SettingsError:
-        raise UsageError(f"{option} {text!r} is not a duration; write {DURATION_FORMS}") from None
+    except SettingsError as exc:
+        raise UsageError(f"{option} {text!r} {exc.problem}") from None
 
 
 def queue_options(retry_delay: float | None) -> HostQueueOptions:

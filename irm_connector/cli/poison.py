@@ -60,11 +60,10 @@ def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
 
 async def _list(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     depth = await store.depth(store.poison)
-    limit = max(1, min(32, args.limit))
     messages: list[Any] = []
     if depth:
         try:
-            messages = list(await store.poison.peek_messages(max_messages=limit))
+            messages = list(await store.poison.peek_messages(max_messages=args.limit))
         except ResourceNotFoundError:
             messages = []
     known = await failures.list_failures() if messages else {}

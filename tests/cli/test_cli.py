@@ -526,7 +526,10 @@ def test_a_secret_pasted_into_a_setting_is_not_echoed(cli: Cli) -> None:
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["status", "--max-lag", "2"], "--max-lag '2' is not a duration; write a number and a unit: 45s"),
+        (["status", "--max-lag", "2"], "--max-lag '2' has no unit; write a number and a unit: 45s"),
+        (["status", "--max-lag", "2 hours"], "--max-lag '2 hours' is not a duration; write a number and a unit"),
+        # a duration, only too long for Python's: "not a duration" sent the operator looking for a typo
+        (["status", "--max-lag", "99999999999d"], "--max-lag '99999999999d' is longer than any duration"),
         (["backfill", "--since", "soon"], "--since 'soon' is not a duration"),
         (["backfill"], "give --since (e.g. 3d) or --start"),
         (["backfill", "--since", "1d", "--start", "2026-01-01"], "not both"),
@@ -549,6 +552,10 @@ def test_command_line_mistakes_are_usage_errors(cli: Cli, argv: list[str], needl
         # Storage refuses such a visibility timeout: the message would stay invisible, with nothing said.
         (["process", "--retry-delay", "-5"], "between 0 and 604800 seconds"),
         (["process", "--retry-delay", "soon"], "is not a number of seconds"),
+        # A queue peek shows at most 32; 500 showed 32 with nothing said, 0 showed one.
+        (["poison", "list", "--limit", "500"], "--limit: 500 is not between 1 and 32"),
+        (["poison", "list", "--limit", "0"], "--limit: 0 is not between 1 and 32"),
+        (["poison", "list", "--limit", "all"], "--limit: 'all' is not a whole number"),
         # An abbreviation made a JSON result but a text error: only whole options are taken.
         (["--js", "status"], "unrecognized arguments: --js"),
     ],
