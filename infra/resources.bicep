@@ -233,6 +233,7 @@ module sentinelContent 'modules/sentinel-content.bicep' = if (deploySentinelCont
   params: {
     workspaceName: wsName
     location: workspaceInfo.outputs.location
+    o365TenantId: o365TenantId
   }
   dependsOn: [
     sentinelWorkspace

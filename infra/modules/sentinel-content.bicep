@@ -7,6 +7,10 @@
 param workspaceName string
 @description('Region of the workbook (the workspace region).')
 param location string
+@description('Microsoft 365 tenant of this connector: the silent-connector rule watches its health rows.')
+param o365TenantId string
+@description('When this deployment ran: the silent-connector rule leaves a connector 2 hours from it for its first row.')
+param deployedAt string = utcNow('yyyy-MM-ddTHH:mm:ssZ')
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2025-07-01' existing = {
   name: workspaceName
@@ -30,7 +34,21 @@ var analyticsRules = [
   loadYamlContent('../../sentinel/analytics/irm-connector-poison-queue.yaml')
   loadYamlContent('../../sentinel/analytics/irm-connector-backlog-age.yaml')
   loadYamlContent('../../sentinel/analytics/irm-connector-ingestion-refused.yaml')
+  silentRule
 ]
+
+// The rules above read every tenant's rows alike and have fixed ids, shared by every connector that feeds the
+// workspace. A connector that never wrote a row has no tenant in them, so the silent-connector rule is one copy per
+// tenant: its id derived from the tenant, the tenant and the deployment's time written into its query.
+var silentTemplate = loadYamlContent('../../sentinel/analytics/irm-connector-silent.yaml')
+var silentTenant = 'let tenant = "${toLower(o365TenantId)}";'
+var silentDeployedAt = 'let deployedAt = datetime(${deployedAt});'
+var silentQuery = replace(replace(silentTemplate.query, 'let tenant = "00000000-0000-0000-0000-000000000000";', silentTenant), 'let deployedAt = datetime(2000-01-01T00:00:00Z);', silentDeployedAt)
+var silentRule = union(silentTemplate, {
+  id: guid(silentTemplate.id, toLower(o365TenantId))
+  name: '${silentTemplate.name} (tenant ${toLower(o365TenantId)})'
+  query: silentQuery
+})
 
 var connectorUi = loadJsonContent('../../sentinel/dataconnectors/IRMConnector.json')
 

@@ -310,7 +310,7 @@ def test_health_rules_carry_no_attack_tactics(content: dict[str, Any]) -> None:
     """A connector going quiet is an operations problem: no ATT&CK tactic (certainly not DefenseEvasion)."""
     health = COLUMNS["streams"]["health"]["table"]
     health_rules = [r["doc"] for r in content["analytics"] if health in r["doc"]["query"]]
-    assert len(health_rules) == 4
+    assert len(health_rules) == 5
     for rule in health_rules:
         assert rule["tactics"] == [] and rule["relevantTechniques"] == [], rule["name"]
     irm = [r["doc"] for r in content["analytics"] if health not in r["doc"]["query"]]
@@ -331,9 +331,13 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     # A backlog put back for later is invisible to the poller's peek (0 with messages waiting): the age seen last.
     assert "OldestQueuedSeconds == 0 and QueueDepth > 0" in queries[backlog]
     rule_reading(r'where IngestionState startswith "refused"')
-    stale = rule_reading(r"No connector health row")
-    # The stale rule groups by tenant: an empty table has no tenant, so a fresh deployment raises nothing.
+    stale = rule_reading(r"No connector health row for more than 2 hours")
+    # The stale rule groups by tenant: an empty table has no tenant, so a fresh deployment raises nothing there...
     assert "summarize LastRun = max(TimeGenerated) by O365TenantId" in queries[stale]
+    # ...and the silent rule, which knows its tenant, raises it: without a group an empty input is one row.
+    silent = rule_reading(r"No connector health row since the deployment")
+    assert re.search(r"\| summarize LastRun = max\(TimeGenerated\)\n", queries[silent])
+    assert "where isnull(LastRun) and now() > deployedAt + silentAfter" in queries[silent]
     # Runs that all fail leave Watermark and LagSeconds empty (the lease could not be read): lag cannot see them.
     failing = rule_reading(r"Every run failed for more than 2 hours")
     assert failing == stale and re.search(r"Succeeded = countif\(Errors == 0\)", queries[stale])
@@ -410,6 +414,29 @@ def test_bicep_maps_the_yaml_to_the_api() -> None:
         )
     hunting = text[text.index("resource hunting ") : text.index("resource rules ")]
     assert re.search(r"dependsOn: \[\s*functions\s*\]", hunting)
+
+
+def test_the_silent_rule_is_deployed_once_per_tenant_with_its_tenant_and_time(content: dict[str, Any]) -> None:
+    """The silent-connector rule's query holds two stand-in values the Bicep replaces, each its own whole `let`, so
+    that a rule deployed with the stand-ins still in it (a drifted text: the rule would watch the null tenant and
+    fire for every connector) cannot pass."""
+    [rule] = [r["doc"] for r in content["analytics"] if r["file"].endswith("/irm-connector-silent.yaml")]
+    text = CONTENT_BICEP.read_text()
+    replaced = re.search(r"var silentQuery = replace\(replace\(silentTemplate\.query, '([^']*)', silentTenant\), "
+                         r"'([^']*)', silentDeployedAt\)", text)
+    assert replaced, "sentinel-content.bicep no longer replaces the silent rule's two values"
+    for stand_in in replaced.groups():
+        assert rule["query"].count(stand_in) == 1, stand_in
+    assert """var silentTenant = 'let tenant = "${toLower(o365TenantId)}";'""" in text
+    assert "var silentDeployedAt = 'let deployedAt = datetime(${deployedAt});'" in text
+    assert "param deployedAt string = utcNow(" in text
+    # Several connectors feed one workspace: one rule each, named for its tenant, in the list the others deploy by.
+    assert "id: guid(silentTemplate.id, toLower(o365TenantId))" in text
+    assert re.search(r"loadYamlContent\('\.\./\.\./sentinel/analytics/irm-connector-ingestion-refused\.yaml'\)"
+                     r"\n  silentRule\n\]", text)
+    resources = (INFRA / "resources.bicep").read_text()
+    module = resources[resources.index("module sentinelContent ") :]
+    assert re.search(r"^    o365TenantId: o365TenantId$", module[: module.index("\n}")], re.MULTILINE)
 
 
 def test_data_connector_definition(content: dict[str, Any]) -> None:
