@@ -122,8 +122,9 @@ def test_storage_down_exits_3_naming_the_endpoint_and_azurite(cli: Cli, command:
 
 
 def test_storage_that_does_not_answer_fails_within_http_timeout(cli: Cli) -> None:
-    """Item 5's contract: a storage account that holds every request exits 3 within HTTP_TIMEOUT plus a margin
-    (start-up and the closing of clients), not after the SDKs' retries (31 s for poll before)."""
+    """Item 5's contract: a storage account that holds every request exits 3 after HTTP_TIMEOUT, not after the SDKs'
+    retries (31 s for poll before). The bound is that contract, with room for the process's start and the closing
+    of its clients on a slow machine, not a speed: the message names the timeout that ended it."""
     with StorageProxy(cli.azurite) as proxy:
         proxy.set_latency(60)
         cli.set(AzureWebJobsStorage=proxy.connection_string, HTTP_TIMEOUT="2s")
@@ -131,7 +132,7 @@ def test_storage_that_does_not_answer_fails_within_http_timeout(cli: Cli) -> Non
         code, out, err = cli.run("poll")
         elapsed = time.monotonic() - started
     assert code == 3, err
-    assert out == "" and elapsed < 2 + 5, elapsed
+    assert out == "" and elapsed < 2 + 15, elapsed  # the retries took 31 s
     line = one_line(err)
     assert f"cannot reach Storage at {proxy.queue.base_url}" in line or f"at {proxy.table.base_url}" in line
     assert "(no answer within HTTP_TIMEOUT (2s))" in line and "Azurite" in line

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +53,23 @@ def tally(connector: ConnectorHarness, workload: Workload) -> tuple[int, int]:
         lost += len(workload.record_ids - set(audit))
         duplicates += sum(audit.values()) - len(audit)
     return lost, duplicates
+
+
+async def queue_a_neighbour(connector: ConnectorHarness, *, seed: int) -> Workload:
+    """Puts one ordinary blob on the content queue, alerts in it, as the poller does: a case whose input holds no
+    record to deliver (a refused message) is counted on it, since a refusal must cost the messages beside it
+    nothing. The audit stream is on, so every record counts."""
+    from standins.workload import generate_workload
+
+    sim = connector.standins
+    connector.set(LOGS_AUDIT_STREAM="Custom-O365Audit")
+    sim.management.set_subscription("Audit.General", "enabled")
+    good = generate_workload(seed=seed, total_records=60, blob_size=(60, 60), irm_share=0.2, tenant_id=sim.tenant_id)
+    created = datetime.now(UTC) - timedelta(hours=1)
+    for blob in good.blobs:
+        sim.management.add_blob(blob.content_type, list(blob.records), content_created=created)
+    await connector.poll()
+    return good
 
 
 def record(outcome: Outcome) -> None:

@@ -198,7 +198,9 @@ async def test_a_throttle_whose_wait_the_invocation_cannot_hold_puts_the_message
         "record arrives once",
         f"put off after {outcome['seconds']:.0f} s of {TIMEOUT} s ({reason.split(':')[0]}); {pending} claims left "
         "pending; then delivered", lost, duplicates))  # fmt: skip
-    assert outcome["raised"] == "" and outcome["seconds"] < TIMEOUT / 2, outcome  # put off: nothing for the host
+    # Put off (nothing raised for the host) before the function timeout: a wait started on that Retry-After would
+    # have met the deadline and raised DeadlineError.
+    assert outcome["raised"] == "" and outcome["seconds"] < TIMEOUT, outcome
     assert reason.startswith(error) and f"Retry-After {wait} s" in reason, reason
     assert pending == 0 and queued == 2 and visible == [message]
     assert (lost, duplicates) == (0, 0)

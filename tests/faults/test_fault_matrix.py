@@ -185,6 +185,7 @@ async def test_fault(faulty: ConnectorHarness, case: Case) -> None:
         asked = case.count - service.pending_faults()
         most = 2 * (len(workload.blobs) * HostQueueOptions.from_environment().max_dequeue_count + 1)
         assert asked <= most, f"{case.route} was asked {asked} times while it refused (at most {most})"
+        assert observed, "a refusal that does not pass was ridden out: it should fail the run or the delivery"
 
     # The fault clears; the next timer tick and the operator's requeue follow.
     service.clear_faults()

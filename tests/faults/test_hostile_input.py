@@ -210,35 +210,43 @@ MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str, str]] = [
 @pytest.mark.parametrize(("name", "build", "expected", "says"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
 async def test_hostile_message(connector: ConnectorHarness, name: str, build: Callable[[StandIns], str | bytes], expected: str, says: str, caplog: pytest.LogCaptureFixture) -> None:
     sim = connector.standins
+    neighbour = await report.queue_a_neighbour(connector, seed=61)
+    listed = len(sim.management.requests())
     await connector.process(build(sim))
+    asked = sim.management.requests()[listed:]
+    await connector.drain()
+    lost, duplicates = report.tally(connector, neighbour)
     poison = await connector.messages(connector.queue_name + "-poison")
     errors = [r.getMessage() for r in _logged_records(caplog) if r.levelno >= logging.ERROR]
     report.record(report.Outcome("Hostile input", "queue message", name, expected,
-                                 f"poisoned, {len(errors)} error line", 0, 0))  # fmt: skip
+                                 f"poisoned, {len(errors)} error line", lost, duplicates))  # fmt: skip
     assert len(poison) == 1
     assert len(errors) == 1
     assert says in errors[0]  # this case's reason, not only some refusal
     assert "alice@contoso.com" not in caplog.text  # what a message holds is not the log's: `poison list` shows it
-    assert sim.management.requests() == []  # no request carried the token anywhere, on any route
+    assert asked == []  # no request carried the token anywhere, on any route
+    assert lost == 0 and duplicates == 0  # the blob queued beside it arrived, once
 
 
 @pytest.mark.reports_outcome
 async def test_message_that_is_not_base64(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     from azure.storage.queue.aio import QueueClient
 
+    neighbour = await report.queue_a_neighbour(connector, seed=62)
     async with QueueClient.from_connection_string(connector.azurite.connection_string, connector.queue_name) as raw:
-        await raw.create_queue()
-        await raw.send_message(FOREIGN)  # written without the base64 the trigger expects
+        await raw.send_message(FOREIGN)  # on the neighbour's queue, without the base64 the trigger expects
         # One over 48 KiB grows past a queue message's 64 KiB when parked: refused, it came back for ever.
         await raw.send_message(LARGE_FOREIGN)
     stats = await asyncio.wait_for(connector.drain(), 120)
+    lost, duplicates = report.tally(connector, neighbour)
     poison = sorted(await connector.messages(connector.queue_name + "-poison"), key=len)
     report.record(report.Outcome("Hostile input", "queue message", "not base64",
                                  "parked at once with an error line (the CLI's host; in Azure the Functions host parks it itself, never calling the function)",
-                                 f"poisoned after {stats.failed_attempts} failed attempts", 0, 0))  # fmt: skip
+                                 f"poisoned after {stats.failed_attempts} failed attempts", lost, duplicates))  # fmt: skip
     assert poison[0] == FOREIGN and len(poison) == 2
     assert LARGE_FOREIGN.startswith(poison[1].removesuffix(" [cut: over 48 KiB]")) and len(poison[1]) < 48 * 1024
     assert stats.poisoned == 2 and stats.failed_attempts == 0
+    assert lost == 0 and duplicates == 0  # the blob queued before them arrived, once
     assert "not base64" in caplog.text
     assert "alice@contoso.com" not in caplog.text  # what it holds is not the log's: `poison list` shows it
 

@@ -64,16 +64,21 @@ async def test_hostile_content_uri_in_a_message(
     connector: ConnectorHarness, name: str, uri: Callable[[StandIns], str], caplog: pytest.LogCaptureFixture
 ) -> None:
     sim = connector.standins
-    sim.management.set_subscription("Audit.General", "enabled")
+    neighbour = await report.queue_a_neighbour(connector, seed=63)
+    listed = len(sim.management.requests())
     await connector.process(_message(sim, uri(sim)), dequeue_count=1)  # completes: no retry by the host
+    asked = sim.management.requests()[listed:]
+    await connector.drain()
+    lost, duplicates = report.tally(connector, neighbour)
     poison = await connector.messages(connector.queue_name + "-poison")
     errors = _errors(caplog)
     report.record(report.Outcome("Hostile input", "queue message", name, REFUSED,
-                                 f"poisoned, {len(errors)} error line, {len(sim.management.requests())} requests",
-                                 0, 0))  # fmt: skip
+                                 f"poisoned, {len(errors)} error line, {len(asked)} requests",
+                                 lost, duplicates))  # fmt: skip
     assert len(poison) == 1 and json.loads(poison[0])["contentUri"] == uri(sim)
     assert len(errors) == 1 and "refused" in errors[0]
-    assert sim.management.requests() == []
+    assert asked == []
+    assert lost == 0 and duplicates == 0  # the blob queued beside it arrived, once
 
 
 LISTED_CASES: list[tuple[str, Callable[[StandIns], str]]] = [

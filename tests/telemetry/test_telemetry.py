@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from irm_connector import __version__, telemetry
+from irm_connector.errors import PollError
 from irm_connector.redaction import RedactingFilter
 from standins import StandIns
 from standins.tls import TestCA
@@ -214,7 +215,7 @@ async def test_the_secret_never_appears_in_logs(
     workload.publish(sim.management)
     # Failures on the way, so the error paths log too: a refused token, throttling, a refused upload.
     sim.entra.add_fault("token", "status", count=1, status=401, code="invalid_client")
-    with pytest.raises(Exception):
+    with pytest.raises(PollError, match="invalid_client"):
         await connector.poll()
     sim.management.add_fault("list", "status", count=1, status=429, retry_after=0)
     sim.ingestion.add_fault("ingest", "status", count=1, status=500)
