@@ -202,9 +202,9 @@ def test_role_assignments() -> None:
 def test_no_secret_in_outputs_or_defaults() -> None:
     for f in bicep_files():
         text = f.read_text()
-        secure = re.findall(r"@secure\(\)\s*(?:@description\([^\n]*\)\s*)?param (\w+) string(?: = (.*))?", text)
+        secure = re.findall(r"@secure\(\)\s*(?:@description\([^\n]*\)\s*)?param (\w+) (?:string|object)(?: = (.*))?", text)
         for name, default in secure:
-            assert default in ("", "''"), f"{f.name}: secure param {name} has a default"
+            assert default in ("", "''", "{}"), f"{f.name}: secure param {name} has a default"
         for line in re.findall(r"^output .*$", text, re.MULTILINE):
             assert (
                 not re.search(
