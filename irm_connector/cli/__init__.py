@@ -14,7 +14,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from irm_connector import __version__
 from irm_connector.content_queue import MAX_DELAY
@@ -28,6 +28,8 @@ from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, descr
 
 #: A queue peek returns at most 32 messages (Azure Storage's limit).
 MAX_PEEK = 32
+
+N = TypeVar("N", int, float)
 
 __all__ = ["build_parser", "main"]
 
@@ -64,26 +66,25 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _retry_delay(text: str) -> float:
-    """Seconds a failed message stays invisible: what a queue message's visibility timeout may be (0 to 7 days)."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= seconds <= MAX_DELAY:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and {MAX_DELAY} seconds (7 days)")
-    return seconds
+def _within(convert: Callable[[str], N], low: N, high: N, *, what: str, unit: str = "") -> Callable[[str], N]:
+    """An option's type: the number ``convert`` reads, refused (a usage error) outside ``low`` to ``high``."""
+
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is not between {low:g} and {high:g}{unit}")
+        return value
+
+    return parse
 
 
-def _peek_limit(text: str) -> int:
-    """How many poison messages to show: a queue peek returns at most 32."""
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= count <= MAX_PEEK:
-        raise argparse.ArgumentTypeError(f"{count} is not between 1 and {MAX_PEEK}")
-    return count
+#: Seconds a failed message stays invisible: what a queue message's visibility timeout may be.
+_retry_delay = _within(float, 0.0, float(MAX_DELAY), what="a number of seconds", unit=" seconds (7 days)")
+#: How many poison messages to show: a queue peek returns at most 32.
+_peek_limit = _within(int, 1, MAX_PEEK, what="a whole number")
 
 
 def _common(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
