@@ -418,8 +418,8 @@ def test_bicep_maps_the_yaml_to_the_api() -> None:
 
 def test_the_silent_rule_is_deployed_once_per_tenant_with_its_tenant_and_time(content: dict[str, Any]) -> None:
     """The silent-connector rule's query holds two stand-in values the Bicep replaces, each its own whole `let`, so
-    that a rule deployed with the stand-ins still in it (a drifted text: the rule would watch the null tenant and
-    fire for every connector) cannot pass."""
+    that a rule deployed with the stand-ins still in it cannot pass: it would watch a tenant no connector has and
+    report every deployment silent."""
     [rule] = [r["doc"] for r in content["analytics"] if r["file"].endswith("/irm-connector-silent.yaml")]
     text = CONTENT_BICEP.read_text()
     replaced = re.search(r"var silentQuery = replace\(replace\(silentTemplate\.query, '([^']*)', silentTenant\), "
