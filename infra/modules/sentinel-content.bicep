@@ -41,12 +41,14 @@ var analyticsRules = [
 // workspace. A connector that never wrote a row has no tenant in them, so the silent-connector rule is one copy per
 // tenant: its id derived from the tenant, the tenant and the deployment's time written into its query.
 var silentTemplate = loadYamlContent('../../sentinel/analytics/irm-connector-silent.yaml')
-var silentTenant = 'let tenant = "${toLower(o365TenantId)}";'
+// One spelling, so that the rule's id and name do not change with the case the tenant was typed in.
+var tenant = toLower(o365TenantId)
+var silentTenant = 'let tenant = "${tenant}";'
 var silentDeployedAt = 'let deployedAt = datetime(${deployedAt});'
 var silentQuery = replace(replace(silentTemplate.query, 'let tenant = "00000000-0000-0000-0000-000000000000";', silentTenant), 'let deployedAt = datetime(2000-01-01T00:00:00Z);', silentDeployedAt)
 var silentRule = union(silentTemplate, {
-  id: guid(silentTemplate.id, toLower(o365TenantId))
-  name: '${silentTemplate.name} (tenant ${toLower(o365TenantId)})'
+  id: guid(silentTemplate.id, tenant)
+  name: '${silentTemplate.name} (tenant ${tenant})'
   query: silentQuery
 })
 

@@ -427,11 +427,12 @@ def test_the_silent_rule_is_deployed_once_per_tenant_with_its_tenant_and_time(co
     assert replaced, "sentinel-content.bicep no longer replaces the silent rule's two values"
     for stand_in in replaced.groups():
         assert rule["query"].count(stand_in) == 1, stand_in
-    assert """var silentTenant = 'let tenant = "${toLower(o365TenantId)}";'""" in text
+    assert "var tenant = toLower(o365TenantId)" in text
+    assert """var silentTenant = 'let tenant = "${tenant}";'""" in text
     assert "var silentDeployedAt = 'let deployedAt = datetime(${deployedAt});'" in text
     assert "param deployedAt string = utcNow(" in text
     # Several connectors feed one workspace: one rule each, named for its tenant, in the list the others deploy by.
-    assert "id: guid(silentTemplate.id, toLower(o365TenantId))" in text
+    assert "id: guid(silentTemplate.id, tenant)" in text
     assert re.search(r"loadYamlContent\('\.\./\.\./sentinel/analytics/irm-connector-ingestion-refused\.yaml'\)"
                      r"\n  silentRule\n\]", text)
     resources = (INFRA / "resources.bicep").read_text()
