@@ -238,16 +238,18 @@ class BodyRoomError(ConnectorError):
 class UntrustedUrlError(ConnectorError):
     """A ``contentUri`` or ``NextPageUri`` that is not HTTPS under the configured API root and tenant.
 
-    The connector never sends its bearer token to such a URL.
+    The connector never sends its bearer token to such a URL. Its text names the URL's origin and what is wrong
+    with it, never its path or query: a message written by hand may hold anything there (``poison list`` shows it).
     """
 
-    def __init__(self, what: str, url: str) -> None:
-        shown = url if len(url) <= 200 else url[:200] + "..."
+    def __init__(self, what: str, url: str, reason: str, *, origin: str = "") -> None:
+        where = f" on {origin}" if origin else ""
         super().__init__(
-            f"refused {what} {shown!r}: it is not HTTPS under the configured O365_API_ROOT and tenant; "
-            "the message may be forged or the API root misconfigured"
+            f"refused {what}{where}: {reason}; the message may be forged or O365_API_ROOT misconfigured"
         )
         self.url = url
+        self.reason = reason
+        self.origin = origin
 
 
 class RefusedListingError(ConnectorError):
@@ -257,8 +259,9 @@ class RefusedListingError(ConnectorError):
 
     def __init__(self, content_type: str, refused: int, first: UntrustedUrlError) -> None:
         super().__init__(
-            f"{refused} listed {content_type} blob(s) refused, not fetched, e.g. {first.url[:200]!r}: the "
-            "contentUri is not HTTPS under O365_API_ROOT and this tenant's feed. Check O365_API_ROOT and O365_CLOUD "
+            f"{refused} listed {content_type} blob(s) refused, not fetched (the first"
+            f"{f', on {first.origin}' if first.origin else ''}: {first.reason}): the contentUri must be HTTPS under "
+            "O365_API_ROOT and this tenant's feed. Check O365_API_ROOT and O365_CLOUD "
             "(the API lists blobs on its own host); the watermark stays until they can be fetched",
         )
         self.url = first.url

@@ -22,6 +22,7 @@ class FeedUrls:
     def __init__(self, api_root: str, tenant_id: str) -> None:
         root = URL(api_root)
         self._origin = (root.host or "", root.port)
+        self._root = str(root.origin())
         tenant = tenant_id.lower()
         # NextPageUri may read /api/v1/ rather than /api/v1.0/ (apis.md); both name the same feed.
         self._feed = tuple(f"/api/{version}/{tenant}/activity/feed/" for version in ("v1.0", "v1"))
@@ -38,16 +39,21 @@ class FeedUrls:
             parsed = URL(url)
             origin = ((parsed.host or "").lower(), parsed.port)
         except (ValueError, TypeError):  # "https://[", a port out of range: yarl refuses to parse them
-            raise UntrustedUrlError(what, url) from None
+            raise UntrustedUrlError(what, url, "it is not a URL") from None
         path = parsed.raw_path.lower()
         folders = self._audit if what == "contentUri" else self._feed
-        if (
-            parsed.scheme != "https"
-            or origin != self._origin
-            or parsed.user is not None
-            or parsed.password is not None
-            or not any(path.startswith(folder) and len(path) > len(folder) for folder in folders)
-            or any(escape in path for escape in _PATH_ESCAPES)
-        ):
-            raise UntrustedUrlError(what, url)
-        return parsed
+        if parsed.scheme != "https":
+            reason = "it is not HTTPS"
+        elif origin != self._origin:
+            reason = f"it is not on O365_API_ROOT ({self._root})"
+        elif parsed.user is not None or parsed.password is not None:
+            reason = "it carries a user name or password"
+        elif not any(path.startswith(folder) and len(path) > len(folder) for folder in folders):
+            reason = f"it is not under this tenant's {'audit content' if what == 'contentUri' else 'feed'}"
+        elif any(escape in path for escape in _PATH_ESCAPES):
+            reason = "its path holds an escaped separator (%2F, %5C or %25)"
+        else:
+            return parsed
+        # Only the origin: the path and query of a forged message may hold anything.
+        shown = str(parsed.origin()) if parsed.host and parsed.scheme in ("http", "https") else ""
+        raise UntrustedUrlError(what, url, reason, origin=shown[:120])

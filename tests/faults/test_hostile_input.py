@@ -185,16 +185,19 @@ MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str, str]] = [
      "larger than a content notification can be"),
     ("JSON without the content fields", lambda sim: '{"contentId": 1}', "refused: names the missing fields",
      "lacks contentUri, contentId, contentType, contentCreated, contentExpiration, tenantId"),
-    ("contentUri on another host", lambda sim: _message(sim, "https://attacker.example/api/v1.0/x/activity/feed/audit/1"),
-     "refused before any request: the token never leaves for that host", "refused contentUri"),
+    # Each contentUri names a user in its path: the error line says where it pointed and why, never the path.
+    ("contentUri on another host", lambda sim: _message(sim, "https://attacker.example/api/v1.0/x/activity/feed/audit/alice@contoso.com"),
+     "refused before any request: the token never leaves for that host",
+     "refused contentUri on https://attacker.example: it is not on O365_API_ROOT"),
     ("contentUri over plain HTTP", lambda sim: _message(sim, sim.api_root.replace("https", "http") + "/api/v1.0/"
-                                                       + sim.tenant_id + "/activity/feed/audit/1"),
-     "refused before any request", "refused contentUri"),
+                                                       + sim.tenant_id + "/activity/feed/audit/alice@contoso.com"),
+     "refused before any request", "it is not HTTPS"),
     ("contentUri of another tenant", lambda sim: _message(
-        sim, f"{sim.api_root}/api/v1.0/00000000-0000-0000-0000-000000000001/activity/feed/audit/1"),
-     "refused before any request", "refused contentUri"),
+        sim, f"{sim.api_root}/api/v1.0/00000000-0000-0000-0000-000000000001/activity/feed/audit/alice@contoso.com"),
+     "refused before any request", "it is not under this tenant's audit content"),
     ("contentUri with a path escape", lambda sim: _message(
-        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/../../../../other"), "refused before any request", "refused contentUri"),
+        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/../../../../alice@contoso.com"),
+     "refused before any request", "it is not under this tenant's audit content"),
     ("a time past the calendar's end", lambda sim: _message(
         sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1").replace(
         '"contentExpiration": "', '"contentExpiration": "9999-12-31T23:59:59-01:00", "was": "'),
