@@ -62,7 +62,7 @@ async def _run(cfg: dict[str, Any]) -> dict[str, Any]:
             cpu0, wall0 = cpu(), time.perf_counter()
             await client.upload(rule_id=env["LOGS_DCR_IMMUTABLE_ID"], stream_name=stream, logs=logs, on_error=on_error)
         else:
-            ingestor = SentinelIngestor(client, env["LOGS_DCR_IMMUTABLE_ID"])
+            ingestor = SentinelIngestor(client, env["LOGS_DCR_IMMUTABLE_ID"], endpoint=env["LOGS_INGESTION_ENDPOINT"])
             cpu0, wall0 = cpu(), time.perf_counter()
             await ingestor.upload(stream, rows)
         seconds, cpu_seconds = time.perf_counter() - wall0, cpu() - cpu0

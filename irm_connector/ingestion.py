@@ -19,12 +19,15 @@ import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ServiceRequestError,
     ServiceRequestTimeoutError,
+    ServiceResponseError,
     ServiceResponseTimeoutError,
 )
 from azure.core.pipeline import PipelineResponse
@@ -32,6 +35,7 @@ from azure.core.pipeline.policies import AsyncRetryPolicy
 from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
+from ._network import network_cause
 from .api_answers import retry_after_of
 from .auth import identity_endpoint_known
 from .deadline import Deadline, current_deadline, within
@@ -162,10 +166,16 @@ class SentinelIngestor:
     """Uploads rows of one stream at a time; shares one :class:`LogsIngestionClient`."""
 
     def __init__(
-        self, client: LogsIngestionClient, dcr_immutable_id: str, *, concurrency: int = UPLOAD_CONCURRENCY
+        self,
+        client: LogsIngestionClient,
+        dcr_immutable_id: str,
+        *,
+        endpoint: str,
+        concurrency: int = UPLOAD_CONCURRENCY,
     ) -> None:
         self._client = client
         self._dcr = dcr_immutable_id
+        self._host = urlsplit(endpoint).netloc or endpoint  # for errors: the client keeps it private
         self._gate = asyncio.Semaphore(concurrency)
         self.stats = UploadStats()
 
@@ -239,10 +249,16 @@ class SentinelIngestor:
                     # what it got), and a chained exception's text goes wherever its traceback goes (the host,
                     # Application Insights). Its status and code are kept.
                     raise _ingestion_error(stream, exc) from None
-            except AzureError as exc:
+            except (ServiceRequestError, ServiceResponseError) as exc:
+                # No answer, after azure-core's own retries: the host, the network or TLS, not the rows.
+                failed = "cannot reach" if isinstance(exc, ServiceRequestError) else "no answer from"
                 raise IngestionError(
-                    f"upload to {stream} failed: {type(exc).__name__}; the message is retried", stream=stream
+                    f"{failed} Logs Ingestion at {self._host} ({network_cause(exc)}) for {stream}: check "
+                    "LOGS_INGESTION_ENDPOINT (the DCE's logs ingestion URL) and the network to it",
+                    stream=stream,
                 ) from exc
+            except AzureError as exc:
+                raise IngestionError(f"upload to {stream} failed: {type(exc).__name__}", stream=stream) from exc
             else:
                 self.stats.seconds += time.perf_counter() - started
                 self.stats.requests += 1

@@ -158,7 +158,7 @@ def build_runtime(settings: Settings) -> Runtime:
         management=management,
         state=state,
         queue=ContentQueue(main, poison),
-        ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id),
+        ingestor=SentinelIngestor(ingestion, settings.dcr_immutable_id, endpoint=settings.ingestion_endpoint),
         credentials=credentials,
         bodies=BodyBudget(settings.max_blob_bytes_in_flight),
     )

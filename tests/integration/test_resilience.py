@@ -184,6 +184,31 @@ async def test_a_gateway_fault_that_outlasts_the_retries_is_not_called_a_refusal
     assert str(raised.value).endswith("): the message is retried")
 
 
+async def test_a_logs_ingestion_endpoint_that_cannot_be_reached_is_named_with_its_cause(
+    connector: ConnectorHarness,
+) -> None:
+    """A wrong LOGS_INGESTION_ENDPOINT, a firewall, a DCE's private DNS: the error read "upload to
+    Custom-IRMAlerts failed: ServiceRequestError; the message is retried", naming neither the cause, nor the host,
+    nor the setting, and the last delivery's poison line said "retried" too. Once the endpoint is right, every
+    record arrives once."""
+    from standins.azurite import free_ports
+
+    workload = _publish(connector, seed=31, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    right = connector.env["LOGS_INGESTION_ENDPOINT"]
+    [closed] = free_ports(1)
+    connector.set(LOGS_INGESTION_ENDPOINT=f"https://127.0.0.1:{closed}")
+    with pytest.raises(Exception) as raised:
+        await connector.process(message)
+    assert str(raised.value) == (
+        f"cannot reach Logs Ingestion at 127.0.0.1:{closed} (connection refused) for Custom-IRMAlerts: check "
+        "LOGS_INGESTION_ENDPOINT (the DCE's logs ingestion URL) and the network to it"
+    )
+    connector.set(LOGS_INGESTION_ENDPOINT=right)
+    await connector.process(message)
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_delivery_waiting_for_its_process_probe_of_a_refused_stream_stops_within_its_deadline(
     connector: ConnectorHarness,
 ) -> None:
