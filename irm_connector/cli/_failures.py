@@ -103,9 +103,12 @@ class OperatorError(ConnectorError):
         self.failure = failure
 
 
-def _first_line(text: str, limit: int = 400) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _shortened(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 #: How the connector's messages begin their advice: ``…(connection refused): check O365_AUTHORITY_HOST``.
@@ -113,16 +116,18 @@ _ADVICE = re.compile(r"(?:: |; | - )((?:check|grant|fix|set|sign in|give|wait|as
 
 
 def _split_hint(text: str, default: str = "") -> tuple[str, str]:
-    """``(what was wrong, what to do)`` from a message that ends with its advice."""
+    """``(what was wrong, what to do)`` from a message that ends with its advice. Only what was wrong is
+    shortened: it may quote a service at length (Entra's AADSTS descriptions), and the advice is the line's point."""
     match = _ADVICE.search(text)
     if match is None:
-        return text, default
-    return text[: match.start()], match.group(1)
+        return _shortened(text), default
+    return _shortened(text[: match.start()]), _shortened(match.group(1))
 
 
 def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
     """The failure ``exc`` means (see the module docstring); ``command`` for the usage hint."""
-    text = _first_line(str(exc), 4000 if isinstance(exc, SettingsError) else 400)
+    line = _first_line(str(exc))
+    text = _shortened(line, 4000 if isinstance(exc, SettingsError) else 400)
     if isinstance(exc, OperatorError):
         return exc.failure
     if isinstance(exc, SettingsError):
@@ -137,7 +142,7 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         return Failure("not-in-azure", message, NOT_IN_AZURE_HINT, EXIT_USAGE)
     if isinstance(exc, AuthenticationError):
         code = "entra-unreachable" if exc.transient else "token-refused"
-        return Failure(code, *_split_hint(text), EXIT_UNREACHABLE)
+        return Failure(code, *_split_hint(line), EXIT_UNREACHABLE)
     if isinstance(exc, TransientApiError):
         hint = "check O365_API_ROOT (or O365_CLOUD), the network and Microsoft 365 service health"
         if exc.retry_after is not None:
@@ -147,7 +152,7 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         return Failure("api-error", text, "", EXIT_FAILED)
     if isinstance(exc, IngestionError):
         unreachable = exc.status == 0
-        return Failure("ingestion", *_split_hint(text), EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
+        return Failure("ingestion", *_split_hint(line), EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
     if isinstance(exc, StateError):
         return Failure("storage", text, "check AzureWebJobsStorage and the storage account", EXIT_UNREACHABLE)
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:

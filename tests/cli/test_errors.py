@@ -82,6 +82,20 @@ def test_entra_unknown_tenant_is_not_a_network_error(cli: Cli) -> None:
     assert "O365_TENANT_ID" in doc["error"]["hint"]
 
 
+def test_a_wrong_secret_keeps_its_advice_however_long_entra_s_description(cli: Cli) -> None:
+    """Entra's AADSTS description runs to about 300 characters with its trace id and time: the line was cut at 400
+    before its advice was split off, so the operator read "check O365_CLIENT_ID, the secret or ce..." and never
+    the grant it names."""
+    cli.set(O365_CLIENT_SECRET="not-the-secret")
+    advice = "check O365_CLIENT_ID, the secret or certificate, and that ActivityFeed.Read is granted with admin consent"
+    code, doc = cli.json("subscriptions", "list")
+    assert code == 3 and doc["error"]["code"] == "token-refused"
+    assert "invalid_client: AADSTS7000215" in doc["error"]["message"]
+    assert doc["error"]["hint"] == advice
+    code, _, err = cli.run("subscriptions", "list")
+    assert code == 3 and one_line(err).endswith(advice)
+
+
 def test_a_long_retry_after_is_waited_out_and_the_operator_told_when_to_run_again(cli: Cli) -> None:
     cli.standins.management.add_fault("subscriptions", "status", status=403, code="AF429", retry_after=900, count=10)
     started = time.monotonic()
