@@ -29,7 +29,7 @@ from azure.storage.queue.aio import QueueClient
 
 from irm_connector.content_queue import UndecodableMessage, create_queue_if_missing, fit_message
 from irm_connector.deadline import parse_timespan
-from irm_connector.errors import SettingsError, storage_reason
+from irm_connector.errors import SettingsError, StateError, storage_reason
 
 __all__ = [
     "HOST_SETTINGS",
@@ -181,6 +181,8 @@ class QueueWorker:
         self._options = options
         self._lock = lock_seconds
         self.stats = WorkerStats()
+        #: messages this worker failed to park: back past maxDequeueCount, they did not crash a delivery
+        self._unparked: set[str] = set()
         #: when the messages this worker put back for a retry are visible again (monotonic)
         self._retries_due = 0.0
 
@@ -277,17 +279,16 @@ class QueueWorker:
         if isinstance(body, UndecodableMessage):
             # The host would fail this message on every delivery; park it at once, saying why.
             # Its text is not logged: written by hand or by another tool, it may hold anything (`poison list` shows it).
-            log.error("Message %s is not base64 (written without encoding?); moved to %s (%d characters)",
-                      message.id, self._poison.queue_name, len(str(body)))  # fmt: skip
-            await self._settled(message, self._park(message, str(body)))
+            await self._park(message, str(body), "Message %s is not base64 (written without encoding?), %d characters",
+                             message.id, len(str(body)))  # fmt: skip
             return
         if message.dequeue_count > self._options.max_dequeue_count:
-            # Its last delivery ended without an answer (the worker crashed or was stopped in it): the host parks
-            # such a message without running it again, and no failure of this delivery is recorded.
-            log.error("Message %s was delivered %d times, the last ending without an answer (a crash, a stop); "
-                      "moved to %s without running it", message.id, message.dequeue_count,
-                      self._poison.queue_name)  # fmt: skip
-            await self._settled(message, self._park(message, body))
+            # Its last delivery ended without an answer (the worker crashed or was stopped in it), or its parking
+            # failed: the host parks such a message without running it again.
+            last = ("its parking failed" if message.id in self._unparked
+                    else "the last ending without an answer (a crash, a stop)")  # fmt: skip
+            await self._park(message, body, "Message %s was delivered %d times, %s, and is not run again",
+                             message.id, message.dequeue_count, last)  # fmt: skip
             return
         function_message = FunctionQueueMessage(  # type: ignore[no-untyped-call]
             id=message.id,
@@ -317,9 +318,7 @@ class QueueWorker:
         """A failed delivery, as the host handles it: back on the queue after the retry delay, or, the last
         attempt, into the poison queue."""
         if message.dequeue_count >= self._options.max_dequeue_count:
-            log.error("Message %s failed %d times; moved to %s: %s",
-                      message.id, message.dequeue_count, self._poison.queue_name, exc)  # fmt: skip
-            await self._park(message, body)
+            await self._park(message, body, "Message %s failed %d times: %s", message.id, message.dequeue_count, exc)
             return
         log.warning("Message %s failed (attempt %d of %d), retried: %s",
                     message.id, message.dequeue_count, self._options.max_dequeue_count, exc)  # fmt: skip
@@ -328,19 +327,29 @@ class QueueWorker:
         await self._queue.update_message(message, visibility_timeout=delay)
 
     async def _settled(self, message: Any, work: Awaitable[None]) -> None:
-        """``work``, which retries or parks ``message``. Storage refusing it loses nothing: the message comes back
-        when its lock ends, and is retried (or parked) then."""
+        """``work``, which retries ``message``. Storage refusing it loses nothing: the message comes back when its
+        lock ends, and is retried (or parked) then."""
         try:
             await work
         except AzureError as error:
-            log.warning("Could not retry or park message %s (%s); it comes back in %d s, when its lock ends",
+            log.warning("Could not retry message %s (%s); it comes back in %d s, when its lock ends",
                         message.id, type(error).__name__, self._lock)  # fmt: skip
 
-    async def _park(self, message: Any, body: str) -> None:
-        """``message`` into the poison queue, as ``body``, and off the content queue."""
-        await create_queue_if_missing(self._poison)
-        # A message not written base64 grows by a third when parked, past a queue message's 64 KiB when it was
-        # over 48 KiB: refused, it came back every lock's end for ever.
-        await self._poison.send_message(fit_message(body), time_to_live=-1)
-        await self._queue.delete_message(message)
+    async def _park(self, message: Any, body: str, why: str, *args: object) -> None:
+        """``message`` into the poison queue, as ``body``, and off the content queue; one error line says ``why``
+        and whether it was moved (Storage refusing it loses nothing: the message comes back when its lock ends)."""
+        try:
+            await create_queue_if_missing(self._poison)
+            # A message not written base64 grows by a third when parked, past a queue message's 64 KiB when it was
+            # over 48 KiB: refused, it came back every lock's end for ever.
+            await self._poison.send_message(fit_message(body), time_to_live=-1)
+            await self._queue.delete_message(message)
+        except (AzureError, StateError) as error:
+            cause = storage_reason(error) if isinstance(error, AzureError) else str(error)
+            log.error(f"{why}; could not move it to %s (%s): it comes back in %d s, when its lock ends",
+                      *args, self._poison.queue_name, cause, self._lock)  # fmt: skip
+            self._unparked.add(message.id)
+            return
+        log.error(f"{why}; moved to %s", *args, self._poison.queue_name)
+        self._unparked.discard(message.id)
         self.stats.poisoned += 1

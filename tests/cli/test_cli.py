@@ -675,7 +675,7 @@ async def test_a_retry_storage_will_not_put_back_is_said_and_the_message_comes_b
             assert proxy.count("queue.update", fault="status") == 1
             assert (await queue.get_queue_properties()).approximate_message_count == 0
     assert (attempts, stats.processed, stats.failed_attempts, stats.poisoned) == (2, 1, 1, 0)
-    assert any("Could not retry or park message" in r.getMessage() for r in caplog.records)
+    assert any("Could not retry message" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_message_whose_last_delivery_ended_without_an_answer_is_parked_without_running(
@@ -718,3 +718,50 @@ async def test_a_message_whose_last_delivery_ended_without_an_answer_is_parked_w
         assert (await queue.get_queue_properties()).approximate_message_count == 0
     assert ran == [] and stats.poisoned == 1 and parked == ["crashed in every delivery"]
     assert any("the last ending without an answer" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("operation", "what"), [("queue.admin", "cannot create queue"), ("queue.put", "HttpResponseError")])
+async def test_a_message_that_cannot_be_parked_is_said_so_and_parked_when_it_comes_back(
+    azurite: Azurite, caplog: pytest.LogCaptureFixture, operation: str, what: str
+) -> None:
+    """Storage refuses to create the poison queue, or to put the message on it, as the last attempt fails. The
+    line said "moved to ...-poison" before it was tried, a failure to create the queue escaped as "Task exception
+    was never retrieved", and the message coming back was said to have crashed its last delivery. Now one line
+    says it could not be moved and why; when it comes back it is parked, and said to be."""
+    import uuid
+
+    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue.aio import QueueClient
+
+    from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
+    from standins.storage_proxy import StorageProxy
+
+    name = f"q{uuid.uuid4().hex[:12]}"
+
+    async def handler(message: object) -> None:
+        raise RuntimeError("every attempt fails")
+
+    with StorageProxy(azurite) as proxy:
+
+        def client(queue: str) -> QueueClient:
+            return QueueClient.from_connection_string(
+                proxy.connection_string, queue, retry_total=0,
+                message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
+            )  # fmt: skip
+
+        async with client(name) as queue, client(name + "-poison") as poison:
+            await queue.create_queue()
+            await queue.send_message("a message")
+            proxy.add_fault(operation, "status", status=503, count=1)
+            options = HostQueueOptions(visibility_timeout=0, max_dequeue_count=1)
+            worker = QueueWorker(queue, poison, handler, options, lock_seconds=2)
+            with caplog.at_level(logging.WARNING):
+                stats = await asyncio.wait_for(worker.run(), 60)
+            parked = [m.content async for m in poison.receive_messages()]
+            assert (await queue.get_queue_properties()).approximate_message_count == 0
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert parked == ["a message"] and stats.poisoned == 1
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("Message ") and f"failed 1 times: every attempt fails; could not move it to {name}-poison (" in lines[0]
+    assert what in lines[0] and lines[0].endswith("it comes back in 2 s, when its lock ends")
+    assert lines[1].endswith(f"was delivered 2 times, its parking failed, and is not run again; moved to {name}-poison")
