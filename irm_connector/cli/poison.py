@@ -49,7 +49,8 @@ def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
         "reason": failure.reason if failure else (
             "unknown: no failure was recorded for this message (the host parked it without the connector's word: "
             "its last attempt cut off by functionTimeout or a worker crash, or a text the host could not decode; "
-            "look for its id in the host's log)"
+            f"look in the host's log at {iso(message.inserted_on) or 'the time it was parked'}, where the message had "
+            "the id it had on the content queue, not this one)"
         ),
         "attempts": failure.attempts if failure else None,
         "failed_at": failure.time if failure else None,

@@ -765,3 +765,16 @@ async def test_a_message_that_cannot_be_parked_is_said_so_and_parked_when_it_com
     assert lines[0].startswith("Message ") and f"failed 1 times: every attempt fails; could not move it to {name}-poison (" in lines[0]
     assert what in lines[0] and lines[0].endswith("it comes back in 2 s, when its lock ends")
     assert lines[1].endswith(f"was delivered 2 times, its parking failed, and is not run again; moved to {name}-poison")
+
+
+def test_a_poison_message_without_a_recorded_failure_says_where_to_look(cli: Cli) -> None:
+    """The host parks some messages without the connector's word (a text it cannot decode, a last attempt cut
+    off). The reason sent the operator to the host's log for the id `poison list` shows, which the log never
+    holds: a parked message is a new message with a new id. It names the time to look at instead."""
+    cli.put("written by another tool", cli.poison)
+    code, doc = cli.json("poison", "list")
+    assert code == 0
+    [item] = doc["messages"]
+    assert item["reason"].startswith("unknown: no failure was recorded for this message")
+    assert f"look in the host's log at {item['inserted']}, where the message had the id it had on the content " \
+        "queue, not this one" in item["reason"]
