@@ -22,6 +22,7 @@ from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from msal.exceptions import MsalError
 
@@ -348,6 +349,11 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
         ) from None
     if key is None or cert is None:
         raise SettingsError(setting, "holds no private key or no certificate")
+    if not isinstance(key, rsa.RSAPrivateKey):
+        # msal would fail at the first token, blaming a missing package ("pip install cryptography").
+        kind = type(key).__name__.removeprefix("_").removesuffix("PrivateKey") or "another"
+        raise SettingsError(setting, f"holds an {kind} key: Entra ID accepts certificates with an RSA key only "
+                                     "(in Key Vault, key type RSA)")  # fmt: skip
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()

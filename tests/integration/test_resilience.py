@@ -1582,3 +1582,29 @@ async def test_a_certificate_file_gone_after_the_settings_were_read_is_named(
     with pytest.raises(SettingsError) as info:
         MsalTokenProvider(settings)
     assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH" and "cannot be read" in str(info.value)
+
+
+async def test_a_certificate_without_an_rsa_key_is_a_settings_error(connector: ConnectorHarness, tmp_path: Path) -> None:
+    """Key Vault issues EC certificates too; Entra ID signs in with RSA ones only. msal failed at the first token
+    with "Some algorithms requires pip install cryptography" and an unexpected InvalidKeyError, naming no setting."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from irm_connector.auth import MsalTokenProvider
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "irm-connector")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + timedelta(days=30)).sign(key, hashes.SHA256()))  # fmt: skip
+    pem = tmp_path / "ec.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))  # fmt: skip
+    connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="", O365_CLIENT_CERTIFICATE_PATH=str(pem))
+    with pytest.raises(SettingsError) as info:
+        MsalTokenProvider(Settings.from_env())
+    assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH"
+    assert str(info.value).endswith("holds an EC key: Entra ID accepts certificates with an RSA key only (in Key Vault, "
+                                    "key type RSA)")
