@@ -16,6 +16,8 @@ from datetime import timedelta
 from typing import Literal, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
+from yarl import URL
+
 from .deadline import FUNCTION_TIMEOUT, TIMEOUT_SETTING, parse_timespan
 from .errors import SettingsError
 
@@ -336,6 +338,21 @@ def split_url(value: str, setting: str) -> SplitResult:
         # It would travel in every audience and message: no secret belongs in these URLs.
         raise SettingsError(setting, "must not carry a user name or password")
     return parts
+
+
+def proxy_url(value: str, setting: str) -> None:
+    """A proxy as the clients read it, ``http://[user:password@]host:port`` or ``host:port``: a bad one failed
+    every request as an unexpected ValueError naming no setting. Its text is not shown: it may hold a password."""
+    named = value.strip()
+    try:
+        url = URL(named if "://" in named else f"http://{named}")
+    except (ValueError, TypeError):  # a port that is not a number, or out of range
+        url = None
+    if url is None or not url.host or " " in url.host:
+        raise SettingsError(setting, "is not a proxy URL: give http://host:port (with credentials, "
+                                     "http://user:password@host:port)")  # fmt: skip
+    if url.scheme not in ("http", "https"):
+        raise SettingsError(setting, f"names a {url.scheme} proxy: give an http:// proxy URL")
 
 
 def ca_bundle(value: str, setting: str) -> None:

@@ -118,6 +118,11 @@ def test_secret_is_not_in_repr() -> None:
         ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
         ({"REQUESTS_CA_BUNDLE": "/"}, "REQUESTS_CA_BUNDLE"),
         ({"SSL_CERT_FILE": str(REPO / "host.json")}, "SSL_CERT_FILE"),  # a file, but no certificate in it
+        # every request failed as an "unexpected ValueError", naming no setting
+        ({"HTTPS_PROXY": "http://proxy.corp:notaport"}, "HTTPS_PROXY"),
+        ({"https_proxy": "proxy.corp:99999"}, "https_proxy"),
+        ({"HTTP_PROXY": "http://"}, "HTTP_PROXY"),
+        ({"http_proxy": "socks5://proxy.corp:1080"}, "http_proxy"),  # went direct, in silence
         ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "https://stirm.blob.core.windows.net/"},
          "AzureWebJobsStorage__accountName"),
         ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "stirm",
@@ -134,6 +139,19 @@ def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> 
         Settings.from_env({**BASE, **change})
     assert info.value.setting == setting
     assert str(info.value).startswith(f"setting {setting}:")
+
+
+def test_a_proxy_is_read_as_every_client_reads_it_and_its_password_never_shown() -> None:
+    for proxy in ("http://proxy.corp:8080", "proxy.corp:3128", "http://user:s3cret@proxy.corp:8080", "http://[::1]:3128",
+                  "https://proxy.corp:443"):
+        Settings.from_env({**BASE, "HTTPS_PROXY": proxy, "http_proxy": proxy})
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**BASE, "HTTPS_PROXY": "http://user:s3cret@proxy.corp:port", "https_proxy": "proxy.corp:port"})
+    assert [name for name, _ in info.value.problems] == ["HTTPS_PROXY", "https_proxy"]
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(SettingsError) as info:  # one variable where names ignore case (Windows): said once
+        Settings.from_env({**BASE, "HTTPS_PROXY": "proxy:x", "https_proxy": "proxy:x"})
+    assert [name for name, _ in info.value.problems] == ["HTTPS_PROXY"]
 
 
 def test_a_shorter_function_timeout_is_accepted() -> None:
