@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .errors import TransientApiError
+from .errors import UnreadableAnswerError
 
 __all__ = ["MAX_RETRY_AFTER", "error_of", "json_of", "retry_after_of"]
 
@@ -76,6 +76,6 @@ def json_of(body: bytes, operation: str, content_type: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise TransientApiError(
+        raise UnreadableAnswerError(
             "the API answered with a body that is not JSON", operation=operation, content_type=content_type
         ) from None

@@ -14,11 +14,14 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     │   ├── InvalidPageError          AF20031: a NextPageUri token was refused, or it names a page listed already
     │   ├── ContentUnavailableError   AF20050 / AF20051 / AF20052 / 404: the blob is gone
     │   └── TransientApiError         throttling or a server fault that outlived the retries
+    │       ├── ApiUnreachableError   no answer: the connection, its TLS or the name failed, or it timed out
+    │       └── UnreadableAnswerError an answer not of the API's shape (not JSON...): a proxy's page, most often
     ├── UntrustedUrlError             a URL outside the configured API root and tenant
     ├── RefusedListingError           listed blobs with such a contentUri: their content type's run fails
     ├── BadMessageError               a queue message that is not a content notification
     ├── BadContentError               a content blob that is not a JSON array of records
-    ├── IngestionError                the Logs Ingestion API refused rows
+    ├── BodyRoomError                 a blob body found no room within MAX_BLOB_MB_IN_FLIGHT after its downloads
+    ├── IngestionError                the Logs Ingestion API refused rows, or could not be reached
     │   ├── IngestionThrottledError   429 past a call's retries: the message is put off
     │   └── IngestionRefusedError     401/403/404: the DCR refuses the stream (role, DCR or stream missing)
     ├── DeadlineError                 a wait or retry that the invocation's time left cannot hold
@@ -68,6 +71,7 @@ __all__ = [
     "StorageDeadlineError",
     "SubscriptionMissingError",
     "TransientApiError",
+    "UnreadableAnswerError",
     "UntrustedUrlError",
     "UsageError",
     "management_api_error",
@@ -230,6 +234,17 @@ class ApiUnreachableError(TransientApiError):
     )
 
 
+class UnreadableAnswerError(TransientApiError):
+    """An answer that is not of the API's shape: not JSON, not the array a listing is, an entry without its fields.
+    Most often a page of something on the way (a proxy's block or login page, a captive portal) answering in the
+    API's place; now and then a fault of the API's own, which the next run gets past."""
+
+    hint = (
+        f"{_LATER_TRY}; if this persists check the proxy on the way (its pages answer in the API's place) and "
+        "O365_API_ROOT (or O365_CLOUD)"
+    )
+
+
 class BodyRoomError(ConnectorError):
     """A blob body found no room among the worker's blob bodies (``MAX_BLOB_MB_IN_FLIGHT``) after its downloads; the
     host retries the message."""
@@ -285,7 +300,8 @@ class BadContentError(ConnectorError):
 
 
 class IngestionError(ConnectorError):
-    """The Logs Ingestion API refused rows (``status``, ``code`` of its error body, ``stream``)."""
+    """The Logs Ingestion API refused rows (``status``, ``code`` of its error body, ``stream``), or gave no
+    answer (``status`` 0)."""
 
     def __init__(self, message: str, *, status: int = 0, code: str = "", stream: str = "") -> None:
         super().__init__(message)

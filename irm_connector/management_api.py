@@ -33,6 +33,7 @@ from .errors import (
     InvalidPageError,
     ManagementApiError,
     TransientApiError,
+    UnreadableAnswerError,
     management_api_error,
 )
 from .feed_urls import FeedUrls
@@ -189,7 +190,7 @@ class ManagementActivityClient:
         body, _ = await self._request("GET", f"{self._base}/subscriptions/list", operation="subscriptions")
         data = json_of(body, "subscriptions", "")
         if not isinstance(data, list):
-            raise TransientApiError("subscription list is not a JSON array", operation="subscriptions")
+            raise UnreadableAnswerError("subscription list is not a JSON array", operation="subscriptions")
         return [d for d in data if isinstance(d, dict)]
 
     async def list_content(
@@ -212,7 +213,7 @@ class ManagementActivityClient:
             )
             data = json_of(body, "list", content_type)
             if not isinstance(data, list):
-                raise TransientApiError(
+                raise UnreadableAnswerError(
                     "content listing is not a JSON array", operation="list", content_type=content_type
                 )
             page: list[ContentBlob] = []
@@ -220,7 +221,7 @@ class ManagementActivityClient:
                 try:
                     page.append(ContentBlob.from_api(item))
                 except (KeyError, TypeError, ValueError, AttributeError):
-                    raise TransientApiError(
+                    raise UnreadableAnswerError(
                         "content listing has an entry without contentId/contentUri/contentCreated/contentExpiration",
                         operation="list",
                         content_type=content_type,

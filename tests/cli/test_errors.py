@@ -96,6 +96,16 @@ def test_a_wrong_secret_keeps_its_advice_however_long_entra_s_description(cli: C
     assert code == 3 and one_line(err).endswith(advice)
 
 
+def test_a_page_answering_in_the_api_s_place_sends_the_operator_to_the_proxy(cli: Cli) -> None:
+    cli.standins.management.add_fault("subscriptions", "malformed", count=1000)
+    code, doc = cli.json("subscriptions", "list")
+    assert code == 3 and doc["error"]["code"] == "api-unreachable"
+    assert doc["error"]["message"].startswith("the API answered with a body that is not JSON")
+    assert doc["error"]["hint"] == (
+        "check the proxy on the way (its pages answer in the API's place) and O365_API_ROOT (or O365_CLOUD)"
+    )
+
+
 def test_a_long_retry_after_is_waited_out_and_the_operator_told_when_to_run_again(cli: Cli) -> None:
     cli.standins.management.add_fault("subscriptions", "status", status=403, code="AF429", retry_after=900, count=10)
     started = time.monotonic()

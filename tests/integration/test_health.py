@@ -374,3 +374,19 @@ async def test_a_management_api_that_cannot_be_reached_is_named_with_its_cause(c
     for text in (str(failed.value), row["LastError"]):
         assert "cannot reach the Management API at 127.0.0.1 (connection refused)" in text, text
         assert "O365_API_ROOT" in text and "request budget" not in text, text
+
+
+async def test_a_page_answering_in_the_api_s_place_is_named_as_such(connector: ConnectorHarness) -> None:
+    """A proxy's block page or a captive portal answers the listing with HTML: the run failed with "check service
+    health and the request budget", which sent the operator away from the proxy. Its error now names the proxy
+    and the API root, in the poller's error and the health row alike."""
+    sim = connector.standins
+    sim.management.add_fault("list", "malformed", count=1000)
+    before = len(connector.rows(HEALTH))
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    [row] = connector.rows(HEALTH)[before:]
+    for text in (str(failed.value), row["LastError"]):
+        assert "the API answered with a body that is not JSON" in text, text
+        assert "check the proxy on the way (its pages answer in the API's place) and O365_API_ROOT" in text, text
+        assert "request budget" not in text, text
