@@ -139,7 +139,7 @@ class Tables:
         self.retention = timedelta(days=retention_days)
         self._clients: dict[str, TableClient] = {}
         self._created: set[str] = set()
-        self._create_lock = asyncio.Lock()
+        self._create_locks: dict[str, asyncio.Lock] = {}
         self.stats = StoreStats()
 
     def name(self, kind: str, day: str = "") -> str:
@@ -162,10 +162,17 @@ class Tables:
         """The client of table ``name``, which is created the first time this process asks for it."""
         client = self._client(name)
         if name not in self._created:
-            async with self._create_lock:
+            # One lock per table, so that a table being deleted (up to 90 s of waits) holds up no other. The creator
+            # is bounded by its own invocation's deadline, which may end minutes after a waiter's: each waits only as
+            # long as its own deadline allows, or it would outlive functionTimeout and the host restart the worker.
+            lock = self._create_locks.setdefault(name, asyncio.Lock())
+            await within(f"waiting for table {name} to be created", lock.acquire())
+            try:
                 if name not in self._created:
                     await self._create(name)
                     self._created.add(name)
+            finally:
+                lock.release()
         return client
 
     async def _create(self, name: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -533,3 +534,36 @@ async def test_a_read_whose_answer_breaks_off_is_read_again(make_claims: MakeCla
     claim = await warm.claim_records(STREAM, _rows(range(10)), "blob-2")
     assert _ids(claim.mine) == _ids(_rows(range(5, 10))) and claim.already_sent == 5
     assert proxy.pending_faults() == 0
+
+
+async def test_a_wait_for_a_table_being_created_ends_with_the_waiter_s_own_deadline(
+    proxy: StorageProxy, prefix: str
+) -> None:
+    """One delivery creates a day table while Storage is slow (or the table is being deleted: up to 90 s of
+    waits), bounded by its own deadline. Another, with less time left, waited for it without a bound of its own,
+    ran past functionTimeout, and the host restarted the worker under every invocation on it. It now fails within
+    its own deadline, and a delivery that needs another table is not held up at all."""
+    from irm_connector.deadline import Deadline
+    from irm_connector.errors import StorageDeadlineError
+
+    tables = Tables(TableServiceClient.from_connection_string(proxy.connection_string), prefix=prefix)
+    slow, other = tables.name("rec", "20260701"), tables.name("rec", "20260702")
+    held = proxy.hold("table.write", body=slow)
+    try:
+        with Deadline(time.monotonic() + 60).applied():
+            creating = asyncio.ensure_future(tables.table(slow))
+        await _arrived(held)
+        loop = asyncio.get_running_loop()
+        loop.call_later(8, lambda: held.release(forward=True))  # whatever the code does, the creator gets its answer
+        started = time.monotonic()
+        with Deadline(time.monotonic() + 1.5).applied(), pytest.raises(StorageDeadlineError):
+            await tables.table(slow)
+        assert time.monotonic() - started < 3
+        with Deadline(time.monotonic() + 1.5).applied():
+            await tables.table(other)  # another table's lock: not behind the slow one
+        assert not creating.done()
+        held.release(forward=True)
+        await asyncio.wait_for(creating, 30)
+    finally:
+        held.release(forward=True)
+        await tables.close()
