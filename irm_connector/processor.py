@@ -170,6 +170,8 @@ async def _put_off(
     before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
     longest = int(MAX_RETRY_AFTER.total_seconds())
     named = getattr(error, "retry_after", None)
+    if named is not None and named <= 0:
+        named = None  # "Retry-After: 0" (or a date already past): no wait at all, which would bring it back at once
     if wait is None:
         wait = THROTTLED_PUT_OFF if named is None else math.ceil(named)
     delay = min(wait, longest, max(math.floor(before_expiry), PUT_OFF_LEAST))

@@ -1086,6 +1086,28 @@ async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is
     _assert_exactly_once(connector, workload)
 
 
+@pytest.mark.parametrize("service", ["management", "ingestion"])
+async def test_a_throttle_that_names_no_wait_in_its_retry_after_is_put_off_a_minute(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, service: str
+) -> None:
+    """``Retry-After: 0`` on every try, past a call's retries: the message was put back for 0 s, delivered again at
+    once and throttled again, so its 30 put-offs were spent in about a minute and the host's retries took it into
+    the poison queue, what putting off exists to spare it. A wait of none is no wait: it comes back in a minute,
+    as when none is named."""
+    sim = connector.standins
+    workload = _publish(connector, seed=41, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    route = "content" if service == "management" else "ingest"
+    getattr(sim, service).add_fault(route, "status", status=429, retry_after=0, count=1000)
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not at once
+    assert any(" put off for 60 s, " in r.getMessage() for r in caplog.records)
+    getattr(sim, service).clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_download_refused_because_the_subscription_went_is_put_off_until_it_is_back(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
