@@ -104,7 +104,7 @@ def plan_windows(
 
     The windows overlap by :func:`window_lead` (:func:`split_windows`), each at most ``max_window`` long, none
     starting before ``service_now - retention + retention_margin``; the first starts ``overlap`` behind the
-    watermark, at most half of ``max_window``, so that it ends past the watermark.
+    watermark, at most half of ``max_window``, so that it ends past the watermark, and at least the lead.
     ``service_now`` is a Microsoft service's time (the storage service's, read from its answers), so that the
     7-day edge is the API's and not this machine's: a clock hours fast would skip the oldest hours of a catch-up,
     one slow by more than the margin would have every run's first window refused. It defaults to ``now``.
@@ -129,7 +129,9 @@ def plan_windows(
         # Windows shrunk below the overlap (the API lists slowly) would end before the watermark: a run with time
         # for one would write it back, every run, until the 7 days were left behind. At most half a window back,
         # the first window always moves it; unshrunk (24 hours), an overlap up to 12 hours is as set.
-        start = _floor_second(watermark - min(overlap, max_window / 2))
+        # And at least the lead windows overlap by (0 set): a blob created at the watermark's very second would
+        # otherwise rest on one answer whose startTime is its contentCreated, as between windows (split_windows).
+        start = _floor_second(watermark - max(window_lead(max_window), min(overlap, max_window / 2)))
         unreachable = Window(watermark, earliest) if watermark < earliest else None
     return WindowPlan(split_windows(max(start, earliest), end, max_window), unreachable, rewound)
 

@@ -800,8 +800,9 @@ async def test_a_poller_whose_clock_runs_fast_loses_nothing(
 
 async def test_a_watermark_written_ahead_is_brought_back_with_no_listing_overlap(connector: ConnectorHarness) -> None:
     """A watermark 2 hours ahead (a fast clock wrote it where the listing carried no Date, or a proxy's Date was
-    ahead) and ``LISTING_OVERLAP=0``: the run plans no window before it, so unless it brings the watermark back
-    to now, every run lists nothing until now passes it, and then starts there, past what was created meanwhile."""
+    ahead) and ``LISTING_OVERLAP=0``: the run plans no window before it (but the lead's minute before now), so
+    unless it brings the watermark back to now, every run lists nothing until now passes it, and then starts there,
+    past what was created meanwhile."""
     from irm_connector.state.watermarks import PollerState
 
     sim = connector.standins
