@@ -223,7 +223,11 @@ class SentinelIngestor:
         await within(f"waiting for an upload slot ({stream})", self._gate.acquire(), deadline=deadline)
         try:
             raw = chunk.raw
-            body = await asyncio.to_thread(zlib.compress, raw, COMPRESS_LEVEL, 31)
+            # The loop's thread pool is shared (DNS lookups, msal's token requests): bounded like any other wait.
+            body = await within(
+                f"compressing a body for {stream}", asyncio.to_thread(zlib.compress, raw, COMPRESS_LEVEL, 31),
+                deadline=deadline,
+            )  # fmt: skip
             del raw
             started = time.perf_counter()
             try:

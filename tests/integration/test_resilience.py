@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
@@ -766,6 +767,36 @@ async def test_an_upload_waiting_for_a_slot_ends_with_its_own_invocation(connect
     assert sorted(r["RecordId"] for r in sim.ingestion.rows("Custom-IRMAlerts")) == sorted(
         f"r{i}" for i in range(UPLOAD_CONCURRENCY)
     )
+
+
+async def test_an_upload_waiting_for_the_thread_pool_ends_with_its_own_invocation(connector: ConnectorHarness) -> None:
+    """Bodies are compressed in the event loop's thread pool, which the worker's invocations share with DNS lookups
+    and msal's token requests. While those hold every thread (Entra answering slowly), an upload waited for one
+    past its invocation's deadline, holding an upload slot the while; it now fails by its deadline, and the body
+    goes once the pool frees."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from irm_connector.errors import DeadlineError
+
+    sim = connector.standins
+    rt = await get_runtime(Settings.from_env())
+    row = Row("r1", "", orjson.dumps({"TimeGenerated": "2026-11-27T09:15:02Z", "RecordId": "r1"}))
+    pool = ThreadPoolExecutor(1)  # this test's loop only; the one thread held for 6 s
+    asyncio.get_running_loop().set_default_executor(pool)
+    freed = threading.Event()
+    busy = asyncio.get_running_loop().run_in_executor(None, freed.wait, 6)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineError, match="compressing a body for Custom-IRMAlerts"):
+            await rt.ingestor.upload("Custom-IRMAlerts", [row], deadline=Deadline.for_invocation(2))
+        assert time.monotonic() - started < 3
+        freed.set()
+        await busy
+        assert await rt.ingestor.upload("Custom-IRMAlerts", [row], deadline=Deadline.for_invocation(60)) == 1
+        assert [r["RecordId"] for r in sim.ingestion.rows("Custom-IRMAlerts")] == ["r1"]
+    finally:
+        freed.set()
+        pool.shutdown(wait=False)
 
 
 async def test_a_poller_whose_clock_runs_fast_loses_nothing(
