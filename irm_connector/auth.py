@@ -80,6 +80,9 @@ class MsalTokenProvider:
         self._credential = _client_credential(settings)
         self._app: msal.ConfidentialClientApplication | None = None
         self._lock = asyncio.Lock()
+        #: msal's request in its thread, and whether it drops the cached token first: shared by every waiter
+        self._asking: asyncio.Future[dict[str, Any]] | None = None
+        self._asking_refresh = False
 
     @property
     def _audience(self) -> str:
@@ -102,7 +105,7 @@ class MsalTokenProvider:
 
     async def get_token(self, *, refresh: bool = False) -> str:
         async with self._lock:
-            result = await asyncio.to_thread(self._acquire, refresh)
+            result = await asyncio.shield(await self._request(refresh))
         token = result.get("access_token")
         if isinstance(token, str) and token:
             return token
@@ -121,6 +124,22 @@ class MsalTokenProvider:
             f"{error}: {description[0] if description else 'no description'} - check O365_CLIENT_ID, the "
             "secret or certificate, and that ActivityFeed.Read is granted with admin consent",
         )
+
+    async def _request(self, refresh: bool) -> asyncio.Future[dict[str, Any]]:
+        """msal's request for a token: the one under way, or a new one. A waiter cut short by its deadline frees the
+        lock but not the thread msal runs in: the next waiter shares that request rather than starting another
+        beside it (while Entra answers slowly, each would hold one of the loop's threads, which DNS lookups and the
+        bodies' compression wait for)."""
+        asking = self._asking
+        if asking is not None and not asking.done() and refresh and not self._asking_refresh:
+            # msal's token is dropped only by a request that asks to: this one waits for the request under way.
+            await asyncio.wait([asking])
+        asking = self._asking
+        if asking is None or asking.done():
+            asking = self._asking = asyncio.ensure_future(asyncio.to_thread(self._acquire, refresh))
+            asking.add_done_callback(_retrieved)  # its waiters may all have been cut short
+            self._asking_refresh = refresh
+        return asking
 
     def _acquire(self, refresh: bool) -> dict[str, Any]:
         host = urlsplit(self._settings.authority_host).netloc
@@ -304,6 +323,11 @@ def azure_credential(
 
 #: msal's words for an OpenID configuration answered 4xx: "... HTTP status: 404, Error: ...".
 _DISCOVERY_STATUS = re.compile(r"HTTP status: (\d{3})\b")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _passing_discovery_fault(exc: ValueError) -> str:

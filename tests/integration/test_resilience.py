@@ -1662,3 +1662,24 @@ async def test_a_certificate_without_an_rsa_key_is_a_settings_error(connector: C
     assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH"
     assert str(info.value).endswith("holds an EC key: Entra ID accepts certificates with an RSA key only (in Key Vault, "
                                     "key type RSA)")
+
+
+async def test_token_waiters_cut_short_while_entra_answers_slowly_share_one_request(connector: ConnectorHarness) -> None:
+    """Entra ID answers a token request slowly. Each waiter is cut short by its own deadline, which freed the
+    provider's lock but not the thread msal ran in: the next waiter started another request beside it, and every
+    such thread held one of the loop's few, which DNS lookups and the bodies' compression wait for. The waiters
+    now share the request under way; the next one after it gets its token."""
+    from irm_connector.auth import MsalTokenProvider
+    from irm_connector.deadline import within
+    from irm_connector.errors import DeadlineError
+
+    sim = connector.standins
+    provider = MsalTokenProvider(Settings.from_env())
+    sim.entra.add_fault("token", "delay", count=1, seconds=3)
+    for _ in range(4):
+        with pytest.raises(DeadlineError):
+            await within("a token", provider.get_token(), deadline=Deadline(time.monotonic() + 0.5))
+    assert await provider.get_token()
+    assert sim.entra.count("token") == 1
+    assert await provider.get_token(refresh=True)  # a refresh drops msal's cached token: a request of its own
+    assert sim.entra.count("token") == 2
