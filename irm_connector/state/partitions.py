@@ -9,6 +9,7 @@ Timestamp against the ``Date`` of the read that found it.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,10 @@ __all__ = ["REPEATS", "PartitionReader", "PartitionView", "SentKeys"]
 
 #: Sent keys a process keeps (about 25 bytes each in memory, see SentKeys); older partitions are dropped first.
 _CACHE_KEYS = 1_000_000
+#: A partition not read for this long is dropped whatever the count: a day's records stop coming a while after
+#: the day, and under the key bound alone a quiet tenant's past days stayed cached for months. Read again, it is
+#: read whole once.
+_CACHE_IDLE = 6 * 3600.0
 #: SentKeys buckets keys by their first bytes and keeps the rest of each key in one bytes object per bucket.
 _HEAD = 2
 _TAIL = DIGEST - _HEAD
@@ -143,6 +148,8 @@ class _Known:
     ids: SentKeys = field(default_factory=SentKeys)
     high_water: datetime | None = None
     pending: dict[str, Shard] = field(default_factory=dict)
+    #: when this process last read the partition (monotonic seconds)
+    used: float = field(default_factory=time.monotonic)
 
     def cached(self, row_key: str, state: Any, stamp: datetime | None, keys_tag: Any) -> tuple[bool, Shard | None]:
         """Whether this process knows the keys of this version of a shard, and the pending shard it read them
@@ -237,6 +244,7 @@ class PartitionReader:
         key = (part.table, part.pk)
         cached = self._cache.pop(key, None)
         known = cached if cached is not None else _Known()
+        known.used = time.monotonic()
         if cached is not None or since is None:
             self._cache[key] = known  # most recently used last
         # else a read-back of a partition dropped from the cache since its first read: what it finds is only what
@@ -337,6 +345,9 @@ class PartitionReader:
         return PartitionView(part, known.ids, len(known.ids), pending, read_from, server_now)
 
     def _trim(self) -> None:
+        idle = time.monotonic() - _CACHE_IDLE
+        while len(self._cache) > 1 and next(iter(self._cache.values())).used < idle:  # least recently used first
+            self._cache.popitem(last=False)
         total = sum(len(c.ids) for c in self._cache.values())
         while total > _CACHE_KEYS and len(self._cache) > 1:
             _, oldest = self._cache.popitem(last=False)

@@ -567,3 +567,28 @@ async def test_a_wait_for_a_table_being_created_ends_with_the_waiter_s_own_deadl
     finally:
         held.release(forward=True)
         await tables.close()
+
+
+async def test_a_partition_not_read_for_a_while_is_dropped_from_the_cache_and_read_whole_again(
+    make_claims: MakeClaims, proxy: StorageProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A day's records stop coming a while after the day. Its partition stayed cached until the process held a
+    million keys, which a quiet tenant reaches after months: a worker's memory grew for weeks. A partition not read
+    for a while is dropped now (here after a second); read again, it is read whole, and nothing is sent twice."""
+    from irm_connector.state import partitions
+
+    monkeypatch.setattr(partitions, "_CACHE_IDLE", 1.0)
+    busy = make_claims(via=proxy)
+    await busy.mark_sent(await busy.claim_records(STREAM, _rows(range(0, 20)), "blob-today"))
+    yesterday = _hour(datetime.now(UTC) - timedelta(days=1))
+    await asyncio.sleep(1.5)
+    await busy.claim_records(STREAM, _rows(range(100, 101), yesterday), "blob-yesterday")  # today's idle: dropped
+
+    def whole_reads() -> int:
+        return sum(1 for r in proxy.table.requests("table.read")
+                   if r.path.endswith(f"rec{_hour()[:8]}()") and "Timestamp" not in r.query.get("$filter", ""))  # fmt: skip
+
+    before = whole_reads()
+    copies = await busy.claim_records(STREAM, _rows(range(0, 20)), "blob-copies")
+    assert copies.mine == [] and copies.already_sent == 20
+    assert whole_reads() == before + 1
