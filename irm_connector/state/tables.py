@@ -140,6 +140,7 @@ class Tables:
         self._clients: dict[str, TableClient] = {}
         self._created: set[str] = set()
         self._create_locks: dict[str, asyncio.Lock] = {}
+        self._day_table = re.compile(rf"^{re.escape(prefix)}[a-z]+(\d{{8}})$")
         self.stats = StoreStats()
 
     def name(self, kind: str, day: str = "") -> str:
@@ -155,8 +156,19 @@ class Tables:
     def _client(self, name: str) -> TableClient:
         client = self._clients.get(name)
         if client is None:
+            self._forget_days_before(self.cutoff_day(datetime.now(UTC)))
             client = self._clients[name] = self._service.get_table_client(name)
         return client
+
+    def _forget_days_before(self, cutoff: str) -> None:
+        """Forget the day tables past the retention: a client and a lock each (the client's transport is the
+        service's, shared: nothing to close), for every day a worker has run, or a year's run held hundreds."""
+        for name in list(self._clients):
+            day = self._day_table.match(name)
+            if day is not None and day.group(1) < cutoff:
+                del self._clients[name]
+                self._create_locks.pop(name, None)
+                self._created.discard(name)
 
     async def table(self, name: str) -> TableClient:
         """The client of table ``name``, which is created the first time this process asks for it."""

@@ -592,3 +592,24 @@ async def test_a_partition_not_read_for_a_while_is_dropped_from_the_cache_and_re
     copies = await busy.claim_records(STREAM, _rows(range(0, 20)), "blob-copies")
     assert copies.mine == [] and copies.already_sent == 20
     assert whole_reads() == before + 1
+
+
+async def test_a_long_running_worker_forgets_the_day_tables_past_the_retention(azurite: Azurite, prefix: str) -> None:
+    """A client and a lock are kept per table name, and day tables get a new name every day: a worker running for
+    a year held hundreds of them (about 57 kB a client). Those past the retention are forgotten when a new one
+    comes; what the retention keeps stays."""
+    tables = Tables(TableServiceClient.from_connection_string(azurite.connection_string), prefix=prefix,
+                    retention_days=8)  # fmt: skip
+    today = datetime.now(UTC)
+    try:
+        for back in range(40, 0, -1):  # forty days of a worker's life, as the claims read their day tables
+            day = (today - timedelta(days=back)).strftime("%Y%m%d")
+            await tables.query_plain(tables.name("rec", day), "PartitionKey eq @pk", {"pk": STREAM}, create=False)
+        await tables.table(tables.name("rec", today.strftime("%Y%m%d")))
+        await tables.table(tables.name("state"))
+        held = sorted(tables._clients)  # the one bound that matters here is how much a worker keeps
+        assert len(held) == 8 + 1 + 1  # the cutoff day and the 7 after it, today's, and the state table
+        assert held[0] == tables.name("rec", tables.cutoff_day(today)) and tables.name("state") in held
+        assert set(tables._create_locks) <= set(held)
+    finally:
+        await tables.close()
