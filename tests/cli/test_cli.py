@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,9 +12,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue.aio import QueueClient
 
 from standins.azurite import Azurite
 from standins.workload import generate_workload
@@ -635,15 +640,27 @@ def test_a_reader_that_goes_away_is_not_a_service_that_could_not_be_reached(cli:
     assert done.stderr == "", done.stderr
 
 
+@contextlib.asynccontextmanager
+async def _host_queues(
+    connection_string: str, name: str, **options: Any
+) -> AsyncIterator[tuple[QueueClient, QueueClient]]:
+    """A content queue and its poison queue as the Functions host reaches them (base64 messages)."""
+    def client(queue: str) -> QueueClient:
+        return QueueClient.from_connection_string(
+            connection_string, queue, **options,
+            message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
+        )  # fmt: skip
+
+    async with client(name) as queue, client(name + "-poison") as poison:
+        yield queue, poison
+
+
 async def test_a_retry_storage_will_not_put_back_is_said_and_the_message_comes_back(
     azurite: Azurite, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The first delivery fails and Storage refuses to put the message back for its retry: one warning says so
     (it used to vanish with the task), and the message comes back when its lock ends and goes through."""
     import uuid
-
-    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
-    from azure.storage.queue.aio import QueueClient
 
     from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
     from standins.storage_proxy import StorageProxy
@@ -659,13 +676,7 @@ async def test_a_retry_storage_will_not_put_back_is_said_and_the_message_comes_b
 
     with StorageProxy(azurite) as proxy:
 
-        def client(queue: str) -> QueueClient:
-            return QueueClient.from_connection_string(
-                proxy.connection_string, queue, retry_total=0,
-                message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
-            )  # fmt: skip
-
-        async with client(name) as queue, client(name + "-poison") as poison:
+        async with _host_queues(proxy.connection_string, name, retry_total=0) as (queue, poison):
             await queue.create_queue()
             await queue.send_message("a message")
             proxy.add_fault("queue.update", "status", status=503, count=1)
@@ -686,9 +697,6 @@ async def test_a_message_whose_last_delivery_ended_without_an_answer_is_parked_w
     sixth time, so what `poison list` shows after a crash in the last delivery was never seen in the tests."""
     import uuid
 
-    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
-    from azure.storage.queue.aio import QueueClient
-
     from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
 
     name = f"q{uuid.uuid4().hex[:12]}"
@@ -697,14 +705,8 @@ async def test_a_message_whose_last_delivery_ended_without_an_answer_is_parked_w
     async def handler(message: object) -> None:
         ran.append(message)
 
-    def client(queue: str) -> QueueClient:
-        return QueueClient.from_connection_string(
-            azurite.connection_string, queue,
-            message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
-        )  # fmt: skip
-
     options = HostQueueOptions(visibility_timeout=0)
-    async with client(name) as queue, client(name + "-poison") as poison:
+    async with _host_queues(azurite.connection_string, name) as (queue, poison):
         await queue.create_queue()
         await poison.create_queue()
         await queue.send_message("crashed in every delivery")
@@ -730,9 +732,6 @@ async def test_a_message_that_cannot_be_parked_is_said_so_and_parked_when_it_com
     says it could not be moved and why; when it comes back it is parked, and said to be."""
     import uuid
 
-    from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
-    from azure.storage.queue.aio import QueueClient
-
     from irm_connector.cli.queue_trigger import HostQueueOptions, QueueWorker
     from standins.storage_proxy import StorageProxy
 
@@ -743,13 +742,7 @@ async def test_a_message_that_cannot_be_parked_is_said_so_and_parked_when_it_com
 
     with StorageProxy(azurite) as proxy:
 
-        def client(queue: str) -> QueueClient:
-            return QueueClient.from_connection_string(
-                proxy.connection_string, queue, retry_total=0,
-                message_encode_policy=TextBase64EncodePolicy(), message_decode_policy=TextBase64DecodePolicy(),
-            )  # fmt: skip
-
-        async with client(name) as queue, client(name + "-poison") as poison:
+        async with _host_queues(proxy.connection_string, name, retry_total=0) as (queue, poison):
             await queue.create_queue()
             await queue.send_message("a message")
             proxy.add_fault(operation, "status", status=503, count=1)
