@@ -13,7 +13,9 @@ param storageAccountName string
 param deploymentContainerUrl string
 param maximumInstanceCount int = 40
 param instanceMemoryMB int = 2048
-@description('App settings of the connector (no secrets: secrets are Key Vault references).')
+// Secure: they hold extraAppSettings, which may carry a secret, and a plain parameter is kept in the history.
+@secure()
+@description('App settings of the connector (its own secrets are Key Vault references).')
 param appSettings object
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {

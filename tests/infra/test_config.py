@@ -199,6 +199,28 @@ def test_role_assignments() -> None:
     assert "scope: appInsights" in (INFRA / "modules" / "monitoring.bicep").read_text()
 
 
+def test_a_secure_parameter_reaches_modules_only_through_secure_parameters() -> None:
+    """A module's parameters are inputs of a nested deployment, kept in its history: a secure value passed to a
+    plain one is readable there (`az deployment group show`). `extraAppSettings`, secure in main.bicep and
+    resources.bicep, reached the function app's module merged into its plain `appSettings`."""
+    secure_param = r"@secure\(\)\s*(?:@description\([^\n]*\)\s*)?param (\w+) "
+    checked = 0
+    for f in bicep_files():
+        text = f.read_text()
+        secure = set(re.findall(secure_param, text))
+        for module in re.finditer(r"^module \w+ '([^']+)' = [^\n]*\n(.*?)^\}", text, re.MULTILINE | re.DOTALL):
+            target = (f.parent / module.group(1)).resolve()
+            params = module.group(2)[module.group(2).index("  params: {"):]
+            # each parameter: its name at four spaces, its value up to the next such name
+            for name, value in re.findall(r"^    (\w+): (.*?)(?=^    \w+: |^  \})", params, re.MULTILINE | re.DOTALL):
+                if any(re.search(rf"\b{s}\b", value) for s in secure):
+                    checked += 1
+                    assert name in re.findall(secure_param, target.read_text()), (
+                        f"{f.name} passes a secure value to {target.name}'s plain parameter {name}"
+                    )
+    assert checked >= 4  # the secret, the certificate password, the extra settings, the key vault's
+
+
 def test_no_secret_in_outputs_or_defaults() -> None:
     for f in bicep_files():
         text = f.read_text()
