@@ -55,7 +55,8 @@ check_tenant() {
   command -v az >/dev/null 2>&1 || return 0
   azure=$(az account show ${AZURE_SUBSCRIPTION_ID:+--subscription "${AZURE_SUBSCRIPTION_ID}"} --query tenantId -o tsv \
     2>/dev/null) || return 0
-  if [[ -n "${azure}" && "$(lower "${wanted}")" != "$(lower "${azure}")" ]]; then
+  # Compared as GUIDs: the connector reads {braces}, urn:uuid: and bare hex alike.
+  if [[ -n "${azure}" && "$(guid_hex "${wanted}")" != "$(guid_hex "${azure}")" ]]; then
     die "O365_TENANT_ID is ${wanted}, but the subscription is in tenant ${azure}. O365_AUTH_MODE=managed_identity
 reads only the tenant the Function App's identity lives in. For another Microsoft 365 tenant use an app
 registration there: docs/deploy.md, \"Microsoft 365 in another tenant\" (azd env set O365_AUTH_MODE certificate,
@@ -80,13 +81,20 @@ one_of() {
   return 1
 }
 
-# A GUID in any form Python's uuid reads (Entra ID's {braces}, urn:uuid:, bare hex): one problem line, or none.
+# The hex digits of a GUID in any form Python's uuid reads (Entra ID's {braces}, urn:uuid:, bare hex), lower case.
+guid_hex() {
+  local hex
+  hex=$(lower "$(trim "$1")")
+  hex=${hex//urn:/}; hex=${hex//uuid:/}; hex=${hex#\{}; hex=${hex%\}}; hex=${hex//-/}
+  printf '%s' "${hex}"
+}
+
+# A GUID in any form Python's uuid reads: one problem line, or none.
 guid_problem() {
   local name=$1 value hex
   value=$(trim "$2")
   [[ -n "${value}" ]] || return 0
-  hex=$(lower "${value}")
-  hex=${hex//urn:/}; hex=${hex//uuid:/}; hex=${hex#\{}; hex=${hex%\}}; hex=${hex//-/}
+  hex=$(guid_hex "${value}")
   if [[ ! "${hex}" =~ ^[0-9a-f]{32}$ ]]; then
     printf '%s is not a GUID (hex digits in groups of 8-4-4-4-12): %s\n' "${name}" "${value}"
   elif [[ ! "${hex}" =~ [1-9a-f] ]]; then

@@ -193,8 +193,10 @@ def test_preprovision_stops_a_managed_identity_meant_for_another_tenant(fakes: P
     other = run("preprovision.sh", fakes, {**env, "O365_TENANT_ID": "bbbbbbbb-0000-0000-0000-000000000002"})
     assert other.returncode != 0
     assert "subscription is in tenant " + azure in other.stderr and "Microsoft 365 in another tenant" in other.stderr
-    # The same tenant in capitals, an app registration for the other tenant, or no tenant named: it goes on.
-    for ok in ({"O365_TENANT_ID": azure.upper()},
+    # The same tenant in capitals or another form the connector reads (it was "another tenant" then), an app
+    # registration for the other tenant, or no tenant named: it goes on.
+    for ok in ({"O365_TENANT_ID": azure.upper()}, {"O365_TENANT_ID": "{" + azure.upper() + "}"},
+               {"O365_TENANT_ID": azure.replace("-", "")}, {"O365_TENANT_ID": f"urn:uuid:{azure}"},
                {"O365_TENANT_ID": "bbbbbbbb-0000-0000-0000-000000000002", "O365_AUTH_MODE": "secret"}, {}):  # fmt: skip
         done = run("preprovision.sh", fakes, {**env, **ok})
         assert done.returncode == 0, (ok, done.stderr)
