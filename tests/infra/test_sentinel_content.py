@@ -317,6 +317,20 @@ def test_health_rules_carry_no_attack_tactics(content: dict[str, Any]) -> None:
     assert irm and all({"Exfiltration", "Collection"} <= set(r["tactics"]) for r in irm)
 
 
+def test_health_rules_raise_one_incident_per_tenant_and_an_alert_per_finding(content: dict[str, Any]) -> None:
+    """Several connectors feed one workspace, one per Microsoft 365 tenant. Grouped by any alert, one tenant's
+    outage joined another's open incident and raised nothing new; the stale rule's one alert per run took its title
+    from the first tenant's row. The silent rule is a rule per tenant already."""
+    health = COLUMNS["streams"]["health"]["table"]
+    shared = [r for r in content["analytics"] if health in r["doc"]["query"] and "silent" not in r["file"]]
+    assert len(shared) == 4
+    for rule in (r["doc"] for r in shared):
+        grouping = rule["incidentConfiguration"]["groupingConfiguration"]
+        assert grouping["matchingMethod"] == "Selected" and grouping["groupByCustomDetails"] == ["O365TenantId"]
+        assert rule["customDetails"]["O365TenantId"] == "O365TenantId"
+        assert rule["eventGroupingSettings"]["aggregationKind"] == "AlertPerResult", rule["name"]
+
+
 def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, Any]) -> None:
     queries: dict[str, str] = {r["file"]: r["doc"]["query"] for r in content["analytics"]}
 
