@@ -16,6 +16,8 @@ import aiohttp
 from azure.core.pipeline.transport import AioHttpTransport
 from yarl import URL
 
+from .setting_forms import proxy_of
+
 if TYPE_CHECKING:
     from .settings import Settings
 
@@ -74,9 +76,7 @@ class EnvProxy:
         origin = (url.scheme, url.host or "", url.port)
         found = self._by_origin.get(origin)
         if found is None:
-            named = self._proxies.get(url.scheme) or ""
-            # "proxy.corp:8080", as curl and requests read it (msal's token requests follow it so)
-            proxy = URL(named if "://" in named or not named else f"http://{named}")
+            proxy = proxy_of(self._proxies.get(url.scheme) or "")
             bypass = url.host is not None and urllib.request.proxy_bypass(url.host)
             # aiohttp ignores an https:// proxy the environment names: it cannot tunnel through one
             found = {} if bypass or proxy.scheme != "http" else {"proxy": proxy}

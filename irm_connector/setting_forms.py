@@ -340,12 +340,17 @@ def split_url(value: str, setting: str) -> SplitResult:
     return parts
 
 
+def proxy_of(named: str) -> URL:
+    """The proxy an environment variable names, as the clients read it: ``proxy.corp:8080`` is an http:// one, as
+    curl and requests (msal's token requests) take it. Raises ValueError for a port that is not a number."""
+    return URL(named if "://" in named or not named else f"http://{named}")
+
+
 def proxy_url(value: str, setting: str) -> None:
-    """A proxy as the clients read it, ``http://[user:password@]host:port`` or ``host:port``: a bad one failed
-    every request as an unexpected ValueError naming no setting. Its text is not shown: it may hold a password."""
-    named = value.strip()
+    """A proxy as the clients read it (:func:`proxy_of`): a bad one failed every request as an unexpected
+    ValueError naming no setting. Its text is not shown: it may hold a password."""
     try:
-        url = URL(named if "://" in named else f"http://{named}")
+        url = proxy_of(value.strip())
     except (ValueError, TypeError):  # a port that is not a number, or out of range
         url = None
     if url is None or not url.host or " " in url.host:

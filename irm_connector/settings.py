@@ -245,12 +245,13 @@ class Settings:
         for ca_setting in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
             if ca_path := get(ca_setting):
                 check(functools.partial(forms.ca_bundle, ca_path, ca_setting), None)
-        # Every client reads them, in either case (one name on Windows, where a value would be reported twice).
+        # Every client reads them, in either case; the same value under both is one variable (Windows ignores case).
         for upper in ("HTTPS_PROXY", "HTTP_PROXY"):
-            values = {name: r.raw(name) for name in (upper, upper.lower())}
-            for name, proxy in values.items():
-                if proxy and not (name != upper and proxy == values[upper]):
-                    check(functools.partial(forms.proxy_url, proxy, name), None)
+            upper_value, lower_value = r.raw(upper), r.raw(upper.lower())
+            if upper_value:
+                check(functools.partial(forms.proxy_url, upper_value, upper), None)
+            if lower_value and lower_value != upper_value:
+                check(functools.partial(forms.proxy_url, lower_value, upper.lower()), None)
         password = r.raw("O365_CLIENT_CERTIFICATE_PASSWORD")
         if r.problems:
             raise SettingsError.combine(r.problems)
