@@ -239,10 +239,9 @@ class UnreadableAnswerError(TransientApiError):
     Most often a page of something on the way (a proxy's block or login page, a captive portal) answering in the
     API's place; now and then a fault of the API's own, which the next run gets past."""
 
-    hint = (
-        f"{_LATER_TRY}; if this persists check the proxy on the way (its pages answer in the API's place) and "
-        "O365_API_ROOT (or O365_CLOUD)"
-    )
+    #: what to check when it persists (the command line gives it as its hint)
+    advice = "check the proxy on the way (its pages answer in the API's place) and O365_API_ROOT (or O365_CLOUD)"
+    hint = f"{_LATER_TRY}; if this persists {advice}"
 
 
 class BodyRoomError(ConnectorError):

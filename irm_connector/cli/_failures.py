@@ -145,8 +145,7 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         code = "entra-unreachable" if exc.transient else "token-refused"
         return Failure(code, *_split_hint(line), EXIT_UNREACHABLE)
     if isinstance(exc, UnreadableAnswerError):
-        hint = "check the proxy on the way (its pages answer in the API's place) and O365_API_ROOT (or O365_CLOUD)"
-        return Failure("api-unreachable", text, hint, EXIT_UNREACHABLE)
+        return Failure("api-unreachable", text, exc.advice, EXIT_UNREACHABLE)
     if isinstance(exc, TransientApiError):
         hint = "check O365_API_ROOT (or O365_CLOUD), the network and Microsoft 365 service health"
         if exc.retry_after is not None:
