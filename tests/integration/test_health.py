@@ -359,6 +359,16 @@ async def test_a_fault_of_the_connector_s_own_in_one_content_type_ends_the_run_a
     assert await connector.queue_length() == len(workload.blobs)
 
 
+async def _failed_poll_texts(connector: ConnectorHarness) -> tuple[str, str]:
+    """A poll that fails: its error's text and the LastError of the one health row it wrote, what the operator
+    reads in the poller's log and in Sentinel."""
+    before = len(connector.rows(HEALTH))
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    [row] = connector.rows(HEALTH)[before:]
+    return str(failed.value), row["LastError"]
+
+
 async def test_a_management_api_that_cannot_be_reached_is_named_with_its_cause(connector: ConnectorHarness) -> None:
     """A port that refuses, a host that does not resolve, a proxy's CA not trusted: the error read
     "ClientConnectorError talking to the Management API ...; check service health and the request budget", in
@@ -367,11 +377,7 @@ async def test_a_management_api_that_cannot_be_reached_is_named_with_its_cause(c
 
     [closed] = free_ports(1)
     connector.set(O365_API_ROOT=f"https://127.0.0.1:{closed}")
-    before = len(connector.rows(HEALTH))
-    with pytest.raises(PollError) as failed:
-        await connector.poll()
-    [row] = connector.rows(HEALTH)[before:]
-    for text in (str(failed.value), row["LastError"]):
+    for text in await _failed_poll_texts(connector):
         assert "cannot reach the Management API at 127.0.0.1 (connection refused)" in text, text
         assert "O365_API_ROOT" in text and "request budget" not in text, text
 
@@ -380,13 +386,8 @@ async def test_a_page_answering_in_the_api_s_place_is_named_as_such(connector: C
     """A proxy's block page or a captive portal answers the listing with HTML: the run failed with "check service
     health and the request budget", which sent the operator away from the proxy. Its error now names the proxy
     and the API root, in the poller's error and the health row alike."""
-    sim = connector.standins
-    sim.management.add_fault("list", "malformed", count=1000)
-    before = len(connector.rows(HEALTH))
-    with pytest.raises(PollError) as failed:
-        await connector.poll()
-    [row] = connector.rows(HEALTH)[before:]
-    for text in (str(failed.value), row["LastError"]):
+    connector.standins.management.add_fault("list", "malformed", count=1000)
+    for text in await _failed_poll_texts(connector):
         assert "the API answered with a body that is not JSON" in text, text
         assert "check the proxy on the way (its pages answer in the API's place) and O365_API_ROOT" in text, text
         assert "request budget" not in text, text
