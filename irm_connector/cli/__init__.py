@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "work the content queue until it is empty (exit 1 if a message was poisoned or put off)",
         "Process content messages as the Functions host does: host.json concurrency, a failed message is "
         "retried until maxDequeueCount and then moved to the poison queue. A message put off for later (a DCR "
-        "refusing the stream, or a Retry-After over 2 minutes) ends the run at once, since the queue would not "
+        "refusing the stream, a throttle) ends the run at once, since the queue would not "
         "empty before it comes back.",
     )
     p.add_argument("--max", type=int, default=None, metavar="N", help="stop after N messages")
