@@ -49,7 +49,13 @@ UPN_KEYS = ("userPrincipalName", "UserPrincipalName", "upn", "Upn", "UPN", "f3u"
 ALERT_RECORD_TYPE = 40
 _SYNTHETIC_ID_NAMESPACE = uuid.UUID("5b1f0c3e-1d0e-4f7e-9a57-3c6a2a8d9f10")
 # ASCII digits only: ``\d`` would take other scripts' digits, which no reader of TimeGenerated parses.
-_CREATION = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d{1,7})?(Z|[+-]\d\d:\d\d)?", re.ASCII)
+# Besides the API's own shape, the ISO 8601 / RFC 3339 forms a re-published or hand-made record may carry (a
+# space or lower-case separator, ``+HHMM``, a fraction finer than the 100 ns Kusto keeps): a time all the same.
+_CREATION = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:?\d\d)?", re.ASCII
+)
+#: Digits of a second's fraction Kusto's datetime keeps (100 ns ticks); finer ones are cut, not rounded.
+_FRACTION_DIGITS = 7
 
 # Fields copied as they are, straight from columns.json so a column added there is filled here.
 _ALERT_TEXT = stream_schema("alerts").copied("string")
@@ -189,17 +195,18 @@ def _creation_time(value: Any) -> tuple[str | None, str]:
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
         moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
-        if zone and zone[1:] != "00:00" and zone != "Z":
+        offset_hours, offset_minutes = (int(zone[1:3]), int(zone[-2:])) if zone and len(zone) > 1 else (0, 0)
+        if offset_hours or offset_minutes:
             # Not the API's shape, but a time all the same: read as UTC, not replaced by the blob's.
-            offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-            if offset >= timedelta(days=1) or int(zone[4:6]) > 59:
+            offset = timedelta(hours=offset_hours, minutes=offset_minutes)
+            if offset >= timedelta(days=1) or offset_minutes > 59:
                 return None, ""
             moment = moment - offset if zone[0] == "+" else moment + offset
             year, month, day = f"{moment.year:04d}", f"{moment.month:02d}", f"{moment.day:02d}"
             hour, minute, second = f"{moment.hour:02d}", f"{moment.minute:02d}", f"{moment.second:02d}"
     except (ValueError, OverflowError):
         return None, ""
-    text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{fraction or ''}Z"
+    text = f"{year}-{month}-{day}T{hour}:{minute}:{second}{(fraction or '')[: 1 + _FRACTION_DIGITS]}Z"
     hour_key = f"{year}{month}{day}{hour}"
     if len(_HOURS) > 4096:
         _HOURS.clear()
@@ -233,20 +240,21 @@ def _text(value: Any) -> str | None:
 
 
 def _parse_data(value: Any, problems: Counter[str]) -> Any:
-    """``Data`` is documented as a JSON string; parse it, keep the raw string when it does not parse."""
+    """``Data`` is documented as a JSON string of an object; parse it, keep the raw string when it does not
+    parse, or parses to a scalar (``"null"`` would leave the column empty, ``"123"`` would become a number)."""
     if not isinstance(value, str) or not value:
         return value
     try:
-        return orjson.loads(value)
+        parsed = orjson.loads(value)
     except orjson.JSONDecodeError:
-        pass
-    try:
-        # JSON that orjson refuses and the standard library reads: a lone surrogate's escape (the service writes
-        # them, see blob_parse), a number beyond a double. Kept as text, the alert would lose its user.
-        return std_loads(value)
-    except (ValueError, RecursionError):
-        problems["Data is not JSON (kept as text)"] += 1
-        return value
+        try:
+            # JSON that orjson refuses and the standard library reads: a lone surrogate's escape (the service
+            # writes them, see blob_parse), a number beyond a double. Kept as text, the alert would lose its user.
+            parsed = std_loads(value)
+        except (ValueError, RecursionError):
+            problems["Data is not JSON (kept as text)"] += 1
+            return value
+    return parsed if isinstance(parsed, dict | list) else value
 
 
 def _alert_row(

@@ -110,6 +110,7 @@ def test_every_declared_audit_column_is_filled_from_a_full_record_and_each_byte_
         {"ObjectId": 12345, "ClientIP": ["10.0.0.1"]},  # made text for the column; the original stays
         {"ClientIP": ""},  # an empty column reads as absent in KQL: the empty value stays in Record
         {"CreationTime": "2026-11-27T09:15:02.1234567"},  # not the API's shape: kept as it came
+        {"CreationTime": "2026-11-27 09:15:02.123456789+0000"},  # likewise, though read as 09:15:02.1234567
         {"CreationTime": "2026-11-24T06:00:00"},  # too old for Azure Monitor to keep as TimeGenerated
         {"CreationTime": "2026-11-28T06:00:00"},  # too far ahead, likewise
     ],
@@ -163,6 +164,14 @@ def test_upn_is_read_from_the_spellings_seen_in_the_wild(data: str | None, upn: 
 def test_data_that_does_not_parse_is_kept_as_the_raw_string() -> None:
     [row] = rows(normalize_blob([irm_alert(Data="{broken")], REF, ALERTS, sent_at=SENT))
     assert row["Data"] == "{broken"
+
+
+@pytest.mark.parametrize("data", ["null", '"text"', "123", "true"])
+def test_data_that_is_json_but_no_object_is_kept_as_the_raw_string(data: str) -> None:
+    """Parsed, ``null`` left the column out and ``"123"`` became a number: the record's text was lost."""
+    out = normalize_blob([irm_alert(Data=data)], REF, ALERTS, sent_at=SENT)
+    [row] = rows(out)
+    assert row["Data"] == data and row["UserPrincipalName"] == "" and not out.problems
 
 
 @pytest.mark.parametrize(
@@ -227,11 +236,13 @@ def test_unreadable_creation_time_falls_back_to_content_created(creation: str | 
 @pytest.mark.parametrize(
     ("creation", "utc"),
     [("2026-11-27T09:15:02+01:00", "2026-11-27T08:15:02Z"), ("2026-11-27T23:30:00.5-05:30", "2026-11-28T05:00:00.5Z"),
-     ("2026-11-27T09:15:02-00:00", "2026-11-27T09:15:02Z")],
+     ("2026-11-27T09:15:02-00:00", "2026-11-27T09:15:02Z"), ("2026-11-27T09:15:02+0100", "2026-11-27T08:15:02Z"),
+     ("2026-11-27 09:15:02", "2026-11-27T09:15:02Z"), ("2026-11-27t09:15:02z", "2026-11-27T09:15:02Z"),
+     ("2026-11-27T09:15:02.123456789", "2026-11-27T09:15:02.1234567Z")],
 )  # fmt: skip
-def test_a_creation_time_with_an_offset_is_read_as_utc(creation: str, utc: str) -> None:
-    """Not the API's shape (UTC, no zone), but a time all the same: it was replaced by the blob's time, in
-    TimeGenerated and in CreationTime, and the alert row kept no copy of it."""
+def test_a_creation_time_in_another_iso_form_is_read_as_utc(creation: str, utc: str) -> None:
+    """Not the API's shape (UTC, no zone, a ``T``), but a time all the same: it was replaced by the blob's time,
+    in TimeGenerated and in CreationTime, and the alert row kept no copy of it."""
     out = normalize_blob([irm_alert(CreationTime=creation)], REF, ALERTS, sent_at=SENT)
     [row] = rows(out)
     assert (row["TimeGenerated"], row["CreationTime"]) == (utc, utc) and not out.problems
