@@ -34,12 +34,15 @@ async def backfill(
     content_types: tuple[str, ...] | None = None,
     now: datetime | None = None,
     on_progress: BackfillProgress | None = None,
+    include_queued: bool = False,
 ) -> PollReport:
     """List ``[start, end)`` again and queue the blobs not queued before, without touching the watermark or
     the lease: the live poller goes on as it was. Raises :class:`ValueError` for a range the API cannot
     list, :class:`PollError` (with the report) when a content type failed. Without ``now``, each content type's
     windows are planned when its turn comes: a range reaching 7 days back would otherwise have slipped out of
-    the API's reach by the time the later ones are listed."""
+    the API's reach by the time the later ones are listed. ``include_queued`` queues the blobs queued before
+    too: their messages may have been purged from the poison queue, and the claims keep sent records from
+    being sent again."""
     content_types = content_types or rt.settings.content_types
     # A range the API cannot list at all raises here.
     plan_backfill(start, end, now or await service_now(rt, content_types[0]))
@@ -56,7 +59,9 @@ async def backfill(
             windows = plan_backfill(max(start, moment - RETENTION), end, moment)
             progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
             for window in windows:
-                await list_window(rt, content_type, window, moment, seen, ct_report, progress)
+                await list_window(
+                    rt, content_type, window, moment, seen, ct_report, progress, include_queued=include_queued
+                )
                 ct_report.windows_listed += 1
                 if on_progress is not None:
                     on_progress(ct_report, len(windows))

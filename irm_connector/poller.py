@@ -335,11 +335,13 @@ async def list_window(
     guard: Callable[[], None] | None = None,
     deadline: Deadline | None = None,
     stop: Callable[[], None] | None = None,
+    include_queued: bool = False,
 ) -> None:
     """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
     ``guard`` runs before every listing request and may raise to stop (the poller's lease check); no retry
     waits past ``deadline``. ``stop`` runs when a page after the first has come, before it is queued, and may
     raise to leave the window unfinished (every run queues at least a page; one that ends in time is whole).
+    ``include_queued`` queues the blobs queued before as well (a backfill after their messages were lost).
 
     The next page is fetched while this one is queued: the API's answer and the queue writes overlap, and a
     window of many pages costs about the longer of the two, not their sum."""
@@ -353,7 +355,7 @@ async def list_window(
                     stop()
                 first = False
                 following = asyncio.ensure_future(anext(pages, None))
-                await _queue_page(rt, content_type, page, now, seen, report)
+                await _queue_page(rt, content_type, page, now, seen, report, include_queued=include_queued)
                 if on_page is not None:
                     on_page()
             return
@@ -378,6 +380,8 @@ async def _queue_page(
     now: datetime,
     seen: SeenPartitions,
     report: ContentTypeReport,
+    *,
+    include_queued: bool = False,
 ) -> None:
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
@@ -407,7 +411,9 @@ async def _queue_page(
                 extra=dims,
             )
             continue
-        if await rt.state.queued_blobs.is_queued(content_type, blob, seen) or blob.content_id in queuing:
+        if blob.content_id in queuing or (
+            not include_queued and await rt.state.queued_blobs.is_queued(content_type, blob, seen)
+        ):
             report.blobs_already_queued += 1
             continue
         queuing.add(blob.content_id)  # a page naming a blob twice would put two upserts of it in one batch

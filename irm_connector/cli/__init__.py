@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "backfill",
         "list a past range again (within 7 days) without moving the live watermark",
-        "List a past range again and queue the blobs that were never queued, then process the queue. The live "
+        "List a past range again and queue the blobs that were never queued (--include-queued: every blob), then "
+        "process the queue. The live "
         "watermark and lease are not touched. The API keeps content for 7 days.",
     )
     p.add_argument("--since", metavar="DURATION", help="from this long ago until now, e.g. 3d or 12h")
@@ -177,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", metavar="TIME", help="end of the range (UTC; default now)")
     p.add_argument("--content-type", action="append", metavar="TYPE", help="only this content type (repeatable)")
     p.add_argument("--no-process", action="store_true", help="only queue; leave processing to the function app")
+    p.add_argument(
+        "--include-queued",
+        action="store_true",
+        help="queue the blobs queued before too (their messages were purged or lost); records already sent are "
+        "not sent again",
+    )
     retry_delay(p)
 
     p = command("poison", "inspect dead messages with the reason each failed, requeue or purge them")

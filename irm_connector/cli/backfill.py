@@ -30,7 +30,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     # In any case, as O365_CONTENT_TYPES and `subscriptions` take them; the configured spelling from here on.
     configured = {ct.lower(): ct for ct in settings.content_types}
     asked = tuple(args.content_type or settings.content_types)
-    content_types = tuple(configured.get(ct.lower(), ct) for ct in asked)
+    content_types = tuple(dict.fromkeys(configured.get(ct.lower(), ct) for ct in asked))  # each once
     unknown = [ct for ct in content_types if ct not in settings.content_types]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not in O365_CONTENT_TYPES ({', '.join(settings.content_types)})")
@@ -60,17 +60,24 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
             seen[key] = report.windows_listed
         bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed, refresh=False)
 
-    failed, code = False, EXIT_OK
+    code = EXIT_OK
     try:
         # From the start as checked above (moved inside the 7 days): checked again after the preflight, the range
         # asked for may have slipped past the edge meanwhile.
-        report = await backfill(rt, windows[0].start, end, content_types=content_types, on_progress=progress)
+        report = await backfill(
+            rt,
+            windows[0].start,
+            end,
+            content_types=content_types,
+            on_progress=progress,
+            include_queued=args.include_queued,
+        )
     except PollError as exc:
-        report, failed, code = exc.report, True, failed_exit(exc)
+        report, code = exc.report, failed_exit(exc)
     finally:
         bar.close()
     document: dict[str, Any] = {
-        "ok": not failed,
+        "ok": code == EXIT_OK,  # set again once the queue is worked: nothing poisoned or put off there either
         "range": {"start": windows[0].start, "end": windows[-1].end},
         "requested": {"start": start, "end": end},
         "windows": len(windows),
@@ -83,12 +90,26 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if windows[0].start > start + timedelta(seconds=1):
         lines.append(f"(start moved to {iso(windows[0].start)}: the API lists at most 7 days back)")
-    lines += report_lines(report)
-    if not args.no_process and report.blobs_queued:
+    lines += report_lines(report, watermark=False)
+    skipped = sum(ct.blobs_already_queued for ct in report.content_types)
+    if skipped and not args.include_queued:
+        lines.append(
+            f"{skipped} blob(s) were queued before and not again: if their messages were purged from the poison "
+            "queue, run the same backfill with --include-queued (records already sent are not sent again)"
+        )
+    if not args.no_process:
+        if not args.json:
+            # The listing's outcome first: processing may fail (Storage, a signal), and a rerun finds its blobs
+            # queued, so this would be the only place the operator learns what was queued.
+            emit(args, document, "\n".join(lines))
+            lines = []
+        # Whether or not this run queued anything: messages an earlier `--no-process`, or an abandoned run, left
+        # on the queue would otherwise wait for a function app that may not run.
         processed, process_code = await work_queue(settings, max_messages=None, retry_delay=args.retry_delay)
         document["processing"] = processed
         lines += process_lines(processed, settings.poison_queue)
         code = max(code, process_code)
+    document["ok"] = code == EXIT_OK
     emit(args, document, "\n".join(lines))
     return code
 
@@ -97,6 +118,8 @@ def _range(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]
     """``[start, end)`` as the options give it, ``--since`` and a missing ``--end`` counted from ``now``."""
     if args.since:
         since = duration_option(args.since, "--since")
+        if since <= timedelta(0):
+            raise UsageError(f"--since {args.since} is an empty range: give how far back to start, e.g. 3d or 12h")
         if since > RETENTION + timedelta(days=1):  # before year 1 for a large one: say what is wrong instead
             raise UsageError(f"--since {args.since} is more than 7 days back: the API keeps content for 7 days only")
         return now - since, now

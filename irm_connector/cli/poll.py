@@ -26,15 +26,17 @@ def failed_exit(error: PollError) -> int:
     return EXIT_UNREACHABLE if codes == {EXIT_UNREACHABLE} else EXIT_FAILED
 
 
-def report_lines(report: PollReport) -> list[str]:
-    """One line per content type (poll and backfill print the same)."""
+def report_lines(report: PollReport, *, watermark: bool = True) -> list[str]:
+    """One line per content type (poll and backfill print the same; a backfill moves no watermark, so it shows
+    none with ``watermark=False``)."""
     lines = []
     for ct in report.content_types:
         state = f"error: {ct.error}" if ct.error else f"skipped: {ct.skipped}" if ct.skipped else "ok"
+        moved = f"watermark {iso(ct.watermark) or '-'}; " if watermark else ""
         lines.append(
             f"{ct.content_type}: {ct.windows_listed} window(s), {ct.blobs_listed} blob(s) listed, "
             f"{ct.blobs_queued} queued, {ct.blobs_already_queued} already queued, {ct.blobs_expired} expired; "
-            f"watermark {iso(ct.watermark) or '-'}; {state}"
+            f"{moved}{state}"
         )
     return lines
 

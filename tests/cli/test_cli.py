@@ -190,7 +190,7 @@ def test_a_backfill_range_wrong_by_itself_is_a_usage_error_before_any_call(cli: 
     )
     for argv, says in (
         (("--start", "2026-06-01T00:00:00Z", "--end", "2026-05-01T00:00:00Z"), "the range is empty"),
-        (("--since", "0s"), "the range is empty"),
+        (("--since", "0s"), "--since 0s is an empty range"),
         (("--start", "2020-01-01T00:00:00Z"), "is more than 7 days back"),
     ):
         code, doc = cli.json("backfill", *argv)
@@ -354,6 +354,11 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     code, out, err = cli.run("poison", "purge")  # no terminal under pytest: refused without --yes
     assert code == 2 and "--yes" in err and cli.depth(cli.poison) == 1
     code, doc = cli.json("poison", "purge", "--yes")
+    cli.set(AzureWebJobsStorage=cli.azurite.connection_string)
+    assert code == 1 and doc["not_deleted"] == [doc_id] and cli.depth(cli.poison) == 1
+    code, doc = cli.json("poison", "list")
+    assert doc["messages"][0]["reason"] == "BadMessageError: message is not JSON"
+    code, doc = cli.json("poison", "purge", "--yes")
     assert code == 0 and doc["purged"] == 1 and cli.depth(cli.poison) == 0
 
 
@@ -444,6 +449,40 @@ def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) ->
         code, _, err = cli.run("backfill", *bad)
         assert code == 2, (bad, err)
         assert err.startswith("usage error:") and "irm-connector backfill --help" in err
+
+
+def test_backfill_brings_back_the_records_of_purged_messages_and_works_what_an_earlier_run_left(cli: Cli) -> None:
+    """Purged from the poison queue, a blob's records could not come back: every backfill found it queued
+    before, said so and exited 0 with nothing sent. A rerun after `--no-process` queued nothing new and so did
+    not work the queue either, leaving its messages to a function app that may not run."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    old = generate_workload(seed=11, total_records=600, blob_size=(200, 200), irm_share=0.05,
+                            tenant_id=sim.tenant_id, start=datetime.now(UTC) - timedelta(days=2), span=timedelta(hours=3))  # fmt: skip
+    old.publish(sim.management)
+    alerts = sorted(set(old.irm_alert_record_ids))
+    code, doc = cli.json("backfill", "--since", "3d", "--no-process")
+    assert code == 0 and doc["blobs_queued"] == len(old.blobs), doc
+    assert cli.park() == len(old.blobs)  # every delivery failed (say, a DCR deleted by mistake) ...
+    code, out, _ = cli.run("poison", "purge", "--yes")  # ... and the dead messages were purged
+    assert code == 0 and cli.depth(cli.poison) == 0
+
+    code, out, _ = cli.run("backfill", "--since", "3d")
+    assert code == 0 and f"{len(old.blobs)} already queued" in out and "--include-queued" in out
+    assert cli.rows() == []
+
+    code, doc = cli.json("backfill", "--since", "3d", "--include-queued", "--no-process")
+    assert code == 0 and doc["blobs_queued"] == len(old.blobs) and cli.depth() == len(old.blobs)
+    code, doc = cli.json("backfill", "--since", "3d", "--content-type", "Audit.General", "--content-type", "audit.general")
+    assert code == 0 and doc["ok"] and doc["blobs_queued"] == 0 and len(doc["content_types"]) == 1
+    assert doc["processing"]["processed"] == len(old.blobs) and cli.depth() == 0
+    assert sorted(r["RecordId"] for r in cli.rows()) == alerts
+
+    # Every blob again, each record still once; the text shows the listing, then the processing.
+    code, out, _ = cli.run("backfill", "--since", "3d", "--include-queued")
+    assert code == 0 and f"{len(old.blobs)} queued, 0 already queued, 0 expired; ok" in out
+    assert out.index("already queued") < out.index("message(s) processed")
+    assert sorted(r["RecordId"] for r in cli.rows()) == alerts
 
 
 def test_subscriptions_list_start_stop(cli: Cli) -> None:
