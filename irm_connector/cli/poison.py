@@ -98,6 +98,7 @@ class _Walk:
         self.others: dict[str, QueueMessage] = {}
         self.acted: set[str] = set()
         self.undeleted: list[str] = []
+        self._refused: dict[str, QueueMessage] = {}  # the undeleted, with their latest receipts
 
     async def run(
         self, matches: Callable[[QueueMessage], bool], act: Callable[[QueueMessage], Awaitable[None]]
@@ -121,10 +122,16 @@ class _Walk:
                 if not page or (not fresh and stale >= len(self.others) + len(self.undeleted)):
                     return
         finally:
-            for message in self.others.values():
+            # The skipped, and those whose delete was refused: `poison list` shows them at once, not after the hold.
+            for message in [*self.others.values(), *self._refused.values()]:
                 # Refused when its hold ran out and someone received it since: it is visible anyway.
                 with contextlib.suppress(HttpResponseError):
                     await self.store.poison.update_message(message, visibility_timeout=0)
+
+    def unseen(self, depth: int) -> int:
+        """How many of ``depth`` messages, counted before the walk, it never received: hidden by another reader
+        (a `poison` command running, or one stopped less than :data:`LOCK_SECONDS` ago) all along."""
+        return max(0, depth - len(self.acted | self.others.keys()))
 
     async def _receive(self) -> list[QueueMessage]:
         try:
@@ -158,9 +165,11 @@ class _Walk:
                 exc.status_code,
             )
             self.undeleted.append(message.id)
+            self._refused[message.id] = message
         else:
             if message.id in self.undeleted:
                 self.undeleted.remove(message.id)
+                del self._refused[message.id]
 
 
 def _text(message: QueueMessage) -> str:
@@ -182,7 +191,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     # The queue's time at the start: what is parked after it is left, as purge leaves it. With the function app
     # running, a message requeued here that fails again comes back under a new id while a long walk goes on, and
     # would be requeued a second time, and again for as long as the walk lasts.
-    _, started = await store.depth_at(store.poison)
+    depth, started = await store.depth_at(store.poison)
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     kept: list[str] = []
@@ -231,12 +240,22 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         lines.append(f"not found in {settings.poison_queue}: {', '.join(missing)}")
     if walk.undeleted:
         lines.append(f"sent back but still in {settings.poison_queue} (delete refused): {', '.join(walk.undeleted)}")
+    unseen = walk.unseen(depth)
+    if unseen:
+        lines.append(_held(unseen, settings.poison_queue))
     if done:
         lines.append("process them with `irm-connector process` (or let the function app pick them up)")
-    emit(args, {"requeued": done, "not_content": kept, "not_found": missing, "not_deleted": walk.undeleted},
-         "\n".join(lines))  # fmt: skip
+    emit(args, {"requeued": done, "not_content": kept, "not_found": missing, "not_deleted": walk.undeleted,
+                "not_seen": unseen}, "\n".join(lines))  # fmt: skip
     named_kept = wanted is not None and bool(kept)
-    return EXIT_FAILED if missing or walk.undeleted or named_kept else EXIT_OK
+    return EXIT_FAILED if missing or walk.undeleted or named_kept or unseen else EXIT_OK
+
+
+def _held(unseen: int, queue: str) -> str:
+    return (
+        f"{unseen} message(s) of {queue} were not seen: another reader holds them (a `poison` command running, "
+        f"or one stopped less than {LOCK_SECONDS} s ago); run this again in a minute"
+    )
 
 
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
@@ -244,22 +263,30 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
     # not in the count they said yes to, and nobody has seen why it failed; it stays.
     depth, counted = await store.depth_at(store.poison)
     if depth:
-        confirm(args, f"Delete the {depth} message(s) of {settings.poison_queue} for good?")
-    purged = 0
+        confirm(
+            args,
+            f"Delete the {depth} message(s) of {settings.poison_queue} for good? Their records come back only by "
+            "`backfill --include-queued` over their time, while the API keeps them (7 days).",
+        )
+    taken: dict[str, str] = {}  # message id -> its failure record's key
 
-    async def forget(message: QueueMessage) -> None:
-        nonlocal purged
-        await failures.delete_failure(message_key(Delivery.decode(_text(message))))
-        purged += 1
+    async def take(message: QueueMessage) -> None:
+        taken[message.id] = message_key(Delivery.decode(_text(message)))
 
     walk = _Walk(store, LOCK_SECONDS)
-    await walk.run(lambda message: _parked_by(message, counted), forget)
-    emit(
-        args,
-        {"purged": purged, "not_deleted": walk.undeleted},
-        f"{purged - len(walk.undeleted)} message(s) deleted from {settings.poison_queue}",
-    )
-    return EXIT_FAILED if walk.undeleted else EXIT_OK
+    await walk.run(lambda message: _parked_by(message, counted), take)
+    # Each failure record only once its message is gone: one whose delete was refused stays in the queue, and
+    # `poison list` should still say why it failed.
+    for message_id, key in taken.items():
+        if message_id not in walk.undeleted:
+            await failures.delete_failure(key)
+    purged = len(taken)
+    unseen = walk.unseen(depth)
+    lines = [f"{purged - len(walk.undeleted)} message(s) deleted from {settings.poison_queue}"]
+    if unseen:
+        lines.append(_held(unseen, settings.poison_queue))
+    emit(args, {"purged": purged, "not_deleted": walk.undeleted, "not_seen": unseen}, "\n".join(lines))
+    return EXIT_FAILED if walk.undeleted or unseen else EXIT_OK
 
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:

@@ -21,6 +21,7 @@ from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from standins.azurite import Azurite
+from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.cli.conftest import REPO, Cli
 
@@ -353,7 +354,11 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
 
     code, out, err = cli.run("poison", "purge")  # no terminal under pytest: refused without --yes
     assert code == 2 and "--yes" in err and cli.depth(cli.poison) == 1
-    code, doc = cli.json("poison", "purge", "--yes")
+    # A purge whose delete is refused leaves the message, and with it why it failed (it was forgotten first).
+    with StorageProxy(cli.azurite) as proxy:
+        proxy.add_fault("queue.delete", "status", count=100, status=403, code="AuthorizationPermissionMismatch")
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        code, doc = cli.json("poison", "purge", "--yes")
     cli.set(AzureWebJobsStorage=cli.azurite.connection_string)
     assert code == 1 and doc["not_deleted"] == [doc_id] and cli.depth(cli.poison) == 1
     code, doc = cli.json("poison", "list")

@@ -129,7 +129,7 @@ def test_purge_of_a_queue_longer_than_the_hold_deletes_every_message(slow: Cli) 
     fill(slow, 70, "p")
     code, doc = slow.json("poison", "purge", "--yes")
     assert code == 0, doc
-    assert doc == {"purged": 70, "not_deleted": []}
+    assert doc == {"purged": 70, "not_deleted": [], "not_seen": 0}
     assert slow.depth(slow.poison) == 0 and slow.depth() == 0
 
 
@@ -205,3 +205,21 @@ def test_an_operators_netrc_login_does_not_reach_storage(
     monkeypatch.delenv("NETRC")  # for this test's own client, which trusts the environment
     assert drain(cli, cli.queue) == Counter(["netrc0000", "netrc0001"])
     assert cli.depth(cli.poison) == 0
+
+
+def test_requeue_and_purge_say_so_when_another_reader_hides_messages(cli: Cli) -> None:
+    """A `poison` command stopped mid-walk leaves its page hidden for a minute; one run again meanwhile saw an
+    empty queue and said "0 message(s) sent back" (or "deleted"), exit 0, with every message still there."""
+    ids = fill(cli, 3, "h")
+
+    async def hide() -> None:  # as a killed walk leaves them
+        async with QueueClient.from_connection_string(cli.azurite.connection_string, cli.poison) as client:
+            assert len([m async for m in client.receive_messages(max_messages=32, visibility_timeout=60)]) == 3
+
+    asyncio.run(hide())
+    code, out, _ = cli.run("poison", "requeue", "--all")
+    assert code == 1 and "0 message(s) sent back" in out
+    assert "3 message(s) of" in out and "were not seen: another reader holds them" in out
+    code, doc = cli.json("poison", "purge", "--yes")
+    assert code == 1 and doc == {"purged": 0, "not_deleted": [], "not_seen": 3}
+    assert cli.depth(cli.poison) == len(ids) and cli.depth() == 0
