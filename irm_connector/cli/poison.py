@@ -70,6 +70,8 @@ async def _list(args: argparse.Namespace, settings: Settings, store: Storage, fa
     known = await failures.list_failures() if messages else {}
     items = [_describe(m, known) for m in messages]
     lines = [f"{settings.poison_queue}: {depth} message(s)" + (f", showing {len(items)}" if depth > len(items) else "")]
+    if len(items) < min(depth, args.limit):
+        lines.append(f"  {_held(min(depth, args.limit) - len(items), settings.poison_queue)}")
     for item in items:
         what = f"{item['content_type']} {item['content_id']}" if item["content_id"] else f"unreadable: {item['text']!r}"
         attempts = f", {item['attempts']} attempt(s)" if item["attempts"] else ""

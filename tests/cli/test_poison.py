@@ -217,6 +217,8 @@ def test_requeue_and_purge_say_so_when_another_reader_hides_messages(cli: Cli) -
             assert len([m async for m in client.receive_messages(max_messages=32, visibility_timeout=60)]) == 3
 
     asyncio.run(hide())
+    code, out, _ = cli.run("poison", "list")
+    assert code == 0 and "3 message(s), showing 0" in out and "were not seen: another reader holds them" in out
     code, out, _ = cli.run("poison", "requeue", "--all")
     assert code == 1 and "0 message(s) sent back" in out
     assert "3 message(s) of" in out and "were not seen: another reader holds them" in out
