@@ -239,6 +239,11 @@ class ContentQueue:
         try:
             for peeked in await self._main.peek_messages(max_messages=PEEK_MOST):
                 since = _queued_at(peeked.content) or peeked.inserted_on
+                if since is not None and peeked.inserted_on is not None:
+                    # No blob was first queued after its message was inserted: a stamp later than the storage
+                    # service's insertion time is a queuing machine's fast clock (the CLI's `poll` on a laptop),
+                    # and would make a backlog of hours read as none.
+                    since = min(since, peeked.inserted_on)
                 if since is not None:
                     oldest = max(oldest, int((now - since).total_seconds()))
         except ResourceNotFoundError:

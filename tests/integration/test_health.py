@@ -88,6 +88,33 @@ async def test_a_message_put_back_for_hours_keeps_its_age(connector: ConnectorHa
     assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
 
 
+async def test_a_message_queued_by_a_machine_whose_clock_runs_fast_still_shows_its_age(
+    connector: ConnectorHarness,
+) -> None:
+    """`queuedAt` is the queuing machine's time: a `poll` from a laptop four hours fast stamped its messages four
+    hours ahead, and a backlog three hours old read as none (OldestQueuedSeconds 0), so the backlog rule stayed
+    silent. No message is queued after the storage service inserted it: that time bounds the stamp."""
+    from dataclasses import replace
+
+    from irm_connector.content_queue import ContentMessage
+    from irm_connector.runtime import get_runtime
+    from irm_connector.settings import Settings
+
+    _publish(connector, seed=86, blobs=1)
+    await connector.poll()
+    async with connector.queue_client() as queue:
+        first = await anext(queue.receive_messages())
+        await queue.delete_message(first)
+        ahead = replace(ContentMessage.decode(first.content), queued_at=datetime.now(UTC) + timedelta(hours=4))
+        await queue.send_message(ahead.encode())
+    inserted = time.monotonic()
+    row = await _health(connector)
+    assert row["QueueDepth"] == 1 and 0 <= row["OldestQueuedSeconds"] <= time.monotonic() - inserted + 2
+    later = datetime.now(UTC) + timedelta(hours=3)
+    rt = await get_runtime(Settings.from_env())
+    assert 3 * 3600 - 2 <= await rt.queue.oldest_age(later) <= 3 * 3600 + 60
+
+
 async def test_poison_queue_depth(connector: ConnectorHarness) -> None:
     async with connector.queue_client() as queue:
         await queue.create_queue()
