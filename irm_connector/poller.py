@@ -158,7 +158,7 @@ async def _poll_content_type(
     try:
         service_now = fixed_now or _storage_time(*taken)
         await lease.run(_list_windows(rt, lease, deadline, report, (now, service_now), dims, limit))
-        error = ""
+        error = report.error  # a stretch the API no longer lists, when there was one
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
         # Nothing of the content type is listed while it lasts: the health row (Errors, LastError) says so.
@@ -229,14 +229,15 @@ async def _list_windows(
         max_window=longest,
     )
     if plan.unreachable is not None:
-        log.error(
-            "Content created in %s can no longer be listed: the API keeps 7 days and the connector was behind "
-            "by more (it lists from %d minutes inside them, so that clock skew never takes a start over the edge). "
-            "Those blobs are lost to the API.",
-            plan.unreachable,
-            RETENTION_MARGIN // timedelta(minutes=1),
-            extra=dims,
+        lost = (
+            f"content created in {plan.unreachable} can no longer be listed: the API keeps 7 days and the connector "
+            f"was behind by more (it lists from {RETENTION_MARGIN // timedelta(minutes=1)} minutes inside them, so "
+            "that clock skew never takes a start over the edge); those blobs are lost to the API"
         )
+        log.error("%s%s.", lost[0].upper(), lost[1:], extra=dims)
+        # The run goes on with what the API keeps, and fails once it has: the health row (Errors, LastError) and
+        # `status` name the stretch lost, which a log line alone left for someone to search for.
+        report.error = lost
     if plan.rewound is not None:
         await lease.write(watermark=plan.rewound)
     if lease.state.watermark is None and plan.windows and plan.windows[0].start != lease.state.first_start:

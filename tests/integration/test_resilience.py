@@ -914,9 +914,14 @@ async def test_a_poller_over_7_days_behind_names_the_stretch_it_lost_and_lists_t
     watermark = (now - timedelta(days=8)).replace(microsecond=0)
     rt = await get_runtime(Settings.from_env())
     await rt.state.watermarks.upsert_state(PollerState(sim.tenant_id, "Audit.General", watermark=watermark))
-    with caplog.at_level(logging.ERROR, logger="irm_connector"):
-        await connector.poll()
+    with caplog.at_level(logging.ERROR, logger="irm_connector"), pytest.raises(PollError) as failed:
+        await connector.poll()  # it fails once, so the loss shows where an operator looks: not in a log line only
     [lost] = [r for r in caplog.records if "can no longer be listed" in r.getMessage()]
+    [row] = [r for r in connector.rows("Custom-IRMConnectorHealth") if r["Errors"]]
+    assert row["LastError"].startswith(f"content created in [{watermark:%Y-%m-%dT%H:%M:%S}, ")
+    assert row["LastError"] in str(failed.value)
+    status = await connector.cli("status")
+    assert [p["code"] for p in status["problems"]] == ["last-error"]
     message = lost.getMessage()
     assert message.startswith(f"Content created in [{watermark:%Y-%m-%dT%H:%M:%S}, ")
     edge = datetime.strptime(message.split(", ")[1].split(")")[0], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
@@ -924,6 +929,9 @@ async def test_a_poller_over_7_days_behind_names_the_stretch_it_lost_and_lists_t
     assert "lists from 15 minutes inside them" in message
     await connector.drain()
     _assert_exactly_once(connector, workload)
+    await connector.poll()  # the next run has nothing lost to say: clean
+    status = await connector.cli("status")
+    assert status["problems"] == []
 
 
 async def test_a_blob_created_on_the_second_one_window_ends_arrives_from_a_catch_up(
