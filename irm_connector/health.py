@@ -31,7 +31,8 @@ def _subscription_status(report: ContentTypeReport) -> str:
         return report.subscription
     if report.skipped:
         return "skipped"
-    return "enabled" if report.windows_listed else "unknown"  # a listing answered only if it is on
+    # A listing answers only while it is on: a page counts, though its window was stopped before its end.
+    return "enabled" if report.windows_listed or report.blobs_listed else "unknown"
 
 
 async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Deadline | None = None) -> None:

@@ -417,6 +417,8 @@ async def test_a_window_whose_listing_outlasts_a_run_is_listed_in_shorter_ones(
                 break
     assert state.watermark is not None and state.watermark > datetime.now(UTC) - timedelta(hours=1), runs
     assert "would outlast the invocation" in caplog.text
+    # A run stopped inside its window had pages answered: the subscription is on, not "unknown".
+    assert [r["SubscriptionStatus"] for r in connector.rows("Custom-IRMConnectorHealth")] == ["enabled"] * runs
     assert await connector.queue_length() == len(workload.blobs)
     await connector.drain()
     _assert_exactly_once(connector, workload)
