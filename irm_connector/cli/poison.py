@@ -99,8 +99,12 @@ class _Walk:
         self.lock = lock_seconds
         self.others: dict[str, QueueMessage] = {}
         self.acted: set[str] = set()
-        self.undeleted: list[str] = []
-        self._refused: dict[str, QueueMessage] = {}  # the undeleted, with their latest receipts
+        self._refused: dict[str, QueueMessage] = {}  # message id -> its latest receipt, while its delete is refused
+
+    @property
+    def undeleted(self) -> list[str]:
+        """The messages acted on whose delete was refused at their last try: each once, however often it was."""
+        return list(self._refused)
 
     async def run(
         self, matches: Callable[[QueueMessage], bool], act: Callable[[QueueMessage], Awaitable[None]]
@@ -166,12 +170,9 @@ class _Walk:
                 message.id,
                 exc.status_code,
             )
-            self.undeleted.append(message.id)
             self._refused[message.id] = message
         else:
-            if message.id in self.undeleted:
-                self.undeleted.remove(message.id)
-                del self._refused[message.id]
+            self._refused.pop(message.id, None)
 
 
 def _text(message: QueueMessage) -> str:

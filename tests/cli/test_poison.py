@@ -133,6 +133,26 @@ def test_purge_of_a_queue_longer_than_the_hold_deletes_every_message(slow: Cli) 
     assert slow.depth(slow.poison) == 0 and slow.depth() == 0
 
 
+def test_purge_whose_deletes_are_refused_names_each_message_once(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A message whose delete is refused comes round again once its hold runs out, and is refused again. Each
+    refusal added its id once more: `not_deleted` named it twice and "-1 message(s) deleted" was printed."""
+    monkeypatch.setattr(poison, "LOCK_SECONDS", LOCK)
+    fill(cli, 3, "r")
+    with StorageProxy(cli.azurite) as proxy:
+        # Slow deletes: the page outlasts the hold, so the walk receives the refused messages again.
+        proxy.set_latency(0.6, "queue.delete")
+        proxy.add_fault("queue.delete", "status", count=100, status=403, code="AuthorizationPermissionMismatch")
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        code, out, _ = cli.run("poison", "purge", "--yes")
+        refused = proxy.count("queue.delete")
+        code_json, doc = cli.json("poison", "purge", "--yes")
+    assert refused > 3  # the premise: some delete was refused twice
+    assert code == 1 and out.startswith("0 message(s) deleted from")
+    assert code_json == 1 and doc["purged"] == 3 and doc["not_seen"] == 0
+    assert sorted(doc["not_deleted"]) == sorted(set(doc["not_deleted"])) and len(doc["not_deleted"]) == 3
+    assert cli.depth(cli.poison) == 3
+
+
 def test_purge_deletes_what_was_there_when_it_was_confirmed_not_what_was_parked_since(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
