@@ -14,6 +14,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, NoReturn, TypeVar
 
 from irm_connector import __version__
@@ -23,7 +24,7 @@ from irm_connector.redaction import redact_exception
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
-from ._common import StdoutClosed, load_settings, setup_logging
+from ._common import StdoutClosed, load_settings, setup_logging, take_done
 from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report, stdout_to_devnull
 
 #: A queue peek returns at most 32 messages (Azure Storage's limit).
@@ -288,18 +289,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = int(getattr(args, "verbose", 0) or 0)
     setup_logging(verbose)
+    take_done()  # nothing of an earlier command in this process
     try:
         settings = _all_settings(args)
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
-        report(Failure("interrupted", "interrupted", "", EXIT_INTERRUPTED), as_json=as_json)
+        report(Failure("interrupted", "interrupted", "", EXIT_INTERRUPTED, done=take_done()), as_json=as_json)
         return EXIT_INTERRUPTED
     except StdoutClosed:
         stdout_to_devnull()  # nowhere to say anything, and the work is done
         return EXIT_FAILED
     except Exception as exc:
         failure = describe(exc, " ".join(str(v) for v in (args.command, getattr(args, "action", None)) if v))
-        report(failure, as_json=as_json)
+        report(replace(failure, done=take_done()), as_json=as_json)
         if verbose >= 2:
             import traceback
 

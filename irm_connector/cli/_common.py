@@ -105,6 +105,23 @@ def _plain(value: Any) -> Any:
     return value
 
 
+_done: dict[str, Any] | None = None
+
+
+def note_done(document: dict[str, Any]) -> None:
+    """Keep what a command has finished, for the ``--json`` error document should the rest of it fail: stdout holds
+    one document, and without this the error's would be all the operator learns of the part that was done."""
+    global _done
+    _done = _plain(document)
+
+
+def take_done() -> dict[str, Any] | None:
+    """What :func:`note_done` kept, once (a command run in the same process after it starts afresh)."""
+    global _done
+    done, _done = _done, None
+    return done
+
+
 class StdoutClosed(Exception):
     """The reader of stdout went away before the result was written (``status --json | head -1``)."""
 

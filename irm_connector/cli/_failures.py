@@ -80,6 +80,8 @@ class Failure:
     exit_code: int
     #: every ``(setting, problem)`` of a settings error (all bad settings are reported at once)
     settings: tuple[tuple[str, str], ...] = ()
+    #: what the command finished before it failed (``backfill``'s listing), as its ``--json`` result would show it
+    done: dict[str, Any] | None = None
 
     def line(self) -> str:
         """What stderr shows: one line, or one per bad setting."""
@@ -93,7 +95,7 @@ class Failure:
         error: dict[str, Any] = {"code": self.code, "message": self.message, "hint": self.hint}
         if self.settings:
             error["settings"] = [{"setting": name, "problem": problem} for name, problem in self.settings]
-        return {"error": error}
+        return {"error": error} if self.done is None else {"error": error, "done": self.done}
 
 
 class OperatorError(ConnectorError):

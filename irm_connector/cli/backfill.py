@@ -16,7 +16,7 @@ from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from irm_connector.windows import EMPTY_RANGE, RETENTION, Window, plan_backfill, too_far_back
 
-from ._common import EXIT_OK, UsageError, duration_option, emit, iso, parse_moment
+from ._common import EXIT_OK, UsageError, duration_option, emit, iso, note_done, parse_moment
 from ._preflight import ready
 from .poll import failed_exit, report_lines
 from .process import process_lines, work_queue
@@ -98,9 +98,12 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
             "queue, run the same backfill with --include-queued (records already sent are not sent again)"
         )
     if not args.no_process:
-        if not args.json:
-            # The listing's outcome first: processing may fail (Storage, a signal), and a rerun finds its blobs
-            # queued, so this would be the only place the operator learns what was queued.
+        # The listing's outcome first: processing may fail (Storage, a signal), and a rerun finds its blobs
+        # queued, so this would be the only place the operator learns what was queued. With --json, the error
+        # document carries it.
+        if args.json:
+            note_done({key: value for key, value in document.items() if key != "ok"})  # ok: the whole run's
+        else:
             emit(args, document, "\n".join(lines))
             lines = []
         # Whether or not this run queued anything: messages an earlier `--no-process`, or an abandoned run, left

@@ -490,6 +490,29 @@ def test_backfill_brings_back_the_records_of_purged_messages_and_works_what_an_e
     assert sorted(r["RecordId"] for r in cli.rows()) == alerts
 
 
+def test_backfill_json_says_what_it_queued_when_processing_fails_after(cli: Cli) -> None:
+    """The text mode prints the listing before it works the queue; with --json, a failure while processing printed
+    the error document alone, and a rerun finds the blobs queued: what this run queued was said nowhere."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    old = generate_workload(seed=12, total_records=400, blob_size=(200, 200), irm_share=0.05,
+                            tenant_id=sim.tenant_id, start=datetime.now(UTC) - timedelta(days=1), span=timedelta(hours=2))  # fmt: skip
+    old.publish(sim.management)
+    with StorageProxy(cli.azurite) as proxy:
+        # Storage starts refusing this address once the listing is done (a firewall rule applied meanwhile).
+        proxy.add_fault("queue.get", "status", count=100, status=403, code="AuthorizationFailure")
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        code, doc = cli.json("backfill", "--since", "2d")
+    cli.set(AzureWebJobsStorage=cli.azurite.connection_string)
+    assert code == 3 and doc["error"]["code"] == "storage-refused", doc
+    done = doc["done"]
+    assert done["blobs_queued"] == len(old.blobs) and "ok" not in done and "processing" not in done
+    assert done["content_types"][0]["content_type"] == "Audit.General" and cli.depth() == len(old.blobs)
+    # An error of the next command in the same process carries nothing of this one.
+    code, doc = cli.json("backfill", "--since", "0")
+    assert code == 2 and set(doc) == {"error"}
+
+
 def test_subscriptions_list_start_stop(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", None)  # a tenant that never subscribed
