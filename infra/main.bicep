@@ -212,14 +212,9 @@ var tags = {
   'azd-env-name': environmentName
 }
 var rgName = empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
-// Entra ID writes a tenant id in several forms ({braces}, urn:uuid:, bare hex, any case), which the connector reads
-// alike; its health rows carry the one form, which the silent-connector rule and the grant's tenant check compare
-// with. Padded to 32 before it is cut, so that neither branch can fail on a value that is no GUID (the connector's
-// settings check names that one).
-var tenantHex = replace(replace(replace(replace(replace(toLower(trim(o365TenantId)), 'urn:', ''), 'uuid:', ''), '{', ''), '}', ''), '-', '')
-var tenantDigits = padLeft(take(tenantHex, 32), 32, '0')
-var tenantGuid = '${substring(tenantDigits, 0, 8)}-${substring(tenantDigits, 8, 4)}-${substring(tenantDigits, 12, 4)}-${substring(tenantDigits, 16, 4)}-${substring(tenantDigits, 20, 12)}'
-var o365Tenant = empty(trim(o365TenantId)) ? tenant().tenantId : (length(tenantHex) == 32 ? tenantGuid : o365TenantId)
+// azd passes an unset variable as an empty string. The other forms of a tenant id are made one in resources.bicep,
+// which is also deployed by itself (into an existing resource group).
+var o365Tenant = empty(trim(o365TenantId)) ? tenant().tenantId : o365TenantId
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: rgName

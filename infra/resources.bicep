@@ -116,8 +116,17 @@ var wsResourceGroupForName = empty(sentinelWorkspaceResourceGroup) ? 'missing-se
 var wsResourceGroup = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[4] : (useWorkspaceName ? wsResourceGroupForName : (createWorkspace ? resourceGroup().name : 'no-workspace-set-sentinelWorkspaceResourceId-or-createSentinelWorkspace'))
 var wsName = useWorkspaceId ? split(sentinelWorkspaceResourceId, '/')[8] : (useWorkspaceName ? sentinelWorkspaceName : 'log-sentinel-${resourceToken}')
 
+// Entra ID writes a tenant id in several forms ({braces}, urn:uuid:, bare hex, any case), which the connector reads
+// alike; its health rows carry the one form, which the silent-connector rule and the grant's tenant check compare
+// with. Here, not in main.bicep, since this file is deployed by itself too. Padded to 32 before it is cut, so that
+// neither branch can fail on a value that is no GUID (the connector's settings check names that one).
+var tenantHex = replace(replace(replace(replace(replace(toLower(trim(o365TenantId)), 'urn:', ''), 'uuid:', ''), '{', ''), '}', ''), '-', '')
+var tenantDigits = padLeft(take(tenantHex, 32), 32, '0')
+var tenantGuid = '${substring(tenantDigits, 0, 8)}-${substring(tenantDigits, 8, 4)}-${substring(tenantDigits, 12, 4)}-${substring(tenantDigits, 16, 4)}-${substring(tenantDigits, 20, 12)}'
+var o365Tenant = length(tenantHex) == 32 ? tenantGuid : o365TenantId
+
 // A managed identity cannot get tokens for another tenant, so the grant only makes sense in its own tenant.
-var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission && toLower(o365TenantId) == toLower(tenant().tenantId)
+var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission && toLower(o365Tenant) == toLower(tenant().tenantId)
 
 resource uami 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: 'id-irm-${resourceToken}'
@@ -233,7 +242,7 @@ module sentinelContent 'modules/sentinel-content.bicep' = if (deploySentinelCont
   params: {
     workspaceName: wsName
     location: workspaceInfo.outputs.location
-    o365TenantId: o365TenantId
+    o365TenantId: o365Tenant
   }
   dependsOn: [
     sentinelWorkspace
@@ -276,12 +285,12 @@ module functionApp 'modules/functionapp.bicep' = {
       APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${uami.properties.clientId};Authorization=AAD'
       // The Python worker streams its OpenTelemetry logs and traces itself (host.json telemetryMode).
       PYTHON_ENABLE_OPENTELEMETRY: 'true'
-      O365_TENANT_ID: o365TenantId
+      O365_TENANT_ID: o365Tenant
       O365_CLIENT_ID: o365AuthMode == 'managed_identity' ? uami.properties.clientId : o365ClientId
       O365_AUTH_MODE: o365AuthMode
       O365_CLOUD: o365Cloud
       O365_CONTENT_TYPES: o365ContentTypes
-      O365_PUBLISHER_ID: empty(o365PublisherId) ? o365TenantId : o365PublisherId
+      O365_PUBLISHER_ID: empty(o365PublisherId) ? o365Tenant : o365PublisherId
       INITIAL_LOOKBACK: initialLookback
       POLL_SCHEDULE: pollSchedule
       CONTENT_QUEUE: contentQueue

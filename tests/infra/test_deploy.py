@@ -112,22 +112,32 @@ def test_connector_inputs_and_choices_are_azd_settings() -> None:
         assert PARAMS[name]["value"] == value, name
     # azd passes an unset variable as an empty string: the tenant then falls back to the deployment's own.
     assert default(MAIN, "o365TenantId") == "''"
-    assert "var o365Tenant = empty(trim(o365TenantId)) ? tenant().tenantId : (length(tenantHex) == 32 ? tenantGuid : o365TenantId)" in MAIN
+    assert "var o365Tenant = empty(trim(o365TenantId)) ? tenant().tenantId : o365TenantId" in MAIN
     assert "    o365TenantId: o365Tenant\n" in MAIN
 
 
 def test_the_tenant_reaches_the_resources_in_the_one_form_the_health_rows_carry() -> None:
     """The connector reads a tenant id written {braced}, as urn:uuid: or as bare hex, and its health rows carry the
     8-4-4-4-12 lower-case form. Passed on as written, the silent-connector rule watched a tenant no row names and
-    reported a working connector silent every hour. No Bicep runs here: the expression is checked as text, each of
-    its steps named."""
-    strip = re.search(r"^var tenantHex = (.*)$", MAIN, re.MULTILINE)
-    assert strip, "main.bicep no longer reduces the tenant to its hex digits"
+    reported a working connector silent every hour. It is made one in resources.bicep, which is deployed by itself
+    too (into an existing resource group): made one in main.bicep alone, that path passed it on as written. No Bicep
+    runs here: the expression is checked as text, each of its steps named, and every use of the tenant after it
+    takes the one form."""
+    strip = re.search(r"^var tenantHex = (.*)$", RESOURCES, re.MULTILINE)
+    assert strip, "resources.bicep no longer reduces the tenant to its hex digits"
     for step in ("toLower(trim(o365TenantId))", "'urn:', ''", "'uuid:', ''", "'{', ''", "'}', ''", "'-', ''"):
         assert step in strip.group(1), step
-    assert "var tenantDigits = padLeft(take(tenantHex, 32), 32, '0')" in MAIN
-    cuts = re.findall(r"substring\(tenantDigits, (\d+), (\d+)\)", MAIN)
+    assert "var tenantDigits = padLeft(take(tenantHex, 32), 32, '0')" in RESOURCES
+    cuts = re.findall(r"substring\(tenantDigits, (\d+), (\d+)\)", RESOURCES)
     assert [(int(a), int(b)) for a, b in cuts] == [(0, 8), (8, 4), (12, 4), (16, 4), (20, 12)]
+    assert "var o365Tenant = length(tenantHex) == 32 ? tenantGuid : o365TenantId" in RESOURCES
+    # Past the parameter and the normalising lines, the raw parameter is read nowhere.
+    raw = [line for line in RESOURCES.splitlines() if re.search(r"\bo365TenantId\b(?!:)", line)]
+    assert raw == [
+        "param o365TenantId string = tenant().tenantId",
+        strip.group(0),
+        "var o365Tenant = length(tenantHex) == 32 ? tenantGuid : o365TenantId",
+    ], raw
 
 
 def test_a_new_workspace_is_an_explicit_choice_with_enough_retention() -> None:
@@ -161,7 +171,7 @@ def test_the_grant_happens_before_the_function_app_exists() -> None:
     assert "module activityFeedGrant 'modules/graph/activityfeed-grant.bicep' = if (grantInDeployment) {" in RESOURCES
     assert (
         "var grantInDeployment = o365AuthMode == 'managed_identity' && grantActivityFeedPermission"
-        " && toLower(o365TenantId) == toLower(tenant().tenantId)" in RESOURCES  # a GUID in capitals is the same tenant
+        " && toLower(o365Tenant) == toLower(tenant().tenantId)" in RESOURCES  # a GUID in capitals is the same tenant
     )
     app = RESOURCES[RESOURCES.index("module functionApp ") :]
     assert re.search(r"dependsOn: \[\s*activityFeedGrant\s*\]", app)

@@ -451,7 +451,7 @@ def test_the_silent_rule_is_deployed_once_per_tenant_with_its_tenant_and_time(co
                      r"\n  silentRule\n\]", text)
     resources = (INFRA / "resources.bicep").read_text()
     module = resources[resources.index("module sentinelContent ") :]
-    assert re.search(r"^    o365TenantId: o365TenantId$", module[: module.index("\n}")], re.MULTILINE)
+    assert re.search(r"^    o365TenantId: o365Tenant$", module[: module.index("\n}")], re.MULTILINE)
 
 
 def test_data_connector_definition(content: dict[str, Any]) -> None:
