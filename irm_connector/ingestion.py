@@ -81,10 +81,10 @@ _TRANSIENT_POST_STATUS = (408, 429, 502)
 
 class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
     """azure-core's retry policy (``RETRY_TOTAL`` retries, backoff up to ``RETRY_BACKOFF_MAX``), which also
-    retries a POST answered 408, 429 without ``Retry-After`` or 502. azure-core leaves those to the caller; here
-    that is the host, whose retries come 30 s apart and end in the poison queue after five: a gateway's blip of a
-    couple of minutes would park every message in flight. Sending a body again adds no duplicate that the
-    host's retry would not: rows are marked sent only once accepted."""
+    retries a POST answered 408, 429 without ``Retry-After`` or 502, or not answered at all (a reset, a timeout).
+    azure-core leaves those to the caller; here that is the host, whose retries come 30 s apart and end in the
+    poison queue after five: a gateway's blip of a couple of minutes would park every message in flight. Sending
+    a body again adds no duplicate that the host's retry would not: rows are marked sent only once accepted."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("retry_total", RETRY_TOTAL)
@@ -95,6 +95,10 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
         if super().is_retry(settings, response):
             return True
         return bool(settings["total"]) and response.http_response.status_code in _TRANSIENT_POST_STATUS
+
+    def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
+        # Asked without a response only when none came (azure-core's one place for a POST's network error).
+        return response is None or bool(super()._is_method_retryable(settings, request, response))
 
     async def sleep(
         self, settings: dict[str, Any], transport: Any, response: PipelineResponse[Any, Any] | None = None
@@ -254,7 +258,7 @@ class SentinelIngestor:
                     # Application Insights). Its status and code are kept.
                     raise _ingestion_error(stream, exc) from None
             except (ServiceRequestError, ServiceResponseError) as exc:
-                # No answer, after azure-core's own retries: the host, the network or TLS, not the rows.
+                # No answer, after UploadRetryPolicy's retries: the host, the network or TLS, not the rows.
                 failed = "cannot reach" if isinstance(exc, ServiceRequestError) else "no answer from"
                 raise IngestionError(
                     f"{failed} Logs Ingestion at {self._host} ({network_cause(exc)}) for {stream}: check "

@@ -185,6 +185,21 @@ async def test_a_gateway_fault_that_outlasts_the_retries_is_not_called_a_refusal
     assert str(raised.value).endswith("): the message is retried")
 
 
+async def test_a_connection_reset_by_logs_ingestion_is_ridden_out_inside_the_invocation(
+    connector: ConnectorHarness,
+) -> None:
+    """azure-core retries no POST that got no answer: a reset failed the invocation, the host asked again 30 s
+    later, and a gateway's blip of two or three minutes parked every message in flight after five deliveries.
+    The upload is now sent again within the call, as a 502 is: one delivery, every record once."""
+    sim = connector.standins
+    workload = _publish(connector, seed=32, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.ingestion.add_fault("ingest", "reset", count=2)
+    await connector.process(message)
+    assert sim.ingestion.count("ingest", fault="reset") == 2
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_logs_ingestion_endpoint_that_cannot_be_reached_is_named_with_its_cause(
     connector: ConnectorHarness,
 ) -> None:
