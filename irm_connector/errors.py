@@ -421,7 +421,8 @@ def management_api_error(status: int, code: str, message: str, operation: str, c
         return InvalidWindowError(f"the API refused the listing window: {message}", **kwargs)
     if code == "AF20031":
         return InvalidPageError("the API refused the NextPageUri", **kwargs)
-    if code in _CONTENT_GONE or (operation == "content" and status == 404):
+    # Gone only by the API's word: a bare 404 (a gateway's, a proxy's) taken for it lost records the API still keeps.
+    if code in _CONTENT_GONE:
         return ContentUnavailableError(f"content is not available: {message or 'not found'}", **kwargs)
     if status in (401, 403):
         return OperatorActionError(

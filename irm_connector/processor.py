@@ -212,12 +212,13 @@ async def _download_and_send(
             )
         )
     except ContentUnavailableError as exc:
+        # Its records are lost: an error, which the log's alerts see, not a warning among the retries'.
         if exc.expired:
-            log.warning("Content %s expired at %s before it was processed; its records can no longer be fetched",
-                        blob.content_id, blob.content_expiration.isoformat(), extra=dims)  # fmt: skip
+            log.error("Content %s expired at %s before it was processed; its records can no longer be fetched",
+                      blob.content_id, blob.content_expiration.isoformat(), extra=dims)  # fmt: skip
             result.outcome = "expired"
         else:
-            log.warning("Content %s skipped: %s", blob.content_id, exc, extra=dims)
+            log.error("Content %s skipped: %s", blob.content_id, exc, extra=dims)
             result.outcome = "unavailable"
         return result
     except TransientApiError as exc:

@@ -200,6 +200,23 @@ async def test_a_connection_reset_by_logs_ingestion_is_ridden_out_inside_the_inv
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_content_404_without_the_api_s_code_is_retried_not_taken_for_gone(
+    connector: ConnectorHarness,
+) -> None:
+    """The API says content is gone with its codes (AF20050-AF20052). A bare 404 (a gateway's, a proxy's route
+    miss) was read as one too: the message was completed on its first delivery and its records were lost, while
+    the API still kept them. It now fails the delivery for the host to retry, naming the answer."""
+    sim = connector.standins
+    workload = _publish(connector, seed=33, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.management.add_fault("content", "status", count=1, status=404, body={"message": "Resource not found"})
+    with pytest.raises(Exception) as raised:
+        await connector.process(message)
+    assert "unexpected answer" in str(raised.value) and "404" in str(raised.value)
+    await connector.process(message)  # the host's next delivery
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_logs_ingestion_endpoint_that_cannot_be_reached_is_named_with_its_cause(
     connector: ConnectorHarness,
 ) -> None:
