@@ -55,9 +55,10 @@ class ContentMessage:
     blob: ContentBlob
     traceparent: str = ""
     rescheduled: int = 0
-    #: Of those, the times the Management API's throttling put it off: only they count towards the limit of
-    #: put-offs (processor.THROTTLED_PUT_OFFS). A refusing DCR's reschedules are bounded by the refusal's age, and
-    #: an hour of them, counted in, left a message no put-off for the throttling of the catch-up that follows.
+    #: Of those, the times it was put off for a wait (either API's throttling, a subscription that is off): only
+    #: they count towards the limit of put-offs (processor.THROTTLED_PUT_OFFS). A refusing DCR's reschedules are
+    #: bounded by the refusal's age, and an hour of them, counted in, left a message no put-off for the throttling
+    #: of the catch-up that follows.
     put_offs: int = 0
     #: When the poller queued the blob, kept when the message is put back: a message put back every hour for a
     #: day is a day old, which its queue insertion time (the hour's) would not tell the health row.
