@@ -43,6 +43,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Dead
         return
     # The API's time of its last answer, when this machine's clock runs behind it: the lag never reads less than it is.
     now = max(datetime.now(UTC), rt.management.answered_at(report.content_type) or datetime.min.replace(tzinfo=UTC))
+    lost = await _lost_blobs(rt, report.content_type)
     row = {
         "TimeGenerated": utc_text(now),
         "O365TenantId": settings.tenant_id,
@@ -51,7 +52,7 @@ async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Dead
         "LagSeconds": int((now - report.watermark).total_seconds()) if report.watermark else None,
         "BlobsListed": report.blobs_listed,
         "BlobsQueued": report.blobs_queued,
-        "BlobsExpired": report.blobs_expired,
+        "BlobsExpired": report.blobs_expired + len(lost),
         "BlobsRefused": report.blobs_refused,
         "Errors": 1 if report.error else 0,
         "LastError": report.error[:1000],
@@ -77,6 +78,19 @@ async def write_health(rt: Runtime, report: ContentTypeReport, *, deadline: Dead
         log.warning("Could not write the health row for %s: %s", report.content_type, exc)
     else:
         await refusals.accepted(rt, settings.health_stream)
+        try:
+            await rt.state.lost_blobs.forget_lost(report.content_type, lost)
+        except StateError as exc:  # the next row counts them again: a loss twice rather than never
+            log.warning("Could not clear the lost blobs the health row counted for %s: %s", report.content_type, exc)
+
+
+async def _lost_blobs(rt: Runtime, content_type: str) -> list[str]:
+    """The blobs the processor found gone since the last health row; none when they cannot be read."""
+    try:
+        return await rt.state.lost_blobs.list_lost(content_type)
+    except StateError as exc:
+        log.warning("Could not read the lost blobs for the health row of %s: %s", content_type, exc)
+        return []
 
 
 async def _queue_facts(rt: Runtime) -> dict[str, object]:

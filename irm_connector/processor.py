@@ -220,6 +220,12 @@ async def _download_and_send(
         else:
             log.error("Content %s skipped: %s", blob.content_id, exc, extra=dims)
             result.outcome = "unavailable"
+        try:
+            await rt.state.lost_blobs.add_lost(blob, f"{result.outcome}: {exc}")
+        except StateError as error:
+            # The message completes all the same: retried, the loss would only be found again.
+            log.warning("Could not record the loss of content %s for the health row: %s", blob.content_id, error,
+                        extra=dims)  # fmt: skip
         return result
     except TransientApiError as exc:
         if exc.retry_after is None and not exc.throttled:  # else the message is put off, which says so

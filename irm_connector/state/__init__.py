@@ -8,6 +8,7 @@ messages failed. Each kind lives in a module of its own, all over one :class:`Ta
   ``irmrecother`` for the records whose day has no table inside the retention (no ``CreationTime``, or
   one far off);
 - :mod:`.failures`: ``irmfailures``, the last failure of each message, for ``poison list``;
+- :mod:`.lost_blobs`: ``irmlost``, the blobs the processor found gone, until a health row counted them;
 - :mod:`.request_slots`: ``irmbudget``, the Management API requests reserved per slot, per tenant;
 - :mod:`.refusals`: ``irmrefusals``, the streams the Data Collection Rule refuses, since when.
 
@@ -25,6 +26,7 @@ from irm_connector.settings import Settings
 
 from .claims import CLAIM_MARGIN, CLAIM_TTL, FUNCTION_TIMEOUT, Claim, Claims
 from .failures import Failure, FailureStore, describe, message_key
+from .lost_blobs import LostBlobs
 from .queued_blobs import QueuedBlobs, SeenPartitions
 from .refusals import Refusal, RefusalStore
 from .request_slots import RequestSlots
@@ -39,6 +41,7 @@ __all__ = [
     "Claims",
     "Failure",
     "FailureStore",
+    "LostBlobs",
     "PollerState",
     "QueuedBlobs",
     "Refusal",
@@ -72,6 +75,7 @@ class StateStore:
         self.queued_blobs = QueuedBlobs(self.tables)
         self.claims = Claims(self.tables, claim_ttl=claim_ttl)
         self.failures = FailureStore(self.tables, tenant_id=tenant_id)
+        self.lost_blobs = LostBlobs(self.tables, tenant_id=tenant_id)
         self.refusals = RefusalStore(self.tables)
 
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -125,8 +126,14 @@ async def test_bad_messages_go_to_the_poison_queue_and_are_not_retried(connector
     assert connector.standins.management.count("content") == 0
 
 
-async def test_expired_and_missing_content_complete_with_a_warning(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
+async def test_expired_and_missing_content_complete_and_the_next_health_row_counts_them(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Content gone when its message is processed completes it (no retry can bring it back), with an error line; the
+    loss counts in the next health row's BlobsExpired, as a blob that expired before it was queued does. It showed
+    in the log alone: a SOC watching Sentinel saw no loss."""
     sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
     now = datetime.now(UTC)
     content_id = sim.management.add_blob("Audit.General", [], content_created=now - timedelta(hours=1))
     sim.management.remove_blob(content_id)
@@ -151,6 +158,14 @@ async def test_expired_and_missing_content_complete_with_a_warning(connector: Co
     assert f"Content {gone} expired at" in caplog.text
     # Neither is an error the host should retry, and neither is parked in the poison queue.
     assert await connector.queue_length(connector.queue_name + "-poison") == 0
+    losses = [r for r in caplog.records if r.name == "irm_connector.processor" and r.levelno == logging.ERROR]
+    assert len(losses) == 2
+    await connector.process(expired)  # delivered twice: one blob lost, counted once
+    await connector.poll()
+    [row] = connector.rows("Custom-IRMConnectorHealth")
+    assert row["BlobsExpired"] == 2
+    await connector.poll()  # counted once: the next row starts afresh
+    assert [r["BlobsExpired"] for r in connector.rows("Custom-IRMConnectorHealth")] == [2, 0]
 
 
 async def test_missing_subscription_is_started(connector: ConnectorHarness) -> None:
