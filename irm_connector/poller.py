@@ -405,7 +405,7 @@ async def _queue_page(
             continue
         if blob.content_expiration <= expired_by:
             report.blobs_expired += 1
-            log.warning(
+            log.error(  # records lost: an error, as the processor's for a blob that expires on the queue
                 "Blob %s expired at %s before it could be queued; its records are lost to the API",
                 blob.content_id,
                 blob.content_expiration.isoformat(),

@@ -34,6 +34,7 @@ var analyticsRules = [
   loadYamlContent('../../sentinel/analytics/irm-connector-poison-queue.yaml')
   loadYamlContent('../../sentinel/analytics/irm-connector-backlog-age.yaml')
   loadYamlContent('../../sentinel/analytics/irm-connector-ingestion-refused.yaml')
+  loadYamlContent('../../sentinel/analytics/irm-connector-content-lost.yaml')
   silentRule
 ]
 

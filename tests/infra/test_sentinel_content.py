@@ -310,7 +310,7 @@ def test_health_rules_carry_no_attack_tactics(content: dict[str, Any]) -> None:
     """A connector going quiet is an operations problem: no ATT&CK tactic (certainly not DefenseEvasion)."""
     health = COLUMNS["streams"]["health"]["table"]
     health_rules = [r["doc"] for r in content["analytics"] if health in r["doc"]["query"]]
-    assert len(health_rules) == 5
+    assert len(health_rules) == 6
     for rule in health_rules:
         assert rule["tactics"] == [] and rule["relevantTechniques"] == [], rule["name"]
     irm = [r["doc"] for r in content["analytics"] if health not in r["doc"]["query"]]
@@ -323,7 +323,7 @@ def test_health_rules_raise_one_incident_per_tenant_and_an_alert_per_finding(con
     from the first tenant's row. The silent rule is a rule per tenant already."""
     health = COLUMNS["streams"]["health"]["table"]
     shared = [r for r in content["analytics"] if health in r["doc"]["query"] and "silent" not in r["file"]]
-    assert len(shared) == 4
+    assert len(shared) == 5
     for rule in (r["doc"] for r in shared):
         grouping = rule["incidentConfiguration"]["groupingConfiguration"]
         assert grouping["matchingMethod"] == "Selected" and grouping["groupByCustomDetails"] == ["O365TenantId"]
@@ -345,6 +345,9 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     # A backlog put back for later is invisible to the poller's peek (0 with messages waiting): the age seen last.
     assert "OldestQueuedSeconds == 0 and QueueDepth > 0" in queries[backlog]
     rule_reading(r'where IngestionState startswith "refused"')
+    # Content lost to expiry (before queueing, or on the queue: the health row counts both), each row once.
+    lost = rule_reading(r"where Arrived > ago\(arrivedWithin\) and BlobsExpired > 0")
+    assert "summarize BlobsLost = sum(BlobsExpired)" in queries[lost]
     stale = rule_reading(r"No connector health row for more than 2 hours")
     # The stale rule groups by tenant: an empty table has no tenant, so a fresh deployment raises nothing there...
     assert "summarize LastRun = max(TimeGenerated) by O365TenantId" in queries[stale]
@@ -447,7 +450,7 @@ def test_the_silent_rule_is_deployed_once_per_tenant_with_its_tenant_and_time(co
     assert "param deployedAt string = utcNow(" in text
     # Several connectors feed one workspace: one rule each, named for its tenant, in the list the others deploy by.
     assert "id: guid(silentTemplate.id, tenant)" in text
-    assert re.search(r"loadYamlContent\('\.\./\.\./sentinel/analytics/irm-connector-ingestion-refused\.yaml'\)"
+    assert re.search(r"loadYamlContent\('\.\./\.\./sentinel/analytics/irm-connector-content-lost\.yaml'\)"
                      r"\n  silentRule\n\]", text)
     resources = (INFRA / "resources.bicep").read_text()
     module = resources[resources.index("module sentinelContent ") :]
