@@ -81,13 +81,17 @@ _TRANSIENT_POST_STATUS = (408, 429, 502)
 
 class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
     """azure-core's retry policy (``RETRY_TOTAL`` retries, backoff up to ``RETRY_BACKOFF_MAX``), which also
-    retries a POST answered 408, 429 without ``Retry-After`` or 502, or not answered at all (a reset, a timeout).
-    azure-core leaves those to the caller; here that is the host, whose retries come 30 s apart and end in the
-    poison queue after five: a gateway's blip of a couple of minutes would park every message in flight. Sending
-    a body again adds no duplicate that the host's retry would not: rows are marked sent only once accepted."""
+    retries a POST answered 408, 429 without ``Retry-After`` or 502, or whose connection failed before an answer
+    could start (refused, reset). azure-core leaves those to the caller; here that is the host, whose retries come
+    30 s apart and end in the poison queue after five: a gateway's blip of a couple of minutes would park every
+    message in flight. Sending a body again adds no duplicate that the host's retry would not: rows are marked
+    sent only once accepted. An answer lost after it started (cut short, or slower than ``HTTP_TIMEOUT``) is
+    left to the host, as azure-core leaves it: the body was likely accepted, and each resend within the call would
+    add its rows once more, seconds apart."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("retry_total", RETRY_TOTAL)
+        kwargs.setdefault("retry_read", 0)
         kwargs.setdefault("retry_backoff_max", RETRY_BACKOFF_MAX)
         super().__init__(**kwargs)
 
@@ -97,7 +101,8 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
         return bool(settings["total"]) and response.http_response.status_code in _TRANSIENT_POST_STATUS
 
     def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
-        # Asked without a response only when none came (azure-core's one place for a POST's network error).
+        # Asked without a response only when none came (azure-core's one place for a POST's network error); one
+        # whose answer had started is stopped by ``retry_read`` (0) instead.
         return response is None or bool(super()._is_method_retryable(settings, request, response))
 
     async def sleep(
