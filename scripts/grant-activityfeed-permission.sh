@@ -2,7 +2,8 @@
 # Grants the IRM connector read access to the Office 365 Management Activity API (ActivityFeed.Read).
 # Needs an Entra ID role that may grant application permissions (Privileged Role Administrator or
 # Global Administrator) and the Azure CLI logged in to the Microsoft 365 tenant (`az login --tenant ...`).
-# Idempotent: running it again changes nothing.
+# Running it again changes nothing, but in secret mode, where each run adds a new client secret (one year) to the
+# app registration: earlier ones stay valid until they expire, or until removed in the portal.
 set -euo pipefail
 
 # O365_MGMT_APP_ID, ROLE_VALUE, GRAPH and the lookups the preprovision hook shares.
@@ -44,7 +45,7 @@ die() { echo "error: $*" >&2; exit 1; }
 source "$(dirname "$0")/_az.sh"
 
 need_az() {
-  command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
+  az_installed || die "the Azure CLI (az) is required"
   az account show >/dev/null 2>&1 || die "run 'az login --tenant <Microsoft 365 tenant>' first"
 }
 

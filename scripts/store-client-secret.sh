@@ -78,7 +78,7 @@ main() {
     esac
   done
   [[ -n "${vault}" ]] || { usage >&2; die "--vault is required"; }
-  command -v az >/dev/null 2>&1 || die "the Azure CLI (az) is required"
+  az_installed || die "the Azure CLI (az) is required"
 
   local secret
   if [[ -t 0 ]]; then
@@ -99,6 +99,7 @@ main() {
   for ((attempt = 1; ; attempt++)); do
     if az keyvault secret set --vault-name "${vault}" --name "${SECRET_NAME}" --file "${file}" --encoding utf-8 \
         --output none; then
+      rm -f "${file}"  # not kept on disk through the references' refresh, which can take minutes
       echo "stored: ${vault}/${SECRET_NAME} (the Function App reads it through its Key Vault reference)"
       refresh_references "${app}" "${attempts}"
       return

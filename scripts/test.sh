@@ -18,9 +18,9 @@ use_private_tmpdir
 export MYPY_CACHE_DIR="$TMPDIR/mypy" RUFF_CACHE_DIR="$TMPDIR/ruff" HYPOTHESIS_STORAGE_DIRECTORY="$TMPDIR/hypothesis"
 
 say "ruff"
-ruff check .
+run_child ruff check .
 say "mypy"
-mypy
+run_child mypy
 say "pytest"
 status=0
 run_child python -m pytest -p no:cacheprovider "$@" || status=$?

@@ -12,7 +12,7 @@ step() { printf '\n== %s\n' "$*"; }
 # shellcheck source=scripts/_az.sh
 source scripts/_az.sh
 
-az_ready() { command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; }
+az_ready() { az_installed && az account show >/dev/null 2>&1; }
 
 mode=${O365_AUTH_MODE:-managed_identity}
 vault=${KEY_VAULT_NAME:-}
@@ -47,7 +47,9 @@ store_secret() {
   if [[ -n "${O365_CLIENT_SECRET:-}" ]]; then
     # It was put into the azd environment (plain text): move it to Key Vault and clear that copy.
     # Several attempts: the deployer's Key Vault role was assigned by this provisioning and can take minutes to apply.
-    if az_ready && printf '%s' "${O365_CLIENT_SECRET}" | scripts/store-client-secret.sh "${store_args[@]}"; then
+    local why="the Azure CLI is not signed in"
+    if az_ready && why="storing it failed, as the lines above say" \
+        && printf '%s' "${O365_CLIENT_SECRET}" | scripts/store-client-secret.sh "${store_args[@]}"; then
       if azd env set O365_CLIENT_SECRET ""; then
         say "Moved into Key Vault; cleared in .azure/${AZURE_ENV_NAME:-<env>}/.env."
       else
@@ -55,7 +57,7 @@ store_secret() {
       fi
       return
     fi
-    pending+=("O365_CLIENT_SECRET is still in plain text in .azure/${AZURE_ENV_NAME:-<env>}/.env (the Azure CLI is not signed in):
+    pending+=("O365_CLIENT_SECRET is still in plain text in .azure/${AZURE_ENV_NAME:-<env>}/.env (${why}):
      az login; scripts/store-client-secret.sh --vault ${vault}; azd env set O365_CLIENT_SECRET ''")
     return
   elif az_ready && az keyvault secret show --vault-name "${vault}" --name o365-client-secret --query id -o tsv >/dev/null 2>&1; then
@@ -98,6 +100,17 @@ case "${mode}" in
     consent_step ;;
   *) say "Unknown O365_AUTH_MODE ${mode}" ;;
 esac
+
+# A secret put into the azd environment is moved to Key Vault in secret mode only; in any other mode nothing reads
+# it, and it stayed in the plain-text file (and in every hook's environment).
+if [[ "${mode}" != "secret" && -n "${O365_CLIENT_SECRET:-}" ]]; then
+  step "O365_CLIENT_SECRET in the azd environment"
+  if azd env set O365_CLIENT_SECRET ""; then
+    say "Not used in ${mode} mode: cleared in .azure/${AZURE_ENV_NAME:-<env>}/.env (plain text); Key Vault keeps none."
+  else
+    pending+=("O365_CLIENT_SECRET is not used in ${mode} mode, and is in plain text in .azure/${AZURE_ENV_NAME:-<env>}/.env: azd env set O365_CLIENT_SECRET ''")
+  fi
+fi
 
 pending+=("An Insider Risk Management admin turns on the export: Microsoft Purview portal > Insider risk management >
      Settings > Export alerts > On (off by default; without it no IRM alert reaches the audit feed).")

@@ -43,7 +43,11 @@ check_secret() {
   # The secret belongs in Key Vault only; .azure/<env>/.env is a plain-text file. postprovision moves it.
   if [[ -n "${O365_CLIENT_SECRET:-}" ]]; then
     say "O365_CLIENT_SECRET is in the azd environment (.azure/${AZURE_ENV_NAME:-<env>}/.env, plain text)."
-    say "It is not passed to the deployment; the postprovision hook moves it into Key Vault and clears it there."
+    if [[ "${O365_AUTH_MODE:-managed_identity}" == "secret" ]]; then
+      say "It is not passed to the deployment; the postprovision hook moves it into Key Vault and clears it there."
+    else
+      say "O365_AUTH_MODE is ${O365_AUTH_MODE:-managed_identity}, which does not use it: the postprovision hook clears it."
+    fi
   fi
 }
 
@@ -52,7 +56,7 @@ check_secret() {
 check_tenant() {
   local mode=${O365_AUTH_MODE:-managed_identity} wanted=${O365_TENANT_ID:-} azure
   [[ "${mode}" == "managed_identity" && -n "${wanted}" ]] || return 0
-  command -v az >/dev/null 2>&1 || return 0
+  az_installed || return 0
   azure=$(az account show ${AZURE_SUBSCRIPTION_ID:+--subscription "${AZURE_SUBSCRIPTION_ID}"} --query tenantId -o tsv \
     2>/dev/null) || return 0
   # Compared as GUIDs: the connector reads {braces}, urn:uuid: and bare hex alike.
@@ -132,7 +136,7 @@ check_app_settings() {
     names_problem ALERT_CATEGORIES "${ALERT_CATEGORIES:-}" "${ALERT_CATEGORY_NAMES}" categories
   )
   [[ -z "${problems}" ]] || die "${problems}
-Nothing was deployed. Correct it with azd env set <NAME> <value>, or azd env unset <NAME> for the default."
+Nothing was deployed. Correct it with azd env set <NAME> <value>, or azd env set <NAME> '' for the default."
 }
 
 # A removal that did not purge the Key Vault (azd down without --purge, or purge protection on) leaves it
@@ -141,7 +145,7 @@ Nothing was deployed. Correct it with azd env set <NAME> <value>, or azd env uns
 # recovering a vault that is not deleted fails as well.
 decide_key_vault() {
   local mode=default rg="rg-${AZURE_ENV_NAME:-}" deleted name id location
-  if command -v az >/dev/null 2>&1 && az account show >/dev/null 2>&1; then
+  if az_installed && az account show >/dev/null 2>&1; then
     deleted=$(az keyvault list-deleted ${AZURE_SUBSCRIPTION_ID:+--subscription "${AZURE_SUBSCRIPTION_ID}"} \
       --resource-type vault --query "[].[name, properties.vaultId, properties.location]" -o tsv 2>/dev/null) \
       || deleted=""
@@ -167,7 +171,7 @@ environment, azd env new). Nothing was deployed."
 }
 
 deployer_may_grant() {
-  command -v az >/dev/null 2>&1 || return 1
+  az_installed || return 1
   az account show >/dev/null 2>&1 || return 1
   local roles
   roles=$(az rest --method GET \
@@ -188,12 +192,17 @@ ensure_management_api_principal() {
 # sets it back, never ran), and Entra ID refuses the same assignment made twice: the retry would fail on the grant.
 already_granted() {
   local principal=${UAMI_PRINCIPAL_ID:-} sp role found
-  [[ -n "${principal}" ]] && command -v az >/dev/null 2>&1 || return 1
+  az_installed || return 1
+  # azd saves a deployment's outputs only when it succeeds: after a first provision that failed past its grant there
+  # is no UAMI_PRINCIPAL_ID yet, but the identity is there, in the resource group main.bicep names.
+  [[ -n "${principal}" ]] || principal=$(az identity list --resource-group "rg-${AZURE_ENV_NAME:-}" \
+    --query "[?starts_with(name, 'id-irm-')].principalId | [0]" -o tsv 2>/dev/null) || return 1
+  [[ -n "${principal}" ]] || return 1
   sp=$(mgmt_sp_lookup 2>/dev/null) && [[ -n "${sp}" ]] || return 1
   role=$(activityfeed_role_lookup "${sp}" 2>/dev/null) && [[ -n "${role}" ]] || return 1
   # A principal gone with an earlier `azd down` is answered 404: not granted.
   found=$(assignment_lookup "${principal}" "${sp}" "${role}" 2>/dev/null) || return 1
-  [[ -n "${found}" ]]
+  [[ -n "${found}" ]] && GRANTED_TO=${principal}
 }
 
 decide_grant() {
@@ -201,7 +210,7 @@ decide_grant() {
   [[ "${mode}" == "managed_identity" ]] || return 0
   if [[ "$(lower "${GRANT_ACTIVITYFEED_PERMISSION:-}")" != "false" ]] && already_granted; then
     azd env set GRANT_ACTIVITYFEED_PERMISSION false
-    say "The connector identity (${UAMI_PRINCIPAL_ID}) already holds ActivityFeed.Read: the deployment does not grant it"
+    say "The connector identity (${GRANTED_TO}) already holds ActivityFeed.Read: the deployment does not grant it"
     say "again (GRANT_ACTIVITYFEED_PERMISSION=false)."
     return 0
   fi

@@ -55,6 +55,7 @@ case "$1 $2" in
       while [[ $# -gt 0 ]]; do [[ "$1" == --file ]] && cp "$2" "$FAKE_DIR/stored-secret"; shift; done
     else [[ -f "$FAKE_DIR/stored-secret" ]]; fi ;;
   "keyvault certificate") exit 1 ;;
+  "identity list") echo "${FAKE_AZ_IDENTITY:-}" ;;
   "keyvault list-deleted") [[ -z "${FAKE_AZ_DELETED_VAULTS:-}" ]] || printf '%b\n' "${FAKE_AZ_DELETED_VAULTS}" ;;
   *) exit 0 ;;
 esac
@@ -302,6 +303,20 @@ def test_preprovision_does_not_grant_again_what_a_failed_deployment_granted(fake
     not_yet = run("preprovision.sh", fakes, env)  # the identity holds no such assignment: the grant stays on
     assert not_yet.returncode == 0 and calls(fakes, "azd") == []
 
+    # A first provision that failed after its grant: azd saved no output, so no UAMI_PRINCIPAL_ID. The identity is
+    # found in the environment's resource group; without it the retry failed on the grant again and again.
+    (fakes / "az.log").unlink()
+    first = {k: v for k, v in env.items() if k != "UAMI_PRINCIPAL_ID"}
+    found = run("preprovision.sh", fakes, {**first, "FAKE_AZ_ASSIGNED": "assignment-1",
+                                           "FAKE_AZ_IDENTITY": env["UAMI_PRINCIPAL_ID"]})  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "false"]]
+    [listed] = [c for c in calls(fakes, "az") if c[:2] == ["identity", "list"]]
+    assert listed[listed.index("--resource-group") + 1] == "rg-test"
+    (fakes / "azd.log").unlink()
+    none = run("preprovision.sh", fakes, {**first, "FAKE_AZ_ASSIGNED": "assignment-1"})  # no identity yet
+    assert none.returncode == 0 and calls(fakes, "azd") == []
+
 
 def test_postprovision_moves_the_secret_into_key_vault_and_out_of_the_env_file(fakes: Path) -> None:
     secret = "s3cr3t~value with spaces"
@@ -333,6 +348,35 @@ def test_postprovision_moves_the_secret_into_key_vault_and_out_of_the_env_file(f
     assert secret not in done.stdout + done.stderr
     assert "Export alerts > On" in done.stdout and "IRMConnectorHealth_CL" in done.stdout
     assert "admin consent" in done.stdout
+
+
+def test_postprovision_clears_a_secret_no_mode_but_secret_reads(fakes: Path) -> None:
+    """Put into the azd environment in certificate or managed identity mode, the secret was moved nowhere and
+    cleared nowhere: it stayed in .azure/<env>/.env, plain text, and in every hook's environment."""
+    for mode in ("certificate", "managed_identity"):
+        (fakes / "azd.log").unlink(missing_ok=True)
+        warned = run("preprovision.sh", fakes, {"O365_AUTH_MODE": mode, "O365_CLIENT_SECRET": "unused",
+                                                "CREATE_SENTINEL_WORKSPACE": "true",
+                                                "GRANT_ACTIVITYFEED_PERMISSION": "false"})  # fmt: skip
+        assert warned.returncode == 0 and "does not use it: the postprovision hook clears it" in warned.stdout
+        done = run("postprovision.sh", fakes, {"O365_AUTH_MODE": mode, "O365_CLIENT_SECRET": "unused",
+                                               "O365_CLIENT_ID": _GUID, "KEY_VAULT_NAME": "kv-irm-x"})  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert ["env", "set", "O365_CLIENT_SECRET", ""] in calls(fakes, "azd"), mode
+        assert not (fakes / "stored-secret").exists() and "unused" not in done.stdout + done.stderr
+
+
+def test_the_scripts_say_when_the_azure_cli_is_not_installed(fakes: Path) -> None:
+    """`command -v az` found the scripts' own `az` wrapper function, so a machine without the Azure CLI was told to
+    run `az login`, or retried "command not found" for minutes and then blamed a Key Vault role."""
+    (fakes / "bin" / "az").unlink()
+    stored = run_script(REPO_ROOT / "scripts" / "store-client-secret.sh", fakes,
+                        {"STORE_SECRET_RETRY_SECONDS": "0"}, "--vault", "kv-irm-x", "--attempts", "3", stdin="s")  # fmt: skip
+    assert stored.returncode != 0 and "the Azure CLI (az) is required" in stored.stderr
+    assert "retrying" not in stored.stderr
+    granted = run_script(REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh", fakes, {},
+                         "managed_identity", "--principal-id", _GUID)  # fmt: skip
+    assert granted.returncode != 0 and "the Azure CLI (az) is required" in granted.stderr
 
 
 def test_postprovision_asks_for_the_secret_when_it_cannot_store_it(fakes: Path) -> None:
