@@ -14,7 +14,7 @@ import sys
 from datetime import UTC, datetime
 
 from azure.functions.timer import TimerRequest
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from irm_connector import handlers
 from irm_connector.content_queue import create_queue_if_missing
@@ -45,6 +45,10 @@ class Schedule:
                 f"is not an NCRONTAB expression ({len(fields)} fields; write six, seconds first, e.g. '0 */5 * * * *')",
             )
         self._seconds_first = len(fields) == 6
+        try:  # valid fields may still name no date at all (30 February): said now, not at the first wait
+            self.next_after(datetime.now(UTC))
+        except (CroniterError, ValueError) as exc:
+            raise SettingsError("POLL_SCHEDULE", "names no time that ever comes (such as 30 February)") from exc
 
     @classmethod
     def from_settings(cls) -> Schedule:
@@ -52,7 +56,9 @@ class Schedule:
         return cls(os.environ.get("POLL_SCHEDULE", "") or DEFAULT_SCHEDULE)
 
     def next_after(self, moment: datetime) -> datetime:
-        it = croniter(self.expression, moment, second_at_beginning=self._seconds_first)
+        # Day of month and day of week both, as NCrontab reads them (the host's): "1-7 ... 1" is the first Monday,
+        # where cron's default (either one) fires on each of the first seven days and on every Monday.
+        it = croniter(self.expression, moment, second_at_beginning=self._seconds_first, day_or=False)
         value = it.get_next(datetime)
         assert isinstance(value, datetime)
         return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -111,6 +111,12 @@ def test_schedule_is_ncrontab_with_seconds() -> None:
     assert Schedule("*/5 * * * *").next_after(start) == datetime(2026, 6, 1, 12, 5, 0, tzinfo=UTC)
     with pytest.raises(SettingsError, match="POLL_SCHEDULE"):
         Schedule("every five minutes")
+    # Day of month and day of week both, as the host's NCrontab reads them: the first Monday of the month. Cron's
+    # default (either) fired on 2 June, the 1st being a Monday.
+    assert Schedule("0 0 6 1-7 * 1").next_after(start) == datetime(2026, 7, 6, 6, 0, 0, tzinfo=UTC)
+    # Fields each valid, naming no date: a settings error, not a crash of `run` at its first wait.
+    with pytest.raises(SettingsError, match="POLL_SCHEDULE"):
+        Schedule("0 0 0 30 2 *")
 
 
 def test_run_with_a_bad_schedule_exits_2(cli: Cli) -> None:
