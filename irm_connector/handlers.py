@@ -89,14 +89,20 @@ async def process(message: func.QueueMessage) -> ProcessResult:
 
 
 async def _process(message: func.QueueMessage, deadline: Deadline) -> ProcessResult:
-    settings = _settings()
     dequeue_count = message.dequeue_count or 1
-    rt = await get_runtime(settings)
     delivery = Delivery.decode(message.get_body())
-    dims = {"tenant_id": settings.tenant_id}
+    dims: dict[str, str] = {}
     if delivery.message is not None:
         blob = delivery.message.blob
         dims |= {"content_type": blob.content_type, "content_id": blob.content_id}
+    try:
+        settings = _settings()
+        rt = await get_runtime(settings)
+    except Exception:
+        # Settings or a credential that cannot load fail every message: the failures chart must show it.
+        record_failure(dims)
+        raise
+    dims = {"tenant_id": settings.tenant_id, **dims}
     # The poller's span for this blob is the parent: one trace from listing to ingestion.
     parent = delivery.message.traceparent if delivery.message is not None else ""
     failure: BaseException | None = None

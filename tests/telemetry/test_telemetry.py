@@ -17,7 +17,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from irm_connector import __version__, telemetry
-from irm_connector.errors import PollError
+from irm_connector.errors import PollError, SettingsError
 from irm_connector.redaction import RedactingFilter
 from standins import StandIns
 from standins.tls import TestCA
@@ -291,6 +291,19 @@ async def test_failed_attempts_are_one_metric_series_not_one_per_blob(
     [point] = points
     assert isinstance(point, NumberDataPoint) and point.value == 3
     assert point.attributes is not None and "content_id" not in point.attributes
+
+    # A setting broken by a deployment fails every message before any work: those attempts count too (the chart
+    # of failures stayed flat through the outage), in a series without the tenant, which the settings would give.
+    connector.monkeypatch.delenv("LOGS_DCR_IMMUTABLE_ID")
+    with pytest.raises(SettingsError):
+        await connector.process(messages[0])
+    data = reader.get_metrics_data()
+    assert data is not None
+    failed = {tuple(sorted((point.attributes or {}).items())): point.value
+              for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "irm.processor.failures" for point in m.data.data_points
+              if isinstance(point, NumberDataPoint)}  # fmt: skip
+    assert failed[(("content_type", "Audit.General"),)] == 1
     provider.shutdown()
 
 
