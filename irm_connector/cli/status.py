@@ -98,9 +98,14 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             {
                 "code": "ingestion-refused",
                 "content_type": "",
-                "detail": f"Logs Ingestion refuses {stream} ({answer}) since {iso(refusal.since)}: its messages are "
-                "put back for later, and go to the poison queue after 2 hours (README: `Logs Ingestion refuses "
-                "stream`)",
+                "detail": f"Logs Ingestion refuses {stream} ({answer}) since {iso(refusal.since)}: "
+                + (
+                    # The health rows are no queue messages: they go to Application Insights meanwhile.
+                    "the health rows go to Application Insights instead (an error trace from irm_connector.health)"
+                    if stream == settings.health_stream
+                    else "its messages are put back for later, and go to the poison queue after 2 hours"
+                )
+                + " (README: `Logs Ingestion refuses stream`)",
             }
         )
     if poison_depth:

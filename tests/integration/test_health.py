@@ -200,6 +200,12 @@ async def test_a_refused_health_stream_puts_the_row_in_the_log_at_error_level(
     assert line.__dict__["health_QueueDepth"] == len(workload.blobs)  # a custom dimension in Application Insights
     fixes = [r.getMessage() for r in caplog.records if r.name == "irm_connector.refusals" and r.levelno == logging.ERROR]
     assert any(HEALTH in m and "Monitoring Metrics Publisher" in m and "30 minutes" in m for m in fixes)
+    # `status` names both refusals, each with what it means: the health rows are no messages to put back.
+    doc = await connector.cli("status")
+    refused = {p["detail"].split(" (")[0].split()[-1]: p["detail"] for p in doc["problems"]
+               if p["code"] == "ingestion-refused"}  # fmt: skip
+    assert "put back for later" in refused[ALERTS] and "Application Insights" not in refused[ALERTS]
+    assert "the health rows go to Application Insights" in refused[HEALTH] and "poison" not in refused[HEALTH]
 
 
 async def test_a_refused_window_shows_in_the_health_row_and_the_next_run_lists_it(connector: ConnectorHarness) -> None:
