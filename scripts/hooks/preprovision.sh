@@ -174,9 +174,10 @@ deployer_may_grant() {
   az_installed || return 1
   az account show >/dev/null 2>&1 || return 1
   local roles
-  roles=$(az rest --method GET \
-    --url "${GRAPH}/me/transitiveMemberOf/microsoft.graph.directoryRole?\$select=roleTemplateId" \
-    --query "value[].roleTemplateId" -o tsv 2>/dev/null) || return 1
+  # An OData cast on a membership list is an advanced query for Graph: it asks for the header and $count.
+  roles=$(az rest --method GET --headers ConsistencyLevel=eventual \
+    --url "${GRAPH}/me/transitiveMemberOf/microsoft.graph.directoryRole?\$select=roleTemplateId&\$count=true" \
+    --query "value[].roleTemplateId" -o tsv 2>/dev/null) || { ROLES_UNREAD=1; return 1; }
   grep -qiE "^(${GLOBAL_ADMINISTRATOR}|${PRIVILEGED_ROLE_ADMINISTRATOR})$" <<<"${roles}"
 }
 
@@ -228,8 +229,13 @@ decide_grant() {
     say "identity before the Function App exists (GRANT_ACTIVITYFEED_PERMISSION=true)."
   else
     azd env set GRANT_ACTIVITYFEED_PERMISSION false
-    say "The deployment will not grant ActivityFeed.Read (no Privileged Role Administrator or Global Administrator"
-    say "role found for the signed-in az user). The postprovision hook prints the grant command for an admin."
+    if [[ -n "${ROLES_UNREAD:-}" ]]; then
+      say "The deployment will not grant ActivityFeed.Read: Microsoft Graph did not give the signed-in az user's"
+      say "directory roles. The postprovision hook prints the grant command for an admin."
+    else
+      say "The deployment will not grant ActivityFeed.Read (no Privileged Role Administrator or Global Administrator"
+      say "role found for the signed-in az user). The postprovision hook prints the grant command for an admin."
+    fi
     say "To have the deployment grant it instead, run azd provision as such an admin with"
     say "  azd env set GRANT_ACTIVITYFEED_PERMISSION true"
   fi

@@ -42,7 +42,8 @@ case "$1 $2" in
       read -r -a statuses <<< "${FAKE_AZ_REFERENCE_STATUSES:-Resolved}"
       asked=$(cat "$FAKE_DIR/status-asked" 2>/dev/null || echo 0); echo $((asked + 1)) > "$FAKE_DIR/status-asked"
       (( asked < ${#statuses[@]} )) || asked=$((${#statuses[@]} - 1)); echo "${statuses[$asked]}"
-    elif [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then printf '%s\n' ${FAKE_AZ_ROLES:-}
+    elif [[ "$3" == GET && "$*" == *transitiveMemberOf* ]]; then
+      [[ -z "${FAKE_AZ_ROLES_REFUSED:-}" ]] || exit 1; printf '%s\n' ${FAKE_AZ_ROLES:-}
     elif [[ "$3" == GET && "$*" == *appRoleAssignments* ]]; then echo "${FAKE_AZ_ASSIGNED:-}"
     elif [[ "$3" == GET ]]; then echo ""
     else echo "{}"; fi ;;
@@ -217,6 +218,9 @@ def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Pat
     )
     assert done.returncode == 0, done.stderr
     assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "true"]]
+    # A cast on a membership list is one of Graph's advanced queries: the header and $count it asks for.
+    [roles] = [c for c in calls(fakes, "az") if "transitiveMemberOf" in " ".join(c)]
+    assert roles[roles.index("--headers") + 1] == "ConsistencyLevel=eventual" and "$count=true" in " ".join(roles)
     # The deployment reads the Management API's service principal as existing: the hook made sure it is there.
     assert ["ad", "sp", "show", "--id", "c5393580-f805-4401-95e8-94b7a6ef2fc2", "--query", "id", "-o", "tsv"] in calls(
         fakes, "az"
@@ -228,6 +232,14 @@ def test_preprovision_leaves_the_grant_to_an_admin_otherwise(fakes: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "false"]]
     assert "GRANT_ACTIVITYFEED_PERMISSION true" in done.stdout
+    assert "no Privileged Role Administrator or Global Administrator" in done.stdout
+
+    # Graph refused the question: that is what the hook says, not that the deployer lacks the role.
+    (fakes / "azd.log").unlink()
+    unread = run("preprovision.sh", fakes, {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "FAKE_AZ_LOGGED_IN": "1",
+                                            "FAKE_AZ_ROLES_REFUSED": "1"})  # fmt: skip
+    assert unread.returncode == 0 and calls(fakes, "azd") == [["env", "set", "GRANT_ACTIVITYFEED_PERMISSION", "false"]]
+    assert "did not give the signed-in az user's" in unread.stdout and "no Privileged Role" not in unread.stdout
 
     (fakes / "azd.log").unlink()
     kept = run(
