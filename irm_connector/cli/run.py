@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from azure.functions.timer import TimerRequest
 from croniter import CroniterError, croniter
@@ -19,6 +20,7 @@ from croniter import CroniterError, croniter
 from irm_connector import handlers
 from irm_connector.content_queue import create_queue_if_missing
 from irm_connector.errors import ConnectorError, SettingsError, UsageError
+from irm_connector.models import PollReport
 from irm_connector.settings import Settings
 
 from ._common import EXIT_OK, GracefulStop, emit, iso, queue_options, storage
@@ -76,8 +78,27 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
             if stop.is_set():
                 return
         first = False
+        # A stop ends the poll in flight too, as SIGTERM ends `poll` (its lease released, the watermark where its
+        # last whole window left it): waited for, a slow API kept `run` for up to POLL_TIME_BUDGET, past a
+        # supervisor's grace period, and its SIGKILL left the lease held and no result printed.
+        polling: asyncio.Future[PollReport] = asyncio.ensure_future(handlers.poll(TimerRequest(past_due=False)))
+        stopping = asyncio.ensure_future(stop.wait())
+        either: set[asyncio.Future[Any]] = {polling, stopping}
         try:
-            report = await handlers.poll(TimerRequest(past_due=False))
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            polling.cancel()  # abandoned (a second signal): the poll with it
+            raise
+        finally:
+            stopping.cancel()
+        if not polling.done():
+            polling.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await polling
+            log.info("The poll in flight was stopped; the next run lists from where it left off")
+            return
+        try:
+            report = polling.result()
             counts["polls"] += 1
             counts["queued"] += report.blobs_queued
         except ConnectorError as exc:

@@ -33,9 +33,13 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
             assert process.poll() is None, process.communicate()
             time.sleep(0.5)
         assert sorted(r["RecordId"] for r in cli.rows()) == expected
-        # One more scheduled poll (every 2 seconds) after every alert arrived: it lists, and queues nothing again.
+        # One more scheduled poll (every 2 seconds) after every alert arrived, to its end (its health row): it
+        # lists, and queues nothing again. (A stop ends a poll in flight, uncounted.)
         listed = sim.management.count("list")
-        while time.monotonic() < deadline + 30 and sim.management.count("list") == listed:
+        health = len(cli.rows("Custom-IRMConnectorHealth"))
+        while time.monotonic() < deadline + 30 and (
+            sim.management.count("list") == listed or len(cli.rows("Custom-IRMConnectorHealth")) == health
+        ):
             time.sleep(0.2)
         assert sim.management.count("list") > listed
         out, err = cli.stop(process)
@@ -45,6 +49,26 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert doc["queued"] == len(workload.blobs) and doc["processed"] == len(workload.blobs)
     assert cli.depth() == 0
     assert sorted(r["RecordId"] for r in cli.rows()) == expected  # nothing twice
+
+
+def test_run_stopped_during_a_slow_poll_ends_it_and_leaves_the_next_run_its_lease(cli: Cli) -> None:
+    """SIGTERM while the Management API holds a listing: `run` waited for the poll (up to POLL_TIME_BUDGET, more
+    with retries), past any supervisor's grace period; its SIGKILL then left no result and the lease held. The poll
+    in flight is now ended as `poll` ends on SIGTERM: `run` exits 0 with its document, and a poll right after runs."""
+    sim = cli.standins
+    workload = cli.publish(seed=26, records=200, blob_size=(100, 100))
+    sim.management.add_fault("list", "delay", seconds=600, count=1)  # an answer that never comes in this test
+    with cli.spawn("run", "--poll-now", "--schedule", "0 0 0 1 1 *", "--json") as process:
+        deadline = time.monotonic() + 60
+        while sim.management.pending_faults("list"):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        out, err = cli.stop(process)  # within communicate's 60 s, or the test fails: the listing is still held
+    assert process.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["stopped"] is True and doc["polls"] == 0 and doc["queued"] == 0
+    code, doc = cli.json("poll")
+    assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"
 
 
 #: ``irm-connector run`` whose first poll meets a fault of the connector's own (a KeyError), as a bug would raise.
