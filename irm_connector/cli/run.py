@@ -93,8 +93,14 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
             stopping.cancel()
         if not polling.done():
             polling.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await polling
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this loop abandoned meanwhile (a second signal), not only the poll ended
+            except Exception as exc:  # its own failure on the way out: the stop is what counts
+                log.debug("The poll in flight ended with %s as it stopped", type(exc).__name__)
             log.info("The poll in flight was stopped; the next run lists from where it left off")
             return
         try:
