@@ -125,7 +125,7 @@ class _Walk:
                 stale = 0 if fresh else stale + len(page)
                 # Done when nothing is left, or when every message held back came round again without a
                 # new one among them (a long walk outlives the holds; what comes back first is no sign).
-                if not page or (not fresh and stale >= len(self.others) + len(self.undeleted)):
+                if not page or (not fresh and stale >= len(self.others) + len(self._refused)):
                     return
         finally:
             # The skipped, and those whose delete was refused: `poison list` shows them at once, not after the hold.
@@ -280,16 +280,17 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
     await walk.run(lambda message: _parked_by(message, counted), take)
     # Each failure record only once its message is gone: one whose delete was refused stays in the queue, and
     # `poison list` should still say why it failed.
+    undeleted = walk.undeleted
     for message_id, key in taken.items():
-        if message_id not in walk.undeleted:
+        if message_id not in undeleted:
             await failures.delete_failure(key)
     purged = len(taken)
     unseen = walk.unseen(depth)
-    lines = [f"{purged - len(walk.undeleted)} message(s) deleted from {settings.poison_queue}"]
+    lines = [f"{purged - len(undeleted)} message(s) deleted from {settings.poison_queue}"]
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
-    emit(args, {"purged": purged, "not_deleted": walk.undeleted, "not_seen": unseen}, "\n".join(lines))
-    return EXIT_FAILED if walk.undeleted or unseen else EXIT_OK
+    emit(args, {"purged": purged, "not_deleted": undeleted, "not_seen": unseen}, "\n".join(lines))
+    return EXIT_FAILED if undeleted or unseen else EXIT_OK
 
 
 async def poison(args: argparse.Namespace, settings: Settings) -> int:
