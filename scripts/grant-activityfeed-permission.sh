@@ -47,6 +47,7 @@ source "$(dirname "$0")/_az.sh"
 need_az() {
   az_installed || die "the Azure CLI (az) is required"
   az account show >/dev/null 2>&1 || die "run 'az login --tenant <Microsoft 365 tenant>' first"
+  graph_init
 }
 
 mgmt_sp() {
@@ -65,23 +66,37 @@ role_id() {
   echo "${rid}"
 }
 
-grant_managed_identity() {
-  local principal_id=${1:-${UAMI_PRINCIPAL_ID:-}}
-  [[ -n "${principal_id}" ]] || die "--principal-id is required (azd env get-values: UAMI_PRINCIPAL_ID)"
-  need_az
-  local sp_id rid existing
-  sp_id=$(mgmt_sp)
-  rid=$(role_id "${sp_id}")
-  existing=$(assignment_lookup "${principal_id}" "${sp_id}" "${rid}")
+# App role $3 of service principal $2 assigned to principal $1, unless it holds it: for an application permission
+# this is what admin consent is. Prints "granted" or "already" (with the assignment's id).
+assign_role() {
+  local principal_id=$1 sp_id=$2 rid=$3 existing
+  existing=$(assignment_lookup "${principal_id}" "${sp_id}" "${rid}") || return 1
   if [[ -n "${existing}" ]]; then
-    echo "ok: ${principal_id} already has ${ROLE_VALUE} (assignment ${existing})"
+    echo "already ${existing}"
     return
   fi
+  graph_init
   az rest --method POST \
     --url "${GRAPH}/servicePrincipals/${principal_id}/appRoleAssignments" \
     --headers "Content-Type=application/json" \
     --body "{\"principalId\":\"${principal_id}\",\"resourceId\":\"${sp_id}\",\"appRoleId\":\"${rid}\"}" \
-    --output none
+    --output none >&2 || return 1
+  echo "granted"
+}
+
+grant_managed_identity() {
+  local principal_id=${1:-${UAMI_PRINCIPAL_ID:-}}
+  [[ -n "${principal_id}" ]] || die "--principal-id is required (azd env get-values: UAMI_PRINCIPAL_ID)"
+  need_az
+  local sp_id rid outcome
+  sp_id=$(mgmt_sp)
+  rid=$(role_id "${sp_id}")
+  outcome=$(assign_role "${principal_id}" "${sp_id}" "${rid}") \
+    || die "the assignment of ${ROLE_VALUE} to ${principal_id} failed (see above); it needs Privileged Role Administrator or Global Administrator"
+  if [[ "${outcome}" == already* ]]; then
+    echo "ok: ${principal_id} already has ${ROLE_VALUE} (assignment ${outcome#already })"
+    return
+  fi
   echo "granted: ${ROLE_VALUE} to ${principal_id}."
   echo "If the Function App already asked for a token, that token lacks the role and Azure caches managed identity"
   echo "tokens for up to 24 hours (restarting the app does not clear it): AF10001 errors can go on until it expires."
@@ -113,11 +128,14 @@ consent_app() {
       --query "[?resourceAppId=='${O365_MGMT_APP_ID}'].resourceAccess[] | [?id=='${rid}']" -o tsv | grep -q .; then
     az ad app permission add --id "${app_id}" --api "${O365_MGMT_APP_ID}" --api-permissions "${rid}=Role" --output none
   fi
-  az ad sp show --id "${app_id}" >/dev/null 2>&1 || az ad sp create --id "${app_id}" --output none
-  # Admin consent (needs Privileged Role Administrator / Global Administrator). If it fails, consent in the
-  # portal: Entra ID > App registrations > ${app_name} > API permissions > Grant admin consent.
-  az ad app permission admin-consent --id "${app_id}" >&2 \
-    || die "admin consent failed: grant it in the portal (App registrations > ${app_name} > API permissions)"
+  local app_sp
+  app_sp=$(az ad sp show --id "${app_id}" --query id -o tsv 2>/dev/null) || app_sp=""
+  [[ -n "${app_sp}" ]] || app_sp=$(az ad sp create --id "${app_id}" --query id -o tsv)
+  # Admin consent to an application permission is this assignment on the app's service principal (needs Privileged
+  # Role Administrator / Global Administrator). Not `az ad app permission admin-consent`: it calls a portal API that
+  # the Azure CLI refuses in sovereign clouds.
+  assign_role "${app_sp}" "${sp_id}" "${rid}" >/dev/null \
+    || die "admin consent failed (see above): grant it in the portal (App registrations > ${app_name} > API permissions > Grant admin consent)"
 }
 
 grant_consent() {

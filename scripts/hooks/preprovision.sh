@@ -174,6 +174,7 @@ deployer_may_grant() {
   az_installed || return 1
   az account show >/dev/null 2>&1 || return 1
   local roles
+  graph_init
   # An OData cast on a membership list is an advanced query for Graph: it asks for the header and $count.
   roles=$(az rest --method GET --headers ConsistencyLevel=eventual \
     --url "${GRAPH}/me/transitiveMemberOf/microsoft.graph.directoryRole?\$select=roleTemplateId&\$count=true" \

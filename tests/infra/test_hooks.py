@@ -47,7 +47,10 @@ case "$1 $2" in
     elif [[ "$3" == GET && "$*" == *appRoleAssignments* ]]; then echo "${FAKE_AZ_ASSIGNED:-}"
     elif [[ "$3" == GET ]]; then echo ""
     else echo "{}"; fi ;;
-  "ad sp") if [[ "$3" == list ]]; then echo sp-o365; else echo role-activityfeed; fi ;;
+  "ad sp")  # the API's service principal (list), its app role, or an app's service principal (sp-<app id>)
+    if [[ "$3" == list ]]; then echo sp-o365; elif [[ "$*" == *appRoles* ]]; then echo role-activityfeed
+    else echo "sp-$5"; fi ;;
+  "cloud show") echo "${FAKE_AZ_GRAPH:-https://graph.microsoft.com/}" ;;
   "ad app") if [[ "$3" == create ]]; then echo app-irm; fi ;;
   "keyvault secret")
     if [[ "$3" == set ]]; then
@@ -517,6 +520,52 @@ def test_store_client_secret_waits_for_a_new_key_vault_role(fakes: Path) -> None
     assert len([c for c in calls(fakes, "az") if c[:3] == ["keyvault", "secret", "set"]]) == 5
 
 
+def consented(made: list[list[Any]]) -> list[tuple[str, str]]:
+    """The app role assignments posted, as (Graph root, principal), each checked to be ActivityFeed.Read of the
+    Management API's service principal given to that principal."""
+    out = []
+    for call in made:
+        if call[:3] == ["rest", "--method", "POST"] and "appRoleAssignments" in call[call.index("--url") + 1]:
+            url = call[call.index("--url") + 1]
+            root, _, rest = url.partition("/servicePrincipals/")
+            principal = rest.split("/")[0]
+            body = json.loads(call[call.index("--body") + 1])
+            assert body == {"principalId": principal, "resourceId": "sp-o365", "appRoleId": "role-activityfeed"}
+            out.append((root, principal))
+    return out
+
+
+def test_admin_consent_is_an_app_role_assignment_in_the_cloud_az_is_signed_in_to(fakes: Path) -> None:
+    """`az ad app permission admin-consent` calls a portal API the Azure CLI refuses in sovereign clouds, where
+    GCC High and DoD tenants sign in: consent is the app role assignment, posted to that cloud's Graph, once."""
+    script = REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh"
+    us_gov = {"FAKE_AZ_LOGGED_IN": "1", "FAKE_AZ_GRAPH": "https://graph.microsoft.us/"}
+    done = run_script(script, fakes, us_gov, "consent", "--app-id", "app-7")
+    assert done.returncode == 0, done.stderr
+    made = calls(fakes, "az")
+    assert consented(made) == [("https://graph.microsoft.us/v1.0", "sp-app-7")]
+    assert not [c for c in made if "admin-consent" in c]
+    assert all("graph.microsoft.com" not in " ".join(c) for c in made)
+
+    (fakes / "az.log").unlink()
+    identity = run_script(script, fakes, us_gov, "managed_identity", "--principal-id", "uami-1")
+    assert identity.returncode == 0, identity.stderr
+    assert consented(calls(fakes, "az")) == [("https://graph.microsoft.us/v1.0", "uami-1")]
+
+    # Consented already: nothing is posted again (Entra ID refuses the same assignment twice).
+    (fakes / "az.log").unlink()
+    again = run_script(script, fakes, {**us_gov, "FAKE_AZ_ASSIGNED": "assignment-1"}, "consent", "--app-id", "app-7")
+    assert again.returncode == 0, again.stderr
+    assert consented(calls(fakes, "az")) == []
+
+    # The preprovision hook asks the same cloud's Graph whether the deployer may grant.
+    (fakes / "az.log").unlink()
+    hook = run("preprovision.sh", fakes, {**us_gov, "SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE})
+    assert hook.returncode == 0, hook.stderr
+    [roles] = [c for c in calls(fakes, "az") if c[:3] == ["rest", "--method", "GET"] and "transitiveMemberOf" in str(c)]
+    assert roles[roles.index("--url") + 1].startswith("https://graph.microsoft.us/v1.0/me/")
+
+
 def test_certificate_grant_uploads_the_public_part_only(fakes: Path, tmp_path: Path) -> None:
     """The cross-tenant path: an app registration with consent whose credential is the certificate's public part;
     a file with a private key is refused before anything is created."""
@@ -528,7 +577,7 @@ def test_certificate_grant_uploads_the_public_part_only(fakes: Path, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "O365_CLIENT_ID=app-irm" in done.stdout and "O365_AUTH_MODE certificate" in done.stdout
     made = calls(fakes, "az")
-    assert ["ad", "app", "permission", "admin-consent", "--id", "app-irm"] in made
+    assert consented(made) == [("https://graph.microsoft.com/v1.0", "sp-app-irm")]
     assert ["ad", "app", "credential", "reset", "--id", "app-irm", "--append", "--cert", f"@{public}", "--output", "none"] in made
     assert not any("password" in " ".join(c) for c in made)  # no secret is made in certificate mode
     [listed] = [c for c in made if c[:3] == ["ad", "app", "list"]]
@@ -567,5 +616,5 @@ def test_the_consent_step_the_hook_prints_grants_the_configured_app_and_makes_no
     granted = run_script(REPO_ROOT / command[0], fakes, {"FAKE_AZ_LOGGED_IN": "1"}, *command[1:])
     assert granted.returncode == 0, granted.stderr
     made = calls(fakes, "az")
-    assert ["ad", "app", "permission", "admin-consent", "--id", "app-7"] in made
+    assert consented(made) == [("https://graph.microsoft.com/v1.0", "sp-app-7")]
     assert not any(c[:3] == ["ad", "app", "create"] or c[:4] == ["ad", "app", "credential", "reset"] for c in made)
