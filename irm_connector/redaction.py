@@ -35,13 +35,18 @@ _BEARER = re.compile(r"(?i)\b(bearer|authorization:\s*basic)\s+[A-Za-z0-9\-._~+/
 #: A JSON Web Token wherever it stands (an SDK's ``AccessToken(token='eyJ...')``): header and payload are base64url
 #: JSON, so both start ``eyJ``.
 _JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{6,}\.eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*")
-#: The user name and password of a URL (a proxy's, ``https://user:password@proxy:8080``).
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@:]*:[^/\s@]*@")
-#: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``). Not a name that ends in
-#: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured.
+#: The user information of a URL (a proxy's ``https://user:password@proxy:8080``, or ``https://<token>@host``).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+#: The token of an azure-core ``AccessToken``/``AccessTokenInfo`` repr, a JWT or not (a managed identity endpoint's
+#: may be opaque). Not the word "token": "the API refused the token: ..." stays readable.
+_ACCESS_TOKEN_REPR = re.compile(r"(\bAccessToken(?:Info)?\(token=)(['\"])[^'\"]*\2")
+#: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``, ``clientSecret``, JSON
+#: quoted inside JSON with its quotes escaped). Not a name that ends in one (``O365_CLIENT_SECRET: is required``, a
+#: settings error): its value is masked by value if configured.
+_QUOTE = r"(?:\\*[\"'])?"
 _TOKEN_FIELD = re.compile(
-    r"(?i)(?<!\w)([\"']?(?:access_?token|refresh_token|id_token|client_secret|client_assertion|sig|accountkey|"
-    r"sharedaccesssignature)[\"']?\s*[:=]\s*[\"']?)([^\"'&;,\s]+)"
+    rf"(?i)(?<!\w)({_QUOTE}(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion|password|sig|"
+    rf"account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*{_QUOTE})([^\"'&;,\s\\]+)"
 )
 
 
@@ -58,6 +63,7 @@ class RedactingFilter(logging.Filter):
                 text = text.replace(secret, "***")
         text = _BEARER.sub(r"\1 ***", text)
         text = _JWT.sub("***", text)
+        text = _ACCESS_TOKEN_REPR.sub(r"\1\2***\2", text)
         text = _USERINFO.sub(r"\1***@", text)
         return _TOKEN_FIELD.sub(r"\1***", text)
 

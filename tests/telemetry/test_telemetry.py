@@ -199,6 +199,29 @@ def test_redacting_filter() -> None:
     # A name that merely ends in a field's name is not the field: the settings error stays readable.
     kept = "setting O365_CLIENT_SECRET: is required; design: kept"
     assert f.redact(kept) == kept
+    kept = "the API refused the token: ask again; AccessToken expired"
+    assert f.redact(kept) == kept
+
+
+@pytest.mark.parametrize(
+    ("text", "clean"),
+    [
+        # camelCase fields, as JavaScript-minded services and msal's own dicts spell them
+        ('{"clientSecret": "x1y2z3", "refreshToken": "r-1", "idToken": "i-1"}',
+         '{"clientSecret": "***", "refreshToken": "***", "idToken": "***"}'),
+        ("clientAssertion=abc.def&password=hunter22", "clientAssertion=***&password=***"),
+        # JSON inside a string (an answer body kept in a JSON document): its quotes come escaped
+        (json.dumps({"body": json.dumps({"access_token": "opaque-1", "client_secret": "x1"})}),
+         json.dumps({"body": json.dumps({"access_token": "***", "client_secret": "***"})})),
+        # an azure-core AccessToken whose token is no JWT (a managed identity endpoint's opaque one)
+        ("AccessToken(token='opaque.token-value', expires_on=1)", "AccessToken(token='***', expires_on=1)"),
+        ('AccessTokenInfo(token="opaque", expires_on=1)', 'AccessTokenInfo(token="***", expires_on=1)'),
+        # a URL with a user name only: the name may be the token (https://<token>@host)
+        ("proxy https://ghp_abcdef123456@proxy.corp:8080 down", "proxy https://***@proxy.corp:8080 down"),
+    ],
+)  # fmt: skip
+def test_redaction_masks_the_other_spellings_of_a_secret(text: str, clean: str) -> None:
+    assert RedactingFilter().redact(text) == clean
 
 
 @pytest.mark.asyncio
