@@ -94,9 +94,10 @@ class StateStore:
 
     async def drop_expired_tables(self, now: datetime) -> list[str]:
         """Drop the day tables (queued blobs, record keys) older than the retention, and purge the record
-        keys kept outside day tables that are as old."""
+        keys kept outside day tables and the lost-blob entries no health row counted that are as old."""
         dropped = await self.tables.drop_expired_tables(now, (QueuedBlobs.KIND, Claims.KIND))
         await self.claims.purge_expired(now)
+        await self.lost_blobs.purge_expired(now)
         return dropped
 
     async def __aenter__(self) -> StateStore:

@@ -4,11 +4,13 @@ were queued, so that the loss shows in Sentinel and not only in the log.
 
 Table ``{prefix}lost``: PartitionKey the tenant and content type, RowKey the content id, with the reason and
 when. Written only when a blob is lost; the poller reads its content type's partition (usually empty, and the
-table absent) once per run, and deletes what it counted once its health row was accepted.
+table absent) once per run, and deletes what it counted once its health row was accepted. What no health row
+counts (the health stream off, or refused for longer than the retention) is purged a retention after it was noted.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from irm_connector.models import ContentBlob, utc_text
@@ -18,6 +20,8 @@ from .tables import Tables, table_key
 __all__ = ["LostBlobs"]
 
 _MAX_REASON = 500
+
+log = logging.getLogger(__name__)
 
 
 class LostBlobs:
@@ -29,6 +33,7 @@ class LostBlobs:
         self._tables = tables
         self._name = tables.name(self.KIND)
         self._tenant = tenant_id
+        self._purged_on = ""
 
     def _partition(self, content_type: str) -> str:
         return table_key(f"{self._tenant} {content_type}")
@@ -55,3 +60,15 @@ class LostBlobs:
         partition = self._partition(content_type)
         for key in keys:
             await self._tables.delete(self._name, partition, key)
+
+    async def purge_expired(self, now: datetime) -> int:
+        """Remove the entries noted a retention ago and never counted. Once a day per process, as the record keys
+        outside day tables are purged; a missing table has none."""
+        day = now.astimezone(UTC).strftime("%Y%m%d")
+        if self._purged_on == day:
+            return 0
+        removed = await self._tables.purge_entities(self._name, now - self._tables.retention)
+        self._purged_on = day
+        if removed:
+            log.info("Removed %d lost-blob entries no health row counted within the retention", removed)
+        return removed
