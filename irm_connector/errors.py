@@ -12,7 +12,7 @@ The hierarchy, drawn once so that a reader sees at a glance what can go wrong::
     │   ├── SubscriptionMissingError  AF20022: the content type has no subscription yet
     │   ├── InvalidWindowError        AF20030 / AF20055: the listing window was refused
     │   ├── InvalidPageError          AF20031: a NextPageUri token was refused, or it names a page listed already
-    │   ├── ContentUnavailableError   AF20050 / AF20051 / AF20052 / 404: the blob is gone
+    │   ├── ContentUnavailableError   AF20050 / AF20051 / AF20052: the blob is gone
     │   └── TransientApiError         throttling or a server fault that outlived the retries
     │       ├── ApiUnreachableError   no answer: the connection, its TLS or the name failed, or it timed out
     │       └── UnreadableAnswerError an answer not of the API's shape (not JSON...): a proxy's page, most often
