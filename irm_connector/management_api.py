@@ -75,8 +75,13 @@ class RetryPolicy:
     throttled_attempts: int = 3
     throttled_base: float = 2.0
 
+    def _names_a_wait(self, retry_after: float | None, throttled: bool) -> bool:
+        # A throttle's Retry-After of 0 (or a date past) is no wait: taken at its word, the retries went out at once,
+        # against the quota of the minute that throttled them.
+        return retry_after is not None and not (throttled and retry_after < self.throttled_base)
+
     def delay(self, attempt: int, retry_after: float | None, *, throttled: bool = False) -> float:
-        if retry_after is not None:
+        if retry_after is not None and self._names_a_wait(retry_after, throttled):
             return min(max(retry_after, 0.0), self.max_retry_after)
         if throttled:
             # Jittered above a floor: full jitter's waits near zero would ask again within the same minute.
@@ -86,7 +91,7 @@ class RetryPolicy:
 
     def tries(self, error: TransientApiError, retry_after: float | None) -> int:
         """How many tries a call failing with ``error`` gets in all."""
-        if error.throttled and retry_after is None:
+        if error.throttled and not self._names_a_wait(retry_after, True):
             return min(self.throttled_attempts, self.attempts)
         return self.attempts
 

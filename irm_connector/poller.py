@@ -43,7 +43,7 @@ from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
 from .telemetry import producer_span, traceparent
-from .windows import MAX_WINDOW, RETENTION_MARGIN, Window, grown_window, plan_windows, shrunk_window
+from .windows import MAX_WINDOW, MIN_WINDOW, RETENTION_MARGIN, Window, grown_window, plan_windows, shrunk_window
 
 __all__ = ["list_window", "run_poller", "warn_clock_off"]
 
@@ -218,7 +218,10 @@ async def _list_windows(
     warn_clock_off(service_now - now, "behind the storage service's", "the windows end at the service's time",
                     service_now, dims)  # fmt: skip
     budget = deadline - time.monotonic()
-    longest = timedelta(seconds=lease.state.window_seconds) if lease.state.window_seconds > 0 else MAX_WINDOW
+    # Within the planner's bounds whatever the state says: a WindowSeconds edited to 1 planned windows that never
+    # moved on (the loop held the worker), one of two days a window the API may answer in part.
+    longest = (min(MAX_WINDOW, max(MIN_WINDOW, timedelta(seconds=lease.state.window_seconds)))
+               if lease.state.window_seconds > 0 else MAX_WINDOW)  # fmt: skip
     plan = plan_windows(
         watermark=lease.state.watermark,
         now=max(now, service_now),  # a clock running fast is held to the API's time at the watermark instead

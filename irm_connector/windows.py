@@ -157,6 +157,8 @@ def split_windows(start: datetime, end: datetime, max_window: timedelta = MAX_WI
     (apis.md: "list from a little earlier and dedupe"). The content markers keep the blobs listed twice off the
     queue, as they do the run's overlap behind the watermark."""
     lead = window_lead(max_window)
+    if lead >= max_window:
+        raise ValueError(f"a window of {max_window} cannot move on by its lead of {lead}")
     windows: list[Window] = []
     while start < end:
         stop = min(start + max_window, end)

@@ -15,6 +15,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cryptography import x509
 from irm_connector.deadline import Deadline
 from irm_connector.errors import IngestionRefusedError, PollError, SettingsError, StateError
 from irm_connector.ingestion import pack_rows
-from irm_connector.models import Row
+from irm_connector.models import Row, parse_api_time
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from standins.workload import Workload, generate_workload
@@ -451,6 +452,29 @@ async def test_a_window_whose_listing_outlasts_a_run_is_listed_in_shorter_ones(
     assert "would outlast the invocation" in caplog.text
     # A run stopped inside its window had pages answered: the subscription is on, not "unknown".
     assert [r["SubscriptionStatus"] for r in connector.rows("Custom-IRMConnectorHealth")] == ["enabled"] * runs
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
+@pytest.mark.parametrize(("window_seconds", "lookback"), [(1, "2h"), (2 * 86400, "3d")], ids=["one-second", "two-days"])
+async def test_a_window_length_edited_in_the_state_is_held_to_the_planner_s_bounds(
+    connector: ConnectorHarness, window_seconds: int, lookback: str
+) -> None:
+    """``WindowSeconds`` of the state entity edited by hand (or by a tool): one second planned windows that never
+    moved on, a loop that held the worker until the host killed it, every run; two days, a window longer than the
+    API's 24 hours, which it may answer in part. Either is read as the nearest length the planner allows."""
+    sim = connector.standins
+    connector.set(INITIAL_LOOKBACK=lookback)
+    workload = _publish(connector, seed=23, records=400, blob_size=(100, 100),
+                        start=datetime.now(UTC) - timedelta(minutes=90), span=timedelta(minutes=60))  # fmt: skip
+    rt = await get_runtime(Settings.from_env())
+    state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    await rt.state.watermarks.upsert_state(replace(state, window_seconds=window_seconds))
+    await asyncio.wait_for(connector.poll(), 60)
+    spans = [(parse_api_time(r.query["endTime"]) - parse_api_time(r.query["startTime"]))
+             for r in sim.management.requests("list") if "startTime" in r.query]  # fmt: skip
+    assert spans and max(spans) <= timedelta(hours=24)
     assert await connector.queue_length() == len(workload.blobs)
     await connector.drain()
     _assert_exactly_once(connector, workload)
@@ -1177,6 +1201,12 @@ async def test_a_throttle_that_names_no_wait_in_its_retry_after_is_put_off_a_min
         await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
     assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not at once
     assert any(" put off for 60 s, " in r.getMessage() for r in caplog.records)
+    if service == "management":
+        # Within the call too: asked three times, 2 s and 4 s apart at least, as a throttle that names no wait;
+        # taken at its word, the five retries went out at once, against the tenant's quota for the minute.
+        asked = [r.time for r in sim.management.requests("content")]
+        assert len(asked) == 3
+        assert asked[1] - asked[0] >= 2 and asked[2] - asked[1] >= 4
     getattr(sim, service).clear_faults()
     await connector.process(message)  # as when it shows up again
     _assert_exactly_once(connector, workload)
@@ -1210,7 +1240,6 @@ async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_
     """Put off 30 times already (half an hour of a throttle that names no wait, or longer of one that names
     one): the host's retries, then the poison queue and its alert, rather than putting it off until the blob
     expires and its records are lost with a warning. A named wait was put off without a count, up to 7 days."""
-    from dataclasses import replace
 
     from irm_connector.content_queue import ContentMessage
     from irm_connector.errors import TransientApiError
@@ -1234,7 +1263,6 @@ async def test_a_message_rescheduled_through_an_hour_of_a_refusing_dcr_is_still_
     """A DCR that refuses for an hour (a role assignment late after a deploy) reschedules each message about 31
     times, a quarter of the refusal's age each time. They counted as throttle put-offs: when the DCR accepted
     again and the catch-up was throttled, every such message went the host's way to the poison queue at once."""
-    from dataclasses import replace
 
     from irm_connector.content_queue import ContentMessage
 
@@ -1299,7 +1327,6 @@ async def test_a_listing_throttled_for_longer_than_a_call_waits_is_not_asked_aga
     """The poller's run for the content type ends at the first answer, saying how long the API asks to wait.
     The runs within those 10 minutes skip the content type without a request, by the storage service's clock
     (this machine's, an hour fast, would call the wait over); the first run after it lists the window."""
-    from dataclasses import replace
 
     from irm_connector import poller
     from irm_connector.errors import PollError

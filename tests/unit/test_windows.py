@@ -227,3 +227,12 @@ def test_a_backfill_range_within_the_margin_at_the_7_day_edge_is_refused_as_such
     # Reaching past the margin, it is listed from the margin's end.
     [window] = plan_backfill(start, start + RETENTION_MARGIN + HOUR, NOW)
     assert window.start == (NOW - RETENTION + RETENTION_MARGIN + timedelta(seconds=1))
+
+
+def test_a_window_too_short_to_move_on_is_refused_not_looped_on() -> None:
+    """A window no longer than its lead would start each next window where the last began: refused, where it looped
+    for ever and held the worker."""
+    start = datetime(2026, 6, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="cannot move on"):
+        split_windows(start, start + timedelta(hours=1), timedelta(seconds=1))
+    assert len(split_windows(start, start + timedelta(hours=1), MIN_WINDOW)) > 1
