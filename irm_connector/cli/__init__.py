@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +23,7 @@ from irm_connector.redaction import redact_exception
 from irm_connector.runtime import close_runtimes
 from irm_connector.settings import Settings
 
-from ._common import StdoutClosed, load_settings, setup_logging, take_done
+from ._common import StdoutClosed, load_settings, setup_logging, signal_handler, take_done
 from ._failures import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, Failure, describe, report, stdout_to_devnull
 
 #: A queue peek returns at most 32 messages (Azure Storage's limit).
@@ -118,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         help_text: str,
         description: str | None = None,
     ) -> _Parser:
-        p = group.add_parser(name, help=help_text, description=description, epilog=_EPILOG, formatter_class=formatter)
+        # Whole options here too: "status --js" made a text error, "purge --y" a yes nobody typed in full.
+        p = group.add_parser(name, help=help_text, description=description, epilog=_EPILOG, formatter_class=formatter,
+                             allow_abbrev=False)  # fmt: skip
         _common(p)
         return p
 
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "status",
         "per content type: watermark, lag, subscription, last error; queue and poison depth",
-        "Show whether the connector keeps up. Unhealthy (exit 1) when a watermark is more than --max-lag behind, "
+        "Show whether the connector keeps up. Unhealthy (exit 1; 3 when the Management API cannot be reached, 2 "
+        "when its credential exists only in Azure) when a watermark is more than --max-lag behind, "
         "the oldest content message was queued more than --max-lag ago, a content type has never been listed, "
         "the last run of a content type failed, a subscription is not enabled, Logs Ingestion refuses a stream, "
         "or the poison queue is not empty.",
@@ -264,16 +266,15 @@ async def _run(args: argparse.Namespace, settings: Settings) -> int:
         if main_task is not None:
             main_task.cancel()
 
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals here (a thread, Windows)
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_terminate)
-    try:
-        return await _command(args)(args, settings)
-    except asyncio.CancelledError:
-        if terminated:
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        await close_runtimes()
+    with signal_handler(signal.SIGTERM, on_terminate):
+        try:
+            return await _command(args)(args, settings)
+        except asyncio.CancelledError:
+            if terminated:
+                raise KeyboardInterrupt from None
+            raise
+        finally:
+            await close_runtimes()
 
 
 def _wants_json(argv: Sequence[str]) -> bool:

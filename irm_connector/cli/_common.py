@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, is_dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -245,6 +247,34 @@ async def storage(settings: Settings) -> AsyncIterator[Storage]:
                     log.debug("closing a storage client failed", exc_info=True)
 
 
+#: The handlers of each signal on the running loop, innermost last (see :func:`signal_handler`).
+_signal_handlers: dict[signal.Signals, list[Callable[[], None]]] = {}
+
+
+@contextmanager
+def signal_handler(sig: signal.Signals, callback: Callable[[], None]) -> Iterator[bool]:
+    """``callback`` handles ``sig`` on the running loop while inside, and the handler before it again after: the
+    loop's own removal sets the default back, and SIGTERM's ends the process with 143 and nothing said, where the
+    command's stop still had its last requests to make. Yields whether signals can be handled here at all (not on
+    Windows, nor off the main thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(sig, callback)
+    except (NotImplementedError, RuntimeError):
+        yield False
+        return
+    stack = _signal_handlers.setdefault(sig, [])
+    stack.append(callback)
+    try:
+        yield True
+    finally:
+        stack.remove(callback)
+        if stack:
+            loop.add_signal_handler(sig, stack[-1])
+        else:
+            loop.remove_signal_handler(sig)
+
+
 class GracefulStop:
     """Ctrl-C (SIGINT) or SIGTERM while messages are worked: the first takes no new message and lets those in flight
     finish — their rows sent and marked, their claims released — saying so on stderr; a second abandons them at once,
@@ -257,7 +287,6 @@ class GracefulStop:
     @contextmanager
     def installed(self) -> Iterator[GracefulStop]:
         loop = asyncio.get_running_loop()
-        installed: list[signal.Signals] = []
 
         def on_signal(sig: signal.Signals) -> None:
             if self.signalled:
@@ -272,14 +301,7 @@ class GracefulStop:
                   "them)", file=sys.stderr, flush=True)  # fmt: skip
             self.stop.set()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, on_signal, sig)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):  # not on this platform, or not the main thread
-                pass
-        try:
+        with contextlib.ExitStack() as handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers.enter_context(signal_handler(sig, functools.partial(on_signal, sig)))
             yield self
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)

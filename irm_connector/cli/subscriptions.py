@@ -59,6 +59,7 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
     await ready(settings, storage=False, management=True)
     rt = await get_runtime(settings)
     results: list[dict[str, str]] = []
+    first_failure: ConnectorError | None = None
     for ct in content_types:
         try:
             if args.action == "start":
@@ -70,12 +71,14 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
                 except SubscriptionMissingError:
                     status_text = "none"  # nothing to stop (AF20022); its hint, that the poller starts one, is not so
         except ConnectorError as exc:
-            if not results:
-                raise  # nothing done yet: reported as any command's failure
-            # Some were changed already: the result must say which, and which not.
+            # The others are asked all the same: one refused (AF20023, an administrator's) stopped the command at
+            # the first content type, and whether another was started depended on its place in the list.
+            first_failure = first_failure or exc
             results.append({"content_type": ct, "status": "failed", "error": redact(str(exc))})
             continue
         results.append({"content_type": ct, "status": status_text})
+    if first_failure is not None and all("error" in r for r in results):
+        raise first_failure  # nothing done: reported as any command's failure (its exit code, its hint)
     text = "\n".join(f"{r['content_type']}: {r['status']}" + (f" ({r['error']})" if "error" in r else "")
                      for r in results)  # fmt: skip
     emit(args, {"subscriptions": results}, text)

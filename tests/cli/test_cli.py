@@ -554,6 +554,15 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     assert refused["content_type"] == "Audit.General" and refused["status"] == "failed" and "AF20023" in refused["error"]
     assert sim.management.subscription("Audit.Exchange") == "enabled"
 
+    # The first refused: the second is asked all the same (the command stopped at the first, and whether a content
+    # type was started depended on its place in the list).
+    code, doc = cli.json("subscriptions", "start", "Audit.General", "Audit.SharePoint")
+    assert code == 1
+    refused, started = doc["subscriptions"]
+    assert refused["content_type"] == "Audit.General" and "AF20023" in refused["error"]
+    assert started == {"content_type": "Audit.SharePoint", "status": "enabled"}
+    assert sim.management.subscription("Audit.SharePoint") == "enabled"
+
     starts = sim.management.count("start")
     code, _, err = cli.run("subscriptions", "start", "Audit.Genral")  # a typo: a usage error, the API not asked
     assert code == 2 and "Audit.Genral: not a content type" in err

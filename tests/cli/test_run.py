@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -225,3 +227,29 @@ def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: 
     assert doc.get("interrupted") is True or doc.get("error", {}).get("code") == "interrupted", doc and "Traceback" not in err
     code, doc = cli.json("poll")
     assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"
+
+
+def test_a_sigterm_after_the_graceful_stop_ends_still_reaches_the_command_s_own_handler() -> None:
+    """`process` and `run` put a gentler stop in place of the command's own SIGTERM handler while they work. Taking
+    it away set SIGTERM's default back, not the command's handler: a SIGTERM during the last queue count or the
+    clients' shutdown ended the process with 143, no JSON document and no word."""
+    from irm_connector.cli._common import GracefulStop, signal_handler
+
+    async def scenario() -> list[str]:
+        heard: list[str] = []
+        done = asyncio.Event()
+
+        def outer() -> None:
+            heard.append("command")
+            done.set()
+
+        with signal_handler(signal.SIGTERM, outer):
+            with GracefulStop(asyncio.Event()).installed() as stop:
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.sleep(0.2)
+                heard.append(f"graceful stop signalled: {stop.signalled}")
+            os.kill(os.getpid(), signal.SIGTERM)  # after the work: the command's own handler
+            await asyncio.wait_for(done.wait(), 10)
+        return heard
+
+    assert asyncio.run(scenario()) == ["graceful stop signalled: True", "command"]
