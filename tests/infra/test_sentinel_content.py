@@ -359,7 +359,9 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     failing = rule_reading(r"Every run failed for more than 2 hours")
     assert failing == stale and re.search(r"Succeeded = countif\(Errors == 0\)", queries[stale])
     assert re.search(r"where Succeeded == 0 and FirstRow < ago\(staleAfter\)", queries[stale])
-    assert re.search(r"union noRuns, lagging, neverListed, failing\b", queries[stale])
+    # One alert per tenant and content type, its first reason (a missing grant is both never listed and failing).
+    assert re.search(r"union \(noRuns \| extend Rank = 0\), \(failing \| extend Rank = 1\), \(neverListed \| extend Rank = 2\), "
+                     r"\(lagging \| extend Rank = 3\)\s*\| summarize arg_min\(Rank, \*\) by O365TenantId, ContentType", queries[stale])
 
 
 FUZZY_UNION = re.compile(r"union isfuzzy=true\s*\(datatable\(([^)]*)\)\[\]\),\s*(\(\s*(\w+_CL)[^)]*\)|(\w+_CL))")
@@ -472,7 +474,8 @@ def test_data_connector_definition(content: dict[str, Any]) -> None:
     assert criterion["type"] == "IsConnectedQuery"
     [query] = criterion["value"]
     health = COLUMNS["streams"]["health"]["table"]
-    assert query.startswith(health) and "> ago(30m)" in query
+    # Connected when every tenant that wrote a row today wrote one within 30 minutes: not the newest row of all.
+    assert query.startswith(health) and "by O365TenantId" in query and "countif(LastRun < ago(30m))" in query
     steps = " ".join(s["title"].lower() for s in ui["instructionSteps"])
     for word in ("deploy", "grant", "export", "verify"):
         assert word in steps, word
@@ -480,6 +483,18 @@ def test_data_connector_definition(content: dict[str, Any]) -> None:
     assert "resource connectorDefinition 'Microsoft.SecurityInsights/dataConnectorDefinitions@" in text
     assert "kind: 'Customizable'" in text
     assert "loadJsonContent('../../sentinel/dataconnectors/IRMConnector.json')" in text
+
+
+def test_views_of_a_shared_workspace_name_each_tenant(content: dict[str, Any]) -> None:
+    """Several tenants' connectors may feed one workspace: the freshness tile showed the newest row of all (a stopped
+    tenant hidden behind another's fresh rows), and a High-severity incident named the user but not the tenant."""
+    [wb] = content["workbooks"]
+    [fresh] = [i for i in wb["doc"]["items"] if i.get("name") == "freshness"]
+    branches = re.findall(r"\(\w+_CL \| summarize Newest = [^|]*\|", fresh["content"]["query"])
+    assert len(branches) == 4 and all("by O365TenantId" in b for b in branches), branches
+    [high] = [r for r in content["analytics"] if r["doc"]["id"] == "bd37c659-36c0-4903-b1f4-2d56ebb746c1"]
+    assert high["doc"]["customDetails"]["O365TenantId"] == "O365TenantId"
+    assert "O365TenantId = OrganizationId" in high["doc"]["query"]
 
 
 def test_workbook_alert_tiles_read_a_long_fixed_range_and_filter_inside(content: dict[str, Any]) -> None:
