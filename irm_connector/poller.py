@@ -279,7 +279,9 @@ async def _list_windows(
                 # start it once it is allowed again. The start is asked at most once an hour then.
                 if isinstance(exc, OperatorActionError) and exc.code != "AF20023":
                     raise
-                report.subscription = await _start_subscription(rt, lease, now, dims)
+                # By the storage service's clock, as the lease and the throttle: an instance an hour fast wrote a start
+                # the others read as an hour ahead, and waited an hour and a quarter before asking again.
+                report.subscription = await _start_subscription(rt, lease, service_now, dims)
                 if report.subscription == "waiting":
                     raise  # started lately, and still missing
                 await listing()

@@ -29,3 +29,14 @@ def skew_local_clock(
     for name, module in list(sys.modules.items()):
         if name.startswith(package) and getattr(module, "datetime", None) is datetime:
             monkeypatch.setattr(module, "datetime", Skewed)
+
+
+def pass_time(monkeypatch: pytest.MonkeyPatch, ahead: list[timedelta]) -> None:
+    """Time moves on by ``ahead[0]`` for this machine and for the storage service alike: the local clock as
+    :func:`skew_local_clock` moves it, and the storage service's time the poller reads from its lease's write (by
+    which it spaces subscription starts and plans windows)."""
+    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    from irm_connector import poller
+
+    real = poller._storage_time
+    monkeypatch.setattr(poller, "_storage_time", lambda written, at: real(written, at) + ahead[0])

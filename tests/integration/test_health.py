@@ -252,12 +252,12 @@ async def test_a_subscription_an_administrator_disabled_is_asked_for_once_an_hou
     once an hour, and starts it itself once it is allowed again."""
     from irm_connector.runtime import get_runtime
     from irm_connector.settings import Settings
-    from tests.clock import skew_local_clock
+    from tests.clock import pass_time
 
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General")
     ahead = [timedelta(0)]
-    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    pass_time(monkeypatch, ahead)
     for minutes, starts in ((0, 1), (5, 1), (20, 1), (55, 1), (65, 2), (70, 2)):  # the timer's runs
         ahead[0] = timedelta(minutes=minutes)
         with pytest.raises(PollError) as failed:
@@ -284,13 +284,13 @@ async def test_a_start_that_fails_is_asked_again_15_minutes_on_not_retried_secon
     """apis.md: leave 15 minutes between start requests. A start answered 503 was retried within the call, seconds
     apart, as any other request is: start requests the API asks to space. It is asked once a run now, and the
     first run 15 minutes on asks again."""
-    from tests.clock import skew_local_clock
+    from tests.clock import pass_time
 
     sim = connector.standins
     sim.management.set_subscription("Audit.General", None)
     sim.management.add_fault("start", "status", count=1, status=503)
     ahead = [timedelta(0)]
-    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    pass_time(monkeypatch, ahead)
     with pytest.raises(PollError) as failed:
         await connector.poll()
     assert "operation start" in str(failed.value)
@@ -311,13 +311,13 @@ async def test_a_listing_that_says_an_administrator_disabled_the_subscription_le
     observed, but the code says the same): the run failed without ever asking to start it, run after run, so once
     it was allowed again nobody started it (with the default managed identity only the poller can), though the
     error's hint said the poller asks once an hour. It now goes the way of AF20022: a start at most once an hour."""
-    from tests.clock import skew_local_clock
+    from tests.clock import pass_time
 
     sim = connector.standins
     sim.management.set_admin_disabled("Audit.General")
     sim.management.add_fault("list", "status", status=400, code="AF20023", count=3)
     ahead = [timedelta(0)]
-    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    pass_time(monkeypatch, ahead)
     for minutes in (0, 5):
         ahead[0] = timedelta(minutes=minutes)
         with pytest.raises(PollError, match="AF20023"):
@@ -355,10 +355,12 @@ async def test_a_subscription_found_gone_says_that_what_was_created_meanwhile_is
 
 async def test_a_first_subscription_reports_no_loss(connector: ConnectorHarness, caplog: pytest.LogCaptureFixture) -> None:
     """A tenant's first run starts the subscription: nothing was collected before, and nothing is called lost."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", None)  # the stand-ins start with it enabled
     with caplog.at_level(logging.WARNING, logger="irm_connector.poller"):
-        with contextlib.suppress(PollError):
-            await connector.poll()
-    assert connector.standins.management.subscription("Audit.General") == "enabled"
+        await connector.poll()
+    assert sim.management.count("start") == 1 and sim.management.subscription("Audit.General") == "enabled"
+    assert [r for r in caplog.records if "Started the subscription for Audit.General" in r.getMessage()]
     assert not [r for r in caplog.records if "never available" in r.getMessage()]
 
 

@@ -10,8 +10,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from irm_connector.runtime import get_runtime
 from irm_connector.schema import stream_schema
+from irm_connector.settings import Settings
 from standins.workload import generate_workload
+from tests.clock import skew_local_clock
 from tests.harness import ConnectorHarness
 
 
@@ -187,6 +190,23 @@ async def test_missing_subscription_is_started(connector: ConnectorHarness) -> N
     assert await connector.queue_length() == 1
     await connector.drain()
     assert Counter(r["RecordId"] for r in connector.rows("Custom-IRMAlerts")) == Counter(after.irm_alert_record_ids)
+
+
+async def test_a_subscription_start_is_recorded_by_the_storage_service_s_clock(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The start of a missing subscription is recorded, so that starts stay 15 minutes apart (apis.md) whichever
+    instance asks. Recorded by this machine's clock, an hour fast, the other instances read it as an hour ahead
+    and waited an hour and a quarter before asking again; content published meanwhile is never available."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", None)
+    skew_local_clock(monkeypatch, timedelta(hours=1), package="irm_connector")
+    await connector.poll()
+    assert sim.management.subscription("Audit.General") == "enabled"
+    rt = await get_runtime(Settings.from_env())
+    state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert state.subscription_started is not None
+    assert abs(state.subscription_started - datetime.now(UTC)) < timedelta(minutes=5), state.subscription_started
 
 
 def _utc(text: str) -> datetime:
