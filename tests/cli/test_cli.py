@@ -563,6 +563,12 @@ def test_subscriptions_list_start_stop(cli: Cli) -> None:
     assert started == {"content_type": "Audit.SharePoint", "status": "enabled"}
     assert sim.management.subscription("Audit.SharePoint") == "enabled"
 
+    # Started again when it is on: the API has been seen to answer 400 AF20024 (apis.md), which is success.
+    sim.management.already_enabled_status = 400
+    code, doc = cli.json("subscriptions", "start", "Audit.SharePoint")
+    assert code == 0 and doc["subscriptions"] == [{"content_type": "Audit.SharePoint", "status": "enabled"}], doc
+    sim.management.already_enabled_status = 200
+
     starts = sim.management.count("start")
     code, _, err = cli.run("subscriptions", "start", "Audit.Genral")  # a typo: a usage error, the API not asked
     assert code == 2 and "Audit.Genral: not a content type" in err

@@ -224,7 +224,8 @@ def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: 
         out, err = cli.stop(process)
     assert process.returncode == 130, err
     doc = json.loads(out)
-    assert doc.get("interrupted") is True or doc.get("error", {}).get("code") == "interrupted", doc and "Traceback" not in err
+    assert doc.get("interrupted") is True or doc.get("error", {}).get("code") == "interrupted", doc
+    assert "Traceback" not in err, err
     code, doc = cli.json("poll")
     assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"
 
