@@ -339,7 +339,9 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
         assert len(found) == 1, (pattern, found)
         return found[0]
 
-    rule_reading(r"where PoisonDepth > PoisonDepthHourAgo")
+    # Every rise between rows counts: a fall (a requeue, messages expired) must not cancel new failures after it.
+    poison = rule_reading(r"where PoisonAdded > 0")
+    assert "max_of(PoisonDepth - prev(PoisonDepth), 0)" in queries[poison]
     backlog = rule_reading(r"where BacklogSeconds > thresholdSeconds")
     assert re.search(r"let thresholdSeconds = 7200;", queries[backlog])
     # A backlog put back for later is invisible to the poller's peek (0 with messages waiting): the age seen last.
