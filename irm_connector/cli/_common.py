@@ -9,6 +9,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -177,7 +178,8 @@ def confirm(args: argparse.Namespace, question: str) -> None:
 def parse_moment(text: str, name: str) -> datetime:
     """An ISO time (``2026-06-01``, ``2026-06-01T12:00``, ``...Z``); naive means UTC."""
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        # "z" as "Z": ISO 8601 allows either, and fromisoformat reads the capital only.
+        value = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text.strip()))
     except ValueError:
         raise UsageError(f"{name} {text!r} is not a time; write e.g. 2026-06-01T12:00Z") from None
     try:

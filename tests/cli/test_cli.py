@@ -444,8 +444,8 @@ def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) ->
     _, after = cli.json("status")
     assert after["content_types"][0]["watermark"] == watermark
 
-    # Again: every blob is already queued; nothing is sent twice.
-    code, out, _ = cli.run("backfill", "--start", (now - timedelta(days=4)).strftime("%Y-%m-%dT%H:%MZ"), "--no-process")
+    # Again ("z" in lower case is UTC too): every blob is already queued; nothing is sent twice.
+    code, out, _ = cli.run("backfill", "--start", (now - timedelta(days=4)).strftime("%Y-%m-%dT%H:%Mz"), "--no-process")
     assert code == 0
     assert "the live watermark was not moved" in out and f"{len(old.blobs)} already queued" in out
     assert cli.depth() == 0
