@@ -119,7 +119,6 @@ class Claims:
         self._claim_ttl = claim_ttl
         self._slots = Slots(tables)
         self._reader = PartitionReader(tables, claim_ttl, repeats=read_repeats)
-        self._purged_on = ""
 
     async def claim_records(self, stream: str, rows: Sequence[Row], content_id: str, message_id: str = "") -> Claim:
         """Claim ``rows`` of ``stream`` for one delivery of the blob ``content_id``; see the module docstring."""
@@ -300,12 +299,8 @@ class Claims:
 
     async def purge_expired(self, now: datetime) -> int:
         """Remove the keys of ``recother`` last written a retention ago (the day tables are dropped whole
-        instead). Once a day per process: the keys are a retention old by then anyway."""
-        day = now.astimezone(UTC).strftime("%Y%m%d")
-        if self._purged_on == day:
-            return 0
-        removed = await self._tables.purge_entities(self._slots.other_table, now - self._tables.retention)
-        self._purged_on = day
+        instead). Once a day per process (:meth:`Tables.purge_expired`)."""
+        removed = await self._tables.purge_expired(self._slots.other_table, now)
         if removed:
             log.info("Removed %d expired record-key entities from %s", removed, self._slots.other_table)
         return removed

@@ -33,7 +33,6 @@ class LostBlobs:
         self._tables = tables
         self._name = tables.name(self.KIND)
         self._tenant = tenant_id
-        self._purged_on = ""
 
     def _partition(self, content_type: str) -> str:
         return table_key(f"{self._tenant} {content_type}")
@@ -63,12 +62,8 @@ class LostBlobs:
 
     async def purge_expired(self, now: datetime) -> int:
         """Remove the entries noted a retention ago and never counted. Once a day per process, as the record keys
-        outside day tables are purged; a missing table has none."""
-        day = now.astimezone(UTC).strftime("%Y%m%d")
-        if self._purged_on == day:
-            return 0
-        removed = await self._tables.purge_entities(self._name, now - self._tables.retention)
-        self._purged_on = day
+        outside day tables are purged (:meth:`Tables.purge_expired`); a missing table has none."""
+        removed = await self._tables.purge_expired(self._name, now)
         if removed:
             log.info("Removed %d lost-blob entries no health row counted within the retention", removed)
         return removed

@@ -141,6 +141,7 @@ class Tables:
         self._created: set[str] = set()
         self._create_locks: dict[str, asyncio.Lock] = {}
         self._day_table = re.compile(rf"^{re.escape(prefix)}[a-z]+(\d{{8}})$")
+        self._purged_on: dict[str, str] = {}  # table name -> the UTC day it was last purged by this process
         self.stats = StoreStats()
 
     def name(self, kind: str, day: str = "") -> str:
@@ -438,6 +439,16 @@ class Tables:
     def cutoff_day(self, now: datetime) -> str:
         """``YYYYMMDD`` of the oldest day table the retention keeps at ``now``; older ones are dropped."""
         return (now - self.retention).astimezone(UTC).strftime("%Y%m%d")
+
+    async def purge_expired(self, table_name: str, now: datetime) -> int:
+        """:meth:`purge_entities` of what was last written a retention before ``now``, once a day per process: what
+        it would find later in the day is a retention old by then anyway, and its query reads the whole table."""
+        day = now.astimezone(UTC).strftime("%Y%m%d")
+        if self._purged_on.get(table_name) == day:
+            return 0
+        removed = await self.purge_entities(table_name, now - self.retention)
+        self._purged_on[table_name] = day
+        return removed
 
     async def purge_entities(self, table_name: str, before: datetime) -> int:
         """Delete the entities of ``table_name`` last written before ``before`` (by the service's
