@@ -59,10 +59,11 @@ class BodyBudget:
         """A reservation for one delivery, empty until it reads a body; release it when the delivery ends."""
         return BodyHold(self)
 
-    def _try_take(self, amount: int) -> bool:
+    def _try_take(self, amount: int, *, reaching: int | None = None) -> bool:
+        """``reaching``: what the reservation comes to with ``amount`` (a body that grows takes steps)."""
         if self._line or self.in_use + amount > self.limit:
             return False
-        self._take(amount)
+        self._take(amount, reaching=reaching)
         return True
 
     async def _wait_take(self, amount: int) -> None:
@@ -82,10 +83,10 @@ class BodyBudget:
                 self._serve()  # it may have been the head that kept the others waiting
             raise
 
-    def _take(self, amount: int) -> None:
+    def _take(self, amount: int, *, reaching: int | None = None) -> None:
         self.in_use += amount
         self.peak = max(self.peak, self.in_use)
-        if amount == self.limit:
+        if (amount if reaching is None else reaching) == self.limit:
             self.whole += 1
 
     def _release(self, amount: int) -> None:
@@ -158,7 +159,7 @@ class BodyHold:
         want = min(size, self._budget.limit)
         if want <= self.held:
             return
-        if self._budget._try_take(want - self.held):
+        if self._budget._try_take(want - self.held, reaching=want):
             self.held = want
             return
         self.release()  # nothing held while waiting: whoever it waits for cannot be waiting for it

@@ -100,3 +100,20 @@ async def test_a_body_that_never_finds_room_names_the_setting_that_gives_it_room
     assert "the message is retried" in str(failed.value)
     waits = [r for r in caplog.records if "it waits for room, then downloads again" in r.getMessage()]
     assert reads == MAX_DOWNLOADS and len(waits) == reads - 1
+
+
+def test_a_body_that_grows_to_the_whole_bound_is_counted_as_whole() -> None:
+    """A body of unknown size (compressed on the wire) reserves as it arrives. Alone on the worker, it reaches
+    the whole bound in steps, never in one reservation: it was not counted among the bodies that held the whole
+    bound, and whether the large blob of a burst was depended on the order the deliveries ran in."""
+    budget = BodyBudget(10)
+    hold = budget.hold()
+    hold._make_room(3)
+    hold._make_room(7)
+    assert budget.whole == 0
+    hold._make_room(25)  # larger than the bound: it takes the rest
+    assert hold.held == 10 and budget.in_use == 10 and budget.whole == 1
+    hold._make_room(30)  # already whole: nothing more to take, nothing counted again
+    assert budget.whole == 1
+    hold.release()
+    assert budget.in_use == 0
