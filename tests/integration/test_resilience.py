@@ -847,7 +847,7 @@ async def test_an_upload_waiting_for_the_thread_pool_ends_with_its_own_invocatio
         started = time.monotonic()
         with pytest.raises(DeadlineError, match="compressing a body for Custom-IRMAlerts"):
             await rt.ingestor.upload("Custom-IRMAlerts", [row], deadline=Deadline.for_invocation(2))
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5  # by its deadline (2 s), not when the pool frees (6 s)
         freed.set()
         await busy
         assert await rt.ingestor.upload("Custom-IRMAlerts", [row], deadline=Deadline.for_invocation(60)) == 1
