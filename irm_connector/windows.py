@@ -27,6 +27,7 @@ __all__ = [
     "plan_windows",
     "shrunk_window",
     "split_windows",
+    "starts_in_the_future",
     "too_far_back",
     "window_lead",
 ]
@@ -177,6 +178,13 @@ def window_lead(max_window: timedelta) -> timedelta:
 EMPTY_RANGE = "the range is empty: --end must be after --start (and not in the future)"
 
 
+def starts_in_the_future(start: datetime, now: datetime) -> str:
+    return (
+        f"the range starts in the future ({start:%Y-%m-%dT%H:%M:%SZ}, and it is now {now:%Y-%m-%dT%H:%M:%SZ}): "
+        "content is listed once it is published; give a --start in the past, or --since"
+    )
+
+
 def too_far_back(start: datetime) -> str:
     """What a backfill starting at ``start``, past the API's 7 days, is told."""
     return f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
@@ -193,6 +201,8 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
     end = min(end, now).replace(microsecond=0)
     earliest = (now - RETENTION + RETENTION_MARGIN).replace(microsecond=0) + timedelta(seconds=1)
     asked = start.replace(microsecond=0)
+    if asked >= now:
+        raise ValueError(starts_in_the_future(asked, now))
     start = max(asked, earliest)
     if end <= start:
         if asked < end:

@@ -14,7 +14,7 @@ from irm_connector.errors import PollError
 from irm_connector.models import ContentTypeReport
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
-from irm_connector.windows import EMPTY_RANGE, RETENTION, Window, plan_backfill, too_far_back
+from irm_connector.windows import EMPTY_RANGE, RETENTION, Window, plan_backfill, starts_in_the_future, too_far_back
 
 from ._common import EXIT_OK, UsageError, duration_option, emit, iso, note_done, parse_moment
 from ._preflight import ready
@@ -140,7 +140,7 @@ def _precheck(start: datetime, end: datetime, local_now: datetime) -> None:
     """The mistakes a range shows by itself, told before a storage or token call can fail first: an empty range,
     and a start clearly more than 7 days back. :func:`_plan` checks again by the service's clock."""
     if end <= start:
-        raise UsageError(EMPTY_RANGE)
+        raise UsageError(starts_in_the_future(start, local_now) if start >= local_now else EMPTY_RANGE)
     if start < local_now - RETENTION - _CLOCK_SLACK:
         raise UsageError(too_far_back(start))
 

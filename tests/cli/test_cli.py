@@ -193,6 +193,7 @@ def test_a_backfill_range_wrong_by_itself_is_a_usage_error_before_any_call(cli: 
         (("--start", "2026-06-01T00:00:00Z", "--end", "2026-05-01T00:00:00Z"), "the range is empty"),
         (("--since", "0s"), "--since 0s is an empty range"),
         (("--start", "2020-01-01T00:00:00Z"), "is more than 7 days back"),
+        (("--start", "2099-01-01T00:00:00Z"), "the range starts in the future (2099-01-01T00:00:00Z"),
     ):
         code, doc = cli.json("backfill", *argv)
         assert code == 2 and doc["error"]["code"] == "usage" and says in doc["error"]["message"], doc

@@ -236,3 +236,17 @@ def test_a_window_too_short_to_move_on_is_refused_not_looped_on() -> None:
     with pytest.raises(ValueError, match="cannot move on"):
         split_windows(start, start + timedelta(hours=1), timedelta(seconds=1))
     assert len(split_windows(start, start + timedelta(hours=1), MIN_WINDOW)) > 1
+
+
+def test_a_backfill_starting_in_the_future_says_so() -> None:
+    """``backfill --start <tomorrow>`` with no ``--end`` was told "--end must be after --start", an option the
+    operator never gave; the mistake is the start."""
+    from irm_connector.windows import plan_backfill
+
+    with pytest.raises(ValueError, match="starts in the future") as refused:
+        plan_backfill(NOW + HOUR, NOW, NOW)
+    assert "--end" not in str(refused.value) and "2026" in str(refused.value)
+    with pytest.raises(ValueError, match="starts in the future"):
+        plan_backfill(NOW + HOUR, NOW + 2 * HOUR, NOW)
+    with pytest.raises(ValueError, match="the range is empty"):
+        plan_backfill(NOW - HOUR, NOW - 2 * HOUR, NOW)
