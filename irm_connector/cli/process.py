@@ -106,6 +106,12 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
         f"{doc['duplicates_dropped']} duplicate(s) dropped",
     ]
     lines += [f"rows sent to {stream}: {n}" for stream, n in sorted(doc["rows_sent"].items())]
+    lost = sum(doc["outcomes"].get(outcome, 0) for outcome in ("expired", "unavailable"))
+    if lost:
+        lines.append(
+            f"{lost} blob(s) lost: gone from the Management API before they were processed (past their 7 days, or "
+            "removed); their records cannot be fetched any more; the error lines name them"
+        )
     if doc.get("interrupted"):
         lines.append("interrupted: the messages in flight were finished; run `process` again for the rest")
     if doc.get("rescheduled"):

@@ -200,6 +200,22 @@ def test_a_backfill_range_wrong_by_itself_is_a_usage_error_before_any_call(cli: 
     assert cli.standins.management.count() == 0
 
 
+def test_process_says_in_text_how_many_blobs_were_lost(cli: Cli) -> None:
+    """A blob gone from the API before it was processed (expired, or vanished): its records are lost. The JSON
+    document counted it among the outcomes, but the text summary said only "3 message(s) processed" and the rows
+    sent, as if every blob had arrived."""
+    sim = cli.standins
+    workload = cli.publish(seed=47, records=300, blob_size=(100, 100))
+    assert cli.run("poll")[0] == 0
+    gone = workload.blobs[0]
+    [content_id] = [b.content_id for b in sim.management.blobs("Audit.General") if b.records == gone.records]
+    sim.management.remove_blob(content_id)
+    code, out, _ = cli.run("process")
+    assert code == 0, out  # nothing to retry: the loss is told, not failed on
+    assert "1 blob(s) lost: gone from the Management API before they were processed" in out, out
+    assert "3 message(s) processed" in out
+
+
 def test_status_is_unhealthy_while_logs_ingestion_refuses_a_stream(cli: Cli) -> None:
     """The DCR refuses the alerts stream (the role removed): the poller runs clean, the messages are rescheduled
     rather than poisoned for 2 hours, and `status` said HEALTHY (exit 0) while no row reached Sentinel."""
