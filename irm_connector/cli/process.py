@@ -89,13 +89,14 @@ async def work_queue(
         "poisoned": poisoned,
         "remaining": remaining,
         "not_visible": stats.left_invisible,
+        "awaiting_retry": stats.awaiting_retry,
         "max_dequeue_count": options.max_dequeue_count,
         **done.summary(),
     }
     if interrupt.signalled:
         document["interrupted"] = True
         return document, EXIT_INTERRUPTED
-    return document, EXIT_FAILED if poisoned or rescheduled else EXIT_OK
+    return document, EXIT_FAILED if poisoned or rescheduled or stats.awaiting_retry else EXIT_OK
 
 
 def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
@@ -114,6 +115,9 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
         )
     if doc.get("interrupted"):
         lines.append("interrupted: the messages in flight were finished; run `process` again for the rest")
+    if doc.get("awaiting_retry"):
+        lines.append(f"{doc['awaiting_retry']} message(s) failed and wait on the queue for a retry this run did not "
+                     "see (--max, or the function app took it): run `process` again")  # fmt: skip
     if doc.get("rescheduled"):
         lines.append(f"{doc['rescheduled']} message(s) put back for later and stopped: Logs Ingestion refuses the "
                      "rows, or the Management API asked for a long wait (the lines above say which); run `process` "

@@ -123,6 +123,8 @@ class WorkerStats:
     poisoned: int = 0
     #: messages left that this worker could not see when it stopped (put off for later, or held by another)
     left_invisible: int = 0
+    #: messages whose last delivery here failed and that no later one settled (processed or parked) before it stopped
+    awaiting_retry: int = 0
 
 
 #: How long an idle worker waits before it looks at the queue again, at first and at most (the host backs off
@@ -185,6 +187,8 @@ class QueueWorker:
         self._unparked: set[str] = set()
         #: when the messages this worker put back for a retry are visible again (monotonic)
         self._retries_due = 0.0
+        #: messages whose last delivery here failed, until one settles them
+        self._failed: set[str] = set()
 
     async def run(
         self,
@@ -203,6 +207,7 @@ class QueueWorker:
         finally:
             if in_flight:  # finished, also when the queue failed: each holds a message and maybe claims
                 await asyncio.gather(*in_flight, return_exceptions=True)
+            self.stats.awaiting_retry = len(self._failed)
 
     async def _run(
         self,
@@ -303,8 +308,10 @@ class QueueWorker:
             await self._handler(function_message)
         except Exception as exc:
             self.stats.failed_attempts += 1
+            self._failed.add(message.id)
             await self._settled(message, self._after_failure(message, body, exc))
             return
+        self._failed.discard(message.id)
         try:
             await self._queue.delete_message(message)
         except AzureError as exc:
@@ -352,4 +359,5 @@ class QueueWorker:
             return
         log.error(f"{why}; moved to %s", *args, self._poison.queue_name)
         self._unparked.discard(message.id)
+        self._failed.discard(message.id)
         self.stats.poisoned += 1

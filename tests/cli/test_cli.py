@@ -311,6 +311,25 @@ def test_a_requeued_message_is_put_off_again_while_the_api_throttles(cli: Cli) -
     assert cli.depth(cli.poison) == 0 and cli.depth() == 1  # put off: back in a minute
 
 
+def test_process_max_fails_while_a_failed_message_waits_for_its_retry(cli: Cli) -> None:
+    """``process --max 1`` on a message whose delivery failed: it was put back for a retry the run did not wait for,
+    and the run exited 0, so a script took the message for done. It exits 1 and counts it; once the retry
+    succeeds, the run after exits 0."""
+    sim = cli.standins
+    workload = cli.publish(seed=49, records=100, blob_size=(100, 100))
+    assert cli.run("poll")[0] == 0
+    sim.management.add_fault("content", "truncated", count=1)
+    code, doc = cli.json("process", "--max", "1", "--retry-delay", "0")
+    assert code == 1, doc
+    assert doc["failed_attempts"] == 1 and doc["awaiting_retry"] == 1 and doc["processed"] == 0
+    code, out, _ = cli.run("process", "--max", "1", "--retry-delay", "0")
+    assert code == 0, out
+    assert "failed and wait" not in out
+    assert {r["RecordId"] for r in cli.rows()} == workload.irm_alert_record_ids
+    code, out, _ = cli.run("process", "--max", "1")
+    assert code == 0 and "0 message(s) processed" in out
+
+
 def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")
