@@ -48,6 +48,7 @@ __all__ = [
     "describe",
     "report",
     "storage_refused",
+    "storage_settings",
 ]
 
 #: The work was done and all is healthy.
@@ -159,12 +160,12 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         unreachable = exc.status == 0
         return Failure("ingestion", *_split_hint(line), EXIT_UNREACHABLE if unreachable else EXIT_FAILED)
     if isinstance(exc, StateError):
-        return Failure("storage", text, "check AzureWebJobsStorage and the storage account", EXIT_UNREACHABLE)
+        return Failure("storage", text, f"check {storage_settings()} and the storage account", EXIT_UNREACHABLE)
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
         return Failure("token-unavailable", f"no token: {text}", "sign in with `az login`", EXIT_UNREACHABLE)
     if isinstance(exc, HttpResponseError) and exc.status_code:
         # The commands' own storage calls (the poison queue's walk, say) raise the SDK's errors as they come.
-        return storage_refused(exc, "AzureWebJobsStorage")
+        return storage_refused(exc, storage_settings())
     if isinstance(exc, _NETWORK_ERRORS):
         return Failure("unreachable", f"a service could not be reached ({network_cause(exc)})", "", EXIT_UNREACHABLE)
     if isinstance(exc, ConnectorError):
@@ -175,6 +176,13 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
         "run again with -vv for the traceback, and report it",
         EXIT_FAILED,
     )
+
+
+def storage_settings(*, connection_string: bool | None = None) -> str:
+    """The settings that point at the storage account: a connection string, or the identity-based family."""
+    if connection_string is None:
+        connection_string = bool(os.environ.get("AzureWebJobsStorage", "").strip())  # noqa: SIM112 (the host's name)
+    return "AzureWebJobsStorage" if connection_string else "AzureWebJobsStorage__*"
 
 
 def storage_refused(exc: HttpResponseError, where: str) -> Failure:
@@ -188,7 +196,9 @@ def storage_refused(exc: HttpResponseError, where: str) -> Failure:
         "Table Data Contributor on the account (the deployment gives them to the deployer)",
         "AuthorizationFailure": "the account's network rules refuse this address: add it to the storage "
         "firewall, or run the command from an allowed network",
-        "AuthenticationFailed": f"the credential was refused: check the account key in {where}",
+        "AuthenticationFailed": f"the credential was refused: check the account key in {where}"
+        if where == "AzureWebJobsStorage"
+        else "the token was refused: check AzureWebJobsStorage__clientId and the identity's tenant",
     }.get(code, f"check {where} and your identity's roles on the account")
     if exc.status_code is not None and exc.status_code >= 500:
         hint = "Storage is failing or busy: run the command again later; check Azure service health if it persists"

@@ -27,7 +27,7 @@ from irm_connector.auth import identity_endpoint_known
 from irm_connector.runtime import Runtime, get_runtime, storage_clients
 from irm_connector.settings import Settings
 
-from ._failures import EXIT_UNREACHABLE, Failure, OperatorError, storage_refused
+from ._failures import EXIT_UNREACHABLE, Failure, OperatorError, storage_refused, storage_settings
 
 __all__ = ["check_ingestion_token", "check_management_token", "check_storage", "ready"]
 
@@ -49,7 +49,7 @@ def _local(url: str) -> bool:
 
 def _storage_failure(exc: BaseException, url: str, settings: Settings) -> Failure:
     endpoint = _endpoint(url)
-    where = "AzureWebJobsStorage" if settings.storage.connection_string else "AzureWebJobsStorage__*"
+    where = storage_settings(connection_string=bool(settings.storage.connection_string))
     if isinstance(exc, ClientAuthenticationError) and not exc.status_code:
         return Failure(
             "storage-token",

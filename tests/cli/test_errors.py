@@ -322,3 +322,24 @@ def test_the_command_line_asks_for_logs_ingestion_tokens_of_the_workspaces_cloud
     assert code == 0, doc
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
     assert "https://monitor.azure.com" not in sim.entra.tokens.audiences()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, "check AzureWebJobsStorage and"),
+     ({"AzureWebJobsStorage__accountName": "stirm"}, "check AzureWebJobsStorage__* and")],
+)  # fmt: skip
+def test_a_storage_failure_mid_run_names_the_storage_settings_in_use(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    """A storage failure after the preflight (a table write that failed its retries) told an app with
+    identity-based storage to check AzureWebJobsStorage, a setting it does not have; the preflight's own failures
+    already named AzureWebJobsStorage__*."""
+    from irm_connector.cli._failures import describe
+    from irm_connector.errors import StateError
+
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    failure = describe(StateError("could not write the watermark of Audit.General (HTTP 503)"))
+    assert failure.code == "storage" and failure.hint.startswith(named), failure.hint
