@@ -163,16 +163,38 @@ def format_age(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def confirm(args: argparse.Namespace, question: str) -> None:
+async def confirm(args: argparse.Namespace, question: str) -> None:
     """``--yes``, or a yes at the terminal; without either a :class:`UsageError` (nothing was done)."""
     if getattr(args, "yes", False):
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{question.split('?')[0]}? Refused: pass --yes (no terminal to ask)")
     print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)  # stdout may be --json's, piped
-    answer = sys.stdin.readline()
+    answer = await _terminal_line()
     if answer.strip().lower() not in ("y", "yes"):
         raise UsageError("aborted at the prompt; nothing was done")
+
+
+async def _terminal_line() -> str:
+    """A line typed at the terminal, waited for on the loop: read in a blocking call, the loop's signal handlers
+    (Ctrl-C, SIGTERM) ran only after Enter. A terminal in line mode is readable once the line is whole."""
+    loop = asyncio.get_running_loop()
+    typed: asyncio.Future[None] = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        if not typed.done():
+            typed.set_result(None)
+
+    try:
+        loop.add_reader(fd, readable)
+    except (NotImplementedError, OSError, ValueError):  # Windows' loop watches no terminal
+        return sys.stdin.readline()
+    try:
+        await typed
+    finally:
+        loop.remove_reader(fd)
+    return sys.stdin.readline()
 
 
 def parse_moment(text: str, name: str) -> datetime:

@@ -266,7 +266,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
     # not in the count they said yes to, and nobody has seen why it failed; it stays.
     depth, counted = await store.depth_at(store.poison)
     if depth:
-        confirm(
+        await confirm(
             args,
             f"Delete the {depth} message(s) of {settings.poison_queue} for good? Their records come back only by "
             "`backfill --include-queued` over their time, while the API keeps them (7 days).",

@@ -52,7 +52,7 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
             "minutes. Take it out of O365_CONTENT_TYPES, the function app's and this one's, then stop it"
         )
     if args.action == "stop":
-        confirm(
+        await confirm(
             args,
             f"Stop the subscription(s) {', '.join(content_types)}? Content published while stopped is never available",
         )

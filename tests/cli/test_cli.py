@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -706,6 +707,41 @@ def test_a_prompt_goes_to_the_terminal_never_into_the_json_on_stdout(cli: Cli) -
     assert json.loads(done.stdout)["purged"] == 1
     assert "[y/N]" in done.stderr
     assert cli.depth(cli.poison) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_at_the_prompt_ends_the_command_without_an_answer(cli: Cli, sig: signal.Signals) -> None:
+    """Ctrl-C at `poison purge`'s question: the prompt read the terminal on the command's event loop, so the signal
+    waited for Enter (and then the command went on with whatever was typed). It ends the command at once, exit
+    130, nothing deleted."""
+    cli.put('{"not": "a content message"}', cli.poison)
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "irm_connector", "poison", "purge"], env=cli.process_env(), cwd=REPO,
+            stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            asked = ""
+            while "[y/N]" not in asked:
+                assert process.stderr is not None
+                char = process.stderr.read(1)
+                assert char, f"ended without asking (exit {process.wait()}): {asked}"
+                asked += char
+            time.sleep(0.5)  # reading the answer by now
+            process.send_signal(sig)
+            out, err = process.communicate(timeout=60)  # no Enter is ever typed
+            assert out == ""
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert process.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert cli.depth(cli.poison) == 1
 
 
 def test_process_stops_when_logs_ingestion_refuses_and_sends_once_it_accepts(cli: Cli) -> None:

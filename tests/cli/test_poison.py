@@ -184,16 +184,12 @@ def test_purge_deletes_what_was_there_when_it_was_confirmed_not_what_was_parked_
     """The prompt counts the messages ("Delete the 2 message(s)"), and the function app parks more while the
     operator reads it. The walk deleted until the queue was empty: blobs nobody had seen in `poison list`, whose
     records were then lost unless someone requeued them. It now leaves what came after the count."""
-    import threading
-
     fill(cli, 2, "old")
 
-    def parked_while_asking(args: object, question: str) -> None:
+    async def parked_while_asking(args: object, question: str) -> None:
         assert question.startswith("Delete the 2 message(s)")
-        time.sleep(1.1)  # the queue's times are whole seconds
-        parker = threading.Thread(target=fill, args=(cli, 3, "new"))
-        parker.start()
-        parker.join()
+        await asyncio.sleep(1.1)  # the queue's times are whole seconds
+        await asyncio.to_thread(fill, cli, 3, "new")  # its own loop, in a thread
 
     monkeypatch.setattr(poison, "confirm", parked_while_asking)
     code, doc = cli.json("poison", "purge")
