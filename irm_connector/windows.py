@@ -179,6 +179,8 @@ EMPTY_RANGE = "the range is empty: --end must be after --start (and not in the f
 
 
 def starts_in_the_future(start: datetime, now: datetime) -> str:
+    """What a backfill starting at ``start``, at or after ``now``, is told (it gave no --end, or one later still)."""
+    start, now = start.astimezone(UTC), now.astimezone(UTC)
     return (
         f"the range starts in the future ({start:%Y-%m-%dT%H:%M:%SZ}, and it is now {now:%Y-%m-%dT%H:%M:%SZ}): "
         "content is listed once it is published; give a --start in the past, or --since"
@@ -187,6 +189,7 @@ def starts_in_the_future(start: datetime, now: datetime) -> str:
 
 def too_far_back(start: datetime) -> str:
     """What a backfill starting at ``start``, past the API's 7 days, is told."""
+    start = start.astimezone(UTC)  # --start may name an offset
     return f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from itertools import pairwise
 
 import pytest
@@ -248,5 +248,13 @@ def test_a_backfill_starting_in_the_future_says_so() -> None:
     assert "--end" not in str(refused.value) and "2026" in str(refused.value)
     with pytest.raises(ValueError, match="starts in the future"):
         plan_backfill(NOW + HOUR, NOW + 2 * HOUR, NOW)
+    # Given with an offset, the time is told in UTC, as the Z it is written with says.
+    from irm_connector.windows import starts_in_the_future, too_far_back
+
+    east = timezone(timedelta(hours=2))
+    assert "(2026-11-27T13:00:00Z, and it is now 2026-11-27T12:00:00Z)" in starts_in_the_future(
+        (NOW + HOUR).astimezone(east), NOW
+    )
+    assert too_far_back(datetime(2026, 11, 1, 2, 0, tzinfo=east)).startswith("start 2026-11-01T00:00:00Z ")
     with pytest.raises(ValueError, match="the range is empty"):
         plan_backfill(NOW - HOUR, NOW - 2 * HOUR, NOW)
