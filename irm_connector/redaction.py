@@ -41,12 +41,12 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 #: may be opaque). Not the word "token": "the API refused the token: ..." stays readable.
 _ACCESS_TOKEN_REPR = re.compile(r"(\bAccessToken(?:Info)?\(token=)(['\"])[^'\"]*\2")
 #: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``, ``clientSecret``, JSON
-#: quoted inside JSON with its quotes escaped). Not a name that ends in one (``O365_CLIENT_SECRET: is required``, a
-#: settings error): its value is masked by value if configured.
+#: quoted inside JSON with its quotes escaped, a backslash in the value as escaped pairs). Not a name that ends in
+#: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured.
 _QUOTE = r"(?:\\*[\"'])?"
 _TOKEN_FIELD = re.compile(
     rf"(?i)(?<!\w)({_QUOTE}(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion|password|sig|"
-    rf"account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*{_QUOTE})([^\"'&;,\s\\]+)"
+    rf"account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*{_QUOTE})((?:\\\\|[^\"'&;,\s\\])+)"
 )
 
 

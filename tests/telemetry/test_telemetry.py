@@ -218,6 +218,11 @@ def test_redacting_filter() -> None:
         ('AccessTokenInfo(token="opaque", expires_on=1)', 'AccessTokenInfo(token="***", expires_on=1)'),
         # a URL with a user name only: the name may be the token (https://<token>@host)
         ("proxy https://ghp_abcdef123456@proxy.corp:8080 down", "proxy https://***@proxy.corp:8080 down"),
+        # a backslash in a value, escaped as JSON writes it, once or twice over: the mask stopped at it, and the
+        # rest of the value showed
+        (json.dumps({"password": "ab\\cd-rest"}), json.dumps({"password": "***"})),
+        (json.dumps({"body": json.dumps({"client_secret": "ab\\cd-rest", "n": 1})}),
+         json.dumps({"body": json.dumps({"client_secret": "***", "n": 1})})),
     ],
 )  # fmt: skip
 def test_redaction_masks_the_other_spellings_of_a_secret(text: str, clean: str) -> None:
