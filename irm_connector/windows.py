@@ -178,19 +178,22 @@ def window_lead(max_window: timedelta) -> timedelta:
 EMPTY_RANGE = "the range is empty: --end must be after --start (and not in the future)"
 
 
+def _told(moment: datetime) -> str:
+    """A time as the range messages tell it: UTC (an option may name an offset), with its Z."""
+    return f"{format_api_time(moment)}Z"
+
+
 def starts_in_the_future(start: datetime, now: datetime) -> str:
     """What a backfill starting at ``start``, at or after ``now``, is told (it gave no --end, or one later still)."""
-    start, now = start.astimezone(UTC), now.astimezone(UTC)
     return (
-        f"the range starts in the future ({start:%Y-%m-%dT%H:%M:%SZ}, and it is now {now:%Y-%m-%dT%H:%M:%SZ}): "
+        f"the range starts in the future ({_told(start)}, and it is now {_told(now)}): "
         "content is listed once it is published; give a --start in the past, or --since"
     )
 
 
 def too_far_back(start: datetime) -> str:
     """What a backfill starting at ``start``, past the API's 7 days, is told."""
-    start = start.astimezone(UTC)  # --start may name an offset
-    return f"start {start:%Y-%m-%dT%H:%M:%SZ} is more than 7 days back: the API keeps content for 7 days only"
+    return f"start {_told(start)} is more than 7 days back: the API keeps content for 7 days only"
 
 
 def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
@@ -211,7 +214,7 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
         if asked < end:
             minutes = int(RETENTION_MARGIN.total_seconds() // 60)
             raise ValueError(
-                f"the range ends before {earliest:%Y-%m-%dT%H:%M:%SZ}: the oldest {minutes} minutes of the API's 7 "
+                f"the range ends before {_told(earliest)}: the oldest {minutes} minutes of the API's 7 "
                 "days are not listed (a margin for clock skew, lest the API refuse the window); content that old "
                 "is about to leave the API"
             )
