@@ -12,6 +12,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 __all__ = [
+    "LOST_OUTCOMES",
     "ContentBlob",
     "ContentTypeReport",
     "Outcome",
@@ -146,6 +147,8 @@ class PollReport:
 #: message whose blob arrived whole but is not a JSON array; rescheduled: Logs Ingestion refuses a stream (see
 #: :mod:`.refusals`), or the Management API asked for a long wait, so the message was put back with a delay.
 Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url", "bad-content", "rescheduled"]
+#: The outcomes whose blob left the API before it was processed: its records are lost.
+LOST_OUTCOMES: tuple[Outcome, ...] = ("expired", "unavailable")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from irm_connector import handlers
 from irm_connector.content_queue import create_queue_if_missing
-from irm_connector.models import ProcessResult
+from irm_connector.models import LOST_OUTCOMES, ProcessResult
 from irm_connector.settings import Settings
 
 from ._common import EXIT_FAILED, EXIT_OK, GracefulStop, UsageError, emit, queue_options, storage
@@ -107,7 +107,7 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
         f"{doc['duplicates_dropped']} duplicate(s) dropped",
     ]
     lines += [f"rows sent to {stream}: {n}" for stream, n in sorted(doc["rows_sent"].items())]
-    lost = sum(doc["outcomes"].get(outcome, 0) for outcome in ("expired", "unavailable"))
+    lost = sum(doc["outcomes"].get(outcome, 0) for outcome in LOST_OUTCOMES)
     if lost:
         lines.append(
             f"{lost} blob(s) lost: gone from the Management API before they were processed (past their 7 days, or "
