@@ -442,6 +442,8 @@ async def _queue_blobs(
     settings = rt.settings
     gate = asyncio.Semaphore(_ENQUEUE_CONCURRENCY)
 
+    queued: list[ContentBlob] = []
+
     async def put(blob: ContentBlob) -> None:
         async with gate:
             # One trace per blob: the processor that takes the message continues it (traceparent).
@@ -450,11 +452,24 @@ async def _queue_blobs(
                 await rt.queue.put(
                     ContentMessage(settings.tenant_id, blob, traceparent(), queued_at=datetime.now(UTC))
                 )
+        queued.append(blob)
 
-    results = await asyncio.gather(*(put(b) for b in fresh), return_exceptions=True)
-    # The blobs queued before a put failed are remembered: the next run would otherwise queue each again, and every
-    # second message costs a download and a parse before the dedupe drops its rows.
-    queued = [blob for blob, result in zip(fresh, results, strict=True) if result is None]
+    # The blobs queued before a put failed, or before the run was cancelled (Ctrl-C, SIGTERM, a lost lease), are
+    # remembered: the next run would otherwise queue each again, and every second message costs a download and a
+    # parse before the dedupe drops its rows.
+    try:
+        results = await asyncio.gather(*(put(b) for b in fresh), return_exceptions=True)
+    except asyncio.CancelledError:
+        # gather ends only when every put has: ``queued`` is whole (a put cut mid-request may still have landed).
+        if queued:
+            try:
+                with cleaning_up():
+                    await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
+                report.blobs_queued += len(queued)
+            except ConnectorError as exc:
+                log.warning("Cancelled; the %d blob(s) it queued could not be marked (%s): the next run queues them "
+                            "again, and their records are sent once", len(queued), exc, extra=dims)  # fmt: skip
+        raise
     if queued:
         await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
         report.blobs_queued += len(queued)

@@ -1532,6 +1532,37 @@ async def test_blobs_queued_by_a_run_that_failed_part_way_are_not_queued_again(c
     _assert_exactly_once(connector, workload)
 
 
+async def test_blobs_queued_by_a_cancelled_run_are_not_queued_again(connector: ConnectorHarness) -> None:
+    """A run cancelled (Ctrl-C, SIGTERM, a lost lease) while a queue put hangs: the blobs it had queued are
+    remembered on the way out, as for a put that fails, so the next run queues only the one left, not a second
+    message for each."""
+    from standins.storage_proxy import StorageProxy
+
+    workload = _publish(connector, seed=49, records=500, blob_size=(100, 100))
+    blobs = len(workload.blobs)
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        hung = proxy.hold("queue.put", skip=blobs - 1)
+        polling = asyncio.create_task(connector.poll())
+        for _ in range(3000):
+            if hung.arrived.is_set() and proxy.count("queue.put", status=201) == blobs - 1:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the last queue put never arrived")
+        await asyncio.sleep(0.5)  # the other puts' answers reach the poller (this loop) before it is cancelled
+        polling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await polling
+        hung.release(forward=False)
+        assert await connector.queue_length() == blobs - 1
+        await connector.poll()
+        assert await connector.queue_length() == blobs  # before: 2 * blobs - 1
+        stats = await connector.drain()
+    assert stats.processed == blobs
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_content_queue_deleted_under_a_warm_worker_is_created_again(connector: ConnectorHarness) -> None:
     """An operator deletes the content queue (to clear a backlog) while a worker runs: the worker's next poll
     creates it again and queues what is new, rather than failing every run until the worker restarts."""
