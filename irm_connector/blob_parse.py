@@ -59,17 +59,19 @@ _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 _MAX_TRIES = 16
 
 
-def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> Iterator[Any]:
+def iter_blob(
+    body: bytes | bytearray, problems: Counter[str] | None = None, *, segment_bytes: int = SEGMENT_BYTES
+) -> Iterator[Any]:
     """The records of a blob, parsed a segment at a time so a large blob's records never all exist at once
     (a 50 MB blob is about 120,000 records: some 300 MB as Python objects). Same result and errors as
     :func:`parse_blob`, which small blobs go straight to; an error may surface after earlier records.
 
-    A segment runs from the start of one record to a ``},{`` about :data:`SEGMENT_BYTES` further on. Such a
+    A segment runs from the start of one record to a ``},{`` about ``segment_bytes`` further on. Such a
     place can also lie inside a string or a nested array; then ``[`` + segment + ``]`` is not valid JSON
     (an open string, or brackets left open), so the parse fails and the next candidate is tried. A segment
     that parses ends exactly where a top-level record does."""
     body = _without_bom(body)
-    if len(body) <= 2 * SEGMENT_BYTES:
+    if len(body) <= 2 * segment_bytes:
         yield from parse_blob(body, problems)
         return
     start = len(body) - len(body.lstrip())
@@ -77,8 +79,9 @@ def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> 
         yield from parse_blob(body, problems)  # raises with the usual message
         return
     pos = start + 1
-    while len(body) - pos > 2 * SEGMENT_BYTES:
-        search_from = pos + SEGMENT_BYTES
+    found: Counter[str] = Counter()  # a piece's repairs, counted into the blob's as a blob read whole counts them
+    while len(body) - pos > 2 * segment_bytes:
+        search_from = pos + segment_bytes
         parsed: list[Any] | None = None
         for _ in range(_MAX_TRIES):
             match = _BOUNDARY.search(body, search_from)
@@ -92,10 +95,55 @@ def iter_blob(body: bytes | bytearray, problems: Counter[str] | None = None) -> 
             pos = match.end() - 1  # the next record's "{"
             break
         if parsed is None:
-            break  # no boundary that parses (or text orjson refuses): the rest in one piece
+            # No candidate parsed: text orjson refuses (read by the slow reader, repaired) or one record with more
+            # nested "},{" than tries. Parsing the rest in one piece would hold all its records at once, so the
+            # boundary is found exactly by matching brackets from this record's start, and only that segment is
+            # read slowly. Text wrong in some other way is left to the whole rest, which says what is wrong.
+            comma = _top_level_comma(body, pos, search_from)
+            if comma is None:
+                break
+            found = Counter()
+            try:
+                parsed = parse_blob(b"[" + body[pos:comma] + b"]", found)
+            except BadContentError:
+                break
+            _add_repairs(problems, found)
+            pos = comma + 1
         yield from parsed
         del parsed
-    yield from parse_blob(b"[" + body[pos:], problems)
+    found = Counter()
+    rest = parse_blob(b"[" + body[pos:], found)
+    _add_repairs(problems, found)
+    yield from rest
+
+
+def _top_level_comma(body: bytes | bytearray, start: int, after: int) -> int | None:
+    """The first comma between two of the array's elements at or after ``after``, walking from ``start`` (where an
+    element begins); None when the array ends first or the brackets do not match."""
+    closers: list[int] = []
+    for match in _TOKEN.finditer(body, start):
+        at = match.start()
+        char = body[at]
+        if char == _QUOTE:
+            if match.end() - at == 1:
+                return None  # a string that never ends
+        elif char in _CLOSER:
+            closers.append(_CLOSER[char])
+        elif char == _COMMA:
+            if not closers and at >= after:
+                return at
+        elif not closers or closers.pop() != char:
+            return None  # the array's own end, or a misplaced bracket
+    return None
+
+
+def _add_repairs(problems: Counter[str] | None, found: Counter[str]) -> None:
+    """A segment's repairs into the blob's: each record too deep counts, the whole-text repairs once a blob (as
+    when it is read in one piece)."""
+    if problems is None:
+        return
+    for kind, count in found.items():
+        problems[kind] = problems[kind] + count if kind == DEEP_REPAIR else max(problems[kind], count)
 
 
 def _without_bom(body: bytes | bytearray) -> bytes | bytearray:

@@ -348,6 +348,50 @@ def test_a_byte_order_mark_changes_nothing_of_how_a_blob_is_read() -> None:
     assert sum(1 for _ in iter_blob(bom + large)) == 9000
 
 
+_SEGMENT = 64 * 1024
+_LISTED = b', "P": [' + b",".join(b'{"k": %d}' % i for i in range(40)) + b"]"
+
+
+@pytest.mark.parametrize(
+    ("first", "listed", "repair"),
+    [
+        (b'{"Id": "0", "Name": "bad \\ud800 name"}', b"", None),  # an unpaired surrogate: orjson refuses it
+        (b'{"Id": "0", "Name": "bad \xff name"}', b"", "utf8"),
+        (b'{"Id": "0", "Name": "tab\there"}', b"", "control"),
+        (b'{"Id": "0"}', _LISTED, None),  # every record hides the boundary behind more nested "},{" than are tried
+    ],
+    ids=["surrogate", "not-utf8", "raw-control", "deeply-listed"],
+)
+def test_a_record_the_fast_parser_refuses_leaves_a_large_blob_read_a_segment_at_a_time(
+    first: bytes, listed: bytes, repair: str | None
+) -> None:
+    """A record orjson refuses near the start of a large blob, or records whose nested lists hide the boundary
+    between them: the rest of the blob was read in one piece, every record of it at once (the memory a worker's
+    MAX_BLOB_MB_IN_FLIGHT leaves for it, many times over). It is still read a segment at a time, every record
+    once, the repair counted once."""
+    import tracemalloc
+    from collections import Counter
+
+    from irm_connector.blob_parse import CONTROL_REPAIR, UTF8_REPAIR, iter_blob
+
+    rest = [b'{"Id": "%d", "pad": "%s"%s}' % (i, b"x" * 600, listed) for i in range(1, 4000)]
+    body = b"[" + b",".join([first, *rest]) + b"]"
+    assert len(body) > 35 * _SEGMENT
+    problems: Counter[str] = Counter()
+    ids = []
+    tracemalloc.start()
+    try:
+        for record in iter_blob(body, problems, segment_bytes=_SEGMENT):
+            ids.append(record["Id"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert ids == [str(i) for i in range(4000)]
+    # A segment's records and copies (about 20 times the segment), not the whole blob's (over 7 times the blob).
+    assert peak < len(body)
+    assert problems == {"utf8": {UTF8_REPAIR: 1}, "control": {CONTROL_REPAIR: 1}, None: {}}[repair]
+
+
 def test_a_byte_that_is_not_utf8_costs_no_record() -> None:
     from collections import Counter
 
