@@ -362,17 +362,24 @@ def _client_credential(settings: Settings) -> str | dict[str, str]:
     try:
         if b"-----BEGIN" in raw:
             key: Any = _pem_key(raw, password)
-            cert: x509.Certificate | None = x509.load_pem_x509_certificate(raw)
+            certs = x509.load_pem_x509_certificates(raw)
         else:
-            key, cert = _pfx(raw, password)
+            key, certs = _pfx(raw, password)
     except (ValueError, TypeError) as exc:
         raise SettingsError(
             setting,
             f"is not a PEM file with the private key and certificate, nor a PFX that "
             f"O365_CLIENT_CERTIFICATE_PASSWORD opens ({type(exc).__name__})",
         ) from None
-    if key is None or cert is None:
+    if key is None or not certs:
         raise SettingsError(setting, "holds no private key or no certificate")
+    # A file may hold the chain too, in any order (`cat ca.pem app.pem key.pem`): the first certificate's thumbprint
+    # would be sent, one the app registration does not have, and Entra ID refuse every token (AADSTS700027).
+    own = _public_key_der(key)
+    cert = next((c for c in certs if _public_key_der(c) == own), None)
+    if cert is None:
+        raise SettingsError(setting, "holds no certificate of its private key (only others': a CA's, another app's); "
+                                     "put the app's own certificate beside its key")  # fmt: skip
     if not isinstance(key, rsa.RSAPrivateKey):
         # msal would fail at the first token, blaming a missing package ("pip install cryptography").
         kind = type(key).__name__.removeprefix("_").removesuffix("PrivateKey") or "another"
@@ -399,16 +406,25 @@ def _pem_key(raw: bytes, password: bytes | None) -> Any:
         return serialization.load_pem_private_key(raw, password=None)
 
 
-def _pfx(raw: bytes, password: bytes | None) -> tuple[Any, x509.Certificate | None]:
+def _pfx(raw: bytes, password: bytes | None) -> tuple[Any, list[x509.Certificate]]:
     try:
-        key, cert, _ = pkcs12.load_key_and_certificates(raw, password)
+        key, cert, others = pkcs12.load_key_and_certificates(raw, password)
     except ValueError:
         if password is None:
             raise
         # Key Vault gives a certificate it holds as a PFX without a password, whatever it was imported with: a
         # password set beside that (o365ClientCertificatePassword) must not make it unreadable.
-        key, cert, _ = pkcs12.load_key_and_certificates(raw, None)
-    return key, cert
+        key, cert, others = pkcs12.load_key_and_certificates(raw, None)
+    return key, ([cert] if cert is not None else []) + list(others)
+
+
+def _public_key_der(holder: Any) -> bytes:
+    """The SubjectPublicKeyInfo of a private key or a certificate, to tell which certificate is the key's."""
+    try:
+        public = holder.public_key()
+    except (ValueError, TypeError):  # a certificate whose key type this cryptography does not know
+        return b""
+    return bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _cert_bytes(settings: Settings) -> bytes:

@@ -560,9 +560,9 @@ def _pfx_base64(connector: ConnectorHarness, password: bytes | None) -> str:
 @pytest.mark.parametrize(
     "mode",
     ["certificate", "certificate-pfx", "certificate-pfx-wrapped", "certificate-keyvault", "certificate-keyvault-pem",
-     "managed_identity"],
+     "certificate-chain-first", "managed_identity"],
 )
-async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode: str) -> None:
+async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode: str, tmp_path: Path) -> None:
     sim = connector.standins
     if mode == "certificate":
         connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
@@ -583,6 +583,10 @@ async def test_other_auth_modes_reach_the_api(connector: ConnectorHarness, mode:
         connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
                       O365_CLIENT_CERTIFICATE=sim.certificate_path.read_text(),
                       O365_CLIENT_CERTIFICATE_PASSWORD="import-pass")  # fmt: skip
+    elif mode == "certificate-chain-first":  # `cat ca.pem app.pem key.pem`: the chain's CA before the app's own
+        chained = tmp_path / "chained.pem"
+        chained.write_bytes(sim.ca_path.read_bytes() + sim.certificate_path.read_bytes())
+        connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="", O365_CLIENT_CERTIFICATE_PATH=str(chained))
     else:
         connector.set(O365_AUTH_MODE="managed_identity", O365_CLIENT_SECRET="", O365_CLIENT_ID="")
     workload = _publish(connector, seed=16, records=400, blob_size=(400, 400))
@@ -1762,6 +1766,25 @@ async def test_a_certificate_without_an_rsa_key_is_a_settings_error(connector: C
     assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH"
     assert str(info.value).endswith("holds an EC key: Entra ID accepts certificates with an RSA key only (in Key Vault, "
                                     "key type RSA)")
+
+
+async def test_a_certificate_file_without_its_key_s_certificate_is_a_settings_error(
+    connector: ConnectorHarness, tmp_path: Path
+) -> None:
+    """A PEM whose certificates are all others' (the CA's, an old app's) beside the key: the first one's thumbprint
+    was sent, and Entra ID refused every token as a certificate the app does not have, the setting unnamed."""
+    from irm_connector.auth import MsalTokenProvider
+
+    sim = connector.standins
+    own = sim.certificate_path.read_bytes()
+    key_only = own[: own.index(b"-----BEGIN CERTIFICATE")]
+    pem = tmp_path / "mismatched.pem"
+    pem.write_bytes(key_only + sim.ca_path.read_bytes())
+    connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="", O365_CLIENT_CERTIFICATE_PATH=str(pem))
+    with pytest.raises(SettingsError) as info:
+        MsalTokenProvider(Settings.from_env())
+    assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH"
+    assert "holds no certificate of its private key" in str(info.value)
 
 
 async def test_token_waiters_cut_short_while_entra_answers_slowly_share_one_request(connector: ConnectorHarness) -> None:
