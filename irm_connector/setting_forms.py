@@ -319,13 +319,25 @@ def table_prefix(value: str) -> str:
     return value
 
 
+#: A host name as DNS spells it (underscores allowed, as some private zones have them), or an IPv6 address.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?|[0-9a-f:.]*:[0-9a-f:.]*")
+
+
 def https_root(value: str, setting: str) -> str:
+    """``https://host[:port]``, lower case; the default port left out, since it would become part of the
+    token's audience (``https://manage.office.com:443/.default``), which Entra ID knows without it."""
     parts = split_url(value, setting)
     if parts.scheme != "https" or not parts.netloc:
         raise SettingsError(setting, "must be an https:// URL")
     if parts.query or parts.fragment or parts.path.strip("/"):
         raise SettingsError(setting, "must be a root URL (https://host) without path or query")
-    return f"https://{parts.netloc.lower()}"
+    host = parts.hostname or ""
+    if not _HOST.fullmatch(host):
+        # "https://:8443", "https://a b": accepted, each failed later with a bare "Invalid URL" naming no setting.
+        raise SettingsError(setting, "names no host name (must be https://host[:port])")
+    netloc = f"[{host}]" if ":" in host else host
+    return f"https://{netloc}" + (f":{parts.port}" if parts.port not in (None, 443) else "")
 
 
 def split_url(value: str, setting: str) -> SplitResult:

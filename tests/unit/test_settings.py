@@ -114,6 +114,10 @@ def test_secret_is_not_in_repr() -> None:
         ({"AzureFunctionsJobHost__functionTimeout": "-1"}, "AzureFunctionsJobHost__functionTimeout"),
         # these used to pass and fail every connection later, as an "unexpected" error naming no setting
         ({"O365_API_ROOT": "https://manage.office.com:abc"}, "O365_API_ROOT"),
+        # no host, or a space in it: a bare "Invalid URL" when the first client was built
+        ({"O365_API_ROOT": "https://:8443"}, "O365_API_ROOT"),
+        ({"O365_AUTHORITY_HOST": "https://login microsoftonline.com"}, "O365_AUTHORITY_HOST"),
+        ({"LOGS_INGESTION_ENDPOINT": "https://dcr-x.westeurope-1.ingest monitor.azure.com"}, "LOGS_INGESTION_ENDPOINT"),
         ({"LOGS_INGESTION_ENDPOINT": "https://user:pa55@dcr.ingest.monitor.azure.com"}, "LOGS_INGESTION_ENDPOINT"),
         ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
         ({"REQUESTS_CA_BUNDLE": "/"}, "REQUESTS_CA_BUNDLE"),
@@ -280,6 +284,21 @@ def test_a_url_that_does_not_parse_is_a_settings_error(setting: str) -> None:
     with pytest.raises(SettingsError) as info:
         Settings.from_env({**env, setting: "https://["})
     assert info.value.setting == setting
+
+
+@pytest.mark.parametrize(
+    ("given", "read"),
+    [
+        # The default port would go into the token's audience (https://manage.office.com:443/.default), which Entra
+        # ID does not know by that name.
+        ("https://manage.office.com:443", "https://manage.office.com"),
+        ("HTTPS://Manage.Office.com/", "https://manage.office.com"),
+        ("https://manage.office365.us:8443", "https://manage.office365.us:8443"),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+    ],
+)
+def test_an_api_root_is_read_as_its_plain_https_origin(given: str, read: str) -> None:
+    assert Settings.from_env({**BASE, "O365_API_ROOT": given}).api_root == read
 
 
 @pytest.mark.parametrize("setting", ["O365_TENANT_ID", "O365_CLIENT_ID"])
