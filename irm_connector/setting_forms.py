@@ -90,7 +90,7 @@ def parse_duration(text: str, *, setting: str) -> timedelta:
     meant 24 hours, not 24 seconds, and a guess either way would be silently wrong. Zero, which no unit
     changes, is read without one (``LISTING_OVERLAP=0``)."""
     raw = text.strip()
-    if raw.isdigit() and int(raw) == 0:
+    if raw.isdigit() and not raw.strip("0"):
         return timedelta(0)
     if raw.isdigit():
         raise SettingsError(setting, f"has no unit; write {DURATION_FORMS}")
@@ -99,6 +99,8 @@ def parse_duration(text: str, *, setting: str) -> timedelta:
     for match in _DURATION.finditer(raw):
         if raw[pos : match.start()].strip():
             break
+        if len(match.group(1).lstrip("0")) > 15:  # past any timedelta, and past int()'s 4,300 digits: a bare ValueError
+            raise SettingsError(setting, "is longer than any duration the connector can use")
         seconds += int(match.group(1)) * _UNITS[match.group(2).lower()]
         pos = match.end()
     if not raw or pos != len(raw) or raw[pos:].strip():

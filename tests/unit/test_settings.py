@@ -103,6 +103,8 @@ def test_secret_is_not_in_repr() -> None:
         # not base64: signing would fail on each request, read as an identity problem
         ({"AzureWebJobsStorage": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=abc"}, "AzureWebJobsStorage"),
         ({"INITIAL_LOOKBACK": "99999999999d"}, "INITIAL_LOOKBACK"),
+        ({"INITIAL_LOOKBACK": "1" * 5000 + "s"}, "INITIAL_LOOKBACK"),  # past int()'s digits: a bare ValueError
+        ({"LISTING_OVERLAP": "0" * 5000 + "1"}, "LISTING_OVERLAP"),
         ({"O365_PUBLISHER_ID": "me"}, "O365_PUBLISHER_ID"),
         ({"AZURE_CLOUD": "GCCHigh"}, "AZURE_CLOUD"),
         ({"MAX_BLOB_MB_IN_FLIGHT": "0"}, "MAX_BLOB_MB_IN_FLIGHT"),
