@@ -85,9 +85,10 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
     could start (refused, reset). azure-core leaves those to the caller; here that is the host, whose retries come
     30 s apart and end in the poison queue after five: a gateway's blip of a couple of minutes would park every
     message in flight. Sending a body again adds no duplicate that the host's retry would not: rows are marked
-    sent only once accepted. An answer lost after it started (cut short, or slower than ``HTTP_TIMEOUT``) is
-    left to the host, as azure-core leaves it: the body was likely accepted, and each resend within the call would
-    add its rows once more, seconds apart."""
+    sent only once accepted (a connection dropped after the service took the body, before its answer began, looks
+    like one refused before it: that body's rows arrive twice, as the host's retry would send them). An answer lost
+    after it started (cut short, or slower than ``HTTP_TIMEOUT``) is left to the host, as azure-core leaves it: the
+    body was likely accepted, and each resend within the call would add its rows once more, seconds apart."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("retry_total", RETRY_TOTAL)

@@ -8,6 +8,8 @@ two listing calls are throttled" and then assert how the client recovered. Kinds
   optional ``Retry-After`` (``retry_after``) or ``Location`` (``location``, for a redirect); ``body`` overrides the
   whole JSON body.
 - ``reset``: close the connection without any response.
+- ``drop``: carry the request out (rows stored, a write applied), then close the connection before any
+  response: the client cannot tell it from ``reset``.
 - ``delay``: sleep ``seconds`` and then answer normally (client timeouts).
 - ``malformed``: 200 with a body that is not JSON.
 - ``truncated``: 200 with the normal JSON body cut in half.
@@ -33,7 +35,7 @@ from aiohttp import web
 
 #: ``truncated`` answers with half the body as if it were whole; ``cut`` announces the whole body, sends half of
 #: it and drops the connection (a transfer broken off after the headers).
-FAULT_KINDS = frozenset({"status", "reset", "delay", "malformed", "truncated", "cut", "date"})
+FAULT_KINDS = frozenset({"status", "reset", "drop", "delay", "malformed", "truncated", "cut", "date"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -297,6 +299,10 @@ class ServiceStandIn:
         elif (now := self.service_time()) is not None:
             response.headers["Date"] = format_datetime(now.astimezone(UTC), usegmt=True)
         self._record(route, request, response.status, fault, error_code, started)
+        if fault is not None and fault.kind == "drop":
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)  # never reaches the client
         if fault is not None and fault.kind == "cut":
             return await self._cut(request, response)
         return response

@@ -89,6 +89,18 @@ async def test_accepts_plain_and_gzip_and_keeps_rows(poster: Poster, stand_ins: 
     assert [json.loads(line)["RecordId"] for line in lines] == ["rec-1", "rec-2", "rec-3"]
 
 
+async def test_a_dropped_answer_keeps_the_rows_a_reset_does_not(poster: Poster, stand_ins: StandIns) -> None:
+    """The client sees the same broken connection; only ``drop`` took the rows first (the real service may, and
+    the connector's tests must meet that case as well as the other)."""
+    stand_ins.ingestion.add_fault("ingest", "reset")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await poster.post([alert_row(1)])
+    stand_ins.ingestion.add_fault("ingest", "drop")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await poster.post([alert_row(2)])
+    assert [r["RecordId"] for r in stand_ins.ingestion.rows(ALERTS)] == ["rec-2"]
+
+
 async def test_limit_on_body_as_sent(poster: Poster, stand_ins: StandIns) -> None:
     rows = [alert_row(i, Name="x" * 1000) for i in range(1030)]  # ~1.2 MB of JSON
     body = json.dumps(rows).encode()
