@@ -11,6 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from standins.environment import drop_foreign_settings
+
 Result = dict[str, Any]
 
 
@@ -41,9 +43,8 @@ def entry(run: Callable[[dict[str, Any]], Result]) -> Callable[[dict[str, Any]],
 def use_connector_settings(env: dict[str, str]) -> None:
     """The connector's settings in this process, and nothing of the machine's own Azure credentials (the
     stand-ins' app registration signs in); only errors are logged."""
+    drop_foreign_settings(os.environ)
     os.environ.update(env)
-    for name in ("AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET", "AZURE_TENANT_ID", "MSI_ENDPOINT", "MSI_SECRET"):
-        os.environ.pop(name, None)
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("azure").setLevel(logging.ERROR)
     logging.getLogger("irm_connector").setLevel(logging.ERROR)

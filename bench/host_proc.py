@@ -36,7 +36,9 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
     from irm_connector.content_queue import create_queue_if_missing
     from irm_connector.runtime import storage_clients
     from irm_connector.settings import Settings
+    from standins.environment import drop_foreign_settings
 
+    drop_foreign_settings(os.environ)
     os.environ.update(env)
     counter = RequestCounter()
     counter.install()

@@ -1,9 +1,10 @@
 """The Quick start demo: the whole pipeline against the stand-ins and a real Azurite, on this machine.
 
 A simulated tenant publishes a day of Audit.General content (IRM alerts among ordinary records, some
-records duplicated across blobs, a few blobs listed late). The poller and the processor run through the
-same handlers the Functions host calls; the Sentinel stand-in keeps the accepted rows and writes them to
-``.demo/rows/<stream>.jsonl``. Run it with ``scripts/demo.sh`` (or ``python -m standins.demo``).
+records duplicated across blobs), then a few blobs listed late, behind the watermark. The poller and the
+processor run through the same handlers the Functions host calls; the Sentinel stand-in keeps the accepted
+rows and writes them to ``.demo/rows/<stream>.jsonl``. Run it with ``scripts/demo.sh`` (or
+``python -m standins.demo``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from standins.azurite import Azurite, find_repo_root
+from standins.environment import drop_foreign_settings
 from standins.loopback import no_proxy_for_loopback
 from standins.services import StandIns
 from standins.workload import generate_workload
@@ -38,7 +42,8 @@ DESCRIPTION = """The Quick start demo: the whole pipeline against local stand-in
 real Azurite, on this machine.
 
 A simulated tenant publishes a day of Audit.General content: IRM alerts among ordinary records, some records
-duplicated across blobs, a few blobs listed late. The poller and the processor run through the same handlers
+duplicated across blobs; then a few blobs the API lists late, behind the watermark, which the next poll's
+overlap finds. The poller and the processor run through the same handlers
 the Functions host calls; the Sentinel stand-in keeps the accepted rows and writes them to
 .demo/rows/<stream>.jsonl. The demo sends every audit record to Custom-O365Audit too, which the product
 leaves off by default (LOGS_AUDIT_STREAM empty): --alerts-only runs with the product's default."""
@@ -73,7 +78,7 @@ class Progress:
             )
 
 
-async def _run(blobs: int, progress_every: float) -> dict[str, Any]:
+async def _run(blobs: int, progress_every: float, publish_late: Callable[[], int]) -> dict[str, Any]:
     # Imported here: the connector reads its settings from the environment set up below.
     import azure.functions as func
     from azure.functions.timer import TimerRequest
@@ -85,9 +90,15 @@ async def _run(blobs: int, progress_every: float) -> dict[str, Any]:
 
     rt = await get_runtime(Settings.from_env())
     progress = Progress(blobs, progress_every)
+    options = HostQueueOptions.from_environment()
 
     async def process(message: func.QueueMessage) -> None:
         progress.add(await handlers.process(message))
+
+    async def work_queue() -> None:
+        stats = await QueueWorker(rt.queue.main, rt.queue.poison, process, options).run()
+        _print(f"    {stats.processed} messages processed in {time.perf_counter() - progress.started:.1f}s, "
+               f"{stats.poisoned} poisoned")  # fmt: skip
 
     try:
         _print("==> Poller: listing the content of the last 24 hours")
@@ -98,24 +109,32 @@ async def _run(blobs: int, progress_every: float) -> dict[str, Any]:
                 f"{ct.blobs_expired} expired, watermark {ct.watermark:%Y-%m-%d %H:%M:%S} UTC"
             )
         _print("==> Processor: working the queue as the Functions host would (host.json concurrency)")
-        options = HostQueueOptions.from_environment()
-        stats = await QueueWorker(rt.queue.main, rt.queue.poison, process, options).run()
-        elapsed = time.perf_counter() - progress.started
-        _print(f"    {stats.processed} messages processed in {elapsed:.1f}s, {stats.poisoned} poisoned")
-        _print("==> Poller again: the overlap is re-listed, nothing is queued twice")
+        await work_queue()
+        late = publish_late()
+        progress.blobs += late
+        _print(f"==> The API now lists {late} blobs late: created before the watermark, listable only now")
+        _print("==> Poller again: it re-lists LISTING_OVERLAP (1 hour) behind the watermark")
         again = await handlers.poll(TimerRequest(past_due=False))
-        _print(f"    {again.blobs_queued} blobs queued")
+        for ct in again.content_types:
+            _print(
+                f"    {ct.content_type}: {ct.blobs_listed} blobs listed, {ct.blobs_already_queued} of them queued "
+                f"before (not queued twice), {ct.blobs_queued} late ones queued"
+            )
+        _print("==> Processor again")
+        await work_queue()
+        elapsed = time.perf_counter() - progress.started
     finally:
         await close_runtimes()
-    return {"report": report, "results": progress.results, "elapsed": elapsed}
+    return {"report": report, "again": again, "results": progress.results, "elapsed": elapsed}
 
 
 def _result_lines(summary: dict[str, Any], audit: bool, duplicated: int) -> list[str]:
     """The figures, each with one line saying what it counts."""
     rows = summary["rows"]
-    copies = [f"{summary['alert_records'] - rows[ALERTS_STREAM]} alert"]
+    # The copies the tenant published, from the simulated truth: the connector's own count must come to as many.
+    copies = [f"{summary['alert_copies']} alert"]
     if audit:
-        copies.append(f"{summary['records'] - rows[AUDIT_STREAM]} audit")
+        copies.append(f"{summary['audit_copies']} audit")
     figures = [
         ("blobs processed", summary["blobs"], "content blobs listed by the poller and fetched by the processor"),
         (
@@ -131,7 +150,7 @@ def _result_lines(summary: dict[str, Any], audit: bool, duplicated: int) -> list
         (
             "duplicates dropped",
             summary["duplicates_dropped"],
-            f"rows not sent again, their record Id was sent already ({' + '.join(copies)})",
+            f"rows not sent again, their record Id was sent already (the tenant's copies: {' + '.join(copies)})",
         ),
         (f"rows {ALERTS_STREAM}", rows[ALERTS_STREAM], "one per unique IRM alert record, table IRMAlerts_CL"),
     ]
@@ -205,23 +224,38 @@ def main(argv: list[str] | None = None) -> int:
         Azurite(location=Path(scratch) / "azurite") as azurite,
         StandIns(rows_dir=rows_dir, directory=Path(scratch) / "ca") as sim,
     ):
+        now = datetime.now(UTC).replace(microsecond=0)
+        # Up to 10 minutes ago: the next poll's overlap (an hour behind the watermark) lists the last blobs again.
         workload = generate_workload(
             seed=2026,
             total_records=args.records,
             tenant_id=sim.tenant_id,
+            start=now - timedelta(hours=22, minutes=10),
             span=timedelta(hours=22),
             irm_share=0.01,
             duplicate_share=0.02,
-            late_share=0.05,
-            late_by=timedelta(minutes=1),
         )
+        # Four blobs created 40 to 20 minutes ago, inside the next poll's overlap: two listed at once, two only
+        # after the first poll, whose watermark is past them already (the API lists some content late).
+        size = max(10, args.records // 200)
+        recent = generate_workload(seed=2027, total_records=4 * size, tenant_id=sim.tenant_id,
+                                   start=now - timedelta(minutes=40), span=timedelta(minutes=20), irm_share=0.05,
+                                   duplicate_share=0.0, blob_size=(size, size))  # fmt: skip
+        early, late = replace(recent, blobs=recent.blobs[:2]), replace(recent, blobs=recent.blobs[2:])
         sim.management.set_subscription("Audit.General", "enabled")
         workload.publish(sim.management)
+        early.publish(sim.management)
         _print(
-            f"    simulated tenant {sim.tenant_id}: {len(workload.blobs)} blobs, "
-            f"{workload.total_appearances} records ({workload.duplicate_appearances} duplicated across blobs), "
-            f"{len(workload.irm_alert_record_ids)} IRM alert records"
+            f"    simulated tenant {sim.tenant_id}: {len(workload.blobs) + len(early.blobs)} blobs, "
+            f"{workload.total_appearances + early.total_appearances} records "
+            f"({workload.duplicate_appearances} duplicated across blobs), "
+            f"{len(workload.irm_alert_record_ids)} IRM alert records; {len(late.blobs)} more blobs to be listed late"
         )
+        dropped = drop_foreign_settings(os.environ)
+        if dropped:
+            # Exported from a deployed app (docs/operations.md) or a build agent's: the demo must not send them to
+            # the real services, nor let them point it elsewhere.
+            _print(f"    left out of this run: {', '.join(sorted(dropped))} (this shell's; the demo uses its own)")
         os.environ.update(sim.settings_env())
         os.environ.update(
             {
@@ -230,24 +264,32 @@ def main(argv: list[str] | None = None) -> int:
                 "LOGS_AUDIT_STREAM": AUDIT_STREAM if audit else "",
             }
         )
-        run = asyncio.run(_run(len(workload.blobs), args.progress))
+        published = len(workload.blobs) + len(early.blobs)
+        run = asyncio.run(_run(published, args.progress, lambda: len(late.publish(sim.management))))
         alerts = sim.ingestion.rows(ALERTS_STREAM)
         audit_rows = sim.ingestion.rows(AUDIT_STREAM)
         health = sim.ingestion.rows(HEALTH_STREAM)
 
-    results = run["results"]
+    # A message retried after a failure is one blob: its last delivery's figures count.
+    results = list({r.content_id: r for r in run["results"]}.values())
+    irm_alerts = workload.irm_alert_record_ids | recent.irm_alert_record_ids
+    alert_appearances = sum(r["Id"] in irm_alerts for b in workload.blobs + recent.blobs for r in b.records)
     summary = {
-        "blobs": len(workload.blobs),
+        "blobs": len(results),
         "records": sum(r.records for r in results),
         "alert_records": sum(r.alerts for r in results),
         # Dropped because already sent, or because another blob holding the same record is sending it.
         "duplicates_dropped": sum(r.duplicates_dropped + r.claimed_elsewhere for r in results),
+        "alert_copies": alert_appearances - len(irm_alerts),
+        "audit_copies": (workload.total_appearances + recent.total_appearances
+                         - len(workload.record_ids | recent.record_ids)),
         "rows": {ALERTS_STREAM: len(alerts), AUDIT_STREAM: len(audit_rows), HEALTH_STREAM: len(health)},
         "seconds": round(run["elapsed"], 2),
         "rows_dir": str(rows_dir),
     }
-    exact_alerts = Counter(r["RecordId"] for r in alerts) == Counter(workload.irm_alert_record_ids)
-    exact_audit = Counter(r["RecordId"] for r in audit_rows) == Counter(workload.record_ids) if audit else None
+    exact_alerts = Counter(r["RecordId"] for r in alerts) == Counter(irm_alerts)
+    records = workload.record_ids | recent.record_ids
+    exact_audit = Counter(r["RecordId"] for r in audit_rows) == Counter(records) if audit else None
     _print()
     _print("==> Result")
     for line in _result_lines(summary, audit, workload.duplicate_appearances):

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from standins import Azurite, StandIns, loopback
+from standins.environment import foreign_settings
 from standins.tls import TestCA
 from tests.harness import ConnectorHarness
 
@@ -54,42 +55,11 @@ def standins(test_ca: TestCA) -> Iterator[StandIns]:
         yield services
 
 
-#: Settings of the machine running the tests that would point the connector elsewhere: azure-identity
-#: reads the first six, the connector AZURE_CLOUD, and a connection string would send the connector's
-#: telemetry to Azure. Host settings (``AzureFunctionsJobHost__…``) would change how the tests' queue worker
-#: retries.
-FOREIGN_SETTINGS = (
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_TENANT_ID",
-    "AZURE_AUTHORITY_HOST",
-    "MSI_ENDPOINT",
-    "MSI_SECRET",
-    "AZURE_CLOUD",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",
-    # the worker's debug switch (telemetry.py keeps the SDK's lines then) and the OpenTelemetry sampler it honours
-    "PYTHON_ENABLE_DEBUG_LOGGING",
-    "OTEL_TRACES_SAMPLER",
-    "OTEL_TRACES_SAMPLER_ARG",
-)
-
-
-#: The connector's own settings, azure-identity's and the identity endpoint's: an operator who exported the
-#: app's settings into this shell (docs/operations.md) must get the same results as CI.
-CONNECTOR_SETTING_PREFIXES = ("o365_", "logs_", "azure_", "azurewebjobs", "azurefunctionsjobhost__", "identity_",
-                              "msi_")  # fmt: skip
-CONNECTOR_SETTINGS = ("INITIAL_LOOKBACK", "LISTING_OVERLAP", "POLL_TIME_BUDGET", "POLL_SCHEDULE", "HTTP_TIMEOUT",
-                      "CONTENT_QUEUE", "ALERT_CATEGORIES", "STATE_TABLE_PREFIX", "DEDUPE_RETENTION_DAYS",
-                      "MAX_BLOB_MB_IN_FLIGHT")  # fmt: skip
-
-
 @pytest.fixture
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This test's environment without :data:`FOREIGN_SETTINGS` and the connector's settings (they come back
-    after it)."""
-    for name in FOREIGN_SETTINGS + CONNECTOR_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    for name in [n for n in os.environ if n.lower().startswith(CONNECTOR_SETTING_PREFIXES)]:
+    """This test's environment without the machine's settings that would point the connector elsewhere
+    (:mod:`standins.environment`; they come back after it)."""
+    for name in foreign_settings(list(os.environ)):
         monkeypatch.delenv(name)
 
 

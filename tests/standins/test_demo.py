@@ -65,10 +65,13 @@ def test_demo_runs_the_quick_start(tmp_path: Path) -> None:
     for stream in ("Custom-IRMAlerts", "Custom-O365Audit", "Custom-IRMConnectorHealth"):
         assert shown[f"rows {stream}"][0] == summary["rows"][stream] > 0
     assert all(len(meaning) > 20 for _, meaning in shown.values()), shown  # each figure says what it counts
-    # The breakdown of the dropped copies adds up to the figure it explains.
-    alert_copies, audit_copies = map(int, re.findall(r"\((\d+) alert \+ (\d+) audit\)", out)[0])
-    assert alert_copies + audit_copies == summary["duplicates_dropped"]
-    assert alert_copies == summary["alert_records"] - summary["rows"]["Custom-IRMAlerts"]
+    # The tenant's copies, known from the simulated truth, come to the connector's own count of rows dropped.
+    alert_copies, audit_copies = map(int, re.findall(r"copies: (\d+) alert \+ (\d+) audit\)", out)[0])
+    assert (alert_copies, audit_copies) == (summary["alert_copies"], summary["audit_copies"])
+    assert alert_copies + audit_copies == summary["duplicates_dropped"] > 0
+    # Late listing, shown: the second poll re-lists the overlap, queues the blobs listed late and none twice.
+    assert "Audit.General: 4 blobs listed, 2 of them queued before (not queued twice), 2 late ones queued" in out
+    assert re.search(r"^    \d+ messages processed in .*\n==> The API now lists 2 blobs late", out, re.M)
 
 
 @pytest.mark.usefixtures("clean_environment")
@@ -80,7 +83,23 @@ def test_demo_alerts_only_claims_nothing_about_the_audit_stream(tmp_path: Path) 
     assert "every alert exactly once: yes" in out and "audit record exactly once" not in out
     shown = figures(out)
     assert "rows Custom-O365Audit" not in shown
-    assert "(" + str(shown["duplicates dropped"][0]) + " alert)" in shown["duplicates dropped"][1]
+    assert f"copies: {shown['duplicates dropped'][0]} alert)" in shown["duplicates dropped"][1]
+
+
+def test_demo_in_a_shell_holding_a_deployed_app_s_settings_uses_its_own(tmp_path: Path) -> None:
+    """An operator who loaded the app's settings (docs/operations.md) or a build agent's service principal into the
+    shell: the demo took them (certificate mode failed, AZURE_CLOUD refused every upload, AZURE_CLIENT_SECRET went
+    to the real Entra ID). It leaves them out, names them, and shows none of their values."""
+    secret = "operator-secret-Zq7"
+    env = {**os.environ, "AZURE_CLIENT_SECRET": secret, "AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
+           "AZURE_TENANT_ID": "66666666-7777-8888-9999-000000000000", "AZURE_CLOUD": "AzureUSGovernment",
+           "O365_AUTH_MODE": "certificate", "O365_CLIENT_CERTIFICATE": "-----BEGIN nothing",
+           "CONTENT_QUEUE": "prod-queue", "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "1"}  # fmt: skip
+    done = demo("--records", "1000", "--out", str(tmp_path / "demo"), "--progress", "0", env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "every alert exactly once: yes; every audit record exactly once: yes" in done.stdout
+    assert "left out of this run: AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_CLOUD, AZURE_TENANT_ID" in done.stdout
+    assert secret not in done.stdout + done.stderr
 
 
 def test_demo_help_shows_the_defaults_in_plain_text() -> None:
