@@ -29,6 +29,9 @@ command -v npm >/dev/null || die "npm is required (it comes with Node.js)"
 
 stamp() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
+# run_child and run_installer: a command as this script's child, ended with it.
+source "$ROOT/scripts/_children.sh"
+
 need_venv() {  # need_venv DIR REQUIREMENTS... [-- EDITABLE]
   local dir="$1"; shift
   local reqs=() editable=""
@@ -53,12 +56,12 @@ need_venv() {  # need_venv DIR REQUIREMENTS... [-- EDITABLE]
     fi
     local args=(); for req in "$@"; do args+=(-r "$req"); done
     local log="$dir/pip-install.log"
-    if ! "$dir/bin/python" -m pip install --disable-pip-version-check "${args[@]}" >"$log" 2>&1; then
+    if ! run_installer "$dir/bin/python" -m pip install --disable-pip-version-check "${args[@]}" >"$log" 2>&1; then
       tail -n 40 "$log" >&2
       die "pip install into $dir failed (full log: $log)"
     fi
     # The package itself, editable, so `.venv/bin/irm-connector` exists and works from any directory.
-    if [[ -n "$editable" ]] && ! "$dir/bin/python" -m pip install --disable-pip-version-check --no-deps \
+    if [[ -n "$editable" ]] && ! run_installer "$dir/bin/python" -m pip install --disable-pip-version-check --no-deps \
         -e "$editable" >>"$log" 2>&1; then
       tail -n 40 "$log" >&2
       die "pip install -e $editable into $dir failed (full log: $log)"
@@ -77,7 +80,7 @@ lock_stamp="$(stamp package-lock.json)"
 if [[ ! -d node_modules || "$(cat node_modules/.stamp 2>/dev/null)" != "$lock_stamp" ]]; then
   say "Installing Node packages (Azurite, Kusto language service) into node_modules (once)"
   npm_log="$ROOT/node_modules-install.log"
-  if ! npm ci --no-audit --no-fund --no-update-notifier --loglevel=error >"$npm_log" 2>&1; then
+  if ! run_installer npm ci --no-audit --no-fund --no-update-notifier --loglevel=error >"$npm_log" 2>&1; then
     tail -n 40 "$npm_log" >&2
     rm -f "$npm_log"
     die "npm ci failed: Node packages could not be installed"
@@ -90,32 +93,6 @@ export PATH="$ROOT/.venv/bin:$PATH"
 # The checkout alone: a user's PYTHONPATH would come before the venv's packages, and an older azure-core or aiohttp
 # on it would be the one the tests and the demo ran.
 export PYTHONPATH="$ROOT"
-
-# Runs "$@" as this script's child, in a process group of its own, and passes it the signals that end this script:
-# bash runs no trap while a foreground child runs, so a `kill` of the script (a supervisor's, a build agent's) left
-# the child (pytest, the demo) and the servers it started running. At a terminal the child stays in the foreground
-# group instead: Ctrl-C and a closed terminal reach it directly, and it may read the terminal (pytest --pdb), which
-# a background group may not.
-run_child() {
-  if [[ -t 0 ]]; then
-    "$@"
-    return
-  fi
-  set -m
-  "$@" &
-  local child=$!
-  set +m
-  trap 'kill -INT -- "-$child" 2>/dev/null || true' INT
-  trap 'kill -TERM -- "-$child" 2>/dev/null || true' TERM HUP
-  local status=0
-  wait "$child" || status=$?
-  while kill -0 "$child" 2>/dev/null; do  # the wait was cut short by a signal: wait for the child's end
-    status=0
-    wait "$child" || status=$?
-  done
-  trap - INT TERM HUP
-  return "$status"
-}
 
 # A directory of its own for the command's temporary files (pytest's tmp_path with Azurite's data and the test
 # CA, the tools' caches), removed when the command ends: nothing is left in /tmp. For a script that runs its

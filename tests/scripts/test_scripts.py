@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,3 +156,38 @@ def test_a_script_killed_by_sigterm_stops_its_demo_and_the_emulator_with_it(tmp_
         if script.poll() is None:
             os.killpg(script.pid, signal.SIGKILL)
             script.wait()
+
+
+def test_a_script_killed_while_it_installs_ends_the_installer_with_it(tmp_path: Path) -> None:
+    """pip and npm ran as plain children of the script: a `kill` of scripts/demo.sh or test.sh during the first
+    install ended bash alone, and pip went on installing into .venv, unstamped, beside the next run's. They run as
+    the script's children now (run_installer); killed, the script ends with the signal's status, not "failed"."""
+    marker = tmp_path / "installing"
+    script = tmp_path / "install.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        f"source {REPO / 'scripts' / '_children.sh'}\n"
+        f"if ! run_installer {sys.executable} -c 'import time; time.sleep(300)' {marker} >{tmp_path / 'log'} 2>&1; then\n"
+        "  echo 'install failed'; exit 2\nfi\n"
+    )
+    process = subprocess.Popen(["bash", str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not _processes_under(marker):
+            assert process.poll() is None and time.monotonic() < deadline, "the installer never started"
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGTERM)  # the script alone, as `kill <pid>` does
+        out, _ = process.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while _processes_under(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _processes_under(marker)
+        assert process.returncode == 128 + signal.SIGTERM
+        assert "install failed" not in out
+    finally:
+        for pid in _processes_under(marker):
+            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
