@@ -77,8 +77,14 @@ async def _list(args: argparse.Namespace, settings: Settings, store: Storage, fa
         attempts = f", {item['attempts']} attempt(s)" if item["attempts"] else ""
         lines.append(f"{item['id']}  {what}")
         lines.append(f"    reason{attempts}: {item['reason']}")
-    if items:
+    readable = sum(1 for item in items if item["content_id"])
+    if readable:
         lines.append("send them back with `irm-connector poison requeue --all` (or by ID)")
+    if readable < len(items):
+        # requeue leaves these where they are: it sends back content notifications only.
+        lines.append(f"{len(items) - readable} not a content notification: nothing can process them and requeue "
+                     "leaves them; `irm-connector poison purge` deletes them (with every other poison message: "
+                     "requeue those first)")  # fmt: skip
     emit(args, {"queue": settings.poison_queue, "depth": depth, "messages": items}, "\n".join(lines))
     return EXIT_OK
 

@@ -215,6 +215,21 @@ def test_storage_refusing_the_poison_queue_is_named_with_what_to_do(cli: Cli, ar
     assert cli.depth(cli.poison) == 2
 
 
+def test_poison_list_sends_a_message_that_is_not_a_content_notification_to_purge_not_requeue(cli: Cli) -> None:
+    """`poison list` told the operator to requeue every message it showed; requeue leaves one that is not a
+    content notification where it is ("0 message(s) sent back"). It says what does remove such a message."""
+    cli.put('{"note": "not a notification"}', cli.poison)
+    code, out, err = cli.run("poison", "list")
+    assert code == 0, err
+    assert "poison requeue" not in out
+    assert "1 not a content notification: nothing can process them and requeue leaves them" in out
+    assert "`irm-connector poison purge` deletes them" in out
+    fill(cli, 1, "readable")
+    code, out, err = cli.run("poison", "list")
+    assert code == 0, err
+    assert "send them back with `irm-connector poison requeue --all`" in out and "1 not a content notification" in out
+
+
 def test_poison_list_masks_a_secret_in_a_message_that_is_not_a_content_notification(cli: Cli) -> None:
     """`poison list` shows the start of a message it cannot read, as it came. Every other output of the command
     line masks the configured secrets (and token-shaped text); this one did not."""
