@@ -79,7 +79,6 @@ def iter_blob(
         yield from parse_blob(body, problems)  # raises with the usual message
         return
     pos = start + 1
-    found: Counter[str] = Counter()  # a piece's repairs, counted into the blob's as a blob read whole counts them
     while len(body) - pos > 2 * segment_bytes:
         search_from = pos + segment_bytes
         parsed: list[Any] | None = None
@@ -102,19 +101,14 @@ def iter_blob(
             comma = _top_level_comma(body, pos, search_from)
             if comma is None:
                 break
-            found = Counter()
             try:
-                parsed = parse_blob(b"[" + body[pos:comma] + b"]", found)
+                parsed = _parse_piece(b"[" + body[pos:comma] + b"]", problems)
             except BadContentError:
                 break
-            _add_repairs(problems, found)
             pos = comma + 1
         yield from parsed
         del parsed
-    found = Counter()
-    rest = parse_blob(b"[" + body[pos:], found)
-    _add_repairs(problems, found)
-    yield from rest
+    yield from _parse_piece(b"[" + body[pos:], problems)
 
 
 def _top_level_comma(body: bytes | bytearray, start: int, after: int) -> int | None:
@@ -137,13 +131,15 @@ def _top_level_comma(body: bytes | bytearray, start: int, after: int) -> int | N
     return None
 
 
-def _add_repairs(problems: Counter[str] | None, found: Counter[str]) -> None:
-    """A segment's repairs into the blob's: each record too deep counts, the whole-text repairs once a blob (as
-    when it is read in one piece)."""
-    if problems is None:
-        return
-    for kind, count in found.items():
-        problems[kind] = problems[kind] + count if kind == DEEP_REPAIR else max(problems[kind], count)
+def _parse_piece(piece: bytes, problems: Counter[str] | None) -> list[Any]:
+    """:func:`parse_blob` of a piece of a blob, its repairs counted into the blob's as when the blob is read in one
+    piece: each record too deep, and the repairs of the whole text once a blob."""
+    found: Counter[str] = Counter()
+    records = parse_blob(piece, found)
+    if problems is not None:
+        for kind, count in found.items():
+            problems[kind] = problems[kind] + count if kind == DEEP_REPAIR else max(problems[kind], count)
+    return records
 
 
 def _without_bom(body: bytes | bytearray) -> bytes | bytearray:
