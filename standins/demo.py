@@ -125,7 +125,7 @@ async def _run(blobs: int, progress_every: float, publish_late: Callable[[], int
         elapsed = time.perf_counter() - progress.started
     finally:
         await close_runtimes()
-    return {"report": report, "again": again, "results": progress.results, "elapsed": elapsed}
+    return {"report": report, "results": progress.results, "elapsed": elapsed}
 
 
 def _result_lines(summary: dict[str, Any], audit: bool, duplicated: int) -> list[str]:
