@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Grants the IRM connector read access to the Office 365 Management Activity API (ActivityFeed.Read).
 # Needs an Entra ID role that may grant application permissions (Privileged Role Administrator or
-# Global Administrator) and the Azure CLI logged in to the Microsoft 365 tenant (`az login --tenant ...`).
+# Global Administrator) and the Azure CLI logged in to the Microsoft 365 tenant
+# (`az login --tenant ... --allow-no-subscriptions`: that tenant may have no Azure subscription).
 # Running it again changes nothing, but in secret mode, where each run adds a new client secret (one year) to the
 # app registration: earlier ones stay valid until they expire, or until removed in the portal.
 set -euo pipefail
@@ -46,7 +47,7 @@ source "$(dirname "$0")/_az.sh"
 
 need_az() {
   az_installed || die "the Azure CLI (az) is required"
-  az account show >/dev/null 2>&1 || die "run 'az login --tenant <Microsoft 365 tenant>' first"
+  az account show >/dev/null 2>&1 || die "run 'az login --tenant <Microsoft 365 tenant> --allow-no-subscriptions' first"
   graph_init
 }
 
@@ -143,7 +144,7 @@ grant_consent() {
   [[ -n "${app_id}" ]] || die "--app-id is required: the app registration's application (client) id, O365_CLIENT_ID"
   need_az
   az ad app show --id "${app_id}" >/dev/null 2>&1 \
-    || die "no app registration ${app_id} in this tenant: sign in to the Microsoft 365 tenant (az login --tenant ...)"
+    || die "no app registration ${app_id} in this tenant: sign in to the Microsoft 365 tenant (az login --tenant ... --allow-no-subscriptions)"
   consent_app "${app_id}" "${app_id}"
   echo "granted: ${ROLE_VALUE} with admin consent to app registration ${app_id}"
 }
