@@ -16,7 +16,7 @@ import azure.functions as func
 from . import telemetry
 from .content_queue import Delivery
 from .deadline import Deadline, cleaning_up
-from .errors import PollError, SettingsError, StateError
+from .errors import ConnectorError, PollError, SettingsError, StateError
 from .metrics import record_failure, record_poll, record_process
 from .models import PollReport, ProcessResult
 from .poller import run_poller
@@ -50,6 +50,19 @@ def _for_the_host(handler: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitabl
     return run
 
 
+async def _runtime(settings: Settings) -> Runtime:
+    """The process's clients. A failure to build them fails every invocation, and as deployed (OpenTelemetry on
+    in the worker) the host sends Application Insights no line of its own for a failed one: it is logged here."""
+    try:
+        return await get_runtime(settings)
+    except ConnectorError as exc:  # a certificate that does not load, a storage setting the SDK refuses
+        log.error("The connector could not start: %s", exc)
+        raise
+    except Exception:
+        log.exception("The connector could not start")
+        raise
+
+
 def _settings() -> Settings:
     telemetry.configure()  # first invocation only; a no-op without APPLICATIONINSIGHTS_CONNECTION_STRING
     try:
@@ -65,7 +78,7 @@ async def poll(timer: func.TimerRequest) -> PollReport:
     settings = _settings()
     if timer.past_due:
         log.info("Poller timer is past due; the watermark catches up whatever was missed")
-    rt = await get_runtime(settings)
+    rt = await _runtime(settings)
     try:
         report = await run_poller(rt)
     except PollError as exc:
@@ -97,7 +110,7 @@ async def _process(message: func.QueueMessage, deadline: Deadline) -> ProcessRes
         dims |= {"content_type": blob.content_type, "content_id": blob.content_id}
     try:
         settings = _settings()
-        rt = await get_runtime(settings)
+        rt = await _runtime(settings)
     except Exception:
         # Settings or a credential that cannot load fail every message: the failures chart must show it.
         record_failure(dims)

@@ -109,8 +109,10 @@ async def _poll_and_report(
         report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
     except Exception as exc:
-        # A fault of the connector's own: its health row says the run failed; the host logs the traceback.
+        # A fault of the connector's own: its health row says the run failed, and the traceback is logged here. As
+        # deployed (OpenTelemetry on in the worker) the host sends Application Insights no line of its own for it.
         report.error = f"unexpected {type(exc).__name__} (the log has its traceback)"
+        log.exception("Polling %s failed unexpectedly", content_type, extra={"content_type": content_type})
         await _write_health(rt, report)
         raise
     await _write_health(rt, report)
@@ -178,7 +180,7 @@ async def _poll_content_type(
             throttled_until = _storage_time(*taken) + min(timedelta(seconds=exc.retry_after), MAX_RETRY_AFTER)
         raise
     except Exception as exc:
-        # A fault of the connector's own: the host logs its traceback; `status` shows that the run failed.
+        # A fault of the connector's own (logged with its traceback by the caller); `status` shows the run failed.
         error = f"unexpected {type(exc).__name__} (the log has its traceback)"
         raise
     finally:

@@ -365,12 +365,13 @@ async def test_a_first_subscription_reports_no_loss(connector: ConnectorHarness,
 
 
 async def test_a_fault_of_the_connector_s_own_in_one_content_type_ends_the_run_after_the_others(
-    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A bug (any exception not the connector's own kind) while one content type is polled failed the run at once:
     the invocation ended with the other content types still listing and queueing on the worker, outside it, and
     with no health row for any. Now the run ends after every content type has had its turn and its health row,
-    the failed one's saying so, and the bug then reaches the host with its traceback."""
+    the failed one's saying so, and the bug then reaches the host. Its traceback is logged by the connector: as
+    deployed (OpenTelemetry on in the worker) the host sends no line of its own for a failed invocation."""
     from irm_connector import poller
 
     sim = connector.standins
@@ -386,8 +387,10 @@ async def test_a_fault_of_the_connector_s_own_in_one_content_type_ends_the_run_a
     monkeypatch.setattr(poller, "list_window", broken_for_sharepoint)
     sim.management.set_latency(1.0, route="list")  # Audit.General is still listing when SharePoint fails
     connector.set(O365_CONTENT_TYPES="Audit.SharePoint,Audit.General")
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError), caplog.at_level(logging.ERROR, logger="irm_connector"):
         await connector.poll()
+    [logged] = [r for r in caplog.records if r.getMessage() == "Polling Audit.SharePoint failed unexpectedly"]
+    assert logged.exc_info is not None and "a bug" in str(logged.exc_info[1])
     rows = {r["ContentType"]: r for r in connector.rows(HEALTH)}
     assert rows["Audit.General"]["Errors"] == 0 and rows["Audit.General"]["BlobsQueued"] == len(workload.blobs)
     assert rows["Audit.SharePoint"]["Errors"] == 1 and "unexpected KeyError" in rows["Audit.SharePoint"]["LastError"]

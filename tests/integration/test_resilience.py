@@ -1742,6 +1742,27 @@ async def test_a_certificate_file_gone_after_the_settings_were_read_is_named(
     assert info.value.setting == "O365_CLIENT_CERTIFICATE_PATH" and "cannot be read" in str(info.value)
 
 
+async def test_a_certificate_that_does_not_load_is_logged_by_both_triggers(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate the settings check passes but that does not load (a wrong password, a rotated Key Vault
+    certificate): each invocation failed with the setting's error, which only the host logged, and as deployed
+    (OpenTelemetry on in the worker) the host sends Application Insights no line for a failed invocation: every
+    message went to the poison queue with no reason anywhere. Each trigger logs it, naming the setting."""
+    connector.set(O365_AUTH_MODE="certificate", O365_CLIENT_SECRET="",
+                  O365_CLIENT_CERTIFICATE=base64.b64encode(b"not a certificate").decode())  # fmt: skip
+    workload = _publish(connector, seed=17, records=200, blob_size=(200, 200))
+    [message] = _messages_for(connector, workload)
+    with caplog.at_level(logging.ERROR, logger="irm_connector"):
+        with pytest.raises(SettingsError):
+            await connector.poll()
+        with pytest.raises(SettingsError):
+            await connector.process(message)
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("The connector could not start")]
+    assert len(started) == 2, caplog.text
+    assert all("O365_CLIENT_CERTIFICATE" in line for line in started)
+
+
 async def test_a_certificate_without_an_rsa_key_is_a_settings_error(connector: ConnectorHarness, tmp_path: Path) -> None:
     """Key Vault issues EC certificates too; Entra ID signs in with RSA ones only. msal failed at the first token
     with "Some algorithms requires pip install cryptography" and an unexpected InvalidKeyError, naming no setting."""
