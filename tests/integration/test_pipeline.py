@@ -59,6 +59,26 @@ async def test_simulated_day_arrives_exactly_once(connector: ConnectorHarness) -
     assert len(connector.rows("Custom-O365Audit")) == len(workload.record_ids)
 
 
+async def test_an_alert_entity_event_reaches_its_columns(connector: ConnectorHarness) -> None:
+    """RecordType 40's third operation, AlertEntityGenerated, names the entity an alert is about (apis.md); the
+    simulated tenant publishes only AlertTriggered and AlertUpdated, so this carries one through the whole path:
+    its AlertEntityId and EntityType columns in the alerts table, and the audit row's whole record."""
+    sim = connector.standins
+    workload = generate_workload(seed=11, total_records=300, blob_size=(300, 300), irm_share=0.05,
+                                 tenant_id=sim.tenant_id)  # fmt: skip
+    [record] = [r for r in workload.blobs[0].records if r["Id"] in workload.irm_alert_record_ids][:1]
+    record |= {"Operation": "AlertEntityGenerated", "AlertEntityId": "mallory@contoso.com", "EntityType": "User"}
+    workload.publish(sim.management)
+    connector.set(LOGS_AUDIT_STREAM="Custom-O365Audit")
+    await connector.poll()
+    await connector.drain()
+    [row] = [r for r in connector.rows("Custom-IRMAlerts") if r["RecordId"] == record["Id"]]
+    assert (row["Operation"], row["AlertEntityId"], row["EntityType"]) == (
+        "AlertEntityGenerated", "mallory@contoso.com", "User")  # fmt: skip
+    [audit] = [r for r in connector.rows("Custom-O365Audit") if r["RecordId"] == record["Id"]]
+    assert (audit["Record"]["AlertEntityId"], audit["Record"]["EntityType"]) == ("mallory@contoso.com", "User")
+
+
 async def test_late_listed_blob_is_picked_up_by_the_overlap(connector: ConnectorHarness) -> None:
     sim = connector.standins
     now = datetime.now(UTC)
