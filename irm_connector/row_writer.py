@@ -40,7 +40,8 @@ def _clean(value: Any, depth: int = 0) -> Any:
     strings, and so NaN and infinities, should one come (the parser keeps them as text, ``blob_parse.std_loads``):
     the standard library would write them as no JSON reader takes them."""
     if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8")
+        # U+FFFD, as a byte that is not UTF-8 becomes (blob_parse): "?" would read as a real question mark.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, float) and not math.isfinite(value):
         return json.dumps(value)  # NaN, Infinity, -Infinity
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:

@@ -431,9 +431,13 @@ def test_a_control_character_left_unescaped_in_a_string_costs_no_record() -> Non
 
 
 def test_unpaired_surrogates_are_read_and_written_safely() -> None:
-    body = b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name"}]'
-    out = normalize_blob(parse_blob(body), REF, ALERTS, sent_at=SENT)
-    assert orjson.loads(out.rows["Custom-IRMAlerts"][0].body)["Name"].startswith("bad ")
+    # Each becomes U+FFFD, as a byte that is not UTF-8 does: "?" (as written before) reads as a real question mark,
+    # in a promoted column whose value the audit row's Record does not keep.
+    body = (b'[{"Id": "x", "RecordType": 40, "Category": "InsiderRiskManagement", "Name": "bad \\ud800 name",'
+            b' "UserId": "a\\udc80b"}]')  # fmt: skip
+    out = normalize_blob(parse_blob(body), REF, BOTH, sent_at=SENT)
+    assert orjson.loads(out.rows["Custom-IRMAlerts"][0].body)["Name"] == "bad \ufffd name"
+    assert orjson.loads(out.rows["Custom-O365Audit"][0].body)["UserId"] == "a\ufffdb"
 
 
 @pytest.mark.parametrize(
