@@ -19,7 +19,7 @@ from azure.monitor.ingestion.aio import LogsIngestionClient
 from azure.storage.queue import TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
-from ._bounded import BoundedCredential, BoundedTransport
+from ._bounded import BoundedCredential, BoundedTableServiceClient, BoundedTransport
 from ._tls import azure_client_kwargs, azure_session, ssl_context
 from .auth import IdentityTokenProvider, ManagementTokenProvider, MsalTokenProvider, azure_credential
 from .body_budget import BodyBudget
@@ -100,7 +100,7 @@ def storage_clients(
 
     if storage.connection_string:
         conn = storage.connection_string
-        tables = TableServiceClient.from_connection_string(conn, **tables_kwargs())
+        tables = BoundedTableServiceClient.from_connection_string(conn, **tables_kwargs())
         main = QueueClient.from_connection_string(conn, settings.content_queue, **queue_kwargs())
         poison = QueueClient.from_connection_string(conn, settings.poison_queue, **queue_kwargs())
         return tables, main, poison
@@ -112,7 +112,7 @@ def storage_clients(
     credentials.append(credential)  # closed with the runtime
     # Inside an invocation, its token requests end within the deadline too.
     bounded = BoundedCredential(credential)
-    tables = TableServiceClient(endpoint=storage.table_service_uri, credential=bounded, **tables_kwargs())
+    tables = BoundedTableServiceClient(storage.table_service_uri, credential=bounded, **tables_kwargs())
     main = QueueClient(storage.queue_service_uri, settings.content_queue, credential=bounded, **queue_kwargs())
     poison = QueueClient(storage.queue_service_uri, settings.poison_queue, credential=bounded, **queue_kwargs())
     return tables, main, poison

@@ -327,6 +327,25 @@ async def test_a_storage_call_ends_within_the_deadline_when_its_token_request_ha
     assert standins.tokens.validate(token.token, "https://storage.azure.com") is not None
 
 
+async def test_an_entity_call_s_retry_wait_is_bounded_by_the_deadline(
+    connector: ConnectorHarness, proxy: StorageProxy
+) -> None:
+    """azure-data-tables hands each table's client the service's transport in a wrapper that forwards ``send`` but
+    not ``sleep``: the retry waits of entity calls (claims, sent marks, the lease) were slept whole, past the
+    invocation's deadline, and only the next try failed (a 16 s wait begun just inside the deadline ended past the
+    function timeout). A wait that does not fit is refused before it starts, as for the service's own calls."""
+    connector.set(AzureWebJobsStorage=proxy.connection_string)
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.watermarks.get_state(connector.standins.tenant_id, "Audit.General")  # the table exists
+    proxy.add_fault("table.read", "reset", count=1000)
+    try:
+        with Deadline.for_invocation(4.0).applied(), pytest.raises(StorageDeadlineError) as cut:
+            await rt.state.watermarks.get_state(connector.standins.tenant_id, "Audit.General")
+    finally:
+        proxy.clear_faults()
+    assert "retrying storage call GET" in str(cut.value), cut.value  # the wait refused, not slept whole
+
+
 async def test_a_put_back_waiting_for_another_to_create_the_queue_ends_within_its_own_deadline(
     connector: ConnectorHarness, proxy: StorageProxy
 ) -> None:
