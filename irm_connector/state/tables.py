@@ -130,6 +130,9 @@ class PartitionRead:
     first_page: int | None = None
 
 
+#: The methods azure-core retries after a connection failure, and POST: for the calls that may be sent twice.
+_WITH_POST = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
+
 class Tables:
     """The connector's tables in one storage account. It owns the service client it is given."""
 
@@ -193,7 +196,9 @@ class Tables:
         while True:
             self.stats.writes += 1
             try:
-                await self._service.create_table(name)
+                # A connection failure is retried as for any other call (azure-core retries no POST without an
+                # answer): sent again after it was applied, the create is answered 409, taken below for done.
+                await self._service.create_table(name, retry_on_methods=_WITH_POST)
                 return
             except AzureError as exc:
                 if _being_deleted(exc) and waited < BEING_DELETED_WAIT:
@@ -402,11 +407,14 @@ class Tables:
 
     async def write_batches(self, table_name: str, ops: list[Any]) -> None:
         """Entity-group transactions of up to :data:`BATCH` operations on one partition each."""
+        # Upserts alone may be sent again after a connection failure (azure-core retries no POST without an
+        # answer): applied twice they leave what once does. A delete applied, then sent again, fails the batch.
+        retried = {"retry_on_methods": _WITH_POST} if all(op[0] == "upsert" for op in ops) else {}
         for start in range(0, len(ops), BATCH):
 
             async def run(table: TableClient, batch: list[Any] = ops[start : start + BATCH]) -> None:
                 self.stats.writes += 1
-                await table.submit_transaction(batch)
+                await table.submit_transaction(batch, **retried)
 
             await self._run(table_name, "a table transaction on", run)  # TableTransactionError is an AzureError
 

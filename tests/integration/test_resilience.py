@@ -1567,6 +1567,28 @@ async def test_blobs_queued_by_a_cancelled_run_are_not_queued_again(connector: C
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_table_creation_and_an_upsert_batch_ride_out_a_connection_reset(connector: ConnectorHarness) -> None:
+    """azure-core retries no POST that got no answer, whatever ``retry_connect`` says: a table's creation (every
+    new day table, every cold start) and the batch that marks queued blobs failed at one reset, the creation
+    failing the invocation, the batch a poll whose messages were already queued (the next run queued them again).
+    Both may be sent twice, and are retried as any other call."""
+    from standins.storage_proxy import StorageProxy
+
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        tables = (await get_runtime(Settings.from_env())).state.tables
+        name = tables.name("resets")
+        proxy.add_fault("table.write", "reset", count=2)  # POST /Tables: the creation
+        await tables.table(name)
+        proxy.add_fault("table.batch", "reset", count=2)
+        await tables.write_batches(name, [("upsert", {"PartitionKey": "p", "RowKey": f"r{i}"}) for i in range(3)])
+        assert proxy.pending_faults() == 0
+    from azure.data.tables.aio import TableClient
+
+    async with TableClient.from_connection_string(connector.azurite.connection_string, name) as table:
+        assert sorted([e["RowKey"] async for e in table.list_entities()]) == ["r0", "r1", "r2"]
+
+
 async def test_a_content_queue_deleted_under_a_warm_worker_is_created_again(connector: ConnectorHarness) -> None:
     """An operator deletes the content queue (to clear a backlog) while a worker runs: the worker's next poll
     creates it again and queues what is new, rather than failing every run until the worker restarts."""
