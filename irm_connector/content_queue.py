@@ -18,7 +18,7 @@ from azure.storage.queue import TextBase64DecodePolicy
 from azure.storage.queue.aio import QueueClient
 
 from ._bounded import within
-from .errors import BadMessageError, StateError
+from .errors import BadMessageError, StateError, storage_error_code
 from .errors import storage_reason as reason
 from .models import ContentBlob, parse_api_time, utc_text
 
@@ -166,8 +166,12 @@ async def create_queue_if_missing(client: QueueClient) -> None:
     """Create the queue unless it exists."""
     try:
         await client.create_queue()
-    except ResourceExistsError:
-        pass
+    except ResourceExistsError as exc:
+        # 409 is also a queue being deleted (Azure refuses its name for about 40 s after a delete) or disabled: taken
+        # for "exists", the next write failed on a queue that is not there, saying nothing of why.
+        if storage_error_code(exc) in ("QueueBeingDeleted", "QueueDisabled"):
+            raise StateError(f"cannot create queue {client.queue_name}: {reason(exc)}; Azure refuses a deleted "
+                             "queue's name for about 40 s, and the next try creates it") from exc  # fmt: skip
     except AzureError as exc:
         raise StateError(f"cannot create queue {client.queue_name}: {reason(exc)}") from exc
 

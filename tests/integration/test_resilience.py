@@ -1589,6 +1589,25 @@ async def test_a_table_creation_and_an_upsert_batch_ride_out_a_connection_reset(
         assert sorted([e["RowKey"] async for e in table.list_entities()]) == ["r0", "r1", "r2"]
 
 
+async def test_a_queue_being_deleted_is_not_taken_for_one_that_exists(connector: ConnectorHarness) -> None:
+    """Azure answers a queue's creation 409 QueueBeingDeleted for about 40 s after its delete (Azurite deletes at
+    once). Every 409 was taken for "it exists": the creation counted as done, and the write after it failed on a
+    queue that was not there, saying nothing of why. The creation fails, saying so, and the next one creates it."""
+    from irm_connector.content_queue import create_queue_if_missing
+    from irm_connector.errors import StateError
+    from standins.storage_proxy import StorageProxy
+
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        queue = (await get_runtime(Settings.from_env())).queue.main
+        proxy.add_fault("queue.admin", "status", status=409, code="QueueBeingDeleted")
+        with pytest.raises(StateError, match=r"QueueBeingDeleted.*about 40 s"):
+            await create_queue_if_missing(queue)
+        await create_queue_if_missing(queue)
+    async with connector.queue_client() as created:
+        await created.get_queue_properties()  # there: a missing queue raises ResourceNotFoundError
+
+
 async def test_a_content_queue_deleted_under_a_warm_worker_is_created_again(connector: ConnectorHarness) -> None:
     """An operator deletes the content queue (to clear a backlog) while a worker runs: the worker's next poll
     creates it again and queues what is new, rather than failing every run until the worker restarts."""
