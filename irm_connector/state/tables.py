@@ -133,6 +133,7 @@ class PartitionRead:
 #: The methods azure-core retries after a connection failure, and POST: for the calls that may be sent twice.
 _WITH_POST = frozenset({"HEAD", "GET", "PUT", "DELETE", "OPTIONS", "TRACE", "POST"})
 
+
 class Tables:
     """The connector's tables in one storage account. It owns the service client it is given."""
 
