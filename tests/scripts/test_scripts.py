@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueClient
@@ -123,6 +124,15 @@ def _processes_under(path: Path) -> list[int]:
     return found
 
 
+def _kill_leftovers(script: subprocess.Popen[Any], path: Path) -> None:
+    """After a test, whatever it passed or failed: the processes naming ``path``, and the script's group."""
+    for pid in _processes_under(path):
+        os.kill(pid, signal.SIGKILL)
+    if script.poll() is None:
+        os.killpg(script.pid, signal.SIGKILL)
+        script.wait()
+
+
 def test_a_script_killed_by_sigterm_stops_its_demo_and_the_emulator_with_it(tmp_path: Path) -> None:
     """bash runs no trap while a foreground child runs: `kill` of scripts/demo.sh (a supervisor's, a build agent's)
     ended bash alone, and the demo and its Azurite ran on, their temporary directory deleted under them."""
@@ -151,11 +161,7 @@ def test_a_script_killed_by_sigterm_stops_its_demo_and_the_emulator_with_it(tmp_
         assert not list(tmp_path.rglob("*.pem")) and not list(tmp_path.rglob("*azurite*"))
         assert {p.name for p in tmp_path.iterdir()} <= {"demo"}
     finally:
-        for pid in _processes_under(tmp_path):
-            os.kill(pid, signal.SIGKILL)
-        if script.poll() is None:
-            os.killpg(script.pid, signal.SIGKILL)
-            script.wait()
+        _kill_leftovers(script, tmp_path)
 
 
 def test_a_script_killed_while_it_installs_ends_the_installer_with_it(tmp_path: Path) -> None:
@@ -186,8 +192,4 @@ def test_a_script_killed_while_it_installs_ends_the_installer_with_it(tmp_path: 
         assert process.returncode == 128 + signal.SIGTERM
         assert "install failed" not in out
     finally:
-        for pid in _processes_under(marker):
-            os.kill(pid, signal.SIGKILL)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        _kill_leftovers(process, marker)
