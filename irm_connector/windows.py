@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from .models import utc_text
+
 __all__ = [
     "EMPTY_RANGE",
     "MAX_WINDOW",
@@ -178,22 +180,19 @@ def window_lead(max_window: timedelta) -> timedelta:
 EMPTY_RANGE = "the range is empty: --end must be after --start (and not in the future)"
 
 
-def _told(moment: datetime) -> str:
-    """A time as the range messages tell it: UTC (an option may name an offset), with its Z."""
-    return f"{format_api_time(moment)}Z"
-
-
 def starts_in_the_future(start: datetime, now: datetime) -> str:
     """What a backfill starting at ``start``, at or after ``now``, is told (it gave no --end, or one later still)."""
+    start_text, now_text = utc_text(start, timespec="seconds"), utc_text(now, timespec="seconds")
     return (
-        f"the range starts in the future ({_told(start)}, and it is now {_told(now)}): "
+        f"the range starts in the future ({start_text}, and it is now {now_text}): "
         "content is listed once it is published; give a --start in the past, or --since"
     )
 
 
 def too_far_back(start: datetime) -> str:
     """What a backfill starting at ``start``, past the API's 7 days, is told."""
-    return f"start {_told(start)} is more than 7 days back: the API keeps content for 7 days only"
+    start_text = utc_text(start, timespec="seconds")  # UTC: --start may name an offset
+    return f"start {start_text} is more than 7 days back: the API keeps content for 7 days only"
 
 
 def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window, ...]:
@@ -213,8 +212,9 @@ def plan_backfill(start: datetime, end: datetime, now: datetime) -> tuple[Window
     if end <= start:
         if asked < end:
             minutes = int(RETENTION_MARGIN.total_seconds() // 60)
+            earliest_text = utc_text(earliest, timespec="seconds")
             raise ValueError(
-                f"the range ends before {_told(earliest)}: the oldest {minutes} minutes of the API's 7 "
+                f"the range ends before {earliest_text}: the oldest {minutes} minutes of the API's 7 "
                 "days are not listed (a margin for clock skew, lest the API refuse the window); content that old "
                 "is about to leave the API"
             )
