@@ -459,22 +459,23 @@ async def _queue_blobs(
     # The blobs queued before a put failed, or before the run was cancelled (Ctrl-C, SIGTERM, a lost lease), are
     # remembered: the next run would otherwise queue each again, and every second message costs a download and a
     # parse before the dedupe drops its rows.
+    async def remember() -> None:
+        if queued:
+            await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
+            report.blobs_queued += len(queued)
+
     try:
         results = await asyncio.gather(*(put(b) for b in fresh), return_exceptions=True)
     except asyncio.CancelledError:
         # gather ends only when every put has: ``queued`` is whole (a put cut mid-request may still have landed).
-        if queued:
-            try:
-                with cleaning_up():
-                    await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
-                report.blobs_queued += len(queued)
-            except ConnectorError as exc:
-                log.warning("Cancelled; the %d blob(s) it queued could not be marked (%s): the next run queues them "
-                            "again, and their records are sent once", len(queued), exc, extra=dims)  # fmt: skip
+        try:
+            with cleaning_up():
+                await remember()
+        except ConnectorError as exc:
+            log.warning("Cancelled; the %d blob(s) it queued could not be marked (%s): the next run queues them "
+                        "again, and their records are sent once", len(queued), exc, extra=dims)  # fmt: skip
         raise
-    if queued:
-        await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
-        report.blobs_queued += len(queued)
+    await remember()
     failed = next((result for result in results if result is not None), None)
     if failed is not None:
         raise failed
