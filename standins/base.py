@@ -43,6 +43,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CLIENT_ID: Any = getattr(web, "RequestKey", lambda name, _t: name)("standins_client_id", str)
 
 
+
+def _hang_up(request: web.Request) -> web.Response:
+    """Close ``request``'s connection without an answer; the response returned never reaches the client."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response(status=500)
+
 class ApiError(Exception):
     """Raised by a handler to answer with the service's JSON error body."""
 
@@ -280,10 +287,8 @@ class ServiceStandIn:
         if fault is not None and fault.kind == "delay":
             await asyncio.sleep(float(fault.params["seconds"]))
         if fault is not None and fault.kind == "reset":
-            if request.transport is not None:
-                request.transport.abort()
             self._record(route, request, None, fault, None, started)
-            return web.Response(status=500)  # never reaches the client
+            return _hang_up(request)
         if fault is not None and fault.kind == "status":
             err = self._fault_error(fault)
             response, error_code = self.render_error(err), err.code
@@ -300,9 +305,7 @@ class ServiceStandIn:
             response.headers["Date"] = format_datetime(now.astimezone(UTC), usegmt=True)
         self._record(route, request, response.status, fault, error_code, started)
         if fault is not None and fault.kind == "drop":
-            if request.transport is not None:
-                request.transport.abort()
-            return web.Response(status=500)  # never reaches the client
+            return _hang_up(request)
         if fault is not None and fault.kind == "cut":
             return await self._cut(request, response)
         return response
