@@ -76,6 +76,11 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
                 log.info("Dropped %d expired dedupe tables", len(dropped))
         except StateError as exc:
             log.warning("Could not drop expired dedupe tables (tried again next run): %s", exc)
+        except Exception:
+            # Logged here as a content type's is below: a caller (the host, `run`) can then take every unexpected
+            # fault out of a run as told, its traceback once.
+            log.exception("Dropping expired dedupe tables failed unexpectedly")
+            raise
 
         # Every content type is polled in every run, side by side, each with the whole budget: one catching up
         # over days cannot starve the others (Audit.General carries the alerts). They share the request budget.

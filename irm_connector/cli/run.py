@@ -111,12 +111,13 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
             counts["polls"] += 1
             counts["poll_errors"] += 1
             log.error("Poll failed (the next one is on schedule): %s", exc)
-        except Exception:
-            # A fault of the connector's own: as the Functions host does, its traceback is logged and the next poll
-            # runs on schedule; ending here would abandon the messages in flight and their claims.
+        except Exception as exc:
+            # A fault of the connector's own: the next poll runs on schedule, as under the Functions host; ending
+            # here would abandon the messages in flight and their claims. The poller (or the client startup) has
+            # logged its traceback already: a second copy here would read as a second fault.
             counts["polls"] += 1
             counts["poll_errors"] += 1
-            log.exception("Poll failed unexpectedly (the next one is on schedule)")
+            log.error("Poll failed unexpectedly with %s (the next one is on schedule)", type(exc).__name__)
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -73,13 +73,14 @@ def test_run_stopped_during_a_slow_poll_ends_it_and_leaves_the_next_run_its_leas
     assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"
 
 
-#: ``irm-connector run`` whose first poll meets a fault of the connector's own (a KeyError), as a bug would raise.
+#: ``irm-connector run`` whose first poll meets a fault of the connector's own (a KeyError), as a bug would raise
+#: in the middle of listing a content type.
 _FIRST_POLL_FAILS = """
 import sys
 from irm_connector import poller
 from irm_connector.cli import main
 
-real = poller.run_poller
+real = poller._poll_content_type
 calls = []
 
 
@@ -90,9 +91,7 @@ async def failing_once(*args, **kwargs):
     return await real(*args, **kwargs)
 
 
-poller.run_poller = failing_once
-import irm_connector.handlers as handlers
-handlers.run_poller = failing_once
+poller._poll_content_type = failing_once
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -125,7 +124,10 @@ def test_run_keeps_polling_and_processing_after_a_poll_fails_unexpectedly(cli: C
     doc = json.loads(out[out.index("{") :])
     assert doc["poll_errors"] == 1 and doc["polls"] >= 2
     assert sorted(r["RecordId"] for r in cli.rows()) == expected
-    assert "KeyError" in err and "Traceback" in err  # the fault of the connector's own, with where it happened
+    # The fault of the connector's own, with where it happened, told once: `run` logged the poller's traceback
+    # a second time, which read as a second fault.
+    assert err.count("Traceback") == 1 and "KeyError: 'a bug'" in err, err
+    assert "Poll failed unexpectedly with KeyError (the next one is on schedule)" in err
 
 
 def test_schedule_is_ncrontab_with_seconds() -> None:
