@@ -79,6 +79,7 @@ def iter_blob(
         yield from parse_blob(body, problems)  # raises with the usual message
         return
     pos = start + 1
+    records_before = 0
     while len(body) - pos > 2 * segment_bytes:
         search_from = pos + segment_bytes
         parsed: list[Any] | None = None
@@ -106,9 +107,14 @@ def iter_blob(
             except BadContentError:
                 break
             pos = comma + 1
+        records_before += len(parsed)
         yield from parsed
         del parsed
-    yield from _parse_piece(b"[" + body[pos:], problems)
+    try:
+        rest = _parse_piece(b"[" + body[pos:], problems)
+    except BadContentError as exc:  # its place told in the blob, not in the piece ("[" + the rest)
+        raise exc.moved(bytes_before=pos - 1, records_before=records_before) from None
+    yield from rest
 
 
 def _top_level_comma(body: bytes | bytearray, start: int, after: int) -> int | None:
@@ -188,7 +194,7 @@ def _parse_slowly(body: bytes, problems: Counter[str] | None) -> Any:
                 pass
         if body.lstrip()[:1] == b"[":
             _elements(body)  # raises if the array stops early or its brackets do not match
-        raise BadContentError(f"content is not JSON ({type(exc).__name__} at byte {_pos(exc)})") from None
+        raise BadContentError(f"content is not JSON: {type(exc).__name__}", byte=_pos(exc, body)) from None
 
 
 def _record_by_record(body: bytes, problems: Counter[str] | None) -> list[Any]:
@@ -215,7 +221,7 @@ def _parse_one(element: bytes, number: int, problems: Counter[str] | None) -> An
         try:
             return _with_raw_controls(element, problems)
         except ValueError:
-            raise BadContentError(f"content is not JSON ({type(exc).__name__} in record {number})") from None
+            raise BadContentError(f"content is not JSON: {type(exc).__name__}", record=number) from None
 
 
 def _with_raw_controls(text: bytes, problems: Counter[str] | None) -> Any:
@@ -260,12 +266,12 @@ def _elements(body: bytes) -> list[bytes]:
                 begin = at + 1
             continue
         if not closers or closers.pop() != char:
-            raise BadContentError(f"content is not JSON (a misplaced {chr(char)!r} at byte {at})")
+            raise BadContentError(f"content is not JSON: a misplaced {chr(char)!r}", byte=at)
         if not closers:
             if elements or body[begin:at].strip():
                 elements.append(body[begin:at])
             if body[at + 1 :].strip():
-                raise BadContentError(f"content is not JSON (more text after the array, at byte {at + 1})")
+                raise BadContentError("content is not JSON: more text after the array", byte=at + 1)
             return elements
     raise BadContentError("content stops before its JSON array is complete (cut short)", cut=True)
 
@@ -294,8 +300,9 @@ def _shallow(element: bytes) -> bytes:
     return b"".join(parts)
 
 
-def _pos(exc: BaseException) -> int:
+def _pos(exc: BaseException, body: bytes) -> int | None:
+    """Where in ``body`` the standard library's parser stopped, in bytes (its own count is in characters)."""
     position = getattr(exc, "pos", None)
-    if position is None:
-        position = getattr(exc, "start", -1)  # UnicodeDecodeError
-    return int(position if position is not None else -1)
+    if not isinstance(position, int):
+        return None
+    return len(body.decode("utf-8", "replace")[:position].encode())

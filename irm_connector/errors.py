@@ -291,11 +291,25 @@ class BadContentError(ConnectorError):
 
     ``cut`` is true when the body stops before its array is complete, as a transfer cut short does: another
     download may bring it whole. Otherwise the body is whole but wrong, and the API serves the same bytes
-    every time."""
+    every time. ``problem`` says what is wrong, and ``byte`` or ``record`` (counted from 1) where in the body,
+    when known."""
 
-    def __init__(self, message: str, *, cut: bool = False) -> None:
-        super().__init__(message)
-        self.cut = cut
+    def __init__(
+        self, problem: str, *, cut: bool = False, byte: int | None = None, record: int | None = None
+    ) -> None:
+        self.problem, self.cut, self.byte, self.record = problem, cut, byte, record
+        place = f" at byte {byte}" if byte is not None else f" in record {record}" if record is not None else ""
+        super().__init__(problem + place)
+
+    def moved(self, *, bytes_before: int, records_before: int) -> BadContentError:
+        """This error, its place counted from a blob's start for one found in a piece of it (its text from
+        ``bytes_before`` on, after ``records_before`` records)."""
+        return BadContentError(
+            self.problem,
+            cut=self.cut,
+            byte=None if self.byte is None else self.byte + bytes_before,
+            record=None if self.record is None else self.record + records_before,
+        )
 
 
 class IngestionError(ConnectorError):

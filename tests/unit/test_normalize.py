@@ -392,6 +392,31 @@ def test_a_record_the_fast_parser_refuses_leaves_a_large_blob_read_a_segment_at_
     assert problems == {"utf8": {UTF8_REPAIR: 1}, "control": {CONTROL_REPAIR: 1}, None: {}}[repair]
 
 
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        (b'{"Id": "bad", "Name": "caf\xc3\xa9", "Ok": tru}', "JSONDecodeError"),  # not JSON, brackets matched
+        (b'{"Id": "bad", "Name": "caf\xc3\xa9"]', "a misplaced ']'"),
+    ],
+    ids=["not-json", "misplaced-bracket"],
+)
+def test_a_large_blob_tells_where_it_is_wrong_counted_from_its_start(bad: bytes, problem: str) -> None:
+    """The poison entry of a large blob that is not JSON names the byte to look at. Read a segment at a time, the
+    byte was counted from the start of the last piece read, a place that does not exist in the blob."""
+    from irm_connector.blob_parse import iter_blob
+
+    records = [b'{"Id": "%d", "Name": "caf\xc3\xa9 %s"}' % (i, b"x" * 600) for i in range(1000)]
+    body = b"[" + b",".join([*records[:700], bad, *records[700:]]) + b"]"
+    assert len(body) > 8 * _SEGMENT
+    with pytest.raises(BadContentError) as whole:
+        parse_blob(body)
+    with pytest.raises(BadContentError) as segmented:
+        list(iter_blob(body, segment_bytes=_SEGMENT))
+    found = segmented.value
+    assert str(found) == str(whole.value) and found.problem.endswith(problem) and not found.cut
+    assert found.byte is not None and body.index(bad) < found.byte < body.index(bad) + len(bad)
+
+
 def test_a_byte_that_is_not_utf8_costs_no_record() -> None:
     from collections import Counter
 
