@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from irm_connector.runtime import close_runtimes
+from irm_connector.state.claims import CLAIM_TTL
 from standins.storage_proxy import Hold, StorageProxy
 from tests.clock import skew_local_clock
 from tests.faults import report
@@ -347,7 +348,9 @@ async def test_a_fast_local_clock_does_not_take_over_a_live_claim(
     mark = proxy.hold("table.write", path="rec", body=r'"S": ?"s"')
     a = asyncio.create_task(connector.process(blob_a))
     await _until(mark.arrived.is_set, "A's sent mark")
-    skew_local_clock(monkeypatch, timedelta(minutes=10, seconds=30))  # B's clock is ahead of A's
+    # B's clock is ahead of A's by more than a claim lives: judged by B's clock, A's claim would be expired.
+    skew = CLAIM_TTL + timedelta(minutes=1)
+    skew_local_clock(monkeypatch, skew)
     reads = len([r for r in proxy.table.requests("table.read") if "rec" in r.path])
     b = asyncio.create_task(connector.process(blob_b))
     await _until(lambda: b.done() or len([r for r in proxy.table.requests("table.read") if "rec" in r.path])
@@ -357,7 +360,7 @@ async def test_a_fast_local_clock_does_not_take_over_a_live_claim(
     await b
     lost, duplicates = _tally(connector, [r["Id"] for r in shared])
     report.record(report.Outcome(
-        "Faults", "processor clock", "10.5 minutes ahead while another processor holds a claim",
+        "Faults", "processor clock", f"{skew.total_seconds() / 60:g} minutes ahead while another processor holds a claim",
         "a claim's age is judged by the storage service's clock, and it lives the function timeout plus a "
         "margin: no takeover while its owner runs", "no takeover" if not duplicates else "taken over", lost,
         duplicates))  # fmt: skip
