@@ -9,6 +9,14 @@ from datetime import datetime, timedelta, tzinfo
 import pytest
 
 
+class _AnyDatetime(type):
+    """A skewed module's ``isinstance(value, datetime)`` stays true of the plain datetimes it meets (its answers,
+    what it reads), or it would take them for something else."""
+
+    def __instancecheck__(cls, instance: object) -> bool:
+        return isinstance(instance, datetime)
+
+
 def skew_local_clock(
     monkeypatch: pytest.MonkeyPatch, ahead: timedelta | list[timedelta], package: str = "irm_connector.state"
 ) -> None:
@@ -21,7 +29,7 @@ def skew_local_clock(
     importlib.import_module("irm_connector.handlers")
     importlib.import_module(package)
 
-    class Skewed(datetime):
+    class Skewed(datetime, metaclass=_AnyDatetime):
         @classmethod
         def now(cls, tz: tzinfo | None = None) -> datetime:  # type: ignore[override]  # a plain datetime, not a Skewed, on purpose
             return datetime.now(tz) + offset[0]

@@ -278,7 +278,7 @@ def test_status_judges_the_lag_by_the_storage_service_s_clock(cli: Cli, monkeypa
 
     cli.standins.management.set_subscription("Audit.General", "enabled")
     assert cli.run("poll")[0] == 0
-    skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector.cli.status")
+    skew_local_clock(monkeypatch, timedelta(hours=3), package="irm_connector")
     code, doc = cli.json("status")
     assert code == 0, doc["problems"]
     assert doc["content_types"][0]["lag_seconds"] < 15 * 60
