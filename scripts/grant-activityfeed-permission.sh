@@ -29,7 +29,7 @@ secret            Creates (or reuses) an app registration "<app-name>" (default 
                   secret. With --key-vault the secret goes straight into that vault (never printed);
                   without it the secret is printed once: store it with scripts/store-client-secret.sh.
 certificate       The same app registration, with admin consent, and the certificate of --cert-file (its
-                  public part only; the private key stays in Key Vault) as its credential instead of a
+                  public part only: the script refuses a file with a private key) as its credential instead of a
                   secret. For a Microsoft 365 tenant other than the Azure subscription's: run it signed in
                   to the Microsoft 365 tenant.
 consent           An app registration you already have (--app-id, the connector's O365_CLIENT_ID) gets the
