@@ -117,3 +117,35 @@ def test_error_inside_a_data_connector_query_is_reported(node_bin: str, tmp_path
     assert rc == 1
     failing = {r["name"] for r in report["report"] if r["errors"]}
     assert failing == {"sentinel/dataconnectors/IRMConnector.json#connectivityCriteria[0][0]"}
+
+
+def test_settings_naming_columns_the_result_lacks_are_reported(node_bin: str, tmp_path: Path) -> None:
+    """A rule's entity mappings, custom details and {{placeholders}}, and a hunting query's entity columns, name
+    columns of the query's result. A column the result lost still bound (the query itself is valid KQL) and
+    passed every check that looked for its name anywhere in the text; Sentinel then maps no entity."""
+    root = tmp_path / "repo"
+    for d in ("sentinel", "schemas", "irm_connector"):
+        shutil.copytree(REPO_ROOT / d, root / d)
+    (root / "package.json").write_text("{}")
+    (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+    rule = root / "sentinel" / "analytics" / "irm-high-severity-alert.yaml"
+    text = rule.read_text()
+    kept = "      UserPrincipalName, AccountName, AccountUPNSuffix, Comments, RecordId, O365TenantId = OrganizationId\n"
+    assert kept in text
+    rule.write_text(text.replace(kept, "      Comments, RecordId, O365TenantId = OrganizationId\n"))
+    hunting = root / "sentinel" / "hunting" / "irm-alerted-user-signins.yaml"
+    text = hunting.read_text()
+    assert "  | extend IP_0_Address = IPAddress\n" in text
+    hunting.write_text(text.replace("  | extend IP_0_Address = IPAddress\n", ""))
+    rc, report, _ = run_kql_check(node_bin, "--root", str(root))
+    assert rc == 1
+    failing = {r["name"]: [e["message"] for e in r["errors"]] for r in report["report"] if r["errors"]}
+    assert set(failing) == {"sentinel/analytics/irm-high-severity-alert.yaml#query",
+                            "sentinel/hunting/irm-alerted-user-signins.yaml#query"}  # fmt: skip
+    rule_errors = "\n".join(failing["sentinel/analytics/irm-high-severity-alert.yaml#query"])
+    for told in ("entity Account.FullName names UserPrincipalName", "entity Account.Name names AccountName",
+                 "entity Account.UPNSuffix names AccountUPNSuffix", "alertDescriptionFormat names UserPrincipalName"):
+        assert told in rule_errors, rule_errors  # fmt: skip
+    assert failing["sentinel/hunting/irm-alerted-user-signins.yaml#query"] == [
+        "hunting entity column names IP_0_Address, not a column of the query's result"
+    ]

@@ -15,6 +15,7 @@ import copy
 import json
 import re
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,23 @@ def test_hunting_queries_and_parsers_keep_the_azure_sentinel_format(content: dic
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(f["Function"]["LastUpdated"])), where
         assert f["FunctionName"] == f["FunctionAlias"] == Path(where).stem
         assert f["Category"] == "Microsoft Sentinel Parser"
+
+
+def test_hunting_queries_name_their_entities_as_sentinel_reads_them(content: dict[str, Any]) -> None:
+    """A saved search has no field for entity mappings: Sentinel takes a hunting result's entities from columns
+    named ``<Type>_<n>_<Identifier>`` only. The YAML's entityMappings were deployed nowhere, and a result row
+    (a bookmark made of it) carried no account and no IP."""
+    for h in content["hunting"]:
+        q, where = h["doc"], h["file"]
+        extends = dict(re.findall(r"^\s*\|\s*extend\s+(\w+_\d+_\w+)\s*=\s*(\w+)\s*$", q["query"], re.M))
+        seen: Counter[str] = Counter()
+        wanted = {}
+        for mapping in q["entityMappings"]:
+            n = seen[mapping["entityType"]]
+            seen[mapping["entityType"]] += 1
+            for field in mapping["fieldMappings"]:
+                wanted[f"{mapping['entityType']}_{n}_{field['identifier']}"] = field["columnName"]
+        assert extends == wanted, f"{where}: entity columns {extends} against its entityMappings {wanted}"
 
 
 def test_ids_are_guids_unique_across_all_files(content: dict[str, Any]) -> None:

@@ -12,6 +12,8 @@
 //           query of the data connector definition (sentinel/dataconnectors/*.json: lastDataReceivedQuery,
 //           graph baseQuery, connectivity criteria), and every `transformKql: '...'` in infra/**/*.bicep (bound
 //           against `source` = each DCR stream).
+//           A rule's or hunting query's entity mappings, custom details and {{placeholders}} must name columns
+//           of its result (its ResultType), and a hunting query's Type_n_Identifier entity columns too.
 //
 // Usage: node tools/kql/check.mjs [--root DIR] [--columns FILE] [--file F.kql]... [--query NAME=KQL]...
 //          [--only-extra] [--json]
@@ -117,12 +119,31 @@ const functions = content.parsers.map(p => new S.FunctionSymbol.$ctor16(p.doc.Fu
 const globals = K.GlobalState.Default.WithDatabase(new S.DatabaseSymbol.ctor('workspace', [...tables, ...functions]));
 
 // ---- what to check ----
+// The columns a rule or hunting query's settings name, which its result must have: [what names it, column].
+function resultNeeds(doc, kind) {
+  const needs = [];
+  const perType = {};
+  for (const e of doc.entityMappings ?? []) {
+    const n = perType[e.entityType] = (perType[e.entityType] ?? -1) + 1;
+    for (const f of e.fieldMappings ?? []) {
+      needs.push([`entity ${e.entityType}.${f.identifier}`, f.columnName]);
+      // Sentinel reads a hunting result's entities from these columns only (a saved search keeps no mappings).
+      if (kind === 'hunting') needs.push([`hunting entity column`, `${e.entityType}_${n}_${f.identifier}`]);
+    }
+  }
+  for (const [name, column] of Object.entries(doc.customDetails ?? {})) needs.push([`custom detail ${name}`, column]);
+  for (const field of ['alertDisplayNameFormat', 'alertDescriptionFormat']) {
+    for (const m of (doc.alertDetailsOverride?.[field] ?? '').matchAll(/\{\{([^{}]*)\}\}/g)) needs.push([field, m[1].trim()]);
+  }
+  return needs;
+}
+
 const items = [];
 const rel = p => relative(root, p);
 if (!onlyExtra) {
   for (const p of content.parsers) items.push({ name: `${p.file}#FunctionQuery`, text: p.doc.FunctionQuery });
   for (const kind of ['analytics', 'hunting']) {
-    for (const r of content[kind]) items.push({ name: `${r.file}#query`, text: r.doc.query });
+    for (const r of content[kind]) items.push({ name: `${r.file}#query`, text: r.doc.query, needs: resultNeeds(r.doc, kind) });
   }
   for (const { file, doc: wb } of content.workbooks) {
     const walk = (list, path) => {
@@ -183,6 +204,14 @@ for (const it of items) {
     (String(d.Severity) === 'Error' ? errors : warnings).push(entry);
   }
   if (it.forceError) errors.push({ code: 'CHECK', message: it.forceError, at: '1:1', snippet: '' });
+  if (it.needs?.length) {
+    const result = new Set();
+    const columns = code.ResultType?.Columns;
+    for (let i = 0; i < (columns?.Count ?? 0); i++) result.add(columns.getItem(i).Name);
+    for (const [what, column] of it.needs) {
+      if (!result.has(column)) errors.push({ code: 'RESULT', message: `${what} names ${column}, not a column of the query's result`, at: '1:1', snippet: '' });
+    }
+  }
   errorCount += errors.length;
   report.push({ name: it.name, errors, warnings });
 }
