@@ -512,6 +512,15 @@ def test_views_of_a_shared_workspace_name_each_tenant(content: dict[str, Any]) -
     [fresh] = [i for i in wb["doc"]["items"] if i.get("name") == "freshness"]
     branches = re.findall(r"\(\w+_CL \| summarize Newest = [^|]*\|", fresh["content"]["query"])
     assert len(branches) == 4 and all("by O365TenantId" in b for b in branches), branches
+    # Over a fixed range: tied to the time range, a tenant stopped longer ago than it showed no row at all. And by
+    # the record's own time: Azure Monitor replaces the TimeGenerated of a row over 2 days old.
+    assert "timeContextFromParameter" not in fresh["content"], fresh["content"]
+    assert fresh["content"]["timeContext"]["durationMs"] >= 7 * 86400 * 1000
+    assert "IRMAlerts_CL | summarize Newest = max(CreationTime)" in fresh["content"]["query"]
+    trends = {i["name"]: i["content"]["query"] for i in wb["doc"]["items"] if i.get("name", "").endswith("-over-time")}
+    assert set(trends) == {"queue-over-time", "lag-over-time"}
+    for name, query in trends.items():  # a backlog or a lag tells its tenant, not a sum or a maximum of them all
+        assert re.search(r"summarize [^\n]* by bin\(TimeGenerated, 1h\), [^\n]*O365TenantId", query), name
     [high] = [r for r in content["analytics"] if r["doc"]["id"] == "bd37c659-36c0-4903-b1f4-2d56ebb746c1"]
     assert high["doc"]["customDetails"]["O365TenantId"] == "O365TenantId"
     assert "O365TenantId = OrganizationId" in high["doc"]["query"]
