@@ -130,7 +130,8 @@ def _split_hint(text: str, default: str = "") -> tuple[str, str]:
 
 def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
     """The failure ``exc`` means (see the module docstring); ``command`` for the usage hint."""
-    line = _first_line(str(exc))
+    install_redaction()  # masked before it is shortened: a secret cut short is no longer masked by its value
+    line = _first_line(redact(str(exc)))
     text = _shortened(line, 4000 if isinstance(exc, SettingsError) else 400)
     if isinstance(exc, OperatorError):
         return exc.failure

@@ -24,6 +24,7 @@ from azure.core.exceptions import (
 from irm_connector._network import network_cause
 from irm_connector._tls import azure_session
 from irm_connector.auth import identity_endpoint_known
+from irm_connector.redaction import redact
 from irm_connector.runtime import Runtime, get_runtime, storage_clients
 from irm_connector.settings import Settings
 
@@ -34,7 +35,7 @@ __all__ = ["check_ingestion_token", "check_management_token", "check_storage", "
 
 
 def _first_line(exc: ClientAuthenticationError) -> str:
-    text = str(exc.message or exc).strip()
+    text = redact(str(exc.message or exc)).strip()  # masked before it is cut, as a whole secret is masked
     return (text.splitlines()[0] if text else type(exc).__name__)[:200].rstrip(".")
 
 

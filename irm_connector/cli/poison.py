@@ -55,7 +55,7 @@ def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
         "attempts": failure.attempts if failure else None,
         "failed_at": failure.time if failure else None,
         # Not a content notification: written by hand or by another tool, it may hold a secret; masked as any output.
-        "text": redact(text[:200]) if not content_id else None,
+        "text": redact(text)[:200] if not content_id else None,  # masked whole: a secret cut short is not masked
     }
 
 

@@ -240,6 +240,12 @@ def test_poison_list_masks_a_secret_in_a_message_that_is_not_a_content_notificat
     assert "pasted by mistake" in out and secret not in out + err
     code, doc = cli.json("poison", "list")
     assert secret not in str(doc)
+    # The secret where the shown start of the text cuts it: masked by its whole value, it had to be masked
+    # before the cut, or its first characters showed in clear.
+    cli.put("x" * 181 + secret, cli.poison)
+    code, doc = cli.json("poison", "list")
+    [listed] = [m for m in doc["messages"] if (m["text"] or "").startswith("x")]
+    assert listed["text"].startswith("x" * 181) and secret[:8] not in listed["text"], listed["text"]
 
 
 def test_an_operators_netrc_login_does_not_reach_storage(

@@ -141,3 +141,15 @@ def test_an_exception_chain_is_redacted_link_by_link() -> None:
     assert secret not in text and "access_token=***" in text
     assert "_AddressError: cannot connect to https://***@proxy.example" in text  # a stand-in says the same
     assert cleaned.__suppress_context__  # what the raise said about its chain is kept
+
+
+def test_a_command_line_error_is_masked_before_it_is_shortened(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line shortens an error's text to 400 characters; masked after the cut, a secret that straddled
+    it was no longer the configured value, and its first characters were printed in clear."""
+    from irm_connector.cli._failures import describe
+    from irm_connector.errors import ConnectorError
+
+    secret = "straddling-secret-8d2e7b51c0"
+    monkeypatch.setenv("O365_CLIENT_SECRET", secret)
+    failure = describe(ConnectorError("y" * 385 + secret))
+    assert failure.message.startswith("y" * 385) and secret[:8] not in failure.line(), failure.line()
