@@ -65,7 +65,8 @@ class HostSetting(NamedTuple):
 
 #: The queue settings of host.json that the worker imitates, by their name there.
 HOST_SETTINGS = {
-    "batchSize": HostSetting("batch_size", int, "a whole number", 1),
+    # The host refuses a batch over 32, the most messages Storage hands out at once.
+    "batchSize": HostSetting("batch_size", int, "a whole number", 1, 32, "32 (the most the Functions host takes)"),
     "newBatchThreshold": HostSetting("new_batch_threshold", int, "a whole number", 0),
     "maxDequeueCount": HostSetting("max_dequeue_count", int, "a whole number", 1),
     # Storage refuses a visibility timeout over 7 days: every retry would fail to put its message back.

@@ -41,7 +41,8 @@ def test_app_settings_override_host_json_as_the_functions_host_reads_them() -> N
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("batchSize", "eight"), ("batchSize", "0"), ("maxDequeueCount", "-1"), ("visibilityTimeout", "30s"),
+    [("batchSize", "eight"), ("batchSize", "0"), ("batchSize", "33"), ("maxDequeueCount", "-1"),
+     ("visibilityTimeout", "30s"),
      ("visibilityTimeout", "8.00:00:00")],  # Storage refuses more than 7 days
 )
 def test_a_bad_override_is_a_settings_error_that_names_it(name: str, value: str) -> None:
