@@ -56,6 +56,9 @@ def network_cause(exc: BaseException) -> str:
     for error in exception_chain(exc):
         if isinstance(error, ssl.SSLError):
             return "TLS handshake failed"
+        # aiohttp's: the server (or a proxy, a load balancer) closed the connection before an answer.
+        if type(error).__name__ == "ServerDisconnectedError":
+            return "connection closed before an answer"
         if isinstance(error, ConnectionError):
             return "connection failed"
     return type(exc).__name__

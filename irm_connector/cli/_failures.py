@@ -167,6 +167,16 @@ def describe(exc: BaseException, command: str = "COMMAND") -> Failure:
     if isinstance(exc, HttpResponseError) and exc.status_code:
         # The commands' own storage calls (the poison queue's walk, say) raise the SDK's errors as they come.
         return storage_refused(exc, storage_settings())
+    if isinstance(exc, ServiceRequestError | ServiceResponseError):
+        # azure-core's: the commands' own storage calls (the queue's walk, the poison queue's) raise them as they
+        # come; the connector's other clients raise errors of their own, which name their service.
+        return Failure(
+            "storage-unreachable",
+            f"cannot reach Storage ({network_cause(exc)})",
+            f"check {storage_settings()}, the network and the storage account's firewall (locally: is Azurite "
+            "running?), then run the command again",
+            EXIT_UNREACHABLE,
+        )
     if isinstance(exc, _NETWORK_ERRORS):
         return Failure("unreachable", f"a service could not be reached ({network_cause(exc)})", "", EXIT_UNREACHABLE)
     if isinstance(exc, ConnectorError):

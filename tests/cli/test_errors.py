@@ -5,6 +5,7 @@ names what is wrong and what to check, and no SDK noise (tracebacks, credential 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -343,3 +344,30 @@ def test_a_storage_failure_mid_run_names_the_storage_settings_in_use(
         monkeypatch.setenv(name, value)
     failure = describe(StateError("could not write the watermark of Audit.General (HTTP 503)"))
     assert failure.code == "storage" and failure.hint.startswith(named), failure.hint
+
+
+async def test_storage_lost_after_the_startup_check_is_named_with_its_settings(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The startup check names Storage when it cannot be reached; a connection lost later, in the commands' own
+    queue calls (the poison queue's walk, the queue worked by `process`), came out as "a service could not be
+    reached (ServiceRequestError)", naming no service, no setting and no fix."""
+    from azure.storage.queue.aio import QueueClient
+
+    from irm_connector.cli._failures import describe
+
+    monkeypatch.setenv("AzureWebJobsStorage", cli.azurite.connection_string)
+    with StorageProxy(cli.azurite) as proxy:
+        proxy.add_fault("queue.get", "reset", count=10)  # receiving messages, as the walks do
+        failures = []
+        nobody = re.sub(r"QueueEndpoint=[^;]+", f"QueueEndpoint=http://127.0.0.1:{closed_port()}/x", proxy.connection_string)
+        for connection_string in (proxy.connection_string, nobody):
+            async with QueueClient.from_connection_string(connection_string, "irm-content", retry_total=0) as client:
+                with pytest.raises(Exception) as raised:
+                    await client.receive_message()
+            failures.append(describe(raised.value))
+    causes = ["connection closed before an answer", "connection refused"]
+    for failure, cause in zip(failures, causes, strict=True):
+        assert (failure.code, failure.exit_code) == ("storage-unreachable", 3), failure
+        assert failure.message == f"cannot reach Storage ({cause})", failure.message
+        assert failure.hint.startswith("check AzureWebJobsStorage, the network"), failure.hint
