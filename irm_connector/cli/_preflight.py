@@ -136,11 +136,11 @@ async def check_ingestion_token(rt: Runtime) -> None:
         ) from exc
 
 
-async def ready(settings: Settings, *, storage: bool = True, management: bool = False, ingestion: bool = False) -> None:
-    """The checks a command needs: storage (all but ``subscriptions``), a Management API token (the commands
-    that poll or download), a Logs Ingestion token (the commands that send rows)."""
-    if storage:
-        await check_storage(settings)
+async def ready(settings: Settings, *, management: bool = False, ingestion: bool = False) -> None:
+    """The checks a command needs: storage (every command: the tenant's Management API request budget is kept
+    there too), a Management API token (the commands that ask the API), a Logs Ingestion token (the commands that
+    send rows)."""
+    await check_storage(settings)
     if management or ingestion:
         rt = await get_runtime(settings)
         if management:

@@ -17,7 +17,7 @@ __all__ = ["subscriptions"]
 
 async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "list":
-        await ready(settings, storage=False, management=True)
+        await ready(settings, management=True)
         rt = await get_runtime(settings)
         items = await rt.management.list_subscriptions()
         listed = {str(s.get("contentType")): str(s.get("status", "")) for s in items}
@@ -56,7 +56,7 @@ async def subscriptions(args: argparse.Namespace, settings: Settings) -> int:
             args,
             f"Stop the subscription(s) {', '.join(content_types)}? Content published while stopped is never available",
         )
-    await ready(settings, storage=False, management=True)
+    await ready(settings, management=True)
     rt = await get_runtime(settings)
     results: list[dict[str, str]] = []
     first_failure: ConnectorError | None = None

@@ -211,7 +211,7 @@ class Tables:
                 if isinstance(exc, ResourceExistsError) and not _being_deleted(exc):
                     return
                 hint = "; Azure refuses it for about 40 s after a delete" if _being_deleted(exc) else ""
-                raise StateError(f"cannot create table {name}: {reason(exc)}{hint}; the invocation is retried") from exc
+                raise StateError(f"cannot create table {name}: {reason(exc)}{hint}") from exc
 
     async def _run(self, name: str, what: str, op: Callable[[TableClient], Awaitable[_T]]) -> _T:
         """``op`` on table ``name``; a table deleted under this process is created again and ``op`` runs once
