@@ -47,9 +47,11 @@ def _describe(message: Any, failures: dict[str, Failure]) -> dict[str, Any]:
         "content_id": content_id,
         "content_created": created,
         "reason": failure.reason if failure else (
-            "unknown: no failure was recorded for this message (the host parked it without the connector's word: "
-            "its last attempt cut off by functionTimeout or a worker crash, or a text the host could not decode; "
-            f"look in the host's log at {iso(message.inserted_on) or 'the time it was parked'}, where the message had "
+            "unknown: no failure was recorded for this message (it failed where nothing could record it: the "
+            "settings or the connector's clients were broken, and its log lines 'Configuration error: …' or 'The "
+            "connector could not start: …' say why; or the host parked it, its last attempt cut off by "
+            "functionTimeout or a worker crash, or its text one the host could not decode; look in the app's log "
+            f"(Application Insights) at {iso(message.inserted_on) or 'the time it was parked'}, where the message had "
             "the id it had on the content queue, not this one)"
         ),
         "attempts": failure.attempts if failure else None,

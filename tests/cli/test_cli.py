@@ -923,5 +923,8 @@ def test_a_poison_message_without_a_recorded_failure_says_where_to_look(cli: Cli
     assert code == 0
     [item] = doc["messages"]
     assert item["reason"].startswith("unknown: no failure was recorded for this message")
-    assert f"look in the host's log at {item['inserted']}, where the message had the id it had on the content " \
-        "queue, not this one" in item["reason"]
+    assert f"look in the app's log (Application Insights) at {item['inserted']}, where the message had the id it " \
+        "had on the content queue, not this one" in item["reason"]
+    # As deployed the host logs no failed invocation: with broken settings or clients, the connector's own lines
+    # are the ones that say why.
+    assert "'Configuration error: …' or 'The connector could not start: …' say why" in item["reason"]
