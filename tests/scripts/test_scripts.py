@@ -64,7 +64,10 @@ def test_azurite_script_serves_queues_and_tables_with_the_sdks_and_stops_on_ctrl
             tables.create_table("scripttest")
             assert [t.name for t in tables.list_tables()] == ["scripttest"]
         os.killpg(process.pid, signal.SIGINT)
-        assert process.wait(timeout=30) is not None
+        assert process.wait(timeout=30) == 0  # Azurite closes its servers on Ctrl-C and ends cleanly
+        for port in (queue, table):  # nothing left listening
+            with socket.socket() as sock:
+                assert sock.connect_ex(("127.0.0.1", port)) != 0, port
         output = process.stdout.read().decode() if process.stdout else ""
         assert f"queue {queue}" in output and "\x1b[" not in output  # no colour codes when not on a terminal
     finally:
