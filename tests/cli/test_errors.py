@@ -232,12 +232,21 @@ async def test_managed_identity_storage_setting_off_azure_uses_the_operators_ide
     settings = Settings.from_env({**cli.env, "AzureWebJobsStorage": ""} | {
         "AzureWebJobsStorage__accountName": "irmstate", "AzureWebJobsStorage__credential": "managedidentity",
     })  # fmt: skip
+    sim = cli.standins
+    storage = "https://storage.azure.com"
     async with azure_session() as session:
         async with azure_credential(settings, managed_identity_only=True, session=session) as in_azure:
-            assert type(in_azure).__name__ == "ManagedIdentityCredential"
+            token = await in_azure.get_token(f"{storage}/.default")
+        info = sim.tokens.validate(token.token, storage)
+        assert info is not None and info.kind == "managed_identity"  # the app's identity, where there is one
         off_azure(cli)
+        # The operator, here a service principal (a build agent's) in the environment, as `az login` would be.
+        cli.set(AZURE_TENANT_ID=sim.tenant_id, AZURE_CLIENT_ID=sim.client_id, AZURE_CLIENT_SECRET=sim.client_secret,
+                AZURE_AUTHORITY_HOST=sim.authority_host)  # fmt: skip
         async with azure_credential(settings, managed_identity_only=True, session=session) as off:
-            assert type(off).__name__ == "DefaultAzureCredential"
+            token = await off.get_token(f"{storage}/.default")
+        info = sim.tokens.validate(token.token, storage)
+        assert info is not None and (info.kind, info.client_id) == ("client_secret", sim.client_id)
 
 
 async def test_in_cloud_shell_storage_is_reached_as_the_signed_in_operator(cli: Cli) -> None:

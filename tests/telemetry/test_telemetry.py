@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypedDict, cast
@@ -161,11 +162,16 @@ def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insi
     assert report["to_the_host"] and not [name for name in report["to_the_host"] if name.startswith("azure.")]
 
 
-def test_authentication_string_gives_a_managed_identity_credential() -> None:
-    from azure.identity import ManagedIdentityCredential
-
-    credential = telemetry._credential("ClientId=11111111-2222-3333-4444-555555555555;Authorization=AAD")
-    assert isinstance(credential, ManagedIdentityCredential)
+def test_authentication_string_signs_in_as_the_identity_it_names(standins: StandIns, connector_env: dict[str, str]) -> None:
+    """APPLICATIONINSIGHTS_AUTHENTICATION_STRING names the user-assigned identity the deployment gives the telemetry
+    (Application Insights with local auth off takes no other): its tokens must be that identity's, not the app's
+    system identity's or another's."""
+    named = str(uuid.uuid4())
+    standins.entra.add_user_assigned_identity(named)
+    credential = telemetry._credential(f"ClientId={named};Authorization=AAD")
+    token = credential.get_token("https://monitor.azure.com/.default")
+    info = standins.tokens.validate(token.token, "https://monitor.azure.com")
+    assert info is not None and (info.kind, info.client_id) == ("managed_identity", named)
     assert telemetry._credential("") is None and telemetry._credential("Authorization=Key") is None
 
 
