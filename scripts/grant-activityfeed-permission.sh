@@ -27,7 +27,8 @@ managed_identity  Assigns the ActivityFeed.Read app role of "Office 365 Manageme
 secret            Creates (or reuses) an app registration "<app-name>" (default irm-connector) with the
                   ActivityFeed.Read application permission, grants admin consent, and creates a client
                   secret. With --key-vault the secret goes straight into that vault (never printed);
-                  without it the secret is printed once: store it with scripts/store-client-secret.sh.
+                  without it the secret goes to a file only you can read (never to the terminal): store it
+                  with scripts/store-client-secret.sh, as the script says, and delete the file.
 certificate       The same app registration, with admin consent, and the certificate of --cert-file (its
                   public part only: the script refuses a file with a private key) as its credential instead of a
                   secret. For a Microsoft 365 tenant other than the Azure subscription's: run it signed in
@@ -160,15 +161,23 @@ grant_secret() {
   echo "Then: azd env set O365_AUTH_MODE secret; azd env set O365_CLIENT_ID ${app_id}; azd provision"
   if [[ -n "${key_vault}" ]]; then
     # Several tries: a Key Vault role assigned minutes ago may still be refused. If it is, the secret is
-    # printed rather than lost (the app keeps the credential, and another run would add one more).
+    # kept rather than lost (the app keeps the credential, and another run would add one more).
     if ! printf '%s' "${secret}" | "$(dirname "$0")/store-client-secret.sh" --vault "${key_vault}" --attempts 10; then
-      echo "O365_CLIENT_SECRET=${secret}"
-      echo "It could not be stored in ${key_vault}: store it there yourself (scripts/store-client-secret.sh --vault ${key_vault})."
+      keep_secret "${secret}" "${key_vault}" "It could not be stored in ${key_vault}."
     fi
   else
-    echo "O365_CLIENT_SECRET=${secret}"
-    echo "Store it in Key Vault, not in a file: scripts/store-client-secret.sh --vault <KEY_VAULT_NAME> (it asks for it)."
+    keep_secret "${secret}" "<KEY_VAULT_NAME>" "Store it in Key Vault."
   fi
+}
+
+# A new client secret goes into a file only its owner can read, never to the terminal: printed, it stayed in
+# scrollback, a CI log or a `| tee` file.
+keep_secret() {
+  local secret=$1 vault=$2 why=$3 file
+  file=$(umask 077 && mktemp "${TMPDIR:-/tmp}/o365-client-secret.XXXXXX")
+  printf '%s' "${secret}" > "${file}"
+  echo "${why} The new client secret is in ${file} (readable by you alone):"
+  echo "  scripts/store-client-secret.sh --vault ${vault} < ${file} && rm ${file}"
 }
 
 grant_certificate() {

@@ -86,7 +86,7 @@ check_certificate() {
     say "Present."
     return
   fi
-  pending+=("Import the app registration's certificate: az keyvault certificate import --vault-name ${vault} -n ${name} -f cert.pfx [--password <the PFX's password>]
+  pending+=("Import the app registration's certificate: az keyvault certificate import --vault-name ${vault} -n ${name} -f <dir>/cert.pfx [--password @<dir>/pfx-password] (a private directory outside the checkout; @ reads the password from a file, off the command line)
    then have the app read it now (else within 24 hours): az rest --method post --url \"${FUNCTION_APP_ID:-<FUNCTION_APP_ID>}/${REFRESH_API}\"")
 }
 

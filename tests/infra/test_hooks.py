@@ -51,7 +51,7 @@ case "$1 $2" in
     if [[ "$3" == list ]]; then echo sp-o365; elif [[ "$*" == *appRoles* ]]; then echo role-activityfeed
     else echo "sp-$5"; fi ;;
   "cloud show") echo "${FAKE_AZ_GRAPH:-https://graph.microsoft.com/}" ;;
-  "ad app") if [[ "$3" == create ]]; then echo app-irm; fi ;;
+  "ad app") if [[ "$3" == create ]]; then echo app-irm; elif [[ "$3" == credential ]]; then echo "n3w~s3cret"; fi ;;
   "keyvault secret")
     if [[ "$3" == set ]]; then
       failed=$(cat "$FAKE_DIR/set-failures" 2>/dev/null || echo 0)
@@ -618,3 +618,19 @@ def test_the_consent_step_the_hook_prints_grants_the_configured_app_and_makes_no
     made = calls(fakes, "az")
     assert consented(made) == [("https://graph.microsoft.com/v1.0", "sp-app-7")]
     assert not any(c[:3] == ["ad", "app", "create"] or c[:4] == ["ad", "app", "credential", "reset"] for c in made)
+
+
+def test_a_new_client_secret_goes_to_a_private_file_never_to_the_terminal(fakes: Path, tmp_path: Path) -> None:
+    """Without --key-vault, or with a vault that refuses the store, the grant script printed the new secret: it
+    stayed in the terminal's scrollback, a CI log or a `| tee` file. It goes to a file only its owner reads."""
+    script = REPO_ROOT / "scripts" / "grant-activityfeed-permission.sh"
+    for extra, env in (((), {}), (("--key-vault", "kv-irm-x"), {"FAKE_AZ_SET_FAILS": "100"})):
+        private = tmp_path / f"tmp{len(extra)}"
+        private.mkdir()
+        done = run_script(script, fakes, {"FAKE_AZ_LOGGED_IN": "1", "TMPDIR": str(private), "STORE_SECRET_RETRY_SECONDS": "0",
+                                          **env}, "secret", *extra)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "n3w~s3cret" not in done.stdout + done.stderr
+        [kept] = list(private.glob("o365-client-secret.*"))
+        assert kept.read_text() == "n3w~s3cret" and kept.stat().st_mode & 0o777 == 0o600
+        assert f"< {kept} && rm {kept}" in done.stdout

@@ -30,3 +30,16 @@ def test_the_deployed_code_imports_nothing_that_is_not_deployed() -> None:
         if name.split(".")[0] in NOT_DEPLOYED
     )
     assert offending == []
+
+
+def test_key_material_in_the_checkout_is_never_packaged() -> None:
+    """The deploy docs export a certificate to the working directory (``-f cert.pfx``); a key left there went into
+    the next ``azd deploy`` package, onto the app's file system."""
+    from fnmatch import fnmatch
+
+    patterns = [line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]  # fmt: skip
+    for name in ("cert.pfx", "o365.p12", "key.pem", "app.key", "app.crt", "app.cer", ".env", ".env.local"):
+        assert any(fnmatch(name, pattern) for pattern in patterns), name
+    for deployed in ("function_app.py", "host.json", "requirements.txt", "irm_connector"):
+        assert not any(fnmatch(deployed, pattern) for pattern in patterns), deployed
