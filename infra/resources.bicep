@@ -186,6 +186,7 @@ module keyVault 'modules/keyvault.bicep' = {
     // The deployer stores a secret or a certificate there; with the managed identity there is none to store.
     deployerPrincipalId: o365AuthMode == 'managed_identity' ? '' : principalId
     deployerPrincipalType: principalType
+    deployerStores: o365AuthMode == 'certificate' ? 'certificate' : 'secret'
     enablePurgeProtection: keyVaultPurgeProtection
     createMode: keyVaultCreateMode
     clientSecret: o365ClientSecret

@@ -1,13 +1,19 @@
 // Key Vault (RBAC mode) for the Management API credentials. The connector identity may only read secrets; the
-// deployer (optional) may write secrets and certificates, so the client secret or certificate goes straight into
-// the vault (azd postprovision hook, az keyvault certificate import) and never into a file.
+// deployer (optional) may write the one kind of credential its mode uses, so the client secret or certificate goes
+// straight into the vault (azd postprovision hook, az keyvault certificate import) and never into a file.
 param name string
 param location string
 param tags object = {}
 @description('Principal id of the connector identity.')
 param principalId string
-@description('Object id of the deployer: Key Vault Secrets Officer and Certificates Officer. Empty = none.')
+@description('Object id of the deployer: Key Vault Secrets Officer (secret mode), or Certificates Officer and Secrets User (certificate mode). Empty = none.')
 param deployerPrincipalId string = ''
+@allowed([
+  'secret'
+  'certificate'
+])
+@description('The credential the deployer stores: a client secret (it writes secrets), or a certificate (it imports certificates, and reads the certificate with its key, a secret, for the command line).')
+param deployerStores string = 'secret'
 @allowed([
   'User'
   'ServicePrincipal'
@@ -34,6 +40,7 @@ var certificatePasswordName = 'o365-client-certificate-password'
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 var keyVaultSecretsOfficer = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var keyVaultCertificatesOfficer = 'a4417e6f-fecd-4de8-b567-7b0420556985'
+var deployerSecretsRole = deployerStores == 'secret' ? keyVaultSecretsOfficer : keyVaultSecretsUser
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: Flex Consumption without VNet integration resolves Key Vault references over the public endpoint; access is Entra ID + RBAC only.
@@ -94,17 +101,17 @@ resource secretsUserRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = 
   }
 }
 
-resource deployerSecretsRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
-  name: guid(vault.id, deployerPrincipalId, keyVaultSecretsOfficer)
+resource deployerSecretsAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+  name: guid(vault.id, deployerPrincipalId, deployerSecretsRole)
   scope: vault
   properties: {
     principalId: deployerPrincipalId
     principalType: deployerPrincipalType
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficer)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', deployerSecretsRole)
   }
 }
 
-resource deployerCertificatesRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId)) {
+resource deployerCertificatesAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(deployerPrincipalId) && deployerStores == 'certificate') {
   name: guid(vault.id, deployerPrincipalId, keyVaultCertificatesOfficer)
   scope: vault
   properties: {

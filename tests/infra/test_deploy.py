@@ -53,11 +53,19 @@ def test_the_deployer_gets_key_vault_and_state_roles_when_named() -> None:
     assert allowed(MAIN, "principalType") == ["User", "ServicePrincipal", "Group"]
     kv = (MODULES / "keyvault.bicep").read_text()
     st = (MODULES / "storage.bicep").read_text()
-    for text, roles in ((kv, ("keyVaultSecretsOfficer", "keyVaultCertificatesOfficer")),
-                        (st, ("roles.queueDataContributor", "roles.tableDataContributor"))):  # fmt: skip
+    # Least privilege on the vault: the one kind of credential the mode stores. A certificate's deployer reads it
+    # with its key (a secret) for the command line, and writes no secret; a secret's deployer imports no certificate.
+    assert "var deployerSecretsRole = deployerStores == 'secret' ? keyVaultSecretsOfficer : keyVaultSecretsUser" in kv
+    assert "deployerStores: o365AuthMode == 'certificate' ? 'certificate' : 'secret'" in RESOURCES
+    for text, roles, condition in (
+        (kv, ("deployerSecretsRole",), ""),
+        (kv, ("keyVaultCertificatesOfficer",), " && deployerStores == 'certificate'"),
+        (st, ("roles.queueDataContributor", "roles.tableDataContributor"), ""),
+    ):
         for role in roles:
             decl = re.search(
-                rf"resource \w+ 'Microsoft\.Authorization/roleAssignments@[^']+' = if \(!empty\(deployerPrincipalId\)\) \{{\n"
+                rf"resource \w+ 'Microsoft\.Authorization/roleAssignments@[^']+' = "
+                rf"if \(!empty\(deployerPrincipalId\){re.escape(condition)}\) \{{\n"
                 rf"  name: guid\((vault|storage)\.id, deployerPrincipalId, {re.escape(role)}\)\n"
                 rf"  scope: (vault|storage)\n"
                 rf"  properties: \{{\n    principalId: deployerPrincipalId\n    principalType: deployerPrincipalType\n",
