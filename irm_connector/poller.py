@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -469,18 +469,31 @@ async def _queue_blobs(
             await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
             report.blobs_queued += len(queued)
 
+    async def remember_whole() -> None:
+        # In the cleanup margin, and carried to its end through a cancel that comes meanwhile: cut, the batch left
+        # the blobs just queued unmarked, and the next run queued each again.
+        with cleaning_up():
+            marking = asyncio.ensure_future(remember())
+        try:
+            await asyncio.shield(marking)
+        except asyncio.CancelledError:
+            await cancelled_with(marking)
+            raise
+
+    async def cancelled_with(marking: Awaitable[None]) -> None:
+        try:
+            await marking
+        except ConnectorError as exc:
+            log.warning("Cancelled; the %d blob(s) it queued could not be marked (%s): the next run queues them "
+                        "again, and their records are sent once", len(queued), exc, extra=dims)  # fmt: skip
+
     try:
         results = await asyncio.gather(*(put(b) for b in fresh), return_exceptions=True)
     except asyncio.CancelledError:
         # gather ends only when every put has: ``queued`` is whole (a put cut mid-request may still have landed).
-        try:
-            with cleaning_up():
-                await remember()
-        except ConnectorError as exc:
-            log.warning("Cancelled; the %d blob(s) it queued could not be marked (%s): the next run queues them "
-                        "again, and their records are sent once", len(queued), exc, extra=dims)  # fmt: skip
+        await cancelled_with(remember_whole())
         raise
-    await remember()
+    await remember_whole()
     failed = next((result for result in results if result is not None), None)
     if failed is not None:
         raise failed

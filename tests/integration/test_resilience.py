@@ -1572,6 +1572,36 @@ async def test_blobs_queued_by_a_cancelled_run_are_not_queued_again(connector: C
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_run_cancelled_while_it_marks_its_queued_blobs_marks_them_all(connector: ConnectorHarness) -> None:
+    """A cancel (a lost lease, SIGTERM) that came while the run wrote the marks of the blobs it had queued cut
+    that batch: every blob was on the queue and none marked, and the next run queued each one again."""
+    from standins.storage_proxy import StorageProxy
+
+    workload = _publish(connector, seed=50, records=500, blob_size=(100, 100))
+    blobs = len(workload.blobs)
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        marks = proxy.hold("table.batch")
+        polling = asyncio.create_task(connector.poll())
+        for _ in range(3000):
+            if marks.arrived.is_set():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the marks' batch never arrived")
+        assert await connector.queue_length() == blobs
+        polling.cancel()
+        await asyncio.sleep(0.2)  # the cancel reaches the run while its batch is held
+        marks.release(forward=True)
+        with pytest.raises(asyncio.CancelledError):
+            await polling
+        await connector.poll()
+        assert await connector.queue_length() == blobs  # before: 2 * blobs
+        stats = await connector.drain()
+    assert stats.processed == blobs
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_table_creation_and_an_upsert_batch_ride_out_a_connection_reset(connector: ConnectorHarness) -> None:
     """azure-core retries no POST that got no answer, whatever ``retry_connect`` says: a table's creation (every
     new day table, every cold start) and the batch that marks queued blobs failed at one reset, the creation
