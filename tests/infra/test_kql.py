@@ -9,6 +9,16 @@ from pathlib import Path
 from .conftest import REPO_ROOT, bicep_files, run_kql_check, sentinel_content
 
 
+def _checkout_copy(tmp_path: Path) -> Path:
+    """The content, schemas and columns of the checkout, copied for a test to break, with the checker's packages."""
+    root = tmp_path / "repo"
+    for d in ("sentinel", "schemas", "irm_connector"):
+        shutil.copytree(REPO_ROOT / d, root / d)
+    (root / "package.json").write_text("{}")
+    (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+    return root
+
+
 def test_all_project_kql_binds_without_errors(node_bin: str) -> None:
     rc, report, stderr = run_kql_check(node_bin)
     failing = {r["name"]: r["errors"] for r in report.get("report", []) if r["errors"]}
@@ -86,11 +96,7 @@ def test_renamed_column_breaks_the_queries(node_bin: str, tmp_path: Path) -> Non
 
 
 def test_error_inside_a_parser_file_is_reported(node_bin: str, tmp_path: Path) -> None:
-    root = tmp_path / "repo"
-    for d in ("sentinel", "schemas", "irm_connector"):
-        shutil.copytree(REPO_ROOT / d, root / d)
-    (root / "package.json").write_text("{}")
-    (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+    root = _checkout_copy(tmp_path)
     f = root / "sentinel" / "parsers" / "IRMAlerts.yaml"
     text = f.read_text()
     assert "FirstSeen = min(CreationTime)" in text
@@ -102,11 +108,7 @@ def test_error_inside_a_parser_file_is_reported(node_bin: str, tmp_path: Path) -
 
 
 def test_error_inside_a_data_connector_query_is_reported(node_bin: str, tmp_path: Path) -> None:
-    root = tmp_path / "repo"
-    for d in ("sentinel", "schemas", "irm_connector"):
-        shutil.copytree(REPO_ROOT / d, root / d)
-    (root / "package.json").write_text("{}")
-    (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+    root = _checkout_copy(tmp_path)
     f = root / "sentinel" / "dataconnectors" / "IRMConnector.json"
     dc = json.loads(f.read_text())
     dc["connectivityCriteria"][0]["value"][0] = dc["connectivityCriteria"][0]["value"][0].replace(
@@ -123,11 +125,7 @@ def test_settings_naming_columns_the_result_lacks_are_reported(node_bin: str, tm
     """A rule's entity mappings, custom details and {{placeholders}}, and a hunting query's entity columns, name
     columns of the query's result. A column the result lost still bound (the query itself is valid KQL) and
     passed every check that looked for its name anywhere in the text; Sentinel then maps no entity."""
-    root = tmp_path / "repo"
-    for d in ("sentinel", "schemas", "irm_connector"):
-        shutil.copytree(REPO_ROOT / d, root / d)
-    (root / "package.json").write_text("{}")
-    (root / "node_modules").symlink_to(REPO_ROOT / "node_modules")
+    root = _checkout_copy(tmp_path)
     rule = root / "sentinel" / "analytics" / "irm-high-severity-alert.yaml"
     text = rule.read_text()
     kept = "      UserPrincipalName, AccountName, AccountUPNSuffix, Comments, RecordId, O365TenantId = OrganizationId\n"
