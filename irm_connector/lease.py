@@ -27,7 +27,6 @@ and a stalled connection does not cost the tick.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Coroutine
@@ -212,8 +211,9 @@ class PollerLease:
             await asyncio.wait({task, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                # Its cancel and whatever it raises on the way out are the work's; a cancel of this caller's own
+                # (a stop while the work cleans up) still ends it here, not as a lost lease.
+                await asyncio.gather(task, return_exceptions=True)
                 failure = heartbeat.exception()
                 if failure is not None:
                     raise failure
@@ -223,8 +223,7 @@ class PollerLease:
         finally:
             for pending in (task, heartbeat):
                 pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.gather(task, heartbeat, return_exceptions=True)
+            await asyncio.gather(task, heartbeat, return_exceptions=True)
 
     async def release(self, **changes: Any) -> None:
         """Give the lease up with a last write of ``changes``; a lost lease is left to run out."""

@@ -200,3 +200,29 @@ async def test_a_write_that_landed_but_failed_is_not_undone_by_the_release(
     await tables.close()
     stored = await others.get_state(TENANT, CONTENT_TYPE)
     assert (stored.watermark, stored.lease_owner) == (later, "")
+
+
+async def test_a_caller_stopped_while_a_lost_lease_s_work_cleans_up_is_stopped(
+    watermarks: Watermarks, proxy: StorageProxy
+) -> None:
+    """The lease is lost, its work cancelled and cleaning up, and then the caller itself is stopped (Ctrl-C, `run`'s
+    SIGTERM): its cancellation was swallowed with the work's, and it went on as if only the lease were lost,
+    logging a failure and writing a health row while the process stopped."""
+    lease = await _take(watermarks)
+    cleaning = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cleaning.set()
+            await asyncio.sleep(2)  # its way out, as a poll marks the blobs it queued
+            raise
+
+    proxy.add_fault("table.write", "status", status=503, code="ServerBusy", count=10_000)  # no renewal goes through
+    caller = asyncio.create_task(lease.run(work()))
+    async with asyncio.timeout(TIMING.lease.total_seconds() + 10):
+        await cleaning.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
