@@ -118,8 +118,10 @@ def storage_clients(
     return tables, main, poison
 
 
-def build_runtime(settings: Settings) -> Runtime:
-    """Build the clients for ``settings``; no network or token work happens here."""
+async def build_runtime(settings: Settings) -> Runtime:
+    """Build the clients for ``settings``; no network or token work happens here. What was built before a
+    constructor refused its settings is closed again: left open, each failed invocation logged two unclosed
+    sessions beside the reason it failed."""
     # A certificate that does not load raises here, before a connection pool exists that nothing would close.
     msal_tokens = None if settings.auth_mode == "managed_identity" else MsalTokenProvider(settings)
     session = aiohttp.ClientSession(
@@ -127,8 +129,26 @@ def build_runtime(settings: Settings) -> Runtime:
         raise_for_status=False,
     )
     azure = azure_session()
+    credentials: list[AsyncTokenCredential] = []
+    try:
+        return _runtime_on(settings, msal_tokens, session, azure, credentials)
+    except BaseException:
+        for credential in credentials:
+            await credential.close()
+        await session.close()
+        await azure.close()
+        raise
+
+
+def _runtime_on(
+    settings: Settings,
+    msal_tokens: MsalTokenProvider | None,
+    session: aiohttp.ClientSession,
+    azure: aiohttp.ClientSession,
+    credentials: list[AsyncTokenCredential],
+) -> Runtime:
     tokens: ManagementTokenProvider = msal_tokens or IdentityTokenProvider(settings, azure)
-    credentials: list[AsyncTokenCredential] = [azure_credential(settings, session=azure)]
+    credentials.append(azure_credential(settings, session=azure))
     tables, main, poison = storage_clients(settings.storage, settings, credentials, azure)
     state = StateStore.from_settings(tables, settings)
     # One request budget for every instance of the tenant, kept in Table Storage.
@@ -172,7 +192,7 @@ async def get_runtime(settings: Settings) -> Runtime:
         if entry[1].settings == settings:
             return entry[1]
         await entry[1].close()
-    runtime = build_runtime(settings)
+    runtime = await build_runtime(settings)
     _runtimes[id(loop)] = (loop, runtime)
     return runtime
 

@@ -1903,3 +1903,20 @@ async def test_token_waiters_cut_short_while_entra_answers_slowly_share_one_requ
     assert sim.entra.count("token") == 1
     assert await provider.get_token(refresh=True)  # a refresh drops msal's cached token: a request of its own
     assert sim.entra.count("token") == 2
+
+
+async def test_clients_that_cannot_be_built_leave_no_session_open(
+    connector_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A setting azure-identity refuses (AZURE_TOKEN_CREDENTIALS with a misspelt credential) fails the build after
+    its two connection pools exist: nothing closed them, and each failed invocation logged two "Unclosed client
+    session" errors beside the one line that says what is wrong."""
+    import gc
+
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "managedidentity")  # ManagedIdentityCredential, misspelt
+    for _ in range(2):
+        with pytest.raises(ValueError, match="AZURE_TOKEN_CREDENTIALS"):
+            await get_runtime(Settings.from_env())
+        gc.collect()
+        await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "Unclosed" in r.getMessage()], caplog.text
