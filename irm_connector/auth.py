@@ -7,11 +7,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import contextvars
 import json
 import os
 import re
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -31,6 +35,8 @@ from ._tls import azure_client_kwargs, ca_file
 from .clouds import identity_authority
 from .errors import AuthenticationError, NotInAzureError, SettingsError
 from .settings import Settings
+
+T = TypeVar("T")
 
 __all__ = [
     "IDENTITY_ENVIRONMENT",
@@ -136,7 +142,7 @@ class MsalTokenProvider:
             await asyncio.wait([asking])
         asking = self._asking
         if asking is None or asking.done():
-            asking = self._asking = asyncio.ensure_future(asyncio.to_thread(self._acquire, refresh))
+            asking = self._asking = _in_a_daemon_thread(self._acquire, refresh)
             asking.add_done_callback(_retrieved)  # its waiters may all have been cut short
             self._asking_refresh = refresh
         return asking
@@ -323,6 +329,35 @@ def azure_credential(
 
 #: msal's words for an OpenID configuration answered 4xx: "... HTTP status: 404, Error: ...".
 _DISCOVERY_STATUS = re.compile(r"HTTP status: (\d{3})\b")
+
+
+def _in_a_daemon_thread(call: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``call(*args)`` in a thread of its own, its result a future of the running loop. Not the loop's pool
+    (``to_thread``): a stopped process waits for that pool's threads at exit, and msal's request, which no cancel
+    reaches, held a stopped command until Entra ID answered or HTTP_TIMEOUT ran out. A daemon thread is left to
+    the process's end."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: Callable[[Any], None], value: Any) -> None:
+        def deliver() -> None:
+            if not future.done():  # cancelled meanwhile
+                outcome(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits for the outcome
+            loop.call_soon_threadsafe(deliver)
+
+    def run() -> None:
+        try:
+            result = context.run(call, *args)
+        except BaseException as exc:  # handed to the future, as to_thread would
+            settle(future.set_exception, exc)
+        else:
+            settle(future.set_result, result)
+
+    threading.Thread(target=run, name="irm-msal-token", daemon=True).start()
+    return future
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -232,6 +232,22 @@ def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: 
     assert code == 0 and doc["blobs_queued"] == len(workload.blobs), doc  # not "another poller holds the lease"
 
 
+def test_a_stop_while_entra_id_holds_the_token_request_ends_the_command_at_once(cli: Cli) -> None:
+    """msal's token request runs in a thread no cancel reaches: the stopped command waited for it to give up (up to
+    HTTP_TIMEOUT, longer on a host with several addresses) before it could exit, past a supervisor's grace period,
+    whose SIGKILL then lost the "interrupted" result."""
+    cli.set(HTTP_TIMEOUT="300s")
+    cli.standins.entra.add_fault("token", "delay", seconds=600, count=1)  # an answer that never comes in this test
+    with cli.spawn("poll", "--json") as process:
+        deadline = time.monotonic() + 60
+        while cli.standins.entra.pending_faults("token"):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        out, err = cli.stop(process)  # within communicate's 60 s, or the test fails: the request is still held
+    assert process.returncode == 130, err
+    assert json.loads(out)["error"]["code"] == "interrupted"
+
+
 def test_a_sigterm_after_the_graceful_stop_ends_still_reaches_the_command_s_own_handler() -> None:
     """`process` and `run` put a gentler stop in place of the command's own SIGTERM handler while they work. Taking
     it away set SIGTERM's default back, not the command's handler: a SIGTERM during the last queue count or the
