@@ -253,6 +253,7 @@ async def _list_windows(
     if lease.state.watermark is None and plan.windows and plan.windows[0].start != lease.state.first_start:
         await lease.write(first_start=plan.windows[0].start)  # this run may fail before its first window's end
     seen: SeenPartitions = {}
+    listed: set[str] = set()
     slowest = 0.0  # the longest wait for a page in this run's windows so far
     for window in plan.windows:
         if time.monotonic() >= deadline:
@@ -276,8 +277,8 @@ async def _list_windows(
             if not limit.allows(pages[1]):
                 raise _WindowTooLong
 
-        listing = partial(list_window, rt, content_type, window, now, seen, report,
-                          guard=lease.check, deadline=limit, stop=stop_if_out_of_time)  # fmt: skip
+        listing = partial(list_window, rt, content_type, window, now, seen, report, guard=lease.check,
+                          deadline=limit, stop=stop_if_out_of_time, listed=listed)  # fmt: skip
         try:
             try:
                 await listing()
@@ -349,15 +350,19 @@ async def list_window(
     deadline: Deadline | None = None,
     stop: Callable[[], None] | None = None,
     include_queued: bool = False,
+    listed: set[str] | None = None,
 ) -> None:
     """List ``window`` to its last page, queuing as it goes; a refused NextPageUri restarts it once.
     ``guard`` runs before every listing request and may raise to stop (the poller's lease check); no retry
     waits past ``deadline``. ``stop`` runs when a page after the first has come, before it is queued, and may
     raise to leave the window unfinished (every run queues at least a page; one that ends in time is whole).
     ``include_queued`` queues the blobs queued before as well (a backfill after their messages were lost).
+    ``listed``: the content ids a run has listed in its windows so far (they overlap by a minute), each taken and
+    counted once in the run; without it, once in the window.
 
     The next page is fetched while this one is queued: the API's answer and the queue writes overlap, and a
     window of many pages costs about the longer of the two, not their sum."""
+    listed = set() if listed is None else listed
     for attempt in (1, 2):
         pages = rt.management.list_content(content_type, window, guard=guard, deadline=deadline)
         following: asyncio.Future[list[ContentBlob] | None] = asyncio.ensure_future(anext(pages, None))
@@ -368,7 +373,7 @@ async def list_window(
                     stop()
                 first = False
                 following = asyncio.ensure_future(anext(pages, None))
-                await _queue_page(rt, content_type, page, now, seen, report, include_queued=include_queued)
+                await _queue_page(rt, content_type, page, now, seen, report, listed, include_queued=include_queued)
                 if on_page is not None:
                     on_page()
             return
@@ -393,21 +398,27 @@ async def _queue_page(
     now: datetime,
     seen: SeenPartitions,
     report: ContentTypeReport,
+    listed: set[str],
     *,
     include_queued: bool = False,
 ) -> None:
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
     fresh: list[ContentBlob] = []
-    queuing: set[str] = set()
     refused: list[UntrustedUrlError] = []
-    report.blobs_listed += len(page)
     # A blob given up here is lost, one queued after it expired costs a request (the API answers AF20051): so
     # expired only by both clocks. This machine's alone would give up, hours fast, blobs the API still serves;
     # the API's alone, a Date a proxy got wrong.
     answered = rt.management.answered_at(content_type)
     expired_by = now if answered is None else min(answered, now)
     for blob in page:
+        # Listed again in this run (the windows overlap by a minute, a page may name a blob twice, a refused
+        # NextPageUri lists the window again): taken and counted once. With include_queued, a second listing
+        # was queued a second time.
+        if blob.content_id in listed:
+            continue
+        listed.add(blob.content_id)
+        report.blobs_listed += 1
         try:
             rt.management.check_url(blob.content_uri, "contentUri")
         except UntrustedUrlError as exc:
@@ -424,12 +435,9 @@ async def _queue_page(
                 extra=dims,
             )
             continue
-        if blob.content_id in queuing or (
-            not include_queued and await rt.state.queued_blobs.is_queued(content_type, blob, seen)
-        ):
+        if not include_queued and await rt.state.queued_blobs.is_queued(content_type, blob, seen):
             report.blobs_already_queued += 1
             continue
-        queuing.add(blob.content_id)  # a page naming a blob twice would put two upserts of it in one batch
         fresh.append(blob)
     if fresh:
         await _queue_blobs(rt, content_type, fresh, seen, report, dims)
