@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from .errors import ConnectorError, PollError, SubscriptionMissingError
-from .models import ContentTypeReport, PollReport
+from .errors import ConnectorError, PollError, SubscriptionMissingError, TransientApiError
+from .models import ContentTypeReport, PollReport, utc_text
 from .poller import list_window, warn_clock_off
 from .redaction import redact
 from .runtime import Runtime
@@ -48,20 +48,24 @@ async def backfill(
     plan_backfill(start, end, now or await service_now(rt, content_types[0]))
     report = PollReport()
     causes: dict[str, ConnectorError] = {}
+    # Throttling is counted per tenant: a long Retry-After one content type met holds for the others too.
+    paused_until: datetime | None = None
     for content_type in content_types:
         ct_report = ContentTypeReport(content_type)
         report.content_types.append(ct_report)
         seen: SeenPartitions = {}
+        listed: set[str] = set()
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
+        moment = now or datetime.now(UTC)
         try:
-            moment = now or await service_now(rt, content_type, dims)
+            moment, throttled_until = (now, None) if now else await _service_state(rt, content_type, dims)
+            _hold_back(content_type, moment, max(filter(None, (throttled_until, paused_until)), default=None))
             # What has left the 7 days since the range was checked is out of reach: the rest is listed.
             windows = plan_backfill(max(start, moment - RETENTION), end, moment)
             progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
             for window in windows:
-                await list_window(
-                    rt, content_type, window, moment, seen, ct_report, progress, include_queued=include_queued
-                )
+                await list_window(rt, content_type, window, moment, seen, ct_report, progress,
+                                  include_queued=include_queued, listed=listed)  # fmt: skip
                 ct_report.windows_listed += 1
                 if on_progress is not None:
                     on_progress(ct_report, len(windows))
@@ -73,6 +77,9 @@ async def backfill(
         except ConnectorError as exc:
             causes[content_type] = exc
             ct_report.error = str(exc)
+            if isinstance(exc, TransientApiError) and exc.retry_after is not None:
+                until = moment + timedelta(seconds=exc.retry_after)
+                paused_until = max(paused_until or until, until)
         if ct_report.error:
             ct_report.error = redact(ct_report.error)  # it reaches the PollError, outside the logging filter
             log.error("Backfill of %s failed: %s", content_type, ct_report.error, extra=dims)
@@ -91,16 +98,37 @@ async def backfill(
     return report
 
 
+def _hold_back(content_type: str, moment: datetime, until: datetime | None) -> None:
+    """Raise while the Management API has asked this tenant for no requests (a Retry-After, recorded by the
+    poller or met by this backfill): asked before then, it throttles again and counts the request."""
+    if until is not None and until > moment:
+        raise TransientApiError(
+            f"the Management API asked for no requests from this tenant until {utc_text(until, timespec='seconds')} "
+            "(Retry-After): run the backfill again then",
+            retry_after=(until - moment).total_seconds(),
+            operation="list",
+            content_type=content_type,
+        )
+
+
 async def service_now(rt: Runtime, content_type: str, dims: dict[str, str] | None = None) -> datetime:
     """The storage service's time (the Date of a read of the content type's state), which places the API's 7-day
     edge as it does for the poller. By this machine's clock, hours fast it would refuse a start the API still serves
     and cut the oldest hours off ``--since 7d`` without a word; hours slow, plan a first window the API refuses."""
+    return (await _service_state(rt, content_type, dims))[0]
+
+
+async def _service_state(
+    rt: Runtime, content_type: str, dims: dict[str, str] | None = None
+) -> tuple[datetime, datetime | None]:
+    """:func:`service_now`, and until when the poller was asked to leave the API alone (its state's Retry-After)."""
     local = datetime.now(UTC)
-    service = (await rt.state.watermarks.get_state(rt.settings.tenant_id, content_type)).read_at
+    state = await rt.state.watermarks.get_state(rt.settings.tenant_id, content_type)
+    service = state.read_at
     if service is None:  # storage answers carry a Date; if a proxy drops it, this machine's clock is all there is
-        return local
+        return local, state.throttled_until
     if dims is not None:
         so = "the backfill is planned by the service's time"
         warn_clock_off(local - service, "ahead of the storage service's", so, service, dims)
         warn_clock_off(service - local, "behind the storage service's", so, service, dims)
-    return service
+    return service, state.throttled()

@@ -527,6 +527,49 @@ def test_backfill_brings_back_the_records_of_purged_messages_and_works_what_an_e
     assert sorted(r["RecordId"] for r in cli.rows()) == alerts
 
 
+def test_a_blob_in_the_minute_two_windows_share_is_queued_and_counted_once(cli: Cli) -> None:
+    """A backfill's windows overlap by a minute: a blob created in it is listed by both. With --include-queued it
+    was queued twice (two downloads and parses of one blob), and without it counted twice as "queued before"."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    workload = generate_workload(seed=13, total_records=1, blob_size=(1, 1), irm_share=1.0, tenant_id=sim.tenant_id)
+    [blob] = workload.blobs
+    sim.management.add_blob("Audit.General", blob.records, content_created=datetime.now(UTC) - timedelta(days=1, seconds=30))
+    code, doc = cli.json("backfill", "--since", "2d", "--no-process", "--include-queued")
+    assert code == 0 and doc["windows"] >= 2, doc
+    assert (doc["content_types"][0]["blobs_listed"], doc["blobs_queued"], cli.depth()) == (1, 1, 1), doc
+    code, doc = cli.json("backfill", "--since", "2d", "--no-process")
+    assert code == 0 and (doc["blobs_queued"], doc["content_types"][0]["blobs_already_queued"]) == (0, 1), doc
+    code, out, _ = cli.run("backfill", "--since", "2d", "--no-process")
+    assert "1 blob(s) were queued before and not again" in out, out
+
+
+def test_backfill_leaves_the_api_alone_while_it_asked_for_no_requests(cli: Cli) -> None:
+    """A Retry-After of 15 minutes: the poller records it and asks nothing before then; a backfill listed on, and
+    asked the next content types at once, though the API counts throttling per tenant."""
+    sim = cli.standins
+    cli.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
+    for content_type in ("Audit.General", "Audit.Exchange"):
+        sim.management.set_subscription(content_type, "enabled")
+    sim.management.add_fault("list", "status", status=429, retry_after=900, count=1)
+    listed = sim.management.count("list")
+    code, doc = cli.json("backfill", "--since", "3d", "--no-process")
+    assert code == 3, doc
+    assert sim.management.count("list") == listed + 1  # the throttled request alone: Audit.Exchange not asked
+    exchange = doc["content_types"][1]
+    assert exchange["content_type"] == "Audit.Exchange" and "no requests from this tenant until" in exchange["error"]
+
+    # Recorded by the poller: the backfill asks nothing until then either.
+    cli.set(O365_CONTENT_TYPES="Audit.General")
+    sim.management.add_fault("list", "status", status=429, retry_after=900, count=1)
+    code, doc = cli.json("poll")
+    assert code == 3 and doc["content_types"][0]["error"], doc
+    listed = sim.management.count("list")
+    code, out, err = cli.run("backfill", "--since", "3d", "--no-process")
+    assert code == 3 and sim.management.count("list") == listed, out + err
+    assert "no requests from this tenant until" in out + err and "run the backfill again then" in out + err
+
+
 def test_backfill_json_says_what_it_queued_when_processing_fails_after(cli: Cli) -> None:
     """The text mode prints the listing before it works the queue; with --json, a failure while processing printed
     the error document alone, and a rerun finds the blobs queued: what this run queued was said nowhere."""
