@@ -366,8 +366,12 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     assert "OldestQueuedSeconds == 0 and QueueDepth > 0" in queries[backlog]
     rule_reading(r'where IngestionState startswith "refused"')
     # Content lost to expiry (before queueing, or on the queue: the health row counts both), each row once.
-    lost = rule_reading(r"where Arrived > ago\(arrivedWithin\) and BlobsExpired > 0")
+    lost = rule_reading(r"where BlobsExpired > 0 or isnotempty\(Unlisted\)")
     assert "summarize BlobsLost = sum(BlobsExpired)" in queries[lost]
+    # And a stretch the poller could no longer list (behind by more than 7 days), which no blob count shows: the
+    # rule reads the poller's own words for it.
+    [phrase] = re.findall(r'LastError has "([^"]+)"', queries[lost])
+    assert phrase in (REPO_ROOT / "irm_connector" / "poller.py").read_text()
     stale = rule_reading(r"No connector health row for more than 2 hours")
     # The stale rule groups by tenant: an empty table has no tenant, so a fresh deployment raises nothing there...
     assert "summarize LastRun = max(TimeGenerated) by O365TenantId" in queries[stale]
