@@ -19,6 +19,13 @@ def _checkout_copy(tmp_path: Path) -> Path:
     return root
 
 
+def _replace(path: Path, old: str, new: str) -> None:
+    """``old`` in the copied file at ``path`` made ``new``; it must be there, or the test would break nothing."""
+    text = path.read_text()
+    assert old in text, (path.name, old)
+    path.write_text(text.replace(old, new))
+
+
 def test_all_project_kql_binds_without_errors(node_bin: str) -> None:
     rc, report, stderr = run_kql_check(node_bin)
     failing = {r["name"]: r["errors"] for r in report.get("report", []) if r["errors"]}
@@ -97,10 +104,11 @@ def test_renamed_column_breaks_the_queries(node_bin: str, tmp_path: Path) -> Non
 
 def test_error_inside_a_parser_file_is_reported(node_bin: str, tmp_path: Path) -> None:
     root = _checkout_copy(tmp_path)
-    f = root / "sentinel" / "parsers" / "IRMAlerts.yaml"
-    text = f.read_text()
-    assert "FirstSeen = min(CreationTime)" in text
-    f.write_text(text.replace("FirstSeen = min(CreationTime)", "FirstSeen = min(CreationTimee)"))
+    _replace(
+        root / "sentinel" / "parsers" / "IRMAlerts.yaml",
+        "FirstSeen = min(CreationTime)",
+        "FirstSeen = min(CreationTimee)",
+    )
     rc, report, _ = run_kql_check(node_bin, "--root", str(root))
     assert rc == 1
     failing = {r["name"] for r in report["report"] if r["errors"]}
@@ -126,23 +134,24 @@ def test_settings_naming_columns_the_result_lacks_are_reported(node_bin: str, tm
     columns of the query's result. A column the result lost still bound (the query itself is valid KQL) and
     passed every check that looked for its name anywhere in the text; Sentinel then maps no entity."""
     root = _checkout_copy(tmp_path)
-    rule = root / "sentinel" / "analytics" / "irm-high-severity-alert.yaml"
-    text = rule.read_text()
-    kept = "      UserPrincipalName, AccountName, AccountUPNSuffix, Comments, RecordId, O365TenantId = OrganizationId\n"
-    assert kept in text
-    rule.write_text(text.replace(kept, "      Comments, RecordId, O365TenantId = OrganizationId\n"))
-    hunting = root / "sentinel" / "hunting" / "irm-alerted-user-signins.yaml"
-    text = hunting.read_text()
-    assert "  | extend IP_0_Address = IPAddress\n" in text
-    hunting.write_text(text.replace("  | extend IP_0_Address = IPAddress\n", ""))
+    _replace(root / "sentinel" / "analytics" / "irm-high-severity-alert.yaml",
+             "      UserPrincipalName, AccountName, AccountUPNSuffix, Comments, RecordId, O365TenantId = OrganizationId\n",
+             "      Comments, RecordId, O365TenantId = OrganizationId\n")  # fmt: skip
+    _replace(
+        root / "sentinel" / "hunting" / "irm-alerted-user-signins.yaml", "  | extend IP_0_Address = IPAddress\n", ""
+    )
     rc, report, _ = run_kql_check(node_bin, "--root", str(root))
     assert rc == 1
     failing = {r["name"]: [e["message"] for e in r["errors"]] for r in report["report"] if r["errors"]}
     assert set(failing) == {"sentinel/analytics/irm-high-severity-alert.yaml#query",
                             "sentinel/hunting/irm-alerted-user-signins.yaml#query"}  # fmt: skip
     rule_errors = "\n".join(failing["sentinel/analytics/irm-high-severity-alert.yaml#query"])
-    for told in ("entity Account.FullName names UserPrincipalName", "entity Account.Name names AccountName",
-                 "entity Account.UPNSuffix names AccountUPNSuffix", "alertDescriptionFormat names UserPrincipalName"):
+    for told in (
+        "entity Account.FullName names UserPrincipalName",
+        "entity Account.Name names AccountName",
+        "entity Account.UPNSuffix names AccountUPNSuffix",
+        "alertDescriptionFormat names UserPrincipalName",
+    ):
         assert told in rule_errors, rule_errors  # fmt: skip
     assert failing["sentinel/hunting/irm-alerted-user-signins.yaml#query"] == [
         "hunting entity column names IP_0_Address, not a column of the query's result"
