@@ -35,6 +35,7 @@ async def backfill(
     now: datetime | None = None,
     on_progress: BackfillProgress | None = None,
     include_queued: bool = False,
+    report: PollReport | None = None,
 ) -> PollReport:
     """List ``[start, end)`` again and queue the blobs not queued before, without touching the watermark or
     the lease: the live poller goes on as it was. Raises :class:`ValueError` for a range the API cannot
@@ -42,11 +43,12 @@ async def backfill(
     windows are planned when its turn comes: a range reaching 7 days back would otherwise have slipped out of
     the API's reach by the time the later ones are listed. ``include_queued`` queues the blobs queued before
     too: their messages may have been purged from the poison queue, and the claims keep sent records from
-    being sent again."""
+    being sent again. ``report`` is filled in as the listing goes: a caller stopped midway still has what was
+    queued (and marked) so far."""
     content_types = content_types or rt.settings.content_types
     # A range the API cannot list at all raises here.
     plan_backfill(start, end, now or await service_now(rt, content_types[0]))
-    report = PollReport()
+    report = PollReport() if report is None else report
     causes: dict[str, ConnectorError] = {}
     # Throttling is counted per tenant: a long Retry-After one content type met holds for the others too.
     paused_until: datetime | None = None

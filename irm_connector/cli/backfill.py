@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,7 @@ from tqdm import tqdm
 
 from irm_connector.backfill import backfill, service_now
 from irm_connector.errors import PollError
-from irm_connector.models import ContentTypeReport
+from irm_connector.models import ContentTypeReport, PollReport
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
 from irm_connector.windows import EMPTY_RANGE, RETENTION, Window, plan_backfill, starts_in_the_future, too_far_back
@@ -60,24 +61,66 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
             seen[key] = report.windows_listed
         bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed, refresh=False)
 
+    report = PollReport()
     code = EXIT_OK
     try:
-        # From the start as checked above (moved inside the 7 days): checked again after the preflight, the range
-        # asked for may have slipped past the edge meanwhile.
-        report = await backfill(
-            rt,
-            windows[0].start,
-            end,
-            content_types=content_types,
-            on_progress=progress,
-            include_queued=args.include_queued,
-        )
+        try:
+            # From the start as checked above (moved inside the 7 days): checked again after the preflight, the
+            # range asked for may have slipped past the edge meanwhile.
+            await backfill(
+                rt,
+                windows[0].start,
+                end,
+                content_types=content_types,
+                on_progress=progress,
+                include_queued=args.include_queued,
+                report=report,
+            )
+        finally:
+            bar.close()
     except PollError as exc:
         report, code = exc.report, failed_exit(exc)
-    finally:
-        bar.close()
-    document: dict[str, Any] = {
-        "ok": code == EXIT_OK,  # set again once the queue is worked: nothing poisoned or put off there either
+    except asyncio.CancelledError:
+        # Stopped while listing (Ctrl-C, SIGTERM): the blobs it queued are marked, so a rerun counts them as
+        # queued before, and this is the only place the operator learns what this run queued.
+        listing, lines = _listing(args, report, (start, end), windows)
+        listing["interrupted"] = True
+        lines.append("interrupted while listing: the blobs counted as queued stay on the queue; run the same "
+                     "backfill again to list the rest")  # fmt: skip
+        if args.json:
+            note_done(listing)  # the error document carries it: stdout holds one document
+        else:
+            emit(args, listing, "\n".join(lines))
+        raise
+    listing, lines = _listing(args, report, (start, end), windows)
+    # ok: set again once the queue is worked (nothing poisoned or put off there either)
+    document: dict[str, Any] = {"ok": code == EXIT_OK, **listing}
+    if not args.no_process:
+        # The listing's outcome first: processing may fail (Storage, a signal), and a rerun finds its blobs
+        # queued, so this would be the only place the operator learns what was queued. With --json, the error
+        # document carries it.
+        if args.json:
+            note_done(listing)  # without ok: the whole run's
+        else:
+            emit(args, document, "\n".join(lines))
+            lines = []
+        # Whether or not this run queued anything: messages an earlier `--no-process`, or an abandoned run, left
+        # on the queue would otherwise wait for a function app that may not run.
+        processed, process_code = await work_queue(settings, max_messages=None, retry_delay=args.retry_delay)
+        document["processing"] = processed
+        lines += process_lines(processed, settings.poison_queue)
+        code = max(code, process_code)
+    document["ok"] = code == EXIT_OK
+    emit(args, document, "\n".join(lines))
+    return code
+
+
+def _listing(
+    args: argparse.Namespace, report: PollReport, requested: tuple[datetime, datetime], windows: tuple[Window, ...]
+) -> tuple[dict[str, Any], list[str]]:
+    """What the listing did, as the JSON document's fields and as the text's lines."""
+    start, end = requested
+    listing: dict[str, Any] = {
         "range": {"start": windows[0].start, "end": windows[-1].end},
         "requested": {"start": start, "end": end},
         "windows": len(windows),
@@ -97,24 +140,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
             f"{skipped} blob(s) were queued before and not again: if their messages were purged from the poison "
             "queue, run the same backfill with --include-queued (records already sent are not sent again)"
         )
-    if not args.no_process:
-        # The listing's outcome first: processing may fail (Storage, a signal), and a rerun finds its blobs
-        # queued, so this would be the only place the operator learns what was queued. With --json, the error
-        # document carries it.
-        if args.json:
-            note_done({key: value for key, value in document.items() if key != "ok"})  # ok: the whole run's
-        else:
-            emit(args, document, "\n".join(lines))
-            lines = []
-        # Whether or not this run queued anything: messages an earlier `--no-process`, or an abandoned run, left
-        # on the queue would otherwise wait for a function app that may not run.
-        processed, process_code = await work_queue(settings, max_messages=None, retry_delay=args.retry_delay)
-        document["processing"] = processed
-        lines += process_lines(processed, settings.poison_queue)
-        code = max(code, process_code)
-    document["ok"] = code == EXIT_OK
-    emit(args, document, "\n".join(lines))
-    return code
+    return listing, lines
 
 
 def _range(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]:

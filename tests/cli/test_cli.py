@@ -570,6 +570,51 @@ def test_backfill_leaves_the_api_alone_while_it_asked_for_no_requests(cli: Cli) 
     assert "no requests from this tenant until" in out + err and "run the backfill again then" in out + err
 
 
+def test_a_backfill_stopped_while_it_lists_says_what_it_queued_and_a_rerun_queues_the_rest(cli: Cli) -> None:
+    """SIGTERM after the first of a backfill's windows was queued: the command said only "interrupted", and a rerun
+    counts those blobs as queued before, so what the stopped run had queued was said nowhere."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    now = datetime.now(UTC)
+    older, newer = (
+        generate_workload(
+            seed=seed, total_records=200, blob_size=(50, 50), irm_share=0.1, tenant_id=sim.tenant_id,
+            start=now - ago, span=timedelta(hours=1),
+        )
+        for seed, ago in ((14, timedelta(days=2, hours=12)), (15, timedelta(hours=12)))
+    )
+    for workload in (older, newer):
+        workload.publish(sim.management)
+    sim.management.set_latency(3.0, "list")  # one window a request: the first window's blobs go well before the rest
+    with cli.spawn("backfill", "--since", "3d", "--no-process", "--json") as process:
+        deadline = time.monotonic() + 60
+        while cli.depth() < len(older.blobs):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        out, err = cli.stop(process)
+    assert process.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["error"]["code"] == "interrupted" and doc["done"]["interrupted"] is True, doc
+    assert doc["done"]["blobs_queued"] == len(older.blobs) == cli.depth(), doc
+    assert doc["done"]["content_types"][0]["blobs_queued"] == len(older.blobs), doc
+
+    with cli.spawn("backfill", "--since", "3d", "--no-process") as process:
+        listed = sim.management.count("list")
+        deadline = time.monotonic() + 60
+        while sim.management.count("list") == listed:
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        out, err = cli.stop(process)
+    assert process.returncode == 130 and "error: interrupted" in err, err
+    assert "interrupted while listing" in out and "the live watermark was not moved" in out, out
+
+    sim.management.set_latency(0.0, "list")
+    code, doc = cli.json("backfill", "--since", "3d", "--no-process")
+    [report] = doc["content_types"]
+    assert code == 0 and (report["blobs_already_queued"], report["blobs_queued"]) == (len(older.blobs), len(newer.blobs))
+    assert cli.depth() == len(older.blobs) + len(newer.blobs)
+
+
 def test_backfill_json_says_what_it_queued_when_processing_fails_after(cli: Cli) -> None:
     """The text mode prints the listing before it works the queue; with --json, a failure while processing printed
     the error document alone, and a rerun finds the blobs queued: what this run queued was said nowhere."""
