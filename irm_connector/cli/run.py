@@ -157,11 +157,16 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         "processed": stats.processed,
         "failed_attempts": stats.failed_attempts,
         "poisoned": stats.poisoned,
+        "awaiting_retry": stats.awaiting_retry,
     }
-    emit(
-        args,
-        document,
+    text = (
         f"stopped: {counts['polls']} poll(s) ({counts['poll_errors']} failed), {counts['queued']} blob(s) queued, "
-        f"{stats.processed} message(s) processed, {stats.poisoned} poisoned",
+        f"{stats.processed} message(s) processed, {stats.poisoned} poisoned"
     )
+    if stats.awaiting_retry:
+        # Put back on the queue after a failed delivery, with a retry not yet due: not lost, but not sent either,
+        # and a stop that says only "processed" reads as all done.
+        text += (f"\n{stats.awaiting_retry} message(s) failed and wait on the queue for a retry: the function app, "
+                 "or the next `run` or `process`, takes them when it is due")  # fmt: skip
+    emit(args, document, text)
     return EXIT_OK

@@ -16,6 +16,7 @@ import pytest
 
 from irm_connector.cli.run import Schedule
 from irm_connector.errors import SettingsError
+from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.cli.conftest import Cli
 
@@ -51,6 +52,26 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert doc["queued"] == len(workload.blobs) and doc["processed"] == len(workload.blobs)
     assert cli.depth() == 0
     assert sorted(r["RecordId"] for r in cli.rows()) == expected  # nothing twice
+
+
+def test_run_stopped_while_a_failed_message_waits_for_its_retry_says_so(cli: Cli) -> None:
+    """A delivery failed and its retry was not yet due when `run` stopped: the stop said "0 processed, 0 poisoned"
+    and nothing of the message left waiting, so an operator took a run that sent nothing for one with nothing to
+    send."""
+    cli.publish(seed=26, records=100, blob_size=(100, 100))
+    cli.standins.management.add_fault("content", "truncated", count=1)
+    with StorageProxy(cli.azurite) as proxy:
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        with cli.spawn("run", "--poll-now", "--retry-delay", "600") as process:
+            deadline = time.monotonic() + 60
+            while not proxy.count("queue.update"):  # the failed message put back, for 10 minutes
+                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+                time.sleep(0.05)
+            out, err = cli.stop(process)
+    cli.set(AzureWebJobsStorage=cli.azurite.connection_string)
+    assert process.returncode == 0, err
+    assert "0 message(s) processed" in out and "1 message(s) failed and wait on the queue for a retry" in out, out
+    assert cli.depth() == 1 and cli.rows() == []  # on the queue, hidden until its retry is due
 
 
 def test_run_stopped_during_a_slow_poll_ends_it_and_leaves_the_next_run_its_lease(cli: Cli) -> None:
