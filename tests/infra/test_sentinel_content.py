@@ -360,6 +360,10 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     # Every rise between rows counts: a fall (a requeue, messages expired) must not cancel new failures after it.
     poison = rule_reading(r"where PoisonAdded > 0")
     assert "max_of(PoisonDepth - prev(PoisonDepth), 0)" in queries[poison]
+    # A late row between two rows seen before adds only the rises it reveals: the rises over every row, less those
+    # over the rows that had arrived before the hour (the rises it splits were reported when first seen).
+    assert 'sumif(Added, Basis == "all") - sumif(Added, Basis == "before")' in queries[poison]
+    assert 'iff(InWindow, dynamic(["all"]), dynamic(["all", "before"]))' in queries[poison]
     backlog = rule_reading(r"where BacklogSeconds > thresholdSeconds")
     assert re.search(r"let thresholdSeconds = 7200;", queries[backlog])
     # A backlog put back for later is invisible to the poller's peek (0 with messages waiting): the age seen last.
