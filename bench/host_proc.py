@@ -75,6 +75,7 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
         async with main, poison:
             await create_queue_if_missing(main)
             options = HostQueueOptions.from_environment()
+            conn.send(("ready",))
             stats = await QueueWorker(main, poison, invoke, options).run(until_empty=poll_done)
     conn.send((
         "done",
@@ -89,11 +90,15 @@ async def _serve(conn: Connection, env: dict[str, str]) -> None:
     ))
 
 
-def answer(conn: Connection, functions: dict[str, Any], loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-    """In the connector's process: run each invocation the host sends, and answer it; resolves with the host's
-    summary when it is done. The pipe is read in a thread; the invocations run on ``loop``."""
+def answer(
+    conn: Connection, functions: dict[str, Any], loop: asyncio.AbstractEventLoop
+) -> tuple[asyncio.Future[None], asyncio.Future[Any]]:
+    """In the connector's process: run each invocation the host sends, and answer it. Returns two futures: the
+    host is ready (its queue there, about to receive), and the host's summary when it is done (``("failed",
+    text)`` if it ended without one). The pipe is read in a thread; the invocations run on ``loop``."""
     import azure.functions as func
 
+    ready: asyncio.Future[None] = loop.create_future()
     finished: asyncio.Future[Any] = loop.create_future()
     running: set[asyncio.Task[None]] = set()
 
@@ -111,14 +116,25 @@ def answer(conn: Connection, functions: dict[str, Any], loop: asyncio.AbstractEv
         else:
             conn.send(("reply", number, None))
 
+    def settle(kind: str, *rest: Any) -> None:
+        if not ready.done():  # a host that failed before it was ready: said through ``ready`` too
+            ready.set_exception(RuntimeError(f"the host process failed:\n{rest[0] if rest else kind}"))
+        finished.set_result((kind, *rest))
+
     def read() -> None:
         while True:
-            kind, *rest = conn.recv()
+            try:
+                kind, *rest = conn.recv()
+            except EOFError:  # the host died without a word (killed, out of memory): not a wait for ever
+                loop.call_soon_threadsafe(settle, "failed", "the host process ended without an answer")
+                return
             if kind == "invoke":
                 loop.call_soon_threadsafe(start, rest)
+            elif kind == "ready":
+                loop.call_soon_threadsafe(ready.set_result, None)
             else:
-                loop.call_soon_threadsafe(finished.set_result, (kind, *rest))
+                loop.call_soon_threadsafe(settle, kind, *rest)
                 return
 
     threading.Thread(target=read, daemon=True).start()
-    return finished
+    return ready, finished

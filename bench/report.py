@@ -64,9 +64,9 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
             "table_reads_counted": run.get("table_reads", 0),
             "table_writes_counted": run.get("table_writes", 0),
             "queue_puts_counted": run.get("queue_puts", 0),
-            "host_queue_http": http.get("host_queue", 0),
+            "host_queue_http": run.get("host_queue_requests", 0),
         }
-        fig["storage_tx_with_host_per_1k"] = (own + http.get("host_queue", 0)) / records * 1000
+        fig["storage_tx_with_host_per_1k"] = (own + run.get("host_queue_requests", 0)) / records * 1000
         fig["peak_rss_mb"] = run["peak_rss_mb"]
         fig["infra_cpu_seconds"] = {
             "standins": run["arrived"].get("standins_cpu_seconds", 0.0),
@@ -275,7 +275,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Realistic network: 100 ms per Management API call, 50 ms per ingestion call.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}. "
-        f"Run {results['generated']}, {results['total_seconds']:.0f} s in all.",
+        f"Run {results['generated']} on commit {m.get('source', 'unknown')}, {results['total_seconds']:.0f} s in all.",
         "",
         "| run | configuration | network | records/s | CPU s per 1M records | peak RSS MB "
         "| storage tx per 1k records | ingestion requests per 1k rows | avg request (of 1 MiB) "

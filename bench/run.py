@@ -54,10 +54,15 @@ class StandInSession:
             target=standin_proc.serve, args=(child, {**params, "workdir": str(workdir)}), daemon=True
         )
         self._proc.start()
+        child.close()  # the child's end is the child's: one that dies ends the pipe, and a read says so
         self.info: dict[str, Any] = self._recv()
 
     def _recv(self) -> dict[str, Any]:
-        reply: dict[str, Any] = self._conn.recv()
+        try:
+            reply: dict[str, Any] = self._conn.recv()
+        except EOFError:
+            self._proc.join(5)
+            raise RuntimeError(f"the stand-ins process ended without an answer (exit {self._proc.exitcode})") from None
         if "error" in reply:
             raise RuntimeError(f"stand-ins failed:\n{reply['error']}")
         return reply
@@ -405,6 +410,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
+    for option in ("records", "cpu_runs", "latency_rounds", "burst_blobs", "daily_records"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1")
     args.argv = argv
     return args
 

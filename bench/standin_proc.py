@@ -89,13 +89,7 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
                 }
                 out.write(json.dumps(head).encode() + b"\n")
                 out.write(blob.body)
-        truths = {
-            "main": {
-                "audit": Counter(workload.record_ids),
-                "alerts": Counter(workload.irm_alert_record_ids),
-                "bytes": _record_bytes(workload),
-            }
-        }
+        truths = {"main": _truth(workload)}
         info = {
             "env": sim.settings_env(),
             "tenant_id": sim.tenant_id,
@@ -154,29 +148,40 @@ def _record_bytes(workload: Any) -> dict[str, int]:
     return {r["Id"]: len(orjson.dumps(r)) for blob in workload.blobs for r in blob.records}
 
 
+def _digest(value: dict[str, Any]) -> bytes:
+    import hashlib
+
+    import orjson
+
+    return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def _truth(workload: Any) -> dict[str, Any]:
+    """The ground truth of ``workload``: how often each record id should arrive per stream, each record's bytes,
+    and a digest of what each row should hold (the whole record for an audit row, the alert's values for an alert
+    row), so that rows are checked by value: a row that kept its id and lost its content counts as wrong."""
+    from standins.stored import alert_values
+
+    records = {r["Id"]: r for blob in workload.blobs for r in blob.records}
+    return {
+        "audit": Counter(workload.record_ids),
+        "alerts": Counter(workload.irm_alert_record_ids),
+        "bytes": _record_bytes(workload),
+        "audit_digest": {rid: _digest(r) for rid, r in records.items()},
+        "alerts_digest": {rid: _digest(alert_values(record=records[rid])) for rid in workload.irm_alert_record_ids},
+    }
+
+
 def _collect(sim: Any, truth: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
     """What arrived: exactly-once checks against the ground truth, the bytes stored, and the ingestion
     requests."""
-    import orjson
 
     out: dict[str, Any] = {"streams": {}, "requests": {}}
+    expected_streams = args.get("expect", ())
     for stream, key in ((ALERTS_STREAM, "alerts"), (AUDIT_STREAM, "audit")):
         rows = sim.ingestion.rows(stream)
-        if not rows and key not in args.get("expect", ()):
-            continue
-        seen = Counter(r.get("RecordId") for r in rows)
-        want = truth[key]
-        out["streams"][stream] = {
-            "rows": len(rows),
-            "expected": sum(want.values()),
-            "duplicates": sum(n - 1 for n in seen.values() if n > 1),
-            "missing": sum(1 for rid in want if rid not in seen),
-            "unexpected": sum(1 for rid in seen if rid not in want),
-            "exactly_once": seen == want,
-            # What a table stores, approximated by the rows' compact JSON, against the API's records.
-            "stored_bytes": sum(len(orjson.dumps(r)) for r in rows),
-            "api_record_bytes": sum(truth["bytes"].get(rid, 0) for rid in seen),
-        }
+        if rows or key in expected_streams:
+            out["streams"][stream] = check_stream(rows, truth, key, expected=key in expected_streams)
     raw_rows = sim.ingestion.rows(RAW_STREAM)
     if raw_rows:
         out["streams"][RAW_STREAM] = {"rows": len(raw_rows)}
@@ -203,7 +208,35 @@ def _collect(sim: Any, truth: dict[str, Any], args: dict[str, Any]) -> dict[str,
     return out
 
 
-def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[str, int]]]) -> dict[str, Any]:
+def check_stream(rows: list[dict[str, Any]], truth: dict[str, Any], key: str, *, expected: bool) -> dict[str, Any]:
+    """One stream's rows against the ground truth (``key``: "alerts" or "audit"): every record once, each row
+    holding its record's values, and the bytes stored. A stream not ``expected`` should have no row at all."""
+    import orjson
+
+    from standins.stored import alert_values, o365audit_record
+
+    seen = Counter(r.get("RecordId") for r in rows)
+    want = truth[key] if expected else Counter()
+    digests = truth[f"{key}_digest"]
+    values = o365audit_record if key == "audit" else alert_values
+    # By value too: a row that kept its id and lost or changed its content is not the record.
+    wrong = sum(1 for r in rows if digests.get(r.get("RecordId")) != _digest(values(r)))
+    return {
+        "rows": len(rows),
+        "expected": sum(want.values()),
+        "duplicates": sum(n - 1 for n in seen.values() if n > 1),
+        "missing": sum(1 for rid in want if rid not in seen),
+        "unexpected": sum(1 for rid in seen if rid not in want),
+        "wrong_values": wrong,
+        "exactly_once": seen == want and not wrong,
+        # What a table stores, approximated by the rows' compact JSON (an upper bound: Azure Monitor bills the
+        # columns' values, not the JSON's field names), against the API's records.
+        "stored_bytes": sum(len(orjson.dumps(r)) for r in rows),
+        "api_record_bytes": sum(truth["bytes"].get(rid, 0) for rid in seen),
+    }
+
+
+def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Publish one blob of about ``args['mb']`` MB and return a queue message for it."""
     from standins.workload import generate_workload
 
@@ -223,11 +256,7 @@ def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[s
         span=timedelta(seconds=1),
     )
     blob = workload.blobs[0]
-    truths["big"] = {
-        "audit": Counter(workload.record_ids),
-        "alerts": Counter(workload.irm_alert_record_ids),
-        "bytes": _record_bytes(workload),
-    }
+    truths["big"] = _truth(workload)
     content_id = sim.management.add_blob(blob.content_type, blob.records, content_created=blob.content_created)
     served = next(b for b in sim.management.blobs() if b.content_id == content_id)
     return {
@@ -241,13 +270,14 @@ def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[s
     }
 
 
-def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[str, int]]]) -> dict[str, Any]:
+def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Publish ``args['blobs']`` blobs of about ``args['mb']`` MB each and return a queue message for each.
 
     One set of records is generated and served ``blobs`` times, each time under other record Ids (so every
     blob's rows are its own, as in a catch-up burst); the stand-in keeps only the bodies."""
     import uuid
 
+    from standins.stored import alert_values
     from standins.workload import generate_workload
 
     target = int(args["mb"] * 1_000_000)
@@ -266,13 +296,17 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[str,
     alerts: Counter[str] = Counter()
     record_bytes: dict[str, int] = {}
     messages = []
+    audit_digest: dict[str, bytes] = {}
+    alerts_digest: dict[str, bytes] = {}
     for number in range(args["blobs"]):
         for record, original in zip(records, originals, strict=True):
             record["Id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"burst/{number}/{original}"))
             audit[record["Id"]] += 1
             record_bytes[record["Id"]] = sizes[original]
+            audit_digest[record["Id"]] = _digest(record)
             if original in irm:
                 alerts[record["Id"]] += 1
+                alerts_digest[record["Id"]] = _digest(alert_values(record=record))
         body = json.dumps(records, separators=(",", ":")).encode()
         content_id = sim.management.add_blob(
             "Audit.General", [], content_created=created + timedelta(seconds=number), raw_body=body
@@ -287,5 +321,6 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, dict[str,
             "records": len(records),
             "bytes": len(body),
         })  # fmt: skip
-    truths["burst"] = {"audit": audit, "alerts": alerts, "bytes": record_bytes}
+    truths["burst"] = {"audit": audit, "alerts": alerts, "bytes": record_bytes, "audit_digest": audit_digest,
+                       "alerts_digest": alerts_digest}  # fmt: skip
     return {"messages": messages}

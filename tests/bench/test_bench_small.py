@@ -54,9 +54,16 @@ def test_small_benchmark_runs_end_to_end(tmp_path: Path) -> None:
                 assert run["every_run_exactly_once"] and len(run["floor_ratio_rounds"]) == 3
     assert len(results["big_blob"]) == 2
     for one in results["big_blob"]:
-        assert one["arrived"]["streams"]["Custom-IRMAlerts"]["exactly_once"]
+        expected = {"Custom-IRMAlerts"} | ({"Custom-O365Audit"} if one["config"] == "audit" else set())
+        assert set(one["arrived"]["streams"]) == expected and all(
+            s["exactly_once"] for s in one["arrived"]["streams"].values()
+        )
         assert all(r["over_limit"] == 0 for r in one["arrived"]["requests"].values() if r["gzip"])
-    assert results["correct"]["connector_exactly_once"]
+    assert results["correct"]["connector_exactly_once"] and results["correct"]["big_blob_exactly_once"]
+    # The cost figures have their input: the bytes stored per stream, against the API's.
+    audit_run = next(r for r in results["runs"] if r["kind"] == "connector" and r["config"] == "audit")
+    stored = audit_run["figures"]["stored"]["Custom-O365Audit"]
+    assert stored["bytes_per_row"] > 0 and stored["ratio_to_api_record"] > 0, stored
     burst = results["burst"]
     assert burst["blobs"] == 12 and not burst.get("failed")
     assert all(s["exactly_once"] for s in burst["arrived"]["streams"].values())
@@ -94,3 +101,35 @@ def test_the_simulated_tenant_s_records_fall_on_one_day_whatever_the_hour_of_the
         first, last = one_day_start(now) - RECORD_LEAD, one_day_start(now) + SPAN
         assert first.date() == (last - timedelta(seconds=1)).date(), now
         assert now - timedelta(hours=24) < first and last <= now - timedelta(hours=1), now  # within the first listing
+
+
+def test_rows_are_checked_by_value_and_a_stream_not_asked_for_counts_against_it() -> None:
+    """Exactly once was judged by record id alone: rows that kept their ids and lost their content passed, as did
+    an alerts-only run that also sent audit rows."""
+    import orjson
+
+    from bench.standin_proc import _truth, check_stream
+    from irm_connector.normalize import ContentRef, Routing, normalize_blob
+    from standins.workload import generate_workload
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    workload = generate_workload(seed=7, total_records=400, blob_size=(100, 100), irm_share=0.1, duplicate_share=0.0,
+                                 tenant_id="t", start=now - timedelta(hours=3), span=timedelta(hours=1))  # fmt: skip
+    truth = _truth(workload)
+    streams: dict[str, list[dict[str, object]]] = {"Custom-IRMAlerts": [], "Custom-O365Audit": []}
+    for blob in workload.blobs:
+        ref = ContentRef("blob", blob.content_type, blob.content_created)
+        out = normalize_blob(blob.records, ref, Routing("Custom-IRMAlerts", "Custom-O365Audit"), sent_at=now)
+        for stream, rows in streams.items():
+            rows += [orjson.loads(row.body) for row in out.rows.get(stream, [])]
+    alerts, audit = streams["Custom-IRMAlerts"], streams["Custom-O365Audit"]
+    assert check_stream(audit, truth, "audit", expected=True)["exactly_once"]
+    assert check_stream(alerts, truth, "alerts", expected=True)["exactly_once"]
+
+    audit[3] = {"RecordId": audit[3]["RecordId"], "TimeGenerated": audit[3]["TimeGenerated"], "Record": {}}
+    alerts[0] = {**alerts[0], "Severity": "Low" if alerts[0]["Severity"] != "Low" else "High"}
+    for rows, key in ((audit, "audit"), (alerts, "alerts")):
+        checked = check_stream(rows, truth, key, expected=True)
+        assert not checked["exactly_once"] and checked["wrong_values"] == 1 and checked["missing"] == 0, checked
+    unasked = check_stream(audit, truth, "audit", expected=False)
+    assert not unasked["exactly_once"] and unasked["unexpected"] == len({r["RecordId"] for r in audit})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
@@ -17,6 +17,7 @@ from irm_connector.errors import BadContentError
 from irm_connector.normalize import BlobRows, ContentRef, Routing, blob_ref, extract_upn, normalize_blob
 from irm_connector.row_writer import CUT_MARK, FIELD_LIMIT, ROW_LIMIT
 from irm_connector.schema import stream_schema
+from standins.stored import o365audit_record as whole_record
 from standins.workload import generate_workload
 
 REF = ContentRef("blob-1", "Audit.General", datetime(2026, 11, 27, 10, 0, tzinfo=UTC))
@@ -77,18 +78,6 @@ def test_every_declared_alert_column_is_filled_from_a_full_record() -> None:
     [row] = rows(normalize_blob([entity], REF, ALERTS, sent_at=SENT))
     assert set(row) == set(stream_schema("alerts").names)
     assert (row["AlertEntityId"], row["EntityType"]) == ("mallory@contoso.com", "User")
-
-
-def whole_record(row: dict[str, Any]) -> dict[str, Any]:
-    """What the KQL function O365Audit gives back from an audit row: the promoted columns under their record
-    field names (empty ones left out, as pack_all(true) does), with Record's own fields winning."""
-    record: dict[str, Any] = {}
-    for column in stream_schema("audit").promoted():
-        value = row.get(column.name)
-        if value is None or value == "":
-            continue
-        record[column.source] = value.removesuffix("Z") if column.source == "CreationTime" else value
-    return record | cast("dict[str, Any]", row["Record"])
 
 
 def test_every_declared_audit_column_is_filled_from_a_full_record_and_each_byte_is_stored_once() -> None:
