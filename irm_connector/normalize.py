@@ -316,7 +316,9 @@ def _audit_row(
 ) -> bytes:
     """The promoted columns, and ``Record`` with only what they do not hold: each byte of the record is
     stored once (the KQL function ``O365Audit`` puts the whole record together again). A field leaves
-    ``Record`` only when its column holds exactly its value; anything a column had to change stays."""
+    ``Record`` only when its column holds exactly its value; anything a column had to change stays. A text over
+    64 KB leaves it too: its column keeps it cut (and marked so), and ``Record``, cut to 64 KB itself, could keep
+    no more of it."""
     rest = dict(record)
     row: dict[str, Any] = {"TimeGenerated": time_text, "RecordId": record_id, "RecordType": record_type}
     if rest.get("Id") == record_id:
