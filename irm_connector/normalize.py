@@ -118,6 +118,18 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
         if not isinstance(record, dict):
             problems["record is not a JSON object"] += 1
             continue
+        raw_type = record.get("RecordType")
+        record_type = raw_type if type(raw_type) is int and -(2**31) <= raw_type < 2**31 else _as_int(raw_type)
+        is_alert = routing.is_alert(record, record_type)
+        if not is_alert and not audit_on:
+            # Alerts only: a record that is not one costs no more than this, and is not counted as a duplicate or
+            # a problem (the log's "duplicates dropped" counted records that were never to be sent).
+            continue
+        if record_type is None and raw_type is not None:
+            problems["RecordType is not a whole number"] += 1
+        elif record_type is not None and type(raw_type) is not int:
+            problems["RecordType given as text (read as a number)"] += 1
+
         record_id = record.get("Id")
         if not isinstance(record_id, str) or not record_id:
             record_id = _synthetic_id(record)
@@ -126,16 +138,6 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
             out.duplicates_in_blob += 1
             continue
         seen.add(record_id)
-
-        raw_type = record.get("RecordType")
-        record_type = raw_type if type(raw_type) is int and -(2**31) <= raw_type < 2**31 else _as_int(raw_type)
-        if record_type is None and raw_type is not None:
-            problems["RecordType is not a whole number"] += 1
-        elif record_type is not None and type(raw_type) is not int:
-            problems["RecordType given as text (read as a number)"] += 1
-        is_alert = routing.is_alert(record, record_type)
-        if not is_alert and not audit_on:
-            continue  # alerts only: a record that is not one costs no more than this
 
         time_text, hour = _creation_time(record.get("CreationTime"))
         if time_text is None:

@@ -202,6 +202,17 @@ def test_same_id_twice_in_a_blob_is_one_row() -> None:
     assert len(rows(out)) == 1 and out.duplicates_in_blob == 1
 
 
+def test_alerts_only_counts_no_duplicate_or_problem_of_a_record_it_does_not_send() -> None:
+    """With alerts only (the default), the log's "duplicates dropped" and the problems line counted the audit
+    records a blob repeats or that lack an Id, though none of them was ever to be sent."""
+    other = {"Id": "2", "RecordType": 15, "CreationTime": "2026-11-27T09:00:00"}
+    no_id = {"RecordType": "15", "CreationTime": "2026-11-27T09:00:00"}
+    out = normalize_blob([irm_alert(), other, dict(other), no_id, irm_alert()], REF, ALERTS, sent_at=SENT)
+    assert len(rows(out)) == 1 and out.duplicates_in_blob == 1 and not out.problems, out.problems
+    both = normalize_blob([irm_alert(), other, dict(other), no_id, irm_alert()], REF, BOTH, sent_at=SENT)
+    assert both.duplicates_in_blob == 2 and both.problems["record without Id (synthetic Id used)"] == 1
+
+
 def test_alert_updates_share_alert_id_but_are_separate_rows() -> None:
     out = normalize_blob([irm_alert(Id="1"), irm_alert(Id="2", Status="Investigating")], REF, ALERTS, sent_at=SENT)
     assert [(r["AlertId"], r["Status"]) for r in rows(out)] == [("a-1", "Active"), ("a-1", "Investigating")]
