@@ -1,15 +1,17 @@
 """The connector, measured in a fresh process: the poller and the processor through the function
 entry points of ``function_app.py``, the queue worked with host.json's concurrency.
 
-CPU time and peak RSS are the process's own (``getrusage``: every thread, gzip included); the stand-ins
-and Azurite run elsewhere. Storage transactions are counted twice: by the connector's own counters
-(``StateStore.stats``, ``ContentQueue.sent``) and at the HTTP level (:class:`RequestCounter`); the host's own
-queue calls (receive, delete) are counted in its process (:mod:`bench.host_proc`).
+CPU time and peak RSS are the process's own (``getrusage``: every thread, gzip included; the kernel's
+high-water mark, ``VmHWM``); the stand-ins and Azurite run elsewhere. Storage transactions are counted twice:
+by the connector's own counters (``StateStore.stats``, ``ContentQueue.sent``) and at the HTTP level
+(:class:`RequestCounter`); the host's own queue calls (receive, delete) are counted in its process
+(:mod:`bench.host_proc`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -42,7 +44,7 @@ class RequestCounter:
 
 
 class RssSampler:
-    """Samples this process's RSS (psutil) to report it over time, beside ``ru_maxrss``."""
+    """Samples this process's RSS (psutil) to report it over time, beside the kernel's high-water mark."""
 
     def __init__(self, interval: float = 0.05) -> None:
         import psutil
@@ -86,7 +88,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     rss_before = psutil.Process().memory_info().rss / 2**20
     with RssSampler() as sampler:
         if cfg.get("mode", "pipeline") == "pipeline":
-            result = asyncio.run(_pipeline(functions))  # timed from the host's start-up on, as on Azure
+            result = asyncio.run(_pipeline(functions))  # timed once the host is ready, as on Azure
         else:
             cpu0, wall0 = cpu(), time.perf_counter()
             messages = cfg["messages"] if cfg["mode"] == "messages" else [cfg["message"]]
@@ -143,6 +145,7 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
         await asyncio.wait_for(ready, timeout=120)
     except BaseException:
         host.kill()
+        host.join(10)
         raise
     cpu0, wall0 = cpu(), time.perf_counter()
 
@@ -154,7 +157,8 @@ async def _pipeline(functions: dict[str, Any]) -> dict[str, Any]:
             await functions["poller"](TimerRequest(past_due=False))  # the binding returns nothing
         finally:
             poll_seconds = time.perf_counter() - started
-            here.send(("poll-done",))
+            with contextlib.suppress(OSError):  # a host that died: ``finished`` says so
+                here.send(("poll-done",))
 
     try:
         _, (kind, host_result) = await asyncio.gather(poll(), finished)

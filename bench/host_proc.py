@@ -119,21 +119,35 @@ def answer(
     def settle(kind: str, *rest: Any) -> None:
         if not ready.done():  # a host that failed before it was ready: said through ``ready`` too
             ready.set_exception(RuntimeError(f"the host process failed:\n{rest[0] if rest else kind}"))
-        finished.set_result((kind, *rest))
+        if not finished.done():
+            finished.set_result((kind, *rest))
+
+    def ready_now() -> None:
+        if not ready.done():  # given up on meanwhile (the wait timed out)
+            ready.set_result(None)
+
+    def call(callback: Any, *args: Any) -> bool:
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the run ended (or gave up) without this
+            return False
+        return True
 
     def read() -> None:
         while True:
             try:
                 kind, *rest = conn.recv()
-            except EOFError:  # the host died without a word (killed, out of memory): not a wait for ever
-                loop.call_soon_threadsafe(settle, "failed", "the host process ended without an answer")
+            except (EOFError, OSError):  # the host died without a word (killed, out of memory): not a wait for ever
+                call(settle, "failed", "the host process ended without an answer")
                 return
             if kind == "invoke":
-                loop.call_soon_threadsafe(start, rest)
+                done = not call(start, rest)
             elif kind == "ready":
-                loop.call_soon_threadsafe(ready.set_result, None)
+                done = not call(ready_now)
             else:
-                loop.call_soon_threadsafe(settle, kind, *rest)
+                call(settle, kind, *rest)
+                done = True
+            if done:
                 return
 
     threading.Thread(target=read, daemon=True).start()

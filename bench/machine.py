@@ -18,8 +18,8 @@ def source_version() -> str:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 check=True, timeout=30).stdout.strip()  # fmt: skip
         changed = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", "irm_connector", "function_app.py",
-             "host.json", "bench", "standins"],
+            ["git", "status", "--porcelain", "--", "irm_connector", "function_app.py", "host.json", "bench",
+             "standins", ":!bench/results"],
             cwd=repo, capture_output=True, text=True, check=True, timeout=30,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):

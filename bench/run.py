@@ -154,6 +154,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     burst: dict[str, Any] = {}
     sdk: list[dict[str, Any]] = []
     started = time.perf_counter()
+    machine = machine_info()  # the version measured: taken before the run, a checkout may change meanwhile
     configs = [c for c in args.configs.split(",") if c]
     profiles = [p for p in args.profiles.split(",") if p]
     scales = [float(s) for s in args.scales.split(",") if s]
@@ -245,7 +246,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     results = {
         "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "scripts/bench.sh " + " ".join(args.argv),
-        "machine": machine_info(),
+        "machine": machine,
         "parameters": {
             "records": args.records,
             "seed": args.seed,
@@ -410,7 +411,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
-    for option in ("records", "cpu_runs", "latency_rounds", "burst_blobs", "daily_records"):
+    for option in ("records", "cpu_runs", "latency_rounds", "daily_records"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
     args.argv = argv

@@ -89,7 +89,7 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
                 }
                 out.write(json.dumps(head).encode() + b"\n")
                 out.write(blob.body)
-        truths = {"main": _truth(workload)}
+        truths = {"main": _Truth.of(workload)}
         info = {
             "env": sim.settings_env(),
             "tenant_id": sim.tenant_id,
@@ -141,13 +141,6 @@ def _serve(conn: Connection, params: dict[str, Any]) -> None:
             conn.send(reply)
 
 
-def _record_bytes(workload: Any) -> dict[str, int]:
-    """Each record's size as the API serves it (compact JSON): what stored bytes are compared with."""
-    import orjson
-
-    return {r["Id"]: len(orjson.dumps(r)) for blob in workload.blobs for r in blob.records}
-
-
 def _digest(value: dict[str, Any]) -> bytes:
     import hashlib
 
@@ -156,20 +149,36 @@ def _digest(value: dict[str, Any]) -> bytes:
     return hashlib.blake2b(orjson.dumps(value, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 
-def _truth(workload: Any) -> dict[str, Any]:
-    """The ground truth of ``workload``: how often each record id should arrive per stream, each record's bytes,
-    and a digest of what each row should hold (the whole record for an audit row, the alert's values for an alert
-    row), so that rows are checked by value: a row that kept its id and lost its content counts as wrong."""
-    from standins.stored import alert_values
+class _Truth:
+    """The ground truth of the records published, built record by record (a record repeated across blobs counts
+    once): how often each record id should arrive per stream, each record's bytes, and a digest of what each row
+    should hold (the whole record for an audit row, the alert's values for an alert row), so that rows are checked
+    by value: a row that kept its id and lost its content counts as wrong."""
 
-    records = {r["Id"]: r for blob in workload.blobs for r in blob.records}
-    return {
-        "audit": Counter(workload.record_ids),
-        "alerts": Counter(workload.irm_alert_record_ids),
-        "bytes": _record_bytes(workload),
-        "audit_digest": {rid: _digest(r) for rid, r in records.items()},
-        "alerts_digest": {rid: _digest(alert_values(record=records[rid])) for rid in workload.irm_alert_record_ids},
-    }
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {"audit": Counter(), "alerts": Counter(), "bytes": {}, "audit_digest": {},
+                                     "alerts_digest": {}}  # fmt: skip
+
+    def add(self, record: dict[str, Any], *, alert: bool) -> None:
+        import orjson
+
+        from standins.stored import expected_alert_values
+
+        rid, data = record["Id"], self.data
+        data["audit"][rid] = 1
+        data["bytes"][rid] = len(orjson.dumps(record))
+        data["audit_digest"][rid] = _digest(record)
+        if alert:
+            data["alerts"][rid] = 1
+            data["alerts_digest"][rid] = _digest(expected_alert_values(record))
+
+    @classmethod
+    def of(cls, workload: Any) -> dict[str, Any]:
+        truth, alerts = cls(), set(workload.irm_alert_record_ids)
+        for blob in workload.blobs:
+            for record in blob.records:
+                truth.add(record, alert=record["Id"] in alerts)
+        return truth.data
 
 
 def _collect(sim: Any, truth: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
@@ -256,7 +265,7 @@ def _big_blob(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Any]])
         span=timedelta(seconds=1),
     )
     blob = workload.blobs[0]
-    truths["big"] = _truth(workload)
+    truths["big"] = _Truth.of(workload)
     content_id = sim.management.add_blob(blob.content_type, blob.records, content_created=blob.content_created)
     served = next(b for b in sim.management.blobs() if b.content_id == content_id)
     return {
@@ -277,7 +286,6 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Any]]) ->
     blob's rows are its own, as in a catch-up burst); the stand-in keeps only the bodies."""
     import uuid
 
-    from standins.stored import alert_values
     from standins.workload import generate_workload
 
     target = int(args["mb"] * 1_000_000)
@@ -290,23 +298,13 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Any]]) ->
     )  # fmt: skip
     records = workload.blobs[0].records
     originals = [r["Id"] for r in records]
-    irm = workload.irm_alert_record_ids
-    sizes = _record_bytes(workload)  # a new Id is as long as the one it replaces
-    audit: Counter[str] = Counter()
-    alerts: Counter[str] = Counter()
-    record_bytes: dict[str, int] = {}
+    irm = set(workload.irm_alert_record_ids)
+    truth = _Truth()
     messages = []
-    audit_digest: dict[str, bytes] = {}
-    alerts_digest: dict[str, bytes] = {}
     for number in range(args["blobs"]):
         for record, original in zip(records, originals, strict=True):
             record["Id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"burst/{number}/{original}"))
-            audit[record["Id"]] += 1
-            record_bytes[record["Id"]] = sizes[original]
-            audit_digest[record["Id"]] = _digest(record)
-            if original in irm:
-                alerts[record["Id"]] += 1
-                alerts_digest[record["Id"]] = _digest(alert_values(record=record))
+            truth.add(record, alert=original in irm)
         body = json.dumps(records, separators=(",", ":")).encode()
         content_id = sim.management.add_blob(
             "Audit.General", [], content_created=created + timedelta(seconds=number), raw_body=body
@@ -321,6 +319,5 @@ def _burst(sim: Any, args: dict[str, Any], truths: dict[str, dict[str, Any]]) ->
             "records": len(records),
             "bytes": len(body),
         })  # fmt: skip
-    truths["burst"] = {"audit": audit, "alerts": alerts, "bytes": record_bytes, "audit_digest": audit_digest,
-                       "alerts_digest": alerts_digest}  # fmt: skip
+    truths["burst"] = truth.data
     return {"messages": messages}

@@ -7,9 +7,10 @@ import contextlib
 import json
 from typing import Any, cast
 
+from irm_connector.normalize import extract_upn
 from irm_connector.schema import stream_schema
 
-__all__ = ["alert_values", "o365audit_record"]
+__all__ = ["alert_values", "expected_alert_values", "o365audit_record"]
 
 
 def o365audit_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -21,24 +22,32 @@ def o365audit_record(row: dict[str, Any]) -> dict[str, Any]:
         if value is None or value == "":
             continue
         record[column.source] = value.removesuffix("Z") if column.source == "CreationTime" else value
-    return record | cast("dict[str, Any]", row["Record"])
+    return record | cast("dict[str, Any]", row.get("Record") or {})
 
 
-def alert_values(row: dict[str, Any] | None = None, *, record: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The alert columns read from one record field each, as an alert row holds them (``row``) or as the record
-    should give them (``record``): the two are equal when nothing was lost or changed on the way. Empty and
-    absent read alike, as in KQL."""
+def _record_columns() -> list[tuple[str, str, str]]:
+    """(column, record field, type) of the alert columns read from one record field each."""
+    return [(c.name, c.source, c.type) for c in stream_schema("alerts").columns if c.source.isidentifier()]
+
+
+def alert_values(row: dict[str, Any]) -> dict[str, Any]:
+    """The values an alert row holds that come from its record: the columns read from one record field each,
+    and the user the row found in ``Data``. Empty and absent read alike, as in KQL."""
+    values = {name: "" if row.get(name) is None else row.get(name) for name, _, _ in _record_columns()}
+    return values | {"UserPrincipalName": row.get("UserPrincipalName") or ""}
+
+
+def expected_alert_values(record: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`alert_values` should read from the row of ``record`` when nothing was lost or changed on the
+    way: the API's times marked UTC, ``Data`` parsed when it is JSON."""
     values: dict[str, Any] = {}
-    for column in stream_schema("alerts").columns:
-        source = column.source
-        if not source.isidentifier():  # read from several fields, or from the blob: not one record field
-            continue
-        value = (row or {}).get(column.name) if record is None else record.get(source)
-        if record is not None and isinstance(value, str):
-            if column.type == "datetime":
-                value += "Z"  # the API's times carry no zone; the row's are UTC, marked so
-            elif column.type == "dynamic":
-                with contextlib.suppress(ValueError):  # a JSON text is stored parsed; any other text as it is
-                    value = json.loads(value)
-        values[column.name] = "" if value is None else value
-    return values
+    for name, source, column_type in _record_columns():
+        value = record.get(source)
+        if isinstance(value, str) and column_type == "datetime":
+            value += "Z"  # the API's times carry no zone; the row's are UTC, marked so
+        elif isinstance(value, str) and column_type == "dynamic":
+            with contextlib.suppress(ValueError):  # a JSON text is stored parsed; any other text as it is
+                value = json.loads(value)
+        values[name] = "" if value is None else value
+    upn = extract_upn(values.get("Data"))
+    return values | {"UserPrincipalName": upn}

@@ -83,6 +83,12 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     except asyncio.CancelledError:
         # Stopped while listing (Ctrl-C, SIGTERM): the blobs it queued are marked, so a rerun counts them as
         # queued before, and this is the only place the operator learns what this run queued.
+        for ct_report in report.content_types:
+            if not ct_report.finished and not ct_report.error:
+                ct_report.error = "interrupted while listing"
+        reached = {ct_report.content_type for ct_report in report.content_types}
+        report.content_types += [ContentTypeReport(ct, skipped="interrupted before it was listed")
+                                 for ct in content_types if ct not in reached]  # fmt: skip
         listing, lines = _listing(args, report, (start, end), windows)
         listing["interrupted"] = True
         lines.append("interrupted while listing: the blobs counted as queued stay on the queue; run the same "

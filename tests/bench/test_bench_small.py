@@ -108,14 +108,14 @@ def test_rows_are_checked_by_value_and_a_stream_not_asked_for_counts_against_it(
     an alerts-only run that also sent audit rows."""
     import orjson
 
-    from bench.standin_proc import _truth, check_stream
+    from bench.standin_proc import _Truth, check_stream
     from irm_connector.normalize import ContentRef, Routing, normalize_blob
     from standins.workload import generate_workload
 
     now = datetime.now(UTC).replace(microsecond=0)
     workload = generate_workload(seed=7, total_records=400, blob_size=(100, 100), irm_share=0.1, duplicate_share=0.0,
                                  tenant_id="t", start=now - timedelta(hours=3), span=timedelta(hours=1))  # fmt: skip
-    truth = _truth(workload)
+    truth = _Truth.of(workload)
     streams: dict[str, list[dict[str, object]]] = {"Custom-IRMAlerts": [], "Custom-O365Audit": []}
     for blob in workload.blobs:
         ref = ContentRef("blob", blob.content_type, blob.content_created)
@@ -127,7 +127,8 @@ def test_rows_are_checked_by_value_and_a_stream_not_asked_for_counts_against_it(
     assert check_stream(alerts, truth, "alerts", expected=True)["exactly_once"]
 
     audit[3] = {"RecordId": audit[3]["RecordId"], "TimeGenerated": audit[3]["TimeGenerated"], "Record": {}}
-    alerts[0] = {**alerts[0], "Severity": "Low" if alerts[0]["Severity"] != "Low" else "High"}
+    named = next(i for i, row in enumerate(alerts) if row["UserPrincipalName"])
+    alerts[named] = {**alerts[named], "UserPrincipalName": ""}  # the user lost, the rest as it was
     for rows, key in ((audit, "audit"), (alerts, "alerts")):
         checked = check_stream(rows, truth, key, expected=True)
         assert not checked["exactly_once"] and checked["wrong_values"] == 1 and checked["missing"] == 0, checked

@@ -586,6 +586,7 @@ def test_a_backfill_stopped_while_it_lists_says_what_it_queued_and_a_rerun_queue
     for workload in (older, newer):
         workload.publish(sim.management)
     sim.management.set_latency(3.0, "list")  # one window a request: the first window's blobs go well before the rest
+    cli.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
     with cli.spawn("backfill", "--since", "3d", "--no-process", "--json") as process:
         deadline = time.monotonic() + 60
         while cli.depth() < len(older.blobs):
@@ -596,7 +597,10 @@ def test_a_backfill_stopped_while_it_lists_says_what_it_queued_and_a_rerun_queue
     doc = json.loads(out)
     assert doc["error"]["code"] == "interrupted" and doc["done"]["interrupted"] is True, doc
     assert doc["done"]["blobs_queued"] == len(older.blobs) == cli.depth(), doc
-    assert doc["done"]["content_types"][0]["blobs_queued"] == len(older.blobs), doc
+    unfinished, unreached = doc["done"]["content_types"]
+    assert unfinished["blobs_queued"] == len(older.blobs) and unfinished["error"] == "interrupted while listing", doc
+    assert (unreached["content_type"], unreached["skipped"]) == ("Audit.Exchange", "interrupted before it was listed")
+    cli.set(O365_CONTENT_TYPES="Audit.General")
 
     with cli.spawn("backfill", "--since", "3d", "--no-process") as process:
         listed = sim.management.count("list")
@@ -607,6 +611,7 @@ def test_a_backfill_stopped_while_it_lists_says_what_it_queued_and_a_rerun_queue
         out, err = cli.stop(process)
     assert process.returncode == 130 and "error: interrupted" in err, err
     assert "interrupted while listing" in out and "the live watermark was not moved" in out, out
+    assert "Audit.General: " in out and "; ok" not in out, out  # not read as a whole listing
 
     sim.management.set_latency(0.0, "list")
     code, doc = cli.json("backfill", "--since", "3d", "--no-process")

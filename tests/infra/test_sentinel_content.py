@@ -364,6 +364,9 @@ def test_rules_alert_on_poison_backlog_and_refused_ingestion(content: dict[str, 
     # over the rows that had arrived before the hour (the rises it splits were reported when first seen).
     assert 'sumif(Added, Basis == "all") - sumif(Added, Basis == "before")' in queries[poison]
     assert 'iff(InWindow, dynamic(["all"]), dynamic(["all", "before"]))' in queries[poison]
+    # Each basis a sequence of its own, in the order the rows were written.
+    assert "sort by O365TenantId asc, Basis asc, TimeGenerated asc" in queries[poison]
+    assert "prev(O365TenantId) == O365TenantId and prev(Basis) == Basis" in queries[poison]
     backlog = rule_reading(r"where BacklogSeconds > thresholdSeconds")
     assert re.search(r"let thresholdSeconds = 7200;", queries[backlog])
     # A backlog put back for later is invisible to the poller's peek (0 with messages waiting): the age seen last.
