@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -109,6 +110,23 @@ class Cli:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+    @staticmethod
+    def wait_for(process: Popen[str], condition: Callable[[], bool], *, seconds: float = 60,
+                 every: float = 0.05) -> None:  # fmt: skip
+        """Wait until ``condition`` holds; fail with the process's output if it ends first or ``seconds`` pass.
+        Killed before its output is read: a command that still runs (`run`) would hold the read for ever."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if process.poll() is not None or time.monotonic() >= deadline:
+                if process.poll() is None:
+                    process.kill()
+                    what = f"the condition did not hold within {seconds:g} s (the process, still running, was killed)"
+                else:
+                    what = f"the process ended with {process.returncode} before the condition held"
+                out, err = process.communicate()
+                raise AssertionError(f"{what}:\n{out}\nstderr:\n{err}")
+            time.sleep(every)
 
     @staticmethod
     def stop(process: Popen[str]) -> tuple[str, str]:

@@ -588,10 +588,7 @@ def test_a_backfill_stopped_while_it_lists_says_what_it_queued_and_a_rerun_queue
     sim.management.set_latency(3.0, "list")  # one window a request: the first window's blobs go well before the rest
     cli.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
     with cli.spawn("backfill", "--since", "3d", "--no-process", "--json") as process:
-        deadline = time.monotonic() + 60
-        while cli.depth() < len(older.blobs):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        cli.wait_for(process, lambda: cli.depth() >= len(older.blobs))
         out, err = cli.stop(process)
     assert process.returncode == 130, err
     doc = json.loads(out)
@@ -604,10 +601,7 @@ def test_a_backfill_stopped_while_it_lists_says_what_it_queued_and_a_rerun_queue
 
     with cli.spawn("backfill", "--since", "3d", "--no-process") as process:
         listed = sim.management.count("list")
-        deadline = time.monotonic() + 60
-        while sim.management.count("list") == listed:
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        cli.wait_for(process, lambda: sim.management.count("list") != listed)
         out, err = cli.stop(process)
     assert process.returncode == 130 and "error: interrupted" in err, err
     assert "interrupted while listing" in out and "the live watermark was not moved" in out, out

@@ -31,20 +31,13 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     expected = sorted(set(workload.irm_alert_record_ids))
 
     with cli.spawn("run", "--schedule", "*/2 * * * * *", "--json") as process:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and sorted(r["RecordId"] for r in cli.rows()) != expected:
-            assert process.poll() is None, process.communicate()
-            time.sleep(0.5)
-        assert sorted(r["RecordId"] for r in cli.rows()) == expected
+        cli.wait_for(process, lambda: sorted(r["RecordId"] for r in cli.rows()) == expected, seconds=90, every=0.5)
         # One more scheduled poll (every 2 seconds) after every alert arrived, to its end (its health row): it
         # lists, and queues nothing again. (A stop ends a poll in flight, uncounted.)
         listed = sim.management.count("list")
         health = len(cli.rows("Custom-IRMConnectorHealth"))
-        while time.monotonic() < deadline + 30 and (
-            sim.management.count("list") == listed or len(cli.rows("Custom-IRMConnectorHealth")) == health
-        ):
-            time.sleep(0.2)
-        assert sim.management.count("list") > listed
+        cli.wait_for(process, lambda: sim.management.count("list") > listed
+                     and len(cli.rows("Custom-IRMConnectorHealth")) > health, every=0.2)  # fmt: skip
         out, err = cli.stop(process)
     assert process.returncode == 0, err
     doc = json.loads(out[out.index("{") :])
@@ -63,10 +56,8 @@ def test_run_stopped_while_a_failed_message_waits_for_its_retry_says_so(cli: Cli
     with StorageProxy(cli.azurite) as proxy:
         cli.set(AzureWebJobsStorage=proxy.connection_string)
         with cli.spawn("run", "--poll-now", "--retry-delay", "600") as process:
-            deadline = time.monotonic() + 60
-            while not proxy.count("queue.update"):  # the failed message put back, for 10 minutes
-                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-                time.sleep(0.05)
+            # The failed message put back, for 10 minutes.
+            cli.wait_for(process, lambda: proxy.count("queue.update") > 0)
             out, err = cli.stop(process)
     cli.set(AzureWebJobsStorage=cli.azurite.connection_string)
     assert process.returncode == 0, err
@@ -82,10 +73,7 @@ def test_run_stopped_during_a_slow_poll_ends_it_and_leaves_the_next_run_its_leas
     workload = cli.publish(seed=26, records=200, blob_size=(100, 100))
     sim.management.add_fault("list", "delay", seconds=600, count=1)  # an answer that never comes in this test
     with cli.spawn("run", "--poll-now", "--schedule", "0 0 0 1 1 *", "--json") as process:
-        deadline = time.monotonic() + 60
-        while sim.management.pending_faults("list"):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        cli.wait_for(process, lambda: not sim.management.pending_faults("list"))
         out, err = cli.stop(process)  # within communicate's 60 s, or the test fails: the listing is still held
     assert process.returncode == 0, err
     doc = json.loads(out)
@@ -134,12 +122,8 @@ def test_run_keeps_polling_and_processing_after_a_poll_fails_unexpectedly(cli: C
     argv = ["run", "--poll-now", "--schedule", "*/2 * * * * *", "--json"]
     with subprocess.Popen([sys.executable, "-c", _FIRST_POLL_FAILS, *argv], env=cli.process_env(), cwd=REPO,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:  # fmt: skip
-        deadline = time.monotonic() + 90
         expected = sorted(set(workload.irm_alert_record_ids))
-        while time.monotonic() < deadline and sorted(r["RecordId"] for r in cli.rows()) != expected:
-            if process.poll() is not None:
-                raise AssertionError(process.communicate())
-            time.sleep(0.5)
+        cli.wait_for(process, lambda: sorted(r["RecordId"] for r in cli.rows()) == expected, seconds=90, every=0.5)
         out, err = cli.stop(process)
     assert process.returncode == 0, err
     doc = json.loads(out[out.index("{") :])
@@ -183,10 +167,7 @@ def _processing_with_uploads_in_flight(cli: Cli, *, latency: float) -> Iterator[
     before = sim.ingestion.count("ingest")  # answered requests: the poll's health rows
     try:
         with cli.spawn("process", "--json") as process:
-            deadline = time.monotonic() + 60
-            while sim.ingestion.count("ingest") == before:
-                assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-                time.sleep(0.05)
+            cli.wait_for(process, lambda: sim.ingestion.count("ingest") != before)
             yield process
     finally:
         sim.ingestion.set_latency(0.0)
@@ -240,10 +221,7 @@ def test_poll_ended_by_sigterm_exits_130_and_leaves_the_next_run_its_lease(cli: 
     workload.publish(sim.management)
     sim.management.add_fault("list", "delay", seconds=30, count=1)
     with cli.spawn("poll", "--json") as process:
-        deadline = time.monotonic() + 60
-        while sim.management.pending_faults("list"):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        cli.wait_for(process, lambda: not sim.management.pending_faults("list"))
         out, err = cli.stop(process)
     assert process.returncode == 130, err
     doc = json.loads(out)
@@ -260,10 +238,7 @@ def test_a_stop_while_entra_id_holds_the_token_request_ends_the_command_at_once(
     cli.set(HTTP_TIMEOUT="300s")
     cli.standins.entra.add_fault("token", "delay", seconds=600, count=1)  # an answer that never comes in this test
     with cli.spawn("poll", "--json") as process:
-        deadline = time.monotonic() + 60
-        while cli.standins.entra.pending_faults("token"):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.05)
+        cli.wait_for(process, lambda: not cli.standins.entra.pending_faults("token"))
         out, err = cli.stop(process)  # within communicate's 60 s, or the test fails: the request is still held
     assert process.returncode == 130, err
     assert json.loads(out)["error"]["code"] == "interrupted"
