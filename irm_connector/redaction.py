@@ -43,11 +43,23 @@ _ACCESS_TOKEN_REPR = re.compile(r"(\bAccessToken(?:Info)?\(token=)(['\"])[^'\"]*
 #: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``, ``clientSecret``, JSON
 #: quoted inside JSON with its quotes escaped, a backslash in the value as escaped pairs). Not a name that ends in
 #: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured.
+#: A quoted value runs to its closing quote, the same one (escapes included) followed by no word character: a
+#: secret may hold a comma, a space or an escaped quote. Unquoted, or its quote never closed (a line cut short), it
+#: runs as a form field's would. Bounded, so a quote left open on a long line costs no more than that.
 _QUOTE = r"(?:\\*[\"'])?"
 _TOKEN_FIELD = re.compile(
     rf"(?i)(?<!\w)({_QUOTE}(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion|password|sig|"
-    rf"account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*{_QUOTE})((?:\\\\|[^\"'&;,\s\\])+)"
+    rf"account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*)"
+    r"(?:(?P<quote>\\*[\"'])(?:\\[\s\S]|[^\\]){0,1024}?(?P=quote)(?!\w)"
+    r"|(?P<open>\\*[\"'])?(?:\\\\|[^\"'&;,\s\\])+)"
 )
+
+
+def _mask_field(match: re.Match[str]) -> str:
+    quote = match["quote"]
+    if quote is not None:
+        return f"{match[1]}{quote}***{quote}"
+    return f"{match[1]}{match['open'] or ''}***"
 
 
 class RedactingFilter(logging.Filter):
@@ -65,7 +77,7 @@ class RedactingFilter(logging.Filter):
         text = _JWT.sub("***", text)
         text = _ACCESS_TOKEN_REPR.sub(r"\1\2***\2", text)
         text = _USERINFO.sub(r"\1***@", text)
-        return _TOKEN_FIELD.sub(r"\1***", text)
+        return _TOKEN_FIELD.sub(_mask_field, text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

@@ -229,6 +229,15 @@ def test_redacting_filter() -> None:
         (json.dumps({"password": "ab\\cd-rest"}), json.dumps({"password": "***"})),
         (json.dumps({"body": json.dumps({"client_secret": "ab\\cd-rest", "n": 1})}),
          json.dumps({"body": json.dumps({"client_secret": "***", "n": 1})})),
+        # a quoted value runs to its closing quote: the mask stopped at a comma, semicolon, ampersand, space or an
+        # escaped quote, and the rest of the value showed
+        (json.dumps({"password": 'p,a;s&s w"o-rest', "n": 1}), json.dumps({"password": "***", "n": 1})),
+        (json.dumps({"body": json.dumps({"client_secret": 'a,b"c d-rest', "n": 1})}),
+         json.dumps({"body": json.dumps({"client_secret": "***", "n": 1})})),
+        (repr({"password": "x y,z-rest", "user": "u"}), repr({"password": "***", "user": "u"})),
+        ("refused: password='two words-rest' for u", "refused: password='***' for u"),
+        # a quote never closed (a line cut short): masked as far as an unquoted value runs
+        ('{"password": "abc-rest', '{"password": "***'),
     ],
 )  # fmt: skip
 def test_redaction_masks_the_other_spellings_of_a_secret(text: str, clean: str) -> None:
