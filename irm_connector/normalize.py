@@ -128,7 +128,8 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
         if record_type is None and raw_type is not None:
             problems["RecordType is not a whole number"] += 1
         elif record_type is not None and type(raw_type) is not int:
-            problems["RecordType given as text (read as a number)"] += 1
+            problems["RecordType given as text (read as a number)" if isinstance(raw_type, str)
+                     else "RecordType given as a decimal (read as a whole number)"] += 1  # fmt: skip
 
         record_id = record.get("Id")
         if not isinstance(record_id, str) or not record_id:

@@ -248,9 +248,18 @@ def test_a_creation_time_in_another_iso_form_is_read_as_utc(creation: str, utc: 
     assert (row["TimeGenerated"], row["CreationTime"]) == (utc, utc) and not out.problems
 
 
-def test_record_type_as_string_still_routes() -> None:
-    [row] = rows(normalize_blob([irm_alert(RecordType="40")], REF, ALERTS, sent_at=SENT))
-    assert row["RecordType"] == 40
+@pytest.mark.parametrize(
+    ("given", "problem"),
+    [("40", "RecordType given as text (read as a number)"),
+     (40.0, "RecordType given as a decimal (read as a whole number)")],
+)  # fmt: skip
+def test_record_type_not_given_as_an_integer_still_routes_and_the_warning_says_how_it_came(
+    given: object, problem: str
+) -> None:
+    """A float RecordType was counted as "given as text", which sent an operator to look for strings."""
+    out = normalize_blob([irm_alert(RecordType=given)], REF, ALERTS, sent_at=SENT)
+    [row] = rows(out)
+    assert row["RecordType"] == 40 and out.problems == {problem: 1}
 
 
 def test_a_number_given_as_thousands_of_digits_does_not_fail_the_blob() -> None:
