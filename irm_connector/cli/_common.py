@@ -12,6 +12,7 @@ import logging
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, is_dataclass, replace
@@ -224,6 +225,11 @@ def queue_options(retry_delay: float | None) -> HostQueueOptions:
     return options if retry_delay is None else replace(options, visibility_timeout=retry_delay)
 
 
+#: How long a count waits for the storage service's next second, and how often it asks meanwhile.
+_SECOND_WAIT = 2.0
+_SECOND_POLL = 0.05
+
+
 class Storage:
     """The storage clients of the CLI: the state tables, the content queue and its poison queue."""
 
@@ -236,9 +242,14 @@ class Storage:
         """The queue's approximate length."""
         return (await self.depth_at(client))[0]
 
-    async def depth_at(self, client: QueueClient) -> tuple[int, datetime]:
+    async def depth_at(self, client: QueueClient, *, as_a_second_begins: bool = False) -> tuple[int, datetime]:
         """The queue's approximate length, and the storage service's time when it was counted (the answer's
-        ``Date``; this machine's time if there was none)."""
+        ``Date``; this machine's time if there was none).
+
+        ``as_a_second_begins``: counted by the first answer of a new second (asked again for up to
+        :data:`_SECOND_WAIT` s). A message's time in the queue is a whole second, so one parked in the count's
+        second may have come before the count or after it; counted early in that second, few can, and whoever
+        acts on "parked before the count's second" leaves fewer for a second run."""
         from azure.core.exceptions import ResourceNotFoundError
 
         dates: list[str] = []
@@ -246,12 +257,21 @@ class Storage:
         def hook(response: Any) -> None:
             dates.append(response.http_response.headers.get("Date") or "")
 
-        try:
-            properties = await client.get_queue_properties(raw_response_hook=hook)
-            depth = int(properties.approximate_message_count or 0)
-        except ResourceNotFoundError:
-            depth = 0
-        return depth, parse_http_date(dates[-1] if dates else None) or datetime.now(UTC)
+        async def count() -> tuple[int, datetime | None]:
+            try:
+                properties = await client.get_queue_properties(raw_response_hook=hook)
+                depth = int(properties.approximate_message_count or 0)
+            except ResourceNotFoundError:
+                depth = 0
+            return depth, parse_http_date(dates[-1] if dates else None)
+
+        depth, when = await count()
+        if as_a_second_begins and when is not None:
+            first, give_up = when, time.monotonic() + _SECOND_WAIT
+            while when is not None and when <= first and time.monotonic() < give_up:
+                await asyncio.sleep(_SECOND_POLL)
+                depth, when = await count()
+        return depth, when or datetime.now(UTC)
 
 
 @asynccontextmanager

@@ -192,9 +192,10 @@ def _content_id(message: QueueMessage) -> str:
     return parsed.blob.content_id if parsed is not None else ""
 
 
-def _parked_by(message: QueueMessage, when: datetime) -> bool:
-    """Whether ``message`` was in the poison queue at ``when`` (the queue's own time)."""
-    return message.inserted_on is None or message.inserted_on <= when
+def _parked_before(message: QueueMessage, when: datetime) -> bool:
+    """Whether ``message`` was surely in the poison queue at ``when`` (the queue's own time, a whole second, as the
+    message's is): parked in an earlier second. One of ``when``'s own second may have come just after."""
+    return message.inserted_on is None or message.inserted_on < when
 
 
 async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
@@ -202,13 +203,15 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     # The queue's time at the start: what is parked after it is left, as purge leaves it. With the function app
     # running, a message requeued here that fails again comes back under a new id while a long walk goes on, and
     # would be requeued a second time, and again for as long as the walk lasts.
-    depth, started = await store.depth_at(store.poison)
+    depth, started = await store.depth_at(store.poison, as_a_second_begins=True)
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     kept: list[str] = []
+    since: set[str] = set()
 
     def matches(message: QueueMessage) -> bool:
-        if not _parked_by(message, started):
+        if not _parked_before(message, started):
+            since.add(message.id)
             return False
         if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
             return False
@@ -254,12 +257,22 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     unseen = walk.unseen(depth)
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
+    if since:
+        lines.append(_parked_since(len(since), "the requeue began", "requeue"))
     if done:
         lines.append("process them with `irm-connector process` (or let the function app pick them up)")
     emit(args, {"requeued": done, "not_content": kept, "not_found": missing, "not_deleted": walk.undeleted,
-                "not_seen": unseen}, "\n".join(lines))  # fmt: skip
+                "not_seen": unseen, "left_parked_since_start": len(since)}, "\n".join(lines))  # fmt: skip
     named_kept = wanted is not None and bool(kept)
     return EXIT_FAILED if missing or walk.undeleted or named_kept or unseen else EXIT_OK
+
+
+def _parked_since(count: int, when: str, command: str) -> str:
+    return (
+        f"{count} message(s) parked since {when} are left (a message's time in the queue is a whole second, and "
+        f"those of that second may have come after it): `poison list` shows why they failed; `poison {command}` "
+        "takes them"
+    )
 
 
 def _held(unseen: int, queue: str) -> str:
@@ -272,7 +285,7 @@ def _held(unseen: int, queue: str) -> str:
 async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, failures: FailureStore) -> int:
     # The queue's time when it was counted: what is parked after that (while the operator reads the question) was
     # not in the count they said yes to, and nobody has seen why it failed; it stays.
-    depth, counted = await store.depth_at(store.poison)
+    depth, counted = await store.depth_at(store.poison, as_a_second_begins=True)
     if depth:
         await confirm(
             args,
@@ -285,7 +298,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
         taken[message.id] = message_key(Delivery.decode(_text(message)))
 
     walk = _Walk(store, LOCK_SECONDS)
-    await walk.run(lambda message: _parked_by(message, counted), take)
+    await walk.run(lambda message: _parked_before(message, counted), take)
     # Each failure record only once its message is gone: one whose delete was refused stays in the queue, and
     # `poison list` should still say why it failed.
     undeleted = walk.undeleted
@@ -299,10 +312,14 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
                 log.warning("Could not clear the failure record of %s: %s", message_id, exc)
     purged = len(taken) - len(undeleted)
     unseen = walk.unseen(depth)
+    since = len(walk.others)  # all it left: every other message it saw was deleted, or its delete refused
     lines = [f"{purged} message(s) deleted from {settings.poison_queue}"]
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
-    emit(args, {"purged": purged, "not_deleted": undeleted, "not_seen": unseen}, "\n".join(lines))
+    if since:
+        lines.append(_parked_since(since, "the count", "purge"))
+    emit(args, {"purged": purged, "not_deleted": undeleted, "not_seen": unseen, "left_parked_since_count": since},
+         "\n".join(lines))  # fmt: skip
     return EXIT_FAILED if undeleted or unseen else EXIT_OK
 
 

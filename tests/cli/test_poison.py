@@ -109,7 +109,7 @@ def test_requeue_leaves_what_was_parked_after_it_began(cli: Cli, monkeypatch: py
     monkeypatch.setattr(poison, "create_queue_if_missing", parked_meanwhile)
     code, doc = cli.json("poison", "requeue", "--all")
     assert code == 0, doc
-    assert sorted(r["content_id"] for r in doc["requeued"]) == old
+    assert sorted(r["content_id"] for r in doc["requeued"]) == old and doc["left_parked_since_start"] == 3
     assert drain(cli, cli.poison) == Counter(["again0000", "again0001", "again0002"])
     assert drain(cli, cli.queue) == Counter(old)
 
@@ -129,7 +129,7 @@ def test_purge_of_a_queue_longer_than_the_hold_deletes_every_message(slow: Cli) 
     fill(slow, 70, "p")
     code, doc = slow.json("poison", "purge", "--yes")
     assert code == 0, doc
-    assert doc == {"purged": 70, "not_deleted": [], "not_seen": 0}
+    assert doc == {"purged": 70, "not_deleted": [], "not_seen": 0, "left_parked_since_count": 0}
     assert slow.depth(slow.poison) == 0 and slow.depth() == 0
 
 
@@ -163,7 +163,7 @@ def test_purge_whose_failure_records_cannot_be_cleared_still_reports_the_deletio
         cli.set(AzureWebJobsStorage=proxy.connection_string)
         code, doc = cli.json("poison", "purge", "--yes")
     assert code == 0, doc
-    assert doc == {"purged": 3, "not_deleted": [], "not_seen": 0}
+    assert doc == {"purged": 3, "not_deleted": [], "not_seen": 0, "left_parked_since_count": 0}
     assert cli.depth(cli.poison) == 0
 
 
@@ -196,6 +196,29 @@ def test_purge_deletes_what_was_there_when_it_was_confirmed_not_what_was_parked_
     assert code == 0, doc
     assert doc["purged"] == 2
     assert drain(cli, cli.poison) == Counter(["new0000", "new0001", "new0002"])
+
+
+def test_purge_leaves_a_message_parked_in_the_second_it_counted_and_says_so(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue's times are whole seconds: a message parked just after the count, in its second, read as parked by
+    then and was deleted, unseen by the operator who confirmed two. The count is now taken as a second begins, and
+    what was parked in its second is left, said in a line of its own."""
+    fill(cli, 2, "old")
+
+    async def parked_at_once(args: object, question: str) -> None:
+        assert question.startswith("Delete the 2 message(s)")
+        await asyncio.to_thread(fill, cli, 1, "new")
+
+    monkeypatch.setattr(poison, "confirm", parked_at_once)
+    code, doc = cli.json("poison", "purge")
+    assert code == 0, doc
+    assert (doc["purged"], doc["left_parked_since_count"]) == (2, 1), doc
+    assert drain(cli, cli.poison) == Counter(["new0000"])
+    fill(cli, 1, "again")
+    monkeypatch.setattr(poison, "confirm", parked_at_once)
+    code, out, err = cli.run("poison", "purge")
+    assert code == 0 and "1 message(s) parked since the count are left" in out, (out, err)
 
 
 @pytest.mark.parametrize("argv", [("poison", "list"), ("poison", "requeue", "--all")], ids=["list", "requeue"])
@@ -285,5 +308,5 @@ def test_requeue_and_purge_say_so_when_another_reader_hides_messages(cli: Cli) -
     assert code == 1 and "0 message(s) sent back" in out
     assert "3 message(s) of" in out and "were not seen: another reader holds them" in out
     code, doc = cli.json("poison", "purge", "--yes")
-    assert code == 1 and doc == {"purged": 0, "not_deleted": [], "not_seen": 3}
+    assert code == 1 and doc == {"purged": 0, "not_deleted": [], "not_seen": 3, "left_parked_since_count": 0}
     assert cli.depth(cli.poison) == len(ids) and cli.depth() == 0
