@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from tqdm import tqdm
 
 from irm_connector.backfill import backfill, service_now
 from irm_connector.errors import PollError
@@ -19,6 +16,7 @@ from irm_connector.windows import EMPTY_RANGE, RETENTION, Window, plan_backfill,
 
 from ._common import EXIT_OK, UsageError, duration_option, emit, iso, note_done, parse_moment
 from ._preflight import ready
+from ._progress import Progress
 from .poll import failed_exit, report_lines
 from .process import process_lines, work_queue
 
@@ -44,13 +42,10 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     now = await service_now(rt, content_types[0])
     start, end = _range(args, now)
     windows = _plan(start, end, now)
-    bar = tqdm(
+    bar = Progress(
         total=len(windows) * len(content_types),
         desc="windows listed",
         unit="window",
-        file=sys.stderr,
-        disable=None,
-        leave=False,
     )
     seen: dict[str, int] = {}
 
@@ -59,7 +54,7 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         if report.windows_listed != seen.get(key, 0):
             bar.update(report.windows_listed - seen.get(key, 0))
             seen[key] = report.windows_listed
-        bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed, refresh=False)
+        bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed)
 
     report = PollReport()
     code = EXIT_OK

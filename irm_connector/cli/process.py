@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import azure.functions as func
-from tqdm import tqdm
 
 from irm_connector import handlers
 from irm_connector.content_queue import create_queue_if_missing
@@ -20,6 +18,7 @@ from irm_connector.settings import Settings
 from ._common import EXIT_FAILED, EXIT_OK, GracefulStop, UsageError, emit, queue_options, storage
 from ._failures import EXIT_INTERRUPTED
 from ._preflight import ready
+from ._progress import Progress
 from .queue_trigger import QueueWorker
 
 __all__ = ["process", "process_lines", "work_queue"]
@@ -51,13 +50,10 @@ async def work_queue(
     async with storage(settings) as store:
         await create_queue_if_missing(store.main)
         total = await store.depth(store.main)
-        bar = tqdm(
+        bar = Progress(
             total=total if max_messages is None else min(total, max_messages),
             desc="processed",
             unit="blob",
-            file=sys.stderr,
-            disable=None,
-            leave=False,
         )
 
         # A refusing DCR reschedules every message: they come back after a delay, so the queue never empties

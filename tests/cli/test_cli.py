@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pty
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 from azure.storage.queue import TextBase64DecodePolicy, TextBase64EncodePolicy
 from azure.storage.queue.aio import QueueClient
 
+from irm_connector.cli import _progress
 from standins.azurite import Azurite
 from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
@@ -448,6 +450,22 @@ def test_backfill_since_7d_is_placed_by_the_storage_service_s_time_whatever_this
     assert code == 0, doc
     edge = datetime.now(UTC) - RETENTION + RETENTION_MARGIN  # this process's true clock is Azurite's
     assert abs(datetime.fromisoformat(doc["range"]["start"].replace("Z", "+00:00")) - edge) < timedelta(minutes=2)
+
+
+def test_backfill_and_process_show_their_progress_in_a_log_without_a_terminal(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a terminal (a build agent's log, a pipe) tqdm's bar was off, and a backfill of a week said nothing
+    until it ended. There each now writes a plain line at intervals (every 30 s; here at every step), no bar."""
+    monkeypatch.setattr(_progress, "LINE_EVERY", 0.0)
+    workload = cli.publish(seed=27, records=300, blob_size=(100, 100))
+    code, out, err = cli.run("backfill", "--since", "1d")
+    assert code == 0, (out, err)
+    assert "\r" not in err, err
+    listed = [line for line in err.splitlines() if line.startswith("windows listed: ")]
+    assert listed and re.fullmatch(r"windows listed: \d+ of \d+ window\(s\), queued \d+, listed \d+", listed[-1]), err
+    blobs = len(workload.blobs)
+    assert f"processed: {blobs} of {blobs} blob(s)" in err.splitlines(), err
 
 
 def test_backfill_relists_a_past_range_without_moving_the_watermark(cli: Cli) -> None:
