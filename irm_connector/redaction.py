@@ -42,24 +42,54 @@ _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 _ACCESS_TOKEN_REPR = re.compile(r"(\bAccessToken(?:Info)?\(token=)(['\"])[^'\"]*\2")
 #: A token field of a request or answer (``client_secret=...``, ``"access_token": "..."``, ``clientSecret``, JSON
 #: quoted inside JSON with its quotes escaped, a backslash in the value as escaped pairs). Not a name that ends in
-#: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured.
-#: A quoted value runs to its closing quote, the same one (escapes included) followed by no word character: a
-#: secret may hold a comma, a space or an escaped quote. Unquoted, or its quote never closed (a line cut short), it
-#: runs as a form field's would. Bounded, so a quote left open on a long line costs no more than that.
+#: one (``O365_CLIENT_SECRET: is required``, a settings error): its value is masked by value if configured. Not
+#: within a run of backslashes: each of its places would scan the rest of the run again (20,000 took seconds).
 _QUOTE = r"(?:\\*[\"'])?"
-_TOKEN_FIELD = re.compile(
-    rf"(?i)(?<!\w)({_QUOTE}(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion|password|sig|"
-    rf"account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*)"
-    r"(?:(?P<quote>\\*[\"'])(?:\\[\s\S]|[^\\]){0,1024}?(?P=quote)(?!\w)"
-    r"|(?P<open>\\*[\"'])?(?:\\\\|[^\"'&;,\s\\])+)"
+_FIELD = re.compile(
+    rf"(?i)(?<![\w\\]){_QUOTE}(?:access_?token|refresh_?token|id_?token|client_?secret|client_?assertion|password|"
+    rf"sig|account_?key|shared_?access_?signature){_QUOTE}\s*[:=]\s*(?P<open>\\*[\"'])?"
 )
+#: An unquoted value, as a form field's runs.
+_BARE = re.compile(r"(?:\\\\|[^\"'&;,\s\\])+")
+#: How far a quoted value is looked into for its closing quote.
+_QUOTED_MOST = 4096
 
 
-def _mask_field(match: re.Match[str]) -> str:
-    quote = match["quote"]
-    if quote is not None:
-        return f"{match[1]}{quote}***{quote}"
-    return f"{match[1]}{match['open'] or ''}***"
+def _closing(text: str, start: int, quote: str) -> int:
+    """Where the value opened by ``quote`` (its escapes included: ``"``, ``\\"`` in JSON inside JSON, ...) at
+    ``start`` ends: at its closing quote, or, never closed on its line (cut short, or longer than is looked into),
+    at the line's end, so that no part of it shows. A secret may hold a comma, a space or a quote escaped at its
+    own depth: a quote ends the value when the backslashes before it are its own plus escaped pairs."""
+    own = len(quote) - 1
+    line_end = text.find("\n", start)
+    line_end = len(text) if line_end < 0 else line_end
+    at = start
+    while (at := text.find(quote[-1], at, min(line_end, start + _QUOTED_MOST))) >= 0:
+        run = at
+        while run > start and text[run - 1] == "\\":
+            run -= 1
+        if (at - run) % (2 * own + 2) == own:
+            return at - own
+        at += 1
+    return line_end
+
+
+def _mask_fields(text: str) -> str:
+    parts: list[str] = []
+    done = 0
+    for field in _FIELD.finditer(text):
+        if field.start() < done:
+            continue  # within a value masked already
+        start, quote = field.end(), field["open"]
+        if quote:
+            end = _closing(text, start, quote)
+        elif (value := _BARE.match(text, start)) is not None:
+            end = value.end()
+        else:
+            continue
+        parts += [text[done:start], "***"]
+        done = end
+    return "".join([*parts, text[done:]]) if parts else text
 
 
 class RedactingFilter(logging.Filter):
@@ -77,7 +107,7 @@ class RedactingFilter(logging.Filter):
         text = _JWT.sub("***", text)
         text = _ACCESS_TOKEN_REPR.sub(r"\1\2***\2", text)
         text = _USERINFO.sub(r"\1***@", text)
-        return _TOKEN_FIELD.sub(_mask_field, text)
+        return _mask_fields(text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:

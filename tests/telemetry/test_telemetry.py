@@ -236,8 +236,16 @@ def test_redacting_filter() -> None:
          json.dumps({"body": json.dumps({"client_secret": "***", "n": 1})})),
         (repr({"password": "x y,z-rest", "user": "u"}), repr({"password": "***", "user": "u"})),
         ("refused: password='two words-rest' for u", "refused: password='***' for u"),
-        # a quote never closed (a line cut short): masked as far as an unquoted value runs
+        # a quote escaped at the value's depth, followed by what ends a value (JSON inside JSON: \\\" in \")
+        (json.dumps({"body": json.dumps({"client_secret": 'ab" cd-rest', "n": 1})}),
+         json.dumps({"body": json.dumps({"client_secret": "***", "n": 1})})),
+        (json.dumps({"body": json.dumps({"client_secret": 'ab",rest\\', "n": 1})}),
+         json.dumps({"body": json.dumps({"client_secret": "***", "n": 1})})),
+        # a value longer than is looked into for its quote: masked to the line's end
+        (json.dumps({"password": "a" * 5000 + ",rest"}) + "\nnext line", '{"password": "***\nnext line'),
+        # a quote never closed on its line (a line cut short): masked to the line's end, the next lines kept
         ('{"password": "abc-rest', '{"password": "***'),
+        ('password="\nTraceback:\n  File "x.py", line 1', 'password="***\nTraceback:\n  File "x.py", line 1'),
     ],
 )  # fmt: skip
 def test_redaction_masks_the_other_spellings_of_a_secret(text: str, clean: str) -> None:
