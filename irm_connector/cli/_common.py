@@ -225,7 +225,8 @@ def queue_options(retry_delay: float | None) -> HostQueueOptions:
     return options if retry_delay is None else replace(options, visibility_timeout=retry_delay)
 
 
-#: How long a count waits for the storage service's next second, and how often it asks meanwhile.
+#: How long a count waits for the storage service's next second (a second, unless its clock stalls), and how often
+#: it asks meanwhile.
 _SECOND_WAIT = 2.0
 _SECOND_POLL = 0.05
 
@@ -266,11 +267,16 @@ class Storage:
             return depth, parse_http_date(dates[-1] if dates else None)
 
         depth, when = await count()
-        if as_a_second_begins and when is not None:
+        # Nothing counted (or no queue): nothing can be parked in the count's second before it. An answer without a
+        # Date would set this machine's clock against the queue's: the count before it stands.
+        if as_a_second_begins and depth and when is not None:
             first, give_up = when, time.monotonic() + _SECOND_WAIT
-            while when is not None and when <= first and time.monotonic() < give_up:
+            while when <= first and time.monotonic() < give_up:
                 await asyncio.sleep(_SECOND_POLL)
-                depth, when = await count()
+                again, at = await count()
+                if at is None:
+                    break
+                depth, when = again, at
         return depth, when or datetime.now(UTC)
 
 

@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -142,10 +142,11 @@ class _Walk:
                 with contextlib.suppress(HttpResponseError):
                     await self.store.poison.update_message(message, visibility_timeout=0)
 
-    def unseen(self, depth: int) -> int:
+    def unseen(self, depth: int, *, uncounted: Collection[str] = ()) -> int:
         """How many of ``depth`` messages, counted before the walk, it never received: hidden by another reader
-        (a `poison` command running, or one stopped less than :data:`LOCK_SECONDS` ago) all along."""
-        return max(0, depth - len(self.acted | self.others.keys()))
+        (a `poison` command running, or one stopped less than :data:`LOCK_SECONDS` ago) all along. ``uncounted``:
+        the messages it saw that were parked after the count, which take no place of a counted one."""
+        return max(0, depth - len((self.acted | self.others.keys()) - set(uncounted)))
 
     async def _receive(self) -> list[QueueMessage]:
         try:
@@ -207,13 +208,13 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     kept: list[str] = []
-    since: set[str] = set()
+    since: dict[str, str] = {}  # message id -> content id, of those (named) parked since the start: left
 
     def matches(message: QueueMessage) -> bool:
-        if not _parked_before(message, started):
-            since.add(message.id)
-            return False
         if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
+            return False
+        if not _parked_before(message, started):
+            since[message.id] = _content_id(message)
             return False
         if Delivery.decode(_text(message)).message is None:
             # Not a content notification: the processor would park it again at once, whatever was fixed.
@@ -243,7 +244,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     walk = _Walk(store, LOCK_SECONDS)
     await walk.run(matches, send_back)
     kept = sorted(set(kept))
-    found = {d["id"] for d in done} | {d["content_id"] for d in done} | set(kept)
+    found = {d["id"] for d in done} | {d["content_id"] for d in done} | set(kept) | set(since) | set(since.values())
     missing = sorted(wanted - found) if wanted is not None else []
     lines = [f"{len(done)} message(s) sent back to {settings.content_queue}"]
     lines += [f"  {d['id']}  {d['content_id']}" for d in done]
@@ -254,7 +255,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         lines.append(f"not found in {settings.poison_queue}: {', '.join(missing)}")
     if walk.undeleted:
         lines.append(f"sent back but still in {settings.poison_queue} (delete refused): {', '.join(walk.undeleted)}")
-    unseen = walk.unseen(depth)
+    unseen = walk.unseen(depth, uncounted=since.keys())
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
     if since:
@@ -263,7 +264,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         lines.append("process them with `irm-connector process` (or let the function app pick them up)")
     emit(args, {"requeued": done, "not_content": kept, "not_found": missing, "not_deleted": walk.undeleted,
                 "not_seen": unseen, "left_parked_since_start": len(since)}, "\n".join(lines))  # fmt: skip
-    named_kept = wanted is not None and bool(kept)
+    named_kept = wanted is not None and bool(kept or since)
     return EXIT_FAILED if missing or walk.undeleted or named_kept or unseen else EXIT_OK
 
 
@@ -302,6 +303,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
     # Each failure record only once its message is gone: one whose delete was refused stays in the queue, and
     # `poison list` should still say why it failed.
     undeleted = walk.undeleted
+    since = len(walk.others)  # all it left: every other message it saw was deleted, or its delete refused
     for message_id, key in taken.items():
         if message_id not in undeleted:
             try:
@@ -311,8 +313,7 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
                 # record is harmless (`poison list` shows the records of messages in the queue only).
                 log.warning("Could not clear the failure record of %s: %s", message_id, exc)
     purged = len(taken) - len(undeleted)
-    unseen = walk.unseen(depth)
-    since = len(walk.others)  # all it left: every other message it saw was deleted, or its delete refused
+    unseen = walk.unseen(depth, uncounted=walk.others.keys())
     lines = [f"{purged} message(s) deleted from {settings.poison_queue}"]
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))

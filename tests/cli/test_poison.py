@@ -114,6 +114,23 @@ def test_requeue_leaves_what_was_parked_after_it_began(cli: Cli, monkeypatch: py
     assert drain(cli, cli.queue) == Counter(old)
 
 
+def test_requeue_by_id_of_a_message_parked_after_it_began_says_it_was_left_not_that_it_is_missing(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = fill(cli, 2, "old")
+
+    async def parked_meanwhile(client: QueueClient) -> None:
+        await create_queue_if_missing(client)
+        await asyncio.to_thread(fill, cli, 1, "again")
+
+    monkeypatch.setattr(poison, "create_queue_if_missing", parked_meanwhile)
+    code, doc = cli.json("poison", "requeue", old[0], "again0000")
+    assert code == 1, doc  # named, and not sent back: run it again
+    assert [r["content_id"] for r in doc["requeued"]] == [old[0]] and doc["not_found"] == [], doc
+    assert doc["left_parked_since_start"] == 1, doc
+    assert drain(cli, cli.poison) == Counter([old[1], "again0000"])
+
+
 def test_requeue_by_id_leaves_the_others_in_the_poison_queue(slow: Cli) -> None:
     ids = fill(slow, 60, "o")
     wanted = [ids[3], ids[41], ids[59]]
@@ -213,12 +230,15 @@ def test_purge_leaves_a_message_parked_in_the_second_it_counted_and_says_so(
     monkeypatch.setattr(poison, "confirm", parked_at_once)
     code, doc = cli.json("poison", "purge")
     assert code == 0, doc
-    assert (doc["purged"], doc["left_parked_since_count"]) == (2, 1), doc
-    assert drain(cli, cli.poison) == Counter(["new0000"])
+    assert (doc["purged"], doc["left_parked_since_count"], doc["not_seen"]) == (2, 1, 0), doc
+    assert drain(cli, cli.poison) == Counter(["new0000"])  # and held for 5 minutes, as another reader would
+    # One counted and held by another reader, one counted and deleted, one parked since: the one left takes no
+    # place of the one held, which is said unseen.
     fill(cli, 1, "again")
-    monkeypatch.setattr(poison, "confirm", parked_at_once)
     code, out, err = cli.run("poison", "purge")
-    assert code == 0 and "1 message(s) parked since the count are left" in out, (out, err)
+    assert code == 1, (out, err)
+    assert "1 message(s) deleted" in out and "1 message(s) parked since the count are left" in out, out
+    assert "1 message(s) of" in out and "were not seen: another reader holds them" in out, out
 
 
 @pytest.mark.parametrize("argv", [("poison", "list"), ("poison", "requeue", "--all")], ids=["list", "requeue"])
