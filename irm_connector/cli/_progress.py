@@ -1,6 +1,7 @@
 """Progress of the long commands (`backfill`, `process`): tqdm's bar at a terminal; anywhere else (a build agent's
-log, a pipe, a file) a plain line every half minute. tqdm alone is silent there, and a backfill of a week said
-nothing for as long as it ran; a bar written to a log instead is one line of carriage returns."""
+log, a pipe, a file) a plain line at most every half minute, as the work advances. tqdm alone is silent there, and
+a backfill of a week said nothing for as long as it ran; a bar written to a log instead is one line of carriage
+returns."""
 
 from __future__ import annotations
 

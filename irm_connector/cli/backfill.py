@@ -48,13 +48,15 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
         unit="window",
     )
     seen: dict[str, int] = {}
+    counts: dict[str, tuple[int, int]] = {}  # content type -> blobs queued, listed: the line gives the totals
 
     def progress(report: ContentTypeReport, planned: int) -> None:
         key = report.content_type
         if report.windows_listed != seen.get(key, 0):
             bar.update(report.windows_listed - seen.get(key, 0))
             seen[key] = report.windows_listed
-        bar.set_postfix(queued=report.blobs_queued, listed=report.blobs_listed)
+        counts[key] = (report.blobs_queued, report.blobs_listed)
+        bar.set_postfix(queued=sum(q for q, _ in counts.values()), listed=sum(n for _, n in counts.values()))
 
     report = PollReport()
     code = EXIT_OK
