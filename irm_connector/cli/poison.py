@@ -209,11 +209,14 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     done: list[dict[str, Any]] = []
     kept: list[str] = []
     since: dict[str, str] = {}  # message id -> content id, of those (named) parked since the start: left
+    uncounted: set[str] = set()  # every message parked since the start, named or not
 
     def matches(message: QueueMessage) -> bool:
+        if not _parked_before(message, started):
+            uncounted.add(message.id)
         if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
             return False
-        if not _parked_before(message, started):
+        if message.id in uncounted:
             since[message.id] = _content_id(message)
             return False
         if Delivery.decode(_text(message)).message is None:
@@ -255,7 +258,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         lines.append(f"not found in {settings.poison_queue}: {', '.join(missing)}")
     if walk.undeleted:
         lines.append(f"sent back but still in {settings.poison_queue} (delete refused): {', '.join(walk.undeleted)}")
-    unseen = walk.unseen(depth, uncounted=since.keys())
+    unseen = walk.unseen(depth, uncounted=uncounted)
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
     if since:
