@@ -211,13 +211,13 @@ def targets(
     for one in big:
         failed = " (the run failed: see below)" if one.get("failed") else ""
         add(f"{CONFIG_NAMES[one['config']]}: peak RSS processing one {one['blob_mb']:.0f} MB blob{failed}",
-            one["peak_rss_mb"], 400.0, False, "MB")
+            one["peak_rss_mb"], 400.0, False, "MiB")
         if failed:
             out[-1]["met"] = False
     if burst:
         failed = " (the run failed: see below)" if burst.get("failed") else ""
         add(f"{CONFIG_NAMES[burst['config']]}: peak RSS with {burst['blobs']} blobs of {burst['blob_mb']:.0f} MB "
-            f"delivered at once (under 1 GiB){failed}", burst["peak_rss_mb"], 1024.0, False, "MB")
+            f"delivered at once (under 1 GiB){failed}", burst["peak_rss_mb"], 1024.0, False, "MiB")
         if failed:
             out[-1]["met"] = False
     return out
@@ -277,7 +277,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}, {m['os']}. "
         f"Run {results['generated']} on commit {m.get('source', 'unknown')}, {results['total_seconds']:.0f} s in all.",
         "",
-        "| run | configuration | network | records/s | CPU s per 1M records | peak RSS MB "
+        "| run | configuration | network | records/s | CPU s per 1M records | peak RSS MiB "
         "| storage tx per 1k records | ingestion requests per 1k rows | avg request (of 1 MiB) "
         "| × baseline | CPU efficiency (× bare work) |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -318,8 +318,8 @@ def markdown(results: dict[str, Any]) -> str:
     scaled = [r for r in runs if r["kind"] == "connector" and r["profile"] == "none"]
     if len({r["scale"] for r in scaled}) > 1:
         lines += ["", "Peak RSS of the connector as the volume grows (no latency):", "",
-                  "| volume | records | alerts only: records/s | peak RSS MB "
-                  "| alerts + audit: records/s | peak RSS MB |",
+                  "| volume | records | alerts only: records/s | peak RSS MiB "
+                  "| alerts + audit: records/s | peak RSS MiB |",
                   "|--:|--:|--:|--:|--:|--:|"]
         for scale in sorted({r["scale"] for r in scaled}):
             a = _find(scaled, scale=scale, config="alerts")
@@ -332,7 +332,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _cost_lines(results)
     if results["big_blob"]:
         lines += ["", "One large blob through the processor entry point (fresh process):", "",
-                  "| configuration | blob | records | seconds | peak RSS MB | exactly once |",
+                  "| configuration | blob | records | seconds | peak RSS MiB | exactly once |",
                   "|---|--:|--:|--:|--:|---|"]
         for b in results["big_blob"]:
             ok = not b.get("failed") and all(s.get("exactly_once") for s in b["arrived"]["streams"].values())
@@ -345,7 +345,7 @@ def markdown(results: dict[str, Any]) -> str:
     if burst:
         lines += ["", f"{burst['blobs']} blobs delivered to one worker at once, through the processor entry point "
                   "(fresh process; the body bytes in flight bounded by `MAX_BLOB_MB_IN_FLIGHT`):", "",
-                  "| configuration | blobs | records | seconds | peak RSS MB | bound MB | most held MB "
+                  "| configuration | blobs | records | seconds | peak RSS MiB | bound MiB | most held MiB "
                   "| exactly once |",
                   "|---|--:|--:|--:|--:|--:|--:|---|"]  # fmt: skip
         state = "yes" if _whole(burst) else ("**failed**: " + burst["failed"] if burst.get("failed") else "NO")
@@ -535,10 +535,10 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     if burst:
         right.axhline(burst["peak_rss_mb"], linestyle="-.", color="#9467bd",
                       label=f"{burst['blobs']} × {burst['blob_mb']:.0f} MB at once (limit 1 GiB)")  # fmt: skip
-    right.axhline(400, color="black", linewidth=0.8, linestyle="--", label="400 MB")
+    right.axhline(400, color="black", linewidth=0.8, linestyle="--", label="400 MiB")
     right.xaxis.set_major_formatter(lambda value, _: f"{value / 1000:.0f}k")
     right.set_xlabel("records in the tenant")
-    right.set_ylabel("connector peak RSS (MB)")
+    right.set_ylabel("connector peak RSS (MiB)")
     right.set_ylim(0, right.get_ylim()[1] * 1.5)  # room above the lines for the legend
     right.set_title("Memory")
     right.legend(fontsize=7)
