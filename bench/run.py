@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import multiprocessing
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -418,11 +419,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     no_proxy_for_loopback()  # Azurite and the stand-ins are on this machine; the measured children inherit it
-    results = run_benchmark(args)
+    # A `kill` ends the run as Ctrl-C does, through the cleanup (Azurite, the stand-ins, the working directory):
+    # Python's default ended the process at once and left them running and on disk.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        results = run_benchmark(args)
+    except KeyboardInterrupt:
+        _say("==> Interrupted: no results written")
+        return 130
     _say(f"==> Done in {results['total_seconds']:.0f}s; results in {args.out}/latest.json, latest.md, latest.png")
     print((Path(args.out) / "latest.md").read_text(), flush=True)
     return 0
