@@ -248,9 +248,9 @@ class Storage:
         ``Date``; this machine's time if there was none).
 
         ``as_a_second_begins``: counted by the first answer of a new second (asked again for up to
-        :data:`_SECOND_WAIT` s). A message's time in the queue is a whole second, so one parked in the count's
-        second may have come before the count or after it; counted early in that second, few can, and whoever
-        acts on "parked before the count's second" leaves fewer for a second run."""
+        :data:`_SECOND_WAIT` s; at once when it counts none). A message's time in the queue is a whole second, so
+        one parked in the count's second may have come before the count or after it; counted early in that second,
+        few can, and whoever acts on "parked before the count's second" leaves fewer for a second run."""
         from azure.core.exceptions import ResourceNotFoundError
 
         dates: list[str] = []
