@@ -49,7 +49,7 @@ def _child(fn: Any, cfg: dict[str, Any]) -> dict[str, Any]:
 class StandInSession:
     """The stand-ins child with one published workload."""
 
-    def __init__(self, workdir: Path, params: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, params: dict[str, Any], *, host: dict[str, str] | None = None) -> None:
         self._conn, child = _CTX.Pipe()
         self._proc = _CTX.Process(
             target=standin_proc.serve, args=(child, {**params, "workdir": str(workdir)}), daemon=True
@@ -57,6 +57,7 @@ class StandInSession:
         self._proc.start()
         child.close()  # the child's end is the child's: one that dies ends the pipe, and a read says so
         self.info: dict[str, Any] = self._recv()
+        self.info["env"].update(host or {})  # the connector's settings of every run on this workload
 
     def _recv(self) -> dict[str, Any]:
         try:
@@ -138,10 +139,10 @@ def _measure_floor(session: StandInSession, azurite: Any, config: str) -> dict[s
     session.call("reset")
     env = _connector_env(session, azurite.connection_string, CONFIGS[config])
     cfg = {"env": env, "blob_file": session.info["blob_file"],
-           "concurrency": HostQueueOptions.from_environment().concurrency}
+           "concurrency": HostQueueOptions.from_environment(env).concurrency}
     result = _child(floor.run, cfg)
     session.call("reset")  # its rows are not the connector's: the next run counts from nothing
-    result.update(kind="floor", config=config, profile="-", scale=1.0)
+    result.update(kind="floor", config=config, profile="-", scale=1.0, concurrency=cfg["concurrency"])
     return result
 
 
@@ -165,7 +166,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         with Azurite(location=workdir / "azurite") as azurite:
             azurite_cpu = AzuriteCpu(azurite.pid)
             _say(f"==> Stand-ins: publishing a simulated tenant of {args.records:,} records")
-            session = StandInSession(workdir / "main", params)
+            session = StandInSession(workdir / "main", params, host=args.host_queue)
             try:
                 workload = session.info["workload"]
                 _say(
@@ -229,7 +230,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for scale in scales:
                 records = int(args.records * scale)
                 _say(f"==> Volume {scale:g}x: {records:,} records")
-                session = StandInSession(workdir / f"scale{scale:g}", {**params, "records": records})
+                session = StandInSession(workdir / f"scale{scale:g}", {**params, "records": records},
+                                         host=args.host_queue)  # fmt: skip
                 try:
                     for config in configs:
                         result = _measure_connector(session, azurite, azurite_cpu, config, "none", scale)
@@ -257,6 +259,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             "profiles": {p: {"management_s": PROFILES[p][0], "ingestion_s": PROFILES[p][1]} for p in profiles},
             "scales": [1.0, *scales],
             "daily_records": args.daily_records,
+            "host_queue": args.host_queue,  # host.json's queue settings overridden for this run, if any
         },
         "workload": workload,
         "runs": runs,
@@ -409,12 +412,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--daily-records", type=int, default=1_000_000,
                         help="audit records a day of the tenant the monthly cost estimate is for")
+    parser.add_argument("--batch-size", type=int, help="host.json's queues.batchSize for this run (a trial)")
+    parser.add_argument("--new-batch-threshold", type=int, help="host.json's queues.newBatchThreshold for this run")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     for option in ("records", "cpu_runs", "latency_rounds", "daily_records"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1")
+    from irm_connector.cli.queue_trigger import OVERRIDE_PREFIX, HostQueueOptions
+    from irm_connector.errors import SettingsError
+
+    # As the app settings that override host.json on Azure: the children drop such settings from the environment
+    # they inherit (standins.environment), so that a shell's own cannot change a run unasked.
+    args.host_queue = {f"{OVERRIDE_PREFIX}{name}": str(value) for name, value in
+                       (("batchSize", args.batch_size), ("newBatchThreshold", args.new_batch_threshold))
+                       if value is not None}  # fmt: skip
+    try:
+        HostQueueOptions.from_environment(args.host_queue)
+    except SettingsError as exc:
+        parser.error(str(exc))
     args.argv = argv
     return args
 

@@ -134,3 +134,21 @@ def test_rows_are_checked_by_value_and_a_stream_not_asked_for_counts_against_it(
         assert not checked["exactly_once"] and checked["wrong_values"] == 1 and checked["missing"] == 0, checked
     unasked = check_stream(audit, truth, "audit", expected=False)
     assert not unasked["exactly_once"] and unasked["unexpected"] == len({r["RecordId"] for r in audit})
+
+
+@pytest.mark.timeout(240)
+def test_a_trial_of_other_host_queue_settings_runs_with_them(tmp_path: Path) -> None:
+    """The children drop the shell's AzureFunctionsJobHost__* settings (a shell's own must not change a run
+    unasked), so a trial of another concurrency ran with host.json's and measured nothing new."""
+    args = parse_args(
+        ["--records", "2000", "--configs", "alerts", "--profiles", "none", "--scales", "", "--big-blob-mb", "0",
+         "--burst-mb", "0", "--sdk-blobs", "0", "--cpu-runs", "1", "--skip-baseline", "--no-chart",
+         "--batch-size", "2", "--new-batch-threshold", "1", "--out", str(tmp_path)]
+    )  # fmt: skip
+    results = run_benchmark(args)
+    measured = [r for r in results["runs"] if r["kind"] in ("connector", "floor")]
+    assert {r["kind"] for r in measured} == {"connector", "floor"}
+    assert {r["concurrency"] for r in measured} == {3}, measured
+    assert all(r["figures"]["exactly_once"] for r in measured if r["kind"] == "connector")
+    with pytest.raises(SystemExit):
+        parse_args(["--batch-size", "33"])  # more than the host takes: refused, naming the setting
