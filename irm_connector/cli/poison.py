@@ -6,7 +6,7 @@ import argparse
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -99,13 +99,17 @@ class _Walk:
     this run a message it already sent: the whole queue is not held at once. A message that comes back all
     the same (its delete was refused) is deleted, never sent twice. Others are skipped, and given back at the
     end; the walk stops when the queue is empty, or when every message it holds back came round again without
-    a new one.
+    a new one. A message parked after ``counted`` (the queue's time when it was counted) is one of those skipped:
+    nobody has seen why it failed, and it takes no place of a counted one in :meth:`unseen`.
     """
 
-    def __init__(self, store: Storage, lock_seconds: int) -> None:
+    def __init__(self, store: Storage, lock_seconds: int, *, counted: datetime) -> None:
         self.store = store
         self.lock = lock_seconds
+        self.counted = counted
         self.others: dict[str, QueueMessage] = {}
+        #: the skipped messages parked after the count
+        self.since: set[str] = set()
         self.acted: set[str] = set()
         self._refused: dict[str, QueueMessage] = {}  # message id -> its latest receipt, while its delete is refused
 
@@ -126,6 +130,9 @@ class _Walk:
                 for message in page:
                     if message.id in self.others:
                         self.others[message.id] = message  # the latest receipt gives it back at the end
+                    elif message.id not in self.acted and not _parked_before(message, self.counted):
+                        self.others[message.id] = message
+                        self.since.add(message.id)
                     elif message.id not in self.acted and not matches(message):
                         self.others[message.id] = message
                     else:
@@ -142,11 +149,10 @@ class _Walk:
                 with contextlib.suppress(HttpResponseError):
                     await self.store.poison.update_message(message, visibility_timeout=0)
 
-    def unseen(self, depth: int, *, uncounted: Collection[str] = ()) -> int:
+    def unseen(self, depth: int) -> int:
         """How many of ``depth`` messages, counted before the walk, it never received: hidden by another reader
-        (a `poison` command running, or one stopped less than :data:`LOCK_SECONDS` ago) all along. ``uncounted``:
-        the messages it saw that were parked after the count, which take no place of a counted one."""
-        return max(0, depth - len((self.acted | self.others.keys()) - set(uncounted)))
+        (a `poison` command running, or one stopped less than :data:`LOCK_SECONDS` ago) all along."""
+        return max(0, depth - len((self.acted | self.others.keys()) - self.since))
 
     async def _receive(self) -> list[QueueMessage]:
         try:
@@ -208,16 +214,12 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
     await create_queue_if_missing(store.main)
     done: list[dict[str, Any]] = []
     kept: list[str] = []
-    since: dict[str, str] = {}  # message id -> content id, of those (named) parked since the start: left
-    uncounted: set[str] = set()  # every message parked since the start, named or not
+
+    def named(message: QueueMessage) -> bool:
+        return wanted is None or message.id in wanted or _content_id(message) in wanted - {""}
 
     def matches(message: QueueMessage) -> bool:
-        if not _parked_before(message, started):
-            uncounted.add(message.id)
-        if wanted is not None and message.id not in wanted and _content_id(message) not in wanted - {""}:
-            return False
-        if message.id in uncounted:
-            since[message.id] = _content_id(message)
+        if not named(message):
             return False
         if Delivery.decode(_text(message)).message is None:
             # Not a content notification: the processor would park it again at once, whatever was fixed.
@@ -244,9 +246,11 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
             # (the message's next success clears it).
             log.warning("Could not clear the failure record of %s: %s", message.id, exc)
 
-    walk = _Walk(store, LOCK_SECONDS)
+    walk = _Walk(store, LOCK_SECONDS, counted=started)
     await walk.run(matches, send_back)
     kept = sorted(set(kept))
+    # Those named, parked since the start: left.
+    since = {i: _content_id(walk.others[i]) for i in walk.since if named(walk.others[i])}
     found = {d["id"] for d in done} | {d["content_id"] for d in done} | set(kept) | set(since) | set(since.values())
     missing = sorted(wanted - found) if wanted is not None else []
     lines = [f"{len(done)} message(s) sent back to {settings.content_queue}"]
@@ -258,7 +262,7 @@ async def _requeue(args: argparse.Namespace, settings: Settings, store: Storage,
         lines.append(f"not found in {settings.poison_queue}: {', '.join(missing)}")
     if walk.undeleted:
         lines.append(f"sent back but still in {settings.poison_queue} (delete refused): {', '.join(walk.undeleted)}")
-    unseen = walk.unseen(depth, uncounted=uncounted)
+    unseen = walk.unseen(depth)
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
     if since:
@@ -301,12 +305,11 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
     async def take(message: QueueMessage) -> None:
         taken[message.id] = message_key(Delivery.decode(_text(message)))
 
-    walk = _Walk(store, LOCK_SECONDS)
-    await walk.run(lambda message: _parked_before(message, counted), take)
+    walk = _Walk(store, LOCK_SECONDS, counted=counted)
+    await walk.run(lambda message: True, take)
     # Each failure record only once its message is gone: one whose delete was refused stays in the queue, and
     # `poison list` should still say why it failed.
     undeleted = walk.undeleted
-    since = len(walk.others)  # all it left: every other message it saw was deleted, or its delete refused
     for message_id, key in taken.items():
         if message_id not in undeleted:
             try:
@@ -316,7 +319,8 @@ async def _purge(args: argparse.Namespace, settings: Settings, store: Storage, f
                 # record is harmless (`poison list` shows the records of messages in the queue only).
                 log.warning("Could not clear the failure record of %s: %s", message_id, exc)
     purged = len(taken) - len(undeleted)
-    unseen = walk.unseen(depth, uncounted=walk.others.keys())
+    unseen = walk.unseen(depth)
+    since = len(walk.since)
     lines = [f"{purged} message(s) deleted from {settings.poison_queue}"]
     if unseen:
         lines.append(_held(unseen, settings.poison_queue))
