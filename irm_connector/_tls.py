@@ -78,8 +78,10 @@ class EnvProxy:
         if found is None:
             proxy = proxy_of(self._proxies.get(url.scheme) or "")
             bypass = url.host is not None and urllib.request.proxy_bypass(url.host)
-            # aiohttp ignores an https:// proxy the environment names: it cannot tunnel through one
-            found = {} if bypass or proxy.scheme != "http" else {"proxy": proxy}
+            # An https:// proxy is spoken to over TLS, verified against the same CA bundle, with the service's own
+            # TLS inside (asyncio has that since Python 3.11). aiohttp's own reading of the environment drops one,
+            # while msal (requests) follows it: the clients went different ways, only the token requests proxied.
+            found = {} if bypass or proxy.scheme not in ("http", "https") else {"proxy": proxy}
             self._by_origin[origin] = found
         return found
 

@@ -371,7 +371,7 @@ def proxy_url(value: str, setting: str) -> None:
         raise SettingsError(setting, "is not a proxy URL: give http://host:port (with credentials, "
                                      "http://user:password@host:port)")  # fmt: skip
     if url.scheme not in ("http", "https"):
-        raise SettingsError(setting, f"names a {url.scheme} proxy: give an http:// proxy URL")
+        raise SettingsError(setting, f"names a {url.scheme} proxy: give an http:// or https:// proxy URL")
 
 
 def ca_bundle(value: str, setting: str) -> None:

@@ -1764,28 +1764,34 @@ class _ConnectProxy:
         await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True)
 
 
+@pytest.mark.parametrize("proxy_scheme", ["http", "https"])
 async def test_an_explicit_https_proxy_carries_the_connectors_calls(
-    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, proxy_scheme: str
 ) -> None:
     """``HTTPS_PROXY`` set, as behind a corporate proxy, on a machine whose ``.netrc`` has a ``default`` login
     (for a package feed, say): the Management API and Logs Ingestion are reached through the proxy (the aiohttp
     sessions ignored it, while msal followed it), every alert arrives, and the ``.netrc`` login goes to no
     Microsoft service (aiohttp, trusting the environment, refused every request: it cannot send that login
-    beside a bearer token; requests sent it to Entra ID with msal's token requests)."""
+    beside a bearer token; requests sent it to Entra ID with msal's token requests).
+
+    A proxy spoken to over TLS (``https://``, its certificate from the CA bundle the connector trusts) carries
+    every client's calls too: only msal's went through it, the rest went straight to the services, which a
+    network that lets out only its proxy refuses."""
     from urllib.parse import urlsplit
 
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     workload = _publish(connector, seed=53, records=300, blob_size=(300, 300))
     proxy = _ConnectProxy()
-    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    tls = sim.ca.server_context() if proxy_scheme == "https" else None
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0, ssl=tls)
     for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
     netrc = tmp_path / "netrc"
     netrc.write_text("default login operator password not-for-microsoft\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    connector.set(HTTPS_PROXY=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    connector.set(HTTPS_PROXY=f"{proxy_scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}")
     try:
         await connector.poll()
         await connector.drain()
@@ -1796,6 +1802,7 @@ async def test_an_explicit_https_proxy_carries_the_connectors_calls(
     tunnelled = set(proxy.targets)
     assert urlsplit(sim.api_root).netloc in tunnelled
     assert urlsplit(connector.env["LOGS_INGESTION_ENDPOINT"]).netloc in tunnelled
+    assert urlsplit(sim.authority_host).netloc in tunnelled
     schemes = {(name, r.auth_scheme) for name in ("entra", "management", "ingestion")
                for r in getattr(sim, name).requests()}  # fmt: skip
     assert not {found for found in schemes if found[1] == "Basic"}, schemes

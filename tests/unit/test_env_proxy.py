@@ -42,9 +42,13 @@ def test_a_proxy_named_without_a_scheme_is_an_http_proxy(monkeypatch: pytest.Mon
     assert _proxy("https://manage.office.com/api/v1.0/t/activity/feed/subscriptions/list") == "http://proxy.corp:8080"
 
 
-def test_an_https_proxy_is_ignored_as_aiohttp_ignores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_https_proxy_is_taken_as_msal_takes_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "https://proxy.corp:8443")
-    assert _proxy("https://dce.westeurope-1.ingest.monitor.azure.com/dataCollectionRules/x") is None
+    monkeypatch.setenv("HTTP_PROXY", "socks5://proxy.corp:1080")  # refused by the settings check; never taken
+    assert _proxy("https://dce.westeurope-1.ingest.monitor.azure.com/dataCollectionRules/x") == (
+        "https://proxy.corp:8443"
+    )
+    assert _proxy("http://127.0.0.1:10001/devstoreaccount1/q") is None
 
 
 def test_the_environment_is_read_when_the_client_starts(monkeypatch: pytest.MonkeyPatch) -> None:
