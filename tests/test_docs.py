@@ -110,3 +110,38 @@ def test_readme_and_docs_links_resolve() -> None:
 def test_readme_stays_short() -> None:
     """README is the front door: the details live in docs/."""
     assert len(README.encode("utf-8")) < 26_500
+
+
+def _health_query(text: str) -> str:
+    """The first health query in ``text``: from ``IRMConnectorHealth_CL`` to the end of its block, comments out."""
+    start = text.index("IRMConnectorHealth_CL\n")
+    block = re.split(r"\n```|\nKQL\n", text[start:])[0]
+    return " ".join(line.strip() for line in block.splitlines() if not line.strip().startswith("//"))
+
+
+def test_every_verify_step_shows_the_same_health_query() -> None:
+    """README's step 5, the Sentinel connector page and what ``azd up`` prints say the same: the hook's copy grouped
+    by content type alone, so in a workspace two tenants' connectors feed, one tenant's failing deployment showed
+    the other's healthy rows."""
+    page = json.loads((ROOT / "sentinel" / "dataconnectors" / "IRMConnector.json").read_text(encoding="utf-8"))
+    steps = page["instructionSteps"]
+    [verify] = [step for step in steps if step["title"].endswith("Verify")]
+    shown = {
+        "README.md": _health_query(README.split("**5. Verify.**", 1)[1]),
+        "the connector page": _health_query(verify["instructions"][0]["parameters"]["content"]),
+        "scripts/hooks/postprovision.sh": _health_query(
+            (ROOT / "scripts" / "hooks" / "postprovision.sh").read_text(encoding="utf-8")
+        ),
+    }
+    assert "by O365TenantId, ContentType" in shown["README.md"]
+    assert len(set(shown.values())) == 1, shown
+
+
+def test_the_connector_page_signs_in_to_the_azure_cli_for_the_hooks() -> None:
+    """The azd hooks use the Azure CLI (the grant's role check, a soft-deleted vault): a page that signed in to
+    azd alone had a Global Administrator's `azd up` skip the grant and say no admin role was found."""
+    page = json.loads((ROOT / "sentinel" / "dataconnectors" / "IRMConnector.json").read_text(encoding="utf-8"))
+    steps = page["instructionSteps"]
+    deploy = steps[0]["instructions"][0]["parameters"]["content"]
+    assert "az login" in deploy and deploy.index("az login") < deploy.index("azd up")
+    assert '--principal-id "$(azd env get-value UAMI_PRINCIPAL_ID)"' in steps[1]["description"]

@@ -131,9 +131,9 @@ say "- IRM alerts: about hourly, 1-3 hours after they are raised."
 step "Verify (Sentinel > Logs, workspace ${SENTINEL_WORKSPACE_ID:-<SENTINEL_WORKSPACE_ID>})"
 cat <<'KQL'
 IRMConnectorHealth_CL
-| summarize arg_max(TimeGenerated, *) by ContentType
-| project ContentType, LastRun = TimeGenerated, LagMinutes = LagSeconds / 60, SubscriptionStatus, Errors,
-    LastError, QueueDepth, PoisonDepth, IngestionState
+| summarize arg_max(TimeGenerated, *) by O365TenantId, ContentType
+| project O365TenantId, ContentType, LastRun = TimeGenerated, LagMinutes = LagSeconds / 60, SubscriptionStatus, Errors, LastError,
+    BlobsQueued, QueueDepth, OldestQueuedSeconds, PoisonDepth, IngestionState
 KQL
 say "Sentinel > Data connectors lists \"Microsoft 365 Insider Risk Management alerts (IRM connector)\", connected once"
 say "a health row arrived in the last 30 minutes."
