@@ -185,6 +185,7 @@ param deploySentinelContent bool = true
 
 @minValue(1)
 @maxValue(1000)
+@description('Flex Consumption scale-out limit. Under 40 was, as of early 2026, taken only in a few regions: a provision refused for it needs 40 or more.')
 param maximumInstanceCount int = 40
 
 @allowed([
