@@ -312,6 +312,13 @@ async def _list_windows(
         await lease.write(watermark=watermark, first_start=None, subscription_refused="",
                           window_seconds=0 if longest >= MAX_WINDOW else int(longest.total_seconds()))  # fmt: skip
         report.windows_listed += 1
+        if watermark < window.end:
+            # The rest of the plan lies in the API's future, and the next window starts a lead before this one's end,
+            # past the watermark: listed on, the run left what the API created in between to no window, and each
+            # later window moved the watermark on to its own answer's time, past that stretch and its overlap.
+            log.info("Caught up with the Management API's time; %s continues from %s next run",
+                     content_type, watermark, extra=dims)  # fmt: skip
+            break
     report.finished = True
 
 

@@ -896,6 +896,37 @@ async def test_a_poller_whose_clock_runs_fast_loses_nothing(
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_run_ends_at_the_first_window_the_api_s_time_cuts_short(connector: ConnectorHarness) -> None:
+    """Windows planned past the Management API's time (a clock running fast, a catch-up of short windows): the
+    first one's answer is dated inside it, so its watermark stays there. The run listed on: the next window starts
+    a lead before the first one's end, past that watermark, and what the API created in between (after the first
+    answer) fell in no window; each later answer, dated later, moved the watermark past it and its overlap, so no
+    run ever listed it. The run now ends at such a window, and the next one lists from its watermark."""
+    from irm_connector.state.watermarks import PollerState
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    connector.set(LISTING_OVERLAP="0")
+    rt = await get_runtime(Settings.from_env())
+    mark = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    await rt.state.watermarks.upsert_state(
+        PollerState(sim.tenant_id, "Audit.General", watermark=mark, window_seconds=60)
+    )
+    # The first window is [mark - 7 s, mark + 53 s), the next starts at mark + 46 s: the first answer is dated
+    # mark + 10 s, as by an API whose time is there; the later answers carry the real time.
+    sim.management.add_fault("list", "date", date=mark + timedelta(seconds=10))
+    await connector.poll()
+    # Created after the first answer by the API's time, before the next window's start, and listed from now on.
+    workload = generate_workload(seed=29, total_records=100, blob_size=(100, 100), irm_share=0.2,
+                                 tenant_id=sim.tenant_id, start=mark + timedelta(seconds=30),
+                                 span=timedelta(seconds=1))  # fmt: skip
+    workload.publish(sim.management)
+    await connector.poll()
+    assert await connector.queue_length() == len(workload.blobs)
+    await connector.drain()
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_watermark_written_ahead_is_brought_back_with_no_listing_overlap(connector: ConnectorHarness) -> None:
     """A watermark 2 hours ahead (a fast clock wrote it where the listing carried no Date, or a proxy's Date was
     ahead) and ``LISTING_OVERLAP=0``: the run plans no window before it (but the lead's minute before now), so
