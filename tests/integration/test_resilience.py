@@ -1506,6 +1506,46 @@ async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_
     assert [r.windows_listed for r in report.content_types] == [7, 7]  # 7 days less the margin, by 24 hours
 
 
+async def test_a_retry_after_a_backfill_meets_late_holds_the_next_content_types_back(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first content type lists for 6 minutes, then the API asks for 5 minutes without requests (throttling is
+    counted per tenant). The wait was counted from when that content type began, so it had already passed: the next
+    content type was asked at once, inside it, and throttled again. (The 6 minutes pass for this machine, the API
+    and the storage service alike.)"""
+    from irm_connector.backfill import backfill
+    from irm_connector.models import ContentTypeReport
+    from standins.storage_proxy import StorageProxy
+
+    sim = connector.standins
+    for content_type in ("Audit.General", "Audit.Exchange"):
+        sim.management.set_subscription(content_type, "enabled")
+    ahead = [timedelta(0)]
+    skew_local_clock(monkeypatch, ahead, package="irm_connector.backfill")
+
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        rt = await get_runtime(Settings.from_env())
+
+        def six_minutes_later(report: ContentTypeReport, planned: int) -> None:
+            if report.windows_listed == 1 and not ahead[0]:  # the first window listed: the next one is throttled
+                ahead[0] = timedelta(minutes=6)
+                sim.management.clock.advance(ahead[0])
+                sim.management.add_fault("list", "status", status=429, retry_after=300)
+                # The next read, of the second content type's state, answers with the service's time then.
+                proxy.add_fault("table.read", "date", date=datetime.now(UTC) + ahead[0])
+
+        now = datetime.now(UTC)
+        with pytest.raises(PollError) as info:
+            await backfill(rt, now - timedelta(days=2), now, content_types=("Audit.General", "Audit.Exchange"),
+                           on_progress=six_minutes_later)  # fmt: skip
+        assert proxy.pending_faults() == 0
+    general, exchange = info.value.report.content_types
+    assert general.windows_listed == 1 and "Retry-After 300 s" in general.error, general
+    assert "no requests from this tenant until" in exchange.error, exchange
+    assert not [r for r in sim.management.requests("list") if "Audit.Exchange" in str(r.query)]
+
+
 @pytest.mark.parametrize("skew", [timedelta(hours=-1), timedelta(hours=3)], ids=["slow", "fast"])
 async def test_a_backfill_of_7_days_on_a_clock_off_reaches_the_apis_7_day_edge(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, skew: timedelta
