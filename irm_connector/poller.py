@@ -163,8 +163,8 @@ async def _poll_content_type(
     error: str | None = None  # stays None when the run is cancelled: it has no outcome to record
     throttled_until = None
     try:
-        service_now = fixed_now or _storage_time(*taken)
-        await lease.run(_list_windows(rt, lease, deadline, report, (now, service_now), dims, limit))
+        storage_clock = (lambda: fixed_now) if fixed_now else partial(_storage_time, *taken)
+        await lease.run(_list_windows(rt, lease, deadline, report, (now, storage_clock), dims, limit))
         error = report.error  # a stretch the API no longer lists, when there was one
     except SubscriptionMissingError as exc:
         error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
@@ -213,14 +213,15 @@ async def _list_windows(
     lease: PollerLease,
     deadline: float,
     report: ContentTypeReport,
-    clocks: tuple[datetime, datetime],
+    clocks: tuple[datetime, Callable[[], datetime]],
     dims: dict[str, str],
     limit: Deadline,
 ) -> None:
     """List the planned windows in order, moving the watermark after each, until the budget is used.
-    ``clocks``: this machine's time and the storage service's (which places the API's 7-day edge)."""
+    ``clocks``: this machine's time, and the storage service's clock (which places the API's 7-day edge)."""
     content_type = lease.state.content_type
-    now, service_now = clocks
+    now, storage_clock = clocks
+    service_now = storage_clock()
     # Windows ending at this machine's time would hold every blob back by as much, and the lag would not show it.
     warn_clock_off(service_now - now, "behind the storage service's", "the windows end at the service's time",
                     service_now, dims)  # fmt: skip
@@ -289,7 +290,8 @@ async def _list_windows(
                     raise
                 # By the storage service's clock, as the lease and the throttle: an instance an hour fast wrote a start
                 # the others read as an hour ahead, and waited an hour and a quarter before asking again.
-                report.subscription = await _start_subscription(rt, lease, service_now, dims)
+                # Its time now: minutes into a catch-up, the run's start put the next start that much early.
+                report.subscription = await _start_subscription(rt, lease, storage_clock(), dims)
                 if report.subscription == "waiting":
                     raise  # started lately, and still missing
                 await listing()

@@ -304,6 +304,42 @@ async def test_a_start_that_fails_is_asked_again_15_minutes_on_not_retried_secon
     assert sim.management.count("start") == 2 and sim.management.subscription("Audit.General") == "enabled"
 
 
+async def test_a_start_minutes_into_a_run_is_recorded_at_its_own_time(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subscription goes while a run lists (a stop by another tool): its second window, 4 minutes in, is answered
+    AF20022 and the poller starts it. The start was recorded at the run's beginning, so the next start could come
+    11 minutes after this one, where apis.md asks for 15."""
+    from irm_connector.runtime import get_runtime
+    from irm_connector.settings import Settings
+    from irm_connector.state.watermarks import PollerState
+    from tests.clock import pass_time
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    rt = await get_runtime(Settings.from_env())
+    began = datetime.now(UTC)
+    await rt.state.watermarks.upsert_state(PollerState(
+        sim.tenant_id, "Audit.General", watermark=began - timedelta(minutes=3), window_seconds=60
+    ))  # fmt: skip
+    ahead = [timedelta(0)]
+    pass_time(monkeypatch, ahead)
+    sim.management.add_fault("list", "delay", seconds=0.5)  # the first window: answered 4 minutes on
+    sim.management.add_fault("list", "status", status=400, code="AF20022")
+
+    async def four_minutes_pass() -> None:
+        while sim.management.pending_faults("list") > 1:
+            await asyncio.sleep(0.01)
+        ahead[0] = timedelta(minutes=4)
+
+    passing = asyncio.ensure_future(four_minutes_pass())
+    await connector.poll()
+    await passing
+    assert sim.management.count("start") == 1 and sim.management.subscription("Audit.General") == "enabled"
+    started = (await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")).subscription_started
+    assert started is not None and started >= began + timedelta(minutes=4) - timedelta(seconds=5), started
+
+
 async def test_a_listing_that_says_an_administrator_disabled_the_subscription_leads_to_the_hourly_start(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
