@@ -158,21 +158,30 @@ def _cut_text(text: str, limit: int) -> str:
     room = max(0, limit - len(dumps(CUT_MARK)))
     cut = _cut(text, room)
     while len(dumps(cut)) > room and cut:  # escapes (``\u0001`` is six bytes of one character)
-        cut = _cut(cut, max(0, len(cut.encode("utf-8", "replace")) * room // len(dumps(cut)) - 1))
+        cut = _cut(cut, max(0, len(_utf8(cut)) * room // len(dumps(cut)) - 1))
     return cut + CUT_MARK
 
 
 def _marked_cut(text: str, limit: int) -> str:
     """``text`` as it is when its UTF-8 fits ``limit`` bytes, else cut to fit with :data:`CUT_MARK`, so that
     whoever reads the column sees that it was cut."""
-    if len(text.encode("utf-8", "replace")) <= limit:
+    if len(_utf8(text)) <= limit:
         return text
     return _cut(text, max(0, limit - len(CUT_MARK.encode("utf-8")))) + CUT_MARK
 
 
 def _cut(text: str, limit: int) -> str:
-    # "replace": a long text of a blob that orjson refused may still hold an unpaired surrogate.
-    return text.encode("utf-8", "replace")[:limit].decode("utf-8", "ignore")
+    return _utf8(text)[:limit].decode("utf-8", "ignore")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as it is written: a long text of a blob that orjson refused may still hold an unpaired surrogate,
+    written as U+FFFD (three bytes, :func:`_clean`). Measured and cut as ``?``, one byte, such a text escaped the
+    64 KB cut, and a cut one read ``?`` where the uncut one reads U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return str(_clean(text)).encode("utf-8")
 
 
 def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
@@ -207,7 +216,7 @@ def serialize_row(row: dict[str, Any], problems: Counter[str]) -> bytes:
         # The sizes are JSON's, escapes included (``\u0001`` is six bytes of one character): the text keeps the
         # share of itself that its JSON may keep, so that it loses what the row must and not several times that.
         share = max(0, sizes[name] - (len(body) - ROW_LIMIT) - 64) / max(sizes[name], 1)
-        row[name] = _marked_cut(text, int(len(text.encode("utf-8", "replace")) * share))
+        row[name] = _marked_cut(text, int(len(_utf8(text)) * share))
         sizes[name] = len(dumps(row[name]))
         cut_columns.add(name)
         body = dumps(row)
