@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,7 +37,7 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from ._network import network_cause
-from .api_answers import retry_after_of
+from .api_answers import MAX_RETRY_AFTER, retry_after_of
 from .auth import identity_endpoint_known
 from .deadline import Deadline, current_deadline, within
 from .errors import DeadlineError, IngestionError, IngestionRefusedError, IngestionThrottledError
@@ -105,6 +106,14 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
         # Asked without a response only when none came (azure-core's one place for a POST's network error); one
         # whose answer had started is stopped by ``retry_read`` (0) instead.
         return response is None or bool(super()._is_method_retryable(settings, request, response))
+
+    def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
+        # azure-core reads "inf" or "1e999" (a broken gateway's) as a wait: slept, it never ended; put off for, the
+        # message's delay overflowed. No wait, as the Management API client reads one (api_answers.retry_after_of).
+        wait = super().get_retry_after(response)
+        if wait is None or not math.isfinite(wait):
+            return None
+        return float(min(max(wait, 0.0), MAX_RETRY_AFTER.total_seconds()))
 
     async def sleep(
         self, settings: dict[str, Any], transport: Any, response: PipelineResponse[Any, Any] | None = None

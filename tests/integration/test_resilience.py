@@ -1339,6 +1339,27 @@ async def test_an_upload_throttled_past_a_call_s_retries_is_put_off_not_poisoned
     _assert_exactly_once(connector, workload)
 
 
+@pytest.mark.parametrize("retry_after", ["1e999", "inf"])
+async def test_an_upload_throttled_with_a_retry_after_that_is_no_number_is_put_off(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, retry_after: str
+) -> None:
+    """``Retry-After: 1e999`` on a 429 (a broken gateway's): azure-core reads it as an endless wait, the upload
+    failed at once as throttled for it, and putting the message off for it raised OverflowError: a fault of the
+    connector's own, retried by the host and parked. It is no wait, as the Management API client reads it: the
+    upload's retries run, and the message is put off a minute."""
+    sim = connector.standins
+    workload = _publish(connector, seed=61, records=300, blob_size=(300, 300))
+    [message] = _messages_for(connector, workload)
+    sim.ingestion.add_fault("ingest", "status", status=429, retry_after=retry_after, count=1000)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.processor"):
+        await asyncio.wait_for(connector.process(message), 60)  # completes: no exception for the host to retry
+    assert any("put off for 60 s, Logs Ingestion still throttles" in r.getMessage() for r in caplog.records)
+    assert await connector.queue_length() == 1 and connector.rows() == []
+    sim.ingestion.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
 @pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])
 async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_expires(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, expires_in: timedelta, most: int
