@@ -149,6 +149,8 @@ class PollReport:
 Outcome = Literal["ingested", "expired", "unavailable", "bad-message", "untrusted-url", "bad-content", "rescheduled"]
 #: The outcomes whose blob left the API before it was processed: its records are lost.
 LOST_OUTCOMES: tuple[Outcome, ...] = ("expired", "unavailable")
+#: The outcomes whose message the processor itself moved to the poison queue (no retry could help).
+PARKED_OUTCOMES: tuple[Outcome, ...] = ("bad-message", "untrusted-url", "bad-content")
 
 
 @dataclass
@@ -170,4 +172,4 @@ class ProcessResult:
     @property
     def parked(self) -> bool:
         """Whether the processor itself moved the message to the poison queue (no retry could help)."""
-        return self.outcome in ("bad-message", "untrusted-url", "bad-content")
+        return self.outcome in PARKED_OUTCOMES

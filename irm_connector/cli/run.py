@@ -11,16 +11,18 @@ import contextlib
 import logging
 import os
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import azure.functions as func
 from azure.functions.timer import TimerRequest
 from croniter import CroniterError, croniter
 
 from irm_connector import handlers
 from irm_connector.content_queue import create_queue_if_missing
-from irm_connector.errors import ConnectorError, SettingsError, UsageError
-from irm_connector.models import PollReport
+from irm_connector.errors import ConnectorError, PollError, SettingsError, UsageError
+from irm_connector.models import PARKED_OUTCOMES, PollReport
 from irm_connector.settings import Settings
 
 from ._common import EXIT_OK, GracefulStop, emit, iso, queue_options, storage
@@ -110,6 +112,8 @@ async def _poll_loop(schedule: Schedule, stop: asyncio.Event, poll_now: bool, co
         except ConnectorError as exc:
             counts["polls"] += 1
             counts["poll_errors"] += 1
+            if isinstance(exc, PollError):  # one content type failed: what the others queued was queued all the same
+                counts["queued"] += exc.report.blobs_queued
             log.error("Poll failed (the next one is on schedule): %s", exc)
         except Exception as exc:
             # A fault of the connector's own: the next poll runs on schedule, as under the Functions host; ending
@@ -132,6 +136,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     await ready(settings, management=True, ingestion=True)
     stop = asyncio.Event()
     counts = {"polls": 0, "poll_errors": 0, "queued": 0}
+    # Counted, not kept: a run lasts for days. The worker counts a message the processor parked or put back for
+    # later as done (its delivery succeeded); the summary says which they were, as `process` does.
+    outcomes: Counter[str] = Counter()
+
+    async def process(message: func.QueueMessage) -> None:
+        outcomes[(await handlers.process(message)).outcome] += 1
+
     with GracefulStop(stop).installed():  # before the line that says a signal stops it
         # On stderr with --json: stdout holds the one JSON document printed when it stops.
         print(
@@ -141,7 +152,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         )
         async with storage(settings) as store:
             await create_queue_if_missing(store.main)
-            worker = QueueWorker(store.main, store.poison, handlers.process, options)
+            worker = QueueWorker(store.main, store.poison, process, options)
 
             async def work() -> None:
                 try:
@@ -151,18 +162,25 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
             await asyncio.gather(_poll_loop(schedule, stop, args.poll_now, counts), work())
     stats = worker.stats
+    # The host moves a message that failed too often; the processor parks one no retry could help at once.
+    poisoned = stats.poisoned + sum(n for outcome, n in outcomes.items() if outcome in PARKED_OUTCOMES)
     document = {
         "stopped": True,
         **counts,
         "processed": stats.processed,
+        "rescheduled": outcomes["rescheduled"],
         "failed_attempts": stats.failed_attempts,
-        "poisoned": stats.poisoned,
+        "poisoned": poisoned,
         "awaiting_retry": stats.awaiting_retry,
+        "outcomes": dict(outcomes),
     }
     text = (
         f"stopped: {counts['polls']} poll(s) ({counts['poll_errors']} failed), {counts['queued']} blob(s) queued, "
-        f"{stats.processed} message(s) processed, {stats.poisoned} poisoned"
+        f"{stats.processed} message(s) processed, {poisoned} poisoned"
     )
+    if outcomes["rescheduled"]:
+        text += (f"\n{outcomes['rescheduled']} time(s) a message was put back for later: Logs Ingestion refused or "
+                 "throttled its rows, or the Management API asked for a wait (the log lines say which)")  # fmt: skip
     if stats.awaiting_retry:
         # Put back on the queue after a failed delivery, with a retry not yet due: not lost, but not sent either,
         # and a stop that says only "processed" reads as all done.

@@ -47,6 +47,46 @@ def test_run_polls_processes_and_stops_cleanly_on_sigterm(cli: Cli) -> None:
     assert sorted(r["RecordId"] for r in cli.rows()) == expected  # nothing twice
 
 
+def test_run_counts_what_a_failing_poll_queued_and_what_the_processor_parked(cli: Cli) -> None:
+    """One content type disabled by an administrator fails every poll (AF20023): what the others queued was left
+    out, and the stop said "0 blob(s) queued" of a run that queued and sent them. A message that is not a content
+    notification, parked by the processor, counted as processed and not as poisoned."""
+    sim = cli.standins
+    cli.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
+    sim.management.set_admin_disabled("Audit.Exchange")
+    workload = cli.publish(seed=27, records=200, blob_size=(100, 100))
+    cli.put("this is not a content notification")
+    expected = sorted(workload.irm_alert_record_ids)
+    with cli.spawn("run", "--poll-now", "--schedule", "0 0 0 1 1 *", "--json") as process:
+        cli.wait_for(process, lambda: sorted(r["RecordId"] for r in cli.rows()) == expected
+                     and cli.depth(cli.poison) == 1 and cli.depth() == 0, every=0.2)  # fmt: skip
+        out, err = cli.stop(process)
+    assert process.returncode == 0, err
+    doc = json.loads(out[out.index("{") :])
+    assert (doc["polls"], doc["poll_errors"], doc["queued"]) == (1, 1, len(workload.blobs)), doc
+    assert doc["poisoned"] == 1 and doc["outcomes"] == {"ingested": len(workload.blobs), "bad-message": 1}, doc
+
+
+def test_run_says_how_often_a_refused_stream_put_messages_off(cli: Cli) -> None:
+    """Logs Ingestion refuses the alerts stream (a role removed): every delivery is put back for later, and the stop
+    counted them as processed and said nothing else, as if they had been sent."""
+    sim = cli.standins
+    workload = cli.publish(seed=28, records=200, blob_size=(200, 200), irm_share=0.2)
+    sim.ingestion.add_fault("ingest", "status", status=403, count=10_000)
+
+    def refused() -> int:
+        return sum("Custom-IRMAlerts" in r.path for r in sim.ingestion.requests("ingest"))
+
+    with cli.spawn("run", "--poll-now", "--schedule", "0 0 0 1 1 *", "--json") as process:
+        cli.wait_for(process, lambda: refused() >= 1, every=0.1)
+        out, err = cli.stop(process)  # the messages in flight finish: put back for later
+    assert process.returncode == 0, err
+    doc = json.loads(out[out.index("{") :])
+    assert doc["rescheduled"] >= 1 and doc["outcomes"].get("rescheduled") == doc["rescheduled"], doc
+    assert "ingested" not in doc["outcomes"] and cli.rows() == [], doc
+    assert 1 <= cli.depth() <= len(workload.blobs)
+
+
 def test_run_stopped_while_a_failed_message_waits_for_its_retry_says_so(cli: Cli) -> None:
     """A delivery failed and its retry was not yet due when `run` stopped: the stop said "0 processed, 0 poisoned"
     and nothing of the message left waiting, so an operator took a run that sent nothing for one with nothing to
