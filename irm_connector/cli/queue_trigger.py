@@ -186,6 +186,8 @@ class QueueWorker:
         self.stats = WorkerStats()
         #: messages this worker failed to park: back past maxDequeueCount, they did not crash a delivery
         self._unparked: set[str] = set()
+        #: messages this worker copied to the poison queue but could not remove from the content queue
+        self._copied: set[str] = set()
         #: when the messages this worker put back for a retry are visible again (monotonic)
         self._retries_due = 0.0
         #: messages whose last delivery here failed, until one settles them
@@ -291,7 +293,7 @@ class QueueWorker:
         if message.dequeue_count > self._options.max_dequeue_count:
             # Its last delivery ended without an answer (the worker crashed or was stopped in it), or its parking
             # failed: the host parks such a message without running it again.
-            last = ("its parking failed" if message.id in self._unparked
+            last = ("its parking failed" if message.id in self._unparked | self._copied
                     else "the last ending without an answer (a crash, a stop)")  # fmt: skip
             await self._park(message, body, "Message %s was delivered %d times, %s, and is not run again",
                              message.id, message.dequeue_count, last)  # fmt: skip
@@ -346,19 +348,31 @@ class QueueWorker:
     async def _park(self, message: Any, body: str, why: str, *args: object) -> None:
         """``message`` into the poison queue, as ``body``, and off the content queue; one error line says ``why``
         and whether it was moved (Storage refusing it loses nothing: the message comes back when its lock ends)."""
+        copied = message.id in self._copied
         try:
-            await create_queue_if_missing(self._poison)
-            # A message not written base64 grows by a third when parked, past a queue message's 64 KiB when it was
-            # over 48 KiB: refused, it came back every lock's end for ever.
-            await self._poison.send_message(fit_message(body), time_to_live=-1)
+            if not copied:
+                await create_queue_if_missing(self._poison)
+                # A message not written base64 grows by a third when parked, past a queue message's 64 KiB when it
+                # was over 48 KiB: refused, it came back every lock's end for ever.
+                await self._poison.send_message(fit_message(body), time_to_live=-1)
+                copied = True
+                self._copied.add(message.id)
+                self._unparked.discard(message.id)
+                self._failed.discard(message.id)
+                self.stats.poisoned += 1
             await self._queue.delete_message(message)
         except (AzureError, StateError) as error:
             cause = storage_reason(error) if isinstance(error, AzureError) else str(error)
+            if copied:
+                # Said "not moved" and parked again when it came back, the poison queue held it twice, and the run
+                # counted it as waiting for a retry rather than parked.
+                log.error(f"{why}; copied to %s, but removing it from %s failed (%s): it comes back in %d s, when "
+                          "its lock ends, and is then only removed", *args, self._poison.queue_name,
+                          self._queue.queue_name, cause, self._lock)  # fmt: skip
+                return
             log.error(f"{why}; could not move it to %s (%s): it comes back in %d s, when its lock ends",
                       *args, self._poison.queue_name, cause, self._lock)  # fmt: skip
             self._unparked.add(message.id)
             return
+        self._copied.discard(message.id)
         log.error(f"{why}; moved to %s", *args, self._poison.queue_name)
-        self._unparked.discard(message.id)
-        self._failed.discard(message.id)
-        self.stats.poisoned += 1

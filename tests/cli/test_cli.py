@@ -406,6 +406,24 @@ def test_poison_list_requeue_and_purge(cli: Cli) -> None:
     assert code == 0 and doc["purged"] == 1 and cli.depth(cli.poison) == 0
 
 
+def test_a_message_copied_to_the_poison_queue_but_not_removed_counts_as_parked(cli: Cli) -> None:
+    """Its copy went to the poison queue, then the content queue refused the delete: the line said "could not move
+    it", the run counted nothing parked, and the message came back to be parked a second time."""
+    cli.publish(seed=29, records=100, blob_size=(100, 100))
+    assert cli.json("poll")[0] == 0
+    cli.set(AzureFunctionsJobHost__extensions__queues__maxDequeueCount="1")
+    cli.standins.management.add_fault("content", "truncated", count=5)
+    with StorageProxy(cli.azurite) as proxy:
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        proxy.add_fault("queue.delete", "status", status=403, count=1)
+        code, out, err = cli.run("process", "--max", "1", "--json")
+    cli.set(AzureWebJobsStorage=cli.azurite.connection_string)
+    doc = json.loads(out)
+    assert code == 1 and doc["poisoned"] == 1 and doc["awaiting_retry"] == 0, doc
+    assert f"copied to {cli.poison}, but removing it from {cli.queue} failed" in err, err
+    assert cli.depth(cli.poison) == 1 and cli.depth() == 1  # the content queue's copy comes back, to be removed
+
+
 def test_process_follows_the_host_settings_that_override_host_json(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")
