@@ -27,6 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from . import __version__
+from ._tls import ca_file
 from .redaction import LOGGER_NAME, install_redaction, redact_exception
 
 __all__ = [
@@ -109,6 +110,11 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
                 name: {"enabled": False} for name in ("django", "fastapi", "flask", "psycopg2", "urllib")
             },
         }
+        cafile = ca_file()
+        if cafile is not None:
+            # The exporters send through requests, which reads REQUESTS_CA_BUNDLE and never SSL_CERT_FILE: with a
+            # proxy's CA given there alone, as the connector's other clients take it, not one line arrived.
+            kwargs["connection_verify"] = cafile
         if not env.get("OTEL_TRACES_SAMPLER"):
             # Every blob's trace (a few per minute): the distro's default rate limiter drops the first ones.
             kwargs["sampling_ratio"] = 1.0

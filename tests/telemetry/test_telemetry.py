@@ -111,17 +111,21 @@ def test_without_a_connection_string_nothing_is_configured() -> None:
     assert "LoggingHandler" not in report["handlers"]
 
 
+@pytest.mark.parametrize("ca_settings", [("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"), ("SSL_CERT_FILE",)])
 def test_with_a_connection_string_traces_logs_and_metrics_reach_application_insights(
-    appinsights: AppInsightsStandIn, test_ca: TestCA, tmp_path: Path
+    appinsights: AppInsightsStandIn, test_ca: TestCA, tmp_path: Path, ca_settings: tuple[str, ...]
 ) -> None:
+    """A proxy's CA in ``SSL_CERT_FILE`` alone, as the connector's other clients take it (README): the exporters
+    send through requests, which reads only ``REQUESTS_CA_BUNDLE``, and not one envelope arrived."""
     secret = "s3cr3t-" + os.urandom(8).hex()
     env = _base_env(secret)
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE"):
+        env.pop(name, None)
     env.update(
         {
             "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=00000000-0000-4000-8000-000000000001;"
             f"IngestionEndpoint={appinsights.base_url};LiveEndpoint={appinsights.base_url}",
-            "REQUESTS_CA_BUNDLE": str(test_ca.ca_path),
-            "SSL_CERT_FILE": str(test_ca.ca_path),
+            **{name: str(test_ca.ca_path) for name in ca_settings},
             # The exporters keep unsent telemetry in a directory of the temp dir named per application
             # directory, one per clone of the repository: here it goes with the test's own files.
             "TMPDIR": str(tmp_path),
