@@ -37,6 +37,7 @@ __all__ = [
     "dcr_id",
     "guid",
     "https_root",
+    "https_service_url",
     "ingestion_endpoint",
     "parse_duration",
     "queue_name",
@@ -342,6 +343,15 @@ def https_root(value: str, setting: str) -> str:
     return f"https://{netloc}" + (f":{parts.port}" if parts.port not in (None, 443) else "")
 
 
+def https_service_url(value: str, setting: str) -> None:
+    """An https:// URL naming a host (a path may follow): ``https://`` alone (a script's empty variable) or a host
+    with a space was accepted, and the clients' start failed with a bare "Invalid URL" naming no setting."""
+    if split_url(value, setting).scheme != "https":
+        raise SettingsError(setting, "must be an https:// URL")
+    if not _HOST.fullmatch(split_url(value, setting).hostname or ""):
+        raise SettingsError(setting, "names no host name (must be https://host[:port])")
+
+
 def split_url(value: str, setting: str) -> SplitResult:
     try:
         parts = urlsplit(value)
@@ -363,8 +373,12 @@ def proxy_of(named: str) -> URL:
 def proxy_url(value: str, setting: str) -> None:
     """A proxy as the clients read it (:func:`proxy_of`): a bad one failed every request as an unexpected
     ValueError naming no setting. Its text is not shown: it may hold a password."""
+    if value != value.strip():
+        # The settings check and aiohttp read it stripped; requests (msal's token requests, the telemetry) as it is,
+        # and refused every token as a tenant with no OpenID configuration.
+        raise SettingsError(setting, "has spaces or tabs around it: remove them")
     try:
-        url = proxy_of(value.strip())
+        url = proxy_of(value)
     except (ValueError, TypeError):  # a port that is not a number, or out of range
         url = None
     if url is None or not url.host or " " in url.host:

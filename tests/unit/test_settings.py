@@ -129,6 +129,15 @@ def test_secret_is_not_in_repr() -> None:
         ({"https_proxy": "proxy.corp:99999"}, "https_proxy"),
         ({"HTTP_PROXY": "http://"}, "HTTP_PROXY"),
         ({"http_proxy": "socks5://proxy.corp:1080"}, "http_proxy"),  # went direct, in silence
+        # read as it is by requests: every token refused as "no OpenID configuration for tenant", naming the tenant
+        ({"HTTPS_PROXY": "http://proxy.corp:8080 "}, "HTTPS_PROXY"),
+        # a script's empty variable, or a space: a bare "Invalid URL" as the clients started
+        ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__queueServiceUri": "https://",
+          "AzureWebJobsStorage__tableServiceUri": "https://stirm.table.core.windows.net"},
+         "AzureWebJobsStorage__queueServiceUri"),
+        ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__queueServiceUri": "https://stirm.queue.core.windows.net",
+          "AzureWebJobsStorage__tableServiceUri": "https://stirm table.core.windows.net"},
+         "AzureWebJobsStorage__tableServiceUri"),
         ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "https://stirm.blob.core.windows.net/"},
          "AzureWebJobsStorage__accountName"),
         ({"AzureWebJobsStorage": "", "AzureWebJobsStorage__accountName": "stirm",
