@@ -38,6 +38,7 @@ __all__ = [
     "guid",
     "https_root",
     "https_service_url",
+    "identity_cloud",
     "ingestion_endpoint",
     "parse_duration",
     "queue_name",
@@ -155,13 +156,17 @@ class Reader:
             return default
         return value
 
+    def named(self) -> set[str]:
+        """The settings found wrong so far."""
+        return {name for problem in self.problems for name, _ in problem.problems}
+
     def check(self, parse: Callable[[], T], fallback: T) -> T:
         """``parse()``, or ``fallback`` with its problems kept (one per setting: a placeholder that
         :meth:`get` refused is not reported again as a missing value)."""
         try:
             return parse()
         except SettingsError as exc:
-            reported = {name for problem in self.problems for name, _ in problem.problems}
+            reported = self.named()
             fresh = [(name, text) for name, text in exc.problems if name not in reported]
             if fresh:
                 self.problems.append(SettingsError(*fresh[0], more=fresh[1:]))
@@ -341,6 +346,20 @@ def https_root(value: str, setting: str) -> str:
         raise SettingsError(setting, "names no host name (must be https://host[:port])")
     netloc = f"[{host}]" if ":" in host else host
     return f"https://{netloc}" + (f":{parts.port}" if parts.port not in (None, 443) else "")
+
+
+def identity_cloud(cloud: str, azure_cloud: str, azure_authority: str) -> None:
+    """A managed identity gets tokens from its own Azure cloud's Entra ID only: a public-cloud identity none for
+    GCC High or DoD (Azure Government's directory), and the reverse. Said as anything else, the refusal named
+    AZURE_CLIENT_ID or the tenant."""
+    if CLOUDS[cloud].authority_host != azure_authority:
+        raise SettingsError(
+            "O365_CLOUD",
+            f"is {cloud}, whose Entra ID is {CLOUDS[cloud].authority_host}, and the app's managed identity is of "
+            f"{azure_cloud} (AZURE_CLOUD), which signs in at {azure_authority}: it gets no token for this API. Run "
+            "the app in the matching Azure cloud, or use O365_AUTH_MODE=secret or certificate with an app "
+            "registration of the Microsoft 365 tenant",
+        )
 
 
 def https_service_url(value: str, setting: str) -> None:

@@ -237,6 +237,8 @@ class Settings:
         rpm = number("O365_MAX_REQUESTS_PER_MINUTE", "1000", 1, 60000)
         retention = number("DEDUPE_RETENTION_DAYS", "10", 8, 90)
         workspace_cloud = check(lambda: azure_cloud(get("AZURE_CLOUD", "AzurePublic")), AZURE_CLOUDS["AzurePublic"])
+        if mode == "managed_identity" and not {"O365_CLOUD", "AZURE_CLOUD", "O365_AUTH_MODE"} & r.named():
+            check(lambda: forms.identity_cloud(cloud, workspace_cloud.name, workspace_cloud.authority_host), None)
         storage = check(lambda: StorageSettings.from_env(env, suffix=workspace_cloud.storage_suffix), StorageSettings())
         blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
         if timeout_override := get(TIMEOUT_SETTING):

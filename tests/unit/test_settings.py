@@ -129,6 +129,10 @@ def test_secret_is_not_in_repr() -> None:
         ({"https_proxy": "proxy.corp:99999"}, "https_proxy"),
         ({"HTTP_PROXY": "http://"}, "HTTP_PROXY"),
         ({"http_proxy": "socks5://proxy.corp:1080"}, "http_proxy"),  # went direct, in silence
+        # a managed identity gets tokens from its own Azure cloud's Entra ID only
+        ({"O365_AUTH_MODE": "managed_identity", "O365_CLIENT_SECRET": "", "O365_CLOUD": "GCCHigh"}, "O365_CLOUD"),
+        ({"O365_AUTH_MODE": "managed_identity", "O365_CLIENT_SECRET": "", "AZURE_CLOUD": "AzureUSGovernment"},
+         "O365_CLOUD"),
         # read as it is by requests: every token refused as "no OpenID configuration for tenant", naming the tenant
         ({"HTTPS_PROXY": "http://proxy.corp:8080 "}, "HTTPS_PROXY"),
         # a script's empty variable, or a space: a bare "Invalid URL" as the clients started
@@ -187,6 +191,18 @@ def test_a_ca_bundle_and_a_local_emulator_over_http_are_accepted(tmp_path: Path)
     s = Settings.from_env({**BASE, "SSL_CERT_FILE": certifi.where(), "AzureWebJobsStorage": azurite})
     assert s.storage.connection_string == azurite
     assert KEY not in repr(s)
+
+
+def test_a_managed_identity_reads_the_microsoft_365_clouds_of_its_own_entra_id() -> None:
+    mi = {**BASE, "O365_AUTH_MODE": "managed_identity", "O365_CLIENT_SECRET": ""}
+    for o365, azure in (("Commercial", "AzurePublic"), ("GCC", "AzurePublic"), ("GCCHigh", "AzureUSGovernment"),
+                        ("DoD", "AzureUSGovernment")):  # fmt: skip
+        assert Settings.from_env({**mi, "O365_CLOUD": o365, "AZURE_CLOUD": azure}).cloud == o365
+    # An app registration signs in at the Microsoft 365 cloud's own Entra ID, wherever the app runs.
+    assert Settings.from_env({**BASE, "O365_CLOUD": "GCCHigh"}).authority_host == "https://login.microsoftonline.us"
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({**mi, "O365_CLOUD": "DoD", "AZURE_CLOUD": "AzureChina"})
+    assert "login.microsoftonline.us" in str(info.value) and "O365_AUTH_MODE=secret or certificate" in str(info.value)
 
 
 def test_managed_identity_needs_no_client_id() -> None:
