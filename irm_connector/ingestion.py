@@ -109,8 +109,12 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
 
     def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
         # azure-core reads "inf" or "1e999" (a broken gateway's) as a wait: slept, it never ended; put off for, the
-        # message's delay overflowed. No wait, as the Management API client reads one (api_answers.retry_after_of).
-        wait = super().get_retry_after(response)
+        # message's delay overflowed. No wait, as the Management API client reads one (api_answers.retry_after_of),
+        # and so is a text that is neither a number nor a date.
+        try:
+            wait = super().get_retry_after(response)
+        except ValueError:  # neither a number nor a date ("soon"): azure-core raises, failing the whole upload
+            return None
         if wait is None or not math.isfinite(wait):
             return None
         return float(min(max(wait, 0.0), MAX_RETRY_AFTER.total_seconds()))

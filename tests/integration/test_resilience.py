@@ -1339,7 +1339,7 @@ async def test_an_upload_throttled_past_a_call_s_retries_is_put_off_not_poisoned
     _assert_exactly_once(connector, workload)
 
 
-@pytest.mark.parametrize("retry_after", ["1e999", "inf"])
+@pytest.mark.parametrize("retry_after", ["1e999", "inf", "soon"])
 async def test_an_upload_throttled_with_a_retry_after_that_is_no_number_is_put_off(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, retry_after: str
 ) -> None:
