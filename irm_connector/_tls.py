@@ -67,6 +67,9 @@ class EnvProxy:
     def __init__(self) -> None:
         self._proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
         self._by_origin: dict[tuple[str, str, int | None], dict[str, Any]] = {}
+        # The managed identity endpoint is this host's own (App Service's on localhost, the instance metadata
+        # service's link-local address): no proxy reaches it, and through one every token request failed.
+        self._direct = {(url.host, url.port) for url in map(URL, _identity_endpoints()) if url.host}
 
     def for_url(self, url: str | URL) -> dict[str, Any]:
         """Keyword arguments of an aiohttp request to ``url``: ``proxy``, or none."""
@@ -77,13 +80,24 @@ class EnvProxy:
         found = self._by_origin.get(origin)
         if found is None:
             proxy = proxy_of(self._proxies.get(url.scheme) or "")
-            bypass = url.host is not None and urllib.request.proxy_bypass(url.host)
+            bypass = url.host is not None and (
+                (url.host, url.port) in self._direct or urllib.request.proxy_bypass(url.host)
+            )
             # An https:// proxy is spoken to over TLS, verified against the same CA bundle, with the service's own
             # TLS inside (asyncio has that since Python 3.11). aiohttp's own reading of the environment drops one,
             # while msal (requests) follows it: the clients went different ways, only the token requests proxied.
             found = {} if bypass or proxy.scheme not in ("http", "https") else {"proxy": proxy}
             self._by_origin[origin] = found
         return found
+
+
+#: The Azure instance metadata service, where a VM's managed identity gets its tokens.
+_IMDS = "http://169.254.169.254"
+
+
+def _identity_endpoints() -> list[str]:
+    named = (os.environ.get(name, "").strip() for name in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT"))
+    return [_IMDS, *(value for value in named if "://" in value)]
 
 
 class ProxyTransport(AioHttpTransport):  # type: ignore[misc]  # exported lazily: Any to mypy

@@ -6,7 +6,8 @@ import pytest
 
 from irm_connector._tls import EnvProxy
 
-_PROXY_NAMES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY")
+_PROXY_NAMES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
+                "IDENTITY_ENDPOINT", "MSI_ENDPOINT")
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +59,13 @@ def test_the_environment_is_read_when_the_client_starts(monkeypatch: pytest.Monk
     monkeypatch.setenv("NO_PROXY", "a.example")
     assert str(proxies.for_url("https://a.example/3")["proxy"]) == "http://proxy.corp:8080"
     assert EnvProxy().for_url("https://a.example/3") == {}
+
+
+def test_the_managed_identity_endpoint_is_never_proxied(monkeypatch: pytest.MonkeyPatch) -> None:
+    """App Service's identity endpoint is on the host's own loopback, the metadata service on a link-local address:
+    no proxy reaches either, and through one every token request of managed_identity mode failed."""
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.corp:8443")
+    monkeypatch.setenv("IDENTITY_ENDPOINT", "http://localhost:8081/msi/token")
+    assert _proxy("http://localhost:8081/msi/token?resource=x") is None
+    assert _proxy("http://169.254.169.254/metadata/identity/oauth2/token") is None
+    assert _proxy("http://localhost:10001/devstoreaccount1/q") == "https://proxy.corp:8443"  # another port
