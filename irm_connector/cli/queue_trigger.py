@@ -367,8 +367,9 @@ class QueueWorker:
                 # Said "not moved" and parked again when it came back, the poison queue held it twice, and the run
                 # counted it as waiting for a retry rather than parked.
                 log.error(f"{why}; copied to %s, but removing it from %s failed (%s): it comes back in %d s, when "
-                          "its lock ends, and is then only removed", *args, self._poison.queue_name,
-                          self._queue.queue_name, cause, self._lock)  # fmt: skip
+                          "its lock ends, to be removed by this run if it still runs (else parked again: the poison "
+                          "queue then holds it twice)", *args, self._poison.queue_name, self._queue.queue_name,
+                          cause, self._lock)  # fmt: skip
                 return
             log.error(f"{why}; could not move it to %s (%s): it comes back in %d s, when its lock ends",
                       *args, self._poison.queue_name, cause, self._lock)  # fmt: skip
