@@ -68,6 +68,19 @@ or secret, and O365_CLIENT_ID)."
   fi
 }
 
+# The Bicep deploys to public Azure, whose managed identities sign in at Entra ID's public cloud: GCC High and DoD
+# live in Azure Government's, where such an identity gets no token (the connector refuses the pairing at every
+# invocation, naming O365_CLOUD).
+check_cloud() {
+  local mode cloud
+  mode=$(lower "${O365_AUTH_MODE:-managed_identity}")
+  cloud=$(lower "${O365_CLOUD:-Commercial}")
+  [[ "${mode//-/_}" == "managed_identity" && ( "${cloud}" == "gcchigh" || "${cloud}" == "dod" ) ]] || return 0
+  die "O365_CLOUD is ${O365_CLOUD}, whose Entra ID is Azure Government's, and this deployment's managed identity is
+public Azure's: it gets no token there. Use an app registration of the Microsoft 365 tenant (azd env set
+O365_AUTH_MODE certificate, or secret, and O365_CLIENT_ID: docs/deploy.md, \"Microsoft 365 in another tenant\")."
+}
+
 # These values become app settings that the connector reads at every invocation: a typo would deploy, and then
 # every invocation would fail with a settings error. They are read as irm_connector/setting_forms.py reads them,
 # whose lists these are (tests/infra/test_hooks.py holds the two to each other).
@@ -245,6 +258,7 @@ decide_grant() {
 check_workspace
 check_app_settings
 check_tenant
+check_cloud
 check_secret
 decide_key_vault
 decide_grant

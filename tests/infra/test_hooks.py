@@ -207,6 +207,18 @@ def test_preprovision_stops_a_managed_identity_meant_for_another_tenant(fakes: P
         assert done.returncode == 0, (ok, done.stderr)
 
 
+def test_preprovision_stops_a_managed_identity_meant_for_gcc_high_or_dod(fakes: Path) -> None:
+    """The Bicep deploys to public Azure: its identity gets no token from Azure Government's Entra ID, and the app
+    refused the pairing at every invocation after a deployment that went through."""
+    env = {"SENTINEL_WORKSPACE_RESOURCE_ID": WORKSPACE, "GRANT_ACTIVITYFEED_PERMISSION": "false"}
+    for cloud in ("GCCHigh", "dod"):
+        done = run("preprovision.sh", fakes, {**env, "O365_CLOUD": cloud})
+        assert done.returncode != 0 and f"O365_CLOUD is {cloud}" in done.stderr, done.stderr
+    for ok in ({"O365_CLOUD": "GCC"}, {"O365_CLOUD": "GCCHigh", "O365_AUTH_MODE": "certificate"}):
+        done = run("preprovision.sh", fakes, {**env, **ok})
+        assert done.returncode == 0, (ok, done.stderr)
+
+
 @pytest.mark.parametrize("crlf", ["0", "1"], ids=["lf", "windows-crlf"])
 def test_preprovision_lets_the_deployment_grant_when_the_deployer_may(fakes: Path, crlf: str) -> None:
     done = run(
