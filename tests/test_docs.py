@@ -20,8 +20,9 @@ def settings_read_by_the_code() -> set[str]:
     return names
 
 
-#: Set by the platform, not by whoever deploys: the App Service site name (in telemetry as the role).
-PLATFORM_VARIABLES = {"WEBSITE_SITE_NAME"}
+#: Set by the platform, not by whoever deploys: the App Service site name (in telemetry as the role), and where
+#: the host's managed identity endpoint is (reached without a proxy).
+PLATFORM_VARIABLES = {"WEBSITE_SITE_NAME", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"}
 
 
 def environment_read_anywhere() -> set[str]:
