@@ -314,7 +314,7 @@ async def _list_windows(
         await lease.write(watermark=watermark, first_start=None, subscription_refused="",
                           window_seconds=0 if longest >= MAX_WINDOW else int(longest.total_seconds()))  # fmt: skip
         report.windows_listed += 1
-        if watermark < window.end:
+        if watermark < window.end and window is not plan.windows[-1]:
             # The rest of the plan lies in the API's future, and the next window starts a lead before this one's end,
             # past the watermark: listed on, the run left what the API created in between to no window, and each
             # later window moved the watermark on to its own answer's time, past that stretch and its overlap.
