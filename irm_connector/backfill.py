@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from time import monotonic
 
 from .errors import ConnectorError, PollError, SubscriptionMissingError, TransientApiError
 from .models import ContentTypeReport, PollReport, utc_text
@@ -58,10 +59,11 @@ async def backfill(
         seen: SeenPartitions = {}
         listed: set[str] = set()
         dims = {"content_type": content_type, "tenant_id": rt.settings.tenant_id}
-        moment = read_at = now or datetime.now(UTC)
+        moment = now or datetime.now(UTC)
+        read_at = monotonic()
         try:
             moment, throttled_until = (now, None) if now else await _service_state(rt, content_type, dims)
-            read_at = datetime.now(UTC)  # when `moment` was read: a Retry-After runs from its answer, not from then
+            read_at = monotonic()  # when `moment` was read: a Retry-After runs from its answer, not from then
             _hold_back(content_type, moment, max(filter(None, (throttled_until, paused_until)), default=None))
             # What has left the 7 days since the range was checked is out of reach: the rest is listed.
             windows = plan_backfill(max(start, moment - RETENTION), end, moment)
@@ -83,7 +85,7 @@ async def backfill(
             if isinstance(exc, TransientApiError) and exc.retry_after is not None:
                 # Counted from `moment`, a wait asked after minutes of listing had mostly passed already, and the
                 # next content types were asked inside it, each throttled again on the tenant's count.
-                until = moment + (datetime.now(UTC) - read_at) + timedelta(seconds=exc.retry_after)
+                until = moment + timedelta(seconds=monotonic() - read_at + exc.retry_after)
                 paused_until = max(paused_until or until, until)
         if ct_report.error:
             ct_report.error = redact(ct_report.error)  # it reaches the PollError, outside the logging filter

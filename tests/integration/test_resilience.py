@@ -1541,8 +1541,12 @@ async def test_a_retry_after_a_backfill_meets_late_holds_the_next_content_types_
     sim = connector.standins
     for content_type in ("Audit.General", "Audit.Exchange"):
         sim.management.set_subscription(content_type, "enabled")
+    from irm_connector import backfill as backfill_module
+
     ahead = [timedelta(0)]
     skew_local_clock(monkeypatch, ahead, package="irm_connector.backfill")
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(backfill_module, "monotonic", lambda: real_monotonic() + ahead[0].total_seconds())
 
     with StorageProxy(connector.azurite) as proxy:
         connector.set(AzureWebJobsStorage=proxy.connection_string)
