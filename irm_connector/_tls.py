@@ -21,7 +21,15 @@ from .setting_forms import proxy_of
 if TYPE_CHECKING:
     from .settings import Settings
 
-__all__ = ["EnvProxy", "ProxyTransport", "azure_client_kwargs", "azure_session", "ca_file", "ssl_context"]
+__all__ = [
+    "IDENTITY_ENDPOINT_VARIABLES",
+    "EnvProxy",
+    "ProxyTransport",
+    "azure_client_kwargs",
+    "azure_session",
+    "ca_file",
+    "ssl_context",
+]
 
 
 def ca_file() -> str | None:
@@ -94,9 +102,12 @@ class EnvProxy:
 #: The Azure instance metadata service, where a VM's managed identity gets its tokens.
 _IMDS = "http://169.254.169.254"
 
+#: Where App Service and Functions (IDENTITY_ENDPOINT) or Azure ML (MSI_ENDPOINT) serve a managed identity's tokens.
+IDENTITY_ENDPOINT_VARIABLES = ("IDENTITY_ENDPOINT", "MSI_ENDPOINT")
+
 
 def _identity_endpoints() -> list[str]:
-    named = (os.environ.get(name, "").strip() for name in ("IDENTITY_ENDPOINT", "MSI_ENDPOINT"))
+    named = (os.environ.get(name, "").strip() for name in IDENTITY_ENDPOINT_VARIABLES)
     return [_IMDS, *(value for value in named if "://" in value)]
 
 

@@ -14,7 +14,7 @@ import orjson
 
 from .errors import UnreadableAnswerError
 
-__all__ = ["MAX_RETRY_AFTER", "error_of", "json_of", "retry_after_of"]
+__all__ = ["MAX_RETRY_AFTER", "error_of", "finite_wait", "json_of", "retry_after_of"]
 
 #: The longest ``Retry-After`` honoured beyond one call (the poller's runs skip the content type, a download is put
 #: off): a longer one, or a wrong one (a proxy's, a date gone wrong), would stop listing or bring a message back
@@ -39,6 +39,12 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
             seconds = (parsedate_to_datetime(value) - (_date_of(headers) or datetime.now(UTC))).total_seconds()
         except (TypeError, ValueError):
             return None
+    return finite_wait(seconds)
+
+
+def finite_wait(seconds: float) -> float | None:
+    """A wait as every caller holds it: none for a number that is not finite, a negative one nothing, a longer one
+    :data:`MAX_RETRY_AFTER`."""
     if not math.isfinite(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER.total_seconds())

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from msal.exceptions import MsalError
 
 from ._network import exception_chain, network_cause
-from ._tls import azure_client_kwargs, ca_file
+from ._tls import IDENTITY_ENDPOINT_VARIABLES, azure_client_kwargs, ca_file
 from .clouds import identity_authority
 from .errors import AuthenticationError, NotInAzureError, SettingsError
 from .settings import Settings
@@ -189,7 +189,7 @@ class MsalTokenProvider:
 #: (AZURE_FEDERATED_TOKEN_FILE). Without one of these only an Azure VM's instance metadata service (IMDS) can
 #: give a token. Cloud Shell sets MSI_ENDPOINT alone, and its tokens are the signed-in user's: see
 #: :func:`in_cloud_shell`.
-IDENTITY_ENVIRONMENT = ("IDENTITY_ENDPOINT", "MSI_ENDPOINT", "AZURE_FEDERATED_TOKEN_FILE")
+IDENTITY_ENVIRONMENT = (*IDENTITY_ENDPOINT_VARIABLES, "AZURE_FEDERATED_TOKEN_FILE")
 
 NOT_IN_AZURE = (
     "not running in Azure: O365_AUTH_MODE=managed_identity needs the function app's identity, which exists only "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,7 +36,7 @@ from azure.core.rest import AsyncHttpResponse, HttpRequest
 from azure.monitor.ingestion.aio import LogsIngestionClient
 
 from ._network import network_cause
-from .api_answers import MAX_RETRY_AFTER, retry_after_of
+from .api_answers import finite_wait, retry_after_of
 from .auth import identity_endpoint_known
 from .deadline import Deadline, current_deadline, within
 from .errors import DeadlineError, IngestionError, IngestionRefusedError, IngestionThrottledError
@@ -109,15 +108,13 @@ class UploadRetryPolicy(AsyncRetryPolicy[HttpRequest, AsyncHttpResponse]):
 
     def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
         # azure-core reads "inf" or "1e999" (a broken gateway's) as a wait: slept, it never ended; put off for, the
-        # message's delay overflowed. No wait, as the Management API client reads one (api_answers.retry_after_of),
+        # message's delay overflowed. No wait, as the Management API client reads one (api_answers.finite_wait),
         # and so is a text that is neither a number nor a date.
         try:
             wait = super().get_retry_after(response)
         except ValueError:  # neither a number nor a date ("soon"): azure-core raises, failing the whole upload
             return None
-        if wait is None or not math.isfinite(wait):
-            return None
-        return float(min(max(wait, 0.0), MAX_RETRY_AFTER.total_seconds()))
+        return None if wait is None else finite_wait(float(wait))
 
     async def sleep(
         self, settings: dict[str, Any], transport: Any, response: PipelineResponse[Any, Any] | None = None

@@ -37,7 +37,7 @@ __all__ = [
     "dcr_id",
     "guid",
     "https_root",
-    "https_service_url",
+    "https_url",
     "identity_cloud",
     "ingestion_endpoint",
     "parse_duration",
@@ -335,15 +335,10 @@ _HOST = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?|[0-9a-f:.]*:[0-9a-f:.]*")
 def https_root(value: str, setting: str) -> str:
     """``https://host[:port]``, lower case; the default port left out, since it would become part of the
     token's audience (``https://manage.office.com:443/.default``), which Entra ID knows without it."""
-    parts = split_url(value, setting)
-    if parts.scheme != "https" or not parts.netloc:
-        raise SettingsError(setting, "must be an https:// URL")
+    parts = https_url(value, setting)
     if parts.query or parts.fragment or parts.path.strip("/"):
         raise SettingsError(setting, "must be a root URL (https://host) without path or query")
     host = parts.hostname or ""
-    if not _HOST.fullmatch(host):
-        # "https://:8443", "https://a b": accepted, each failed later with a bare "Invalid URL" naming no setting.
-        raise SettingsError(setting, "names no host name (must be https://host[:port])")
     netloc = f"[{host}]" if ":" in host else host
     return f"https://{netloc}" + (f":{parts.port}" if parts.port not in (None, 443) else "")
 
@@ -362,13 +357,16 @@ def identity_cloud(cloud: str, azure_cloud: str, azure_authority: str) -> None:
         )
 
 
-def https_service_url(value: str, setting: str) -> None:
-    """An https:// URL naming a host (a path may follow): ``https://`` alone (a script's empty variable) or a host
-    with a space was accepted, and the clients' start failed with a bare "Invalid URL" naming no setting."""
-    if split_url(value, setting).scheme != "https":
+def https_url(value: str, setting: str) -> SplitResult:
+    """An https:// URL naming a host (a path may follow). ``https://`` alone (a script's empty variable),
+    ``https://:8443`` or a host with a space was accepted, and the clients' start or first request failed with a
+    bare "Invalid URL" naming no setting."""
+    parts = split_url(value, setting)
+    if parts.scheme != "https":
         raise SettingsError(setting, "must be an https:// URL")
-    if not _HOST.fullmatch(split_url(value, setting).hostname or ""):
+    if not _HOST.fullmatch(parts.hostname or ""):
         raise SettingsError(setting, "names no host name (must be https://host[:port])")
+    return parts
 
 
 def split_url(value: str, setting: str) -> SplitResult:

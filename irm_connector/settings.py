@@ -114,7 +114,7 @@ class StorageSettings:
                 f"{prefix}__accountName (or {prefix}__queueServiceUri and {prefix}__tableServiceUri)",
             )
         for name, uri in ((f"{prefix}__queueServiceUri", queue_uri), (f"{prefix}__tableServiceUri", table_uri)):
-            forms.https_service_url(uri, name)
+            forms.https_url(uri, name)
         return cls(
             queue_service_uri=queue_uri,
             table_service_uri=table_uri,
