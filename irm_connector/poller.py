@@ -111,12 +111,13 @@ async def _poll_and_report(
         await _poll_content_type(rt, content_type, owner, deadline, report, now, limit)
     except ConnectorError as exc:
         causes[content_type] = exc
-        report.error = redact(str(exc))  # it reaches the health row and the PollError, outside the log filter
+        # It reaches the health row and the PollError, outside the log filter.
+        report.error = _after_loss(report, redact(str(exc)))
         log.error("Polling %s failed: %s", content_type, exc, extra={"content_type": content_type})
     except Exception as exc:
         # A fault of the connector's own: its health row says the run failed, and the traceback is logged here. As
         # deployed (OpenTelemetry on in the worker) the host sends Application Insights no line of its own for it.
-        report.error = f"unexpected {type(exc).__name__} (the log has its traceback)"
+        report.error = _after_loss(report, f"unexpected {type(exc).__name__} (the log has its traceback)")
         log.exception("Polling %s failed unexpectedly", content_type, extra={"content_type": content_type})
         await _write_health(rt, report)
         raise
@@ -167,18 +168,18 @@ async def _poll_content_type(
         await lease.run(_list_windows(rt, lease, deadline, report, (now, storage_clock), dims, limit))
         error = report.error  # a stretch the API no longer lists, when there was one
     except SubscriptionMissingError as exc:
-        error = redact(str(exc))  # last_error is kept in the state table and shown by `status`
+        error = _after_loss(report, redact(str(exc)))  # last_error is kept in the state table and shown by `status`
         # Nothing of the content type is listed while it lasts: the health row (Errors, LastError) says so.
         report.error = error
         log.warning("%s still has no subscription after starting one; tried again next run", content_type, extra=dims)
     except InvalidWindowError as exc:
-        error = redact(str(exc))
+        error = _after_loss(report, redact(str(exc)))
         # The run failed for this content type: the health row (Errors, LastError) and the invocation say so, so
         # a refusal that comes back every run (a clock off by more than the planner's margins) is seen.
         report.error = error
         log.warning("Window refused for %s; re-planned next run: %s", content_type, exc, extra=dims)
     except ConnectorError as exc:
-        error = redact(str(exc))
+        error = _after_loss(report, redact(str(exc)))
         if isinstance(exc, OperatorActionError) and exc.code == "AF20023":
             report.subscription = "disabled"
         if isinstance(exc, TransientApiError) and exc.retry_after is not None:
@@ -186,7 +187,7 @@ async def _poll_content_type(
         raise
     except Exception as exc:
         # A fault of the connector's own (logged with its traceback by the caller); `status` shows the run failed.
-        error = f"unexpected {type(exc).__name__} (the log has its traceback)"
+        error = _after_loss(report, f"unexpected {type(exc).__name__} (the log has its traceback)")
         raise
     finally:
         report.watermark = lease.state.watermark
@@ -198,6 +199,13 @@ async def _poll_content_type(
             await lease.release(last_run=now, last_error=error,
                                 last_error_at=now if error else lease.state.last_error_at,
                                 throttled_until=throttled_until)  # fmt: skip
+
+
+def _after_loss(report: ContentTypeReport, error: str) -> str:
+    """The run's error, after the stretch it found lost to the API's 7 days if it did (``report.error`` holds it
+    until then). Told alone, the later error hid the loss from the health row, its rule and `status`; and the next
+    run, past the edge by then, has no loss to tell."""
+    return f"{report.error}; then: {error}" if report.error else error
 
 
 def _storage_time(written: datetime | None, at: float) -> datetime:

@@ -1032,6 +1032,39 @@ async def test_a_poller_over_7_days_behind_names_the_stretch_it_lost_and_lists_t
     assert status["problems"] == []
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "then"),
+    [(403, "AF20012", "unified audit logging"), (400, "AF20055", "the API refused the listing window")],
+    ids=["operator-error", "refused-window"],
+)
+async def test_a_stretch_lost_stays_named_when_a_later_window_of_the_run_fails(
+    connector: ConnectorHarness, status: int, code: str, then: str
+) -> None:
+    """Off for 8 days, the catch-up's first window listed and its second refused: the health row named the refusal
+    alone, so the rule on lost content had nothing to fire on, and the next run, past the 7-day edge by then, had
+    no loss to tell. The stretch lost is named first, then what failed."""
+    from irm_connector.state.watermarks import PollerState
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    now = datetime.now(UTC)
+    watermark = (now - timedelta(days=8)).replace(microsecond=0)
+    rt = await get_runtime(Settings.from_env())
+    await rt.state.watermarks.upsert_state(PollerState(sim.tenant_id, "Audit.General", watermark=watermark))
+    sim.management.add_fault("list", "delay", seconds=1)  # the first window's answer, held while the next is scripted
+    _on_arrival(sim.management, "list", lambda: sim.management.add_fault("list", "status", status=status, code=code))
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    assert sim.management.count("list", error_code=code) == 1  # the second window's
+    [row] = [r for r in connector.rows("Custom-IRMConnectorHealth") if r["Errors"]]
+    assert row["LastError"].startswith(f"content created in [{watermark:%Y-%m-%dT%H:%M:%S}, ")
+    assert then in row["LastError"].split("; then: ", 1)[1]
+    assert row["LastError"] in str(failed.value)
+    status_report = await connector.cli("status")
+    [last_error] = [p["detail"] for p in status_report["problems"] if p["code"] == "last-error"]
+    assert "can no longer be listed" in last_error
+
+
 async def test_a_blob_created_on_the_second_one_window_ends_arrives_from_a_catch_up(
     connector: ConnectorHarness,
 ) -> None:
