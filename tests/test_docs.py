@@ -138,6 +138,20 @@ def test_every_verify_step_shows_the_same_health_query() -> None:
     assert len(set(shown.values())) == 1, shown
 
 
+def test_every_health_query_in_the_docs_tells_the_tenants_apart() -> None:
+    """A workspace may hold the health rows of several tenants' connectors: a query of them that neither groups nor
+    shows by tenant hid a stopped one behind the others' rows (docs/operations.md's failed runs and blobs per hour)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    blocks = [
+        (page.name, block)
+        for page in pages
+        for block in re.findall(r"```(?:kusto|kql)\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+        if "IRMConnectorHealth_CL" in block
+    ]
+    assert len(blocks) >= 4
+    assert [(name, block) for name, block in blocks if "O365TenantId" not in block] == []
+
+
 def test_the_connector_page_signs_in_to_the_azure_cli_for_the_hooks() -> None:
     """The azd hooks use the Azure CLI (the grant's role check, a soft-deleted vault): a page that signed in to
     azd alone had a Global Administrator's `azd up` skip the grant and say no admin role was found."""
