@@ -108,6 +108,11 @@ async def test_throttling_and_transient_faults_are_ridden_out(connector: Connect
     _assert_exactly_once(connector, workload)
     assert mgmt.pending_faults() == 0 and sim.ingestion.pending_faults() == 0
     assert mgmt.count("list", status=429) == 1 and mgmt.count("list", error_code="AF429") >= 2
+    # The throttled listing was asked again only once its Retry-After (1 s) had passed: asked sooner, the real API
+    # throttles again and counts the request against the tenant's quota. The stand-in answers it whatever the time.
+    throttled, retried = mgmt.requests("list")[:2]
+    assert throttled.status == 429
+    assert retried.time - retried.duration - throttled.time >= 1.0
     # Every call carried the PublisherIdentifier (the tenant id by default), content downloads too.
     assert set(mgmt.publisher_identifiers()) == {sim.tenant_id}
 
