@@ -52,6 +52,7 @@ class Poster:
         *,
         stream: str = ALERTS,
         gzip_it: bool = False,
+        gzipped: bool = False,  # the body is gzip already: marked so, sent as it is
         dcr: str | None = None,
         token: str | None = None,
         content_type: str = "application/json",
@@ -60,6 +61,7 @@ class Poster:
         headers = {"Authorization": f"Bearer {token or self.token}", "Content-Type": content_type}
         if gzip_it:
             data = gzip.compress(data)
+        if gzip_it or gzipped:
             headers["Content-Encoding"] = "gzip"
         dcr = dcr or self.services.dcr_immutable_id
         url = f"{self.services.ingestion_endpoint}/dataCollectionRules/{dcr}/streams/{stream}"
@@ -154,6 +156,39 @@ async def test_row_validation(poster: Poster, stand_ins: StandIns, rows: list[di
     assert status == 400
     assert needle in error["error"]["message"]
     assert stand_ins.ingestion.rows(ALERTS) == []  # all or nothing
+
+
+def _json_of(rows: list[Any]) -> bytes:
+    return json.dumps(rows).encode()
+
+
+@pytest.mark.parametrize(
+    ("body", "gzipped", "needle"),
+    [
+        (_json_of([alert_row(0, Name=float("nan"))]), False, "NaN is not a JSON value"),
+        (_json_of([alert_row(0, Name=float("inf"))]), False, "Infinity is not a JSON value"),
+        (json.dumps([alert_row(0)]).encode("utf-16"), False, "not valid JSON"),
+        (_json_of([alert_row(0, Name="\ud800")]), False, "unpaired surrogate"),
+        (gzip.compress(_json_of([alert_row(0)]))[:-8], True, "ended before its end of stream"),
+    ],
+    ids=["nan", "infinity", "utf-16", "lone-surrogate", "gzip-without-trailer"],
+)
+async def test_a_body_a_strict_reader_refuses_is_refused(
+    poster: Poster, stand_ins: StandIns, body: bytes, gzipped: bool, needle: str
+) -> None:
+    """What Python's json reads and a strict JSON, UTF-8 and gzip reader does not: a connector that sent it would
+    pass here and fail at the service (a lone surrogate answered 500, as a fault of the service's)."""
+    status, error = await poster.post(body, gzipped=gzipped)
+    assert status == 400
+    assert error["error"]["code"] == "InvalidContent"
+    assert needle in error["error"]["message"]
+    assert stand_ins.ingestion.rows(ALERTS) == []
+
+
+async def test_paired_surrogate_escapes_are_taken(poster: Poster, stand_ins: StandIns) -> None:
+    status, _ = await poster.post(_json_of([alert_row(0, Name="\U0001f600")]))
+    assert status == 204
+    assert stand_ins.ingestion.rows(ALERTS)[0]["Name"] == "\U0001f600"
 
 
 async def test_column_types_per_stream(poster: Poster, stand_ins: StandIns) -> None:
