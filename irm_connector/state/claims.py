@@ -23,7 +23,8 @@ The rules:
   margin, so a processor that is still running never loses its claim, whatever the machines' clocks say.
   A dead owner's records are taken over after that. A redelivery of the same message carries its own
   claim on (and its rank) only while a quarter of its life is left (:data:`CARRY_MARGIN`); nearer its end it
-  claims anew, since the claim could expire and be taken over before the redelivery writes it again.
+  claims anew, since the claim could expire and be taken over before the redelivery writes it again. A rewrite
+  that lands after the claim's end all the same (a write stalled for minutes) ranks as a claim made then.
 - **Release.** A failed attempt marks what was accepted as sent, then deletes its pending shards, so the
   retry (or a waiting delivery) can take the rest at once.
 
@@ -58,7 +59,7 @@ CLAIM_MARGIN = timedelta(minutes=2)
 #: one's records are taken over soon after.
 CLAIM_TTL = FUNCTION_TIMEOUT + CLAIM_MARGIN
 #: The share of a claim's life that must be left for a redelivery to carry its own claim on (3 of 12 minutes):
-#: more than the time from a claim's first read to its write, storage retries included.
+#: more than the time from a claim's first read to its write, unless a write stalls (the read-back checks).
 CARRY_MARGIN = 0.25
 
 
@@ -74,6 +75,8 @@ class _Mine:
     first: datetime | None
     #: the ETag of this delivery's last write of it
     etag: str | None = None
+    #: a claim carried on from an attempt that did not finish: when it expires unless rewritten (service's clock)
+    carried_until: datetime | None = None
 
 
 @dataclass
@@ -183,7 +186,8 @@ class Claims:
         for shard in own_live:
             if shard.row_key in carried:
                 own_rows, own_digests = carried[shard.row_key]
-                written.append(_Mine(shard.part, shard.row_key, own_rows, own_digests, shard.rank[0]))
+                written.append(_Mine(shard.part, shard.row_key, own_rows, own_digests, shard.rank[0],
+                                     carried_until=shard.stamp + self._claim_ttl))  # fmt: skip
             else:
                 await self._delete(shard.part, shard.row_key)  # all its rows are sent: nothing left to hold
         reuse = [s.row_key for s in own_stale if s.part == slot.primary]  # no stale shard of ours left behind
@@ -219,8 +223,8 @@ class Claims:
         for read in (*reads, *after):
             for shard, live in read.pending:
                 latest[(shard.part, shard.row_key)] = (shard, live)
-        # A new shard's rank is its own first write's, as read back (a reused row key had an older version).
-        ranks = {(s.part, s.row_key): s.rank for r in after for s, _ in r.pending if s.owner == claim.owner}
+        # As read back: a new shard's rank is its own first write's (a reused row key had an older version).
+        read_back = {(s.part, s.row_key): s for r in after for s, _ in r.pending if s.owner == claim.owner}
         rivals = [s for s, live in latest.values() if live and s.owner != claim.owner]
         wanted = {d for mine in written for d in mine.digests}
         consulted = _among(wanted, (s.ids for s in rivals if s.part != slot.primary))
@@ -229,14 +233,17 @@ class Claims:
         for first, again in zip(reads, after, strict=True):
             sent |= self._reader.sent_since(wanted, first, again)
         for mine in written:
-            if mine.first is not None:
-                rank = (mine.first, mine.row_key)
-            elif (mine.part, mine.row_key) in ranks:
-                rank = ranks[(mine.part, mine.row_key)]
-            else:
+            version = read_back.get((mine.part, mine.row_key))
+            if version is None:
                 raise StateError(
                     f"a claim just written to {mine.part.table} cannot be read back; the message is retried"
                 )
+            rank = version.rank
+            if mine.carried_until is not None and version.stamp > mine.carried_until:
+                # The rewrite of a carried claim landed after it had expired (a write stalled for minutes): a
+                # delivery may have taken its records over meanwhile without seeing it. Its old rank would beat
+                # that one, and both kept them: it ranks as a claim made now.
+                rank = (version.stamp, mine.row_key)
             beaten = consulted | _among(wanted, (s.ids for s in rivals if s.part == slot.primary and s.rank < rank))
             keep_rows: list[Row] = []
             keep: list[bytes] = []

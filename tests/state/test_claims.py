@@ -132,6 +132,29 @@ async def test_a_redelivery_does_not_carry_on_its_own_claim_so_near_its_end_that
     raced = await redelivered
     assert raced.mine == [] and _ids(raced.held) == _ids(rows)
 
+async def test_a_carried_claim_whose_rewrite_lands_after_it_expired_does_not_keep_its_old_rank(
+    make_claims: MakeClaims, proxy: StorageProxy
+) -> None:
+    """A redelivery reads its own claim with enough life left to carry it on, but its write stalls (storage
+    retries, a hung connection) past the claim's end, and a delivery of another blob takes the records over
+    meanwhile. With the old rank the late write beat the takeover, and both sent the records."""
+    ttl = timedelta(seconds=8)  # carried on while 2 s of it are left
+    dead, again, other = make_claims(ttl=ttl), make_claims(ttl=ttl, via=proxy), make_claims(ttl=ttl)
+    rows = _rows(range(10))
+    await dead.claim_records(STREAM, rows, "blob-x", "message-1")  # and never marks or releases
+    await asyncio.sleep(4.5)  # about 3.5 s of the claim left (the Date has one-second resolution): carried on
+    written = proxy.hold("table.write", path="rec", body=r'"S": ?"p"')
+    redelivered = asyncio.create_task(again.claim_records(STREAM, rows, "blob-x", "message-1"))
+    await _arrived(written)
+    await asyncio.sleep(5.0)  # the claim has expired
+    taken = await other.claim_records(STREAM, rows, "blob-y")
+    assert _ids(taken.mine) == _ids(rows) and taken.taken_over == 10
+    written.release(forward=True)
+    raced = await redelivered
+    assert _ids(raced.mine) & _ids(taken.mine) == set()
+    assert _ids(raced.held) == _ids(rows)
+
+
 async def test_a_live_claim_is_not_taken_over_whatever_the_local_clock_says(
     make_claims: MakeClaims, monkeypatch: pytest.MonkeyPatch
 ) -> None:
