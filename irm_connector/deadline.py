@@ -19,7 +19,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -36,6 +36,7 @@ __all__ = [
     "current_deadline",
     "function_timeout",
     "parse_timespan",
+    "timeout_override",
     "within",
 ]
 
@@ -97,17 +98,28 @@ async def within(
 
 
 def parse_timespan(text: str) -> float:
-    """A .NET TimeSpan as host.json writes it, ``[d.]hh:mm:ss[.fff]``, in seconds."""
-    match = re.fullmatch(r"(?:(\d+)\.)?(\d+):(\d+):(\d+(?:\.\d+)?)", text.strip())
+    """A .NET TimeSpan as the host reads one, ``[d.]hh:mm[:ss[.fff]]`` or a number of days, in seconds: read as
+    ``hh:mm:ss`` alone, ``00:05`` (five minutes to the host) failed every invocation as no timespan."""
+    match = re.fullmatch(r"(\d+)|(?:(\d+)\.)?(\d+):(\d+)(?::(\d+(?:\.\d+)?))?", text.strip())
     if not match:
         raise ValueError(f"not a timespan: {text!r}")
-    days, hours, minutes, seconds = match.groups()
-    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    only_days, days, hours, minutes, seconds = match.groups()
+    if only_days is not None:
+        return int(only_days) * 86400.0
+    return int(days or 0) * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds or 0)
+
+
+def timeout_override(env: Mapping[str, str]) -> str:
+    """The app setting over host.json's ``functionTimeout``, its name in any case, as the host's configuration
+    matches names: ``AzureFunctionsJobHost__FunctionTimeout`` shortened the host's timeout, and the invocations'
+    deadlines, read under the one spelling, kept host.json's."""
+    wanted = TIMEOUT_SETTING.lower()
+    return next((value.strip() for name, value in env.items() if name.lower() == wanted and value.strip()), "")
 
 
 def function_timeout() -> float:
     """The function timeout in seconds: host.json's (:data:`FUNCTION_TIMEOUT`) or the app setting over it."""
-    text = os.environ.get(TIMEOUT_SETTING, "").strip()
+    text = timeout_override(os.environ)
     if text:
         try:
             return parse_timespan(text)

@@ -465,7 +465,7 @@ def function_timeout_override(value: str) -> None:
         if value.strip() == "-1":  # the host's "unlimited"
             seconds = float("inf")
         else:
-            raise SettingsError(TIMEOUT_SETTING, "is not a timespan (hh:mm:ss)") from None
+            raise SettingsError(TIMEOUT_SETTING, "is not a timespan (hh:mm:ss or hh:mm)") from None
     if seconds > FUNCTION_TIMEOUT.total_seconds():
         raise SettingsError(
             TIMEOUT_SETTING,

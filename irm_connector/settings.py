@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from . import setting_forms as forms
 from .clouds import AZURE_CLOUDS, AzureCloud, azure_cloud
-from .deadline import TIMEOUT_SETTING
+from .deadline import timeout_override
 from .errors import SettingsError
 from .setting_forms import CLOUDS, DURATION_FORMS, KNOWN_CONTENT_TYPES, AuthMode, Cloud, parse_duration
 from .windows import RETENTION
@@ -241,8 +241,8 @@ class Settings:
             check(lambda: forms.identity_cloud(cloud, workspace_cloud.name, workspace_cloud.authority_host), None)
         storage = check(lambda: StorageSettings.from_env(env, suffix=workspace_cloud.storage_suffix), StorageSettings())
         blob_mb_in_flight = number("MAX_BLOB_MB_IN_FLIGHT", "128", 1, 65536)
-        if timeout_override := get(TIMEOUT_SETTING):
-            check(lambda: forms.function_timeout_override(timeout_override), None)
+        if override := timeout_override(env):
+            check(lambda: forms.function_timeout_override(override), None)
         for ca_setting in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
             if ca_path := get(ca_setting):
                 check(functools.partial(forms.ca_bundle, ca_path, ca_setting), None)

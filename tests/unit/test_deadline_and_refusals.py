@@ -27,6 +27,17 @@ def test_the_function_timeout_is_host_json_s_unless_the_app_setting_overrides_it
     assert function_timeout() == 30
 
 
+def test_the_function_timeout_override_is_read_as_the_host_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's configuration matches a setting's name in any case and reads ``hh:mm`` as a timespan: under
+    the one spelling the invocations' deadlines kept host.json's 10 minutes while the host stopped them at 2, and
+    ``00:05`` failed every invocation as no timespan."""
+    monkeypatch.delenv(TIMEOUT_SETTING, raising=False)
+    monkeypatch.setenv("AzureFunctionsJobHost__FunctionTimeout", "00:02:00")
+    assert function_timeout() == 120
+    monkeypatch.setenv("AzureFunctionsJobHost__FunctionTimeout", "00:05")
+    assert function_timeout() == 300
+
+
 def test_a_deadline_keeps_a_margin_and_refuses_waits_it_cannot_hold() -> None:
     deadline = Deadline.for_invocation(600)
     assert deadline.margin == 60  # a tenth, at most 60 s

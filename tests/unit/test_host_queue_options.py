@@ -69,5 +69,7 @@ def test_a_visibility_timeout_over_storage_s_most_says_the_most_as_it_is_written
 def test_timespans_are_read_as_dotnet_writes_them() -> None:
     assert parse_timespan("00:00:30") == 30
     assert parse_timespan("1.02:03:04.5") == 93784.5
+    assert parse_timespan("00:05") == 300  # hh:mm
+    assert parse_timespan("30") == 30 * 86400  # a number alone is days
     with pytest.raises(ValueError):
-        parse_timespan("30")
+        parse_timespan("30s")

@@ -114,6 +114,9 @@ def test_secret_is_not_in_repr() -> None:
         ({"AzureFunctionsJobHost__functionTimeout": "30m"}, "AzureFunctionsJobHost__functionTimeout"),
         # the host's "unlimited": longer than host.json's, said as such rather than "not a timespan"
         ({"AzureFunctionsJobHost__functionTimeout": "-1"}, "AzureFunctionsJobHost__functionTimeout"),
+        # named in another case, as the host's configuration takes it: checked all the same
+        ({"AzureFunctionsJobHost__FunctionTimeout": "00:30:00"}, "AzureFunctionsJobHost__functionTimeout"),
+        ({"AzureFunctionsJobHost__functionTimeout": "1"}, "AzureFunctionsJobHost__functionTimeout"),  # a day
         # these used to pass and fail every connection later, as an "unexpected" error naming no setting
         ({"O365_API_ROOT": "https://manage.office.com:abc"}, "O365_API_ROOT"),
         # no host, or a space in it: a bare "Invalid URL" when the first client was built
@@ -174,7 +177,7 @@ def test_a_proxy_is_read_as_every_client_reads_it_and_its_password_never_shown()
 
 
 def test_a_shorter_function_timeout_is_accepted() -> None:
-    for text in ("00:00:30", "00:10:00"):
+    for text in ("00:00:30", "00:10:00", "00:05"):  # hh:mm too, as the host reads a timespan
         Settings.from_env({**BASE, "AzureFunctionsJobHost__functionTimeout": text})
 
 
