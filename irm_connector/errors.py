@@ -358,7 +358,7 @@ class LeaseLostError(StateError):
 
 class BlobBusyError(StateError):
     """Another delivery (of this blob or another) still holds claims on records of this blob after the wait;
-    the message is retried until they are sent, given up, or expired."""
+    the message is put off until they are sent, given up, or expired."""
 
 
 class PollError(ConnectorError):

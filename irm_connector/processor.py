@@ -111,6 +111,11 @@ async def _process(
         if exc.retry_after is None and not exc.throttled:
             raise  # not throttled, with no wait named: the host's retries, then the poison queue
         return await _put_off(rt, message, exc, result, dims, "the Management API")
+    except BlobBusyError as exc:
+        # Failed to the host, each wait spent one of the message's tries: with functionTimeout shortened, five
+        # waits ended before a crashed delivery's claim did (CLAIM_TTL), and the message was parked.
+        return await _put_off(rt, message, exc, result, dims, "", wait=HELD_PUT_OFF,
+                              why="as another delivery still holds some of its records")  # fmt: skip
     except (SubscriptionMissingError, OperatorActionError) as exc:
         # The subscription went (stopped, or disabled by an administrator) after the blob was listed: its content
         # cannot be fetched until the poller, or the administrator, starts it again. Failed to the host, the message
@@ -146,7 +151,7 @@ async def _reschedule(
 async def _put_off(
     rt: Runtime,
     message: ContentMessage,
-    error: TransientApiError | IngestionThrottledError | SubscriptionMissingError | OperatorActionError,
+    error: TransientApiError | IngestionThrottledError | SubscriptionMissingError | OperatorActionError | BlobBusyError,
     result: ProcessResult,
     dims: dict[str, str],
     service: str,
@@ -160,7 +165,7 @@ async def _put_off(
     poison queue (the host's retries, 30 s apart, spend five attempts in two minutes of a catch-up's throttling).
     At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a
     date gone wrong) would bring it back to an answer of AF20051, its records lost. ``wait`` and ``why``: another
-    reason to come back later (a subscription that is off), and how long.
+    reason to come back later (a subscription that is off, records another delivery holds), and how long.
 
     Put off :data:`THROTTLED_PUT_OFFS` times already, ``error`` is raised instead: the host's retries, then the
     poison queue (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting it off until its
@@ -339,7 +344,7 @@ async def _send_stream(
             if waited >= HELD_WAIT or not deadline.allows(pause):
                 raise BlobBusyError(
                     f"{len(claim.held)} records of content {content_id} are still claimed by another delivery "
-                    f"after {waited:.0f}s; the message is retried"
+                    f"after {waited:.0f}s"
                 )
             if not waited:
                 # A probe this delivery won ends here, with or without an answer: the deliveries beside it must
@@ -407,9 +412,10 @@ THROTTLED_PUT_OFFS = 30
 #: A download refused because the content type's subscription is off comes back after this long: the poller starts
 #: a missing subscription at most every 15 minutes (apis.md), on its next run.
 SUBSCRIPTION_PUT_OFF = 20 * 60
-#: How long a delivery waits for records another delivery holds before handing back to the host, which
-#: retries the message; over its retries that outlasts any claim (CLAIM_TTL).
+#: How long a delivery waits for records another delivery holds before the message is put off for
+#: :data:`HELD_PUT_OFF` (its tries spared): over its put-offs that outlasts any claim (CLAIM_TTL).
 HELD_WAIT = 240.0
+HELD_PUT_OFF = 60
 #: The first pause; it doubles up to 8 s. Short, because the other delivery has usually finished by the time
 #: this one's own rows are uploaded: a look costs a read per partition with held records, a pause only time.
 HELD_FIRST_PAUSE = 0.25

@@ -153,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         "work the content queue until it is empty (exit 1 if a message was poisoned or put off)",
         "Process content messages as the Functions host does: host.json concurrency, a failed message is "
         "retried until maxDequeueCount and then moved to the poison queue. A message put off for later (a DCR "
-        "refusing the stream, a throttle) ends the run at once, since the queue would not "
-        "empty before it comes back.",
+        "refusing the stream, a throttle, records another delivery holds) ends the run at once, since the queue "
+        "would not empty before it comes back.",
     )
     p.add_argument("--max", type=int, default=None, metavar="N", help="stop after N messages")
     retry_delay(p)
