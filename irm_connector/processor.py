@@ -265,8 +265,10 @@ async def _download_and_send(
         )
 
     # Every stream finishes (and commits what it sent) before a failure goes back to the host: a retry
-    # that starts while a sibling stream is still committing would send that stream's rows again. A refusal
-    # is raised last: the delivery is then rescheduled, which a sibling's failure must not hide.
+    # that starts while a sibling stream is still committing would send that stream's rows again. Records
+    # another delivery holds are raised after any other failure: put off a minute for them, the message would
+    # spend no try on that failure, nor wait a throttle's Retry-After. A refusal is raised last: the delivery is
+    # then rescheduled, which a sibling's failure must not hide.
     finished = await asyncio.gather(
         *(
             _send_stream(rt, stream, stream_rows, blob.content_id, message_id, result, deadline)
@@ -275,11 +277,8 @@ async def _download_and_send(
         return_exceptions=True,
     )
     failures = [f for f in finished if isinstance(f, BaseException)]
-    for failure in failures:
-        if not isinstance(failure, IngestionRefusedError):
-            raise failure
     if failures:
-        raise failures[0]
+        raise min(failures, key=lambda f: (isinstance(f, IngestionRefusedError), isinstance(f, BlobBusyError)))
     result.content_lag_seconds = time.time() - blob.content_created.timestamp()
     log.info(
         "Content %s (BlobRef %s): %d records, %d alerts, rows sent %s, %d duplicates dropped (attempt %d)",

@@ -466,6 +466,8 @@ def function_timeout_override(value: str) -> None:
             seconds = float("inf")
         else:
             raise SettingsError(TIMEOUT_SETTING, "is not a timespan (hh:mm:ss or hh:mm)") from None
+    if seconds < 1:  # "0" (a bare number is days), taken for "unlimited": no invocation could do anything
+        raise SettingsError(TIMEOUT_SETTING, "must be at least 00:00:01")
     if seconds > FUNCTION_TIMEOUT.total_seconds():
         raise SettingsError(
             TIMEOUT_SETTING,

@@ -116,8 +116,8 @@ def process_lines(doc: dict[str, Any], poison_queue: str) -> list[str]:
                      "see (--max, or the function app took it): run `process` again")  # fmt: skip
     if doc.get("rescheduled"):
         lines.append(f"{doc['rescheduled']} message(s) put back for later and stopped: Logs Ingestion refuses the "
-                     "rows, or the Management API asked for a long wait (the lines above say which); run `process` "
-                     "again once that is over")  # fmt: skip
+                     "rows, the Management API asked for a long wait, or another delivery holds its records (the lines "
+                     "above say which); run `process` again once that is over")  # fmt: skip
     elif doc.get("not_visible"):
         lines.append(f"{doc['not_visible']} message(s) left are not visible yet (put off for later, or being processed "
                      "by the function app or an earlier run): they come back by themselves; run `process` again "

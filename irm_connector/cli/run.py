@@ -180,7 +180,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     if outcomes["rescheduled"]:
         text += (f"\n{outcomes['rescheduled']} time(s) a message was put back for later: Logs Ingestion refused or "
-                 "throttled its rows, or the Management API asked for a wait (the log lines say which)")  # fmt: skip
+                 "throttled its rows, the Management API asked for a wait, or another delivery held its records (the "
+                 "log lines say which)")  # fmt: skip
     if stats.awaiting_retry:
         # Put back on the queue after a failed delivery, with a retry not yet due: not lost, but not sent either,
         # and a stop that says only "processed" reads as all done.

@@ -117,6 +117,7 @@ def test_secret_is_not_in_repr() -> None:
         # named in another case, as the host's configuration takes it: checked all the same
         ({"AzureFunctionsJobHost__FunctionTimeout": "00:30:00"}, "AzureFunctionsJobHost__functionTimeout"),
         ({"AzureFunctionsJobHost__functionTimeout": "1"}, "AzureFunctionsJobHost__functionTimeout"),  # a day
+        ({"AzureFunctionsJobHost__functionTimeout": "0"}, "AzureFunctionsJobHost__functionTimeout"),  # no time at all
         # these used to pass and fail every connection later, as an "unexpected" error naming no setting
         ({"O365_API_ROOT": "https://manage.office.com:abc"}, "O365_API_ROOT"),
         # no host, or a space in it: a bare "Invalid URL" when the first client was built
