@@ -111,48 +111,33 @@ async def test_an_expired_claim_is_taken_over(make_claims: MakeClaims) -> None:
     assert _ids(waiting.mine) == _ids(rows) and waiting.taken_over == 20
 
 
-async def test_a_redelivery_does_not_carry_on_its_own_claim_so_near_its_end_that_it_is_taken_over_meanwhile(
-    make_claims: MakeClaims, proxy: StorageProxy
+@pytest.mark.parametrize(
+    ("life_gone", "write_held"),
+    [(7.2, 2.3), (4.5, 5.0)],
+    ids=["read-near-its-end", "write-landing-after-its-end"],
+)
+async def test_a_redelivery_s_claim_carried_on_is_not_kept_beside_a_takeover_made_before_its_write(
+    make_claims: MakeClaims, proxy: StorageProxy, life_gone: float, write_held: float
 ) -> None:
-    """An attempt claims and dies; the host delivers the message again just before the claim expires. Had the
-    redelivery carried the claim on with its old rank, a delivery of another blob taking the records over
-    between the redelivery's read and its write would never see that write, and both would keep them."""
+    """An attempt claims and dies; the host delivers the message again, and a delivery of another blob takes the
+    records over between the redelivery's read and its write, never seeing that write. Carried on with its old
+    rank, the redelivery's claim beat the takeover, and both sent the records: read with less than a quarter of
+    its life left, it is not carried on; read with more, but written after its end (a write stalled for minutes),
+    it ranks as a claim made then."""
     ttl = timedelta(seconds=8)  # carried on only while 2 s of it are left
     dead, again, other = make_claims(ttl=ttl), make_claims(ttl=ttl, via=proxy), make_claims(ttl=ttl)
     rows = _rows(range(10))
     await dead.claim_records(STREAM, rows, "blob-x", "message-1")  # and never marks or releases
-    await asyncio.sleep(7.2)  # the Date has one-second resolution: over 6 s of the claim's life gone, under 8
+    await asyncio.sleep(life_gone)  # the Date has one-second resolution: 7.2 s, over 6 s gone; 4.5 s, under 6
     written = proxy.hold("table.write", path="rec", body=r'"S": ?"p"')
     redelivered = asyncio.create_task(again.claim_records(STREAM, rows, "blob-x", "message-1"))
     await _arrived(written)
-    await asyncio.sleep(2.3)  # the claim has expired
+    await asyncio.sleep(write_held)  # the claim has expired
     taken = await other.claim_records(STREAM, rows, "blob-y")
     assert _ids(taken.mine) == _ids(rows) and taken.taken_over == 10
     written.release(forward=True)
     raced = await redelivered
     assert raced.mine == [] and _ids(raced.held) == _ids(rows)
-
-async def test_a_carried_claim_whose_rewrite_lands_after_it_expired_does_not_keep_its_old_rank(
-    make_claims: MakeClaims, proxy: StorageProxy
-) -> None:
-    """A redelivery reads its own claim with enough life left to carry it on, but its write stalls (storage
-    retries, a hung connection) past the claim's end, and a delivery of another blob takes the records over
-    meanwhile. With the old rank the late write beat the takeover, and both sent the records."""
-    ttl = timedelta(seconds=8)  # carried on while 2 s of it are left
-    dead, again, other = make_claims(ttl=ttl), make_claims(ttl=ttl, via=proxy), make_claims(ttl=ttl)
-    rows = _rows(range(10))
-    await dead.claim_records(STREAM, rows, "blob-x", "message-1")  # and never marks or releases
-    await asyncio.sleep(4.5)  # about 3.5 s of the claim left (the Date has one-second resolution): carried on
-    written = proxy.hold("table.write", path="rec", body=r'"S": ?"p"')
-    redelivered = asyncio.create_task(again.claim_records(STREAM, rows, "blob-x", "message-1"))
-    await _arrived(written)
-    await asyncio.sleep(5.0)  # the claim has expired
-    taken = await other.claim_records(STREAM, rows, "blob-y")
-    assert _ids(taken.mine) == _ids(rows) and taken.taken_over == 10
-    written.release(forward=True)
-    raced = await redelivered
-    assert _ids(raced.mine) & _ids(taken.mine) == set()
-    assert _ids(raced.held) == _ids(rows)
 
 
 async def test_a_live_claim_is_not_taken_over_whatever_the_local_clock_says(
