@@ -359,7 +359,7 @@ class IngestionStandIn(ServiceStandIn):
         return rows
 
     def _accept_raw(self, raw: bytes, gzipped: bool, limit: int, stat: dict[str, Any]) -> list[dict[str, Any]]:
-        body = zlib.decompress(raw, wbits=16 + zlib.MAX_WBITS) if gzipped else raw
+        body = self._inflate(raw, limit) if gzipped else raw
         stat["uncompressed_bytes"] = len(body)
         if len(body) > limit:
             raise ApiError(413, "ContentLengthLimitExceeded", f"Maximum allowed content length: {limit} bytes.")
@@ -368,13 +368,13 @@ class IngestionStandIn(ServiceStandIn):
         return rows
 
     @staticmethod
-    def _inflate(raw: bytes) -> bytes:
+    def _inflate(raw: bytes, limit: int = MAX_BODY) -> bytes:
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         try:
-            body = inflater.decompress(raw, MAX_BODY + 1)
+            body = inflater.decompress(raw, limit + 1)
         except zlib.error as exc:
             raise ApiError(400, "InvalidContent", f"The gzip body could not be decompressed: {exc}.") from exc
-        if len(body) > MAX_BODY:
+        if len(body) > limit:
             # Keep going (capped) only to report a size; a zip bomb stops at 64 MiB.
             rest = inflater.decompress(inflater.unconsumed_tail, CLIENT_MAX_SIZE)
             body += rest
