@@ -74,10 +74,18 @@ class RefusalStore:
     async def record(self, dcr: str, stream: str, status: int, code: str, *, probe_after: float) -> Refusal:
         """Note that ``stream`` was refused just now; the refusal keeps its first ``Since``."""
         now = datetime.now(UTC)
-        known = (await self.current(dcr, fresh=True)).get(stream)
-        since = known.since if known is not None else now
-        entity = _entity(dcr, Refusal(stream, status, code, since, now + timedelta(seconds=probe_after)))
-        await self._tables.upsert(self._name, entity)  # a table deleted under this process is created again
+        for _ in range(3):
+            known = (await self.current(dcr, fresh=True)).get(stream)
+            since = known.since if known is not None else now
+            entity = _entity(dcr, Refusal(stream, status, code, since, now + timedelta(seconds=probe_after)))
+            # Only over the row read: cleared meanwhile (accepted again), its Since dated the new refusal from
+            # before the clear, and the patience it is given (refusals.PATIENCE) ended early. Another instance
+            # writing first (its own refusal, a probe) is read again; after three, the refusal is on record anyway.
+            etag = known.etag if known is not None else None
+            if await self._tables.write_unless_changed(
+                self._name, entity, etag, what=f"to table {self._name}", gone_is_change=True
+            ) is not None:
+                break
         return (await self.current(dcr, fresh=True)).get(stream) or _refusal(entity, None)
 
     async def take_probe(self, dcr: str, refusal: Refusal, *, probe_after: float) -> bool:
