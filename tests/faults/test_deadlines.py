@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -403,52 +402,3 @@ async def test_a_throttled_delivery_whose_release_used_the_margin_is_still_put_o
     assert await connector.queue_length() == 2  # the one handed over (the host's would be gone), and the put-off one
     await connector.process(message)  # as when the put-off one comes back
     assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
-
-
-@pytest.mark.parametrize("throttled", [False, True], ids=["alone", "beside-a-throttled-stream"])
-async def test_a_message_waiting_out_its_time_for_another_delivery_s_records_is_put_off_not_parked(
-    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, throttled: bool
-) -> None:
-    """A delivery waits for records another delivery holds, up to 4 minutes or what its invocation allows. Failed
-    to the host after each wait, the waits spent the message's five tries: with functionTimeout shortened, they
-    ended long before a crashed delivery's claim does (12 minutes), and the message was parked. It is put off a
-    minute instead, its tries spared, until the claim is sent, given up or expired. Beside the audit stream
-    throttled for 10 minutes, it comes back when Logs Ingestion asked, not in a minute."""
-    from irm_connector.models import Row
-
-    sim = connector.standins
-    connector.set(**{TIMEOUT_SETTING: "00:00:15"})
-    if throttled:
-        connector.set(LOGS_AUDIT_STREAM=AUDIT)
-        sim.ingestion.add_fault("ingest", "status", count=1, status=429, retry_after=600)
-    created = datetime.now(UTC) - timedelta(hours=1)
-    records = [
-        {"Id": f"held-{i}", "RecordType": 40, "CreationTime": f"{created:%Y-%m-%dT%H:%M:%S}", "Operation":
-         "AlertTriggered", "Category": "InsiderRiskManagement", "Name": "IRM policy", "Severity": "High",
-         "Status": "Active", "AlertId": f"alert-{i}", "Workload": "SecurityComplianceCenter", "Data": "{}"}
-        for i in range(5)
-    ]  # fmt: skip
-    content_id = sim.management.add_blob("Audit.General", records, content_created=created)
-    # A delivery of another blob with these records claimed them, and its process died: the claim lives on.
-    rt = await get_runtime(Settings.from_env())
-    dead = await rt.state.claims.claim_records(
-        ALERTS, [Row(f"held-{i}", f"{created:%Y%m%d%H}", b"{}") for i in range(5)], "another-blob", "its-message"
-    )
-    assert len(dead.mine) == 5
-    message = json.dumps({
-        "v": 1, "tenantId": sim.tenant_id, "contentType": "Audit.General", "contentId": content_id,
-        "contentUri": sim.management.content_uri(content_id), "contentCreated": created.isoformat(),
-        "contentExpiration": (created + timedelta(days=7)).isoformat(),
-    })  # fmt: skip
-    # Its last try: failed to the host, it would be parked now. It completes instead, the message back later.
-    with caplog.at_level(logging.WARNING, logger="irm_connector"):
-        await connector.process(message, dequeue_count=5)
-    [put_off] = [r.getMessage() for r in caplog.records if "put off for" in r.getMessage()]
-    assert f"put off for {600 if throttled else 60} s" in put_off
-    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
-    assert await connector.queue_length(connector.queue_name + "-poison") == 0
-    assert connector.rows(ALERTS) == []  # nothing sent while the other delivery's claim holds them
-    await rt.state.claims.release(dead)  # given up (or expired) meanwhile
-    sim.ingestion.clear_faults()
-    await connector.process(message)  # as when it shows up again
-    assert sorted(r["RecordId"] for r in connector.rows(ALERTS)) == [f"held-{i}" for i in range(5)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,10 @@ from typing import Any
 
 import pytest
 
-from irm_connector.runtime import close_runtimes
+from irm_connector.deadline import TIMEOUT_SETTING
+from irm_connector.models import Row
+from irm_connector.runtime import close_runtimes, get_runtime
+from irm_connector.settings import Settings
 from irm_connector.state.claims import CLAIM_TTL
 from standins.storage_proxy import Hold, StorageProxy
 from tests.clock import skew_local_clock
@@ -25,6 +29,7 @@ from tests.faults import report
 from tests.harness import ConnectorHarness
 
 ALERTS = "Custom-IRMAlerts"
+AUDIT = "Custom-O365Audit"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -329,6 +334,43 @@ async def test_the_same_record_without_creation_time_in_two_blobs(connector: Con
         "sent once: the row shows the blob's contentCreated, but the dedupe key's place does not depend on "
         "the blob", "delivered once" if not duplicates else "delivered twice", lost, duplicates))  # fmt: skip
     assert (lost, duplicates) == (0, 0)
+
+
+@pytest.mark.parametrize("throttled", [False, True], ids=["alone", "beside-a-throttled-stream"])
+async def test_a_message_waiting_out_its_time_for_another_delivery_s_records_is_put_off_not_parked(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, throttled: bool
+) -> None:
+    """A delivery waits for records another delivery holds, up to 4 minutes or what its invocation allows. Failed
+    to the host after each wait, the waits spent the message's five tries: with functionTimeout shortened, they
+    ended long before a crashed delivery's claim does (12 minutes), and the message was parked. It is put off a
+    minute instead, its tries spared, until the claim is sent, given up or expired. Beside the audit stream
+    throttled for 10 minutes, it comes back when Logs Ingestion asked, not in a minute."""
+    sim = connector.standins
+    connector.set(**{TIMEOUT_SETTING: "00:00:15"})
+    if throttled:
+        connector.set(LOGS_AUDIT_STREAM=AUDIT)
+        sim.ingestion.add_fault("ingest", "status", count=1, status=429, retry_after=600)
+    created = datetime.now(UTC) - timedelta(hours=1)
+    records = _alerts("held", 5, created)
+    message = _publish(connector, records, created)
+    # A delivery of another blob with these records claimed them, and its process died: the claim lives on.
+    rt = await get_runtime(Settings.from_env())
+    dead = await rt.state.claims.claim_records(
+        ALERTS, [Row(r["Id"], f"{created:%Y%m%d%H}", b"{}") for r in records], "another-blob", "its-message"
+    )
+    assert len(dead.mine) == 5
+    # Its last try: failed to the host, it would be parked now. It completes instead, the message back later.
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        await connector.process(message, dequeue_count=5)
+    [put_off] = [r.getMessage() for r in caplog.records if "put off for" in r.getMessage()]
+    assert f"put off for {600 if throttled else 60} s" in put_off
+    assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
+    assert await connector.queue_length(connector.queue_name + "-poison") == 0
+    assert connector.rows(ALERTS) == []  # nothing sent while the other delivery's claim holds them
+    await rt.state.claims.release(dead)  # given up (or expired) meanwhile
+    sim.ingestion.clear_faults()
+    await connector.process(message)  # as when it shows up again
+    assert sorted(r["RecordId"] for r in connector.rows(ALERTS)) == [r["Id"] for r in records]
 
 
 # -- 12.5: claim expiry judged by the storage service's clock, with a margin ------------------------------
