@@ -106,15 +106,15 @@ async def _process(
         return await _reschedule(rt, message, exc, result, dims)
     except IngestionThrottledError as exc:
         # Its rows accepted so far are marked sent and the rest released: the put-off delivery sends the rest.
-        return await _put_off(rt, message, exc, result, dims, "Logs Ingestion")
+        return await _put_off(rt, message, exc, result, dims, service="Logs Ingestion")
     except TransientApiError as exc:
         if exc.retry_after is None and not exc.throttled:
             raise  # not throttled, with no wait named: the host's retries, then the poison queue
-        return await _put_off(rt, message, exc, result, dims, "the Management API")
+        return await _put_off(rt, message, exc, result, dims, service="the Management API")
     except BlobBusyError as exc:
         # Failed to the host, each wait spent one of the message's tries: with functionTimeout shortened, five
         # waits ended before a crashed delivery's claim did (CLAIM_TTL), and the message was parked.
-        return await _put_off(rt, message, exc, result, dims, "", wait=HELD_PUT_OFF,
+        return await _put_off(rt, message, exc, result, dims, wait=HELD_PUT_OFF,
                               why="as another delivery still holds some of its records")  # fmt: skip
     except (SubscriptionMissingError, OperatorActionError) as exc:
         # The subscription went (stopped, or disabled by an administrator) after the blob was listed: its content
@@ -122,7 +122,7 @@ async def _process(
         # was parked within minutes; put off, it comes back after the poller's next start.
         if isinstance(exc, OperatorActionError) and exc.code != "AF20023":
             raise
-        return await _put_off(rt, message, exc, result, dims, "the Management API", wait=SUBSCRIPTION_PUT_OFF,
+        return await _put_off(rt, message, exc, result, dims, wait=SUBSCRIPTION_PUT_OFF,
                               why="as its subscription is off until started again")  # fmt: skip
     finally:
         hold.release()
@@ -154,8 +154,8 @@ async def _put_off(
     error: TransientApiError | IngestionThrottledError | SubscriptionMissingError | OperatorActionError | BlobBusyError,
     result: ProcessResult,
     dims: dict[str, str],
-    service: str,
     *,
+    service: str = "",
     wait: int | None = None,
     why: str | None = None,
 ) -> ProcessResult:
@@ -165,7 +165,8 @@ async def _put_off(
     poison queue (the host's retries, 30 s apart, spend five attempts in two minutes of a catch-up's throttling).
     At most :data:`~.api_answers.MAX_RETRY_AFTER`, and back before its blob expires: a longer wait (a proxy's, a
     date gone wrong) would bring it back to an answer of AF20051, its records lost. ``wait`` and ``why``: another
-    reason to come back later (a subscription that is off, records another delivery holds), and how long.
+    reason to come back later (a subscription that is off, records another delivery holds), and how long;
+    ``service``, the one that throttled, is named only when ``why`` is not.
 
     Put off :data:`THROTTLED_PUT_OFFS` times already, ``error`` is raised instead: the host's retries, then the
     poison queue (a PoisonDepth alert, and `poison requeue` once it is over), rather than putting it off until its
