@@ -6,12 +6,14 @@ normalizer and the ingestor all build on these types instead of on each other.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 __all__ = [
+    "ALERT_CATEGORY_NAMES",
     "LOST_OUTCOMES",
     "ContentBlob",
     "ContentTypeReport",
@@ -19,11 +21,27 @@ __all__ = [
     "PollReport",
     "ProcessResult",
     "Row",
+    "alert_category",
     "parse_api_time",
     "parse_http_date",
     "parse_utc",
     "utc_text",
 ]
+
+#: The ``Category`` values of RecordType 40 alerts, as the records spell them.
+ALERT_CATEGORY_NAMES = (
+    "AccessGovernance", "DataGovernance", "DataLossPrevention", "InsiderRiskManagement", "MailFlow",
+    "ThreatManagement", "Other",
+)  # fmt: skip
+_CATEGORY_BY_KEY = {name.lower(): name for name in ALERT_CATEGORY_NAMES}
+_CATEGORY_NOISE = re.compile(r"[\s_-]+")
+
+
+def alert_category(text: str) -> str | None:
+    """The known alert category ``text`` names, in any case and with or without spaces, ``_`` or ``-``
+    (``insider risk management`` is the portal's wording): ``ALERT_CATEGORIES`` and the records are read
+    alike. None for no known one."""
+    return _CATEGORY_BY_KEY.get(_CATEGORY_NOISE.sub("", text).lower())
 
 
 def parse_api_time(text: str) -> datetime:

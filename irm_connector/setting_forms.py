@@ -20,6 +20,7 @@ from yarl import URL
 
 from .deadline import FUNCTION_TIMEOUT, TIMEOUT_SETTING, parse_timespan
 from .errors import SettingsError
+from .models import ALERT_CATEGORY_NAMES, alert_category
 
 __all__ = [
     "CLOUDS",
@@ -271,14 +272,6 @@ def queue_name(name: str) -> str:
     return name
 
 
-#: The ``Category`` values of RecordType 40 alerts, as the records spell them (records are matched exactly).
-ALERT_CATEGORY_NAMES = (
-    "AccessGovernance", "DataGovernance", "DataLossPrevention", "InsiderRiskManagement", "MailFlow",
-    "ThreatManagement", "Other",
-)  # fmt: skip
-_CATEGORY_BY_KEY = {name.lower(): name for name in ALERT_CATEGORY_NAMES}
-
-
 def alert_categories(value: str) -> frozenset[str]:
     """The categories named, spelt as the records spell them: ``insider risk management`` is the portal's
     wording, and a name no record carries would route nothing, silently."""
@@ -289,7 +282,7 @@ def alert_categories(value: str) -> frozenset[str]:
         if given == "*":
             categories.add(given)
             continue
-        name = _CATEGORY_BY_KEY.get(re.sub(r"[\s_-]+", "", given).lower())
+        name = alert_category(given)
         if name is None:
             raise SettingsError(
                 "ALERT_CATEGORIES",

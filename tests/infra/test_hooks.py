@@ -18,6 +18,7 @@ import pytest
 
 from irm_connector import setting_forms as forms
 from irm_connector.errors import SettingsError
+from irm_connector.models import ALERT_CATEGORY_NAMES
 
 from .conftest import REPO_ROOT
 
@@ -136,7 +137,7 @@ _VALUES = [
     ("O365_CONTENT_TYPES", "Audit.Genral"),
     ("O365_CONTENT_TYPES", "Audit.General;Audit.Exchange"),
     ("O365_CONTENT_TYPES", " , "),
-    *[("ALERT_CATEGORIES", name) for name in forms.ALERT_CATEGORY_NAMES],
+    *[("ALERT_CATEGORIES", name) for name in ALERT_CATEGORY_NAMES],
     ("ALERT_CATEGORIES", "Insider risk management, data_loss-prevention"),
     ("ALERT_CATEGORIES", "*"),
     ("ALERT_CATEGORIES", "InsiderRisk"),

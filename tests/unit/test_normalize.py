@@ -653,3 +653,22 @@ def test_records_nested_deeper_than_the_writers_go_keep_their_deep_part() -> Non
     assert out.duplicates_in_blob == 0 and len(audit) == 2
     written = sorted(json.dumps(row["Record"]) for row in audit)
     assert '\\"first\\"' in written[0] and '\\"second\\"' in written[1], [w[-200:] for w in written]
+
+
+def test_an_alert_category_spelt_otherwise_is_routed_and_an_unknown_one_is_counted() -> None:
+    records = [
+        irm_alert(Id="1", Category="insider risk management"),
+        irm_alert(Id="2", Category="Insider_Risk_Management"),
+        irm_alert(Id="3", Category="RiskyAI"),
+        irm_alert(Id="4", Category=["InsiderRiskManagement"]),
+        irm_alert(Id="5", Category="ThreatManagement"),
+    ]
+    out = normalize_blob(records, REF, ALERTS, sent_at=SENT)
+    assert [r["RecordId"] for r in rows(out)] == ["1", "2"]
+    assert out.problems == {
+        "alert Category spelt otherwise (read as the known name)": 2,
+        "alert with no known Category (sent as an alert only with ALERT_CATEGORIES=*)": 2,
+    }
+    everything = Routing("Custom-IRMAlerts", alert_categories=frozenset({"*"}))
+    out = normalize_blob(records, REF, everything, sent_at=SENT)
+    assert [r["RecordId"] for r in rows(out)] == ["1", "2", "3", "4", "5"]
