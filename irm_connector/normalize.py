@@ -93,7 +93,7 @@ class Routing:
         if known is None:
             problems["alert with no known Category (sent as an alert only with ALERT_CATEGORIES=*)"] += 1
             return "*" in self.alert_categories
-        problems["alert Category spelt otherwise (read as the known name)"] += 1
+        problems["alert Category spelt otherwise (the known name written)"] += 1
         return "*" in self.alert_categories or known in self.alert_categories
 
 
@@ -281,6 +281,10 @@ def _alert_row(
         value = _text(record.get(name))
         if value is not None:
             row[name] = value
+    category = row.get("Category")
+    if category is not None and category not in _KNOWN_CATEGORIES:
+        # spelt otherwise (counted by Routing.is_alert): the name the workbook and analytics rules filter on
+        row["Category"] = alert_category(category) or category
     row["RecordType"] = record_type
     data = _parse_data(record.get("Data"), problems)
     row["UserPrincipalName"] = extract_upn(data)
