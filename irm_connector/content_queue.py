@@ -20,7 +20,7 @@ from azure.storage.queue.aio import QueueClient
 from ._bounded import within
 from .errors import BadMessageError, StateError, storage_error_code
 from .errors import storage_reason as reason
-from .models import ContentBlob, parse_api_time, utc_text
+from .models import KNOWN_CONTENT_TYPES, ContentBlob, parse_api_time, utc_text
 
 __all__ = [
     "MAX_DELAY",
@@ -91,6 +91,10 @@ class ContentMessage:
         missing = [k for k in _REQUIRED if not isinstance(data.get(k), str) or not data.get(k)]
         if missing:
             raise BadMessageError(f"message lacks {', '.join(missing)}")
+        if data["contentType"] not in KNOWN_CONTENT_TYPES:
+            # Not from the poller, which queues only these: its value (unbounded, perhaps a record's) would have
+            # reached the rows' ContentType, the logs and the failures table. Not shown: `poison list` shows it.
+            raise BadMessageError(f"message's contentType is not one of {', '.join(KNOWN_CONTENT_TYPES)}")
         try:
             blob = ContentBlob.from_api(data)
         except ValueError:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ALERT_CATEGORY_NAMES",
+    "KNOWN_CONTENT_TYPES",
     "LOST_OUTCOMES",
     "ContentBlob",
     "ContentTypeReport",
@@ -28,6 +29,14 @@ __all__ = [
     "utc_text",
 ]
 
+#: The Management API's content types, as it spells them.
+KNOWN_CONTENT_TYPES = (
+    "Audit.AzureActiveDirectory",
+    "Audit.Exchange",
+    "Audit.SharePoint",
+    "Audit.General",
+    "DLP.All",
+)
 #: The ``Category`` values of RecordType 40 alerts, as the records spell them.
 ALERT_CATEGORY_NAMES = (
     "AccessGovernance", "DataGovernance", "DataLossPrevention", "InsiderRiskManagement", "MailFlow",

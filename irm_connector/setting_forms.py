@@ -20,7 +20,7 @@ from yarl import URL
 
 from .deadline import FUNCTION_TIMEOUT, TIMEOUT_SETTING, parse_timespan
 from .errors import SettingsError
-from .models import ALERT_CATEGORY_NAMES, alert_category
+from .models import ALERT_CATEGORY_NAMES, KNOWN_CONTENT_TYPES, alert_category
 
 __all__ = [
     "CLOUDS",
@@ -67,14 +67,6 @@ CLOUDS: dict[str, Cloud] = {
     "GCCHigh": Cloud("manage.office365.us", "login.microsoftonline.us"),
     "DoD": Cloud("manage.protection.apps.mil", "login.microsoftonline.us"),
 }
-
-KNOWN_CONTENT_TYPES = (
-    "Audit.AzureActiveDirectory",
-    "Audit.Exchange",
-    "Audit.SharePoint",
-    "Audit.General",
-    "DLP.All",
-)
 
 _DURATION = re.compile(r"(\d+)\s*([dhms])", re.IGNORECASE)
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}

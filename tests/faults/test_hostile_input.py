@@ -203,6 +203,11 @@ MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str, str]] = [
         '"contentExpiration": "', '"contentExpiration": "9999-12-31T23:59:59-01:00", "was": "'),
      "refused: names the unreadable time (its UTC instant overflows)",
      "unreadable contentCreated or contentExpiration"),
+    ("a contentType no feed has", lambda sim: _message(
+        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1").replace(
+        '"contentType": "Audit.General"', '"contentType": "alice@contoso.com' + "x" * 40_000 + '"'),
+     "refused before any request: the value is not shown (it would have filled the rows' ContentType)",
+     "contentType is not one of Audit.AzureActiveDirectory"),
     ("message for another tenant", lambda sim: _message(
         sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1", "00000000-0000-0000-0000-000000000001"),
      "refused: not for O365_TENANT_ID", "another tenant than O365_TENANT_ID"),
