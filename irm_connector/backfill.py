@@ -51,8 +51,9 @@ async def backfill(
     plan_backfill(start, end, now or await service_now(rt, content_types[0]))
     report = PollReport() if report is None else report
     causes: dict[str, ConnectorError] = {}
-    # Throttling is counted per tenant: a long Retry-After one content type met holds for the others too.
-    paused_until: datetime | None = None
+    # Throttling is counted per tenant: a long Retry-After one content type met holds for the others too, the
+    # poller's (recorded on the state of the content type it met it for) as well as this backfill's.
+    paused_until = None if now else await _recorded_pause(rt, (*rt.settings.content_types, *content_types))
     for content_type in content_types:
         ct_report = ContentTypeReport(content_type)
         report.content_types.append(ct_report)
@@ -103,6 +104,13 @@ async def backfill(
     if report.errors:
         raise PollError("backfill failed for " + "; ".join(report.errors), report, causes)
     return report
+
+
+async def _recorded_pause(rt: Runtime, content_types: tuple[str, ...]) -> datetime | None:
+    """The latest Retry-After the poller recorded for any of ``content_types``, if still ahead (by the storage
+    service's time): read for the one backfilled alone, the poller's wait on another was spent on new requests."""
+    states = [await rt.state.watermarks.get_state(rt.settings.tenant_id, ct) for ct in dict.fromkeys(content_types)]
+    return max(filter(None, (state.throttled() for state in states)), default=None)
 
 
 def _hold_back(content_type: str, moment: datetime, until: datetime | None) -> None:

@@ -180,7 +180,10 @@ class SubscriptionMissingError(ManagementApiError):
 class InvalidWindowError(ManagementApiError):
     """AF20030 / AF20055: the listing window was refused (clock skew or the 7-day limit)."""
 
-    hint = "the poller re-plans the window on its next run; check the machine clock if this repeats"
+    hint = (
+        "the poller re-plans the window on its next run (a backfill: run it again); check the machine clock if "
+        "this repeats"
+    )
 
 
 class InvalidPageError(ManagementApiError):

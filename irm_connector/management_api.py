@@ -365,7 +365,7 @@ class ManagementActivityClient:
             unreachable.__cause__ = exc
             return _Retry(unreachable)
         if call.operation == "list":
-            # A refusal's Date counts too: a backfill planned by a clock running slow re-plans by it.
+            # A refusal's Date counts too: the poller's next windows end at the API's time, not at a fast clock's.
             answered = parse_http_date(headers.get("Date"))
             if answered is not None:
                 self._answered[call.content_type] = answered

@@ -177,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
         "watermark and lease are not touched. The API keeps content for 7 days.",
     )
     p.add_argument("--since", metavar="DURATION", help="from this long ago until now, e.g. 3d or 12h")
-    p.add_argument("--start", metavar="TIME", help="start of the range (UTC), e.g. 2026-06-01T00:00Z")
-    p.add_argument("--end", metavar="TIME", help="end of the range (UTC; default now)")
+    p.add_argument(
+        "--start", metavar="TIME", help="start of the range (UTC), e.g. 2026-06-01T00:00Z; listed from a minute before"
+    )
+    p.add_argument("--end", metavar="TIME", help="end of the range (UTC; default now), left out as the API's endTime")
     p.add_argument("--content-type", action="append", metavar="TYPE", help="only this content type (repeatable)")
     p.add_argument("--no-process", action="store_true", help="only queue; leave processing to the function app")
     p.add_argument(
