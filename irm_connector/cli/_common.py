@@ -299,6 +299,8 @@ async def storage(settings: Settings) -> AsyncIterator[Storage]:
 
 #: The handlers of each signal on the running loop, innermost last (see :func:`signal_handler`).
 _signal_handlers: dict[signal.Signals, list[Callable[[], None]]] = {}
+#: Each signal's Python handler from before the loop's first: the loop's removal of its last sets the default.
+_handlers_before: dict[signal.Signals, Any] = {}
 
 
 @contextmanager
@@ -308,12 +310,15 @@ def signal_handler(sig: signal.Signals, callback: Callable[[], None]) -> Iterato
     command's stop still had its last requests to make. Yields whether signals can be handled here at all (not on
     Windows, nor off the main thread)."""
     loop = asyncio.get_running_loop()
+    stack = _signal_handlers.setdefault(sig, [])
+    before = signal.getsignal(sig) if not stack else None
     try:
         loop.add_signal_handler(sig, callback)
     except (NotImplementedError, RuntimeError):
         yield False
         return
-    stack = _signal_handlers.setdefault(sig, [])
+    if not stack:
+        _handlers_before[sig] = before
     stack.append(callback)
     try:
         yield True
@@ -323,6 +328,11 @@ def signal_handler(sig: signal.Signals, callback: Callable[[], None]) -> Iterato
             loop.add_signal_handler(sig, stack[-1])
         else:
             loop.remove_signal_handler(sig)
+            # The one before the command's, not the default: in a process that started Azurite (the tests), its
+            # handler stops the emulator on SIGTERM, and the default left it running, holding its ports.
+            previous = _handlers_before.pop(sig, None)
+            if previous is not None:
+                signal.signal(sig, previous)
 
 
 class GracefulStop:

@@ -50,8 +50,24 @@ def test_restart_keeps_data_and_close_leaves_nothing(tmp_path: Path) -> None:
     assert not any(port_open(p) for p in ports)
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
-def test_a_python_stopped_by_sigterm_or_sighup_leaves_no_emulator(tmp_path: Path, signame: str) -> None:
+#: A command of the CLI run in the same process before the signal, as tests/cli run them: its SIGTERM handler on
+#: the event loop, once removed, set the default back over the emulator's stop, and Azurite outlived the tests.
+_A_COMMAND_RAN = (
+    "import asyncio, signal\n"
+    "from irm_connector.cli._common import signal_handler\n"
+    "async def command():\n"
+    "    with signal_handler(signal.SIGTERM, lambda: None):\n"
+    "        await asyncio.sleep(0)\n"
+    "asyncio.run(command())\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("signame", "before"),
+    [("SIGTERM", ""), ("SIGHUP", ""), ("SIGTERM", _A_COMMAND_RAN)],
+    ids=["SIGTERM", "SIGHUP", "SIGTERM after a command ran"],
+)
+def test_a_python_stopped_by_sigterm_or_sighup_leaves_no_emulator(tmp_path: Path, signame: str, before: str) -> None:
     """SIGTERM (CI's timeout, ``kill``) and SIGHUP (a closed terminal) end Python without its atexit hooks, and the
     emulator, in a session of its own, gets neither: it goes with Python all the same."""
     import signal
@@ -63,6 +79,7 @@ def test_a_python_stopped_by_sigterm_or_sighup_leaves_no_emulator(tmp_path: Path
         "import sys, time\n"
         "from standins import Azurite\n"
         f"azurite = Azurite({str(tmp_path / 'azurite')!r}).start()\n"
+        f"{before}"
         "print(azurite.pid, azurite.table_port, flush=True)\n"
         "time.sleep(120)\n"
     )
