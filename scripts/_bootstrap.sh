@@ -27,7 +27,10 @@ command -v node >/dev/null || die "Node.js 20 or newer is required (for Azurite)
 node -e 'process.exit(parseInt(process.versions.node) < 20 ? 1 : 0)' || die "Node.js 20 or newer is required ($(node --version))"
 command -v npm >/dev/null || die "npm is required (it comes with Node.js)"
 
-stamp() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
+stamp() {  # a missing file ended the script with status 1 and no word (pipefail): named instead
+  local file; for file in "$@"; do [[ -f $file ]] || die "$file is missing from the checkout: clone it again"; done
+  cat "$@" | sha256sum | cut -c1-16
+}
 
 # run_child and run_installer: a command as this script's child, ended with it.
 source "$ROOT/scripts/_children.sh"

@@ -22,6 +22,7 @@ run_child() {
     status=0
     wait "$child" || status=$?
   done
+  kill -TERM -- "-$child" 2>/dev/null || true  # whatever it left behind in its group (a server it started)
   trap - INT TERM HUP
   return "$status"
 }

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ REFRESH_URL = f"{APP_ID}/config/configreferences/appsettings/refresh?api-version
 
 # A stand-in `az`: records its arguments, answers what the hooks and scripts ask.
 FAKE_AZ = r"""#!/usr/bin/env bash
-printf '%s\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/az.log"
+printf '%s\n' "$(__PYTHON__ -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/az.log"
 # As the Azure CLI on Windows under Git Bash: every line it prints ends in \r\n.
 if [[ "${FAKE_AZ_CRLF:-0}" == 1 ]]; then exec > >(sed 's/$/\r/'); fi
 case "$1 $2" in
@@ -66,7 +68,7 @@ case "$1 $2" in
 esac
 """
 FAKE_AZD = r"""#!/usr/bin/env bash
-printf '%s\n' "$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/azd.log"
+printf '%s\n' "$(__PYTHON__ -c 'import json,sys; print(json.dumps(sys.argv[1:]))' "$@")" >> "$FAKE_DIR/azd.log"
 """
 
 
@@ -75,7 +77,9 @@ def fakes(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("az", FAKE_AZ), ("azd", FAKE_AZD)):
-        (bin_dir / name).write_text(text)
+        # This interpreter by its path: the hooks run with PATH=<fakes>:/usr/bin:/bin, where a python3 installed
+        # elsewhere (/usr/local/bin in the python images, pyenv, uv) is not, and every call was logged empty.
+        (bin_dir / name).write_text(text.replace("__PYTHON__", shlex.quote(sys.executable)))
         (bin_dir / name).chmod(0o755)
     return tmp_path
 
