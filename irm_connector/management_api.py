@@ -369,6 +369,8 @@ class ManagementActivityClient:
             answered = parse_http_date(headers.get("Date"))
             if answered is not None:
                 self._answered[call.content_type] = answered
+            else:  # none to read (a proxy that strips it): an earlier answer's, kept, capped every later watermark
+                self._answered.pop(call.content_type, None)
         if 200 <= status < 300:
             return body, headers
         code, message = error_of(body)

@@ -13,7 +13,8 @@ two listing calls are throttled" and then assert how the client recovered. Kinds
 - ``delay``: sleep ``seconds`` and then answer normally (client timeouts).
 - ``malformed``: 200 with a body that is not JSON.
 - ``truncated``: 200 with the normal JSON body cut in half.
-- ``date``: answer normally with ``Date: <date>`` (a datetime), as a proxy with its clock off would.
+- ``date``: answer normally with ``Date: <date>`` (a datetime), as a proxy with its clock off would; ``None``
+  for a Date no client can read, as from a proxy that strips it (aiohttp sends one whatever the handler sets).
 
 The servers run in a background thread while tests mutate state from the main thread, so
 every piece of mutable state sits behind a lock.
@@ -172,8 +173,8 @@ class ServiceStandIn:
             raise ValueError("a status fault needs status=...")
         if kind == "delay" and "seconds" not in params:
             raise ValueError("a delay fault needs seconds=...")
-        if kind == "date" and not isinstance(params.get("date"), datetime):
-            raise ValueError("a date fault needs date=<datetime>")
+        if kind == "date" and ("date" not in params or not isinstance(params["date"], datetime | None)):
+            raise ValueError("a date fault needs date=<datetime> (or None)")
         with self._lock:
             self._faults.append(Fault(route, kind, count, params))
 
@@ -300,7 +301,8 @@ class ServiceStandIn:
         if fault is not None and fault.kind in {"malformed", "truncated"}:
             response = self._spoil(response, fault.kind)
         if fault is not None and fault.kind == "date":
-            response.headers["Date"] = format_datetime(fault.params["date"].astimezone(UTC), usegmt=True)
+            date = fault.params["date"]
+            response.headers["Date"] = "-" if date is None else format_datetime(date.astimezone(UTC), usegmt=True)
         elif (now := self.service_time()) is not None:
             response.headers["Date"] = format_datetime(now.astimezone(UTC), usegmt=True)
         self._record(route, request, response.status, fault, error_code, started)

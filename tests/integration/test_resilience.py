@@ -932,6 +932,30 @@ async def test_a_run_ends_at_the_first_window_the_api_s_time_cuts_short(connecto
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_listing_answered_without_a_date_does_not_keep_an_earlier_answer_s_time(
+    connector: ConnectorHarness,
+) -> None:
+    """An answer dated 2 hours back (a proxy's clock) caps the watermark there. The next runs' answers carried no
+    Date (a proxy that strips it), and the old one stayed the API's time for the life of the worker: every run
+    capped the watermark at it, and once past 24 hours nothing after it was listed again."""
+    from irm_connector.state.watermarks import PollerState
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    rt = await get_runtime(Settings.from_env())
+    now = datetime.now(UTC).replace(microsecond=0)
+    await rt.state.watermarks.upsert_state(PollerState(sim.tenant_id, "Audit.General", watermark=now - timedelta(minutes=10)))
+    sim.management.add_fault("list", "date", date=now - timedelta(hours=2), count=1)
+    await connector.poll()
+    state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert state.watermark is not None and state.watermark <= now - timedelta(hours=2) + timedelta(seconds=1)
+    sim.management.add_fault("list", "date", date=None, count=1)
+    await connector.poll()
+    assert sim.management.count("list", fault="date") == 2
+    state = await rt.state.watermarks.get_state(sim.tenant_id, "Audit.General")
+    assert state.watermark is not None and state.watermark >= now - timedelta(minutes=1), state.watermark
+
+
 async def test_a_watermark_written_ahead_is_brought_back_with_no_listing_overlap(connector: ConnectorHarness) -> None:
     """A watermark 2 hours ahead (a fast clock wrote it where the listing carried no Date, or a proxy's Date was
     ahead) and ``LISTING_OVERLAP=0``: the run plans no window before it (but the lead's minute before now), so
