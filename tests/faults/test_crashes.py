@@ -209,9 +209,10 @@ async def test_kill_during_a_poison_move(faulty: ConnectorHarness) -> None:
     hold = connector.proxy.hold("queue.delete")  # type: ignore[attr-defined]
     await _kill_when_held(_start_child(connector, "work", "3", "1"), hold)
     in_poison = await connector.queue_length(connector.queue_name + "-poison")
+    on_main = await connector.queue_length()  # the copy whose delete the kill cut off
     connector.standins.ingestion.clear_faults()
     await asyncio.sleep(3.5)  # the killed worker's lock on the message runs out
-    await connector.drain()
+    stats = await connector.drain()
     async with connector.queue_client(connector.queue_name + "-poison") as poison:
         copies = [m.content async for m in poison.receive_messages(max_messages=32)]
     for copy in copies:  # the operator's requeue
@@ -221,7 +222,7 @@ async def test_kill_during_a_poison_move(faulty: ConnectorHarness) -> None:
         "Crashes", "worker", "killed between the poison copy and the delete",
         "the message exists twice (main and poison); processing both sends every row once",
         f"{in_poison} poison copy, message back on the main queue", lost, duplicates))  # fmt: skip
-    assert in_poison == 1
+    assert in_poison == 1 and on_main == 1 and stats.processed == 1
     assert (lost, duplicates) == (0, 0)
 
 

@@ -105,7 +105,8 @@ async def test_a_write_by_another_poller_still_loses_the_lease(
     unanswered = proxy.hold("table.write", path=STATE_PATH, after_answer=True)
     renewal = asyncio.create_task(lease.write())
     try:
-        await asyncio.to_thread(unanswered.arrived.wait, 10)
+        # Not arrived, the other poller would write first and the renewal fail on its stale ETag: this case untried.
+        assert await asyncio.to_thread(unanswered.arrived.wait, 10)
         # The renewal landed unanswered; then another poller writes (as one would that judged the lease over).
         current = await others.get_state(TENANT, CONTENT_TYPE)
         await others.upsert_state(replace(current, lease_owner="another poller"))
