@@ -234,23 +234,28 @@ async def test_azurite_stopped_mid_run_and_started_again(connector: ConnectorHar
                                  tenant_id=sim.tenant_id)  # fmt: skip
     sim.management.set_subscription("Audit.General", "enabled")
     workload.publish(sim.management)
-    sim.ingestion.set_latency(0.3)
+    sim.ingestion.set_latency(1.0)  # every upload outlasts the outage's start: the drain is mid-run when it comes
     await connector.poll()
+    drain = asyncio.ensure_future(connector.drain())
+    caught_mid_run = False
 
     async def outage() -> None:
+        nonlocal caught_mid_run
         await asyncio.sleep(0.5)
         try:
             await asyncio.to_thread(connector.azurite.stop)
+            caught_mid_run = not drain.done()  # else the test passed without an outage to ride out
             await asyncio.sleep(3.0)
         finally:  # the session's Azurite: every later test needs it, whatever became of the drain
             await asyncio.to_thread(connector.azurite.start)
 
     # Both to their end, so the restart has happened whatever the drain did.
-    drained, restarted = await asyncio.gather(connector.drain(), outage(), return_exceptions=True)
+    drained, restarted = await asyncio.gather(drain, outage(), return_exceptions=True)
     for failure in (drained, restarted):
         if isinstance(failure, BaseException):
             raise failure
     assert not isinstance(drained, BaseException)
+    assert caught_mid_run
     stats = drained
     await connector.drain()
     lost, duplicates = _tally(connector, workload)

@@ -393,12 +393,13 @@ async def test_a_throttled_delivery_whose_release_used_the_margin_is_still_put_o
     delivery = asyncio.create_task(connector.process(message))
     while not release.arrived.is_set():
         await asyncio.sleep(0.05)
-    # Answered once the invocation's own time is up (at 18 s), inside the margin.
-    await asyncio.sleep(started + timeout * 0.9 + 0.5 - time.monotonic())
+    # Answered once the invocation's own time is up (at 18 s), inside the margin, early in it: what follows (the
+    # message put back through the proxy) has the rest, on a machine busy with Azurite and the stand-ins.
+    await asyncio.sleep(started + timeout * 0.9 + 0.2 - time.monotonic())
     release.release(forward=True)
     await delivery  # put off: nothing for the host
     sim.ingestion.clear_faults()
-    assert time.monotonic() - started < timeout
+    assert time.monotonic() - started < timeout  # within the invocation: the host would have killed it after
     assert await connector.queue_length() == 2  # the one handed over (the host's would be gone), and the put-off one
     await connector.process(message)  # as when the put-off one comes back
     assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
