@@ -390,7 +390,8 @@ async def test_crash_between_upload_and_commit_resends_never_loses(connector: Co
     workload = _publish(connector, seed=13, records=500, blob_size=(500, 500))
     await connector.poll()
     [message] = await connector.messages()
-    sim.ingestion.add_fault("ingest", "delay", seconds=2.0)
+    # The upload's answer waits until Azurite is down (its stop takes a second or two on a busy machine).
+    sim.ingestion.add_fault("ingest", "delay", seconds=4.0)
     stopper = _on_arrival(sim.ingestion, "ingest", connector.azurite.stop)  # the claims are written by then
     try:
         with pytest.raises(StateError):
