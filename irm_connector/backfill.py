@@ -48,7 +48,7 @@ async def backfill(
     queued (and marked) so far."""
     content_types = content_types or rt.settings.content_types
     # A range the API cannot list at all raises here.
-    plan_backfill(start, end, now or await service_now(rt, content_types[0]))
+    first = plan_backfill(start, end, now or await service_now(rt, content_types[0]))[0].start
     report = PollReport() if report is None else report
     causes: dict[str, ConnectorError] = {}
     # Throttling is counted per tenant: a long Retry-After one content type met holds for the others too, the
@@ -68,6 +68,12 @@ async def backfill(
             _hold_back(content_type, moment, max(filter(None, (throttled_until, paused_until)), default=None))
             # What has left the 7 days since the range was checked is out of reach: the rest is listed.
             windows = plan_backfill(max(start, moment - RETENTION), end, moment)
+            if windows[0].start - first > timedelta(minutes=1):
+                # The range the command's first line names is not all listed for this one: said, not left unseen
+                # (seconds of it, lost to the time its state took to read, would be a warning every run).
+                log.warning("Backfill of %s lists from %s, not %s: the API's 7 days moved on while the content types "
+                            "before it were listed", content_type, utc_text(windows[0].start, timespec="seconds"),
+                            utc_text(first, timespec="seconds"), extra=dims)  # fmt: skip
             progress = partial(on_progress, ct_report, len(windows)) if on_progress is not None else None
             for window in windows:
                 await list_window(rt, content_type, window, moment, seen, ct_report, progress,

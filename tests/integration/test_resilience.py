@@ -1555,7 +1555,7 @@ async def test_a_subscription_still_missing_after_its_start_fails_each_run_until
 
 
 async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_turn_comes(
-    connector: ConnectorHarness,
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A backfill of the whole 7 days over two content types, the first taking 20 minutes: the second one's
     windows are planned when its turn comes, inside the API's 7 days of that moment. Planned with the first,
@@ -1588,6 +1588,9 @@ async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_
         assert proxy.pending_faults() == 0
     assert moved and report.errors == []
     assert [r.windows_listed for r in report.content_types] == [7, 7]  # 7 days less the margin, by 24 hours
+    # The 20 minutes the second one lost at the range's start are said: the command's first line names the range.
+    [said] = [r.getMessage() for r in caplog.records if "moved on while" in r.getMessage()]
+    assert said.startswith("Backfill of Audit.Exchange lists from ")
 
 
 async def test_a_retry_after_a_backfill_meets_late_holds_the_next_content_types_back(
