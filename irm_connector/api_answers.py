@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from .errors import UnreadableAnswerError
+from .errors import CODE_LIMIT, UnreadableAnswerError, quoted_text
 
 __all__ = ["MAX_RETRY_AFTER", "error_of", "finite_wait", "json_of", "retry_after_of"]
 
@@ -69,13 +69,7 @@ def error_of(body: bytes) -> tuple[str, str]:
         return "", ""
     code = error.get("code")
     message = error.get("message")
-    return (_one_line(str(code)) if code else "", _one_line(str(message))[:300] if message else "")
-
-
-def _one_line(text: str) -> str:
-    """The service's own words on one line of printable text: a proxy's or gateway's answer, quoted in a log line,
-    ``LastError`` or a failure reason, must not start a line of its own that reads like the connector's."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return (quoted_text(code, CODE_LIMIT) if code else "", quoted_text(message, 300) if message else "")
 
 
 def json_of(body: bytes, operation: str, content_type: str) -> Any:

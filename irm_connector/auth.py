@@ -33,7 +33,7 @@ from msal.exceptions import MsalError
 from ._network import exception_chain, network_cause
 from ._tls import IDENTITY_ENDPOINT_VARIABLES, azure_client_kwargs, ca_file
 from .clouds import identity_authority
-from .errors import AuthenticationError, NotInAzureError, SettingsError
+from .errors import CODE_LIMIT, AuthenticationError, NotInAzureError, SettingsError, quoted_text
 from .settings import Settings
 
 T = TypeVar("T")
@@ -115,8 +115,9 @@ class MsalTokenProvider:
         token = result.get("access_token")
         if isinstance(token, str) and token:
             return token
-        error = str(result.get("error", "unknown_error"))
-        description = str(result.get("error_description", "")).splitlines()[0:1]
+        # Entra's words, or a proxy's on the token path: bounded, as the Management API's are.
+        error = quoted_text(result.get("error", "unknown_error"), CODE_LIMIT)
+        description = [quoted_text(line, 300) for line in str(result.get("error_description", "")).splitlines()[:1]]
         if error == "unreachable":
             raise AuthenticationError(self._audience, description[0], transient=True)
         if error == "no_tenant":

@@ -400,7 +400,24 @@ _OPERATOR_CODES = {
 _CONTENT_GONE = {"AF20050", "AF20051", "AF20052"}
 
 
+#: The longest error code quoted: the services' own are a few dozen characters at most.
+CODE_LIMIT = 64
+
+
+def quoted_text(value: object, limit: int) -> str:
+    """A service's words as a log line, ``LastError`` or an exception may quote them: one line of printable text,
+    at most ``limit`` characters. A proxy's or gateway's answer (or a forged one) could otherwise start a line that
+    reads like the connector's, or fill one with tens of kilobytes."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(value)).split())
+    return text[:limit]
+
+
 def storage_error_code(exc: BaseException) -> str:
+    """:func:`_storage_error_code`, bounded (:func:`quoted_text`): a proxy's header could be anything."""
+    return quoted_text(_storage_error_code(exc), CODE_LIMIT)
+
+
+def _storage_error_code(exc: BaseException) -> str:
     """The storage service's error code of a failed call (``""`` when it sent none); the queue SDK gives it as an
     enum, whose ``str()`` is its Python name, not the code. The tables SDK leaves it out of some errors (an entity
     written to a table that is gone): then it is the answer's ``x-ms-error-code``, or its OData error body's."""

@@ -39,7 +39,14 @@ from ._network import network_cause
 from .api_answers import finite_wait, retry_after_of
 from .auth import identity_endpoint_known
 from .deadline import Deadline, current_deadline, within
-from .errors import DeadlineError, IngestionError, IngestionRefusedError, IngestionThrottledError
+from .errors import (
+    CODE_LIMIT,
+    DeadlineError,
+    IngestionError,
+    IngestionRefusedError,
+    IngestionThrottledError,
+    quoted_text,
+)
 from .models import Row
 
 __all__ = [
@@ -348,7 +355,7 @@ def _token_hint() -> str:
 def _ingestion_error(stream: str, exc: HttpResponseError) -> IngestionError:
     code = ""
     if exc.error is not None and getattr(exc.error, "code", None):
-        code = str(exc.error.code)
+        code = quoted_text(exc.error.code, CODE_LIMIT)
     status = exc.status_code or 0
     hints = {
         401: "the identity's token was refused: check AZURE_CLIENT_ID and the identity, and that AZURE_CLOUD is "

@@ -344,3 +344,42 @@ async def test_hostile_next_page_is_refused(connector: ConnectorHarness, caplog:
                                  "refused; after the fix every record delivered", lost, duplicates))  # fmt: skip
     assert (lost, duplicates) == (0, 0)
 
+
+
+
+async def test_an_entra_error_of_tens_of_kilobytes_is_quoted_bounded(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway on the token path (or a forged answer) may answer an error of any size: Entra's
+    error_description was cut to its first line only, quoted whole in every log line that told the failure, in
+    LastError and in the exception raised to the host, which Application Insights keeps."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.entra.add_fault("token", "status", status=400, count=1, body={
+        "error": "invalid_client", "error_description": "AADSTS7000215: " + "d" * 50_000 + "\nTrace ID: 1",
+    })  # fmt: skip
+    with pytest.raises(PollError) as refused:
+        await connector.poll()
+    assert "AADSTS7000215" in str(refused.value) and "d" * 301 not in str(refused.value)
+    _assert_lines_bounded(caplog)
+
+
+async def test_a_management_api_error_code_of_tens_of_kilobytes_is_quoted_bounded(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The error's message was cut to 300 characters, its code not at all: 50,000 of them in the log lines, the
+    health row's LastError and the exception raised to the host."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.add_fault("list", "status", status=400, code="AF" + "y" * 50_000, count=1)
+    with pytest.raises(PollError) as failed:
+        await connector.poll()
+    assert "AFyyyy" in str(failed.value) and "y" * 65 not in str(failed.value)
+    [health] = connector.rows("Custom-IRMConnectorHealth")[-1:]
+    assert "AFyyyy" in health["LastError"] and "y" * 65 not in health["LastError"]
+    _assert_lines_bounded(caplog)
+
+
+def _assert_lines_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("irm_connector")]
+    assert lines and max(len(line) for line in lines) < 2000
