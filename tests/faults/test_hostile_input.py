@@ -215,6 +215,11 @@ MESSAGE_CASES: list[tuple[str, Callable[[Any], str | bytes], str, str]] = [
         '"contentType": "Audit.General"', '"contentType": "alice@contoso.com' + "x" * 40_000 + '"'),
      "refused before any request: the value is not shown (it would have filled the rows' ContentType)",
      "contentType is not one of Audit.AzureActiveDirectory"),
+    ("a contentId of 30,000 characters", lambda sim: _message(
+        sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1").replace(
+        '"contentId": "forged"', '"contentId": "alice@contoso.com\\n' + "x" * 30_000 + '"'),
+     "refused before any request: the value is not shown (every line quoting it would have been its)",
+     "contentId is not one word"),
     ("message for another tenant", lambda sim: _message(
         sim, f"{sim.api_root}/api/v1.0/{sim.tenant_id}/activity/feed/audit/1", "00000000-0000-0000-0000-000000000001"),
      "refused: not for O365_TENANT_ID", "another tenant than O365_TENANT_ID"),
