@@ -62,11 +62,12 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     code = EXIT_OK
     try:
         try:
-            # From the start as checked above (moved inside the 7 days): checked again after the preflight, the
-            # range asked for may have slipped past the edge meanwhile.
+            # From the start as checked above, moved inside the 7 days (checked again after the preflight, the
+            # range asked for may have slipped past the edge meanwhile), but not by the plan's lead before it: the
+            # backfill leads it again, and listed from two minutes before --start.
             await backfill(
                 rt,
-                windows[0].start,
+                max(start.replace(microsecond=0), windows[0].start),
                 end,
                 content_types=content_types,
                 on_progress=progress,

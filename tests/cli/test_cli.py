@@ -595,6 +595,10 @@ def test_a_backfill_from_a_blob_s_exact_contentcreated_brings_that_blob(cli: Cli
     code, doc = cli.json("backfill", "--start", at, "--end", (created + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"))
     assert code == 0 and doc["blobs_queued"] == 1, doc
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
+    # A minute before, as the output says (not two: the command and the backfill each added the lead).
+    lead = (created - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    assert doc["range"]["start"].startswith(lead), doc
+    assert [r.query["startTime"] for r in sim.management.requests("list")] == [lead]
 
 
 def test_backfill_leaves_the_api_alone_while_it_asked_for_no_requests(cli: Cli) -> None:
