@@ -327,11 +327,12 @@ def signal_handler(sig: signal.Signals, callback: Callable[[], None]) -> Iterato
         if stack:
             loop.add_signal_handler(sig, stack[-1])
         else:
-            loop.remove_signal_handler(sig)
             # The one before the command's, not the default: in a process that started Azurite (the tests), its
-            # handler stops the emulator on SIGTERM, and the default left it running, holding its ports.
+            # handler stops the emulator on SIGTERM, and the default left it running, holding its ports. Only when
+            # the loop still had it: a second Ctrl-C removes it itself, and what came before (asyncio.run's own
+            # SIGINT handler) is then its closed runner's, which would keep the next asyncio.run from its own.
             previous = _handlers_before.pop(sig, None)
-            if previous is not None:
+            if loop.remove_signal_handler(sig) and previous is not None:
                 signal.signal(sig, previous)
 
 

@@ -308,3 +308,21 @@ def test_a_sigterm_after_the_graceful_stop_ends_still_reaches_the_command_s_own_
         return heard
 
     assert asyncio.run(scenario()) == ["graceful stop signalled: True", "command"]
+
+
+def test_a_second_ctrl_c_leaves_sigint_to_the_next_asyncio_run() -> None:
+    """A second Ctrl-C abandons the work by taking the loop's SIGINT handler away itself. The handler from before
+    the command's, put back as the command ended, was then asyncio.run's own for its closed runner: the next
+    asyncio.run in the process (the tests run commands in-process) found SIGINT taken and installed none."""
+    from irm_connector.cli._common import GracefulStop
+
+    async def scenario() -> None:
+        with GracefulStop(asyncio.Event()).installed():
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)  # the second: abandoned
+            await asyncio.sleep(10)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(scenario())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
