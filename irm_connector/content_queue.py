@@ -99,8 +99,8 @@ class ContentMessage:
             # break, made every one of them the forger's. Not shown: `poison list` shows it.
             raise BadMessageError("message's contentId is not one word of at most 512 printable ASCII characters")
         if data["contentType"] not in KNOWN_CONTENT_TYPES:
-            # Not from the poller, which queues only these: its value (unbounded, perhaps a record's) would have
-            # reached the rows' ContentType, the logs and the failures table. Not shown: `poison list` shows it.
+            # Not from the poller, which queues the type it listed: its value (unbounded, perhaps a record's) would
+            # have reached the rows' ContentType, the logs and the failures table. Not shown: `poison list` shows it.
             raise BadMessageError(f"message's contentType is not one of {', '.join(KNOWN_CONTENT_TYPES)}")
         try:
             blob = ContentBlob.from_api(data)

@@ -224,7 +224,9 @@ class ManagementActivityClient:
             page: list[ContentBlob] = []
             for item in data:
                 try:
-                    page.append(ContentBlob.from_api(item))
+                    # The type asked for, as its messages must name it (one the queue does not know is refused
+                    # there): an entry spelling it otherwise ("audit.general") would be queued, marked, and parked.
+                    page.append(ContentBlob.from_api({**item, "contentType": content_type}))
                 except (KeyError, TypeError, ValueError, AttributeError):
                     raise UnreadableAnswerError(
                         "content listing has an entry without contentId/contentUri/contentCreated/contentExpiration",

@@ -75,6 +75,8 @@ class Blob:
     headers: dict[str, str] = field(default_factory=dict)
     #: a contentUri to list instead of the real one (hostile-listing tests)
     content_uri: str | None = None
+    #: a contentType to list instead of the one asked for (a listing that spells it otherwise)
+    listed_content_type: str | None = None
 
     def sort_key(self) -> tuple[datetime, str]:
         return (self.content_created, self.content_id)
@@ -501,7 +503,7 @@ class ManagementStandIn(ServiceStandIn):
                 )
         items = [
             {
-                "contentType": b.content_type,
+                "contentType": b.listed_content_type or b.content_type,
                 "contentId": b.content_id,
                 "contentUri": b.content_uri
                 or f"{self.api_root}/api/v1.0/{b.tenant_id}/activity/feed/audit/{b.content_id}",

@@ -933,6 +933,18 @@ async def test_a_run_ends_at_the_first_window_the_api_s_time_cuts_short(connecto
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_listing_that_spells_the_content_type_otherwise_still_delivers(connector: ConnectorHarness) -> None:
+    """Messages name the content type as the API's documentation spells it, and the processor refuses any other. An
+    entry listed as "audit.general" was queued as such, marked queued, and parked: its records never arrived."""
+    workload = _publish(connector, seed=53, records=200, blob_size=(100, 100))
+    for blob in connector.standins.management.blobs():
+        blob.listed_content_type = "audit.general"
+    await connector.poll()
+    stats = await connector.drain()
+    assert stats.poisoned == 0
+    _assert_exactly_once(connector, workload)
+
+
 async def test_a_listing_answered_without_a_date_does_not_keep_an_earlier_answer_s_time(
     connector: ConnectorHarness,
 ) -> None:
