@@ -81,20 +81,24 @@ class Routing:
     audit_stream: str = ""
     alert_categories: frozenset[str] = frozenset({"InsiderRiskManagement"})
 
-    def is_alert(self, record: dict[str, Any], record_type: int | None, problems: Counter[str]) -> bool:
+    def is_alert(self, record: dict[str, Any], record_type: int | None) -> tuple[bool, str]:
+        """Whether the record goes to the alerts stream, and the problem to count for it ("" for none)."""
         if record_type != ALERT_RECORD_TYPE:
-            return False
+            return False, ""
         category = record.get("Category")  # a list or an object here must not stop the blob (unhashable)
         if type(category) is str and category in _KNOWN_CATEGORIES:
-            return "*" in self.alert_categories or category in self.alert_categories
+            return "*" in self.alert_categories or category in self.alert_categories, ""
         # Dropped unseen, an alert whose Category the API spelt otherwise (or a new one) was missing from the
         # alerts table with no trace: matched as the settings match names, and counted either way.
         known = alert_category(category) if isinstance(category, str) else None
         if known is None:
-            problems["alert with no known Category (sent as an alert only with ALERT_CATEGORIES=*)"] += 1
-            return "*" in self.alert_categories
-        problems["alert Category spelt otherwise (the known name written)"] += 1
-        return "*" in self.alert_categories or known in self.alert_categories
+            return "*" in self.alert_categories, _UNKNOWN_CATEGORY
+        routed = "*" in self.alert_categories or known in self.alert_categories
+        return routed, _SPELT_OTHERWISE if routed else ""
+
+
+_UNKNOWN_CATEGORY = "alert with no known Category (sent as an alert only with ALERT_CATEGORIES=*)"
+_SPELT_OTHERWISE = "alert Category spelt otherwise (the known name written)"
 
 
 @dataclass
@@ -128,10 +132,13 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
             continue
         raw_type = record.get("RecordType")
         record_type = raw_type if type(raw_type) is int and -(2**31) <= raw_type < 2**31 else _as_int(raw_type)
-        is_alert = routing.is_alert(record, record_type, problems)
+        is_alert, note = routing.is_alert(record, record_type)
         if not is_alert and not audit_on:
             # Alerts only: a record that is not one costs no more than this, and is not counted as a duplicate or
-            # a problem (the log's "duplicates dropped" counted records that were never to be sent).
+            # a problem (the log's "duplicates dropped" counted records that were never to be sent), but for an
+            # alert left out for a category the connector does not know.
+            if note:
+                problems[note] += 1
             continue
         if record_type is None and raw_type is not None:
             problems["RecordType is not a whole number"] += 1
@@ -147,6 +154,8 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
             out.duplicates_in_blob += 1
             continue
         seen.add(record_id)
+        if note:
+            problems[note] += 1
 
         time_text, hour = _creation_time(record.get("CreationTime"))
         if time_text is None:

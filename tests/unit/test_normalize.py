@@ -662,6 +662,8 @@ def test_an_alert_category_spelt_otherwise_is_routed_and_an_unknown_one_is_count
         irm_alert(Id="3", Category="RiskyAI"),
         irm_alert(Id="4", Category=["InsiderRiskManagement"]),
         irm_alert(Id="5", Category="ThreatManagement"),
+        irm_alert(Id="6", Category="threat management"),  # known, not routed: as ThreatManagement, not counted
+        irm_alert(Id="1", Category="insider risk management"),  # a duplicate: one record, counted once
     ]
     out = normalize_blob(records, REF, ALERTS, sent_at=SENT)
     assert [(r["RecordId"], r["Category"]) for r in rows(out)] == [
@@ -675,5 +677,6 @@ def test_an_alert_category_spelt_otherwise_is_routed_and_an_unknown_one_is_count
     everything = Routing("Custom-IRMAlerts", alert_categories=frozenset({"*"}))
     out = normalize_blob(records, REF, everything, sent_at=SENT)
     assert [r.get("Category") for r in rows(out)] == [
-        "InsiderRiskManagement", "InsiderRiskManagement", "RiskyAI", '["InsiderRiskManagement"]', "ThreatManagement"
+        "InsiderRiskManagement", "InsiderRiskManagement", "RiskyAI", '["InsiderRiskManagement"]', "ThreatManagement",
+        "ThreatManagement",
     ]  # fmt: skip
