@@ -22,7 +22,9 @@ run_child() {
     status=0
     wait "$child" || status=$?
   done
-  kill -TERM -- "-$child" 2>/dev/null || true  # whatever it left behind in its group (a server it started)
+  # What it left behind in its group, a process it started that outlived it (not Azurite: in a session of its
+  # own, it goes with the Python that started it).
+  kill -TERM -- "-$child" 2>/dev/null || true
   trap - INT TERM HUP
   return "$status"
 }

@@ -196,3 +196,53 @@ def test_a_script_killed_while_it_installs_ends_the_installer_with_it(tmp_path: 
         assert "install failed" not in out
     finally:
         _kill_leftovers(process, marker)
+
+
+def test_a_child_s_leftover_process_goes_with_it(tmp_path: Path) -> None:
+    """A command run by run_child that starts a process and ends without stopping it: the process went on after
+    the script ended, holding whatever it held (a port, the temporary directory)."""
+    marker = tmp_path / "leftover"
+    script = tmp_path / "leaves.sh"
+    starts_and_leaves = (
+        f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{marker}'])"
+    )
+    script.write_text(
+        "set -euo pipefail\n"
+        f"source {REPO / 'scripts' / '_children.sh'}\n"
+        f"run_child {sys.executable} -c \"{starts_and_leaves}\"\n"
+    )
+    process = subprocess.Popen(["bash", str(script)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        assert process.wait(timeout=30) == 0
+        deadline = time.monotonic() + 10
+        while _processes_under(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _processes_under(marker)
+    finally:
+        _kill_leftovers(process, marker)
+
+
+def test_a_missing_file_the_install_stamps_is_named(tmp_path: Path) -> None:
+    """A checkout without package-lock.json (or a requirements file): the bootstrap ended with status 1 and not a
+    word, the hash's pipeline failing under pipefail."""
+    script = tmp_path / "stamps.sh"
+    script.write_text(
+        "set -euo pipefail\n"
+        "die() { printf 'error: %s\\n' \"$*\" >&2; exit 2; }\n"
+        + _function_from(REPO / "scripts" / "_bootstrap.sh", "stamp")
+        + f'want="$(stamp {tmp_path / "requirements.txt"} {tmp_path / "package-lock.json"})"\n'
+        "echo unreachable\n"
+    )
+    (tmp_path / "requirements.txt").write_text("orjson\n")
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "unreachable" not in done.stdout
+    assert f"{tmp_path / 'package-lock.json'} is missing from the checkout" in done.stderr
+
+
+def _function_from(script: Path, name: str) -> str:
+    """The definition of shell function ``name`` in ``script``, from its first line to the closing brace."""
+    lines = script.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{name}() {{"))
+    end = next(i for i in range(start, len(lines)) if lines[i] == "}")
+    return "\n".join(lines[start : end + 1]) + "\n"
