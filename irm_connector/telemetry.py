@@ -188,9 +188,18 @@ _propagator = TraceContextTextMapPropagator()
 
 @contextmanager
 def producer_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
-    """A span for work that hands a message on (the poller queuing a blob)."""
-    with _tracer.start_as_current_span(name, kind=SpanKind.PRODUCER, attributes=dict(attributes)) as span:
-        yield span
+    """A span for work that hands a message on (the poller queuing a blob). A failure that leaves it is recorded
+    redacted (:func:`record_failure`): recorded by OpenTelemetry itself, its whole chain went to Application
+    Insights as it was, a storage URL's ``sig=`` among it."""
+    with _tracer.start_as_current_span(
+        name, kind=SpanKind.PRODUCER, attributes=dict(attributes), record_exception=False,
+        set_status_on_exception=False,
+    ) as span:  # fmt: skip
+        try:
+            yield span
+        except Exception as exc:
+            record_failure(span, exc)
+            raise
 
 
 def traceparent() -> str:
@@ -211,5 +220,10 @@ def record_failure(span: Span, exc: BaseException) -> None:
 def consumer_span(name: str, parent: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
     """A span for work that takes a message (the processor), a child of the ``traceparent`` it carried."""
     ctx = _propagator.extract({"traceparent": parent}) if parent else otel_context.get_current()
-    with _tracer.start_as_current_span(name, context=ctx, kind=SpanKind.CONSUMER, attributes=dict(attributes)) as span:
+    # Its failures are recorded by the caller, redacted (:func:`record_failure`), and raised outside it: nothing that
+    # leaves it is for OpenTelemetry to record as it is.
+    with _tracer.start_as_current_span(
+        name, context=ctx, kind=SpanKind.CONSUMER, attributes=dict(attributes), record_exception=False,
+        set_status_on_exception=False,
+    ) as span:  # fmt: skip
         yield span

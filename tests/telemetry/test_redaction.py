@@ -153,3 +153,26 @@ def test_a_command_line_error_is_masked_before_it_is_shortened(monkeypatch: pyte
     monkeypatch.setenv("O365_CLIENT_SECRET", secret)
     failure = describe(ConnectorError("y" * 385 + secret))
     assert failure.message.startswith("y" * 385) and secret[:8] not in failure.line(), failure.line()
+
+
+def test_a_failure_leaving_the_poller_s_queue_span_is_recorded_redacted(spans: InMemorySpanExporter) -> None:
+    """The poller's span around a queue put let OpenTelemetry record what left it, chain and all, as it was: a
+    storage timeout's URL, with a SAS connection string's sig=, went to Application Insights in its stack trace."""
+    from irm_connector.errors import StateError
+    from irm_connector.telemetry import producer_span
+
+    url = "https://st.queue.core.windows.net/q/messages?sv=2024-08-04&sig=s3cr3tSASsignature"
+
+    def put() -> None:
+        with producer_span("irm.queue_blob", {"content_type": "Audit.General"}):
+            try:
+                raise OSError(f"Connection timeout to host {url}")
+            except OSError as exc:
+                raise StateError("cannot write to queue q: timed out") from exc
+
+    with pytest.raises(StateError):
+        put()
+    (span,) = [s for s in spans.get_finished_spans() if s.name == "irm.queue_blob"]
+    recorded = json.dumps([dict(e.attributes or {}) for e in span.events]) + (span.status.description or "")
+    assert "StateError" in recorded and "cannot write to queue q" in recorded
+    assert "s3cr3tSASsignature" not in recorded
