@@ -7,6 +7,8 @@ front of Azurite), so the walk outlives the hold several times over without minu
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -92,39 +94,47 @@ def test_requeue_all_of_a_queue_longer_than_the_hold_sends_each_message_once(slo
     assert drain(slow, slow.queue) == Counter(ids)
 
 
-def test_requeue_leaves_what_was_parked_after_it_began(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def _parked_as_the_walk_begins(cli: Cli, proxy: StorageProxy, count: int, prefix: str, *, after: float = 0) -> threading.Thread:
+    """Once the command's first read of the poison queue arrives (held there), ``count`` messages are parked
+    (``after`` seconds later), as the function app parks them meanwhile; then the read goes on."""
+    first_read = proxy.hold("queue.get", path=re.escape(cli.poison))
+
+    def park() -> None:
+        try:
+            if first_read.arrived.wait(60):
+                time.sleep(after)
+                fill(cli, count, prefix)
+        finally:
+            first_read.release(forward=True)
+
+    parker = threading.Thread(target=park)
+    parker.start()
+    return parker
+
+
+def test_requeue_leaves_what_was_parked_after_it_began(cli: Cli) -> None:
     """With the function app running, a requeued message that fails again is parked anew, under a new id, while
     a long walk goes on: the walk took it for a message it had not seen and requeued it again, and so on for as
     long as it lasted. What is parked after the requeue began stays, as purge leaves it."""
-    import threading
-
     old = fill(cli, 2, "old")
-    async def parked_meanwhile(client: QueueClient) -> None:
-        await create_queue_if_missing(client)
-        time.sleep(1.1)  # the queue's times are whole seconds
-        parker = threading.Thread(target=fill, args=(cli, 3, "again"))
-        parker.start()
+    with StorageProxy(cli.azurite) as proxy:
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        parker = _parked_as_the_walk_begins(cli, proxy, 3, "again", after=1.1)  # the queue's times: whole seconds
+        code, doc = cli.json("poison", "requeue", "--all")
         parker.join()
-
-    monkeypatch.setattr(poison, "create_queue_if_missing", parked_meanwhile)
-    code, doc = cli.json("poison", "requeue", "--all")
     assert code == 0, doc
     assert sorted(r["content_id"] for r in doc["requeued"]) == old and doc["left_parked_since_start"] == 3
     assert drain(cli, cli.poison) == Counter(["again0000", "again0001", "again0002"])
     assert drain(cli, cli.queue) == Counter(old)
 
 
-def test_requeue_by_id_of_a_message_parked_after_it_began_says_it_was_left_not_that_it_is_missing(
-    cli: Cli, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_requeue_by_id_of_a_message_parked_after_it_began_says_it_was_left_not_that_it_is_missing(cli: Cli) -> None:
     old = fill(cli, 2, "old")
-
-    async def parked_meanwhile(client: QueueClient) -> None:
-        await create_queue_if_missing(client)
-        await asyncio.to_thread(fill, cli, 1, "again")
-
-    monkeypatch.setattr(poison, "create_queue_if_missing", parked_meanwhile)
-    code, doc = cli.json("poison", "requeue", old[0], "again0000")
+    with StorageProxy(cli.azurite) as proxy:
+        cli.set(AzureWebJobsStorage=proxy.connection_string)
+        parker = _parked_as_the_walk_begins(cli, proxy, 1, "again")
+        code, doc = cli.json("poison", "requeue", old[0], "again0000")
+        parker.join()
     assert code == 1, doc  # named, and not sent back: run it again
     assert [r["content_id"] for r in doc["requeued"]] == [old[0]] and doc["not_found"] == [], doc
     assert doc["left_parked_since_start"] == 1, doc
