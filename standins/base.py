@@ -27,6 +27,7 @@ import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -39,6 +40,8 @@ from aiohttp import web
 FAULT_KINDS = frozenset({"status", "reset", "drop", "delay", "malformed", "truncated", "cut", "date"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: When the request being served arrived, for its handler (each request is served in a task, a context, of its own).
+ARRIVED: ContextVar[float] = ContextVar("ARRIVED", default=0.0)
 
 #: Where handlers store the authenticated client id on the request (for the request log).
 CLIENT_ID: Any = getattr(web, "RequestKey", lambda name, _t: name)("standins_client_id", str)
@@ -279,6 +282,7 @@ class ServiceStandIn:
     async def serve(self, route: str, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Run ``handler`` for ``route`` with latency, faults, error rendering and logging."""
         started = time.monotonic()
+        ARRIVED.set(time.time())  # before the latency: when the client had sent it (the handler runs in this context)
         latency = self._latency_for(route)
         if latency > 0:
             await asyncio.sleep(latency)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from standins.base import CLIENT_ID, ApiError, ServiceStandIn
+from standins.base import ARRIVED, CLIENT_ID, ApiError, ServiceStandIn
 from standins.server import CLIENT_MAX_SIZE
 from standins.tokens import TokenRegistry
 
@@ -61,6 +62,11 @@ class IngestStat:
     rows: int
     error_code: str | None
     client_id: str | None
+    #: when it arrived and was answered (``time.time()``), and the blobs its rows name (``ContentId`` or
+    #: ``BlobRef``): when each delivery sent its rows, seen from outside the connector
+    arrived: float = 0.0
+    answered: float = 0.0
+    blobs: frozenset[str] = frozenset()
 
 
 def load_streams(columns_path: Path | str = DEFAULT_COLUMNS_PATH) -> dict[str, list[Column]]:
@@ -301,12 +307,14 @@ class IngestionStandIn(ServiceStandIn):
             self._add_stat(stat, err.status, err.code, request)
             raise
         self._store(stat["stream"], rows)
+        stat["blobs"] = frozenset(str(r.get("ContentId") or r.get("BlobRef") or "") for r in rows)
         self._add_stat(stat, 204, None, request)
         return web.Response(status=204)
 
     def _add_stat(self, stat: dict[str, Any], status: int, code: str | None, request: web.Request) -> None:
         with self._lock:
-            self._stats.append(IngestStat(status=status, error_code=code, client_id=self.client_of(request), **stat))
+            self._stats.append(IngestStat(status=status, error_code=code, client_id=self.client_of(request),
+                                          arrived=ARRIVED.get(), answered=time.time(), **stat))  # fmt: skip
 
     def _accept(self, request: web.Request, raw: bytes, gzipped: bool, stat: dict[str, Any]) -> list[dict[str, Any]]:
         self._authorize(request)
