@@ -13,7 +13,7 @@ from time import monotonic
 
 from .errors import ConnectorError, PollError, SubscriptionMissingError, TransientApiError
 from .models import ContentTypeReport, PollReport, utc_text
-from .poller import list_window, warn_clock_off
+from .poller import list_window, recorded_pause, warn_clock_off
 from .redaction import redact
 from .runtime import Runtime
 from .state import SeenPartitions
@@ -53,7 +53,7 @@ async def backfill(
     causes: dict[str, ConnectorError] = {}
     # Throttling is counted per tenant: a long Retry-After one content type met holds for the others too, the
     # poller's (recorded on the state of the content type it met it for) as well as this backfill's.
-    paused_until = None if now else await _recorded_pause(rt, (*rt.settings.content_types, *content_types))
+    paused_until = None if now else await recorded_pause(rt, (*rt.settings.content_types, *content_types))
     for content_type in content_types:
         ct_report = ContentTypeReport(content_type)
         report.content_types.append(ct_report)
@@ -110,13 +110,6 @@ async def backfill(
     if report.errors:
         raise PollError("backfill failed for " + "; ".join(report.errors), report, causes)
     return report
-
-
-async def _recorded_pause(rt: Runtime, content_types: tuple[str, ...]) -> datetime | None:
-    """The latest Retry-After the poller recorded for any of ``content_types``, if still ahead (by the storage
-    service's time): read for the one backfilled alone, the poller's wait on another was spent on new requests."""
-    states = [await rt.state.watermarks.get_state(rt.settings.tenant_id, ct) for ct in dict.fromkeys(content_types)]
-    return max(filter(None, (state.throttled() for state in states)), default=None)
 
 
 def _hold_back(content_type: str, moment: datetime, until: datetime | None) -> None:

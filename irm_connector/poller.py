@@ -87,7 +87,13 @@ async def run_poller(rt: Runtime, *, now: datetime | None = None, budget: timede
         causes: dict[str, ConnectorError] = {}
         # A fault of the connector's own in one content type waits for the others too: raised at once, it would end
         # the invocation with them still listing and queueing on the worker, outside it.
-        outcomes = await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit, causes)
+        # Throttling is counted per tenant: a Retry-After recorded for one content type holds the others back too.
+        # (Unreadable state: each content type's own read below says so.)
+        try:
+            paused = await recorded_pause(rt, settings.content_types)
+        except StateError:
+            paused = None
+        outcomes = await asyncio.gather(*(_poll_and_report(rt, r, owner, deadline, now, limit, causes, paused)
                                           for r in report.content_types), return_exceptions=True)  # fmt: skip
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
@@ -105,10 +111,11 @@ async def _poll_and_report(
     now: datetime | None,
     limit: Deadline,
     causes: dict[str, ConnectorError],
+    paused: datetime | None,
 ) -> None:
     content_type = report.content_type
     try:
-        await _poll_content_type(rt, content_type, owner, deadline, report, now, limit)
+        await _poll_content_type(rt, content_type, owner, deadline, report, now, limit, paused)
     except ConnectorError as exc:
         causes[content_type] = exc
         # It reaches the health row and the PollError, outside the log filter.
@@ -141,6 +148,7 @@ async def _poll_content_type(
     report: ContentTypeReport,
     fixed_now: datetime | None,
     limit: Deadline,
+    paused: datetime | None = None,
 ) -> None:
     settings = rt.settings
     dims = {"content_type": content_type, "tenant_id": settings.tenant_id}
@@ -152,7 +160,7 @@ async def _poll_content_type(
         log.info("Skipping %s: %s", content_type, report.skipped, extra=dims)
         return
     taken = (lease.state.written_at, time.monotonic())  # the storage service's time of the take's write
-    if (until := lease.state.throttled()) is not None:
+    if (until := max(filter(None, (lease.state.throttled(), paused)), default=None)) is not None:
         # Asked again before then, the API throttles again (and may count the request against the tenant).
         when = utc_text(until, timespec="seconds")
         report.skipped = f"the Management API asked for no requests until {when} (Retry-After)"
@@ -199,6 +207,15 @@ async def _poll_content_type(
             await lease.release(last_run=now, last_error=error,
                                 last_error_at=now if error else lease.state.last_error_at,
                                 throttled_until=throttled_until)  # fmt: skip
+
+
+async def recorded_pause(rt: Runtime, content_types: tuple[str, ...]) -> datetime | None:
+    """The latest Retry-After the poller recorded for any of ``content_types``, if still ahead (by the storage
+    service's time). The API throttles per tenant: judged per content type, the others went on asking inside the
+    wait, each throttled again."""
+    tenant = rt.settings.tenant_id
+    states = await asyncio.gather(*(rt.state.watermarks.get_state(tenant, ct) for ct in dict.fromkeys(content_types)))
+    return max(filter(None, (state.throttled() for state in states)), default=None)
 
 
 def _after_loss(report: ContentTypeReport, error: str) -> str:

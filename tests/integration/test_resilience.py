@@ -1457,6 +1457,28 @@ async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_retry_after_met_for_one_content_type_holds_the_others_back_too(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API throttles per tenant, and the poller judged a Retry-After per content type: the next runs asked the
+    other content types inside the wait, each throttled again on the tenant's count."""
+    from irm_connector.errors import PollError
+
+    sim = connector.standins
+    connector.set(O365_CONTENT_TYPES="Audit.General,Audit.Exchange")
+    for content_type in ("Audit.General", "Audit.Exchange"):
+        sim.management.set_subscription(content_type, "enabled")
+    sim.management.add_fault("list", "status", status=429, retry_after=600, count=1)
+    with pytest.raises(PollError, match="Retry-After 600 s"):
+        await connector.poll()
+    listed = sim.management.count("list")
+    with caplog.at_level(logging.INFO, logger="irm_connector.poller"):
+        await connector.poll()
+    assert sim.management.count("list") == listed  # neither asked
+    skipped = sorted(r.getMessage().split(":")[0] for r in caplog.records if "no requests until" in r.getMessage())
+    assert skipped == ["Skipping Audit.Exchange", "Skipping Audit.General"]
+
+
 async def test_a_listing_throttled_for_longer_than_a_call_waits_is_not_asked_again_until_then(
     connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
