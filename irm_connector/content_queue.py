@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +20,7 @@ from azure.storage.queue.aio import QueueClient
 from ._bounded import within
 from .errors import BadMessageError, StateError, storage_error_code
 from .errors import storage_reason as reason
-from .models import KNOWN_CONTENT_TYPES, ContentBlob, parse_api_time, utc_text
+from .models import CONTENT_ID, KNOWN_CONTENT_TYPES, ContentBlob, parse_api_time, utc_text
 
 __all__ = [
     "MAX_DELAY",
@@ -43,8 +42,6 @@ MAX_MESSAGE_BYTES = 48 * 1024
 MAX_DELAY = 7 * 86400
 #: The messages the health row's backlog age looks at (the most one peek returns).
 PEEK_MOST = 32
-#: A content id as the API's look (``20260629…$…$audit_general$Audit_General$na0034``), with room to spare.
-_CONTENT_ID = re.compile(r"[\x21-\x7e]{1,512}")
 _REQUIRED = ("contentUri", "contentId", "contentType", "contentCreated", "contentExpiration", "tenantId")
 
 
@@ -94,7 +91,7 @@ class ContentMessage:
         missing = [k for k in _REQUIRED if not isinstance(data.get(k), str) or not data.get(k)]
         if missing:
             raise BadMessageError(f"message lacks {', '.join(missing)}")
-        if not _CONTENT_ID.fullmatch(data["contentId"]):
+        if not CONTENT_ID.fullmatch(data["contentId"]):
             # Quoted in log lines, spans and exceptions from here on: one 30,000 characters long, or with a line
             # break, made every one of them the forger's. Not shown: `poison list` shows it.
             raise BadMessageError("message's contentId is not one word of at most 512 printable ASCII characters")

@@ -229,7 +229,8 @@ class ManagementActivityClient:
                     page.append(ContentBlob.from_api({**item, "contentType": content_type}))
                 except (KeyError, TypeError, ValueError, AttributeError):
                     raise UnreadableAnswerError(
-                        "content listing has an entry without contentId/contentUri/contentCreated/contentExpiration",
+                        "content listing has an entry without a readable contentId, contentUri, contentCreated or "
+                        "contentExpiration",
                         operation="list",
                         content_type=content_type,
                     ) from None

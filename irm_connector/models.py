@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 __all__ = [
     "ALERT_CATEGORY_NAMES",
+    "CONTENT_ID",
     "KNOWN_CONTENT_TYPES",
     "LOST_OUTCOMES",
     "ContentBlob",
@@ -37,6 +38,8 @@ KNOWN_CONTENT_TYPES = (
     "Audit.General",
     "DLP.All",
 )
+#: A content id as the API's look (``20260629…$…$audit_general$Audit_General$na0034``), with room to spare.
+CONTENT_ID = re.compile(r"[\x21-\x7e]{1,512}")
 #: The ``Category`` values of RecordType 40 alerts, as the records spell them.
 ALERT_CATEGORY_NAMES = (
     "AccessGovernance", "DataGovernance", "DataLossPrevention", "InsiderRiskManagement", "MailFlow",
@@ -107,9 +110,14 @@ class ContentBlob:
 
         Raises :class:`KeyError`, :class:`TypeError` or :class:`ValueError`; callers turn those into
         their own error."""
+        content_id = str(item["contentId"])
+        if not CONTENT_ID.fullmatch(content_id):
+            # Quoted in log lines, spans and exceptions from here on: 30,000 characters, or a line break, made every
+            # one of them the sender's (a gateway's, a forger's). Not quoted here either.
+            raise ValueError("a contentId is one word of at most 512 printable ASCII characters")
         return cls(
             content_type=str(item["contentType"]),
-            content_id=str(item["contentId"]),
+            content_id=content_id,
             content_uri=str(item["contentUri"]),
             content_created=parse_api_time(str(item["contentCreated"])),
             content_expiration=parse_api_time(str(item["contentExpiration"])),

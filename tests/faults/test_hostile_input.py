@@ -388,3 +388,22 @@ async def test_a_management_api_error_code_of_tens_of_kilobytes_is_quoted_bounde
 def _assert_lines_bounded(caplog: pytest.LogCaptureFixture) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("irm_connector")]
     assert lines and max(len(line) for line in lines) < 2000
+
+
+async def test_a_listed_content_id_no_message_could_carry_fails_the_run_unquoted(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listing (a gateway's, a forged one) naming a blob by 30,000 characters with a line break: the poller
+    queued it and marked it queued, the processor parked it at once, and no later run listed it as new; its id
+    filled the poller's own log lines and spans on the way. The run now fails before queueing anything (the
+    watermark stays), and the id is quoted nowhere."""
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    forged = "alice@contoso.com\n" + "x" * 30_000
+    sim.management.add_blob("Audit.General", [_hostile()], content_id=forged,
+                            content_created=datetime.now(UTC) - timedelta(hours=1))  # fmt: skip
+    with pytest.raises(PollError, match="without a readable contentId") as failed:
+        await connector.poll()
+    assert await connector.queue_length() == 0
+    assert "alice@contoso.com" not in str(failed.value) + caplog.text
+    _assert_lines_bounded(caplog)
