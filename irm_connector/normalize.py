@@ -136,9 +136,13 @@ def normalize_blob(records: Iterable[Any], ref: ContentRef, routing: Routing, *,
         if not is_alert and not audit_on:
             # Alerts only: a record that is not one costs no more than this, and is not counted as a duplicate or
             # a problem (the log's "duplicates dropped" counted records that were never to be sent), but for an
-            # alert left out for a category the connector does not know.
+            # alert left out for a category the connector does not know, counted once however often it repeats.
             if note:
-                problems[note] += 1
+                record_id = record.get("Id")
+                key = record_id if isinstance(record_id, str) and record_id else _synthetic_id(record)
+                if key not in seen:
+                    seen.add(key)
+                    problems[note] += 1
             continue
         if record_type is None and raw_type is not None:
             problems["RecordType is not a whole number"] += 1

@@ -1,9 +1,9 @@
 """Bounded memory per worker: however many deliveries run at once, the bytes of blob bodies one worker process
 holds stay within ``MAX_BLOB_MB_IN_FLIGHT``, and a blob larger than the bound is processed alone, never
-dropped. Seen from outside the connector: each delivery holds its body from its (last) download's request to
-its last upload's answer, times the stand-ins record, and the bodies of the deliveries that overlap so never
-add up to more than the bound. (The benchmark measures the process's RSS: ``bench/``, twelve 25 MB blobs at
-once.)"""
+dropped. Seen from outside the connector: a delivery certainly holds its body from its first upload's arrival to
+its last upload's answer (reserved before the body is read, kept until the delivery ends), times the Logs
+Ingestion stand-in records, and the bodies of the deliveries seen so together never add up to more than the
+bound. (The benchmark measures the process's RSS: ``bench/``, twelve 25 MB blobs at once.)"""
 
 from __future__ import annotations
 

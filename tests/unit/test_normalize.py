@@ -664,6 +664,7 @@ def test_an_alert_category_spelt_otherwise_is_routed_and_an_unknown_one_is_count
         irm_alert(Id="5", Category="ThreatManagement"),
         irm_alert(Id="6", Category="threat management"),  # known, not routed: as ThreatManagement, not counted
         irm_alert(Id="1", Category="insider risk management"),  # a duplicate: one record, counted once
+        irm_alert(Id="3", Category="RiskyAI"),  # so is this one, left out
     ]
     out = normalize_blob(records, REF, ALERTS, sent_at=SENT)
     assert [(r["RecordId"], r["Category"]) for r in rows(out)] == [
