@@ -30,8 +30,10 @@ from .deadline import Deadline, current_deadline, within
 from .errors import (
     ApiUnreachableError,
     AuthenticationError,
+    DeadlineError,
     InvalidPageError,
     ManagementApiError,
+    StateError,
     TransientApiError,
     UnreadableAnswerError,
     management_api_error,
@@ -51,9 +53,16 @@ _READ: BodyReader = aiohttp.ClientResponse.read
 
 
 class RequestGate(Protocol):
-    """The request budget: ``acquire`` returns when one request may be sent (request_budget.py)."""
+    """The tenant's request budget (request_budget.py)."""
 
-    async def acquire(self) -> None: ...
+    async def acquire(self) -> float:
+        """Return 0 when one request may be sent now, or the seconds left of a wait the API asked of the tenant
+        (nothing reserved then)."""
+        ...
+
+    async def pause(self, seconds: float) -> None:
+        """Keep the tenant's requests back for ``seconds``, in every instance: the API asked it to wait."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -327,6 +336,16 @@ class ManagementActivityClient:
             await self._sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _pause_tenant(self, wait: float, call: _Call) -> None:
+        """Every instance keeps the API's wait: it throttles per tenant, and counts what it throttles."""
+        try:
+            await within("recording the API's Retry-After for the tenant", self._limiter.pause(wait),
+                         deadline=call.deadline)  # fmt: skip
+        except (StateError, DeadlineError) as exc:
+            # This call keeps the wait all the same; the others learn of it from their own throttled answer.
+            log.warning("Could not record the Management API's Retry-After for the other instances: %s", exc,
+                        extra={"content_type": call.content_type, "operation": call.operation})  # fmt: skip
+
     async def _attempt(
         self, call: _Call, *, refresh: bool
     ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
@@ -340,8 +359,13 @@ class ManagementActivityClient:
                 raise
             return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
         # After the token: the budget's slot must still be running when the request goes out.
-        await within("waiting for the tenant's request budget (O365_MAX_REQUESTS_PER_MINUTE)",
-                     self._limiter.acquire(), deadline=call.deadline)  # fmt: skip
+        paused = await within("waiting for the tenant's request budget (O365_MAX_REQUESTS_PER_MINUTE)",
+                              self._limiter.acquire(), deadline=call.deadline)  # fmt: skip
+        if paused > 0:
+            # Another call met a Retry-After, in this instance or another: asked now, the API throttles again.
+            kept = TransientApiError(f"throttled (the API asked the tenant to wait {paused:.0f} s more)", code="AF429",
+                                     operation=call.operation, content_type=call.content_type)  # fmt: skip
+            return _Retry(kept, paused)
         # The wait for a token or a budget slot can be long: a lease lost meanwhile stops the request here.
         call.check_guard()
         self.stats.requests += 1
@@ -383,6 +407,8 @@ class ManagementActivityClient:
             metrics.requests_throttled.add(1, self._dims)
             wait = retry_after_of(headers)
             said = "" if wait is None else f" (Retry-After {wait:.0f} s)"
+            if wait is not None and wait > 0:
+                await self._pause_tenant(wait, call)
             return _Retry(TransientApiError("throttled" + said, code=code or "AF429", **where), wait)
         if status in _TRANSIENT_STATUS or code.startswith("AF5"):
             return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), retry_after_of(headers))

@@ -45,6 +45,10 @@ SLOTS_PER_WINDOW = math.ceil((WINDOW + 2 * SKEW) / SLOT + 1)
 #: A reading of the storage clock more uncertain than this is improved (another read) before it is used.
 _CLOCK_SLACK = 1.5
 _CONFLICT_TRIES = 5
+#: What is left of the tenant's wait that :meth:`SharedRequestBudget.acquire` sleeps itself rather than hand back:
+#: the readings of the storage clock by the instance that recorded it and the one that keeps it differ by about
+#: this much, and a remainder handed back would cost the caller a try of a throttled call.
+_PAUSE_SLEPT = 3.0
 
 
 def room(used: dict[int, int], slot: int, budget: int) -> int:
@@ -113,28 +117,60 @@ class SharedRequestBudget:
         self._block_granted = 0
         self._next_clock_read = 0.0
 
-    async def acquire(self) -> None:
-        """Wait until a request may be sent now; raises :class:`~irm_connector.errors.StateError` when
-        storage cannot be reached."""
+    async def acquire(self) -> float:
+        """Wait until a request may be sent now, and return 0; or, while a wait the API asked of the tenant
+        (``Retry-After``, met by any instance) has more than :data:`_PAUSE_SLEPT` seconds left, reserve nothing and
+        return what is left of it. Raises :class:`~irm_connector.errors.StateError` when storage cannot be
+        reached."""
         self._waiting += 1
         try:
-            async with self._lock:
-                await self._take()
+            while True:
+                async with self._lock:
+                    left = await self._take()
+                if left <= 0:
+                    return 0.0
+                if left > _PAUSE_SLEPT:
+                    return left
+                await asyncio.sleep(left)  # the end of a wait: not worth a try of the caller's
         finally:
             self._waiting -= 1
 
-    async def _take(self) -> None:
+    async def pause(self, seconds: float) -> None:
+        """Keep every instance's requests back for ``seconds`` from now, as the API asked (``Retry-After``): asked
+        sooner, it throttles again, and the throttled requests count against the tenant's quota. A longer wait
+        already recorded stands. Does not wait for the lock :meth:`acquire` holds while it sleeps for a slot:
+        the ETag-checked write keeps the two from losing each other's change."""
+        if self._ring is None:
+            await self._read()
+        until = self._clock.now() + seconds
+        for _ in range(_CONFLICT_TRIES):
+            ring = self._ring or SlotRing(self._tenant)
+            if ring.paused_until is not None and ring.paused_until >= until - _PAUSE_SLEPT:
+                return
+            try:
+                self._ring, seen = await self._slots.write(ring.pausing(until))
+            except SlotsChangedError:
+                await self._read()
+                continue
+            self._clock.observe(seen)
+            return
+
+    async def _take(self) -> float:
         while True:
             unsure = self._clock.uncertainty > _CLOCK_SLACK and time.monotonic() > self._next_clock_read
             if self._ring is None or unsure:
                 self._next_clock_read = time.monotonic() + SLOT
                 await self._read()
+            if self._ring is not None and self._ring.paused_until is not None:
+                left = self._ring.paused_until - self._clock.now()
+                if left > 0:
+                    return left
             slot = self._slot_now()
             if slot == self._block_slot:
                 if self._block_left > 0:
                     self._block_left -= 1
                     self._block_used += 1
-                    return
+                    return 0.0
                 if self._block_granted >= self._share:
                     await self._sleep_until(slot + 1)  # this instance had its share of the slot
                     continue

@@ -2,14 +2,17 @@
 
 One entity per tenant holds a ring of the recent slots (``S{i}``: the slot's number, ``U{i}``: requests
 reserved in it), so a reservation is one ETag-checked write of one entity whatever the number of
-instances, and nothing piles up to clean. Every answer also carries the storage service's ``Date``, which
-the budget uses as its clock (see :mod:`irm_connector.request_budget`).
+instances, and nothing piles up to clean. ``PausedUntil`` (seconds since the epoch, storage clock) is the end
+of the latest wait the API asked of the tenant (``Retry-After``), which every instance keeps.
+Every answer also carries the storage service's ``Date``, which the budget uses as its clock (see
+:mod:`irm_connector.request_budget`).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +31,7 @@ __all__ = ["RING", "Observed", "RequestSlots", "SlotRing", "SlotsChangedError"]
 #: Slots kept in the ring: two budget windows' worth, more than any reservation looks at.
 RING = 16
 _ROW = "requests"
+_PAUSED = "PausedUntil"
 
 
 class SlotsChangedError(StateError):
@@ -50,6 +54,8 @@ class SlotRing:
     tenant_id: str
     used: dict[int, int] = field(default_factory=dict)
     etag: str | None = None
+    #: When the wait the API asked of the tenant ends, by the storage service's clock (epoch seconds).
+    paused_until: float | None = None
 
     def adding(self, slot: int, count: int) -> SlotRing | None:
         """The ring with ``count`` more in ``slot``; None when a later slot already holds its place."""
@@ -58,13 +64,19 @@ class SlotRing:
             return None
         used = {s: n for s, n in self.used.items() if s not in place}
         used[slot] = used.get(slot, 0) + count
-        return SlotRing(self.tenant_id, used, self.etag)
+        return replace(self, used=used)
+
+    def pausing(self, until: float) -> SlotRing:
+        """The ring with the tenant's wait ending at ``until``."""
+        return replace(self, paused_until=until)
 
     def entity(self) -> dict[str, Any]:
         entity: dict[str, Any] = {"PartitionKey": table_key(self.tenant_id), "RowKey": _ROW}
         for slot, count in self.used.items():
             entity[f"S{slot % RING}"] = slot
             entity[f"U{slot % RING}"] = count
+        if self.paused_until is not None:
+            entity[_PAUSED] = float(self.paused_until)
         return entity
 
     @classmethod
@@ -74,7 +86,10 @@ class SlotRing:
             slot, count = entity.get(f"S{place}"), entity.get(f"U{place}")
             if isinstance(slot, int) and isinstance(count, int):
                 used[slot] = count
-        return cls(tenant_id, used, etag)
+        paused = entity.get(_PAUSED)
+        # bool is an int: a hand-edited True is no time
+        until = float(paused) if isinstance(paused, (int, float)) and not isinstance(paused, bool) else None
+        return cls(tenant_id, used, etag, until if until is not None and math.isfinite(until) else None)
 
 
 class RequestSlots:
@@ -115,5 +130,5 @@ class RequestSlots:
             raise SlotsChangedError("another instance reserved requests at the same time")
         date = result.get("date")
         observed = Observed(sent, time.monotonic(), date if isinstance(date, datetime) else None)
-        return SlotRing(ring.tenant_id, dict(ring.used), result.get("etag")), observed
+        return replace(ring, used=dict(ring.used), etag=result.get("etag")), observed
 

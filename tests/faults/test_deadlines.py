@@ -188,7 +188,8 @@ async def test_a_throttle_whose_wait_the_invocation_cannot_hold_puts_the_message
     pending = await _pending_claims(connector)
     # The message the child was handed stays (the host's would not); the one put off is back after the wait.
     queued, visible = await connector.queue_length(), await connector.messages()
-    await connector.process(message)  # as when the put-off one shows up again
+    await connector.let_the_api_wait_pass()
+    await connector.process(message)  # as when the put-off one shows up again, after the wait
     lost, duplicates = report.tally(connector, workload)
     report.record(report.Outcome(
         "Faults", subject, f"429 with Retry-After: {wait} on every answer, functionTimeout {TIMEOUT} s (app setting)",
@@ -233,6 +234,7 @@ async def test_a_poller_run_ends_before_its_timeout_when_starting_a_subscription
     await rt.state.watermarks.upsert_state(replace(
         state, throttled_until=None, subscription_started=state.subscription_started - timedelta(minutes=16)
     ))  # fmt: skip
+    await connector.let_the_api_wait_pass()
     await connector.poll()  # a run 15 minutes on: starts it
     # Published since the start (what came before it is never available, apis.md), before the next window ends.
     subscribed = datetime.now(UTC)

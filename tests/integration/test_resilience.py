@@ -1270,7 +1270,43 @@ async def test_a_download_throttled_for_longer_than_a_call_waits_is_put_off_not_
     assert sim.management.count("content") == 1
     assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
     sim.management.clear_faults()
+    await connector.let_the_api_wait_pass()
     await connector.process(message)  # as when it shows up again
+    _assert_exactly_once(connector, workload)
+
+
+async def test_a_retry_after_met_by_one_instance_holds_the_tenant_s_other_instances_back(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API throttles per tenant. A download answered ``Retry-After: 8`` waits 8 s before it asks again; another
+    instance's download, started within those 8 s, asked at once, throttled again (on the real API) and counted
+    against the tenant's quota. Every instance now keeps the wait: it is kept in the shared request budget, by
+    the storage service's clock. Both blobs' records arrive once."""
+    from irm_connector.content_queue import Delivery
+    from irm_connector.processor import process_message
+    from irm_connector.runtime import build_runtime
+
+    sim = connector.standins
+    workload = _publish(connector, seed=53, records=600, blob_size=(300, 300))
+    first, second = _messages_for(connector, workload)
+    sim.management.add_fault("content", "status", status=429, retry_after=8, count=1)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.management_api"):
+        waiting = asyncio.create_task(connector.process(first))
+        for _ in range(500):  # until this instance has met the throttle, and said it waits
+            if any("retry 1/" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.02)
+        [throttled] = sim.management.requests("content")
+        other = await build_runtime(Settings.from_env())  # another instance: its own budget, clock and session
+        try:
+            result = await asyncio.wait_for(process_message(other, Delivery.decode(second.encode())), 60)
+        finally:
+            await other.close()
+        await asyncio.wait_for(waiting, 60)
+    assert result.outcome == "ingested"
+    asked = [r.time - r.duration for r in sim.management.requests("content")]
+    # 8 s from the throttled answer, less the two instances' readings of the storage clock (a second or so each).
+    assert len(asked) == 3 and min(asked[1:]) >= throttled.time + 5, (throttled.time, asked)
     _assert_exactly_once(connector, workload)
 
 
@@ -1453,6 +1489,7 @@ async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_
     delay = int(line.split("put off for ")[1].split(" s")[0])
     assert most - 5 <= delay <= most
     assert await connector.queue_length() == 1 and await connector.messages() == []  # back, but not yet
+    await connector.let_the_api_wait_pass()
     await connector.process(message)  # as when it shows up again
     _assert_exactly_once(connector, workload)
 
@@ -1516,6 +1553,7 @@ async def test_a_listing_throttled_for_longer_than_a_call_waits_is_not_asked_aga
 
     # Ten minutes later, by the storage service's clock.
     await watermarks.upsert_state(replace(state, throttled_until=state.read_at - timedelta(seconds=1)))
+    await connector.let_the_api_wait_pass()
     await connector.poll()
     await connector.drain()
     _assert_exactly_once(connector, workload)
