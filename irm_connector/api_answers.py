@@ -36,7 +36,11 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         try:
             # By the answer's own Date, as the server meant it: this machine's clock may be minutes off.
-            seconds = (parsedate_to_datetime(value) - (_date_of(headers) or datetime.now(UTC))).total_seconds()
+            said = parsedate_to_datetime(value)
+            # "-0000" or no zone gives a naive time, UTC by RFC 5322: compared with the aware Date it raised, and the
+            # wait was read as none (a throttle's quick tries, each counted against the tenant's quota).
+            said = said if said.tzinfo is not None else said.replace(tzinfo=UTC)
+            seconds = (said - (_date_of(headers) or datetime.now(UTC))).total_seconds()
         except (TypeError, ValueError):
             return None
     return finite_wait(seconds)

@@ -60,7 +60,9 @@ def parse_api_time(text: str) -> datetime:
     """The API's timestamps (``2026-06-29T20:03:19.123Z``, or without the zone): UTC.
 
     Raises :class:`ValueError` for text that is not an ISO time."""
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    # "z" too, as the command line reads it: fromisoformat takes only "Z", and one lowercase time in a listing made
+    # its whole window unreadable, run after run.
+    value = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text.strip()))
     try:
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except OverflowError:  # 9999-12-31T23:59:59-01:00: a date, but its UTC instant is past the calendar's end

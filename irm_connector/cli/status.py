@@ -63,7 +63,9 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             "last_run": state.last_run if state else None,
             "last_error": state.last_error if state else "",
             "last_error_at": state.last_error_at if state else None,
-            "lease_until": state.lease_until if state and state.lease_until and state.lease_until > now else None,
+            # When the lease runs out by the storage service's clock, as pollers judge it: the holder's LeaseUntil is
+            # its own clock's, hours off on a machine whose clock is.
+            "lease_until": lease if state and (lease := state.lease_expires()) and lease > now else None,
             # Informational: the poller judges it by the storage service's clock.
             "throttled_until": (
                 state.throttled_until if state and state.throttled_until and state.throttled_until > now else None

@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -284,6 +285,31 @@ def test_status_judges_the_lag_by_the_storage_service_s_clock(cli: Cli, monkeypa
     code, doc = cli.json("status")
     assert code == 0, doc["problems"]
     assert doc["content_types"][0]["lag_seconds"] < 15 * 60
+
+
+def test_status_judges_a_held_lease_by_the_storage_service_s_clock(cli: Cli) -> None:
+    """A poller whose clock is 3 hours fast writes its LeaseUntil 3 hours ahead. The lease runs out 60 s after its
+    last write by the storage service's clock, as every poller judges it; `status` said it was held for 3 hours."""
+    from irm_connector.runtime import close_runtimes, get_runtime
+    from irm_connector.settings import Settings
+
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    assert cli.run("poll")[0] == 0
+
+    async def held_by_a_fast_clock() -> None:
+        rt = await get_runtime(Settings.from_env())
+        try:
+            watermarks = rt.state.watermarks
+            state = await watermarks.get_state(rt.settings.tenant_id, "Audit.General")
+            await watermarks.upsert_state(replace(state, lease_owner="elsewhere", lease_seconds=60,
+                                                  lease_until=datetime.now(UTC) + timedelta(hours=3)))  # fmt: skip
+        finally:
+            await close_runtimes()
+
+    asyncio.run(held_by_a_fast_clock())
+    held = cli.json("status")[1]["content_types"][0]["lease_until"]
+    assert held is not None
+    assert datetime.fromisoformat(held.replace("Z", "+00:00")) - datetime.now(UTC) <= timedelta(seconds=61)
 
 
 def test_status_as_a_subprocess(cli: Cli) -> None:

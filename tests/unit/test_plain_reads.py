@@ -105,6 +105,10 @@ def test_a_retry_after_date_is_read_against_the_answers_own_date() -> None:
                    Date=format_datetime(answered, usegmt=True))  # fmt: skip
     assert retry_after_of(said) == 30.0
     assert retry_after_of(headers(Retry_After="7")) == 7.0
+    # "-0000" (RFC 5322: UTC, no zone said) parses to a naive time: compared with the Date, it was read as no wait.
+    unzoned = format_datetime((answered + timedelta(seconds=45)).replace(tzinfo=None))
+    assert unzoned.endswith("-0000")
+    assert retry_after_of(headers(Retry_After=unzoned, Date=format_datetime(answered, usegmt=True))) == 45.0
     # No Date beside it: this machine's clock is all there is.
     alone = retry_after_of(headers(Retry_After=format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)))
     assert alone is not None and 55 <= alone <= 60
