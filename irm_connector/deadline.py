@@ -16,15 +16,16 @@ wait within it, and a Management API call handed no deadline (starting a subscri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .errors import DeadlineError
 
@@ -32,6 +33,7 @@ __all__ = [
     "FUNCTION_TIMEOUT",
     "TIMEOUT_SETTING",
     "Deadline",
+    "carried_through",
     "cleaning_up",
     "current_deadline",
     "function_timeout",
@@ -72,6 +74,21 @@ def cleaning_up() -> Iterator[None]:
         return
     with Deadline(deadline.end, deadline.margin * CLEANUP_SLACK_SHARE, cleanup=True, then=deadline.then).applied():
         yield
+
+
+async def carried_through(cleanup: Coroutine[Any, Any, _T]) -> _T:
+    """``cleanup`` in the margin (:func:`cleaning_up`), and carried to its end through a cancel that comes meanwhile
+    (the command line's SIGTERM or second Ctrl-C), which is raised after it: cut, it left rows sent but unmarked,
+    sent again by the message's next delivery. Its own failure, once cancelled, is its to log: the cancel is what
+    the caller hears."""
+    with cleaning_up():
+        task = asyncio.ensure_future(cleanup)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
 
 
 async def within(

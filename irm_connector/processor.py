@@ -24,7 +24,7 @@ from .api_answers import MAX_RETRY_AFTER
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
 from .content_queue import ContentMessage, Delivery
-from .deadline import Deadline, cleaning_up
+from .deadline import Deadline, carried_through, cleaning_up
 from .errors import (
     BadContentError,
     BadMessageError,
@@ -137,12 +137,13 @@ async def _reschedule(
     refusal = (await rt.state.refusals.current(rt.settings.dcr_immutable_id)).get(error.stream)
     if refusal is None:  # accepted again meanwhile (another instance's probe): the host retries at once
         raise error
-    if datetime.now(UTC) - refusal.since > refusals.PATIENCE:
+    now = rt.state.refusals.now()  # the refusal's times are the storage service's
+    if now - refusal.since > refusals.PATIENCE:
         log.error("Logs Ingestion has refused %s for more than %s; the message is retried by the host and goes "
                   "to the poison queue after maxDequeueCount: %s", error.stream, refusals.PATIENCE, error,
                   extra=dims)  # fmt: skip
         raise error
-    delay = refusals.reschedule_delay(refusal)
+    delay = refusals.reschedule_delay(refusal, now)
     await _put_back(rt, message, delay, error, result)
     log.info("Content %s rescheduled in %d s: %s", dims["content_id"], delay, error, extra=dims)
     return result
@@ -368,37 +369,42 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     started = time.perf_counter()
     try:
         await rt.ingestor.upload(stream, claim.mine, on_sent=accepted, deadline=deadline)
-    except Exception as exc:
-        # Keep what did arrive from being sent again, and free the rest for the host's retry (both may use
-        # the invocation's margin, and so may recording the refusal). The upload's failure is the one raised, as it
-        # decides what becomes of the message (put off, rescheduled, retried); storage failing here as well costs
-        # the rows it could not mark, sent again.
-        if sent:
-            try:
-                await rt.state.claims.mark_sent(claim, sent)
-            except StateError as unmarked:
-                log.warning("Could not mark %d rows of %s sent after the upload failed; they are sent again: %s",
-                            len(sent), stream, unmarked)  # fmt: skip
-        await rt.state.claims.release(claim)
-        if isinstance(exc, IngestionRefusedError):
-            try:
-                with cleaning_up():
-                    await refusals.refused(rt, exc)
-            except StateError as unrecorded:
-                log.warning("Could not record the refusal of %s (the next delivery refused does): %s", stream,
-                            unrecorded)  # fmt: skip
-        refusals.end_probe(rt, stream)
+    except BaseException as exc:
+        # A cancel too (the command line's SIGTERM or second Ctrl-C): left, the claim kept the rows that arrived
+        # unmarked, and the message's next delivery, finding its own claim, sent them again.
+        await carried_through(_settle_failed_upload(rt, stream, claim, sent, exc))
         raise
     metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
     try:
         # The rows arrived: committing them comes first (a crash after it sends nothing twice).
-        await rt.state.claims.mark_sent(claim)
+        await carried_through(rt.state.claims.mark_sent(claim))
     finally:
         # The stream took rows, whatever became of the commit: a refusal has ended, the deliveries waiting may go.
         with cleaning_up():
             await refusals.accepted(rt, stream)
         refusals.end_probe(rt, stream)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
+
+
+async def _settle_failed_upload(rt: Runtime, stream: str, claim: Claim, sent: list[Row], exc: BaseException) -> None:
+    """Keep what did arrive from being sent again, and free the rest for the host's retry (both may use the
+    invocation's margin, and so may recording the refusal). The upload's failure is the one raised, as it decides
+    what becomes of the message (put off, rescheduled, retried); storage failing here as well costs the rows it
+    could not mark, sent again."""
+    if sent:
+        try:
+            await rt.state.claims.mark_sent(claim, sent)
+        except StateError as unmarked:
+            log.warning("Could not mark %d rows of %s sent after the upload failed; they are sent again: %s",
+                        len(sent), stream, unmarked)  # fmt: skip
+    await rt.state.claims.release(claim)
+    if isinstance(exc, IngestionRefusedError):
+        try:
+            await refusals.refused(rt, exc)
+        except StateError as unrecorded:
+            log.warning("Could not record the refusal of %s (the next delivery refused does): %s", stream,
+                        unrecorded)  # fmt: skip
+    refusals.end_probe(rt, stream)
 
 
 #: A put-off message comes back this many seconds before its blob expires, and is put off at least

@@ -108,7 +108,7 @@ async def admit(rt: Runtime, stream: str) -> Refusal | None:
         # lasts as long as its delivery's work, which this invocation's deadline does not bound.
         await within(f"waiting for this process's probe of {stream}", running[1].wait())
         return (await store.current(dcr)).get(stream)
-    if refusal.probe_at > datetime.now(UTC):
+    if refusal.probe_at > store.now():
         return refusal
     # Known as this process's probe before the claim is written: the deliveries beside it wait for its answer.
     store.probes[stream] = (asyncio.current_task(), asyncio.Event())
@@ -171,7 +171,7 @@ async def accepted(rt: Runtime, stream: str) -> None:
         log.warning("Could not clear the refusal of %s (the next probe does): %s", stream, exc)
         return
     if ended is not None:
-        lasted = (datetime.now(UTC) - ended.since).total_seconds()
+        lasted = (rt.state.refusals.now() - ended.since).total_seconds()
         log.warning("Logs Ingestion accepts %s again, after refusing it for %.0f s", stream, lasted,
                     extra={"stream": stream})  # fmt: skip
 

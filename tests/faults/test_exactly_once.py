@@ -111,6 +111,30 @@ async def test_two_partial_failures_in_a_row_keep_every_sent_mark(connector: Con
     assert (lost, duplicates) == (0, 0)
 
 
+async def test_a_delivery_cancelled_mid_upload_marks_what_arrived_and_frees_the_rest(
+    connector: ConnectorHarness,
+) -> None:
+    """The command line's SIGTERM (or second Ctrl-C) cancels a delivery while Logs Ingestion holds one of its two
+    bodies; it had taken the other. The rows it took were left unmarked and the claim held, so the message's next
+    delivery, finding its own claim, sent them again. Now they are marked on the way out and the rest released.
+    (The held body's request ends with the connection, unread: the stand-in keeps none of its rows.)"""
+    sim = connector.standins
+    now = datetime.now(UTC)
+    records = _alerts("cancelled", 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
+    ids = [r["Id"] for r in records]
+    message = _publish(connector, records, now - timedelta(minutes=30))
+    sim.ingestion.add_fault("ingest", "delay", 1, seconds=3)  # whichever body comes first is held
+    delivery = asyncio.create_task(connector.process(message))
+    await _until(lambda: len(sim.ingestion.requests("ingest")) == 1, "the body not held to be answered")
+    taken_first = len(connector.rows(ALERTS))
+    assert 0 < taken_first < len(ids)
+    delivery.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+    await connector.process(message, dequeue_count=2)  # the message back, as after the cancelled run
+    assert _tally(connector, ids) == (0, 0)
+
+
 async def test_a_throttled_upload_whose_sent_marks_fail_is_still_put_off(faulty: ConnectorHarness) -> None:
     """Logs Ingestion throttles one body of a blob whose others it took, and storage then refuses the write that
     marks those others sent. The throttle decides what becomes of the message (it is put off, its dequeue count

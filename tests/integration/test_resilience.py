@@ -319,6 +319,52 @@ async def test_a_probe_whose_records_another_delivery_holds_lets_the_deliveries_
     assert connector.rows(stream) == []
 
 
+async def test_a_refusal_recorded_on_a_fast_clock_is_probed_as_soon_as_on_any_other(
+    connector: ConnectorHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal's times were its writer's clock: an instance an hour fast (the command line on a laptop) recorded
+    the next probe an hour ahead, and every other instance held the stream's rows back for that hour after the role
+    arrived. They are the storage service's times now, whoever writes them."""
+    from irm_connector.refusals import PROBE_LEAST
+    from irm_connector.runtime import close_runtimes
+
+    sim = connector.standins
+    workload = _publish(connector, seed=61, records=200, blob_size=(200, 200))
+    [message] = _messages_for(connector, workload)
+    ahead = [timedelta(hours=1)]
+    skew_local_clock(monkeypatch, ahead, package="irm_connector")
+    sim.ingestion.deny_role(denied=True)
+    await connector.process(message)  # refused: rescheduled, the refusal recorded
+    assert connector.rows("Custom-IRMAlerts") == []
+    ahead[0] = timedelta(0)
+    await close_runtimes()  # another instance, its clock right
+    sim.ingestion.deny_role(denied=False)  # the role assignment has arrived
+    await asyncio.sleep(PROBE_LEAST + 1)
+    await connector.process(message)  # as when it comes back: it probes, and its rows are accepted
+    _assert_exactly_once(connector, workload)
+
+
+async def test_a_read_of_the_refusals_answered_after_this_process_s_own_write_does_not_undo_it(
+    connector: ConnectorHarness,
+) -> None:
+    """A delivery's read of the refusals was sent before another delivery of the process recorded a refusal, and
+    answered after: its older answer (none) replaced what the process knew for 10 s, and deliveries beside it sent
+    their rows to the refused stream, each refused again."""
+    from standins.storage_proxy import StorageProxy
+
+    with StorageProxy(connector.azurite) as proxy:
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        rt = await get_runtime(Settings.from_env())
+        store, dcr = rt.state.refusals, rt.settings.dcr_immutable_id
+        held = proxy.hold("table.read", path="refusals", after_answer=True)  # answered, then held
+        stale = asyncio.ensure_future(store.current(dcr, fresh=True))
+        assert await asyncio.to_thread(held.arrived.wait, 30)
+        await store.record(dcr, "Custom-IRMAlerts", 403, "AuthorizationFailed", probe_after=60)
+        held.release(forward=True)
+        assert await stale == {}  # what the read found when it was answered
+        assert "Custom-IRMAlerts" in await store.current(dcr)  # what the process goes by, not read again
+
+
 async def test_a_delivery_killed_while_it_clears_a_refusal_has_committed_its_rows_first(
     connector: ConnectorHarness,
 ) -> None:
