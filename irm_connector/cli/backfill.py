@@ -161,16 +161,19 @@ def _range(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]
     raise UsageError("give --since (e.g. 3d) or --start (and optionally --end)")
 
 
-#: How far this machine's clock may be from the storage service's before a range it calls more than 7 days back
-#: is refused without asking the service, whose clock places the edge.
+#: How far this machine's clock may be from the storage service's before a range it calls more than 7 days back, or
+#: in the future, is refused without asking the service, whose clock places the edge and the present.
 _CLOCK_SLACK = timedelta(hours=1)
 
 
 def _precheck(start: datetime, end: datetime, local_now: datetime) -> None:
     """The mistakes a range shows by itself, told before a storage or token call can fail first: an empty range,
-    and a start clearly more than 7 days back. :func:`_plan` checks again by the service's clock."""
-    if end <= start:
-        raise UsageError(starts_in_the_future(start, local_now) if start >= local_now else EMPTY_RANGE)
+    a start clearly in the future, and one clearly more than 7 days back. :func:`_plan` checks again by the
+    service's clock: by this machine's, minutes slow, a --start a minute ago was refused as in the future."""
+    if start >= local_now + _CLOCK_SLACK:
+        raise UsageError(starts_in_the_future(start, local_now))
+    if end <= start and start < local_now:
+        raise UsageError(EMPTY_RANGE)
     if start < local_now - RETENTION - _CLOCK_SLACK:
         raise UsageError(too_far_back(start))
 

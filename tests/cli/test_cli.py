@@ -496,6 +496,24 @@ def test_backfill_since_7d_is_placed_by_the_storage_service_s_time_whatever_this
     assert abs(datetime.fromisoformat(doc["range"]["start"].replace("Z", "+00:00")) - edge) < timedelta(minutes=2)
 
 
+def test_a_backfill_of_the_last_minutes_on_a_slow_clock_is_not_refused_as_in_the_future(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--start` five minutes ago, on a machine ten minutes slow: the check made before any call read it on this
+    machine's clock and refused it as "in the future", though the storage service's clock, which plans the range,
+    places it in the past."""
+    from tests.clock import skew_local_clock
+
+    cli.standins.management.set_subscription("Audit.General", "enabled")
+    start = datetime.now(UTC) - timedelta(minutes=5)
+    for module in ("irm_connector.cli.backfill", "irm_connector.backfill"):  # not the JSON output's
+        skew_local_clock(monkeypatch, -timedelta(minutes=10), package=module)
+    code, doc = cli.json("backfill", "--start", start.strftime("%Y-%m-%dT%H:%M:%SZ"), "--no-process")
+    assert code == 0, doc
+    listed_from = datetime.fromisoformat(doc["range"]["start"].replace("Z", "+00:00"))
+    assert timedelta(0) < start.replace(microsecond=0) - listed_from <= timedelta(minutes=1)  # from a minute before
+
+
 def test_backfill_and_process_show_their_progress_in_a_log_without_a_terminal(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
