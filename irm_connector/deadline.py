@@ -16,7 +16,7 @@ wait within it, and a Management API call handed no deadline (starting a subscri
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import re
 import time
@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 #: host.json ``functionTimeout``: no invocation runs longer (a test keeps the two equal).
 FUNCTION_TIMEOUT = timedelta(minutes=10)
@@ -78,16 +80,18 @@ def cleaning_up() -> Iterator[None]:
 
 async def carried_through(cleanup: Coroutine[Any, Any, _T]) -> _T:
     """``cleanup`` in the margin (:func:`cleaning_up`), and carried to its end through a cancel that comes meanwhile
-    (the command line's SIGTERM or second Ctrl-C), which is raised after it: cut, it left rows sent but unmarked,
-    sent again by the message's next delivery. Its own failure, once cancelled, is its to log: the cancel is what
-    the caller hears."""
+    (the command line's second Ctrl-C), which is raised after it: cut, it left rows sent but unmarked, sent again by
+    the message's next delivery. Its failure, once cancelled, is logged: the cancel is what the caller hears."""
     with cleaning_up():
         task = asyncio.ensure_future(cleanup)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
+        try:
             await task
+        except Exception as exc:  # told here: the cancel goes on in its place
+            log.warning("Cancelled, and cleaning up failed too: rows it could not mark sent are sent again, and a "
+                        "claim it could not release waits to expire (%s: %s)", type(exc).__name__, exc)  # fmt: skip
         raise
 
 

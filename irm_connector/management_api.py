@@ -359,13 +359,18 @@ class ManagementActivityClient:
                 raise
             return _Retry(TransientApiError(str(exc), operation="token", content_type=call.content_type))
         # After the token: the budget's slot must still be running when the request goes out.
-        paused = await within("waiting for the tenant's request budget (O365_MAX_REQUESTS_PER_MINUTE)",
-                              self._limiter.acquire(), deadline=call.deadline)  # fmt: skip
-        if paused > 0:
-            # Another call met a Retry-After, in this instance or another: asked now, the API throttles again.
-            kept = TransientApiError(f"throttled (the API asked the tenant to wait {paused:.0f} s more)", code="AF429",
-                                     operation=call.operation, content_type=call.content_type)  # fmt: skip
-            return _Retry(kept, paused)
+        while paused := await within("waiting for the tenant's request budget (O365_MAX_REQUESTS_PER_MINUTE)",
+                                     self._limiter.acquire(), deadline=call.deadline):  # fmt: skip
+            # Another call met a Retry-After, in this instance or another: asked now, the API throttles again. A wait
+            # this call can hold costs it no try (a subscription start has one); a longer one is the caller's to keep.
+            if paused > self._retry.max_retry_after or (call.deadline is not None and not call.deadline.allows(paused)):
+                kept = TransientApiError(f"throttled (the API asked the tenant to wait {paused:.0f} s more)",
+                                         code="AF429", operation=call.operation, content_type=call.content_type)
+                return _Retry(kept, paused)
+            log.info("Management API %s waits %.0f s: the API asked the tenant to wait (Retry-After)", call.operation,
+                     paused, extra={"content_type": call.content_type, "operation": call.operation})  # fmt: skip
+            await self._sleep(paused)
+            call.check_guard()
         # The wait for a token or a budget slot can be long: a lease lost meanwhile stops the request here.
         call.check_guard()
         self.stats.requests += 1

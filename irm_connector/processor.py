@@ -370,7 +370,7 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     try:
         await rt.ingestor.upload(stream, claim.mine, on_sent=accepted, deadline=deadline)
     except BaseException as exc:
-        # A cancel too (the command line's SIGTERM or second Ctrl-C): left, the claim kept the rows that arrived
+        # A cancel too (the command line's second Ctrl-C): left, the claim kept the rows that arrived
         # unmarked, and the message's next delivery, finding its own claim, sent them again.
         await carried_through(_settle_failed_upload(rt, stream, claim, sent, exc))
         raise

@@ -28,6 +28,7 @@ import random
 import time
 from datetime import UTC, datetime
 
+from .api_answers import MAX_RETRY_AFTER
 from .state.request_slots import Observed, RequestSlots, SlotRing, SlotsChangedError
 
 __all__ = ["SKEW", "SLOT", "SLOTS_PER_WINDOW", "ServerClock", "SharedRequestBudget", "room"]
@@ -49,6 +50,8 @@ _CONFLICT_TRIES = 5
 #: the readings of the storage clock by the instance that recorded it and the one that keeps it differ by about
 #: this much, and a remainder handed back would cost the caller a try of a throttled call.
 _PAUSE_SLEPT = 3.0
+#: The longest wait a recorded pause can have left: the longest Retry-After honoured, and a minute for the clocks.
+_LONGEST_PAUSE = MAX_RETRY_AFTER.total_seconds() + 60
 
 
 def room(used: dict[int, int], slot: int, budget: int) -> int:
@@ -116,6 +119,9 @@ class SharedRequestBudget:
         self._block_used = 0
         self._block_granted = 0
         self._next_clock_read = 0.0
+        #: The end of the latest wait the API asked of the tenant that this instance knows of (storage clock): kept
+        #: apart from the ring, which an older answer processed after a newer write may replace.
+        self._paused_until = 0.0
 
     async def acquire(self) -> float:
         """Wait until a request may be sent now, and return 0; or, while a wait the API asked of the tenant
@@ -143,17 +149,31 @@ class SharedRequestBudget:
         if self._ring is None:
             await self._read()
         until = self._clock.now() + seconds
+        self._paused_until = max(self._paused_until, until)  # this instance keeps it even if the write fails
         for _ in range(_CONFLICT_TRIES):
             ring = self._ring or SlotRing(self._tenant)
             if ring.paused_until is not None and ring.paused_until >= until - _PAUSE_SLEPT:
                 return
             try:
-                self._ring, seen = await self._slots.write(ring.pausing(until))
+                ring, seen = await self._slots.write(ring.pausing(until))
             except SlotsChangedError:
                 await self._read()
                 continue
+            self._keep(ring)
             self._clock.observe(seen)
             return
+        raise SlotsChangedError(f"other instances wrote the request budget {_CONFLICT_TRIES} times meanwhile")
+
+    def _keep(self, ring: SlotRing) -> None:
+        self._ring = ring
+        if ring.paused_until is not None:
+            self._paused_until = max(self._paused_until, ring.paused_until)
+
+    def _pause_left(self) -> float:
+        left = self._paused_until - self._clock.now()
+        # Recorded at most MAX_RETRY_AFTER ahead: a wait beyond it (hand-edited, or written on a clock gone wrong)
+        # would hold every instance for as long, with nothing to end it.
+        return left if left <= _LONGEST_PAUSE else 0.0
 
     async def _take(self) -> float:
         while True:
@@ -161,10 +181,9 @@ class SharedRequestBudget:
             if self._ring is None or unsure:
                 self._next_clock_read = time.monotonic() + SLOT
                 await self._read()
-            if self._ring is not None and self._ring.paused_until is not None:
-                left = self._ring.paused_until - self._clock.now()
-                if left > 0:
-                    return left
+            left = self._pause_left()
+            if left > 0:
+                return left
             slot = self._slot_now()
             if slot == self._block_slot:
                 if self._block_left > 0:
@@ -197,18 +216,20 @@ class SharedRequestBudget:
             if wanted is None:
                 return 0, next_slot_with_room(ring.used, slot, self._budget)
             try:
-                self._ring, seen = await self._slots.write(wanted)
+                written, seen = await self._slots.write(wanted)
             except SlotsChangedError:
                 await self._read()
                 if self._slot_now() != slot:
                     return 0, self._slot_now()
                 continue
+            self._keep(written)
             self._clock.observe(seen)
             return min(want, free), slot
         return 0, slot + 1
 
     async def _read(self) -> None:
-        self._ring, seen = await self._slots.read(self._tenant)
+        ring, seen = await self._slots.read(self._tenant)
+        self._keep(ring)
         if seen.date is None:
             # Storage answers carry a Date; if a proxy drops it, this machine's clock is the next best.
             seen = Observed(seen.sent, seen.received, datetime.now(UTC))

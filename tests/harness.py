@@ -114,15 +114,9 @@ class ConnectorHarness:
         return json.loads(done.stdout)
 
     async def let_the_api_wait_pass(self) -> None:
-        """The wait the Management API asked of the tenant (``Retry-After``, kept in the request budget's entity for
-        every instance) is over, as after that long: a test cannot sleep ten minutes. The runtime is built again,
-        as an instance started after the wait would be, since each keeps the wait it last read."""
-        table_name = f"{self.env.get('STATE_TABLE_PREFIX', 'irm').lower()}budget"
-        async with TableClient.from_connection_string(self.azurite.connection_string, table_name) as table:
-            async for entity in table.list_entities():
-                if "PausedUntil" in entity:
-                    await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
-                                               "PausedUntil": 0.0}, mode=UpdateMode.MERGE)  # fmt: skip
+        """:func:`let_the_api_wait_pass`; the runtime is built again, as an instance started after the wait would be,
+        since each keeps the wait it last knew of."""
+        await let_the_api_wait_pass(self.azurite.connection_string, self.env)
         await close_runtimes()
 
     def rows(self, stream: str = "Custom-IRMAlerts") -> list[dict[str, Any]]:
@@ -130,6 +124,17 @@ class ConnectorHarness:
 
     async def close(self) -> None:
         await close_runtimes()
+
+
+async def let_the_api_wait_pass(connection_string: str, env: dict[str, str]) -> None:
+    """The wait the Management API asked of the tenant (``Retry-After``, kept in the request budget's entity for every
+    instance) is over, as after that long: a test cannot sleep ten minutes."""
+    table_name = f"{env.get('STATE_TABLE_PREFIX', 'irm').lower()}budget"
+    async with TableClient.from_connection_string(connection_string, table_name) as table:
+        async for entity in table.list_entities():
+            if "PausedUntil" in entity:
+                await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
+                                           "PausedUntil": 0.0}, mode=UpdateMode.MERGE)  # fmt: skip
 
 
 def env(name: str) -> str:

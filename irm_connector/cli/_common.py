@@ -339,7 +339,8 @@ def signal_handler(sig: signal.Signals, callback: Callable[[], None]) -> Iterato
 class GracefulStop:
     """Ctrl-C (SIGINT) or SIGTERM while messages are worked: the first takes no new message and lets those in flight
     finish — their rows sent and marked, their claims released — saying so on stderr; a second abandons them at once,
-    as a crash would (what was sent but not marked may be sent again, after the claims expire)."""
+    as a crash would (what was sent but not marked may be sent again, after the claims expire), except that a
+    delivery cut while it uploads marks what had arrived and releases its claim on the way out."""
 
     def __init__(self, stop: asyncio.Event) -> None:
         self.stop = stop

@@ -33,7 +33,8 @@ async def backfill_command(args: argparse.Namespace, settings: Settings) -> int:
     unknown = [ct for ct in content_types if ct not in settings.content_types]
     if unknown:
         raise UsageError(f"{', '.join(unknown)} not in O365_CONTENT_TYPES ({', '.join(settings.content_types)})")
-    _precheck(*_range(args, local_now := datetime.now(UTC)), local_now)  # the range's own mistakes, before any call
+    # The range's own mistakes, before any call.
+    _precheck(*_range(args, local_now := datetime.now(UTC)), local_now, end_given=bool(args.end))
 
     await ready(settings, management=True, ingestion=not args.no_process)
     rt = await get_runtime(settings)
@@ -166,14 +167,14 @@ def _range(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]
 _CLOCK_SLACK = timedelta(hours=1)
 
 
-def _precheck(start: datetime, end: datetime, local_now: datetime) -> None:
-    """The mistakes a range shows by itself, told before a storage or token call can fail first: an empty range,
-    a start clearly in the future, and one clearly more than 7 days back. :func:`_plan` checks again by the
+def _precheck(start: datetime, end: datetime, local_now: datetime, *, end_given: bool) -> None:
+    """The mistakes a range shows by itself, told before a storage or token call can fail first: an --end not after
+    --start, a start clearly in the future, and one clearly more than 7 days back. :func:`_plan` checks again by the
     service's clock: by this machine's, minutes slow, a --start a minute ago was refused as in the future."""
+    if end_given and end <= start:
+        raise UsageError(EMPTY_RANGE)
     if start >= local_now + _CLOCK_SLACK:
         raise UsageError(starts_in_the_future(start, local_now))
-    if end <= start and start < local_now:
-        raise UsageError(EMPTY_RANGE)
     if start < local_now - RETENTION - _CLOCK_SLACK:
         raise UsageError(too_far_back(start))
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 from typing import Any
 
 from irm_connector import refusals
-from irm_connector.errors import ConnectorError
+from irm_connector.errors import ConnectorError, TransientApiError
 from irm_connector.redaction import redact
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
@@ -40,14 +41,20 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     subscriptions: dict[str, str] = {}
     api_error = ""
     api_failure = None
+    api_waits_until = None
     try:
         await check_management_token(rt)
         subscriptions = {
             str(s.get("contentType")): str(s.get("status", "")) for s in await rt.management.list_subscriptions()
         }
     except ConnectorError as exc:
-        api_failure = describe(exc)
-        api_error = redact(api_failure.line().removeprefix("error: "))  # it reaches stdout, past the log filter
+        if isinstance(exc, TransientApiError) and exc.throttled and exc.retry_after:
+            # The API asked the tenant to wait (a Retry-After over 2 minutes, met by any instance): the connector
+            # keeps it, which is no fault, and the subscriptions are not asked meanwhile.
+            api_waits_until = now + timedelta(seconds=exc.retry_after)
+        else:
+            api_failure = describe(exc)
+            api_error = redact(api_failure.line().removeprefix("error: "))  # it reaches stdout, past the log filter
 
     problems: list[dict[str, str]] = []
     rows: list[dict[str, Any]] = []
@@ -55,7 +62,8 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         state = states.get(content_type)
         watermark = state.watermark if state else None
         lag = (now - watermark).total_seconds() if watermark else None
-        subscription = subscriptions.get(content_type, "none") if not api_error else "unknown"
+        unasked = api_error or api_waits_until is not None
+        subscription = subscriptions.get(content_type, "none") if not unasked else "unknown"
         row: dict[str, Any] = {
             "content_type": content_type,
             "watermark": watermark,
@@ -83,7 +91,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             problem("lagging", f"watermark {format_age(lag)} behind now (more than {args.max_lag})")
         if state and state.last_error:
             problem("last-error", state.last_error)
-        if not api_error and subscription != "enabled":
+        if not unasked and subscription != "enabled":
             problem("subscription-not-enabled", f"subscription is {subscription}")
     if oldest_queued > max_lag.total_seconds():
         problems.append(
@@ -134,6 +142,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         "content_types": rows,
         "queue": {"name": settings.content_queue, "depth": queue_depth, "oldest_seconds": oldest_queued},
         "poison_queue": {"name": settings.poison_queue, "depth": poison_depth},
+        "api_waits_until": api_waits_until,
         "problems": problems,
     }
     lines = [f"IRM connector, tenant {settings.tenant_id}: {'HEALTHY' if healthy else 'UNHEALTHY'}", ""]
@@ -148,6 +157,9 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             lines.append(f"    last error ({iso(row['last_error_at']) or '?'}): {row['last_error']}")
         if row["throttled_until"]:
             lines.append(f"    throttled: the poller asks the Management API again after {iso(row['throttled_until'])}")
+    if api_waits_until is not None:
+        lines.append(f"    the Management API asked the tenant to wait (Retry-After): no request to it until "
+                     f"{iso(api_waits_until)}, subscriptions not asked")  # fmt: skip
     lines.append("")
     oldest = f", the oldest queued {format_age(oldest_queued)} ago" if queue_depth else ""
     lines.append(f"queue {settings.content_queue}: {queue_depth} message(s){oldest}")

@@ -28,6 +28,7 @@ from standins.azurite import Azurite
 from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.cli.conftest import REPO, Cli
+from tests.harness import let_the_api_wait_pass
 
 COMMANDS = [
     ["status"],
@@ -310,6 +311,25 @@ def test_status_judges_a_held_lease_by_the_storage_service_s_clock(cli: Cli) -> 
     held = cli.json("status")[1]["content_types"][0]["lease_until"]
     assert held is not None
     assert datetime.fromisoformat(held.replace("Z", "+00:00")) - datetime.now(UTC) <= timedelta(seconds=61)
+
+
+def test_status_while_the_api_asks_the_tenant_to_wait_says_until_when_and_asks_nothing(cli: Cli) -> None:
+    """A Retry-After of 15 minutes, met by the poller: every instance keeps it. `status` asked for the subscriptions
+    all the same, to an error it called the API unreachable (exit 3); it says until when the connector waits."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.add_fault("list", "status", status=429, retry_after=900, count=1)
+    assert cli.json("poll")[0] == 3
+    asked = sim.management.count("subscriptions")
+    code, doc = cli.json("status")
+    assert sim.management.count("subscriptions") == asked
+    waits = datetime.fromisoformat(doc["api_waits_until"].replace("Z", "+00:00")) - datetime.now(UTC)
+    assert timedelta(minutes=13) < waits <= timedelta(minutes=15)
+    assert doc["content_types"][0]["subscription"] == "unknown"
+    assert [p["code"] for p in doc["problems"]] == ["never-polled", "last-error"], doc["problems"]  # no API fault
+    assert code == 1
+    _, out, _ = cli.run("status")
+    assert "the Management API asked the tenant to wait (Retry-After): no request to it until" in out, out
 
 
 def test_status_as_a_subprocess(cli: Cli) -> None:
@@ -661,10 +681,12 @@ def test_backfill_leaves_the_api_alone_while_it_asked_for_no_requests(cli: Cli) 
     assert exchange["content_type"] == "Audit.Exchange" and "no requests from this tenant until" in exchange["error"]
 
     # Recorded by the poller: the backfill asks nothing until then either.
+    asyncio.run(let_the_api_wait_pass(cli.azurite.connection_string, cli.env))  # the backfill's wait is over
     cli.set(O365_CONTENT_TYPES="Audit.General")
     sim.management.add_fault("list", "status", status=429, retry_after=900, count=1)
     code, doc = cli.json("poll")
     assert code == 3 and doc["content_types"][0]["error"], doc
+    assert sim.management.pending_faults("list") == 0  # the poller met the throttle itself
     listed = sim.management.count("list")
     code, out, err = cli.run("backfill", "--since", "3d", "--no-process")
     assert code == 3 and sim.management.count("list") == listed, out + err

@@ -1356,6 +1356,64 @@ async def test_a_retry_after_met_by_one_instance_holds_the_tenant_s_other_instan
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_subscription_start_inside_another_instance_s_short_wait_waits_it_out_and_starts(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A start is asked once (15 minutes apart, apis.md). Inside a wait of seconds another instance met, the start
+    failed without a request, and the next was 15 minutes off; a wait its call can hold costs it no try."""
+    from irm_connector.runtime import build_runtime
+    from irm_connector.windows import Window
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    sim.management.add_fault("list", "status", status=429, retry_after=6, count=1)
+    rt = await get_runtime(Settings.from_env())
+    other = await build_runtime(Settings.from_env())  # another instance, which meets the throttle
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="irm_connector.management_api"):
+
+            async def listing() -> None:
+                async for _ in other.management.list_content("Audit.General", Window(now - timedelta(hours=1), now)):
+                    pass
+
+            listed = asyncio.create_task(listing())
+            for _ in range(500):  # until it has met the throttle, and said it waits
+                if any("retry 1/" in r.getMessage() for r in caplog.records):
+                    break
+                await asyncio.sleep(0.02)
+            [throttled] = sim.management.requests("list")
+            assert await asyncio.wait_for(rt.management.start_subscription("Audit.Exchange"), 60) == "enabled"
+            await listed
+    finally:
+        await other.close()
+    [start] = sim.management.requests("start")
+    assert start.time - start.duration >= throttled.time + 3  # the wait kept: 6 s, less the clocks' readings
+
+
+async def test_a_recorded_wait_beyond_the_longest_retry_after_holds_no_one(connector: ConnectorHarness) -> None:
+    """A ``PausedUntil`` ten days ahead (edited by hand, or written on a clock gone wrong) held every instance's
+    requests for as long, with nothing to end it: no Retry-After is honoured for more than an hour."""
+    from azure.data.tables import UpdateMode
+    from azure.data.tables.aio import TableClient
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    rt = await get_runtime(Settings.from_env())
+    await rt.management.list_subscriptions()  # the budget's entity exists
+    table_name = f"{connector.env['STATE_TABLE_PREFIX'].lower()}budget"
+    async with TableClient.from_connection_string(connector.azurite.connection_string, table_name) as table:
+        [entity] = [e async for e in table.list_entities()]
+        ahead = (datetime.now(UTC) + timedelta(days=10)).timestamp()
+        await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
+                                   "PausedUntil": ahead}, mode=UpdateMode.MERGE)  # fmt: skip
+    await connector.close()  # an instance that reads it afresh
+    rt = await get_runtime(Settings.from_env())
+    asked = sim.management.count("subscriptions")
+    await asyncio.wait_for(rt.management.list_subscriptions(), 30)
+    assert sim.management.count("subscriptions") == asked + 1
+
+
 async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is_put_off_not_poisoned(
     connector: ConnectorHarness,
 ) -> None:
