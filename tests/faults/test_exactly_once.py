@@ -123,9 +123,9 @@ async def test_a_delivery_cancelled_mid_upload_marks_what_arrived_and_frees_the_
     records = _alerts("cancelled", 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
     ids = [r["Id"] for r in records]
     message = _publish(connector, records, now - timedelta(minutes=30))
-    sim.ingestion.add_fault("ingest", "delay", 1, seconds=3)  # whichever body comes first is held
+    sim.ingestion.add_fault("ingest", "delay", 1, seconds=60)  # whichever body comes first is held
     delivery = asyncio.create_task(connector.process(message))
-    await _until(lambda: len(sim.ingestion.requests("ingest")) == 1, "the body not held to be answered")
+    await _until(lambda: len(sim.ingestion.requests("ingest")) >= 1, "the body not held to be answered")
     taken_first = len(connector.rows(ALERTS))
     assert 0 < taken_first < len(ids)
     delivery.cancel()
