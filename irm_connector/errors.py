@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from .models import PollReport
@@ -213,14 +214,18 @@ class TransientApiError(ManagementApiError):
 
     ``retry_after`` is set when the API named a wait (``Retry-After``) longer than the connector waits within
     one call, or a throttle's wait outlasts what the invocation has left: the call gives up at once, and the
-    caller puts the work off for that long instead.
+    caller puts the work off for that long instead. ``answered_at`` is the API's time (its ``Date``) when it
+    answered, if it did: the clock its blobs expire by.
     """
 
     hint = f"{_LATER_TRY}; if this persists check service health and the request budget"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **where: Any) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, answered_at: datetime | None = None, **where: Any
+    ) -> None:
         super().__init__(message, **where)
         self.retry_after = retry_after
+        self.answered_at = answered_at
 
     @property
     def throttled(self) -> bool:

@@ -407,6 +407,7 @@ class ManagementActivityClient:
             return body, headers
         code, message = error_of(body)
         where: dict[str, Any] = {"status": status, "operation": call.operation, "content_type": call.content_type}
+        when = parse_http_date(headers.get("Date"))
         if status == 429 or code == "AF429":
             self.stats.throttled += 1
             metrics.requests_throttled.add(1, self._dims)
@@ -414,9 +415,10 @@ class ManagementActivityClient:
             said = "" if wait is None else f" (Retry-After {wait:.0f} s)"
             if wait is not None and wait > 0:
                 await self._pause_tenant(wait, call)
-            return _Retry(TransientApiError("throttled" + said, code=code or "AF429", **where), wait)
+            return _Retry(TransientApiError("throttled" + said, code=code or "AF429", answered_at=when, **where), wait)
         if status in _TRANSIENT_STATUS or code.startswith("AF5"):
-            return _Retry(TransientApiError(f"server fault: {message}", code=code, **where), retry_after_of(headers))
+            fault = TransientApiError(f"server fault: {message}", code=code, answered_at=when, **where)
+            return _Retry(fault, retry_after_of(headers))
         error = management_api_error(status, code, message, call.operation, call.content_type)
         if status == 401:
             return _Unauthorized(error)

@@ -174,7 +174,12 @@ async def _put_off(
     blob expires and its records are lost with a warning."""
     if message.put_offs >= THROTTLED_PUT_OFFS:
         raise error
-    before_expiry = (message.blob.content_expiration - datetime.now(UTC)).total_seconds() - PUT_OFF_EXPIRY_MARGIN
+    # By the later of this machine's clock and the API's (its Date, when it answered): the blob expires by the API's,
+    # and a machine minutes slow put it off past its expiry, to an answer of AF20051 and its records lost.
+    now = datetime.now(UTC)
+    answered = getattr(error, "answered_at", None)
+    now = max(now, answered) if answered is not None else now
+    before_expiry = (message.blob.content_expiration - now).total_seconds() - PUT_OFF_EXPIRY_MARGIN
     longest = int(MAX_RETRY_AFTER.total_seconds())
     named = getattr(error, "retry_after", None)
     if named is not None and named <= 0:

@@ -1575,6 +1575,25 @@ async def test_an_upload_throttled_with_a_retry_after_that_is_no_number_is_put_o
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_download_put_off_near_its_blob_s_expiry_on_a_slow_clock_comes_back_before_it(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob 20 minutes from its expiry, by the API's clock, on a processor 10 minutes slow: put off by that
+    machine's clock, it came back 5 minutes after the blob expired, to AF20051 and its records lost. The API's own
+    time (the Date of its throttled answer) counts, when it is later."""
+    sim = connector.standins
+    created = datetime.now(UTC) - timedelta(days=7) + timedelta(minutes=20)
+    workload = _publish(connector, seed=73, records=200, blob_size=(200, 200), start=created, span=timedelta(seconds=1))
+    [message] = _messages_for(connector, workload)
+    skew_local_clock(monkeypatch, -timedelta(minutes=10), package="irm_connector.processor")
+    sim.management.add_fault("content", "status", status=429, retry_after=3600, count=1)
+    with caplog.at_level(logging.WARNING, logger="irm_connector.processor"):
+        await asyncio.wait_for(connector.process(message), 60)
+    [line] = [r.getMessage() for r in caplog.records if "put off for" in r.getMessage()]
+    delay = int(line.split("put off for ")[1].split(" s")[0])
+    assert 15 * 60 - 10 <= delay <= 15 * 60  # 5 minutes before the blob expires, by the API's clock
+
+
 @pytest.mark.parametrize(("expires_in", "most"), [(timedelta(days=6), 3600), (timedelta(minutes=20), 15 * 60)])
 async def test_a_download_put_off_comes_back_within_an_hour_and_before_its_blob_expires(
     connector: ConnectorHarness, caplog: pytest.LogCaptureFixture, expires_in: timedelta, most: int
