@@ -152,28 +152,33 @@ class SharedRequestBudget:
         self._paused_until = max(self._paused_until, until)  # this instance keeps it even if the write fails
         for _ in range(_CONFLICT_TRIES):
             ring = self._ring or SlotRing(self._tenant)
-            if ring.paused_until is not None and ring.paused_until >= until - _PAUSE_SLEPT:
+            recorded = self._credible(ring.paused_until)
+            if recorded is not None and recorded >= until - _PAUSE_SLEPT:
                 return
             try:
                 ring, seen = await self._slots.write(ring.pausing(until))
             except SlotsChangedError:
                 await self._read()
                 continue
-            self._keep(ring)
             self._clock.observe(seen)
+            self._keep(ring)
             return
         raise SlotsChangedError(f"other instances wrote the request budget {_CONFLICT_TRIES} times meanwhile")
 
+    def _credible(self, until: float | None) -> float | None:
+        """``until``, unless it is further ahead than any wait is recorded (MAX_RETRY_AFTER): one hand-edited, or
+        written on a clock gone wrong, would hold every instance for as long, and hide the real waits behind it."""
+        return until if until is not None and until - self._clock.now() <= _LONGEST_PAUSE else None
+
     def _keep(self, ring: SlotRing) -> None:
+        """``ring`` as last read or written, once the clock has observed its answer."""
         self._ring = ring
-        if ring.paused_until is not None:
-            self._paused_until = max(self._paused_until, ring.paused_until)
+        recorded = self._credible(ring.paused_until)
+        if recorded is not None:
+            self._paused_until = max(self._paused_until, recorded)
 
     def _pause_left(self) -> float:
-        left = self._paused_until - self._clock.now()
-        # Recorded at most MAX_RETRY_AFTER ahead: a wait beyond it (hand-edited, or written on a clock gone wrong)
-        # would hold every instance for as long, with nothing to end it.
-        return left if left <= _LONGEST_PAUSE else 0.0
+        return self._paused_until - self._clock.now()
 
     async def _take(self) -> float:
         while True:
@@ -222,18 +227,18 @@ class SharedRequestBudget:
                 if self._slot_now() != slot:
                     return 0, self._slot_now()
                 continue
-            self._keep(written)
             self._clock.observe(seen)
+            self._keep(written)
             return min(want, free), slot
         return 0, slot + 1
 
     async def _read(self) -> None:
         ring, seen = await self._slots.read(self._tenant)
-        self._keep(ring)
         if seen.date is None:
             # Storage answers carry a Date; if a proxy drops it, this machine's clock is the next best.
             seen = Observed(seen.sent, seen.received, datetime.now(UTC))
         self._clock.observe(seen)
+        self._keep(ring)
 
     def _slot_now(self) -> int:
         return math.floor(self._clock.now() / SLOT)

@@ -1397,6 +1397,8 @@ async def test_a_recorded_wait_beyond_the_longest_retry_after_holds_no_one(conne
     from azure.data.tables import UpdateMode
     from azure.data.tables.aio import TableClient
 
+    from irm_connector.errors import TransientApiError
+
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     rt = await get_runtime(Settings.from_env())
@@ -1412,6 +1414,16 @@ async def test_a_recorded_wait_beyond_the_longest_retry_after_holds_no_one(conne
     asked = sim.management.count("subscriptions")
     await asyncio.wait_for(rt.management.list_subscriptions(), 30)
     assert sim.management.count("subscriptions") == asked + 1
+    # Nor does it hide a real one: a Retry-After met now is recorded over it, and kept by the next instance.
+    sim.management.add_fault("subscriptions", "status", status=429, retry_after=600, count=1)
+    with pytest.raises(TransientApiError, match="Retry-After 600 s"):
+        await rt.management.list_subscriptions()
+    await connector.close()
+    rt = await get_runtime(Settings.from_env())
+    with pytest.raises(TransientApiError, match="the API asked the tenant to wait") as kept:
+        await rt.management.list_subscriptions()
+    assert kept.value.retry_after is not None and 590 < kept.value.retry_after < 602  # two readings of its clock
+    assert sim.management.count("subscriptions") == asked + 2
 
 
 async def test_a_download_throttled_without_retry_after_past_a_call_s_retries_is_put_off_not_poisoned(
