@@ -134,7 +134,9 @@ class ManagementApiError(ConnectorError):
 
     ``status`` is the HTTP status (0 when no response came), ``code`` the ``AFxxxxx`` code of the
     body when there was one, ``operation`` what the connector was doing (``list``, ``content``,
-    ``start``...), ``content_type`` the content type concerned.
+    ``start``...), ``content_type`` the content type concerned, ``answered_at`` the service's time when the
+    answer came (the API's ``Date``, or the storage clock for a wait kept without a request), if known: the clock
+    the API's blobs expire by.
     """
 
     hint = "see the README's table \"Failures and what to do\""
@@ -147,6 +149,7 @@ class ManagementApiError(ConnectorError):
         code: str = "",
         operation: str = "",
         content_type: str = "",
+        answered_at: datetime | None = None,
     ) -> None:
         detail = ", ".join(
             part
@@ -163,6 +166,7 @@ class ManagementApiError(ConnectorError):
         self.code = code
         self.operation = operation
         self.content_type = content_type
+        self.answered_at = answered_at
 
 
 class OperatorActionError(ManagementApiError):
@@ -214,18 +218,14 @@ class TransientApiError(ManagementApiError):
 
     ``retry_after`` is set when the API named a wait (``Retry-After``) longer than the connector waits within
     one call, or a throttle's wait outlasts what the invocation has left: the call gives up at once, and the
-    caller puts the work off for that long instead. ``answered_at`` is the API's time (its ``Date``) when it
-    answered, if it did: the clock its blobs expire by.
+    caller puts the work off for that long instead.
     """
 
     hint = f"{_LATER_TRY}; if this persists check service health and the request budget"
 
-    def __init__(
-        self, message: str, *, retry_after: float | None = None, answered_at: datetime | None = None, **where: Any
-    ) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **where: Any) -> None:
         super().__init__(message, **where)
         self.retry_after = retry_after
-        self.answered_at = answered_at
 
     @property
     def throttled(self) -> bool:

@@ -64,6 +64,10 @@ class RequestGate(Protocol):
         """Keep the tenant's requests back for ``seconds``, in every instance: the API asked it to wait."""
         ...
 
+    def service_time(self) -> datetime | None:
+        """The storage service's time, once an answer told it."""
+        ...
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -363,9 +367,12 @@ class ManagementActivityClient:
                                      self._limiter.acquire(), deadline=call.deadline):  # fmt: skip
             # Another call met a Retry-After, in this instance or another: asked now, the API throttles again. A wait
             # this call can hold costs it no try (a subscription start has one); a longer one is the caller's to keep.
-            if paused > self._retry.max_retry_after or (call.deadline is not None and not call.deadline.allows(paused)):
+            # Held, the wait leaves the request its timeout: a wait that used the invocation up failed it to the host.
+            held = paused + self._retry.timeout
+            if paused > self._retry.max_retry_after or (call.deadline is not None and not call.deadline.allows(held)):
                 kept = TransientApiError(f"throttled (the API asked the tenant to wait {paused:.0f} s more)",
-                                         code="AF429", operation=call.operation, content_type=call.content_type)
+                                         code="AF429", operation=call.operation, content_type=call.content_type,
+                                         answered_at=self._limiter.service_time())  # fmt: skip
                 return _Retry(kept, paused)
             log.info("Management API %s waits %.0f s: the API asked the tenant to wait (Retry-After)", call.operation,
                      paused, extra={"content_type": call.content_type, "operation": call.operation})  # fmt: skip
@@ -420,6 +427,7 @@ class ManagementActivityClient:
             fault = TransientApiError(f"server fault: {message}", code=code, answered_at=when, **where)
             return _Retry(fault, retry_after_of(headers))
         error = management_api_error(status, code, message, call.operation, call.content_type)
+        error.answered_at = when  # a subscription that went puts its download off by the API's clock too
         if status == 401:
             return _Unauthorized(error)
         raise error

@@ -26,6 +26,7 @@ import logging
 import math
 import random
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from .api_answers import MAX_RETRY_AFTER
@@ -171,11 +172,20 @@ class SharedRequestBudget:
         return until if until is not None and until - self._clock.now() <= _LONGEST_PAUSE else None
 
     def _keep(self, ring: SlotRing) -> None:
-        """``ring`` as last read or written, once the clock has observed its answer."""
-        self._ring = ring
+        """``ring`` as last read or written, once the clock has observed its answer. A wait recorded beyond belief
+        is left out, so that the next write drops it: kept, it held every instance once it came within the hour."""
         recorded = self._credible(ring.paused_until)
         if recorded is not None:
             self._paused_until = max(self._paused_until, recorded)
+        elif ring.paused_until is not None and ring.paused_until > self._clock.now():
+            log.warning("The request budget held a Management API wait %.0f s ahead, longer than any Retry-After is "
+                        "kept; it is dropped", ring.paused_until - self._clock.now())  # fmt: skip
+            ring = replace(ring, paused_until=None)
+        self._ring = ring
+
+    def service_time(self) -> datetime | None:
+        """The storage service's time, once an answer told it."""
+        return datetime.fromtimestamp(self._clock.now(), UTC) if self._ring is not None else None
 
     def _pause_left(self) -> float:
         return self._paused_until - self._clock.now()

@@ -157,10 +157,10 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             lines.append(f"    last error ({iso(row['last_error_at']) or '?'}): {row['last_error']}")
         if row["throttled_until"]:
             lines.append(f"    throttled: the poller asks the Management API again after {iso(row['throttled_until'])}")
-    if api_waits_until is not None:
-        lines.append(f"    the Management API asked the tenant to wait (Retry-After): no request to it until "
-                     f"{iso(api_waits_until)}, subscriptions not asked")  # fmt: skip
     lines.append("")
+    if api_waits_until is not None:
+        lines.append(f"the Management API asked the tenant to wait (Retry-After): no request to it until "
+                     f"{iso(api_waits_until)}, subscriptions not asked")  # fmt: skip
     oldest = f", the oldest queued {format_age(oldest_queued)} ago" if queue_depth else ""
     lines.append(f"queue {settings.content_queue}: {queue_depth} message(s){oldest}")
     lines.append(f"poison queue {settings.poison_queue}: {poison_depth} message(s)")
