@@ -7,7 +7,7 @@ two listing calls are throttled" and then assert how the client recovered. Kinds
 - ``status``: answer ``status`` with the service's error body (``code``, ``message``) and an
   optional ``Retry-After`` (``retry_after``) or ``Location`` (``location``, for a redirect); ``body`` overrides the
   whole JSON body.
-- ``reset``: close the connection without any response.
+- ``reset``: close the connection without any response, after ``seconds`` (default 0) held: nothing is done.
 - ``drop``: carry the request out (rows stored, a write applied), then close the connection before any
   response: the client cannot tell it from ``reset``.
 - ``delay``: sleep ``seconds`` and then answer normally (client timeouts).
@@ -292,6 +292,7 @@ class ServiceStandIn:
         if fault is not None and fault.kind == "delay":
             await asyncio.sleep(float(fault.params["seconds"]))
         if fault is not None and fault.kind == "reset":
+            await asyncio.sleep(float(fault.params.get("seconds", 0)))  # held, its body unread, then hung up on
             self._record(route, request, None, fault, None, started)
             return _hang_up(request)
         if fault is not None and fault.kind == "status":

@@ -114,16 +114,16 @@ async def test_two_partial_failures_in_a_row_keep_every_sent_mark(connector: Con
 async def test_a_delivery_cancelled_mid_upload_marks_what_arrived_and_frees_the_rest(
     connector: ConnectorHarness,
 ) -> None:
-    """The command line's SIGTERM (or second Ctrl-C) cancels a delivery while Logs Ingestion holds one of its two
+    """The command line's second Ctrl-C cancels a delivery while Logs Ingestion holds one of its two
     bodies; it had taken the other. The rows it took were left unmarked and the claim held, so the message's next
     delivery, finding its own claim, sent them again. Now they are marked on the way out and the rest released.
-    (The held body's request ends with the connection, unread: the stand-in keeps none of its rows.)"""
+    The held body is never taken (a lost answer, the one limit README names, is another case)."""
     sim = connector.standins
     now = datetime.now(UTC)
     records = _alerts("cancelled", 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
     ids = [r["Id"] for r in records]
     message = _publish(connector, records, now - timedelta(minutes=30))
-    sim.ingestion.add_fault("ingest", "delay", 1, seconds=60)  # whichever body comes first is held
+    sim.ingestion.add_fault("ingest", "reset", 1, seconds=60)  # whichever body comes first is held, then refused
     delivery = asyncio.create_task(connector.process(message))
     await _until(lambda: len(sim.ingestion.requests("ingest")) >= 1, "the body not held to be answered")
     taken_first = len(connector.rows(ALERTS))
