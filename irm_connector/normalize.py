@@ -266,6 +266,10 @@ def _text(value: Any) -> str | None:
 def _parse_data(value: Any, problems: Counter[str]) -> Any:
     """``Data`` is documented as a JSON string of an object; parse it, keep the raw string when it does not
     parse, or parses to a scalar (``"null"`` would leave the column empty, ``"123"`` would become a number)."""
+    if isinstance(value, bool | int | float):
+        # A number or true/false where the API puts a JSON string: its text, as for a string that parses to one. The
+        # column holds an object, an array or text; a bare `false` read as neither in the workbook and the rules.
+        return _text(value)
     if not isinstance(value, str) or not value:
         return value
     try:

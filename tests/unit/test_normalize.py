@@ -163,6 +163,15 @@ def test_data_that_is_json_but_no_object_is_kept_as_the_raw_string(data: str) ->
     assert row["Data"] == data and row["UserPrincipalName"] == "" and not out.problems
 
 
+@pytest.mark.parametrize(("data", "text"), [(False, "false"), (7, "7"), (2.5, "2.5")])
+def test_data_that_is_a_bare_number_or_boolean_is_kept_as_its_text(data: object, text: str) -> None:
+    """Not the JSON string the API writes, but a scalar in the record itself: it went to the dynamic column as a bare
+    ``false``, which reads as neither an object nor text (the property test below found it)."""
+    out = normalize_blob([irm_alert(Data=data)], REF, ALERTS, sent_at=SENT)
+    [row] = rows(out)
+    assert row["Data"] == text and row["UserPrincipalName"] == ""
+
+
 @pytest.mark.parametrize(
     "data",
     ['{"userPrincipalName": "alex@contoso.com", "fileName": "report\\ud83d.docx"}',  # a lone surrogate's escape
