@@ -405,3 +405,33 @@ async def test_a_throttled_delivery_whose_release_used_the_margin_is_still_put_o
     assert await connector.queue_length() == 2  # the one handed over (the host's would be gone), and the put-off one
     await connector.process(message)  # as when the put-off one comes back
     assert Counter(r["RecordId"] for r in connector.rows(ALERTS)) == Counter(workload.irm_alert_record_ids)
+
+
+async def test_a_tenant_wait_the_invocation_cannot_hold_puts_the_message_off_for_it(
+    connector: ConnectorHarness, tmp_path: Path
+) -> None:
+    """Another instance met a Retry-After of 50 s (recorded in the request budget for the tenant); this invocation
+    has 27 s it may use. The wait used to be slept whole before the download was asked: past the function timeout,
+    where the host stops the invocation. Now a recorded wait is kept only when the invocation can hold it and the
+    request after it: this one puts its message off for the wait, and the records arrive once when it is back."""
+    from azure.data.tables import UpdateMode
+    from azure.data.tables.aio import TableClient
+
+    workload, message = await _one_blob_queued(connector, seed=67)  # the listing wrote the budget's entity
+    table_name = f"{connector.env['STATE_TABLE_PREFIX'].lower()}budget"
+    async with TableClient.from_connection_string(connector.azurite.connection_string, table_name) as table:
+        [entity] = [e async for e in table.list_entities()]
+        until = (datetime.now(UTC) + timedelta(seconds=50)).timestamp()
+        await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
+                                   "PausedUntil": until}, mode=UpdateMode.MERGE)  # fmt: skip
+    downloads = connector.standins.management.count("content")
+    outcome = _invoke(connector, message, tmp_path)
+    reason = await _failure_reason(message)
+    queued, visible = await connector.queue_length(), await connector.messages()
+    assert outcome["raised"] == "" and outcome["seconds"] < TIMEOUT, outcome  # before: 50 s slept, then downloaded
+    assert connector.standins.management.count("content") == downloads  # nothing asked inside the wait
+    assert reason.startswith("TransientApiError") and "asked the tenant to wait" in reason, reason
+    assert queued == 2 and visible == [message]  # the one put off is invisible until the wait is over
+    await connector.let_the_api_wait_pass()
+    await connector.process(message)
+    assert report.tally(connector, workload) == (0, 0)
