@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -159,6 +160,8 @@ class ManagementActivityClient:
         self.stats = RequestStats()
         #: The ``Date`` of each content type's latest listing answer (a refusal's too): see :meth:`answered_at`.
         self._answered: dict[str, datetime] = {}
+        #: When the latest tenant wait this client told of ends (monotonic): each is told once, not once per call.
+        self._told_until = 0.0
 
     async def __aenter__(self) -> ManagementActivityClient:
         return self
@@ -350,6 +353,15 @@ class ManagementActivityClient:
             log.warning("Could not record the Management API's Retry-After for the other instances: %s", exc,
                         extra={"content_type": call.content_type, "operation": call.operation})  # fmt: skip
 
+    def _tell_wait(self, paused: float, call: _Call) -> None:
+        # A warning, as a retry is: at INFO the command line (`status`, `subscriptions`) sat silent through it.
+        until = time.monotonic() + paused
+        if until <= self._told_until + 1.0:  # the same wait, met by another call of this client
+            return
+        self._told_until = until
+        log.warning("Management API requests wait %.0f s: the API asked the tenant to wait (Retry-After)", paused,
+                    extra={"content_type": call.content_type, "operation": call.operation})  # fmt: skip
+
     async def _attempt(
         self, call: _Call, *, refresh: bool
     ) -> tuple[bytes, CIMultiDictProxy[str]] | _Retry | _Unauthorized:
@@ -374,8 +386,7 @@ class ManagementActivityClient:
                                          code="AF429", operation=call.operation, content_type=call.content_type,
                                          answered_at=self._limiter.service_time())  # fmt: skip
                 return _Retry(kept, paused)
-            log.info("Management API %s waits %.0f s: the API asked the tenant to wait (Retry-After)", call.operation,
-                     paused, extra={"content_type": call.content_type, "operation": call.operation})  # fmt: skip
+            self._tell_wait(paused, call)
             await self._sleep(paused)
             call.check_guard()
         # The wait for a token or a budget slot can be long: a lease lost meanwhile stops the request here.

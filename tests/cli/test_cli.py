@@ -332,6 +332,32 @@ def test_status_while_the_api_asks_the_tenant_to_wait_says_until_when_and_asks_n
     assert "the Management API asked the tenant to wait (Retry-After): no request to it until" in out, out
 
 
+def test_a_command_waiting_out_a_short_tenant_wait_says_so(cli: Cli) -> None:
+    """Another instance met a Retry-After, recorded for the tenant, 4 s of it left. `subscriptions` waits it out
+    before asking, and says so once: it sat silent through it (told at INFO, which the command line does not
+    show)."""
+    sim = cli.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    assert cli.run("subscriptions", "list")[0] == 0  # the budget's entity exists
+
+    async def recorded_by_another_instance() -> None:
+        from azure.data.tables import UpdateMode
+        from azure.data.tables.aio import TableClient
+
+        name = f"{cli.env['STATE_TABLE_PREFIX'].lower()}budget"
+        async with TableClient.from_connection_string(cli.azurite.connection_string, name) as table:
+            [entity] = [e async for e in table.list_entities()]
+            await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
+                                       "PausedUntil": time.time() + 4}, mode=UpdateMode.MERGE)  # fmt: skip
+
+    asyncio.run(recorded_by_another_instance())
+    asked = sim.management.count("subscriptions")
+    code, _, err = cli.run("subscriptions", "list")
+    told = [line for line in err.splitlines() if "the API asked the tenant to wait" in line]
+    assert code == 0 and len(told) == 1 and " WARNING " in told[0], err
+    assert sim.management.count("subscriptions") == asked + 1
+
+
 def test_status_as_a_subprocess(cli: Cli) -> None:
     cli.standins.management.set_subscription("Audit.General", "enabled")
     done = cli.subprocess("poll")
