@@ -33,6 +33,7 @@ __all__ = [
     "FUNCTION_TIMEOUT",
     "TIMEOUT_SETTING",
     "Deadline",
+    "carried_after",
     "carried_through",
     "cleaning_up",
     "current_deadline",
@@ -78,21 +79,37 @@ def cleaning_up() -> Iterator[None]:
         yield
 
 
-async def carried_through(cleanup: Coroutine[Any, Any, _T]) -> _T:
+async def carried_through(
+    cleanup: Coroutine[Any, Any, _T], *, lost: str, extra: Mapping[str, str] | None = None
+) -> _T:
     """``cleanup`` in the margin (:func:`cleaning_up`), and carried to its end through a cancel that comes meanwhile
-    (the command line's second Ctrl-C), which is raised after it: cut, it left rows sent but unmarked, sent again by
-    the message's next delivery. Its failure, once cancelled, is logged: the cancel is what the caller hears."""
+    (the command line's second Ctrl-C, a lost lease), which is raised after it: cut, it left rows sent but unmarked,
+    or blobs queued but unmarked, sent or queued again. Its failure, once cancelled, is a warning saying what is
+    ``lost``: the cancel is what the caller hears."""
     with cleaning_up():
         task = asyncio.ensure_future(cleanup)
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        try:
-            await task
-        except Exception as exc:  # told here: the cancel goes on in its place
-            log.warning("Cancelled, and cleaning up failed too: rows it could not mark sent are sent again, and a "
-                        "claim it could not release waits to expire (%s: %s)", type(exc).__name__, exc)  # fmt: skip
+        await _failure_told(task, lost, extra)
         raise
+
+
+async def carried_after(
+    cleanup: Coroutine[Any, Any, object], *, lost: str, extra: Mapping[str, str] | None = None
+) -> None:
+    """:func:`carried_through`, for a caller whose work already failed or was cancelled: what it raises next is
+    what its own caller must hear (a throttle decides what becomes of a message), so the cleanup's failure is a
+    warning saying what is ``lost``."""
+    await _failure_told(carried_through(cleanup, lost=lost, extra=extra), lost, extra)
+
+
+async def _failure_told(task: Awaitable[object], lost: str, extra: Mapping[str, str] | None) -> None:
+    try:
+        await task
+    except Exception as exc:  # told here: the caller's failure or cancel goes on in its place
+        log.warning("Cleaning up failed too (%s: %s): %s", type(exc).__name__, exc, lost,
+                    extra=dict(extra or {}))  # fmt: skip
 
 
 async def within(

@@ -16,13 +16,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from .api_answers import MAX_RETRY_AFTER
 from .content_queue import ContentMessage
-from .deadline import Deadline, cleaning_up, current_deadline
+from .deadline import Deadline, carried_after, carried_through, cleaning_up, current_deadline
 from .errors import (
     ConnectorError,
     InvalidPageError,
@@ -480,6 +480,10 @@ async def _queue_page(
         raise RefusedListingError(content_type, len(refused), refused[0])
 
 
+#: What a run whose marking of the blobs it queued failed leaves behind.
+_UNMARKED = "the {} blob(s) it queued are not marked: the next run queues them again, and their records are sent once"
+
+
 async def _queue_blobs(
     rt: Runtime,
     content_type: str,
@@ -511,31 +515,14 @@ async def _queue_blobs(
             await rt.state.queued_blobs.mark_queued(content_type, queued, seen)
             report.blobs_queued += len(queued)
 
-    async def remember_whole() -> None:
-        # In the cleanup margin, and carried to its end through a cancel that comes meanwhile: cut, the batch left
-        # the blobs just queued unmarked, and the next run queued each again.
-        with cleaning_up():
-            marking = asyncio.ensure_future(remember())
-        try:
-            await asyncio.shield(marking)
-        except asyncio.CancelledError:
-            await cancelled_with(marking)
-            raise
-
-    async def cancelled_with(marking: Awaitable[None]) -> None:
-        try:
-            await marking
-        except ConnectorError as exc:
-            log.warning("Cancelled; the %d blob(s) it queued could not be marked (%s): the next run queues them "
-                        "again, and their records are sent once", len(queued), exc, extra=dims)  # fmt: skip
-
     try:
         results = await asyncio.gather(*(put(b) for b in fresh), return_exceptions=True)
     except asyncio.CancelledError:
         # gather ends only when every put has: ``queued`` is whole (a put cut mid-request may still have landed).
-        await cancelled_with(remember_whole())
+        await carried_after(remember(), lost=_UNMARKED.format(len(queued)), extra=dims)
         raise
-    await remember_whole()
+    # Carried to its end through a cancel that comes meanwhile: cut, the batch left the blobs just queued unmarked.
+    await carried_through(remember(), lost=_UNMARKED.format(len(queued)), extra=dims)
     failed = next((result for result in results if result is not None), None)
     if failed is not None:
         raise failed

@@ -24,7 +24,7 @@ from .api_answers import MAX_RETRY_AFTER
 from .blob_parse import iter_blob
 from .body_budget import BodyHold, body_digest
 from .content_queue import ContentMessage, Delivery
-from .deadline import Deadline, carried_through, cleaning_up
+from .deadline import Deadline, carried_after, carried_through, cleaning_up
 from .errors import (
     BadContentError,
     BadMessageError,
@@ -377,18 +377,22 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     except BaseException as exc:
         # A cancel too (the command line's second Ctrl-C): left, the claim kept the rows that arrived
         # unmarked, and the message's next delivery, finding its own claim, sent them again.
-        await carried_through(_settle_failed_upload(rt, stream, claim, sent, exc))
+        await carried_after(_settle_failed_upload(rt, stream, claim, sent, exc), lost=_UNSETTLED)
         raise
     metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
     try:
         # The rows arrived: committing them comes first (a crash after it sends nothing twice).
-        await carried_through(rt.state.claims.mark_sent(claim))
+        await carried_through(rt.state.claims.mark_sent(claim), lost=_UNSETTLED)
     finally:
         # The stream took rows, whatever became of the commit: a refusal has ended, the deliveries waiting may go.
         with cleaning_up():
             await refusals.accepted(rt, stream)
         refusals.end_probe(rt, stream)
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
+
+
+#: What an upload whose cleanup failed leaves behind.
+_UNSETTLED = "rows it could not mark sent are sent again, and a claim it could not release waits to expire"
 
 
 async def _settle_failed_upload(rt: Runtime, stream: str, claim: Claim, sent: list[Row], exc: BaseException) -> None:

@@ -135,6 +135,37 @@ async def test_a_delivery_cancelled_mid_upload_marks_what_arrived_and_frees_the_
     assert _tally(connector, ids) == (0, 0)
 
 
+async def test_a_delivery_cancelled_mid_upload_whose_cleanup_storage_refuses_costs_only_the_unmarked_rows(
+    faulty: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, and storage then refuses every write of the way out (the marks, the claim's release). The delivery
+    still ends cancelled, a warning names how many rows it could not mark, and those rows, and only they, are sent
+    again by the next delivery (README's limits: a commit lost)."""
+    connector = faulty
+    proxy = connector.proxy  # type: ignore[attr-defined]
+    sim = connector.standins
+    now = datetime.now(UTC)
+    records = _alerts("uncleaned", 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
+    ids = [r["Id"] for r in records]
+    message = _publish(connector, records, now - timedelta(minutes=30))
+    sim.ingestion.add_fault("ingest", "reset", 1, seconds=60)  # whichever body comes first is held, then refused
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        delivery = asyncio.create_task(connector.process(message))
+        await _until(lambda: len(sim.ingestion.requests("ingest")) >= 1, "the body not held to be answered")
+        taken_first = len(connector.rows(ALERTS))
+        assert 0 < taken_first < len(ids)
+        for route in ("table.write", "table.batch"):
+            proxy.add_fault(route, "status", 1000, status=403, code="AuthorizationPermissionMismatch")
+        delivery.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await delivery
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Could not mark")]
+    assert told == [told[0]] and f"Could not mark {taken_first} rows" in told[0] and "sent again" in told[0], told
+    proxy.clear_faults()
+    await connector.process(message, dequeue_count=2)  # its own claim found: carried on
+    assert _tally(connector, ids) == (0, taken_first)
+
+
 async def test_a_throttled_upload_whose_sent_marks_fail_is_still_put_off(faulty: ConnectorHarness) -> None:
     """Logs Ingestion throttles one body of a blob whose others it took, and storage then refuses the write that
     marks those others sent. The throttle decides what becomes of the message (it is put off, its dequeue count

@@ -1960,6 +1960,35 @@ async def test_blobs_queued_by_a_cancelled_run_are_not_queued_again(connector: C
     _assert_exactly_once(connector, workload)
 
 
+async def test_a_cancelled_run_that_cannot_mark_its_queued_blobs_says_so_and_is_still_cancelled(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled while a queue put hangs, with the marks of the blobs it queued refused: the run ends cancelled (the
+    marks' failure does not replace the cancel), and one warning says how many blobs the next run queues again."""
+    from standins.storage_proxy import StorageProxy
+
+    blobs = len(_publish(connector, seed=51, records=500, blob_size=(100, 100)).blobs)
+    with StorageProxy(connector.azurite) as proxy, caplog.at_level(logging.WARNING, logger="irm_connector"):
+        connector.set(AzureWebJobsStorage=proxy.connection_string)
+        hung = proxy.hold("queue.put", skip=blobs - 1)
+        polling = asyncio.create_task(connector.poll())
+        for _ in range(3000):
+            if hung.arrived.is_set() and proxy.count("queue.put", status=201) == blobs - 1:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the last queue put never arrived")
+        await asyncio.sleep(2.0)  # the other puts' answers reach the poller (see the test above)
+        proxy.add_fault("table.batch", "status", status=403, code="AuthorizationPermissionMismatch", count=100)
+        polling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await polling
+        hung.release(forward=False)
+    told = [r.getMessage() for r in caplog.records if "it queued are not marked" in r.getMessage()]
+    assert len(told) == 1 and f"the {blobs - 1} blob(s)" in told[0] and "queues them again" in told[0], told
+    assert "AuthorizationPermissionMismatch" in told[0]
+
+
 async def test_a_run_cancelled_while_it_marks_its_queued_blobs_marks_them_all(connector: ConnectorHarness) -> None:
     """A cancel (a lost lease, SIGTERM) that came while the run wrote the marks of the blobs it had queued cut
     that batch: every blob was on the queue and none marked, and the next run queued each one again."""
