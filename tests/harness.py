@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -129,12 +130,24 @@ class ConnectorHarness:
 async def let_the_api_wait_pass(connection_string: str, env: dict[str, str]) -> None:
     """The wait the Management API asked of the tenant (``Retry-After``, kept in the request budget's entity for every
     instance) is over, as after that long: a test cannot sleep ten minutes."""
+    await _set_api_wait(connection_string, env, 0.0, recorded_only=True)
+
+
+async def record_api_wait(connection_string: str, env: dict[str, str], seconds: float) -> None:
+    """Another instance met a ``Retry-After``: the tenant's wait, in the request budget's entity (which must exist: a
+    request was made), ends ``seconds`` from now (Azurite's clock is this machine's)."""
+    await _set_api_wait(connection_string, env, time.time() + seconds, recorded_only=False)
+
+
+async def _set_api_wait(connection_string: str, env: dict[str, str], until: float, *, recorded_only: bool) -> None:
     table_name = f"{env.get('STATE_TABLE_PREFIX', 'irm').lower()}budget"
     async with TableClient.from_connection_string(connection_string, table_name) as table:
-        async for entity in table.list_entities():
-            if "PausedUntil" in entity:
+        entities = [e async for e in table.list_entities()]
+        assert entities or recorded_only, "no request budget entity yet: make a request first"
+        for entity in entities:
+            if "PausedUntil" in entity or not recorded_only:
                 await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
-                                           "PausedUntil": 0.0}, mode=UpdateMode.MERGE)  # fmt: skip
+                                           "PausedUntil": until}, mode=UpdateMode.MERGE)  # fmt: skip
 
 
 def env(name: str) -> str:

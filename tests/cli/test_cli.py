@@ -28,7 +28,7 @@ from standins.azurite import Azurite
 from standins.storage_proxy import StorageProxy
 from standins.workload import generate_workload
 from tests.cli.conftest import REPO, Cli
-from tests.harness import let_the_api_wait_pass
+from tests.harness import let_the_api_wait_pass, record_api_wait
 
 COMMANDS = [
     ["status"],
@@ -339,18 +339,7 @@ def test_a_command_waiting_out_a_short_tenant_wait_says_so(cli: Cli) -> None:
     sim = cli.standins
     sim.management.set_subscription("Audit.General", "enabled")
     assert cli.run("subscriptions", "list")[0] == 0  # the budget's entity exists
-
-    async def recorded_by_another_instance() -> None:
-        from azure.data.tables import UpdateMode
-        from azure.data.tables.aio import TableClient
-
-        name = f"{cli.env['STATE_TABLE_PREFIX'].lower()}budget"
-        async with TableClient.from_connection_string(cli.azurite.connection_string, name) as table:
-            [entity] = [e async for e in table.list_entities()]
-            await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
-                                       "PausedUntil": time.time() + 4}, mode=UpdateMode.MERGE)  # fmt: skip
-
-    asyncio.run(recorded_by_another_instance())
+    asyncio.run(record_api_wait(cli.azurite.connection_string, cli.env, 4))
     asked = sim.management.count("subscriptions")
     code, _, err = cli.run("subscriptions", "list")
     told = [line for line in err.splitlines() if "the API asked the tenant to wait" in line]

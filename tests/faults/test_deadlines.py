@@ -42,7 +42,7 @@ from standins import StandIns
 from standins.storage_proxy import StorageProxy
 from standins.workload import Workload, generate_workload
 from tests.faults import report
-from tests.harness import ConnectorHarness
+from tests.harness import ConnectorHarness, record_api_wait
 
 ROOT = Path(__file__).resolve().parents[2]
 AUDIT = "Custom-O365Audit"
@@ -414,16 +414,8 @@ async def test_a_tenant_wait_the_invocation_cannot_hold_puts_the_message_off_for
     has 27 s it may use. The wait used to be slept whole before the download was asked: past the function timeout,
     where the host stops the invocation. Now a recorded wait is kept only when the invocation can hold it and the
     request after it: this one puts its message off for the wait, and the records arrive once when it is back."""
-    from azure.data.tables import UpdateMode
-    from azure.data.tables.aio import TableClient
-
     workload, message = await _one_blob_queued(connector, seed=67)  # the listing wrote the budget's entity
-    table_name = f"{connector.env['STATE_TABLE_PREFIX'].lower()}budget"
-    async with TableClient.from_connection_string(connector.azurite.connection_string, table_name) as table:
-        [entity] = [e async for e in table.list_entities()]
-        until = (datetime.now(UTC) + timedelta(seconds=50)).timestamp()
-        await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
-                                   "PausedUntil": until}, mode=UpdateMode.MERGE)  # fmt: skip
+    await record_api_wait(connector.azurite.connection_string, connector.env, 50)
     downloads = connector.standins.management.count("content")
     outcome = _invoke(connector, message, tmp_path)
     reason = await _failure_reason(message)

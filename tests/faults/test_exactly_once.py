@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,29 @@ async def test_two_partial_failures_in_a_row_keep_every_sent_mark(connector: Con
     assert (lost, duplicates) == (0, 0)
 
 
+async def _cancelled_mid_upload(
+    connector: ConnectorHarness, tag: str, before_cancel: Callable[[], None] | None = None
+) -> tuple[list[str], str, int]:
+    """A delivery of 20 alerts in two request bodies, cancelled while Logs Ingestion holds one (never taken: a lost
+    answer, the one limit README names, is another case) after it took the other: the ids, the message, and how
+    many rows arrived. ``before_cancel`` runs just before the cancel."""
+    sim = connector.standins
+    now = datetime.now(UTC)
+    records = _alerts(tag, 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
+    message = _publish(connector, records, now - timedelta(minutes=30))
+    sim.ingestion.add_fault("ingest", "reset", 1, seconds=60)  # whichever body comes first is held, then refused
+    delivery = asyncio.create_task(connector.process(message))
+    await _until(lambda: len(sim.ingestion.requests("ingest")) >= 1, "the body not held to be answered")
+    taken_first = len(connector.rows(ALERTS))
+    assert 0 < taken_first < len(records)
+    if before_cancel is not None:
+        before_cancel()
+    delivery.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await delivery
+    return [r["Id"] for r in records], message, taken_first
+
+
 async def test_a_delivery_cancelled_mid_upload_marks_what_arrived_and_frees_the_rest(
     connector: ConnectorHarness,
 ) -> None:
@@ -118,19 +141,7 @@ async def test_a_delivery_cancelled_mid_upload_marks_what_arrived_and_frees_the_
     bodies; it had taken the other. The rows it took were left unmarked and the claim held, so the message's next
     delivery, finding its own claim, sent them again. Now they are marked on the way out and the rest released.
     The held body is never taken (a lost answer, the one limit README names, is another case)."""
-    sim = connector.standins
-    now = datetime.now(UTC)
-    records = _alerts("cancelled", 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
-    ids = [r["Id"] for r in records]
-    message = _publish(connector, records, now - timedelta(minutes=30))
-    sim.ingestion.add_fault("ingest", "reset", 1, seconds=60)  # whichever body comes first is held, then refused
-    delivery = asyncio.create_task(connector.process(message))
-    await _until(lambda: len(sim.ingestion.requests("ingest")) >= 1, "the body not held to be answered")
-    taken_first = len(connector.rows(ALERTS))
-    assert 0 < taken_first < len(ids)
-    delivery.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await delivery
+    ids, message, _ = await _cancelled_mid_upload(connector, "cancelled")
     await connector.process(message, dequeue_count=2)  # the message back, as after the cancelled run
     assert _tally(connector, ids) == (0, 0)
 
@@ -141,29 +152,19 @@ async def test_a_delivery_cancelled_mid_upload_whose_cleanup_storage_refuses_cos
     """As above, and storage then refuses every write of the way out (the marks, the claim's release). The delivery
     still ends cancelled, a warning names how many rows it could not mark, and those rows, and only they, are sent
     again by the next delivery (README's limits: a commit lost)."""
-    connector = faulty
-    proxy = connector.proxy  # type: ignore[attr-defined]
-    sim = connector.standins
-    now = datetime.now(UTC)
-    records = _alerts("uncleaned", 20, now - timedelta(hours=1), Comments="c" * 60_000)  # two request bodies
-    ids = [r["Id"] for r in records]
-    message = _publish(connector, records, now - timedelta(minutes=30))
-    sim.ingestion.add_fault("ingest", "reset", 1, seconds=60)  # whichever body comes first is held, then refused
-    with caplog.at_level(logging.WARNING, logger="irm_connector"):
-        delivery = asyncio.create_task(connector.process(message))
-        await _until(lambda: len(sim.ingestion.requests("ingest")) >= 1, "the body not held to be answered")
-        taken_first = len(connector.rows(ALERTS))
-        assert 0 < taken_first < len(ids)
+    proxy = faulty.proxy  # type: ignore[attr-defined]
+
+    def storage_refuses() -> None:
         for route in ("table.write", "table.batch"):
             proxy.add_fault(route, "status", 1000, status=403, code="AuthorizationPermissionMismatch")
-        delivery.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await delivery
+
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        ids, message, taken_first = await _cancelled_mid_upload(faulty, "uncleaned", storage_refuses)
     told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Could not mark")]
     assert told == [told[0]] and f"Could not mark {taken_first} rows" in told[0] and "sent again" in told[0], told
     proxy.clear_faults()
-    await connector.process(message, dequeue_count=2)  # its own claim found: carried on
-    assert _tally(connector, ids) == (0, taken_first)
+    await faulty.process(message, dequeue_count=2)  # its own claim found: carried on
+    assert _tally(faulty, ids) == (0, taken_first)
 
 
 async def test_a_throttled_upload_whose_sent_marks_fail_is_still_put_off(faulty: ConnectorHarness) -> None:

@@ -30,6 +30,7 @@ from irm_connector.ingestion import pack_rows
 from irm_connector.models import Row, parse_api_time
 from irm_connector.runtime import get_runtime
 from irm_connector.settings import Settings
+from standins.storage_proxy import StorageProxy
 from standins.workload import Workload, generate_workload
 from tests.clock import skew_local_clock
 from tests.harness import ConnectorHarness
@@ -46,7 +47,6 @@ def _publish(connector: ConnectorHarness, seed: int, records: int = 2000, **kw: 
 def _on_arrival(service: Any, route: str, action: Callable[[], None]) -> threading.Thread:
     """Run ``action`` (in a thread) as soon as the request that takes ``route``'s scripted fault arrives: the
     fault is taken on arrival, before a ``delay`` holds the answer, so ``action`` runs while it is held."""
-
     def watch() -> None:
         for _ in range(3000):
             if not service.pending_faults(route):
@@ -350,8 +350,6 @@ async def test_a_read_of_the_refusals_answered_after_this_process_s_own_write_do
     """A delivery's read of the refusals was sent before another delivery of the process recorded a refusal, and
     answered after: its older answer (none) replaced what the process knew for 10 s, and deliveries beside it sent
     their rows to the refused stream, each refused again."""
-    from standins.storage_proxy import StorageProxy
-
     with StorageProxy(connector.azurite) as proxy:
         connector.set(AzureWebJobsStorage=proxy.connection_string)
         rt = await get_runtime(Settings.from_env())
@@ -370,8 +368,6 @@ async def test_a_delivery_killed_while_it_clears_a_refusal_has_committed_its_row
 ) -> None:
     """The probe of a refused stream is accepted, and the worker dies while it clears the refusal: its rows were
     already marked sent, so the message's redelivery sends none of them again."""
-    from standins.storage_proxy import StorageProxy
-
     stream = "Custom-IRMAlerts"
     workload = _publish(connector, seed=57, records=200, blob_size=(200, 200))
     [message] = _messages_for(connector, workload)
@@ -1394,21 +1390,17 @@ async def test_a_subscription_start_inside_another_instance_s_short_wait_waits_i
 async def test_a_recorded_wait_beyond_the_longest_retry_after_holds_no_one(connector: ConnectorHarness) -> None:
     """A ``PausedUntil`` ten days ahead (edited by hand, or written on a clock gone wrong) held every instance's
     requests for as long, with nothing to end it: no Retry-After is honoured for more than an hour."""
-    from azure.data.tables import UpdateMode
     from azure.data.tables.aio import TableClient
 
     from irm_connector.errors import TransientApiError
+    from tests.harness import record_api_wait
 
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
     rt = await get_runtime(Settings.from_env())
     await rt.management.list_subscriptions()  # the budget's entity exists
     table_name = f"{connector.env['STATE_TABLE_PREFIX'].lower()}budget"
-    async with TableClient.from_connection_string(connector.azurite.connection_string, table_name) as table:
-        [entity] = [e async for e in table.list_entities()]
-        ahead = (datetime.now(UTC) + timedelta(days=10)).timestamp()
-        await table.update_entity({"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"],
-                                   "PausedUntil": ahead}, mode=UpdateMode.MERGE)  # fmt: skip
+    await record_api_wait(connector.azurite.connection_string, connector.env, timedelta(days=10).total_seconds())
     await connector.close()  # an instance that reads it afresh
     rt = await get_runtime(Settings.from_env())
     asked = sim.management.count("subscriptions")
@@ -1511,7 +1503,6 @@ async def test_a_download_throttled_for_half_an_hour_goes_the_host_s_way_to_the_
     """Put off 30 times already (half an hour of a throttle that names no wait, or longer of one that names
     one): the host's retries, then the poison queue and its alert, rather than putting it off until the blob
     expires and its records are lost with a warning. A named wait was put off without a count, up to 7 days."""
-
     from irm_connector.content_queue import ContentMessage
     from irm_connector.errors import TransientApiError
 
@@ -1534,7 +1525,6 @@ async def test_a_message_rescheduled_through_an_hour_of_a_refusing_dcr_is_still_
     """A DCR that refuses for an hour (a role assignment late after a deploy) reschedules each message about 31
     times, a quarter of the refusal's age each time. They counted as throttle put-offs: when the DCR accepted
     again and the catch-up was throttled, every such message went the host's way to the poison queue at once."""
-
     from irm_connector.content_queue import ContentMessage
 
     sim = connector.standins
@@ -1674,7 +1664,6 @@ async def test_a_listing_throttled_for_longer_than_a_call_waits_is_not_asked_aga
     """The poller's run for the content type ends at the first answer, saying how long the API asks to wait.
     The runs within those 10 minutes skip the content type without a request, by the storage service's clock
     (this machine's, an hour fast, would call the wait over); the first run after it lists the window."""
-
     from irm_connector import poller
     from irm_connector.errors import PollError
 
@@ -1787,7 +1776,6 @@ async def test_a_backfill_reaching_7_days_back_plans_each_content_type_when_its_
     pass for the API and for the storage service, whose time the backfill plans by.)"""
     from irm_connector.backfill import backfill
     from irm_connector.models import ContentTypeReport
-    from standins.storage_proxy import StorageProxy
 
     sim = connector.standins
     for content_type in ("Audit.General", "Audit.Exchange"):
@@ -1826,7 +1814,6 @@ async def test_a_retry_after_a_backfill_meets_late_holds_the_next_content_types_
     and the storage service alike.)"""
     from irm_connector.backfill import backfill
     from irm_connector.models import ContentTypeReport
-    from standins.storage_proxy import StorageProxy
 
     sim = connector.standins
     for content_type in ("Audit.General", "Audit.Exchange"):
@@ -1890,7 +1877,6 @@ async def test_a_queue_refusing_the_identity_is_named_with_its_code(connector: C
     """The identity lacks its queue role: the poller's failure (log, health row, `status`) says which refusal,
     not only "HttpResponseError"."""
     from irm_connector.errors import PollError
-    from standins.storage_proxy import StorageProxy
 
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
@@ -1911,7 +1897,6 @@ async def test_blobs_queued_by_a_run_that_failed_part_way_are_not_queued_again(c
     remembered, so the next run queues only the one that failed, not every blob of the window a second time (a
     second message per blob, each downloaded and parsed again before the dedupe drops its rows)."""
     from irm_connector.errors import PollError
-    from standins.storage_proxy import StorageProxy
 
     workload = _publish(connector, seed=48, records=1000, blob_size=(100, 100))
     with StorageProxy(connector.azurite) as proxy:
@@ -1927,31 +1912,35 @@ async def test_blobs_queued_by_a_run_that_failed_part_way_are_not_queued_again(c
     _assert_exactly_once(connector, workload)
 
 
+async def _cancel_while_the_last_put_hangs(connector: ConnectorHarness, proxy: StorageProxy, blobs: int) -> None:
+    """A poller run that queues ``blobs`` blobs, cancelled while the proxy holds the last queue put (never
+    forwarded), after the others were answered."""
+    hung = proxy.hold("queue.put", skip=blobs - 1)
+    polling = asyncio.create_task(connector.poll())
+    for _ in range(3000):
+        if hung.arrived.is_set() and proxy.count("queue.put", status=201) == blobs - 1:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the last queue put never arrived")
+    # The other puts' answers reach the poller (this loop) before it is cancelled. Nothing outside the poller
+    # tells when (the proxy counts an answer sent, not read): time to spare on a machine under load.
+    await asyncio.sleep(2.0)
+    polling.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await polling
+    hung.release(forward=False)
+
+
 async def test_blobs_queued_by_a_cancelled_run_are_not_queued_again(connector: ConnectorHarness) -> None:
     """A run cancelled (Ctrl-C, SIGTERM, a lost lease) while a queue put hangs: the blobs it had queued are
     remembered on the way out, as for a put that fails, so the next run queues only the one left, not a second
     message for each."""
-    from standins.storage_proxy import StorageProxy
-
     workload = _publish(connector, seed=49, records=500, blob_size=(100, 100))
     blobs = len(workload.blobs)
     with StorageProxy(connector.azurite) as proxy:
         connector.set(AzureWebJobsStorage=proxy.connection_string)
-        hung = proxy.hold("queue.put", skip=blobs - 1)
-        polling = asyncio.create_task(connector.poll())
-        for _ in range(3000):
-            if hung.arrived.is_set() and proxy.count("queue.put", status=201) == blobs - 1:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the last queue put never arrived")
-        # The other puts' answers reach the poller (this loop) before it is cancelled. Nothing outside the poller
-        # tells when (the proxy counts an answer sent, not read): time to spare on a machine under load.
-        await asyncio.sleep(2.0)
-        polling.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await polling
-        hung.release(forward=False)
+        await _cancel_while_the_last_put_hangs(connector, proxy, blobs)
         assert await connector.queue_length() == blobs - 1
         await connector.poll()
         assert await connector.queue_length() == blobs  # before: 2 * blobs - 1
@@ -1965,25 +1954,11 @@ async def test_a_cancelled_run_that_cannot_mark_its_queued_blobs_says_so_and_is_
 ) -> None:
     """Cancelled while a queue put hangs, with the marks of the blobs it queued refused: the run ends cancelled (the
     marks' failure does not replace the cancel), and one warning says how many blobs the next run queues again."""
-    from standins.storage_proxy import StorageProxy
-
     blobs = len(_publish(connector, seed=51, records=500, blob_size=(100, 100)).blobs)
     with StorageProxy(connector.azurite) as proxy, caplog.at_level(logging.WARNING, logger="irm_connector"):
         connector.set(AzureWebJobsStorage=proxy.connection_string)
-        hung = proxy.hold("queue.put", skip=blobs - 1)
-        polling = asyncio.create_task(connector.poll())
-        for _ in range(3000):
-            if hung.arrived.is_set() and proxy.count("queue.put", status=201) == blobs - 1:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the last queue put never arrived")
-        await asyncio.sleep(2.0)  # the other puts' answers reach the poller (see the test above)
         proxy.add_fault("table.batch", "status", status=403, code="AuthorizationPermissionMismatch", count=100)
-        polling.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await polling
-        hung.release(forward=False)
+        await _cancel_while_the_last_put_hangs(connector, proxy, blobs)
     told = [r.getMessage() for r in caplog.records if "it queued are not marked" in r.getMessage()]
     assert len(told) == 1 and f"the {blobs - 1} blob(s)" in told[0] and "queues them again" in told[0], told
     assert "AuthorizationPermissionMismatch" in told[0]
@@ -1992,8 +1967,6 @@ async def test_a_cancelled_run_that_cannot_mark_its_queued_blobs_says_so_and_is_
 async def test_a_run_cancelled_while_it_marks_its_queued_blobs_marks_them_all(connector: ConnectorHarness) -> None:
     """A cancel (a lost lease, SIGTERM) that came while the run wrote the marks of the blobs it had queued cut
     that batch: every blob was on the queue and none marked, and the next run queued each one again."""
-    from standins.storage_proxy import StorageProxy
-
     workload = _publish(connector, seed=50, records=500, blob_size=(100, 100))
     blobs = len(workload.blobs)
     with StorageProxy(connector.azurite) as proxy:
@@ -2024,8 +1997,6 @@ async def test_a_table_creation_and_an_upsert_batch_ride_out_a_connection_reset(
     new day table, every cold start) and the batch that marks queued blobs failed at one reset, the creation
     failing the invocation, the batch a poll whose messages were already queued (the next run queued them again).
     Both may be sent twice, and are retried as any other call."""
-    from standins.storage_proxy import StorageProxy
-
     with StorageProxy(connector.azurite) as proxy:
         connector.set(AzureWebJobsStorage=proxy.connection_string)
         tables = (await get_runtime(Settings.from_env())).state.tables
@@ -2047,7 +2018,6 @@ async def test_a_queue_being_deleted_is_not_taken_for_one_that_exists(connector:
     queue that was not there, saying nothing of why. The creation fails, saying so, and the next one creates it."""
     from irm_connector.content_queue import create_queue_if_missing
     from irm_connector.errors import StateError
-    from standins.storage_proxy import StorageProxy
 
     with StorageProxy(connector.azurite) as proxy:
         connector.set(AzureWebJobsStorage=proxy.connection_string)
@@ -2096,7 +2066,6 @@ async def test_a_state_table_out_of_reach_leaves_the_lag_growing_in_the_health_r
     """Storage refuses the state table: the run fails and cannot read the watermark, and its health row still
     carries the last one the worker knew, so Sentinel sees the lag grow instead of a blank."""
     from irm_connector.errors import PollError
-    from standins.storage_proxy import StorageProxy
 
     sim = connector.standins
     sim.management.set_subscription("Audit.General", "enabled")
@@ -2156,7 +2125,6 @@ async def test_a_redirected_token_request_carries_no_netrc_login(
 
 class _ConnectProxy:
     """An explicit HTTPS proxy, as a corporate network has: it tunnels each CONNECT and remembers its target."""
-
     def __init__(self) -> None:
         self.targets: list[str] = []
 
