@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from .errors import DeadlineError
+from .errors import ConnectorError, DeadlineError
 
 __all__ = [
     "FUNCTION_TIMEOUT",
@@ -107,9 +107,11 @@ async def carried_after(
 async def _failure_told(task: Awaitable[object], lost: str, extra: Mapping[str, str] | None) -> None:
     try:
         await task
-    except Exception as exc:  # told here: the caller's failure or cancel goes on in its place
+    except ConnectorError as exc:  # told here: the caller's failure or cancel goes on in its place
         log.warning("Cleaning up failed too (%s: %s): %s", type(exc).__name__, exc, lost,
                     extra=dict(extra or {}))  # fmt: skip
+    except Exception:  # a fault of the code, not of a service: its stack, for whoever fixes it
+        log.exception("Cleaning up failed too: %s", lost, extra=dict(extra or {}))
 
 
 async def within(

@@ -378,11 +378,12 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
         # A cancel too (the command line's second Ctrl-C): left, the claim kept the rows that arrived
         # unmarked, and the message's next delivery, finding its own claim, sent them again.
         await carried_after(_settle_failed_upload(rt, stream, claim, sent, exc), lost=_UNSETTLED)
+        refusals.end_probe(rt, stream)  # here: the cleanup ran as a task of its own, which holds no probe
         raise
     metrics.upload_duration.record(time.perf_counter() - started, {"stream": stream})
     try:
         # The rows arrived: committing them comes first (a crash after it sends nothing twice).
-        await carried_through(rt.state.claims.mark_sent(claim), lost=_UNSETTLED)
+        await carried_through(rt.state.claims.mark_sent(claim), lost=_UNCOMMITTED)
     finally:
         # The stream took rows, whatever became of the commit: a refusal has ended, the deliveries waiting may go.
         with cleaning_up():
@@ -391,8 +392,10 @@ async def _upload(rt: Runtime, stream: str, claim: Claim, result: ProcessResult,
     result.rows_sent[stream] = result.rows_sent.get(stream, 0) + len(sent)
 
 
-#: What an upload whose cleanup failed leaves behind.
-_UNSETTLED = "rows it could not mark sent are sent again, and a claim it could not release waits to expire"
+#: What a cleanup that failed leaves behind: after a whole upload, and after a failed or cancelled one (whose
+#: storage failures are told before, by :func:`_settle_failed_upload`; what reaches this is anything else).
+_UNCOMMITTED = "the rows that arrived are not marked sent: the message's next delivery sends them again"
+_UNSETTLED = "rows that arrived may be left unmarked (sent again) and the claim held until it expires"
 
 
 async def _settle_failed_upload(rt: Runtime, stream: str, claim: Claim, sent: list[Row], exc: BaseException) -> None:
@@ -413,7 +416,6 @@ async def _settle_failed_upload(rt: Runtime, stream: str, claim: Claim, sent: li
         except StateError as unrecorded:
             log.warning("Could not record the refusal of %s (the next delivery refused does): %s", stream,
                         unrecorded)  # fmt: skip
-    refusals.end_probe(rt, stream)
 
 
 #: A put-off message comes back this many seconds before its blob expires, and is put off at least

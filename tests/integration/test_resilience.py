@@ -1387,6 +1387,28 @@ async def test_a_subscription_start_inside_another_instance_s_short_wait_waits_i
     assert start.time - start.duration >= throttled.time + 3  # the wait kept: 6 s, less the clocks' readings
 
 
+async def test_calls_waiting_out_one_tenant_wait_tell_it_once(
+    connector: ConnectorHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three calls of one instance meet the wait another instance recorded: each waits it out, and the operator
+    reads one warning for the wait, not one per call (a processor runs 16 downloads at once)."""
+    from tests.harness import record_api_wait
+
+    sim = connector.standins
+    sim.management.set_subscription("Audit.General", "enabled")
+    rt = await get_runtime(Settings.from_env())
+    await rt.management.list_subscriptions()  # the budget's entity exists
+    await record_api_wait(connector.azurite.connection_string, connector.env, 8)
+    await connector.close()  # an instance that reads it afresh
+    rt = await get_runtime(Settings.from_env())
+    asked = sim.management.count("subscriptions")
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        await asyncio.gather(*(rt.management.list_subscriptions() for _ in range(3)))
+    told = [r for r in caplog.records if "the API asked the tenant to wait" in r.getMessage()]
+    assert len(told) == 1, [r.getMessage() for r in told]
+    assert sim.management.count("subscriptions") == asked + 3
+
+
 async def test_a_recorded_wait_beyond_the_longest_retry_after_holds_no_one(connector: ConnectorHarness) -> None:
     """A ``PausedUntil`` ten days ahead (edited by hand, or written on a clock gone wrong) held every instance's
     requests for as long, with nothing to end it: no Retry-After is honoured for more than an hour."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,15 @@ import pytest
 
 from irm_connector._bounded import BoundedTransport, within
 from irm_connector.content_queue import ContentMessage
-from irm_connector.deadline import TIMEOUT_SETTING, Deadline, cleaning_up, current_deadline, function_timeout
+from irm_connector.deadline import (
+    TIMEOUT_SETTING,
+    Deadline,
+    carried_after,
+    carried_through,
+    cleaning_up,
+    current_deadline,
+    function_timeout,
+)
 from irm_connector.errors import DeadlineError, StateError, StorageDeadlineError
 from irm_connector.models import ContentBlob
 from irm_connector.refusals import PATIENCE, fix_text, ingestion_state, reschedule_delay
@@ -136,3 +145,68 @@ def test_off_azure_the_missing_role_is_the_operators_own(clean_environment: None
     no identity endpoint in the environment, as a build agent on Azure or AKS would have.)"""
     line = fix_text("dcr-1", "Custom-IRMAlerts", 403, "", datetime(2026, 12, 3, tzinfo=UTC))
     assert 'Fix: give the identity this runs as (`az login`; the function app\'s identity needs it too) the ' in line
+
+
+async def _cleanup(done: list[str], *, fail: BaseException | None = None, seconds: float = 0.05) -> str:
+    # What a cleanup sees of the deadline: the margin (cleaning_up), not the work's.
+    deadline = current_deadline()
+    done.append("in the margin" if deadline is not None and deadline.cleanup else "not in the margin")
+    await asyncio.sleep(seconds)
+    if fail is not None:
+        raise fail
+    done.append("finished")
+    return "marked"
+
+
+async def test_a_cleanup_carried_through_a_cancel_finishes_in_the_margin_and_the_cancel_follows() -> None:
+    """The command line's second Ctrl-C while rows are marked sent: cut, the marks were lost and the rows sent
+    again. The cleanup finishes, with the margin the invocation kept for it, and the cancel is raised after it."""
+    done: list[str] = []
+    with Deadline(time.monotonic() + 60, margin=6).applied():
+        task = asyncio.ensure_future(carried_through(_cleanup(done, seconds=0.3), lost="rows sent again"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert done == ["in the margin", "finished"]
+    assert await carried_through(_cleanup([]), lost="rows sent again") == "marked"  # no cancel: its result
+
+
+async def test_a_cleanup_that_fails_after_a_cancel_is_one_warning_and_the_cancel_is_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = StateError("writing to irmrec20261208 failed: HttpResponseError (AuthorizationPermissionMismatch)")
+    task = asyncio.ensure_future(carried_through(_cleanup([], fail=failing, seconds=0.3), lost="rows sent again"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with caplog.at_level(logging.WARNING, logger="irm_connector"), pytest.raises(asyncio.CancelledError):
+        await task
+    [told] = caplog.records
+    assert told.levelno == logging.WARNING and "(StateError: writing to irmrec20261208" in told.getMessage()
+    assert told.getMessage().endswith(": rows sent again")
+    with pytest.raises(StateError):  # with no cancel, the failure is the caller's
+        await carried_through(_cleanup([], fail=failing), lost="rows sent again")
+
+
+async def test_a_cleanup_after_a_failure_never_replaces_it_and_a_fault_of_the_code_keeps_its_stack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After a throttled upload, what decides the message's fate is the throttle: a cleanup's storage failure is a
+    warning, and a fault of the code an error with its stack, where it used to be raised in the throttle's place."""
+    with caplog.at_level(logging.WARNING, logger="irm_connector"):
+        await carried_after(_cleanup([], fail=StateError("the table is gone")), lost="rows sent again")
+        await carried_after(_cleanup([], fail=KeyError("Id")), lost="rows sent again")
+        done: list[str] = []
+        await carried_after(_cleanup(done), lost="rows sent again")
+    storage, fault = caplog.records
+    assert storage.levelno == logging.WARNING and "StateError: the table is gone" in storage.getMessage()
+    assert fault.levelno == logging.ERROR and fault.exc_info is not None and fault.exc_info[0] is KeyError
+    assert done == ["not in the margin", "finished"]  # outside any deadline, cleaning_up is a no-op
+    # A second cancel while it runs: carried through, told once, and the cancel goes on.
+    task = asyncio.ensure_future(carried_after(_cleanup([], fail=StateError("gone"), seconds=0.3), lost="x"))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="irm_connector"), pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(caplog.records) == 1
