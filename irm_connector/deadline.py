@@ -84,8 +84,9 @@ async def carried_through(
 ) -> _T:
     """``cleanup`` in the margin (:func:`cleaning_up`), and carried to its end through a cancel that comes meanwhile
     (the command line's second Ctrl-C, a lost lease), which is raised after it: cut, it left rows sent but unmarked,
-    or blobs queued but unmarked, sent or queued again. Its failure, once cancelled, is a warning saying what is
-    ``lost``: the cancel is what the caller hears."""
+    or blobs queued but unmarked, sent or queued again. Its failure, once cancelled, is logged saying what is
+    ``lost`` (a service's failure as a warning, a fault of the code as an error with its stack): the cancel is what
+    the caller hears."""
     with cleaning_up():
         task = asyncio.ensure_future(cleanup)
     try:
@@ -99,8 +100,8 @@ async def carried_after(
     cleanup: Coroutine[Any, Any, object], *, lost: str, extra: Mapping[str, str] | None = None
 ) -> None:
     """:func:`carried_through`, for a caller whose work already failed or was cancelled: what it raises next is
-    what its own caller must hear (a throttle decides what becomes of a message), so the cleanup's failure is a
-    warning saying what is ``lost``."""
+    what its own caller must hear (a throttle decides what becomes of a message), so the cleanup's failure is
+    logged as in :func:`carried_through`."""
     await _failure_told(carried_through(cleanup, lost=lost, extra=extra), lost, extra)
 
 
