@@ -242,15 +242,17 @@ class ContentQueue:
             depth, poison = await _depth(self._main), await _depth(self._poison)
         except AzureError as exc:
             raise StateError(f"cannot read the queue lengths: {reason(exc)}") from exc
-        return depth, await self.oldest_age() if depth else 0, poison
+        return depth, (await self.oldest_age() or 0) if depth else 0, poison
 
-    async def oldest_age(self, now: datetime | None = None) -> int:
+    async def oldest_age(self, now: datetime | None = None) -> int | None:
         """The age in seconds at ``now`` (this machine's time by default) of the oldest of the first
-        :data:`PEEK_MOST` visible messages of the content queue, from when its blob was first queued; 0 for none."""
+        :data:`PEEK_MOST` visible messages of the content queue, from when its blob was first queued; ``None`` when
+        none is visible (every message put off for later, or being processed)."""
         now = now or datetime.now(UTC)
-        oldest = 0
+        oldest: int | None = None
         try:
             for peeked in await self._main.peek_messages(max_messages=PEEK_MOST):
+                oldest = oldest or 0
                 since = _queued_at(peeked.content) or peeked.inserted_on
                 if since is not None and peeked.inserted_on is not None:
                     # No blob was first queued after its message was inserted: a stamp later than the storage
@@ -260,7 +262,7 @@ class ContentQueue:
                 if since is not None:
                     oldest = max(oldest, int((now - since).total_seconds()))
         except ResourceNotFoundError:
-            return 0
+            return None
         except AzureError as exc:
             raise StateError(f"cannot read the queue's oldest message: {reason(exc)}") from exc
         return oldest

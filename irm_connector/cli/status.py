@@ -31,6 +31,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
         poison_depth = await store.depth(store.poison)
     # The watermark says the poller keeps up; the backlog's age says the processor does (it may be stopped, too
     # few instances, or put off by throttling while the poller lists on).
+    # None: messages on the queue, none of them visible (all put off for later, or being processed).
     oldest_queued = await rt.queue.oldest_age(now) if queue_depth else 0
     # The processor's record of a DCR refusing a stream: its messages are rescheduled, not poisoned, and the
     # poller runs clean meanwhile, so nothing above shows that no row reaches Sentinel.
@@ -93,7 +94,7 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
             problem("last-error", state.last_error)
         if not unasked and subscription != "enabled":
             problem("subscription-not-enabled", f"subscription is {subscription}")
-    if oldest_queued > max_lag.total_seconds():
+    if oldest_queued is not None and oldest_queued > max_lag.total_seconds():
         problems.append(
             {
                 "code": "backlog",
@@ -161,7 +162,10 @@ async def status(args: argparse.Namespace, settings: Settings) -> int:
     if api_waits_until is not None:
         lines.append(f"the Management API asked the tenant to wait (Retry-After): no request to it until "
                      f"{iso(api_waits_until)}, subscriptions not asked")  # fmt: skip
-    oldest = f", the oldest queued {format_age(oldest_queued)} ago" if queue_depth else ""
+    oldest = "" if not queue_depth else (
+        ", none visible now (put off for later, or being processed)" if oldest_queued is None
+        else f", the oldest queued {format_age(oldest_queued)} ago"
+    )  # fmt: skip
     lines.append(f"queue {settings.content_queue}: {queue_depth} message(s){oldest}")
     lines.append(f"poison queue {settings.poison_queue}: {poison_depth} message(s)")
     if problems:

@@ -258,6 +258,22 @@ def test_status_is_unhealthy_while_the_processor_does_not_keep_up(cli: Cli) -> N
     assert sorted(r["RecordId"] for r in cli.rows()) == sorted(set(workload.irm_alert_record_ids))
 
 
+def test_status_says_when_no_queued_message_is_visible(cli: Cli) -> None:
+    """Every message on the queue invisible (put off for a throttle or a refusing DCR, or held by processors):
+    `status` read the oldest as queued 0 s ago, a backlog that looked just queued. It says none is visible."""
+    from azure.storage.queue import QueueClient
+
+    cli.publish(seed=44, records=300, blob_size=(100, 100))
+    assert cli.run("poll")[0] == 0
+    with QueueClient.from_connection_string(cli.azurite.connection_string, cli.queue) as queue:
+        held = list(queue.receive_messages(max_messages=32, visibility_timeout=300))
+    assert len(held) == 3
+    _, out, _ = cli.run("status")
+    assert f"queue {cli.queue}: 3 message(s), none visible now (put off for later, or being processed)" in out, out
+    _, doc = cli.json("status")
+    assert doc["queue"] == {"name": cli.queue, "depth": 3, "oldest_seconds": None}, doc["queue"]
+
+
 def test_a_requeued_message_counts_as_queued_when_it_was_requeued(cli: Cli) -> None:
     """`poison requeue` kept each message's queuedAt: right after sending back a message parked days ago, `status`
     reported a backlog of days (exit 1), and the analytics rule on OldestQueuedSeconds fired, for a message the
