@@ -249,22 +249,24 @@ class ContentQueue:
         :data:`PEEK_MOST` visible messages of the content queue, from when its blob was first queued; ``None`` when
         none is visible (every message put off for later, or being processed)."""
         now = now or datetime.now(UTC)
-        oldest: int | None = None
         try:
-            for peeked in await self._main.peek_messages(max_messages=PEEK_MOST):
-                oldest = oldest or 0
-                since = _queued_at(peeked.content) or peeked.inserted_on
-                if since is not None and peeked.inserted_on is not None:
-                    # No blob was first queued after its message was inserted: a stamp later than the storage
-                    # service's insertion time is a queuing machine's fast clock (the CLI's `poll` on a laptop),
-                    # and would make a backlog of hours read as none.
-                    since = min(since, peeked.inserted_on)
-                if since is not None:
-                    oldest = max(oldest, int((now - since).total_seconds()))
+            visible = await self._main.peek_messages(max_messages=PEEK_MOST)
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
             raise StateError(f"cannot read the queue's oldest message: {reason(exc)}") from exc
+        if not visible:
+            return None
+        oldest = 0
+        for peeked in visible:
+            since = _queued_at(peeked.content) or peeked.inserted_on
+            if since is not None and peeked.inserted_on is not None:
+                # No blob was first queued after its message was inserted: a stamp later than the storage
+                # service's insertion time is a queuing machine's fast clock (the CLI's `poll` on a laptop),
+                # and would make a backlog of hours read as none.
+                since = min(since, peeked.inserted_on)
+            if since is not None:
+                oldest = max(oldest, int((now - since).total_seconds()))
         return oldest
 
     async def put_poison(self, text: str) -> None:
